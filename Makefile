@@ -1,0 +1,23 @@
+.PHONY: setup test test-slow quality style
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CHECK_DIRS := src tests benchmarks scripts
+
+# Every target that runs code sets the machine up first (a no-op once done).
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+quality: setup
+	$(VENV)/bin/ruff check $(CHECK_DIRS)
+	$(VENV)/bin/ruff format --check $(CHECK_DIRS)
+
+style: setup
+	$(VENV)/bin/ruff check --fix $(CHECK_DIRS)
+	$(VENV)/bin/ruff format $(CHECK_DIRS)

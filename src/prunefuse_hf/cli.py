@@ -1,0 +1,105 @@
+"""The `prunefuse-hf` command line.
+
+Subcommands:
+    prune   prune a dense model into a surrogate checkpoint + pruning_plan.json
+    fuse    fuse a (trained) surrogate back into its dense model
+
+Also runnable as `python -m prunefuse_hf.cli ...` (and so under `accelerate launch -m`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+from transformers import AutoModelForImageClassification, set_seed
+
+from .constants import PRUNING_PLAN_NAME
+from .cost import model_cost
+from .fusion import fuse_into_dense
+from .modeling import has_weights, load_image_classifier
+from .plan import PruningPlan
+from .pruning import prune_model
+
+
+def _add_prune_parser(subparsers) -> None:
+    parser = subparsers.add_parser("prune", help="Prune a dense model into a surrogate checkpoint.")
+    parser.add_argument("--model", required=True, help="Hub id, checkpoint directory, or config.json path.")
+    parser.add_argument(
+        "--pruning_ratio", type=float, required=True, help="Fraction of every width to remove."
+    )
+    parser.add_argument("--output_dir", required=True, help="Where the surrogate and its pruning plan go.")
+    parser.add_argument(
+        "--num_labels", type=int, help="Number of classes (re-initializes the head if changed)."
+    )
+    parser.add_argument("--num_channels", type=int, help="Input channels (models built from a config only).")
+    parser.add_argument("--image_size", type=int, default=None, help="Input size used for the MAC counts.")
+    parser.add_argument("--seed", type=int, default=42, help="Seed of a model built from a config.")
+    parser.set_defaults(func=_prune)
+
+
+def _add_fuse_parser(subparsers) -> None:
+    parser = subparsers.add_parser("fuse", help="Fuse a surrogate back into its dense model.")
+    parser.add_argument("--dense", required=True, help="Dense checkpoint (its initial weights).")
+    parser.add_argument("--surrogate", required=True, help=f"Surrogate checkpoint with {PRUNING_PLAN_NAME}.")
+    parser.add_argument("--output_dir", required=True, help="Where the fused checkpoint goes.")
+    parser.add_argument(
+        "--no_copy_norm_stats", action="store_true", help="Keep the dense BatchNorm running statistics."
+    )
+    parser.set_defaults(func=_fuse)
+
+
+def _prune(args) -> None:
+    set_seed(args.seed)
+    dense = load_image_classifier(args.model, num_labels=args.num_labels, num_channels=args.num_channels)
+    surrogate, plan = prune_model(dense, args.pruning_ratio)
+    plan.dense_name_or_path = plan.dense_name_or_path or os.fspath(args.model)
+    surrogate.save_pretrained(args.output_dir)
+    plan.save_pretrained(args.output_dir)
+    if not has_weights(os.fspath(args.model)) and os.path.exists(args.model):
+        # A randomly initialized dense model exists nowhere else; fusion needs exactly these weights.
+        dense_dir = os.path.join(args.output_dir, "dense_init")
+        dense.save_pretrained(dense_dir)
+        print(f"dense initialization saved to {dense_dir} (pass it to `prunefuse-hf fuse --dense`)")
+    dense_cost, surrogate_cost = model_cost(dense, args.image_size), model_cost(surrogate, args.image_size)
+    print(f"surrogate saved to {args.output_dir} with {PRUNING_PLAN_NAME}")
+    print(f"{'':12}{'dense':>14}{'surrogate':>14}{'ratio':>8}")
+    for field in ("params", "macs"):
+        d, s = getattr(dense_cost, field), getattr(surrogate_cost, field)
+        print(f"{field:12}{d:>14,}{s:>14,}{s / d:>8.3f}")
+
+
+def _fuse(args) -> None:
+    plan = PruningPlan.from_pretrained(args.surrogate)
+    dense = AutoModelForImageClassification.from_pretrained(args.dense)
+    surrogate = AutoModelForImageClassification.from_pretrained(args.surrogate)
+    fused = fuse_into_dense(dense, surrogate, plan, copy_norm_stats=not args.no_copy_norm_stats)
+    fused.save_pretrained(args.output_dir)
+    changed = sum(
+        not torch.equal(a, b) for a, b in zip(fused.state_dict().values(), dense.state_dict().values())
+    )
+    print(f"fused model saved to {args.output_dir} ({changed} of {len(dense.state_dict())} tensors changed)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunefuse-hf", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_prune_parser(subparsers)
+    _add_fuse_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, NotImplementedError, FileNotFoundError) as error:
+        print(f"prunefuse-hf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

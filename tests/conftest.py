@@ -38,3 +38,32 @@ def tiny_resnet_config(layer_type="basic", num_channels=3, num_labels=4, **kwarg
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+def run_in_processes(function, *args, num_processes=2, timeout=300):
+    """Run `function(*args)` in `num_processes` CPU processes with `accelerate.debug_launcher`.
+
+    The launcher forks; a pytest process whose OpenMP pool is already running (any earlier test that
+    ran torch ops) would deadlock its forked children. So the launch happens from a fresh interpreter,
+    which imports `function` by module and name (a test module's top-level function).
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests_dir = Path(__file__).parent
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import importlib, json; from accelerate import debug_launcher;"
+        "function = getattr(importlib.import_module(sys.argv[2]), sys.argv[3]);"
+        "debug_launcher(function, args=tuple(json.loads(sys.argv[4])), num_processes=int(sys.argv[5]))"
+    )
+    import json
+
+    command = [sys.executable, "-c", code, str(tests_dir), function.__module__, function.__name__,
+               json.dumps(list(args)), str(num_processes)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{num_processes}-process run of {function.__name__} failed:\n{result.stderr[-4000:]}"
+        )

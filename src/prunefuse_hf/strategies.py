@@ -1,0 +1,481 @@
+"""Selection strategies: model outputs on the unlabeled pool ─► pool indices to label next.
+
+Every strategy follows one contract, so that a score-direction bug cannot hide in any of them:
+
+- a **higher score always means "pick first"** (uncertainty scores are oriented so that the most
+  uncertain example has the highest score; `margin` is therefore the *negated* top-2 gap);
+- ties break by the **smaller pool index**, so a selection is a pure function of its inputs (and
+  of `seed` for `random`);
+- the returned indices are unique, a subset of the candidates, most informative first, with their
+  scores aligned and non-increasing.
+
+| name | needs | score |
+|---|---|---|
+| `random` | nothing | seeded uniform draw |
+| `least_confidence` | probs | 1 − max_c p_c |
+| `entropy` | probs | −Σ_c p_c log p_c |
+| `margin` | probs | −(p_top1 − p_top2) |
+| `kcenter_greedy` | features | distance to the nearest labeled or already selected point, at the time of the pick |
+
+Strategies are looked up by name with [`get_strategy`]; later modules add their own with the
+[`register_strategy`] decorator.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "STRATEGIES",
+    "EntropyStrategy",
+    "KCenterGreedyStrategy",
+    "LeastConfidenceStrategy",
+    "MarginStrategy",
+    "RandomStrategy",
+    "Selection",
+    "SelectionStrategy",
+    "UncertaintyStrategy",
+    "get_strategy",
+    "register_strategy",
+    "top_n_by_score",
+]
+
+# Probabilities produced under bf16/fp16 autocast can be off by a few 1e-3 after the softmax.
+_PROBS_ATOL = 1e-2
+
+
+@dataclass
+class Selection:
+    """The outcome of one selection step.
+
+    Args:
+        indices (`np.ndarray` of `int64`):
+            Global pool indices, most informative first, unique.
+        scores (`np.ndarray` of `float64`):
+            The score of each selected example, aligned with `indices` and non-increasing.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+STRATEGIES: dict[str, type[SelectionStrategy]] = {}
+
+
+def register_strategy(cls: type[SelectionStrategy]) -> type[SelectionStrategy]:
+    """Class decorator that makes a strategy available to [`get_strategy`] under `cls.name`.
+
+    Args:
+        cls (`type[SelectionStrategy]`):
+            A subclass of [`SelectionStrategy`] with a non-empty `name`.
+
+    Returns:
+        `type[SelectionStrategy]`: `cls`, unchanged.
+
+    Example:
+
+    ```python
+    >>> @register_strategy
+    ... class MaxProbStrategy(UncertaintyStrategy):
+    ...     name = "max_prob"
+    ...
+    ...     def compute_scores(self, probs):
+    ...         return probs.max(axis=1)
+    ```
+    """
+    if not (isinstance(cls, type) and issubclass(cls, SelectionStrategy)):
+        raise TypeError(f"register_strategy expects a SelectionStrategy subclass, got {cls!r}.")
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no `name`; set the class attribute before registering it.")
+    if cls.name in STRATEGIES and STRATEGIES[cls.name] is not cls:
+        raise ValueError(
+            f"A selection strategy named '{cls.name}' is already registered ({STRATEGIES[cls.name]})."
+        )
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def get_strategy(name: str, **kwargs) -> SelectionStrategy:
+    """Instantiate a registered selection strategy by name.
+
+    Args:
+        name (`str`):
+            One of `STRATEGIES` (`"random"`, `"least_confidence"`, `"entropy"`, `"margin"`,
+            `"kcenter_greedy"`, plus any strategy added with [`register_strategy`]).
+        **kwargs:
+            Passed to the strategy's constructor (e.g. `chunk_size` for `kcenter_greedy`).
+
+    Returns:
+        [`SelectionStrategy`]: the strategy instance.
+
+    Example:
+
+    ```python
+    >>> strategy = get_strategy("least_confidence")
+    >>> strategy.needs
+    frozenset({'probs'})
+    ```
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown selection strategy '{name}'. Available: {', '.join(sorted(STRATEGIES))}.")
+    return STRATEGIES[name](**kwargs)
+
+
+def top_n_by_score(scores: np.ndarray, pool_indices: np.ndarray, n: int) -> Selection:
+    """Keep the `n` candidates with the highest scores, ties broken by the smaller pool index.
+
+    Args:
+        scores (`np.ndarray`):
+            One score per candidate, aligned with `pool_indices`; higher means "pick first".
+        pool_indices (`np.ndarray`):
+            The candidates' global pool indices (any order).
+        n (`int`):
+            How many to keep.
+
+    Returns:
+        [`Selection`]: the `n` best candidates, best first.
+
+    Example:
+
+    ```python
+    >>> top_n_by_score(np.array([0.5, 0.9, 0.5]), np.array([7, 3, 1]), 2).indices
+    array([3, 1])
+    ```
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    pool_indices = np.asarray(pool_indices, dtype=np.int64)
+    if np.isnan(scores).any():
+        raise ValueError("Selection scores contain NaN; check the model outputs used for scoring.")
+    # np.lexsort sorts by the last key first: descending score, then ascending pool index.
+    order = np.lexsort((pool_indices, -scores))[:n]
+    return Selection(indices=pool_indices[order], scores=scores[order])
+
+
+class SelectionStrategy:
+    """Base class of all selection strategies.
+
+    Subclasses set `name` and `needs` and implement `_select`; [`~SelectionStrategy.select`] validates
+    the inputs shared by every strategy before calling it.
+
+    Attributes:
+        name (`str`):
+            The key under which the strategy is registered.
+        needs (`frozenset[str]`):
+            The model outputs the strategy needs from scoring, a subset of `{"probs", "features"}`.
+    """
+
+    name: str = ""
+    needs: frozenset[str] = frozenset()
+
+    def select(
+        self,
+        n: int,
+        *,
+        pool_indices: np.ndarray,
+        probs: np.ndarray | torch.Tensor | None = None,
+        features: np.ndarray | torch.Tensor | None = None,
+        labeled_features: np.ndarray | torch.Tensor | None = None,
+        seed: int | None = None,
+    ) -> Selection:
+        """Pick the `n` most informative candidates.
+
+        Args:
+            n (`int`):
+                The budget: how many candidates to select (1 ≤ n ≤ number of candidates).
+            pool_indices (`np.ndarray`):
+                The candidates' global pool indices, aligned with the rows of `probs` / `features`.
+                They may be in any order but must be unique.
+            probs (`np.ndarray` or `torch.Tensor` of shape `(num_candidates, num_classes)`, *optional*):
+                Class probabilities (after softmax); needed by the uncertainty strategies.
+            features (`np.ndarray` or `torch.Tensor` of shape `(num_candidates, hidden_size)`, *optional*):
+                Penultimate (pooled) features of the candidates; needed by `kcenter_greedy`.
+            labeled_features (`np.ndarray` or `torch.Tensor` of shape `(num_labeled, hidden_size)`, *optional*):
+                Penultimate features of the already-labeled examples (`kcenter_greedy`); may be empty.
+            seed (`int`, *optional*):
+                Seed of the strategies that draw random numbers.
+
+        Returns:
+            [`Selection`]: `n` unique pool indices, most informative first, with their scores.
+
+        Example:
+
+        ```python
+        >>> probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]])
+        >>> get_strategy("least_confidence").select(2, pool_indices=np.array([10, 11, 12]), probs=probs).indices
+        array([11, 12])
+        ```
+        """
+        pool_indices = _check_pool_indices(pool_indices)
+        _check_budget(n, len(pool_indices))
+        given = {"probs": probs, "features": features}
+        missing = sorted(need for need in self.needs if given.get(need) is None)
+        if missing:
+            raise ValueError(
+                f"Strategy '{self.name}' needs {' and '.join(missing)}; score the pool with "
+                f"{', '.join(sorted(self.needs))} enabled and pass them to `select`."
+            )
+        return self._select(
+            operator.index(n),
+            pool_indices=pool_indices,
+            probs=probs,
+            features=features,
+            labeled_features=labeled_features,
+            seed=seed,
+        )
+
+    def _select(self, n, *, pool_indices, probs, features, labeled_features, seed) -> Selection:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class UncertaintyStrategy(SelectionStrategy):
+    """Base class of the strategies that score each candidate from its class probabilities alone.
+
+    Subclasses implement `compute_scores(probs) -> np.ndarray`, oriented so that higher means more
+    uncertain.
+    """
+
+    needs = frozenset({"probs"})
+
+    def compute_scores(self, probs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _select(self, n, *, pool_indices, probs, features, labeled_features, seed) -> Selection:
+        probs = _check_probs(probs, len(pool_indices), self.name)
+        return top_n_by_score(self.compute_scores(probs), pool_indices, n)
+
+
+@register_strategy
+class RandomStrategy(SelectionStrategy):
+    """Uniformly random selection (the baseline): scores are a seeded uniform draw.
+
+    The draw is made in pool-index order, so the selection depends only on the set of candidates
+    and the seed (`None` means 0), not on the order in which the candidates are given.
+    """
+
+    name = "random"
+    needs = frozenset()
+
+    def _select(self, n, *, pool_indices, probs, features, labeled_features, seed) -> Selection:
+        rng = np.random.default_rng(0 if seed is None else seed)
+        scores = np.empty(len(pool_indices), dtype=np.float64)
+        scores[np.argsort(pool_indices, kind="stable")] = rng.random(len(pool_indices))
+        return top_n_by_score(scores, pool_indices, n)
+
+
+@register_strategy
+class LeastConfidenceStrategy(UncertaintyStrategy):
+    """Least confidence: score = 1 − max_c P(c|x)."""
+
+    name = "least_confidence"
+
+    def compute_scores(self, probs: np.ndarray) -> np.ndarray:
+        return 1.0 - probs.max(axis=1)
+
+
+@register_strategy
+class EntropyStrategy(UncertaintyStrategy):
+    """Predictive entropy: score = −Σ_c P(c|x) log P(c|x), with 0 · log 0 = 0."""
+
+    name = "entropy"
+
+    def compute_scores(self, probs: np.ndarray) -> np.ndarray:
+        # Summing in sorted order makes rows that are permutations of each other score bit-identically,
+        # so their tie breaks by pool index rather than by rounding noise.
+        probs = np.sort(probs, axis=1)
+        log_probs = np.log(np.where(probs > 0, probs, 1.0))
+        return -(probs * log_probs).sum(axis=1)
+
+
+@register_strategy
+class MarginStrategy(UncertaintyStrategy):
+    """Smallest margin: score = −(P(top1|x) − P(top2|x)), negated so that a small gap is picked first."""
+
+    name = "margin"
+
+    def compute_scores(self, probs: np.ndarray) -> np.ndarray:
+        if probs.shape[1] < 2:
+            raise ValueError(f"Strategy 'margin' needs at least 2 classes, got probs of shape {probs.shape}.")
+        top2 = np.partition(probs, -2, axis=1)[:, -2:]
+        # Written as p_top2 − p_top1 (the same value) so that a zero margin scores +0.0, not −0.0.
+        return top2[:, 0] - top2[:, 1]
+
+
+@register_strategy
+class KCenterGreedyStrategy(SelectionStrategy):
+    """Core-set selection by greedy k-center (Sener & Savarese, 2018) on penultimate features.
+
+    Each candidate keeps its Euclidean distance to the nearest labeled or already selected point; the
+    candidate with the largest such distance is picked next, and the distances are updated with the
+    new center. Its score is that distance at the time of the pick, so scores are non-increasing.
+    With no labeled points the first pick is the candidate farthest from the candidates' mean, with
+    score `inf` (it has no point to be near).
+
+    Memory stays bounded by blocks of `chunk_size` rows: no candidates × labeled (or candidates ×
+    candidates) matrix is ever built. Distances to the labeled set go through a float64 matmul (exact
+    for small integer-valued features); each greedy update is one pass of direct float32 differences,
+    free of the cancellation of the `|x|² − 2x·y + |y|²` expansion. Tensors stay on their device, so
+    CUDA features are processed on the GPU.
+
+    Args:
+        chunk_size (`int`, *optional*, defaults to 2048):
+            Rows per block in the distance computations; a block holds at most `chunk_size × chunk_size`
+            float64 distances (32 MiB by default).
+
+    Example:
+
+    ```python
+    >>> features = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])
+    >>> get_strategy("kcenter_greedy").select(
+    ...     1, pool_indices=np.array([0, 1, 2]), features=features, labeled_features=np.zeros((1, 2))
+    ... ).indices
+    array([2])
+    ```
+    """
+
+    name = "kcenter_greedy"
+    needs = frozenset({"features"})
+
+    def __init__(self, chunk_size: int = 2048):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+        self.chunk_size = chunk_size
+
+    @torch.no_grad()
+    def _select(self, n, *, pool_indices, probs, features, labeled_features, seed) -> Selection:
+        features = _as_float32_matrix(features, "features")
+        if features.shape[0] != len(pool_indices):
+            raise ValueError(
+                f"features has {features.shape[0]} rows but there are {len(pool_indices)} candidates "
+                "(pool_indices); they must be aligned."
+            )
+        if labeled_features is None:
+            labeled_features = features.new_zeros((0, features.shape[1]))
+        labeled_features = _as_float32_matrix(labeled_features, "labeled_features").to(features.device)
+        if labeled_features.shape[1] != features.shape[1]:
+            raise ValueError(
+                f"labeled_features has dimension {labeled_features.shape[1]} but features has "
+                f"{features.shape[1]}; both must come from the same layer."
+            )
+
+        # Work in pool-index order: torch.argmax returns the first maximum, i.e. the smallest pool index.
+        order = np.argsort(pool_indices, kind="stable")
+        pool_indices = pool_indices[order]
+        features = features[torch.from_numpy(order).to(features.device)]
+
+        min_sq_dist = self._min_sq_distances(features, labeled_features)
+        picked, scores = [], []
+        for _ in range(n):
+            row = int(torch.argmax(min_sq_dist))
+            if math.isinf(min_sq_dist[row]):
+                # Nothing labeled or picked yet, so every candidate is infinitely far from the set: start
+                # from the one farthest from the candidates' mean, which is deterministic and off-center.
+                mean = features.mean(dim=0, dtype=torch.float64)
+                row = int(torch.argmax(self._sq_distances_to(features, mean)))
+            picked.append(row)
+            scores.append(math.sqrt(max(float(min_sq_dist[row]), 0.0)))
+            torch.minimum(min_sq_dist, self._sq_distances_to(features, features[row]), out=min_sq_dist)
+            # Taken rows drop below every distance, so duplicates of a center can't be picked twice.
+            min_sq_dist[row] = -1.0
+        return Selection(indices=pool_indices[picked], scores=np.asarray(scores, dtype=np.float64))
+
+    def _min_sq_distances(self, features: torch.Tensor, labeled_features: torch.Tensor) -> torch.Tensor:
+        """Squared distance of every candidate to its nearest labeled point (`inf` when there is none)."""
+        min_sq_dist = torch.full((len(features),), float("inf"), dtype=torch.float64, device=features.device)
+        labeled = labeled_features.double()
+        labeled_sq_norms = labeled.square().sum(dim=1)
+        for start in range(0, len(features), self.chunk_size):
+            block = features[start : start + self.chunk_size].double()
+            block_sq_norms = block.square().sum(dim=1, keepdim=True)
+            for l_start in range(0, len(labeled), self.chunk_size):
+                l_block = labeled[l_start : l_start + self.chunk_size]
+                # float64 keeps the expansion |x|² − 2x·y + |y|² accurate; float32 products are exact in it.
+                sq_dist = torch.addmm(
+                    labeled_sq_norms[l_start : l_start + self.chunk_size], block, l_block.T, alpha=-2
+                )
+                sq_dist.add_(block_sq_norms).clamp_min_(0)
+                block_min = min_sq_dist[start : start + self.chunk_size]
+                torch.minimum(block_min, sq_dist.amin(dim=1), out=block_min)
+        return min_sq_dist
+
+    def _sq_distances_to(self, features: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+        """Squared distance of every candidate to one point, as float64, in blocks of rows."""
+        sq_dist = torch.empty(len(features), dtype=torch.float64, device=features.device)
+        for start in range(0, len(features), self.chunk_size):
+            block = features[start : start + self.chunk_size]
+            sq_dist[start : start + self.chunk_size] = (block - center).square_().sum(dim=1)
+        return sq_dist
+
+
+def _check_budget(n: int, num_candidates: int) -> None:
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n must be an integer, got {n!r}.") from None
+    if n < 1:
+        raise ValueError(f"n must be >= 1 (the number of examples to select), got n={n}.")
+    if n > num_candidates:
+        raise ValueError(
+            f"Cannot select n={n}: budget larger than the unlabeled pool ({num_candidates} candidates)."
+        )
+
+
+def _check_pool_indices(pool_indices) -> np.ndarray:
+    if isinstance(pool_indices, torch.Tensor):
+        pool_indices = pool_indices.detach().cpu().numpy()
+    pool_indices = np.asarray(pool_indices)
+    if pool_indices.ndim != 1 or not (
+        pool_indices.size == 0 or np.issubdtype(pool_indices.dtype, np.integer)
+    ):
+        raise ValueError(
+            f"pool_indices must be a 1-D array of integers, got shape {pool_indices.shape} and dtype "
+            f"{pool_indices.dtype}."
+        )
+    pool_indices = pool_indices.astype(np.int64)
+    if len(np.unique(pool_indices)) != len(pool_indices):
+        raise ValueError("pool_indices contains duplicates; each candidate must appear once.")
+    return pool_indices
+
+
+def _check_probs(probs, num_candidates: int, strategy: str) -> np.ndarray:
+    if isinstance(probs, torch.Tensor):
+        probs = probs.detach().cpu().double().numpy()
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must have shape (num_candidates, num_classes), got {probs.shape}.")
+    if probs.shape[0] != num_candidates:
+        raise ValueError(
+            f"probs has {probs.shape[0]} rows but there are {num_candidates} candidates (pool_indices); "
+            "they must be aligned."
+        )
+    # Logits passed by mistake would silently reverse or scramble the ranking, so refuse them.
+    if (
+        not np.isfinite(probs).all()
+        or (probs < -_PROBS_ATOL).any()
+        or not np.allclose(probs.sum(axis=1), 1.0, atol=_PROBS_ATOL)
+    ):
+        raise ValueError(
+            f"Strategy '{strategy}' expects probabilities (rows in [0, 1] summing to 1); got values that are "
+            "not. Apply a softmax to the logits first."
+        )
+    return probs.clip(0.0, 1.0)
+
+
+def _as_float32_matrix(values, name: str) -> torch.Tensor:
+    values = torch.as_tensor(values).detach()
+    if values.ndim != 2:
+        raise ValueError(f"{name} must have shape (num_rows, hidden_size), got {tuple(values.shape)}.")
+    values = values.float().contiguous()
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{name} contains NaN or inf values.")
+    return values

@@ -1,0 +1,269 @@
+import json
+
+import pytest
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import SaveStrategy
+
+from prunefuse_hf.config import DEFAULT_NUM_ROUNDS, PruneFuseConfig, available_strategies
+
+
+def make_config(**kwargs):
+    kwargs.setdefault("output_dir", "unused")
+    return PruneFuseConfig(**kwargs)
+
+
+def test_defaults_changed_from_training_arguments():
+    config = PruneFuseConfig()
+    stock = TrainingArguments()
+    assert config.output_dir == "prunefuse-output"
+    assert config.remove_unused_columns is False and stock.remove_unused_columns is True
+    assert config.save_strategy == SaveStrategy.NO and stock.save_strategy != SaveStrategy.NO
+    assert config.logging_steps == 10 and stock.logging_steps == 500
+    assert config.report_to == []
+
+
+def test_prunefuse_defaults():
+    config = make_config(seed=7)
+    assert config.pruning_ratio == 0.5
+    assert config.importance == "l2"
+    assert config.strategy == "least_confidence"
+    assert config.initial_labeled_size == 1000
+    assert config.query_size == [1000]
+    assert config.num_rounds == DEFAULT_NUM_ROUNDS == 4
+    assert config.query_sizes() == [1000] * 4
+    assert config.selection_seed == 7  # None means "use seed"
+    assert config.surrogate_init == "reinit"
+    assert config.fusion is True and config.fusion_init == "dense_init" and config.copy_norm_stats is True
+    assert config.sync_every == 0
+    assert (config.distill_alpha, config.distill_temperature) == (0.5, 4.0)
+
+
+def test_every_field_has_help():
+    from dataclasses import fields
+
+    own = {f.name for f in fields(PruneFuseConfig)} - {f.name for f in fields(TrainingArguments)}
+    assert "pruning_ratio" in own
+    for f in fields(PruneFuseConfig):
+        if f.name in own:
+            assert f.metadata.get("help"), f.name
+
+
+@pytest.mark.parametrize(
+    "field_name, value, message",
+    [
+        ("pruning_ratio", 1.0, r"pruning_ratio must be a number in \[0, 1\).*got 1.0"),
+        ("pruning_ratio", -0.1, r"pruning_ratio must be .*got -0.1"),
+        ("pruning_ratio", "half", r"pruning_ratio must be .*got 'half'"),
+        ("importance", "l1", r"importance must be one of 'l2', got 'l1'"),
+        ("strategy", "most_confused", r"strategy must be one of .*'least_confidence'.*got 'most_confused'"),
+        ("initial_labeled_size", 0, r"initial_labeled_size must be an integer >= 1, got 0"),
+        ("query_size", 0, r"query_size must be an integer >= 1, got 0"),
+        ("query_size", [100, -5], r"query_size must be an integer >= 1, got -5"),
+        ("query_size", [], r"query_size must be an integer >= 1 or a non-empty list"),
+        ("num_rounds", 0, r"num_rounds must be an integer >= 1, got 0"),
+        ("scoring_batch_size", 0, r"scoring_batch_size must be an integer >= 1, got 0"),
+        ("selection_seed", -1, r"selection_seed must be an integer >= 0, got -1"),
+        ("surrogate_init", "cold", r"surrogate_init must be one of 'reinit', 'warm', got 'cold'"),
+        ("surrogate_num_train_epochs", 0, r"surrogate_num_train_epochs must be a number > 0 or None, got 0"),
+        (
+            "surrogate_learning_rate",
+            -1e-3,
+            r"surrogate_learning_rate must be a number > 0 or None, got -0.001",
+        ),
+        (
+            "surrogate_per_device_train_batch_size",
+            0,
+            r"surrogate_per_device_train_batch_size must be an integer >= 1, got 0",
+        ),
+        ("fusion", "yes", r"fusion must be True or False, got 'yes'"),
+        ("fusion_init", "zeros", r"fusion_init must be one of 'dense_init', 'fresh', got 'zeros'"),
+        ("copy_norm_stats", 1, r"copy_norm_stats must be True or False, got 1"),
+        ("sync_every", -1, r"sync_every must be an integer >= 0, got -1"),
+        ("distill_alpha", 1.5, r"distill_alpha must be a number in \[0, 1\], got 1.5"),
+        ("distill_temperature", 0, r"distill_temperature must be a number > 0, got 0"),
+    ],
+)
+def test_invalid_values_raise_naming_field_and_value(field_name, value, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(**{field_name: value})
+
+
+def test_sync_every_requires_fusion():
+    with pytest.raises(ValueError, match="sync_every must be 0 when fusion is False, got sync_every=2"):
+        make_config(fusion=False, sync_every=2)
+    assert make_config(fusion=False).sync_every == 0
+    assert make_config(sync_every=2).sync_every == 2
+
+
+def test_valid_edge_values_are_accepted():
+    config = make_config(pruning_ratio=0, distill_alpha=0, strategy="random")
+    assert config.pruning_ratio == 0.0 and config.distill_alpha == 0.0
+    assert make_config(distill_alpha=1).distill_alpha == 1.0
+
+
+def test_strategies_come_from_registry_when_present():
+    names = available_strategies()
+    for name in ("random", "least_confidence", "entropy", "margin", "kcenter_greedy"):
+        assert name in names
+        assert make_config(strategy=name).strategy == name
+
+
+@pytest.mark.parametrize(
+    "query_size, num_rounds, expected_sizes, expected_rounds",
+    [
+        (500, None, [500] * DEFAULT_NUM_ROUNDS, DEFAULT_NUM_ROUNDS),
+        (500, 2, [500, 500], 2),
+        ([500], 3, [500, 500, 500], 3),
+        ([4000, 5000, 5000], None, [4000, 5000, 5000], 3),
+        ([4000, 5000], 2, [4000, 5000], 2),
+    ],
+)
+def test_query_size_int_or_list(query_size, num_rounds, expected_sizes, expected_rounds):
+    config = make_config(query_size=query_size, num_rounds=num_rounds)
+    assert isinstance(config.query_size, list)
+    assert config.num_rounds == expected_rounds
+    assert config.query_sizes() == expected_sizes
+
+
+def test_query_size_list_must_match_num_rounds():
+    with pytest.raises(
+        ValueError, match=r"query_size lists 2 per-round sizes \[4000, 5000\] but num_rounds=3"
+    ):
+        make_config(query_size=[4000, 5000], num_rounds=3)
+
+
+def test_query_sizes_for_other_round_counts():
+    assert make_config(query_size=100).query_sizes(6) == [100] * 6
+    config = make_config(query_size=[1, 2])
+    assert config.query_sizes(2) == [1, 2]
+    with pytest.raises(ValueError, match="num_rounds=5"):
+        config.query_sizes(5)
+
+
+def test_surrogate_training_args_apply_overrides(tmp_path):
+    config = make_config(
+        num_train_epochs=3,
+        learning_rate=1e-3,
+        per_device_train_batch_size=32,
+        weight_decay=5e-4,
+        surrogate_num_train_epochs=1.5,
+        surrogate_learning_rate=0.1,
+        surrogate_per_device_train_batch_size=64,
+    )
+    args = config.surrogate_training_args(str(tmp_path / "surrogate"))
+    assert isinstance(args, TrainingArguments)
+    assert args.output_dir == str(tmp_path / "surrogate")
+    assert (args.num_train_epochs, args.learning_rate, args.per_device_train_batch_size) == (1.5, 0.1, 64)
+    assert args.weight_decay == 5e-4 and args.remove_unused_columns is False and args.report_to == []
+    # The original is untouched.
+    assert (config.output_dir, config.num_train_epochs, config.learning_rate) == ("unused", 3, 1e-3)
+    assert config.per_device_train_batch_size == 32
+
+
+def test_surrogate_training_args_default_to_training_settings(tmp_path):
+    config = make_config(num_train_epochs=2, learning_rate=1e-3, per_device_train_batch_size=16)
+    args = config.surrogate_training_args(str(tmp_path))
+    assert (args.num_train_epochs, args.learning_rate, args.per_device_train_batch_size) == (2, 1e-3, 16)
+
+
+def test_dense_training_args_ignore_surrogate_overrides(tmp_path):
+    config = make_config(
+        num_train_epochs=2, learning_rate=1e-3, surrogate_learning_rate=0.1, surrogate_num_train_epochs=9
+    )
+    args = config.dense_training_args(str(tmp_path / "fused"))
+    assert args.output_dir == str(tmp_path / "fused")
+    assert (args.num_train_epochs, args.learning_rate) == (2, 1e-3)
+    assert (args.distill_alpha, args.distill_temperature) == (0.5, 4.0)
+
+
+RECIPE = """
+# Model arguments
+output_dir: runs/fmnist
+seed: 3
+# Training arguments
+num_train_epochs: 2
+learning_rate: 0.05
+per_device_train_batch_size: 128
+# PruneFuse arguments
+pruning_ratio: 0.7
+strategy: entropy
+initial_labeled_size: 500
+query_size: [1000, 2000]
+surrogate_init: warm
+surrogate_num_train_epochs: 1
+fusion: true
+fusion_init: fresh
+copy_norm_stats: false
+sync_every: 1
+distill_alpha: 0.0
+distill_temperature: 2.0
+"""
+
+
+def test_parse_yaml_recipe_and_round_trip_through_json():
+    (config,) = HfArgumentParser(PruneFuseConfig).parse_dict(yaml.safe_load(RECIPE))
+    assert config.pruning_ratio == 0.7 and config.strategy == "entropy"
+    assert config.query_sizes() == [1000, 2000] and config.num_rounds == 2
+    assert (
+        config.surrogate_init == "warm" and config.fusion_init == "fresh" and config.copy_norm_stats is False
+    )
+    assert config.selection_seed == 3 and config.num_train_epochs == 2
+
+    saved = json.loads(config.to_json_string())
+    own = [
+        "pruning_ratio",
+        "importance",
+        "strategy",
+        "initial_labeled_size",
+        "query_size",
+        "num_rounds",
+        "scoring_batch_size",
+        "selection_seed",
+        "surrogate_init",
+        "surrogate_num_train_epochs",
+        "surrogate_learning_rate",
+        "surrogate_per_device_train_batch_size",
+        "fusion",
+        "fusion_init",
+        "copy_norm_stats",
+        "sync_every",
+        "distill_alpha",
+        "distill_temperature",
+    ]
+    (reloaded,) = HfArgumentParser(PruneFuseConfig).parse_dict(
+        {k: saved[k] for k in own + ["output_dir", "seed"]}
+    )
+    for name in own:
+        assert getattr(reloaded, name) == getattr(config, name), name
+
+
+def test_int_query_size_from_yaml():
+    (config,) = HfArgumentParser(PruneFuseConfig).parse_dict({"query_size": 250, "num_rounds": 3})
+    assert config.query_sizes() == [250, 250, 250]
+
+
+def test_command_line_overrides():
+    parser = HfArgumentParser(PruneFuseConfig)
+    (config,) = parser.parse_args_into_dataclasses(
+        [
+            "--query_size",
+            "4000",
+            "5000",
+            "--pruning_ratio",
+            "0.8",
+            "--fusion",
+            "false",
+            "--selection_seed",
+            "11",
+        ]
+    )
+    assert config.query_sizes() == [4000, 5000]
+    assert config.pruning_ratio == 0.8 and config.fusion is False and config.selection_seed == 11
+    (config,) = parser.parse_args_into_dataclasses(["--query_size", "300", "--num_rounds", "2"])
+    assert config.query_sizes() == [300, 300]
+
+
+def test_unknown_recipe_key_is_rejected():
+    with pytest.raises(ValueError, match="pruning_rate"):
+        HfArgumentParser(PruneFuseConfig).parse_dict({"pruning_rate": 0.5})

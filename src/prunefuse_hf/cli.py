@@ -1,8 +1,10 @@
 """The `prunefuse-hf` command line.
 
 Subcommands:
-    prune   prune a dense model into a surrogate checkpoint + pruning_plan.json
-    fuse    fuse a (trained) surrogate back into its dense model
+    run       run a PruneFuse experiment from a YAML recipe (flags override recipe values)
+    compare   compare finished runs: accuracy per labeled budget and selection cost
+    prune     prune a dense model into a surrogate checkpoint + pruning_plan.json
+    fuse      fuse a (trained) surrogate back into its dense model
 
 Also runnable as `python -m prunefuse_hf.cli ...` (and so under `accelerate launch -m`).
 """
@@ -22,6 +24,8 @@ from .fusion import fuse_into_dense
 from .modeling import has_weights, load_image_classifier
 from .plan import PruningPlan
 from .pruning import prune_model
+from .report import comparison_table, load_metrics
+from .run import run_from_command_line
 
 
 def _add_prune_parser(subparsers) -> None:
@@ -83,20 +87,46 @@ def _fuse(args) -> None:
     print(f"fused model saved to {args.output_dir} ({changed} of {len(dense.state_dict())} tensors changed)")
 
 
+def _add_compare_parser(subparsers) -> None:
+    parser = subparsers.add_parser("compare", help="Compare finished runs side by side.")
+    parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR (or RUN_DIR, named after its folder).")
+    parser.set_defaults(func=_compare)
+
+
+def _compare(args) -> None:
+    runs = {}
+    for spec in args.runs:
+        name, _, path = (
+            spec.rpartition("=") if "=" in spec else (os.path.basename(os.path.normpath(spec)), "", spec)
+        )
+        runs[name] = load_metrics(path)
+    print(comparison_table(runs))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunefuse-hf", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers.add_parser(
+        "run", help="Run a PruneFuse experiment: prunefuse-hf run --config RECIPE.yaml [--field value]"
+    )
+    _add_compare_parser(subparsers)
     _add_prune_parser(subparsers)
     _add_fuse_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv else None
     try:
-        args.func(args)
+        if command == "run":
+            # The run's flags are the recipe's fields, parsed by HfArgumentParser (see run.py).
+            run_from_command_line(argv[1:])
+        else:
+            args = build_parser().parse_args(argv)
+            args.func(args)
     except (ValueError, NotImplementedError, FileNotFoundError) as error:
-        print(f"prunefuse-hf {args.command}: error: {error}", file=sys.stderr)
+        print(f"prunefuse-hf {command}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

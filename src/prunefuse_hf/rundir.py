@@ -1,0 +1,127 @@
+"""The run directory: its layout, atomic writes, and the checks before a run may use it.
+
+Every file is written to a temporary name and renamed into place, so a crash or Ctrl-C leaves either
+the previous version or the new one, never half of one. Checkpoint directories are swapped the same
+way (the old one is removed only once the new one is complete).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from .constants import FUSED_DIR, METRICS_NAME, REPORT_NAME, SELECTION_NAME, STATE_NAME, SURROGATE_DIR
+
+DENSE_INIT_DIR = "dense_init"
+SURROGATE_INIT_DIR = "surrogate_init"
+DENSE_BASE_DIR = "dense_base"
+TRAINER_DIR = "trainer_output"
+
+
+class RunDirectoryError(ValueError):
+    """The run directory cannot be used as asked (exists without --resume/--overwrite, or no run to resume)."""
+
+
+class RunDirectory:
+    """Paths and atomic writes for one run's `output_dir`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / STATE_NAME
+
+    @property
+    def selection_path(self) -> Path:
+        return self.path / SELECTION_NAME
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_NAME
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT_NAME
+
+    @property
+    def surrogate_dir(self) -> Path:
+        return self.path / SURROGATE_DIR
+
+    @property
+    def fused_dir(self) -> Path:
+        return self.path / FUSED_DIR
+
+    def has_run(self) -> bool:
+        return self.state_path.is_file()
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> None:
+        """Check the directory may be used, before anything is written.
+
+        Raises:
+            RunDirectoryError: the directory holds files and neither `resume` nor `overwrite` is set, or
+                `resume` is set but there is no run to resume.
+        """
+        occupied = self.path.exists() and any(self.path.iterdir())
+        if resume:
+            if not self.has_run():
+                raise RunDirectoryError(
+                    f"--resume was given but {self.path} holds no run ({STATE_NAME} is missing). Start a new run "
+                    "without --resume, or point --output_dir at the run to continue."
+                )
+            return
+        if occupied and not overwrite:
+            what = "a PruneFuse run" if self.has_run() else "files"
+            raise RunDirectoryError(
+                f"output_dir {self.path} already holds {what}. Pass --resume to continue it, --overwrite to "
+                "replace it, or choose another --output_dir."
+            )
+        if occupied and overwrite:
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def read_state(self) -> dict:
+        with open(self.state_path) as f:
+            return json.load(f)
+
+    def write_json(self, name: str | Path, data) -> Path:
+        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=_json_default))
+
+    def write_text(self, name: str | Path, text: str) -> Path:
+        path = self.path / name
+        tmp_path = path.with_name(f".{path.name}.tmp")
+        with open(tmp_path, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        return path
+
+    def save_dir(self, name: str, save: Callable[[Path], None]) -> Path:
+        """Run `save(tmp_dir)` then swap the result in as `name` (the old version survives a crash)."""
+        target = self.path / name
+        tmp_dir = self.path / f".{name}.tmp"
+        old_dir = self.path / f".{name}.old"
+        for leftover in (tmp_dir, old_dir):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+        save(tmp_dir)
+        if target.exists():
+            os.replace(target, old_dir)
+        os.replace(tmp_dir, target)
+        if old_dir.exists():
+            shutil.rmtree(old_dir)
+        return target
+
+
+def _json_default(value):
+    # numpy scalars and arrays show up in metrics; write them as plain numbers and lists.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -1,0 +1,164 @@
+"""Forward passes over (part of) the pool: class probabilities and penultimate features per example.
+
+The pool is streamed in batches (memory is bounded by the batch plus the per-example outputs kept),
+every batch carries the examples' global pool indices, and under Accelerate each process scores a
+disjoint contiguous shard; the shards are gathered so that every requested index is scored exactly
+once and every process ends up with the same, pool-index-ordered result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader
+from tqdm.auto import tqdm
+from transformers.utils import logging
+
+from .constants import PIXEL_VALUES
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class PoolScores:
+    """Model outputs on a set of pool examples, sorted by pool index.
+
+    Args:
+        pool_indices: Global pool indices (int64, ascending).
+        probs: Softmax probabilities `[N, num_labels]` (float32), when asked for.
+        features: Penultimate features (the classifier's input, flattened) `[N, D]`, when asked for.
+    """
+
+    pool_indices: np.ndarray
+    probs: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.pool_indices)
+
+
+def score_pool(
+    model: torch.nn.Module,
+    dataset,
+    pool_indices: np.ndarray | None = None,
+    *,
+    batch_size: int = 256,
+    outputs: tuple[str, ...] = ("probs",),
+    accelerator=None,
+    num_workers: int = 0,
+    show_progress: bool = True,
+) -> PoolScores:
+    """Run `model` over `dataset` in eval mode and collect per-example outputs.
+
+    Args:
+        model: An image classifier (its `classifier` module's input is taken as the features).
+        dataset: A dataset whose row `i` holds pool example `pool_indices[i]`; indexing it with a
+            list of rows must return a batch with `pixel_values` (e.g. a `datasets.Dataset` prepared
+            with `prunefuse_hf.data.prepare_dataset`).
+        pool_indices: Global pool index of every row (default: `0..len(dataset)-1`).
+        batch_size: Examples per forward pass on each process.
+        outputs: Any of `"probs"` and `"features"`.
+        accelerator: An `accelerate.Accelerator`; with several processes each scores its shard.
+        num_workers: DataLoader workers decoding images.
+        show_progress: Show a progress bar on the main process.
+
+    Returns:
+        `PoolScores` with the requested outputs, on the CPU, ordered by pool index.
+    """
+    unknown = set(outputs) - {"probs", "features"}
+    if unknown:
+        raise ValueError(f"outputs may contain 'probs' and 'features', got {sorted(unknown)}.")
+    if pool_indices is None:
+        pool_indices = np.arange(len(dataset))
+    pool_indices = np.asarray(pool_indices, dtype=np.int64)
+    if len(pool_indices) != len(dataset):
+        raise ValueError(
+            f"pool_indices has {len(pool_indices)} entries but the dataset has {len(dataset)} rows."
+        )
+
+    rank, world_size = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    shard_rows = np.array_split(np.arange(len(dataset)), world_size)[rank]
+
+    collected = _forward_shard(
+        model,
+        dataset,
+        shard_rows,
+        pool_indices,
+        batch_size,
+        outputs,
+        device,
+        num_workers,
+        show_progress and rank == 0,
+    )
+    if world_size > 1:
+        collected = {key: _gather_variable_rows(accelerator, value) for key, value in collected.items()}
+    order = torch.argsort(collected["pool_indices"])
+    return PoolScores(
+        pool_indices=collected["pool_indices"][order].numpy(),
+        probs=collected["probs"][order] if "probs" in outputs else None,
+        features=collected["features"][order] if "features" in outputs else None,
+    )
+
+
+def _forward_shard(
+    model, dataset, rows, pool_indices, batch_size, outputs, device, num_workers, show_progress
+):
+    # Indexing the dataset with a list of rows runs its (batched) transform once per batch.
+    loader = DataLoader(
+        dataset,
+        sampler=BatchSampler(rows.tolist(), batch_size=batch_size, drop_last=False),
+        batch_size=None,
+        num_workers=num_workers,
+    )
+    features_seen: list[torch.Tensor] = []
+    hook = None
+    if "features" in outputs:
+        hook = _classifier_module(model).register_forward_pre_hook(
+            lambda module, args: features_seen.append(args[0].detach().flatten(1).float().cpu())
+        )
+    was_training = model.training
+    model.eval()
+    probs, indices = [], []
+    try:
+        with torch.no_grad():
+            start = 0
+            for batch in tqdm(loader, desc="Scoring pool", disable=not show_progress, unit="batch"):
+                pixel_values = batch[PIXEL_VALUES].to(device)
+                logits = model(pixel_values=pixel_values).logits
+                if "probs" in outputs:
+                    probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+                indices.append(torch.from_numpy(pool_indices[rows[start : start + len(pixel_values)]]))
+                start += len(pixel_values)
+    finally:
+        model.train(was_training)
+        if hook is not None:
+            hook.remove()
+    collected = {"pool_indices": torch.cat(indices) if indices else torch.empty(0, dtype=torch.int64)}
+    num_labels = model.config.num_labels
+    if "probs" in outputs:
+        collected["probs"] = torch.cat(probs) if probs else torch.empty(0, num_labels)
+    if "features" in outputs:
+        collected["features"] = torch.cat(features_seen) if features_seen else torch.empty(0, 0)
+    return collected
+
+
+def _classifier_module(model: torch.nn.Module) -> torch.nn.Module:
+    classifier = getattr(model, "classifier", None)
+    if classifier is None:
+        raise ValueError(
+            f"{type(model).__name__} has no `classifier` module, so its penultimate features cannot be "
+            "read; feature-based strategies (kcenter_greedy) need an HF *ForImageClassification model."
+        )
+    return classifier
+
+
+def _gather_variable_rows(accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather tensors whose first dimension differs between processes, without padding rows."""
+    sizes = accelerator.gather(torch.tensor([tensor.shape[0]], device=accelerator.device)).cpu().tolist()
+    padded = accelerator.pad_across_processes(tensor.to(accelerator.device), dim=0)
+    gathered = accelerator.gather(padded).cpu()
+    chunk = gathered.shape[0] // len(sizes)
+    return torch.cat([gathered[i * chunk : i * chunk + size] for i, size in enumerate(sizes)])

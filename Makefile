@@ -1,4 +1,4 @@
-.PHONY: setup test test-slow quality style
+.PHONY: setup run test test-slow quality style
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,6 +7,10 @@ CHECK_DIRS := src tests benchmarks scripts
 # Every target that runs code sets the machine up first (a no-op once done).
 setup:
 	bash scripts/setup.sh
+
+# The main job: default recipe + random baseline + comparison (about 10 minutes on 2 CPU cores).
+run: setup
+	bash scripts/run_default.sh
 
 test: setup
 	$(PY) -m pytest

@@ -1,0 +1,60 @@
+import pytest
+
+from prunefuse_hf.cli import main
+from prunefuse_hf.run import parse_run_arguments
+
+RECIPE = """
+# Model arguments
+model_config: {model_type: resnet, num_channels: 1, hidden_sizes: [8, 16], depths: [1, 1], embedding_size: 8}
+# Data arguments
+dataset_name: fashion_mnist
+max_pool_size: 500
+# PruneFuse
+pruning_ratio: 0.5
+query_size: [100, 200]
+output_dir: runs/x
+learning_rate: 0.1
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+def test_recipe_values_are_parsed_and_flags_override_them(recipe):
+    model_args, data_args, config, run_args, effective = parse_run_arguments(
+        ["--config", str(recipe), "--learning_rate", "0.01", "--strategy", "entropy", "--resume"]
+    )
+    assert model_args.model_config["hidden_sizes"] == [8, 16]
+    assert data_args.max_pool_size == 500
+    assert config.query_size == [100, 200] and config.num_rounds == 2
+    assert config.learning_rate == 0.01 and config.strategy == "entropy"
+    assert run_args.resume and not run_args.overwrite
+    assert effective["learning_rate"] == 0.01 and effective["pruning_ratio"] == 0.5
+
+
+def test_unknown_recipe_key_is_named(recipe, capsys):
+    recipe.write_text(RECIPE + "pruning_ration: 0.3\n")
+    assert main(["run", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown key(s) in recipe" in err and "'pruning_ration'" in err
+
+
+def test_unknown_flag_is_named(recipe, capsys):
+    assert main(["run", "--config", str(recipe), "--no_such_field", "1"]) == 2
+    assert "--no_such_field" in capsys.readouterr().err
+
+
+def test_out_of_range_value_is_named(recipe, capsys):
+    assert main(["run", "--config", str(recipe), "--pruning_ratio", "1.2"]) == 2
+    assert "pruning_ratio must be a number in [0, 1)" in capsys.readouterr().err
+
+
+def test_recipe_without_a_model_is_refused(tmp_path, capsys):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("dataset_name: fashion_mnist\n")
+    assert main(["run", "--config", str(path)]) == 2
+    assert "Set model_name_or_path" in capsys.readouterr().err

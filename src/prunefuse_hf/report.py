@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .constants import METRICS_NAME
 
 ACCURACY_PLOT = "accuracy.png"
@@ -126,52 +128,53 @@ def render_report(metrics: dict, config, plots: list[str]) -> str:
 
 
 def _write_plots(directory: Path, metrics: dict) -> list[str]:
+    """Accuracy per labeled budget, and cumulative selection cost against dense-selector AL."""
+    rounds = metrics["rounds"]
+    surrogate_points = [(r["surrogate"]["labeled"], r["surrogate"]["accuracy"]) for r in rounds
+                        if r.get("surrogate") and r["surrogate"].get("accuracy") is not None]  # fmt: skip
+    accuracy_lines = {
+        "surrogate": surrogate_points,
+        "fused / dense model": sorted(budget_accuracies(metrics).items()),
+    }
+
+    selection_rounds = [r for r in rounds if r.get("selection")]
+    spent = [r.get("surrogate", {}).get("flops", 0) + r["selection"]["flops"] for r in selection_rounds]
+    spent_dense = [
+        r.get("surrogate", {}).get("dense_flops", 0) + r["selection"]["dense_flops"] for r in selection_rounds
+    ]
+    xs = [r["round"] for r in selection_rounds]
+    cost_lines = {
+        "this run (surrogate)": list(zip(xs, np.cumsum(spent) / 1e12)),
+        "dense-selector AL, same work": list(zip(xs, np.cumsum(spent_dense) / 1e12)),
+    }
+    written = []
+    for name, lines, xlabel, ylabel in (
+        (ACCURACY_PLOT, accuracy_lines, "labeled examples", "eval accuracy"),
+        (COST_PLOT, cost_lines, "round", "cumulative selection TFLOPs"),
+    ):
+        if any(lines.values()):
+            _line_plot(directory / name, lines, xlabel, ylabel)
+            written.append(name)
+    return written
+
+
+def _line_plot(path: Path, lines: dict[str, list[tuple]], xlabel: str, ylabel: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-    rounds = metrics["rounds"]
-    surrogate_points = [(r["surrogate"]["labeled"], r["surrogate"]["accuracy"]) for r in rounds
-                        if r.get("surrogate") and r["surrogate"].get("accuracy") is not None]  # fmt: skip
-    dense_points = sorted(budget_accuracies(metrics).items())
-    if surrogate_points or dense_points:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for points, label in ((surrogate_points, "surrogate"), (dense_points, "fused / dense model")):
-            if points:
-                ax.plot(*zip(*points), marker="o", label=label)
-        ax.set_xlabel("labeled examples")
-        ax.set_ylabel("eval accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(directory / ACCURACY_PLOT, dpi=100)
-        plt.close(fig)
-        written.append(ACCURACY_PLOT)
-
-    spent = [(r["round"], r.get("surrogate", {}).get("flops", 0) + r["selection"]["flops"],
-              r.get("surrogate", {}).get("dense_flops", 0) + r["selection"]["dense_flops"])
-             for r in rounds if r.get("selection")]  # fmt: skip
-    if spent:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        cumulative, cumulative_dense, xs = 0.0, 0.0, []
-        ys, ys_dense = [], []
-        for round_, flops, dense_flops in spent:
-            cumulative += flops / 1e12
-            cumulative_dense += dense_flops / 1e12
-            xs.append(round_), ys.append(cumulative), ys_dense.append(cumulative_dense)
-        ax.plot(xs, ys, marker="o", label="this run (surrogate)")
-        ax.plot(xs, ys_dense, marker="s", linestyle="--", label="dense-selector AL, same work")
-        ax.set_xlabel("round")
-        ax.set_ylabel("cumulative selection TFLOPs")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(directory / COST_PLOT, dpi=100)
-        plt.close(fig)
-        written.append(COST_PLOT)
-    return written
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in lines.items():
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def load_metrics(run_dir) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
@@ -49,6 +49,7 @@ def score_pool(
     accelerator=None,
     num_workers: int = 0,
     show_progress: bool = True,
+    gather: bool = True,
 ) -> PoolScores:
     """Run `model` over `dataset` in eval mode and collect per-example outputs.
 
@@ -63,6 +64,8 @@ def score_pool(
         accelerator: An `accelerate.Accelerator`; with several processes each scores its shard.
         num_workers: DataLoader workers decoding images.
         show_progress: Show a progress bar on the main process.
+        gather: Gather every process's results (default). With `False` each process returns only the
+            examples it scored, for strategies that work on shards.
 
     Returns:
         `PoolScores` with the requested outputs, on the CPU, ordered by pool index.
@@ -80,20 +83,16 @@ def score_pool(
 
     rank, world_size = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = accelerator.device if accelerator else next(model.parameters()).device
-    shard_rows = np.array_split(np.arange(len(dataset)), world_size)[rank]
+    batches = [
+        list(range(start, min(start + batch_size, len(dataset))))
+        for start in range(0, len(dataset), batch_size)
+    ]
+    shard = batches[rank::world_size]
 
     collected = _forward_shard(
-        model,
-        dataset,
-        shard_rows,
-        pool_indices,
-        batch_size,
-        outputs,
-        device,
-        num_workers,
-        show_progress and rank == 0,
+        model, dataset, shard, pool_indices, outputs, device, num_workers, show_progress and rank == 0
     )
-    if world_size > 1:
+    if world_size > 1 and gather:
         collected = {key: _gather_variable_rows(accelerator, value) for key, value in collected.items()}
     order = torch.argsort(collected["pool_indices"])
     return PoolScores(
@@ -103,16 +102,10 @@ def score_pool(
     )
 
 
-def _forward_shard(
-    model, dataset, rows, pool_indices, batch_size, outputs, device, num_workers, show_progress
-):
-    # Indexing the dataset with a list of rows runs its (batched) transform once per batch.
-    loader = DataLoader(
-        dataset,
-        sampler=BatchSampler(rows.tolist(), batch_size=batch_size, drop_last=False),
-        batch_size=None,
-        num_workers=num_workers,
-    )
+def _forward_shard(model, dataset, batches, pool_indices, outputs, device, num_workers, show_progress):
+    # Each sampler item is a whole batch of rows: indexing the dataset with a list runs its (batched)
+    # transform once per batch.
+    loader = DataLoader(dataset, sampler=batches, batch_size=None, num_workers=num_workers)
     features_seen: list[torch.Tensor] = []
     hook = None
     if "features" in outputs:
@@ -124,14 +117,13 @@ def _forward_shard(
     probs, indices = [], []
     try:
         with torch.no_grad():
-            start = 0
-            for batch in tqdm(loader, desc="Scoring pool", disable=not show_progress, unit="batch"):
-                pixel_values = batch[PIXEL_VALUES].to(device)
-                logits = model(pixel_values=pixel_values).logits
+            for rows, batch in zip(
+                batches, tqdm(loader, desc="Scoring pool", disable=not show_progress, unit="batch")
+            ):
+                logits = model(pixel_values=batch[PIXEL_VALUES].to(device)).logits
                 if "probs" in outputs:
                     probs.append(torch.softmax(logits.float(), dim=-1).cpu())
-                indices.append(torch.from_numpy(pool_indices[rows[start : start + len(pixel_values)]]))
-                start += len(pixel_values)
+                indices.append(torch.from_numpy(pool_indices[rows]))
     finally:
         model.train(was_training)
         if hook is not None:
@@ -157,7 +149,14 @@ def _classifier_module(model: torch.nn.Module) -> torch.nn.Module:
 
 def _gather_variable_rows(accelerator, tensor: torch.Tensor) -> torch.Tensor:
     """All-gather tensors whose first dimension differs between processes, without padding rows."""
+    from accelerate.utils import gather_object
+
     sizes = accelerator.gather(torch.tensor([tensor.shape[0]], device=accelerator.device)).cpu().tolist()
+    # A process that scored nothing does not know the feature width; take it from one that did.
+    shapes = gather_object([tuple(tensor.shape[1:])])
+    full_shape = next((shape for shape, size in zip(shapes, sizes) if size), shapes[0])
+    if tensor.shape[0] == 0:
+        tensor = tensor.new_zeros((0, *full_shape))
     padded = accelerator.pad_across_processes(tensor.to(accelerator.device), dim=0)
     gathered = accelerator.gather(padded).cpu()
     chunk = gathered.shape[0] // len(sizes)

@@ -1,0 +1,122 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_dataset, run_in_processes, tiny_resnet_config
+from transformers import ResNetForImageClassification
+
+from prunefuse_hf.data import prepare_dataset
+from prunefuse_hf.scoring import score_pool
+from prunefuse_hf.strategies import STRATEGIES, get_strategy
+
+POOL_SIZE = 1001  # not a multiple of the batch size nor of the process count
+BATCH_SIZE = 64
+
+
+def pool_indices_for(size):
+    # Global pool indices need not be the dataset rows: the loop scores a view of the unlabeled examples.
+    return np.arange(size, dtype=np.int64) * 3 + 7
+
+
+def _score_and_select(directory, gather=True):
+    """Runs in each launched process: score the saved pool with the saved model, select with every strategy."""
+    from pathlib import Path
+
+    from accelerate import Accelerator
+    from datasets import load_from_disk
+    from transformers import AutoModelForImageClassification
+
+    torch.set_num_threads(1)
+    directory = Path(directory)
+    accelerator = Accelerator(cpu=True)
+    model = AutoModelForImageClassification.from_pretrained(directory / "model")
+    dataset = prepare_dataset(load_from_disk(directory / "pool"), model.config)
+    scores = score_pool(model, dataset, pool_indices_for(len(dataset)), batch_size=BATCH_SIZE,
+                        outputs=("probs", "features"), accelerator=accelerator, show_progress=False, gather=gather)  # fmt: skip
+    result = {"pool_indices": scores.pool_indices.tolist()}
+    if gather:
+        labeled_features = scores.features[:10]
+        candidates = slice(10, None)
+        result["selections"] = {
+            name: get_strategy(name).select(
+                25, pool_indices=scores.pool_indices[candidates], probs=scores.probs[candidates],
+                features=scores.features[candidates], labeled_features=labeled_features, seed=0,
+            ).indices.tolist()
+            for name in sorted(STRATEGIES)
+        }  # fmt: skip
+        torch.save({"probs": scores.probs, "features": scores.features},
+                   directory / f"outputs-{accelerator.num_processes}-{accelerator.process_index}.pt")  # fmt: skip
+    name = f"result-{accelerator.num_processes}-{accelerator.process_index}-{int(gather)}.json"
+    (directory / name).write_text(json.dumps(result))
+
+
+@pytest.fixture(scope="module")
+def saved_pool_and_model(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("scoring")
+    make_image_dataset(num_examples=POOL_SIZE, seed=4).save_to_disk(directory / "pool")
+    torch.manual_seed(0)
+    ResNetForImageClassification(tiny_resnet_config(num_channels=3)).save_pretrained(directory / "model")
+    return directory
+
+
+def _result(directory, world, rank, gather=True):
+    return json.loads((directory / f"result-{world}-{rank}-{int(gather)}.json").read_text())
+
+
+@pytest.mark.distributed
+def test_one_and_two_processes_score_every_index_once_and_select_the_same(saved_pool_and_model):
+    directory = saved_pool_and_model
+    run_in_processes(_score_and_select, str(directory), num_processes=1)
+    run_in_processes(_score_and_select, str(directory), num_processes=2)
+
+    expected = pool_indices_for(POOL_SIZE).tolist()
+    single = _result(directory, 1, 0)
+    assert single["pool_indices"] == expected
+    for rank in (0, 1):
+        two = _result(directory, 2, rank)
+        assert two["pool_indices"] == expected  # every index once, in order, on every process
+        assert two["selections"] == single["selections"]
+        outputs = torch.load(directory / f"outputs-2-{rank}.pt")
+        reference = torch.load(directory / "outputs-1-0.pt")
+        # Each example sees the same batch with 1 or 2 processes, so the numbers are identical.
+        assert torch.equal(outputs["probs"], reference["probs"])
+        assert torch.equal(outputs["features"], reference["features"])
+    assert set(single["selections"]) == set(STRATEGIES)
+
+
+@pytest.mark.distributed
+def test_without_gather_each_process_keeps_a_disjoint_shard(saved_pool_and_model):
+    directory = saved_pool_and_model
+    run_in_processes(_score_and_select, str(directory), False, num_processes=2)
+    shards = [_result(directory, 2, rank, gather=False)["pool_indices"] for rank in (0, 1)]
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == pool_indices_for(POOL_SIZE).tolist()
+    assert abs(len(shards[0]) - len(shards[1])) <= BATCH_SIZE
+
+
+def test_scores_match_a_direct_forward_pass_per_example():
+    dataset = make_image_dataset(num_examples=70, seed=2)
+    model = ResNetForImageClassification(tiny_resnet_config(num_channels=3)).eval()
+    prepared = prepare_dataset(dataset, model.config)
+    order = np.random.default_rng(0).permutation(70)  # the view's rows map to shuffled pool indices
+    scores = score_pool(model, prepared, order, batch_size=16, outputs=("probs", "features"), show_progress=False)
+    assert scores.pool_indices.tolist() == list(range(70))
+    row_of_index = np.argsort(order)
+    with torch.no_grad():
+        pixel_values = prepared[row_of_index.tolist()]["pixel_values"]
+        expected = torch.softmax(model(pixel_values=pixel_values).logits, dim=-1)
+    torch.testing.assert_close(scores.probs, expected)
+    assert scores.features.shape == (70, model.config.hidden_sizes[-1])
+    assert torch.allclose(scores.probs.sum(dim=1), torch.ones(70))
+
+
+def test_scoring_restores_training_mode_and_rejects_unknown_outputs():
+    model = ResNetForImageClassification(tiny_resnet_config(num_channels=3)).train()
+    prepared = prepare_dataset(make_image_dataset(num_examples=8), model.config)
+    score_pool(model, prepared, batch_size=4, show_progress=False)
+    assert model.training
+    with pytest.raises(ValueError, match="outputs may contain"):
+        score_pool(model, prepared, outputs=("logits",))
+    with pytest.raises(ValueError, match="pool_indices has 3 entries but the dataset has 8 rows"):
+        score_pool(model, prepared, np.arange(3))

@@ -413,3 +413,58 @@ def test_register_strategy_refuses_a_clashing_or_missing_name(monkeypatch):
         @register_strategy
         class Nameless(SelectionStrategy):
             pass
+
+
+# -- badge and bald -----------------------------------------------------------------------------
+
+
+def _badge_reference(n, pool_indices, probs, features, seed):
+    """BADGE with explicit gradient embeddings and distance matrix (small data only)."""
+    order = np.argsort(pool_indices, kind="stable")
+    pool_indices, probs, features = pool_indices[order], probs[order], features[order]
+    residual = probs.copy()
+    residual[np.arange(len(probs)), probs.argmax(1)] -= 1
+    embeddings = (residual[:, :, None] * features[:, None, :]).reshape(len(probs), -1)
+    rng = np.random.default_rng(seed)
+    picked = [int(np.argmax((embeddings**2).sum(1)))]
+    while len(picked) < n:
+        nearest = ((embeddings[:, None, :] - embeddings[None, picked, :]) ** 2).sum(-1).min(1)
+        nearest[picked] = 0
+        picked.append(int(rng.choice(len(nearest), p=nearest / nearest.sum())))
+    return pool_indices[picked]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_badge_matches_explicit_gradient_embeddings(seed):
+    rng = np.random.default_rng(seed + 10)
+    logits = rng.normal(size=(40, 5))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    features = rng.normal(size=(40, 6))
+    pool_indices = rng.permutation(1000)[:40]
+    selection = get_strategy("badge").select(12, pool_indices=pool_indices, probs=probs, features=features, seed=seed)
+    expected = _badge_reference(12, pool_indices, probs, features, seed)
+    np.testing.assert_array_equal(selection.indices, expected)
+    assert len(set(selection.indices.tolist())) == 12
+    np.testing.assert_array_equal(selection.scores, np.arange(12, 0, -1))
+
+
+def test_badge_first_pick_is_the_largest_embedding_and_needs_probs_and_features():
+    probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]])
+    features = np.array([[1.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    selection = get_strategy("badge").select(1, pool_indices=np.array([7, 8, 9]), probs=probs, features=features)
+    # |p - onehot| * |h|: 0.1414 * 1, 0.7071 * 1, 0.5657 * 5 -> the third candidate
+    assert selection.indices.tolist() == [9]
+    with pytest.raises(ValueError, match="'badge' needs features"):
+        get_strategy("badge").select(1, pool_indices=np.array([7, 8, 9]), probs=probs)
+
+
+def test_bald_is_the_mutual_information_of_mc_samples():
+    confident_everywhere = [[1.0, 0.0], [1.0, 0.0]]  # no disagreement: 0
+    disagreeing = [[1.0, 0.0], [0.0, 1.0]]  # mean is uniform, each sample certain: log 2
+    uncertain_everywhere = [[0.5, 0.5], [0.5, 0.5]]  # uncertain but agreeing: 0
+    mc_probs = np.array([confident_everywhere, disagreeing, uncertain_everywhere])
+    selection = get_strategy("bald").select(3, pool_indices=np.array([4, 5, 6]), mc_probs=mc_probs)
+    assert selection.indices.tolist() == [5, 4, 6]
+    np.testing.assert_allclose(selection.scores, [np.log(2), 0.0, 0.0], atol=1e-12)
+    with pytest.raises(ValueError, match="mc_probs must have shape"):
+        get_strategy("bald").select(1, pool_indices=np.array([4, 5]), mc_probs=mc_probs)

@@ -1,14 +1,17 @@
 """What pruning needs to know about each supported model family.
 
 Torch-Pruning finds the coupled channel groups by tracing; what it cannot know is how a narrower
-model is written down as a config of the same family. Each `FamilyAdapter` answers that (plus which
-layers must keep their width), so the surrogate is a plain HF checkpoint that reloads with
-`from_pretrained`. Families without an adapter are refused with an error naming them.
+model is written down as a config of the same family. Each `FamilyAdapter` answers that: it builds
+the surrogate's config from the dense config and the pruning ratio (rounding widths the way the
+family's config does: heads, groups, `make_divisible`), and `prune_model` then prunes every coupled
+channel group to exactly the width that config builds, so the surrogate is a plain HF checkpoint that
+reloads with `from_pretrained`. Families without an adapter are refused with an error naming them.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,35 +29,183 @@ class FamilyAdapter:
 
     Args:
         model_type: The config's `model_type`.
-        narrowed_config: Builds the surrogate's config from the dense config and the pruned model.
-        ignored_layers: Modules whose widths must not change (at least the classifier's outputs).
+        name: The family's name for people (README table, error messages).
+        narrows: What gets narrower, in words.
+        narrowed_config: `(dense_config, pruning_ratio) -> surrogate config`. Raises a `ValueError`
+            naming the family, the ratio and what would work when a width would vanish.
+        ignored_parameters: Names (suffixes) of parameters that carry no channel dimension and must
+            never be pruned (e.g. Swin's per-head relative position bias table).
+        channels_last: Whether the model slices (batch, height, width, channels) tensors spatially
+            (Swin's patch merging), which Torch-Pruning would otherwise read as channel slices.
     """
 
     model_type: str
-    narrowed_config: Callable[[object, nn.Module], object]
-    ignored_layers: Callable[[nn.Module], list[nn.Module]]
+    name: str
+    narrows: str
+    narrowed_config: Callable[[object, float], object]
+    ignored_parameters: tuple[str, ...] = ()
+    channels_last: bool = False
+
+    def ignored_layers(self, model: nn.Module) -> list[nn.Module]:
+        """Modules whose output widths must not change: the classifier (its outputs are the classes)."""
+        return [model.classifier]
 
 
-def _resnet_narrowed_config(dense_config, pruned: nn.Module):
+def scaled_width(width: int, pruning_ratio: float, family: str, what: str, multiple: int = 1) -> int:
+    """`floor(width * (1 - pruning_ratio))`, rounded down to a multiple of `multiple`.
+
+    Raises a `ValueError` naming the family, the ratio and the largest ratio that keeps the width when
+    the result would be zero.
+    """
+    # round() first: (1 - 0.7) * 10 is 2.9999999999999996 in floating point, which must floor to 3.
+    kept = math.floor(round(width * (1 - pruning_ratio), 6))
+    kept -= kept % multiple
+    if kept <= 0:
+        largest = 1 - multiple / width
+        hint = f"use pruning_ratio <= {largest:.4g}" if largest > 0 else "this width cannot be narrowed"
+        raise ValueError(
+            f"pruning_ratio={pruning_ratio} cannot be expressed for the {family} family: {what} {width} "
+            f"x (1 - {pruning_ratio}) leaves no {'multiple of ' + str(multiple) if multiple > 1 else 'entry'}; "
+            f"{hint}."
+        )
+    return kept
+
+
+def _resnet_config(dense_config, ratio):
     config = copy.deepcopy(dense_config)
-    backbone = pruned.resnet
-    config.embedding_size = backbone.embedder.embedder.convolution.out_channels
-    # A stage's width is the output width of its last layer (basic and bottleneck layers alike); a
-    # bottleneck's inner width is derived by the config (out // reduction), and Torch-Pruning's
-    # floor(width * (1 - p)) keeps that relation, so the narrowed config reproduces every shape.
+    # A bottleneck's inner width is derived by the config (out // reduction), so the stage widths and
+    # the stem width are all the config needs.
+    config.embedding_size = scaled_width(dense_config.embedding_size, ratio, "ResNet", "embedding_size")
+    config.hidden_sizes = [scaled_width(w, ratio, "ResNet", "hidden size") for w in dense_config.hidden_sizes]
+    return config
+
+
+def _convnext_config(dense_config, ratio):
+    config = copy.deepcopy(dense_config)
+    # The MLP width is 4 x the stage width in the modeling code, so it follows.
     config.hidden_sizes = [
-        stage.layers[-1].layer[-1].convolution.out_channels for stage in backbone.encoder.stages
+        scaled_width(w, ratio, "ConvNeXt", "hidden size") for w in dense_config.hidden_sizes
     ]
     return config
 
 
-def _classifier_layers(model: nn.Module) -> list[nn.Module]:
-    return [model.classifier]
+def _vit_config(dense_config, ratio):
+    config = copy.deepcopy(dense_config)
+    heads = dense_config.num_attention_heads
+    family = type(dense_config).__name__.removesuffix("Config")
+    # The head count is kept and every head loses the same share of its dimensions; the residual
+    # width is heads x head_dim in these configs, so it is rounded down to a multiple of the heads.
+    head_dim = dense_config.hidden_size // heads
+    config.hidden_size = heads * scaled_width(head_dim, ratio, family, "head dimension")
+    config.intermediate_size = scaled_width(
+        dense_config.intermediate_size, ratio, family, "intermediate_size"
+    )
+    if getattr(dense_config, "pooler_output_size", None) == dense_config.hidden_size:
+        config.pooler_output_size = config.hidden_size
+    return config
+
+
+def _swin_config(dense_config, ratio):
+    config = copy.deepcopy(dense_config)
+    # Stage i has embed_dim * 2**i channels split over num_heads[i] heads: the narrowed embed_dim is
+    # the largest one (at most (1 - p) x embed_dim) that keeps every stage divisible by its heads.
+    multiple = math.lcm(*(heads // math.gcd(heads, 2**i) for i, heads in enumerate(dense_config.num_heads)))
+    config.embed_dim = scaled_width(dense_config.embed_dim, ratio, "Swin", "embed_dim", multiple)
+    config.hidden_size = int(config.embed_dim * 2 ** (len(config.depths) - 1))
+    return config
+
+
+def _multiplier_config(field: str):
+    def narrowed(dense_config, ratio):
+        config = copy.deepcopy(dense_config)
+        # Every width is derived from the multiplier with the family's own rounding (make_divisible,
+        # round_filters); the pruned widths are then whatever this config builds.
+        setattr(config, field, getattr(dense_config, field) * (1 - ratio))
+        if dense_config.model_type == "efficientnet":
+            from transformers.models.efficientnet.modeling_efficientnet import round_filters
+
+            # The head width (top conv, top BatchNorm, classifier input) is a separate config field.
+            if dense_config.hidden_dim == round_filters(dense_config, 1280):
+                config.hidden_dim = round_filters(config, 1280)
+        return config
+
+    return narrowed
+
+
+def _regnet_config(dense_config, ratio):
+    config = copy.deepcopy(dense_config)
+    group_width = dense_config.groups_width
+    for width in dense_config.hidden_sizes:
+        if width % group_width:
+            raise ValueError(
+                f"RegNet stage width {width} is not a multiple of groups_width={group_width}; only "
+                "RegNet configs whose stage widths are whole numbers of groups can be pruned."
+            )
+    # Every grouped convolution keeps its number of groups and each group loses the same number of
+    # channels, so the narrowed stage width is groups x the narrowed group width.
+    narrow_group_width = scaled_width(group_width, ratio, "RegNet", "groups_width")
+    config.groups_width = narrow_group_width
+    config.hidden_sizes = [width // group_width * narrow_group_width for width in dense_config.hidden_sizes]
+    config.embedding_size = scaled_width(dense_config.embedding_size, ratio, "RegNet", "embedding_size")
+    return config
 
 
 FAMILY_ADAPTERS: dict[str, FamilyAdapter] = {
-    "resnet": FamilyAdapter("resnet", _resnet_narrowed_config, _classifier_layers),
+    adapter.model_type: adapter
+    for adapter in [
+        FamilyAdapter("resnet", "ResNet", "stem and stage widths (basic and bottleneck)", _resnet_config),
+        FamilyAdapter("convnext", "ConvNeXt", "stage widths (MLP width follows)", _convnext_config),
+        FamilyAdapter("convnextv2", "ConvNeXt V2", "stage widths (MLP and GRN follow)", _convnext_config),
+        FamilyAdapter("vit", "ViT", "hidden size, MLP width, head dimension (head count kept)", _vit_config),
+        FamilyAdapter(
+            "deit", "DeiT", "hidden size, MLP width, head dimension (head count kept)", _vit_config
+        ),
+        FamilyAdapter(
+            "swin",
+            "Swin",
+            "embed dim of every stage, MLP width, head dimension (head count kept)",
+            _swin_config,
+            ignored_parameters=("relative_position_bias_table",),
+            channels_last=True,
+        ),
+        FamilyAdapter(
+            "mobilenet_v2",
+            "MobileNetV2",
+            "all widths via depth_multiplier x (1 - p), with its make_divisible rounding",
+            _multiplier_config("depth_multiplier"),
+        ),
+        FamilyAdapter(
+            "regnet",
+            "RegNet",
+            "stem and stage widths (group count kept, group width narrowed)",
+            _regnet_config,
+        ),
+        FamilyAdapter(
+            "efficientnet",
+            "EfficientNet",
+            "all widths via width_coefficient x (1 - p), with its round_filters rounding",
+            _multiplier_config("width_coefficient"),
+        ),
+    ]
 }
+
+# The families `prune_model` supports, in README order; tests iterate over it and
+# `support_table_markdown` renders the README table from it, so the two cannot drift.
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILY_ADAPTERS)
+
+
+def support_table_markdown() -> str:
+    """The README's support table: one row per supported family."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    rows = ["| family | `model_type` | model class | what narrows by 1 − p |", "|---|---|---|---|"]
+    for model_type in SUPPORTED_FAMILIES:
+        adapter = FAMILY_ADAPTERS[model_type]
+        model_class = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[model_type]
+        if isinstance(model_class, tuple):
+            model_class = model_class[0]
+        rows.append(f"| {adapter.name} | `{model_type}` | `{model_class}` | {adapter.narrows} |")
+    return "\n".join(rows)
 
 
 def get_family_adapter(config) -> FamilyAdapter:
@@ -63,10 +214,26 @@ def get_family_adapter(config) -> FamilyAdapter:
     if model_type not in FAMILY_ADAPTERS:
         raise NotImplementedError(
             f"Pruning the '{model_type}' family ({type(config).__name__}) is not supported yet. Supported "
-            f"families: {sorted(FAMILY_ADAPTERS)}. Use a model of a supported family, or add a "
-            "`FamilyAdapter` for this one in prunefuse_hf/architectures.py."
+            f"families: {sorted(FAMILY_ADAPTERS)}. Use a model of a supported family (or pruning_ratio=0, "
+            "which works for any family), or add a `FamilyAdapter` for this one in "
+            "prunefuse_hf/architectures.py."
         )
     return FAMILY_ADAPTERS[model_type]
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """`{projection: number of heads}` for the query/key/value projections of every attention module.
+
+    Found by attribute (an attention module holds `num_attention_heads` and `q_proj`/`k_proj`/`v_proj`),
+    not by path, so it follows the modeling code of the installed transformers.
+    """
+    heads = {}
+    for module in model.modules():
+        count = getattr(module, "num_attention_heads", None)
+        if isinstance(count, int) and all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj")):
+            for projection in ("q_proj", "k_proj", "v_proj"):
+                heads[getattr(module, projection)] = count
+    return heads
 
 
 def example_pixel_values(

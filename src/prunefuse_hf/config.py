@@ -67,6 +67,8 @@ class PruneFuseConfig(TrainingArguments):
             When both are given, a list `query_size` must have exactly `num_rounds` values.
         scoring_batch_size (`int`, *optional*, defaults to `256`):
             Batch size per device when the surrogate scores the unlabeled pool.
+        mc_samples (`int`, *optional*, defaults to `10`):
+            Stochastic forward passes per example for MC-dropout strategies (`bald`).
         selection_seed (`int` or `None`, *optional*, defaults to `None`):
             Seed of the initial random draw and of the random parts of selection. `None` uses `seed`.
 
@@ -199,6 +201,10 @@ class PruneFuseConfig(TrainingArguments):
         default=256,
         metadata={"help": "Batch size per device when the surrogate scores the unlabeled pool."},
     )
+    mc_samples: int = field(
+        default=10,
+        metadata={"help": "Stochastic forward passes per example for MC-dropout strategies (bald)."},
+    )
     selection_seed: int | None = field(
         default=None,
         metadata={"help": "Seed of the initial random draw and of random selection. Defaults to `seed`."},
@@ -297,6 +303,7 @@ class PruneFuseConfig(TrainingArguments):
         self.initial_labeled_size = _integer("initial_labeled_size", self.initial_labeled_size, minimum=1)
         self.query_size, self.num_rounds = _resolve_rounds(self.query_size, self.num_rounds)
         self.scoring_batch_size = _integer("scoring_batch_size", self.scoring_batch_size, minimum=1)
+        self.mc_samples = _integer("mc_samples", self.mc_samples, minimum=1)
         if self.selection_seed is not None:
             self.selection_seed = _integer("selection_seed", self.selection_seed, minimum=0)
 

@@ -11,10 +11,11 @@ resumes at the first unfinished step and, with the same seed, ends with the same
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
-from accelerate import PartialState
+from accelerate import Accelerator, PartialState
 from transformers import AutoModelForImageClassification, PreTrainedModel, set_seed
 from transformers.utils import logging
 
@@ -99,6 +100,8 @@ class PruneFuseLoop:
     ):
         self.config = config
         self.state = PartialState()
+        # Scoring shards the pool over the processes that `accelerate launch` started (one otherwise).
+        self.accelerator = Accelerator(cpu=config.use_cpu)
         self.run_dir = RunDirectory(config.output_dir)
         self.image_processor = image_processor
         self.columns = {"image_column": image_column, "label_column": label_column}
@@ -279,21 +282,25 @@ class PruneFuseLoop:
         outputs = {}
         scored = 0
         if self.strategy.needs:
+            score = functools.partial(score_pool, model, batch_size=config.scoring_batch_size,
+                                      accelerator=self.accelerator, mc_samples=config.mc_samples)  # fmt: skip
             wanted = tuple(sorted(self.strategy.needs))
-            unlabeled = score_pool(model, self._prepared(self.pool.unlabeled), self.pool.unlabeled_indices,
-                                   batch_size=config.scoring_batch_size, outputs=wanted)  # fmt: skip
-            outputs = {"probs": unlabeled.probs, "features": unlabeled.features}
-            scored = len(unlabeled)
-            if "features" in self.strategy.needs:
-                labeled = score_pool(model, self._prepared(self.pool.labeled), self.pool.labeled_indices,
-                                     batch_size=config.scoring_batch_size, outputs=("features",))  # fmt: skip
+            unlabeled = score(
+                self._prepared(self.pool.unlabeled), self.pool.unlabeled_indices, outputs=wanted
+            )
+            outputs = {name: getattr(unlabeled, name) for name in wanted}
+            scored = len(unlabeled) * (config.mc_samples if "mc_probs" in wanted else 1)
+            if self.strategy.uses_labeled_features:
+                labeled = score(
+                    self._prepared(self.pool.labeled), self.pool.labeled_indices, outputs=("features",)
+                )
                 outputs["labeled_features"] = labeled.features
                 scored += len(labeled)
         selection = self.strategy.select(
             query_size,
             pool_indices=self.pool.unlabeled_indices,
             seed=config.selection_seed + round_,
-            **{k: v for k, v in outputs.items() if v is not None},
+            **outputs,
         )
         self.pool.label(
             selection.indices, round=round_ + 1, scores=selection.scores, strategy=self.strategy.name

@@ -19,7 +19,7 @@ import torch_pruning as tp
 from torch import nn
 from transformers.utils import logging
 
-from .architectures import example_pixel_values, get_family_adapter
+from .architectures import attention_heads, example_pixel_values, get_family_adapter
 from .plan import PruningPlan, config_hash
 
 logger = logging.get_logger(__name__)
@@ -86,6 +86,8 @@ def prune_model(
         return surrogate, _make_plan(model, surrogate, {}, pruning_ratio, importance, name_or_path)
 
     adapter = get_family_adapter(model.config)
+    surrogate_config = adapter.narrowed_config(model.config, pruning_ratio)
+    target_widths = _target_widths(model, surrogate_config, pruning_ratio, adapter)
     working = copy.deepcopy(model)
     # Tracing runs a forward pass: in train mode it would move BatchNorm running statistics, and the
     # surrogate would no longer equal the dense model at the kept indices.
@@ -95,22 +97,10 @@ def prune_model(
     elif isinstance(example_inputs, torch.Tensor):
         example_inputs = {"pixel_values": example_inputs}
 
-    pruner = tp.pruner.MetaPruner(
-        working,
-        example_inputs=example_inputs,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=pruning_ratio,
-        ignored_layers=adapter.ignored_layers(working),
-        output_transform=lambda outputs: outputs.logits,
-    )
     recorder = _PrunedIndexRecorder(working)
-    for group in pruner.step(interactive=True):
-        recorder.record(group, pruner.DG)
-        group.prune()
+    _prune_to_widths(working, adapter, target_widths, example_inputs, recorder)
 
-    surrogate = _rebuild_from_config(
-        model, adapter.narrowed_config(model.config, working), working, pruning_ratio
-    )
+    surrogate = _rebuild_from_config(model, surrogate_config, working, pruning_ratio)
     kept_indices = recorder.kept_indices(dense_state, surrogate.state_dict())
     plan = _make_plan(model, surrogate, kept_indices, pruning_ratio, importance, name_or_path)
     _verify_plan(plan, dense_state, surrogate.state_dict())
@@ -125,41 +115,246 @@ def prune_model(
     return surrogate, plan
 
 
+# Modules whose parameters Torch-Pruning prunes through the module; any other parameter (class tokens,
+# position embeddings, layer scales, GRN) is an "unwrapped" parameter whose channel dimension is its last.
+_WRAPPED_MODULES = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
+# Fractions tried when a ratio cannot be expressed, to say which would work.
+_CANDIDATE_RATIOS = (0.25, 0.5, 0.75, 0.125, 0.375, 0.625, 0.875)
+
+
+def _config_shapes(model_class, config) -> tuple[dict[str, torch.Size], dict[str, nn.Module]]:
+    """Tensor shapes and modules of `model_class(config)`, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        template = model_class(config)
+    return {name: t.shape for name, t in template.state_dict().items()}, dict(template.named_modules())
+
+
+def _expressibility_problem(dense_shapes: dict, target_shapes: dict) -> str | None:
+    if set(dense_shapes) != set(target_shapes):
+        return "the narrowed config builds different tensors"
+    grown = [n for n in dense_shapes if any(t > d for t, d in zip(target_shapes[n], dense_shapes[n]))]
+    if grown:
+        return f"the narrowed config widens '{grown[0]}' (its width rounding goes up)"
+    if any(0 in shape for shape in target_shapes.values()):
+        return "a width rounds to zero"
+    if all(target_shapes[n] == dense_shapes[n] for n in dense_shapes):
+        return "every width rounds back to the dense width"
+    return None
+
+
+def _target_widths(model: nn.Module, surrogate_config, pruning_ratio: float, adapter) -> dict[str, int]:
+    """Output width of every convolution and linear layer of the surrogate that `surrogate_config` builds.
+
+    Raises a `ValueError` naming the family, the ratio and the ratios that work when the config cannot
+    express a narrower model (widths that round up, vanish or do not change).
+    """
+    dense_shapes = {name: t.shape for name, t in model.state_dict().items()}
+    target_shapes, modules = _config_shapes(type(model), surrogate_config)
+    problem = _expressibility_problem(dense_shapes, target_shapes)
+    if problem is not None:
+        working = []
+        for candidate in _CANDIDATE_RATIOS:
+            try:
+                shapes = _config_shapes(type(model), adapter.narrowed_config(model.config, candidate))[0]
+            except ValueError:
+                continue
+            if _expressibility_problem(dense_shapes, shapes) is None:
+                working.append(candidate)
+        raise ValueError(
+            f"pruning_ratio={pruning_ratio} cannot be expressed for the {adapter.name} family "
+            f"({model.config.model_type}): {problem}. Ratios that work for this config: "
+            f"{sorted(working) or 'none of ' + str(sorted(_CANDIDATE_RATIOS))}."
+        )
+    widths = {}
+    for name, module in modules.items():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            widths[name] = module.out_channels
+        elif isinstance(module, nn.Linear):
+            widths[name] = module.out_features
+    return widths
+
+
+def _prune_to_widths(working: nn.Module, adapter, target_widths: dict, example_inputs, recorder) -> None:
+    """Prune every coupled channel group of `working` to the width the narrowed config builds.
+
+    Groups come from Torch-Pruning's dependency graph, rooted at each convolution or linear layer's
+    output; within a group the entries with the smallest group L2 norm go. Attention projections lose
+    the same number of dimensions in every head (each head keeps its own largest ones); grouped
+    convolutions lose the same positions in every group (what a grouped convolution can express).
+    """
+    ignored_params = [
+        p for name, p in working.named_parameters() if name.endswith(adapter.ignored_parameters or ("\0",))
+    ]
+    unwrapped = []
+    for module in working.modules():
+        if isinstance(module, _WRAPPED_MODULES):
+            continue
+        for parameter in module.parameters(recurse=False):
+            if not any(parameter is p for p in ignored_params) and parameter.ndim > 0:
+                unwrapped.append((parameter, parameter.ndim - 1))
+    graph = tp.DependencyGraph().build_dependency(
+        working,
+        example_inputs=example_inputs,
+        output_transform=lambda outputs: outputs.logits,
+        unwrapped_parameters=unwrapped,
+        ignored_params=ignored_params,
+        verbose=False,
+    )
+    if adapter.channels_last:
+        _unmap_spatial_slices(graph)
+    ignored_layers = [m for layer in adapter.ignored_layers(working) for m in layer.modules()]
+    heads = attention_heads(working)
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    names = {module: name for name, module in working.named_modules()}
+    for group in graph.get_all_groups(
+        ignored_layers=ignored_layers, root_module_types=(nn.Conv2d, nn.Linear)
+    ):
+        root = group[0].dep.target.module
+        name = names[root]
+        current, target = graph.get_out_channels(root), target_widths[name]
+        if current == target:
+            continue
+        num_splits, per_split = _channel_splits(group, graph, heads)
+        if current % num_splits or target % num_splits:
+            raise RuntimeError(
+                f"'{name}' has {current} channels in {num_splits} heads/groups but the narrowed config "
+                f"asks for {target}; please report it."
+            )
+        scores = importance(group)
+        if scores is None:
+            raise RuntimeError(f"No importance for the channel group of '{name}'; please report it.")
+        scores = scores.view(num_splits, current // num_splits)
+        remove = (current - target) // num_splits
+        if per_split:
+            # Each head drops its own least important dimensions.
+            local = torch.argsort(scores, dim=1, stable=True)[:, :remove]
+        else:
+            # Same positions in every group, ranked by their importance summed over the groups.
+            local = torch.argsort(scores.sum(0), stable=True)[:remove].expand(num_splits, -1)
+        offsets = torch.arange(num_splits, device=local.device).unsqueeze(1) * (current // num_splits)
+        indices = sorted((local + offsets).flatten().tolist())
+        group = graph.get_pruning_group(root, group[0].dep.handler, indices)
+        recorder.record(group, graph)
+        group.prune()
+    for name, module in working.named_modules():
+        if name in target_widths:
+            width = (
+                module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
+            )
+            if width != target_widths[name]:
+                raise RuntimeError(
+                    f"'{name}' was pruned to {width} channels, the narrowed config builds "
+                    f"{target_widths[name]}; please report it."
+                )
+
+
+def _unmap_spatial_slices(graph) -> None:
+    """Make slices along a non-channel dimension of channels-last tensors keep channel indices as they are.
+
+    Torch-Pruning reads a slice of dim 1 of a 4-d tensor as a channel slice (right for NCHW). Swin's
+    patch merging slices rows and columns of (batch, height, width, channels) tensors, which must
+    leave the channel indices alone; otherwise its 4 x C concatenation is only partly pruned.
+    """
+    for node in graph.module2node.values():
+        if node.type != tp.ops.OPTYPE.SLICE:
+            continue
+        ndim = len(node.grad_fn._saved_self_sym_sizes)
+        if node.module.dim % ndim == ndim - 1:
+            continue
+        # A spatial slice passes every channel through, like an element-wise op; retyping the node
+        # also keeps Torch-Pruning from re-installing the slice mapping before each group.
+        node.type = tp.ops.OPTYPE.ELEMENTWISE
+        for dep in node.dependencies:
+            if dep.target in node.inputs:
+                dep.index_mapping[0] = None
+        for source in node.inputs:
+            for dep in source.dependencies:
+                if dep.target is node:
+                    dep.index_mapping[0] = None
+
+
+def _channel_splits(group, graph, heads) -> tuple[int, bool]:
+    """How a group's channels are split: `(number of heads or conv groups, each chooses its own)`."""
+    for dep, _ in group:
+        module = dep.target.module
+        if module in heads and graph.is_out_channel_pruning_fn(dep.handler):
+            return heads[module], True
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels:
+            return module.groups, False
+    return 1, True
+
+
 class _PrunedIndexRecorder:
-    """Collects, per module and per side ("out"/"in"), the positions Torch-Pruning removed.
+    """Collects the positions Torch-Pruning removed, per module and side ("out"/"in"), and per unwrapped
+    parameter ("param": its pruned last dimension).
 
     Positions in a group refer to the tensor as it is when that group is pruned, so removals are
     kept in order and replayed against the dense size to get kept dense indices.
     """
 
     def __init__(self, model: nn.Module):
-        self.module_names = {module: name for name, module in model.named_modules()}
+        self.names = {module: name for name, module in model.named_modules()}
+        self.names.update({parameter: name for name, parameter in model.named_parameters()})
+        # Grouped (not depthwise) convolutions store in_channels / groups input channels per filter.
+        self.conv_groups = {
+            name: module.groups
+            for name, module in model.named_modules()
+            if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels
+        }
         self.removals: dict[tuple[str, str], list[list[int]]] = defaultdict(list)
 
     def record(self, group, dependency_graph) -> None:
         seen = set()
         for dep, idxs in group:
-            name = self.module_names.get(dep.target.module)
+            target = dep.target.module
+            name = self.names.get(target)
             if name is None:  # graph-only nodes (add, reshape, ...) own no tensors
                 continue
-            side = "out" if dependency_graph.is_out_channel_pruning_fn(dep.handler) else "in"
+            if isinstance(target, nn.Parameter):
+                side = "param"
+            else:
+                side = "out" if dependency_graph.is_out_channel_pruning_fn(dep.handler) else "in"
             positions = sorted({int(getattr(i, "idx", i)) for i in idxs})
             key = (name, side, tuple(positions))
             if key not in seen:
                 seen.add(key)
                 self.removals[(name, side)].append(positions)
 
-    def _kept(self, module_name: str, side: str, size: int) -> list[int]:
+    def _kept(self, key: tuple[str, str], size: int) -> list[int]:
         kept = list(range(size))
-        for positions in self.removals.get((module_name, side), []):
+        for positions in self.removals.get(key, []):
             removed = set(positions)
             kept = [index for position, index in enumerate(kept) if position not in removed]
         return kept
 
+    def _candidates(self, name: str, dim: int, dense_shape) -> list[list[int]]:
+        module_name = name.rpartition(".")[0]
+        size = dense_shape[dim]
+        if (name, "param") in self.removals and dim == len(dense_shape) - 1:
+            return [self._kept((name, "param"), size)]
+        if dim == 1 and module_name in self.conv_groups:
+            # A grouped convolution's weight holds the inputs of one group; every group lost the same
+            # positions, so group 0's kept inputs are the kept positions along this dimension.
+            groups = self.conv_groups[module_name]
+            return [[i for i in self._kept((module_name, "in"), size * groups) if i < size]]
+        # Weights are (out, in, ...); one-dimensional tensors (norms, biases) follow the channels they
+        # scale, which Torch-Pruning prunes on either side.
+        sides = ("out", "in") if dim == 0 else ("in",) if dim == 1 else ()
+        return [
+            self._kept((module_name, side), size) for side in sides if (module_name, side) in self.removals
+        ]
+
     def kept_indices(self, dense_state: dict, surrogate_state: dict) -> dict[str, dict[int, list[int]]]:
         kept_indices = {}
         for name, dense_tensor in dense_state.items():
-            module_name = name.rpartition(".")[0]
             changed = {
                 dim: size
                 for dim, (dense_size, size) in enumerate(zip(dense_tensor.shape, surrogate_state[name].shape))
@@ -167,15 +362,7 @@ class _PrunedIndexRecorder:
             }
             per_dim = {}
             for dim, size in changed.items():
-                # Weights are (out, in, ...); one-dimensional tensors (norms, biases) follow the
-                # channels they scale, which Torch-Pruning prunes on either side.
-                sides = ("out", "in") if dim == 0 else ("in",) if dim == 1 else ()
-                candidates = [
-                    self._kept(module_name, side, dense_tensor.shape[dim])
-                    for side in sides
-                    if (module_name, side) in self.removals
-                ]
-                matching = [kept for kept in candidates if len(kept) == size]
+                matching = [k for k in self._candidates(name, dim, dense_tensor.shape) if len(k) == size]
                 if not matching:
                     raise RuntimeError(
                         f"Could not tell which entries of '{name}' (dim {dim}, {dense_tensor.shape[dim]} -> "

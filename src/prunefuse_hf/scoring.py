@@ -20,6 +20,8 @@ from .constants import PIXEL_VALUES
 
 logger = logging.get_logger(__name__)
 
+OUTPUTS = ("probs", "features", "mc_probs")
+
 
 @dataclass
 class PoolScores:
@@ -29,11 +31,13 @@ class PoolScores:
         pool_indices: Global pool indices (int64, ascending).
         probs: Softmax probabilities `[N, num_labels]` (float32), when asked for.
         features: Penultimate features (the classifier's input, flattened) `[N, D]`, when asked for.
+        mc_probs: Probabilities of `mc_samples` MC-dropout passes `[N, mc_samples, num_labels]`, when asked for.
     """
 
     pool_indices: np.ndarray
     probs: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    mc_probs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.pool_indices)
@@ -50,6 +54,7 @@ def score_pool(
     num_workers: int = 0,
     show_progress: bool = True,
     gather: bool = True,
+    mc_samples: int = 10,
 ) -> PoolScores:
     """Run `model` over `dataset` in eval mode and collect per-example outputs.
 
@@ -60,19 +65,22 @@ def score_pool(
             with `prunefuse_hf.data.prepare_dataset`).
         pool_indices: Global pool index of every row (default: `0..len(dataset)-1`).
         batch_size: Examples per forward pass on each process.
-        outputs: Any of `"probs"` and `"features"`.
+        outputs: Any of `"probs"`, `"features"` and `"mc_probs"` (MC dropout: the model's dropout layers
+            are active for `mc_samples` extra passes, everything else stays in eval mode).
         accelerator: An `accelerate.Accelerator`; with several processes each scores its shard.
         num_workers: DataLoader workers decoding images.
         show_progress: Show a progress bar on the main process.
         gather: Gather every process's results (default). With `False` each process returns only the
             examples it scored, for strategies that work on shards.
+        mc_samples: Stochastic forward passes per example for `"mc_probs"`.
 
     Returns:
         `PoolScores` with the requested outputs, on the CPU, ordered by pool index.
     """
-    unknown = set(outputs) - {"probs", "features"}
+    unknown = set(outputs) - set(OUTPUTS)
     if unknown:
-        raise ValueError(f"outputs may contain 'probs' and 'features', got {sorted(unknown)}.")
+        raise ValueError(f"outputs may contain {list(OUTPUTS)}, got {sorted(unknown)}.")
+    dropout_layers = _active_dropout_layers(model) if "mc_probs" in outputs else []
     if pool_indices is None:
         pool_indices = np.arange(len(dataset))
     pool_indices = np.asarray(pool_indices, dtype=np.int64)
@@ -90,7 +98,16 @@ def score_pool(
     shard = batches[rank::world_size]
 
     collected = _forward_shard(
-        model, dataset, shard, pool_indices, outputs, device, num_workers, show_progress and rank == 0
+        model,
+        dataset,
+        shard,
+        pool_indices,
+        outputs,
+        device,
+        num_workers,
+        show_progress and rank == 0,
+        dropout_layers,
+        mc_samples,
     )
     if world_size > 1 and gather:
         collected = {key: _gather_variable_rows(accelerator, value) for key, value in collected.items()}
@@ -99,10 +116,22 @@ def score_pool(
         pool_indices=collected["pool_indices"][order].numpy(),
         probs=collected["probs"][order] if "probs" in outputs else None,
         features=collected["features"][order] if "features" in outputs else None,
+        mc_probs=collected["mc_probs"][order] if "mc_probs" in outputs else None,
     )
 
 
-def _forward_shard(model, dataset, batches, pool_indices, outputs, device, num_workers, show_progress):
+def _forward_shard(
+    model,
+    dataset,
+    batches,
+    pool_indices,
+    outputs,
+    device,
+    num_workers,
+    show_progress,
+    dropout_layers,
+    mc_samples,
+):
     # Each sampler item is a whole batch of rows: indexing the dataset with a list runs its (batched)
     # transform once per batch.
     loader = DataLoader(dataset, sampler=batches, batch_size=None, num_workers=num_workers)
@@ -114,7 +143,7 @@ def _forward_shard(model, dataset, batches, pool_indices, outputs, device, num_w
         )
     was_training = model.training
     model.eval()
-    probs, indices = [], []
+    probs, mc_probs, indices = [], [], []
     try:
         with torch.no_grad():
             for rows, batch in zip(
@@ -123,6 +152,12 @@ def _forward_shard(model, dataset, batches, pool_indices, outputs, device, num_w
                 logits = model(pixel_values=batch[PIXEL_VALUES].to(device)).logits
                 if "probs" in outputs:
                     probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+                if "mc_probs" in outputs:
+                    mc_probs.append(
+                        _mc_dropout_probs(
+                            model, batch[PIXEL_VALUES].to(device), dropout_layers, mc_samples, rows[0]
+                        )
+                    )
                 indices.append(torch.from_numpy(pool_indices[rows]))
     finally:
         model.train(was_training)
@@ -134,7 +169,49 @@ def _forward_shard(model, dataset, batches, pool_indices, outputs, device, num_w
         collected["probs"] = torch.cat(probs) if probs else torch.empty(0, num_labels)
     if "features" in outputs:
         collected["features"] = torch.cat(features_seen) if features_seen else torch.empty(0, 0)
+    if "mc_probs" in outputs:
+        collected["mc_probs"] = torch.cat(mc_probs) if mc_probs else torch.empty(0, mc_samples, num_labels)
     return collected
+
+
+def _active_dropout_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Dropout and stochastic-depth layers with a non-zero rate (the ones MC dropout can sample)."""
+    layers = [
+        module
+        for module in model.modules()
+        if (isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0)
+        or getattr(module, "drop_prob", 0) > 0
+    ]
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no active dropout, so MC-dropout scores (strategy 'bald') would all be "
+            "zero. Build the model with dropout enabled (e.g. a config with hidden_dropout_prob, "
+            "classifier_dropout_prob or drop_path_rate > 0, depending on the family) or choose another strategy."
+        )
+    return layers
+
+
+def _mc_dropout_probs(model, pixel_values, dropout_layers, mc_samples, batch_start: int) -> torch.Tensor:
+    # Dropout masks are seeded by the batch's first row, so they do not depend on how many processes
+    # share the pool; fork_rng leaves the caller's random state as it was.
+    devices = [pixel_values.device] if pixel_values.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(batch_start)
+        return _sample_with_dropout(model, pixel_values, dropout_layers, mc_samples)
+
+
+def _sample_with_dropout(model, pixel_values, dropout_layers, mc_samples) -> torch.Tensor:
+    for layer in dropout_layers:
+        layer.train()
+    try:
+        samples = [
+            torch.softmax(model(pixel_values=pixel_values).logits.float(), dim=-1).cpu()
+            for _ in range(mc_samples)
+        ]
+    finally:
+        for layer in dropout_layers:
+            layer.eval()
+    return torch.stack(samples, dim=1)
 
 
 def _classifier_module(model: torch.nn.Module) -> torch.nn.Module:

@@ -16,6 +16,8 @@ Every strategy follows one contract, so that a score-direction bug cannot hide i
 | `entropy` | probs | −Σ_c p_c log p_c |
 | `margin` | probs | −(p_top1 − p_top2) |
 | `kcenter_greedy` | features | distance to the nearest labeled or already selected point, at the time of the pick |
+| `badge` | probs, features | k-means++ seeding on last-layer gradient embeddings; score = pick order |
+| `bald` | mc_probs | mutual information H(E[p]) − E[H(p)] over MC-dropout passes |
 
 Strategies are looked up by name with [`get_strategy`]; later modules add their own with the
 [`register_strategy`] decorator.
@@ -169,11 +171,13 @@ class SelectionStrategy:
         name (`str`):
             The key under which the strategy is registered.
         needs (`frozenset[str]`):
-            The model outputs the strategy needs from scoring, a subset of `{"probs", "features"}`.
+            The model outputs the strategy needs from scoring, a subset of `{"probs", "features", "mc_probs"}`.
     """
 
     name: str = ""
     needs: frozenset[str] = frozenset()
+    # Whether `select` uses the features of the already-labeled examples (scoring them costs a pass).
+    uses_labeled_features: bool = False
 
     def select(
         self,
@@ -184,6 +188,7 @@ class SelectionStrategy:
         features: np.ndarray | torch.Tensor | None = None,
         labeled_features: np.ndarray | torch.Tensor | None = None,
         seed: int | None = None,
+        mc_probs: np.ndarray | torch.Tensor | None = None,
     ) -> Selection:
         """Pick the `n` most informative candidates.
 
@@ -201,6 +206,8 @@ class SelectionStrategy:
                 Penultimate features of the already-labeled examples (`kcenter_greedy`); may be empty.
             seed (`int`, *optional*):
                 Seed of the strategies that draw random numbers.
+            mc_probs (`np.ndarray` or `torch.Tensor` of shape `(num_candidates, num_samples, num_classes)`, *optional*):
+                Class probabilities of several stochastic (MC-dropout) forward passes; needed by `bald`.
 
         Returns:
             [`Selection`]: `n` unique pool indices, most informative first, with their scores.
@@ -215,7 +222,7 @@ class SelectionStrategy:
         """
         pool_indices = _check_pool_indices(pool_indices)
         _check_budget(n, len(pool_indices))
-        given = {"probs": probs, "features": features}
+        given = {"probs": probs, "features": features, "mc_probs": mc_probs}
         missing = sorted(need for need in self.needs if given.get(need) is None)
         if missing:
             raise ValueError(
@@ -229,9 +236,12 @@ class SelectionStrategy:
             features=features,
             labeled_features=labeled_features,
             seed=seed,
+            mc_probs=mc_probs,
         )
 
-    def _select(self, n, *, pool_indices, probs, features, labeled_features, seed) -> Selection:
+    def _select(
+        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None
+    ) -> Selection:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -250,7 +260,9 @@ class UncertaintyStrategy(SelectionStrategy):
     def compute_scores(self, probs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _select(self, n, *, pool_indices, probs, features, labeled_features, seed) -> Selection:
+    def _select(
+        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None
+    ) -> Selection:
         probs = _check_probs(probs, len(pool_indices), self.name)
         return top_n_by_score(self.compute_scores(probs), pool_indices, n)
 
@@ -266,7 +278,9 @@ class RandomStrategy(SelectionStrategy):
     name = "random"
     needs = frozenset()
 
-    def _select(self, n, *, pool_indices, probs, features, labeled_features, seed) -> Selection:
+    def _select(
+        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None
+    ) -> Selection:
         rng = np.random.default_rng(0 if seed is None else seed)
         scores = np.empty(len(pool_indices), dtype=np.float64)
         scores[np.argsort(pool_indices, kind="stable")] = rng.random(len(pool_indices))
@@ -290,11 +304,7 @@ class EntropyStrategy(UncertaintyStrategy):
     name = "entropy"
 
     def compute_scores(self, probs: np.ndarray) -> np.ndarray:
-        # Summing in sorted order makes rows that are permutations of each other score bit-identically,
-        # so their tie breaks by pool index rather than by rounding noise.
-        probs = np.sort(probs, axis=1)
-        log_probs = np.log(np.where(probs > 0, probs, 1.0))
-        return -(probs * log_probs).sum(axis=1)
+        return _entropy(probs)
 
 
 @register_strategy
@@ -345,6 +355,7 @@ class KCenterGreedyStrategy(SelectionStrategy):
 
     name = "kcenter_greedy"
     needs = frozenset({"features"})
+    uses_labeled_features = True
 
     def __init__(self, chunk_size: int = 2048):
         if chunk_size < 1:
@@ -352,7 +363,9 @@ class KCenterGreedyStrategy(SelectionStrategy):
         self.chunk_size = chunk_size
 
     @torch.no_grad()
-    def _select(self, n, *, pool_indices, probs, features, labeled_features, seed) -> Selection:
+    def _select(
+        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None
+    ) -> Selection:
         features = _as_float32_matrix(features, "features")
         if features.shape[0] != len(pool_indices):
             raise ValueError(
@@ -415,6 +428,97 @@ class KCenterGreedyStrategy(SelectionStrategy):
             block = features[start : start + self.chunk_size]
             sq_dist[start : start + self.chunk_size] = (block - center).square_().sum(dim=1)
         return sq_dist
+
+
+@register_strategy
+class BadgeStrategy(SelectionStrategy):
+    """BADGE (Ash et al., 2020): k-means++ seeding on the gradient embeddings of the last layer.
+
+    The embedding of a candidate is `(p − onehot(argmax p)) ⊗ h` (class probabilities `p`, penultimate
+    features `h`): its norm measures uncertainty, its direction diversity. It is never built: squared
+    distances factor as `|a_i|²|h_i|² + |a_c|²|h_c|² − 2 (a_i·a_c)(h_i·h_c)`, so memory stays
+    `O(N·(C + D))` instead of `O(N·C·D)`. The first pick is the largest embedding (ties: smaller pool
+    index); later picks are drawn with probability proportional to the squared distance to the nearest
+    pick, from `np.random.default_rng(seed)`. Since picks are drawn, not ranked, a pick's score is its
+    order (`n` for the first, `1` for the last).
+    """
+
+    name = "badge"
+    needs = frozenset({"probs", "features"})
+
+    @torch.no_grad()
+    def _select(
+        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None
+    ) -> Selection:
+        probs = torch.from_numpy(_check_probs(probs, len(pool_indices), self.name))
+        features = _as_float32_matrix(features, "features").double().cpu()
+        if features.shape[0] != len(pool_indices):
+            raise ValueError(
+                f"features has {features.shape[0]} rows but there are {len(pool_indices)} candidates."
+            )
+        order = np.argsort(pool_indices, kind="stable")
+        pool_indices, probs, features = pool_indices[order], probs[order], features[torch.from_numpy(order)]
+
+        residual = probs.clone()
+        residual[torch.arange(len(residual)), probs.argmax(dim=1)] -= 1.0
+        squared_norms = residual.square().sum(1) * features.square().sum(1)
+        rng = np.random.default_rng(0 if seed is None else seed)
+        picked = [int(torch.argmax(squared_norms))]
+        nearest = torch.full_like(squared_norms, float("inf"))
+        for _ in range(n - 1):
+            center = picked[-1]
+            distance = (
+                squared_norms
+                + squared_norms[center]
+                - 2 * (residual @ residual[center]) * (features @ features[center])
+            )
+            nearest = torch.minimum(nearest, distance.clamp_min(0.0))
+            nearest[picked] = 0.0
+            weights = nearest.numpy()
+            total = weights.sum()
+            if total > 0:
+                picked.append(int(rng.choice(len(weights), p=weights / total)))
+            else:  # every remaining candidate coincides with a pick: take them in pool-index order
+                picked.append(int(np.flatnonzero(~np.isin(np.arange(len(weights)), picked))[0]))
+        return Selection(indices=pool_indices[picked], scores=np.arange(n, 0, -1, dtype=np.float64))
+
+
+@register_strategy
+class BaldStrategy(SelectionStrategy):
+    """BALD (Houlsby et al., 2011) with MC dropout: mutual information between the prediction and the weights,
+    `H(mean_t p_t) − mean_t H(p_t)` over `num_samples` stochastic forward passes (`mc_probs`).
+
+    Scoring produces `mc_probs` only for models with active dropout; a model without any refuses with an error
+    naming it (see `prunefuse_hf.scoring.score_pool`).
+    """
+
+    name = "bald"
+    needs = frozenset({"mc_probs"})
+
+    def _select(
+        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None
+    ) -> Selection:
+        if isinstance(mc_probs, torch.Tensor):
+            mc_probs = mc_probs.detach().cpu().double().numpy()
+        mc_probs = np.asarray(mc_probs, dtype=np.float64)
+        if mc_probs.ndim != 3 or mc_probs.shape[0] != len(pool_indices):
+            raise ValueError(
+                f"mc_probs must have shape (num_candidates={len(pool_indices)}, num_samples, num_classes), "
+                f"got {mc_probs.shape}."
+            )
+        flat = _check_probs(
+            mc_probs.reshape(-1, mc_probs.shape[-1]), mc_probs.shape[0] * mc_probs.shape[1], self.name
+        )
+        mc_probs = flat.reshape(mc_probs.shape)
+        scores = _entropy(mc_probs.mean(axis=1)) - _entropy(mc_probs).mean(axis=1)
+        return top_n_by_score(scores, pool_indices, n)
+
+
+def _entropy(probs: np.ndarray) -> np.ndarray:
+    # Summing in sorted order makes rows that are permutations of each other score bit-identically, so
+    # their tie breaks by pool index rather than by rounding noise.
+    terms = np.where(probs > 0, -probs * np.log(np.where(probs > 0, probs, 1.0)), 0.0)
+    return np.sort(terms, axis=-1).sum(axis=-1)
 
 
 def _check_budget(n: int, num_candidates: int) -> None:

@@ -94,7 +94,9 @@ class HubState:
         self.lfs: dict[str, bytes] = {}
         self.lock = threading.RLock()
 
-    def commit(self, repo: Repo, branch: str, files: dict[str, StoredFile], title: str, message: str = "") -> Commit:
+    def commit(
+        self, repo: Repo, branch: str, files: dict[str, StoredFile], title: str, message: str = ""
+    ) -> Commit:
         parent = repo.branches.get(branch)
         digest = hashlib.sha1(f"{repo.repo_id}{branch}{parent}{title}{time.time_ns()}".encode())
         for path in sorted(files):
@@ -152,7 +154,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as error:  # a bug in the server: answer 500 rather than hang the client
             self._json({"error": f"server error: {error!r}"}, status=500)
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_type="application/json"):
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict | None = None, content_type="application/json"
+    ):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         for key, value in (headers or {}).items():
@@ -241,7 +245,9 @@ class _Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             if (repo_type, repo_id) in self.state.repos:
                 repo = self.state.repos[(repo_type, repo_id)]
-                return self._json({"error": "You already created this repo", "url": self._url(repo)}, status=409)
+                return self._json(
+                    {"error": "You already created this repo", "url": self._url(repo)}, status=409
+                )
             repo = Repo(repo_type, repo_id, private)
             self.state.repos[(repo_type, repo_id)] = repo
             attributes = StoredFile(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
@@ -267,7 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._require_auth()
             return self._create_branch(repo, unquote("/".join(rest[1:])))
         if action == "refs":
-            branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": oid} for b, oid in repo.branches.items()]
+            branches = [
+                {"name": b, "ref": f"refs/heads/{b}", "targetCommit": oid} for b, oid in repo.branches.items()
+            ]
             return self._json({"branches": branches, "tags": [], "converts": []})
         if action == "commits":
             commit, history = self._commit(repo, rest[1]), []
@@ -340,7 +348,9 @@ class _Handler(BaseHTTPRequestHandler):
                 elif key == "deletedFolder":
                     prefix = value["path"].rstrip("/") + "/"
                     files = {p: f for p, f in files.items() if not p.startswith(prefix)}
-            commit = self.state.commit(repo, branch, files, header.get("summary", ""), header.get("description", ""))
+            commit = self.state.commit(
+                repo, branch, files, header.get("summary", ""), header.get("description", "")
+            )
         self._json({"commitUrl": f"{self._url(repo)}/commit/{commit.oid}", "commitOid": commit.oid,
                     "success": True, "pullRequestUrl": None})  # fmt: skip
 
@@ -386,7 +396,10 @@ class _Handler(BaseHTTPRequestHandler):
                 if not recursive:
                     continue
             entries.append(self._file_entry(name, commit.files[name]))
-        directories = [{"type": "directory", "oid": _git_blob_oid(f.encode()), "size": 0, "path": f} for f in sorted(folders)]
+        directories = [
+            {"type": "directory", "oid": _git_blob_oid(f.encode()), "size": 0, "path": f}
+            for f in sorted(folders)
+        ]
         return directories + entries
 
     @staticmethod
@@ -511,7 +524,9 @@ class RealHubGuard:
             name = host.decode() if isinstance(host, bytes) else str(host)
             if name not in _LOOPBACK:
                 self.blocked.append(name)
-                raise socket.gaierror(socket.EAI_NONAME, f"test guard: no lookup of {name!r} (only the local Hub)")
+                raise socket.gaierror(
+                    socket.EAI_NONAME, f"test guard: no lookup of {name!r} (only the local Hub)"
+                )
             return real_getaddrinfo(host, *args, **kwargs)
 
         def connect(sock, address):
@@ -571,7 +586,12 @@ def point_clients_at(monkeypatch, endpoint: str, token: str, home) -> None:
         monkeypatch.setattr(datasets.config, name, value)
     import transformers.utils.hub as transformers_hub
 
-    for name in ("HF_HUB_CACHE", "TRANSFORMERS_CACHE", "PYTORCH_PRETRAINED_BERT_CACHE", "PYTORCH_TRANSFORMERS_CACHE"):
+    for name in (
+        "HF_HUB_CACHE",
+        "TRANSFORMERS_CACHE",
+        "PYTORCH_PRETRAINED_BERT_CACHE",
+        "PYTORCH_TRANSFORMERS_CACHE",
+    ):
         if hasattr(transformers_hub, name):
             monkeypatch.setattr(transformers_hub, name, str(home / "hub"))
     if hasattr(transformers_hub, "_is_offline_mode"):
@@ -589,7 +609,9 @@ def _hub_fixture():
         guard = RealHubGuard()
         guard.install(monkeypatch)
         with HubServer() as server:
-            point_clients_at(monkeypatch, server.endpoint, server.state.token, tmp_path_factory.mktemp("hf_home"))
+            point_clients_at(
+                monkeypatch, server.endpoint, server.state.token, tmp_path_factory.mktemp("hf_home")
+            )
             assert hub_constants.ENDPOINT == server.endpoint
             assert hub_constants.HUGGINGFACE_CO_URL_TEMPLATE.startswith(server.endpoint + "/")
             server.guard = guard

@@ -441,7 +441,9 @@ def test_badge_matches_explicit_gradient_embeddings(seed):
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     features = rng.normal(size=(40, 6))
     pool_indices = rng.permutation(1000)[:40]
-    selection = get_strategy("badge").select(12, pool_indices=pool_indices, probs=probs, features=features, seed=seed)
+    selection = get_strategy("badge").select(
+        12, pool_indices=pool_indices, probs=probs, features=features, seed=seed
+    )
     expected = _badge_reference(12, pool_indices, probs, features, seed)
     np.testing.assert_array_equal(selection.indices, expected)
     assert len(set(selection.indices.tolist())) == 12
@@ -451,7 +453,9 @@ def test_badge_matches_explicit_gradient_embeddings(seed):
 def test_badge_first_pick_is_the_largest_embedding_and_needs_probs_and_features():
     probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]])
     features = np.array([[1.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
-    selection = get_strategy("badge").select(1, pool_indices=np.array([7, 8, 9]), probs=probs, features=features)
+    selection = get_strategy("badge").select(
+        1, pool_indices=np.array([7, 8, 9]), probs=probs, features=features
+    )
     # |p - onehot| * |h|: 0.1414 * 1, 0.7071 * 1, 0.5657 * 5 -> the third candidate
     assert selection.indices.tolist() == [9]
     with pytest.raises(ValueError, match="'badge' needs features"):

@@ -5,6 +5,7 @@ Subcommands:
     compare   compare finished runs: accuracy per labeled budget and selection cost
     prune     prune a dense model into a surrogate checkpoint + pruning_plan.json
     fuse      fuse a (trained) surrogate back into its dense model
+    push      push a finished run to the Hub: fused model + card, selected subset, surrogate
 
 Also runnable as `python -m prunefuse_hf.cli ...` (and so under `accelerate launch -m`).
 """
@@ -103,6 +104,43 @@ def _compare(args) -> None:
     print(comparison_table(runs))
 
 
+def _add_push_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push", help="Push a finished run to the Hub (fused model, subset, surrogate)."
+    )
+    parser.add_argument("run_dir", help="The finished run directory.")
+    parser.add_argument("--model_repo_id", required=True, help="Model repo for the fused model (ORG/NAME).")
+    parser.add_argument("--subset_repo_id", help="Dataset repo for the selected subset (ORG/NAME).")
+    parser.add_argument(
+        "--surrogate_repo_id", help="Model repo for the surrogate + pruning_plan.json (ORG/NAME)."
+    )
+    parser.add_argument("--private", action="store_true", help="Create the repos as private.")
+    parser.add_argument("--revision", help="Branch to push to (created from main when missing).")
+    parser.add_argument(
+        "--include_examples",
+        action="store_true",
+        help="Also push the selected images and labels (subset repo).",
+    )
+    parser.set_defaults(func=_push)
+
+
+def _push(args) -> None:
+    from .hub import push_run
+
+    # The token comes from HF_TOKEN or the stored login, never from the command line (shell history, logs).
+    result = push_run(
+        args.run_dir,
+        args.model_repo_id,
+        subset_repo_id=args.subset_repo_id,
+        surrogate_repo_id=args.surrogate_repo_id,
+        private=True if args.private else None,
+        revision=args.revision,
+        include_examples=args.include_examples,
+    )
+    for role, url in result.commit_urls.items():
+        print(f"{role}: {url}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunefuse-hf", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parser(subparsers)
     _add_prune_parser(subparsers)
     _add_fuse_parser(subparsers)
+    _add_push_parser(subparsers)
     return parser
 
 

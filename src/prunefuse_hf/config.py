@@ -110,6 +110,14 @@ class PruneFuseConfig(TrainingArguments):
         distill_temperature (`float`, *optional*, defaults to `4.0`):
             Softmax temperature τ of the distillation term, greater than `0`.
 
+        > Parameters that control the Hub (with `push_to_hub`, `hub_model_id`, `hub_private_repo`, `hub_token` and
+        > `hub_revision` from TrainingArguments: with `push_to_hub`, the finished run is pushed once at the end)
+
+        hub_subset_id (`str` or `None`, *optional*, defaults to `None`):
+            Dataset repo for the selected subset (`selection.parquet`, its source record and a dataset card).
+        hub_surrogate_id (`str` or `None`, *optional*, defaults to `None`):
+            Model repo for the trained surrogate and its `pruning_plan.json`.
+
         > Parameters whose default values are overridden from TrainingArguments
 
         output_dir (`str`, *optional*, defaults to `"prunefuse-output"`):
@@ -123,6 +131,9 @@ class PruneFuseConfig(TrainingArguments):
             Labeled sets are small, so the stock `500` would log nothing in most rounds.
         report_to (`str` or `list[str]`, *optional*, defaults to `"none"`):
             No tracking integration unless asked for.
+        use_cpu (`bool`, *optional*, defaults to `False`):
+            Set to `True` automatically on machines without a GPU (CUDA, MPS, XPU), so that several processes
+            started by `accelerate launch` or `torchrun` form a CPU process group.
     """
 
     # Overridden TrainingArguments defaults.
@@ -284,9 +295,30 @@ class PruneFuseConfig(TrainingArguments):
         metadata={"help": "Softmax temperature of the distillation term, greater than 0."},
     )
 
+    # Hub (with TrainingArguments' `push_to_hub`, `hub_model_id`, `hub_private_repo`, `hub_token`, `hub_revision`:
+    # the loop pushes the finished run once, at the end; its internal Trainers never push).
+    hub_subset_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset repo the selected subset is pushed to at the end of the run (with push_to_hub). "
+            "None pushes no subset."
+        },
+    )
+    hub_surrogate_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model repo the trained surrogate and its pruning_plan.json are pushed to at the end of the run "
+            "(with push_to_hub). None pushes no surrogate."
+        },
+    )
+
     def __post_init__(self):
         # Our fields first, so a wrong recipe value is reported before any TrainingArguments set-up runs.
         self._validate_prunefuse_fields()
+        if not self.use_cpu and not _accelerator_available():
+            # Accelerate starts a CPU process group (gloo) only when asked for the CPU; without this a
+            # recipe launched with several processes on a CPU-only machine would run them unconnected.
+            self.use_cpu = True
         if self.selection_seed is None:
             self.selection_seed = self.seed
         super().__post_init__()
@@ -374,7 +406,7 @@ class PruneFuseConfig(TrainingArguments):
         Returns:
             [`PruneFuseConfig`]: a new config (a [`~transformers.TrainingArguments`]); `self` is not modified.
         """
-        overrides = {"output_dir": output_dir}
+        overrides = {"output_dir": output_dir, **_INTERNAL_TRAINER_OVERRIDES}
         if self.surrogate_num_train_epochs is not None:
             overrides["num_train_epochs"] = self.surrogate_num_train_epochs
         if self.surrogate_learning_rate is not None:
@@ -394,7 +426,23 @@ class PruneFuseConfig(TrainingArguments):
         Returns:
             [`PruneFuseConfig`]: a new config (a [`~transformers.TrainingArguments`]); `self` is not modified.
         """
-        return dataclasses.replace(self, output_dir=output_dir)
+        return dataclasses.replace(self, output_dir=output_dir, **_INTERNAL_TRAINER_OVERRIDES)
+
+
+# The loop's Trainers train intermediate models: they must never create repos or push (the finished run is
+# pushed once, by `prunefuse_hf.hub.push_from_config`).
+_INTERNAL_TRAINER_OVERRIDES = {"push_to_hub": False}
+
+
+def _accelerator_available() -> bool:
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return (
+        torch.cuda.is_available()
+        or torch.backends.mps.is_available()
+        or bool(xpu is not None and xpu.is_available())
+    )
 
 
 def _choice(name: str, value, allowed: tuple[str, ...]) -> None:

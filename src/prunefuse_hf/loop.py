@@ -23,6 +23,8 @@ from .config import PruneFuseConfig
 from .cost import model_cost
 from .data import num_classes, prepare_dataset, validate_image_dataset
 from .fusion import fuse_into_dense
+from .hub import push_from_config
+from .model_card import write_model_card
 from .modeling import load_image_classifier
 from .plan import PruningPlan, config_hash
 from .pool import DataPool
@@ -99,7 +101,7 @@ class PruneFuseLoop:
         recipe: dict | None = None,
     ):
         self.config = config
-        self.state = PartialState()
+        self.state = PartialState(cpu=config.use_cpu)
         # Scoring shards the pool over the processes that `accelerate launch` started (one otherwise).
         self.accelerator = Accelerator(cpu=config.use_cpu)
         self.run_dir = RunDirectory(config.output_dir)
@@ -344,6 +346,10 @@ class PruneFuseLoop:
     def _step_report(self, _round: int) -> None:
         if self.state.is_main_process:
             write_report(self.run_dir, self.progress, self.config)
+            # The fused model's card, pushed or not; then the push the config asks for (if any). A failed
+            # push raises before this step is marked done, so `--resume` (or `prunefuse-hf push`) retries it.
+            write_model_card(self.run_dir.path, progress=self.progress)
+            push_from_config(self.run_dir.path, self.config)
 
     # -- helpers ------------------------------------------------------------------------------
 

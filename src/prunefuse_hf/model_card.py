@@ -102,7 +102,9 @@ def collect_model_card_facts(
     selection = metrics["selection"]
     initial = config.get("initial_labeled_size")
     query_sizes = _query_sizes(config)
-    labels = [label for _, label in sorted((model_config.get("id2label") or {}).items(), key=lambda kv: int(kv[0]))]
+    labels = [
+        label for _, label in sorted((model_config.get("id2label") or {}).items(), key=lambda kv: int(kv[0]))
+    ]
     if all(re.fullmatch(r"LABEL_\d+", label) for label in labels):
         labels = []
     name = (model_repo_id or "").split("/")[-1] or f"PruneFuse {model_config.get('model_type', 'model')}"
@@ -120,7 +122,9 @@ def collect_model_card_facts(
         "base_model_path": model_source if model_source and not base_model else None,
         "dataset_hub_id": dataset_hub_id,
         "dataset_name": dataset_name,
-        "dataset_label": "Fashion-MNIST" if data and data["dataset_name"] == FASHION_MNIST else dataset_hub_id,
+        "dataset_label": "Fashion-MNIST"
+        if data and data["dataset_name"] == FASHION_MNIST
+        else dataset_hub_id,
         "dataset_details": dataset_details,
         "eval_description": eval_description,
         "subset_repo_id": subset_repo_id,
@@ -138,7 +142,9 @@ def collect_model_card_facts(
         "dense_macs": _human(dense.get("macs")),
         "surrogate_macs": _human(surrogate.get("macs")),
         "macs_ratio": _ratio(surrogate.get("macs"), dense.get("macs")),
-        "image_size": "×".join(map(str, costs["image_size"])) + " pixels" if costs.get("image_size") else None,
+        "image_size": "×".join(map(str, costs["image_size"])) + " pixels"
+        if costs.get("image_size")
+        else None,
         "strategy": config.get("strategy"),
         "num_rounds": config.get("num_rounds"),
         "round_sizes": _round_sizes(initial, query_sizes),
@@ -197,7 +203,7 @@ def render_model_card(facts: dict) -> str:
     """
     import jinja2
 
-    template = resources.files(__package__).joinpath("templates", MODEL_CARD_TEMPLATE).read_text()
+    template = _template(MODEL_CARD_TEMPLATE)
     environment = jinja2.Environment(
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined
     )
@@ -236,6 +242,10 @@ def framework_versions() -> dict[str, str]:
         "huggingface_hub": huggingface_hub.__version__,
         "Python": platform.python_version(),
     }
+
+
+def _template(name: str) -> str:
+    return resources.files(__package__).joinpath("templates", name).read_text()
 
 
 # ----- formatting -----
@@ -283,7 +293,11 @@ def _round_sizes(initial, query_sizes: list[int]) -> str | None:
 def _fusion(config: dict) -> str:
     if not config.get("fusion"):
         return "none: a fresh dense model was trained on the selected data (SVP-style)"
-    start = "the dense initialization θ0" if config.get("fusion_init") == "dense_init" else "a fresh initialization"
+    start = (
+        "the dense initialization θ0"
+        if config.get("fusion_init") == "dense_init"
+        else "a fresh initialization"
+    )
     norm = "copied" if config.get("copy_norm_stats") else "kept from the dense model"
     return f"trained surrogate written into {start} at its kept indices; normalization statistics {norm}"
 
@@ -298,7 +312,11 @@ def _distillation(config: dict) -> str:
 def _rounds(records: list[dict]) -> list[dict] | None:
     rows = []
     for record in records:
-        surrogate, dense, selection = record.get("surrogate") or {}, record.get("dense") or {}, record.get("selection")
+        surrogate, dense, selection = (
+            record.get("surrogate") or {},
+            record.get("dense") or {},
+            record.get("selection"),
+        )
         rows.append(
             {
                 "round": record["round"],
@@ -330,8 +348,11 @@ def _quickstart(repo_id: str | None, model_config: dict, costs: dict, run_dir: P
         f"# The run fed {described} images of {height}×{width} pixels, scaled to [-1, 1].\n"
         f'image = Image.open("image.png").convert("{mode}").resize(({width}, {height}))\n'
         "pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)\n"
-        + ("pixel_values = ((pixels - 0.5) / 0.5)[None, None]\n" if channels == 1
-           else "pixel_values = ((pixels - 0.5) / 0.5).permute(2, 0, 1)[None]\n")  # fmt: skip
+        + (
+            f"pixel_values = ((pixels - 0.5) / 0.5).reshape(1, 1, {height}, {width})\n"
+            if channels == 1
+            else "pixel_values = ((pixels - 0.5) / 0.5).permute(2, 0, 1).unsqueeze(0)\n"
+        )  # fmt: skip
         + "with torch.no_grad():\n"
         "    predicted = model(pixel_values=pixel_values).logits.argmax(-1).item()\n"
         "print(model.config.id2label[predicted])"
@@ -341,7 +362,9 @@ def _quickstart(repo_id: str | None, model_config: dict, costs: dict, run_dir: P
 def _yaml(value) -> str:
     import yaml
 
-    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100).strip()
+    return yaml.safe_dump(
+        value, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100
+    ).strip()
 
 
 def _count(value) -> str | None:

@@ -1,0 +1,244 @@
+"""Pushing a finished run to the Hub: the fused model, the selected subset and the surrogate.
+
+Local save and push are separate steps: the run directory already holds the fused checkpoint (with its
+card) and the surrogate (with `pruning_plan.json`); a push stages each repo's files in a temporary folder
+(hard links to the run's files, plus cards that name the repos) and sends it with `upload_folder`. The run
+directory is only read, so a push that fails changes nothing locally and can simply be run again; pushing
+the same run twice updates the repos.
+
+The Hub address and the token come from `huggingface_hub` (`HF_ENDPOINT`, `HF_TOKEN` or the stored login)
+unless given. The token is never written anywhere nor put in a message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers.utils import logging
+
+from .constants import FUSED_DIR, STATE_NAME, SURROGATE_DIR
+from .model_card import (
+    CITATION,
+    MODEL_CARD_NAME,
+    TAGS,
+    collect_model_card_facts,
+    render_model_card,
+)
+from .subset import save_subset
+
+logger = logging.get_logger(__name__)
+
+
+class PushError(ValueError):
+    """A push to the Hub failed; the run directory is unchanged and the same push can be retried."""
+
+
+@dataclass
+class PushResult:
+    """Where a push went: the repo ids (as created on the Hub) and their commit URLs."""
+
+    model_repo_id: str
+    subset_repo_id: str | None = None
+    surrogate_repo_id: str | None = None
+    commit_urls: dict | None = None
+
+
+def push_run(
+    run_dir: str | os.PathLike,
+    model_repo_id: str,
+    *,
+    subset_repo_id: str | None = None,
+    surrogate_repo_id: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    include_examples: bool = False,
+    commit_message: str = "Upload PruneFuse run",
+) -> PushResult:
+    """
+    Push a finished run: the fused model (with its card) and, when asked, the subset and the surrogate.
+
+    Args:
+        run_dir (`str` or `os.PathLike`): A finished run directory (`state.json`, `selection.parquet`, `fused/`,
+            `surrogate/`).
+        model_repo_id (`str`): Model repo for the fused model (`ORG/NAME`, or `NAME` in your namespace).
+        subset_repo_id (`str`, *optional*): Dataset repo for the selected subset (see [`~prunefuse_hf.subset`]).
+        surrogate_repo_id (`str`, *optional*): Model repo for the trained surrogate and its `pruning_plan.json`.
+        private (`bool`, *optional*): Create the repos as private (existing repos keep their visibility).
+        revision (`str`, *optional*): Branch to push to (created from `main` when missing).
+        token (`str`, *optional*): Hub token; defaults to `HF_TOKEN` or the stored login.
+        endpoint (`str`, *optional*): Hub address; defaults to `HF_ENDPOINT` or huggingface.co.
+        include_examples (`bool`, *optional*, defaults to `False`): Also push the selected images and labels
+            as the subset repo's `examples` config.
+        commit_message (`str`, *optional*): Message of the commits.
+
+    Returns:
+        [`PushResult`]: the repo ids and commit URLs.
+
+    Raises:
+        `PushError`: the Hub refused or could not be reached (the run directory is unchanged).
+        `ValueError`: `run_dir` is not a finished run.
+    """
+    from huggingface_hub import HfApi
+
+    run_dir = Path(run_dir)
+    _check_finished_run(run_dir)
+    api = HfApi(endpoint=endpoint, token=token)
+    result = PushResult(model_repo_id=model_repo_id, commit_urls={})
+    with tempfile.TemporaryDirectory(prefix="prunefuse-push-") as staging:
+        staging = Path(staging)
+        # Repo ids as the Hub resolves them (a bare NAME lands in the token's namespace).
+        model_repo_id = result.model_repo_id = _create(api, model_repo_id, "model", private, revision)
+        if subset_repo_id:
+            subset_repo_id = result.subset_repo_id = _create(
+                api, subset_repo_id, "dataset", private, revision
+            )
+        if surrogate_repo_id:
+            surrogate_repo_id = result.surrogate_repo_id = _create(
+                api, surrogate_repo_id, "model", private, revision
+            )
+        links = dict(model_repo_id=model_repo_id, subset_repo_id=subset_repo_id,
+                     surrogate_repo_id=surrogate_repo_id, endpoint=api.endpoint)  # fmt: skip
+
+        # The subset first: the model card links to it.
+        if subset_repo_id:
+            folder = save_subset(run_dir, staging / "subset", repo_id=subset_repo_id, model_repo_id=model_repo_id,
+                                 include_examples=include_examples, endpoint=api.endpoint)  # fmt: skip
+            result.commit_urls["subset"] = _upload(
+                api, folder, subset_repo_id, "dataset", revision, commit_message
+            )
+        if surrogate_repo_id:
+            folder = _stage(run_dir / SURROGATE_DIR, staging / "surrogate")
+            (folder / MODEL_CARD_NAME).write_text(render_surrogate_card(run_dir, surrogate_repo_id, **links))
+            result.commit_urls["surrogate"] = _upload(
+                api, folder, surrogate_repo_id, "model", revision, commit_message
+            )
+        folder = _stage(run_dir / FUSED_DIR, staging / "fused")
+        (folder / MODEL_CARD_NAME).write_text(render_model_card(collect_model_card_facts(run_dir, **links)))
+        result.commit_urls["model"] = _upload(api, folder, model_repo_id, "model", revision, commit_message)
+    return result
+
+
+def push_from_config(run_dir: str | os.PathLike, config) -> PushResult | None:
+    """Push a finished run as its `PruneFuseConfig` asks (`push_to_hub`, `hub_model_id`, ...); `None` if not asked."""
+    if not getattr(config, "push_to_hub", False):
+        return None
+    model_repo_id = config.hub_model_id or Path(config.output_dir).absolute().name
+    return push_run(
+        run_dir,
+        model_repo_id,
+        subset_repo_id=getattr(config, "hub_subset_id", None),
+        surrogate_repo_id=getattr(config, "hub_surrogate_id", None),
+        private=config.hub_private_repo,
+        revision=config.hub_revision,
+        token=config.hub_token,
+    )
+
+
+def render_surrogate_card(run_dir, repo_id: str, **links) -> str:
+    """The surrogate repo's card (front matter + how to reload and fuse it)."""
+    import jinja2
+    from huggingface_hub import ModelCardData
+
+    from .model_card import _template
+
+    facts = collect_model_card_facts(run_dir, **links)
+    data = ModelCardData(library_name="transformers", pipeline_tag="image-classification",
+                         tags=[*TAGS, "pruned", "surrogate"], base_model=facts["base_model"])  # fmt: skip
+    plan_facts = {k: facts[k] for k in ("model_type", "pruning_ratio", "importance", "surrogate_params",
+                                        "params_ratio", "dense_params", "model_repo_id", "subset_repo_id",
+                                        "subset_repo_url")}  # fmt: skip
+    environment = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    return environment.from_string(_template("surrogate_card.md")).render(
+        card_data=data.to_yaml(),
+        title=f"{repo_id.split('/')[-1]} (PruneFuse surrogate)",
+        repo_id=repo_id,
+        model_repo_url=f"{links.get('endpoint')}/{facts['model_repo_id']}"
+        if facts["model_repo_id"]
+        else None,
+        citation=CITATION,
+        **plan_facts,
+    )
+
+
+# ----- helpers -----
+
+
+def _check_finished_run(run_dir: Path) -> None:
+    missing = [p for p in (STATE_NAME, f"{FUSED_DIR}/config.json") if not (run_dir / p).is_file()]
+    if missing:
+        raise ValueError(
+            f"{run_dir} is not a finished PruneFuse run ({', '.join(missing)} missing): run it to the end first "
+            "(`prunefuse-hf run ... --resume`)."
+        )
+
+
+def _create(api, repo_id: str, repo_type: str, private: bool | None, revision: str | None) -> str:
+    def create():
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(url.repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+        return url.repo_id
+
+    return _hub_call(create, f"creating the {repo_type} repo {repo_id}", api.endpoint)
+
+
+def _upload(api, folder: Path, repo_id: str, repo_type: str, revision: str | None, message: str) -> str:
+    def upload():
+        return api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=folder, revision=revision,
+                                 commit_message=message)  # fmt: skip
+
+    info = _hub_call(upload, f"uploading {folder.name} to the {repo_type} repo {repo_id}", api.endpoint)
+    logger.info("Pushed %s to %s", folder.name, info.commit_url)
+    return info.commit_url
+
+
+def _hub_call(function, what: str, endpoint: str):
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return function()
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        hint = ""
+        if status in (401, 403):
+            hint = (" The token was refused: set HF_TOKEN (or `hf auth login`) to a token with write access to "
+                    "this namespace.")  # fmt: skip
+        elif status is not None and status >= 500:
+            hint = " The Hub had a server error; try again later."
+        reason = str(error).splitlines()[0] if str(error) else f"HTTP {status}"
+        raise PushError(f"Push failed while {what} on {endpoint} ({reason}).{hint} {_retry_hint()}") from None
+    except (httpx2.HTTPError, OSError) as error:
+        raise PushError(
+            f"Push failed while {what}: could not reach {endpoint} ({type(error).__name__}: {error}). Check the "
+            f"network and HF_ENDPOINT. {_retry_hint()}"
+        ) from None
+
+
+def _retry_hint() -> str:
+    return "The run directory was not changed; run the same push again to retry."
+
+
+def _stage(source: Path, target: Path) -> Path:
+    """A copy of `source` made of hard links (copies across file systems), so no weights are rewritten.
+
+    The card is left out: it is written fresh into the staging folder (writing through a hard link would
+    change the run directory's file).
+    """
+    target.mkdir(parents=True)
+    for path in sorted(source.rglob("*")):
+        if path.is_dir() or path.name.startswith(".") or path.name == MODEL_CARD_NAME:
+            continue
+        destination = target / path.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, destination)
+        except OSError:
+            shutil.copy2(path, destination)
+    return target

@@ -594,34 +594,34 @@ def point_clients_at(monkeypatch, endpoint: str, token: str, home) -> None:
     ):
         if hasattr(transformers_hub, name):
             monkeypatch.setattr(transformers_hub, name, str(home / "hub"))
-    if hasattr(transformers_hub, "_is_offline_mode"):
-        monkeypatch.setattr(transformers_hub, "_is_offline_mode", False)
+    if hasattr(transformers_hub, "_hf_api"):
+        # transformers keeps one HfApi, built with the endpoint of its first use.
+        monkeypatch.setattr(transformers_hub, "_hf_api", None)
 
 
-def _hub_fixture():
-    import pytest
+def serve_local_hub(monkeypatch, home):
+    """Generator behind the tests' `hub` fixture: a running local Hub that the client libraries point at,
+    with every other host refused. Yields the `HubServer`; asserts at the end that nothing tried to leave.
 
+    Example:
+
+    ```python
     @pytest.fixture
     def hub(monkeypatch, tmp_path_factory):
-        """A running local Hub; the client libraries point at it and cannot reach any other host."""
-        import huggingface_hub.constants as hub_constants
+        yield from serve_local_hub(monkeypatch, tmp_path_factory.mktemp("hf_home"))
+    ```
+    """
+    import huggingface_hub.constants as hub_constants
 
-        guard = RealHubGuard()
-        guard.install(monkeypatch)
-        with HubServer() as server:
-            point_clients_at(
-                monkeypatch, server.endpoint, server.state.token, tmp_path_factory.mktemp("hf_home")
-            )
-            assert hub_constants.ENDPOINT == server.endpoint
-            assert hub_constants.HUGGINGFACE_CO_URL_TEMPLATE.startswith(server.endpoint + "/")
-            server.guard = guard
-            yield server
-        # datasets derives its viewer API from the endpoint ("datasets-server.<host>"); that name cannot
-        # resolve, and the guard refuses it like any other.
-        leaks = [name for name in guard.blocked if not name.startswith(f"datasets-server.{server.host}")]
-        assert not leaks, f"requests tried to leave the machine: {leaks}"
-
-    return hub
-
-
-hub = _hub_fixture()
+    guard = RealHubGuard()
+    guard.install(monkeypatch)
+    with HubServer() as server:
+        point_clients_at(monkeypatch, server.endpoint, server.state.token, home)
+        assert hub_constants.ENDPOINT == server.endpoint
+        assert hub_constants.HUGGINGFACE_CO_URL_TEMPLATE.startswith(server.endpoint + "/")
+        server.guard = guard
+        yield server
+    # datasets derives its viewer API from the endpoint ("datasets-server.<host>"); that name cannot
+    # resolve, and the guard refuses it like any other.
+    leaks = [name for name in guard.blocked if not name.startswith(f"datasets-server.{server.host}")]
+    assert not leaks, f"requests tried to leave the machine: {leaks}"

@@ -288,3 +288,18 @@ def test_run_on_real_fashion_mnist_images_learns(tmp_path):
     # Ten balanced classes: chance is 0.1; 250 real images are enough to get well above it.
     assert metrics["final"]["accuracy"] > 0.4
     assert metrics["rounds"][0]["surrogate"]["accuracy"] > 0.3
+
+
+def test_bald_run_with_a_dropout_model_and_clear_error_without(tmp_path, pool):
+    from transformers import ViTConfig
+
+    vit = ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                    num_attention_heads=2, intermediate_size=32, hidden_dropout_prob=0.2, num_labels=NUM_CLASSES)  # fmt: skip
+    # pruning_ratio 0 keeps the dense model as the selector, which works for every family.
+    loop = PruneFuseLoop(vit, pool, make_config(tmp_path / "vit", strategy="bald", pruning_ratio=0.0, mc_samples=3,
+                                                num_rounds=1))  # fmt: skip
+    metrics = loop.run()
+    assert metrics["rounds"][0]["selection"]["scored_examples"] == (96 - 16) * 3
+    with pytest.raises(ValueError, match="no active dropout"):
+        run_loop(tmp_path / "resnet", pool, strategy="bald", num_rounds=1)
+    assert not (tmp_path / "resnet").exists()  # refused before anything was written

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_image_dataset
 from prunefuse_hf import load_subset
 from prunefuse_hf.arguments import DataArguments
-from prunefuse_hf.data import load_run_datasets
+from prunefuse_hf.data import load_image_dataset, load_run_datasets
 from prunefuse_hf.pool import DataPool
 from prunefuse_hf.subset import SubsetMismatchError, save_subset
 
@@ -18,7 +18,8 @@ def finished_selection(run_dir, pool_dataset, recipe, seed=3):
     pool = DataPool(pool_dataset)
     pool.label_randomly(10, seed=seed, round=1)
     unlabeled = pool.unlabeled_indices
-    pool.label(unlabeled[::4][:6], round=2, scores=np.linspace(1, 0, 6), strategy="entropy")
+    chosen = unlabeled[::3][:6]
+    pool.label(chosen, round=2, scores=np.linspace(1, 0, len(chosen)), strategy="entropy")
     run_dir.mkdir(parents=True)
     pool.save_selection(run_dir / "selection.parquet")
     state = {"config": {"seed": seed, "strategy": "entropy", "pruning_ratio": 0.5, "initial_labeled_size": 10,
@@ -73,15 +74,17 @@ def test_subset_of_a_subsampled_pool_is_rebuilt_exactly(tmp_path, source_dir):
 
 def test_other_data_is_refused(tmp_path, source_dir):
     recipe = {"dataset_name": str(source_dir)}
-    finished_selection(tmp_path / "run", make_image_dataset(num_examples=60, seed=4), recipe)
+    finished_selection(tmp_path / "run", load_image_dataset(str(source_dir)), recipe)
     folder = save_subset(tmp_path / "run", tmp_path / "subset")
     assert len(load_subset(folder)) == 16
     with pytest.raises(
         SubsetMismatchError, match="has 50 rows but the subset was selected from a pool of 60"
     ):
         load_subset(folder, source=make_image_dataset(num_examples=50, seed=4))
-    with pytest.raises(SubsetMismatchError, match="fingerprint .* differs"):
+    with pytest.raises(SubsetMismatchError, match="fingerprint .* differs .* `verify=False`"):
         load_subset(folder, source=make_image_dataset(num_examples=60, seed=5))
+    with pytest.raises(SubsetMismatchError, match="fingerprint"):  # the same rows, transformed
+        load_subset(folder, source=load_image_dataset(str(source_dir)).map(lambda x: x))
     assert len(load_subset(folder, source=make_image_dataset(num_examples=60, seed=5), verify=False)) == 16
 
 

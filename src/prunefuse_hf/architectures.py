@@ -171,7 +171,7 @@ FAMILY_ADAPTERS: dict[str, FamilyAdapter] = {
         FamilyAdapter(
             "mobilenet_v2",
             "MobileNetV2",
-            "all widths via depth_multiplier x (1 - p), with its make_divisible rounding",
+            "all widths via depth_multiplier × (1 − p), with its make_divisible rounding",
             _multiplier_config("depth_multiplier"),
         ),
         FamilyAdapter(
@@ -183,7 +183,7 @@ FAMILY_ADAPTERS: dict[str, FamilyAdapter] = {
         FamilyAdapter(
             "efficientnet",
             "EfficientNet",
-            "all widths via width_coefficient x (1 - p), with its round_filters rounding",
+            "all widths via width_coefficient × (1 − p), with its round_filters rounding",
             _multiplier_config("width_coefficient"),
         ),
     ]

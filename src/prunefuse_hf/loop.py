@@ -31,7 +31,7 @@ from .pool import DataPool
 from .pruning import prune_model
 from .report import build_metrics, write_report
 from .rundir import DENSE_BASE_DIR, DENSE_INIT_DIR, SURROGATE_INIT_DIR, TRAINER_DIR, RunDirectory
-from .scoring import score_pool
+from .scoring import active_dropout_layers, score_pool
 from .strategies import get_strategy
 from .trainer import PruneFuseTrainer
 
@@ -118,6 +118,10 @@ class PruneFuseLoop:
         self.eval_dataset = eval_dataset
         self.num_labels = num_classes(train_dataset, label_column)
         self._check_budget()
+        if not resume:
+            self.dense_init = self._build_dense(model)
+            if "mc_probs" in self.strategy.needs:
+                active_dropout_layers(self.dense_init)  # raises, naming the model, when there is none
         # All checks above run before the run directory is touched: bad input never costs an old run.
         if self.state.is_main_process:
             self.run_dir.prepare(resume=resume, overwrite=overwrite)
@@ -127,7 +131,6 @@ class PruneFuseLoop:
             self._load_state()
             self.dense_init = AutoModelForImageClassification.from_pretrained(self.run_dir / DENSE_INIT_DIR)
         else:
-            self.dense_init = self._build_dense(model)
             self.progress = {"version": STATE_VERSION, "completed": [], "config": self._resume_fields(),
                              "recipe": recipe, "rounds": {}, "final": {}}  # fmt: skip
         self.steps = self._plan_steps()

@@ -48,13 +48,15 @@ def prune_model(
 ) -> tuple[nn.Module, PruningPlan]:
     """Prune `model` at its current weights into a narrower surrogate and record the kept indices.
 
-    Every prunable width (channels, stage widths, stem) loses the same fraction `pruning_ratio` of its
-    entries, those with the smallest L2 norm over their coupled group. The classifier's outputs are
-    never pruned. The input model is left untouched.
+    Every prunable width (channels, stage widths, stem, hidden size, MLP width, head dimension) loses
+    the same fraction `pruning_ratio` of its entries, those with the smallest L2 norm over their
+    coupled group. Exact widths are those of the family's narrowed config (e.g. head dimensions,
+    group widths and `make_divisible` rounding), so the surrogate is a regular checkpoint of the same
+    class. The classifier's outputs are never pruned. The input model is left untouched.
 
     Args:
         model: A `*ForImageClassification` model of a supported family (see
-            `prunefuse_hf.architectures.FAMILY_ADAPTERS`).
+            `prunefuse_hf.architectures.SUPPORTED_FAMILIES`).
         pruning_ratio: Fraction removed from every prunable width, in [0, 1). `0` returns an identical
             copy (any family), the dense-selector baseline.
         importance: Channel importance; `"l2"` is Torch-Pruning's group magnitude with p=2.
@@ -381,11 +383,10 @@ def _rebuild_from_config(model: nn.Module, config, pruned: nn.Module, pruning_ra
     expected = surrogate.state_dict()
     for name, tensor in pruned.state_dict().items():
         if name not in expected or expected[name].shape != tensor.shape:
-            raise ValueError(
-                f"pruning_ratio={pruning_ratio} gives {config.model_type} widths that its config cannot "
-                f"express (tensor '{name}': pruned {list(tensor.shape)}, config builds "
-                f"{list(expected[name].shape) if name in expected else 'nothing'}). Choose a ratio that "
-                "keeps divisible widths, e.g. 0.25, 0.5 or 0.75."
+            raise RuntimeError(
+                f"pruning_ratio={pruning_ratio} gave {config.model_type} widths that its narrowed config "
+                f"does not build (tensor '{name}': pruned {list(tensor.shape)}, config builds "
+                f"{list(expected[name].shape) if name in expected else 'nothing'}); please report it."
             )
     surrogate.load_state_dict(pruned.state_dict(), strict=True)
     return surrogate

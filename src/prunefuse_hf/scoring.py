@@ -80,7 +80,7 @@ def score_pool(
     unknown = set(outputs) - set(OUTPUTS)
     if unknown:
         raise ValueError(f"outputs may contain {list(OUTPUTS)}, got {sorted(unknown)}.")
-    dropout_layers = _active_dropout_layers(model) if "mc_probs" in outputs else []
+    dropout_layers = active_dropout_layers(model) if "mc_probs" in outputs else []
     if pool_indices is None:
         pool_indices = np.arange(len(dataset))
     pool_indices = np.asarray(pool_indices, dtype=np.int64)
@@ -134,7 +134,13 @@ def _forward_shard(
 ):
     # Each sampler item is a whole batch of rows: indexing the dataset with a list runs its (batched)
     # transform once per batch.
-    loader = DataLoader(dataset, sampler=batches, batch_size=None, num_workers=num_workers)
+    loader = DataLoader(
+        dataset,
+        sampler=batches,
+        batch_size=None,
+        num_workers=num_workers,
+        worker_init_fn=_single_threaded_worker,
+    )
     features_seen: list[torch.Tensor] = []
     hook = None
     if "features" in outputs:
@@ -174,7 +180,7 @@ def _forward_shard(
     return collected
 
 
-def _active_dropout_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+def active_dropout_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Dropout and stochastic-depth layers with a non-zero rate (the ones MC dropout can sample)."""
     layers = [
         module
@@ -212,6 +218,11 @@ def _sample_with_dropout(model, pixel_values, dropout_layers, mc_samples) -> tor
         for layer in dropout_layers:
             layer.eval()
     return torch.stack(samples, dim=1)
+
+
+def _single_threaded_worker(_worker_id: int) -> None:
+    # Decoding workers share the cores with the forward pass; their own thread pools would oversubscribe them.
+    torch.set_num_threads(1)
 
 
 def _classifier_module(model: torch.nn.Module) -> torch.nn.Module:

@@ -94,6 +94,8 @@ def test_push_then_reload_model_surrogate_and_subset(hub, finished_run):
     for repo, repo_type in ((MODEL, "model"), (SUBSET, "dataset"), (SURROGATE, "model")):
         for path, content in hub.files(repo, repo_type).items():
             assert hub.state.token.encode() not in content and b"hf_should_not_leak" not in content, path
+    for path in run_dir.rglob("*"):
+        assert not path.is_file() or b"hf_should_not_leak" not in path.read_bytes(), path
 
     # The subset: rebuilt from the recorded source, through the Hub, to the same examples.
     selection = pq.read_table(run_dir / "selection.parquet").to_pydict()

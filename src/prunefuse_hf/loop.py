@@ -24,7 +24,7 @@ from .cost import model_cost
 from .data import num_classes, prepare_dataset, validate_image_dataset
 from .fusion import fuse_into_dense
 from .hub import push_from_config
-from .model_card import write_model_card
+from .model_card import redact_secrets, write_model_card
 from .modeling import load_image_classifier
 from .plan import PruningPlan, config_hash
 from .pool import DataPool
@@ -132,7 +132,7 @@ class PruneFuseLoop:
             self.dense_init = AutoModelForImageClassification.from_pretrained(self.run_dir / DENSE_INIT_DIR)
         else:
             self.progress = {"version": STATE_VERSION, "completed": [], "config": self._resume_fields(),
-                             "recipe": recipe, "rounds": {}, "final": {}}  # fmt: skip
+                             "recipe": redact_secrets(recipe), "rounds": {}, "final": {}}  # fmt: skip
         self.steps = self._plan_steps()
         self._cache: dict = {}
 

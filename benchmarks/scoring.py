@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -147,18 +147,44 @@ def worker(pool_size: int, batch_size: int) -> None:
 
 
 def strategy_worker(path: str, name: str, n: int) -> None:
-    """Run one pool-wide strategy on saved features; print its time and peak memory above the inputs."""
+    """Run one pool-wide strategy on saved features; print its time and the peak memory it added."""
     from prunefuse_hf.strategies import get_strategy
 
     data = torch.load(path)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    started = time.perf_counter()
-    selection = get_strategy(name).select(n, pool_indices=data["pool_indices"].numpy(), probs=data["probs"],
-                                          features=data["features"], labeled_features=data["labeled_features"])  # fmt: skip
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with RssSampler() as rss:
+        started = time.perf_counter()
+        selection = get_strategy(name).select(n, pool_indices=data["pool_indices"].numpy(), probs=data["probs"],
+                                              features=data["features"], labeled_features=data["labeled_features"])  # fmt: skip
+        seconds = time.perf_counter() - started
     assert len(set(selection.indices.tolist())) == n
-    print("STRATEGY", seconds, (peak - baseline) * 1024, flush=True)
+    print("STRATEGY", seconds, rss.peak - rss.start, flush=True)
+
+
+class RssSampler:
+    """Samples the process's resident memory every 2 ms: `peak - start` is what the code inside used."""
+
+    def __init__(self):
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._stop = threading.Event()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self):
+        self.start = self.peak = self._rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
 
 
 def measure_strategies(dense, prepared, n: int, batch_size: int, directory: Path) -> dict:

@@ -93,6 +93,14 @@ def test_load_image_classifier_from_config_checkpoint_and_dict(tmp_path):
     )
 
 
+def test_load_image_classifier_picks_the_plain_classifier_of_multi_class_families():
+    from transformers import DeiTConfig
+
+    config = DeiTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32)  # fmt: skip
+    assert type(load_image_classifier(config, num_labels=3)).__name__ == "DeiTForImageClassification"
+
+
 def test_load_image_classifier_refuses_non_image_models(tmp_path):
     with pytest.raises(ValueError, match="'bert'.*no image-classification model"):
         load_image_classifier(BertConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2))

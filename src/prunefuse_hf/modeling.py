@@ -70,6 +70,11 @@ def load_image_classifier(
         config.num_labels = num_labels  # the setter rebuilds id2label/label2id when the count changes
     if num_channels is not None:
         config.num_channels = num_channels
+    classes = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[config.model_type]
+    if isinstance(classes, (list, tuple)) and not config.architectures:
+        # Families with several classifier classes (DeiT: with and without a distillation head) need
+        # the choice written down; the first one is the plain classifier.
+        config.architectures = [classes[0]]
     return AutoModelForImageClassification.from_config(config)
 
 

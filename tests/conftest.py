@@ -67,3 +67,46 @@ def run_in_processes(function, *args, num_processes=2, timeout=300):
         raise AssertionError(
             f"{num_processes}-process run of {function.__name__} failed:\n{result.stderr[-4000:]}"
         )
+
+
+def sgd_steps(model, pixel_values, labels, steps=3, lr=0.1):
+    """A few plain SGD steps in train mode (parameters and BatchNorm statistics both move); the losses."""
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = F.cross_entropy(model(pixel_values).logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def kept_mask(plan, name):
+    """Boolean mask of the dense entries of tensor `name` that the surrogate kept."""
+    mask = torch.zeros(plan.dense_shapes[name], dtype=torch.bool)
+    mask[plan.index(name)] = True
+    return mask
+
+
+def tiny_recipe(dataset, num_rounds=2) -> str:
+    """A recipe for a real `prunefuse-hf run` on a saved tiny pool (a few seconds on a CPU)."""
+    return f"""
+model_config: {{model_type: resnet, num_channels: 1, embedding_size: 16, hidden_sizes: [16, 32], depths: [1, 1]}}
+dataset_name: {dataset}
+eval_split: null
+pruning_ratio: 0.5
+strategy: least_confidence
+initial_labeled_size: 16
+query_size: 8
+num_rounds: {num_rounds}
+num_train_epochs: 2
+learning_rate: 0.05
+per_device_train_batch_size: 8
+scoring_batch_size: 32
+disable_tqdm: true
+seed: 5
+"""

@@ -8,24 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForImageClassification
 
-from conftest import make_image_dataset
-
-RECIPE = """
-model_config: {{model_type: resnet, num_channels: 1, embedding_size: 16, hidden_sizes: [16, 32], depths: [1, 1]}}
-dataset_name: {dataset}
-eval_split: null
-pruning_ratio: 0.5
-strategy: least_confidence
-initial_labeled_size: 16
-query_size: 8
-num_rounds: 2
-num_train_epochs: 2
-learning_rate: 0.05
-per_device_train_batch_size: 8
-scoring_batch_size: 32
-disable_tqdm: true
-seed: 5
-"""
+from conftest import make_image_dataset, tiny_recipe
 
 
 def _files(run_dir: Path) -> set[str]:
@@ -51,7 +34,7 @@ def _rounds(run_dir: Path) -> dict[int, list[int]]:
 def test_cli_under_accelerate_launch_with_two_cpu_processes(tmp_path):
     make_image_dataset(num_examples=96, num_classes=4, seed=1).save_to_disk(tmp_path / "pool")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.format(dataset=tmp_path / "pool"))
+    recipe.write_text(tiny_recipe(tmp_path / "pool", num_rounds=2))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     # --multi_gpu on a CPU-only machine starts two real processes joined over gloo.

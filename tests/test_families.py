@@ -10,7 +10,6 @@ import functools
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import transformers
 from PIL import Image
 from transformers import (
@@ -25,6 +24,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
+from conftest import kept_mask, sgd_steps
 from prunefuse_hf import fuse_into_dense, prune_model
 from prunefuse_hf.architectures import SUPPORTED_FAMILIES, support_table_markdown
 from prunefuse_hf.cost import model_cost
@@ -118,22 +118,7 @@ def batch(model, seed=0, size=8):
 
 def train_steps(model, steps=3, lr=0.05, seed=0):
     pixel_values, labels = batch(model, seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = F.cross_entropy(model(pixel_values).logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
-def kept_mask(plan, name):
-    mask = torch.zeros(plan.dense_shapes[name], dtype=torch.bool)
-    mask[plan.index(name)] = True
-    return mask
+    return sgd_steps(model, pixel_values, labels, steps=steps, lr=lr)
 
 
 def assert_states_equal(actual, expected):

@@ -2,10 +2,9 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForImageClassification, ResNetForImageClassification
 
-from conftest import tiny_resnet_config
+from conftest import kept_mask, sgd_steps, tiny_resnet_config
 from prunefuse_hf import fuse_into_dense, prune_model
 
 RATIOS = [0.25, 0.5, 0.75]
@@ -16,26 +15,10 @@ def dense_resnet(layer_type="basic", **kwargs):
 
 
 def train_steps(model, steps=3, lr=0.1, seed=0):
-    """A few SGD steps in train mode, so parameters and BatchNorm statistics both move."""
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn(8, model.config.num_channels, 32, 32, generator=generator)
     labels = torch.randint(0, model.config.num_labels, (8,), generator=generator)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = F.cross_entropy(model(pixel_values).logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
-def kept_mask(plan, name):
-    mask = torch.zeros(plan.dense_shapes[name], dtype=torch.bool)
-    mask[plan.index(name)] = True
-    return mask
+    return sgd_steps(model, pixel_values, labels, steps=steps, lr=lr)
 
 
 @pytest.mark.parametrize("layer_type", ["basic", "bottleneck"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageClassification
 
-from conftest import make_image_dataset, tiny_resnet_config
+from conftest import make_image_dataset, tiny_recipe, tiny_resnet_config
 from prunefuse_hf.config import PruneFuseConfig
 from prunefuse_hf.constants import PRUNING_PLAN_NAME
 from prunefuse_hf.loop import PruneFuseLoop
@@ -188,24 +188,6 @@ def test_resume_refuses_another_pool(tmp_path, pool):
 
 # -- kill and resume a real process ------------------------------------------------------------
 
-RECIPE = """
-model_config: {{model_type: resnet, num_channels: 1, embedding_size: 16, hidden_sizes: [16, 32], depths: [1, 1]}}
-dataset_name: {dataset}
-eval_split: null
-pruning_ratio: 0.5
-strategy: least_confidence
-initial_labeled_size: 16
-query_size: 8
-num_rounds: 3
-num_train_epochs: 2
-learning_rate: 0.05
-per_device_train_batch_size: 8
-scoring_batch_size: 32
-disable_tqdm: true
-use_cpu: true
-seed: 5
-"""
-
 
 def _start_run(recipe, output_dir, *extra):
     command = [
@@ -239,7 +221,7 @@ def _selection(output_dir):
 def test_killed_run_resumes_to_the_same_selection(tmp_path, pool):
     pool.save_to_disk(tmp_path / "pool")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.format(dataset=tmp_path / "pool"))
+    recipe.write_text(tiny_recipe(tmp_path / "pool", num_rounds=3))
 
     reference = _start_run(recipe, tmp_path / "reference")
     interrupted = _start_run(recipe, tmp_path / "interrupted")

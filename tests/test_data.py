@@ -327,8 +327,8 @@ def test_augmentation_is_random_reproducible_and_shape_preserving():
 def test_prepare_dataset_is_lazy(monkeypatch):
     dataset = make_image_dataset(10)
     calls = []
-    original = data._pil_to_tensor
-    monkeypatch.setattr(data, "_pil_to_tensor", lambda *args: calls.append(1) or original(*args))
+    original = data._pil_batch_to_tensor
+    monkeypatch.setattr(data, "_pil_batch_to_tensor", lambda *args: calls.append(1) or original(*args))
 
     prepared = prepare_dataset(dataset, tiny_resnet_config())
 

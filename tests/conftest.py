@@ -110,3 +110,15 @@ scoring_batch_size: 32
 disable_tqdm: true
 seed: 5
 """
+
+
+def assert_fused_at_kept_indices(fused, surrogate_state, dense_state, plan):
+    """Every surrogate tensor sits exactly at its kept indices; every other entry kept its dense value;
+    and training made the fusion visible (at least one tensor changed)."""
+    changed = 0
+    for name, fused_tensor in fused.state_dict().items():
+        mask = kept_mask(plan, name)
+        assert torch.equal(fused_tensor[plan.index(name)], surrogate_state[name]), name
+        assert torch.equal(fused_tensor[~mask], dense_state[name][~mask]), name
+        changed += not torch.equal(fused_tensor, dense_state[name])
+    assert changed > 0

@@ -12,6 +12,11 @@ from torch import nn
 
 from .architectures import example_pixel_values
 
+# A forward pass costs 2 FLOPs per multiply-accumulate; a training step about three forward passes
+# (forward, then backward through activations and through weights).
+FORWARD_FLOPS_PER_MAC = 2
+TRAIN_FLOPS_PER_MAC = 6
+
 
 @dataclass(frozen=True)
 class ModelCost:
@@ -19,20 +24,11 @@ class ModelCost:
 
     Args:
         params: Number of parameters.
-        macs: Multiply-accumulates of one forward pass on one example (a training step costs about
-            three forward passes: forward, and backward through activations and weights).
+        macs: Multiply-accumulates of one forward pass on one example.
     """
 
     params: int
     macs: int
-
-    @property
-    def train_flops_per_example(self) -> int:
-        return 6 * self.macs
-
-    @property
-    def forward_flops_per_example(self) -> int:
-        return 2 * self.macs
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,7 +20,7 @@ from transformers import AutoModelForImageClassification, PreTrainedModel, set_s
 from transformers.utils import logging
 
 from .config import PruneFuseConfig
-from .cost import model_cost
+from .cost import FORWARD_FLOPS_PER_MAC, TRAIN_FLOPS_PER_MAC, model_cost
 from .data import num_classes, prepare_dataset, validate_image_dataset
 from .fusion import fuse_into_dense
 from .hub import push_from_config
@@ -316,8 +316,8 @@ class PruneFuseLoop:
             "query_size": query_size,
             "scored_examples": scored,
             "seconds": time.perf_counter() - started,
-            "flops": 2 * costs["surrogate"]["macs"] * scored,
-            "dense_flops": 2 * costs["dense"]["macs"] * scored,
+            "flops": FORWARD_FLOPS_PER_MAC * costs["surrogate"]["macs"] * scored,
+            "dense_flops": FORWARD_FLOPS_PER_MAC * costs["dense"]["macs"] * scored,
         }
 
     def _step_sync(self, round_: int) -> None:
@@ -406,8 +406,8 @@ class PruneFuseLoop:
             "epochs": args.num_train_epochs,
             "train_loss": result.training_loss,
             "seconds": seconds,
-            "flops": 6 * macs * examples,
-            "dense_flops": 6 * costs["dense"]["macs"] * examples,
+            "flops": TRAIN_FLOPS_PER_MAC * macs * examples,
+            "dense_flops": TRAIN_FLOPS_PER_MAC * costs["dense"]["macs"] * examples,
             "accuracy": self._evaluate(model, trainer),
         }
 

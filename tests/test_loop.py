@@ -131,6 +131,20 @@ def test_variants(tmp_path, pool, overrides, expect):
         assert all("surrogate" in r for r in rounds)
 
 
+@pytest.mark.parametrize("fusion", [True, False])
+def test_eval_strategy_steps_records_the_dense_models_accuracy_curve(tmp_path, pool, eval_dataset, fusion):
+    _, metrics = run_loop(tmp_path, pool, eval_dataset, num_rounds=1, fusion=fusion, distill_alpha=0.0,
+                          eval_strategy="steps", eval_steps=2)  # fmt: skip
+    surrogate, dense = metrics["rounds"][0]["surrogate"], metrics["rounds"][-1]["dense"]
+    assert "curve" not in surrogate  # the surrogate is evaluated once, after training
+    steps = [point["step"] for point in dense["curve"]]
+    # 24 labeled examples, batch 8, 2 epochs: 6 steps, evaluated at the start and every 2 steps.
+    assert dense["steps"] == 6 and steps == [0, 2, 4, 6]
+    assert dense["curve"][0]["accuracy"] == dense["accuracy_at_start"]
+    assert dense["curve"][-1]["accuracy"] == pytest.approx(dense["accuracy"])
+    assert dense["eval_seconds"] > 0 and dense["seconds"] > 0
+
+
 def test_budget_larger_than_the_pool_is_refused_before_anything_is_written(tmp_path, pool):
     with pytest.raises(
         ValueError, match=r"initial_labeled_size \(16\) \+ query_size over 2 rounds \(100\) = 116"

@@ -100,7 +100,9 @@ class PruneFuseConfig(TrainingArguments):
 
         eval_dense_every_round (`bool`, *optional*, defaults to `False`):
             Also train the final model (fused, or a fresh dense model when `fusion=False`) at every round's labeled
-            budget, for accuracy-per-budget curves. The last round always trains it.
+            budget, for accuracy-per-budget curves. The last round always trains it. With `eval_strategy="steps"` (or
+            `"epoch"`) the dense model is also evaluated while it trains and its record gets an accuracy `curve` over
+            training steps (the surrogate is evaluated only once trained).
 
         > Parameters that control distillation
 
@@ -406,7 +408,9 @@ class PruneFuseConfig(TrainingArguments):
         Returns:
             [`PruneFuseConfig`]: a new config (a [`~transformers.TrainingArguments`]); `self` is not modified.
         """
-        overrides = {"output_dir": output_dir, **_INTERNAL_TRAINER_OVERRIDES}
+        # The surrogate is evaluated once it is trained; `eval_strategy` curves are for the dense model.
+        overrides = {"output_dir": output_dir, "eval_strategy": "no", "load_best_model_at_end": False,
+                     **_INTERNAL_TRAINER_OVERRIDES}  # fmt: skip
         if self.surrogate_num_train_epochs is not None:
             overrides["num_train_epochs"] = self.surrogate_num_train_epochs
         if self.surrogate_learning_rate is not None:

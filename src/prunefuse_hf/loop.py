@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from accelerate import Accelerator, PartialState
 from transformers import AutoModelForImageClassification, PreTrainedModel, set_seed
+from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
 from .config import PruneFuseConfig
@@ -336,10 +337,13 @@ class PruneFuseLoop:
         config = self.config
         teacher = self._trained_surrogate(round_) if config.distill_alpha > 0 else None
         model = self._fused_start(round_) if config.fusion else self._fresh_dense(round_)
-        start_accuracy = self._evaluate(model) if config.fusion else None
-        record = self._train(model, config.dense_training_args(str(self.run_dir / TRAINER_DIR)), round_,
-                             role="dense", seed_offset=2, teacher=teacher)  # fmt: skip
+        args = config.dense_training_args(str(self.run_dir / TRAINER_DIR))
+        # The fresh model's start accuracy is only worth an evaluation when it opens an accuracy curve.
+        start_accuracy = self._evaluate(model) if config.fusion or _evaluates_during_training(args) else None
+        record = self._train(model, args, round_, role="dense", seed_offset=2, teacher=teacher)
         record["accuracy_at_start"] = start_accuracy
+        if "curve" in record and start_accuracy is not None:
+            record["curve"].insert(0, {"step": 0, "accuracy": start_accuracy})
         self._round(round_)["dense"] = record
         if round_ == config.num_rounds + 1:
             self.progress["final"] = {**record, "labeled": self.pool.num_labeled}
@@ -394,31 +398,48 @@ class PruneFuseLoop:
         args.seed = args.data_seed = self.config.seed + 1000 * round_ + seed_offset
         set_seed(args.seed)
         train_dataset = self._prepared(self.pool.labeled, train=True)
-        trainer = PruneFuseTrainer(model=model, args=args, train_dataset=train_dataset, teacher_model=teacher)
+        # `eval_strategy` steps/epoch evaluates the dense model while it trains: its accuracy curve.
+        curve = _evaluates_during_training(args) and self.eval_dataset is not None
+        eval_dataset = self._prepared(self.eval_dataset) if curve else None
+        trainer = PruneFuseTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                   teacher_model=teacher)  # fmt: skip
         started = time.perf_counter()
         result = trainer.train()
-        seconds = time.perf_counter() - started
+        evaluations = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry]
+        eval_seconds = sum(entry.get("eval_runtime", 0.0) for entry in evaluations)
         costs = self.progress["costs"]
         examples = int(round(len(train_dataset) * args.num_train_epochs))
         macs = costs[role]["macs"]
-        return {
+        record = {
             "labeled": len(train_dataset),
             "epochs": args.num_train_epochs,
+            "steps": trainer.state.global_step,
             "train_loss": result.training_loss,
-            "seconds": seconds,
+            "seconds": time.perf_counter() - started - eval_seconds,  # training only, like an untracked run
             "flops": TRAIN_FLOPS_PER_MAC * macs * examples,
             "dense_flops": TRAIN_FLOPS_PER_MAC * costs["dense"]["macs"] * examples,
             "accuracy": self._evaluate(model, trainer),
         }
+        if curve:
+            record["eval_seconds"] = eval_seconds
+            record["curve"] = [{"step": e["step"], "accuracy": e["eval_accuracy"]} for e in evaluations]
+            if not record["curve"] or record["curve"][-1]["step"] != record["steps"]:
+                record["curve"].append({"step": record["steps"], "accuracy": record["accuracy"]})
+        return record
 
     def _evaluate(self, model, trainer=None) -> float | None:
         if self.eval_dataset is None:
             return None
+        eval_dataset = self._prepared(self.eval_dataset)
         if trainer is None:
             args = self.config.dense_training_args(str(self.run_dir / TRAINER_DIR))
-            trainer = PruneFuseTrainer(model=model, args=args)
-        metrics = trainer.evaluate(self._prepared(self.eval_dataset))
+            trainer = PruneFuseTrainer(model=model, args=args, eval_dataset=eval_dataset)
+        metrics = trainer.evaluate(eval_dataset)
         return metrics["eval_accuracy"]
+
+
+def _evaluates_during_training(args) -> bool:
+    return args.eval_strategy != IntervalStrategy.NO
 
 
 def _save_with_plan(model, plan: PruningPlan, directory) -> None:

@@ -1,0 +1,549 @@
+"""Does PruneFuse pay off? Random, dense-selector AL, SVP and PruneFuse side by side on Fashion-MNIST.
+
+Every method runs the default recipe (DESIGN.md §8: the ResNet-18-sized model built from config, 1,000
+random labels, rounds of +1,000 up to 5,000) with the same seeds, data splits and training settings,
+through the real `prunefuse-hf run` code path; only the method's own settings differ:
+
+    random          a random subset of each size, dense model trained on it
+    dense_al        the dense model selects (pruning_ratio 0); its trained model is the result per budget
+    svp             the p = 0.5 surrogate selects, a fresh dense model is trained (fusion false)
+    prunefuse_p0.5  the p = 0.5 surrogate selects, the fused dense model is trained
+    prunefuse_p0.7  the same at p = 0.7
+    prunefuse_kd    prunefuse_p0.5 with distillation from the surrogate (alpha 0.5, T = 4)
+
+SVP and PruneFuse share their selector, so with one seed they select the same examples (checked per run):
+their final trainings are fused-vs-fresh on identical data, evaluated every 1/8 of training for the
+steps-to-accuracy comparison. Each run is a resumable run directory: an interrupted benchmark continues.
+
+    python benchmarks/active_learning.py                  # full: 3 seeds, about an hour on 2 CPU cores
+    python benchmarks/active_learning.py --device cuda    # the same on a GPU
+    python benchmarks/active_learning.py --quick          # one seed, tiny model and budgets: seconds
+
+Writes `active_learning.json`, `active_learning.md` and three PNG plots into `--output`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "fashion-mnist-resnet" / "prunefuse.yaml"
+
+# The methods: recipe overrides on top of the shared protocol.
+METHODS = {
+    "random": {"strategy": "random", "fusion": False, "distill_alpha": 0.0},
+    "dense_al": {
+        "pruning_ratio": 0.0,
+        "fusion": False,
+        "distill_alpha": 0.0,
+        "eval_dense_every_round": False,
+    },
+    "svp": {"pruning_ratio": 0.5, "fusion": False, "distill_alpha": 0.0},
+    "prunefuse_p0.5": {"pruning_ratio": 0.5, "fusion": True, "distill_alpha": 0.0},
+    "prunefuse_p0.7": {"pruning_ratio": 0.7, "fusion": True, "distill_alpha": 0.0},
+    "prunefuse_kd": {"pruning_ratio": 0.5, "fusion": True, "distill_alpha": 0.5, "distill_temperature": 4.0},
+}
+LABELS = {
+    "random": "random",
+    "dense_al": "dense-selector AL (p=0)",
+    "svp": "SVP (p=0.5, fresh dense)",
+    "prunefuse_p0.5": "PruneFuse p=0.5",
+    "prunefuse_p0.7": "PruneFuse p=0.7",
+    "prunefuse_kd": "PruneFuse p=0.5 + KD",
+}
+# Fused-vs-fresh on identical selections: these two evaluate while training (eval_steps is a fraction).
+CURVE_METHODS = {"svp", "prunefuse_p0.5"}
+CURVE_EVAL_STEPS = 0.125
+FULL_STRATEGIES = {
+    "least_confidence": list(METHODS),
+    # The second strategy runs the three methods that isolate the selector (dense, surrogate, surrogate +
+    # fusion), which keeps the full benchmark near an hour on 2 CPU cores; --all_methods runs every method.
+    "kcenter_greedy": ["dense_al", "svp", "prunefuse_p0.5"],
+}
+# Shared protocol of the full run (the default recipe's, evaluated on the whole 10,000-image test set).
+# Three epochs per training instead of the recipe's five keep the 27 runs near an hour on 2 CPU cores.
+FULL_PROTOCOL = {"max_eval_samples": 10000, "eval_dense_every_round": True, "num_train_epochs": 3,
+                 "surrogate_num_train_epochs": 3}  # fmt: skip
+QUICK_PROTOCOL = {
+    "model_config": {
+        "model_type": "resnet",
+        "num_channels": 1,
+        "embedding_size": 8,
+        "hidden_sizes": [8, 16],
+        "depths": [1, 1],
+        "layer_type": "basic",
+    },  # fmt: skip
+    "image_size": 16,
+    "max_pool_size": 300,
+    "max_eval_samples": 100,
+    "initial_labeled_size": 40,
+    "query_size": 40,
+    "num_rounds": 2,
+    "num_train_epochs": 1,
+    "surrogate_num_train_epochs": 1,
+    "per_device_train_batch_size": 16,
+    "eval_dense_every_round": True,
+}
+TARGETS = {"selection_time_ratio": 0.4, "accuracy_gap_points": 0.5, "steps_ratio": 0.6}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="One seed, tiny model and budgets (CI).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Seeds (default 0 1 2; quick: 0).")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--epochs", type=float, default=None, help="Override every training's epochs.")
+    parser.add_argument("--all_methods", action="store_true", help="Every method for every strategy.")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="Results folder (default benchmarks/results)."
+    )
+    parser.add_argument("--runs_dir", type=Path, default=None, help="Run directories (resumed when present).")
+    args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = [0] if args.quick else [0, 1, 2]
+    name = "active_learning_quick" if args.quick else "active_learning"
+    args.output = args.output or (
+        ROOT / "runs" / "benchmarks" / name if args.quick else ROOT / "benchmarks" / "results"
+    )
+    args.runs_dir = args.runs_dir or ROOT / "runs" / "benchmarks" / name
+    return args
+
+
+def base_recipe(args) -> dict:
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe.update(QUICK_PROTOCOL if args.quick else FULL_PROTOCOL)
+    recipe.update(
+        {"use_cpu": args.device == "cpu", "disable_tqdm": True, "report_to": "none", "logging_steps": 50}
+    )
+    if args.epochs is not None:
+        recipe["num_train_epochs"] = recipe["surrogate_num_train_epochs"] = args.epochs
+    return recipe
+
+
+def plan_runs(args) -> list[tuple[str, str, int]]:
+    """(method, strategy, seed) triples; random selection does not depend on the strategy: run once."""
+    runs = []
+    for seed in args.seeds:  # seed by seed: an interrupted benchmark still has whole seeds to report
+        runs.append(("random", "random", seed))
+        for strategy, methods in FULL_STRATEGIES.items():
+            runs += [(m, strategy, seed) for m in (list(METHODS) if args.all_methods else methods) if m != "random"]
+    return runs
+
+
+def run_one(args, recipe: dict, method: str, strategy: str, seed: int) -> tuple[dict, Path]:
+    """Run (or resume, or reuse) one run directory and return its metrics."""
+    from prunefuse_hf.run import run_from_command_line
+
+    output_dir = args.runs_dir / f"{method}-{strategy}-seed{seed}"
+    metrics_path = output_dir / "metrics.json"
+    if metrics_path.is_file():
+        return json.loads(metrics_path.read_text()), output_dir
+    recipe = {**recipe, **METHODS[method], "strategy": strategy, "seed": seed, "output_dir": str(output_dir)}
+    if method in CURVE_METHODS:
+        recipe.update({"eval_strategy": "steps", "eval_steps": CURVE_EVAL_STEPS})
+    output_dir.mkdir(parents=True, exist_ok=True)
+    recipe_path = output_dir.parent / f"{output_dir.name}.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    flags = ["--resume"] if (output_dir / "state.json").is_file() else ["--overwrite"]
+    started = time.perf_counter()
+    metrics = run_from_command_line(["--config", str(recipe_path), *flags])
+    seconds = time.perf_counter() - started
+    # Wall time of the whole run (per-budget evaluation trainings included), summed over resumptions.
+    wall_path = output_dir / "benchmark_wall_seconds.json"
+    previous = json.loads(wall_path.read_text())["seconds"] if wall_path.is_file() else 0.0
+    wall_path.write_text(json.dumps({"seconds": previous + seconds}))
+    print(f"== {method} / {strategy} / seed {seed}: {seconds:.0f} s", flush=True)
+    return metrics, output_dir
+
+
+def run_wall_seconds(output_dir: Path) -> float | None:
+    path = output_dir / "benchmark_wall_seconds.json"
+    return json.loads(path.read_text())["seconds"] if path.is_file() else None
+
+
+# ----- per-run numbers -----
+
+
+def accuracy_per_budget(metrics: dict) -> dict[int, float]:
+    """Labeled count -> accuracy of the method's model at that budget.
+
+    dense_al trains no separate dense model before the last round: its selector *is* the dense model
+    trained on that budget, so the selector's accuracy is the method's accuracy there.
+    """
+    budgets = {}
+    for record in metrics["rounds"]:
+        model = record.get("dense") or (
+            record.get("surrogate") if metrics["config"]["pruning_ratio"] == 0 else None
+        )
+        if model and model.get("accuracy") is not None:
+            budgets[model["labeled"]] = model["accuracy"]
+    return budgets
+
+
+def run_summary(metrics: dict) -> dict:
+    last = metrics["rounds"][-1]
+    # The last surrogate training only feeds fusion or distillation: it belongs to the final training.
+    final_seconds = last["dense"]["seconds"] + (last.get("surrogate") or {}).get("seconds", 0.0)
+    final_flops = last["dense"]["flops"] + (last.get("surrogate") or {}).get("flops", 0)
+    selection = metrics["selection"]
+    return {
+        "accuracy": {str(k): v for k, v in sorted(accuracy_per_budget(metrics).items())},
+        "selection_seconds": selection["seconds"],
+        "selection_flops": selection["flops"],
+        "final_training_seconds": final_seconds,
+        "final_training_flops": final_flops,
+        "end_to_end_seconds": selection["seconds"] + final_seconds,
+        "final_accuracy": metrics["final"]["accuracy"],
+        "curves": {
+            str(r["dense"]["labeled"]): r["dense"]["curve"]
+            for r in metrics["rounds"]
+            if "curve" in r.get("dense", {})
+        },
+    }
+
+
+def steps_to_reach(curve: list[dict], accuracy: float) -> int | None:
+    return next((point["step"] for point in curve if point["accuracy"] >= accuracy), None)
+
+
+def fused_vs_fresh(fused: dict, fresh: dict, same_selection: bool) -> dict:
+    """Per budget: steps each model needs to reach the fresh model's final accuracy, and their ratio."""
+    comparison = {"same_selection": same_selection, "budgets": {}}
+    for budget, fresh_curve in fresh["curves"].items():
+        fused_curve = fused["curves"].get(budget)
+        if not fused_curve:
+            continue
+        target = fresh_curve[-1]["accuracy"]
+        fused_steps, fresh_steps = steps_to_reach(fused_curve, target), steps_to_reach(fresh_curve, target)
+        comparison["budgets"][budget] = {
+            "fresh_final_accuracy": target,
+            "fused_final_accuracy": fused_curve[-1]["accuracy"],
+            "fused_steps": fused_steps,
+            "fresh_steps": fresh_steps,
+            "total_steps": fresh_curve[-1]["step"],
+            # A fused model that never gets there counts as needing all steps and then some: ratio None.
+            "steps_ratio": fused_steps / fresh_steps if fused_steps is not None and fresh_steps else None,
+        }
+    return comparison
+
+
+def same_selection(dir_a: Path, dir_b: Path) -> bool:
+    def read(directory):
+        table = pq.read_table(directory / "selection.parquet").to_pydict()
+        return sorted(zip(table["pool_index"], table["round"]))
+
+    return read(dir_a) == read(dir_b)
+
+
+# ----- aggregation over seeds -----
+
+
+def mean_std(values: list[float]) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    # Sample standard deviation over seeds (0 for a single seed).
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(np.mean(values)), "std": std, "n": len(values)}
+
+
+def aggregate(summaries: dict, comparisons: dict, seeds: list[int]) -> dict:
+    results = {}
+    for (method, strategy), by_seed in summaries.items():
+        budgets = sorted({int(b) for s in by_seed.values() for b in s["accuracy"]})
+        results.setdefault(strategy, {})[method] = {
+            "accuracy": {
+                str(b): mean_std([s["accuracy"].get(str(b)) for s in by_seed.values()]) for b in budgets
+            },
+            **{
+                key: mean_std([s[key] for s in by_seed.values()])
+                for key in (
+                    "selection_seconds",
+                    "selection_flops",
+                    "final_training_seconds",
+                    "final_training_flops",
+                    "end_to_end_seconds",
+                    "final_accuracy",
+                )
+            },  # fmt: skip
+            "per_seed": by_seed,
+        }
+    ratios = {}
+    for strategy, methods in results.items():
+        if "dense_al" not in methods:
+            continue
+        dense = methods["dense_al"]["per_seed"]
+        per_method = {}
+        for method, entry in methods.items():
+            if method in ("dense_al", "random"):
+                continue
+            per_seed = entry["per_seed"]
+            shared = [seed for seed in per_seed if seed in dense]
+            per_method[method] = {
+                "selection_time_ratio": mean_std([per_seed[s]["selection_seconds"] / dense[s]["selection_seconds"] for s in shared]),
+                "selection_flops_ratio": mean_std([per_seed[s]["selection_flops"] / dense[s]["selection_flops"] for s in shared]),
+                "end_to_end_ratio": mean_std([per_seed[s]["end_to_end_seconds"] / dense[s]["end_to_end_seconds"] for s in shared]),
+            }  # fmt: skip
+        ratios[strategy] = per_method
+    curves = {}
+    for strategy, by_seed in comparisons.items():
+        budgets = sorted({int(b) for c in by_seed.values() for b in c["budgets"]})
+        curves[strategy] = {
+            "same_selection": all(c["same_selection"] for c in by_seed.values()),
+            "budgets": {
+                str(b): {
+                    key: mean_std([c["budgets"].get(str(b), {}).get(key) for c in by_seed.values()])
+                    for key in (
+                        "steps_ratio",
+                        "fused_steps",
+                        "fresh_steps",
+                        "fresh_final_accuracy",
+                        "fused_final_accuracy",
+                    )
+                }  # fmt: skip
+                for b in budgets
+            },
+            "per_seed": by_seed,
+        }
+    return {"methods": results, "ratios": ratios, "fused_vs_fresh": curves}
+
+
+def check_targets(report: dict) -> dict:
+    """Each target of the benchmark, met or missed, with the measured number (means over seeds)."""
+    targets = {}
+    for strategy, methods in report["methods"].items():
+        checks = {}
+        ratio = report["ratios"].get(strategy, {}).get("prunefuse_p0.5", {}).get("selection_time_ratio", {})
+        if ratio.get("mean") is not None:
+            checks["selection_time_ratio"] = {"measured": ratio["mean"], "target": f"<= {TARGETS['selection_time_ratio']}",
+                                              "met": ratio["mean"] <= TARGETS["selection_time_ratio"]}  # fmt: skip
+        prunefuse, dense, random = (methods.get(m) for m in ("prunefuse_p0.5", "dense_al", "random"))
+        random = random or report["methods"].get("random", {}).get("random")
+        if prunefuse and dense:
+            gaps = {b: 100 * (prunefuse["accuracy"][b]["mean"] - dense["accuracy"][b]["mean"])
+                    for b in prunefuse["accuracy"] if b in dense["accuracy"]}  # fmt: skip
+            checks["accuracy_vs_dense_al"] = {"measured_points": gaps, "target": f">= -{TARGETS['accuracy_gap_points']} points at every budget",
+                                              "met": all(g >= -TARGETS["accuracy_gap_points"] for g in gaps.values())}  # fmt: skip
+        if prunefuse and random:
+            gaps = {b: 100 * (prunefuse["accuracy"][b]["mean"] - random["accuracy"][b]["mean"])
+                    for b in prunefuse["accuracy"] if b in random["accuracy"]}  # fmt: skip
+            checks["accuracy_vs_random"] = {"measured_points": gaps, "target": "> 0 at every budget",
+                                            "met": all(g > 0 for g in gaps.values())}  # fmt: skip
+        curves = report["fused_vs_fresh"].get(strategy)
+        if curves and curves["budgets"]:
+            last = max(curves["budgets"], key=int)
+            steps = curves["budgets"][last]["steps_ratio"]
+            if steps["mean"] is not None:
+                checks["steps_ratio"] = {"budget": int(last), "measured": steps["mean"], "seeds_reached": steps["n"],
+                                         "target": f"<= {TARGETS['steps_ratio']}", "met": steps["mean"] <= TARGETS["steps_ratio"]}  # fmt: skip
+        if checks:
+            targets[strategy] = checks
+    return targets
+
+
+# ----- outputs -----
+
+
+def _pm(stat: dict, scale: float = 1.0, spec: str = ".1f") -> str:
+    if stat["mean"] is None:
+        return "–"
+    return f"{stat['mean'] * scale:{spec}} ± {stat['std'] * scale:{spec}}"
+
+
+def markdown(report: dict) -> str:
+    machine = report["machine"]
+    lines = [
+        f"Machine: {machine['device']}, {machine['cpu_count']} CPU cores, torch {machine['torch']}; "
+        f"seeds {report['seeds']}; {report['wall_seconds'] / 60:.0f} min in all. Mean ± std over seeds.",
+    ]
+    for strategy, methods in report["methods"].items():
+        if strategy == "random":
+            continue
+        rows = {"random": report["methods"].get("random", {}).get("random"), **methods}
+        budgets = sorted({int(b) for m in rows.values() if m for b in m["accuracy"]})
+        lines += ["", f"**{strategy}**: test accuracy (%) per labeled-set size, and costs", ""]
+        lines.append("| method | " + " | ".join(f"{b:,}" for b in budgets)
+                     + " | selection s | selection TFLOPs | final training s | end-to-end s |")  # fmt: skip
+        lines.append("|---" * (len(budgets) + 5) + "|")
+        for method, entry in rows.items():
+            if not entry:
+                continue
+            accuracy = [_pm(entry["accuracy"].get(str(b), {"mean": None}), 100) for b in budgets]
+            lines.append(
+                f"| {LABELS[method]} | " + " | ".join(accuracy) + f" | {_pm(entry['selection_seconds'])} | "
+                f"{_pm(entry['selection_flops'], 1e-12, '.2f')} | {_pm(entry['final_training_seconds'])} | "
+                f"{_pm(entry['end_to_end_seconds'])} |"
+            )
+        ratios = report["ratios"].get(strategy, {})
+        if ratios:
+            lines += ["", "| vs dense-selector AL, same seed | selection time | selection FLOPs | end-to-end time |",
+                      "|---|---|---|---|"]  # fmt: skip
+            for method, ratio in ratios.items():
+                lines.append(
+                    f"| {LABELS[method]} | {_pm(ratio['selection_time_ratio'], 1, '.3f')} | "
+                    f"{_pm(ratio['selection_flops_ratio'], 1, '.3f')} | {_pm(ratio['end_to_end_ratio'], 1, '.3f')} |"
+                )
+        curves = report["fused_vs_fresh"].get(strategy)
+        if curves:
+            lines += ["", f"Fused (PruneFuse p=0.5) vs fresh (SVP) dense training on the same selection "
+                      f"(identical selections: {curves['same_selection']}): steps to reach the fresh model's final accuracy", "",
+                      "| labeled | fresh final acc % | fused final acc % | fused steps | fresh steps | ratio |",
+                      "|---|---|---|---|---|---|"]  # fmt: skip
+            for budget, entry in curves["budgets"].items():
+                lines.append(
+                    f"| {int(budget):,} | {_pm(entry['fresh_final_accuracy'], 100)} | {_pm(entry['fused_final_accuracy'], 100)} | "
+                    f"{_pm(entry['fused_steps'], 1, '.0f')} | {_pm(entry['fresh_steps'], 1, '.0f')} | "
+                    f"{_pm(entry['steps_ratio'], 1, '.2f')} (n={entry['steps_ratio']['n']}) |"
+                )
+    lines += ["", "Targets:", ""]
+    for strategy, checks in report["targets"].items():
+        for name, check in checks.items():
+            measured = check.get("measured", check.get("measured_points"))
+            if isinstance(measured, dict):
+                measured = ", ".join(f"{int(b):,}: {v:+.2f}" for b, v in measured.items())
+            else:
+                measured = f"{measured:.3f}"
+            lines.append(
+                f"- {strategy}, {name}: {'met' if check['met'] else 'missed'} ({measured}; target {check['target']})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, output: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strategies = [s for s in report["methods"] if s != "random"]
+    random = report["methods"].get("random", {}).get("random")
+    written = []
+
+    figure, axes = plt.subplots(1, len(strategies), figsize=(6 * len(strategies), 4.5), squeeze=False)
+    for ax, strategy in zip(axes[0], strategies):
+        for method, entry in {"random": random, **report["methods"][strategy]}.items():
+            if not entry:
+                continue
+            budgets = sorted(int(b) for b in entry["accuracy"])
+            means = [100 * entry["accuracy"][str(b)]["mean"] for b in budgets]
+            stds = [100 * entry["accuracy"][str(b)]["std"] for b in budgets]
+            ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=LABELS[method])
+        ax.set(title=strategy, xlabel="labeled examples", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    written.append(_save(figure, output / "active_learning_accuracy.png"))
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    names, seconds, flops = [], [], []
+    for strategy in strategies:
+        for method, entry in report["methods"][strategy].items():
+            names.append(f"{LABELS[method]}\n{strategy}")
+            seconds.append(entry["selection_seconds"])
+            flops.append(entry["selection_flops"])
+    for ax, values, label, scale in (
+        (axes[0], seconds, "selection wall time (s)", 1),
+        (axes[1], flops, "selection TFLOPs", 1e-12),
+    ):
+        ax.barh(
+            range(len(names)), [v["mean"] * scale for v in values], xerr=[v["std"] * scale for v in values]
+        )
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel(label)
+        ax.invert_yaxis()
+    written.append(_save(figure, output / "active_learning_selection_cost.png"))
+
+    curve_strategies = [s for s in strategies if report["fused_vs_fresh"].get(s)]
+    if curve_strategies:
+        figure, axes = plt.subplots(
+            1, len(curve_strategies), figsize=(6 * len(curve_strategies), 4.5), squeeze=False
+        )
+        for ax, strategy in zip(axes[0], curve_strategies):
+            per_seed = report["fused_vs_fresh"][strategy]["per_seed"]
+            for method, style in (("prunefuse_p0.5", "-"), ("svp", "--")):
+                runs = report["methods"][strategy][method]["per_seed"]
+                for i, seed in enumerate(sorted(per_seed)):
+                    curves = runs[seed]["curves"]
+                    budget = max(curves, key=int)
+                    steps = [p["step"] for p in curves[budget]]
+                    ax.plot(steps, [100 * p["accuracy"] for p in curves[budget]], style, color=f"C{i}",
+                            label=f"{'fused' if method != 'svp' else 'fresh'}, seed {seed}")  # fmt: skip
+            ax.set(title=f"{strategy}: final training at {int(budget):,} labels", xlabel="training step",
+                   ylabel="test accuracy (%)")  # fmt: skip
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        written.append(_save(figure, output / "active_learning_curves.png"))
+    return written
+
+
+def _save(figure, path: Path) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return path.name
+
+
+def machine_info(device: str) -> dict:
+    name = (
+        torch.cuda.get_device_name()
+        if device == "cuda" and torch.cuda.is_available()
+        else platform.processor() or "CPU"
+    )
+    return {"device": name, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": sys.version.split()[0]}  # fmt: skip
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    recipe = base_recipe(args)
+    started = time.perf_counter()
+    summaries, directories = {}, {}
+    for method, strategy, seed in plan_runs(args):
+        metrics, directory = run_one(args, recipe, method, strategy, seed)
+        summaries.setdefault((method, strategy), {})[seed] = {
+            **run_summary(metrics),
+            "run_wall_seconds": run_wall_seconds(directory),
+        }
+        directories[method, strategy, seed] = directory
+    comparisons = {}
+    for (method, strategy, seed), directory in directories.items():
+        if method == "prunefuse_p0.5" and ("svp", strategy, seed) in directories:
+            fused, fresh = summaries[method, strategy][seed], summaries["svp", strategy][seed]
+            same = same_selection(directory, directories["svp", strategy, seed])
+            comparisons.setdefault(strategy, {})[seed] = fused_vs_fresh(fused, fresh, same)
+    report = {
+        "protocol": {key: recipe[key] for key in sorted(recipe) if key not in ("output_dir",)},
+        "quick": args.quick,
+        "seeds": args.seeds,
+        "machine": machine_info(args.device),
+        "command": "python benchmarks/active_learning.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        **aggregate(summaries, comparisons, args.seeds),
+        "invocation_seconds": time.perf_counter() - started,
+        "wall_seconds": sum(s["run_wall_seconds"] or 0.0 for by_seed in summaries.values() for s in by_seed.values()),
+    }
+    report["targets"] = check_targets(report)
+    args.output.mkdir(parents=True, exist_ok=True)
+    report["plots"] = plot(report, args.output)
+    (args.output / "active_learning.json").write_text(json.dumps(report, indent=1) + "\n")
+    table = markdown(report)
+    (args.output / "active_learning.md").write_text(table)
+    print(table)
+    return report
+
+
+if __name__ == "__main__":
+    main()

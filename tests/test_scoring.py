@@ -1,3 +1,4 @@
+import functools
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from prunefuse_hf.strategies import STRATEGIES, get_strategy
 
 POOL_SIZE = 1001  # not a multiple of the batch size nor of the process count
 BATCH_SIZE = 64
+LABELED = 10
 
 
 def pool_indices_for(size):
@@ -20,7 +22,10 @@ def pool_indices_for(size):
 
 
 def _score_and_select(directory, gather=True):
-    """Runs in each launched process: score the saved pool with the saved model, select with every strategy."""
+    """Runs in each launched process: score the saved pool with the saved model, select with every strategy.
+
+    With `gather=False` every process keeps its shard and the shardable strategies select from shards.
+    """
     from pathlib import Path
 
     from accelerate import Accelerator
@@ -32,22 +37,31 @@ def _score_and_select(directory, gather=True):
     accelerator = Accelerator(cpu=True)
     model = AutoModelForImageClassification.from_pretrained(directory / "model")
     dataset = prepare_dataset(load_from_disk(directory / "pool"), model.config)
-    scores = score_pool(model, dataset, pool_indices_for(len(dataset)), batch_size=BATCH_SIZE,
-                        outputs=("probs", "features"), accelerator=accelerator, show_progress=False, gather=gather)  # fmt: skip
-    result = {"pool_indices": scores.pool_indices.tolist()}
+    score = functools.partial(
+        score_pool, model, batch_size=BATCH_SIZE, accelerator=accelerator, show_progress=False
+    )
+    # The first LABELED rows play the labeled set: their features are gathered on every process.
+    labeled = score(dataset.select(range(LABELED)), pool_indices_for(LABELED), outputs=("features",))
+    scores = score(dataset, pool_indices_for(len(dataset)), outputs=("probs", "features"), gather=gather)
+    candidates = ~np.isin(scores.pool_indices, labeled.pool_indices)
+    result = {"pool_indices": scores.pool_indices.tolist(), "selections": {}}
+    for name in sorted(STRATEGIES):
+        strategy = get_strategy(name)
+        if name == "bald" or not (gather or strategy.shardable):
+            continue  # bald needs dropout, which this ResNet has none of
+        result["selections"][name] = strategy.select(
+            25, pool_indices=scores.pool_indices[candidates], probs=scores.probs[candidates],
+            features=scores.features[candidates], labeled_features=labeled.features, seed=0,
+            accelerator=None if gather else accelerator,
+        ).indices.tolist()  # fmt: skip
     if gather:
-        labeled_features = scores.features[:10]
-        candidates = slice(10, None)
-        result["selections"] = {
-            name: get_strategy(name).select(
-                25, pool_indices=scores.pool_indices[candidates], probs=scores.probs[candidates],
-                features=scores.features[candidates], labeled_features=labeled_features, seed=0,
-            ).indices.tolist()
-            for name in sorted(STRATEGIES)
-            if name != "bald"  # needs dropout, which this ResNet has none of
-        }  # fmt: skip
         torch.save({"probs": scores.probs, "features": scores.features},
                    directory / f"outputs-{accelerator.num_processes}-{accelerator.process_index}.pt")  # fmt: skip
+    elif accelerator.num_processes > 1:
+        try:
+            get_strategy("random").select(5, pool_indices=scores.pool_indices, accelerator=accelerator)
+        except ValueError as error:
+            result["random_error"] = str(error)
     name = f"result-{accelerator.num_processes}-{accelerator.process_index}-{int(gather)}.json"
     (directory / name).write_text(json.dumps(result))
 
@@ -90,10 +104,20 @@ def test_one_and_two_processes_score_every_index_once_and_select_the_same(saved_
 def test_without_gather_each_process_keeps_a_disjoint_shard(saved_pool_and_model):
     directory = saved_pool_and_model
     run_in_processes(_score_and_select, str(directory), False, num_processes=2)
-    shards = [_result(directory, 2, rank, gather=False)["pool_indices"] for rank in (0, 1)]
+    results = [_result(directory, 2, rank, gather=False) for rank in (0, 1)]
+    shards = [result["pool_indices"] for result in results]
     assert not set(shards[0]) & set(shards[1])
     assert sorted(shards[0] + shards[1]) == pool_indices_for(POOL_SIZE).tolist()
     assert abs(len(shards[0]) - len(shards[1])) <= BATCH_SIZE
+
+    # Selecting from shards (each process holds only its own features) gives the single-process selection.
+    run_in_processes(_score_and_select, str(directory), num_processes=1)
+    single = _result(directory, 1, 0)["selections"]
+    shardable = {name for name in single if STRATEGIES[name].shardable}
+    assert shardable == set(single) - {"random"}
+    for result in results:
+        assert result["selections"] == {name: single[name] for name in shardable}
+        assert "does not select from shards" in result["random_error"]
 
 
 def test_scores_match_a_direct_forward_pass_per_example():
@@ -159,3 +183,39 @@ def test_mc_dropout_on_a_model_without_dropout_is_refused():
         score_pool(model, prepared, outputs=("mc_probs",))
     with pytest.raises(ValueError, match="no active dropout"):
         score_pool(tiny_vit(dropout=0.0), prepared, outputs=("mc_probs",))
+
+
+def _select_from_a_pool_smaller_than_a_batch(directory):
+    """Runs in each launched process: with 30 candidates and batch 64, process 1's shard is empty."""
+    from pathlib import Path
+
+    from accelerate import Accelerator
+    from datasets import load_from_disk
+    from transformers import AutoModelForImageClassification
+
+    torch.set_num_threads(1)
+    directory = Path(directory)
+    accelerator = Accelerator(cpu=True)
+    model = AutoModelForImageClassification.from_pretrained(directory / "model")
+    dataset = prepare_dataset(load_from_disk(directory / "pool").select(range(30)), model.config)
+    scores = score_pool(model, dataset, batch_size=BATCH_SIZE, outputs=("probs", "features"),
+                        accelerator=accelerator, show_progress=False, gather=False)  # fmt: skip
+    selections = {
+        name: get_strategy(name).select(5, pool_indices=scores.pool_indices, probs=scores.probs,
+                                        features=scores.features, seed=1, accelerator=accelerator).indices.tolist()
+        for name in ("least_confidence", "kcenter_greedy", "badge")
+    }  # fmt: skip
+    name = f"tiny-{accelerator.num_processes}-{accelerator.process_index}.json"
+    (directory / name).write_text(json.dumps({"shard": len(scores), "selections": selections}))
+
+
+@pytest.mark.distributed
+def test_a_process_with_an_empty_shard_still_takes_part_in_the_selection(saved_pool_and_model):
+    directory = saved_pool_and_model
+    run_in_processes(_select_from_a_pool_smaller_than_a_batch, str(directory), num_processes=1)
+    run_in_processes(_select_from_a_pool_smaller_than_a_batch, str(directory), num_processes=2)
+    single = json.loads((directory / "tiny-1-0.json").read_text())
+    two = [json.loads((directory / f"tiny-2-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [result["shard"] for result in two] == [30, 0]
+    for result in two:
+        assert result["selections"] == single["selections"]

@@ -10,6 +10,7 @@ from prunefuse_hf.strategies import (
     Selection,
     SelectionStrategy,
     UncertaintyStrategy,
+    _uniform_hash,
     get_strategy,
     register_strategy,
     top_n_by_score,
@@ -425,13 +426,32 @@ def _badge_reference(n, pool_indices, probs, features, seed):
     residual = probs.copy()
     residual[np.arange(len(probs)), probs.argmax(1)] -= 1
     embeddings = (residual[:, :, None] * features[:, None, :]).reshape(len(probs), -1)
-    rng = np.random.default_rng(seed)
     picked = [int(np.argmax((embeddings**2).sum(1)))]
     while len(picked) < n:
         nearest = ((embeddings[:, None, :] - embeddings[None, picked, :]) ** 2).sum(-1).min(1)
         nearest[picked] = 0
-        picked.append(int(rng.choice(len(nearest), p=nearest / nearest.sum())))
+        # The draw ∝ nearest, as an exponential race on the (seed, step, pool index) uniforms.
+        race = -np.log(_uniform_hash(seed, len(picked) - 1, pool_indices)) / np.where(
+            nearest > 0, nearest, np.nan
+        )
+        picked.append(int(np.nanargmin(race)))
     return pool_indices[picked]
+
+
+def test_badge_draws_proportionally_to_the_squared_distance():
+    # One candidate far out is picked first; the others sit at squared gradient-embedding distances 1, 4
+    # and 9 (times |p − onehot|² = 0.5) from it, so the second pick must follow those weights.
+    probs = np.array([[0.5, 0.5]] * 4)
+    features = np.array([[10.0], [9.0], [8.0], [7.0]])  # residual ±0.5 on both classes: distance ∝ Δh²
+    counts = np.zeros(4)
+    for seed in range(3000):
+        selection = get_strategy("badge").select(
+            2, pool_indices=np.arange(4), probs=probs, features=features, seed=seed
+        )
+        assert selection.indices[0] == 0
+        counts[selection.indices[1]] += 1
+    expected = np.array([0, 1, 4, 9]) / 14
+    np.testing.assert_allclose(counts / counts.sum(), expected, atol=0.03)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -291,11 +291,15 @@ class PruneFuseLoop:
             score = functools.partial(score_pool, model, batch_size=config.scoring_batch_size,
                                       accelerator=self.accelerator, mc_samples=config.mc_samples)  # fmt: skip
             wanted = tuple(sorted(self.strategy.needs))
-            unlabeled = score(
-                self._prepared(self.pool.unlabeled), self.pool.unlabeled_indices, outputs=wanted
-            )
+            # Shardable strategies select from each process's own shard: no process holds the whole pool's
+            # scores or features. The labeled set's features (kcenter_greedy) are gathered everywhere.
+            sharded = self.strategy.shardable
+            unlabeled = score(self._prepared(self.pool.unlabeled), self.pool.unlabeled_indices, outputs=wanted,
+                              gather=not sharded)  # fmt: skip
             outputs = {name: getattr(unlabeled, name) for name in wanted}
-            scored = len(unlabeled) * (config.mc_samples if "mc_probs" in wanted else 1)
+            if sharded:
+                outputs["accelerator"] = self.accelerator
+            scored = self.pool.num_unlabeled * (config.mc_samples if "mc_probs" in wanted else 1)
             if self.strategy.uses_labeled_features:
                 labeled = score(
                     self._prepared(self.pool.labeled), self.pool.labeled_indices, outputs=("features",)
@@ -304,7 +308,7 @@ class PruneFuseLoop:
                 scored += len(labeled)
         selection = self.strategy.select(
             query_size,
-            pool_indices=self.pool.unlabeled_indices,
+            pool_indices=unlabeled.pool_indices if self.strategy.needs else self.pool.unlabeled_indices,
             seed=config.selection_seed + round_,
             **outputs,
         )

@@ -2,7 +2,7 @@
 
 The pool is streamed in batches (memory is bounded by the batch plus the per-example outputs kept),
 every batch carries the examples' global pool indices, and under Accelerate each process scores a
-disjoint contiguous shard; the shards are gathered so that every requested index is scored exactly
+disjoint shard of whole batches (round-robin); the shards are gathered so that every requested index is scored exactly
 once and every process ends up with the same, pool-index-ordered result.
 """
 
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .constants import PIXEL_VALUES
+from .shards import gather_variable_rows
 
 logger = logging.get_logger(__name__)
 
@@ -71,7 +72,8 @@ def score_pool(
         num_workers: DataLoader workers decoding images.
         show_progress: Show a progress bar on the main process.
         gather: Gather every process's results (default). With `False` each process returns only the
-            examples it scored, for strategies that work on shards.
+            examples it scored, for the strategies that select from shards (`SelectionStrategy.shardable`,
+            called with `accelerator=`): no process then holds the whole pool's features.
         mc_samples: Stochastic forward passes per example for `"mc_probs"`.
 
     Returns:
@@ -110,7 +112,7 @@ def score_pool(
         mc_samples,
     )
     if world_size > 1 and gather:
-        collected = {key: _gather_variable_rows(accelerator, value) for key, value in collected.items()}
+        collected = {key: gather_variable_rows(accelerator, value) for key, value in collected.items()}
     order = torch.argsort(collected["pool_indices"])
     return PoolScores(
         pool_indices=collected["pool_indices"][order].numpy(),
@@ -233,19 +235,3 @@ def _classifier_module(model: torch.nn.Module) -> torch.nn.Module:
             "read; feature-based strategies (kcenter_greedy) need an HF *ForImageClassification model."
         )
     return classifier
-
-
-def _gather_variable_rows(accelerator, tensor: torch.Tensor) -> torch.Tensor:
-    """All-gather tensors whose first dimension differs between processes, without padding rows."""
-    from accelerate.utils import gather_object
-
-    sizes = accelerator.gather(torch.tensor([tensor.shape[0]], device=accelerator.device)).cpu().tolist()
-    # A process that scored nothing does not know the feature width; take it from one that did.
-    shapes = gather_object([tuple(tensor.shape[1:])])
-    full_shape = next((shape for shape, size in zip(shapes, sizes) if size), shapes[0])
-    if tensor.shape[0] == 0:
-        tensor = tensor.new_zeros((0, *full_shape))
-    padded = accelerator.pad_across_processes(tensor.to(accelerator.device), dim=0)
-    gathered = accelerator.gather(padded).cpu()
-    chunk = gathered.shape[0] // len(sizes)
-    return torch.cat([gathered[i * chunk : i * chunk + size] for i, size in enumerate(sizes)])

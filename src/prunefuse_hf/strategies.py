@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .shards import ShardGroup
+
 __all__ = [
     "STRATEGIES",
     "EntropyStrategy",
@@ -131,7 +133,9 @@ def get_strategy(name: str, **kwargs) -> SelectionStrategy:
     return STRATEGIES[name](**kwargs)
 
 
-def top_n_by_score(scores: np.ndarray, pool_indices: np.ndarray, n: int) -> Selection:
+def top_n_by_score(
+    scores: np.ndarray, pool_indices: np.ndarray, n: int, group: ShardGroup | None = None
+) -> Selection:
     """Keep the `n` candidates with the highest scores, ties broken by the smaller pool index.
 
     Args:
@@ -141,6 +145,9 @@ def top_n_by_score(scores: np.ndarray, pool_indices: np.ndarray, n: int) -> Sele
             The candidates' global pool indices (any order).
         n (`int`):
             How many to keep.
+        group ([`~prunefuse_hf.shards.ShardGroup`], *optional*):
+            When the candidates are this process's shard: each process keeps its own best `n`, and the
+            best `n` of those are the selection, the same on every process.
 
     Returns:
         [`Selection`]: the `n` best candidates, best first.
@@ -158,7 +165,15 @@ def top_n_by_score(scores: np.ndarray, pool_indices: np.ndarray, n: int) -> Sele
         raise ValueError("Selection scores contain NaN; check the model outputs used for scoring.")
     # np.lexsort sorts by the last key first: descending score, then ascending pool index.
     order = np.lexsort((pool_indices, -scores))[:n]
-    return Selection(indices=pool_indices[order], scores=scores[order])
+    scores, pool_indices = scores[order], pool_indices[order]
+    if group is not None and group.sharded:
+        # Pool indices ride along as float64 (exact below 2**53); the global best n are among the local ones.
+        local = torch.from_numpy(np.stack([scores, pool_indices.astype(np.float64)], axis=1))
+        everyone = group.gather_rows(local).numpy()
+        scores, pool_indices = everyone[:, 0], everyone[:, 1].astype(np.int64)
+        order = np.lexsort((pool_indices, -scores))[:n]
+        scores, pool_indices = scores[order], pool_indices[order]
+    return Selection(indices=pool_indices, scores=scores)
 
 
 class SelectionStrategy:
@@ -178,6 +193,9 @@ class SelectionStrategy:
     needs: frozenset[str] = frozenset()
     # Whether `select` uses the features of the already-labeled examples (scoring them costs a pass).
     uses_labeled_features: bool = False
+    # Whether `select` accepts this process's shard of the candidates (with `accelerator=`) and reduces
+    # across processes, so that no process needs the whole pool's scores.
+    shardable: bool = False
 
     def select(
         self,
@@ -189,6 +207,7 @@ class SelectionStrategy:
         labeled_features: np.ndarray | torch.Tensor | None = None,
         seed: int | None = None,
         mc_probs: np.ndarray | torch.Tensor | None = None,
+        accelerator=None,
     ) -> Selection:
         """Pick the `n` most informative candidates.
 
@@ -208,6 +227,11 @@ class SelectionStrategy:
                 Seed of the strategies that draw random numbers.
             mc_probs (`np.ndarray` or `torch.Tensor` of shape `(num_candidates, num_samples, num_classes)`, *optional*):
                 Class probabilities of several stochastic (MC-dropout) forward passes; needed by `bald`.
+            accelerator (`accelerate.Accelerator`, *optional*):
+                With several processes, the candidates (`pool_indices` and their outputs) are this process's
+                shard, e.g. from `score_pool(..., gather=False)`; `labeled_features` are all of them. The
+                processes reduce their shards' results and all return the same selection, the one a single
+                process would make from the whole pool. Only strategies with `shardable = True` accept shards.
 
         Returns:
             [`Selection`]: `n` unique pool indices, most informative first, with their scores.
@@ -221,7 +245,13 @@ class SelectionStrategy:
         ```
         """
         pool_indices = _check_pool_indices(pool_indices)
-        _check_budget(n, len(pool_indices))
+        group = ShardGroup(accelerator)
+        if group.sharded and not self.shardable:
+            raise ValueError(
+                f"Strategy '{self.name}' does not select from shards: gather the candidates' scores on every "
+                "process (score_pool(..., gather=True)) and call select without accelerator."
+            )
+        _check_budget(n, int(group.sum(torch.tensor([len(pool_indices)]))))
         given = {"probs": probs, "features": features, "mc_probs": mc_probs}
         missing = sorted(need for need in self.needs if given.get(need) is None)
         if missing:
@@ -237,6 +267,7 @@ class SelectionStrategy:
             labeled_features=labeled_features,
             seed=seed,
             mc_probs=mc_probs,
+            **({"group": group} if self.shardable else {}),
         )
 
     def _select(
@@ -256,15 +287,16 @@ class UncertaintyStrategy(SelectionStrategy):
     """
 
     needs = frozenset({"probs"})
+    shardable = True
 
     def compute_scores(self, probs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def _select(
-        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None
+        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
     ) -> Selection:
         probs = _check_probs(probs, len(pool_indices), self.name)
-        return top_n_by_score(self.compute_scores(probs), pool_indices, n)
+        return top_n_by_score(self.compute_scores(probs), pool_indices, n, group)
 
 
 @register_strategy
@@ -356,6 +388,7 @@ class KCenterGreedyStrategy(SelectionStrategy):
     name = "kcenter_greedy"
     needs = frozenset({"features"})
     uses_labeled_features = True
+    shardable = True
 
     def __init__(self, chunk_size: int = 2048):
         if chunk_size < 1:
@@ -364,9 +397,10 @@ class KCenterGreedyStrategy(SelectionStrategy):
 
     @torch.no_grad()
     def _select(
-        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None
+        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
     ) -> Selection:
-        features = _as_float32_matrix(features, "features")
+        group = group or ShardGroup()
+        features = _with_shard_width(_as_float32_matrix(features, "features"), group)
         if features.shape[0] != len(pool_indices):
             raise ValueError(
                 f"features has {features.shape[0]} rows but there are {len(pool_indices)} candidates "
@@ -386,21 +420,44 @@ class KCenterGreedyStrategy(SelectionStrategy):
         pool_indices = pool_indices[order]
         features = features[torch.from_numpy(order).to(features.device)]
 
+        # Each process keeps its shard's distances; a pick is the largest distance over all processes,
+        # and its features reach every process to update their shards.
         min_sq_dist = self._min_sq_distances(features, labeled_features)
         picked, scores = [], []
         for _ in range(n):
-            row = int(torch.argmax(min_sq_dist))
-            if math.isinf(min_sq_dist[row]):
+            value, index, owner, row = self._farthest(min_sq_dist, pool_indices, group)
+            if math.isinf(value):
                 # Nothing labeled or picked yet, so every candidate is infinitely far from the set: start
                 # from the one farthest from the candidates' mean, which is deterministic and off-center.
-                mean = features.mean(dim=0, dtype=torch.float64)
-                row = int(torch.argmax(self._sq_distances_to(features, mean)))
-            picked.append(row)
-            scores.append(math.sqrt(max(float(min_sq_dist[row]), 0.0)))
-            torch.minimum(min_sq_dist, self._sq_distances_to(features, features[row]), out=min_sq_dist)
-            # Taken rows drop below every distance, so duplicates of a center can't be picked twice.
-            min_sq_dist[row] = -1.0
-        return Selection(indices=pool_indices[picked], scores=np.asarray(scores, dtype=np.float64))
+                sums = torch.cat(
+                    [features.double().sum(dim=0), features.new_tensor([len(features)]).double()]
+                )
+                total = group.sum(sums)
+                mean = total[:-1] / total[-1]
+                _, index, owner, row = self._farthest(
+                    self._sq_distances_to(features, mean), pool_indices, group
+                )
+            picked.append(index)
+            scores.append(math.sqrt(max(value, 0.0)))
+            center = features[row] if owner == group.rank else features.new_zeros(features.shape[1])
+            center = group.broadcast(center, owner)
+            torch.minimum(min_sq_dist, self._sq_distances_to(features, center), out=min_sq_dist)
+            if owner == group.rank:
+                # Taken rows drop below every distance, so duplicates of a center can't be picked twice.
+                min_sq_dist[row] = -1.0
+        return Selection(
+            indices=np.asarray(picked, dtype=np.int64), scores=np.asarray(scores, dtype=np.float64)
+        )
+
+    @staticmethod
+    def _farthest(sq_dist: torch.Tensor, pool_indices: np.ndarray, group: ShardGroup):
+        """`(value, pool_index, owner rank, local row or None)` of the largest distance over all shards."""
+        row = int(torch.argmax(sq_dist)) if len(sq_dist) else None
+        value, index, owner = group.argmax(
+            float(sq_dist[row]) if row is not None else float("-inf"),
+            int(pool_indices[row]) if row is not None else None,
+        )
+        return value, index, owner, row if owner == group.rank else None
 
     def _min_sq_distances(self, features: torch.Tensor, labeled_features: torch.Tensor) -> torch.Tensor:
         """Squared distance of every candidate to its nearest labeled point (`inf` when there is none)."""
@@ -439,19 +496,22 @@ class BadgeStrategy(SelectionStrategy):
     distances factor as `|a_i|²|h_i|² + |a_c|²|h_c|² − 2 (a_i·a_c)(h_i·h_c)`, so memory stays
     `O(N·(C + D))` instead of `O(N·C·D)`. The first pick is the largest embedding (ties: smaller pool
     index); later picks are drawn with probability proportional to the squared distance to the nearest
-    pick, from `np.random.default_rng(seed)`. Since picks are drawn, not ranked, a pick's score is its
-    order (`n` for the first, `1` for the last).
+    pick, by an exponential race on uniform numbers hashed from `(seed, step, pool index)`: the draw is
+    the same however the pool is sharded across processes. Since picks are drawn, not ranked, a pick's
+    score is its order (`n` for the first, `1` for the last).
     """
 
     name = "badge"
     needs = frozenset({"probs", "features"})
+    shardable = True
 
     @torch.no_grad()
     def _select(
-        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None
+        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
     ) -> Selection:
+        group = group or ShardGroup()
         probs = torch.from_numpy(_check_probs(probs, len(pool_indices), self.name))
-        features = _as_float32_matrix(features, "features").double().cpu()
+        features = _with_shard_width(_as_float32_matrix(features, "features").double().cpu(), group)
         if features.shape[0] != len(pool_indices):
             raise ValueError(
                 f"features has {features.shape[0]} rows but there are {len(pool_indices)} candidates."
@@ -462,25 +522,70 @@ class BadgeStrategy(SelectionStrategy):
         residual = probs.clone()
         residual[torch.arange(len(residual)), probs.argmax(dim=1)] -= 1.0
         squared_norms = residual.square().sum(1) * features.square().sum(1)
-        rng = np.random.default_rng(0 if seed is None else seed)
-        picked = [int(torch.argmax(squared_norms))]
+        seed = 0 if seed is None else seed
+        taken = torch.zeros(len(pool_indices), dtype=torch.bool)
         nearest = torch.full_like(squared_norms, float("inf"))
-        for _ in range(n - 1):
-            center = picked[-1]
+        picked = []
+        keys = squared_norms  # the first pick: the largest embedding
+        for step in range(n):
+            index, owner, row = _best_over_shards(keys, taken, pool_indices, group)
+            picked.append(index)
+            if step == n - 1:
+                break
+            # The pick's embedding factors reach every process, which updates its shard's distances.
+            center = torch.zeros(1 + residual.shape[1] + features.shape[1], dtype=torch.float64)
+            if owner == group.rank:
+                taken[row] = True
+                center = torch.cat([squared_norms[row : row + 1], residual[row], features[row]])
+            center = group.broadcast(center, owner)
+            center_norm, center_residual = center[0], center[1 : 1 + residual.shape[1]]
+            center_features = center[1 + residual.shape[1] :]
             distance = (
-                squared_norms
-                + squared_norms[center]
-                - 2 * (residual @ residual[center]) * (features @ features[center])
+                squared_norms + center_norm - 2 * (residual @ center_residual) * (features @ center_features)
             )
             nearest = torch.minimum(nearest, distance.clamp_min(0.0))
-            nearest[picked] = 0.0
-            weights = nearest.numpy()
-            total = weights.sum()
-            if total > 0:
-                picked.append(int(rng.choice(len(weights), p=weights / total)))
-            else:  # every remaining candidate coincides with a pick: take them in pool-index order
-                picked.append(int(np.flatnonzero(~np.isin(np.arange(len(weights)), picked))[0]))
-        return Selection(indices=pool_indices[picked], scores=np.arange(n, 0, -1, dtype=np.float64))
+            # The next pick is drawn with probability ∝ nearest: the smallest Exp(1) / nearest wins (an
+            # exponential race). The Exp(1) draws hash (seed, step, pool index), so they do not depend on
+            # how the pool is sharded. Candidates at distance 0 coincide with a pick: they rank last (-inf)
+            # and are taken by pool index once nothing else is left.
+            exponential = torch.from_numpy(-np.log(_uniform_hash(seed, step, pool_indices)))
+            keys = torch.where(nearest > 0, -exponential / nearest, float("-inf"))
+        return Selection(
+            indices=np.asarray(picked, dtype=np.int64), scores=np.arange(n, 0, -1, dtype=np.float64)
+        )
+
+
+def _with_shard_width(features: torch.Tensor, group: ShardGroup) -> torch.Tensor:
+    """An empty shard does not know the feature width (scoring nothing gives `(0, 0)`): take the others'."""
+    if not group.sharded:
+        return features
+    width = int(group.argmax(float(features.shape[1]) if len(features) else 0.0, 0)[0])
+    return features if len(features) else features.new_zeros((0, width))
+
+
+def _best_over_shards(keys: torch.Tensor, taken: torch.Tensor, pool_indices: np.ndarray, group: ShardGroup):
+    """`(pool_index, owner rank, local row or None)` of the largest key not taken yet, over all shards."""
+    rows = torch.nonzero(~taken).flatten()
+    # argmax returns the first of equal keys: rows are in pool-index order, so the smallest pool index.
+    row = int(rows[torch.argmax(keys[rows])]) if len(rows) else None
+    _, index, owner = group.argmax(
+        float(keys[row]) if row is not None else float("-inf"),
+        int(pool_indices[row]) if row is not None else None,
+    )
+    return index, owner, row if owner == group.rank else None
+
+
+def _uniform_hash(seed: int, step: int, pool_indices: np.ndarray) -> np.ndarray:
+    """Uniform numbers in (0, 1), one per pool index, a pure function of (seed, step, pool index) (splitmix64)."""
+    with np.errstate(over="ignore"):
+        x = pool_indices.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        x ^= np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0xBF58476D1CE4E5B9) + np.uint64(step)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(2**53)
 
 
 @register_strategy
@@ -494,9 +599,10 @@ class BaldStrategy(SelectionStrategy):
 
     name = "bald"
     needs = frozenset({"mc_probs"})
+    shardable = True
 
     def _select(
-        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None
+        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
     ) -> Selection:
         if isinstance(mc_probs, torch.Tensor):
             mc_probs = mc_probs.detach().cpu().double().numpy()
@@ -511,7 +617,7 @@ class BaldStrategy(SelectionStrategy):
         )
         mc_probs = flat.reshape(mc_probs.shape)
         scores = _entropy(mc_probs.mean(axis=1)) - _entropy(mc_probs).mean(axis=1)
-        return top_n_by_score(scores, pool_indices, n)
+        return top_n_by_score(scores, pool_indices, n, group)
 
 
 def _entropy(probs: np.ndarray) -> np.ndarray:

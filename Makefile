@@ -1,4 +1,4 @@
-.PHONY: setup run test test-slow quality style
+.PHONY: setup run test test-slow quality style bench bench-quick
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,6 +11,13 @@ setup:
 # The main job: default recipe + random baseline + comparison (about 10 minutes on 2 CPU cores).
 run: setup
 	bash scripts/run_default.sh
+
+# The side-by-side benchmark of DESIGN §8 (about an hour on 2 CPU cores; resumes when interrupted).
+bench: setup
+	$(PY) benchmarks/active_learning.py
+
+bench-quick: setup
+	$(PY) benchmarks/active_learning.py --quick
 
 test: setup
 	$(PY) -m pytest

@@ -12,7 +12,7 @@ through the real `prunefuse-hf run` code path; only the method's own settings di
     prunefuse_kd    prunefuse_p0.5 with distillation from the surrogate (alpha 0.5, T = 4)
 
 SVP and PruneFuse share their selector, so with one seed they select the same examples (checked per run):
-their final trainings are fused-vs-fresh on identical data, evaluated every 1/8 of training for the
+their final trainings are fused-vs-fresh on identical data, evaluated every 1/4 of training for the
 steps-to-accuracy comparison. Each run is a resumable run directory: an interrupted benchmark continues.
 
     python benchmarks/active_learning.py                  # full: 3 seeds, about an hour on 2 CPU cores
@@ -64,16 +64,16 @@ LABELS = {
 }
 # Fused-vs-fresh on identical selections: these two evaluate while training (eval_steps is a fraction).
 CURVE_METHODS = {"svp", "prunefuse_p0.5"}
-CURVE_EVAL_STEPS = 0.125
+CURVE_EVAL_STEPS = 0.25
 FULL_STRATEGIES = {
     "least_confidence": list(METHODS),
-    # The second strategy runs the three methods that isolate the selector (dense, surrogate, surrogate +
-    # fusion), which keeps the full benchmark near an hour on 2 CPU cores; --all_methods runs every method.
-    "kcenter_greedy": ["dense_al", "svp", "prunefuse_p0.5"],
+    # The second strategy compares the two selectors (dense model, p = 0.5 surrogate + fusion), which keeps
+    # the full benchmark near an hour on 2 CPU cores; --all_methods runs every method for both.
+    "kcenter_greedy": ["dense_al", "prunefuse_p0.5"],
 }
-# Shared protocol of the full run (the default recipe's, evaluated on the whole 10,000-image test set).
-# Three epochs per training instead of the recipe's five keep the 27 runs near an hour on 2 CPU cores.
-FULL_PROTOCOL = {"max_eval_samples": 10000, "eval_dense_every_round": True, "num_train_epochs": 3,
+# Shared protocol of the full run: the default recipe's, with 3 epochs per training instead of 5 and a
+# fixed 5,000-image test subset, which keep the 24 runs near an hour on 2 CPU cores.
+FULL_PROTOCOL = {"max_eval_samples": 5000, "eval_dense_every_round": True, "num_train_epochs": 3,
                  "surrogate_num_train_epochs": 3}  # fmt: skip
 QUICK_PROTOCOL = {
     "model_config": {
@@ -139,7 +139,9 @@ def plan_runs(args) -> list[tuple[str, str, int]]:
     for seed in args.seeds:  # seed by seed: an interrupted benchmark still has whole seeds to report
         runs.append(("random", "random", seed))
         for strategy, methods in FULL_STRATEGIES.items():
-            runs += [(m, strategy, seed) for m in (list(METHODS) if args.all_methods else methods) if m != "random"]
+            runs += [
+                (m, strategy, seed) for m in (list(METHODS) if args.all_methods else methods) if m != "random"
+            ]
     return runs
 
 
@@ -234,7 +236,7 @@ def fused_vs_fresh(fused: dict, fresh: dict, same_selection: bool) -> dict:
             "fused_steps": fused_steps,
             "fresh_steps": fresh_steps,
             "total_steps": fresh_curve[-1]["step"],
-            # A fused model that never gets there counts as needing all steps and then some: ratio None.
+            # None when the fused model never gets there (the target then counts as missed for this seed).
             "steps_ratio": fused_steps / fresh_steps if fused_steps is not None and fresh_steps else None,
         }
     return comparison
@@ -346,9 +348,11 @@ def check_targets(report: dict) -> dict:
         if curves and curves["budgets"]:
             last = max(curves["budgets"], key=int)
             steps = curves["budgets"][last]["steps_ratio"]
-            if steps["mean"] is not None:
-                checks["steps_ratio"] = {"budget": int(last), "measured": steps["mean"], "seeds_reached": steps["n"],
-                                         "target": f"<= {TARGETS['steps_ratio']}", "met": steps["mean"] <= TARGETS["steps_ratio"]}  # fmt: skip
+            seeds = len(curves["per_seed"])
+            # A seed whose fused model never reached the fresh model's final accuracy fails the target.
+            met = steps["n"] == seeds and steps["mean"] <= TARGETS["steps_ratio"]
+            checks["steps_ratio"] = {"budget": int(last), "measured": steps["mean"], "seeds_reached": f"{steps['n']}/{seeds}",
+                                     "target": f"<= {TARGETS['steps_ratio']}", "met": met}  # fmt: skip
         if checks:
             targets[strategy] = checks
     return targets
@@ -406,7 +410,7 @@ def markdown(report: dict) -> str:
                 lines.append(
                     f"| {int(budget):,} | {_pm(entry['fresh_final_accuracy'], 100)} | {_pm(entry['fused_final_accuracy'], 100)} | "
                     f"{_pm(entry['fused_steps'], 1, '.0f')} | {_pm(entry['fresh_steps'], 1, '.0f')} | "
-                    f"{_pm(entry['steps_ratio'], 1, '.2f')} (n={entry['steps_ratio']['n']}) |"
+                    f"{_pm(entry['steps_ratio'], 1, '.2f')} (reached in {entry['steps_ratio']['n']} of {len(curves['per_seed'])}) |"
                 )
     lines += ["", "Targets:", ""]
     for strategy, checks in report["targets"].items():
@@ -414,8 +418,12 @@ def markdown(report: dict) -> str:
             measured = check.get("measured", check.get("measured_points"))
             if isinstance(measured, dict):
                 measured = ", ".join(f"{int(b):,}: {v:+.2f}" for b, v in measured.items())
+            elif measured is None:
+                measured = "not reached"
             else:
                 measured = f"{measured:.3f}"
+            if "seeds_reached" in check:
+                measured += f", fused reached it in {check['seeds_reached']} seeds"
             lines.append(
                 f"- {strategy}, {name}: {'met' if check['met'] else 'missed'} ({measured}; target {check['target']})"
             )
@@ -533,7 +541,9 @@ def main(argv=None) -> dict:
         "command": "python benchmarks/active_learning.py " + " ".join(sys.argv[1:] if argv is None else argv),
         **aggregate(summaries, comparisons, args.seeds),
         "invocation_seconds": time.perf_counter() - started,
-        "wall_seconds": sum(s["run_wall_seconds"] or 0.0 for by_seed in summaries.values() for s in by_seed.values()),
+        "wall_seconds": sum(
+            s["run_wall_seconds"] or 0.0 for by_seed in summaries.values() for s in by_seed.values()
+        ),
     }
     report["targets"] = check_targets(report)
     args.output.mkdir(parents=True, exist_ok=True)

@@ -217,8 +217,18 @@ def run_summary(metrics: dict) -> dict:
     }
 
 
-def steps_to_reach(curve: list[dict], accuracy: float) -> int | None:
-    return next((point["step"] for point in curve if point["accuracy"] >= accuracy), None)
+def steps_to_reach(curve: list[dict], accuracy: float) -> float | None:
+    """First training step at which `curve` reaches `accuracy`, interpolated linearly between evaluations
+    (they are 1/4 of training apart); `None` if it never does."""
+    previous = None
+    for point in curve:
+        if point["accuracy"] >= accuracy:
+            if previous is None:
+                return float(point["step"])
+            fraction = (accuracy - previous["accuracy"]) / (point["accuracy"] - previous["accuracy"])
+            return previous["step"] + fraction * (point["step"] - previous["step"])
+        previous = point
+    return None
 
 
 def fused_vs_fresh(fused: dict, fresh: dict, same_selection: bool) -> dict:

@@ -147,17 +147,28 @@ def worker(pool_size: int, batch_size: int) -> None:
 
 
 def strategy_worker(path: str, name: str, n: int) -> None:
-    """Run one pool-wide strategy on saved features; print its time and the peak memory it added."""
+    """Run one pool-wide strategy on saved features; print its time, the peak memory it added and a digest of
+    the selection. Under torchrun every process keeps only its shard of the candidates (as in a run)."""
+    import hashlib
+
+    from accelerate import Accelerator
+
     from prunefuse_hf.strategies import get_strategy
 
     data = torch.load(path)
+    accelerator = Accelerator(cpu=True) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    if accelerator is not None:
+        rows = torch.arange(len(data["pool_indices"]))[accelerator.process_index :: accelerator.num_processes]
+        data.update({key: data[key][rows].clone() for key in ("pool_indices", "probs", "features")})
     with RssSampler() as rss:
         started = time.perf_counter()
         selection = get_strategy(name).select(n, pool_indices=data["pool_indices"].numpy(), probs=data["probs"],
-                                              features=data["features"], labeled_features=data["labeled_features"])  # fmt: skip
+                                              features=data["features"], labeled_features=data["labeled_features"],
+                                              accelerator=accelerator)  # fmt: skip
         seconds = time.perf_counter() - started
     assert len(set(selection.indices.tolist())) == n
-    print("STRATEGY", seconds, rss.peak - rss.start, flush=True)
+    digest = hashlib.sha256(selection.indices.tobytes()).hexdigest()[:16]
+    print("STRATEGY", seconds, rss.peak - rss.start, digest, flush=True)
 
 
 class RssSampler:
@@ -200,9 +211,12 @@ def measure_strategies(dense, prepared, n: int, batch_size: int, directory: Path
     candidates = len(scores) - labeled
     results = {}
     for name in ("kcenter_greedy", "badge"):
-        command = [sys.executable, __file__, "--strategy_worker", str(path), name, str(n)]
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        seconds, peak = next(line.split()[1:] for line in output.splitlines() if line.startswith("STRATEGY"))
+        worker_args = [__file__, "--strategy_worker", str(path), name, str(n)]
+        ((seconds, peak, digest),) = _strategy_lines([sys.executable, *worker_args])
+        # The same selection from 2 shards (2 processes on the same cores): per-process memory and time.
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, os.cpu_count() // 2))}
+        sharded = _strategy_lines([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                   *worker_args], env=env)  # fmt: skip
         results[name] = {
             "select": n,
             "candidates": candidates,
@@ -210,9 +224,19 @@ def measure_strategies(dense, prepared, n: int, batch_size: int, directory: Path
             "seconds": float(seconds),
             "peak_extra_bytes": int(peak),
             "nxn_float32_bytes": candidates * candidates * 4,
+            "two_processes": {
+                "seconds": max(float(line[0]) for line in sharded),
+                "peak_extra_bytes_per_process": max(int(line[1]) for line in sharded),
+                "same_selection": all(line[2] == digest for line in sharded),
+            },
         }
     path.unlink()
     return results
+
+
+def _strategy_lines(command, env=None) -> list[list[str]]:
+    output = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    return [line.split()[1:] for line in output.splitlines() if line.startswith("STRATEGY")]
 
 
 def main() -> None:
@@ -222,6 +246,8 @@ def main() -> None:
     parser.add_argument("--select", type=int, default=1000)
     parser.add_argument("--skip_baal", action="store_true")
     parser.add_argument("--skip_processes", action="store_true")
+    parser.add_argument("--strategies_only", action="store_true", help="Re-measure the strategies only, "
+                        "keeping the other numbers of the existing --output file.")  # fmt: skip
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "scoring.json"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--strategy_worker", nargs=3, help=argparse.SUPPRESS)
@@ -233,6 +259,13 @@ def main() -> None:
 
     dense, surrogate, image_size = build_models()
     prepared = load_pool(args.pool_size, surrogate, image_size)
+    if args.strategies_only:
+        result = json.loads(Path(args.output).read_text())
+        result["strategies"] = measure_strategies(
+            dense, prepared, args.select, args.batch_size, Path(args.output).parent
+        )
+        Path(args.output).write_text(json.dumps(result, indent=2))
+        return print(markdown_table(result))
     pixel_values = torch.cat(
         [prepared[start : start + 4096]["pixel_values"] for start in range(0, len(prepared), 4096)]
     )
@@ -284,6 +317,11 @@ def markdown_table(result: dict) -> str:
         rows.append(f"| `{name}`: {entry['select']:,} from {entry['candidates']:,} (D={entry['feature_dim']}) | "
                     f"{entry['seconds']:.1f} s, peak +{entry['peak_extra_bytes'] / 2**20:,.0f} MiB "
                     f"(an N×N float32 matrix: {entry['nxn_float32_bytes'] / 2**30:,.1f} GiB) |")  # fmt: skip
+        if "two_processes" in entry:
+            two = entry["two_processes"]
+            rows.append(f"| `{name}` from 2 shards (2 processes) | {two['seconds']:.1f} s, peak "
+                        f"+{two['peak_extra_bytes_per_process'] / 2**20:,.0f} MiB per process, same selection: "
+                        f"{two['same_selection']} |")  # fmt: skip
     return "\n".join(rows)
 
 

@@ -15,7 +15,7 @@ SVP and PruneFuse share their selector, so with one seed they select the same ex
 their final trainings are fused-vs-fresh on identical data, evaluated every 1/4 of training for the
 steps-to-accuracy comparison. Each run is a resumable run directory: an interrupted benchmark continues.
 
-    python benchmarks/active_learning.py                  # full: 3 seeds, about an hour on 2 CPU cores
+    python benchmarks/active_learning.py                  # full: 3 seeds, 78 min on 2 CPU cores
     python benchmarks/active_learning.py --device cuda    # the same on a GPU
     python benchmarks/active_learning.py --quick          # one seed, tiny model and budgets: seconds
 
@@ -68,11 +68,11 @@ CURVE_EVAL_STEPS = 0.25
 FULL_STRATEGIES = {
     "least_confidence": list(METHODS),
     # The second strategy compares the two selectors (dense model, p = 0.5 surrogate + fusion), which keeps
-    # the full benchmark near an hour on 2 CPU cores; --all_methods runs every method for both.
+    # the full benchmark at 78 min on 2 CPU cores; --all_methods runs every method for both.
     "kcenter_greedy": ["dense_al", "prunefuse_p0.5"],
 }
 # Shared protocol of the full run: the default recipe's, with 3 epochs per training instead of 5 and a
-# fixed 5,000-image test subset, which keep the 24 runs near an hour on 2 CPU cores.
+# fixed 5,000-image test subset, which bring the 24 runs to 78 min on 2 CPU cores (about 2 h otherwise).
 FULL_PROTOCOL = {"max_eval_samples": 5000, "eval_dense_every_round": True, "num_train_epochs": 3,
                  "surrogate_num_train_epochs": 3}  # fmt: skip
 QUICK_PROTOCOL = {
@@ -272,7 +272,7 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "std": std, "n": len(values)}
 
 
-def aggregate(summaries: dict, comparisons: dict, seeds: list[int]) -> dict:
+def aggregate(summaries: dict, comparisons: dict) -> dict:
     results = {}
     for (method, strategy), by_seed in summaries.items():
         budgets = sorted({int(b) for s in by_seed.values() for b in s["accuracy"]})
@@ -549,7 +549,7 @@ def main(argv=None) -> dict:
         "seeds": args.seeds,
         "machine": machine_info(args.device),
         "command": "python benchmarks/active_learning.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        **aggregate(summaries, comparisons, args.seeds),
+        **aggregate(summaries, comparisons),
         "invocation_seconds": time.perf_counter() - started,
         "wall_seconds": sum(
             s["run_wall_seconds"] or 0.0 for by_seed in summaries.values() for s in by_seed.values()

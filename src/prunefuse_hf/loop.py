@@ -411,24 +411,31 @@ class PruneFuseLoop:
         result = trainer.train()
         evaluations = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry]
         eval_seconds = sum(entry.get("eval_runtime", 0.0) for entry in evaluations)
+        seconds = time.perf_counter() - started - eval_seconds  # training only, like an untracked run
+        steps = trainer.state.global_step
+        # An evaluation the Trainer already ran on the final weights is the model's accuracy.
+        evaluated_at_end = (
+            evaluations and evaluations[-1]["step"] == steps and not args.load_best_model_at_end
+        )
+        accuracy = evaluations[-1]["eval_accuracy"] if evaluated_at_end else self._evaluate(model, trainer)
         costs = self.progress["costs"]
         examples = int(round(len(train_dataset) * args.num_train_epochs))
         macs = costs[role]["macs"]
         record = {
             "labeled": len(train_dataset),
             "epochs": args.num_train_epochs,
-            "steps": trainer.state.global_step,
+            "steps": steps,
             "train_loss": result.training_loss,
-            "seconds": time.perf_counter() - started - eval_seconds,  # training only, like an untracked run
+            "seconds": seconds,
             "flops": TRAIN_FLOPS_PER_MAC * macs * examples,
             "dense_flops": TRAIN_FLOPS_PER_MAC * costs["dense"]["macs"] * examples,
-            "accuracy": self._evaluate(model, trainer),
+            "accuracy": accuracy,
         }
         if curve:
             record["eval_seconds"] = eval_seconds
             record["curve"] = [{"step": e["step"], "accuracy": e["eval_accuracy"]} for e in evaluations]
-            if not record["curve"] or record["curve"][-1]["step"] != record["steps"]:
-                record["curve"].append({"step": record["steps"], "accuracy": record["accuracy"]})
+            if not evaluated_at_end:
+                record["curve"].append({"step": steps, "accuracy": accuracy})
         return record
 
     def _evaluate(self, model, trainer=None) -> float | None:

@@ -67,6 +67,12 @@ class ShardGroup:
             tensor.device
         )
 
+    def with_common_row_shape(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor`, or for an empty shard an empty tensor with the row shape the other processes have."""
+        if not self.sharded:
+            return tensor
+        return _sizes_and_common_row_shape(self.accelerator, tensor)[1]
+
     def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every process's rows, concatenated in rank order; row counts may differ and may be zero."""
         if not self.sharded:
@@ -76,15 +82,22 @@ class ShardGroup:
 
 def gather_variable_rows(accelerator, tensor: torch.Tensor) -> torch.Tensor:
     """All-gather tensors whose first dimension differs between processes, without padding rows."""
-    from accelerate.utils import gather_object
-
-    sizes = accelerator.gather(torch.tensor([tensor.shape[0]], device=accelerator.device)).cpu().tolist()
-    # A process that holds nothing does not know the row shape; take it from one that does.
-    shapes = gather_object([tuple(tensor.shape[1:])])
-    full_shape = next((shape for shape, size in zip(shapes, sizes) if size), shapes[0])
-    if tensor.shape[0] == 0:
-        tensor = tensor.new_zeros((0, *full_shape))
+    sizes, tensor = _sizes_and_common_row_shape(accelerator, tensor)
     padded = accelerator.pad_across_processes(tensor.to(accelerator.device), dim=0)
     gathered = accelerator.gather(padded).cpu()
     chunk = gathered.shape[0] // len(sizes)
     return torch.cat([gathered[i * chunk : i * chunk + size] for i, size in enumerate(sizes)])
+
+
+def _sizes_and_common_row_shape(accelerator, tensor: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """Every process's row count, and `tensor` with a row shape all processes share.
+
+    A process that holds nothing does not know the row shape (scoring nothing gives `(0, 0)`): it takes
+    the shape of one that does.
+    """
+    from accelerate.utils import gather_object
+
+    shapes = gather_object([(tensor.shape[0], tuple(tensor.shape[1:]))])
+    sizes = [size for size, _ in shapes]
+    full_shape = next((shape for size, shape in shapes if size), shapes[0][1])
+    return sizes, tensor if tensor.shape[0] else tensor.new_zeros((0, *full_shape))

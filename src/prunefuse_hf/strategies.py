@@ -400,7 +400,7 @@ class KCenterGreedyStrategy(SelectionStrategy):
         self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
     ) -> Selection:
         group = group or ShardGroup()
-        features = _with_shard_width(_as_float32_matrix(features, "features"), group)
+        features = group.with_common_row_shape(_as_float32_matrix(features, "features"))
         if features.shape[0] != len(pool_indices):
             raise ValueError(
                 f"features has {features.shape[0]} rows but there are {len(pool_indices)} candidates "
@@ -511,7 +511,7 @@ class BadgeStrategy(SelectionStrategy):
     ) -> Selection:
         group = group or ShardGroup()
         probs = torch.from_numpy(_check_probs(probs, len(pool_indices), self.name))
-        features = _with_shard_width(_as_float32_matrix(features, "features").double().cpu(), group)
+        features = group.with_common_row_shape(_as_float32_matrix(features, "features").double().cpu())
         if features.shape[0] != len(pool_indices):
             raise ValueError(
                 f"features has {features.shape[0]} rows but there are {len(pool_indices)} candidates."
@@ -553,14 +553,6 @@ class BadgeStrategy(SelectionStrategy):
         return Selection(
             indices=np.asarray(picked, dtype=np.int64), scores=np.arange(n, 0, -1, dtype=np.float64)
         )
-
-
-def _with_shard_width(features: torch.Tensor, group: ShardGroup) -> torch.Tensor:
-    """An empty shard does not know the feature width (scoring nothing gives `(0, 0)`): take the others'."""
-    if not group.sharded:
-        return features
-    width = int(group.argmax(float(features.shape[1]) if len(features) else 0.0, 0)[0])
-    return features if len(features) else features.new_zeros((0, width))
 
 
 def _best_over_shards(keys: torch.Tensor, taken: torch.Tensor, pool_indices: np.ndarray, group: ShardGroup):

@@ -185,14 +185,16 @@ def accuracy_per_budget(metrics: dict) -> dict[int, float]:
     dense_al trains no separate dense model before the last round: its selector *is* the dense model
     trained on that budget, so the selector's accuracy is the method's accuracy there.
     """
+    from prunefuse_hf.report import budget_accuracies
+
     budgets = {}
-    for record in metrics["rounds"]:
-        model = record.get("dense") or (
-            record.get("surrogate") if metrics["config"]["pruning_ratio"] == 0 else None
-        )
-        if model and model.get("accuracy") is not None:
-            budgets[model["labeled"]] = model["accuracy"]
-    return budgets
+    if metrics["config"]["pruning_ratio"] == 0:
+        budgets = {
+            r["surrogate"]["labeled"]: r["surrogate"]["accuracy"]
+            for r in metrics["rounds"]
+            if r.get("surrogate")
+        }
+    return {**budgets, **budget_accuracies(metrics)}
 
 
 def run_summary(metrics: dict) -> dict:

@@ -122,3 +122,19 @@ def assert_fused_at_kept_indices(fused, surrogate_state, dense_state, plan):
         assert torch.equal(fused_tensor[~mask], dense_state[name][~mask]), name
         changed += not torch.equal(fused_tensor, dense_state[name])
     assert changed > 0
+
+
+def normalized_pixels(dataset, model_config):
+    """`dataset` as a `PixelDataset` whose batches are normalized float pixels (what a model reads), decoded lazily."""
+    from prunefuse_hf.preprocessing import ImagePreprocessor, PixelDataset, build_image_processor
+
+    class NormalizedPixels(PixelDataset):
+        def batch(self, indices):
+            return self.preprocessor.normalize(super().batch(indices))
+
+    image = dataset[0]["image"]
+    processor = build_image_processor(model_config, image=image if hasattr(image, "size") else None)
+    preprocessor = ImagePreprocessor(processor, getattr(model_config, "num_channels", 3))
+    pixels = NormalizedPixels(preprocessor.pixel_dataset(dataset, cache=False), np.arange(len(dataset)))
+    pixels.preprocessor = preprocessor
+    return pixels

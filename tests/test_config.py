@@ -5,7 +5,9 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 
-from prunefuse_hf.config import DEFAULT_NUM_ROUNDS, PruneFuseConfig, available_strategies
+from prunefuse_hf.config import PruneFuseConfig
+from prunefuse_hf.constants import DEFAULT_NUM_ROUNDS, METHODS
+from prunefuse_hf.strategies import STRATEGIES
 
 
 def make_config(**kwargs):
@@ -21,6 +23,12 @@ def test_defaults_changed_from_training_arguments():
     assert config.save_strategy == SaveStrategy.NO and stock.save_strategy != SaveStrategy.NO
     assert config.logging_steps == 10 and stock.logging_steps == 500
     assert config.report_to == []
+    # Defaults that train a vision model from scratch (the paper's SGD protocol), not AdamW's fine-tuning ones.
+    assert (config.learning_rate, stock.learning_rate) == (0.05, 5e-5)
+    assert config.optim == "sgd" and config.optim_args == "momentum=0.9" and stock.optim != "sgd"
+    assert (config.weight_decay, config.lr_scheduler_type, config.num_train_epochs) == (5e-4, "cosine", 5)
+    assert (config.per_device_train_batch_size, stock.per_device_train_batch_size) == (128, 8)
+    assert config.accelerator_config.split_batches is True and stock.accelerator_config.split_batches is False
 
 
 def test_prunefuse_defaults():
@@ -57,7 +65,7 @@ def test_every_field_has_help():
         ("pruning_ratio", "half", r"pruning_ratio must be .*got 'half'"),
         ("importance", "l1", r"importance must be one of 'l2', got 'l1'"),
         ("strategy", "most_confused", r"strategy must be one of .*'least_confidence'.*got 'most_confused'"),
-        ("initial_labeled_size", 0, r"initial_labeled_size must be an integer >= 1, got 0"),
+        ("initial_labeled_size", -1, r"initial_labeled_size must be an integer >= 0, got -1"),
         ("query_size", 0, r"query_size must be an integer >= 1, got 0"),
         ("query_size", [100, -5], r"query_size must be an integer >= 1, got -5"),
         ("query_size", [], r"query_size must be an integer >= 1 or a non-empty list"),
@@ -102,11 +110,47 @@ def test_valid_edge_values_are_accepted():
     assert make_config(distill_alpha=1).distill_alpha == 1.0
 
 
-def test_strategies_come_from_registry_when_present():
-    names = available_strategies()
-    for name in ("random", "least_confidence", "entropy", "margin", "kcenter_greedy"):
-        assert name in names
+def test_strategies_come_from_the_registry():
+    for name in ("random", "least_confidence", "entropy", "margin", "kcenter_greedy", "badge", "bald"):
+        assert name in STRATEGIES
         assert make_config(strategy=name).strategy == name
+    help_text = {f.name: f.metadata["help"] for f in __import__("dataclasses").fields(PruneFuseConfig)}[
+        "strategy"
+    ]
+    assert all(f"'{name}'" in help_text for name in STRATEGIES)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_sets_every_field_it_names(method):
+    config = make_config(method=method)
+    for name, value in METHODS[method].items():
+        assert getattr(config, name) == value, name
+    assert config.method_overrides == {}
+
+
+def test_method_values_per_baseline():
+    dense_al, svp, random_, prunefuse = (
+        make_config(method=m) for m in ("dense_al", "svp", "random", "prunefuse")
+    )
+    # Dense-selector AL: the dense model selects, and the final model is a fresh dense model (no fusion, no KD).
+    assert (dense_al.pruning_ratio, dense_al.fusion, dense_al.distill_alpha) == (0.0, False, 0.0)
+    assert (svp.pruning_ratio, svp.fusion, svp.distill_alpha) == (0.5, False, 0.0)
+    assert (random_.strategy, random_.fusion, random_.distill_alpha) == ("random", False, 0.0)
+    assert not random_.needs_teacher and not dense_al.needs_teacher
+    assert (prunefuse.fusion, prunefuse.distill_alpha, prunefuse.needs_teacher) == (True, 0.5, True)
+
+
+def test_explicit_fields_win_over_the_method_and_are_recorded():
+    config = make_config(method="svp", distill_alpha=0.3, pruning_ratio=0.7)
+    assert (config.fusion, config.distill_alpha, config.pruning_ratio) == (False, 0.3, 0.7)
+    assert config.method_overrides == {"distill_alpha": 0.3, "pruning_ratio": 0.7}
+    # Giving the method's own value is not an override.
+    assert make_config(method="svp", fusion=False).method_overrides == {}
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(ValueError, match=r"method must be one of .*'svp'.*got 'SVP'"):
+        make_config(method="SVP")
 
 
 @pytest.mark.parametrize(
@@ -267,3 +311,10 @@ def test_command_line_overrides():
 def test_unknown_recipe_key_is_rejected():
     with pytest.raises(ValueError, match="pruning_rate"):
         HfArgumentParser(PruneFuseConfig).parse_dict({"pruning_rate": 0.5})
+
+
+@pytest.mark.parametrize("field_name", ["hub_model_id", "hub_subset_id", "hub_surrogate_id", "hub_query_id"])
+def test_hub_ids_are_validated_when_the_config_is_built(field_name):
+    with pytest.raises(ValueError, match=rf"{field_name} 'me/ fmnist-prunefuse' is not a valid Hub"):
+        make_config(push_to_hub=True, **{field_name: "me/ fmnist-prunefuse"})
+    assert getattr(make_config(**{field_name: "me/fmnist-prunefuse"}), field_name) == "me/fmnist-prunefuse"

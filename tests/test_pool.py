@@ -154,12 +154,12 @@ def test_selection_table_rows(dataset):
     assert isinstance(table, datasets.Dataset)
     rows = table.to_list()
     assert rows == [
-        {POOL_INDEX: 7, "round": 1, "score": None, "strategy": "random"},
-        {POOL_INDEX: 21, "round": 1, "score": None, "strategy": "random"},
-        {POOL_INDEX: 40, "round": 1, "score": None, "strategy": "random"},
-        {POOL_INDEX: 3, "round": 2, "score": 0.9, "strategy": "entropy"},
-        {POOL_INDEX: 50, "round": 2, "score": 0.4, "strategy": "entropy"},
-        {POOL_INDEX: 12, "round": 3, "score": None, "strategy": None},
+        {POOL_INDEX: 7, "round": 1, "score": None, "strategy": "random", "label": None},
+        {POOL_INDEX: 21, "round": 1, "score": None, "strategy": "random", "label": None},
+        {POOL_INDEX: 40, "round": 1, "score": None, "strategy": "random", "label": None},
+        {POOL_INDEX: 3, "round": 2, "score": 0.9, "strategy": "entropy", "label": None},
+        {POOL_INDEX: 50, "round": 2, "score": 0.4, "strategy": "entropy", "label": None},
+        {POOL_INDEX: 12, "round": 3, "score": None, "strategy": None, "label": None},
     ]
     # The selected subset can be rebuilt from the table alone.
     labels = list(dataset["label"])
@@ -172,7 +172,7 @@ def test_save_selection_parquet(dataset, tmp_path):
     pool = labeled_pool(dataset)
     path = pool.save_selection(tmp_path / "run" / "selection.parquet")
     table = pq.read_table(path)
-    assert table.column_names == [POOL_INDEX, "round", "score", "strategy"]
+    assert table.column_names == [POOL_INDEX, "round", "score", "strategy", "label"]
     assert str(table.schema.field(POOL_INDEX).type) == "int64"
     assert table.to_pydict() == pool.selection_table().to_dict()
     assert table.to_pydict()[POOL_INDEX] == [7, 21, 40, 3, 50, 12]
@@ -233,3 +233,21 @@ def test_repr_and_scale():
     assert repr(pool) == "DataPool(num_examples=200000, num_labeled=1000, current_round=1)"
     assert pool.unlabeled.num_rows == 199_000
     assert np.isnan(pool.scores).all()
+
+
+def test_labels_are_kept_per_example_and_shown_in_the_selection(dataset):
+    pool = DataPool(dataset)
+    drawn = pool.label_randomly(3, seed=0, labels=np.asarray(dataset["label"]))
+    pool.label([5, 9], round=2, labels=[1, 0], strategy="entropy")
+    assert pool.labels[drawn].tolist() == [dataset[int(i)]["label"] for i in drawn]
+    assert pool.labels[[5, 9]].tolist() == [1, 0] and (pool.labels[pool.unlabeled_indices] == -1).all()
+    table = pool.selection_table(
+        class_names=["a", "b", "c", "d"], references={"image_path": {5: "x/5.png"}}
+    ).to_dict()
+    assert table["label_name"][-2:] == ["b", "a"] and table["image_path"][-2:] == ["x/5.png", None]
+    restored = DataPool.from_state_dict(dataset, json.loads(json.dumps(pool.state_dict())))
+    assert np.array_equal(restored.labels, pool.labels)
+    with pytest.raises(ValueError, match="Label -1 is not a class id"):
+        pool.label([11], round=3, labels=[-1])
+    with pytest.raises(ValueError, match="Got 1 labels"):
+        pool.label([11, 12], round=3, labels=[0])

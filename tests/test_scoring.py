@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers import ResNetForImageClassification
 
-from conftest import make_image_dataset, run_in_processes, tiny_resnet_config
-from prunefuse_hf.data import prepare_dataset
+from conftest import make_image_dataset, normalized_pixels, run_in_processes, tiny_resnet_config
 from prunefuse_hf.scoring import score_pool
 from prunefuse_hf.strategies import STRATEGIES, get_strategy
 
@@ -36,7 +35,7 @@ def _score_and_select(directory, gather=True):
     directory = Path(directory)
     accelerator = Accelerator(cpu=True)
     model = AutoModelForImageClassification.from_pretrained(directory / "model")
-    dataset = prepare_dataset(load_from_disk(directory / "pool"), model.config)
+    dataset = normalized_pixels(load_from_disk(directory / "pool"), model.config)
     score = functools.partial(
         score_pool, model, batch_size=BATCH_SIZE, accelerator=accelerator, show_progress=False
     )
@@ -123,7 +122,7 @@ def test_without_gather_each_process_keeps_a_disjoint_shard(saved_pool_and_model
 def test_scores_match_a_direct_forward_pass_per_example():
     dataset = make_image_dataset(num_examples=70, seed=2)
     model = ResNetForImageClassification(tiny_resnet_config(num_channels=3)).eval()
-    prepared = prepare_dataset(dataset, model.config)
+    prepared = normalized_pixels(dataset, model.config)
     order = np.random.default_rng(0).permutation(70)  # the view's rows map to shuffled pool indices
     scores = score_pool(
         model, prepared, order, batch_size=16, outputs=("probs", "features"), show_progress=False
@@ -131,7 +130,7 @@ def test_scores_match_a_direct_forward_pass_per_example():
     assert scores.pool_indices.tolist() == list(range(70))
     row_of_index = np.argsort(order)
     with torch.no_grad():
-        pixel_values = prepared[row_of_index.tolist()]["pixel_values"]
+        pixel_values = prepared.batch(row_of_index.tolist())
         expected = torch.softmax(model(pixel_values=pixel_values).logits, dim=-1)
     torch.testing.assert_close(scores.probs, expected)
     assert scores.features.shape == (70, model.config.hidden_sizes[-1])
@@ -140,7 +139,7 @@ def test_scores_match_a_direct_forward_pass_per_example():
 
 def test_scoring_restores_training_mode_and_rejects_unknown_outputs():
     model = ResNetForImageClassification(tiny_resnet_config(num_channels=3)).train()
-    prepared = prepare_dataset(make_image_dataset(num_examples=8), model.config)
+    prepared = normalized_pixels(make_image_dataset(num_examples=8), model.config)
     score_pool(model, prepared, batch_size=4, show_progress=False)
     assert model.training
     with pytest.raises(ValueError, match="outputs may contain"):
@@ -159,7 +158,7 @@ def tiny_vit(dropout):
 
 def test_mc_dropout_scores_are_seeded_per_batch_and_vary_across_samples():
     model = tiny_vit(dropout=0.3).eval()
-    prepared = prepare_dataset(make_image_dataset(num_examples=20, size=16), model.config)
+    prepared = normalized_pixels(make_image_dataset(num_examples=20, size=16), model.config)
     first = score_pool(
         model, prepared, batch_size=8, outputs=("mc_probs",), mc_samples=5, show_progress=False
     )
@@ -176,7 +175,7 @@ def test_mc_dropout_scores_are_seeded_per_batch_and_vary_across_samples():
 
 def test_mc_dropout_on_a_model_without_dropout_is_refused():
     model = ResNetForImageClassification(tiny_resnet_config(num_channels=3))
-    prepared = prepare_dataset(make_image_dataset(num_examples=4), model.config)
+    prepared = normalized_pixels(make_image_dataset(num_examples=4), model.config)
     with pytest.raises(
         ValueError, match="ResNetForImageClassification has no active dropout.*hidden_dropout_prob"
     ):
@@ -197,7 +196,7 @@ def _select_from_a_pool_smaller_than_a_batch(directory):
     directory = Path(directory)
     accelerator = Accelerator(cpu=True)
     model = AutoModelForImageClassification.from_pretrained(directory / "model")
-    dataset = prepare_dataset(load_from_disk(directory / "pool").select(range(30)), model.config)
+    dataset = normalized_pixels(load_from_disk(directory / "pool").select(range(30)), model.config)
     scores = score_pool(model, dataset, batch_size=BATCH_SIZE, outputs=("probs", "features"),
                         accelerator=accelerator, show_progress=False, gather=False)  # fmt: skip
     selections = {

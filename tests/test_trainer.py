@@ -1,304 +1,459 @@
-from pathlib import Path
+"""`PruneFuseTrainer`: the whole method through `train()`, its run directory, resume, logs and what it saves."""
 
-import huggingface_hub
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import datasets
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.nn.functional as F
-from datasets import Dataset
-from transformers import (
-    AutoModelForImageClassification,
-    EvalPrediction,
-    ResNetForImageClassification,
-    Trainer,
-    TrainingArguments,
+from transformers import AutoModelForImageClassification, TrainerCallback, TrainingArguments, pipeline
+
+from conftest import assert_fused_at_kept_indices, make_image_dataset, tiny_recipe, tiny_resnet_config
+from prunefuse_hf import DataPool, PruneFuseConfig, PruneFuseTrainer, PruningPlan, fuse_into_dense
+from prunefuse_hf.constants import PRUNING_PLAN_NAME
+from prunefuse_hf.rundir import RunDirectoryError
+
+NUM_CLASSES = 4
+
+
+def make_config(output_dir, **overrides):
+    values = dict(output_dir=str(output_dir), pruning_ratio=0.5, strategy="least_confidence", initial_labeled_size=16,
+                  query_size=8, num_rounds=2, num_train_epochs=2, learning_rate=0.05, per_device_train_batch_size=8,
+                  per_device_eval_batch_size=64, scoring_batch_size=32, logging_steps=50, disable_tqdm=True,
+                  seed=3)  # fmt: skip
+    values.update(overrides)
+    return PruneFuseConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return make_image_dataset(num_examples=96, num_classes=NUM_CLASSES, seed=1, mode="RGB")
+
+
+@pytest.fixture(scope="module")
+def eval_dataset():
+    return make_image_dataset(num_examples=40, num_classes=NUM_CLASSES, seed=2, mode="RGB")
+
+
+def dense_config(**kwargs):
+    return tiny_resnet_config(**{"num_channels": 3, "num_labels": NUM_CLASSES, **kwargs})
+
+
+def run(output_dir, pool, eval_dataset=None, model=None, **overrides):
+    trainer = PruneFuseTrainer(model or dense_config(), args=make_config(output_dir, **overrides), train_dataset=pool,
+                               eval_dataset=eval_dataset)  # fmt: skip
+    trainer.train()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, pool, eval_dataset):
+    return run(tmp_path_factory.mktemp("finished"), pool, eval_dataset)
+
+
+def test_train_runs_the_method_and_writes_the_run_directory(finished):
+    run_dir = finished.run_dir.path
+    for name in ("state.json", "selection.parquet", "metrics.json", "report.md", "accuracy.png", "selection_cost.png",
+                 "class_balance.png", "fused/README.md", "fused/preprocessor_config.json"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "surrogate" / PRUNING_PLAN_NAME).is_file()
+    surrogate = AutoModelForImageClassification.from_pretrained(run_dir / "surrogate")
+    assert surrogate.config.hidden_sizes == [8, 16] and finished.model.config.hidden_sizes == [16, 32]
+    assert finished.done and finished.pool.num_labeled == 16 + 2 * 8
+
+    table = pq.read_table(run_dir / "selection.parquet").to_pydict()
+    assert sorted(table["pool_index"]) == finished.pool.labeled_indices.tolist()
+    assert [table["round"].count(r) for r in (1, 2, 3)] == [16, 8, 8]
+    assert set(table["strategy"]) == {"random", "least_confidence"}
+    # Each selected example carries its class (id and name).
+    labels = np.asarray(finished.pool.dataset["label"])
+    assert table["label"] == labels[table["pool_index"]].tolist()
+    assert table["label_name"] == [str(y) for y in table["label"]]
+
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["completed"] == [step.name for step in finished.steps]
+    metrics = finished.metrics
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+    assert metrics["final"]["labeled"] == 32 and 0 <= metrics["final"]["accuracy"] <= 1
+    # The cost ledger: the surrogate's work costs about a quarter of the dense model's.
+    assert 0.2 < metrics["selection"]["flops_ratio"] < 0.45
+    assert metrics["rounds"][0]["selection"]["scored_examples"] == 96 - 16
+    report = (run_dir / "report.md").read_text()
+    assert "| 1 | 16 |" in report and "## Classes of the labeled examples per round" in report
+
+
+def test_fused_model_starts_from_the_surrogate_and_every_tensor_then_trains(finished):
+    run_dir = finished.run_dir.path
+    dense_init = AutoModelForImageClassification.from_pretrained(run_dir / "dense_init")
+    surrogate = AutoModelForImageClassification.from_pretrained(run_dir / "surrogate")
+    plan = PruningPlan.from_pretrained(run_dir / "surrogate")
+    start = fuse_into_dense(dense_init, surrogate, plan)
+    assert_fused_at_kept_indices(start, surrogate.state_dict(), dense_init.state_dict(), plan)
+    trained = finished.model.state_dict()
+    for name, parameter in start.named_parameters():
+        assert not torch.equal(parameter.detach(), trained[name].cpu()), f"{name} did not train"
+
+
+def test_train_returns_a_train_output_and_evaluate_evaluates_the_fused_model(finished):
+    final = finished.metrics["final"]
+    assert finished.evaluate()["eval_accuracy"] == pytest.approx(final["accuracy"])
+    assert finished.state.global_step == sum(
+        r[k]["steps"] for r in finished.metrics["rounds"] for k in ("surrogate", "dense") if k in r
+    )
+
+
+def test_per_step_facts_go_through_log_to_callbacks_and_log_history(tmp_path, pool, eval_dataset):
+    class Recorder(TrainerCallback):
+        logs = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs))
+
+    trainer = PruneFuseTrainer(dense_config(), args=make_config(tmp_path, num_rounds=1), train_dataset=pool,
+                               eval_dataset=eval_dataset, callbacks=[Recorder()])  # fmt: skip
+    trainer.train()
+    selection = [log for log in Recorder.logs if "picked" in log]
+    assert selection and selection[0]["round"] == 1 and selection[0]["picked"] == 8
+    assert (
+        selection[0]["selection_flops"] > 0
+        and selection[0]["dense_equivalent_flops"] > selection[0]["selection_flops"]
+    )
+    assert any("surrogate_accuracy" in log for log in Recorder.logs)
+    assert any("fused_accuracy" in log for log in Recorder.logs)
+    # The inner trainings' own logs arrive too, prefixed by the model they train.
+    assert any("surrogate/train_loss" in log for log in Recorder.logs)
+    assert any("fused/train_loss" in log for log in Recorder.logs)
+    assert Recorder.logs == [
+        {k: v for k, v in entry.items() if k != "step"} for entry in trainer.state.log_history
+    ]
+    steps = [entry["step"] for entry in trainer.state.log_history]
+    assert steps == sorted(steps)
+
+
+def test_a_callback_can_stop_after_any_step_and_the_run_resumes_to_the_same_result(tmp_path, pool, finished):
+    class StopAfterFirstSelection(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and logs.get("picked"):
+                control.should_training_stop = True
+
+    args = make_config(tmp_path)
+    trainer = PruneFuseTrainer(
+        dense_config(), args=args, train_dataset=pool, callbacks=[StopAfterFirstSelection()]
+    )
+    trainer.train()
+    assert not trainer.done and trainer.progress["completed"][-1] == "select:1"
+    resumed = PruneFuseTrainer(dense_config(), args=make_config(tmp_path), train_dataset=pool)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.done
+    reference = pq.read_table(finished.run_dir.selection_path).to_pydict()
+    again = pq.read_table(resumed.run_dir.selection_path).to_pydict()
+    assert again["pool_index"] == reference["pool_index"]
+
+
+@pytest.mark.parametrize(
+    "overrides, expect",
+    [
+        ({"method": "dense_al"}, "surrogate_is_dense"),
+        ({"method": "random"}, "no_surrogate"),
+        ({"strategy": "random", "fusion": True, "distill_alpha": 0.0}, "teacher_only"),
+        ({"sync_every": 1}, "sync"),
+        ({"surrogate_init": "warm", "strategy": "kcenter_greedy"}, "warm"),
+        ({"fusion_init": "fresh", "copy_norm_stats": False, "strategy": "margin"}, "fresh"),
+    ],
 )
-
-from conftest import run_in_processes, tiny_resnet_config
-from prunefuse_hf.config import PruneFuseConfig
-from prunefuse_hf.trainer import PruneFuseTrainer, compute_accuracy
-
-NUM_LABELS = 4
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Models this small run fastest on one thread, and intra-op threads slow to a crawl on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def toy_dataset(num_examples=64, size=16, seed=0, extra_columns=False):
-    """Learnable one-channel images: a bright vertical stripe whose position is the label."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, NUM_LABELS, size=num_examples)
-    pixels = rng.normal(0, 0.3, size=(num_examples, 1, size, size)).astype(np.float32)
-    cell = size // NUM_LABELS
-    for i, label in enumerate(labels):
-        pixels[i, :, :, label * cell : (label + 1) * cell] += 2.0
-    columns = {"pixel_values": list(pixels), "labels": labels.tolist()}
-    if extra_columns:
-        columns["pool_index"] = list(range(num_examples))
-    return Dataset.from_dict(columns).with_format("torch")
+def test_variants(tmp_path, pool, overrides, expect):
+    trainer = run(tmp_path, pool, **{"pruning_ratio": None, "strategy": None, **overrides})
+    metrics = trainer.metrics
+    rounds = metrics["rounds"]
+    assert trainer.pool.num_labeled == 32
+    surrogate_cost, dense_cost = metrics["costs"]["surrogate"], metrics["costs"]["dense"]
+    if expect == "surrogate_is_dense":
+        assert surrogate_cost == dense_cost and metrics["selection"]["flops_ratio"] == 1.0
+        assert "dense" in rounds[-1] and rounds[-1]["dense"]["accuracy_at_start"] is None  # fresh, not fused
+    elif expect == "no_surrogate":
+        assert not any("surrogate" in r for r in rounds)
+        assert metrics["selection"]["flops"] == 0 and metrics["fusion_teacher"]["seconds"] == 0
+    elif expect == "teacher_only":
+        # Random selection needs no model: the surrogate trainings only feed fusion and are not booked as selection.
+        assert [r["surrogate"]["purpose"] for r in rounds if "surrogate" in r] == ["fusion_teacher"]
+        assert metrics["selection"]["flops"] == 0 and metrics["fusion_teacher"]["flops"] > 0
+    elif expect == "sync":
+        assert all("sync" in r for r in rounds[:2]) and "sync" not in rounds[2]
+    else:
+        assert all("surrogate" in r for r in rounds)
+    assert metrics["final_training"]["seconds"] > 0
 
 
-def tiny_model(seed=0, **kwargs):
-    torch.manual_seed(seed)
-    return ResNetForImageClassification(tiny_resnet_config(num_channels=1, num_labels=NUM_LABELS, **kwargs))
+@pytest.mark.parametrize("fusion", [True, False])
+def test_eval_strategy_steps_records_the_dense_models_accuracy_curve(tmp_path, pool, eval_dataset, fusion):
+    trainer = run(tmp_path, pool, eval_dataset, num_rounds=1, fusion=fusion, distill_alpha=0.0, eval_strategy="steps",
+                  eval_steps=2)  # fmt: skip
+    rounds = trainer.metrics["rounds"]
+    surrogate, dense = rounds[0]["surrogate"], rounds[-1]["dense"]
+    assert "curve" not in surrogate  # the surrogate is evaluated once, after training
+    steps = [point["step"] for point in dense["curve"]]
+    # 24 labeled examples, batch 8, 2 epochs: 6 steps, evaluated at the start and every 2 steps.
+    assert dense["steps"] == 6 and steps == [0, 2, 4, 6]
+    assert dense["curve"][0]["accuracy"] == dense["accuracy_at_start"]
+    assert dense["curve"][-1]["accuracy"] == pytest.approx(dense["accuracy"])
+    assert dense["eval_seconds"] > 0 and dense["seconds"] > 0
 
 
-def make_args(tmp_path, cls=PruneFuseConfig, **kwargs):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=16,
-        per_device_eval_batch_size=32,
-        learning_rate=1e-2,
-        num_train_epochs=1,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-    )
-    defaults.update(kwargs)
-    return cls(**defaults)
+# ----- what it saves: pipeline-ready checkpoints -----
 
 
-def batch_of(dataset, n=8):
-    return {key: value[:n] for key, value in dataset[:n].items()}
+def test_save_model_gives_a_pipeline_ready_checkpoint_for_gray_and_rgb_images(
+    tmp_path, finished, eval_dataset
+):
+    finished.save_model(tmp_path / "model")
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"):
+        assert (tmp_path / "model" / name).is_file(), name
+    classifier = pipeline("image-classification", model=str(tmp_path / "model"))
+    model = finished.model.eval()
+    for image in [eval_dataset[i]["image"] for i in range(6)]:
+        for raw in (image.convert("L"), image.convert("RGB")):
+            # The evaluation's preprocessing of the same image: the run's pixels, normalized.
+            pixels = finished.preprocessor.to_pixels([raw])
+            with torch.no_grad():
+                expected = (
+                    model(pixel_values=finished.preprocessor.normalize(pixels)).logits.argmax(-1).item()
+                )
+            top = classifier(raw, top_k=1)[0]
+            assert top["label"] == model.config.id2label[expected]
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_loss_without_teacher_is_the_models_cross_entropy(tmp_path, training):
-    model = tiny_model().train(training)
-    trainer = PruneFuseTrainer(model, make_args(tmp_path))
-    batch = batch_of(toy_dataset(extra_columns=True))  # pool_index must not reach the model
-    with torch.no_grad():
-        loss = trainer.compute_loss(model, batch)
-        logits = model(pixel_values=batch["pixel_values"]).logits
-        stock = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
-    assert torch.equal(loss, F.cross_entropy(logits, batch["labels"]))
-    assert torch.equal(loss, stock)
+def test_class_names_come_from_the_class_label(finished):
+    assert finished.model.config.id2label == {i: str(i) for i in range(NUM_CLASSES)}
+    saved = AutoModelForImageClassification.from_pretrained(finished.run_dir.fused_dir)
+    assert saved.config.id2label == {i: str(i) for i in range(NUM_CLASSES)}
 
 
-def test_alpha_zero_ignores_the_teacher(tmp_path):
-    model, teacher = tiny_model(seed=0).eval(), tiny_model(seed=1)
-    trainer = PruneFuseTrainer(model, make_args(tmp_path, distill_alpha=0.0), teacher_model=teacher)
-    assert not trainer.distilling
-    batch = batch_of(toy_dataset())
-    with torch.no_grad():
-        logits = model(pixel_values=batch["pixel_values"]).logits
-        assert torch.equal(trainer.compute_loss(model, batch), F.cross_entropy(logits, batch["labels"]))
+def _image_folder(root, dataset, names):
+    for i, row in enumerate(dataset):
+        folder = root / names[row["label"]]
+        folder.mkdir(parents=True, exist_ok=True)
+        row["image"].save(folder / f"{i}.png")
+    return datasets.load_dataset("imagefolder", data_dir=str(root), split="train")
 
 
-@pytest.mark.parametrize("alpha, tau", [(0.5, 4.0), (0.3, 2.0), (1.0, 1.0)])
-def test_distillation_loss_matches_formula(tmp_path, alpha, tau):
-    model, teacher = tiny_model(seed=0).eval(), tiny_model(seed=1)
+def test_class_names_from_an_image_folder_and_from_the_recipe(tmp_path, pool):
+    names = ["circle", "cross", "square", "triangle"]
+    folder_pool = _image_folder(tmp_path / "folder", pool, names)
     trainer = PruneFuseTrainer(
-        model, make_args(tmp_path, distill_alpha=alpha, distill_temperature=tau), teacher_model=teacher
+        dense_config(), args=make_config(tmp_path / "a", num_rounds=1), train_dataset=folder_pool
     )
-    batch = batch_of(toy_dataset())
-    with torch.no_grad():
-        z_fused = model(pixel_values=batch["pixel_values"]).logits
-        z_surrogate = teacher(pixel_values=batch["pixel_values"]).logits
-        loss = trainer.compute_loss(model, batch)
-    p_surrogate = torch.softmax(z_surrogate / tau, dim=-1)
-    kl = (p_surrogate * (torch.log(p_surrogate) - torch.log_softmax(z_fused / tau, dim=-1))).sum(-1).mean()
-    expected = (1 - alpha) * F.cross_entropy(z_fused, batch["labels"]) + alpha * tau**2 * kl
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    assert kl > 0
+    assert trainer.class_names == names and trainer.model.config.id2label == dict(enumerate(names))
+
+    plain = pool.cast_column("label", datasets.Value("int64"))
+    trainer = PruneFuseTrainer(dense_config(), args=make_config(tmp_path / "b", num_rounds=1, class_names=names),
+                               train_dataset=plain)  # fmt: skip
+    assert trainer.model.config.label2id == {name: i for i, name in enumerate(names)}
+    with pytest.raises(ValueError, match="differ from the names of the dataset's 'label' ClassLabel"):
+        PruneFuseTrainer(
+            dense_config(), args=make_config(tmp_path / "c", class_names=names[::-1]), train_dataset=pool
+        )
 
 
-def test_alpha_and_tau_from_kwargs_with_plain_training_arguments(tmp_path):
-    args = make_args(tmp_path, cls=TrainingArguments)
-    trainer = PruneFuseTrainer(tiny_model(), args, distill_alpha=0.2, distill_temperature=3.0)
-    assert (trainer.distill_alpha, trainer.distill_temperature) == (0.2, 3.0)
-    trainer = PruneFuseTrainer(tiny_model(), args)
-    assert (trainer.distill_alpha, trainer.distill_temperature) == (0.5, 4.0)
-    trainer = PruneFuseTrainer(tiny_model(), make_args(tmp_path, distill_alpha=0.1, distill_temperature=2.0))
-    assert (trainer.distill_alpha, trainer.distill_temperature) == (0.1, 2.0)
-    with pytest.raises(ValueError, match="distill_alpha must be in \\[0, 1\\], got 2"):
-        PruneFuseTrainer(tiny_model(), args, distill_alpha=2)
+def test_a_pretrained_checkpoint_gets_the_datasets_class_names(tmp_path, pool):
+    checkpoint = AutoModelForImageClassification.from_config(dense_config(
+        id2label={i: f"stale_{i}" for i in range(NUM_CLASSES)}, label2id={f"stale_{i}": i for i in range(NUM_CLASSES)}
+    ))  # fmt: skip
+    checkpoint.save_pretrained(tmp_path / "pretrained")
+    trainer = PruneFuseTrainer(str(tmp_path / "pretrained"), args=make_config(tmp_path / "run", num_rounds=1),
+                               train_dataset=pool)  # fmt: skip
+    assert trainer.model.config.id2label == {i: str(i) for i in range(NUM_CLASSES)}
+    # The pretrained weights are what gets pruned: θ0 is the checkpoint.
+    for name, tensor in checkpoint.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], tensor), name
 
 
-def test_teacher_with_other_label_count_is_rejected(tmp_path):
-    teacher = ResNetForImageClassification(tiny_resnet_config(num_channels=1, num_labels=NUM_LABELS + 1))
-    with pytest.raises(ValueError, match="teacher_model has 5 labels but model has 4"):
-        PruneFuseTrainer(tiny_model(), make_args(tmp_path), teacher_model=teacher)
+def test_training_arguments_are_converted_and_a_data_pool_is_accepted(tmp_path, pool):
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, learning_rate=0.1)
+    # The PruneFuse fields of a converted TrainingArguments are at their defaults (a budget of 5,000 here).
+    with pytest.raises(ValueError, match=r"initial_labeled_size \(1000\)"):
+        PruneFuseTrainer(dense_config(), args=args, train_dataset=pool)
+    converted = __import__("prunefuse_hf.trainer").trainer._as_config(args)
+    assert isinstance(converted, PruneFuseConfig) and converted.learning_rate == 0.1
+    assert converted.per_device_train_batch_size == 8 and converted.method == "prunefuse"
+    data_pool = DataPool(pool)
+    trainer = PruneFuseTrainer(dense_config(), args=make_config(tmp_path), train_dataset=data_pool)
+    assert trainer.pool is data_pool
 
 
-def test_training_with_teacher_updates_student_only_and_logs_terms(tmp_path):
-    model, teacher = tiny_model(seed=0), tiny_model(seed=1).train()
-    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    student_before = {n: p.clone() for n, p in model.named_parameters()}
-    trainer = PruneFuseTrainer(
-        model,
-        make_args(tmp_path, max_steps=4),
-        teacher_model=teacher,
-        train_dataset=toy_dataset(extra_columns=True),
+# ----- refused before anything is written -----
+
+
+def test_budget_larger_than_the_pool_is_refused_before_anything_is_written(tmp_path, pool):
+    with pytest.raises(
+        ValueError, match=r"initial_labeled_size \(16\) \+ query_size over 2 rounds \(100\) = 116"
+    ):
+        PruneFuseTrainer(
+            dense_config(), args=make_config(tmp_path / "run", query_size=50), train_dataset=pool
+        )
+    assert not (tmp_path / "run").exists()
+
+
+def test_dataset_problems_are_named(tmp_path, pool):
+    with pytest.raises(ValueError, match="'img'"):
+        PruneFuseTrainer(dense_config(), args=make_config(tmp_path, image_column="img"), train_dataset=pool)
+    as_strings = pool.cast_column("label", datasets.Value("string"))
+    with pytest.raises(ValueError, match="integer class ids"):
+        PruneFuseTrainer(dense_config(), args=make_config(tmp_path), train_dataset=as_strings)
+
+
+def test_model_with_other_label_count_is_refused(tmp_path, pool):
+    model = AutoModelForImageClassification.from_config(dense_config(num_labels=7))
+    with pytest.raises(ValueError, match="7 labels but the dataset's 'label' column has 4 classes"):
+        PruneFuseTrainer(model, args=make_config(tmp_path), train_dataset=pool)
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path, pool):
+    run(tmp_path, pool, num_rounds=1)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(
+        RunDirectoryError, match="already holds a PruneFuse run. Pass --resume .* --overwrite"
+    ):
+        run(tmp_path, pool, num_rounds=1)
+    with pytest.raises(
+        ValueError, match=r"Cannot resume .* \(strategy: the run has 'least_confidence', now 'entropy'"
+    ):
+        PruneFuseTrainer(dense_config(), args=make_config(tmp_path, num_rounds=1, strategy="entropy"),
+                         train_dataset=pool).train(resume_from_checkpoint=True)  # fmt: skip
+    assert before == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+
+    finished = PruneFuseTrainer(dense_config(), args=make_config(tmp_path, num_rounds=1), train_dataset=pool)
+    finished.train(resume_from_checkpoint=str(tmp_path))
+    assert finished.done and finished.pool.num_labeled == 24
+    run(tmp_path, pool, num_rounds=1, overwrite_output_dir=True)
+    assert json.loads((tmp_path / "state.json").read_text())["completed"][-1] == "report"
+
+
+def test_resume_needs_a_run(tmp_path, pool):
+    with pytest.raises(RunDirectoryError, match="holds no run"):
+        PruneFuseTrainer(dense_config(), args=make_config(tmp_path / "empty"), train_dataset=pool).train(
+            resume_from_checkpoint=True
+        )
+
+
+def test_resume_refuses_another_pool(tmp_path, pool):
+    run(tmp_path, pool, num_rounds=1)
+    other = make_image_dataset(num_examples=96, num_classes=NUM_CLASSES, seed=9, mode="RGB")
+    with pytest.raises(ValueError, match="the pool is not the run's.*hold other pixels"):
+        PruneFuseTrainer(dense_config(), args=make_config(tmp_path, num_rounds=1), train_dataset=other).train(
+            resume_from_checkpoint=True
+        )
+
+
+def test_bald_run_with_a_dropout_model_and_clear_error_without(tmp_path, pool):
+    from transformers import ViTConfig
+
+    vit = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                    num_attention_heads=2, intermediate_size=32, hidden_dropout_prob=0.2, num_labels=NUM_CLASSES)  # fmt: skip
+    # pruning_ratio 0 keeps the dense model as the selector, which works for every family.
+    trainer = run(
+        tmp_path / "vit", pool, model=vit, strategy="bald", pruning_ratio=0.0, mc_samples=3, num_rounds=1
     )
-    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
-    trainer.train()
-
-    for name, value in teacher.state_dict().items():
-        assert torch.equal(value, teacher_before[name]), name  # running stats too: eval mode throughout
-    assert all(p.grad is None for p in teacher.parameters())
-    for name, param in model.named_parameters():
-        assert not torch.equal(param, student_before[name]), f"{name} did not change"
-
-    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert len(logged) == 4
-    for entry in logged:
-        expected = 0.5 * entry["ce_loss"] + 0.5 * 16.0 * entry["kd_loss"]
-        assert entry["loss"] == pytest.approx(expected, rel=1e-3)
-    metrics = trainer.evaluate(toy_dataset(num_examples=16, seed=1))
-    assert {"eval_loss", "eval_accuracy", "eval_ce_loss", "eval_kd_loss"} <= set(metrics)
+    assert trainer.metrics["rounds"][0]["selection"]["scored_examples"] == (96 - 16) * 3
+    with pytest.raises(ValueError, match="no active dropout"):
+        run(tmp_path / "resnet", pool, strategy="bald", num_rounds=1)
+    assert not (tmp_path / "resnet").exists()  # refused before anything was written
 
 
-def test_training_decreases_loss_on_learnable_data(tmp_path):
-    train, held_out = toy_dataset(num_examples=64), toy_dataset(num_examples=32, seed=1)
-    trainer = PruneFuseTrainer(
-        tiny_model(), make_args(tmp_path, num_train_epochs=6), train_dataset=train, eval_dataset=held_out
+# ----- kill and resume a real process -----
+
+
+def _start_run(recipe, output_dir, *extra):
+    command = [sys.executable, "-m", "prunefuse_hf.cli", "run", "--config", str(recipe), "--output_dir",
+               str(output_dir)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [*command, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    before = trainer.evaluate()
+
+
+def _completed(output_dir):
+    try:
+        return json.loads((output_dir / "state.json").read_text())["completed"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def _selection(output_dir):
+    table = pq.read_table(output_dir / "selection.parquet").to_pydict()
+    return sorted(zip(table["pool_index"], table["round"]))
+
+
+def test_killed_run_resumes_to_the_same_selection_and_weights(tmp_path, pool):
+    pool.save_to_disk(tmp_path / "pool")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_recipe(tmp_path / "pool", num_rounds=3))
+
+    reference = _start_run(recipe, tmp_path / "reference")
+    interrupted = _start_run(recipe, tmp_path / "interrupted")
+    deadline = time.time() + 240
+    # Kill it in the middle of the second round: after its surrogate training, before its selection.
+    while "train_surrogate:2" not in _completed(tmp_path / "interrupted"):
+        assert interrupted.poll() is None, interrupted.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    # Under load the process may get a step further before the signal lands; it must not have finished.
+    completed_at_kill = _completed(tmp_path / "interrupted")
+    assert "train_surrogate:2" in completed_at_kill and "report" not in completed_at_kill
+
+    again = _start_run(recipe, tmp_path / "interrupted")
+    assert again.wait(timeout=240) == 2  # an existing run needs --resume
+    assert "--resume" in again.stdout.read()
+    resumed = _start_run(recipe, tmp_path / "interrupted", "--resume")
+    assert resumed.wait(timeout=240) == 0, resumed.stdout.read()
+    assert reference.wait(timeout=240) == 0, reference.stdout.read()
+
+    assert _selection(tmp_path / "interrupted") == _selection(tmp_path / "reference")
+    assert len(_selection(tmp_path / "reference")) == 16 + 3 * 8
+    fused = [AutoModelForImageClassification.from_pretrained(tmp_path / run / "fused")
+             for run in ("reference", "interrupted")]  # fmt: skip
+    for a, b in zip(fused[0].state_dict().values(), fused[1].state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, pool, caplog):
+    class Interrupt(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and logs.get("picked"):
+                raise KeyboardInterrupt
+
+    trainer = PruneFuseTrainer(dense_config(), args=make_config(tmp_path), train_dataset=pool, callbacks=[Interrupt()],
+                               resume_command="prunefuse-hf run --config r.yaml --resume")  # fmt: skip
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING", logger="prunefuse_hf"):
+        trainer.train()
+    message = "\n".join(record.getMessage() for record in caplog.records)
+    assert "Interrupted" in message and "Resume with: prunefuse-hf run --config r.yaml --resume" in message
+    assert "select:1" in json.loads((tmp_path / "state.json").read_text())["completed"]
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="dataset-fashion-mnist not installed"
+)
+def test_run_on_real_fashion_mnist_images_learns(tmp_path):
+    from prunefuse_hf import load_image_dataset
+
+    rng = np.random.default_rng(0)
+    pool = load_image_dataset("fashion_mnist", "train")
+    pool = pool.select(np.sort(rng.choice(len(pool), 400, replace=False)))
+    test = load_image_dataset("fashion_mnist", "test").select(range(300))
+    config = make_config(tmp_path, initial_labeled_size=150, query_size=100, num_rounds=1, num_train_epochs=6)
+    trainer = PruneFuseTrainer(tiny_resnet_config(num_channels=3, num_labels=10), args=config, train_dataset=pool,
+                               eval_dataset=test)  # fmt: skip
     trainer.train()
-    after = trainer.evaluate()
-    assert after["eval_loss"] < 0.5 * before["eval_loss"]
-    assert after["eval_accuracy"] > before["eval_accuracy"]
-    assert "ce_loss" not in trainer.state.log_history[0]  # nothing extra when not distilling
-
-
-def test_eval_accuracy_equals_hand_computed_accuracy(tmp_path):
-    model = tiny_model(seed=3)
-    eval_dataset = toy_dataset(num_examples=37, seed=2)  # not a multiple of the eval batch size
-    trainer = PruneFuseTrainer(model, make_args(tmp_path))
-    metrics = trainer.evaluate(eval_dataset)
-    model.eval()
-    with torch.no_grad():
-        predictions = model(pixel_values=eval_dataset["pixel_values"][:]).logits.argmax(-1)
-    expected = (predictions == eval_dataset["labels"][:]).float().mean().item()
-    assert metrics["eval_accuracy"] == pytest.approx(expected, abs=1e-12)
-
-
-def test_compute_accuracy_offline():
-    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
-    labels = np.array([1, 0, 0, 0])
-    assert compute_accuracy(EvalPrediction(predictions=logits, label_ids=labels)) == {"accuracy": 0.75}
-    assert compute_accuracy(EvalPrediction(predictions=(logits,), label_ids=labels)) == {"accuracy": 0.75}
-    ids = logits.argmax(-1)
-    assert compute_accuracy(EvalPrediction(predictions=ids, label_ids=labels)) == {"accuracy": 0.75}
-
-
-def test_compute_metrics_can_be_switched_off(tmp_path):
-    trainer = PruneFuseTrainer(tiny_model(), make_args(tmp_path), compute_metrics=None)
-    metrics = trainer.evaluate(toy_dataset(num_examples=8))
-    assert "eval_loss" in metrics and "eval_accuracy" not in metrics
-
-
-def test_batch_larger_than_dataset_trains(tmp_path):
-    model = tiny_model()
-    before = {n: p.clone() for n, p in model.named_parameters()}
-    trainer = PruneFuseTrainer(
-        model,
-        make_args(tmp_path, per_device_train_batch_size=64, num_train_epochs=2),
-        train_dataset=toy_dataset(num_examples=5),
-    )
-    trainer.train()
-    assert trainer.state.global_step == 2
-    assert not torch.equal(model.classifier[1].weight, before["classifier.1.weight"])
-
-
-def test_singleton_last_batch_with_1x1_feature_map_trains(tmp_path):
-    # 8x8 inputs reach the last stage's BatchNorm as 1x1 maps; 9 examples at batch 8 leave one alone.
-    dataset = toy_dataset(num_examples=9, size=8)
-    args = make_args(tmp_path, per_device_train_batch_size=8, num_train_epochs=2)
-    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
-        Trainer(model=tiny_model(), args=args, train_dataset=dataset).train()
-
-    trainer = PruneFuseTrainer(tiny_model(), args, train_dataset=dataset)
-    trainer.train()
-    assert trainer.state.global_step == 2  # one full batch per epoch, the singleton dropped
-    assert args.dataloader_drop_last is False  # the user's setting is restored
-
-
-def test_no_example_dropped_without_singleton_batch(tmp_path):
-    trainer = PruneFuseTrainer(
-        tiny_model(),
-        make_args(tmp_path, per_device_train_batch_size=8, num_train_epochs=1),
-        train_dataset=toy_dataset(num_examples=10, size=8),
-    )
-    assert len(trainer.get_train_dataloader()) == 2
-
-
-def test_gradient_accumulation_averages_micro_batches(tmp_path):
-    dataset = toy_dataset(num_examples=32)
-    model = tiny_model()
-    initial = tiny_model()  # same seed, same weights
-    args = make_args(
-        tmp_path,
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=2,
-        max_steps=1,
-        train_sampling_strategy="sequential",
-    )
-    trainer = PruneFuseTrainer(model, args, train_dataset=dataset)
-    trainer.train()
-    # Both micro-batches run on the initial weights; the logged loss is their mean, not their sum.
-    with torch.no_grad():
-        micro = [initial(**batch_of(dataset.select(range(start, start + 8)))).loss for start in (0, 8)]
-    assert trainer.state.log_history[0]["loss"] == pytest.approx(((micro[0] + micro[1]) / 2).item(), abs=1e-4)
-
-
-def test_checkpoint_reloads_with_identical_logits(tmp_path):
-    args = make_args(tmp_path, max_steps=3, save_strategy="steps", save_steps=3)
-    trainer = PruneFuseTrainer(
-        tiny_model(), args, train_dataset=toy_dataset(), teacher_model=tiny_model(seed=1)
-    )
-    trainer.train()
-    checkpoint = tmp_path / "out" / "checkpoint-3"
-    assert (checkpoint / "model.safetensors").is_file()
-    reloaded = AutoModelForImageClassification.from_pretrained(checkpoint).eval()
-    model = trainer.model.eval()
-    pixels = toy_dataset(num_examples=8, seed=5)["pixel_values"][:]
-    with torch.no_grad():
-        assert torch.equal(reloaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
-
-
-def _train_two_processes(output_dir):
-    import json
-    import os
-
-    torch.set_num_threads(1)
-    dataset = toy_dataset(num_examples=9, size=8)
-    args = make_args(Path(output_dir), per_device_train_batch_size=4, num_train_epochs=1)
-    trainer = PruneFuseTrainer(tiny_model(), args, train_dataset=dataset, teacher_model=tiny_model(seed=1))
-    batch_sizes = [len(batch["labels"]) for batch in trainer.get_train_dataloader()]
-    trainer.train()
-    result = {"batch_sizes": batch_sizes, "log_history": trainer.state.log_history, "world": args.world_size}
-    with open(os.path.join(output_dir, f"rank{args.process_index}.json"), "w") as f:
-        json.dump(result, f)
-
-
-@pytest.mark.distributed
-def test_two_processes_keep_every_batch_and_log_distillation_terms(tmp_path):
-    import json
-
-    run_in_processes(_train_two_processes, str(tmp_path), num_processes=2)
-    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    for result in results:
-        assert result["world"] == 2
-        # Accelerate refills the last batch of each process, so nothing is dropped and no batch has one example.
-        assert result["batch_sizes"] == [4, 4]
-        logged = [entry for entry in result["log_history"] if "loss" in entry]
-        assert len(logged) == 2 and all("ce_loss" in entry and "kd_loss" in entry for entry in logged)
-    # The logged terms are averaged over processes, so every process logs the same values.
-    first, second = ([entry for entry in result["log_history"] if "loss" in entry] for result in results)
-    assert first == second
+    metrics = trainer.metrics
+    # Ten balanced classes: chance is 0.1; 250 real images are enough to get well above it.
+    assert metrics["final"]["accuracy"] > 0.4
+    assert metrics["rounds"][0]["surrogate"]["accuracy"] > 0.3
+    assert trainer.model.config.id2label[0] == "T-shirt/top"

@@ -29,12 +29,6 @@ class ModelArguments:
             "config fields, a JSON string of one, or a path to a config.json."
         },
     )
-    image_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Resize images to this size (default: the image processor's or the dataset's own size)."
-        },
-    )
 
     def __post_init__(self):
         if isinstance(self.model_config, str) and self.model_config.lstrip().startswith("{"):
@@ -47,8 +41,6 @@ class ModelArguments:
                 "Set model_name_or_path (a Hub id or checkpoint directory) or model_config (e.g. "
                 "{model_type: resnet, hidden_sizes: [64, 128, 256, 512], ...}) in the recipe."
             )
-        if self.image_size is not None and self.image_size < 1:
-            raise ValueError(f"image_size must be a positive integer, got {self.image_size}.")
 
     @property
     def model_source(self):
@@ -77,8 +69,6 @@ class DataArguments:
         default="test",
         metadata={"help": "Split every trained model is evaluated on; null to skip evaluation."},
     )
-    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column: str = field(default="label", metadata={"help": "Column holding integer class ids."})
     max_pool_size: int | None = field(
         default=None,
         metadata={
@@ -88,9 +78,6 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None,
         metadata={"help": "Evaluate on a seeded random subset of this many examples; null for all."},
-    )
-    augment: bool = field(
-        default=False, metadata={"help": "Random crop (4-pixel padding) and horizontal flip while training."}
     )
 
     def __post_init__(self):

@@ -6,6 +6,7 @@ Subcommands:
     prune     prune a dense model into a surrogate checkpoint + pruning_plan.json
     fuse      fuse a (trained) surrogate back into its dense model
     push      push a finished run to the Hub: fused model + card, selected subset, surrogate
+    label     bring annotators' labels for a run's open query (annotation: human), then resume the run
 
 Also runnable as `python -m prunefuse_hf.cli ...` (and so under `accelerate launch -m`).
 """
@@ -13,13 +14,15 @@ Also runnable as `python -m prunefuse_hf.cli ...` (and so under `accelerate laun
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageClassification, set_seed
 
-from .constants import PRUNING_PLAN_NAME
+from .constants import PRUNING_PLAN_NAME, STATE_NAME
 from .cost import model_cost
 from .fusion import fuse_into_dense
 from .modeling import has_weights, load_image_classifier
@@ -141,6 +144,48 @@ def _push(args) -> None:
         print(f"{role}: {url}")
 
 
+def _add_label_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "label", help="Ingest annotators' labels for a run's open query; then resume the run with --resume."
+    )
+    parser.add_argument("run_dir", help="The run directory that stopped with a query batch.")
+    parser.add_argument(
+        "--labels",
+        required=True,
+        help="CSV/TSV, JSON/JSONL, parquet, a Label Studio export (JSON, JSON_MIN, CSV), a dataset folder or a Hub "
+        "dataset id, with pool_index and label (class name or id) columns.",
+    )
+    parser.add_argument(
+        "--allow_partial", action="store_true", help="Continue with the labeled part of the query."
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace stored labels the file contradicts."
+    )
+    parser.add_argument(
+        "--label_column", help="Column holding the labels (default: label, class, choice, ...)."
+    )
+    parser.add_argument("--index_column", help="Column holding the pool indices (default: pool_index).")
+    parser.set_defaults(func=_label)
+
+
+def _label(args) -> None:
+    from .annotation import ingest_labels, open_query
+
+    query = open_query(args.run_dir)
+    result = ingest_labels(args.run_dir, args.labels, allow_partial=args.allow_partial, overwrite=args.overwrite,
+                           label_column=args.label_column, index_column=args.index_column)  # fmt: skip
+    round_, expected = query
+    print(
+        f"round {round_}: {result.added} labels added, {result.unchanged} already stored, {result.overwritten} "
+        f"replaced; {len(expected) - result.missing.size} of {len(expected)} queried examples labeled"
+        + (f" ({result.missing.size} go back to the pool)" if result.missing.size else "")
+    )
+    state = json.loads((Path(args.run_dir) / STATE_NAME).read_text())
+    print(
+        f"next: {state.get('resume_command') or 'resume the run (trainer.train(resume_from_checkpoint=True))'}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunefuse-hf", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune_parser(subparsers)
     _add_fuse_parser(subparsers)
     _add_push_parser(subparsers)
+    _add_label_parser(subparsers)
     return parser
 
 
@@ -164,9 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             args = build_parser().parse_args(argv)
             args.func(args)
-    except (ValueError, NotImplementedError, FileNotFoundError) as error:
+    except (ValueError, NotImplementedError, OSError) as error:
+        # Every error caused by input (values, files, images, the Hub) is one or two lines, without a traceback.
         print(f"prunefuse-hf {command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"prunefuse-hf {command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

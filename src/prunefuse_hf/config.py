@@ -8,32 +8,30 @@ import numbers
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
-from transformers.trainer_utils import SaveStrategy
+from transformers.trainer_utils import SaveStrategy, SchedulerType
+from transformers.training_args import OptimizerNames
 
-IMPORTANCES = ("l2",)
-SURROGATE_INITS = ("reinit", "warm")
-FUSION_INITS = ("dense_init", "fresh")
-# Used only when `prunefuse_hf.strategies` cannot be imported (it owns the authoritative registry).
-FALLBACK_STRATEGIES = ("random", "least_confidence", "entropy", "margin", "kcenter_greedy")
-DEFAULT_NUM_ROUNDS = 4
+from .constants import (
+    ANNOTATIONS,
+    DEFAULT_DISTILL_TEMPERATURE,
+    DEFAULT_NUM_ROUNDS,
+    FUSION_INITS,
+    IMPORTANCES,
+    METHODS,
+    SURROGATE_INITS,
+)
+from .images import validate_hub_id
+from .strategies import STRATEGIES
 
 
-def available_strategies() -> tuple[str, ...]:
-    """Names accepted by `strategy`: the keys of `prunefuse_hf.strategies.STRATEGIES`, or a fixed fallback list."""
-    try:
-        from .strategies import STRATEGIES
-    except ModuleNotFoundError as error:
-        # Only a missing strategies module falls back; a broken one must surface its own error.
-        if error.name != f"{__package__}.strategies":
-            raise
-        return FALLBACK_STRATEGIES
-    return tuple(STRATEGIES)
+def _names(values) -> str:
+    return ", ".join(f"'{v}'" for v in values)
 
 
 @dataclass
 class PruneFuseConfig(TrainingArguments):
     r"""
-    Configuration class for [`PruneFuseTrainer`] and the PruneFuse selection loop.
+    Configuration class for [`PruneFuseTrainer`].
 
     This class includes only the parameters that are specific to PruneFuse. For a full list of training arguments,
     please refer to the [`~transformers.TrainingArguments`] documentation. Note that default values in this class
@@ -44,22 +42,54 @@ class PruneFuseConfig(TrainingArguments):
     command line, or parse it from a YAML recipe with `parse_dict` / `parse_yaml_file`.
 
     Parameters:
+        > Parameters that name the method
+
+        method (`str`, *optional*, defaults to `"prunefuse"`):
+            The method the run performs; each name sets `pruning_ratio`, `strategy`, `fusion` and `distill_alpha`
+            (see `prunefuse_hf.constants.METHODS`): `"prunefuse"` (p = 0.5, least confidence, fusion, KD α = 0.5),
+            `"svp"` (the surrogate selects, a fresh dense model trains), `"dense_al"` (the dense model selects for
+            itself, p = 0), `"random"` (random selection). Those four fields given explicitly win, and the run
+            records them as overrides of the method.
+
+        > Parameters that control the data
+
+        image_column (`str`, *optional*, defaults to `"image"`):
+            Column of the pool (and the evaluation set) holding the images.
+        label_column (`str`, *optional*, defaults to `"label"`):
+            Column holding integer class ids (a `ClassLabel` gives the class names).
+        class_names (`list[str]`, *optional*):
+            Names of the classes in class-id order, for datasets whose label column has none. They become the
+            model's `id2label`.
+        image_size (`int`, *optional*):
+            Resize images to `image_size × image_size`. Defaults to the image processor's size, the model config's
+            `image_size`, or the images' own size.
+        augment (`bool`, *optional*, defaults to `False`):
+            Random crop (4-pixel zero padding) and horizontal flip of training batches.
+        annotation (`str`, *optional*, defaults to `"simulated"`):
+            Where labels come from: `"simulated"` reveals the pool's label column; `"human"` stops after every
+            selection with the query batch written for annotators, and continues once labels are ingested.
+
         > Parameters that control pruning
 
-        pruning_ratio (`float`, *optional*, defaults to `0.5`):
+        pruning_ratio (`float`, *optional*):
             Fraction of every prunable width (channels, heads, hidden sizes) removed from the dense model to build the
-            surrogate, in `[0, 1)`. `0` keeps the dense model as its own selector (the dense-selector active learning
-            baseline).
+            surrogate, in `[0, 1)`. `0` keeps the dense model as its own selector. Defaults to the method's value.
         importance (`str`, *optional*, defaults to `"l2"`):
             Channel importance used to choose what to prune. Only `"l2"` (L2 norm of each coupled channel group) is
             supported.
 
         > Parameters that control selection
 
-        strategy (`str`, *optional*, defaults to `"least_confidence"`):
-            Selection strategy, one of the names registered in `prunefuse_hf.strategies.STRATEGIES`.
+        strategy (`str`, *optional*):
+            Selection strategy, one of the names registered in `prunefuse_hf.strategies.STRATEGIES`. Defaults to the
+            method's value.
         initial_labeled_size (`int`, *optional*, defaults to `1000`):
-            Size of the random labeled set the first round starts from.
+            Size of the random draw the first round starts from (with human annotation, the first query). `0` starts
+            from the seed labels alone.
+        seed_labels (`str`, *optional*):
+            A labels file (CSV, JSON/JSONL, parquet, a Label Studio export or a dataset; see
+            `prunefuse_hf.annotation.read_labels`) whose examples start labeled, with or instead of the random draw.
+            With human annotation, rows of the pool that already have a label are seed labels too.
         query_size (`int` or `list[int]`, *optional*, defaults to `[1000]`):
             Number of examples labeled per round. One value is used for every round; a list gives one value per round.
         num_rounds (`int` or `None`, *optional*, defaults to `None`):
@@ -86,9 +116,9 @@ class PruneFuseConfig(TrainingArguments):
 
         > Parameters that control fusion
 
-        fusion (`bool`, *optional*, defaults to `True`):
+        fusion (`bool`, *optional*):
             Whether to fuse the trained surrogate into the dense model before the final training. `False` trains a
-            fresh dense model on the selected data (the SVP-style baseline).
+            fresh dense model on the selected data. Defaults to the method's value.
         fusion_init (`str`, *optional*, defaults to `"dense_init"`):
             Weights the fused model starts from outside the surrogate's kept indices: `"dense_init"` is the dense
             model's initialization θ0, `"fresh"` a new random initialization of the dense model.
@@ -97,7 +127,6 @@ class PruneFuseConfig(TrainingArguments):
         sync_every (`int`, *optional*, defaults to `0`):
             Re-synchronization period in rounds: every `sync_every` rounds the surrogate is fused, the fused model
             trained and pruned again into the next surrogate. `0` never re-synchronizes. Requires `fusion=True`.
-
         eval_dense_every_round (`bool`, *optional*, defaults to `False`):
             Also train the final model (fused, or a fresh dense model when `fusion=False`) at every round's labeled
             budget, for accuracy-per-budget curves. The last round always trains it. With `eval_strategy="steps"` (or
@@ -106,9 +135,9 @@ class PruneFuseConfig(TrainingArguments):
 
         > Parameters that control distillation
 
-        distill_alpha (`float`, *optional*, defaults to `0.5`):
+        distill_alpha (`float`, *optional*):
             Weight α of the distillation term in `(1 - α)·CE + α·τ²·KL(surrogate ‖ fused)`, in `[0, 1]`. `0` trains
-            the fused model with plain cross-entropy.
+            the final model with plain cross-entropy. Defaults to the method's value.
         distill_temperature (`float`, *optional*, defaults to `4.0`):
             Softmax temperature τ of the distillation term, greater than `0`.
 
@@ -119,16 +148,41 @@ class PruneFuseConfig(TrainingArguments):
             Dataset repo for the selected subset (`selection.parquet`, its source record and a dataset card).
         hub_surrogate_id (`str` or `None`, *optional*, defaults to `None`):
             Model repo for the trained surrogate and its `pruning_plan.json`.
+        hub_query_id (`str` or `None`, *optional*, defaults to `None`):
+            Dataset repo each human-annotation query batch is pushed to (one config per round), for annotators.
 
-        > Parameters whose default values are overridden from TrainingArguments
+        > Parameters that control the run directory
+
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Replace whatever `output_dir` holds when a new run starts there (without it, a directory that holds
+            files is refused; resume a run with `train(resume_from_checkpoint=True)`).
+
+        > Parameters whose default values are overridden from TrainingArguments (so that a run with every field
+        > left unset trains a vision model from scratch: the paper's SGD protocol, scaled to small labeled sets)
 
         output_dir (`str`, *optional*, defaults to `"prunefuse-output"`):
             The run directory; checkpoints, state and reports are written there.
+        num_train_epochs (`float`, *optional*, defaults to `5`):
+            Instead of `3`.
+        learning_rate (`float`, *optional*, defaults to `0.05`):
+            Instead of `5e-5` (AdamW's fine-tuning rate): SGD from scratch needs a large rate.
+        optim (`str`, *optional*, defaults to `"sgd"`) and optim_args (`str`, *optional*, defaults to `"momentum=0.9"`):
+            SGD with momentum 0.9 instead of AdamW.
+        weight_decay (`float`, *optional*, defaults to `5e-4`):
+            Instead of `0`.
+        lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`):
+            Instead of `"linear"`.
+        per_device_train_batch_size (`int`, *optional*, defaults to `128`) and per_device_eval_batch_size (`int`,
+        *optional*, defaults to `512`):
+            Instead of `8`: image batches of 128 train well and fast. With several processes the training batch is
+            split over them (`accelerator_config.split_batches`), so it is the batch of one optimizer step whatever
+            the number of processes.
+        accelerator_config (`dict`, *optional*, defaults to `{"split_batches": True}`):
+            N processes train on the same batches as one.
         remove_unused_columns (`bool`, *optional*, defaults to `False`):
-            Our datasets decode images on the fly with `with_transform`, so the Trainer must not drop the image
-            column before the transform has produced `pixel_values`.
+            The Trainer must keep every column of the prepared datasets.
         save_strategy (`str`, *optional*, defaults to `"no"`):
-            The loop saves the surrogate and the fused model itself; intermediate checkpoints are opt-in.
+            The run saves the surrogate and the fused model itself; intermediate checkpoints are opt-in.
         logging_steps (`float`, *optional*, defaults to `10`):
             Labeled sets are small, so the stock `500` would log nothing in most rounds.
         report_to (`str` or `list[str]`, *optional*, defaults to `"none"`):
@@ -145,18 +199,36 @@ class PruneFuseConfig(TrainingArguments):
             "help": "The run directory: checkpoints, run state, selections and reports are written there."
         },
     )
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Training epochs of every model (5)."})
+    learning_rate: float = field(default=0.05, metadata={"help": "Initial learning rate (0.05, for SGD)."})
+    optim: OptimizerNames | str = field(default="sgd", metadata={"help": "The optimizer (SGD)."})
+    optim_args: str | None = field(default="momentum=0.9", metadata={"help": "Optimizer arguments."})
+    weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay (5e-4)."})
+    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "Scheduler (cosine)."})
+    per_device_train_batch_size: int = field(
+        default=128,
+        metadata={
+            "help": "Training batch size (128). With several processes it is split over them (split_batches), "
+            "so it is the batch of one optimizer step whatever the number of processes."
+        },
+    )
+    per_device_eval_batch_size: int = field(default=512, metadata={"help": "Evaluation batch size (512)."})
+    accelerator_config: dict | str | None = field(
+        default_factory=lambda: {"split_batches": True},
+        metadata={
+            "help": "Accelerate settings. Defaults to {'split_batches': True}: N processes train on the same "
+            "batches as one."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False,
-        metadata={
-            "help": "Whether to drop dataset columns the model's forward does not take. Defaults to False because "
-            "images are decoded on the fly by `with_transform`, which needs the raw image column."
-        },
+        metadata={"help": "Whether to drop dataset columns the model's forward does not take (False)."},
     )
     save_strategy: SaveStrategy | str = field(
         default="no",
         metadata={
             "help": "Checkpoint strategy during training: 'no', 'steps', 'epoch' or 'best'. Defaults to 'no' because "
-            "the loop saves the surrogate and the fused model itself."
+            "the run saves the surrogate and the fused model itself."
         },
     )
     logging_steps: float = field(
@@ -171,30 +243,72 @@ class PruneFuseConfig(TrainingArguments):
         metadata={"help": "The integrations to report results and logs to ('all', 'none', or a name)."},
     )
 
+    # The method.
+    method: str = field(
+        default="prunefuse",
+        metadata={
+            "help": f"The method the run performs: {_names(METHODS)}. It sets pruning_ratio, strategy, fusion and "
+            "distill_alpha; those fields given explicitly win."
+        },
+    )
+
+    # Data.
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "Column holding integer class ids."})
+    class_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Class names in class-id order, for label columns without names (the model's id2label)."
+        },
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Resize images to this size (default: the processor's, the config's or the images' own)."
+        },
+    )
+    augment: bool = field(
+        default=False, metadata={"help": "Random crop (4-pixel padding) and horizontal flip while training."}
+    )
+    annotation: str = field(
+        default="simulated",
+        metadata={
+            "help": f"Where labels come from: {_names(ANNOTATIONS)}. 'human' stops after each selection with the "
+            "query batch in output_dir/queries/round_K/ and continues once `prunefuse-hf label` ingested labels."
+        },
+    )
+
     # Pruning.
-    pruning_ratio: float = field(
-        default=0.5,
+    pruning_ratio: float | None = field(
+        default=None,
         metadata={
             "help": "Fraction of every prunable width removed to build the surrogate, in [0, 1). 0 keeps the dense "
-            "model as its own selector (dense-selector active learning baseline)."
+            "model as its own selector. Defaults to the method's value."
         },
     )
     importance: str = field(
         default="l2",
-        metadata={"help": "Channel importance used for pruning. Only 'l2' (group L2 norm) is supported."},
+        metadata={"help": f"Channel importance used for pruning: {_names(IMPORTANCES)} (group L2 norm)."},
     )
 
     # Selection.
-    strategy: str = field(
-        default="least_confidence",
-        metadata={
-            "help": "Selection strategy: random, least_confidence, entropy, margin, kcenter_greedy, or any name "
-            "registered in prunefuse_hf.strategies.STRATEGIES."
-        },
+    strategy: str | None = field(
+        default=None,
+        metadata={"help": f"Selection strategy: {_names(STRATEGIES)}. Defaults to the method's value."},
     )
     initial_labeled_size: int = field(
         default=1000,
-        metadata={"help": "Size of the random labeled set the first round starts from."},
+        metadata={
+            "help": "Size of the random draw the first round starts from (with human annotation, the first query). "
+            "0 starts from the seed labels alone."
+        },
+    )
+    seed_labels: str | None = field(
+        default=None,
+        metadata={
+            "help": "Labels file whose examples start labeled (CSV, JSON/JSONL, parquet, Label Studio export or "
+            "dataset, with pool_index and label columns), with or instead of the random draw."
+        },
     )
     query_size: list[int] = field(
         default_factory=lambda: [1000],
@@ -227,8 +341,8 @@ class PruneFuseConfig(TrainingArguments):
     surrogate_init: str = field(
         default="reinit",
         metadata={
-            "help": "How the surrogate starts each round: 'reinit' (from its pruned initialization) or 'warm' "
-            "(from the previous round's weights)."
+            "help": f"How the surrogate starts each round: {_names(SURROGATE_INITS)} (from its pruned "
+            "initialization, or from the previous round's weights)."
         },
     )
     surrogate_num_train_epochs: float | None = field(
@@ -241,24 +355,22 @@ class PruneFuseConfig(TrainingArguments):
     )
     surrogate_per_device_train_batch_size: int | None = field(
         default=None,
-        metadata={
-            "help": "Training batch size per device of the surrogate. Defaults to `per_device_train_batch_size`."
-        },
+        metadata={"help": "Training batch size of the surrogate. Defaults to `per_device_train_batch_size`."},
     )
 
     # Fusion.
-    fusion: bool = field(
-        default=True,
+    fusion: bool | None = field(
+        default=None,
         metadata={
             "help": "Whether to fuse the trained surrogate into the dense model before the final training. False "
-            "trains a fresh dense model on the selected data (SVP-style baseline)."
+            "trains a fresh dense model on the selected data. Defaults to the method's value."
         },
     )
     fusion_init: str = field(
         default="dense_init",
         metadata={
-            "help": "What the fused model starts from outside the surrogate's weights: 'dense_init' (the dense "
-            "initialization) or 'fresh' (a new random initialization)."
+            "help": f"What the fused model starts from outside the surrogate's weights: {_names(FUSION_INITS)} "
+            "(the dense initialization, or a new random initialization)."
         },
     )
     copy_norm_stats: bool = field(
@@ -274,7 +386,6 @@ class PruneFuseConfig(TrainingArguments):
             "the next surrogate. 0 never re-synchronizes."
         },
     )
-
     eval_dense_every_round: bool = field(
         default=False,
         metadata={
@@ -285,20 +396,20 @@ class PruneFuseConfig(TrainingArguments):
     )
 
     # Distillation.
-    distill_alpha: float = field(
-        default=0.5,
+    distill_alpha: float | None = field(
+        default=None,
         metadata={
-            "help": "Weight of the distillation term from the surrogate when training the fused model, in [0, 1]. "
-            "0 means plain cross-entropy."
+            "help": "Weight of the distillation term from the surrogate when training the final model, in [0, 1]. "
+            "0 means plain cross-entropy. Defaults to the method's value."
         },
     )
     distill_temperature: float = field(
-        default=4.0,
+        default=DEFAULT_DISTILL_TEMPERATURE,
         metadata={"help": "Softmax temperature of the distillation term, greater than 0."},
     )
 
     # Hub (with TrainingArguments' `push_to_hub`, `hub_model_id`, `hub_private_repo`, `hub_token`, `hub_revision`:
-    # the loop pushes the finished run once, at the end; its internal Trainers never push).
+    # the finished run is pushed once, at the end; the inner Trainers never push).
     hub_subset_id: str | None = field(
         default=None,
         metadata={
@@ -313,9 +424,22 @@ class PruneFuseConfig(TrainingArguments):
             "(with push_to_hub). None pushes no surrogate."
         },
     )
+    hub_query_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset repo each human-annotation query batch is pushed to (config round_K), for annotators."
+        },
+    )
+
+    # The run directory.
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace whatever output_dir holds when a new run starts there."},
+    )
 
     def __post_init__(self):
         # Our fields first, so a wrong recipe value is reported before any TrainingArguments set-up runs.
+        self._resolve_method()
         self._validate_prunefuse_fields()
         if not self.use_cpu and not _accelerator_available():
             # Accelerate starts a CPU process group (gloo) only when asked for the CPU; without this a
@@ -325,6 +449,18 @@ class PruneFuseConfig(TrainingArguments):
             self.selection_seed = self.seed
         super().__post_init__()
 
+    def _resolve_method(self):
+        _choice("method", self.method, tuple(METHODS))
+        for name, value in METHODS[self.method].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+    @property
+    def method_overrides(self) -> dict:
+        """The method's fields this config sets to other values than the method does (recorded with the run)."""
+        preset = METHODS[self.method]
+        return {name: getattr(self, name) for name in preset if getattr(self, name) != preset[name]}
+
     def _validate_prunefuse_fields(self):
         self.pruning_ratio = _number(
             "pruning_ratio",
@@ -333,8 +469,23 @@ class PruneFuseConfig(TrainingArguments):
             "a number in [0, 1) (0 = dense selector)",
         )
         _choice("importance", self.importance, IMPORTANCES)
-        _choice("strategy", self.strategy, available_strategies())
-        self.initial_labeled_size = _integer("initial_labeled_size", self.initial_labeled_size, minimum=1)
+        _choice("strategy", self.strategy, tuple(STRATEGIES))
+        _choice("annotation", self.annotation, ANNOTATIONS)
+        _boolean("augment", self.augment)
+        if self.image_size is not None:
+            self.image_size = _integer("image_size", self.image_size, minimum=1)
+        if self.class_names is not None:
+            if not isinstance(self.class_names, (list, tuple)) or not all(
+                isinstance(name, str) and name for name in self.class_names
+            ):
+                raise ValueError(
+                    f"class_names must be a list of non-empty strings, got {self.class_names!r}."
+                )
+            duplicates = sorted({n for n in self.class_names if list(self.class_names).count(n) > 1})
+            if duplicates:
+                raise ValueError(f"class_names must be distinct; {duplicates} appear more than once.")
+            self.class_names = list(self.class_names)
+        self.initial_labeled_size = _integer("initial_labeled_size", self.initial_labeled_size, minimum=0)
         self.query_size, self.num_rounds = _resolve_rounds(self.query_size, self.num_rounds)
         self.scoring_batch_size = _integer("scoring_batch_size", self.scoring_batch_size, minimum=1)
         self.mc_samples = _integer("mc_samples", self.mc_samples, minimum=1)
@@ -365,6 +516,7 @@ class PruneFuseConfig(TrainingArguments):
         _choice("fusion_init", self.fusion_init, FUSION_INITS)
         _boolean("copy_norm_stats", self.copy_norm_stats)
         _boolean("eval_dense_every_round", self.eval_dense_every_round)
+        _boolean("overwrite_output_dir", self.overwrite_output_dir)
         self.sync_every = _integer("sync_every", self.sync_every, minimum=0)
         if self.sync_every > 0 and not self.fusion:
             raise ValueError(
@@ -375,9 +527,19 @@ class PruneFuseConfig(TrainingArguments):
         self.distill_alpha = _number(
             "distill_alpha", self.distill_alpha, lambda v: 0 <= v <= 1, "a number in [0, 1]"
         )
+        # Hub ids are checked when the recipe is read, not after the run's training.
+        validate_hub_id("hub_model_id", self.hub_model_id)
+        validate_hub_id("hub_subset_id", self.hub_subset_id, repo_type="dataset")
+        validate_hub_id("hub_surrogate_id", self.hub_surrogate_id)
+        validate_hub_id("hub_query_id", self.hub_query_id, repo_type="dataset")
         self.distill_temperature = _number(
             "distill_temperature", self.distill_temperature, lambda v: v > 0, "a number > 0"
         )
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the final model needs the trained surrogate (to fuse it, or to distill from it)."""
+        return self.fusion or self.distill_alpha > 0
 
     def query_sizes(self, num_rounds: int | None = None) -> list[int]:
         """
@@ -433,9 +595,9 @@ class PruneFuseConfig(TrainingArguments):
         return dataclasses.replace(self, output_dir=output_dir, **_INTERNAL_TRAINER_OVERRIDES)
 
 
-# The loop's Trainers train intermediate models: they must never create repos or push (the finished run is
-# pushed once, by `prunefuse_hf.hub.push_from_config`).
-_INTERNAL_TRAINER_OVERRIDES = {"push_to_hub": False}
+# The inner Trainers train intermediate models: they never push (the finished run is pushed once, by
+# `prunefuse_hf.hub.push_run`) and report through the PruneFuse trainer, which forwards their logs.
+_INTERNAL_TRAINER_OVERRIDES = {"push_to_hub": False, "report_to": "none"}
 
 
 def _accelerator_available() -> bool:

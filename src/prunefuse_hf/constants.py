@@ -1,19 +1,72 @@
-"""File names and shared constants, kept in one place (the run directory, checkpoints and tests use them)."""
+"""Names and vocabularies stated once: the files of a run directory and of the Hub artifacts, the column
+names the package adds, the choices of every enumerated setting and the defaults they share.
 
-PRUNING_PLAN_NAME = "pruning_plan.json"
+Help texts, error messages and docs are built from these; nothing else spells them out.
+"""
+
+# ----- the run directory (`output_dir`) -----
+
 STATE_NAME = "state.json"
 SELECTION_NAME = "selection.parquet"
+LABELS_NAME = "labels.parquet"
 METRICS_NAME = "metrics.json"
 REPORT_NAME = "report.md"
+ACCURACY_PLOT = "accuracy.png"
+COST_PLOT = "selection_cost.png"
+CLASS_BALANCE_PLOT = "class_balance.png"
 SURROGATE_DIR = "surrogate"
 FUSED_DIR = "fused"
+# Checkpoints a resumed run continues from: θ0, the base fusion writes into, the surrogate's initialization.
+DENSE_INIT_DIR = "dense_init"
+DENSE_BASE_DIR = "dense_base"
+SURROGATE_INIT_DIR = "surrogate_init"
+TRAINER_DIR = "trainer_output"
+QUERIES_DIR = "queries"
 
-# Column names the package adds to transformed batches.
+# ----- checkpoints and Hub artifacts -----
+
+PRUNING_PLAN_NAME = "pruning_plan.json"
+MODEL_CARD_NAME = "README.md"
+SUBSET_METADATA_NAME = "prunefuse_subset.json"
+SUBSET_EXAMPLES_DIR = "examples"
+
+# ----- columns -----
+
 PIXEL_VALUES = "pixel_values"
 LABELS = "labels"
 POOL_INDEX = "pool_index"
+SOURCE_INDEX = "source_index"
+# Columns of selection.parquet besides the pool index.
+SELECTION_LABEL = "label"
+SELECTION_LABEL_NAME = "label_name"
+IMAGE_PATH = "image_path"
 
-# The built-in dataset, read from Debian's `dataset-fashion-mnist` package when present.
+# ----- vocabularies -----
+
+IMPORTANCES = ("l2",)
+SURROGATE_INITS = ("reinit", "warm")
+FUSION_INITS = ("dense_init", "fresh")
+DEFAULT_DISTILL_ALPHA = 0.5
+DEFAULT_DISTILL_TEMPERATURE = 4.0
+DEFAULT_NUM_ROUNDS = 4
+ANNOTATIONS = ("simulated", "human")
+# What each named method sets; fields given explicitly win over these (and are recorded as overrides).
+METHODS = {
+    "prunefuse": {"pruning_ratio": 0.5, "strategy": "least_confidence", "fusion": True,
+                  "distill_alpha": DEFAULT_DISTILL_ALPHA},
+    "svp": {"pruning_ratio": 0.5, "strategy": "least_confidence", "fusion": False, "distill_alpha": 0.0},
+    "dense_al": {"pruning_ratio": 0.0, "strategy": "least_confidence", "fusion": False, "distill_alpha": 0.0},
+    "random": {"pruning_ratio": 0.0, "strategy": "random", "fusion": False, "distill_alpha": 0.0},
+}  # fmt: skip
+METHOD_DESCRIPTIONS = {
+    "prunefuse": "the pruned surrogate selects, is fused into the dense model, which trains with distillation",
+    "svp": "the pruned surrogate selects, a fresh dense model trains on the selection (selection via proxy)",
+    "dense_al": "the dense model selects for itself (classic active learning) and is retrained from scratch",
+    "random": "a seeded random draw, no model-based selection, the dense model trains on it",
+}
+
+# ----- the built-in dataset, read from Debian's `dataset-fashion-mnist` package when present -----
+
 FASHION_MNIST = "fashion_mnist"
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_APT_PACKAGE = "dataset-fashion-mnist"

@@ -1,7 +1,8 @@
-"""Loading image-classification pools with `datasets` and preparing them lazily for a vision model.
+"""Loading image-classification pools with `datasets`, and checking their columns.
 
-Everything here keeps the pool as one Arrow-backed `datasets.Dataset`: nothing is decoded or copied
-until a batch is read, so a pool of millions of images costs the same to open as a pool of ten.
+Everything here keeps the pool as one Arrow-backed `datasets.Dataset`: opening a pool reads no image, so a
+pool of millions of images costs the same to open as a pool of ten (images are decoded once, by
+`prunefuse_hf.preprocessing`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ import gzip
 import hashlib
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
 import datasets
 import numpy as np
-import PIL.Image
-import torch
 from transformers.utils import logging
 
 from .constants import (
@@ -27,8 +25,6 @@ from .constants import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_HUB_ID,
     FASHION_MNIST_LABELS,
-    LABELS,
-    PIXEL_VALUES,
 )
 
 logger = logging.get_logger(__name__)
@@ -95,10 +91,8 @@ def load_image_dataset(
         dataset = _load_fashion_mnist(split, revision=revision)
     elif Path(name_or_path).expanduser().is_dir():
         dataset = _load_local_directory(Path(name_or_path).expanduser(), split)
-    elif name_or_path.startswith(("/", "./", "../", "~")):
-        # Looks like a path, so a Hub lookup would only hide the real problem behind a network error.
-        raise FileNotFoundError(f"No dataset directory at {name_or_path!r}.")
     else:
+        _check_hub_dataset_id(name_or_path)
         dataset = datasets.load_dataset(name_or_path, config_name, split=split, revision=revision)
     return validate_image_dataset(dataset, image_column=image_column, label_column=label_column)
 
@@ -182,147 +176,6 @@ def class_names(dataset: datasets.Dataset, label_column: str = "label") -> list[
 def num_classes(dataset: datasets.Dataset, label_column: str = "label") -> int:
     """Number of classes of `dataset` (see [`class_names`])."""
     return len(class_names(dataset, label_column))
-
-
-def build_image_transform(
-    model_config,
-    image_processor=None,
-    *,
-    image_size: int | tuple[int, int] | None = None,
-    train: bool = False,
-    augment: bool = False,
-    image_column: str = "image",
-    label_column: str | None = "label",
-) -> Callable[[dict], dict]:
-    """
-    Build a batched transform for `Dataset.with_transform` that turns images into model inputs.
-
-    Images are first converted to the model's channel count (`model_config.num_channels`, default 3):
-    gray images are repeated to RGB, RGB images become gray for one-channel models. Then either the
-    `image_processor` does resizing and normalization, or the images are resized to `image_size` (default
-    `model_config.image_size` when the config has one, else their own size) and normalized with mean 0.5
-    and std 0.5 per channel.
-
-    Args:
-        model_config ([`~transformers.PretrainedConfig`]):
-            Config of the model that will consume the batches.
-        image_processor ([`~transformers.BaseImageProcessor`], *optional*):
-            Processor of a pretrained model; its own size wins over `image_size`.
-        image_size (`int` or `tuple[int, int]`, *optional*):
-            Target `(height, width)` without an image processor.
-        train (`bool`, *optional*, defaults to `False`):
-            Whether the batches are for training (augmentation only applies then).
-        augment (`bool`, *optional*, defaults to `False`):
-            With `train=True`: random crop with 4-pixel zero padding and random horizontal flip, drawn
-            from torch's global generator (so `torch.manual_seed` makes it reproducible).
-        image_column (`str`, *optional*, defaults to `"image"`):
-            Column holding the images.
-        label_column (`str`, *optional*, defaults to `"label"`):
-            Column holding class ids; `None` or absent from the batch means no `labels` are returned.
-
-    Returns:
-        `Callable[[dict], dict]`: maps a batch `{column: list}` to `{"pixel_values": float tensor [B, C, H, W],
-        "labels": long tensor [B]}` (`labels` only when the batch has the label column).
-
-    Example:
-
-    ```python
-    >>> transform = build_image_transform(model.config, train=True, augment=True)
-    >>> batch = transform(dataset[:8])
-    >>> batch["pixel_values"].shape
-    torch.Size([8, 3, 28, 28])
-    ```
-    """
-    channels = getattr(model_config, "num_channels", 3)
-    if channels not in _CHANNEL_MODES:
-        raise ValueError(f"Models with {channels} input channels are not supported (only 1 or 3).")
-    mode = _CHANNEL_MODES[channels]
-    mean = getattr(image_processor, "image_mean", None)
-    if (
-        getattr(image_processor, "do_normalize", False)
-        and isinstance(mean, (list, tuple))
-        and len(mean) != channels
-    ):
-        # Caught here because the processor's own error ("mean must have 1 elements") hides the cause.
-        raise ValueError(
-            f"The image processor normalizes {len(mean)} channels but the model expects {channels}; give it "
-            f"one `image_mean`/`image_std` value per model channel."
-        )
-    if image_processor is not None and image_size is not None:
-        logger.warning("`image_size` is ignored when an `image_processor` is given: the processor resizes.")
-    size = _as_size(image_size if image_size is not None else getattr(model_config, "image_size", None))
-    do_augment = train and augment
-
-    def transform(batch: dict) -> dict:
-        images = [_to_pil(image).convert(mode) for image in batch[image_column]]
-        if image_processor is not None:
-            pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
-        else:
-            if size is None and len({image.size for image in images}) > 1:
-                raise ValueError(
-                    "The images have different sizes; set `image_size` to resize them to one size."
-                )
-            pixel_values = _pil_batch_to_tensor(images, size)
-        if do_augment:
-            pixel_values = _random_crop_and_flip(pixel_values, padding=4)
-        output = {PIXEL_VALUES: pixel_values}
-        if label_column is not None and label_column in batch:
-            output[LABELS] = torch.as_tensor(list(batch[label_column]), dtype=torch.long)
-        return output
-
-    return transform
-
-
-def prepare_dataset(
-    dataset: datasets.Dataset,
-    model_config,
-    image_processor=None,
-    *,
-    train: bool = False,
-    augment: bool = False,
-    image_size: int | tuple[int, int] | None = None,
-    image_column: str = "image",
-    label_column: str | None = "label",
-) -> datasets.Dataset:
-    """
-    Attach [`build_image_transform`] to `dataset` with `with_transform`.
-
-    The result shares the Arrow table of `dataset` (no copy of the pool): images are decoded and
-    transformed only when rows are read. Its rows are exactly `{"pixel_values", "labels"}` tensors, so
-    `transformers.default_data_collator` stacks them. With `transformers.Trainer`, set
-    `remove_unused_columns=False`: otherwise Trainer drops the image column before the transform sees it.
-
-    Args:
-        dataset (`datasets.Dataset`): The images (see [`validate_image_dataset`]).
-        model_config, image_processor, train, augment, image_size, image_column, label_column:
-            As in [`build_image_transform`].
-
-    Returns:
-        `datasets.Dataset`: a view of `dataset` with the transform set.
-
-    Example:
-
-    ```python
-    >>> train_ds = prepare_dataset(pool.labeled, model.config, train=True, augment=True)
-    >>> train_ds[0]["pixel_values"].shape
-    torch.Size([3, 28, 28])
-    ```
-    """
-    if label_column is not None and label_column not in dataset.column_names:
-        label_column = None  # an unlabeled pool: the transform returns pixel values only
-    validate_image_dataset(dataset, image_column=image_column, label_column=label_column)
-    transform = build_image_transform(
-        model_config,
-        image_processor,
-        image_size=image_size,
-        train=train,
-        augment=augment,
-        image_column=image_column,
-        label_column=label_column,
-    )
-    # Only these columns are decoded per batch: other columns (extra images, metadata) are never read.
-    columns = [image_column] + ([label_column] if label_column is not None else [])
-    return dataset.with_transform(transform, columns=columns)
 
 
 # ----- the built-in Fashion-MNIST -----
@@ -413,10 +266,49 @@ def _load_local_directory(path: Path, split: str) -> datasets.Dataset:
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise ValueError(f"{path} has no split {split!r}; valid splits: {list(loaded)}.")
+                raise SplitNotFoundError(f"{path} has no split {split!r}; its splits are {list(loaded)}.")
             return loaded[split]
         return loaded
+    builder = datasets.load_dataset_builder("imagefolder", data_dir=str(path))
+    splits = list(builder.config.data_files or {})
+    if split not in splits:
+        raise SplitNotFoundError(
+            f"The image folder {path} has no split {split!r}; its splits are {splits} (a split is a sub-folder "
+            "such as train/ or test/, else everything is 'train')."
+        )
     return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+
+
+class SplitNotFoundError(ValueError):
+    """The dataset has no split of that name (the message lists the splits it has)."""
+
+
+def _check_hub_dataset_id(name: str) -> None:
+    # A name that is not on disk is looked up on the Hub; say at once when that cannot work, instead of
+    # after the client's network retries.
+    from huggingface_hub import constants
+
+    looks_like_path = (
+        name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+    )
+    if not looks_like_path:
+        try:
+            from huggingface_hub.utils import validate_repo_id
+
+            validate_repo_id(name)
+        except ValueError:
+            looks_like_path = True
+    if looks_like_path:
+        raise FileNotFoundError(
+            f"dataset_name {name!r} is not a directory (looked for {Path(name).expanduser().absolute()}) and cannot "
+            "be a Hub dataset id. Fix the path, or give a Hub id such as ORG/NAME."
+        )
+    if not _hub_reachable():
+        raise FileNotFoundError(
+            f"dataset_name {name!r} is not a local directory ({Path(name).absolute()} does not exist), so it was "
+            f"taken for a Hub dataset id, but the Hub ({constants.ENDPOINT}) is not reachable. Fix the path, or "
+            "connect to the Hub (or set HF_ENDPOINT)."
+        )
 
 
 # ----- helpers -----
@@ -428,82 +320,79 @@ def _is_class_id_feature(feature) -> bool:
     return isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
 
 
-def _as_size(size) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return (size, size)
-    height, width = size
-    return (int(height), int(width))
+def resolve_dataset_revision(name: str, revision: str | None = None) -> str | None:
+    """
+    The commit a Hub dataset id resolves to (at `revision`, default its main branch), so a run and the subset it
+    publishes pin the exact data; `None` for the built-in Fashion-MNIST read from disk and for local directories.
+
+    Args:
+        name (`str`): `"fashion_mnist"`, a local directory or a Hub dataset id.
+        revision (`str`, *optional*): A branch, tag or commit.
+
+    Returns:
+        `str` or `None`: the commit sha.
+
+    Raises:
+        `FileNotFoundError`: `name` is neither on disk nor a reachable Hub id (see [`load_image_dataset`]).
+    """
+    if name == FASHION_MNIST:
+        directory = fashion_mnist_dir()
+        if (directory / "train-images-idx3-ubyte.gz").is_file() or not _hub_reachable():
+            return revision
+        name = FASHION_MNIST_HUB_ID
+    elif Path(name).expanduser().is_dir():
+        return revision
+    else:
+        _check_hub_dataset_id(name)
+    from huggingface_hub import HfApi
+
+    return HfApi().dataset_info(name, revision=revision).sha
 
 
-def _to_pil(image) -> PIL.Image.Image:
-    if isinstance(image, PIL.Image.Image):
-        return image
-    # Pixel arrays (Array2D/Array3D or nested lists): uint8, or floats in [0, 1].
-    array = np.asarray(image)
-    if array.dtype.kind == "f":
-        array = np.clip(array * 255.0, 0, 255).round()
-    array = array.astype(np.uint8)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    return PIL.Image.fromarray(array)
-
-
-def _pil_batch_to_tensor(images: list[PIL.Image.Image], size: tuple[int, int] | None) -> torch.Tensor:
-    """Resize with PIL, then convert and normalize the whole batch at once (mean and std 0.5)."""
-    if size is not None:
-        images = [
-            image
-            if image.size == (size[1], size[0])
-            else image.resize((size[1], size[0]), PIL.Image.Resampling.BILINEAR)
-            for image in images
-        ]  # PIL sizes are (width, height)
-    pixels = torch.from_numpy(np.stack([np.asarray(image) for image in images]))
-    if pixels.ndim == 3:
-        pixels = pixels.unsqueeze(-1)
-    # uint8 [0, 255] -> [-1, 1]; the same float operations as converting image by image
-    return pixels.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5).div_(0.5)
-
-
-def _random_crop_and_flip(pixel_values: torch.Tensor, padding: int) -> torch.Tensor:
-    """CIFAR-style augmentation, per example: zero-pad, crop back to size at a random offset, maybe flip."""
-    _, _, height, width = pixel_values.shape
-    padded = torch.nn.functional.pad(pixel_values, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (len(pixel_values), 2))
-    flips = torch.rand(len(pixel_values)) < 0.5
-    out = torch.empty_like(pixel_values)
-    for i, ((top, left), flip) in enumerate(zip(offsets.tolist(), flips.tolist())):
-        crop = padded[i, :, top : top + height, left : left + width]
-        out[i] = crop.flip(-1) if flip else crop
-    return out
-
-
-def load_run_datasets(data_args, seed: int = 0) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+def load_run_datasets(
+    data_args, image_column: str = "image", label_column: str | None = "label", seed: int = 0
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """Load the pool and evaluation splits described by a `DataArguments`, subsampled when asked.
 
     Subsets are seeded random draws kept in dataset order, so the same arguments always give the same
     examples (and the same fingerprint, which a resumed run checks).
 
     Args:
-        data_args (`DataArguments`): dataset name, splits, columns and size limits.
+        data_args (`DataArguments`): dataset name, splits, revision and size limits.
+        image_column (`str`): Column holding the images.
+        label_column (`str`, *optional*): Column holding class ids (the pool may lack it).
         seed (`int`): Seed of the subsampling.
 
     Returns:
         `(pool, eval_dataset)`; `eval_dataset` is `None` when `data_args.eval_split` is unset.
+
+    Raises:
+        `ValueError`: a split or column is missing (the message names the field and how to fix it).
+        `FileNotFoundError`: the dataset is neither a directory nor a reachable Hub id.
     """
     load = functools.partial(
         load_image_dataset,
         data_args.dataset_name,
-        image_column=data_args.image_column,
-        label_column=data_args.label_column,
+        image_column=image_column,
         config_name=data_args.dataset_config_name,
         revision=data_args.dataset_revision,
     )
-    pool = _subsample(load(data_args.train_split), data_args.max_pool_size, seed)
+    try:
+        pool = load(data_args.train_split, label_column=None)
+    except SplitNotFoundError as error:
+        raise ValueError(f"train_split: {error} Set train_split to one of them.") from None
+    if label_column is not None and label_column in pool.column_names:
+        validate_image_dataset(pool, image_column, label_column)
+    pool = _subsample(pool, data_args.max_pool_size, seed)
     eval_dataset = None
     if data_args.eval_split:
-        eval_dataset = _subsample(load(data_args.eval_split), data_args.max_eval_samples, seed + 1)
+        try:
+            eval_dataset = load(data_args.eval_split, label_column=label_column)
+        except SplitNotFoundError as error:
+            raise ValueError(
+                f"eval_split: {error} Set eval_split to one of them, or eval_split: null to run without evaluation."
+            ) from None
+        eval_dataset = _subsample(eval_dataset, data_args.max_eval_samples, seed + 1)
     return pool, eval_dataset
 
 

@@ -20,14 +20,13 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from .constants import FUSED_DIR, STATE_NAME, SURROGATE_DIR
-from .model_card import (
-    CITATION,
-    MODEL_CARD_NAME,
-    TAGS,
+from .cards import (
     collect_model_card_facts,
+    collect_surrogate_card_facts,
     render_model_card,
+    render_surrogate_card,
 )
+from .constants import FUSED_DIR, MODEL_CARD_NAME, STATE_NAME, SURROGATE_DIR
 from .subset import save_subset
 
 logger = logging.get_logger(__name__)
@@ -83,6 +82,16 @@ def push_run(
     Raises:
         `PushError`: the Hub refused or could not be reached (the run directory is unchanged).
         `ValueError`: `run_dir` is not a finished run.
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf import push_run
+    >>> result = push_run("runs/fashion-mnist-resnet/prunefuse", "me/fmnist-prunefuse",
+    ...                   subset_repo_id="me/fmnist-prunefuse-subset")
+    >>> result.commit_urls["model"]
+    'https://huggingface.co/me/fmnist-prunefuse/commit/...'
+    ```
     """
     from huggingface_hub import HfApi
 
@@ -102,8 +111,7 @@ def push_run(
             surrogate_repo_id = result.surrogate_repo_id = _create(
                 api, surrogate_repo_id, "model", private, revision
             )
-        links = dict(model_repo_id=model_repo_id, subset_repo_id=subset_repo_id,
-                     surrogate_repo_id=surrogate_repo_id, endpoint=api.endpoint)  # fmt: skip
+        links = dict(subset_repo_id=subset_repo_id, endpoint=api.endpoint)
 
         # The subset first: the model card links to it.
         if subset_repo_id:
@@ -114,56 +122,84 @@ def push_run(
             )
         if surrogate_repo_id:
             folder = _stage(run_dir / SURROGATE_DIR, staging / "surrogate")
-            (folder / MODEL_CARD_NAME).write_text(render_surrogate_card(run_dir, surrogate_repo_id, **links))
+            facts = collect_surrogate_card_facts(
+                run_dir, surrogate_repo_id, model_repo_id=model_repo_id, **links
+            )
+            (folder / MODEL_CARD_NAME).write_text(render_surrogate_card(facts))
             result.commit_urls["surrogate"] = _upload(
                 api, folder, surrogate_repo_id, "model", revision, commit_message
             )
         folder = _stage(run_dir / FUSED_DIR, staging / "fused")
-        (folder / MODEL_CARD_NAME).write_text(render_model_card(collect_model_card_facts(run_dir, **links)))
+        facts = collect_model_card_facts(run_dir, model_repo_id=model_repo_id, surrogate_repo_id=surrogate_repo_id,
+                                         **links)  # fmt: skip
+        (folder / MODEL_CARD_NAME).write_text(render_model_card(facts))
         result.commit_urls["model"] = _upload(api, folder, model_repo_id, "model", revision, commit_message)
     return result
 
 
-def push_from_config(run_dir: str | os.PathLike, config) -> PushResult | None:
-    """Push a finished run as its `PruneFuseConfig` asks (`push_to_hub`, `hub_model_id`, ...); `None` if not asked."""
-    if not getattr(config, "push_to_hub", False):
-        return None
-    model_repo_id = config.hub_model_id or Path(config.output_dir).absolute().name
-    return push_run(
-        run_dir,
-        model_repo_id,
-        subset_repo_id=getattr(config, "hub_subset_id", None),
-        surrogate_repo_id=getattr(config, "hub_surrogate_id", None),
-        private=config.hub_private_repo,
-        revision=config.hub_revision,
-        token=config.hub_token,
-    )
+def push_query_batch(
+    directory: str | os.PathLike,
+    repo_id: str,
+    round: int,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """
+    Push one round's query batch (from [`~prunefuse_hf.annotation.write_query_batch`]) to a dataset repo for
+    annotators: the images as config `round_K` (`datasets.load_dataset(repo, "round_K")`), and the labeling
+    files (`labels.csv`, the Label Studio tasks and config) under `round_K/`.
 
+    Args:
+        directory (`str` or `os.PathLike`): The query batch folder (`RUN/queries/round_K`).
+        repo_id (`str`): The dataset repo (created when missing).
+        round (`int`): The round the batch is labeled in (names the config).
+        private (`bool`, *optional*): Create the repo as private.
+        token (`str`, *optional*): Hub token; defaults to `HF_TOKEN` or the stored login.
+        commit_message (`str`, *optional*): Message of the commits.
 
-def render_surrogate_card(run_dir, repo_id: str, **links) -> str:
-    """The surrogate repo's card (front matter + how to reload and fuse it)."""
-    import jinja2
-    from huggingface_hub import ModelCardData
+    Returns:
+        `str`: the URL of the commit that added the labeling files. The Hub address is `HF_ENDPOINT`'s (as for
+        `datasets.Dataset.push_to_hub`, which sends the images).
 
-    from .model_card import _template
+    Raises:
+        `PushError`: the Hub refused or could not be reached (the query folder is unchanged).
 
-    facts = collect_model_card_facts(run_dir, **links)
-    data = ModelCardData(library_name="transformers", pipeline_tag="image-classification",
-                         tags=[*TAGS, "pruned", "surrogate"], base_model=facts["base_model"])  # fmt: skip
-    plan_facts = {k: facts[k] for k in ("model_type", "pruning_ratio", "importance", "surrogate_params",
-                                        "params_ratio", "dense_params", "model_repo_id", "subset_repo_id",
-                                        "subset_repo_url")}  # fmt: skip
-    environment = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    return environment.from_string(_template("surrogate_card.md")).render(
-        card_data=data.to_yaml(),
-        title=f"{repo_id.split('/')[-1]} (PruneFuse surrogate)",
-        repo_id=repo_id,
-        model_repo_url=f"{links.get('endpoint')}/{facts['model_repo_id']}"
-        if facts["model_repo_id"]
-        else None,
-        citation=CITATION,
-        **plan_facts,
-    )
+    Example:
+
+    ```python
+    >>> from prunefuse_hf.hub import push_query_batch
+    >>> push_query_batch("runs/annotated/queries/round_2", "me/fmnist-queries", 2)
+    ```
+    """
+    import datasets
+    from huggingface_hub import HfApi
+
+    from .annotation import LABEL_STUDIO_CONFIG, LABEL_STUDIO_TASKS, QUERY_CSV, QUERY_DATASET_DIR
+
+    directory = Path(directory)
+    api = HfApi(token=token)
+    config_name = f"round_{int(round)}"
+    message = commit_message or f"Query batch of round {int(round)}"
+    query = datasets.load_from_disk(str(directory / QUERY_DATASET_DIR))
+    repo_id = _create(api, repo_id, "dataset", private, None)
+
+    def push_images():
+        query.push_to_hub(
+            repo_id, config_name=config_name, split="train", token=token, commit_message=message
+        )
+
+    _hub_call(push_images, f"pushing the images of {directory} to the dataset repo {repo_id}", api.endpoint)
+
+    def upload_files():
+        return api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=directory, path_in_repo=config_name,
+                                 allow_patterns=[QUERY_CSV, LABEL_STUDIO_TASKS, LABEL_STUDIO_CONFIG],
+                                 commit_message=message)  # fmt: skip
+
+    info = _hub_call(upload_files, f"uploading the labeling files of {directory} to {repo_id}", api.endpoint)
+    logger.info("Pushed the query batch of round %d to %s", int(round), info.commit_url)
+    return info.commit_url
 
 
 # ----- helpers -----

@@ -24,6 +24,7 @@ def load_image_classifier(
     num_labels: int | None = None,
     num_channels: int | None = None,
     from_config: bool | None = None,
+    class_names: list[str] | None = None,
 ) -> PreTrainedModel:
     """Load or build a `*ForImageClassification` model.
 
@@ -36,11 +37,17 @@ def load_image_classifier(
         num_channels: Input channels. Only for models built from a config: pretrained stems are not
             rebuilt; feed such models 3-channel images (data preprocessing repeats gray channels).
         from_config: Force random initialization from the config of a Hub id or checkpoint.
+        class_names: Names of the classes (their count is `num_labels`): the model's `id2label`, replacing
+            whatever names a checkpoint brought.
 
     Returns:
         The model, in train mode.
     """
     overrides = {}
+    if class_names is not None:
+        num_labels = len(class_names)
+        overrides["id2label"] = dict(enumerate(class_names))
+        overrides["label2id"] = {name: i for i, name in enumerate(class_names)}
     if num_labels is not None:
         overrides["num_labels"] = num_labels
     if isinstance(model, dict):
@@ -53,6 +60,11 @@ def load_image_classifier(
         config, pretrained = copy.deepcopy(model), False
     else:
         path = os.fspath(model)
+        if not os.path.exists(path) and (path.startswith(("/", ".", "~")) or path.count("/") > 1):
+            raise FileNotFoundError(
+                f"No model at {path!r}: it is not a local checkpoint directory or config.json, and it cannot be a "
+                "Hub model id. Fix the path, or give a Hub id such as microsoft/resnet-50."
+            )
         pretrained = not from_config and (has_weights(path) or not os.path.exists(path))
         config = AutoConfig.from_pretrained(path)
     _check_image_classifier(config)
@@ -68,6 +80,8 @@ def load_image_classifier(
         )
     if num_labels is not None:
         config.num_labels = num_labels  # the setter rebuilds id2label/label2id when the count changes
+    if class_names is not None:
+        config.id2label, config.label2id = overrides["id2label"], overrides["label2id"]
     if num_channels is not None:
         config.num_channels = num_channels
     classes = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[config.model_type]

@@ -8,6 +8,7 @@ views are one `select` on the base dataset each, so a pool of millions of exampl
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers.utils import logging
 
-from .constants import POOL_INDEX
+from .constants import POOL_INDEX, SELECTION_LABEL, SELECTION_LABEL_NAME
 
 logger = logging.get_logger(__name__)
 
@@ -56,6 +57,7 @@ class DataPool:
         self.dataset = dataset
         size = len(dataset)
         self._rounds = np.zeros(size, dtype=np.int32)
+        self._labels = np.full(size, -1, dtype=np.int64)
         self._scores = np.full(size, np.nan, dtype=np.float64)
         self._strategies: dict[int, str] = {}
         self._views: dict[str, object] = {}
@@ -75,6 +77,13 @@ class DataPool:
     def rounds(self) -> np.ndarray:
         """Round of every example (0 = unlabeled), as a read-only view."""
         view = self._rounds.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class id of every example (-1 while it has none), as a read-only view."""
+        view = self._labels.view()
         view.flags.writeable = False
         return view
 
@@ -135,7 +144,9 @@ class DataPool:
 
     # ----- labeling -----
 
-    def label_randomly(self, n: int, seed: int, round: int = 1) -> np.ndarray:
+    def label_randomly(
+        self, n: int, seed: int, round: int = 1, labels: np.ndarray | None = None
+    ) -> np.ndarray:
         """
         Label `n` unlabeled examples drawn uniformly at random (the initial labeled set by default).
 
@@ -144,6 +155,8 @@ class DataPool:
             seed (`int`): Seed of the `numpy.random.default_rng` draw: the same seed and pool give the
                 same indices.
             round (`int`, *optional*, defaults to 1): Round to record them in.
+            labels (`np.ndarray`, *optional*): Class id of every pool example (indexed by pool index), from
+                which the drawn examples' labels are taken (simulation).
 
         Returns:
             `np.ndarray`: the sorted pool indices that were labeled.
@@ -151,7 +164,8 @@ class DataPool:
         self._check_count(n)
         rng = np.random.default_rng(seed)
         indices = np.sort(rng.choice(self.unlabeled_indices, size=n, replace=False))
-        self.label(indices, round=round, strategy=RANDOM_STRATEGY)
+        drawn = None if labels is None else np.asarray(labels)[indices]
+        self.label(indices, round=round, strategy=RANDOM_STRATEGY, labels=drawn)
         return indices
 
     def label(
@@ -160,6 +174,7 @@ class DataPool:
         round: int,
         scores: Sequence[float] | np.ndarray | None = None,
         strategy: str | None = None,
+        labels: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         """
         Mark `indices` as labeled in `round`. Everything is checked before anything changes.
@@ -169,6 +184,7 @@ class DataPool:
             round (`int`): Round number, at least 1.
             scores (`Sequence[float]`, *optional*): The selection score of each index, in the same order.
             strategy (`str`, *optional*): Name of the strategy that chose them; one name per round.
+            labels (`Sequence[int]`, *optional*): The class id of each index, in the same order.
 
         Raises:
             `IndexError`: an index is outside the pool.
@@ -202,6 +218,12 @@ class DataPool:
             scores = np.asarray(scores, dtype=np.float64).reshape(-1)
             if len(scores) != len(indices):
                 raise ValueError(f"Got {len(scores)} scores for {len(indices)} indices.")
+        if labels is not None:
+            labels = np.asarray(labels).reshape(-1)
+            if len(labels) != len(indices) or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+                raise ValueError(f"Got {len(labels)} labels ({labels.dtype}) for {len(indices)} indices.")
+            if (labels < 0).any():
+                raise ValueError(f"Label {int(labels[labels < 0][0])} is not a class id (ids are >= 0).")
         known = self._strategies.get(int(round))
         if strategy is not None and known is not None and known != strategy:
             raise ValueError(f"Round {round} was labeled with strategy {known!r}, not {strategy!r}.")
@@ -209,6 +231,8 @@ class DataPool:
         self._rounds[indices] = round
         if scores is not None:
             self._scores[indices] = scores
+        if labels is not None:
+            self._labels[indices] = labels
         if strategy is not None:
             self._strategies[int(round)] = strategy
         self._views.clear()
@@ -225,45 +249,65 @@ class DataPool:
 
     # ----- the selection as data -----
 
-    def selection_table(self) -> datasets.Dataset:
+    def selection_table(
+        self, class_names: list[str] | None = None, references: dict | None = None
+    ) -> datasets.Dataset:
         """
-        One row per labeled example: `pool_index`, `round`, `score` (null when none) and `strategy`
-        (null when none), sorted by round then pool index.
+        One row per labeled example, sorted by round then pool index: `pool_index`, `round`, `score` (null when
+        none), `strategy` (null when none), `label` (class id, null when unknown), `label_name` (with
+        `class_names`) and one column per entry of `references`.
+
+        Args:
+            class_names (`list[str]`, *optional*): Names of the class ids, for the `label_name` column.
+            references (`dict[str, dict[int, str]]`, *optional*): Extra columns by pool index, e.g. the
+                `image_path` each example was read from.
 
         Returns:
             `datasets.Dataset`: the selection, ready for `push_to_hub` or `to_parquet`.
         """
-        return datasets.Dataset(datasets.table.InMemoryTable(self._selection_arrow()))
+        return datasets.Dataset(datasets.table.InMemoryTable(self._selection_arrow(class_names, references)))
 
-    def save_selection(self, path: str | Path) -> Path:
+    def save_selection(
+        self, path: str | Path, class_names: list[str] | None = None, references: dict | None = None
+    ) -> Path:
         """
-        Write [`selection_table`] to a parquet file.
+        Write [`selection_table`] to a parquet file (to a temporary name, then renamed into place).
 
         Args:
             path (`str` or `Path`): Destination file (parent directories are created).
+            class_names, references: As in [`selection_table`].
 
         Returns:
             `Path`: the written file.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(self._selection_arrow(), path)
+        tmp_path = path.with_name(f".{path.name}.tmp")
+        pq.write_table(self._selection_arrow(class_names, references), tmp_path)
+        os.replace(tmp_path, path)
         return path
 
-    def _selection_arrow(self) -> pa.Table:
+    def _selection_arrow(self, class_names=None, references=None) -> pa.Table:
         labeled = self.labeled_indices
         rounds = self._rounds[labeled]
         order = np.lexsort((labeled, rounds))
         labeled, rounds = labeled[order], rounds[order]
-        return pa.table(
-            {
-                POOL_INDEX: pa.array(labeled, pa.int64()),
-                "round": pa.array(rounds, pa.int32()),
-                # NaN ("no score") becomes null so that readers don't mistake it for a number.
-                "score": pa.array(self._scores[labeled], pa.float64(), from_pandas=True),
-                "strategy": pa.array([self._strategies.get(r) for r in rounds.tolist()], pa.string()),
-            }
-        )
+        labels = self._labels[labeled]
+        columns = {
+            POOL_INDEX: pa.array(labeled, pa.int64()),
+            "round": pa.array(rounds, pa.int32()),
+            # NaN ("no score") becomes null so that readers don't mistake it for a number.
+            "score": pa.array(self._scores[labeled], pa.float64(), from_pandas=True),
+            "strategy": pa.array([self._strategies.get(r) for r in rounds.tolist()], pa.string()),
+            SELECTION_LABEL: pa.array(labels, pa.int64(), mask=labels < 0),
+        }
+        if class_names is not None:
+            columns[SELECTION_LABEL_NAME] = pa.array(
+                [class_names[y] if y >= 0 else None for y in labels.tolist()], pa.string()
+            )
+        for name, values in (references or {}).items():
+            columns[name] = pa.array([values.get(i) for i in labeled.tolist()], pa.string())
+        return pa.table(columns)
 
     # ----- state -----
 
@@ -277,19 +321,27 @@ class DataPool:
             "num_examples": len(self),
             "fingerprint": self.dataset._fingerprint,
             "rounds": self._rounds.tolist(),
+            "labels": self._labels.tolist(),
             "scores": [None if math.isnan(s) else s for s in self._scores.tolist()],
             "strategies": {str(r): name for r, name in sorted(self._strategies.items())},
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, check_fingerprint: bool = True) -> None:
         """
         Restore a state from [`state_dict`]; the base dataset must be the one it was saved with.
+
+        Args:
+            state (`dict`): From [`state_dict`].
+            check_fingerprint (`bool`, *optional*, defaults to `True`): Also require the same `datasets`
+                fingerprint (the size is always checked). A caller that checks the rows' content itself can turn
+                it off, so that a pool whose damaged files were repaired still matches.
 
         Raises:
             `ValueError`: the size or fingerprint of the dataset differs, or the state is malformed.
         """
         fingerprint = self.dataset._fingerprint
-        if state.get("num_examples") != len(self) or state.get("fingerprint") != fingerprint:
+        same_fingerprint = not check_fingerprint or state.get("fingerprint") == fingerprint
+        if state.get("num_examples") != len(self) or not same_fingerprint:
             raise ValueError(
                 f"This pool state belongs to another dataset: saved for {state.get('num_examples')} examples "
                 f"with fingerprint {state.get('fingerprint')!r}, but this dataset has {len(self)} examples "
@@ -303,7 +355,11 @@ class DataPool:
                 f"Malformed pool state: expected {len(self)} non-negative rounds and {len(self)} scores, "
                 f"got {rounds.shape[0]} rounds and {scores.shape[0]} scores."
             )
+        labels = np.asarray(state.get("labels", [-1] * len(self)), dtype=np.int64)
+        if labels.shape != (len(self),):
+            raise ValueError(f"Malformed pool state: expected {len(self)} labels, got {labels.shape[0]}.")
         self._rounds = rounds
+        self._labels = labels
         self._scores = scores
         self._strategies = {int(r): name for r, name in state.get("strategies", {}).items()}
         self._views.clear()

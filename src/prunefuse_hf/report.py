@@ -7,41 +7,62 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import METRICS_NAME
-
-ACCURACY_PLOT = "accuracy.png"
-COST_PLOT = "selection_cost.png"
+from .constants import ACCURACY_PLOT, CLASS_BALANCE_PLOT, COST_PLOT, METRICS_NAME
 
 
 def build_metrics(progress: dict) -> dict:
-    """Per-round records (sorted), totals of the selection phase and the final model's numbers.
+    """Per-round records (sorted), the cost ledger and the final model's numbers.
 
-    The selection phase is every surrogate training that fed a selection plus every scoring pass;
-    `dense_*` fields are what dense-selector active learning would have spent on the same work.
+    Costs are booked by what they are for: `selection` (surrogate trainings that fed a selection, and every
+    scoring pass), `fusion_teacher` (surrogate trainings that only fed fusion or distillation) and
+    `final_training` (every training of the dense or fused model, re-synchronizations included). `dense_flops`
+    is what dense-selector active learning would have spent on the same selection work.
     """
     rounds = [progress["rounds"][key] for key in sorted(progress["rounds"], key=int)]
-    selection_seconds = selection_flops = dense_flops = 0.0
+    ledger = {
+        purpose: {"seconds": 0.0, "flops": 0.0}
+        for purpose in ("selection", "fusion_teacher", "final_training")
+    }
+    dense_flops = 0.0
     for record in rounds:
-        if "selection" not in record:
-            continue
-        for part in (record.get("surrogate"), record["selection"]):
+        surrogate = record.get("surrogate")
+        if surrogate:
+            purpose = surrogate.get("purpose", "selection")
+            ledger[purpose]["seconds"] += surrogate["seconds"]
+            ledger[purpose]["flops"] += surrogate["flops"]
+            if purpose == "selection":
+                dense_flops += surrogate["dense_flops"]
+        if record.get("selection"):
+            ledger["selection"]["seconds"] += record["selection"]["seconds"]
+            ledger["selection"]["flops"] += record["selection"]["flops"]
+            dense_flops += record["selection"]["dense_flops"]
+        for part in (record.get("dense"), record.get("sync")):
             if part:
-                selection_seconds += part["seconds"]
-                selection_flops += part["flops"]
-                dense_flops += part["dense_flops"]
+                ledger["final_training"]["seconds"] += part["seconds"]
+                ledger["final_training"]["flops"] += part["flops"]
+    selection = ledger["selection"]
     return {
         "rounds": rounds,
         "final": progress.get("final", {}),
         "costs": progress.get("costs", {}),
         "selection": {
-            "seconds": selection_seconds,
-            "flops": selection_flops,
+            **selection,
             "dense_flops": dense_flops,
-            "flops_ratio": selection_flops / dense_flops if dense_flops else None,
+            "flops_ratio": selection["flops"] / dense_flops if dense_flops else None,
         },
-        "config": progress.get("config", {}),
+        "fusion_teacher": ledger["fusion_teacher"],
+        "final_training": ledger["final_training"],
+        "config": progress.get("settings", {}),
+        "method_overrides": progress.get("method_overrides", {}),
+        "class_names": progress.get("class_names"),
         "recipe": progress.get("recipe"),
     }
+
+
+def _selector_training(record: dict) -> dict:
+    """The round's surrogate training when it fed the selection (else `{}`: it only fed fusion)."""
+    surrogate = record.get("surrogate") or {}
+    return surrogate if surrogate.get("purpose", "selection") == "selection" else {}
 
 
 def budget_accuracies(metrics: dict) -> dict[int, float]:
@@ -53,13 +74,28 @@ def budget_accuracies(metrics: dict) -> dict[int, float]:
     }
 
 
-def write_report(run_dir, progress: dict, config) -> dict:
+def write_report(run_dir, progress: dict, config, class_names: list[str] | None = None) -> dict:
     """Write `metrics.json`, `report.md` and the plots into the run directory; returns the metrics."""
     metrics = build_metrics(progress)
     run_dir.write_json(METRICS_NAME, metrics)
     plots = _write_plots(Path(run_dir.path), metrics)
-    run_dir.write_text(run_dir.report_path.name, render_report(metrics, config, plots))
+    balance = class_balance(progress.get("pool", {}), class_names)
+    if balance:
+        _class_balance_plot(Path(run_dir.path) / CLASS_BALANCE_PLOT, balance, class_names)
+        plots.append(CLASS_BALANCE_PLOT)
+    run_dir.write_text(run_dir.report_path.name, render_report(metrics, config, plots, balance, class_names))
     return metrics
+
+
+def class_balance(pool_state: dict, class_names: list[str] | None) -> dict[int, list[int]]:
+    """Examples of each class labeled in each round, `{round: [count per class id]}` (round 1: the random start)."""
+    if not class_names or "labels" not in pool_state:
+        return {}
+    rounds, labels = np.asarray(pool_state["rounds"]), np.asarray(pool_state["labels"])
+    return {
+        int(r): np.bincount(labels[(rounds == r) & (labels >= 0)], minlength=len(class_names)).tolist()
+        for r in np.unique(rounds[rounds > 0])
+    }
 
 
 def _fmt(value, spec=".4f", missing="–"):
@@ -70,7 +106,9 @@ def _gflops(value):
     return _fmt(None if value is None else value / 1e9, ".1f")
 
 
-def render_report(metrics: dict, config, plots: list[str]) -> str:
+def render_report(
+    metrics: dict, config, plots: list[str], balance: dict | None = None, class_names: list[str] | None = None
+) -> str:
     costs = metrics["costs"]
     lines = [
         "# PruneFuse run report",
@@ -102,8 +140,9 @@ def render_report(metrics: dict, config, plots: list[str]) -> str:
         labeled = (surrogate or dense).get("labeled")
         flops = dense_flops = None
         if selection:
-            flops = selection["flops"] + surrogate.get("flops", 0)
-            dense_flops = selection["dense_flops"] + surrogate.get("dense_flops", 0)
+            selector = _selector_training(record)
+            flops = selection["flops"] + selector.get("flops", 0)
+            dense_flops = selection["dense_flops"] + selector.get("dense_flops", 0)
         lines.append(
             f"| {record['round']} | {labeled if labeled is not None else '–'} | {_fmt(surrogate.get('accuracy'))} | "
             f"{_fmt(dense.get('accuracy'))} | {_fmt(surrogate.get('seconds'), '.1f')} | "
@@ -116,6 +155,26 @@ def render_report(metrics: dict, config, plots: list[str]) -> str:
         f"{_gflops(selection['flops'])} GFLOPs; dense-selector AL would have spent {_gflops(selection['dense_flops'])} "
         f"GFLOPs on the same work (ratio {_fmt(selection['flops_ratio'], '.3f')})."
     )
+    teacher, final_training = metrics["fusion_teacher"], metrics["final_training"]
+    if teacher["seconds"]:
+        lines.append(
+            f"Surrogate trainings that only fed fusion or distillation: {teacher['seconds']:.1f} s, "
+            f"{_gflops(teacher['flops'])} GFLOPs (not selection cost)."
+        )
+    if final_training["seconds"]:
+        lines.append(
+            f"Training of the dense / fused model: {final_training['seconds']:.1f} s, "
+            f"{_gflops(final_training['flops'])} GFLOPs."
+        )
+    if balance:
+        lines += ["", "## Classes of the labeled examples per round", "",
+                  "| round | " + " | ".join(class_names) + " |", "|---|" + "---|" * len(class_names)]  # fmt: skip
+        for round_, counts in sorted(balance.items()):
+            lines.append(
+                f"| {round_}{' (random start)' if round_ == 1 else ''} | "
+                + " | ".join(map(str, counts))
+                + " |"
+            )
     if final:
         lines += ["", "## Final model", ""]
         lines.append(
@@ -138,9 +197,9 @@ def _write_plots(directory: Path, metrics: dict) -> list[str]:
     }
 
     selection_rounds = [r for r in rounds if r.get("selection")]
-    spent = [r.get("surrogate", {}).get("flops", 0) + r["selection"]["flops"] for r in selection_rounds]
+    spent = [_selector_training(r).get("flops", 0) + r["selection"]["flops"] for r in selection_rounds]
     spent_dense = [
-        r.get("surrogate", {}).get("dense_flops", 0) + r["selection"]["dense_flops"] for r in selection_rounds
+        _selector_training(r).get("dense_flops", 0) + r["selection"]["dense_flops"] for r in selection_rounds
     ]
     xs = [r["round"] for r in selection_rounds]
     cost_lines = {
@@ -177,6 +236,30 @@ def _line_plot(path: Path, lines: dict[str, list[tuple]], xlabel: str, ylabel: s
     plt.close(fig)
 
 
+def _class_balance_plot(path: Path, balance: dict[int, list[int]], class_names: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = sorted(balance)
+    counts = np.asarray([balance[r] for r in rounds], dtype=float)  # [rounds, classes]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bottom = np.zeros(len(rounds))
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(class_names), 2)))
+    for c, name in enumerate(class_names):
+        ax.bar([str(r) for r in rounds], counts[:, c], bottom=bottom, label=name, color=colors[c])
+        bottom += counts[:, c]
+    ax.set_xlabel("round (1 = random start)")
+    ax.set_ylabel("labeled examples")
+    ax.set_title("classes of the labeled examples per round")
+    if len(class_names) <= 20:
+        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def load_metrics(run_dir) -> dict:
     with open(Path(run_dir) / METRICS_NAME) as f:
         return json.load(f)
@@ -192,15 +275,23 @@ def comparison_table(runs: dict[str, dict]) -> str:
     for budget in budgets:
         row = [_fmt(budget_accuracies(runs[n]).get(budget)) for n in names]
         lines.append(f"{budget:>10}" + "".join(f"{v:>{width}}" for v in row))
-    lines += ["", "selection phase (surrogate training + scoring)"]
+    lines += ["", "cost by purpose: selection (selector training + scoring), fusion teacher (surrogate trainings that",
+              "only feed fusion / distillation), final training (dense or fused model)"]  # fmt: skip
     for name in names:
-        selection = runs[name]["selection"]
+        metrics = runs[name]
+        selection = metrics["selection"]
         if selection["dense_flops"]:
             lines.append(
-                f"  {name}: {selection['seconds']:.1f} s, {_gflops(selection['flops'])} GFLOPs vs "
+                f"  {name}: selection {selection['seconds']:.1f} s, {_gflops(selection['flops'])} GFLOPs vs "
                 f"{_gflops(selection['dense_flops'])} GFLOPs for dense-selector AL (ratio "
                 f"{_fmt(selection['flops_ratio'], '.3f')})"
             )
         else:
-            lines.append(f"  {name}: no model-based selection")
+            lines.append(f"  {name}: selection {selection['seconds']:.1f} s, no model-based selection")
+        for purpose, label in (("fusion_teacher", "fusion teacher"), ("final_training", "final training")):
+            part = metrics.get(purpose)
+            if part and part["seconds"]:
+                lines.append(
+                    f"  {' ' * len(name)}  {label} {part['seconds']:.1f} s, {_gflops(part['flops'])} GFLOPs"
+                )
     return "\n".join(lines)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import get_type_hints
 
 import yaml
-from transformers import AutoImageProcessor, HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
+from .annotation import query_directory
 from .arguments import DataArguments, ModelArguments
 from .config import PruneFuseConfig
-from .data import load_run_datasets
-from .loop import PruneFuseLoop
-from .modeling import has_weights
+from .constants import STATE_NAME
+from .data import load_run_datasets, resolve_dataset_revision
 from .report import comparison_table
+from .trainer import PruneFuseTrainer, resume_command_line
 
 logger = logging.get_logger(__name__)
 
@@ -33,7 +38,7 @@ class RunArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace whatever output_dir holds."})
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, PruneFuseConfig, RunArguments)
+ARGUMENT_CLASSES = (RunArguments, ModelArguments, DataArguments, PruneFuseConfig)
 
 
 def parse_run_arguments(
@@ -47,7 +52,7 @@ def parse_run_arguments(
     Returns:
         The four argument dataclasses and the effective recipe (recipe values with overrides applied).
     """
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = RunArgumentParser()
     recipe_path = _recipe_path(argv)
     recipe = {}
     if recipe_path is not None:
@@ -65,7 +70,7 @@ def parse_run_arguments(
                 "`prunefuse-hf run --help` (model, data, PruneFuseConfig and TrainingArguments fields)."
             )
         parser.set_defaults(**recipe)
-    model_args, data_args, config, run_args, remaining = parser.parse_args_into_dataclasses(
+    run_args, model_args, data_args, config, remaining = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
     )
     if remaining:
@@ -95,44 +100,93 @@ def _overridden_fields(parser, argv: list[str]) -> dict:
 def run_from_command_line(argv: list[str]) -> dict:
     """Entry point of `prunefuse-hf run`; prints the result table and where the outputs are."""
     if any(arg in ("-h", "--help") for arg in argv):
-        HfArgumentParser(ARGUMENT_CLASSES).parse_args_into_dataclasses(args=["--help"])
+        RunArgumentParser().parse_args_into_dataclasses(args=["--help"])
     model_args, data_args, config, run_args, recipe = parse_run_arguments(argv)
-    pool, eval_dataset = load_run_datasets(data_args, seed=config.seed)
-    loop = PruneFuseLoop(
-        model_args.model_source,
-        pool,
-        config,
-        eval_dataset=eval_dataset,
-        image_processor=_image_processor(model_args),
-        image_column=data_args.image_column,
-        label_column=data_args.label_column,
-        image_size=model_args.image_size,
-        augment=data_args.augment,
-        resume=run_args.resume,
-        overwrite=run_args.overwrite,
-        recipe=recipe,
+    if run_args.overwrite:
+        config.overwrite_output_dir = True
+    # The run (and the subset it publishes) reads a Hub dataset at one commit: later commits to the dataset repo
+    # do not change its pool. A resumed run keeps the commit it started with.
+    revision = data_args.dataset_revision or _recorded_revision(config.output_dir, run_args.resume)
+    data_args.dataset_revision = resolve_dataset_revision(data_args.dataset_name, revision)
+    if data_args.dataset_revision is not None:
+        recipe["dataset_revision"] = data_args.dataset_revision
+    pool, eval_dataset = load_run_datasets(
+        data_args, config.image_column, config.label_column, seed=config.seed
     )
-    metrics = loop.run()
-    if loop.state.is_main_process:
+    trainer = PruneFuseTrainer(
+        model_args.model_source,
+        args=config,
+        train_dataset=pool,
+        eval_dataset=eval_dataset,
+        recipe=recipe,
+        resume_command=resume_command_line(argv),
+    )
+    trainer.train(resume_from_checkpoint=True if run_args.resume else None)
+    metrics = trainer.metrics
+    if trainer.is_world_process_zero():
+        if trainer.awaiting_labels is not None:
+            round_ = trainer.awaiting_labels
+            count = len(trainer.progress["queries"][str(round_)]["pool_indices"])
+            directory = query_directory(trainer.run_dir.path, round_)
+            print(
+                f"label the {count:,} images in {directory} (dataset/, labels.csv, label_studio_tasks.json), then:"
+            )
+            print(f"prunefuse-hf label {trainer.run_dir.path} --labels FILE && {trainer.resume_command}")
+            return metrics
+        if not trainer.done:
+            print(
+                f"stopped after step {trainer.progress['completed'][-1]}; resume with: {trainer.resume_command}"
+            )
+            return metrics
         print(comparison_table({os.path.basename(os.path.normpath(config.output_dir)): metrics}))
         final = metrics["final"]
         if final.get("accuracy") is not None:
             print(f"final model: {final['labeled']} labeled examples, accuracy {final['accuracy']:.4f}")
-        print(f"report: {loop.run_dir.report_path}\nfused model: {loop.run_dir.fused_dir}")
+        print(f"report: {trainer.run_dir.report_path}\nfused model: {trainer.run_dir.fused_dir}")
     return metrics
 
 
-def _image_processor(model_args: ModelArguments):
-    """The pretrained model's image processor, when the dense model comes with one."""
-    source = model_args.model_name_or_path
-    if model_args.model_config is not None or source is None:
+def _recorded_revision(output_dir: str, resume: bool) -> str | None:
+    state = Path(output_dir) / STATE_NAME
+    if not (resume and state.is_file()):
         return None
-    if os.path.isdir(source) and not has_weights(source):
-        return None
-    try:
-        return AutoImageProcessor.from_pretrained(source)
-    except (OSError, ValueError) as error:
-        logger.warning(
-            "No image processor for %s (%s); resizing and normalizing with defaults.", source, error
+    return (json.loads(state.read_text()).get("recipe") or {}).get("dataset_revision")
+
+
+class RunArgumentParser(HfArgumentParser):
+    """The parser of `prunefuse-hf run`: this command's options, then the model, data and PruneFuse fields, then
+    the `TrainingArguments` fields, each under its own heading in `--help`."""
+
+    def __init__(self):
+        super().__init__(ARGUMENT_CLASSES, prog="prunefuse-hf run", description=RUN_DESCRIPTION,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+
+    def _add_dataclass_arguments(self, dtype):
+        type_hints = get_type_hints(dtype)
+        own = set(getattr(dtype, "__annotations__", {}))
+        inherited = (
+            {f.name for f in dataclasses.fields(TrainingArguments)} if dtype is PruneFuseConfig else set()
         )
-        return None
+        groups = {
+            "own": self.add_argument_group(GROUP_TITLES[dtype.__name__]),
+            "training": self.add_argument_group(GROUP_TITLES["TrainingArguments"]) if inherited else None,
+        }
+        for field_ in dataclasses.fields(dtype):
+            if not field_.init:
+                continue
+            field_.type = type_hints[field_.name]
+            is_training = field_.name in inherited and field_.name not in own
+            self._parse_dataclass_field(groups["training" if is_training else "own"], field_)
+
+
+RUN_DESCRIPTION = """Run PruneFuse from a YAML recipe; every field can also be given (or overridden) as a flag.
+
+  prunefuse-hf run --config recipes/fashion-mnist-resnet/prunefuse.yaml [--field value ...] [--resume | --overwrite]
+"""
+GROUP_TITLES = {
+    "RunArguments": "this command",
+    "ModelArguments": "model (# Model arguments)",
+    "DataArguments": "data (# Data arguments)",
+    "PruneFuseConfig": "PruneFuse (PruneFuseConfig)",
+    "TrainingArguments": "training (transformers.TrainingArguments, as extended by PruneFuseConfig)",
+}

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 from .constants import FUSED_DIR, METRICS_NAME, REPORT_NAME, SELECTION_NAME, STATE_NAME, SURROGATE_DIR
 
-DENSE_INIT_DIR = "dense_init"
-SURROGATE_INIT_DIR = "surrogate_init"
-DENSE_BASE_DIR = "dense_base"
-TRAINER_DIR = "trainer_output"
+# Keys that may hold credentials: never written to a card, a repo or the run directory.
+SECRET_KEY = re.compile(r"token|password|secret|api_key", re.IGNORECASE)
 
 
 class RunDirectoryError(ValueError):
@@ -118,6 +118,24 @@ class RunDirectory:
         if old_dir.exists():
             shutil.rmtree(old_dir)
         return target
+
+
+def redact_secrets(value):
+    """A copy of `value` (nested dicts and lists) without the keys that may hold credentials (`*token*`, ...)."""
+    if isinstance(value, dict):
+        return {k: redact_secrets(v) for k, v in value.items() if not SECRET_KEY.search(str(k))}
+    if isinstance(value, (list, tuple)):
+        return [redact_secrets(v) for v in value]
+    return value
+
+
+def run_data_arguments(recipe: dict | None) -> dict | None:
+    """The run's data arguments (recipe values over `DataArguments` defaults), or `None` without a recipe."""
+    from .arguments import DataArguments
+
+    if recipe is None:
+        return None
+    return {f.name: recipe.get(f.name, f.default) for f in fields(DataArguments)}
 
 
 def _json_default(value):

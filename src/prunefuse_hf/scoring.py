@@ -8,6 +8,7 @@ once and every process ends up with the same, pool-index-ordered result.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,14 +57,15 @@ def score_pool(
     show_progress: bool = True,
     gather: bool = True,
     mc_samples: int = 10,
+    preprocess=None,
 ) -> PoolScores:
     """Run `model` over `dataset` in eval mode and collect per-example outputs.
 
     Args:
         model: An image classifier (its `classifier` module's input is taken as the features).
-        dataset: A dataset whose row `i` holds pool example `pool_indices[i]`; indexing it with a
-            list of rows must return a batch with `pixel_values` (e.g. a `datasets.Dataset` prepared
-            with `prunefuse_hf.data.prepare_dataset`).
+        dataset: A dataset whose row `i` holds pool example `pool_indices[i]`: a
+            `prunefuse_hf.preprocessing.PixelDataset` (read a batch at a time), or any dataset that returns a
+            batch with `pixel_values` when indexed with a list of rows (e.g. a `datasets.Dataset` with a transform).
         pool_indices: Global pool index of every row (default: `0..len(dataset)-1`).
         batch_size: Examples per forward pass on each process.
         outputs: Any of `"probs"`, `"features"` and `"mc_probs"` (MC dropout: the model's dropout layers
@@ -75,6 +77,12 @@ def score_pool(
             examples it scored, for the strategies that select from shards (`SelectionStrategy.shardable`,
             called with `accelerator=`): no process then holds the whole pool's features.
         mc_samples: Stochastic forward passes per example for `"mc_probs"`.
+        preprocess: Applied to each batch's `pixel_values` on the device (e.g. `ImagePreprocessor.normalize`,
+            which turns uint8 pixels into normalized floats).
+
+    Under the accelerator's mixed precision (bf16/fp16 in the run's `TrainingArguments`) the forward passes run
+    in autocast; on a GPU, batches are loaded in pinned memory and copied without blocking, while the loader
+    prepares the next one.
 
     Returns:
         `PoolScores` with the requested outputs, on the CPU, ordered by pool index.
@@ -110,6 +118,8 @@ def score_pool(
         show_progress and rank == 0,
         dropout_layers,
         mc_samples,
+        preprocess,
+        accelerator,
     )
     if world_size > 1 and gather:
         collected = {key: gather_variable_rows(accelerator, value) for key, value in collected.items()}
@@ -133,15 +143,17 @@ def _forward_shard(
     show_progress,
     dropout_layers,
     mc_samples,
+    preprocess,
+    accelerator,
 ):
-    # Each sampler item is a whole batch of rows: indexing the dataset with a list runs its (batched)
-    # transform once per batch.
+    on_gpu = torch.device(device).type == "cuda"
+    # Each loader item is a whole batch of rows read at once (one Arrow read or one batched transform).
     loader = DataLoader(
-        dataset,
-        sampler=batches,
+        _Batches(dataset, batches),
         batch_size=None,
         num_workers=num_workers,
         worker_init_fn=_single_threaded_worker,
+        pin_memory=on_gpu,
     )
     features_seen: list[torch.Tensor] = []
     hook = None
@@ -149,29 +161,33 @@ def _forward_shard(
         hook = _classifier_module(model).register_forward_pre_hook(
             lambda module, args: features_seen.append(args[0].detach().flatten(1).float().cpu())
         )
+    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
     was_training = model.training
     model.eval()
-    probs, mc_probs, indices = [], [], []
+    probs, mc_probs = [], []
     try:
-        with torch.no_grad():
-            for rows, batch in zip(
-                batches, tqdm(loader, desc="Scoring pool", disable=not show_progress, unit="batch")
-            ):
-                logits = model(pixel_values=batch[PIXEL_VALUES].to(device)).logits
+        with torch.no_grad(), autocast:
+            progress = tqdm(loader, desc="Scoring pool", disable=not show_progress, unit="batch")
+            for pixel_values in progress:
+                pixel_values = pixel_values.to(device, non_blocking=on_gpu)
+                if preprocess is not None:
+                    pixel_values = preprocess(pixel_values)
+                logits = model(pixel_values=pixel_values).logits
                 if "probs" in outputs:
                     probs.append(torch.softmax(logits.float(), dim=-1).cpu())
                 if "mc_probs" in outputs:
+                    first_row = batches[len(mc_probs)][0]
                     mc_probs.append(
-                        _mc_dropout_probs(
-                            model, batch[PIXEL_VALUES].to(device), dropout_layers, mc_samples, rows[0]
-                        )
+                        _mc_dropout_probs(model, pixel_values, dropout_layers, mc_samples, first_row)
                     )
-                indices.append(torch.from_numpy(pool_indices[rows]))
     finally:
         model.train(was_training)
         if hook is not None:
             hook.remove()
-    collected = {"pool_indices": torch.cat(indices) if indices else torch.empty(0, dtype=torch.int64)}
+    rows = (
+        np.concatenate([np.asarray(b, dtype=np.int64) for b in batches]) if batches else np.zeros(0, np.int64)
+    )
+    collected = {"pool_indices": torch.from_numpy(pool_indices[rows])}
     num_labels = model.config.num_labels
     if "probs" in outputs:
         collected["probs"] = torch.cat(probs) if probs else torch.empty(0, num_labels)
@@ -180,6 +196,22 @@ def _forward_shard(
     if "mc_probs" in outputs:
         collected["mc_probs"] = torch.cat(mc_probs) if mc_probs else torch.empty(0, mc_samples, num_labels)
     return collected
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Item k is the `pixel_values` of batch k of rows (so a loader worker reads whole batches ahead)."""
+
+    def __init__(self, dataset, batches):
+        self.dataset, self.batches = dataset, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        rows = self.batches[k]
+        if hasattr(self.dataset, "batch"):
+            return self.dataset.batch(rows)
+        return self.dataset[rows][PIXEL_VALUES]
 
 
 def active_dropout_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -1,43 +1,50 @@
-"""The selected subset as a dataset: what a run selected, from what, and how to rebuild it.
+"""The selected subset as a dataset: what a run selected, from what, with which labels, and how to rebuild it.
 
 A subset folder (and the Hub dataset repo pushed from it) holds:
 
-- `selection.parquet`: `pool_index`, `round`, `score`, `strategy` (+ `source_index` when the source was
-  rebuilt at save time), the run's `selection.parquet` plus the source rows;
-- `prunefuse_subset.json`: the source dataset (id, config, split, revision, columns), the pool's size and
-  fingerprint, and how the run drew the pool from the source (`max_pool_size`, `seed`);
-- `README.md`: a dataset card whose `configs` make `datasets.load_dataset(repo)` read the selection;
+- `selection.parquet`: the run's selection table (`pool_index`, `round`, `score`, `strategy`, `label`,
+  `label_name`, ...), plus `source_index` when the source was rebuilt at save time;
+- `prunefuse_subset.json`: the source dataset (id, config, split, the pinned revision, columns), the pool's size
+  and fingerprint, how the run drew the pool from the source (`max_pool_size`, `seed`), and the class names;
+- `README.md`: a dataset card (rendered by [`~prunefuse_hf.cards`]) whose `configs` make
+  `datasets.load_dataset(repo)` read the selection;
 - optionally `examples/`: the selected images and labels themselves (config `examples`).
 
-Pool indices are rows of the pool the run selected from, which is the source split itself or a seeded
-random draw of `max_pool_size` rows of it (see `data.load_run_datasets`): `load_subset` redoes that
-draw, checks the pool's size and fingerprint, and selects.
+Pool indices are rows of the pool the run selected from, which is the source split itself or a seeded random
+draw of `max_pool_size` rows of it (see `data.load_run_datasets`): `load_subset` loads the source at the
+recorded revision, redoes that draw, checks the pool's size and fingerprint, and selects.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections import Counter
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers.utils import logging
 
-from .constants import POOL_INDEX, SELECTION_NAME, STATE_NAME
+from .cards import collect_subset_card_facts, render_dataset_card
+from .constants import (
+    MODEL_CARD_NAME,
+    POOL_INDEX,
+    SELECTION_LABEL,
+    SELECTION_NAME,
+    SOURCE_INDEX,
+    STATE_NAME,
+    SUBSET_EXAMPLES_DIR,
+    SUBSET_METADATA_NAME,
+)
 from .data import _subsample, load_image_dataset
-from .model_card import CITATION, DEFAULT_ENDPOINT, _count, redact_secrets, run_data_arguments
+from .rundir import redact_secrets, run_data_arguments
 
 logger = logging.get_logger(__name__)
 
-SUBSET_METADATA_NAME = "prunefuse_subset.json"
-SUBSET_FORMAT_VERSION = 1
-EXAMPLES_DIR = "examples"
-SOURCE_INDEX = "source_index"
-DATASET_CARD_TEMPLATE = "dataset_card.md"
+SUBSET_FORMAT_VERSION = 2
+# The selection table's class ids (null where an example has none).
 
 
 class SubsetMismatchError(ValueError):
@@ -45,36 +52,62 @@ class SubsetMismatchError(ValueError):
 
 
 def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) -> dict:
-    """What `prunefuse_subset.json` records for a run: the source, the pool, the run's selection settings."""
-    run_dir = Path(run_dir)
+    """
+    What `prunefuse_subset.json` records for a run.
+
+    Args:
+        run_dir (`str` or `os.PathLike`): A run directory with `state.json`.
+        progress (`dict`, *optional*): The run's state; read from `state.json` when not given.
+
+    Returns:
+        `dict`: `format_version`; `source` (`dataset_name`, `config_name`, `split`, `revision` (the recipe's
+        `dataset_revision`), `image_column`, `label_column`; `dataset_name` is `None` for a run started from
+        Python); `pool` (`num_examples`, `fingerprint`, `max_pool_size`, `seed`); `class_names`; `run` (the
+        selection settings).
+
+    Raises:
+        `FileNotFoundError`: `progress` is not given and the run has no `state.json`.
+
+    Example:
+
+    ```python
+    >>> subset_metadata("runs/fashion-mnist-resnet/prunefuse")["source"]["dataset_name"]
+    'fashion_mnist'
+    ```
+    """
     if progress is None:
-        with open(run_dir / STATE_NAME) as f:
-            progress = json.load(f)
+        progress = json.loads((Path(run_dir) / STATE_NAME).read_text())
+    settings, pool = progress["settings"], progress["pool"]
     data = run_data_arguments(redact_secrets(progress.get("recipe")))
-    config, pool = progress["config"], progress["pool"]
-    source = None
-    if data is not None:
-        source = {
-            "dataset_name": data["dataset_name"],
-            "config_name": data["dataset_config_name"],
-            "split": data["train_split"],
-            "revision": data["dataset_revision"],
-            "image_column": data["image_column"],
-            "label_column": data["label_column"],
-        }
     return {
         "format_version": SUBSET_FORMAT_VERSION,
-        "source": source,
+        "source": {
+            "dataset_name": data["dataset_name"] if data else None,
+            "config_name": data["dataset_config_name"] if data else None,
+            "split": data["train_split"] if data else None,
+            "revision": data["dataset_revision"] if data else None,
+            "image_column": settings.get("image_column") or "image",
+            "label_column": settings.get("label_column") or "label",
+        },
         "pool": {
             "num_examples": pool["num_examples"],
             "fingerprint": pool["fingerprint"],
             "max_pool_size": data["max_pool_size"] if data else None,
-            "seed": config.get("seed"),
+            "seed": settings.get("seed"),
         },
+        "class_names": progress.get("class_names") or settings.get("class_names"),
         "run": {
-            k: config.get(k)
-            for k in ("strategy", "pruning_ratio", "initial_labeled_size", "query_size", "num_rounds")
-        },
+            key: settings.get(key)
+            for key in (
+                "method",
+                "strategy",
+                "pruning_ratio",
+                "initial_labeled_size",
+                "query_size",
+                "num_rounds",
+                "annotation",
+            )
+        },  # fmt: skip
     }
 
 
@@ -87,10 +120,10 @@ def save_subset(
     pool: datasets.Dataset | None = None,
     rebuild_pool: bool = True,
     include_examples: bool = False,
-    endpoint: str = DEFAULT_ENDPOINT,
+    endpoint: str | None = None,
 ) -> Path:
     """
-    Write a run's selected subset (selection, source record, dataset card) to `save_directory`.
+    Write a run's selected subset (selection with labels, source record, dataset card) to `save_directory`.
 
     The run directory is only read.
 
@@ -105,26 +138,38 @@ def save_subset(
             the run to add `source_index` (and the examples). Skipped with a warning when that fails.
         include_examples (`bool`, *optional*, defaults to `False`): Also write the selected images and labels
             (`examples/`, config `examples`). Needs the pool.
-        endpoint (`str`, *optional*): Hub address used in the card's links.
+        endpoint (`str`, *optional*): Hub address of the card's links; defaults to
+            `huggingface_hub.constants.ENDPOINT`.
 
     Returns:
         `Path`: `save_directory`.
 
     Raises:
         `SubsetMismatchError`: `pool` is not the pool the run selected from.
+        `ValueError`: `include_examples` without a pool (none given and none recorded).
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf.subset import save_subset
+    >>> save_subset("runs/fashion-mnist-resnet/prunefuse", "fmnist-subset", repo_id="me/fmnist-subset")
+    PosixPath('fmnist-subset')
+    ```
     """
     run_dir, save_directory = Path(run_dir), Path(save_directory)
     metadata = subset_metadata(run_dir)
     table = pq.read_table(run_dir / SELECTION_NAME)
     rebuilt = False
-    if pool is None and (rebuild_pool or include_examples) and metadata["source"] is not None:
+    if pool is None and (rebuild_pool or include_examples) and metadata["source"]["dataset_name"] is not None:
         try:
             pool, rebuilt = rebuild_subset_pool(metadata), True
         except (OSError, ValueError) as error:
             if include_examples:
                 raise
             logger.warning(
-                "Could not rebuild the pool from %s (%s); saving the indices only.", metadata["source"], error
+                "Could not rebuild the pool from %s (%s); saving the indices only.",
+                _describe(metadata),
+                error,
             )
     elif pool is not None:
         check_pool(pool, metadata)
@@ -142,18 +187,14 @@ def save_subset(
     metadata["num_selected"] = len(indices)
     (save_directory / SUBSET_METADATA_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
     if include_examples:
-        examples = _with_embedded_files(pool.select(indices))
-        (save_directory / EXAMPLES_DIR).mkdir(exist_ok=True)
-        examples.to_parquet(str(save_directory / EXAMPLES_DIR / "train-00000-of-00001.parquet"))
-    card = render_dataset_card(
-        metadata,
-        table,
-        repo_id=repo_id,
-        model_repo_id=model_repo_id,
-        has_examples=include_examples,
-        endpoint=endpoint,
-    )
-    (save_directory / "README.md").write_text(card)
+        examples = _with_labels(pool.select(indices), table.to_pydict(), metadata)
+        (save_directory / SUBSET_EXAMPLES_DIR).mkdir(exist_ok=True)
+        _with_embedded_files(examples).to_parquet(
+            str(save_directory / SUBSET_EXAMPLES_DIR / "train-00000-of-00001.parquet")
+        )
+    facts = collect_subset_card_facts(metadata, table, repo_id=repo_id, model_repo_id=model_repo_id,
+                                      has_examples=include_examples, endpoint=endpoint)  # fmt: skip
+    (save_directory / MODEL_CARD_NAME).write_text(render_dataset_card(facts))
     return save_directory
 
 
@@ -166,26 +207,29 @@ def load_subset(
     token: str | bool | None = None,
 ) -> datasets.Dataset:
     """
-    Rebuild the exact examples a PruneFuse run selected.
+    Rebuild the exact examples a PruneFuse run selected, with their labels.
 
     Args:
         repo_id_or_path (`str` or `os.PathLike`): A subset dataset repo on the Hub, or a local subset folder
             (from [`save_subset`]).
         source (`datasets.Dataset` or `str`, *optional*): The data to select from: the pool itself or the
             full source split (the run's `max_pool_size` draw is redone), as a `Dataset` or as a name/path for
-            [`~prunefuse_hf.data.load_image_dataset`] (the recorded split is used). Defaults to the recorded
-            source, e.g. the built-in `fashion_mnist` or a Hub dataset at its recorded revision.
+            [`~prunefuse_hf.data.load_image_dataset`] (the recorded split and revision are used). Defaults to the
+            recorded source, e.g. the built-in `fashion_mnist` or a Hub dataset at its recorded revision.
         revision (`str`, *optional*): Revision of the subset repo.
         verify (`bool`, *optional*, defaults to `True`): Refuse a pool whose fingerprint differs from the
             recorded one. The size is always checked.
         token (`str` or `bool`, *optional*): Hub token for a private subset repo.
 
     Returns:
-        `datasets.Dataset`: the selected rows of the source, in selection order (round, then pool index),
-        with `pool_index` and `round` columns added.
+        `datasets.Dataset`: the selected rows of the source, in selection order (round, then pool index), with
+        `pool_index` and `round` columns added. The label column (the run's `label_column`) holds each example's
+        label: the source's, or, where the source has none (a pool labeled by annotators), the one the run
+        recorded, as a `ClassLabel` with the run's class names.
 
     Raises:
         `SubsetMismatchError`: the source is not the one the subset was selected from.
+        `ValueError`: the subset records no source and none was given.
 
     Example:
 
@@ -197,34 +241,55 @@ def load_subset(
     ```
     """
     folder = _subset_folder(repo_id_or_path, revision=revision, token=token)
-    metadata = json.loads((folder / SUBSET_METADATA_NAME).read_text())
+    metadata = _read_metadata(folder)
     selection = pq.read_table(folder / SELECTION_NAME).to_pydict()
-    recorded = metadata.get("source")
+    recorded = metadata["source"]
     if source is None or isinstance(source, (str, os.PathLike)):
-        if recorded is None and source is None:
+        if recorded["dataset_name"] is None and source is None:
             raise ValueError(
                 f"{repo_id_or_path} does not record its source dataset (the run was started from Python with a "
                 "Dataset). Pass the pool it was selected from: load_subset(..., source=dataset)."
             )
-        recorded = dict(
-            recorded or {}, dataset_name=os.fspath(source) if source is not None else recorded["dataset_name"]
-        )
-        pool = rebuild_subset_pool({**metadata, "source": recorded}, verify=verify)
+        if source is not None:
+            metadata = {**metadata, "source": {**recorded, "dataset_name": os.fspath(source)}}
+        pool = rebuild_subset_pool(metadata, verify=verify)
     else:
         pool = _pool_from_source(source, metadata, verify=verify)
     subset = pool.select(selection[POOL_INDEX])
     subset = subset.add_column(POOL_INDEX, selection[POOL_INDEX]).add_column("round", selection["round"])
-    return subset
+    return _with_labels(subset, selection, metadata)
 
 
 def rebuild_subset_pool(metadata: dict, verify: bool = True) -> datasets.Dataset:
-    """Load the recorded source and redo the run's pool draw; raises `SubsetMismatchError` when it differs."""
+    """
+    Load the recorded source at its recorded revision and redo the run's pool draw.
+
+    Args:
+        metadata (`dict`): A subset's record (see [`subset_metadata`]).
+        verify (`bool`, *optional*, defaults to `True`): Also check the pool's fingerprint.
+
+    Returns:
+        `datasets.Dataset`: the pool the run selected from.
+
+    Raises:
+        `SubsetMismatchError`: the rebuilt pool differs from the recorded one.
+        `FileNotFoundError`: the source cannot be found (a local folder that is not here, an unreachable Hub).
+
+    Example:
+
+    ```python
+    >>> metadata = json.loads(Path("subset/prunefuse_subset.json").read_text())
+    >>> len(rebuild_subset_pool(metadata)) == metadata["pool"]["num_examples"]
+    True
+    ```
+    """
     source = metadata["source"]
+    # Loaded as the run loaded its pool (no label check: a pool labeled by annotators has no label column).
     dataset = load_image_dataset(
         source["dataset_name"],
         source.get("split") or "train",
         image_column=source.get("image_column") or "image",
-        label_column=source.get("label_column"),
+        label_column=None,
         config_name=source.get("config_name"),
         revision=source.get("revision"),
     )
@@ -232,7 +297,23 @@ def rebuild_subset_pool(metadata: dict, verify: bool = True) -> datasets.Dataset
 
 
 def check_pool(pool: datasets.Dataset, metadata: dict, verify: bool = True) -> None:
-    """Raise `SubsetMismatchError` unless `pool` has the recorded size (and fingerprint, with `verify`)."""
+    """
+    Check that `pool` is the pool a subset was selected from.
+
+    Args:
+        pool (`datasets.Dataset`): The candidate pool.
+        metadata (`dict`): The subset's record (see [`subset_metadata`]).
+        verify (`bool`, *optional*, defaults to `True`): Also compare the fingerprint (the size always is).
+
+    Raises:
+        `SubsetMismatchError`: the size or the fingerprint differs (the message says how to fix it).
+
+    Example:
+
+    ```python
+    >>> check_pool(pool, subset_metadata("runs/fashion-mnist-resnet/prunefuse"))  # silent when it matches
+    ```
+    """
     expected = metadata["pool"]
     if len(pool) != expected["num_examples"]:
         raise SubsetMismatchError(
@@ -247,6 +328,17 @@ def check_pool(pool: datasets.Dataset, metadata: dict, verify: bool = True) -> N
         )
 
 
+# ----- helpers -----
+
+
+def _read_metadata(folder: Path) -> dict:
+    metadata = json.loads((folder / SUBSET_METADATA_NAME).read_text())
+    # Format 1 wrote `source: null` for runs started from Python and no class names.
+    metadata["source"] = metadata.get("source") or {"dataset_name": None}
+    metadata.setdefault("class_names", None)
+    return metadata
+
+
 def _pool_from_source(dataset: datasets.Dataset, metadata: dict, verify: bool) -> datasets.Dataset:
     pool_info = metadata["pool"]
     size = pool_info.get("max_pool_size")
@@ -256,9 +348,34 @@ def _pool_from_source(dataset: datasets.Dataset, metadata: dict, verify: bool) -
     return dataset
 
 
+def _with_labels(rows: datasets.Dataset, selection: dict, metadata: dict) -> datasets.Dataset:
+    """`rows` with the run's labels in the label column where the source has none (annotated pools)."""
+    recorded = selection.get(SELECTION_LABEL)
+    if recorded is None or all(label is None for label in recorded):
+        return rows
+    column = metadata["source"].get("label_column") or "label"
+    names = metadata.get("class_names")
+    if column not in rows.column_names:
+        feature = datasets.ClassLabel(names=names) if names else datasets.Value("int64")
+        return rows.add_column(column, [-1 if y is None else y for y in recorded], feature=feature)
+    # A partly labeled source: rows without a label (None or -1) take the one the run recorded.
+    present = np.asarray(rows.with_format("arrow")[column].fill_null(-1), dtype=np.int64)
+    wanted = np.asarray([-1 if y is None else y for y in recorded], dtype=np.int64)
+    missing = (present < 0) & (wanted >= 0)
+    if not missing.any():
+        return rows
+    feature = rows.features[column]
+    merged = np.where(missing, wanted, present).tolist()
+    return (
+        rows.remove_columns(column)
+        .add_column(column, merged, feature=feature)
+        .select_columns(rows.column_names)
+    )
+
+
 def _describe(metadata: dict) -> str:
-    source = metadata.get("source")
-    if not source:
+    source = metadata.get("source") or {}
+    if not source.get("dataset_name"):
         return "source not recorded"
     parts = [source["dataset_name"], f"split {source.get('split')}"]
     if source.get("config_name"):
@@ -296,89 +413,3 @@ def _with_embedded_files(dataset: datasets.Dataset) -> datasets.Dataset:
     from datasets.table import embed_table_storage
 
     return dataset.with_format("arrow").map(embed_table_storage, batched=True).with_format(None)
-
-
-def render_dataset_card(
-    metadata: dict,
-    selection: pa.Table,
-    *,
-    repo_id: str | None = None,
-    model_repo_id: str | None = None,
-    has_examples: bool = False,
-    endpoint: str = DEFAULT_ENDPOINT,
-) -> str:
-    """The subset's dataset card (YAML front matter with `configs`, and markdown)."""
-    import re
-
-    import jinja2
-    from huggingface_hub import DatasetCardData
-
-    from .model_card import FASHION_MNIST, FASHION_MNIST_HUB_ID, TAGS, _template, is_hub_id
-
-    source = metadata.get("source") or {}
-    name = source.get("dataset_name")
-    source_hub_id = FASHION_MNIST_HUB_ID if name == FASHION_MNIST else name if is_hub_id(name) else None
-    configs = [
-        {
-            "config_name": "default",
-            "data_files": [{"split": "train", "path": SELECTION_NAME}],
-            "default": True,
-        }
-    ]
-    if has_examples:
-        configs.append(
-            {
-                "config_name": EXAMPLES_DIR,
-                "data_files": [{"split": "train", "path": f"{EXAMPLES_DIR}/*.parquet"}],
-            }
-        )
-    card_data = DatasetCardData(
-        pretty_name=f"PruneFuse subset of {name}" if name else "PruneFuse subset",
-        task_categories=["image-classification"],
-        tags=[t for t in TAGS if t != "image-classification"],
-        source_datasets=[source_hub_id] if source_hub_id else None,
-        configs=configs,
-    )
-    rows = selection.to_pydict()
-    counts = Counter(rows["round"])
-    strategies = dict(zip(rows["round"], rows["strategy"]))
-    source_fields = (
-        ", ".join(f"{k} `{v}`" for k, v in source.items() if v) if source else "not recorded (pass `source=`)"
-    )
-    facts = {
-        "card_data": card_data.to_yaml(),
-        "title": card_data.pretty_name,
-        "repo_id": repo_id or "path/to/subset",
-        "model_repo_id": model_repo_id,
-        "model_repo_url": f"{endpoint}/{model_repo_id}" if model_repo_id else None,
-        "num_selected": _count(len(rows["round"])),
-        "source_description": f"`{name}` (split `{source.get('split')}`)"
-        if name
-        else "a dataset given in Python",
-        "pool_size": _count(metadata["pool"]["num_examples"]),
-        "pool_fingerprint": metadata["pool"]["fingerprint"],
-        "max_pool_size": _count(metadata["pool"].get("max_pool_size")),
-        "pool_seed": metadata["pool"].get("seed"),
-        "strategy": metadata["run"].get("strategy"),
-        "num_rounds": metadata["run"].get("num_rounds"),
-        "metadata_name": SUBSET_METADATA_NAME,
-        "source_fields": source_fields,
-        "has_source": bool(source),
-        "has_source_index": SOURCE_INDEX in selection.column_names,
-        "has_examples": has_examples,
-        "rounds": [
-            {"round": r, "count": _count(counts[r]), "strategy": strategies[r] or "–"} for r in sorted(counts)
-        ],
-        "citation": CITATION,
-    }
-    template = _template(DATASET_CARD_TEMPLATE)
-    environment = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    text = environment.from_string(template).render(**facts)
-    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
-
-
-def temporary_subset_folder(run_dir, **kwargs) -> tempfile.TemporaryDirectory:
-    """`save_subset` into a new temporary directory (removed when the returned object is cleaned up)."""
-    folder = tempfile.TemporaryDirectory(prefix="prunefuse-subset-")
-    save_subset(run_dir, folder.name, **kwargs)
-    return folder

@@ -1,0 +1,422 @@
+"""From images to model inputs, decoded once.
+
+One image processor describes the whole preprocessing of a run: the pretrained model's own, or one built
+from the run's settings (size, channels, mean and std 0.5). It is split in two halves:
+
+- **geometry** (decode, channel mode, resize / crop) turns every image into `uint8` pixels of the model's
+  size and channel count. It runs once per run: the pixels are stored with `datasets` (an Arrow file,
+  memory-mapped, keyed by the pool's fingerprint and the processor), so every scoring pass, every training
+  epoch and every evaluation reads them instead of decoding the same files again, and a second run or a
+  resume reuses the file. Decoding every image up front is also where damaged files are found, before any
+  training, with the file named in the error.
+- **normalization** (rescale, mean / std, training augmentation) runs on tensors, on the device, batch by batch.
+
+The two halves give exactly the processor's own output (tested), and the processor is saved with every
+checkpoint, so `pipeline("image-classification", model=...)` preprocesses like the run did.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+from transformers.utils import logging
+
+from .constants import LABELS, PIXEL_VALUES
+from .images import open_image, to_model_mode
+
+logger = logging.get_logger(__name__)
+
+# Bump when the way pixels are computed changes: it is part of every cache file's key.
+PIXEL_CACHE_VERSION = "1"
+PIXEL_CACHE_DIR_ENV = "PRUNEFUSE_PIXEL_CACHE"
+# With `cache_pixels` unset, a pool is cached when its pixels take at most this share of the free disk space.
+AUTO_CACHE_DISK_SHARE = 0.5
+AUGMENT_PADDING = 4
+_MAP_BATCH_SIZE = 256
+
+
+def build_image_processor(model_config, image_processor=None, *, image_size: int | None = None, image=None):
+    """
+    The image processor of a run: `image_processor` when the model comes with one, else a
+    `ViTImageProcessor` (PIL backend) that resizes to the run's size and normalizes with mean and std 0.5.
+
+    Args:
+        model_config ([`~transformers.PretrainedConfig`]):
+            Config of the dense model (`num_channels`, and `image_size` when the family has one).
+        image_processor ([`~transformers.BaseImageProcessor`], *optional*):
+            The pretrained model's processor. Its own size wins over `image_size`.
+        image_size (`int`, *optional*):
+            Square size to resize to, without a pretrained processor. Defaults to `model_config.image_size`, else
+            the size of `image`.
+        image (`PIL.Image.Image`, *optional*):
+            An example image of the pool, whose size is used when nothing else gives one.
+
+    Returns:
+        [`~transformers.BaseImageProcessor`]: a processor whose output has `model_config.num_channels` channels.
+
+    Raises:
+        `ValueError`: the processor normalizes another number of channels than the model takes, or no size can
+            be determined.
+
+    Example:
+
+    ```python
+    >>> from transformers import ResNetConfig
+    >>> processor = build_image_processor(ResNetConfig(), image_size=32)
+    >>> processor.size, processor.image_mean
+    ({'height': 32, 'width': 32}, [0.5, 0.5, 0.5])
+    ```
+    """
+    channels = model_num_channels(model_config)
+    if image_processor is not None:
+        mean = getattr(image_processor, "image_mean", None)
+        if (
+            getattr(image_processor, "do_normalize", False)
+            and isinstance(mean, (list, tuple))
+            and len(mean) != channels
+        ):
+            # Caught here because the processor's own error ("mean must have 1 elements") hides the cause.
+            raise ValueError(
+                f"The image processor normalizes {len(mean)} channels but the model expects {channels}; give it "
+                "one `image_mean`/`image_std` value per model channel."
+            )
+        if image_size is not None:
+            logger.warning(
+                "`image_size` is ignored when the model has an image processor: the processor resizes."
+            )
+        return image_processor
+    from transformers import ViTImageProcessorPil
+
+    size = image_size or getattr(model_config, "image_size", None)
+    if size is None:
+        if image is None:
+            raise ValueError("No image size: set `image_size` (or give the model config an `image_size`).")
+        width, height = image.size
+    else:
+        height = width = int(size)
+    return ViTImageProcessorPil(
+        size={"height": height, "width": width},
+        resample=PIL.Image.Resampling.BILINEAR,
+        image_mean=[0.5] * channels,
+        image_std=[0.5] * channels,
+    )
+
+
+def model_num_channels(model_config) -> int:
+    """Input channels of a model config (`num_channels`, 3 when the config has none); only 1 and 3 are supported."""
+    channels = getattr(model_config, "num_channels", 3)
+    if channels not in (1, 3):
+        raise ValueError(f"Models with {channels} input channels are not supported (only 1 or 3).")
+    return channels
+
+
+@dataclass
+class ImagePreprocessor:
+    """
+    The run's preprocessing, split into `uint8` geometry (decode, channel mode, resize / crop: done once) and
+    normalization on tensors (rescale, mean / std, augmentation: done per batch, on the device).
+
+    Args:
+        image_processor ([`~transformers.BaseImageProcessor`]):
+            The processor both halves reproduce (see [`build_image_processor`]).
+        num_channels (`int`):
+            Channels of the model's input (1 or 3); images are converted to "L" or "RGB" first.
+        image_column (`str`, *optional*, defaults to `"image"`):
+            Column holding the images.
+        augment (`bool`, *optional*, defaults to `False`):
+            Random crop (4-pixel zero padding) and horizontal flip of training batches.
+        uniform_size (`tuple[int, int]`, *optional*):
+            `(width, height)` every image must have. Set when the processor's size was taken from the first image
+            (nothing else gave one), so that a pool of mixed sizes is refused instead of silently resized.
+
+    Example:
+
+    ```python
+    >>> preprocessor = ImagePreprocessor(build_image_processor(model.config, image_size=32), num_channels=3)
+    >>> pixels = preprocessor.pixel_dataset(pool)            # uint8 [N, 3, 32, 32], decoded once and cached
+    >>> batch = pixels[:8][PIXEL_VALUES]
+    >>> preprocessor.normalize(batch).dtype                  # what the model reads
+    torch.float32
+    ```
+    """
+
+    image_processor: object
+    num_channels: int
+    image_column: str = "image"
+    augment: bool = False
+    uniform_size: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        processor = self.image_processor
+        self.rescale_factor = (
+            float(processor.rescale_factor) if getattr(processor, "do_rescale", False) else None
+        )
+        normalize = getattr(processor, "do_normalize", False)
+        mean = processor.image_mean if normalize else None
+        std = processor.image_std if normalize else None
+        self._mean = (
+            None if mean is None else torch.tensor(_per_channel(mean, self.num_channels)).view(-1, 1, 1)
+        )
+        self._std = None if std is None else torch.tensor(_per_channel(std, self.num_channels)).view(-1, 1, 1)
+
+    # ----- geometry: images -> uint8 pixels -----
+
+    def to_pixels(self, images: list, pool_indices=None) -> torch.Tensor:
+        """
+        Decode `images` (as stored in a dataset column: PIL images, `{"path", "bytes"}` dicts or arrays) and apply
+        the processor's geometry.
+
+        Args:
+            images (`list`): The images.
+            pool_indices (`list[int]`, *optional*): Their pool indices, named in decoding errors.
+
+        Returns:
+            `torch.Tensor`: `uint8` pixels of shape `[B, C, H, W]`.
+
+        Raises:
+            [`~prunefuse_hf.images.ImageDecodeError`]: an image cannot be decoded (the file is named).
+        """
+        if pool_indices is None:
+            pool_indices = [None] * len(images)
+        mode_images = []
+        for image, index in zip(images, pool_indices):
+            decoded = open_image(image, pool_index=index)
+            if self.uniform_size is not None and decoded.size != tuple(self.uniform_size):
+                where = f" (pool index {index})" if index is not None else ""
+                raise ValueError(
+                    f"The images have different sizes: {decoded.size[0]}×{decoded.size[1]}{where} but the first is "
+                    f"{self.uniform_size[0]}×{self.uniform_size[1]}. Set image_size to resize them all to one size."
+                )
+            mode_images.append(to_model_mode(decoded, self.num_channels))
+        pixels = self.image_processor(mode_images, do_rescale=False, do_normalize=False, return_tensors="pt")[
+            PIXEL_VALUES
+        ]
+        if pixels.dtype != torch.uint8:
+            if not torch.equal(pixels, pixels.round()) or pixels.min() < 0 or pixels.max() > 255:
+                raise ValueError(
+                    f"{type(self.image_processor).__name__} resizes in floating point, so its geometry is not "
+                    "uint8 pixels; use a processor with the PIL backend."
+                )
+            pixels = pixels.to(torch.uint8)
+        return pixels
+
+    def pixel_dataset(
+        self,
+        dataset: datasets.Dataset,
+        *,
+        cache: bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        desc: str = "Decoding images",
+    ) -> datasets.Dataset:
+        """
+        `dataset` as `uint8` pixels (column `pixel_values`, torch format), row for row.
+
+        With the cache, every image is decoded now (a streamed pass with a progress bar, which is also where a
+        damaged file is found) and the pixels are written to one Arrow file named after the dataset's fingerprint
+        and this preprocessing; the same dataset and preprocessing read the file again instead of decoding.
+        Without it, images are decoded when a batch is read.
+
+        Args:
+            dataset (`datasets.Dataset`): The images.
+            cache (`bool`, *optional*): Whether to store the pixels. `None` stores them when they take at most half
+                of the free disk space (the size is logged before anything is written).
+            cache_dir (`str` or `os.PathLike`, *optional*): Where cache files go. Defaults to
+                `$PRUNEFUSE_PIXEL_CACHE`, else `prunefuse_hf/` in the `datasets` cache.
+            desc (`str`, *optional*): Progress bar label.
+
+        Returns:
+            `datasets.Dataset`: rows `{"pixel_values": uint8 [C, H, W]}` (numpy arrays from the cache, tensors
+            without it); [`PixelDataset`] reads either as tensors.
+
+        Raises:
+            [`~prunefuse_hf.images.ImageDecodeError`]: with the cache, an image cannot be decoded.
+        """
+        images = _undecoded(dataset, self.image_column)
+        cache_dir = Path(cache_dir or os.environ.get(PIXEL_CACHE_DIR_ENV) or _default_cache_dir())
+        channels, height, width = self.output_shape(images)
+        needed = len(dataset) * channels * height * width
+        if cache is None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(cache_dir).free
+            cache = needed <= AUTO_CACHE_DISK_SHARE * free
+            if not cache:
+                logger.warning(
+                    f"Not caching decoded pixels: {_bytes(needed)} needed, {_bytes(free)} free in {cache_dir}; "
+                    "images are decoded at every pass (set cache_pixels: true to cache anyway)."
+                )
+        if not cache:
+            return images.with_transform(self._transform, output_all_columns=False)
+
+        key = self.cache_key(dataset)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache_file = cache_dir / f"pixels-{key}.arrow"
+        if not cache_file.is_file():
+            logger.info(f"Caching {len(dataset):,} decoded images ({_bytes(needed)}) in {cache_file}")
+        features = datasets.Features(
+            {PIXEL_VALUES: datasets.Array3D(shape=(channels, height, width), dtype="uint8")}
+        )
+        pixels = images.map(
+            self._map_batch,
+            batched=True,
+            batch_size=_MAP_BATCH_SIZE,
+            with_indices=True,
+            remove_columns=images.column_names,
+            features=features,
+            cache_file_name=str(cache_file),
+            load_from_cache_file=True,
+            new_fingerprint=key,
+            desc=desc,
+        )
+        return pixels.with_format("numpy")
+
+    def output_shape(self, images: datasets.Dataset) -> tuple[int, int, int]:
+        """`(C, H, W)` of the pixels, from the processor's geometry on the first image."""
+        if len(images) == 0:
+            raise ValueError("The dataset has no rows.")
+        return tuple(self.to_pixels([images[0][self.image_column]], [0]).shape[1:])
+
+    def cache_key(self, dataset: datasets.Dataset) -> str:
+        """Key of the pixel cache of `dataset`: its fingerprint, the processor and the channel count."""
+        parts = [PIXEL_CACHE_VERSION, dataset._fingerprint, self.image_column, str(self.num_channels),
+                 type(self.image_processor).__name__, self.image_processor.to_json_string()]  # fmt: skip
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+
+    def _map_batch(self, batch: dict, indices: list[int]) -> dict:
+        return {PIXEL_VALUES: self.to_pixels(batch[self.image_column], indices).numpy()}
+
+    def _transform(self, batch: dict) -> dict:
+        return {PIXEL_VALUES: self.to_pixels(batch[self.image_column])}
+
+    # ----- normalization: uint8 pixels -> model inputs -----
+
+    def normalize(self, pixel_values: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """
+        Rescale and normalize `uint8` pixels as the processor does (and augment them when training with `augment`).
+
+        Args:
+            pixel_values (`torch.Tensor`): `uint8` `[B, C, H, W]`, on any device; float tensors are returned as
+                they are (already normalized).
+            train (`bool`, *optional*, defaults to `False`): Whether the batch is for training.
+
+        Returns:
+            `torch.Tensor`: float32 `[B, C, H, W]` on the same device.
+        """
+        if pixel_values.is_floating_point():
+            return pixel_values
+        values = pixel_values.float()
+        if self.rescale_factor is not None:
+            # Dividing by 255 (rather than multiplying by 1/255) gives exactly the processor's numbers.
+            values = values.div_(1 / self.rescale_factor)
+        if self._mean is not None:
+            values = values.sub_(self._mean.to(values.device)).div_(self._std.to(values.device))
+        if train and self.augment:
+            values = random_crop_and_flip(values, padding=AUGMENT_PADDING)
+        return values
+
+
+class PixelDataset(torch.utils.data.Dataset):
+    """
+    Rows of a pixel dataset with their class ids, read a whole batch at a time.
+
+    Args:
+        pixels (`datasets.Dataset`): From [`ImagePreprocessor.pixel_dataset`].
+        rows (`np.ndarray`): The rows (pool indices) this dataset exposes, in order.
+        labels (`np.ndarray`, *optional*): Class id of each row of `rows`; without them only pixels are returned.
+    """
+
+    def __init__(self, pixels: datasets.Dataset, rows, labels=None):
+        self.pixels = pixels
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = None if labels is None else torch.tensor(np.asarray(labels, dtype=np.int64))
+        if self.labels is not None and len(self.labels) != len(self.rows):
+            raise ValueError(f"Got {len(self.labels)} labels for {len(self.rows)} rows.")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        # One Arrow read for the whole batch; the examples are views of it.
+        pixel_values = self.batch(indices)
+        if self.labels is None:
+            return [{PIXEL_VALUES: p} for p in pixel_values]
+        return [{PIXEL_VALUES: p, LABELS: y} for p, y in zip(pixel_values, self.labels[indices])]
+
+    def select(self, positions) -> PixelDataset:
+        """The examples at `positions` (of this dataset) as a new `PixelDataset` over the same pixels."""
+        subset = copy.copy(self)
+        positions = np.asarray(list(positions) if isinstance(positions, range) else positions, dtype=np.int64)
+        subset.rows = self.rows[positions]
+        subset.labels = None if self.labels is None else self.labels[torch.from_numpy(positions)]
+        return subset
+
+    def batch(self, indices) -> torch.Tensor:
+        """The `uint8` pixels of `indices` as one `[B, C, H, W]` tensor."""
+        pixel_values = self.pixels[self.rows[indices].tolist()][PIXEL_VALUES]
+        if isinstance(pixel_values, torch.Tensor):
+            return pixel_values
+        return torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.uint8))
+
+
+def random_crop_and_flip(pixel_values: torch.Tensor, padding: int) -> torch.Tensor:
+    """
+    CIFAR-style augmentation of a batch, per example: zero-pad by `padding`, crop back to size at a random offset,
+    flip horizontally with probability 0.5. Offsets and flips are drawn from torch's generator of the batch's
+    device (`torch.manual_seed` makes them reproducible), and applied with one gather (no Python loop).
+
+    Args:
+        pixel_values (`torch.Tensor`): `[B, C, H, W]` float.
+        padding (`int`): Padding on every side, in pixels.
+
+    Returns:
+        `torch.Tensor`: the augmented batch, same shape.
+    """
+    batch, _, height, width = pixel_values.shape
+    device = pixel_values.device
+    padded = torch.nn.functional.pad(pixel_values, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), device=device)
+    flips = torch.rand(batch, device=device) < 0.5
+    rows = offsets[:, :1] + torch.arange(height, device=device)  # [B, H]
+    columns = torch.arange(width, device=device).expand(batch, width)
+    columns = torch.where(flips[:, None], columns.flip(-1), columns) + offsets[:, 1:]  # [B, W]
+    index = torch.arange(batch, device=device)[:, None, None]
+    # [B, H, W, C] gathered from the padded [B, C, H + 2p, W + 2p] batch, then back to channels-first.
+    out = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], columns[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _undecoded(dataset: datasets.Dataset, image_column: str) -> datasets.Dataset:
+    # Files are opened by `open_image`, which names the file when decoding fails (datasets' decoder does not).
+    images = dataset.select_columns([image_column])
+    if isinstance(images.features[image_column], datasets.Image):
+        images = images.cast_column(image_column, datasets.Image(decode=False))
+    return images
+
+
+def _per_channel(values, channels: int) -> list[float]:
+    values = [values] if isinstance(values, (int, float)) else list(values)
+    return values * channels if len(values) == 1 else values
+
+
+def _default_cache_dir() -> Path:
+    return Path(datasets.config.HF_DATASETS_CACHE) / "prunefuse_hf"
+
+
+def _bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError

@@ -1,0 +1,220 @@
+"""Images to model inputs: geometry once into cached uint8 pixels, normalization on tensors, same numbers as the
+processor."""
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import ConvNextImageProcessorPil, ViTConfig, ViTImageProcessorPil
+
+from conftest import make_image_dataset, tiny_resnet_config
+from prunefuse_hf import images as images_module
+from prunefuse_hf.constants import LABELS, PIXEL_VALUES
+from prunefuse_hf.distillation import DistillationTrainer
+from prunefuse_hf.images import ImageDecodeError
+from prunefuse_hf.preprocessing import (
+    ImagePreprocessor,
+    PixelDataset,
+    build_image_processor,
+    random_crop_and_flip,
+)
+
+
+def preprocessor_for(config, processor=None, image_size=None, image=None, **kwargs):
+    processor = build_image_processor(config, processor, image_size=image_size, image=image)
+    return ImagePreprocessor(processor, config.num_channels, **kwargs)
+
+
+def previous_pixels(image, mode, size):
+    """The package's earlier transform (and the default processor's own): mode, PIL bilinear resize, (x/255-0.5)/0.5."""
+    image = image.convert(mode).resize((size[1], size[0]), PIL.Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.float32)
+    array = array[:, :, None] if array.ndim == 2 else array
+    return torch.from_numpy(array).permute(2, 0, 1).div(255.0).sub(0.5).div(0.5)
+
+
+@pytest.mark.parametrize(("mode", "num_channels"), [("L", 3), ("RGB", 1), ("L", 1), ("RGB", 3)])
+def test_pixels_equal_the_previous_transform_exactly(tmp_path, mode, num_channels):
+    dataset = make_image_dataset(6, size=16, mode=mode)
+    preprocessor = preprocessor_for(tiny_resnet_config(num_channels=num_channels), image_size=20)
+    model_mode = "RGB" if num_channels == 3 else "L"
+    for cache in (True, False):
+        pixels = preprocessor.pixel_dataset(dataset, cache=cache, cache_dir=tmp_path)
+        batch = PixelDataset(pixels, np.arange(6)).batch(list(range(6)))
+        assert batch.dtype == torch.uint8 and batch.shape == (6, num_channels, 20, 20)
+        normalized = preprocessor.normalize(batch)
+        for i in range(6):
+            assert torch.equal(normalized[i], previous_pixels(dataset[i]["image"], model_mode, (20, 20)))
+
+
+@pytest.mark.parametrize(
+    "processor",
+    [
+        ViTImageProcessorPil(
+            size={"height": 24, "width": 24}, image_mean=[0.2, 0.3, 0.4], image_std=[0.3, 0.2, 0.1]
+        ),
+        ConvNextImageProcessorPil(size={"shortest_edge": 20}, crop_pct=0.875),
+    ],
+    ids=["vit", "convnext-crop"],
+)
+def test_geometry_then_normalization_equals_the_pretrained_processor(tmp_path, processor):
+    dataset = make_image_dataset(5, size=30, mode="RGB")
+    preprocessor = preprocessor_for(tiny_resnet_config(), processor)
+    pixels = PixelDataset(preprocessor.pixel_dataset(dataset, cache_dir=tmp_path), np.arange(5)).batch(
+        range(5)
+    )
+    expected = processor([dataset[i]["image"] for i in range(5)], return_tensors="pt")[PIXEL_VALUES]
+    assert torch.equal(preprocessor.normalize(pixels), expected)
+
+
+def test_size_comes_from_image_size_then_the_config_then_the_images():
+    image = PIL.Image.new("RGB", (12, 10))
+    assert build_image_processor(tiny_resnet_config(), image_size=24).size == {"height": 24, "width": 24}
+    assert build_image_processor(ViTConfig(image_size=32)).size == {"height": 32, "width": 32}
+    assert build_image_processor(tiny_resnet_config(), image=image).size == {"height": 10, "width": 12}
+    with pytest.raises(ValueError, match="No image size: set `image_size`"):
+        build_image_processor(tiny_resnet_config())
+
+
+def test_mixed_image_sizes_without_a_size_are_refused_naming_the_row(tmp_path):
+    images = [PIL.Image.new("L", (8, 8)), PIL.Image.new("L", (8, 8)), PIL.Image.new("L", (10, 8))]
+    dataset = datasets.Dataset.from_dict(
+        {"image": images}, features=datasets.Features({"image": datasets.Image()})
+    )
+    preprocessor = preprocessor_for(tiny_resnet_config(), image=images[0], uniform_size=(8, 8))
+    with pytest.raises(ValueError, match=r"different sizes: 10×8 \(pool index 2\).*Set image_size"):
+        preprocessor.pixel_dataset(dataset, cache_dir=tmp_path)
+
+
+def test_pixel_arrays_are_accepted(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 255, size=(3, 6, 6), dtype=np.uint8)
+    features = datasets.Features(
+        {"image": datasets.Array2D((6, 6), "uint8"), "label": datasets.Value("int64")}
+    )
+    dataset = datasets.Dataset.from_dict({"image": pixels, "label": [0, 1, 2]}, features=features)
+    preprocessor = preprocessor_for(tiny_resnet_config(num_channels=1), image_size=6)
+    batch = PixelDataset(preprocessor.pixel_dataset(dataset, cache_dir=tmp_path), np.arange(3)).batch(
+        [0, 1, 2]
+    )
+    assert torch.equal(
+        preprocessor.normalize(batch)[:, 0], (torch.from_numpy(pixels).float() / 255 - 0.5) / 0.5
+    )
+
+
+def test_unsupported_channel_counts_and_processor_mismatch_are_named():
+    with pytest.raises(ValueError, match="4 input channels"):
+        build_image_processor(tiny_resnet_config(num_channels=4), image_size=8)
+    with pytest.raises(ValueError, match="normalizes 3 channels but the model expects 1"):
+        build_image_processor(
+            tiny_resnet_config(num_channels=1), ViTImageProcessorPil(size={"height": 8, "width": 8})
+        )
+
+
+def test_the_cache_is_reused_and_keyed_by_the_preprocessing(tmp_path, monkeypatch):
+    dataset = make_image_dataset(12, size=16)
+    preprocessor = preprocessor_for(tiny_resnet_config(), image_size=16)
+    first = preprocessor.pixel_dataset(dataset, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("pixels-*.arrow"))) == 1
+
+    decoded = []
+    original = images_module.open_image
+    monkeypatch.setattr(
+        "prunefuse_hf.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k)
+    )
+    again = preprocessor.pixel_dataset(dataset, cache_dir=tmp_path)
+    # The second pass reads the Arrow file: only the first image is opened (to read the output shape).
+    assert len(decoded) == 1
+    assert np.array_equal(np.asarray(again[:][PIXEL_VALUES]), np.asarray(first[:][PIXEL_VALUES]))
+    other = preprocessor_for(tiny_resnet_config(), image_size=12)
+    assert other.cache_key(dataset) != preprocessor.cache_key(dataset)
+
+
+def test_without_the_cache_nothing_is_decoded_until_read(tmp_path, monkeypatch):
+    dataset = make_image_dataset(12, size=16)
+    preprocessor = preprocessor_for(tiny_resnet_config(), image_size=16)
+    decoded = []
+    original = images_module.open_image
+    monkeypatch.setattr(
+        "prunefuse_hf.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k)
+    )
+    lazy = preprocessor.pixel_dataset(dataset, cache=False, cache_dir=tmp_path)
+    assert len(decoded) == 1 and not list(tmp_path.glob("pixels-*"))
+    assert PixelDataset(lazy, np.arange(12)).batch([3, 4]).shape == (2, 3, 16, 16)
+    assert len(decoded) == 3
+
+
+def test_the_cache_is_skipped_when_the_disk_is_too_small(tmp_path, monkeypatch, caplog):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    preprocessor = preprocessor_for(tiny_resnet_config(), image_size=16)
+    with caplog.at_level("WARNING", logger="prunefuse_hf"):
+        pixels = preprocessor.pixel_dataset(make_image_dataset(12, size=16), cache_dir=tmp_path)
+    assert not list(tmp_path.glob("pixels-*")) and "Not caching decoded pixels: 9.2 KB needed" in caplog.text
+    assert PixelDataset(pixels, np.arange(12)).batch([0]).shape == (1, 3, 16, 16)
+
+
+def test_a_damaged_file_is_named_while_caching(tmp_path):
+    folder = tmp_path / "pool" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        PIL.Image.new("RGB", (8, 8), (i, i, i)).save(folder / f"{i}.png")
+    damaged = folder / "1.png"
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    dataset = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "pool"), split="train")
+    preprocessor = preprocessor_for(tiny_resnet_config(), image_size=8)
+    with pytest.raises(ImageDecodeError, match=r"1\.png"):
+        preprocessor.pixel_dataset(dataset, cache_dir=tmp_path / "cache")
+
+
+def previous_augmentation(pixel_values, padding):
+    """The package's earlier per-example loop, kept as the reference of the vectorized one."""
+    _, _, height, width = pixel_values.shape
+    padded = torch.nn.functional.pad(pixel_values, (padding,) * 4)
+    offsets = torch.randint(0, 2 * padding + 1, (len(pixel_values), 2))
+    flips = torch.rand(len(pixel_values)) < 0.5
+    out = torch.empty_like(pixel_values)
+    for i, ((top, left), flip) in enumerate(zip(offsets.tolist(), flips.tolist())):
+        crop = padded[i, :, top : top + height, left : left + width]
+        out[i] = crop.flip(-1) if flip else crop
+    return out
+
+
+def test_augmentation_equals_the_per_example_reference_and_only_runs_in_training():
+    batch = torch.randn(16, 3, 12, 10)
+    torch.manual_seed(1)
+    expected = previous_augmentation(batch, 4)
+    torch.manual_seed(1)
+    assert torch.equal(random_crop_and_flip(batch, 4), expected)
+
+    preprocessor = preprocessor_for(tiny_resnet_config(), image_size=16, augment=True)
+    pixels = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    plain = preprocessor.normalize(pixels)
+    torch.manual_seed(2)
+    first = preprocessor.normalize(pixels, train=True)
+    torch.manual_seed(2)
+    assert torch.equal(preprocessor.normalize(pixels, train=True), first)
+    assert not torch.equal(first, plain) and first.shape == plain.shape
+    # Zero padding and cropped pixels only.
+    assert torch.isin(first, torch.cat([plain.unique(), torch.zeros(1)])).all()
+
+
+def test_pixel_dataset_trains_with_the_distillation_trainer(tmp_path):
+    from transformers import AutoModelForImageClassification, TrainingArguments
+
+    config = tiny_resnet_config(num_labels=4)
+    model = AutoModelForImageClassification.from_config(config)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    dataset = make_image_dataset(16)
+    preprocessor = preprocessor_for(config, image_size=16, augment=True)
+    train = PixelDataset(
+        preprocessor.pixel_dataset(dataset, cache_dir=tmp_path), np.arange(16), dataset["label"]
+    )
+    assert set(train[0]) == {PIXEL_VALUES, LABELS} and train[0][LABELS].item() == dataset[0]["label"]
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=8,
+                             remove_unused_columns=False, report_to=[], use_cpu=True, save_strategy="no")  # fmt: skip
+    DistillationTrainer(model=model, args=args, train_dataset=train, preprocessor=preprocessor).train()
+    changed = [name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])]
+    assert "classifier.1.weight" in changed

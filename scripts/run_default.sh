@@ -19,7 +19,7 @@ run() {
 echo "== PruneFuse (recipe $RECIPE)"
 run "$RUNS/prunefuse"
 echo "== Random selection, same model, budgets and training"
-run "$RUNS/random" --strategy random --fusion false --distill_alpha 0
+run "$RUNS/random" --method random
 
 echo "== Comparison"
 "$CLI" compare "PruneFuse=$RUNS/prunefuse" "random=$RUNS/random"

@@ -46,3 +46,26 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
     subprocess.run(command, check=True, capture_output=True, text=True)
     again = json.loads((output / "active_learning.json").read_text())
     assert again["methods"] == report["methods"]
+
+    # The fine-tuning scenario: a pretrained dense model, each method the configuration its name claims.
+    finetune = json.loads((output / "finetune.json").read_text())
+    assert set(finetune["methods"]) == {"random", "dense_al", "svp", "prunefuse_p0.5", "prunefuse_kd",
+                                        "distill_no_fusion"}  # fmt: skip
+    claims = {
+        "random": {"method": "random", "strategy": "random", "fusion": False, "distill_alpha": 0.0},
+        "dense_al": {"method": "dense_al", "pruning_ratio": 0.0, "fusion": False, "distill_alpha": 0.0},
+        "svp": {"method": "svp", "pruning_ratio": 0.5, "fusion": False, "distill_alpha": 0.0},
+        "prunefuse_p0.5": {"method": "prunefuse", "pruning_ratio": 0.5, "fusion": True, "distill_alpha": 0.0},
+        "prunefuse_kd": {"method": "prunefuse", "pruning_ratio": 0.5, "fusion": True, "distill_alpha": 0.5},
+        "distill_no_fusion": {"method": "svp", "pruning_ratio": 0.5, "fusion": False, "distill_alpha": 0.5},
+    }
+    for method, claim in claims.items():
+        strategy = "random" if method == "random" else "least_confidence"
+        state = json.loads((runs / "finetune" / f"{method}-{strategy}-seed0" / "state.json").read_text())
+        assert {k: state["settings"][k] for k in claim} == claim, method
+        assert state["recipe"]["model_name_or_path"] == str(runs / "pretrained")
+        assert finetune["methods"][method]["accuracy"], method
+    # Only fusion methods have an accuracy right after fusion.
+    assert finetune["methods"]["prunefuse_kd"]["accuracy_after_fusion"]["120"]["n"] == 1
+    assert finetune["methods"]["svp"]["accuracy_after_fusion"]["120"]["n"] == 0
+    assert "| PruneFuse, fusion off (KD only) |" in (output / "finetune.md").read_text()

@@ -336,6 +336,9 @@ class PixelDataset(torch.utils.data.Dataset):
 
     def __init__(self, pixels: datasets.Dataset, rows, labels=None):
         self.pixels = pixels
+        # The cached pixels as numpy views of the memory-mapped Arrow file: a batch is one fancy-indexing copy,
+        # where datasets' own row formatting would spend more time than a small model's forward pass.
+        self._views = _uint8_views(pixels)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = None if labels is None else torch.tensor(np.asarray(labels, dtype=np.int64))
         if self.labels is not None and len(self.labels) != len(self.rows):
@@ -364,10 +367,52 @@ class PixelDataset(torch.utils.data.Dataset):
 
     def batch(self, indices) -> torch.Tensor:
         """The `uint8` pixels of `indices` as one `[B, C, H, W]` tensor."""
+        if self._views is not None:
+            return torch.from_numpy(self._views.take(self.rows[np.asarray(indices, dtype=np.int64)]))
         pixel_values = self.pixels[self.rows[indices].tolist()][PIXEL_VALUES]
         if isinstance(pixel_values, torch.Tensor):
             return pixel_values
         return torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.uint8))
+
+
+class _ChunkViews:
+    """Zero-copy numpy views `[n_i, C, H, W]` of the chunks of a fixed-shape uint8 Arrow column."""
+
+    def __init__(self, views: list[np.ndarray]):
+        self.views = views
+        self.starts = np.cumsum([0] + [len(v) for v in views])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        if len(self.views) == 1:
+            return self.views[0][rows]
+        out = np.empty((len(rows), *self.views[0].shape[1:]), dtype=np.uint8)
+        chunk = np.searchsorted(self.starts, rows, side="right") - 1
+        for c in np.unique(chunk):
+            mask = chunk == c
+            out[mask] = self.views[c][rows[mask] - self.starts[c]]
+        return out
+
+
+def _uint8_views(pixels) -> _ChunkViews | None:
+    """Views of a cached pixel dataset's column, or `None` when it is not plain cached uint8 Arrow data."""
+    if (
+        not isinstance(pixels, datasets.Dataset)
+        or pixels._indices is not None
+        or pixels.format["type"] != "numpy"
+    ):
+        return None
+    feature = pixels.features.get(PIXEL_VALUES)
+    if not isinstance(feature, datasets.Array3D) or feature.dtype != "uint8":
+        return None
+    shape = tuple(feature.shape)
+    views = []
+    for chunk in pixels.data.table.column(PIXEL_VALUES).chunks:
+        storage = chunk.storage if hasattr(chunk, "storage") else chunk
+        values = storage.flatten().flatten().flatten()
+        if len(values) != len(chunk) * int(np.prod(shape)):
+            return None
+        views.append(values.to_numpy(zero_copy_only=True).reshape(len(chunk), *shape))
+    return _ChunkViews(views) if views else None
 
 
 def random_crop_and_flip(pixel_values: torch.Tensor, padding: int) -> torch.Tensor:

@@ -703,6 +703,7 @@ class PruneFuseTrainer(Trainer):
             gather=gather,
             mc_samples=self.args.mc_samples,
             preprocess=self.preprocessor.normalize,
+            num_workers=self.args.dataloader_num_workers,
             show_progress=not self.args.disable_tqdm,
         )
 

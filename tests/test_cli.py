@@ -1,31 +1,32 @@
+"""The `prunefuse-hf prune` and `fuse` commands (run, compare, push and label are tested with their modules)."""
+
 import pytest
 import torch
-from transformers import AutoModelForImageClassification, BertConfig, ResNetForImageClassification
+from transformers import AutoModelForImageClassification
 
 from conftest import tiny_resnet_config
 from prunefuse_hf import PruningPlan
 from prunefuse_hf.cli import main
-from prunefuse_hf.modeling import load_image_classifier
+from prunefuse_hf.plan import config_hash
+
+
+def prune(model, output_dir, *extra):
+    return main(
+        ["prune", "--model", str(model), "--pruning_ratio", "0.5", "--output_dir", str(output_dir), *extra]
+    )
+
+
+def fuse(dense, surrogate, output_dir):
+    return main(
+        ["fuse", "--dense", str(dense), "--surrogate", str(surrogate), "--output_dir", str(output_dir)]
+    )
 
 
 def test_prune_then_fuse_from_the_command_line(tmp_path, capsys):
     tiny_resnet_config(num_labels=4).save_pretrained(tmp_path / "config")
     surrogate_dir, fused_dir = tmp_path / "surrogate", tmp_path / "fused"
 
-    assert (
-        main(
-            [
-                "prune",
-                "--model",
-                str(tmp_path / "config"),
-                "--pruning_ratio",
-                "0.5",
-                "--output_dir",
-                str(surrogate_dir),
-            ]
-        )
-        == 0
-    )
+    assert prune(tmp_path / "config", surrogate_dir) == 0
     out = capsys.readouterr().out
     assert "dense initialization saved" in out and "params" in out and "macs" in out
     surrogate = AutoModelForImageClassification.from_pretrained(surrogate_dir)
@@ -33,20 +34,7 @@ def test_prune_then_fuse_from_the_command_line(tmp_path, capsys):
     assert PruningPlan.from_pretrained(surrogate_dir).pruning_ratio == 0.5
 
     dense_dir = surrogate_dir / "dense_init"
-    assert (
-        main(
-            [
-                "fuse",
-                "--dense",
-                str(dense_dir),
-                "--surrogate",
-                str(surrogate_dir),
-                "--output_dir",
-                str(fused_dir),
-            ]
-        )
-        == 0
-    )
+    assert fuse(dense_dir, surrogate_dir, fused_dir) == 0
     assert "0 of" in capsys.readouterr().out  # an untrained surrogate changes nothing
     fused = AutoModelForImageClassification.from_pretrained(fused_dir)
     dense = AutoModelForImageClassification.from_pretrained(dense_dir)
@@ -54,55 +42,58 @@ def test_prune_then_fuse_from_the_command_line(tmp_path, capsys):
         assert torch.equal(a, b), name
 
 
+def test_a_new_head_on_a_checkpoint_is_saved_as_the_dense_initialization(tmp_path, capsys):
+    AutoModelForImageClassification.from_config(tiny_resnet_config(num_labels=4)).save_pretrained(
+        tmp_path / "ckpt"
+    )
+    assert prune(tmp_path / "ckpt", tmp_path / "surrogate", "--num_labels", "6") == 0
+    assert "dense initialization saved" in capsys.readouterr().out
+    dense = AutoModelForImageClassification.from_pretrained(tmp_path / "surrogate" / "dense_init")
+    assert dense.config.num_labels == 6
+    assert fuse(tmp_path / "surrogate" / "dense_init", tmp_path / "surrogate", tmp_path / "fused") == 0
+
+
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     tiny_resnet_config().save_pretrained(tmp_path / "config")
-    code = main(
-        [
-            "prune",
-            "--model",
-            str(tmp_path / "config"),
-            "--pruning_ratio",
-            "1.5",
-            "--output_dir",
-            str(tmp_path / "s"),
-        ]
-    )
+    code = main(["prune", "--model", str(tmp_path / "config"), "--pruning_ratio", "1.5",
+                 "--output_dir", str(tmp_path / "s")])  # fmt: skip
     assert code == 2
     assert "pruning_ratio must be in [0, 1), got 1.5" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
-def test_load_image_classifier_from_config_checkpoint_and_dict(tmp_path):
-    config = tiny_resnet_config(num_labels=4)
-    built = load_image_classifier(config, num_labels=7, num_channels=1)
-    assert built.config.num_labels == 7 and built.config.num_channels == 1
-    assert config.num_labels == 4  # the caller's config is not modified
-
-    from_dict = load_image_classifier({"model_type": "resnet", "hidden_sizes": [8, 16], "depths": [1, 1]})
-    assert isinstance(from_dict, ResNetForImageClassification)
-
-    dense = ResNetForImageClassification(config)
-    dense.save_pretrained(tmp_path / "ckpt")
-    reloaded = load_image_classifier(tmp_path / "ckpt")
-    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), dense.state_dict().values()))
-    new_head = load_image_classifier(tmp_path / "ckpt", num_labels=9)
-    assert new_head.classifier[-1].out_features == 9
-    assert torch.equal(
-        new_head.resnet.embedder.embedder.convolution.weight,
-        dense.resnet.embedder.embedder.convolution.weight,
-    )
+@pytest.mark.parametrize("model", ["/nonexistent", "./missing"])
+def test_prune_names_a_model_path_that_does_not_exist(tmp_path, capsys, model):
+    assert prune(model, tmp_path / "s") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"prunefuse-hf prune: error: No model at '{model}'")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s").exists()
 
 
-def test_load_image_classifier_picks_the_plain_classifier_of_multi_class_families():
-    from transformers import DeiTConfig
+def test_fuse_refuses_a_dense_checkpoint_of_another_architecture_naming_both(tmp_path, capsys):
+    tiny_resnet_config().save_pretrained(tmp_path / "config")
+    tiny_resnet_config(hidden_sizes=[16, 64]).save_pretrained(tmp_path / "other_config")
+    assert prune(tmp_path / "config", tmp_path / "surrogate") == 0
+    assert prune(tmp_path / "other_config", tmp_path / "other") == 0
+    capsys.readouterr()
 
-    config = DeiTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32)  # fmt: skip
-    assert type(load_image_classifier(config, num_labels=3)).__name__ == "DeiTForImageClassification"
+    assert fuse(tmp_path / "other" / "dense_init", tmp_path / "surrogate", tmp_path / "fused") == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after transformers' loading progress bars
+    plan = PruningPlan.from_pretrained(tmp_path / "surrogate")
+    other = AutoModelForImageClassification.from_pretrained(tmp_path / "other" / "dense_init")
+    assert err.startswith("prunefuse-hf fuse: error: The dense model is not the architecture")
+    assert f"'{tmp_path / 'config'}' (config hash {plan.dense_config_hash})" in err
+    assert f"'{tmp_path / 'other' / 'dense_init'}' (config hash {config_hash(other.config)})" in err
+    assert "hidden_sizes: plan [16, 32], given [16, 64]" in err and "dense_init" in err
+    assert "Traceback" not in err and not (tmp_path / "fused").exists()
 
 
-def test_load_image_classifier_refuses_non_image_models(tmp_path):
-    with pytest.raises(ValueError, match="'bert'.*no image-classification model"):
-        load_image_classifier(BertConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2))
-    with pytest.raises(ValueError, match="model_type"):
-        load_image_classifier({"hidden_sizes": [8]})
+def test_fuse_names_a_dense_path_without_weights(tmp_path, capsys):
+    tiny_resnet_config().save_pretrained(tmp_path / "config")
+    assert prune(tmp_path / "config", tmp_path / "surrogate") == 0
+    capsys.readouterr()
+    assert fuse(tmp_path / "config", tmp_path / "surrogate", tmp_path / "fused") == 2
+    assert "holds a config but no weights" in capsys.readouterr().err
+    assert fuse(tmp_path / "missing", tmp_path / "surrogate", tmp_path / "fused") == 2
+    assert f"No model at '{tmp_path / 'missing'}'" in capsys.readouterr().err

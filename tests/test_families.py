@@ -1,7 +1,10 @@
-"""Pruning and exact fusion for every supported family, on tiny configs built locally.
+"""Every supported family and every model class transformers offers for it, on tiny configs built locally.
 
-The parametrization comes from `SUPPORTED_FAMILIES`, which also renders the README support table, so
-the table lists exactly the families tested here.
+The supported class of each family prunes into a surrogate of the same class that reloads with identical logits
+and is scored for probabilities and features; every other class of the family is refused by name. Exact fusion
+for every family is in `test_fusion.py`. The parametrization comes from `SUPPORTED_FAMILIES` and
+`family_model_classes`, which also render the README support table, so the table lists exactly the classes
+tested here.
 """
 
 import copy
@@ -12,21 +15,30 @@ import pytest
 import torch
 import transformers
 from PIL import Image
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
     Dinov2Config,
     Dinov2ForImageClassification,
+    Dinov2Model,
     LevitConfig,
     LevitForImageClassification,
     ViTImageProcessor,
     pipeline,
 )
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from conftest import assert_fused_at_kept_indices, sgd_steps
-from prunefuse_hf import fuse_into_dense, prune_model
-from prunefuse_hf.architectures import SUPPORTED_FAMILIES, support_table_markdown
+from conftest import sgd_steps
+from prunefuse_hf import prune_model, score_pool
+from prunefuse_hf.architectures import (
+    FAMILY_ADAPTERS,
+    SUPPORTED_FAMILIES,
+    check_supported_model,
+    family_model_classes,
+    image_classification_classes,
+    refused_model_classes,
+    support_table_markdown,
+)
 from prunefuse_hf.cost import model_cost
 from prunefuse_hf.modeling import load_image_classifier
 
@@ -87,26 +99,26 @@ def tiny_config(model_type, num_labels=4, **kwargs):
 
 
 def model_class(model_type):
-    # The first class is the plain classifier (DeiT also maps to its "WithTeacher" variant).
-    names = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[model_type]
-    return getattr(transformers, names[0] if isinstance(names, tuple) else names)
+    """The class PruneFuse runs for the family (DeiT also maps to its inference-only "WithTeacher" variant)."""
+    return getattr(transformers, FAMILY_ADAPTERS[model_type].model_class)
 
 
-def dense_model(model_type, **kwargs):
-    torch.manual_seed(0)
+def dense_model(model_type, seed=0, **kwargs):
+    torch.manual_seed(seed)
     return model_class(model_type)(tiny_config(model_type, **kwargs))
 
 
 @functools.cache
-def _pruned(model_type, ratio):
-    dense = dense_model(model_type)
+def _pruned(model_type, ratio, config_items):
+    dense = dense_model(model_type, **dict(config_items))
     surrogate, plan = prune_model(dense, ratio)
     return dense, surrogate, plan
 
 
-def pruned(model_type, ratio):
-    """A dense model, its surrogate and plan; pruned once per session, fresh copies per test."""
-    return copy.deepcopy(_pruned(model_type, ratio))
+def pruned(model_type, ratio, **kwargs):
+    """A dense model (tiny config plus `kwargs`), its surrogate and plan; pruned once per session, fresh copies
+    per test."""
+    return copy.deepcopy(_pruned(model_type, ratio, tuple(sorted(kwargs.items()))))
 
 
 def batch(model, seed=0, size=8):
@@ -129,17 +141,101 @@ def assert_states_equal(actual, expected):
 
 families = pytest.mark.parametrize("model_type", SUPPORTED_FAMILIES)
 ratios = pytest.mark.parametrize("ratio", RATIOS)
+REFUSED_CLASSES = [
+    (model_type, name) for model_type, names in refused_model_classes().items() for name in names
+]
+
+
+class Pixels:
+    """A pool of seeded random images, read a batch at a time (what `score_pool` reads)."""
+
+    def __init__(self, num_channels, size=6, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.pixel_values = torch.randn(size, num_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+
+    def __len__(self):
+        return len(self.pixel_values)
+
+    def batch(self, rows):
+        return self.pixel_values[rows]
+
+
+def classifier_input_width(model):
+    linear = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)]
+    return linear[-1].in_features
 
 
 def test_every_supported_family_has_a_tiny_config_and_a_tolerance():
     assert set(TINY_CONFIGS) == set(SUPPORTED_FAMILIES) == set(PARAM_RATIO_TOLERANCE)
 
 
-def test_support_table_lists_every_family():
-    table = support_table_markdown().splitlines()
-    assert len(table) == 2 + len(SUPPORTED_FAMILIES)
-    for model_type in SUPPORTED_FAMILIES:
-        assert any(f"`{model_type}`" in row for row in table), model_type
+@families
+def test_each_family_runs_one_of_the_classes_transformers_offers_and_refuses_the_rest(model_type):
+    supported = FAMILY_ADAPTERS[model_type].model_class
+    offered = family_model_classes(model_type)
+    assert supported in image_classification_classes(model_type)
+    assert offered[0] == supported
+    assert set(offered) == {supported, *refused_model_classes()[model_type]}
+    assert len(offered) == 1 + len(refused_model_classes()[model_type]) >= 2
+
+
+def test_support_table_has_a_row_per_supported_class_and_lists_the_refused_ones():
+    table, _, refused = support_table_markdown().partition("\n\n")
+    rows = table.splitlines()[2:]
+    assert len(rows) == len(SUPPORTED_FAMILIES)
+    for row, model_type in zip(rows, SUPPORTED_FAMILIES):
+        assert f"| `{model_type}` | `{FAMILY_ADAPTERS[model_type].model_class}` |" in row
+    assert refused.startswith("Refused by name")
+    for _, name in REFUSED_CLASSES:
+        assert f"`{name}`" in refused, name
+
+
+@families
+def test_the_supported_class_passes_the_check_and_its_surrogate_scores_probs_and_features(model_type):
+    dense, surrogate, _ = pruned(model_type, 0.5)
+    assert type(dense).__name__ == FAMILY_ADAPTERS[model_type].model_class
+    check_supported_model(dense, pruning_ratio=0.5)
+    check_supported_model(surrogate, pruning_ratio=0.5)
+    pool = Pixels(dense.config.num_channels)
+    for model in (dense, surrogate):
+        scores = score_pool(model, pool, np.arange(10, 16), batch_size=4, outputs=("probs", "features"),
+                            show_progress=False)  # fmt: skip
+        assert scores.pool_indices.tolist() == list(range(10, 16))
+        assert scores.probs.shape == (6, dense.config.num_labels)
+        assert torch.allclose(scores.probs.sum(1), torch.ones(6))
+        assert scores.features.shape == (6, classifier_input_width(model))
+    assert classifier_input_width(surrogate) < classifier_input_width(dense)
+
+
+@pytest.mark.parametrize(("model_type", "class_name"), REFUSED_CLASSES)
+def test_every_other_class_of_a_supported_family_is_refused_by_name(model_type, class_name):
+    torch.manual_seed(0)
+    model = getattr(transformers, class_name)(tiny_config(model_type))
+    adapter = FAMILY_ADAPTERS[model_type]
+    expected = rf"{class_name} \({adapter.name} family, model_type '{model_type}'\).* Use {adapter.model_class} instead"
+    for ratio in (0.5, 0.0):
+        with pytest.raises(ValueError, match=expected):
+            check_supported_model(model, pruning_ratio=ratio)
+        # The library entry point refuses it the same way, instead of failing inside the dependency graph.
+        with pytest.raises(ValueError, match=expected):
+            prune_model(model, ratio)
+
+
+def test_other_families_run_only_as_image_classifiers_and_only_without_pruning():
+    config = Dinov2Config(image_size=IMAGE_SIZE, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=32, num_labels=3)  # fmt: skip
+    classifier = Dinov2ForImageClassification(config)
+    check_supported_model(classifier, pruning_ratio=0.0)
+    with pytest.raises(NotImplementedError, match=r"'dinov2' family .*Supported families"):
+        check_supported_model(classifier, pruning_ratio=0.5)
+    with pytest.raises(NotImplementedError, match="'dinov2' family"):
+        check_supported_model(classifier)  # no ratio: the model is to be pruned
+    with pytest.raises(
+        ValueError, match="Dinov2Model .*not an image classifier.* Use Dinov2ForImageClassification"
+    ):
+        check_supported_model(Dinov2Model(config), pruning_ratio=0.0)
+    with pytest.raises(ValueError, match="Linear is not a transformers model"):
+        check_supported_model(nn.Linear(2, 2), pruning_ratio=0.0)
 
 
 @families
@@ -178,66 +274,6 @@ def test_parameter_ratio_follows_the_square_of_the_kept_width(model_type, ratio)
     dense_cost, surrogate_cost = model_cost(dense, IMAGE_SIZE), model_cost(surrogate, IMAGE_SIZE)
     assert surrogate_cost.params == surrogate_params
     assert 0 < surrogate_cost.macs < dense_cost.macs
-
-
-@families
-@ratios
-def test_fusing_the_untrained_surrogate_returns_the_dense_weights_exactly(model_type, ratio):
-    dense, surrogate, plan = pruned(model_type, ratio)
-    assert plan.num_pruned_tensors > 0
-    assert_states_equal(fuse_into_dense(dense, surrogate, plan).state_dict(), dense.state_dict())
-
-
-@families
-@ratios
-def test_trained_surrogate_lands_exactly_at_the_kept_indices_and_the_fused_model_trains(model_type, ratio):
-    dense, surrogate, plan = pruned(model_type, ratio)
-    dense_before = copy.deepcopy(dense.state_dict())
-    train_steps(surrogate)
-    surrogate_state = surrogate.state_dict()
-
-    fused = fuse_into_dense(dense, surrogate, plan)
-
-    assert_fused_at_kept_indices(fused, surrogate_state, dense_before, plan)
-    assert_states_equal(dense.state_dict(), dense_before)
-
-    # A small step: the tiny 17-block MobileNetV2 on one batch of 8 is noisy at larger ones.
-    losses = train_steps(fused, steps=5, lr=0.01)
-    assert losses[-1] < losses[0]
-
-
-@families
-def test_without_norm_stats_only_running_statistics_keep_the_dense_values(model_type):
-    dense, surrogate, plan = pruned(model_type, 0.5)
-    train_steps(surrogate)
-    with_stats = fuse_into_dense(dense, surrogate, plan).state_dict()
-    without_stats = fuse_into_dense(dense, surrogate, plan, copy_norm_stats=False).state_dict()
-    statistics = {
-        name for name in with_stats if name.endswith(("running_mean", "running_var", "num_batches_tracked"))
-    }
-    for name, tensor in without_stats.items():
-        expected = dense.state_dict()[name] if name in statistics else with_stats[name]
-        assert torch.equal(tensor, expected), name
-
-
-@families
-def test_a_trained_fused_model_can_be_pruned_again_and_fused_exactly(model_type):
-    # The sync_every loop: fuse, train the fused model, prune it again for the next surrogate.
-    dense, surrogate, plan = pruned(model_type, 0.5)
-    train_steps(surrogate)
-    fused = fuse_into_dense(dense, surrogate, plan)
-    train_steps(fused, steps=2)
-
-    next_surrogate, next_plan = prune_model(fused, 0.5)
-    assert next_surrogate.config.to_dict() == surrogate.config.to_dict()
-    fused_state = fused.state_dict()
-    for name, tensor in next_surrogate.state_dict().items():
-        assert torch.equal(fused_state[name][next_plan.index(name)], tensor), name
-    assert_states_equal(fuse_into_dense(fused, next_surrogate, next_plan).state_dict(), fused_state)
-    train_steps(next_surrogate, steps=2, seed=1)
-    refused = fuse_into_dense(fused, next_surrogate, next_plan).state_dict()
-    for name, tensor in next_surrogate.state_dict().items():
-        assert torch.equal(refused[name][next_plan.index(name)], tensor), name
 
 
 @families

@@ -1,3 +1,8 @@
+"""`prune_model` on ResNet (basic and bottleneck blocks): widths, kept indices, costs, and what it refuses.
+
+Every other family is pruned in `test_families.py`; the plan itself is tested in `test_plan.py`.
+"""
+
 import copy
 import math
 
@@ -11,8 +16,7 @@ from transformers import (
 )
 
 from conftest import tiny_resnet_config
-from prunefuse_hf import PruningPlan, prune_model
-from prunefuse_hf.constants import PRUNING_PLAN_NAME
+from prunefuse_hf import prune_model
 from prunefuse_hf.cost import model_cost
 
 RATIOS = [0.25, 0.5, 0.75]
@@ -36,13 +40,11 @@ def test_surrogate_is_a_narrowed_checkpoint_that_reloads_with_identical_logits(t
     assert surrogate.classifier[-1].out_features == config.num_labels
 
     surrogate.save_pretrained(tmp_path)
-    plan.save_pretrained(tmp_path)
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path)
     pixel_values = torch.randn(3, 3, 32, 32)
     surrogate.eval(), reloaded.eval()
     with torch.no_grad():
         assert torch.equal(surrogate(pixel_values).logits, reloaded(pixel_values).logits)
-    assert PruningPlan.from_pretrained(tmp_path).to_dict() == plan.to_dict()
 
 
 @pytest.mark.parametrize("layer_type", LAYER_TYPES)
@@ -138,29 +140,3 @@ def test_pruning_ratio_outside_range_is_refused(bad):
 def test_unknown_importance_is_refused():
     with pytest.raises(ValueError, match="importance must be one of"):
         prune_model(dense_resnet(), 0.5, importance="taylor")
-
-
-def test_unsupported_family_is_refused_by_name():
-    with pytest.raises(NotImplementedError, match="'dinov2' family.*Supported families: \\[.*'resnet'"):
-        prune_model(dense_dinov2(), 0.5)
-
-
-def test_plan_records_dense_config_and_hash():
-    dense = dense_resnet()
-    _, plan = prune_model(dense, 0.5)
-    data = plan.to_dict()
-    assert data["dense_config"]["hidden_sizes"] == [16, 32]
-    assert data["surrogate_config"]["hidden_sizes"] == [8, 16]
-    assert len(data["dense_config_hash"]) == 16
-    # Coupled tensors share one stored index list instead of repeating it.
-    assert len(data["kept_index_groups"]) < sum(len(t["pruned_dims"]) for t in data["tensors"].values())
-
-
-def test_plan_loading_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=PRUNING_PLAN_NAME):
-        PruningPlan.from_pretrained(tmp_path)
-    _, plan = prune_model(dense_resnet(), 0.5)
-    data = plan.to_dict()
-    data["format_version"] = 99
-    with pytest.raises(ValueError, match="format_version 99"):
-        PruningPlan.from_dict(data)

@@ -58,3 +58,18 @@ def test_recipe_without_a_model_is_refused(tmp_path, capsys):
     path.write_text("dataset_name: fashion_mnist\n")
     assert main(["run", "--config", str(path)]) == 2
     assert "Set model_name_or_path" in capsys.readouterr().err
+
+
+def test_help_names_the_command_and_lists_its_own_options_first(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: prunefuse-hf run --config RECIPE.yaml")
+    headings = ["this command:", "model (# Model arguments):", "data (# Data arguments):",
+                "PruneFuse (PruneFuseConfig):", "training (transformers.TrainingArguments"]  # fmt: skip
+    positions = [text.index(heading) for heading in headings]
+    assert positions == sorted(positions)
+    # The run's own options come before the hundreds of TrainingArguments fields.
+    assert text.index("--config") < text.index("--method") < text.index("--adam_beta1")
+    assert text.index("--pruning_ratio") < text.index("training (transformers.TrainingArguments")

@@ -218,3 +218,10 @@ def test_a_process_with_an_empty_shard_still_takes_part_in_the_selection(saved_p
     assert [result["shard"] for result in two] == [30, 0]
     for result in two:
         assert result["selections"] == single["selections"]
+
+
+def test_the_progress_bar_reaches_the_last_batch(capsys):
+    model = ResNetForImageClassification(tiny_resnet_config()).eval()
+    prepared = normalized_pixels(make_image_dataset(num_examples=20), model.config)
+    score_pool(model, prepared, batch_size=8, show_progress=True)
+    assert "3/3" in capsys.readouterr().err

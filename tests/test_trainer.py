@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -457,3 +458,170 @@ def test_run_on_real_fashion_mnist_images_learns(tmp_path):
     assert metrics["final"]["accuracy"] > 0.4
     assert metrics["rounds"][0]["surrogate"]["accuracy"] > 0.3
     assert trainer.model.config.id2label[0] == "T-shirt/top"
+
+
+# ----- several processes train like one -----
+
+
+def _run_for_processes(output_dir):
+    """A whole run; under `accelerate.debug_launcher` every process runs this."""
+    pool = make_image_dataset(num_examples=96, num_classes=NUM_CLASSES, seed=1, mode="RGB")
+    test = make_image_dataset(num_examples=40, num_classes=NUM_CLASSES, seed=2, mode="RGB")
+    trainer = PruneFuseTrainer(dense_config(), args=make_config(output_dir, num_rounds=2), train_dataset=pool,
+                               eval_dataset=test)  # fmt: skip
+    trainer.train()
+
+
+@pytest.mark.distributed
+def test_two_processes_select_and_train_like_one(tmp_path):
+    from conftest import run_in_processes
+
+    run_in_processes(_run_for_processes, str(tmp_path / "two"), num_processes=2)
+    run_in_processes(_run_for_processes, str(tmp_path / "one"), num_processes=1)
+    # The global batch is split over the processes and BatchNorm normalizes over all of it: the same batches,
+    # the same statistics, so the same selections (only the order of float sums differs).
+    assert _selection(tmp_path / "two") == _selection(tmp_path / "one")
+    one, two = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("one", "two"))
+    assert one["final"]["accuracy"] == pytest.approx(two["final"]["accuracy"], abs=0.026)  # one example of 40
+    fused = [
+        AutoModelForImageClassification.from_pretrained(tmp_path / run / "fused") for run in ("one", "two")
+    ]
+    for (name, a), b in zip(fused[0].state_dict().items(), fused[1].state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-3, rtol=1e-3), name
+
+
+# ----- real-world inputs: refused in the first seconds, by name -----
+
+
+def test_an_eval_folder_missing_a_class_is_matched_by_name(tmp_path, pool):
+    names = ["circle", "cross", "square", "triangle"]
+    pool_folder = _image_folder(tmp_path / "pool", pool, names)
+    test = make_image_dataset(num_examples=40, num_classes=NUM_CLASSES, seed=2, mode="RGB")
+    # An evaluation folder without any 'circle': on its own, its ids would shift by one.
+    without_circles = test.filter(lambda row: row["label"] != 0)
+    eval_folder = _image_folder(tmp_path / "eval", without_circles, names)
+    assert eval_folder.features["label"].names == names[1:]
+    trainer = PruneFuseTrainer(dense_config(), args=make_config(tmp_path / "run", num_rounds=1),
+                               train_dataset=pool_folder, eval_dataset=eval_folder)  # fmt: skip
+    evaluated = [int(y) for y in trainer.eval_dataset.labels]
+    expected = [names.index(eval_folder.features["label"].names[y]) for y in eval_folder["label"]]
+    assert evaluated == expected and 0 not in evaluated
+
+
+def test_an_eval_class_the_pool_does_not_have_is_refused_with_both_lists(tmp_path, pool):
+    names = ["circle", "cross", "square", "triangle"]
+    pool_folder = _image_folder(tmp_path / "pool", pool.filter(lambda row: row["label"] != 3), names)
+    eval_folder = _image_folder(tmp_path / "eval", pool, names)
+    with pytest.raises(ValueError, match=r"classes the pool does not have: \['triangle'\].*Pool classes: "):
+        PruneFuseTrainer(dense_config(num_labels=3), args=make_config(tmp_path / "run"), train_dataset=pool_folder,
+                         eval_dataset=eval_folder)  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["eval", "pool"])
+def test_labels_of_minus_one_are_refused_before_any_training(tmp_path, pool, eval_dataset, where):
+    def unlabel(dataset):
+        labels = [-1 if i % 7 == 3 else y for i, y in enumerate(dataset["label"])]
+        return dataset.remove_columns("label").add_column("label", labels)
+
+    kwargs = {"train_dataset": unlabel(pool) if where == "pool" else pool,
+              "eval_dataset": unlabel(eval_dataset) if where == "eval" else eval_dataset}  # fmt: skip
+    message = "rows without a label" if where == "eval" else "rows without a label .*annotation: human"
+    with pytest.raises(ValueError, match=message):
+        PruneFuseTrainer(dense_config(), args=make_config(tmp_path / "run"), **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
+def test_labels_out_of_range_are_named(tmp_path, pool):
+    wrong = pool.cast_column("label", datasets.Value("int64"))
+    wrong = wrong.remove_columns("label").add_column("label", [7] + list(wrong["label"])[1:])
+    with pytest.raises(ValueError, match="class id 7 at row 0.*4 classes"):
+        PruneFuseTrainer(
+            dense_config(), args=make_config(tmp_path, class_names=list("abcd")), train_dataset=wrong
+        )
+
+
+def test_a_batch_of_one_with_one_by_one_feature_maps_is_refused_up_front(tmp_path, pool):
+    with pytest.raises(
+        ValueError, match="per_device_train_batch_size: 1 cannot train this model.*at least 2"
+    ):
+        # At 8x8 the last stage's feature maps are 1x1.
+        PruneFuseTrainer(dense_config(), args=make_config(tmp_path / "run", per_device_train_batch_size=1, image_size=8),
+                         train_dataset=pool)  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def test_images_too_small_for_the_model_are_refused_naming_image_size(tmp_path, pool):
+    from transformers import ConvNextConfig
+
+    convnext = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"cannot take 4×4 inputs.*set image_size to at least 8"):
+        PruneFuseTrainer(convnext, args=make_config(tmp_path / "run", image_size=4), train_dataset=pool)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "change, field_name",
+    [
+        ({"image_size": 20}, "image_size"),
+        ({"num_train_epochs": 3}, "num_train_epochs"),
+        ({"learning_rate": 0.1}, "learning_rate"),
+        ({"per_device_train_batch_size": 4}, "per_device_train_batch_size"),
+        ({"augment": True}, "augment"),
+        ({"method": "svp"}, "method"),
+    ],
+)
+def test_resume_refuses_every_setting_that_changes_results(tmp_path, pool, change, field_name):
+    args = make_config(tmp_path, num_rounds=1)
+
+    class StopAtOnce(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            control.should_training_stop = True
+
+    PruneFuseTrainer(dense_config(), args=args, train_dataset=pool, callbacks=[StopAtOnce()]).train()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    changed = PruneFuseTrainer(
+        dense_config(), args=make_config(tmp_path, num_rounds=1, **change), train_dataset=pool
+    )
+    with pytest.raises(ValueError, match=rf"Cannot resume .*{field_name}: the run has"):
+        changed.train(resume_from_checkpoint=True)
+    assert before == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+
+def test_resume_refuses_another_evaluation_set(tmp_path, pool, eval_dataset):
+    class StopAtOnce(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            control.should_training_stop = True
+
+    PruneFuseTrainer(dense_config(), args=make_config(tmp_path), train_dataset=pool, eval_dataset=eval_dataset,
+                     callbacks=[StopAtOnce()]).train()  # fmt: skip
+    smaller = PruneFuseTrainer(dense_config(), args=make_config(tmp_path), train_dataset=pool,
+                               eval_dataset=eval_dataset.select(range(30)))  # fmt: skip
+    with pytest.raises(ValueError, match="eval_set: the run has"):
+        smaller.train(resume_from_checkpoint=True)
+
+
+def test_a_damaged_image_found_mid_run_can_be_repaired_and_the_run_resumes(tmp_path, pool):
+    # Huge pools may skip the up-front decoding (no cache, no validation): a damaged file then stops the run when
+    # a pass first reads it, named; once the file is repaired, the same run resumes.
+    names = ["circle", "cross", "square", "triangle"]
+    folder = _image_folder(tmp_path / "pool", pool, names)
+    paths = [v["path"] for v in folder.cast_column("image", datasets.Image(decode=False))["image"]]
+    args = dict(cache_pixels=False, validate_images=False, num_rounds=1)
+    trainer = PruneFuseTrainer(
+        dense_config(), args=make_config(tmp_path / "run", **args), train_dataset=folder
+    )
+    unlabeled_row = next(i for i in range(len(folder)) if i not in trainer.pool.labeled_indices and i > 40)
+    damaged = Path(paths[unlabeled_row])
+    original = damaged.read_bytes()
+    damaged.write_bytes(original[:30])
+    with pytest.raises(ValueError, match=damaged.name):
+        trainer.train()
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["completed"][-1] == "train_surrogate:1"
+    damaged.write_bytes(original)
+    repaired = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "pool"), split="train")
+    resumed = PruneFuseTrainer(
+        dense_config(), args=make_config(tmp_path / "run", **args), train_dataset=repaired
+    )
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.done

@@ -82,6 +82,14 @@ class LabelBatch:
             Class ids in `[0, num_classes)`, already mapped from class names; `labels[j]` labels `pool_indices[j]`.
         source (`str`):
             Where the labels come from: the file path as given, `"oracle:<column>"` or `"dataset:<repo or dir>"`.
+
+    Example:
+
+    ```python
+    >>> batch = LabelBatch([12, 3], [1, 0], source="labels.csv")
+    >>> batch.pool_indices.dtype, len(batch)
+    (dtype('int64'), 2)
+    ```
     """
 
     pool_indices: np.ndarray

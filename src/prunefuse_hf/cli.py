@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageClassification, set_seed
+from transformers import set_seed
 
-from .constants import PRUNING_PLAN_NAME, STATE_NAME
+from .constants import DENSE_INIT_DIR, PRUNING_PLAN_NAME, STATE_NAME
 from .cost import model_cost
 from .fusion import fuse_into_dense
 from .modeling import has_weights, load_image_classifier
@@ -61,14 +61,16 @@ def _add_fuse_parser(subparsers) -> None:
 
 def _prune(args) -> None:
     set_seed(args.seed)
+    # Path-like names that do not exist are refused here, naming the path (exit status 2).
     dense = load_image_classifier(args.model, num_labels=args.num_labels, num_channels=args.num_channels)
     surrogate, plan = prune_model(dense, args.pruning_ratio)
     plan.dense_name_or_path = plan.dense_name_or_path or os.fspath(args.model)
     surrogate.save_pretrained(args.output_dir)
     plan.save_pretrained(args.output_dir)
-    if not has_weights(os.fspath(args.model)) and os.path.exists(args.model):
-        # A randomly initialized dense model exists nowhere else; fusion needs exactly these weights.
-        dense_dir = os.path.join(args.output_dir, "dense_init")
+    built_from_config = not has_weights(os.fspath(args.model)) and os.path.exists(args.model)
+    if built_from_config or args.num_labels is not None:
+        # A random initialization (or a re-initialized head) exists nowhere else; fusion needs exactly these weights.
+        dense_dir = os.path.join(args.output_dir, DENSE_INIT_DIR)
         dense.save_pretrained(dense_dir)
         print(f"dense initialization saved to {dense_dir} (pass it to `prunefuse-hf fuse --dense`)")
     dense_cost, surrogate_cost = model_cost(dense, args.image_size), model_cost(surrogate, args.image_size)
@@ -81,8 +83,10 @@ def _prune(args) -> None:
 
 def _fuse(args) -> None:
     plan = PruningPlan.from_pretrained(args.surrogate)
-    dense = AutoModelForImageClassification.from_pretrained(args.dense)
-    surrogate = AutoModelForImageClassification.from_pretrained(args.surrogate)
+    # Both need weights: a directory with only a config would silently fuse into a random initialization.
+    dense = load_image_classifier(args.dense, from_config=False)
+    surrogate = load_image_classifier(args.surrogate, from_config=False)
+    # Refuses (exit status 2) a dense checkpoint of another architecture than the plan's, naming both.
     fused = fuse_into_dense(dense, surrogate, plan, copy_norm_stats=not args.no_copy_norm_stats)
     fused.save_pretrained(args.output_dir)
     changed = sum(

@@ -41,6 +41,18 @@ class PruneFuseConfig(TrainingArguments):
     [argparse](https://docs.python.org/3/library/argparse#module-argparse) arguments that can be specified on the
     command line, or parse it from a YAML recipe with `parse_dict` / `parse_yaml_file`.
 
+    Every field is checked when the config is built: a wrong value raises a `ValueError` naming the field, the value
+    and what is allowed (Hub ids with `huggingface_hub`'s own validator).
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf import PruneFuseConfig
+    >>> args = PruneFuseConfig(output_dir="runs/svp", method="svp", query_size=[500, 1000], num_train_epochs=3)
+    >>> args.pruning_ratio, args.fusion, args.num_rounds, args.method_overrides
+    (0.5, False, 2, {})
+    ```
+
     Parameters:
         > Parameters that name the method
 
@@ -150,6 +162,19 @@ class PruneFuseConfig(TrainingArguments):
             Model repo for the trained surrogate and its `pruning_plan.json`.
         hub_query_id (`str` or `None`, *optional*, defaults to `None`):
             Dataset repo each human-annotation query batch is pushed to (one config per round), for annotators.
+
+        > Parameters that control processes and caching
+
+        sync_batchnorm (`bool`, *optional*, defaults to `True`):
+            With several processes, BatchNorm layers normalize over the whole (split) batch, so N processes train
+            the same model as one (torch's `SyncBatchNorm` on GPU, an all-reduce of the statistics on CPU).
+        cache_pixels (`bool`, *optional*):
+            Store the decoded, resized pixels of the pool and the evaluation set once (an Arrow file in the
+            `datasets` cache, reused by a second run or a resume). `None` caches when the pixels take at most half of
+            the free disk space (their size is logged first).
+        validate_images (`bool`, *optional*, defaults to `True`):
+            Without the cache, still decode every image once before the run starts, so a damaged file is reported
+            in the first seconds. `False` (huge pools) reports it when a pass first reads it, with the same error.
 
         > Parameters that control the run directory
 
@@ -431,6 +456,28 @@ class PruneFuseConfig(TrainingArguments):
         },
     )
 
+    # Processes and caching.
+    sync_batchnorm: bool = field(
+        default=True,
+        metadata={
+            "help": "With several processes, normalize BatchNorm over the whole batch (N processes train as one)."
+        },
+    )
+    cache_pixels: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Store the decoded, resized pixels once (Arrow file in the datasets cache, reused by resumes). "
+            "Unset: cache when they take at most half of the free disk space."
+        },
+    )
+    validate_images: bool = field(
+        default=True,
+        metadata={
+            "help": "Without the cache, decode every image once before the run starts (damaged files reported at "
+            "once). False reports them when a pass first reads them."
+        },
+    )
+
     # The run directory.
     overwrite_output_dir: bool = field(
         default=False,
@@ -517,6 +564,10 @@ class PruneFuseConfig(TrainingArguments):
         _boolean("copy_norm_stats", self.copy_norm_stats)
         _boolean("eval_dense_every_round", self.eval_dense_every_round)
         _boolean("overwrite_output_dir", self.overwrite_output_dir)
+        _boolean("sync_batchnorm", self.sync_batchnorm)
+        _boolean("validate_images", self.validate_images)
+        if self.cache_pixels is not None:
+            _boolean("cache_pixels", self.cache_pixels)
         self.sync_every = _integer("sync_every", self.sync_every, minimum=0)
         if self.sync_every > 0 and not self.fusion:
             raise ValueError(

@@ -40,6 +40,15 @@ def compute_accuracy(eval_pred: EvalPrediction) -> dict[str, float]:
 
     Returns:
         `dict[str, float]`: `{"accuracy": value}`.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from transformers.trainer_utils import EvalPrediction
+    >>> compute_accuracy(EvalPrediction(predictions=np.array([[0.1, 0.9], [0.8, 0.2]]), label_ids=np.array([1, 1])))
+    {'accuracy': 0.5}
+    ```
     """
     predictions, labels = eval_pred.predictions, eval_pred.label_ids
     if isinstance(predictions, (tuple, list)):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 import os
 
+import transformers
 from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 from transformers.utils import logging
+
+from .architectures import classifier_class_name
 
 logger = logging.get_logger(__name__)
 
@@ -15,7 +18,39 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 
 def has_weights(path: str) -> bool:
+    """Whether `path` is a directory holding model weights (safetensors, sharded or `pytorch_model.bin`)."""
     return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in WEIGHT_FILES)
+
+
+def check_model_path(path: str | os.PathLike) -> str:
+    """Refuse a local path that does not exist, before it is taken for a Hub id.
+
+    A name that starts with `/`, `.` or `~`, or that has more than one `/`, cannot be a Hub id (`org/name`), so
+    when nothing is there it is a mistyped path.
+
+    Args:
+        path (`str` or `os.PathLike`): A Hub id, a checkpoint directory or a `config.json` path.
+
+    Returns:
+        `str`: `path` as a string.
+
+    Raises:
+        `FileNotFoundError`: a path-like name with nothing at it (the message names the path).
+
+    Example:
+
+    ```python
+    >>> check_model_path("microsoft/resnet-50")
+    'microsoft/resnet-50'
+    ```
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path) and (path.startswith(("/", ".", "~")) or path.count("/") > 1):
+        raise FileNotFoundError(
+            f"No model at {path!r}: it is not a local checkpoint directory or config.json, and it cannot be a "
+            "Hub model id. Fix the path, or give a Hub id such as microsoft/resnet-50."
+        )
+    return path
 
 
 def load_image_classifier(
@@ -26,22 +61,43 @@ def load_image_classifier(
     from_config: bool | None = None,
     class_names: list[str] | None = None,
 ) -> PreTrainedModel:
-    """Load or build a `*ForImageClassification` model.
+    """Load or build the `*ForImageClassification` model PruneFuse runs for the model's family.
+
+    The class is the family's supported one (`prunefuse_hf.architectures.classifier_class_name`), whatever class
+    a checkpoint was saved from: a DeiT distilled checkpoint (`DeiTForImageClassificationWithTeacher`), a bare
+    `*Model`, a backbone or a masked-image-modeling checkpoint loads its encoder weights into the family's image
+    classifier, whose head is then initialized.
 
     Args:
-        model: A Hub id or checkpoint directory (weights are loaded), a `config.json` path or a
-            directory with only a config (random initialization), a `PretrainedConfig`, or a dict
-            with a `model_type` key.
-        num_labels: Number of classes. When it differs from a checkpoint's, the classifier head is
-            re-initialized (the backbone keeps its pretrained weights).
-        num_channels: Input channels. Only for models built from a config: pretrained stems are not
-            rebuilt; feed such models 3-channel images (data preprocessing repeats gray channels).
-        from_config: Force random initialization from the config of a Hub id or checkpoint.
-        class_names: Names of the classes (their count is `num_labels`): the model's `id2label`, replacing
-            whatever names a checkpoint brought.
+        model (`str`, `os.PathLike`, `PretrainedConfig` or `dict`): A Hub id or checkpoint directory (weights are
+            loaded), a `config.json` path or a directory with only a config (random initialization), a
+            `PretrainedConfig`, or a dict with a `model_type` key.
+        num_labels (`int`, *optional*): Number of classes. When it differs from a checkpoint's, the classifier head
+            is re-initialized (the backbone keeps its pretrained weights).
+        num_channels (`int`, *optional*): Input channels. Only for models built from a config: pretrained stems are
+            not rebuilt; feed such models 3-channel images (data preprocessing repeats gray channels).
+        from_config (`bool`, *optional*): `True` builds a random initialization from the config of a Hub id or
+            checkpoint; `False` requires weights (a directory with only a config is refused); `None` (default)
+            loads weights when there are some.
+        class_names (`list[str]`, *optional*): Names of the classes (their count is `num_labels`): the model's
+            `id2label`, replacing whatever names a checkpoint brought.
 
     Returns:
-        The model, in train mode.
+        [`~transformers.PreTrainedModel`]: the model, in train mode, with `config.architectures` naming its class.
+
+    Raises:
+        `FileNotFoundError`: a path-like `model` with nothing at it, or `from_config=False` and no weights there.
+        `ValueError`: the config's family has no image classifier in transformers, a dict without `model_type`, or
+            `num_channels` differs from a pretrained model's.
+
+    Example:
+
+    ```python
+    >>> from transformers import ResNetConfig
+    >>> model = load_image_classifier(ResNetConfig(hidden_sizes=[16, 32], depths=[1, 1]), class_names=["cat", "dog"])
+    >>> type(model).__name__, model.config.id2label
+    ('ResNetForImageClassification', {0: 'cat', 1: 'dog'})
+    ```
     """
     overrides = {}
     if class_names is not None:
@@ -58,16 +114,19 @@ def load_image_classifier(
         model = AutoConfig.for_model(model_type, **values)
     if isinstance(model, PretrainedConfig):
         config, pretrained = copy.deepcopy(model), False
+        if from_config is False:
+            raise ValueError("from_config=False needs a checkpoint with weights, not a config.")
     else:
-        path = os.fspath(model)
-        if not os.path.exists(path) and (path.startswith(("/", ".", "~")) or path.count("/") > 1):
-            raise FileNotFoundError(
-                f"No model at {path!r}: it is not a local checkpoint directory or config.json, and it cannot be a "
-                "Hub model id. Fix the path, or give a Hub id such as microsoft/resnet-50."
-            )
+        path = check_model_path(model)
         pretrained = not from_config and (has_weights(path) or not os.path.exists(path))
+        if from_config is False and not pretrained:
+            raise FileNotFoundError(
+                f"{path!r} holds a config but no weights ({', '.join(WEIGHT_FILES)}). Pass a checkpoint directory "
+                "written by save_pretrained (e.g. a run's dense_init/), or a Hub id."
+            )
         config = AutoConfig.from_pretrained(path)
     _check_image_classifier(config)
+    model_class = getattr(transformers, classifier_class_name(config.model_type))
     if pretrained:
         if num_channels is not None and num_channels != getattr(config, "num_channels", num_channels):
             raise ValueError(
@@ -75,20 +134,21 @@ def load_image_classifier(
                 "pretrained stems are not rebuilt. Leave num_channels unset: gray images are repeated to "
                 "the model's channel count by the data preprocessing."
             )
-        return AutoModelForImageClassification.from_pretrained(
-            path, ignore_mismatched_sizes=True, **overrides
-        )
+        saved_as = (config.architectures or [None])[0]
+        if saved_as not in (None, model_class.__name__):
+            logger.info(f"{path} was saved as {saved_as}; loading its weights into {model_class.__name__}.")
+        loaded = model_class.from_pretrained(path, ignore_mismatched_sizes=True, **overrides)
+        loaded.config.architectures = [model_class.__name__]
+        return loaded
     if num_labels is not None:
         config.num_labels = num_labels  # the setter rebuilds id2label/label2id when the count changes
     if class_names is not None:
         config.id2label, config.label2id = overrides["id2label"], overrides["label2id"]
     if num_channels is not None:
         config.num_channels = num_channels
-    classes = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[config.model_type]
-    if isinstance(classes, (list, tuple)) and not config.architectures:
-        # Families with several classifier classes (DeiT: with and without a distillation head) need
-        # the choice written down; the first one is the plain classifier.
-        config.architectures = [classes[0]]
+    # Families with several classifier classes (DeiT: with and without a distillation head) build the class
+    # `config.architectures` names; write the one PruneFuse runs.
+    config.architectures = [model_class.__name__]
     return AutoModelForImageClassification.from_config(config)
 
 

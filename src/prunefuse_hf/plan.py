@@ -20,13 +20,68 @@ from .constants import PRUNING_PLAN_NAME
 PLAN_FORMAT_VERSION = 1
 
 
+# Config fields that do not describe the architecture: transformers internals (`_name_or_path`, ...), the version
+# and dtype a checkpoint was saved with, the class that last saved it, the class names (a run replaces them; their
+# count stays as `num_labels`), what the first training step sets (`problem_type`) and output switches.
+_NOT_ARCHITECTURE = (
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "architectures",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "output_hidden_states",
+    "output_attentions",
+    "return_dict",
+)
+
+
+def architecture_fields(config) -> dict:
+    """The fields of a model config that define its architecture, as a plain dict.
+
+    Everything `config.to_dict()` holds except where and how it was saved, the class names and run-time
+    switches (see `config_hash`); the number of classes is kept as `num_labels`.
+
+    Args:
+        config ([`~transformers.PretrainedConfig`]): A model config.
+
+    Returns:
+        `dict`: JSON-serializable fields.
+    """
+    values = {key: value for key, value in config.to_dict().items() if not key.startswith("_")}
+    for key in _NOT_ARCHITECTURE:
+        values.pop(key, None)
+    values["num_labels"] = config.num_labels
+    return values
+
+
 def config_hash(config) -> str:
-    """A stable hash of a model config's architecture fields (the transformers version and the
-    checkpoint path are left out, so a reloaded config hashes the same)."""
-    values = config.to_dict()
-    for volatile in ("transformers_version", "_name_or_path", "torch_dtype", "dtype"):
-        values.pop(volatile, None)
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A stable hash of a model config's architecture: it identifies the architecture, not the weights.
+
+    Left out: the checkpoint path, the transformers version and dtype, `architectures`, the class names
+    (`id2label`/`label2id`; their count is kept as `num_labels`), `problem_type` (set by the first training
+    step) and output switches. So a config hashes the same before and after `save_pretrained`/`from_pretrained`,
+    after training and after a run gives it the dataset's class names; two checkpoints of the same architecture
+    with other weights (another seed, another fine-tune) hash the same too.
+
+    Args:
+        config ([`~transformers.PretrainedConfig`]): A model config.
+
+    Returns:
+        `str`: 16 hexadecimal characters (a SHA-256 prefix).
+
+    Example:
+
+    ```python
+    >>> from transformers import ResNetConfig
+    >>> config_hash(ResNetConfig(id2label={0: "cat", 1: "dog"})) == config_hash(ResNetConfig(num_labels=2))
+    True
+    ```
+    """
+    return hashlib.sha256(
+        json.dumps(architecture_fields(config), sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
 
 
 @dataclass
@@ -42,6 +97,8 @@ class PruningPlan:
         dense_shapes: Shape of every tensor in the dense `state_dict`.
         kept_indices: `tensor name -> {dim: kept dense indices}` for the pruned dimensions only.
         dense_name_or_path: The dense model's Hub id or path when it came from one.
+        dense_config_hash: `config_hash` of the dense config: fusion refuses a dense model of another
+            architecture.
     """
 
     pruning_ratio: float
@@ -88,9 +145,64 @@ class PruningPlan:
     # -- validation ----------------------------------------------------------------------------
 
     def check_models(self, dense, surrogate) -> None:
-        """Raise a `ValueError` naming the first tensor whose shape does not match this plan."""
+        """Check that `dense` is the architecture this plan was made from and that both models have its shapes.
+
+        Args:
+            dense ([`~transformers.PreTrainedModel`]): The dense model fusion writes into.
+            surrogate (`nn.Module`): The surrogate fusion reads from.
+
+        Raises:
+            `ValueError`: the dense config is another architecture (see `check_dense_identity`), or a tensor is
+                missing, unexpected or has another shape (the message names the first one).
+        """
+        self.check_dense_identity(dense)
         self._check_state(dense.state_dict(), "dense", lambda name: list(self.dense_shapes[name]))
         self._check_state(surrogate.state_dict(), "surrogate", self.surrogate_shape)
+
+    def dense_model_config(self):
+        """The dense model's config, rebuilt from `dense_config` with the installed transformers."""
+        from transformers import CONFIG_MAPPING
+
+        return CONFIG_MAPPING[self.model_type].from_dict(dict(self.dense_config))
+
+    def check_dense_identity(self, dense) -> None:
+        """Refuse a dense model whose config hash differs from the one the plan was made from.
+
+        The hash identifies the architecture, not the weights (see `config_hash`): another checkpoint of the same
+        architecture (another seed) is accepted, and fusing into it writes the surrogate into those weights.
+
+        Args:
+            dense ([`~transformers.PreTrainedModel`]): The dense model fusion writes into.
+
+        Raises:
+            `ValueError`: naming the plan's dense model (`dense_name_or_path`, `dense_config_hash`), the given one
+                (`_name_or_path`, its hash), the fields that differ, and the fix.
+        """
+        given = config_hash(dense.config)
+        if given == self.dense_config_hash:
+            return
+        planned_config = self.dense_model_config()
+        # A plan written under another transformers version (new config fields) or by an older prunefuse-hf
+        # (other hashed fields) stores another hash for the same architecture; its recorded config decides.
+        if config_hash(planned_config) == given:
+            return
+        planned, actual = architecture_fields(planned_config), architecture_fields(dense.config)
+        differences = [
+            f"{key}: plan {planned.get(key)!r}, given {actual.get(key)!r}"
+            for key in sorted(set(planned) | set(actual))
+            if planned.get(key) != actual.get(key)
+        ]
+        given_name = getattr(dense.config, "_name_or_path", None) or getattr(dense, "name_or_path", None)
+        raise ValueError(
+            f"The dense model is not the architecture this pruning plan was made from: the plan's dense model is "
+            f"{_describe(self.dense_name_or_path)} (config hash {self.dense_config_hash or config_hash(planned_config)}), "
+            f"the given one is {_describe(given_name)} (config hash {given}); they differ in "
+            f"{'; '.join(differences[:4])}{' ...' if len(differences) > 4 else ''}. The hash identifies the "
+            "architecture, not the weights (another seed of the same architecture is accepted). Pass the dense model "
+            "the surrogate was pruned from (a PruneFuse run keeps it in RUN_DIR/dense_init, `prunefuse-hf prune` in "
+            "OUTPUT_DIR/dense_init or its --model), or prune this dense model again with `prune_model` for a plan "
+            "that matches it."
+        )
 
     def _check_state(self, state: dict, role: str, expected_shape) -> None:
         hint = (
@@ -191,3 +303,7 @@ class PruningPlan:
             )
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def _describe(name_or_path: str | None) -> str:
+    return repr(name_or_path) if name_or_path else "an unnamed model (built from a config)"

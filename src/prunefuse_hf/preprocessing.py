@@ -29,6 +29,7 @@ import datasets
 import numpy as np
 import PIL.Image
 import torch
+from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .constants import LABELS, PIXEL_VALUES
@@ -216,6 +217,7 @@ class ImagePreprocessor:
         *,
         cache: bool | None = None,
         cache_dir: str | os.PathLike | None = None,
+        validate: bool = True,
         desc: str = "Decoding images",
     ) -> datasets.Dataset:
         """
@@ -232,6 +234,8 @@ class ImagePreprocessor:
                 of the free disk space (the size is logged before anything is written).
             cache_dir (`str` or `os.PathLike`, *optional*): Where cache files go. Defaults to
                 `$PRUNEFUSE_PIXEL_CACHE`, else `prunefuse_hf/` in the `datasets` cache.
+            validate (`bool`, *optional*, defaults to `True`): Without the cache, still decode every image once now
+                (a streamed pass with a progress bar), so that a damaged file is reported before any work.
             desc (`str`, *optional*): Progress bar label.
 
         Returns:
@@ -255,6 +259,10 @@ class ImagePreprocessor:
                     "images are decoded at every pass (set cache_pixels: true to cache anyway)."
                 )
         if not cache:
+            if validate:
+                for start in tqdm(range(0, len(images), _MAP_BATCH_SIZE), desc=desc, unit="batch"):
+                    rows = list(range(start, min(start + _MAP_BATCH_SIZE, len(images))))
+                    self.to_pixels(images[rows][self.image_column], rows)
             return images.with_transform(self._transform, output_all_columns=False)
 
         key = self.cache_key(dataset)
@@ -295,6 +303,7 @@ class ImagePreprocessor:
         return {PIXEL_VALUES: self.to_pixels(batch[self.image_column], indices).numpy()}
 
     def _transform(self, batch: dict) -> dict:
+        # Read lazily (no cache, no validation): a damaged file fails here, named, when a pass first reads it.
         return {PIXEL_VALUES: self.to_pixels(batch[self.image_column])}
 
     # ----- normalization: uint8 pixels -> model inputs -----

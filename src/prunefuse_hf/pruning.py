@@ -4,6 +4,10 @@
 width, records which dense indices every pruned dimension kept (the `PruningPlan`), and rebuilds the
 result as a plain model of the same class from a narrowed config, so the surrogate saves and reloads
 with `save_pretrained` / `from_pretrained` like any other checkpoint.
+
+Torch-Pruning: G. Fang, X. Ma, M. Song, M. Bi Mi, X. Wang, "DepGraph: Towards Any Structural Pruning",
+CVPR 2023 (https://github.com/VainF/Torch-Pruning). Its dependency graph finds the coupled channel groups and
+its `GroupMagnitudeImportance(p=2)` scores each channel by the L2 norm of all the weights the group couples.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch_pruning as tp
 from torch import nn
 from transformers.utils import logging
 
-from .architectures import attention_heads, example_pixel_values, get_family_adapter
+from .architectures import attention_heads, check_supported_model, example_pixel_values, get_family_adapter
 from .plan import PruningPlan, config_hash
 
 logger = logging.get_logger(__name__)
@@ -28,7 +32,24 @@ IMPORTANCES = ("l2",)
 
 
 def validate_pruning_ratio(pruning_ratio) -> float:
-    """Return `pruning_ratio` as a float, or raise a `ValueError` saying what is allowed."""
+    """Return `pruning_ratio` as a float, or raise a `ValueError` saying what is allowed.
+
+    Args:
+        pruning_ratio (`float`): The fraction of every prunable width to remove.
+
+    Returns:
+        `float`: the ratio, in [0, 1).
+
+    Raises:
+        `ValueError`: not a real number (booleans and strings included), NaN, or outside [0, 1).
+
+    Example:
+
+    ```python
+    >>> validate_pruning_ratio(1 / 2)
+    0.5
+    ```
+    """
     if isinstance(pruning_ratio, bool) or not isinstance(pruning_ratio, numbers.Real):
         raise ValueError(f"pruning_ratio must be a number in [0, 1), got {pruning_ratio!r}.")
     if not (0 <= pruning_ratio < 1) or math.isnan(pruning_ratio):
@@ -50,36 +71,49 @@ def prune_model(
 
     Every prunable width (channels, stage widths, stem, hidden size, MLP width, head dimension) loses
     the same fraction `pruning_ratio` of its entries, those with the smallest L2 norm over their
-    coupled group. Exact widths are those of the family's narrowed config (e.g. head dimensions,
-    group widths and `make_divisible` rounding), so the surrogate is a regular checkpoint of the same
-    class. The classifier's outputs are never pruned. The input model is left untouched.
+    coupled group: Torch-Pruning's group L2-magnitude importance (`GroupMagnitudeImportance(p=2)`,
+    Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023). Exact widths are those of the
+    family's narrowed config (e.g. head dimensions, group widths and `make_divisible` rounding), so the
+    surrogate is a regular checkpoint of the same class. The classifier's outputs are never pruned. The
+    input model is left untouched.
 
     Args:
-        model: A `*ForImageClassification` model of a supported family (see
-            `prunefuse_hf.architectures.SUPPORTED_FAMILIES`).
-        pruning_ratio: Fraction removed from every prunable width, in [0, 1). `0` returns an identical
-            copy (any family), the dense-selector baseline.
-        importance: Channel importance; `"l2"` is Torch-Pruning's group magnitude with p=2.
-        example_inputs: Inputs used to trace the model (`{"pixel_values": tensor}` or a tensor). By
-            default a random batch shaped from the config (`num_channels`, `image_size` or 64).
+        model ([`~transformers.PreTrainedModel`]): The image classifier of a supported family (see
+            `prunefuse_hf.architectures.SUPPORTED_FAMILIES`; other classes of those families are refused by
+            `check_supported_model`).
+        pruning_ratio (`float`): Fraction removed from every prunable width, in [0, 1). `0` returns an
+            identical copy (any image classifier), the dense-selector baseline.
+        importance (`str`, *optional*, defaults to `"l2"`): Channel importance; `"l2"` is Torch-Pruning's
+            group magnitude with p=2.
+        example_inputs (`dict` or `torch.Tensor`, *optional*): Inputs used to trace the model
+            (`{"pixel_values": tensor}` or a tensor). By default a random batch shaped from the config
+            (`num_channels`, `image_size` or 64).
 
     Returns:
-        `(surrogate, plan)`: the surrogate (same class, narrowed config, in the input model's
-        train/eval mode) and its `PruningPlan`.
+        `tuple[PreTrainedModel, PruningPlan]`: the surrogate (same class, narrowed config, in the input
+        model's train/eval mode) and its `PruningPlan` (with `dense_config_hash`, which fusion checks).
+
+    Raises:
+        `ValueError`: a ratio outside [0, 1), an unknown importance, a ratio the family's config cannot
+            express (the message lists the ratios that work), or a model class that is not its family's image
+            classifier (e.g. `ViTModel`, `DeiTForImageClassificationWithTeacher`).
+        `NotImplementedError`: the family has no pruning support (and `pruning_ratio` > 0).
 
     Example:
-        ```python
-        >>> from transformers import ResNetConfig, ResNetForImageClassification
-        >>> from prunefuse_hf import prune_model
-        >>> dense = ResNetForImageClassification(ResNetConfig(num_labels=10))
-        >>> surrogate, plan = prune_model(dense, 0.5)
-        >>> surrogate.config.hidden_sizes
-        [128, 256, 512, 1024]
-        ```
+
+    ```python
+    >>> from transformers import ResNetConfig, ResNetForImageClassification
+    >>> from prunefuse_hf import prune_model
+    >>> dense = ResNetForImageClassification(ResNetConfig(num_labels=10))
+    >>> surrogate, plan = prune_model(dense, 0.5)
+    >>> surrogate.config.hidden_sizes
+    [128, 256, 512, 1024]
+    ```
     """
     pruning_ratio = validate_pruning_ratio(pruning_ratio)
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {list(IMPORTANCES)}, got {importance!r}.")
+    check_supported_model(model, pruning_ratio=pruning_ratio)
     dense_state = model.state_dict()
     name_or_path = getattr(model.config, "_name_or_path", None) or None
 

@@ -158,27 +158,28 @@ class RunArgumentParser(HfArgumentParser):
     the `TrainingArguments` fields, each under its own heading in `--help`."""
 
     def __init__(self):
-        super().__init__(ARGUMENT_CLASSES, prog="prunefuse-hf run", description=RUN_DESCRIPTION,
+        super().__init__(ARGUMENT_CLASSES, prog="prunefuse-hf run", usage=RUN_USAGE, description=RUN_DESCRIPTION,
                          formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
 
     def _add_dataclass_arguments(self, dtype):
         type_hints = get_type_hints(dtype)
-        own = set(getattr(dtype, "__annotations__", {}))
         inherited = (
             {f.name for f in dataclasses.fields(TrainingArguments)} if dtype is PruneFuseConfig else set()
         )
-        groups = {
-            "own": self.add_argument_group(GROUP_TITLES[dtype.__name__]),
-            "training": self.add_argument_group(GROUP_TITLES["TrainingArguments"]) if inherited else None,
-        }
-        for field_ in dataclasses.fields(dtype):
-            if not field_.init:
-                continue
-            field_.type = type_hints[field_.name]
-            is_training = field_.name in inherited and field_.name not in own
-            self._parse_dataclass_field(groups["training" if is_training else "own"], field_)
+        own_group = self.add_argument_group(GROUP_TITLES[dtype.__name__])
+        fields = [f for f in dataclasses.fields(dtype) if f.init]
+        # The class's own fields first, then the TrainingArguments fields (those it changes the default of first).
+        own = [f for f in fields if f.name not in inherited]
+        changed = [f for f in fields if f.name in inherited and f.name in dtype.__annotations__]
+        rest = [f for f in fields if f.name in inherited and f.name not in dtype.__annotations__]
+        training_group = self.add_argument_group(GROUP_TITLES["TrainingArguments"]) if inherited else None
+        for group, group_fields in ((own_group, own), (training_group, changed + rest)):
+            for field_ in group_fields:
+                field_.type = type_hints[field_.name]
+                self._parse_dataclass_field(group, field_)
 
 
+RUN_USAGE = "prunefuse-hf run --config RECIPE.yaml [--field value ...] [--resume | --overwrite]"
 RUN_DESCRIPTION = """Run PruneFuse from a YAML recipe; every field can also be given (or overridden) as a flag.
 
   prunefuse-hf run --config recipes/fashion-mnist-resnet/prunefuse.yaml [--field value ...] [--resume | --overwrite]

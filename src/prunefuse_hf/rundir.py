@@ -108,6 +108,9 @@ class RunDirectory:
         target = self.path / name
         tmp_dir = self.path / f".{name}.tmp"
         old_dir = self.path / f".{name}.old"
+        if old_dir.exists() and not target.exists():
+            # A crash between the two renames below: the previous version is the only one, put it back first.
+            os.replace(old_dir, target)
         for leftover in (tmp_dir, old_dir):
             if leftover.exists():
                 shutil.rmtree(leftover)

@@ -59,33 +59,65 @@ def score_pool(
     mc_samples: int = 10,
     preprocess=None,
 ) -> PoolScores:
-    """Run `model` over `dataset` in eval mode and collect per-example outputs.
+    """
+    Run `model` over (part of) the pool in eval mode and collect per-example outputs, batch by batch, with every
+    example's global pool index carried through: memory is bounded by the batch plus the outputs kept.
+
+    Under Accelerate each process scores a disjoint shard of whole batches (dealt round-robin), so every index is
+    scored exactly once and in the same batch as with one process; the shards are then gathered (or kept, with
+    `gather=False`). Under the accelerator's mixed precision (bf16/fp16 in the run's `TrainingArguments`) the
+    forward passes run in autocast; on a GPU, batches are loaded in pinned memory and copied without blocking
+    while the loader prepares the next one.
 
     Args:
-        model: An image classifier (its `classifier` module's input is taken as the features).
-        dataset: A dataset whose row `i` holds pool example `pool_indices[i]`: a
-            `prunefuse_hf.preprocessing.PixelDataset` (read a batch at a time), or any dataset that returns a
-            batch with `pixel_values` when indexed with a list of rows (e.g. a `datasets.Dataset` with a transform).
-        pool_indices: Global pool index of every row (default: `0..len(dataset)-1`).
-        batch_size: Examples per forward pass on each process.
-        outputs: Any of `"probs"`, `"features"` and `"mc_probs"` (MC dropout: the model's dropout layers
-            are active for `mc_samples` extra passes, everything else stays in eval mode).
-        accelerator: An `accelerate.Accelerator`; with several processes each scores its shard.
-        num_workers: DataLoader workers decoding images.
-        show_progress: Show a progress bar on the main process.
-        gather: Gather every process's results (default). With `False` each process returns only the
-            examples it scored, for the strategies that select from shards (`SelectionStrategy.shardable`,
-            called with `accelerator=`): no process then holds the whole pool's features.
-        mc_samples: Stochastic forward passes per example for `"mc_probs"`.
-        preprocess: Applied to each batch's `pixel_values` on the device (e.g. `ImagePreprocessor.normalize`,
-            which turns uint8 pixels into normalized floats).
-
-    Under the accelerator's mixed precision (bf16/fp16 in the run's `TrainingArguments`) the forward passes run
-    in autocast; on a GPU, batches are loaded in pinned memory and copied without blocking, while the loader
-    prepares the next one.
+        model (`torch.nn.Module`):
+            An HF image classifier (`model(pixel_values=...).logits`); its `classifier` module's input, flattened,
+            is taken as the features.
+        dataset ([`~prunefuse_hf.preprocessing.PixelDataset`] or `datasets.Dataset`):
+            Row `i` holds pool example `pool_indices[i]`: a `PixelDataset` (read a batch at a time), or any dataset
+            that returns a batch with `pixel_values` when indexed with a list of rows.
+        pool_indices (`np.ndarray` of shape `(len(dataset),)`, *optional*):
+            Global pool index of every row (default `0..len(dataset)-1`).
+        batch_size (`int`, *optional*, defaults to 256):
+            Examples per forward pass on each process.
+        outputs (`tuple[str, ...]`, *optional*, defaults to `("probs",)`):
+            Any of `"probs"`, `"features"` and `"mc_probs"` (MC dropout: the model's dropout layers are active for
+            `mc_samples` extra passes, everything else stays in eval mode).
+        accelerator (`accelerate.Accelerator`, *optional*):
+            With several processes, each scores its shard; its device and mixed precision are used.
+        num_workers (`int`, *optional*, defaults to 0):
+            DataLoader workers reading batches ahead.
+        show_progress (`bool`, *optional*, defaults to `True`):
+            A progress bar on the main process.
+        gather (`bool`, *optional*, defaults to `True`):
+            Gather every process's results. With `False` each process returns only the examples it scored, for the
+            strategies that select from shards (`SelectionStrategy.shardable`): no process holds the whole pool's
+            features.
+        mc_samples (`int`, *optional*, defaults to 10):
+            Stochastic forward passes per example for `"mc_probs"`.
+        preprocess (`Callable`, *optional*):
+            Applied to each batch's `pixel_values` on the device (e.g. `ImagePreprocessor.normalize`, which turns
+            uint8 pixels into normalized floats).
 
     Returns:
-        `PoolScores` with the requested outputs, on the CPU, ordered by pool index.
+        [`PoolScores`]: on the CPU, ordered by pool index: `pool_indices` `(N,)` int64, `probs` `(N, num_labels)`
+        float32, `features` `(N, D)` float32, `mc_probs` `(N, mc_samples, num_labels)` (those asked for).
+
+    Raises:
+        `ValueError`: an unknown output, `pool_indices` of another length than the dataset, a model without a
+            `classifier` module (features) or without active dropout (`mc_probs`).
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf import score_pool
+    >>> from prunefuse_hf.preprocessing import PixelDataset
+    >>> pixels = PixelDataset(preprocessor.pixel_dataset(pool), rows=unlabeled_indices)
+    >>> scores = score_pool(surrogate, pixels, unlabeled_indices, batch_size=512, outputs=("probs", "features"),
+    ...                     preprocess=preprocessor.normalize)
+    >>> scores.probs.shape, scores.features.shape
+    (torch.Size([59000, 10]), torch.Size([59000, 256]))
+    ```
     """
     unknown = set(outputs) - set(OUTPUTS)
     if unknown:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 import logging as std_logging
@@ -53,6 +54,8 @@ from .annotation import (
     read_labels,
     write_query_batch,
 )
+from .architectures import check_supported_model
+from .batchnorm import synced_batchnorm
 from .config import PruneFuseConfig
 from .constants import (
     DENSE_BASE_DIR,
@@ -93,7 +96,7 @@ RESULT_FIELDS = (
     "num_train_epochs", "max_steps", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
     "optim", "optim_args", "weight_decay", "lr_scheduler_type", "warmup_steps", "label_smoothing_factor",
     "max_grad_norm", "surrogate_num_train_epochs", "surrogate_learning_rate",
-    "surrogate_per_device_train_batch_size", "bf16", "fp16", "eval_strategy", "eval_steps",
+    "surrogate_per_device_train_batch_size", "bf16", "fp16", "eval_strategy", "eval_steps", "sync_batchnorm",
 )  # fmt: skip
 _PACKAGE_LOGGER = __name__.split(".")[0]
 
@@ -224,7 +227,11 @@ class PruneFuseTrainer(Trainer):
         self.strategy = get_strategy(args.strategy)
 
         set_seed(args.seed)
+        if isinstance(model, PreTrainedModel):
+            # Before its label count is compared: a ViTModel or a backbone is refused by its class, not its labels.
+            check_supported_model(model, pruning_ratio=args.pruning_ratio)
         dense = _build_dense(model, self.class_names, label_column)
+        check_supported_model(dense, pruning_ratio=args.pruning_ratio)
         if "mc_probs" in self.strategy.needs:
             active_dropout_layers(dense)  # raises, naming the model, when there is none
         processor = processing_class if processing_class is not None else _pretrained_processor(model)
@@ -236,12 +243,12 @@ class PruneFuseTrainer(Trainer):
         self.preprocessor = ImagePreprocessor(processor, channels, args.image_column, augment=args.augment)
         # Decoding every image once is also the check that every image decodes (the error names the file).
         with _main_process_first(args):
-            self.pool_pixels = self.preprocessor.pixel_dataset(pool.dataset, desc="Decoding the pool")
+            pixels = functools.partial(self.preprocessor.pixel_dataset, cache=args.cache_pixels,
+                                       validate=args.validate_images)  # fmt: skip
+            self.pool_pixels = pixels(pool.dataset, desc="Decoding the pool")
             eval_pixels = None
             if eval_dataset is not None:
-                eval_pixels = self.preprocessor.pixel_dataset(
-                    eval_dataset, desc="Decoding the evaluation set"
-                )
+                eval_pixels = pixels(eval_dataset, desc="Decoding the evaluation set")
         input_shape = tuple(self.pool_pixels[0][PIXEL_VALUES].shape)
         _check_trainable(dense, input_shape, args)
 
@@ -652,7 +659,8 @@ class PruneFuseTrainer(Trainer):
                                       eval_dataset=self.eval_dataset if curve else None, teacher_model=teacher,
                                       preprocessor=self.preprocessor, callbacks=[forwarder])  # fmt: skip
         started = time.perf_counter()
-        result = trainer.train()
+        with synced_batchnorm(model, enabled=self.args.sync_batchnorm):
+            result = trainer.train()
         self.state.global_step += trainer.state.global_step
         evaluations = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry]
         eval_seconds = sum(entry.get("eval_runtime", 0.0) for entry in evaluations)

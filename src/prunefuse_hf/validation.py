@@ -3,6 +3,8 @@ refused in the first seconds, naming the field, the value and the fix, instead o
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -12,28 +14,34 @@ _CANDIDATE_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384
 
 def check_input_size(
     model: nn.Module, input_shape: tuple[int, int, int], *, image_size_field: str = "image_size"
-):
+) -> int | None:
     """
     Run the model once on a batch of zeros of `input_shape` (eval mode, no gradients) and return the smallest
     number of values per channel any BatchNorm layer sees per example.
 
+    A model that cannot take the size is refused with the size that works: the smallest larger size it runs at
+    (inputs too small for a convolution's kernel), or the `image_size` of its config when that is the only size
+    it takes (ViT and DeiT position embeddings, Swin windows are built for the config's size).
+
     Args:
         model (`nn.Module`): The image classifier.
         input_shape (`tuple[int, int, int]`): `(C, H, W)` of the run's inputs.
-        image_size_field (`str`, *optional*): The setting named in the error.
+        image_size_field (`str`, *optional*, defaults to `"image_size"`): The setting named in the error.
 
     Returns:
         `int` or `None`: the smallest `H × W` (or length) a BatchNorm layer normalizes over, per example; `None`
         when the model has no BatchNorm.
 
     Raises:
-        `ValueError`: the model cannot take inputs of that size (the message gives the smallest size that works).
+        `ValueError`: the model cannot take inputs of that size; the message names `image_size_field` and the
+            size to set.
 
     Example:
 
     ```python
-    >>> check_input_size(ResNetForImageClassification(ResNetConfig()), (3, 32, 32))
-    1
+    >>> from transformers import ResNetConfig, ResNetForImageClassification
+    >>> check_input_size(ResNetForImageClassification(ResNetConfig(hidden_sizes=[16, 32], depths=[1, 1])), (3, 32, 32))
+    16
     ```
     """
     seen: list[int] = []
@@ -44,27 +52,42 @@ def check_input_size(
     ]
     try:
         _forward(model, input_shape)
-    except RuntimeError as error:
-        channels, height, width = input_shape
-        working = next(
-            (
-                size
-                for size in _CANDIDATE_SIZES
-                if size > min(height, width) and _runs(model, (channels, size, size))
-            ),
-            None,
-        )
-        hint = (
-            f"set {image_size_field} to at least {working}" if working else f"use a larger {image_size_field}"
-        )
-        reason = str(error).splitlines()[0]
+    except (RuntimeError, ValueError) as error:
+        # RuntimeError: torch (a kernel larger than the feature map); ValueError: the modeling code's own
+        # check (ViT: "Input image size (16*16) doesn't match model (32*32).").
+        reason = str(error).splitlines()[0].rstrip(".")
         raise ValueError(
-            f"{type(model).__name__} cannot take {height}×{width} inputs ({reason}): {hint}."
+            f"{type(model).__name__} cannot take {input_shape[1]}×{input_shape[2]} inputs ({reason}): "
+            f"{_size_hint(model, input_shape, image_size_field)}."
         ) from None
     finally:
         for hook in hooks:
             hook.remove()
     return min(seen) if seen else None
+
+
+def _size_hint(model: nn.Module, input_shape, field: str) -> str:
+    channels, height, width = input_shape
+    configured = getattr(getattr(model, "config", None), "image_size", None)
+    if isinstance(configured, (list, tuple)):
+        configured = configured[0] if len(set(configured)) == 1 else None
+    # Candidates below the configured size only: at the configured size (or above) the config's size is the
+    # better advice, since models with position embeddings take no other.
+    smallest = next(
+        (
+            size
+            for size in _CANDIDATE_SIZES
+            if size > min(height, width)
+            and (configured is None or size < configured)
+            and _runs(model, (channels, size, size))
+        ),
+        None,
+    )
+    if smallest is not None:
+        return f"set {field} to at least {smallest}"
+    if configured and _runs(model, (channels, configured, configured)):
+        return f"set {field} to {configured}, the model's config.image_size"
+    return f"use another {field} (none of {list(_CANDIDATE_SIZES)} works for this model)"
 
 
 def check_batchnorm_batch_sizes(args, smallest_per_example: int | None) -> None:
@@ -75,10 +98,18 @@ def check_batchnorm_batch_sizes(args, smallest_per_example: int | None) -> None:
     Args:
         args ([`PruneFuseConfig`]): The run's settings (`per_device_train_batch_size`,
             `surrogate_per_device_train_batch_size`, `initial_labeled_size`).
-        smallest_per_example (`int` or `None`): From [`check_input_size`].
+        smallest_per_example (`int` or `None`): From [`check_input_size`]; `None` (no BatchNorm) accepts any batch.
 
     Raises:
         `ValueError`: naming the field, its value and the fix.
+
+    Example:
+
+    ```python
+    >>> check_batchnorm_batch_sizes(PruneFuseConfig(output_dir="run", per_device_train_batch_size=1), 1)
+    Traceback (most recent call last):
+    ValueError: per_device_train_batch_size: 1 cannot train this model: ...
+    ```
     """
     if smallest_per_example is None or smallest_per_example > 1:
         return
@@ -111,8 +142,24 @@ def _forward(model: nn.Module, input_shape) -> None:
 
 
 def _runs(model: nn.Module, input_shape) -> bool:
+    """Whether a fresh model of the same class and config takes `input_shape`, tried on the meta device.
+
+    The meta device costs no memory and no compute, and a fresh model per try keeps state the forward changes
+    out of the answer (Swin shrinks a window for good once it sees a feature map smaller than it).
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return _forward_runs(model, input_shape, device=next(model.parameters()).device)
+    with torch.device("meta"):
+        probe = type(model)(copy.deepcopy(config))
+    return _forward_runs(probe, input_shape, device="meta")
+
+
+def _forward_runs(model: nn.Module, input_shape, device) -> bool:
+    model.eval()
     try:
-        _forward(model, input_shape)
-    except RuntimeError:
+        with torch.no_grad():
+            model(pixel_values=torch.zeros((2, *input_shape), device=device))
+    except (RuntimeError, ValueError, NotImplementedError):
         return False
     return True

@@ -1,0 +1,153 @@
+"""`RunDirectory`: the checks before a run may use a directory, atomic files and directories, and secret redaction."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from prunefuse_hf.constants import STATE_NAME
+from prunefuse_hf.rundir import RunDirectory, RunDirectoryError, redact_secrets
+
+
+def visible(path):
+    return sorted(name for name in os.listdir(path) if not name.startswith("."))
+
+
+def interrupt_replace(monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+
+
+def test_prepare_creates_a_missing_directory_and_accepts_an_empty_one(tmp_path):
+    RunDirectory(tmp_path / "new" / "run").prepare(resume=False, overwrite=False)
+    assert (tmp_path / "new" / "run").is_dir()
+    RunDirectory(tmp_path / "new" / "run").prepare(resume=False, overwrite=False)
+
+
+def test_prepare_refuses_an_occupied_directory_without_resume_or_overwrite(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirectoryError, match=r"already holds files\. Pass --resume .* --overwrite"):
+        RunDirectory(tmp_path).prepare(resume=False, overwrite=False)
+    (tmp_path / STATE_NAME).write_text("{}")
+    with pytest.raises(RunDirectoryError, match="already holds a PruneFuse run"):
+        RunDirectory(tmp_path).prepare(resume=False, overwrite=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_prepare_refuses_to_resume_where_there_is_no_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(
+        RunDirectoryError, match=f"--resume was given but .* holds no run \\({STATE_NAME} is missing\\)"
+    ):
+        RunDirectory(tmp_path).prepare(resume=True, overwrite=False)
+    (tmp_path / STATE_NAME).write_text("{}")
+    RunDirectory(tmp_path).prepare(resume=True, overwrite=False)
+    assert visible(tmp_path) == ["notes.txt", STATE_NAME]  # resuming removes nothing
+
+
+def test_overwrite_replaces_the_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "surrogate").mkdir(parents=True)
+    (run_dir / STATE_NAME).write_text("{}")
+    RunDirectory(run_dir).prepare(resume=False, overwrite=True)
+    assert run_dir.is_dir() and os.listdir(run_dir) == []
+    assert not RunDirectory(run_dir).has_run()
+
+
+def test_write_json_and_write_text_replace_a_file_whole(tmp_path):
+    run_dir = RunDirectory(tmp_path)
+    path = run_dir.write_json(STATE_NAME, {"step": 1, "accuracy": np.float32(0.5), "rows": np.arange(3)})
+    assert path == tmp_path / STATE_NAME
+    assert run_dir.read_state() == {"step": 1, "accuracy": 0.5, "rows": [0, 1, 2]}
+    run_dir.write_text("report.md", "# one")
+    run_dir.write_text("report.md", "# two")
+    assert (tmp_path / "report.md").read_text() == "# two"
+    assert sorted(os.listdir(tmp_path)) == visible(tmp_path)  # no temporary file left behind
+
+
+@pytest.mark.parametrize("write", ["write_json", "write_text"])
+def test_an_interrupted_write_leaves_the_old_file_and_no_visible_half_file(tmp_path, monkeypatch, write):
+    run_dir = RunDirectory(tmp_path)
+    run_dir.write_json(STATE_NAME, {"step": 1})
+    interrupt_replace(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        getattr(run_dir, write)(STATE_NAME, {"step": 2} if write == "write_json" else '{"step": 2}')
+    monkeypatch.undo()
+    assert json.loads((tmp_path / STATE_NAME).read_text()) == {"step": 1}
+    assert visible(tmp_path) == [STATE_NAME]
+    run_dir.write_json(STATE_NAME, {"step": 2})  # the next write goes through
+    assert run_dir.read_state() == {"step": 2}
+
+
+def save_files(*names, fail_after=None):
+    def save(directory):
+        directory.mkdir()
+        for i, name in enumerate(names):
+            if i == fail_after:
+                raise KeyboardInterrupt
+            (directory / name).write_text(name)
+
+    return save
+
+
+def test_save_dir_swaps_a_directory_in_whole(tmp_path):
+    run_dir = RunDirectory(tmp_path)
+    assert (
+        run_dir.save_dir("surrogate", save_files("config.json", "model.safetensors"))
+        == tmp_path / "surrogate"
+    )
+    run_dir.save_dir("surrogate", save_files("config.json"))
+    # The new version replaces the old one entirely (no file of the old version survives).
+    assert os.listdir(tmp_path / "surrogate") == ["config.json"]
+    assert visible(tmp_path) == sorted(os.listdir(tmp_path)) == ["surrogate"]
+
+
+def test_a_crash_inside_save_leaves_the_previous_directory(tmp_path):
+    run_dir = RunDirectory(tmp_path)
+    run_dir.save_dir("surrogate", save_files("config.json", "model.safetensors"))
+    with pytest.raises(KeyboardInterrupt):
+        run_dir.save_dir("surrogate", save_files("config.json", "model.safetensors", fail_after=1))
+    assert sorted(os.listdir(tmp_path / "surrogate")) == ["config.json", "model.safetensors"]
+    assert visible(tmp_path) == ["surrogate"]  # the half-written copy is hidden
+    # The next save clears the leftover and goes through.
+    run_dir.save_dir("surrogate", save_files("model.safetensors"))
+    assert os.listdir(tmp_path) == ["surrogate"] and os.listdir(tmp_path / "surrogate") == [
+        "model.safetensors"
+    ]
+
+
+def test_redact_secrets_removes_token_like_keys_at_any_depth():
+    recipe = {
+        "hub_token": "hf_abc",
+        "HF_TOKEN": "hf_def",
+        "learning_rate": 0.05,
+        "hub": {"api_key": "k", "repo_id": "org/name", "nested": [{"password": "p", "seed": 3}]},
+        "callbacks": ({"client_secret": "s", "name": "log"},),
+    }
+    assert redact_secrets(recipe) == {
+        "learning_rate": 0.05,
+        "hub": {"repo_id": "org/name", "nested": [{"seed": 3}]},
+        "callbacks": [{"name": "log"}],
+    }
+    assert recipe["hub_token"] == "hf_abc"  # the input is left as it was
+
+
+def test_a_crash_between_the_two_renames_of_save_dir_keeps_the_previous_checkpoint(tmp_path):
+    run_dir = RunDirectory(tmp_path)
+
+    def save_v1(directory):
+        directory.mkdir()
+        (directory / "w").write_text("v1")
+
+    def crash(directory):
+        raise RuntimeError("crashed while saving")
+
+    run_dir.save_dir("ckpt", save_v1)
+    # What a crash right after moving the current version aside leaves behind: only .ckpt.old.
+    os.replace(tmp_path / "ckpt", tmp_path / ".ckpt.old")
+    with pytest.raises(RuntimeError):
+        run_dir.save_dir("ckpt", crash)
+    assert (tmp_path / "ckpt" / "w").read_text() == "v1"

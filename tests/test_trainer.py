@@ -554,7 +554,9 @@ def test_a_batch_of_one_with_one_by_one_feature_maps_is_refused_up_front(tmp_pat
 def test_images_too_small_for_the_model_are_refused_naming_image_size(tmp_path, pool):
     from transformers import ConvNextConfig
 
-    convnext = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=NUM_CLASSES)
+    convnext = ConvNextConfig(
+        num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=NUM_CLASSES
+    )
     with pytest.raises(ValueError, match=r"cannot take 4×4 inputs.*set image_size to at least 8"):
         PruneFuseTrainer(convnext, args=make_config(tmp_path / "run", image_size=4), train_dataset=pool)
     assert not (tmp_path / "run").exists()

@@ -1,8 +1,17 @@
+import copy
+import csv
+import functools
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import transformers
 from datasets import ClassLabel, Dataset, Features, Image
-from transformers import ResNetConfig
+from transformers import AutoConfig, ResNetConfig
+
+from prunefuse_hf import prune_model
+from prunefuse_hf.architectures import FAMILY_ADAPTERS, refused_model_classes
 
 
 def make_image_dataset(num_examples=64, num_classes=4, size=16, mode="L", seed=0):
@@ -138,3 +147,114 @@ def normalized_pixels(dataset, model_config):
     pixels = NormalizedPixels(preprocessor.pixel_dataset(dataset, cache=False), np.arange(len(dataset)))
     pixels.preprocessor = preprocessor
     return pixels
+
+
+# ----- one tiny model per supported family (test_families, test_fusion, test_modeling) -----
+
+RATIOS = [0.25, 0.5, 0.75]
+IMAGE_SIZE = 32
+
+# Tiny configs (dropout and stochastic depth off, so that a few SGD steps on one batch lower the loss).
+TINY_CONFIGS = {
+    "resnet": dict(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1]),
+    "convnext": dict(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], image_size=IMAGE_SIZE),
+    "convnextv2": dict(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], image_size=IMAGE_SIZE),
+    "vit": dict(
+        image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64,
+    ),
+    "deit": dict(
+        image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64,
+    ),
+    "swin": dict(
+        image_size=IMAGE_SIZE, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+        window_size=4, drop_path_rate=0.0,
+    ),
+    # Divisor 2 so that the tiny widths can narrow at every tested ratio (the default 8 would round
+    # most of them back up); the fine-grained 1280-wide head is off so that it scales too.
+    "mobilenet_v2": dict(
+        image_size=IMAGE_SIZE, depth_multiplier=0.5, depth_divisible_by=2, min_depth=2,
+        finegrained_output=False, classifier_dropout_prob=0.0,
+    ),
+    "regnet": dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8, layer_type="y"),
+    "efficientnet": dict(
+        image_size=IMAGE_SIZE, width_coefficient=0.25, depth_coefficient=0.2, depth_divisor=2,
+        hidden_dim=320, dropout_rate=0.0, drop_connect_rate=0.0,
+    ),
+}  # fmt: skip
+
+REFUSED_CLASSES = [
+    (model_type, name) for model_type, names in refused_model_classes().items() for name in names
+]
+
+
+def tiny_config(model_type, num_labels=4, **kwargs):
+    return AutoConfig.for_model(model_type, num_labels=num_labels, **{**TINY_CONFIGS[model_type], **kwargs})
+
+
+def model_class(model_type):
+    """The class PruneFuse runs for the family (DeiT also maps to its inference-only "WithTeacher" variant)."""
+    return getattr(transformers, FAMILY_ADAPTERS[model_type].model_class)
+
+
+def dense_model(model_type, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return model_class(model_type)(tiny_config(model_type, **kwargs))
+
+
+@functools.cache
+def _pruned(model_type, ratio, config_items):
+    dense = dense_model(model_type, **dict(config_items))
+    surrogate, plan = prune_model(dense, ratio)
+    return dense, surrogate, plan
+
+
+def pruned(model_type, ratio, **kwargs):
+    """A dense model (tiny config plus `kwargs`), its surrogate and plan; pruned once per session, fresh copies
+    per test."""
+    return copy.deepcopy(_pruned(model_type, ratio, tuple(sorted(kwargs.items()))))
+
+
+def batch(model, seed=0, size=8):
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(size, model.config.num_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    labels = torch.randint(0, model.config.num_labels, (size,), generator=generator)
+    return pixel_values, labels
+
+
+def train_steps(model, steps=3, lr=0.05, seed=0):
+    pixel_values, labels = batch(model, seed)
+    return sgd_steps(model, pixel_values, labels, steps=steps, lr=lr)
+
+
+def assert_states_equal(actual, expected):
+    assert set(actual) == set(expected)
+    for name, tensor in actual.items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+# ----- labels of a small pool, read from files and stored (test_label_files, test_annotation) -----
+
+CLASS_NAMES = ["cat", "dog", "bird", "frog"]
+INDICES = [5, 2, 17, 9]
+LABELS = [1, 0, 3, 1]
+NAMES = [CLASS_NAMES[k] for k in LABELS]
+POOL_SIZE = 24
+
+
+def snapshot(directory: Path) -> dict:
+    """{relative path: bytes} of every file under `directory` (hidden temporary files included)."""
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def write_csv(path, header, rows, delimiter=","):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path

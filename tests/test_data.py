@@ -15,9 +15,12 @@ from prunefuse_hf.constants import (
     FASHION_MNIST_LABELS,
 )
 from prunefuse_hf.data import (
+    align_eval_labels,
     class_names,
+    label_array,
     load_image_dataset,
     num_classes,
+    resolve_class_names,
     validate_image_dataset,
 )
 
@@ -223,3 +226,54 @@ def test_class_names_of_plain_integers():
     assert class_names(dataset) == ["0", "1", "2", "3", "4"]
     assert num_classes(dataset) == 5
     assert class_names(make_image_dataset(4, num_classes=3)) == ["0", "1", "2"]
+
+
+# ----- the labels of a run -----
+
+
+def test_class_names_come_from_the_class_label_then_the_recipe_then_the_ids():
+    pool = make_image_dataset(4, num_classes=3)
+    assert resolve_class_names(pool, "label", None) == ["0", "1", "2"]
+    assert resolve_class_names(pool, "label", ["0", "1", "2"]) == ["0", "1", "2"]
+    with pytest.raises(
+        ValueError, match=r"class_names \['c', 'b', 'a'\] differ from the names of the dataset's 'label'"
+    ):
+        resolve_class_names(pool, "label", ["c", "b", "a"])
+    plain = datasets.Dataset.from_dict({"label": [0, 4, 2]})
+    assert resolve_class_names(plain, "label", ["a", "b", "c", "d", "e"]) == ["a", "b", "c", "d", "e"]
+    assert resolve_class_names(plain, "label", None) == ["0", "1", "2", "3", "4"]
+    assert resolve_class_names(plain, None, ["x", "y"]) == ["x", "y"]
+    with pytest.raises(ValueError, match="no label column, so the class names are unknown. Set class_names"):
+        resolve_class_names(plain, None, None)
+
+
+def test_label_array_marks_rows_without_a_label_and_names_an_out_of_range_row():
+    labels = label_array(datasets.Dataset.from_dict({"label": [1, None, 0, -1]}), "label", 2, "the pool")
+    assert labels.dtype == np.int64 and labels.tolist() == [1, -1, 0, -1]
+    assert label_array(datasets.Dataset.from_dict({"label": []}), "label", 2, "the pool").shape == (0,)
+    wrong = datasets.Dataset.from_dict({"target": [0, 2, 5, -2]})
+    with pytest.raises(
+        ValueError,
+        match=r"The evaluation set's 'target' column holds class id 5 at row 2 \(2 rows out of range\)",
+    ):
+        label_array(wrong, "target", 5, "the evaluation set")
+
+
+def test_eval_labels_are_matched_to_the_pool_by_class_name():
+    names = ["circle", "cross", "square"]
+    eval_set = datasets.Dataset.from_dict(
+        {"label": [0, 1, 0]},
+        features=datasets.Features({"label": datasets.ClassLabel(names=["square", "cross"])}),
+    )
+    aligned = align_eval_labels(eval_set, "label", names)
+    assert aligned["label"][:] == [2, 1, 2] and aligned.features["label"].names == names
+    same = datasets.Dataset.from_dict(
+        {"label": [0]}, features=datasets.Features({"label": datasets.ClassLabel(names=names)})
+    )
+    assert align_eval_labels(same, "label", names) is same
+    plain = datasets.Dataset.from_dict({"label": [0, 2]})
+    assert align_eval_labels(plain, "label", names) is plain
+    with pytest.raises(
+        ValueError, match=r"classes the pool does not have: \['square'\]. Pool classes: \['circle', 'cross'\]"
+    ):
+        align_eval_labels(eval_set, "label", ["circle", "cross"])

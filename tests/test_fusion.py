@@ -1,6 +1,6 @@
 """`fuse_into_dense` for every supported family: exact fusion, and the checks that the models are the plan's.
 
-The tiny per-family models come from `test_families.py` (pruned once per session there).
+The tiny per-family models come from `conftest.py` (pruned once per session there).
 """
 
 import copy
@@ -9,15 +9,25 @@ import pytest
 import torch
 from transformers import AutoModelForImageClassification
 
-from conftest import assert_fused_at_kept_indices, kept_mask, make_image_dataset, tiny_resnet_config
+from conftest import (
+    IMAGE_SIZE,
+    RATIOS,
+    assert_fused_at_kept_indices,
+    assert_states_equal,
+    batch,
+    dense_model,
+    kept_mask,
+    make_image_dataset,
+    pruned,
+    tiny_resnet_config,
+    train_steps,
+)
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer, PruningPlan, fuse_into_dense, prune_model
 from prunefuse_hf.architectures import SUPPORTED_FAMILIES
 from prunefuse_hf.constants import DENSE_INIT_DIR, SURROGATE_DIR
 from prunefuse_hf.modeling import load_image_classifier
 from prunefuse_hf.plan import config_hash
-from test_families import IMAGE_SIZE, assert_states_equal, batch, dense_model, pruned, train_steps
 
-RATIOS = [0.25, 0.5, 0.75]
 # Every supported family, plus ResNet with basic blocks (its tiny config uses bottlenecks).
 CASES = [pytest.param(model_type, {}, id=model_type) for model_type in SUPPORTED_FAMILIES] + [
     pytest.param("resnet", {"layer_type": "basic"}, id="resnet-basic")

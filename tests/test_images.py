@@ -13,8 +13,9 @@ import PIL.Image
 import PIL.ImageOps
 import pytest
 
+from conftest import make_image_dataset
 from prunefuse_hf import images
-from prunefuse_hf.images import ImageDecodeError, open_image, to_model_mode, validate_hub_id
+from prunefuse_hf.images import ImageDecodeError, first_image, open_image, to_model_mode, validate_hub_id
 
 HEIGHT, WIDTH = 5, 7  # not square, so that a transposed result cannot pass
 
@@ -549,3 +550,12 @@ def test_validate_hub_id_names_the_repo_type():
         validate_hub_id("dataset_name", "a b", repo_type="dataset")
     with pytest.raises(ValueError, match="repo_type='models'"):
         validate_hub_id("hub_model_id", "org/name", repo_type="models")
+
+
+def test_the_first_image_is_decoded_and_an_empty_pool_is_refused():
+    pool = make_image_dataset(3, size=12)
+    image = first_image(pool, "image")
+    assert isinstance(image, PIL.Image.Image) and image.size == (12, 12)
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(pool[0]["image"]))
+    with pytest.raises(ValueError, match="The pool has no rows."):
+        first_image(pool.select([]), "image")

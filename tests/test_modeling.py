@@ -11,14 +11,9 @@ from transformers import (
     ResNetForImageClassification,
 )
 
-from conftest import tiny_resnet_config
-from prunefuse_hf.architectures import FAMILY_ADAPTERS, refused_model_classes
-from prunefuse_hf.modeling import check_model_path, load_image_classifier
-from test_families import tiny_config
-
-REFUSED_CLASSES = [
-    (model_type, name) for model_type, names in refused_model_classes().items() for name in names
-]
+from conftest import REFUSED_CLASSES, tiny_config, tiny_resnet_config
+from prunefuse_hf.architectures import FAMILY_ADAPTERS
+from prunefuse_hf.modeling import build_dense_model, check_model_path, load_image_classifier
 
 
 def tiny_deit_config(**kwargs):
@@ -123,3 +118,16 @@ def test_load_image_classifier_refuses_non_image_models():
         load_image_classifier(BertConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2))
     with pytest.raises(ValueError, match="model_type"):
         load_image_classifier({"hidden_sizes": [8]})
+
+
+def test_the_dense_model_takes_the_datasets_class_names_and_a_model_must_match_their_count():
+    names = ["cat", "dog", "bird", "frog"]
+    built = build_dense_model(tiny_resnet_config(num_labels=2), names, "label")
+    assert built.config.num_labels == 4 and built.config.id2label == dict(enumerate(names))
+    model = ResNetForImageClassification(tiny_resnet_config(num_labels=4))
+    dense = build_dense_model(model, names, "label")
+    assert dense is model and dense.config.label2id == {name: i for i, name in enumerate(names)}
+    with pytest.raises(
+        ValueError, match="The model has 4 labels but the dataset's 'fine' column has 3 classes"
+    ):
+        build_dense_model(ResNetForImageClassification(tiny_resnet_config(num_labels=4)), names[:3], "fine")

@@ -6,7 +6,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import ConvNextImageProcessorPil, ViTConfig, ViTImageProcessorPil
+from transformers import (
+    ConvNextImageProcessorPil,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTImageProcessorPil,
+)
 
 from conftest import make_image_dataset, tiny_resnet_config
 from prunefuse_hf import images as images_module
@@ -17,6 +22,7 @@ from prunefuse_hf.preprocessing import (
     ImagePreprocessor,
     PixelDataset,
     build_image_processor,
+    pretrained_image_processor,
     random_crop_and_flip,
 )
 
@@ -138,10 +144,20 @@ def test_without_the_cache_nothing_is_decoded_until_read(tmp_path, monkeypatch):
     monkeypatch.setattr(
         "prunefuse_hf.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k)
     )
-    lazy = preprocessor.pixel_dataset(dataset, cache=False, cache_dir=tmp_path)
+    lazy = preprocessor.pixel_dataset(dataset, cache=False, validate=False, cache_dir=tmp_path)
     assert len(decoded) == 1 and not list(tmp_path.glob("pixels-*"))
     assert PixelDataset(lazy, np.arange(12)).batch([3, 4]).shape == (2, 3, 16, 16)
     assert len(decoded) == 3
+
+
+def test_without_the_cache_every_image_is_still_decoded_once_up_front(tmp_path, monkeypatch):
+    dataset = make_image_dataset(12, size=16)
+    preprocessor = preprocessor_for(tiny_resnet_config(), image_size=16)
+    decoded = []
+    original = images_module.open_image
+    monkeypatch.setattr("prunefuse_hf.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k))
+    preprocessor.pixel_dataset(dataset, cache=False, cache_dir=tmp_path)
+    assert len(decoded) == 1 + 12 and not list(tmp_path.glob("pixels-*"))
 
 
 def test_the_cache_is_skipped_when_the_disk_is_too_small(tmp_path, monkeypatch, caplog):
@@ -218,3 +234,18 @@ def test_pixel_dataset_trains_with_the_distillation_trainer(tmp_path):
     DistillationTrainer(model=model, args=args, train_dataset=train, preprocessor=preprocessor).train()
     changed = [name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])]
     assert "classifier.1.weight" in changed
+
+
+def test_the_pretrained_processor_is_the_checkpoints_own_when_it_has_one(tmp_path):
+    config = tiny_resnet_config()
+    model = ResNetForImageClassification(config)
+    model.save_pretrained(tmp_path / "bare")
+    assert pretrained_image_processor(str(tmp_path / "bare")) is None  # weights, no processor
+    ConvNextImageProcessorPil(size={"shortest_edge": 40}).save_pretrained(tmp_path / "bare")
+    assert pretrained_image_processor(tmp_path / "bare").size == {"shortest_edge": 40}
+    config.save_pretrained(tmp_path / "config_only")
+    ConvNextImageProcessorPil().save_pretrained(tmp_path / "config_only")
+    assert pretrained_image_processor(str(tmp_path / "config_only")) is None  # random weights: the run's own
+    reloaded = ResNetForImageClassification.from_pretrained(tmp_path / "bare")
+    assert pretrained_image_processor(reloaded).size == {"shortest_edge": 40}
+    assert pretrained_image_processor(model) is None and pretrained_image_processor(config) is None

@@ -225,3 +225,34 @@ def test_the_progress_bar_reaches_the_last_batch(capsys):
     prepared = normalized_pixels(make_image_dataset(num_examples=20), model.config)
     score_pool(model, prepared, batch_size=8, show_progress=True)
     assert "3/3" in capsys.readouterr().err
+
+
+def _score_in_bf16(directory):
+    """Runs in a fresh process: the accelerator's mixed precision reaches the scoring forward passes."""
+    from pathlib import Path
+
+    from accelerate import Accelerator
+    from transformers import AutoModelForImageClassification
+
+    directory = Path(directory)
+    model = AutoModelForImageClassification.from_pretrained(directory / "model")
+    from datasets import load_from_disk
+
+    dataset = normalized_pixels(load_from_disk(directory / "pool").select(range(64)), model.config)
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append(output.logits.dtype))
+    full = score_pool(model, dataset, batch_size=32, show_progress=False)
+    mixed = score_pool(model, dataset, batch_size=32, show_progress=False,
+                       accelerator=Accelerator(cpu=True, mixed_precision="bf16"))  # fmt: skip
+    result = {"dtypes": [str(d) for d in seen], "max_diff": float((full.probs - mixed.probs).abs().max()),
+              "probs_dtype": str(mixed.probs.dtype)}  # fmt: skip
+    (directory / "bf16.json").write_text(json.dumps(result))
+
+
+@pytest.mark.distributed
+def test_scoring_runs_under_the_accelerators_mixed_precision(saved_pool_and_model):
+    run_in_processes(_score_in_bf16, str(saved_pool_and_model), num_processes=1)
+    result = json.loads((saved_pool_and_model / "bf16.json").read_text())
+    # Two float32 passes, then two under bf16 autocast; probabilities come back as float32 and close.
+    assert result["dtypes"] == ["torch.float32"] * 2 + ["torch.bfloat16"] * 2
+    assert result["probs_dtype"] == "torch.float32" and 0 < result["max_diff"] < 0.05

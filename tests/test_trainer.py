@@ -627,3 +627,27 @@ def test_a_damaged_image_found_mid_run_can_be_repaired_and_the_run_resumes(tmp_p
     )
     resumed.train(resume_from_checkpoint=True)
     assert resumed.done
+
+
+def test_a_resumed_run_reuses_the_pixel_cache(tmp_path, pool, monkeypatch):
+    class StopAtOnce(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            control.should_training_stop = True
+
+    monkeypatch.setenv("PRUNEFUSE_PIXEL_CACHE", str(tmp_path / "cache"))
+    PruneFuseTrainer(dense_config(), args=make_config(tmp_path / "run"), train_dataset=pool,
+                     callbacks=[StopAtOnce()]).train()  # fmt: skip
+    cache_files = sorted((tmp_path / "cache").glob("pixels-*.arrow"))
+    assert len(cache_files) == 1
+    written = cache_files[0].stat().st_mtime_ns
+
+    from prunefuse_hf import preprocessing
+
+    decoded = []
+    original = preprocessing.open_image
+    monkeypatch.setattr(preprocessing, "open_image", lambda *a, **k: decoded.append(1) or original(*a, **k))
+    resumed = PruneFuseTrainer(dense_config(), args=make_config(tmp_path / "run"), train_dataset=pool)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.done
+    # Only the first image is opened again (to read the output shape); the pool's pixels come from the file.
+    assert len(decoded) == 1 and cache_files[0].stat().st_mtime_ns == written

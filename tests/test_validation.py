@@ -1,4 +1,5 @@
-"""Checks of the run's settings against the model: input size, and BatchNorm batches of one example."""
+"""Checks of the run's settings: input size and BatchNorm batches of one example against the model, the labeling
+budget against the pool."""
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from transformers import (
 
 from conftest import tiny_resnet_config
 from prunefuse_hf import PruneFuseConfig
-from prunefuse_hf.validation import check_batchnorm_batch_sizes, check_input_size
+from prunefuse_hf.validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
 
 
 def tiny_vit(image_size=32):
@@ -90,3 +91,12 @@ def test_batches_of_one_are_accepted_with_larger_maps_or_without_batchnorm(tmp_p
         one, check_input_size(ResNetForImageClassification(tiny_resnet_config()), (3, 32, 32))
     )
     check_batchnorm_batch_sizes(one, check_input_size(tiny_vit(), (3, 32, 32)))  # no BatchNorm: None
+
+
+def test_the_labeling_budget_must_fit_in_the_pool(tmp_path):
+    check_labeling_budget(settings(tmp_path, initial_labeled_size=8, query_size=[4, 6], num_rounds=2), 18)
+    with pytest.raises(
+        ValueError,
+        match=r"initial_labeled_size \(8\) \+ query_size over 2 rounds \(10\) = 18, but the pool has 17 examples",
+    ):
+        check_labeling_budget(settings(tmp_path, initial_labeled_size=8, query_size=[4, 6], num_rounds=2), 17)

@@ -6,12 +6,13 @@ fusion, the pool, scoring, strategies, the subset on the Hub).
 
 __version__ = "0.1.0"
 
-from .annotation import LabelBatch, LabelStore, read_labels, write_query_batch
+from .annotation import LabelStore, write_query_batch
 from .config import PruneFuseConfig
 from .data import load_image_dataset
 from .distillation import DistillationTrainer, compute_accuracy
 from .fusion import fuse_into_dense
 from .hub import push_run
+from .label_files import LabelBatch, read_labels
 from .plan import PruningPlan
 from .pool import DataPool
 from .preprocessing import ImagePreprocessor, build_image_processor

@@ -45,11 +45,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         ):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, input.dim())]
         count = torch.full((1,), input.numel() / input.shape[1], dtype=input.dtype, device=input.device)
-        totals = all_reduce(torch.cat([input.sum(dims), (input * input).sum(dims), count]))
+        totals = _AllReduceSum.apply(torch.cat([input.sum(dims), (input * input).sum(dims), count]))
         channels = input.shape[1]
         total_count = totals[-1]
         mean = totals[:channels] / total_count
@@ -68,6 +66,23 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             output = output * self.weight.view(shape) + self.bias.view(shape)
         return output
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose gradient is the sum of the processes' gradients (every process's loss depends on
+    every process's statistics)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
 
 
 @contextlib.contextmanager

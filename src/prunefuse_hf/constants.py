@@ -22,6 +22,11 @@ DENSE_BASE_DIR = "dense_base"
 SURROGATE_INIT_DIR = "surrogate_init"
 TRAINER_DIR = "trainer_output"
 QUERIES_DIR = "queries"
+# A query batch (`queries/round_K/`): queried rows, the template annotators fill, Label Studio import and config.
+QUERY_DATASET_DIR = "dataset"
+QUERY_CSV = "labels.csv"
+LABEL_STUDIO_TASKS = "label_studio_tasks.json"
+LABEL_STUDIO_CONFIG = "label_studio_config.xml"
 
 # ----- checkpoints and Hub artifacts -----
 

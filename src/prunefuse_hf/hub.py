@@ -26,7 +26,16 @@ from .cards import (
     render_model_card,
     render_surrogate_card,
 )
-from .constants import FUSED_DIR, MODEL_CARD_NAME, STATE_NAME, SURROGATE_DIR
+from .constants import (
+    FUSED_DIR,
+    LABEL_STUDIO_CONFIG,
+    LABEL_STUDIO_TASKS,
+    MODEL_CARD_NAME,
+    QUERY_CSV,
+    QUERY_DATASET_DIR,
+    STATE_NAME,
+    SURROGATE_DIR,
+)
 from .subset import save_subset
 
 logger = logging.get_logger(__name__)
@@ -175,8 +184,6 @@ def push_query_batch(
     """
     import datasets
     from huggingface_hub import HfApi
-
-    from .annotation import LABEL_STUDIO_CONFIG, LABEL_STUDIO_TASKS, QUERY_CSV, QUERY_DATASET_DIR
 
     directory = Path(directory)
     api = HfApi(token=token)

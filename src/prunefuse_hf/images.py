@@ -13,6 +13,7 @@ import io
 import os
 from pathlib import Path
 
+import datasets
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
@@ -155,6 +156,36 @@ def to_model_mode(image: PIL.Image.Image, num_channels: int) -> PIL.Image.Image:
             "`open_image` first, so that alpha, palettes and 16-bit data are converted as a viewer shows them."
         )
     return image if image.mode == target else image.convert(target)
+
+
+def first_image(dataset: datasets.Dataset, column: str) -> PIL.Image.Image:
+    """
+    The pool's first image, decoded by [`open_image`]; a run given no other size resizes to its size.
+
+    Args:
+        dataset (`datasets.Dataset`): The pool.
+        column (`str`): The image column (an `Image` feature or pixel arrays).
+
+    Returns:
+        `PIL.Image.Image`: row 0's image.
+
+    Raises:
+        `ValueError`: the pool has no rows.
+        [`ImageDecodeError`]: the image does not decode (the error names pool index 0).
+
+    Example:
+
+    ```python
+    >>> first_image(pool, "image").size
+    (28, 28)
+    ```
+    """
+    if len(dataset) == 0:
+        raise ValueError("The pool has no rows.")
+    stored = dataset.select([0]).select_columns([column])
+    if isinstance(stored.features[column], datasets.Image):
+        stored = stored.cast_column(column, datasets.Image(decode=False))
+    return open_image(stored[0][column], pool_index=0)
 
 
 def validate_hub_id(field: str, value: str | None, repo_type: str = "model") -> None:

@@ -152,6 +152,48 @@ def load_image_classifier(
     return AutoModelForImageClassification.from_config(config)
 
 
+def build_dense_model(model, class_names: list[str], label_column: str) -> PreTrainedModel:
+    """
+    The dense model of a run, labeled with the dataset's class names.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`], `str`, `os.PathLike`, `PretrainedConfig` or `dict`): A model (used
+            as it is, its label count checked), or anything [`load_image_classifier`] takes (its head is sized to
+            the classes).
+        class_names (`list[str]`): The dataset's class names, in id order.
+        label_column (`str`): The dataset's label column, named in the error.
+
+    Returns:
+        [`~transformers.PreTrainedModel`]: the model, whose `id2label`/`label2id` are `class_names` (replacing
+        whatever names a checkpoint brought).
+
+    Raises:
+        `ValueError`: a model whose `num_labels` is not the number of classes.
+
+    Example:
+
+    ```python
+    >>> from transformers import ResNetConfig
+    >>> build_dense_model(ResNetConfig(hidden_sizes=[16, 32], depths=[1, 1]), ["cat", "dog"], "label").config.id2label
+    {0: 'cat', 1: 'dog'}
+    ```
+    """
+    if isinstance(model, PreTrainedModel):
+        if model.config.num_labels != len(class_names):
+            raise ValueError(
+                f"The model has {model.config.num_labels} labels but the dataset's '{label_column}' column has "
+                f"{len(class_names)} classes. Pass a Hub id, path or config instead (the head is then resized), or "
+                "a model built with num_labels matching the data."
+            )
+        dense = model
+    else:
+        dense = load_image_classifier(model, class_names=class_names)
+    # The dataset's class names replace whatever names a checkpoint brought.
+    dense.config.id2label = dict(enumerate(class_names))
+    dense.config.label2id = {name: i for i, name in enumerate(class_names)}
+    return dense
+
+
 def _check_image_classifier(config: PretrainedConfig) -> None:
     if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         raise ValueError(

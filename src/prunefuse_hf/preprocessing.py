@@ -30,10 +30,12 @@ import numpy as np
 import PIL.Image
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoImageProcessor, PreTrainedModel
 from transformers.utils import logging
 
 from .constants import LABELS, PIXEL_VALUES
 from .images import open_image, to_model_mode
+from .modeling import has_weights
 
 logger = logging.get_logger(__name__)
 
@@ -119,6 +121,42 @@ def model_num_channels(model_config) -> int:
     if channels not in (1, 3):
         raise ValueError(f"Models with {channels} input channels are not supported (only 1 or 3).")
     return channels
+
+
+def pretrained_image_processor(model):
+    """
+    The image processor saved with a pretrained checkpoint, when it has one.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`], `str`, `os.PathLike` or anything else): A model (its
+            `config._name_or_path` is looked up), a Hub id or a checkpoint directory.
+
+    Returns:
+        [`~transformers.BaseImageProcessor`] or `None`: the checkpoint's processor; `None` for a config, a directory
+        without weights, or a checkpoint saved without a processor (the run then builds one from its settings).
+
+    Example:
+
+    ```python
+    >>> pretrained_image_processor("microsoft/resnet-50").size
+    {'shortest_edge': 224}
+    ```
+    """
+    if isinstance(model, PreTrainedModel):
+        source = getattr(model.config, "_name_or_path", None)
+    elif isinstance(model, (str, os.PathLike)):
+        source = os.fspath(model)
+        if os.path.isdir(source) and not has_weights(source):
+            return None
+    else:
+        return None
+    if not source:
+        return None
+    try:
+        return AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        logger.info(f"No image processor with {source} ({error}); building one from the run's settings.")
+        return None
 
 
 @dataclass

@@ -16,6 +16,7 @@ simulation, from annotators otherwise); then `report`. Every step ends by writin
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import enum
 import functools
@@ -33,7 +34,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 from transformers import (
-    AutoImageProcessor,
     AutoModelForImageClassification,
     PreTrainedModel,
     Trainer,
@@ -45,13 +45,11 @@ from transformers.trainer_utils import IntervalStrategy, TrainOutput
 from transformers.utils import logging
 
 from .annotation import (
-    LabelBatch,
     LabelStore,
     ingest_labels,
     oracle_labels,
     query_directory,
     query_is_complete,
-    read_labels,
     write_query_batch,
 )
 from .architectures import check_supported_model
@@ -69,19 +67,27 @@ from .constants import (
     TRAINER_DIR,
 )
 from .cost import FORWARD_FLOPS_PER_MAC, TRAIN_FLOPS_PER_MAC, model_cost
-from .data import class_names as dataset_class_names
-from .data import validate_image_dataset
+from .data import align_eval_labels, label_array, resolve_class_names, validate_image_dataset
 from .distillation import DistillationTrainer, compute_accuracy
 from .fusion import fuse_into_dense
-from .modeling import has_weights, load_image_classifier
+from .images import first_image
+from .label_files import LabelBatch, read_labels
+from .modeling import build_dense_model
 from .plan import PruningPlan, config_hash
 from .pool import DataPool
-from .preprocessing import ImagePreprocessor, PixelDataset, build_image_processor, model_num_channels
+from .preprocessing import (
+    ImagePreprocessor,
+    PixelDataset,
+    build_image_processor,
+    model_num_channels,
+    pretrained_image_processor,
+)
 from .pruning import prune_model
 from .report import build_metrics, write_report
 from .rundir import RunDirectory, redact_secrets
 from .scoring import active_dropout_layers, score_pool
 from .strategies import get_strategy
+from .validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
 
 logger = logging.get_logger(__name__)
 
@@ -198,11 +204,13 @@ class PruneFuseTrainer(Trainer):
         validate_image_dataset(
             pool.dataset, args.image_column, label_column if has_labels or not human else None
         )
-        self.class_names = _class_names(pool.dataset, label_column if has_labels else None, args.class_names)
+        self.class_names = resolve_class_names(
+            pool.dataset, label_column if has_labels else None, args.class_names
+        )
         # Simulation reveals this column (the oracle); with human annotation its labeled rows are seed labels.
         self._pool_labels = np.full(len(pool), -1, dtype=np.int64)
         if has_labels:
-            self._pool_labels = _label_array(pool.dataset, label_column, len(self.class_names), "the pool")
+            self._pool_labels = label_array(pool.dataset, label_column, len(self.class_names), "the pool")
         if not human and (self._pool_labels < 0).any():
             unlabeled = np.flatnonzero(self._pool_labels < 0)
             raise ValueError(
@@ -213,33 +221,29 @@ class PruneFuseTrainer(Trainer):
         self._seed_labels = self._read_seed_labels(args, pool)
         if eval_dataset is not None:
             validate_image_dataset(eval_dataset, args.image_column, label_column)
-            eval_dataset = _align_eval_labels(eval_dataset, label_column, self.class_names)
-            eval_labels = _label_array(
-                eval_dataset, label_column, len(self.class_names), "the evaluation set"
-            )
+            eval_dataset = align_eval_labels(eval_dataset, label_column, self.class_names)
+            eval_labels = label_array(eval_dataset, label_column, len(self.class_names), "the evaluation set")
             if (eval_labels < 0).any():
                 raise ValueError(
                     f"The evaluation set has {int((eval_labels < 0).sum())} rows without a label (-1 or None in "
                     f"'{label_column}'), e.g. row {int(np.flatnonzero(eval_labels < 0)[0])}: every evaluated example "
                     "needs its class. Drop those rows from the evaluation set."
                 )
-        _check_budget(args, len(pool) - len(self._seed_labels))
+        check_labeling_budget(args, len(pool) - len(self._seed_labels))
         self.strategy = get_strategy(args.strategy)
 
         set_seed(args.seed)
         if isinstance(model, PreTrainedModel):
             # Before its label count is compared: a ViTModel or a backbone is refused by its class, not its labels.
             check_supported_model(model, pruning_ratio=args.pruning_ratio)
-        dense = _build_dense(model, self.class_names, label_column)
+        dense = build_dense_model(model, self.class_names, label_column)
         check_supported_model(dense, pruning_ratio=args.pruning_ratio)
         if "mc_probs" in self.strategy.needs:
             active_dropout_layers(dense)  # raises, naming the model, when there is none
-        processor = processing_class if processing_class is not None else _pretrained_processor(model)
+        processor = processing_class if processing_class is not None else pretrained_image_processor(model)
         channels = model_num_channels(dense.config)
-        first_image = _first_image(pool.dataset, args.image_column)
-        processor = build_image_processor(
-            dense.config, processor, image_size=args.image_size, image=first_image
-        )
+        image = first_image(pool.dataset, args.image_column)
+        processor = build_image_processor(dense.config, processor, image_size=args.image_size, image=image)
         self.preprocessor = ImagePreprocessor(processor, channels, args.image_column, augment=args.augment)
         # Decoding every image once is also the check that every image decodes (the error names the file).
         with _main_process_first(args):
@@ -465,7 +469,9 @@ class PruneFuseTrainer(Trainer):
         # The fresh model's start accuracy is only worth an evaluation when it opens an accuracy curve.
         start_accuracy = None
         if args.fusion or _evaluates_during_training(training_args):
-            start_accuracy = self._evaluate(model)
+            # On a copy: evaluating marks a model as prepared, and Accelerate would then not wrap it in DDP for its
+            # training (the processes' gradients would never be averaged).
+            start_accuracy = self._evaluate(copy.deepcopy(model))
         record = self._train(model, training_args, round_, role="dense", seed_offset=2, teacher=teacher)
         record["accuracy_at_start"] = start_accuracy
         if "curve" in record and start_accuracy is not None:
@@ -567,7 +573,7 @@ class PruneFuseTrainer(Trainer):
         with `train(resume_from_checkpoint=True)`.
 
         Args:
-            source: Labels in any form `prunefuse_hf.annotation.read_labels` reads (CSV, JSON/JSONL, parquet, a
+            source: Labels in any form `prunefuse_hf.label_files.read_labels` reads (CSV, JSON/JSONL, parquet, a
                 Label Studio export, a dataset or a Hub dataset id), with pool indices and class names or ids.
             allow_partial (`bool`, *optional*): Continue with the labeled part of the query.
             overwrite (`bool`, *optional*): Replace stored labels the file contradicts.
@@ -1014,124 +1020,9 @@ def _main_process_first(args):
     return state.main_process_first() if state.num_processes > 1 else contextlib.nullcontext()
 
 
-def _class_names(dataset: datasets.Dataset, label_column: str | None, given: list[str] | None) -> list[str]:
-    if label_column is None:
-        if given is None:
-            raise ValueError(
-                "The pool has no label column, so the class names are unknown. Set class_names in the recipe (or "
-                "PruneFuseConfig), or give the dataset a label column with a ClassLabel feature "
-                "(`dataset.cast_column(..., datasets.ClassLabel(names=[...]))`)."
-            )
-        return list(given)
-    feature = dataset.features.get(label_column)
-    if isinstance(feature, datasets.ClassLabel):
-        names = list(feature.names)
-        if given is not None and given != names:
-            raise ValueError(
-                f"class_names {given} differ from the names of the dataset's '{label_column}' ClassLabel {names}; "
-                "drop class_names from the recipe (the dataset's names are used) or fix them."
-            )
-        return names
-    if given is not None:
-        return list(given)
-    return dataset_class_names(dataset, label_column)
-
-
-def _label_array(dataset: datasets.Dataset, label_column: str, num_classes: int, what: str) -> np.ndarray:
-    """Class ids as int64 (-1 where a row has none); ids outside `[-1, num_classes)` are refused, naming a row."""
-    column = dataset.with_format("arrow")[label_column]
-    values = np.asarray(column.fill_null(-1), dtype=np.int64) if len(column) else np.zeros(0, dtype=np.int64)
-    bad = np.flatnonzero((values < -1) | (values >= num_classes))
-    if bad.size:
-        raise ValueError(
-            f"{what.capitalize()}'s '{label_column}' column holds class id {int(values[bad[0]])} at row {int(bad[0])} "
-            f"({bad.size} rows out of range), but there are {num_classes} classes (ids 0..{num_classes - 1}; -1 or "
-            "None mark a row without a label). Fix the labels, or give every class in class_names."
-        )
-    return values
-
-
-def _align_eval_labels(
-    eval_dataset: datasets.Dataset, label_column: str, names: list[str]
-) -> datasets.Dataset:
-    feature = eval_dataset.features[label_column]
-    if not isinstance(feature, datasets.ClassLabel) or list(feature.names) == names:
-        return eval_dataset
-    unknown = [name for name in feature.names if name not in names]
-    if unknown:
-        raise ValueError(
-            f"The evaluation set has classes the pool does not have: {unknown}. Pool classes: {names}; evaluation "
-            f"classes: {list(feature.names)}. Evaluate on the pool's classes only (drop those rows and classes)."
-        )
-    # Same names, other ids (e.g. an image folder missing a class): match by name, as the ids would shift.
-    return eval_dataset.align_labels_with_mapping(
-        {name: i for i, name in enumerate(names)}, label_column
-    ).cast_column(label_column, datasets.ClassLabel(names=names))
-
-
-def _check_budget(args: PruneFuseConfig, pool_size: int) -> None:
-    sizes = args.query_sizes()
-    total = args.initial_labeled_size + sum(sizes)
-    if total > pool_size:
-        raise ValueError(
-            f"The labeling budget is larger than the pool: initial_labeled_size ({args.initial_labeled_size}) + "
-            f"query_size over {args.num_rounds} rounds ({sum(sizes)}) = {total}, but the pool has {pool_size} "
-            "examples. Lower initial_labeled_size, query_size or num_rounds, or select from a larger pool."
-        )
-
-
-def _build_dense(model, class_names: list[str], label_column: str) -> PreTrainedModel:
-    if isinstance(model, PreTrainedModel):
-        if model.config.num_labels != len(class_names):
-            raise ValueError(
-                f"The model has {model.config.num_labels} labels but the dataset's '{label_column}' column has "
-                f"{len(class_names)} classes. Pass a Hub id, path or config instead (the head is then resized), or "
-                "a model built with num_labels matching the data."
-            )
-        dense = model
-    else:
-        dense = load_image_classifier(model, class_names=class_names)
-    # The dataset's class names replace whatever names a checkpoint brought.
-    dense.config.id2label = dict(enumerate(class_names))
-    dense.config.label2id = {name: i for i, name in enumerate(class_names)}
-    return dense
-
-
-def _pretrained_processor(model):
-    """The image processor saved with a pretrained checkpoint (Hub id or directory), when it has one."""
-    if isinstance(model, PreTrainedModel):
-        source = getattr(model.config, "_name_or_path", None)
-    elif isinstance(model, (str, os.PathLike)):
-        source = os.fspath(model)
-        if os.path.isdir(source) and not has_weights(source):
-            return None
-    else:
-        return None
-    if not source:
-        return None
-    try:
-        return AutoImageProcessor.from_pretrained(source)
-    except (OSError, ValueError) as error:
-        logger.info(f"No image processor with {source} ({error}); building one from the run's settings.")
-        return None
-
-
-def _first_image(dataset: datasets.Dataset, column: str):
-    from .images import open_image
-
-    if len(dataset) == 0:
-        raise ValueError("The pool has no rows.")
-    stored = dataset.select([0]).select_columns([column])
-    if isinstance(stored.features[column], datasets.Image):
-        stored = stored.cast_column(column, datasets.Image(decode=False))
-    return open_image(stored[0][column], pool_index=0)
-
-
 def _check_trainable(dense: PreTrainedModel, input_shape: tuple, args: PruneFuseConfig) -> None:
     """Refuse settings the model cannot train with, before any training: inputs too small for the model, and
     batches of one example where BatchNorm sees a single value per channel."""
-    from .validation import check_batchnorm_batch_sizes, check_input_size
-
     smallest = check_input_size(dense, input_shape, image_size_field="image_size")
     check_batchnorm_batch_sizes(args, smallest)
 

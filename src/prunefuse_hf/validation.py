@@ -1,5 +1,5 @@
-"""Checks of settings against the model, run before any training: a setting the model cannot train with is
-refused in the first seconds, naming the field, the value and the fix, instead of failing inside torch later."""
+"""Checks of settings against the model and the pool, run before any training: a setting the run cannot work
+with is refused in the first seconds, naming the field, the value and the fix, instead of failing later."""
 
 from __future__ import annotations
 
@@ -127,6 +127,35 @@ def check_batchnorm_batch_sizes(args, smallest_per_example: int | None) -> None:
         raise ValueError(
             f"initial_labeled_size: {args.initial_labeled_size} cannot train this model: {reason}. Start from at "
             "least 2 labeled examples."
+        )
+
+
+def check_labeling_budget(args, pool_size: int) -> None:
+    """
+    Refuse a labeling budget larger than the pool: the initial draw plus every round's query must fit in it.
+
+    Args:
+        args ([`PruneFuseConfig`]): The run's settings (`initial_labeled_size`, `query_size`, `num_rounds`).
+        pool_size (`int`): Number of examples the run can select from (seed labels excluded).
+
+    Raises:
+        `ValueError`: naming each part of the budget, its total and the pool size.
+
+    Example:
+
+    ```python
+    >>> check_labeling_budget(PruneFuseConfig(output_dir="run", initial_labeled_size=16, query_size=[50]), 96)
+    Traceback (most recent call last):
+    ValueError: The labeling budget is larger than the pool: initial_labeled_size (16) + query_size over 4 rounds ...
+    ```
+    """
+    sizes = args.query_sizes()
+    total = args.initial_labeled_size + sum(sizes)
+    if total > pool_size:
+        raise ValueError(
+            f"The labeling budget is larger than the pool: initial_labeled_size ({args.initial_labeled_size}) + "
+            f"query_size over {args.num_rounds} rounds ({sum(sizes)}) = {total}, but the pool has {pool_size} "
+            "examples. Lower initial_labeled_size, query_size or num_rounds, or select from a larger pool."
         )
 
 

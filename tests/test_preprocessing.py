@@ -155,7 +155,9 @@ def test_without_the_cache_every_image_is_still_decoded_once_up_front(tmp_path, 
     preprocessor = preprocessor_for(tiny_resnet_config(), image_size=16)
     decoded = []
     original = images_module.open_image
-    monkeypatch.setattr("prunefuse_hf.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k))
+    monkeypatch.setattr(
+        "prunefuse_hf.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k)
+    )
     preprocessor.pixel_dataset(dataset, cache=False, cache_dir=tmp_path)
     assert len(decoded) == 1 + 12 and not list(tmp_path.glob("pixels-*"))
 

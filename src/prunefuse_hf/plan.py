@@ -86,19 +86,36 @@ def config_hash(config) -> str:
 
 @dataclass
 class PruningPlan:
-    """Kept indices of every pruned dimension of every tensor of a dense model.
+    """
+    Kept indices of every pruned dimension of every tensor of a dense model: what makes fusion exact. Saved as JSON
+    (`pruning_plan.json`) next to the surrogate checkpoint, never as a pickle; coupled tensors share one list.
 
     Args:
-        pruning_ratio: The uniform ratio the surrogate was pruned with.
-        importance: The importance criterion (`"l2"`: group L2 magnitude).
-        model_type: The dense config's `model_type` (e.g. `"resnet"`).
-        dense_config: The dense model's config as a dict (enough to rebuild its architecture).
-        surrogate_config: The surrogate's (narrowed) config as a dict.
-        dense_shapes: Shape of every tensor in the dense `state_dict`.
-        kept_indices: `tensor name -> {dim: kept dense indices}` for the pruned dimensions only.
-        dense_name_or_path: The dense model's Hub id or path when it came from one.
-        dense_config_hash: `config_hash` of the dense config: fusion refuses a dense model of another
-            architecture.
+        pruning_ratio (`float`): The uniform ratio the surrogate was pruned with.
+        importance (`str`): The importance criterion (`"l2"`: group L2 magnitude).
+        model_type (`str`): The dense config's `model_type` (e.g. `"resnet"`).
+        dense_config (`dict`): The dense model's config (enough to rebuild its architecture).
+        surrogate_config (`dict`): The surrogate's (narrowed) config.
+        dense_shapes (`dict[str, list[int]]`): Shape of every tensor in the dense `state_dict`.
+        kept_indices (`dict[str, dict[int, list[int]]]`): `tensor name -> {dim: kept dense indices}` for the pruned
+            dimensions only.
+        dense_name_or_path (`str`, *optional*): The dense model's Hub id or path when it came from one.
+        dense_config_hash (`str`, *optional*): `config_hash` of the dense config: fusion refuses a dense model of
+            another architecture.
+
+    Example:
+
+    ```python
+    >>> from transformers import ResNetConfig, ResNetForImageClassification
+    >>> from prunefuse_hf import PruningPlan, prune_model
+    >>> dense = ResNetForImageClassification(ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1]))
+    >>> surrogate, plan = prune_model(dense, 0.5)
+    >>> plan.save_pretrained("surrogate")
+    'surrogate/pruning_plan.json'
+    >>> name = "resnet.embedder.embedder.convolution.weight"
+    >>> dense.state_dict()[name][PruningPlan.from_pretrained("surrogate").index(name)].shape
+    torch.Size([8, 3, 7, 7])
+    ```
     """
 
     pruning_ratio: float

@@ -8,11 +8,11 @@ CHECK_DIRS := src tests benchmarks scripts
 setup:
 	bash scripts/setup.sh
 
-# The main job: default recipe + random baseline + comparison (about 10 minutes on 2 CPU cores).
+# The main job: default recipe + random baseline + comparison (about 4 minutes on 2 CPU cores).
 run: setup
 	bash scripts/run_default.sh
 
-# The side-by-side benchmark of DESIGN §8 (78 min on 2 CPU cores; resumes when interrupted).
+# The side-by-side benchmark of DESIGN §8, both scenarios (about 80 min on 2 CPU cores; resumes when interrupted).
 bench: setup
 	$(PY) benchmarks/active_learning.py
 

@@ -530,7 +530,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
+    from prunefuse_hf import keep_freed_memory
+
     args = parse_args(argv)
+    # As in `prunefuse-hf run`, whose scoring and training this measures (and the worker processes the same).
+    args.glibc_keeps_freed_memory = keep_freed_memory()
     if args.worker:
         return worker(args)
     if args.strategy_worker:
@@ -573,7 +577,8 @@ def run_all(args, dense, surrogate, recipe, pool, preprocessor, cached, cache_co
         "config": {"pool_size": len(pool), "batch_size": args.batch_size, "image_size": recipe["image_size"],
                    "num_channels": surrogate.config.num_channels, "device": args.device, "bf16": args.bf16,
                    "repeats": args.repeats, "num_workers": args.num_workers, "recipe": str(RECIPE.relative_to(ROOT)),
-                   "parameters": {"dense": dense.num_parameters(), "surrogate": surrogate.num_parameters()}},
+                   "parameters": {"dense": dense.num_parameters(), "surrogate": surrogate.num_parameters()},
+                   "glibc_keeps_freed_memory": args.glibc_keeps_freed_memory},
         "machine": machine_info(args.device),
         "pixel_cache": cache_cost,
     }  # fmt: skip

@@ -68,4 +68,4 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
     # Only fusion methods have an accuracy right after fusion.
     assert finetune["methods"]["prunefuse_kd"]["accuracy_after_fusion"]["120"]["n"] == 1
     assert finetune["methods"]["svp"]["accuracy_after_fusion"]["120"]["n"] == 0
-    assert "| PruneFuse, fusion off (KD only) |" in (output / "finetune.md").read_text()
+    assert "| SVP + KD (fusion off) |" in (output / "finetune.md").read_text()

@@ -1,5 +1,7 @@
 """The front door: everything a README example imports comes from `prunefuse_hf`, documented in the HF format."""
 
+import doctest
+import importlib
 import inspect
 
 import pytest
@@ -22,3 +24,36 @@ def test_every_exported_name_has_an_hf_format_docstring_with_an_example(name):
     doc = inspect.getdoc(getattr(prunefuse_hf, name)) or ""
     assert "Args:" in doc or "Parameters:" in doc, name
     assert "Example:" in doc and ">>> " in doc, name
+
+
+# Examples that build everything they use run as doctests; the others need a run or a Hub repo (they are shown
+# in the README's flows, which the trainer and Hub tests cover).
+SELF_CONTAINED_EXAMPLES = [
+    "prunefuse_hf.PruningPlan",
+    "prunefuse_hf.DistillationTrainer",
+    "prunefuse_hf.score_pool",
+    "prunefuse_hf.keep_freed_memory",
+    "prunefuse_hf.preprocessing.ImagePreprocessor",
+    "prunefuse_hf.data.validate_image_dataset",
+    "prunefuse_hf.data.resolve_class_names",
+    "prunefuse_hf.data.align_eval_labels",
+    "prunefuse_hf.annotation.oracle_labels",
+    "prunefuse_hf.validation.check_batchnorm_batch_sizes",
+    "prunefuse_hf.validation.check_labeling_budget",
+]
+
+
+@pytest.mark.parametrize("qualified_name", SELF_CONTAINED_EXAMPLES)
+def test_self_contained_examples_run(qualified_name, tmp_path, monkeypatch):
+    module_name, name = qualified_name.rsplit(".", 1)
+    obj = getattr(importlib.import_module(module_name), name)
+    monkeypatch.chdir(tmp_path)  # examples that save write here
+    # Markdown fences end an example's expected output, as a blank line does for doctest.
+    doc = "\n".join(
+        "" if line.strip().startswith("```") else line for line in inspect.getdoc(obj).splitlines()
+    )
+    test = doctest.DocTestParser().get_doctest(doc, {name: obj}, qualified_name, None, 0)
+    assert test.examples, qualified_name
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    assert runner.failures == 0, qualified_name

@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import pytest
 
 from prunefuse_hf.cli import main
+from prunefuse_hf.constants import METHODS
 from prunefuse_hf.run import parse_run_arguments
 
 RECIPE = """
@@ -73,3 +76,17 @@ def test_help_names_the_command_and_lists_its_own_options_first(capsys):
     # The run's own options come before the hundreds of TrainingArguments fields.
     assert text.index("--config") < text.index("--method") < text.index("--adam_beta1")
     assert text.index("--pruning_ratio") < text.index("training (transformers.TrainingArguments")
+
+
+RECIPES = sorted(
+    p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if "accelerate" not in p.parts[-2]
+)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_recipe_parses_and_its_method_sets_its_fields(path):
+    model_args, data_args, config, _, effective = parse_run_arguments(["--config", str(path)])
+    assert model_args.model_source is not None and data_args.dataset_name
+    method = METHODS[effective["method"]]
+    for name, value in method.items():
+        assert getattr(config, name) == effective.get(name, value), (path, name)

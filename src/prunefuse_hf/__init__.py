@@ -13,6 +13,7 @@ from .distillation import DistillationTrainer, compute_accuracy
 from .fusion import fuse_into_dense
 from .hub import push_run
 from .label_files import LabelBatch, read_labels
+from .memory import keep_freed_memory
 from .plan import PruningPlan
 from .pool import DataPool
 from .preprocessing import ImagePreprocessor, build_image_processor
@@ -35,6 +36,7 @@ __all__ = [
     "compute_accuracy",
     "fuse_into_dense",
     "get_strategy",
+    "keep_freed_memory",
     "load_image_dataset",
     "load_subset",
     "prune_model",

@@ -52,6 +52,7 @@ from .label_files import (
     parse_pool_index,
     read_labels,
 )
+from .rundir import RunDirectory, atomic_write, fsync_directory, step_name
 
 logger = logging.get_logger(__name__)
 
@@ -116,9 +117,11 @@ def oracle_labels(
     Example:
 
     ```python
-    >>> batch = oracle_labels(pool_dataset, "label", [3, 17], class_names=["cat", "dog"])
-    >>> batch.source
-    'oracle:label'
+    >>> import datasets
+    >>> pool_dataset = datasets.Dataset.from_dict({"label": [0, 1, 1, 0]})
+    >>> batch = oracle_labels(pool_dataset, "label", [2, 3], class_names=["cat", "dog"])
+    >>> batch.source, batch.labels.tolist()
+    ('oracle:label', [1, 0])
     ```
     """
     lookup = ClassLookup(check_class_names(class_names))
@@ -343,7 +346,7 @@ class LabelStore:
         )
         table = pa.concat_tables([self._table.filter(pa.array(kept)), new_rows])
         table = table.sort_by([("round", "ascending"), (POOL_INDEX, "ascending")])
-        _write_parquet_atomic(table, self.path)
+        atomic_write(self.path, lambda f: pq.write_table(table, f), binary=True)
         self._set_table(table)  # only once the file holds it: an interrupted write keeps the old state
         logger.info(
             f"Stored {result.added} new labels from {name} in {self.path} (round {round}, {len(self)} labeled)"
@@ -420,36 +423,6 @@ class LabelStore:
                 f"{name}: pool index {_preview(values[counts > 1])} appears more than once. Keep one label per "
                 "pool index."
             )
-
-
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write `table` to `path` so that readers see the old file or the new one, never part of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp_path, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:  # Ctrl-C included: no half-written file may stay behind
-        tmp_path.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(path: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform, where the rename is still atomic.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----- query batches -----
@@ -597,7 +570,7 @@ def write_query_batch(
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    _fsync_directory(directory.parent)
+    fsync_directory(directory.parent)
     logger.info(f"Wrote the query of round {round} ({len(indices)} examples) to {directory}.")
     return directory
 
@@ -693,7 +666,7 @@ def _fsync_tree(root: Path) -> None:
         for name in files:
             with open(os.path.join(folder, name), "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_directory(Path(folder))
+        fsync_directory(Path(folder))
 
 
 # ----- small checks -----
@@ -743,7 +716,9 @@ def open_query(run_dir: str | os.PathLike) -> tuple[int, np.ndarray] | None:
         LabelError: `run_dir` holds no run.
     """
     state = _read_state(run_dir)
-    waiting = [int(k) for k in state.get("queries", {}) if f"label:{k}" not in state["completed"]]
+    waiting = [
+        int(k) for k in state.get("queries", {}) if step_name("label", int(k)) not in state["completed"]
+    ]
     if not waiting:
         return None
     round = min(waiting)
@@ -801,11 +776,10 @@ def ingest_labels(
     )
     if allow_partial and result.missing.size:
         # The run continues with the labeled part; the others go back to the pool.
-        marker = query_directory(run_dir, round) / PARTIAL_NAME
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name(f".{marker.name}.tmp")
-        tmp.write_text(json.dumps({"missing": result.missing.tolist(), "source": batch.source}) + "\n")
-        os.replace(tmp, marker)
+        partial = {"missing": result.missing.tolist(), "source": batch.source}
+        atomic_write(
+            query_directory(run_dir, round) / PARTIAL_NAME, lambda f: f.write(json.dumps(partial) + "\n")
+        )
     return result
 
 
@@ -820,7 +794,7 @@ def query_is_complete(
 
 
 def _read_state(run_dir) -> dict:
-    path = Path(run_dir) / STATE_NAME
-    if not path.is_file():
+    run = RunDirectory(run_dir)
+    if not run.state_path.is_file():
         raise LabelError(f"{run_dir} holds no PruneFuse run ({STATE_NAME} is missing).")
-    return json.loads(path.read_text())
+    return run.read_state()

@@ -49,7 +49,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Which image pool the run selects from, and how it is preprocessed."""
+    """Which image pool the run selects from and which images it is evaluated on (how images are read and
+    preprocessed is `PruneFuseConfig`'s: `image_column`, `label_column`, `image_size`, `augment`)."""
 
     dataset_name: str = field(
         default=FASHION_MNIST,

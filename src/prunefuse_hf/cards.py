@@ -31,13 +31,13 @@ from .constants import (
     SELECTION_LABEL_NAME,
     SELECTION_NAME,
     SOURCE_INDEX,
-    STATE_NAME,
     SUBSET_EXAMPLES_DIR,
     SUBSET_METADATA_NAME,
     SURROGATE_INIT_DIR,
 )
+from .hub_ids import is_hub_id
 from .report import build_metrics
-from .rundir import redact_secrets, run_data_arguments
+from .rundir import RunDirectory, redact_secrets, run_data_arguments
 
 MODEL_CARD_TEMPLATE = "model_card.md"
 SURROGATE_CARD_TEMPLATE = "surrogate_card.md"
@@ -52,7 +52,6 @@ CITATION = """@misc{kousar2026prunefuse,
   archivePrefix = {arXiv},
   primaryClass  = {cs.LG}
 }"""
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PLACEHOLDER_LABEL = re.compile(r"LABEL_\d+")
 _MAX_LISTED_LABELS = 20
 
@@ -310,7 +309,7 @@ def collect_model_card_facts(
     run_dir = Path(run_dir)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else run_dir / FUSED_DIR
     endpoint = _endpoint(endpoint)
-    progress = _read_state(run_dir) if progress is None else progress
+    progress = RunDirectory(run_dir).read_state() if progress is None else progress
     metrics = build_metrics(progress)
     model_config = json.loads((checkpoint_dir / "config.json").read_text())
     config, costs, final = metrics["config"], metrics["costs"], metrics["final"]
@@ -424,7 +423,7 @@ def collect_surrogate_card_facts(
     """
     run_dir = Path(run_dir)
     endpoint = _endpoint(endpoint)
-    progress = _read_state(run_dir) if progress is None else progress
+    progress = RunDirectory(run_dir).read_state() if progress is None else progress
     metrics = build_metrics(progress)
     config, costs = metrics["config"], metrics["costs"]
     dense, surrogate = costs.get("dense", {}), costs.get("surrogate", {})
@@ -736,28 +735,6 @@ def framework_versions() -> dict[str, str]:
     }
 
 
-def is_hub_id(name: str | None) -> bool:
-    """
-    Whether `name` reads as a Hub repo id rather than a local path (an existing path never is one).
-
-    Args:
-        name (`str`, *optional*): A model or dataset name from a recipe.
-
-    Returns:
-        `bool`
-
-    Example:
-
-    ```python
-    >>> is_hub_id("microsoft/resnet-50"), is_hub_id("/data/pool"), is_hub_id("./pool")
-    (True, False, False)
-    ```
-    """
-    if not name or name.startswith((".", "/", "~")) or os.path.exists(name):
-        return False
-    return bool(_HUB_ID.match(name))
-
-
 def _render(template_name: str, card_data, facts) -> str:
     values = {f.name: getattr(facts, f.name) for f in fields(facts)}
     text = template_environment().get_template(template_name).render(
@@ -769,10 +746,6 @@ def _render(template_name: str, card_data, facts) -> str:
 
 
 # ----- facts from the run -----
-
-
-def _read_state(run_dir: Path) -> dict:
-    return json.loads((run_dir / STATE_NAME).read_text())
 
 
 def _endpoint(endpoint: str | None) -> str:

@@ -14,22 +14,22 @@ Also runnable as `python -m prunefuse_hf.cli ...` (and so under `accelerate laun
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 import torch
 from transformers import set_seed
 
-from .constants import DENSE_INIT_DIR, PRUNING_PLAN_NAME, STATE_NAME
+from .constants import DENSE_INIT_DIR, PRUNING_PLAN_NAME
 from .cost import model_cost
 from .fusion import fuse_into_dense
+from .memory import keep_freed_memory
 from .modeling import has_weights, load_image_classifier
 from .plan import PruningPlan
 from .pruning import prune_model
 from .report import comparison_table, load_metrics
 from .run import run_from_command_line
+from .rundir import RunDirectory
 
 
 def _add_prune_parser(subparsers) -> None:
@@ -184,7 +184,7 @@ def _label(args) -> None:
         f"replaced; {len(expected) - result.missing.size} of {len(expected)} queried examples labeled"
         + (f" ({result.missing.size} go back to the pool)" if result.missing.size else "")
     )
-    state = json.loads((Path(args.run_dir) / STATE_NAME).read_text())
+    state = RunDirectory(args.run_dir).read_state()
     print(
         f"next: {state.get('resume_command') or 'resume the run (trainer.train(resume_from_checkpoint=True))'}"
     )
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv else None
+    keep_freed_memory()
     try:
         if command == "run":
             # The run's flags are the recipe's fields, parsed by HfArgumentParser (see run.py).

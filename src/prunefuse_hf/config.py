@@ -20,7 +20,7 @@ from .constants import (
     METHODS,
     SURROGATE_INITS,
 )
-from .images import validate_hub_id
+from .hub_ids import validate_hub_id
 from .strategies import STRATEGIES
 
 
@@ -100,7 +100,7 @@ class PruneFuseConfig(TrainingArguments):
             from the seed labels alone.
         seed_labels (`str`, *optional*):
             A labels file (CSV, JSON/JSONL, parquet, a Label Studio export or a dataset; see
-            `prunefuse_hf.annotation.read_labels`) whose examples start labeled, with or instead of the random draw.
+            `prunefuse_hf.read_labels`) whose examples start labeled, with or instead of the random draw.
             With human annotation, rows of the pool that already have a label are seed labels too.
         query_size (`int` or `list[int]`, *optional*, defaults to `[1000]`):
             Number of examples labeled per round. One value is used for every round; a list gives one value per round.

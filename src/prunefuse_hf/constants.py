@@ -26,6 +26,7 @@ QUERIES_DIR = "queries"
 QUERY_DATASET_DIR = "dataset"
 QUERY_CSV = "labels.csv"
 LABEL_STUDIO_TASKS = "label_studio_tasks.json"
+QUERY_CONTENTS = f"{QUERY_DATASET_DIR}/, {QUERY_CSV}, {LABEL_STUDIO_TASKS}"
 LABEL_STUDIO_CONFIG = "label_studio_config.xml"
 
 # ----- checkpoints and Hub artifacts -----

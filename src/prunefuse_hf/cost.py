@@ -11,6 +11,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .architectures import example_pixel_values
+from .constants import PIXEL_VALUES
 
 # A forward pass costs 2 FLOPs per multiply-accumulate; a training step about three forward passes
 # (forward, then backward through activations and through weights).
@@ -43,7 +44,7 @@ def model_cost(model: nn.Module, image_size: int | None = None) -> ModelCost:
     model.eval()
     try:
         with torch.no_grad():
-            inputs = {"pixel_values": example_pixel_values(model, image_size)}
+            inputs = {PIXEL_VALUES: example_pixel_values(model, image_size)}
             # Torch-Pruning prints shape warnings while counting; library code must not print.
             with contextlib.redirect_stdout(io.StringIO()):
                 macs, params = tp.utils.count_ops_and_params(model, inputs)

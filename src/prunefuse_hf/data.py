@@ -26,6 +26,7 @@ from .constants import (
     FASHION_MNIST_HUB_ID,
     FASHION_MNIST_LABELS,
 )
+from .hub_ids import is_hub_id
 
 logger = logging.get_logger(__name__)
 
@@ -35,7 +36,6 @@ FASHION_MNIST_DIR_ENV = "PRUNEFUSE_FASHION_MNIST_DIR"
 _FASHION_MNIST_BUILD_VERSION = "v1"
 _FASHION_MNIST_FILES = {"train": "train", "test": "t10k"}
 _IDX_MAGIC = {"images": 2051, "labels": 2049}
-_CHANNEL_MODES = {1: "L", 3: "RGB"}
 _ARRAY_FEATURES = (datasets.Array2D, datasets.Array3D, datasets.List, datasets.LargeList)
 
 
@@ -120,7 +120,11 @@ def validate_image_dataset(
     Example:
 
     ```python
-    >>> validate_image_dataset(dataset, image_column="img", label_column="fine_label")
+    >>> import datasets
+    >>> from PIL import Image
+    >>> dataset = datasets.Dataset.from_dict({"img": [Image.new("RGB", (8, 8))], "fine_label": [3]})
+    >>> validate_image_dataset(dataset, image_column="img", label_column="fine_label") is dataset
+    True
     ```
     """
     features = dataset.features
@@ -200,6 +204,8 @@ def resolve_class_names(
     Example:
 
     ```python
+    >>> import datasets
+    >>> unlabeled_pool = datasets.Dataset.from_dict({"image": ["a.png", "b.png"]})
     >>> resolve_class_names(unlabeled_pool, None, ["cat", "dog"])
     ['cat', 'dog']
     ```
@@ -283,9 +289,13 @@ def align_eval_labels(
     Example:
 
     ```python
+    >>> import datasets
+    >>> eval_folder_without_cats = datasets.Dataset.from_dict(
+    ...     {"label": [0, 1]}, features=datasets.Features({"label": datasets.ClassLabel(names=["dog", "frog"])})
+    ... )
     >>> aligned = align_eval_labels(eval_folder_without_cats, "label", ["cat", "dog", "frog"])
-    >>> aligned.features["label"].names
-    ['cat', 'dog', 'frog']
+    >>> aligned.features["label"].names, list(aligned["label"])
+    (['cat', 'dog', 'frog'], [1, 2])
     ```
     """
     feature = eval_dataset.features[label_column]
@@ -413,9 +423,7 @@ def _check_hub_dataset_id(name: str) -> None:
     # after the client's network retries.
     from huggingface_hub import constants
 
-    looks_like_path = (
-        name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
-    )
+    looks_like_path = not is_hub_id(name)
     if not looks_like_path:
         try:
             from huggingface_hub.utils import validate_repo_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,9 +14,11 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction, has_length
 from transformers.utils import logging
 
-from .config import PruneFuseConfig
 from .constants import DEFAULT_DISTILL_ALPHA, DEFAULT_DISTILL_TEMPERATURE, LABELS, PIXEL_VALUES
 from .metrics import load_accuracy
+
+if TYPE_CHECKING:
+    from .config import PruneFuseConfig
 
 logger = logging.get_logger(__name__)
 
@@ -94,9 +97,21 @@ class DistillationTrainer(Trainer):
     Example:
 
     ```python
-    >>> trainer = DistillationTrainer(fused_model, config, teacher_model=surrogate, train_dataset=labeled)
-    >>> trainer.train()
-    >>> trainer.evaluate(eval_dataset)["eval_accuracy"]
+    >>> import torch
+    >>> from transformers import ResNetConfig, ResNetForImageClassification, TrainingArguments
+    >>> from prunefuse_hf import DistillationTrainer, prune_model
+    >>> model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]))
+    >>> surrogate, plan = prune_model(model, 0.5)
+    >>> labeled = [{"pixel_values": torch.randn(3, 32, 32), "labels": i % 2} for i in range(16)]
+    >>> args = TrainingArguments("distill", num_train_epochs=1, per_device_train_batch_size=8, report_to="none",
+    ...                          use_cpu=True, save_strategy="no")
+    >>> trainer = DistillationTrainer(model, args, teacher_model=surrogate, distill_alpha=0.5,
+    ...                               train_dataset=labeled, eval_dataset=labeled)
+    >>> trainer.train().global_step  # the Trainer also prints its log dicts
+    {'train_runtime': ...}
+    2
+    >>> 0.0 <= trainer.evaluate()["eval_accuracy"] <= 1.0
+    True
     ```
     """
 

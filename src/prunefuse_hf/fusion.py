@@ -29,7 +29,7 @@ def fuse_into_dense(
     weights (another seed) is accepted, and the result holds its weights wherever the surrogate has none.
 
     Args:
-        dense ([`~transformers.PreTrainedModel`]): The dense model (its initial weights θ0 in the PruneFuse loop,
+        dense ([`~transformers.PreTrainedModel`]): The dense model (its initial weights θ0 in a PruneFuse run,
             or a fresh init).
         surrogate ([`~transformers.PreTrainedModel`]): The (trained) surrogate that `prune_model` produced from
             `dense`'s architecture.

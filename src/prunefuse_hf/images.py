@@ -18,8 +18,6 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 from datasets.utils.file_utils import is_local_path, xopen
-from huggingface_hub.constants import REPO_TYPES
-from huggingface_hub.utils import validate_repo_id
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -32,7 +30,6 @@ _ALPHA_MODES = {"LA": "LA", "La": "LA", "RGBA": "RGBA", "RGBa": "RGBA"}
 _ORIENTATION_TAG = 0x0112
 _VALUE_TYPES = (dict, str, os.PathLike, bytes, bytearray, memoryview, PIL.Image.Image, np.ndarray, list)
 _DEFAULT_FIX = "repair or remove the file, or drop the row from the dataset."
-_HUB_ID_HINT = "use ORG/NAME with letters, digits, '-', '_' and '.'"
 
 
 class ImageDecodeError(ValueError):
@@ -186,57 +183,6 @@ def first_image(dataset: datasets.Dataset, column: str) -> PIL.Image.Image:
     if isinstance(stored.features[column], datasets.Image):
         stored = stored.cast_column(column, datasets.Image(decode=False))
     return open_image(stored[0][column], pool_index=0)
-
-
-def validate_hub_id(field: str, value: str | None, repo_type: str = "model") -> None:
-    """
-    Check a Hub repo id given in a recipe field before a run starts, rather than when the push fails at its end.
-
-    The id is checked with `huggingface_hub.utils.validate_repo_id` (the library's own rules: 1 to 96
-    characters, letters, digits, '-', '_' and '.', no '--' or '..', not ending in '.git'), plus: at most one
-    "/" and ASCII characters only (the library's pattern accepts any Unicode letter; the Hub does not).
-
-    Args:
-        field (`str`):
-            The recipe field holding the id (`hub_model_id`, `hub_subset_id`, `hub_surrogate_id`, `dataset_name`),
-            named in the error.
-        value (`str`, *optional*):
-            The repo id; `None` (no repo) passes.
-        repo_type (`str`, *optional*, defaults to `"model"`):
-            `"model"`, `"dataset"` or `"space"`, named in the error.
-
-    Raises:
-        ValueError: If the id is not valid, naming the field, the value (as a repr, so that spaces show) and the
-            rule; or if `repo_type` is unknown.
-
-    Example:
-
-    ```python
-    >>> from prunefuse_hf.images import validate_hub_id
-    >>> validate_hub_id("hub_model_id", "me/fmnist-prunefuse")
-    >>> validate_hub_id("hub_model_id", "me/ fmnist-prunefuse")
-    Traceback (most recent call last):
-        ...
-    ValueError: hub_model_id 'me/ fmnist-prunefuse' is not a valid Hub model repo id (...); use ORG/NAME with letters, digits, '-', '_' and '.'
-    ```
-    """
-    if repo_type is None or repo_type not in REPO_TYPES:
-        raise ValueError(f"repo_type={repo_type!r} is not one of 'model', 'dataset', 'space'.")
-    if value is None:
-        return
-    if isinstance(value, str) and value.count("/") > 1:
-        reason = "it has more than one '/'"
-    elif isinstance(value, str) and not value.isascii():
-        reason = "it has non-ASCII characters"
-    else:
-        try:
-            validate_repo_id(value)
-            return
-        except ValueError as error:  # HFValidationError
-            reason = str(error).rstrip(".")
-    raise ValueError(
-        f"{field} {value!r} is not a valid Hub {repo_type} repo id ({reason}); {_HUB_ID_HINT}"
-    ) from None
 
 
 def _path_of(value) -> str | None:

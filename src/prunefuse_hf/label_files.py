@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from transformers.utils import logging
 
 from .constants import LABEL_STUDIO_TASKS, POOL_INDEX, QUERY_CSV
+from .hub_ids import is_hub_id
 
 logger = logging.get_logger(__name__)
 
@@ -33,8 +34,6 @@ logger = logging.get_logger(__name__)
 LABEL_COLUMNS = ("label", "labels", "class", "choice", "class_name", "annotation")
 LABEL_FILE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".parquet")
 
-# A Hub dataset id: "name" or "owner/name". Anything else that does not exist is a missing file.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
 
@@ -189,12 +188,10 @@ def _rows_from_path(source, label_column, index_column) -> tuple[_Rows, str]:
             f"{shown}: unknown label file extension {path.suffix!r}. Save the labels as one of "
             f"{', '.join(LABEL_FILE_EXTENSIONS)}, or as a dataset directory (`save_to_disk`)."
         )
-    is_hub_id = (
-        isinstance(source, str)
-        and _HUB_ID.match(source) is not None
-        and path.suffix.lower() not in LABEL_FILE_EXTENSIONS
-    )
-    if not is_hub_id:
+    # A Hub dataset id ("name" or "owner/name"); anything else that does not exist is a missing file.
+    if not (
+        isinstance(source, str) and is_hub_id(source) and path.suffix.lower() not in LABEL_FILE_EXTENSIONS
+    ):
         raise LabelError(
             f"Label file {shown} not found. Check the path (relative paths start at {os.getcwd()})."
         )

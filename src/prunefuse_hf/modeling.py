@@ -11,6 +11,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATIO
 from transformers.utils import logging
 
 from .architectures import classifier_class_name
+from .hub_ids import is_hub_id
 
 logger = logging.get_logger(__name__)
 
@@ -25,8 +26,8 @@ def has_weights(path: str) -> bool:
 def check_model_path(path: str | os.PathLike) -> str:
     """Refuse a local path that does not exist, before it is taken for a Hub id.
 
-    A name that starts with `/`, `.` or `~`, or that has more than one `/`, cannot be a Hub id (`org/name`), so
-    when nothing is there it is a mistyped path.
+    A name that cannot be a Hub id (`org/name`: it starts with `/`, `.` or `~`, has more than one `/` or
+    characters ids never have) is a mistyped path when nothing is there.
 
     Args:
         path (`str` or `os.PathLike`): A Hub id, a checkpoint directory or a `config.json` path.
@@ -45,7 +46,7 @@ def check_model_path(path: str | os.PathLike) -> str:
     ```
     """
     path = os.fspath(path)
-    if not os.path.exists(path) and (path.startswith(("/", ".", "~")) or path.count("/") > 1):
+    if not os.path.exists(path) and not is_hub_id(path):
         raise FileNotFoundError(
             f"No model at {path!r}: it is not a local checkpoint directory or config.json, and it cannot be a "
             "Hub model id. Fix the path, or give a Hub id such as microsoft/resnet-50."

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .constants import PRUNING_PLAN_NAME
+from .rundir import atomic_write
 
 PLAN_FORMAT_VERSION = 1
 
@@ -299,12 +300,8 @@ class PruningPlan:
 
         The file is written to a temporary name and renamed, so a crash never leaves half a plan.
         """
-        os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, PRUNING_PLAN_NAME)
-        tmp_path = f"{path}.tmp"
-        with open(tmp_path, "w") as f:
-            json.dump(self.to_dict(), f)
-        os.replace(tmp_path, path)
+        atomic_write(path, lambda f: json.dump(self.to_dict(), f))
         return path
 
     @classmethod

@@ -8,7 +8,6 @@ views are one `select` on the base dataset each, so a pool of millions of exampl
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pyarrow.parquet as pq
 from transformers.utils import logging
 
 from .constants import POOL_INDEX, SELECTION_LABEL, SELECTION_LABEL_NAME
+from .rundir import atomic_write
 
 logger = logging.get_logger(__name__)
 
@@ -280,12 +280,8 @@ class DataPool:
         Returns:
             `Path`: the written file.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = path.with_name(f".{path.name}.tmp")
-        pq.write_table(self._selection_arrow(class_names, references), tmp_path)
-        os.replace(tmp_path, path)
-        return path
+        table = self._selection_arrow(class_names, references)
+        return atomic_write(path, lambda f: pq.write_table(table, f), binary=True)
 
     def _selection_arrow(self, class_names=None, references=None) -> pa.Table:
         labeled = self.labeled_indices

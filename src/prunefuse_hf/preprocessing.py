@@ -181,10 +181,17 @@ class ImagePreprocessor:
     Example:
 
     ```python
-    >>> preprocessor = ImagePreprocessor(build_image_processor(model.config, image_size=32), num_channels=3)
-    >>> pixels = preprocessor.pixel_dataset(pool)            # uint8 [N, 3, 32, 32], decoded once and cached
-    >>> batch = pixels[:8][PIXEL_VALUES]
-    >>> preprocessor.normalize(batch).dtype                  # what the model reads
+    >>> import datasets
+    >>> from PIL import Image
+    >>> from transformers import ResNetConfig
+    >>> from prunefuse_hf.preprocessing import ImagePreprocessor, build_image_processor
+    >>> pool = datasets.Dataset.from_dict({"image": [Image.new("L", (28, 28), 255)] * 8})
+    >>> preprocessor = ImagePreprocessor(build_image_processor(ResNetConfig(), image_size=32), num_channels=3)
+    >>> pixels = preprocessor.pixel_dataset(pool, cache=False)  # uint8 [N, 3, 32, 32] (cached by default)
+    >>> batch = pixels[:8]["pixel_values"]
+    >>> batch.dtype, tuple(batch.shape)
+    (torch.uint8, (8, 3, 32, 32))
+    >>> preprocessor.normalize(batch).dtype                     # what the model reads
     torch.float32
     ```
     """

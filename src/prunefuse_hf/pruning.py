@@ -24,11 +24,10 @@ from torch import nn
 from transformers.utils import logging
 
 from .architectures import attention_heads, check_supported_model, example_pixel_values, get_family_adapter
+from .constants import IMPORTANCES, PIXEL_VALUES
 from .plan import PruningPlan, config_hash
 
 logger = logging.get_logger(__name__)
-
-IMPORTANCES = ("l2",)
 
 
 def validate_pruning_ratio(pruning_ratio) -> float:
@@ -129,9 +128,9 @@ def prune_model(
     # surrogate would no longer equal the dense model at the kept indices.
     working.eval()
     if example_inputs is None:
-        example_inputs = {"pixel_values": example_pixel_values(working)}
+        example_inputs = {PIXEL_VALUES: example_pixel_values(working)}
     elif isinstance(example_inputs, torch.Tensor):
-        example_inputs = {"pixel_values": example_inputs}
+        example_inputs = {PIXEL_VALUES: example_inputs}
 
     recorder = _PrunedIndexRecorder(working)
     _prune_to_widths(working, adapter, target_widths, example_inputs, recorder)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
@@ -17,10 +18,10 @@ from transformers.utils import logging
 from .annotation import query_directory
 from .arguments import DataArguments, ModelArguments
 from .config import PruneFuseConfig
-from .constants import STATE_NAME
+from .constants import QUERY_CONTENTS, STATE_NAME
 from .data import load_run_datasets, resolve_dataset_revision
 from .report import comparison_table
-from .trainer import PruneFuseTrainer, resume_command_line
+from .trainer import PruneFuseTrainer
 
 logger = logging.get_logger(__name__)
 
@@ -128,9 +129,7 @@ def run_from_command_line(argv: list[str]) -> dict:
             round_ = trainer.awaiting_labels
             count = len(trainer.progress["queries"][str(round_)]["pool_indices"])
             directory = query_directory(trainer.run_dir.path, round_)
-            print(
-                f"label the {count:,} images in {directory} (dataset/, labels.csv, label_studio_tasks.json), then:"
-            )
+            print(f"label the {count:,} images in {directory} ({QUERY_CONTENTS}), then:")
             print(f"prunefuse-hf label {trainer.run_dir.path} --labels FILE && {trainer.resume_command}")
             return metrics
         if not trainer.done:
@@ -144,6 +143,12 @@ def run_from_command_line(argv: list[str]) -> dict:
             print(f"final model: {final['labeled']} labeled examples, accuracy {final['accuracy']:.4f}")
         print(f"report: {trainer.run_dir.report_path}\nfused model: {trainer.run_dir.fused_dir}")
     return metrics
+
+
+def resume_command_line(argv: list[str]) -> str:
+    """The command that resumes a run started with `argv` (the CLI's arguments): the same, plus `--resume`."""
+    kept = [arg for arg in argv if arg not in ("--resume", "--overwrite")]
+    return shlex.join(["prunefuse-hf", "run", *kept, "--resume"])
 
 
 def _recorded_revision(output_dir: str, resume: bool) -> str | None:

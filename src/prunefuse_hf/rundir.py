@@ -7,18 +7,78 @@ way (the old one is removed only once the new one is complete).
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import IO
 
 from .constants import FUSED_DIR, METRICS_NAME, REPORT_NAME, SELECTION_NAME, STATE_NAME, SURROGATE_DIR
 
 # Keys that may hold credentials: never written to a card, a repo or the run directory.
 SECRET_KEY = re.compile(r"token|password|secret|api_key", re.IGNORECASE)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = False) -> Path:
+    """
+    Write a file so that readers see the old version or the new one, never part of one (Ctrl-C included).
+
+    `write(f)` fills a temporary file next to `path`, which is flushed to disk and renamed over `path`; the rename
+    is made durable too. A failed write leaves no temporary file behind.
+
+    Args:
+        path (`str` or `os.PathLike`): The file to (re)write; its parent folder is created.
+        write (`Callable[[IO], None]`): Writes the content to the open file.
+        binary (`bool`, *optional*, defaults to `False`): Open the file in binary mode (text is UTF-8).
+
+    Returns:
+        `Path`: `path`.
+
+    Example:
+
+    ```python
+    >>> atomic_write("state.json", lambda f: f.write('{"completed": []}'))
+    PosixPath('state.json')
+    ```
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp_path, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename in `path` durable (not possible on every platform, where the rename is still atomic)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def step_name(kind: str, round_: int = 0) -> str:
+    """The name a run's state records for a finished step: `kind` (init, report) or `kind:round` (e.g. `label:2`)."""
+    return f"{kind}:{round_}" if round_ else kind
 
 
 class RunDirectoryError(ValueError):
@@ -91,17 +151,10 @@ class RunDirectory:
             return json.load(f)
 
     def write_json(self, name: str | Path, data) -> Path:
-        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=_json_default))
+        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=json_default))
 
     def write_text(self, name: str | Path, text: str) -> Path:
-        path = self.path / name
-        tmp_path = path.with_name(f".{path.name}.tmp")
-        with open(tmp_path, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        return path
+        return atomic_write(self.path / name, lambda f: f.write(text))
 
     def save_dir(self, name: str, save: Callable[[Path], None]) -> Path:
         """Run `save(tmp_dir)` then swap the result in as `name` (the old version survives a crash)."""
@@ -141,8 +194,10 @@ def run_data_arguments(recipe: dict | None) -> dict | None:
     return {f.name: recipe.get(f.name, f.default) for f in fields(DataArguments)}
 
 
-def _json_default(value):
-    # numpy scalars and arrays show up in metrics; write them as plain numbers and lists.
+def json_default(value):
+    """`json.dumps(default=...)` for run records: numpy scalars and arrays as numbers and lists, enums as values."""
+    if isinstance(value, enum.Enum):
+        return value.value
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")

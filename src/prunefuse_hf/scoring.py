@@ -110,13 +110,20 @@ def score_pool(
     Example:
 
     ```python
+    >>> import datasets, numpy as np
+    >>> from PIL import Image
+    >>> from transformers import ResNetConfig, ResNetForImageClassification
     >>> from prunefuse_hf import score_pool
-    >>> from prunefuse_hf.preprocessing import PixelDataset
-    >>> pixels = PixelDataset(preprocessor.pixel_dataset(pool), rows=unlabeled_indices)
-    >>> scores = score_pool(surrogate, pixels, unlabeled_indices, batch_size=512, outputs=("probs", "features"),
+    >>> from prunefuse_hf.preprocessing import ImagePreprocessor, PixelDataset, build_image_processor
+    >>> model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]))
+    >>> pool = datasets.Dataset.from_dict({"image": [Image.new("RGB", (32, 32), (i, 0, 0)) for i in range(20)]})
+    >>> preprocessor = ImagePreprocessor(build_image_processor(model.config, image_size=32), num_channels=3)
+    >>> unlabeled = np.arange(4, 20)
+    >>> pixels = PixelDataset(preprocessor.pixel_dataset(pool, cache=False), rows=unlabeled)
+    >>> scores = score_pool(model, pixels, unlabeled, batch_size=8, outputs=("probs", "features"),
     ...                     preprocess=preprocessor.normalize)
-    >>> scores.probs.shape, scores.features.shape
-    (torch.Size([59000, 10]), torch.Size([59000, 256]))
+    >>> tuple(scores.probs.shape), tuple(scores.features.shape)
+    ((16, 2), (16, 16))
     ```
     """
     unknown = set(outputs) - set(OUTPUTS)
@@ -179,14 +186,12 @@ def _forward_shard(
     accelerator,
 ):
     on_gpu = torch.device(device).type == "cuda"
-    # Each loader item is a whole batch of rows read at once (one Arrow read or one batched transform).
-    loader = DataLoader(
-        _Batches(dataset, batches),
-        batch_size=None,
-        num_workers=num_workers,
-        worker_init_fn=_single_threaded_worker,
-        pin_memory=on_gpu,
-    )
+    # Each item is a whole batch of rows read at once (one Arrow read or one batched transform). Loader workers
+    # read ahead; without them the batches are read in the loop (a loader would only add its own overhead).
+    loader = _Batches(dataset, batches)
+    if num_workers or on_gpu:
+        loader = DataLoader(loader, batch_size=None, num_workers=num_workers,
+                            worker_init_fn=_single_threaded_worker, pin_memory=on_gpu)  # fmt: skip
     features_seen: list[torch.Tensor] = []
     hook = None
     if "features" in outputs:
@@ -198,7 +203,7 @@ def _forward_shard(
     model.eval()
     probs, mc_probs = [], []
     try:
-        with torch.no_grad(), autocast:
+        with torch.inference_mode(), autocast:
             progress = tqdm(loader, desc="Scoring pool", disable=not show_progress, unit="batch")
             for pixel_values in progress:
                 pixel_values = pixel_values.to(device, non_blocking=on_gpu)

@@ -34,17 +34,15 @@ from .constants import (
     SELECTION_LABEL,
     SELECTION_NAME,
     SOURCE_INDEX,
-    STATE_NAME,
     SUBSET_EXAMPLES_DIR,
     SUBSET_METADATA_NAME,
 )
 from .data import _subsample, load_image_dataset
-from .rundir import redact_secrets, run_data_arguments
+from .rundir import RunDirectory, redact_secrets, run_data_arguments
 
 logger = logging.get_logger(__name__)
 
 SUBSET_FORMAT_VERSION = 2
-# The selection table's class ids (null where an example has none).
 
 
 class SubsetMismatchError(ValueError):
@@ -76,7 +74,7 @@ def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) ->
     ```
     """
     if progress is None:
-        progress = json.loads((Path(run_dir) / STATE_NAME).read_text())
+        progress = RunDirectory(run_dir).read_state()
     settings, pool = progress["settings"], progress["pool"]
     data = run_data_arguments(redact_secrets(progress.get("recipe")))
     return {
@@ -278,6 +276,8 @@ def rebuild_subset_pool(metadata: dict, verify: bool = True) -> datasets.Dataset
     Example:
 
     ```python
+    >>> import json
+    >>> from pathlib import Path
     >>> metadata = json.loads(Path("subset/prunefuse_subset.json").read_text())
     >>> len(rebuild_subset_pool(metadata)) == metadata["pool"]["num_examples"]
     True

@@ -18,13 +18,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import enum
 import functools
 import hashlib
 import json
 import logging as std_logging
 import os
-import shlex
 import sys
 import time
 from collections import Counter
@@ -34,6 +32,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 from transformers import (
+    AutoConfig,
     AutoModelForImageClassification,
     PreTrainedModel,
     Trainer,
@@ -61,6 +60,7 @@ from .constants import (
     FUSED_DIR,
     IMAGE_PATH,
     PIXEL_VALUES,
+    QUERY_CONTENTS,
     STATE_NAME,
     SURROGATE_DIR,
     SURROGATE_INIT_DIR,
@@ -84,7 +84,7 @@ from .preprocessing import (
 )
 from .pruning import prune_model
 from .report import build_metrics, write_report
-from .rundir import RunDirectory, redact_secrets
+from .rundir import RunDirectory, json_default, redact_secrets, step_name
 from .scoring import active_dropout_layers, score_pool
 from .strategies import get_strategy
 from .validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
@@ -116,7 +116,7 @@ class Step:
 
     @property
     def name(self) -> str:
-        return f"{self.kind}:{self.round}" if self.round else self.kind
+        return step_name(self.kind, self.round)
 
 
 class PruneFuseTrainer(Trainer):
@@ -616,8 +616,8 @@ class PruneFuseTrainer(Trainer):
                                  private=self.args.hub_private_repo)  # fmt: skip
         self.accelerator.wait_for_everyone()
         logger.info(
-            f"{len(indices):,} images to label for round {round_}: {directory} (dataset/, labels.csv, "
-            "label_studio_tasks.json). Bring the labels with `prunefuse-hf label "
+            f"{len(indices):,} images to label for round {round_}: {directory} ({QUERY_CONTENTS}). Bring the "
+            "labels with `prunefuse-hf label "
             f"{self.run_dir.path} --labels FILE`, then resume: {self.resume_command or 'trainer.train(resume_from_checkpoint=True)'}"
         )
 
@@ -678,10 +678,12 @@ class PruneFuseTrainer(Trainer):
         )
         accuracy = evaluations[-1]["eval_accuracy"] if evaluated_at_end else self._evaluate(model, trainer)
         costs = self.progress["costs"]
-        examples = int(round(len(train_dataset) * args.num_train_epochs))
+        # The epochs actually trained (`max_steps` may end training before `num_train_epochs`).
+        epochs = trainer.state.epoch or 0.0
+        examples = int(round(len(train_dataset) * epochs))
         record = {
             "labeled": len(train_dataset),
-            "epochs": args.num_train_epochs,
+            "epochs": epochs,
             "steps": steps,
             "train_loss": result.training_loss,
             "seconds": seconds,
@@ -753,7 +755,8 @@ class PruneFuseTrainer(Trainer):
 
     @property
     def dense_init_config(self):
-        return AutoModelForImageClassification.from_pretrained(self.run_dir / DENSE_INIT_DIR).config
+        """The config of the run's dense initialization θ0 (`RUN/dense_init`)."""
+        return AutoConfig.from_pretrained(self.run_dir / DENSE_INIT_DIR)
 
     def _load_final_model(self) -> None:
         if not isinstance(self.model, PreTrainedModel) or self.model.config.num_labels != len(
@@ -808,7 +811,7 @@ class PruneFuseTrainer(Trainer):
             settings["eval_set"] = {"num_rows": len(self.raw_eval_dataset),
                                     "fingerprint": self.raw_eval_dataset._fingerprint}  # fmt: skip
         # As they read back from state.json, so that a resume compares like with like.
-        return json.loads(json.dumps(settings, default=_jsonable))
+        return json.loads(json.dumps(settings, default=json_default))
 
     def _check_same_pool(self, progress: dict) -> None:
         # A pool is the same when it has as many rows and every row the run already trained on holds the same
@@ -899,8 +902,11 @@ class PruneFuseTrainer(Trainer):
         Example:
 
         ```python
-        >>> trainer.save_model("fashion-mnist-prunefuse")
-        >>> pipeline("image-classification", model="fashion-mnist-prunefuse")(image)
+        >>> from transformers import pipeline
+        >>> trainer.save_model("fashion-mnist-prunefuse")      # after trainer.train()
+        >>> classifier = pipeline("image-classification", model="fashion-mnist-prunefuse")
+        >>> classifier(test[0]["image"])[0]["label"] in trainer.class_names   # a class name, not LABEL_k
+        True
         ```
         """
         output_dir = output_dir or str(self.run_dir.fused_dir)
@@ -1031,14 +1037,6 @@ def _evaluates_during_training(args) -> bool:
     return args.eval_strategy != IntervalStrategy.NO
 
 
-def _jsonable(value):
-    if isinstance(value, enum.Enum):
-        return value.value
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def _describe(key: str, value) -> str:
     if key == "step":
         return str(value)
@@ -1047,9 +1045,3 @@ def _describe(key: str, value) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{key.replace('_', ' ')} {value:,}"
     return f"{key.replace('_', ' ')}: {value}"
-
-
-def resume_command_line(argv: list[str]) -> str:
-    """The command that resumes a run started with `argv` (the CLI's arguments): the same, plus `--resume`."""
-    kept = [arg for arg in argv if arg not in ("--resume", "--overwrite")]
-    return shlex.join(["prunefuse-hf", "run", *kept, "--resume"])

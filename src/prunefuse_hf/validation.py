@@ -106,6 +106,7 @@ def check_batchnorm_batch_sizes(args, smallest_per_example: int | None) -> None:
     Example:
 
     ```python
+    >>> from prunefuse_hf import PruneFuseConfig
     >>> check_batchnorm_batch_sizes(PruneFuseConfig(output_dir="run", per_device_train_batch_size=1), 1)
     Traceback (most recent call last):
     ValueError: per_device_train_batch_size: 1 cannot train this model: ...
@@ -144,9 +145,10 @@ def check_labeling_budget(args, pool_size: int) -> None:
     Example:
 
     ```python
-    >>> check_labeling_budget(PruneFuseConfig(output_dir="run", initial_labeled_size=16, query_size=[50]), 96)
+    >>> from prunefuse_hf import PruneFuseConfig
+    >>> check_labeling_budget(PruneFuseConfig(output_dir="run", initial_labeled_size=16, query_size=[50, 50]), 96)
     Traceback (most recent call last):
-    ValueError: The labeling budget is larger than the pool: initial_labeled_size (16) + query_size over 4 rounds ...
+    ValueError: The labeling budget is larger than the pool: initial_labeled_size (16) + query_size over 2 rounds ...
     ```
     """
     sizes = args.query_sizes()

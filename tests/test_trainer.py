@@ -18,6 +18,7 @@ from transformers import AutoModelForImageClassification, TrainerCallback, Train
 from conftest import assert_fused_at_kept_indices, make_image_dataset, tiny_recipe, tiny_resnet_config
 from prunefuse_hf import DataPool, PruneFuseConfig, PruneFuseTrainer, PruningPlan, fuse_into_dense
 from prunefuse_hf.constants import PRUNING_PLAN_NAME
+from prunefuse_hf.cost import TRAIN_FLOPS_PER_MAC
 from prunefuse_hf.rundir import RunDirectoryError
 
 NUM_CLASSES = 4
@@ -189,6 +190,15 @@ def test_variants(tmp_path, pool, overrides, expect):
     else:
         assert all("surrogate" in r for r in rounds)
     assert metrics["final_training"]["seconds"] > 0
+
+
+def test_the_cost_ledger_counts_the_epochs_actually_trained(tmp_path, pool):
+    # max_steps ends each training before num_train_epochs: 2 steps of 8 over 16 labeled examples is one epoch.
+    trainer = run(tmp_path, pool, num_rounds=1, max_steps=2)
+    first = trainer.metrics["rounds"][0]["surrogate"]
+    costs = trainer.metrics["costs"]
+    assert first["steps"] == 2 and first["epochs"] == 1.0
+    assert first["flops"] == TRAIN_FLOPS_PER_MAC * costs["surrogate"]["macs"] * 16
 
 
 @pytest.mark.parametrize("fusion", [True, False])

@@ -136,28 +136,27 @@ def test_the_cache_is_reused_and_keyed_by_the_preprocessing(tmp_path, monkeypatc
     assert other.cache_key(dataset) != preprocessor.cache_key(dataset)
 
 
-def test_without_the_cache_nothing_is_decoded_until_read(tmp_path, monkeypatch):
-    dataset = make_image_dataset(12, size=16)
-    preprocessor = preprocessor_for(tiny_resnet_config(), image_size=16)
+@pytest.fixture
+def counted_decodes(monkeypatch):
+    """Twelve images, a preprocessor for them, and a list that grows by one at every image decoded."""
     decoded = []
     original = images_module.open_image
     monkeypatch.setattr(
         "prunefuse_hf.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k)
     )
+    return make_image_dataset(12, size=16), preprocessor_for(tiny_resnet_config(), image_size=16), decoded
+
+
+def test_without_the_cache_nothing_is_decoded_until_read(tmp_path, counted_decodes):
+    dataset, preprocessor, decoded = counted_decodes
     lazy = preprocessor.pixel_dataset(dataset, cache=False, validate=False, cache_dir=tmp_path)
     assert len(decoded) == 1 and not list(tmp_path.glob("pixels-*"))
     assert PixelDataset(lazy, np.arange(12)).batch([3, 4]).shape == (2, 3, 16, 16)
     assert len(decoded) == 3
 
 
-def test_without_the_cache_every_image_is_still_decoded_once_up_front(tmp_path, monkeypatch):
-    dataset = make_image_dataset(12, size=16)
-    preprocessor = preprocessor_for(tiny_resnet_config(), image_size=16)
-    decoded = []
-    original = images_module.open_image
-    monkeypatch.setattr(
-        "prunefuse_hf.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k)
-    )
+def test_without_the_cache_every_image_is_still_decoded_once_up_front(tmp_path, counted_decodes):
+    dataset, preprocessor, decoded = counted_decodes
     preprocessor.pixel_dataset(dataset, cache=False, cache_dir=tmp_path)
     assert len(decoded) == 1 + 12 and not list(tmp_path.glob("pixels-*"))
 

@@ -69,7 +69,7 @@ def test_help_names_the_command_and_lists_its_own_options_first(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: prunefuse-hf run --config RECIPE.yaml")
-    headings = ["this command:", "model (# Model arguments):", "data (# Data arguments):",
+    headings = ["this command:", "model (ModelArguments):", "data (DataArguments):",
                 "PruneFuse (PruneFuseConfig):", "training (transformers.TrainingArguments"]  # fmt: skip
     positions = [text.index(heading) for heading in headings]
     assert positions == sorted(positions)
@@ -90,3 +90,16 @@ def test_every_shipped_recipe_parses_and_its_method_sets_its_fields(path):
     method = METHODS[effective["method"]]
     for name, value in method.items():
         assert getattr(config, name) == effective.get(name, value), (path, name)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run"], "No recipe: prunefuse-hf run --config RECIPE.yaml"),
+        (["run", "--confg", "recipe.yaml"], "Unknown argument(s): ['--confg', 'recipe.yaml']"),
+        (["run", "--config", "missing.yaml"], "--config missing.yaml: no such recipe file"),
+    ],
+)
+def test_a_missing_or_mistyped_recipe_is_named_before_anything_else(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -311,7 +311,8 @@ class LabelStore:
                 f"{self._table.column('source')[row].as_py()}) and this batch labels it "
                 f"{self.class_names[labels[j]]!r}"
                 + (f"; {others} more labels differ too" if others else "")
-                + ". Stored labels are never replaced silently: fix the file, or pass overwrite=True to replace them."
+                + ". Stored labels are never replaced silently: fix the file, or pass overwrite=True (CLI: --overwrite) to "
+                "replace them."
             )
         if missing.size and not allow_partial:
             raise LabelError(

@@ -250,7 +250,7 @@ def _pick_column(
             else f"accepted {what} column names: {list(accepted)}"
         )
         raise LabelError(
-            f"{name}: no {what} column. Columns found: {columns}; {rule}. Rename it, or pass {option}=<its name>."
+            f"{name}: no {what} column. Columns found: {columns}; {rule}. Rename it, or pass {option}=<its name> (CLI: --{option})."
         )
     return found
 
@@ -394,7 +394,7 @@ def _rows_from_label_studio(tasks: list[dict], name: str, label_column, index_co
             raise LabelError(
                 f"{name}: {describe_task(j)} has no data.{index_key}; data fields found: {list(data)}. Import the "
                 f"tasks from PruneFuse's {LABEL_STUDIO_TASKS} (its data carries {POOL_INDEX!r}), or pass "
-                "index_column=<the data field that holds the pool index>."
+                "index_column=<the data field that holds the pool index> (CLI: --index_column)."
             )
         annotation = _latest_annotation(task.get("annotations", task.get("completions")) or [])
         if annotation is None:

@@ -57,6 +57,11 @@ def parse_run_arguments(
     recipe_path = _recipe_path(argv)
     recipe = {}
     if recipe_path is not None:
+        if not os.path.isfile(recipe_path):
+            raise FileNotFoundError(
+                f"--config {recipe_path}: no such recipe file. Give the path of a YAML recipe, e.g. "
+                "recipes/fashion-mnist-resnet/prunefuse.yaml."
+            )
         with open(recipe_path) as f:
             recipe = yaml.safe_load(f) or {}
         if not isinstance(recipe, dict):
@@ -71,11 +76,17 @@ def parse_run_arguments(
                 "`prunefuse-hf run --help` (model, data, PruneFuseConfig and TrainingArguments fields)."
             )
         parser.set_defaults(**recipe)
-    run_args, model_args, data_args, config, remaining = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True
-    )
+    # Unknown flags (a typo such as --confg) are named before any field is checked.
+    _, remaining = parser.parse_known_args(args=argv)
     if remaining:
         raise ValueError(f"Unknown argument(s): {remaining}. See `prunefuse-hf run --help`.")
+    if recipe_path is None and not any(
+        arg.startswith(("--model_name_or_path", "--model_config")) for arg in argv
+    ):
+        raise ValueError(
+            f"No recipe: {RUN_USAGE} (or give --model_name_or_path / --model_config and the fields)."
+        )
+    run_args, model_args, data_args, config = parser.parse_args_into_dataclasses(args=argv)
     effective = {**recipe, **_overridden_fields(parser, argv)}
     return model_args, data_args, config, run_args, effective
 
@@ -141,6 +152,9 @@ def run_from_command_line(argv: list[str]) -> dict:
         final = metrics["final"]
         if final.get("accuracy") is not None:
             print(f"final model: {final['labeled']} labeled examples, accuracy {final['accuracy']:.4f}")
+        else:
+            print(f"final model: {final['labeled']} labeled examples; no evaluation set (eval_split: null), so no "
+                  "accuracy was measured")  # fmt: skip
         print(f"report: {trainer.run_dir.report_path}\nfused model: {trainer.run_dir.fused_dir}")
     return metrics
 
@@ -191,8 +205,8 @@ RUN_DESCRIPTION = """Run PruneFuse from a YAML recipe; every field can also be g
 """
 GROUP_TITLES = {
     "RunArguments": "this command",
-    "ModelArguments": "model (# Model arguments)",
-    "DataArguments": "data (# Data arguments)",
+    "ModelArguments": "model (ModelArguments)",
+    "DataArguments": "data (DataArguments)",
     "PruneFuseConfig": "PruneFuse (PruneFuseConfig)",
     "TrainingArguments": "training (transformers.TrainingArguments, as extended by PruneFuseConfig)",
 }

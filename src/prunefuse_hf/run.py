@@ -76,18 +76,16 @@ def parse_run_arguments(
                 "`prunefuse-hf run --help` (model, data, PruneFuseConfig and TrainingArguments fields)."
             )
         parser.set_defaults(**recipe)
-    # Unknown flags (a typo such as --confg) are named before any field is checked.
-    _, remaining = parser.parse_known_args(args=argv)
+    # Unknown flags (a typo such as --confg) and a missing recipe are named before any field is checked.
+    namespace, remaining = parser.parse_known_args(args=argv)
     if remaining:
         raise ValueError(f"Unknown argument(s): {remaining}. See `prunefuse-hf run --help`.")
-    if recipe_path is None and not any(
-        arg.startswith(("--model_name_or_path", "--model_config")) for arg in argv
-    ):
+    if recipe_path is None and namespace.model_name_or_path is None and namespace.model_config is None:
         raise ValueError(
             f"No recipe: {RUN_USAGE} (or give --model_name_or_path / --model_config and the fields)."
         )
     run_args, model_args, data_args, config = parser.parse_args_into_dataclasses(args=argv)
-    effective = {**recipe, **_overridden_fields(parser, argv)}
+    effective = {**recipe, **_overridden_fields(namespace, argv)}
     return model_args, data_args, config, run_args, effective
 
 
@@ -100,9 +98,8 @@ def _recipe_path(argv: list[str]) -> str | None:
     return None
 
 
-def _overridden_fields(parser, argv: list[str]) -> dict:
+def _overridden_fields(namespace: argparse.Namespace, argv: list[str]) -> dict:
     # Record the flags given on the command line next to the recipe (for the report and resume).
-    namespace, _ = parser.parse_known_args(argv)
     flags = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
     return {
         k: v for k, v in vars(namespace).items() if k in flags and k not in ("config", "resume", "overwrite")

@@ -359,7 +359,9 @@ class LabelStore:
 
     def _load(self) -> pa.Table:
         try:
-            table = pq.read_table(self.path)
+            # Read through one open handle: a concurrent atomic replace cannot swap the file mid-read.
+            with open(self.path, "rb") as f:
+                table = pq.read_table(f)
         except Exception as error:
             raise LabelError(
                 f"{self.path} is not a readable parquet file ({error}). Restore it from a backup; labels are never "

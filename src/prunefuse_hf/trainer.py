@@ -598,9 +598,9 @@ class PruneFuseTrainer(Trainer):
         }
 
     def _store_labels(self, batch: LabelBatch, round_: int, expected=None) -> LabelStore:
-        store = LabelStore(self.run_dir.path, self.class_names)
+        # Only the main process opens the store before the barrier: the others read it once it is written.
         if self.is_world_process_zero():
-            store.add(batch, round=round_, expected=expected)
+            LabelStore(self.run_dir.path, self.class_names).add(batch, round=round_, expected=expected)
         self.accelerator.wait_for_everyone()
         return LabelStore(self.run_dir.path, self.class_names)
 

@@ -183,7 +183,7 @@ def run_one(
     args, recipe: dict, method: str, strategy: str, seed: int, runs_dir: Path | None = None, curves=True
 ):
     """Run (or resume, or reuse) one run directory and return its metrics."""
-    from prunefuse_hf.run import run_from_command_line
+    from prunefuse_hf.cli.run import run_from_command_line
 
     output_dir = (runs_dir or args.runs_dir) / f"{method}-{strategy}-seed{seed}"
     metrics_path = output_dir / "metrics.json"
@@ -223,7 +223,7 @@ def accuracy_per_budget(metrics: dict) -> dict[int, float]:
     dense_al trains no separate dense model before the last round: its selector *is* the dense model
     trained on that budget, so the selector's accuracy is the method's accuracy there.
     """
-    from prunefuse_hf.report import budget_accuracies
+    from prunefuse_hf.trainer.report import budget_accuracies
 
     budgets = {}
     if metrics["config"]["pruning_ratio"] == 0:
@@ -604,8 +604,8 @@ def pretrained_checkpoint(args, recipe: dict) -> Path:
 
     from prunefuse_hf import DistillationTrainer, load_image_dataset
     from prunefuse_hf.constants import FASHION_MNIST_LABELS
-    from prunefuse_hf.modeling import load_image_classifier
-    from prunefuse_hf.preprocessing import ImagePreprocessor, PixelDataset, build_image_processor
+    from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset, build_image_processor
+    from prunefuse_hf.pruning.modeling import load_image_classifier
 
     directory = args.runs_dir / "pretrained"
     if (directory / "model.safetensors").is_file():

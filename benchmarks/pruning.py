@@ -86,7 +86,7 @@ def run_family(model_type: str, args) -> dict:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
     from prunefuse_hf import fuse_into_dense, prune_model
-    from prunefuse_hf.cost import model_cost
+    from prunefuse_hf.pruning.cost import model_cost
 
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -11,7 +11,7 @@ from datasets import ClassLabel, Dataset, Features, Image
 from transformers import AutoConfig, ResNetConfig
 
 from prunefuse_hf import prune_model
-from prunefuse_hf.architectures import FAMILY_ADAPTERS, refused_model_classes
+from prunefuse_hf.pruning.families import FAMILY_ADAPTERS, refused_model_classes
 
 
 def make_image_dataset(num_examples=64, num_classes=4, size=16, mode="L", seed=0):
@@ -135,7 +135,7 @@ def assert_fused_at_kept_indices(fused, surrogate_state, dense_state, plan):
 
 def normalized_pixels(dataset, model_config):
     """`dataset` as a `PixelDataset` whose batches are normalized float pixels (what a model reads), decoded lazily."""
-    from prunefuse_hf.preprocessing import ImagePreprocessor, PixelDataset, build_image_processor
+    from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset, build_image_processor
 
     class NormalizedPixels(PixelDataset):
         def batch(self, indices):

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image as PILImage
 
 from conftest import CLASS_NAMES, INDICES, LABELS, NAMES, POOL_SIZE, make_image_dataset, snapshot, write_csv
-from prunefuse_hf.annotation import (
+from prunefuse_hf.annotation.readers import LabelBatch, LabelError, read_labels
+from prunefuse_hf.annotation.store import (
     AddResult,
     LabelStore,
     oracle_labels,
@@ -32,7 +33,6 @@ from prunefuse_hf.constants import (
     QUERY_CSV,
     QUERY_DATASET_DIR,
 )
-from prunefuse_hf.label_files import LabelBatch, LabelError, read_labels
 
 # ----- refusals: LabelError naming the value, run directory untouched -----
 
@@ -396,7 +396,7 @@ def test_unlabeled_folder_to_fused_model_with_a_scripted_annotator(tmp_path, cap
     import subprocess
     import sys
 
-    from prunefuse_hf.cli import main
+    from prunefuse_hf.cli.main import main
 
     truth = _unlabeled_folder(tmp_path / "images")
     (tmp_path / "truth.json").write_text(json.dumps(truth))
@@ -493,7 +493,7 @@ def _write_csv(path, rows):
     ],
 )
 def test_refused_labels_leave_the_run_directory_byte_identical(waiting_run, tmp_path, case, message, capsys):
-    from prunefuse_hf.cli import main
+    from prunefuse_hf.cli.main import main
 
     trainer, run_dir, labels = waiting_run
     rows = [(i, CLASSES[y]) for i, y in labels.items()]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import run_in_processes
-from prunefuse_hf.batchnorm import GlobalBatchNorm, synced_batchnorm
+from prunefuse_hf.trainer.batchnorm import GlobalBatchNorm, synced_batchnorm
 
 
 def _half_batches(output):

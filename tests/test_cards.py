@@ -16,7 +16,7 @@ from transformers import AutoModelForImageClassification
 
 from conftest import tiny_resnet_config
 from prunefuse_hf import build_image_processor
-from prunefuse_hf.cards import (
+from prunefuse_hf.hub.cards import (
     ModelCardFacts,
     collect_model_card_facts,
     collect_surrogate_card_facts,
@@ -26,7 +26,7 @@ from prunefuse_hf.cards import (
     template_environment,
     write_model_card,
 )
-from prunefuse_hf.rundir import redact_secrets
+from prunefuse_hf.utils.run_directory import redact_secrets
 
 MODEL_CARDS = Path(__file__).parent.parent / "model_cards"
 REFERENCE_RUN = Path(__file__).parent.parent / "runs" / "fashion-mnist-resnet" / "prunefuse"

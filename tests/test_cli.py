@@ -6,8 +6,8 @@ from transformers import AutoModelForImageClassification
 
 from conftest import tiny_resnet_config
 from prunefuse_hf import PruningPlan
-from prunefuse_hf.cli import main
-from prunefuse_hf.plan import config_hash
+from prunefuse_hf.cli.main import main
+from prunefuse_hf.pruning.plan import config_hash
 
 
 def prune(model, output_dir, *extra):

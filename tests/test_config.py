@@ -5,9 +5,9 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 
-from prunefuse_hf.config import PruneFuseConfig
 from prunefuse_hf.constants import DEFAULT_NUM_ROUNDS, METHODS
-from prunefuse_hf.strategies import STRATEGIES
+from prunefuse_hf.selection.strategies import STRATEGIES
+from prunefuse_hf.trainer.prunefuse_config import PruneFuseConfig
 
 
 def make_config(**kwargs):

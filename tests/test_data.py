@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import make_image_dataset
-from prunefuse_hf import data
+from prunefuse_hf.data import loading as data
 from prunefuse_hf.constants import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_HUB_ID,
     FASHION_MNIST_LABELS,
 )
-from prunefuse_hf.data import (
+from prunefuse_hf.data.loading import (
     align_eval_labels,
     class_names,
     label_array,
@@ -97,7 +97,7 @@ def test_a_hub_id_that_is_not_on_disk_says_when_the_hub_is_unreachable(monkeypat
 
 def test_image_folder_without_the_eval_split_names_the_field(tmp_path):
     from prunefuse_hf.arguments import DataArguments
-    from prunefuse_hf.data import load_run_datasets
+    from prunefuse_hf.data.loading import load_run_datasets
 
     folder = tmp_path / "folder"
     for name in ("cat", "dog"):

@@ -15,8 +15,8 @@ from transformers import (
 )
 
 from conftest import run_in_processes, tiny_resnet_config
-from prunefuse_hf.config import PruneFuseConfig
-from prunefuse_hf.distillation import DistillationTrainer, compute_accuracy
+from prunefuse_hf.trainer.distillation_trainer import DistillationTrainer, compute_accuracy
+from prunefuse_hf.trainer.prunefuse_config import PruneFuseConfig
 
 NUM_LABELS = 4
 

@@ -35,7 +35,8 @@ from conftest import (
     tiny_config,
 )
 from prunefuse_hf import prune_model, score_pool
-from prunefuse_hf.architectures import (
+from prunefuse_hf.pruning.cost import model_cost
+from prunefuse_hf.pruning.families import (
     FAMILY_ADAPTERS,
     SUPPORTED_FAMILIES,
     check_supported_model,
@@ -44,8 +45,7 @@ from prunefuse_hf.architectures import (
     refused_model_classes,
     support_table_markdown,
 )
-from prunefuse_hf.cost import model_cost
-from prunefuse_hf.modeling import load_image_classifier
+from prunefuse_hf.pruning.modeling import load_image_classifier
 
 # |surrogate params / dense params - (1 - p)^2| must stay within these bounds. Parts that do not
 # narrow push the ratio above (1 - p)^2: the classifier's outputs and the stem's 3 input channels

@@ -23,10 +23,10 @@ from conftest import (
     train_steps,
 )
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer, PruningPlan, fuse_into_dense, prune_model
-from prunefuse_hf.architectures import SUPPORTED_FAMILIES
 from prunefuse_hf.constants import DENSE_INIT_DIR, SURROGATE_DIR
-from prunefuse_hf.modeling import load_image_classifier
-from prunefuse_hf.plan import config_hash
+from prunefuse_hf.pruning.families import SUPPORTED_FAMILIES
+from prunefuse_hf.pruning.modeling import load_image_classifier
+from prunefuse_hf.pruning.plan import config_hash
 
 # Every supported family, plus ResNet with basic blocks (its tiny config uses bottlenecks).
 CASES = [pytest.param(model_type, {}, id=model_type) for model_type in SUPPORTED_FAMILIES] + [

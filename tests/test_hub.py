@@ -19,10 +19,10 @@ from conftest import make_image_dataset, tiny_resnet_config
 from hub_server import HubServer, serve_local_hub
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer, PruningPlan, load_subset
 from prunefuse_hf.arguments import DataArguments
-from prunefuse_hf.cli import main
-from prunefuse_hf.data import load_run_datasets
-from prunefuse_hf.hub import PushError, push_query_batch, push_run
-from prunefuse_hf.subset import save_subset
+from prunefuse_hf.cli.main import main
+from prunefuse_hf.data.loading import load_run_datasets
+from prunefuse_hf.hub.push import PushError, push_query_batch, push_run
+from prunefuse_hf.hub.subset import save_subset
 
 MODEL, SUBSET, SURROGATE = "org/fused", "org/subset", "org/surrogate"
 CLASSES = ["circle", "cross", "square", "triangle"]
@@ -229,7 +229,7 @@ def test_trainer_pushes_once_at_the_end_and_its_inner_trainers_never_push(hub, t
 
 
 def test_query_batch_goes_to_a_dataset_repo_for_annotators(hub, tmp_path):
-    from prunefuse_hf.annotation import write_query_batch
+    from prunefuse_hf.annotation.store import write_query_batch
 
     queried = [5, 0, 9]
     folder = write_query_batch(tmp_path / "round_2", shapes(12, seed=4), queried, class_names=CLASSES, round=2,

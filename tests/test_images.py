@@ -14,9 +14,9 @@ import PIL.ImageOps
 import pytest
 
 from conftest import make_image_dataset
-from prunefuse_hf import images
-from prunefuse_hf.hub_ids import validate_hub_id
-from prunefuse_hf.images import ImageDecodeError, first_image, open_image, to_model_mode
+from prunefuse_hf.data import images
+from prunefuse_hf.data.images import ImageDecodeError, first_image, open_image, to_model_mode
+from prunefuse_hf.utils.hub_ids import validate_hub_id
 
 HEIGHT, WIDTH = 5, 7  # not square, so that a transposed result cannot pass
 

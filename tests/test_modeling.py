@@ -12,8 +12,8 @@ from transformers import (
 )
 
 from conftest import REFUSED_CLASSES, tiny_config, tiny_resnet_config
-from prunefuse_hf.architectures import FAMILY_ADAPTERS
-from prunefuse_hf.modeling import build_dense_model, check_model_path, load_image_classifier
+from prunefuse_hf.pruning.families import FAMILY_ADAPTERS
+from prunefuse_hf.pruning.modeling import build_dense_model, check_model_path, load_image_classifier
 
 
 def tiny_deit_config(**kwargs):

@@ -10,7 +10,7 @@ from transformers import AutoModelForImageClassification, ResNetForImageClassifi
 from conftest import tiny_resnet_config
 from prunefuse_hf import PruningPlan, prune_model
 from prunefuse_hf.constants import PRUNING_PLAN_NAME
-from prunefuse_hf.plan import architecture_fields, config_hash
+from prunefuse_hf.pruning.plan import architecture_fields, config_hash
 
 
 def dense_resnet(**kwargs):

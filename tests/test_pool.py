@@ -7,7 +7,7 @@ import pytest
 
 from conftest import make_image_dataset
 from prunefuse_hf.constants import POOL_INDEX
-from prunefuse_hf.pool import DataPool
+from prunefuse_hf.data.pool import DataPool
 
 
 @pytest.fixture

@@ -14,17 +14,17 @@ from transformers import (
 )
 
 from conftest import make_image_dataset, tiny_resnet_config
-from prunefuse_hf import images as images_module
+from prunefuse_hf.data import images as images_module
 from prunefuse_hf.constants import LABELS, PIXEL_VALUES
-from prunefuse_hf.distillation import DistillationTrainer
-from prunefuse_hf.images import ImageDecodeError
-from prunefuse_hf.preprocessing import (
+from prunefuse_hf.data.images import ImageDecodeError
+from prunefuse_hf.data.preprocessing import (
     ImagePreprocessor,
     PixelDataset,
     build_image_processor,
     pretrained_image_processor,
     random_crop_and_flip,
 )
+from prunefuse_hf.trainer.distillation_trainer import DistillationTrainer
 
 
 def preprocessor_for(config, processor=None, image_size=None, image=None, **kwargs):
@@ -126,7 +126,7 @@ def test_the_cache_is_reused_and_keyed_by_the_preprocessing(tmp_path, monkeypatc
     decoded = []
     original = images_module.open_image
     monkeypatch.setattr(
-        "prunefuse_hf.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k)
+        "prunefuse_hf.data.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k)
     )
     again = preprocessor.pixel_dataset(dataset, cache_dir=tmp_path)
     # The second pass reads the Arrow file: only the first image is opened (to read the output shape).
@@ -142,7 +142,7 @@ def counted_decodes(monkeypatch):
     decoded = []
     original = images_module.open_image
     monkeypatch.setattr(
-        "prunefuse_hf.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k)
+        "prunefuse_hf.data.preprocessing.open_image", lambda *a, **k: decoded.append(1) or original(*a, **k)
     )
     return make_image_dataset(12, size=16), preprocessor_for(tiny_resnet_config(), image_size=16), decoded
 

@@ -17,7 +17,7 @@ from transformers import (
 
 from conftest import tiny_resnet_config
 from prunefuse_hf import prune_model
-from prunefuse_hf.cost import model_cost
+from prunefuse_hf.pruning.cost import model_cost
 
 RATIOS = [0.25, 0.5, 0.75]
 LAYER_TYPES = ["basic", "bottleneck"]

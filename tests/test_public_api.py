@@ -33,13 +33,13 @@ SELF_CONTAINED_EXAMPLES = [
     "prunefuse_hf.DistillationTrainer",
     "prunefuse_hf.score_pool",
     "prunefuse_hf.keep_freed_memory",
-    "prunefuse_hf.preprocessing.ImagePreprocessor",
-    "prunefuse_hf.data.validate_image_dataset",
-    "prunefuse_hf.data.resolve_class_names",
-    "prunefuse_hf.data.align_eval_labels",
-    "prunefuse_hf.annotation.oracle_labels",
-    "prunefuse_hf.validation.check_batchnorm_batch_sizes",
-    "prunefuse_hf.validation.check_labeling_budget",
+    "prunefuse_hf.data.preprocessing.ImagePreprocessor",
+    "prunefuse_hf.data.loading.validate_image_dataset",
+    "prunefuse_hf.data.loading.resolve_class_names",
+    "prunefuse_hf.data.loading.align_eval_labels",
+    "prunefuse_hf.annotation.store.oracle_labels",
+    "prunefuse_hf.data.validation.check_batchnorm_batch_sizes",
+    "prunefuse_hf.data.validation.check_labeling_budget",
 ]
 
 

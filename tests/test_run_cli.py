@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from prunefuse_hf.cli import main
+from prunefuse_hf.cli.main import main
+from prunefuse_hf.cli.run import parse_run_arguments
 from prunefuse_hf.constants import METHODS
-from prunefuse_hf.run import parse_run_arguments
 
 RECIPE = """
 # Model arguments

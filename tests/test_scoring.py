@@ -7,8 +7,8 @@ import torch
 from transformers import ResNetForImageClassification
 
 from conftest import make_image_dataset, normalized_pixels, run_in_processes, tiny_resnet_config
-from prunefuse_hf.scoring import score_pool
-from prunefuse_hf.strategies import STRATEGIES, get_strategy
+from prunefuse_hf.selection.scoring import score_pool
+from prunefuse_hf.selection.strategies import STRATEGIES, get_strategy
 
 POOL_SIZE = 1001  # not a multiple of the batch size nor of the process count
 BATCH_SIZE = 64

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from prunefuse_hf import strategies
-from prunefuse_hf.strategies import (
+from prunefuse_hf.selection import strategies
+from prunefuse_hf.selection.strategies import (
     STRATEGIES,
     Selection,
     SelectionStrategy,

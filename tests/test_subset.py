@@ -13,9 +13,9 @@ from conftest import make_image_dataset
 from hub_server import serve_local_hub
 from prunefuse_hf import load_subset
 from prunefuse_hf.arguments import DataArguments
-from prunefuse_hf.data import load_image_dataset, load_run_datasets
-from prunefuse_hf.pool import DataPool
-from prunefuse_hf.subset import SubsetMismatchError, save_subset, subset_metadata
+from prunefuse_hf.data.loading import load_image_dataset, load_run_datasets
+from prunefuse_hf.data.pool import DataPool
+from prunefuse_hf.hub.subset import SubsetMismatchError, save_subset, subset_metadata
 
 CLASSES = ["circle", "cross", "square", "triangle"]
 

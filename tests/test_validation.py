@@ -13,7 +13,7 @@ from transformers import (
 
 from conftest import tiny_resnet_config
 from prunefuse_hf import PruneFuseConfig
-from prunefuse_hf.validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
+from prunefuse_hf.data.validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
 
 
 def tiny_vit(image_size=32):

@@ -4,24 +4,23 @@ The front door is [`PruneFuseTrainer`] with its [`PruneFuseConfig`]; every piece
 fusion, the pool, scoring, strategies, the subset on the Hub).
 """
 
-__version__ = "0.1.0"
-
-from .annotation import LabelStore, write_query_batch
-from .config import PruneFuseConfig
-from .data import load_image_dataset
-from .distillation import DistillationTrainer, compute_accuracy
-from .fusion import fuse_into_dense
-from .hub import push_run
-from .label_files import LabelBatch, read_labels
-from .memory import keep_freed_memory
-from .plan import PruningPlan
-from .pool import DataPool
-from .preprocessing import ImagePreprocessor, build_image_processor
-from .pruning import prune_model
-from .scoring import score_pool
-from .strategies import get_strategy
-from .subset import load_subset
-from .trainer import PruneFuseTrainer
+from .annotation.readers import LabelBatch, read_labels
+from .annotation.store import LabelStore, write_query_batch
+from .constants import VERSION as __version__  # noqa: F401
+from .data.loading import load_image_dataset
+from .data.pool import DataPool
+from .data.preprocessing import ImagePreprocessor, build_image_processor
+from .hub.push import push_run
+from .hub.subset import load_subset
+from .pruning.fusion import fuse_into_dense
+from .pruning.plan import PruningPlan
+from .pruning.prune import prune_model
+from .selection.scoring import score_pool
+from .selection.strategies import get_strategy
+from .trainer.distillation_trainer import DistillationTrainer, compute_accuracy
+from .trainer.prunefuse_config import PruneFuseConfig
+from .trainer.prunefuse_trainer import PruneFuseTrainer
+from .utils.memory import keep_freed_memory
 
 __all__ = [
     "DataPool",

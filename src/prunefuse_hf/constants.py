@@ -4,6 +4,8 @@ names the package adds, the choices of every enumerated setting and the defaults
 Help texts, error messages and docs are built from these; nothing else spells them out.
 """
 
+VERSION = "0.1.0"
+
 # ----- the run directory (`output_dir`) -----
 
 STATE_NAME = "state.json"

@@ -11,7 +11,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SaveStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
-from .constants import (
+from ..constants import (
     ANNOTATIONS,
     DEFAULT_DISTILL_TEMPERATURE,
     DEFAULT_NUM_ROUNDS,
@@ -20,8 +20,8 @@ from .constants import (
     METHODS,
     SURROGATE_INITS,
 )
-from .hub_ids import validate_hub_id
-from .strategies import STRATEGIES
+from ..selection.strategies import STRATEGIES
+from ..utils.hub_ids import validate_hub_id
 
 
 def _names(values) -> str:

@@ -27,8 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers.utils import logging
 
-from .cards import collect_subset_card_facts, render_dataset_card
-from .constants import (
+from ..constants import (
     MODEL_CARD_NAME,
     POOL_INDEX,
     SELECTION_LABEL,
@@ -37,8 +36,9 @@ from .constants import (
     SUBSET_EXAMPLES_DIR,
     SUBSET_METADATA_NAME,
 )
-from .data import _subsample, load_image_dataset
-from .rundir import RunDirectory, redact_secrets, run_data_arguments
+from ..data.loading import _subsample, load_image_dataset
+from ..utils.run_directory import RunDirectory, redact_secrets, run_data_arguments
+from .cards import collect_subset_card_facts, render_dataset_card
 
 logger = logging.get_logger(__name__)
 

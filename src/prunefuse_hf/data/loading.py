@@ -19,14 +19,14 @@ import datasets
 import numpy as np
 from transformers.utils import logging
 
-from .constants import (
+from ..constants import (
     FASHION_MNIST,
     FASHION_MNIST_APT_PACKAGE,
     FASHION_MNIST_DIR,
     FASHION_MNIST_HUB_ID,
     FASHION_MNIST_LABELS,
 )
-from .hub_ids import is_hub_id
+from ..utils.hub_ids import is_hub_id
 
 logger = logging.get_logger(__name__)
 

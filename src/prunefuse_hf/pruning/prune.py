@@ -23,8 +23,8 @@ import torch_pruning as tp
 from torch import nn
 from transformers.utils import logging
 
-from .architectures import attention_heads, check_supported_model, example_pixel_values, get_family_adapter
-from .constants import IMPORTANCES, PIXEL_VALUES
+from ..constants import IMPORTANCES, PIXEL_VALUES
+from .families import attention_heads, check_supported_model, example_pixel_values, get_family_adapter
 from .plan import PruningPlan, config_hash
 
 logger = logging.get_logger(__name__)

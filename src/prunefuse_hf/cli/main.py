@@ -20,16 +20,16 @@ import sys
 import torch
 from transformers import set_seed
 
-from .constants import DENSE_INIT_DIR, PRUNING_PLAN_NAME
-from .cost import model_cost
-from .fusion import fuse_into_dense
-from .memory import keep_freed_memory
-from .modeling import has_weights, load_image_classifier
-from .plan import PruningPlan
-from .pruning import prune_model
-from .report import comparison_table, load_metrics
+from ..constants import DENSE_INIT_DIR, PRUNING_PLAN_NAME
+from ..pruning.cost import model_cost
+from ..pruning.fusion import fuse_into_dense
+from ..pruning.modeling import has_weights, load_image_classifier
+from ..pruning.plan import PruningPlan
+from ..pruning.prune import prune_model
+from ..trainer.report import comparison_table, load_metrics
+from ..utils.memory import keep_freed_memory
+from ..utils.run_directory import RunDirectory
 from .run import run_from_command_line
-from .rundir import RunDirectory
 
 
 def _add_prune_parser(subparsers) -> None:
@@ -132,7 +132,7 @@ def _add_push_parser(subparsers) -> None:
 
 
 def _push(args) -> None:
-    from .hub import push_run
+    from ..hub.push import push_run
 
     # The token comes from HF_TOKEN or the stored login, never from the command line (shell history, logs).
     result = push_run(
@@ -173,7 +173,7 @@ def _add_label_parser(subparsers) -> None:
 
 
 def _label(args) -> None:
-    from .annotation import ingest_labels, open_query
+    from ..annotation.store import ingest_labels, open_query
 
     query = open_query(args.run_dir)
     result = ingest_labels(args.run_dir, args.labels, allow_partial=args.allow_partial, overwrite=args.overwrite,
@@ -224,6 +224,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

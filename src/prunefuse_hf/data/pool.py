@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers.utils import logging
 
-from .constants import POOL_INDEX, SELECTION_LABEL, SELECTION_LABEL_NAME
-from .rundir import atomic_write
+from ..constants import POOL_INDEX, SELECTION_LABEL, SELECTION_LABEL_NAME
+from ..utils.run_directory import atomic_write
 
 logger = logging.get_logger(__name__)
 

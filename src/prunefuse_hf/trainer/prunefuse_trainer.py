@@ -43,7 +43,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import IntervalStrategy, TrainOutput
 from transformers.utils import logging
 
-from .annotation import (
+from ..annotation.readers import LabelBatch, read_labels
+from ..annotation.store import (
     LabelStore,
     ingest_labels,
     oracle_labels,
@@ -51,10 +52,7 @@ from .annotation import (
     query_is_complete,
     write_query_batch,
 )
-from .architectures import check_supported_model
-from .batchnorm import synced_batchnorm
-from .config import PruneFuseConfig
-from .constants import (
+from ..constants import (
     DENSE_BASE_DIR,
     DENSE_INIT_DIR,
     FUSED_DIR,
@@ -66,28 +64,30 @@ from .constants import (
     SURROGATE_INIT_DIR,
     TRAINER_DIR,
 )
-from .cost import FORWARD_FLOPS_PER_MAC, TRAIN_FLOPS_PER_MAC, model_cost
-from .data import align_eval_labels, label_array, resolve_class_names, validate_image_dataset
-from .distillation import DistillationTrainer, compute_accuracy
-from .fusion import fuse_into_dense
-from .images import first_image
-from .label_files import LabelBatch, read_labels
-from .modeling import build_dense_model
-from .plan import PruningPlan, config_hash
-from .pool import DataPool
-from .preprocessing import (
+from ..data.images import first_image
+from ..data.loading import align_eval_labels, label_array, resolve_class_names, validate_image_dataset
+from ..data.pool import DataPool
+from ..data.preprocessing import (
     ImagePreprocessor,
     PixelDataset,
     build_image_processor,
     model_num_channels,
     pretrained_image_processor,
 )
-from .pruning import prune_model
+from ..data.validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
+from ..pruning.cost import FORWARD_FLOPS_PER_MAC, TRAIN_FLOPS_PER_MAC, model_cost
+from ..pruning.families import check_supported_model
+from ..pruning.fusion import fuse_into_dense
+from ..pruning.modeling import build_dense_model
+from ..pruning.plan import PruningPlan, config_hash
+from ..pruning.prune import prune_model
+from ..selection.scoring import active_dropout_layers, score_pool
+from ..selection.strategies import get_strategy
+from ..utils.run_directory import RunDirectory, json_default, redact_secrets, step_name
+from .batchnorm import synced_batchnorm
+from .distillation_trainer import DistillationTrainer, compute_accuracy
+from .prunefuse_config import PruneFuseConfig
 from .report import build_metrics, write_report
-from .rundir import RunDirectory, json_default, redact_secrets, step_name
-from .scoring import active_dropout_layers, score_pool
-from .strategies import get_strategy
-from .validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
 
 logger = logging.get_logger(__name__)
 
@@ -610,7 +610,7 @@ class PruneFuseTrainer(Trainer):
             write_query_batch(directory, self.pool.dataset, indices, image_column=self.args.image_column,
                               class_names=self.class_names, round=round_, scores=scores)  # fmt: skip
             if self.args.hub_query_id:
-                from .hub import push_query_batch
+                from ..hub.push import push_query_batch
 
                 push_query_batch(directory, self.args.hub_query_id, round_, token=self.args.hub_token,
                                  private=self.args.hub_private_repo)  # fmt: skip
@@ -915,7 +915,7 @@ class PruneFuseTrainer(Trainer):
             self._write_model_card(Path(output_dir))
 
     def _write_model_card(self, directory: Path) -> None:
-        from .cards import write_model_card
+        from ..hub.cards import write_model_card
 
         if self.run_dir.state_path.is_file() and self.progress.get("final"):
             write_model_card(self.run_dir.path, directory, progress=self.progress)
@@ -938,7 +938,7 @@ class PruneFuseTrainer(Trainer):
         Raises:
             [`~prunefuse_hf.hub.PushError`]: the Hub refused or could not be reached; nothing local changed.
         """
-        from .hub import push_run
+        from ..hub.push import push_run
 
         args = self.args
         result = push_run(

@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, PreTrainedModel
 from transformers.utils import logging
 
-from .constants import LABELS, PIXEL_VALUES
+from ..constants import LABELS, PIXEL_VALUES
+from ..pruning.modeling import has_weights
 from .images import open_image, to_model_mode
-from .modeling import has_weights
 
 logger = logging.get_logger(__name__)
 

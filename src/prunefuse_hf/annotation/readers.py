@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from transformers.utils import logging
 
-from .constants import LABEL_STUDIO_TASKS, POOL_INDEX, QUERY_CSV
-from .hub_ids import is_hub_id
+from ..constants import LABEL_STUDIO_TASKS, POOL_INDEX, QUERY_CSV
+from ..utils.hub_ids import is_hub_id
 
 logger = logging.get_logger(__name__)
 

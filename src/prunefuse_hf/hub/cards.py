@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .constants import (
+from ..constants import (
     FASHION_MNIST,
     FASHION_MNIST_HUB_ID,
     FUSED_DIR,
@@ -34,10 +34,11 @@ from .constants import (
     SUBSET_EXAMPLES_DIR,
     SUBSET_METADATA_NAME,
     SURROGATE_INIT_DIR,
+    VERSION,
 )
-from .hub_ids import is_hub_id
-from .report import build_metrics
-from .rundir import RunDirectory, redact_secrets, run_data_arguments
+from ..trainer.report import build_metrics
+from ..utils.hub_ids import is_hub_id
+from ..utils.run_directory import RunDirectory, redact_secrets, run_data_arguments
 
 MODEL_CARD_TEMPLATE = "model_card.md"
 SURROGATE_CARD_TEMPLATE = "surrogate_card.md"
@@ -696,7 +697,7 @@ def write_model_card(
     PosixPath('runs/fashion-mnist-resnet/prunefuse/fused/README.md')
     ```
     """
-    from .rundir import RunDirectory
+    from ..utils.run_directory import RunDirectory
 
     directory = Path(directory) if directory is not None else Path(run_dir) / FUSED_DIR
     facts = collect_model_card_facts(run_dir, progress=progress, checkpoint_dir=directory, **repo_ids)
@@ -723,10 +724,8 @@ def framework_versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from . import __version__
-
     return {
-        "prunefuse-hf": __version__,
+        "prunefuse-hf": VERSION,
         "Transformers": transformers.__version__,
         "PyTorch": torch.__version__,
         "Datasets": datasets.__version__,

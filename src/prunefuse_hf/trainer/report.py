@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .constants import ACCURACY_PLOT, CLASS_BALANCE_PLOT, COST_PLOT, METRICS_NAME
+from ..constants import ACCURACY_PLOT, CLASS_BALANCE_PLOT, COST_PLOT, METRICS_NAME
 
 
 def build_metrics(progress: dict) -> dict:

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers.utils import logging
 
-from .constants import (
+from ..constants import (
     LABEL_STUDIO_CONFIG,
     LABEL_STUDIO_TASKS,
     LABELS_NAME,
@@ -43,7 +43,8 @@ from .constants import (
     QUERY_DATASET_DIR,
     STATE_NAME,
 )
-from .label_files import (
+from ..utils.run_directory import RunDirectory, atomic_write, fsync_directory, step_name
+from .readers import (
     LABEL_COLUMNS,
     ClassLookup,
     LabelBatch,
@@ -52,7 +53,6 @@ from .label_files import (
     parse_pool_index,
     read_labels,
 )
-from .rundir import RunDirectory, atomic_write, fsync_directory, step_name
 
 logger = logging.get_logger(__name__)
 

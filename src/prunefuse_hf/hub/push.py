@@ -20,13 +20,7 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from .cards import (
-    collect_model_card_facts,
-    collect_surrogate_card_facts,
-    render_model_card,
-    render_surrogate_card,
-)
-from .constants import (
+from ..constants import (
     FUSED_DIR,
     LABEL_STUDIO_CONFIG,
     LABEL_STUDIO_TASKS,
@@ -35,6 +29,12 @@ from .constants import (
     QUERY_DATASET_DIR,
     STATE_NAME,
     SURROGATE_DIR,
+)
+from .cards import (
+    collect_model_card_facts,
+    collect_surrogate_card_facts,
+    render_model_card,
+    render_surrogate_card,
 )
 from .subset import save_subset
 

@@ -10,8 +10,8 @@ from transformers import AutoConfig, AutoModelForImageClassification, Pretrained
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 from transformers.utils import logging
 
-from .architectures import classifier_class_name
-from .hub_ids import is_hub_id
+from ..utils.hub_ids import is_hub_id
+from .families import classifier_class_name
 
 logger = logging.get_logger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .constants import PRUNING_PLAN_NAME
-from .rundir import atomic_write
+from ..constants import PRUNING_PLAN_NAME
+from ..utils.run_directory import atomic_write
 
 PLAN_FORMAT_VERSION = 1
 

@@ -14,11 +14,11 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction, has_length
 from transformers.utils import logging
 
-from .constants import DEFAULT_DISTILL_ALPHA, DEFAULT_DISTILL_TEMPERATURE, LABELS, PIXEL_VALUES
-from .metrics import load_accuracy
+from ..constants import DEFAULT_DISTILL_ALPHA, DEFAULT_DISTILL_TEMPERATURE, LABELS, PIXEL_VALUES
+from ..metrics import load_accuracy
 
 if TYPE_CHECKING:
-    from .config import PruneFuseConfig
+    from .prunefuse_config import PruneFuseConfig
 
 logger = logging.get_logger(__name__)
 

@@ -10,8 +10,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .architectures import example_pixel_values
-from .constants import PIXEL_VALUES
+from ..constants import PIXEL_VALUES
+from .families import example_pixel_values
 
 # A forward pass costs 2 FLOPs per multiply-accumulate; a training step about three forward passes
 # (forward, then backward through activations and through weights).

@@ -15,13 +15,13 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
-from .annotation import query_directory
-from .arguments import DataArguments, ModelArguments
-from .config import PruneFuseConfig
-from .constants import QUERY_CONTENTS, STATE_NAME
-from .data import load_run_datasets, resolve_dataset_revision
-from .report import comparison_table
-from .trainer import PruneFuseTrainer
+from ..annotation.store import query_directory
+from ..arguments import DataArguments, ModelArguments
+from ..constants import QUERY_CONTENTS, STATE_NAME
+from ..data.loading import load_run_datasets, resolve_dataset_revision
+from ..trainer.prunefuse_config import PruneFuseConfig
+from ..trainer.prunefuse_trainer import PruneFuseTrainer
+from ..trainer.report import comparison_table
 
 logger = logging.get_logger(__name__)
 

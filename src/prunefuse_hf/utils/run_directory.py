@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import IO
 
-from .constants import FUSED_DIR, METRICS_NAME, REPORT_NAME, SELECTION_NAME, STATE_NAME, SURROGATE_DIR
+from ..constants import FUSED_DIR, METRICS_NAME, REPORT_NAME, SELECTION_NAME, STATE_NAME, SURROGATE_DIR
 
 # Keys that may hold credentials: never written to a card, a repo or the run directory.
 SECRET_KEY = re.compile(r"token|password|secret|api_key", re.IGNORECASE)
@@ -187,7 +187,7 @@ def redact_secrets(value):
 
 def run_data_arguments(recipe: dict | None) -> dict | None:
     """The run's data arguments (recipe values over `DataArguments` defaults), or `None` without a recipe."""
-    from .arguments import DataArguments
+    from ..arguments import DataArguments
 
     if recipe is None:
         return None

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .constants import PIXEL_VALUES
+from ..constants import PIXEL_VALUES
 from .shards import gather_variable_rows
 
 logger = logging.get_logger(__name__)

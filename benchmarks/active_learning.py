@@ -223,7 +223,7 @@ def accuracy_per_budget(metrics: dict) -> dict[int, float]:
     dense_al trains no separate dense model before the last round: its selector *is* the dense model
     trained on that budget, so the selector's accuracy is the method's accuracy there.
     """
-    from prunefuse_hf.trainer.report import budget_accuracies
+    from prunefuse_hf.utils.run_metrics import budget_accuracies
 
     budgets = {}
     if metrics["config"]["pruning_ratio"] == 0:
@@ -604,7 +604,8 @@ def pretrained_checkpoint(args, recipe: dict) -> Path:
 
     from prunefuse_hf import DistillationTrainer, load_image_dataset
     from prunefuse_hf.constants import FASHION_MNIST_LABELS
-    from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset, build_image_processor
+    from prunefuse_hf.data.image_processor import build_image_processor
+    from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset
     from prunefuse_hf.pruning.modeling import load_image_classifier
 
     directory = args.runs_dir / "pretrained"

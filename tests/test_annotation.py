@@ -18,14 +18,10 @@ import pytest
 from PIL import Image as PILImage
 
 from conftest import CLASS_NAMES, INDICES, LABELS, NAMES, POOL_SIZE, make_image_dataset, snapshot, write_csv
-from prunefuse_hf.annotation.readers import LabelBatch, LabelError, read_labels
-from prunefuse_hf.annotation.store import (
-    AddResult,
-    LabelStore,
-    oracle_labels,
-    read_query_indices,
-    write_query_batch,
-)
+from prunefuse_hf.annotation.labels import LabelBatch, LabelError
+from prunefuse_hf.annotation.queries import read_query_indices, write_query_batch
+from prunefuse_hf.annotation.readers import read_labels
+from prunefuse_hf.annotation.store import AddResult, LabelStore, oracle_labels
 from prunefuse_hf.constants import (
     LABEL_STUDIO_CONFIG,
     LABEL_STUDIO_TASKS,

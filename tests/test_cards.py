@@ -16,17 +16,19 @@ from transformers import AutoModelForImageClassification
 
 from conftest import tiny_resnet_config
 from prunefuse_hf import build_image_processor
-from prunefuse_hf.hub.cards import (
-    ModelCardFacts,
+from prunefuse_hf.hub.card_data import ModelCardFacts
+from prunefuse_hf.hub.card_facts import (
     collect_model_card_facts,
     collect_surrogate_card_facts,
     framework_versions,
+)
+from prunefuse_hf.hub.cards import (
     render_model_card,
     render_surrogate_card,
     template_environment,
     write_model_card,
 )
-from prunefuse_hf.utils.run_directory import redact_secrets
+from prunefuse_hf.utils.io import redact_secrets
 
 MODEL_CARDS = Path(__file__).parent.parent / "model_cards"
 REFERENCE_RUN = Path(__file__).parent.parent / "runs" / "fashion-mnist-resnet" / "prunefuse"

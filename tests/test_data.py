@@ -8,21 +8,20 @@ import pytest
 import torch
 
 from conftest import make_image_dataset
-from prunefuse_hf.data import loading as data
 from prunefuse_hf.constants import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_HUB_ID,
     FASHION_MNIST_LABELS,
 )
-from prunefuse_hf.data.loading import (
+from prunefuse_hf.data import loading as data
+from prunefuse_hf.data.labels import (
     align_eval_labels,
     class_names,
     label_array,
-    load_image_dataset,
     num_classes,
     resolve_class_names,
-    validate_image_dataset,
 )
+from prunefuse_hf.data.loading import load_image_dataset, validate_image_dataset
 
 HAS_FASHION_MNIST = (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").is_file()
 

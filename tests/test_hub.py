@@ -229,7 +229,7 @@ def test_trainer_pushes_once_at_the_end_and_its_inner_trainers_never_push(hub, t
 
 
 def test_query_batch_goes_to_a_dataset_repo_for_annotators(hub, tmp_path):
-    from prunefuse_hf.annotation.store import write_query_batch
+    from prunefuse_hf.annotation.queries import write_query_batch
 
     queried = [5, 0, 9]
     folder = write_query_batch(tmp_path / "round_2", shapes(12, seed=4), queried, class_names=CLASSES, round=2,

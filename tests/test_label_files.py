@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import CLASS_NAMES, INDICES, LABELS, NAMES, POOL_SIZE, snapshot, write_csv
-from prunefuse_hf.annotation.readers import LabelError, check_class_names, parse_pool_index, read_labels
+from prunefuse_hf.annotation.labels import LabelError, check_class_names, parse_pool_index
+from prunefuse_hf.annotation.readers import read_labels
 
 
 def ls_task(task_id, pool_index, annotations):

@@ -14,16 +14,11 @@ from transformers import (
 )
 
 from conftest import make_image_dataset, tiny_resnet_config
-from prunefuse_hf.data import images as images_module
 from prunefuse_hf.constants import LABELS, PIXEL_VALUES
+from prunefuse_hf.data import images as images_module
+from prunefuse_hf.data.image_processor import build_image_processor, pretrained_image_processor
 from prunefuse_hf.data.images import ImageDecodeError
-from prunefuse_hf.data.preprocessing import (
-    ImagePreprocessor,
-    PixelDataset,
-    build_image_processor,
-    pretrained_image_processor,
-    random_crop_and_flip,
-)
+from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset, random_crop_and_flip
 from prunefuse_hf.trainer.distillation_trainer import DistillationTrainer
 
 

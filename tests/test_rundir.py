@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from prunefuse_hf.constants import STATE_NAME
-from prunefuse_hf.utils.run_directory import RunDirectory, RunDirectoryError, redact_secrets
+from prunefuse_hf.utils.io import redact_secrets
+from prunefuse_hf.utils.run_directory import RunDirectory, RunDirectoryError
 
 
 def visible(path):

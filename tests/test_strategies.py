@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from prunefuse_hf.selection import strategies
+from prunefuse_hf.selection.diversity import _uniform_hash
 from prunefuse_hf.selection.strategies import (
     STRATEGIES,
     Selection,
     SelectionStrategy,
     UncertaintyStrategy,
-    _uniform_hash,
     get_strategy,
     register_strategy,
     top_n_by_score,

@@ -19,6 +19,7 @@ from conftest import assert_fused_at_kept_indices, make_image_dataset, tiny_reci
 from prunefuse_hf import DataPool, PruneFuseConfig, PruneFuseTrainer, PruningPlan, fuse_into_dense
 from prunefuse_hf.constants import PRUNING_PLAN_NAME
 from prunefuse_hf.pruning.cost import TRAIN_FLOPS_PER_MAC
+from prunefuse_hf.trainer.prunefuse_trainer import _as_config
 from prunefuse_hf.utils.run_directory import RunDirectoryError
 
 NUM_CLASSES = 4
@@ -289,7 +290,7 @@ def test_training_arguments_are_converted_and_a_data_pool_is_accepted(tmp_path, 
     # The PruneFuse fields of a converted TrainingArguments are at their defaults (a budget of 5,000 here).
     with pytest.raises(ValueError, match=r"initial_labeled_size \(1000\)"):
         PruneFuseTrainer(dense_config(), args=args, train_dataset=pool)
-    converted = __import__("prunefuse_hf.trainer.prunefuse_trainer").trainer._as_config(args)
+    converted = _as_config(args)
     assert isinstance(converted, PruneFuseConfig) and converted.learning_rate == 0.1
     assert converted.per_device_train_batch_size == 8 and converted.method == "prunefuse"
     data_pool = DataPool(pool)

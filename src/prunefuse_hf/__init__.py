@@ -4,12 +4,15 @@ The front door is [`PruneFuseTrainer`] with its [`PruneFuseConfig`]; every piece
 fusion, the pool, scoring, strategies, the subset on the Hub).
 """
 
-from .annotation.readers import LabelBatch, read_labels
-from .annotation.store import LabelStore, write_query_batch
+from .annotation.labels import LabelBatch
+from .annotation.queries import write_query_batch
+from .annotation.readers import read_labels
+from .annotation.store import LabelStore
 from .constants import VERSION as __version__  # noqa: F401
+from .data.image_processor import build_image_processor
 from .data.loading import load_image_dataset
 from .data.pool import DataPool
-from .data.preprocessing import ImagePreprocessor, build_image_processor
+from .data.preprocessing import ImagePreprocessor
 from .hub.push import push_run
 from .hub.subset import load_subset
 from .pruning.fusion import fuse_into_dense

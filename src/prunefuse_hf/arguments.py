@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .constants import FASHION_MNIST
 
@@ -86,3 +86,11 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer or null, got {value}.")
+
+
+def run_data_arguments(recipe: dict | None) -> dict | None:
+    """The run's data arguments (recipe values over `DataArguments` defaults), or `None` without a recipe."""
+
+    if recipe is None:
+        return None
+    return {f.name: recipe.get(f.name, f.default) for f in fields(DataArguments)}

@@ -30,6 +30,10 @@ QUERY_CSV = "labels.csv"
 LABEL_STUDIO_TASKS = "label_studio_tasks.json"
 QUERY_CONTENTS = f"{QUERY_DATASET_DIR}/, {QUERY_CSV}, {LABEL_STUDIO_TASKS}"
 LABEL_STUDIO_CONFIG = "label_studio_config.xml"
+# Columns of a query batch beside the pool index, and the marker of a round continued with part of its labels.
+QUERY_FILE_NAME = "file_name"
+QUERY_SCORE = "score"
+QUERY_PARTIAL = "partial.json"
 
 # ----- checkpoints and Hub artifacts -----
 

@@ -1,2 +1,8 @@
 """Labels in and out: query batches for annotators, label files and annotation-tool exports read back, the
 run's label store, and the simulated oracle."""
+
+from .label_studio import label_studio_config
+from .labels import ClassLookup, LabelBatch, LabelError, check_class_names, parse_pool_index
+from .queries import open_query, query_directory, query_is_complete, read_query_indices, write_query_batch
+from .readers import read_labels
+from .store import AddResult, LabelStore, ingest_labels, oracle_labels

@@ -10,74 +10,31 @@ value and the fix. Storing labels is `prunefuse_hf.annotation`'s concern (`Label
 from __future__ import annotations
 
 import csv
-import difflib
 import json
-import math
 import os
-import re
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pyarrow.parquet as pq
 from transformers.utils import logging
 
-from ..constants import LABEL_STUDIO_TASKS, POOL_INDEX, QUERY_CSV
+from ..constants import POOL_INDEX
 from ..utils.hub_ids import is_hub_id
+from .label_studio import _is_label_studio_tasks, _latest_flat_annotations, _rows_from_label_studio
+from .labels import (
+    LabelBatch,
+    LabelError,
+    _Rows,
+    _to_batch,
+    check_class_names,
+)
 
 logger = logging.get_logger(__name__)
 
 # Label columns recognised without `label_column`, in order of preference.
 LABEL_COLUMNS = ("label", "labels", "class", "choice", "class_name", "annotation")
 LABEL_FILE_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".parquet")
-
-_INTEGER = re.compile(r"^[+-]?\d+$")
-
-
-class LabelError(ValueError):
-    """Labels that cannot be used as given; the message names the file, the value and the fix."""
-
-
-@dataclass
-class LabelBatch:
-    """
-    Labels for some pool indices, from one source.
-
-    Args:
-        pool_indices (`np.ndarray` of shape `(n,)`, int64):
-            Pool indices (rows of the base dataset), in the order of the source.
-        labels (`np.ndarray` of shape `(n,)`, int64):
-            Class ids in `[0, num_classes)`, already mapped from class names; `labels[j]` labels `pool_indices[j]`.
-        source (`str`):
-            Where the labels come from: the file path as given, `"oracle:<column>"` or `"dataset:<repo or dir>"`.
-
-    Example:
-
-    ```python
-    >>> batch = LabelBatch([12, 3], [1, 0], source="labels.csv")
-    >>> batch.pool_indices.dtype, len(batch)
-    (dtype('int64'), 2)
-    ```
-    """
-
-    pool_indices: np.ndarray
-    labels: np.ndarray
-    source: str
-
-    def __post_init__(self):
-        self.pool_indices = np.asarray(self.pool_indices, dtype=np.int64).reshape(-1)
-        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
-        if len(self.pool_indices) != len(self.labels):
-            raise LabelError(
-                f"{self.source}: {len(self.pool_indices)} pool indices but {len(self.labels)} labels; a LabelBatch "
-                "needs one label per pool index."
-            )
-
-    def __len__(self) -> int:
-        return len(self.pool_indices)
 
 
 # ----- reading label files -----
@@ -125,7 +82,7 @@ def read_labels(
     Example:
 
     ```python
-    >>> from prunefuse_hf.label_files import read_labels
+    >>> from prunefuse_hf.annotation import read_labels
     >>> _ = open("labels.csv", "w").write("pool_index,file_name,label\\n12,12.png,cat\\n40,40.png,\\n7,7.png,1\\n")
     >>> batch = read_labels("labels.csv", ["cat", "dog"], pool_size=100)
     >>> batch.pool_indices.tolist(), batch.labels.tolist()
@@ -147,16 +104,6 @@ def read_labels(
     if len(batch) == 0:
         logger.warning(f"{name} holds no labels: every row's label cell is empty.")
     return batch
-
-
-@dataclass
-class _Rows:
-    """Raw index and label cells of a source, before validation; `describe(j)` says where row j is."""
-
-    indices: list
-    labels: list
-    describe: Callable[[int], str]
-    num_rows: int
 
 
 def _rows_from_path(source, label_column, index_column) -> tuple[_Rows, str]:
@@ -350,279 +297,4 @@ def _rows_from_records(records: list[dict], columns, name, describe, label_colum
     )
 
 
-def _latest_flat_annotations(records: list[dict], index_column: str) -> list[int]:
-    """Positions of the rows to keep in a Label Studio JSON_MIN/CSV export: one row per annotation there, so
-    keep, per task, the most recent annotation that was not cancelled (the last one on a tie)."""
-    latest: dict[str, tuple[str, int]] = {}
-    for j, record in enumerate(records):
-        if _truthy(record.get("was_cancelled")):
-            continue
-        key = str(record.get(index_column)).strip()
-        stamp = str(record.get("updated_at") or record.get("created_at") or "")
-        if key not in latest or (stamp, j) >= latest[key]:
-            latest[key] = (stamp, j)
-    return sorted(j for _, j in latest.values())
-
-
-def _truthy(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    return (
-        bool(value) if value is not None and not (isinstance(value, float) and math.isnan(value)) else False
-    )
-
-
-def _is_label_studio_tasks(items: list[dict]) -> bool:
-    return all(isinstance(item.get("data"), dict) for item in items)
-
-
-def _rows_from_label_studio(tasks: list[dict], name: str, label_column, index_column) -> _Rows:
-    index_key = index_column or POOL_INDEX
-    indices, labels, positions = [], [], []
-
-    def describe_task(j: int) -> str:
-        task_id = tasks[j].get("id")
-        return (
-            f"Label Studio task {task_id} (item {j})"
-            if task_id is not None
-            else f"Label Studio task at item {j}"
-        )
-
-    for j, task in enumerate(tasks):
-        data = task["data"]
-        if index_key not in data:
-            raise LabelError(
-                f"{name}: {describe_task(j)} has no data.{index_key}; data fields found: {list(data)}. Import the "
-                f"tasks from PruneFuse's {LABEL_STUDIO_TASKS} (its data carries {POOL_INDEX!r}), or pass "
-                "index_column=<the data field that holds the pool index> (CLI: --index_column)."
-            )
-        annotation = _latest_annotation(task.get("annotations", task.get("completions")) or [])
-        if annotation is None:
-            continue
-        results = [
-            result
-            for result in annotation.get("result") or []
-            if result.get("type") == "choices" and label_column in (None, result.get("from_name"))
-        ]
-        if not results:
-            continue
-        if len(results) > 1:
-            from_names = [result.get("from_name") for result in results]
-            raise LabelError(
-                f"{name}: {describe_task(j)} holds several Choices results ({from_names}). Pass "
-                "label_column=<the from_name of the class choice>."
-            )
-        choices = (results[0].get("value") or {}).get("choices") or []
-        if len(choices) > 1:
-            raise LabelError(
-                f"{name}: {describe_task(j)}, annotation {annotation.get('id')}: more than one choice {choices}. "
-                'Keep one class per image (choice="single" in the labeling config) and export again.'
-            )
-        if not choices:
-            continue
-        indices.append(data[index_key])
-        labels.append(choices[0])
-        positions.append(j)
-    return _Rows(indices, labels, lambda k: describe_task(positions[k]), len(tasks))
-
-
-def _latest_annotation(annotations: list[dict]) -> dict | None:
-    """The most recent annotation that was not cancelled (by updated_at, then created_at, then list order)."""
-    kept = [
-        (str(a.get("updated_at") or a.get("created_at") or ""), j, a)
-        for j, a in enumerate(annotations)
-        if not (_truthy(a.get("was_cancelled")) or _truthy(a.get("skipped")))
-    ]
-    return max(kept, key=lambda item: item[:2])[2] if kept else None
-
-
 # ----- cells to ids -----
-
-
-class ClassLookup:
-    """
-    Class ids from label cells: class names (exact, then case-insensitive when that is unambiguous) or integer ids.
-
-    Args:
-        class_names (`list[str]`): The run's class names, checked by [`check_class_names`]; id `k` is
-            `class_names[k]`.
-
-    Example:
-
-    ```python
-    >>> lookup = ClassLookup(["cat", "dog"])
-    >>> lookup.parse("Dog", "labels.csv, line 2"), lookup.parse("0", "labels.csv, line 3"), lookup.parse("", "x")
-    (1, 0, None)
-    ```
-    """
-
-    def __init__(self, class_names: list[str]):
-        self.names = class_names
-        self.exact = {name: k for k, name in enumerate(class_names)}
-        self.folded: dict[str, list[int]] = {}
-        for k, name in enumerate(class_names):
-            self.folded.setdefault(name.casefold(), []).append(k)
-
-    def describe_names(self, limit: int = 100) -> str:
-        shown = ", ".join(repr(name) for name in self.names[:limit])
-        more = f", ... ({len(self.names)} in all)" if len(self.names) > limit else ""
-        return f"[{shown}{more}] (or their ids 0..{len(self.names) - 1})"
-
-    def check_id(self, value: int, where: str) -> int:
-        if not 0 <= value < len(self.names):
-            raise LabelError(
-                f"{where}: class id {value} is out of range; the run has {len(self.names)} classes, so ids go from "
-                f"0 to {len(self.names) - 1}. Fix the label, or write the class name: {self.describe_names(20)}."
-            )
-        return value
-
-    def from_text(self, text: str, where: str) -> int:
-        if text in self.exact:
-            return self.exact[text]
-        folded = self.folded.get(text.casefold(), [])
-        if len(folded) == 1:
-            return folded[0]
-        if len(folded) > 1:
-            raise LabelError(
-                f"{where}: class name {text!r} matches {[self.names[k] for k in folded]} when case is ignored. Write "
-                "the name with its exact case."
-            )
-        if _INTEGER.match(text):
-            return self.check_id(int(text), where)
-        close = difflib.get_close_matches(text, self.names, n=3)
-        hint = f" Did you mean {' or '.join(repr(name) for name in close)}?" if close else ""
-        raise LabelError(f"{where}: unknown class name {text!r}.{hint} Valid names: {self.describe_names()}.")
-
-    def parse(self, value, where: str) -> int | None:
-        """Class id of one label cell, or None when the cell holds no label."""
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return None
-        if isinstance(value, dict):  # Label Studio JSON_MIN/CSV: {"choices": [...]} when several were picked
-            if "choices" not in value:
-                raise LabelError(f"{where}: label {value!r} is not a class name or id.")
-            value = value["choices"]
-        if isinstance(value, list):  # Label Studio: several results or choices
-            if len(value) > 1:
-                raise LabelError(
-                    f"{where}: more than one choice {value}. Keep one class per image and export again."
-                )
-            return self.parse(value[0], where) if value else None
-        if isinstance(value, str):
-            text = value.strip()
-            if not text:
-                return None
-            if text[0] in "[{":  # a Label Studio CSV cell holding JSON
-                try:
-                    return self.parse(json.loads(text), where)
-                except json.JSONDecodeError:
-                    pass
-            return self.from_text(text, where)
-        if isinstance(value, (bool, np.bool_)):
-            raise LabelError(f"{where}: label {value!r} is a boolean, not a class name or id.")
-        if isinstance(value, (int, np.integer)):
-            return self.check_id(int(value), where)
-        if isinstance(value, (float, np.floating)) and float(value).is_integer():
-            return self.check_id(int(value), where)  # integer ids in a float column (pandas with NaNs)
-        raise LabelError(f"{where}: label {value!r} is not a class name or an integer class id.")
-
-
-def parse_pool_index(value, where: str) -> int:
-    """
-    One pool index cell as an `int`.
-
-    Args:
-        value: The cell: an integer, an integral float, or a string of digits.
-        where (`str`): Where the cell is, for the error (e.g. `"labels.csv, line 4"`).
-
-    Returns:
-        `int`: the pool index, `>= 0`.
-
-    Raises:
-        LabelError: the cell is empty, a boolean, not an integer, or negative.
-
-    Example:
-
-    ```python
-    >>> parse_pool_index(" 12 ", "labels.csv, line 2"), parse_pool_index(7.0, "labels.parquet, row 0")
-    (12, 7)
-    ```
-    """
-    if isinstance(value, (bool, np.bool_)):
-        index = None
-    elif isinstance(value, (int, np.integer)):
-        index = int(value)
-    elif isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
-        index = int(value)
-    elif isinstance(value, str) and _INTEGER.match(value.strip()):
-        index = int(value.strip())
-    else:
-        index = None
-    if index is None:
-        shown = (
-            "an empty cell"
-            if value is None or (isinstance(value, str) and not value.strip())
-            else repr(value)
-        )
-        raise LabelError(
-            f"{where}: pool index is {shown}, not a non-negative integer. Write the row's {POOL_INDEX} as it was "
-            f"in the query's {QUERY_CSV}."
-        )
-    if index < 0:
-        raise LabelError(
-            f"{where}: pool index {index} is negative. Write the row's {POOL_INDEX} as it was queried."
-        )
-    return index
-
-
-def _to_batch(rows: _Rows, class_names: list[str], name: str, pool_size: int | None) -> LabelBatch:
-    lookup = ClassLookup(class_names)
-    indices, labels, kept = [], [], []
-    for j, (raw_index, raw_label) in enumerate(zip(rows.indices, rows.labels)):
-        where = f"{name}, {rows.describe(j)}"
-        label = lookup.parse(raw_label, where)
-        if label is None:
-            continue
-        index = parse_pool_index(raw_index, where)
-        if pool_size is not None and index >= pool_size:
-            raise LabelError(
-                f"{where}: pool index {index} is out of range; the pool has {pool_size} examples (indices 0 to "
-                f"{pool_size - 1}). Are these the labels of another dataset?"
-            )
-        indices.append(index)
-        labels.append(label)
-        kept.append(j)
-    batch = LabelBatch(np.array(indices, dtype=np.int64), np.array(labels, dtype=np.int64), name)
-    values, counts = np.unique(batch.pool_indices, return_counts=True)
-    if (counts > 1).any():
-        duplicate = int(values[counts > 1][0])
-        a, b = np.flatnonzero(batch.pool_indices == duplicate)[:2]
-        others = int((counts > 1).sum()) - 1
-        raise LabelError(
-            f"{name}: pool index {duplicate} appears twice ({rows.describe(kept[a])}: "
-            f"{class_names[batch.labels[a]]!r}, {rows.describe(kept[b])}: {class_names[batch.labels[b]]!r})"
-            + (f", and {others} more pool indices repeat" if others else "")
-            + ". Keep one row per pool index."
-        )
-    return batch
-
-
-def check_class_names(class_names) -> list[str]:
-    """
-    The run's class names as a list, checked: a non-empty list of distinct strings.
-
-    Args:
-        class_names (iterable of `str`): The class names, in id order.
-
-    Returns:
-        `list[str]`: the names.
-
-    Raises:
-        LabelError: `class_names` is empty, holds something other than strings, or repeats a name.
-    """
-    names = list(class_names or [])
-    if not names or not all(isinstance(name, str) for name in names):
-        raise LabelError(f"class_names must be a non-empty list of strings, got {class_names!r}.")
-    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
-    if repeated:
-        raise LabelError(f"class_names repeats {repeated}; each class needs its own name.")
-    return names

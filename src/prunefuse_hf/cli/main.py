@@ -23,12 +23,14 @@ from transformers import set_seed
 from ..constants import DENSE_INIT_DIR, PRUNING_PLAN_NAME
 from ..pruning.cost import model_cost
 from ..pruning.fusion import fuse_into_dense
-from ..pruning.modeling import has_weights, load_image_classifier
+from ..pruning.modeling import load_image_classifier
 from ..pruning.plan import PruningPlan
 from ..pruning.prune import prune_model
-from ..trainer.report import comparison_table, load_metrics
+from ..trainer.report import comparison_table
+from ..utils.hub_ids import has_weights
 from ..utils.memory import keep_freed_memory
 from ..utils.run_directory import RunDirectory
+from ..utils.run_metrics import load_metrics
 from .run import run_from_command_line
 
 
@@ -173,7 +175,8 @@ def _add_label_parser(subparsers) -> None:
 
 
 def _label(args) -> None:
-    from ..annotation.store import ingest_labels, open_query
+    from ..annotation.queries import open_query
+    from ..annotation.store import ingest_labels
 
     query = open_query(args.run_dir)
     result = ingest_labels(args.run_dir, args.labels, allow_partial=args.allow_partial, overwrite=args.overwrite,
@@ -223,4 +226,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prunefuse-hf {command}: interrupted", file=sys.stderr)
         return 130
     return 0
-

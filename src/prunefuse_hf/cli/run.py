@@ -15,7 +15,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
-from ..annotation.store import query_directory
+from ..annotation.queries import query_directory
 from ..arguments import DataArguments, ModelArguments
 from ..constants import QUERY_CONTENTS, STATE_NAME
 from ..data.loading import load_run_datasets, resolve_dataset_revision

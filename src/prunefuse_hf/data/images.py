@@ -90,7 +90,7 @@ def open_image(value, *, pool_index: int | None = None) -> PIL.Image.Image:
     >>> import io
     >>> import numpy as np
     >>> import PIL.Image
-    >>> from prunefuse_hf.images import open_image
+    >>> from prunefuse_hf.data import open_image
     >>> sixteen_bit = PIL.Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))
     >>> buffer = io.BytesIO()
     >>> sixteen_bit.save(buffer, format="PNG")
@@ -139,7 +139,7 @@ def to_model_mode(image: PIL.Image.Image, num_channels: int) -> PIL.Image.Image:
 
     ```python
     >>> import PIL.Image
-    >>> from prunefuse_hf.images import to_model_mode
+    >>> from prunefuse_hf.data import to_model_mode
     >>> to_model_mode(PIL.Image.new("L", (4, 4), 7), num_channels=3).getpixel((0, 0))
     (7, 7, 7)
     ```

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from transformers.utils import logging
 
 from ..constants import POOL_INDEX, SELECTION_LABEL, SELECTION_LABEL_NAME
-from ..utils.run_directory import atomic_write
+from ..utils.io import atomic_write
 
 logger = logging.get_logger(__name__)
 
@@ -43,7 +43,7 @@ class DataPool:
     Example:
 
     ```python
-    >>> from prunefuse_hf.pool import DataPool
+    >>> from prunefuse_hf.data import DataPool
     >>> pool = DataPool(load_image_dataset("fashion_mnist"))
     >>> pool.label_randomly(1000, seed=0)  # round 1
     >>> pool.label(top_indices, round=2, scores=top_scores, strategy="least_confidence")

@@ -30,12 +30,8 @@ from ..constants import (
     STATE_NAME,
     SURROGATE_DIR,
 )
-from .cards import (
-    collect_model_card_facts,
-    collect_surrogate_card_facts,
-    render_model_card,
-    render_surrogate_card,
-)
+from .card_facts import collect_model_card_facts, collect_surrogate_card_facts
+from .cards import render_model_card, render_surrogate_card
 from .subset import save_subset
 
 logger = logging.get_logger(__name__)
@@ -75,7 +71,7 @@ def push_run(
         run_dir (`str` or `os.PathLike`): A finished run directory (`state.json`, `selection.parquet`, `fused/`,
             `surrogate/`).
         model_repo_id (`str`): Model repo for the fused model (`ORG/NAME`, or `NAME` in your namespace).
-        subset_repo_id (`str`, *optional*): Dataset repo for the selected subset (see [`~prunefuse_hf.subset`]).
+        subset_repo_id (`str`, *optional*): Dataset repo for the selected subset (see [`~prunefuse_hf.hub.subset`]).
         surrogate_repo_id (`str`, *optional*): Model repo for the trained surrogate and its `pruning_plan.json`.
         private (`bool`, *optional*): Create the repos as private (existing repos keep their visibility).
         revision (`str`, *optional*): Branch to push to (created from `main` when missing).

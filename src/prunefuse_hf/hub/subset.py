@@ -6,7 +6,7 @@ A subset folder (and the Hub dataset repo pushed from it) holds:
   `label_name`, ...), plus `source_index` when the source was rebuilt at save time;
 - `prunefuse_subset.json`: the source dataset (id, config, split, the pinned revision, columns), the pool's size
   and fingerprint, how the run drew the pool from the source (`max_pool_size`, `seed`), and the class names;
-- `README.md`: a dataset card (rendered by [`~prunefuse_hf.cards`]) whose `configs` make
+- `README.md`: a dataset card (rendered by [`~prunefuse_hf.hub.cards`]) whose `configs` make
   `datasets.load_dataset(repo)` read the selection;
 - optionally `examples/`: the selected images and labels themselves (config `examples`).
 
@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers.utils import logging
 
+from ..arguments import run_data_arguments
 from ..constants import (
     MODEL_CARD_NAME,
     POOL_INDEX,
@@ -37,8 +38,10 @@ from ..constants import (
     SUBSET_METADATA_NAME,
 )
 from ..data.loading import _subsample, load_image_dataset
-from ..utils.run_directory import RunDirectory, redact_secrets, run_data_arguments
-from .cards import collect_subset_card_facts, render_dataset_card
+from ..utils.io import redact_secrets
+from ..utils.run_directory import RunDirectory
+from .card_facts import collect_subset_card_facts
+from .cards import render_dataset_card
 
 logger = logging.get_logger(__name__)
 
@@ -149,7 +152,7 @@ def save_subset(
     Example:
 
     ```python
-    >>> from prunefuse_hf.subset import save_subset
+    >>> from prunefuse_hf.hub import save_subset
     >>> save_subset("runs/fashion-mnist-resnet/prunefuse", "fmnist-subset", repo_id="me/fmnist-subset")
     PosixPath('fmnist-subset')
     ```

@@ -1,2 +1,21 @@
 """The surgery: the family registry, loading image classifiers, pruning at initialization into a surrogate with
 its `PruningPlan`, fusing the trained surrogate back into the dense model, and the FLOPs of both."""
+
+from .cost import ModelCost, model_cost
+from .families import (
+    FamilyAdapter,
+    attention_heads,
+    check_supported_model,
+    classifier_class_name,
+    example_pixel_values,
+    family_model_classes,
+    get_family_adapter,
+    image_classification_classes,
+    refused_model_classes,
+    scaled_width,
+    support_table_markdown,
+)
+from .fusion import fuse_into_dense
+from .modeling import build_dense_model, check_model_path, load_image_classifier
+from .plan import PruningPlan, architecture_fields, config_hash
+from .prune import prune_model, validate_pruning_ratio

@@ -10,17 +10,10 @@ from transformers import AutoConfig, AutoModelForImageClassification, Pretrained
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 from transformers.utils import logging
 
-from ..utils.hub_ids import is_hub_id
+from ..utils.hub_ids import WEIGHT_FILES, has_weights, is_hub_id
 from .families import classifier_class_name
 
 logger = logging.get_logger(__name__)
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-def has_weights(path: str) -> bool:
-    """Whether `path` is a directory holding model weights (safetensors, sharded or `pytorch_model.bin`)."""
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in WEIGHT_FILES)
 
 
 def check_model_path(path: str | os.PathLike) -> str:
@@ -64,7 +57,7 @@ def load_image_classifier(
 ) -> PreTrainedModel:
     """Load or build the `*ForImageClassification` model PruneFuse runs for the model's family.
 
-    The class is the family's supported one (`prunefuse_hf.architectures.classifier_class_name`), whatever class
+    The class is the family's supported one (`prunefuse_hf.pruning.classifier_class_name`), whatever class
     a checkpoint was saved from: a DeiT distilled checkpoint (`DeiTForImageClassificationWithTeacher`), a bare
     `*Model`, a backbone or a masked-image-modeling checkpoint loads its encoder weights into the family's image
     classifier, whose head is then initialized.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..constants import PRUNING_PLAN_NAME
-from ..utils.run_directory import atomic_write
+from ..utils.io import atomic_write
 
 PLAN_FORMAT_VERSION = 1
 

@@ -78,7 +78,7 @@ def prune_model(
 
     Args:
         model ([`~transformers.PreTrainedModel`]): The image classifier of a supported family (see
-            `prunefuse_hf.architectures.SUPPORTED_FAMILIES`; other classes of those families are refused by
+            `prunefuse_hf.pruning.families.SUPPORTED_FAMILIES`; other classes of those families are refused by
             `check_supported_model`).
         pruning_ratio (`float`): Fraction removed from every prunable width, in [0, 1). `0` returns an
             identical copy (any image classifier), the dense-selector baseline.

@@ -73,7 +73,7 @@ def score_pool(
         model (`torch.nn.Module`):
             An HF image classifier (`model(pixel_values=...).logits`); its `classifier` module's input, flattened,
             is taken as the features.
-        dataset ([`~prunefuse_hf.preprocessing.PixelDataset`] or `datasets.Dataset`):
+        dataset ([`~prunefuse_hf.data.PixelDataset`] or `datasets.Dataset`):
             Row `i` holds pool example `pool_indices[i]`: a `PixelDataset` (read a batch at a time), or any dataset
             that returns a batch with `pixel_values` when indexed with a list of rows.
         pool_indices (`np.ndarray` of shape `(len(dataset),)`, *optional*):
@@ -114,7 +114,7 @@ def score_pool(
     >>> from PIL import Image
     >>> from transformers import ResNetConfig, ResNetForImageClassification
     >>> from prunefuse_hf import score_pool
-    >>> from prunefuse_hf.preprocessing import ImagePreprocessor, PixelDataset, build_image_processor
+    >>> from prunefuse_hf.data import ImagePreprocessor, PixelDataset, build_image_processor
     >>> model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]))
     >>> pool = datasets.Dataset.from_dict({"image": [Image.new("RGB", (32, 32), (i, 0, 0)) for i in range(20)]})
     >>> preprocessor = ImagePreprocessor(build_image_processor(model.config, image_size=32), num_channels=3)

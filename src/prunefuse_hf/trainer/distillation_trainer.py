@@ -86,8 +86,8 @@ class DistillationTrainer(Trainer):
             α; overrides `args.distill_alpha`. Defaults to `0.5` when `args` is a plain `TrainingArguments`.
         distill_temperature (`float`, *optional*):
             τ; overrides `args.distill_temperature`. Defaults to `4.0` when `args` is a plain `TrainingArguments`.
-        preprocessor ([`~prunefuse_hf.preprocessing.ImagePreprocessor`], *optional*):
-            When the datasets give `uint8` pixels (decoded once, see `prunefuse_hf.preprocessing`), normalizes
+        preprocessor ([`~prunefuse_hf.data.ImagePreprocessor`], *optional*):
+            When the datasets give `uint8` pixels (decoded once, see `prunefuse_hf.data.preprocessing`), normalizes
             (and, in training, augments) each batch on the training device.
         trainer_kwargs:
             Passed to [`~transformers.Trainer`] (`train_dataset`, `eval_dataset`, `data_collator`,

@@ -93,7 +93,7 @@ class PruneFuseConfig(TrainingArguments):
         > Parameters that control selection
 
         strategy (`str`, *optional*):
-            Selection strategy, one of the names registered in `prunefuse_hf.strategies.STRATEGIES`. Defaults to the
+            Selection strategy, one of the names registered in `prunefuse_hf.selection.strategies.STRATEGIES`. Defaults to the
             method's value.
         initial_labeled_size (`int`, *optional*, defaults to `1000`):
             Size of the random draw the first round starts from (with human annotation, the first query). `0` starts

@@ -2,76 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..constants import ACCURACY_PLOT, CLASS_BALANCE_PLOT, COST_PLOT, METRICS_NAME
-
-
-def build_metrics(progress: dict) -> dict:
-    """Per-round records (sorted), the cost ledger and the final model's numbers.
-
-    Costs are booked by what they are for: `selection` (surrogate trainings that fed a selection, and every
-    scoring pass), `fusion_teacher` (surrogate trainings that only fed fusion or distillation) and
-    `final_training` (every training of the dense or fused model, re-synchronizations included). `dense_flops`
-    is what dense-selector active learning would have spent on the same selection work.
-    """
-    rounds = [progress["rounds"][key] for key in sorted(progress["rounds"], key=int)]
-    ledger = {
-        purpose: {"seconds": 0.0, "flops": 0.0}
-        for purpose in ("selection", "fusion_teacher", "final_training")
-    }
-    dense_flops = 0.0
-    for record in rounds:
-        surrogate = record.get("surrogate")
-        if surrogate:
-            purpose = surrogate.get("purpose", "selection")
-            ledger[purpose]["seconds"] += surrogate["seconds"]
-            ledger[purpose]["flops"] += surrogate["flops"]
-            if purpose == "selection":
-                dense_flops += surrogate["dense_flops"]
-        if record.get("selection"):
-            ledger["selection"]["seconds"] += record["selection"]["seconds"]
-            ledger["selection"]["flops"] += record["selection"]["flops"]
-            dense_flops += record["selection"]["dense_flops"]
-        for part in (record.get("dense"), record.get("sync")):
-            if part:
-                ledger["final_training"]["seconds"] += part["seconds"]
-                ledger["final_training"]["flops"] += part["flops"]
-    selection = ledger["selection"]
-    return {
-        "rounds": rounds,
-        "final": progress.get("final", {}),
-        "costs": progress.get("costs", {}),
-        "selection": {
-            **selection,
-            "dense_flops": dense_flops,
-            "flops_ratio": selection["flops"] / dense_flops if dense_flops else None,
-        },
-        "fusion_teacher": ledger["fusion_teacher"],
-        "final_training": ledger["final_training"],
-        "config": progress.get("settings", {}),
-        "method_overrides": progress.get("method_overrides", {}),
-        "class_names": progress.get("class_names"),
-        "recipe": progress.get("recipe"),
-    }
+from ..utils.run_metrics import budget_accuracies, build_metrics
 
 
 def _selector_training(record: dict) -> dict:
     """The round's surrogate training when it fed the selection (else `{}`: it only fed fusion)."""
     surrogate = record.get("surrogate") or {}
     return surrogate if surrogate.get("purpose", "selection") == "selection" else {}
-
-
-def budget_accuracies(metrics: dict) -> dict[int, float]:
-    """Accuracy of the trained dense/fused model at each labeled-set size the run evaluated it on."""
-    return {
-        record["dense"]["labeled"]: record["dense"]["accuracy"]
-        for record in metrics["rounds"]
-        if record.get("dense") and record["dense"].get("accuracy") is not None
-    }
 
 
 def write_report(run_dir, progress: dict, config, class_names: list[str] | None = None) -> dict:
@@ -258,11 +200,6 @@ def _class_balance_plot(path: Path, balance: dict[int, list[int]], class_names: 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def load_metrics(run_dir) -> dict:
-    with open(Path(run_dir) / METRICS_NAME) as f:
-        return json.load(f)
 
 
 def comparison_table(runs: dict[str, dict]) -> str:

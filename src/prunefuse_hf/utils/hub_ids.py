@@ -26,7 +26,7 @@ def is_hub_id(name: str | None) -> bool:
     Example:
 
     ```python
-    >>> from prunefuse_hf.hub_ids import is_hub_id
+    >>> from prunefuse_hf.utils import is_hub_id
     >>> is_hub_id("microsoft/resnet-50"), is_hub_id("/data/pool"), is_hub_id("./pool")
     (True, False, False)
     ```
@@ -60,7 +60,7 @@ def validate_hub_id(field: str, value: str | None, repo_type: str = "model") -> 
     Example:
 
     ```python
-    >>> from prunefuse_hf.hub_ids import validate_hub_id
+    >>> from prunefuse_hf.utils import validate_hub_id
     >>> validate_hub_id("hub_model_id", "me/fmnist-prunefuse")
     >>> validate_hub_id("hub_model_id", "me/ fmnist-prunefuse")
     Traceback (most recent call last):
@@ -85,3 +85,11 @@ def validate_hub_id(field: str, value: str | None, repo_type: str = "model") -> 
     raise ValueError(
         f"{field} {value!r} is not a valid Hub {repo_type} repo id ({reason}); {_HUB_ID_HINT}"
     ) from None
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def has_weights(path: str) -> bool:
+    """Whether `path` is a directory holding model weights (safetensors, sharded or `pytorch_model.bin`)."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in WEIGHT_FILES)

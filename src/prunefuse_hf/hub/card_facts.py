@@ -1,0 +1,568 @@
+"""Collecting a card's facts from a run directory: the recipe, the per-round records, the cost ledger, the
+libraries' versions and where the model and data came from."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from ..arguments import run_data_arguments
+from ..constants import (
+    FASHION_MNIST,
+    FASHION_MNIST_HUB_ID,
+    FUSED_DIR,
+    IMAGE_PATH,
+    METHOD_DESCRIPTIONS,
+    POOL_INDEX,
+    PRUNING_PLAN_NAME,
+    SELECTION_LABEL_NAME,
+    SOURCE_INDEX,
+    SURROGATE_INIT_DIR,
+    VERSION,
+)
+from ..utils.hub_ids import is_hub_id
+from ..utils.io import redact_secrets
+from ..utils.run_directory import RunDirectory
+from ..utils.run_metrics import build_metrics
+from .card_data import (
+    _PLACEHOLDER_LABEL,
+    ModelCardFacts,
+    SubsetCardFacts,
+    SurrogateCardFacts,
+    _accuracy,
+    _count,
+    _human,
+    _listing,
+    _number,
+    _ratio,
+    _shareable,
+    _yaml,
+    _yaml_scalar,
+)
+
+
+def collect_model_card_facts(
+    run_dir: str | os.PathLike,
+    *,
+    progress: dict | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    model_repo_id: str | None = None,
+    subset_repo_id: str | None = None,
+    surrogate_repo_id: str | None = None,
+    endpoint: str | None = None,
+) -> ModelCardFacts:
+    """
+    Gather what the fused model's card says from a finished run.
+
+    Args:
+        run_dir (`str` or `os.PathLike`): A finished run directory (`state.json` and `fused/`).
+        progress (`dict`, *optional*): The run's state; read from `state.json` when not given.
+        checkpoint_dir (`str` or `os.PathLike`, *optional*): The checkpoint the card describes (its `config.json`
+            gives the architecture and class names); defaults to `run_dir/fused`.
+        model_repo_id (`str`, *optional*): The model repo the card goes to (used in the snippets).
+        subset_repo_id (`str`, *optional*): The selected subset's dataset repo (linked).
+        surrogate_repo_id (`str`, *optional*): The surrogate's model repo (linked).
+        endpoint (`str`, *optional*): Hub address of every link; defaults to `huggingface_hub.constants.ENDPOINT`
+            (which follows `HF_ENDPOINT`).
+
+    Returns:
+        [`ModelCardFacts`]: the card's data.
+
+    Raises:
+        `FileNotFoundError`: the run has no `state.json` or the checkpoint no `config.json`.
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf.hub import collect_model_card_facts, render_model_card
+    >>> facts = collect_model_card_facts("runs/fashion-mnist-resnet/prunefuse", model_repo_id="me/fmnist")
+    >>> facts.base_model, facts.labeled
+    (None, '5,000')
+    >>> card = render_model_card(facts)
+    ```
+    """
+    run_dir = Path(run_dir)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else run_dir / FUSED_DIR
+    endpoint = _endpoint(endpoint)
+    progress = RunDirectory(run_dir).read_state() if progress is None else progress
+    metrics = build_metrics(progress)
+    model_config = json.loads((checkpoint_dir / "config.json").read_text())
+    config, costs, final = metrics["config"], metrics["costs"], metrics["final"]
+    recipe = redact_secrets(metrics["recipe"])
+    data = run_data_arguments(recipe)
+    pool_size = progress.get("pool", {}).get("num_examples") or config.get("pool_size")
+    labeled = final.get("labeled")
+    dense, surrogate = costs.get("dense", {}), costs.get("surrogate", {})
+
+    base_model, base_model_folder, from_config = _model_origin(recipe, run_dir)
+    dataset_hub_id, dataset, dataset_details = _training_data(data, endpoint)
+    labels = _class_names(model_config)
+    method = config.get("method")
+    title = (model_repo_id or "").split("/")[-1] or f"PruneFuse {model_config.get('model_type', 'model')}"
+    source = model_repo_id or f"path/to/{checkpoint_dir.name}"
+    num_channels = int(model_config.get("num_channels") or 3)
+    shareable_recipe, shortened = _shareable(recipe) if recipe else (None, False)
+    return ModelCardFacts(
+        title=title,
+        model_repo_id=model_repo_id,
+        model_source=source,
+        architecture=(model_config.get("architectures") or ["AutoModelForImageClassification"])[0],
+        model_type=model_config.get("model_type"),
+        num_channels=num_channels,
+        num_labels=len(model_config.get("id2label") or {}) or None,
+        labels=_listing(labels),
+        example_label=labels[0] if labels else None,
+        summary=_summary(config, _count(pool_size)),
+        method=method,
+        method_description=METHOD_DESCRIPTIONS.get(method),
+        method_overrides=_overrides(metrics["method_overrides"]),
+        base_model=base_model,
+        base_model_url=f"{endpoint}/{base_model}" if base_model else None,
+        base_model_folder=base_model_folder,
+        from_config=from_config,
+        seed=config.get("seed"),
+        dataset_hub_id=dataset_hub_id,
+        dataset_label="Fashion-MNIST" if data and data["dataset_name"] == FASHION_MNIST else dataset_hub_id,
+        dataset=dataset,
+        dataset_details=dataset_details,
+        eval_description=_evaluation(data, config),
+        subset_repo_id=subset_repo_id,
+        subset_repo_url=f"{endpoint}/datasets/{subset_repo_id}" if subset_repo_id else None,
+        surrogate_repo_id=surrogate_repo_id,
+        surrogate_repo_url=f"{endpoint}/{surrogate_repo_id}" if surrogate_repo_id else None,
+        pool_size=_count(pool_size),
+        labeled=_count(labeled),
+        labeled_fraction=f"{labeled / pool_size:.1%}" if labeled and pool_size else None,
+        pruning_ratio=config.get("pruning_ratio"),
+        importance=config.get("importance"),
+        dense_params=_human(dense.get("params")),
+        surrogate_params=_human(surrogate.get("params")),
+        params_ratio=_ratio(surrogate.get("params"), dense.get("params")),
+        dense_macs=_human(dense.get("macs")),
+        surrogate_macs=_human(surrogate.get("macs")),
+        macs_ratio=_ratio(surrogate.get("macs"), dense.get("macs")),
+        image_size="×".join(map(str, costs["image_size"])) + " pixels" if costs.get("image_size") else None,
+        strategy=config.get("strategy"),
+        num_rounds=config.get("num_rounds"),
+        round_sizes=_round_sizes(config.get("initial_labeled_size"), _query_sizes(config)),
+        surrogate_init=config.get("surrogate_init"),
+        sync_every=config.get("sync_every") or None,
+        fusion=_fusion(config),
+        distillation=_distillation(config),
+        rounds=_rounds(metrics["rounds"]),
+        final_accuracy=_accuracy(final.get("accuracy")),
+        final_accuracy_at_start=_accuracy(final.get("accuracy_at_start")),
+        final_epochs=_number(final.get("epochs")),
+        costs=_costs(metrics),
+        selection_flops_ratio=_ratio(metrics["selection"]["flops"], metrics["selection"]["dense_flops"]),
+        quickstart=_quickstart(source, num_channels, labels),
+        recipe=_yaml(shareable_recipe) if shareable_recipe else None,
+        recipe_paths_shortened=shortened,
+        versions=framework_versions(),
+    )
+
+
+def collect_surrogate_card_facts(
+    run_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    progress: dict | None = None,
+    model_repo_id: str | None = None,
+    subset_repo_id: str | None = None,
+    endpoint: str | None = None,
+) -> SurrogateCardFacts:
+    """
+    Gather what the surrogate's card says from a finished run.
+
+    Args:
+        run_dir (`str` or `os.PathLike`): A finished run directory.
+        repo_id (`str`): The surrogate's model repo.
+        progress (`dict`, *optional*): The run's state; read from `state.json` when not given.
+        model_repo_id (`str`, *optional*): The fused model's repo (linked).
+        subset_repo_id (`str`, *optional*): The selected subset's repo (linked).
+        endpoint (`str`, *optional*): Hub address of the links; defaults to `huggingface_hub.constants.ENDPOINT`.
+
+    Returns:
+        [`SurrogateCardFacts`]: the card's data.
+
+    Raises:
+        `FileNotFoundError`: the run has no `state.json` or no `fused/config.json`.
+
+    Example:
+
+    ```python
+    >>> facts = collect_surrogate_card_facts("runs/fashion-mnist-resnet/prunefuse", "me/fmnist-surrogate")
+    >>> facts.pruning_ratio, facts.params_ratio
+    (0.5, '0.250')
+    ```
+    """
+    run_dir = Path(run_dir)
+    endpoint = _endpoint(endpoint)
+    progress = RunDirectory(run_dir).read_state() if progress is None else progress
+    metrics = build_metrics(progress)
+    config, costs = metrics["config"], metrics["costs"]
+    dense, surrogate = costs.get("dense", {}), costs.get("surrogate", {})
+    model_type = json.loads((run_dir / FUSED_DIR / "config.json").read_text()).get("model_type")
+    return SurrogateCardFacts(
+        title=f"{repo_id.split('/')[-1]} (PruneFuse surrogate)",
+        repo_id=repo_id,
+        model_type=model_type,
+        pruning_ratio=config.get("pruning_ratio"),
+        importance=config.get("importance"),
+        surrogate_params=_human(surrogate.get("params")),
+        dense_params=_human(dense.get("params")),
+        params_ratio=_ratio(surrogate.get("params"), dense.get("params")),
+        base_model=_model_origin(redact_secrets(metrics["recipe"]), run_dir)[0],
+        model_repo_id=model_repo_id,
+        model_repo_url=f"{endpoint}/{model_repo_id}" if model_repo_id else None,
+        subset_repo_id=subset_repo_id,
+        subset_repo_url=f"{endpoint}/datasets/{subset_repo_id}" if subset_repo_id else None,
+    )
+
+
+def collect_subset_card_facts(
+    metadata: dict,
+    selection,
+    *,
+    repo_id: str | None = None,
+    model_repo_id: str | None = None,
+    has_examples: bool = False,
+    endpoint: str | None = None,
+) -> SubsetCardFacts:
+    """
+    Gather what the selected subset's dataset card says.
+
+    Args:
+        metadata (`dict`): The subset's record (`prunefuse_subset.json`, see
+            [`~prunefuse_hf.hub.subset_metadata`]).
+        selection (`pyarrow.Table`): The subset's `selection.parquet`.
+        repo_id (`str`, *optional*): The dataset repo it goes to (used in the snippets).
+        model_repo_id (`str`, *optional*): The model trained on it (linked).
+        has_examples (`bool`, *optional*, defaults to `False`): Whether the subset carries its images (`examples/`).
+        endpoint (`str`, *optional*): Hub address of the links; defaults to `huggingface_hub.constants.ENDPOINT`.
+
+    Returns:
+        [`SubsetCardFacts`]: the card's data.
+
+    Example:
+
+    ```python
+    >>> import pyarrow.parquet as pq
+    >>> from prunefuse_hf.hub import subset_metadata
+    >>> run = "runs/fashion-mnist-resnet/prunefuse"
+    >>> facts = collect_subset_card_facts(subset_metadata(run), pq.read_table(f"{run}/selection.parquet"))
+    >>> facts.num_selected, facts.class_counts[0]
+    ('5,000', {'name': 'T-shirt/top', 'count': '497', 'share': '9.9%'})
+    ```
+    """
+    endpoint = _endpoint(endpoint)
+    source = metadata.get("source") or {}
+    name = source.get("dataset_name")
+    source_hub_id, shown = _dataset_link(name, endpoint) if name else (None, None)
+    details = []
+    if name:
+        details.append(f"split `{source.get('split') or 'train'}`")
+        if source.get("config_name"):
+            details.append(f"config `{source['config_name']}`")
+        if source.get("revision"):
+            details.append(f"revision `{source['revision']}`")
+    rows = selection.to_pydict()
+    counts: dict[int, int] = {}
+    strategies: dict[int, str | None] = {}
+    for round_, strategy in zip(rows["round"], rows["strategy"]):
+        counts[round_] = counts.get(round_, 0) + 1
+        strategies[round_] = strategy
+    pool, run = metadata["pool"], metadata.get("run", {})
+    label_column = source.get("label_column") or "label"
+    return SubsetCardFacts(
+        title=f"PruneFuse subset of {_shown_name(name)}" if name else "PruneFuse subset",
+        repo_id=repo_id or "path/to/subset",
+        model_repo_id=model_repo_id,
+        model_repo_url=f"{endpoint}/{model_repo_id}" if model_repo_id else None,
+        source_hub_id=source_hub_id,
+        source=shown,
+        source_details=", ".join(details) or None,
+        source_revision=source.get("revision") if name else None,
+        num_selected=_count(len(rows[POOL_INDEX])),
+        pool_size=_count(pool["num_examples"]),
+        pool_fingerprint=pool["fingerprint"],
+        max_pool_size=_count(pool.get("max_pool_size")),
+        pool_seed=pool.get("seed"),
+        strategy=run.get("strategy"),
+        num_rounds=run.get("num_rounds"),
+        label_column=label_column,
+        has_source_index=SOURCE_INDEX in rows,
+        has_labels="label" in rows and any(y is not None for y in rows["label"]),
+        has_image_path=IMAGE_PATH in rows,
+        has_examples=has_examples,
+        rounds=[
+            {"round": str(r), "count": _count(counts[r]), "strategy": strategies[r] or "–"}
+            for r in sorted(counts)
+        ],
+        class_counts=_class_counts(rows, metadata.get("class_names")),
+    )
+
+
+def _endpoint(endpoint: str | None) -> str:
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    return endpoint.rstrip("/")
+
+
+def _model_origin(recipe: dict | None, run_dir: Path) -> tuple[str | None, str | None, bool]:
+    """(Hub id, local folder name, built from a config) of the dense model the run started from."""
+    if recipe is not None:
+        if recipe.get("model_config") or not recipe.get("model_name_or_path"):
+            return None, None, True
+        name = os.fspath(recipe["model_name_or_path"])
+    else:
+        # Started from Python: the pruning plan keeps the name the dense model was loaded under.
+        plan_path = run_dir / SURROGATE_INIT_DIR / PRUNING_PLAN_NAME
+        name = json.loads(plan_path.read_text()).get("dense_name_or_path") if plan_path.is_file() else None
+        if not name:
+            return None, None, plan_path.is_file()
+        if Path(name).absolute().is_relative_to(run_dir.absolute()):
+            return None, None, False  # a checkpoint of the run itself (after a re-synchronization)
+    if is_hub_id(name):
+        return name, None, False
+    return None, Path(name).name or name, False
+
+
+def _class_names(model_config: dict) -> list[str]:
+    id2label = model_config.get("id2label") or {}
+    labels = [label for _, label in sorted(id2label.items(), key=lambda kv: int(kv[0]))]
+    return [] if all(_PLACEHOLDER_LABEL.fullmatch(label) for label in labels) else labels
+
+
+def _dataset_link(name: str, endpoint: str) -> tuple[str | None, str]:
+    """(Hub id, markdown) of a dataset: a link on the endpoint, else only a local folder's name."""
+    hub_id = FASHION_MNIST_HUB_ID if name == FASHION_MNIST else name if is_hub_id(name) else None
+    if name == FASHION_MNIST:
+        return (
+            hub_id,
+            f"Fashion-MNIST (built-in `{FASHION_MNIST}`, the same data as [{hub_id}]({endpoint}/datasets/{hub_id}))",
+        )
+    if hub_id:
+        return hub_id, f"[{hub_id}]({endpoint}/datasets/{hub_id})"
+    # A path of this machine means nothing where the card is read, and may say more than it should.
+    return None, f"the local dataset folder `{_shown_name(name)}`"
+
+
+def _shown_name(name: str) -> str:
+    return name if name == FASHION_MNIST or is_hub_id(name) else Path(os.path.expanduser(name)).name or name
+
+
+def _training_data(data: dict | None, endpoint: str) -> tuple[str | None, str | None, str | None]:
+    if data is None:
+        return None, None, None
+    hub_id, shown = _dataset_link(data["dataset_name"], endpoint)
+    details = [f"split `{data['train_split']}`"]
+    if data.get("dataset_config_name"):
+        details.append(f"config `{data['dataset_config_name']}`")
+    if data.get("dataset_revision"):
+        details.append(f"revision `{data['dataset_revision']}`")
+    if data.get("max_pool_size"):
+        details.append(f"a seeded random pool of {_count(data['max_pool_size'])} examples")
+    return hub_id, shown, ", ".join(details)
+
+
+def _evaluation(data: dict | None, config: dict) -> str:
+    if data is not None and data.get("eval_split"):
+        evaluation = f"the `{data['eval_split']}` split"
+        if data.get("max_eval_samples"):
+            evaluation += f" ({_count(data['max_eval_samples'])} seeded random examples)"
+        return evaluation
+    eval_set = config.get("eval_set") or {}
+    if eval_set.get("num_rows"):
+        return f"an evaluation set of {_count(eval_set['num_rows'])} examples"
+    return "the run's evaluation set"
+
+
+def _summary(config: dict, pool_size: str | None) -> str:
+    pool = f"a pool of {pool_size} images" if pool_size else "the pool"
+    pruned = (config.get("pruning_ratio") or 0) > 0
+    if config.get("strategy") == "random":
+        selection = f"the training examples were a seeded random draw from {pool}"
+    elif pruned:
+        selection = (
+            f"the training examples were chosen from {pool} by a pruned copy of the model (the *surrogate*) "
+            f"with the `{config.get('strategy')}` strategy"
+        )
+    else:
+        selection = (
+            f"the training examples were chosen from {pool} by the full-size model itself (dense-selector "
+            f"active learning) with the `{config.get('strategy')}` strategy"
+        )
+    if config.get("fusion"):
+        surrogate = (
+            "the trained surrogate" if config.get("strategy") != "random" else "a surrogate trained on them"
+        )
+        training = f"{surrogate} was then fused back into the full-size model before its final training"
+    else:
+        training = "the full-size model was then trained on them from its initialization"
+    if config.get("distill_alpha"):
+        training += ", distilling from the surrogate"
+    return f"{selection}; {training}"
+
+
+def _overrides(overrides: dict | None) -> str | None:
+    if not overrides:
+        return None
+    return ", ".join(f"`{name}: {_yaml_scalar(value)}`" for name, value in overrides.items())
+
+
+def _query_sizes(config: dict) -> list[int]:
+    sizes, rounds = config.get("query_size") or [], config.get("num_rounds") or 0
+    if isinstance(sizes, int):
+        sizes = [sizes]
+    return list(sizes) if len(sizes) == rounds else list(sizes) * rounds
+
+
+def _round_sizes(initial, query_sizes: list[int]) -> str | None:
+    if initial is None:
+        return None
+    totals, total = [initial], initial
+    for size in query_sizes:
+        total += size
+        totals.append(total)
+    steps = ", ".join(f"+{_count(s)}" for s in query_sizes)
+    return f"{_count(initial)} random, then {steps} (labeled set: {', '.join(_count(t) for t in totals)})"
+
+
+def _fusion(config: dict) -> str:
+    if not config.get("fusion"):
+        return "none: a fresh dense model was trained on the selected data"
+    start = (
+        "the dense initialization θ0"
+        if config.get("fusion_init") == "dense_init"
+        else "a fresh initialization"
+    )
+    norm = "copied" if config.get("copy_norm_stats") else "kept from the dense model"
+    return f"trained surrogate written into {start} at its kept indices; normalization statistics {norm}"
+
+
+def _distillation(config: dict) -> str:
+    alpha = config.get("distill_alpha") or 0
+    if not alpha:
+        return "none (plain cross-entropy)"
+    return f"from the trained surrogate, α = {alpha}, τ = {config.get('distill_temperature')}"
+
+
+def _rounds(records: list[dict]) -> list[dict[str, str]] | None:
+    rows = []
+    for record in records:
+        surrogate, dense, selection = (
+            record.get("surrogate") or {},
+            record.get("dense") or {},
+            record.get("selection"),
+        )
+        rows.append(
+            {
+                "round": str(record["round"]),
+                "labeled": _count((surrogate or dense).get("labeled")) or "–",
+                "surrogate_accuracy": _accuracy(surrogate.get("accuracy")) or "–",
+                "dense_accuracy": _accuracy(dense.get("accuracy")) or "–",
+                "selected": _count(selection["query_size"]) if selection else "–",
+            }
+        )
+    has_accuracy = any(r["surrogate_accuracy"] != "–" or r["dense_accuracy"] != "–" for r in rows)
+    return rows if has_accuracy else None
+
+
+def _costs(metrics: dict) -> list[dict[str, str]] | None:
+    selection = metrics["selection"]
+    rows = []
+    if selection["dense_flops"]:
+        rows.append({"purpose": "selection (surrogate trainings that fed a selection, and pool scoring)",
+                     "seconds": f"{selection['seconds']:.1f} s",
+                     "flops": f"{_human(selection['flops'])} (dense-selector active learning: "
+                              f"{_human(selection['dense_flops'])})"})  # fmt: skip
+    elif metrics["final_training"]["seconds"]:
+        rows.append({"purpose": "selection", "seconds": "–", "flops": "none (random draw)"})
+    for key, purpose in (
+        ("fusion_teacher", "fusion teacher (surrogate trainings that only fed fusion or distillation)"),
+        ("final_training", "final training (the fused or dense model)"),
+    ):
+        part = metrics.get(key) or {}
+        if part.get("seconds"):
+            rows.append(
+                {"purpose": purpose, "seconds": f"{part['seconds']:.1f} s", "flops": _human(part["flops"])}
+            )
+    return rows or None
+
+
+def _class_counts(rows: dict, class_names: list[str] | None) -> list[dict[str, str]] | None:
+    labels = rows.get("label")
+    if not labels or all(y is None for y in labels):
+        return None
+    names = rows.get(SELECTION_LABEL_NAME) or [None] * len(labels)
+    counts: dict[int, int] = {}
+    shown: dict[int, str] = {}
+    for label, name in zip(labels, names):
+        if label is None:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        shown[label] = name or (
+            class_names[label] if class_names and label < len(class_names) else str(label)
+        )
+    total = sum(counts.values())
+    return [
+        {"name": shown[y], "count": _count(counts[y]), "share": f"{counts[y] / total:.1%}"}
+        for y in sorted(counts)
+    ]
+
+
+def _quickstart(source: str, num_channels: int, labels: list[str]) -> str:
+    example = f'  # a class name, e.g. "{labels[0]}"' if labels else ""
+    if num_channels != 1:
+        return (
+            "from transformers import pipeline\n\n"
+            f'classifier = pipeline("image-classification", model="{source}")\n'
+            f'print(classifier("image.png")[0]["label"]){example}'
+        )
+    # `pipeline()` converts every image to RGB, which a one-channel model cannot take.
+    return (
+        "import torch\nfrom PIL import Image\n"
+        "from transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
+        f'processor = AutoImageProcessor.from_pretrained("{source}")\n'
+        f'model = AutoModelForImageClassification.from_pretrained("{source}").eval()\n'
+        "# The model reads one-channel images: convert to grayscale first (pipeline() would feed RGB).\n"
+        'image = Image.open("image.png").convert("L")\n'
+        "with torch.no_grad():\n"
+        '    logits = model(**processor(images=image, return_tensors="pt")).logits\n'
+        f"print(model.config.id2label[logits.argmax(-1).item()]){example}"
+    )
+
+
+def framework_versions() -> dict[str, str]:
+    """
+    Versions of the libraries a card lists.
+
+    Returns:
+        `dict[str, str]`: library name -> version (prunefuse-hf, Transformers, PyTorch, Datasets, huggingface_hub,
+        Python).
+
+    Example:
+
+    ```python
+    >>> framework_versions()["prunefuse-hf"]
+    '0.1.0'
+    ```
+    """
+    import datasets
+    import huggingface_hub
+    import torch
+    import transformers
+
+    return {
+        "prunefuse-hf": VERSION,
+        "Transformers": transformers.__version__,
+        "PyTorch": torch.__version__,
+        "Datasets": datasets.__version__,
+        "huggingface_hub": huggingface_hub.__version__,
+        "Python": platform.python_version(),
+    }

@@ -1,0 +1,108 @@
+"""What `state.json` records of a run, and the checks that a run may resume: the settings that change results,
+the state version, and the pool (the rows already trained on hold the same pixels)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import datasets
+import numpy as np
+
+from ..constants import PIXEL_VALUES
+from ..utils.io import json_default
+from ..utils.run_directory import RunDirectory
+
+STATE_VERSION = 2
+# Settings that change what a run selects, trains or measures: resuming with other values is refused, by name.
+RESULT_FIELDS = (
+    "method", "pruning_ratio", "importance", "strategy", "fusion", "distill_alpha", "distill_temperature",
+    "initial_labeled_size", "seed_labels", "query_size", "num_rounds", "seed", "data_seed", "selection_seed",
+    "annotation",
+    "surrogate_init", "fusion_init", "copy_norm_stats", "sync_every", "eval_dense_every_round", "mc_samples",
+    "image_column", "label_column", "class_names", "image_size", "augment",
+    "num_train_epochs", "max_steps", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "optim", "optim_args", "weight_decay", "lr_scheduler_type", "warmup_steps", "label_smoothing_factor",
+    "max_grad_norm", "surrogate_num_train_epochs", "surrogate_learning_rate",
+    "surrogate_per_device_train_batch_size", "bf16", "fp16", "eval_strategy", "eval_steps", "sync_batchnorm",
+)  # fmt: skip
+
+
+def result_settings(args, processor, input_shape: tuple, pool_size: int, eval_dataset) -> dict:
+    """The settings a run records and a resume must match: `RESULT_FIELDS`, the preprocessing (the processor and
+    the input shape), the pool's size and the evaluation set's size and fingerprint, as read back from JSON."""
+    settings = {name: getattr(args, name, None) for name in RESULT_FIELDS}
+    settings["preprocessing"] = {"processor": processor.to_dict(), "input_shape": list(input_shape)}
+    settings["pool_size"] = pool_size
+    settings["eval_set"] = None
+    if eval_dataset is not None:
+        settings["eval_set"] = {"num_rows": len(eval_dataset), "fingerprint": eval_dataset._fingerprint}
+    # As they read back from state.json, so that a resume compares like with like.
+    return json.loads(json.dumps(settings, default=json_default))
+
+
+def check_resumable(progress: dict, current: dict, run_dir: RunDirectory) -> None:
+    """
+    Refuse to resume a run written by another state version or with other result settings.
+
+    Raises:
+        `ValueError`: naming the state versions, or each changed setting with the run's value and the new one.
+    """
+    if progress.get("version") != STATE_VERSION:
+        raise ValueError(
+            f"{run_dir.state_path} was written by another prunefuse-hf version (state version "
+            f"{progress.get('version')}, this one reads {STATE_VERSION}); start a new run."
+        )
+    saved = progress["settings"]
+    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    if changed:
+        details = "; ".join(f"{k}: the run has {old!r}, now {new!r}" for k, (old, new) in changed.items())
+        raise ValueError(
+            f"Cannot resume {run_dir.path} with different settings ({details}). Resume with the run's "
+            "settings, or start a new run in another output_dir."
+        )
+
+
+def check_same_pool(progress: dict, pixels, run_dir: RunDirectory) -> None:
+    """
+    Refuse to resume on another pool. A pool is the same when every row the run already trained on holds the same
+    pixels: a repaired file, a re-encoded image of the same content or a moved folder still resume.
+
+    Raises:
+        `ValueError`: naming how many labeled rows changed and some of their pool indices.
+    """
+    digests = progress.get("row_digests", {})
+    rows = np.asarray([int(i) for i in digests], dtype=np.int64)
+    changed = [int(i) for i, d in zip(rows, row_digests(pixels, rows)) if digests[str(int(i))] != d]
+    if changed:
+        raise ValueError(
+            f"Cannot resume {run_dir.path}: the pool is not the run's. {len(changed)} of the {len(rows)} rows "
+            f"the run already labeled hold other pixels now (pool index {changed[:5]}). Load the same dataset, "
+            "split and revision (with the same max_pool_size and seed)."
+        )
+
+
+def row_digests(pixels, rows: np.ndarray) -> list[str]:
+    """A short digest (8-byte BLAKE2b, hex) of each row's decoded pixels, read 512 rows at a time."""
+    digests = []
+    for start in range(0, len(rows), 512):
+        batch = pixels[rows[start : start + 512].tolist()][PIXEL_VALUES]
+        digests += [
+            hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=8).hexdigest() for row in batch
+        ]
+    return digests
+
+
+def relative_image_paths(dataset: datasets.Dataset, column: str) -> list[str | None]:
+    """The file each example came from (image folders, datasets that keep paths), relative to the folder all the
+    pool's files share, so no local directory travels with a pushed subset; `None` where an image has no path."""
+    if not isinstance(dataset.features[column], datasets.Image):
+        return []
+    stored = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    paths = [value.get("path") if value else None for value in stored[column]]
+    local = [p for p in paths if p and os.path.isabs(p)]
+    root = os.path.commonpath(local) if local else None
+    if root is not None and len(local) == 1:
+        root = os.path.dirname(root)
+    return [os.path.relpath(p, root) if root and p and os.path.isabs(p) else p for p in paths]

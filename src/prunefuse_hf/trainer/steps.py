@@ -1,0 +1,410 @@
+"""The steps of PruneFuse, one function each, in the order a run takes them (Kousar, Bhatti and Moon,
+arXiv:2603.26138): `init_run` prunes θ0 into the surrogate and draws the first query; per round, `train_surrogate`,
+`train_dense` (the fused model, or a fresh dense one), `sync` (fuse, train, prune again), `select` (score the
+unlabeled pool and write the next query) and `label` (the query's labels come in: from the oracle in simulation,
+from annotators otherwise); then `report`. Each takes the `PruneFuseTrainer` whose run it advances and returns the
+facts the trainer logs; the trainer writes `state.json` after each one.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+
+import numpy as np
+from transformers import (
+    AutoModelForImageClassification,
+    set_seed,
+)
+from transformers.trainer_utils import IntervalStrategy
+from transformers.utils import logging
+
+from ..annotation.labels import LabelBatch
+from ..annotation.queries import query_directory, query_is_complete, write_query_batch
+from ..annotation.store import LabelStore, oracle_labels
+from ..constants import (
+    DENSE_BASE_DIR,
+    DENSE_INIT_DIR,
+    FUSED_DIR,
+    QUERY_CONTENTS,
+    SURROGATE_DIR,
+    SURROGATE_INIT_DIR,
+    TRAINER_DIR,
+)
+from ..data.preprocessing import PixelDataset
+from ..hub.push import push_query_batch
+from ..pruning.cost import FORWARD_FLOPS_PER_MAC, TRAIN_FLOPS_PER_MAC, model_cost
+from ..pruning.fusion import fuse_into_dense
+from ..pruning.plan import PruningPlan, config_hash
+from ..pruning.prune import prune_model
+from ..selection.scoring import score_pool
+from .batchnorm import synced_batchnorm
+from .distillation_trainer import DistillationTrainer
+from .report import write_report
+from .run_logging import ForwardLogs
+
+logger = logging.get_logger(__name__)
+
+
+def init_run(trainer) -> dict:
+    args = trainer.args
+    dense = trainer.model
+    if len(trainer._seed_labels):
+        _store_labels(trainer, trainer._seed_labels, round_=1)
+        trainer.pool.label(trainer._seed_labels.pool_indices, round=1, labels=trainer._seed_labels.labels)
+    if args.initial_labeled_size:
+        # The first query: a seeded random draw from the unlabeled pool.
+        rng = np.random.default_rng(args.selection_seed)
+        drawn = np.sort(
+            rng.choice(trainer.pool.unlabeled_indices, size=args.initial_labeled_size, replace=False)
+        )
+        _set_query(trainer, 1, drawn, scores=None, strategy="random")
+    surrogate, plan = prune_model(dense, args.pruning_ratio, importance=args.importance)
+    height, width = trainer.input_shape[-2:]
+    dense_cost, surrogate_cost = (
+        model_cost(dense, (height, width)),
+        model_cost(surrogate, (height, width)),
+    )
+    trainer.progress["costs"] = {
+        "image_size": [height, width],
+        "dense": dense_cost.to_dict(),
+        "surrogate": surrogate_cost.to_dict(),
+        "dense_config_hash": config_hash(dense.config),
+    }
+    if trainer.is_world_process_zero():
+        trainer.run_dir.save_dir(DENSE_INIT_DIR, dense.save_pretrained)
+        trainer.run_dir.save_dir(DENSE_BASE_DIR, dense.save_pretrained)
+        trainer.run_dir.save_dir(
+            SURROGATE_INIT_DIR, lambda d: save_checkpoint(trainer, surrogate, d, plan=plan)
+        )
+    return {
+        "seed_labels": len(trainer._seed_labels) or None,
+        "dense_params": dense_cost.params,
+        "surrogate_params": surrogate_cost.params,
+        "macs_ratio": round(surrogate_cost.macs / dense_cost.macs, 4),
+    }
+
+
+def train_surrogate(trainer, round_: int) -> dict:
+    args = trainer.args
+    warm = args.surrogate_init == "warm" and (trainer.run_dir.surrogate_dir / "config.json").exists()
+    start_dir = trainer.run_dir.surrogate_dir if warm else trainer.run_dir / SURROGATE_INIT_DIR
+    surrogate = AutoModelForImageClassification.from_pretrained(start_dir)
+    plan = PruningPlan.from_pretrained(trainer.run_dir / SURROGATE_INIT_DIR)
+    training_args = args.surrogate_training_args(str(trainer.run_dir / TRAINER_DIR))
+    record = _train(trainer, surrogate, training_args, round_, role="surrogate", seed_offset=1)
+    # What the training is for decides where the cost ledger books it.
+    selects = round_ <= args.num_rounds and bool(trainer.strategy.needs)
+    record["purpose"] = "selection" if selects else "fusion_teacher"
+    if trainer.is_world_process_zero():
+        trainer.run_dir.save_dir(SURROGATE_DIR, lambda d: save_checkpoint(trainer, surrogate, d, plan=plan))
+    _round(trainer, round_)["surrogate"] = record
+    trainer._surrogate_cache = (round_, surrogate)
+    return {"round": round_, "labeled": record["labeled"], "surrogate_accuracy": record["accuracy"]}
+
+
+def train_dense(trainer, round_: int) -> dict:
+    args = trainer.args
+    teacher = _trained_surrogate(trainer, round_) if args.distill_alpha > 0 else None
+    model = _fused_start(trainer, round_) if args.fusion else _fresh_dense(trainer, round_)
+    training_args = args.dense_training_args(str(trainer.run_dir / TRAINER_DIR))
+    # The fresh model's start accuracy is only worth an evaluation when it opens an accuracy curve.
+    start_accuracy = None
+    if args.fusion or _evaluates_during_training(training_args):
+        # On a copy: evaluating marks a model as prepared, and Accelerate would then not wrap it in DDP for its
+        # training (the processes' gradients would never be averaged).
+        start_accuracy = _evaluate(trainer, copy.deepcopy(model))
+    record = _train(trainer, model, training_args, round_, role="dense", seed_offset=2, teacher=teacher)
+    record["accuracy_at_start"] = start_accuracy
+    if "curve" in record and start_accuracy is not None:
+        record["curve"].insert(0, {"step": 0, "accuracy": start_accuracy})
+    _round(trainer, round_)["dense"] = record
+    if round_ == args.num_rounds + 1:
+        trainer.progress["final"] = {**record, "labeled": trainer.pool.num_labeled}
+        trainer.model = trainer.model_wrapped = model
+        if trainer.is_world_process_zero():
+            trainer.run_dir.save_dir(FUSED_DIR, lambda d: save_checkpoint(trainer, model, d))
+    role = "fused" if args.fusion else "dense"
+    return {
+        "round": round_,
+        "labeled": record["labeled"],
+        f"{role}_accuracy_at_start": start_accuracy,
+        f"{role}_accuracy": record["accuracy"],
+    }
+
+
+def sync(trainer, round_: int) -> dict:
+    # Fuse, train the fused model, and prune it again: the next surrogate starts from what the dense model
+    # learned, and the next fusion writes into this trained dense model.
+    args = trainer.args
+    fused = _fused_start(trainer, round_)
+    training_args = args.dense_training_args(str(trainer.run_dir / TRAINER_DIR))
+    record = _train(trainer, fused, training_args, round_, role="dense", seed_offset=3)
+    surrogate, plan = prune_model(fused, args.pruning_ratio, importance=args.importance)
+    if trainer.is_world_process_zero():
+        trainer.run_dir.save_dir(DENSE_BASE_DIR, fused.save_pretrained)
+        trainer.run_dir.save_dir(
+            SURROGATE_INIT_DIR, lambda d: save_checkpoint(trainer, surrogate, d, plan=plan)
+        )
+    _round(trainer, round_)["sync"] = record
+    return {"round": round_, "synced_accuracy": record["accuracy"]}
+
+
+def select(trainer, round_: int) -> dict:
+    args = trainer.args
+    query_size = args.query_sizes()[round_ - 1]
+    unlabeled_indices = trainer.pool.unlabeled_indices
+    started = time.perf_counter()
+    outputs, scored = {}, 0
+    if trainer.strategy.needs:
+        model = _trained_surrogate(trainer, round_)
+        wanted = tuple(sorted(trainer.strategy.needs))
+        # Shardable strategies select from each process's own shard: no process holds the whole pool's
+        # scores or features. The labeled set's features (kcenter_greedy) are gathered everywhere.
+        sharded = trainer.strategy.shardable
+        unlabeled = _score(trainer, model, unlabeled_indices, wanted, gather=not sharded)
+        outputs = {name: getattr(unlabeled, name) for name in wanted}
+        if sharded:
+            outputs["accelerator"] = trainer.accelerator
+        scored = len(unlabeled_indices) * (args.mc_samples if "mc_probs" in wanted else 1)
+        if trainer.strategy.uses_labeled_features:
+            labeled = _score(trainer, model, trainer.pool.labeled_indices, ("features",))
+            outputs["labeled_features"] = labeled.features
+            scored += len(labeled)
+        candidates = unlabeled.pool_indices
+    else:
+        candidates = unlabeled_indices
+    selection = trainer.strategy.select(
+        query_size, pool_indices=candidates, seed=args.selection_seed + round_, **outputs
+    )
+    costs = trainer.progress["costs"]
+    _round(trainer, round_)["selection"] = {
+        "strategy": trainer.strategy.name,
+        "query_size": query_size,
+        "scored_examples": scored,
+        "seconds": time.perf_counter() - started,
+        "flops": FORWARD_FLOPS_PER_MAC * costs["surrogate"]["macs"] * scored,
+        "dense_flops": FORWARD_FLOPS_PER_MAC * costs["dense"]["macs"] * scored,
+    }
+    _set_query(
+        trainer, round_ + 1, selection.indices, scores=selection.scores, strategy=trainer.strategy.name
+    )
+    record = _round(trainer, round_)["selection"]
+    return {
+        "round": round_,
+        "picked": len(selection),
+        "strategy": trainer.strategy.name,
+        "scored": scored,
+        "selection_flops": record["flops"],
+        "dense_equivalent_flops": record["dense_flops"],
+    }
+
+
+def label(trainer, round_: int) -> dict | None:
+    """Labels come in for the query of `round_` (its examples join the labeled set in that round)."""
+    query = trainer.progress["queries"][str(round_)]
+    indices = np.asarray(query["pool_indices"], dtype=np.int64)
+    if trainer.args.annotation == "human":
+        store = LabelStore(trainer.run_dir.path, trainer.class_names)
+        if not query_is_complete(trainer.run_dir.path, round_, indices, store):
+            _write_query(trainer, round_, indices, query["scores"])
+            trainer._awaiting_labels = round_
+            return None
+        labels = store.as_array(len(trainer.pool))[indices]
+    else:
+        # Simulation goes through the same store as people's labels: the oracle is one more source.
+        batch = oracle_labels(trainer.pool.dataset, trainer.args.label_column, indices, trainer.class_names)
+        labels = _store_labels(trainer, batch, round_, expected=indices).as_array(len(trainer.pool))[indices]
+    labeled = labels >= 0
+    scores = None if query["scores"] is None else np.asarray(query["scores"])[labeled]
+    trainer.pool.label(
+        indices[labeled], round=round_, scores=scores, strategy=query["strategy"], labels=labels[labeled]
+    )
+    histogram = Counter(trainer.class_names[int(y)] for y in labels[labeled])
+    trainer.progress["queries"][str(round_)]["class_counts"] = dict(sorted(histogram.items()))
+    classes = ", ".join(f"{name} {count}" for name, count in histogram.most_common())
+    return {
+        "round": round_,
+        "labeled": trainer.pool.num_labeled,
+        "unlabeled_in_query": int((~labeled).sum()) or None,
+        "classes": classes,
+    }
+
+
+def _set_query(trainer, round_: int, indices: np.ndarray, scores, strategy: str) -> None:
+    trainer.progress.setdefault("queries", {})[str(round_)] = {
+        "pool_indices": np.asarray(indices).tolist(),
+        "scores": None if scores is None else np.asarray(scores).tolist(),
+        "strategy": strategy,
+    }
+
+
+def _store_labels(trainer, batch: LabelBatch, round_: int, expected=None) -> LabelStore:
+    # Only the main process opens the store before the barrier: the others read it once it is written.
+    if trainer.is_world_process_zero():
+        LabelStore(trainer.run_dir.path, trainer.class_names).add(batch, round=round_, expected=expected)
+    trainer.accelerator.wait_for_everyone()
+    return LabelStore(trainer.run_dir.path, trainer.class_names)
+
+
+def _write_query(trainer, round_: int, indices: np.ndarray, scores) -> None:
+    directory = query_directory(trainer.run_dir.path, round_)
+    if trainer.is_world_process_zero() and not directory.is_dir():
+        write_query_batch(
+            directory,
+            trainer.pool.dataset,
+            indices,
+            image_column=trainer.args.image_column,
+            class_names=trainer.class_names,
+            round=round_,
+            scores=scores,
+        )
+        if trainer.args.hub_query_id:
+            push_query_batch(
+                directory,
+                trainer.args.hub_query_id,
+                round_,
+                token=trainer.args.hub_token,
+                private=trainer.args.hub_private_repo,
+            )
+    trainer.accelerator.wait_for_everyone()
+    logger.info(
+        f"{len(indices):,} images to label for round {round_}: {directory} ({QUERY_CONTENTS}). Bring the "
+        "labels with `prunefuse-hf label "
+        f"{trainer.run_dir.path} --labels FILE`, then resume: {trainer.resume_command or 'trainer.train(resume_from_checkpoint=True)'}"
+    )
+
+
+def report(trainer) -> dict:
+    if trainer.is_world_process_zero():
+        write_report(trainer.run_dir, trainer.progress, trainer.args, trainer.class_names)
+        trainer._write_model_card(trainer.run_dir.fused_dir)
+        if trainer.args.push_to_hub:
+            # A failed push raises before this step is marked done, so a resume (or `prunefuse-hf push`)
+            # retries it.
+            trainer.push_to_hub()
+    return {
+        "labeled": trainer.pool.num_labeled,
+        "accuracy": trainer.progress.get("final", {}).get("accuracy"),
+    }
+
+
+def _train(trainer, model, args, round_: int, *, role: str, seed_offset: int, teacher=None) -> dict:
+    args.seed = args.data_seed = trainer.args.seed + 1000 * round_ + seed_offset
+    set_seed(args.seed)
+    labeled = trainer.pool.labeled_indices
+    train_dataset = PixelDataset(trainer.pool_pixels, labeled, trainer.pool.labels[labeled])
+    # `eval_strategy` steps/epoch evaluates the dense model while it trains: its accuracy curve.
+    curve = _evaluates_during_training(args) and trainer.eval_dataset is not None
+    forwarder = ForwardLogs(trainer, "fused" if role == "dense" and trainer.args.fusion else role)
+    inner = DistillationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=trainer.eval_dataset if curve else None,
+        teacher_model=teacher,
+        preprocessor=trainer.preprocessor,
+        callbacks=[forwarder],
+    )
+    started = time.perf_counter()
+    with synced_batchnorm(model, enabled=trainer.args.sync_batchnorm):
+        result = inner.train()
+    trainer.state.global_step += inner.state.global_step
+    evaluations = [entry for entry in inner.state.log_history if "eval_accuracy" in entry]
+    eval_seconds = sum(entry.get("eval_runtime", 0.0) for entry in evaluations)
+    seconds = time.perf_counter() - started - eval_seconds  # training only, like an untracked run
+    steps = inner.state.global_step
+    # An evaluation the Trainer already ran on the final weights is the model's accuracy.
+    evaluated_at_end = evaluations and evaluations[-1]["step"] == steps and not args.load_best_model_at_end
+    accuracy = evaluations[-1]["eval_accuracy"] if evaluated_at_end else _evaluate(trainer, model, inner)
+    costs = trainer.progress["costs"]
+    # The epochs actually trained (`max_steps` may end training before `num_train_epochs`).
+    epochs = inner.state.epoch or 0.0
+    examples = int(round(len(train_dataset) * epochs))
+    record = {
+        "labeled": len(train_dataset),
+        "epochs": epochs,
+        "steps": steps,
+        "train_loss": result.training_loss,
+        "seconds": seconds,
+        "flops": TRAIN_FLOPS_PER_MAC * costs[role]["macs"] * examples,
+        "dense_flops": TRAIN_FLOPS_PER_MAC * costs["dense"]["macs"] * examples,
+        "accuracy": accuracy,
+    }
+    if curve:
+        record["eval_seconds"] = eval_seconds
+        record["curve"] = [{"step": e["step"], "accuracy": e["eval_accuracy"]} for e in evaluations]
+        if not evaluated_at_end:
+            record["curve"].append({"step": steps, "accuracy": accuracy})
+    return record
+
+
+def _evaluate(trainer, model, inner=None) -> float | None:
+    if trainer.eval_dataset is None:
+        return None
+    if inner is None:
+        args = trainer.args.dense_training_args(str(trainer.run_dir / TRAINER_DIR))
+        inner = DistillationTrainer(
+            model=model, args=args, eval_dataset=trainer.eval_dataset, preprocessor=trainer.preprocessor
+        )
+    return inner.evaluate(trainer.eval_dataset)["eval_accuracy"]
+
+
+def _score(trainer, model, pool_indices: np.ndarray, outputs: tuple[str, ...], gather: bool = True):
+    return score_pool(
+        model,
+        PixelDataset(trainer.pool_pixels, pool_indices),
+        pool_indices,
+        batch_size=trainer.args.scoring_batch_size,
+        outputs=outputs,
+        accelerator=trainer.accelerator,
+        gather=gather,
+        mc_samples=trainer.args.mc_samples,
+        preprocess=trainer.preprocessor.normalize,
+        num_workers=trainer.args.dataloader_num_workers,
+        show_progress=not trainer.args.disable_tqdm,
+    )
+
+
+def _trained_surrogate(trainer, round_: int):
+    if trainer._surrogate_cache and trainer._surrogate_cache[0] == round_:
+        return trainer._surrogate_cache[1]
+    # Resumed after this round's training: the saved surrogate is that training's result.
+    return AutoModelForImageClassification.from_pretrained(trainer.run_dir.surrogate_dir)
+
+
+def _fused_start(trainer, round_: int):
+    base = _fresh_dense(trainer, round_) if trainer.args.fusion_init == "fresh" else None
+    if base is None:
+        base = AutoModelForImageClassification.from_pretrained(trainer.run_dir / DENSE_BASE_DIR)
+    plan = PruningPlan.from_pretrained(trainer.run_dir / SURROGATE_INIT_DIR)
+    return fuse_into_dense(
+        base, _trained_surrogate(trainer, round_), plan, copy_norm_stats=trainer.args.copy_norm_stats
+    )
+
+
+def _fresh_dense(trainer, round_: int):
+    if trainer.args.fusion_init == "fresh" and trainer.args.fusion:
+        set_seed(trainer.args.seed + 7919 * round_)
+        return AutoModelForImageClassification.from_config(trainer.dense_init_config)
+    return AutoModelForImageClassification.from_pretrained(trainer.run_dir / DENSE_INIT_DIR)
+
+
+def _round(trainer, round_: int) -> dict:
+    return trainer.progress["rounds"].setdefault(str(round_), {"round": round_})
+
+
+def save_checkpoint(trainer, model, directory, plan: PruningPlan | None = None) -> None:
+    """Save `model` pipeline-ready: the run's class names as `id2label`, its image processor and, for a
+    surrogate, the pruning plan."""
+    model.config.id2label = dict(enumerate(trainer.class_names))
+    model.config.label2id = {name: i for i, name in enumerate(trainer.class_names)}
+    model.save_pretrained(directory)
+    trainer.processing_class.save_pretrained(directory)
+    if plan is not None:
+        plan.save_pretrained(directory)
+
+
+def _evaluates_during_training(args) -> bool:
+    return args.eval_strategy != IntervalStrategy.NO

@@ -60,9 +60,10 @@ def run_in_processes(function, *args, num_processes=2, timeout=300):
     import sys
     from pathlib import Path
 
-    tests_dir = Path(__file__).parent
+    # The test module's own folder, so the fresh interpreter imports it by name.
+    tests_dir = Path(sys.modules[function.__module__].__file__).parent
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[6]];"
         "import importlib, json; from accelerate import debug_launcher;"
         "function = getattr(importlib.import_module(sys.argv[2]), sys.argv[3]);"
         "debug_launcher(function, args=tuple(json.loads(sys.argv[4])), num_processes=int(sys.argv[5]))"
@@ -70,7 +71,7 @@ def run_in_processes(function, *args, num_processes=2, timeout=300):
     import json
 
     command = [sys.executable, "-c", code, str(tests_dir), function.__module__, function.__name__,
-               json.dumps(list(args)), str(num_processes)]  # fmt: skip
+               json.dumps(list(args)), str(num_processes), str(Path(__file__).parent)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "active_learning.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "active_learning.py"
 
 
 def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):

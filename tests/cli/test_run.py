@@ -79,7 +79,7 @@ def test_help_names_the_command_and_lists_its_own_options_first(capsys):
 
 
 RECIPES = sorted(
-    p for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml") if "accelerate" not in p.parts[-2]
+    p for p in (Path(__file__).parents[2] / "recipes").rglob("*.yaml") if "accelerate" not in p.parts[-2]
 )
 
 

@@ -30,8 +30,8 @@ from prunefuse_hf.hub.cards import (
 )
 from prunefuse_hf.utils.io import redact_secrets
 
-MODEL_CARDS = Path(__file__).parent.parent / "model_cards"
-REFERENCE_RUN = Path(__file__).parent.parent / "runs" / "fashion-mnist-resnet" / "prunefuse"
+MODEL_CARDS = Path(__file__).parents[2] / "model_cards"
+REFERENCE_RUN = Path(__file__).parents[2] / "runs" / "fashion-mnist-resnet" / "prunefuse"
 REPO_IDS = dict(
     model_repo_id="your-org/fashion-mnist-resnet18-prunefuse",
     subset_repo_id="your-org/fashion-mnist-prunefuse-subset",

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scoring.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scoring.py"
 
 
 def test_quick_benchmark_measures_every_target_side_by_side(tmp_path):

@@ -11,13 +11,11 @@ from pathlib import Path
 from ..arguments import run_data_arguments
 from ..constants import (
     FASHION_MNIST,
-    FASHION_MNIST_HUB_ID,
     FUSED_DIR,
     IMAGE_PATH,
     METHOD_DESCRIPTIONS,
     POOL_INDEX,
     PRUNING_PLAN_NAME,
-    SELECTION_LABEL_NAME,
     SOURCE_INDEX,
     SURROGATE_INIT_DIR,
     VERSION,
@@ -32,14 +30,27 @@ from .card_data import (
     SubsetCardFacts,
     SurrogateCardFacts,
     _accuracy,
+    _class_counts,
+    _costs,
     _count,
+    _dataset_link,
+    _distillation,
+    _evaluation,
+    _fusion,
     _human,
     _listing,
     _number,
+    _overrides,
+    _query_sizes,
+    _quickstart,
     _ratio,
+    _round_sizes,
+    _rounds,
     _shareable,
+    _shown_name,
+    _summary,
+    _training_data,
     _yaml,
-    _yaml_scalar,
 )
 
 
@@ -336,206 +347,6 @@ def _class_names(model_config: dict) -> list[str]:
     id2label = model_config.get("id2label") or {}
     labels = [label for _, label in sorted(id2label.items(), key=lambda kv: int(kv[0]))]
     return [] if all(_PLACEHOLDER_LABEL.fullmatch(label) for label in labels) else labels
-
-
-def _dataset_link(name: str, endpoint: str) -> tuple[str | None, str]:
-    """(Hub id, markdown) of a dataset: a link on the endpoint, else only a local folder's name."""
-    hub_id = FASHION_MNIST_HUB_ID if name == FASHION_MNIST else name if is_hub_id(name) else None
-    if name == FASHION_MNIST:
-        return (
-            hub_id,
-            f"Fashion-MNIST (built-in `{FASHION_MNIST}`, the same data as [{hub_id}]({endpoint}/datasets/{hub_id}))",
-        )
-    if hub_id:
-        return hub_id, f"[{hub_id}]({endpoint}/datasets/{hub_id})"
-    # A path of this machine means nothing where the card is read, and may say more than it should.
-    return None, f"the local dataset folder `{_shown_name(name)}`"
-
-
-def _shown_name(name: str) -> str:
-    return name if name == FASHION_MNIST or is_hub_id(name) else Path(os.path.expanduser(name)).name or name
-
-
-def _training_data(data: dict | None, endpoint: str) -> tuple[str | None, str | None, str | None]:
-    if data is None:
-        return None, None, None
-    hub_id, shown = _dataset_link(data["dataset_name"], endpoint)
-    details = [f"split `{data['train_split']}`"]
-    if data.get("dataset_config_name"):
-        details.append(f"config `{data['dataset_config_name']}`")
-    if data.get("dataset_revision"):
-        details.append(f"revision `{data['dataset_revision']}`")
-    if data.get("max_pool_size"):
-        details.append(f"a seeded random pool of {_count(data['max_pool_size'])} examples")
-    return hub_id, shown, ", ".join(details)
-
-
-def _evaluation(data: dict | None, config: dict) -> str:
-    if data is not None and data.get("eval_split"):
-        evaluation = f"the `{data['eval_split']}` split"
-        if data.get("max_eval_samples"):
-            evaluation += f" ({_count(data['max_eval_samples'])} seeded random examples)"
-        return evaluation
-    eval_set = config.get("eval_set") or {}
-    if eval_set.get("num_rows"):
-        return f"an evaluation set of {_count(eval_set['num_rows'])} examples"
-    return "the run's evaluation set"
-
-
-def _summary(config: dict, pool_size: str | None) -> str:
-    pool = f"a pool of {pool_size} images" if pool_size else "the pool"
-    pruned = (config.get("pruning_ratio") or 0) > 0
-    if config.get("strategy") == "random":
-        selection = f"the training examples were a seeded random draw from {pool}"
-    elif pruned:
-        selection = (
-            f"the training examples were chosen from {pool} by a pruned copy of the model (the *surrogate*) "
-            f"with the `{config.get('strategy')}` strategy"
-        )
-    else:
-        selection = (
-            f"the training examples were chosen from {pool} by the full-size model itself (dense-selector "
-            f"active learning) with the `{config.get('strategy')}` strategy"
-        )
-    if config.get("fusion"):
-        surrogate = (
-            "the trained surrogate" if config.get("strategy") != "random" else "a surrogate trained on them"
-        )
-        training = f"{surrogate} was then fused back into the full-size model before its final training"
-    else:
-        training = "the full-size model was then trained on them from its initialization"
-    if config.get("distill_alpha"):
-        training += ", distilling from the surrogate"
-    return f"{selection}; {training}"
-
-
-def _overrides(overrides: dict | None) -> str | None:
-    if not overrides:
-        return None
-    return ", ".join(f"`{name}: {_yaml_scalar(value)}`" for name, value in overrides.items())
-
-
-def _query_sizes(config: dict) -> list[int]:
-    sizes, rounds = config.get("query_size") or [], config.get("num_rounds") or 0
-    if isinstance(sizes, int):
-        sizes = [sizes]
-    return list(sizes) if len(sizes) == rounds else list(sizes) * rounds
-
-
-def _round_sizes(initial, query_sizes: list[int]) -> str | None:
-    if initial is None:
-        return None
-    totals, total = [initial], initial
-    for size in query_sizes:
-        total += size
-        totals.append(total)
-    steps = ", ".join(f"+{_count(s)}" for s in query_sizes)
-    return f"{_count(initial)} random, then {steps} (labeled set: {', '.join(_count(t) for t in totals)})"
-
-
-def _fusion(config: dict) -> str:
-    if not config.get("fusion"):
-        return "none: a fresh dense model was trained on the selected data"
-    start = (
-        "the dense initialization θ0"
-        if config.get("fusion_init") == "dense_init"
-        else "a fresh initialization"
-    )
-    norm = "copied" if config.get("copy_norm_stats") else "kept from the dense model"
-    return f"trained surrogate written into {start} at its kept indices; normalization statistics {norm}"
-
-
-def _distillation(config: dict) -> str:
-    alpha = config.get("distill_alpha") or 0
-    if not alpha:
-        return "none (plain cross-entropy)"
-    return f"from the trained surrogate, α = {alpha}, τ = {config.get('distill_temperature')}"
-
-
-def _rounds(records: list[dict]) -> list[dict[str, str]] | None:
-    rows = []
-    for record in records:
-        surrogate, dense, selection = (
-            record.get("surrogate") or {},
-            record.get("dense") or {},
-            record.get("selection"),
-        )
-        rows.append(
-            {
-                "round": str(record["round"]),
-                "labeled": _count((surrogate or dense).get("labeled")) or "–",
-                "surrogate_accuracy": _accuracy(surrogate.get("accuracy")) or "–",
-                "dense_accuracy": _accuracy(dense.get("accuracy")) or "–",
-                "selected": _count(selection["query_size"]) if selection else "–",
-            }
-        )
-    has_accuracy = any(r["surrogate_accuracy"] != "–" or r["dense_accuracy"] != "–" for r in rows)
-    return rows if has_accuracy else None
-
-
-def _costs(metrics: dict) -> list[dict[str, str]] | None:
-    selection = metrics["selection"]
-    rows = []
-    if selection["dense_flops"]:
-        rows.append({"purpose": "selection (surrogate trainings that fed a selection, and pool scoring)",
-                     "seconds": f"{selection['seconds']:.1f} s",
-                     "flops": f"{_human(selection['flops'])} (dense-selector active learning: "
-                              f"{_human(selection['dense_flops'])})"})  # fmt: skip
-    elif metrics["final_training"]["seconds"]:
-        rows.append({"purpose": "selection", "seconds": "–", "flops": "none (random draw)"})
-    for key, purpose in (
-        ("fusion_teacher", "fusion teacher (surrogate trainings that only fed fusion or distillation)"),
-        ("final_training", "final training (the fused or dense model)"),
-    ):
-        part = metrics.get(key) or {}
-        if part.get("seconds"):
-            rows.append(
-                {"purpose": purpose, "seconds": f"{part['seconds']:.1f} s", "flops": _human(part["flops"])}
-            )
-    return rows or None
-
-
-def _class_counts(rows: dict, class_names: list[str] | None) -> list[dict[str, str]] | None:
-    labels = rows.get("label")
-    if not labels or all(y is None for y in labels):
-        return None
-    names = rows.get(SELECTION_LABEL_NAME) or [None] * len(labels)
-    counts: dict[int, int] = {}
-    shown: dict[int, str] = {}
-    for label, name in zip(labels, names):
-        if label is None:
-            continue
-        counts[label] = counts.get(label, 0) + 1
-        shown[label] = name or (
-            class_names[label] if class_names and label < len(class_names) else str(label)
-        )
-    total = sum(counts.values())
-    return [
-        {"name": shown[y], "count": _count(counts[y]), "share": f"{counts[y] / total:.1%}"}
-        for y in sorted(counts)
-    ]
-
-
-def _quickstart(source: str, num_channels: int, labels: list[str]) -> str:
-    example = f'  # a class name, e.g. "{labels[0]}"' if labels else ""
-    if num_channels != 1:
-        return (
-            "from transformers import pipeline\n\n"
-            f'classifier = pipeline("image-classification", model="{source}")\n'
-            f'print(classifier("image.png")[0]["label"]){example}'
-        )
-    # `pipeline()` converts every image to RGB, which a one-channel model cannot take.
-    return (
-        "import torch\nfrom PIL import Image\n"
-        "from transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
-        f'processor = AutoImageProcessor.from_pretrained("{source}")\n'
-        f'model = AutoModelForImageClassification.from_pretrained("{source}").eval()\n'
-        "# The model reads one-channel images: convert to grayscale first (pipeline() would feed RGB).\n"
-        'image = Image.open("image.png").convert("L")\n'
-        "with torch.no_grad():\n"
-        '    logits = model(**processor(images=image, return_tensors="pt")).logits\n'
-        f"print(model.config.id2label[logits.argmax(-1).item()]){example}"
-    )
 
 
 def framework_versions() -> dict[str, str]:

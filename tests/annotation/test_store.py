@@ -110,7 +110,9 @@ def test_store_add_persists_and_second_ingest_is_a_no_op(tmp_path):
         reloaded.as_array(10)
 
     table = reloaded.table()
-    assert table.schema.names == ["pool_index", "label", "round", "source", "labeled_at"]
+    assert table.schema.names == ["pool_index", "label", "round", "source", "labeled_at", "annotator",
+                                  "annotation_id", "num_answers", "resolution"]  # fmt: skip
+    assert table.column("annotator").null_count == 4  # a plain label file names no annotator
     assert table.schema.field("round").type == pa.int32()
     assert table.column("pool_index").to_pylist() == sorted(INDICES)
     assert set(table.column("round").to_pylist()) == {3}
@@ -169,6 +171,29 @@ def test_store_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
     assert LabelStore(tmp_path, CLASS_NAMES).labels == {1: 2, 3: 0}
     # The same batch goes through once the interruption is over.
     assert store.add(LabelBatch([4, 5], [1, 1], "second.csv"), round=2).added == 2
+
+
+def test_store_reads_a_labels_file_written_before_the_annotation_columns(tmp_path):
+    old = pa.table(
+        {"pool_index": pa.array([4, 1], pa.int64()), "label": pa.array([1, 0], pa.int64()),
+         "round": pa.array([1, 1], pa.int32()), "source": ["a.csv", "a.csv"],
+         "labeled_at": ["2026-01-01T00:00:00Z"] * 2}
+    )  # fmt: skip
+    pq.write_table(old, tmp_path / LABELS_NAME)
+    store = LabelStore(tmp_path, CLASS_NAMES)
+    assert store.labels == {1: 0, 4: 1}
+    details = {
+        "annotator": ["ann1@example.com"],
+        "annotation_id": [7],
+        "num_answers": [2],
+        "resolution": ["agreed"],
+    }
+    store.add(LabelBatch([9], [2], "export.json", details), round=2)
+    rows = pq.read_table(tmp_path / LABELS_NAME).to_pylist()
+    assert rows[0]["annotator"] is None and rows[0]["resolution"] is None
+    assert {k: rows[2][k] for k in ("pool_index", "annotator", "annotation_id", "num_answers", "resolution")} == {
+        "pool_index": 9, "annotator": "ann1@example.com", "annotation_id": 7, "num_answers": 2, "resolution": "agreed"
+    }  # fmt: skip
 
 
 def test_store_refuses_foreign_or_damaged_file(tmp_path):
@@ -327,11 +352,14 @@ def test_write_query_batch_from_image_folder(tmp_path):
         assert [row["file_name"] for row in csv.DictReader(f)] == expected_names
     tasks = json.loads((directory / LABEL_STUDIO_TASKS).read_text())
     assert [task["data"]["file_name"] for task in tasks] == expected_names
-    assert [Path(task["data"]["image"]).name for task in tasks] == [
-        "z.png",
-        "x.png",
-        "x.png",
-    ]  # paths, not bytes
+    # The pool's file is kept as image_path; the image itself travels as a data: URI that any Label Studio shows.
+    assert [Path(task["data"]["image_path"]).relative_to(tmp_path / "images").as_posix() for task in tasks] == [
+        "class_b/z.png", "class_a/x.png", "class_b/x.png"
+    ]  # fmt: skip
+    for task, key in zip(tasks, ["class_b/z.png", "class_a/x.png", "class_b/x.png"]):
+        header, payload = task["data"]["image"].split(",", 1)
+        assert header == "data:image/png;base64"
+        assert base64.b64decode(payload) == (tmp_path / "images" / key).read_bytes()
 
     # The saved dataset is self-contained: the original files can go.
     for file in (tmp_path / "images").rglob("*.png"):

@@ -63,13 +63,13 @@ def _resolve(answers: list[_Answer], policy: str | None) -> tuple[_Answer, str] 
         return (max(truths, key=lambda a: (a.stamp, a.order)) if truths else latest), "agreed"
     if policy == "latest":
         return latest, "latest"
-    if policy in ("ground_truth", "majority") and truths and len({a.key for a in truths}) == 1:
-        return max(truths, key=lambda a: (a.stamp, a.order)), "ground_truth"
     if policy == "majority":
-        counts = Counter(a.key for a in answers)
-        (top, n), *rest = counts.most_common()
+        (top, n), *rest = Counter(a.key for a in answers).most_common()
         if not rest or rest[0][1] < n:
             return max((a for a in answers if a.key == top), key=lambda a: (a.stamp, a.order)), "majority"
+    # A tie under "majority" is decided by ground truth, like the "ground_truth" policy.
+    if policy in ("ground_truth", "majority") and truths and len({a.key for a in truths}) == 1:
+        return max(truths, key=lambda a: (a.stamp, a.order)), "ground_truth"
     return None
 
 

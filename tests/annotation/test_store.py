@@ -243,6 +243,29 @@ def _decoded(image) -> np.ndarray:
     return np.asarray(image.convert("L") if image.mode != "L" else image)
 
 
+def test_write_query_batch_carries_the_surrogate_guesses(tmp_path):
+    dataset = make_image_dataset(num_examples=POOL_SIZE, num_classes=4, size=8)
+    directory = write_query_batch(tmp_path / "q", dataset, [11, 3], class_names=CLASS_NAMES, round=2,
+                                  predictions=[2, 0], prediction_scores=[0.61234, 0.9], model_version="demo-surrogate-round1")  # fmt: skip
+    with open(directory / QUERY_CSV, newline="") as f:
+        assert list(csv.reader(f)) == [
+            ["pool_index", "file_name", "label", "predicted_label", "predicted_score"],
+            ["11", "11.png", "", CLASS_NAMES[2], "0.6123"],
+            ["3", "3.png", "", CLASS_NAMES[0], "0.9000"],
+        ]
+    saved = datasets.load_from_disk(str(directory / QUERY_DATASET_DIR))
+    assert saved["predicted_label"][:] == [CLASS_NAMES[2], CLASS_NAMES[0]]
+    tasks = json.loads((directory / LABEL_STUDIO_TASKS).read_text())
+    assert tasks[0]["predictions"] == [{
+        "model_version": "demo-surrogate-round1", "score": 0.6123,
+        "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [CLASS_NAMES[2]]}}],
+    }]  # fmt: skip
+    # The template with its guesses still reads back as "no label yet".
+    assert len(read_labels(directory / QUERY_CSV, CLASS_NAMES)) == 0
+    with pytest.raises(LabelError, match="predicted class id 7 is out of range for 4 classes"):
+        write_query_batch(tmp_path / "r", dataset, [1], class_names=CLASS_NAMES, round=2, predictions=[7])
+
+
 def test_write_query_batch(tmp_path):
     dataset = make_image_dataset(num_examples=POOL_SIZE, num_classes=4, size=8)
     queried = [11, 3, 20]

@@ -150,7 +150,11 @@ def write_query_batch(
                 f"{where}: {len(predictions)} predictions and {len(prediction_scores)} prediction scores for "
                 f"{len(indices)} queried pool indices."
             )
-        _check_in_pool(predictions, len(class_names), f"{where}, predicted class ids")
+        bad = predictions[(predictions < 0) | (predictions >= len(class_names))]
+        if bad.size:
+            raise LabelError(
+                f"{where}: predicted class id {_preview(bad)} is out of range for {len(class_names)} classes."
+            )
         predicted_names = [class_names[k] for k in predictions.tolist()]
     if directory.exists():
         if np.array_equal(read_query_indices(directory), indices):

@@ -46,14 +46,14 @@ if [ "${PRUNEFUSE_SKIP_LABEL_STUDIO:-0}" != 1 ]; then
     if [ ! -f "$ls_stamp" ] || [ "$(cat "$ls_stamp")" != "$LS_SPEC" ]; then
         echo "[setup] installing $LS_SPEC into $LS_VENV (about 2 minutes and 1 GB, once)"
         if { [ -x "$LS_VENV/bin/python" ] || "$PYTHON" -m venv "$LS_VENV"; } \
-            && "$LS_VENV/bin/pip" install -q "$LS_SPEC" \
+            && "$LS_VENV/bin/pip" install -q "$LS_SPEC" 2> >(grep -v "is ignored: it is neither" >&2) \
             && rm -rf "$LS_VENV/data-template" \
             && LABEL_STUDIO_BASE_DATA_DIR="$LS_VENV/data-template" LATEST_VERSION_CHECK=false \
-                COLLECT_ANALYTICS=false "$LS_VENV/bin/label-studio" init -q >/dev/null; then
+                COLLECT_ANALYTICS=false "$LS_VENV/bin/label-studio" init -q >"$LS_VENV/init.log" 2>&1; then
             echo "$LS_SPEC" > "$ls_stamp"
         else
-            echo "[setup] Label Studio could not be installed into $LS_VENV; the tests that need a Label Studio" \
-                "server will be skipped." >&2
+            echo "[setup] Label Studio could not be installed into $LS_VENV (see the output above and" \
+                "$LS_VENV/init.log); the tests that need a Label Studio server will be skipped." >&2
         fi
     fi
 fi

@@ -114,6 +114,14 @@ class LabelStudioServer:
         if getattr(self, "log", None):
             self.log.close()
 
+    def personal_access_token(self) -> str:
+        """The admin's personal access token (a JWT; Label Studio issues one per user, so it is kept)."""
+        if not getattr(self, "_pat", None):
+            answer = self.session.post(self.url + "/api/token/")
+            answer.raise_for_status()
+            self._pat = answer.json()["token"]
+        return self._pat
+
     # ----- what annotators do in the browser, through the same API -----
 
     def user(self, email: str) -> int:

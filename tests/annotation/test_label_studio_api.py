@@ -164,7 +164,8 @@ def test_dataset_pool_images_travel_as_data_uris(label_studio, tmp_path, monkeyp
     pool = pool_data.remove_columns("label")
     run_dir = tmp_path / "run"
     _human_run(pool, run_dir)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    # A personal access token this time: exchanged for a short-lived access token by the client.
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.personal_access_token())
     monkeypatch.delenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", raising=False)
 
     result = push_query(run_dir, url=server.url, title="dataset pool")

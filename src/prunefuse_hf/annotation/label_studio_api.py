@@ -48,7 +48,9 @@ class LabelStudioClient:
 
     Args:
         url (`str`, *optional*): The server, e.g. `http://localhost:8080`; defaults to `$LABEL_STUDIO_URL`.
-        token (`str`, *optional*): An API token (Account & Settings); defaults to `$LABEL_STUDIO_API_KEY`.
+        token (`str`, *optional*): An API token (Account & Settings); defaults to `$LABEL_STUDIO_API_KEY`. A
+            personal access token (a JWT) is exchanged for a short-lived access token at `/api/token/refresh/`
+            (again when that expires); a legacy token is sent as is.
         timeout (`float`, *optional*, defaults to 120): Seconds per request.
 
     Raises:
@@ -79,16 +81,37 @@ class LabelStudioClient:
         self.timeout = timeout
         self._requests = requests
         self.session = requests.Session()
+        # Personal access tokens are JWTs (three base64 parts); legacy tokens are plain strings.
+        self._refresh_token = token if token.startswith("eyJ") and token.count(".") == 2 else None
         self.session.headers["Authorization"] = f"Token {token}"
+        if self._refresh_token:
+            self._refresh()
 
-    def request(self, method: str, path: str, **kwargs):
+    def _refresh(self) -> None:
+        answer = self._send("POST", "/api/token/refresh/", json={"refresh": self._refresh_token}, auth=False)
+        if answer.status_code != 200:
+            raise LabelError(
+                f"Label Studio at {self.url} refused the personal access token ({answer.status_code}: "
+                f"{answer.text[:200]}). Create a new one under Account & Settings and set {LABEL_STUDIO_TOKEN_ENV}."
+            )
+        self.session.headers["Authorization"] = f"Bearer {answer.json()['access']}"
+
+    def _send(self, method: str, path: str, auth: bool = True, **kwargs):
         try:
-            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+            if not auth:
+                return self._requests.request(method, self.url + path, timeout=self.timeout, **kwargs)
+            return self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except self._requests.RequestException as error:
             raise LabelError(
                 f"Label Studio at {self.url} cannot be reached ({type(error).__name__}: {error}). Start it (README, "
                 f"'Label with people') or pass the right address (CLI: --url, or {LABEL_STUDIO_URL_ENV})."
             ) from error
+
+    def request(self, method: str, path: str, **kwargs):
+        response = self._send(method, path, **kwargs)
+        if response.status_code == 401 and self._refresh_token:  # the access token expired (after 5 minutes)
+            self._refresh()
+            response = self._send(method, path, **kwargs)
         if response.status_code == 401:
             raise LabelError(
                 f"Label Studio at {self.url} refused the token ({response.text[:200]}). Set {LABEL_STUDIO_TOKEN_ENV} "

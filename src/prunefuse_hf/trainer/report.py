@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..annotation.store import annotation_summary
+from ..annotation.rounds import annotation_summary
 from ..constants import ACCURACY_PLOT, CLASS_BALANCE_PLOT, COST_PLOT, METRICS_NAME
 from ..utils.run_metrics import budget_accuracies, build_metrics
 

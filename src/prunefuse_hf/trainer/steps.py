@@ -22,7 +22,8 @@ from transformers.utils import logging
 
 from ..annotation.labels import LabelBatch
 from ..annotation.queries import query_directory, query_is_complete, write_query_batch
-from ..annotation.store import LabelStore, oracle_labels, skipped_indices
+from ..annotation.rounds import skipped_indices
+from ..annotation.store import LabelStore, oracle_labels
 from ..constants import (
     DENSE_BASE_DIR,
     DENSE_INIT_DIR,

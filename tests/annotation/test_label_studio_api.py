@@ -179,8 +179,10 @@ def test_dataset_pool_images_travel_as_data_uris(label_studio, tmp_path, monkeyp
     export = pull_export(run_dir, url=server.url)
     with pytest.raises(LabelError, match=rf"pool_index {disputed}\): '\w+' by ann1@example.com"):
         ingest_labels(run_dir, export)
-    added = ingest_labels(run_dir, export, resolve="latest")
+    added = ingest_labels(run_dir, export, resolve="latest", requery_skipped=True)
     assert (added.added, added.skipped.tolist()) == (7, [skipped])
+    record = json.loads((run_dir / "queries" / "round_1" / "skipped.json").read_text())
+    assert (record["pool_index"], record["requery"]) == ([skipped], True)  # later rounds may query it again
     rows = {row["pool_index"]: row for row in pq.read_table(run_dir / "labels.parquet").to_pylist()}
     assert rows[disputed]["annotator"] == "ann3@example.com" and rows[disputed]["resolution"] == "latest"
 

@@ -289,8 +289,8 @@ def _write_query(trainer, round_: int, indices: np.ndarray, query: dict) -> None
     trainer.accelerator.wait_for_everyone()
     logger.info(
         f"{len(indices):,} images to label for round {round_}: {directory} ({QUERY_CONTENTS}). Bring the "
-        "labels with `prunefuse-hf label "
-        f"{trainer.run_dir.path} --labels FILE`, then resume: {trainer.resume_command or 'trainer.train(resume_from_checkpoint=True)'}"
+        f"labels with `prunefuse-hf label {trainer.run_dir.path} --labels FILE` (or, with a Label Studio server, "
+        f"`prunefuse-hf label-studio push {trainer.run_dir.path}`, then `... pull`), then resume: {trainer.resume_command or 'trainer.train(resume_from_checkpoint=True)'}"
     )
 
 

@@ -34,6 +34,24 @@ LABEL_STUDIO_CONFIG = "label_studio_config.xml"
 QUERY_FILE_NAME = "file_name"
 QUERY_SCORE = "score"
 QUERY_PARTIAL = "partial.json"
+# The surrogate's guess for each queried image (labels.csv, the query dataset, Label Studio predictions).
+QUERY_PREDICTED_LABEL = "predicted_label"
+QUERY_PREDICTED_SCORE = "predicted_score"
+# Pool indices annotators skipped in a round (they go back to the pool but are not queried again).
+QUERY_SKIPPED = "skipped.json"
+# A Label Studio project of a run (`RUN/label_studio.json`: url, project id) and the export pulled per round.
+LABEL_STUDIO_PROJECT = "label_studio.json"
+LABEL_STUDIO_EXPORT = "label_studio_export.json"
+# Label Studio's local-files serving: the URL prefix of a file under LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT.
+LABEL_STUDIO_LOCAL_FILES_URL = "/data/local-files/?d="
+# The environment of a Label Studio client (the SDK's names) and of the server's local-file serving.
+LABEL_STUDIO_URL_ENV = "LABEL_STUDIO_URL"
+LABEL_STUDIO_TOKEN_ENV = "LABEL_STUDIO_API_KEY"
+LABEL_STUDIO_DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
+# How several answers to one image become one label (None: refuse when they disagree), and what
+# labels.parquet records about each label besides the five original columns.
+RESOLUTIONS = ("ground_truth", "majority", "latest")
+ANNOTATION_COLUMNS = ("annotator", "annotation_id", "num_answers", "resolution")
 
 # ----- checkpoints and Hub artifacts -----
 

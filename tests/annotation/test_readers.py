@@ -150,7 +150,8 @@ def test_read_labels_explicit_columns_and_digit_class_names(tmp_path):
 
 def test_read_labels_label_studio_json_export(tmp_path):
     tasks = [
-        # Two annotations: the most recently updated one counts, whatever the list order.
+        # Two annotations that disagree: refused by default; with resolve="latest" the most recently updated one
+        # counts, whatever the list order.
         ls_task(1, 5, [
             ls_annotation(["dog"], created="2024-01-01T10:00:00Z", updated="2024-01-03T10:00:00Z", annotation_id=1),
             ls_annotation(["cat"], created="2024-01-02T10:00:00Z", annotation_id=2),
@@ -172,9 +173,16 @@ def test_read_labels_label_studio_json_export(tmp_path):
     ]  # fmt: skip
     path = tmp_path / "project-1-at-2024.json"
     path.write_text(json.dumps(tasks))
-    batch = read_labels(path, CLASS_NAMES, pool_size=POOL_SIZE)
+    with pytest.raises(LabelError, match=r"1 tasks have answers that disagree: Label Studio task 1 \(item 0\) "
+                       r"\(pool_index 5\): 'dog' by unknown \(annotation 1\), 'cat' by unknown \(annotation 2\)\..*--resolve"):  # fmt: skip
+        read_labels(path, CLASS_NAMES, pool_size=POOL_SIZE)
+    batch = read_labels(path, CLASS_NAMES, pool_size=POOL_SIZE, resolve="latest")
     assert batch.pool_indices.tolist() == [5, 2, 11]
     assert batch.labels.tolist() == [1, 0, 3]
+    assert batch.skipped.tolist() == [17]  # its only answer was cancelled
+    assert batch.details["num_answers"] == [2, 1, 1]
+    assert batch.details["resolution"] == ["latest", "single", "single"]
+    assert batch.details["annotation_id"] == [1, 1, 9]
 
 
 def _ls_flat_rows():
@@ -207,7 +215,11 @@ def _write_ls_csv(path, rows, delimiter=","):
 def test_read_labels_label_studio_json_min_export(tmp_path):
     path = tmp_path / "export.json"
     path.write_text(json.dumps(_ls_flat_rows()))
-    batch = read_labels(path, CLASS_NAMES)
+    with pytest.raises(
+        LabelError, match=r"item 0 \(pool_index 5\): 'cat' by a@b.c \(annotation 10\), 'dog' by a@b.c"
+    ):
+        read_labels(path, CLASS_NAMES)
+    batch = read_labels(path, CLASS_NAMES, resolve="latest")
     assert dict(zip(batch.pool_indices.tolist(), batch.labels.tolist())) == {5: 1, 2: 0, 17: 3}
 
 
@@ -216,7 +228,7 @@ def test_read_labels_label_studio_csv_export(tmp_path, extension):
     path = _write_ls_csv(
         tmp_path / f"export.{extension}", _ls_flat_rows(), "\t" if extension == "tsv" else ","
     )
-    batch = read_labels(path, CLASS_NAMES)
+    batch = read_labels(path, CLASS_NAMES, resolve="latest")
     assert dict(zip(batch.pool_indices.tolist(), batch.labels.tolist())) == {5: 1, 2: 0, 17: 3}
 
 

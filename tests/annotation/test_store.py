@@ -110,7 +110,9 @@ def test_store_add_persists_and_second_ingest_is_a_no_op(tmp_path):
         reloaded.as_array(10)
 
     table = reloaded.table()
-    assert table.schema.names == ["pool_index", "label", "round", "source", "labeled_at"]
+    assert table.schema.names == ["pool_index", "label", "round", "source", "labeled_at", "annotator",
+                                  "annotation_id", "num_answers", "resolution"]  # fmt: skip
+    assert table.column("annotator").null_count == 4  # a plain label file names no annotator
     assert table.schema.field("round").type == pa.int32()
     assert table.column("pool_index").to_pylist() == sorted(INDICES)
     assert set(table.column("round").to_pylist()) == {3}
@@ -171,6 +173,29 @@ def test_store_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
     assert store.add(LabelBatch([4, 5], [1, 1], "second.csv"), round=2).added == 2
 
 
+def test_store_reads_a_labels_file_written_before_the_annotation_columns(tmp_path):
+    old = pa.table(
+        {"pool_index": pa.array([4, 1], pa.int64()), "label": pa.array([1, 0], pa.int64()),
+         "round": pa.array([1, 1], pa.int32()), "source": ["a.csv", "a.csv"],
+         "labeled_at": ["2026-01-01T00:00:00Z"] * 2}
+    )  # fmt: skip
+    pq.write_table(old, tmp_path / LABELS_NAME)
+    store = LabelStore(tmp_path, CLASS_NAMES)
+    assert store.labels == {1: 0, 4: 1}
+    details = {
+        "annotator": ["ann1@example.com"],
+        "annotation_id": [7],
+        "num_answers": [2],
+        "resolution": ["agreed"],
+    }
+    store.add(LabelBatch([9], [2], "export.json", details), round=2)
+    rows = pq.read_table(tmp_path / LABELS_NAME).to_pylist()
+    assert rows[0]["annotator"] is None and rows[0]["resolution"] is None
+    assert {k: rows[2][k] for k in ("pool_index", "annotator", "annotation_id", "num_answers", "resolution")} == {
+        "pool_index": 9, "annotator": "ann1@example.com", "annotation_id": 7, "num_answers": 2, "resolution": "agreed"
+    }  # fmt: skip
+
+
 def test_store_refuses_foreign_or_damaged_file(tmp_path):
     pq.write_table(pa.table({"pool_index": [1], "label": [0]}), tmp_path / LABELS_NAME)
     with pytest.raises(LabelError, match="labels.parquet has columns"):
@@ -216,6 +241,29 @@ def test_oracle_labels_refuses_missing_labels():
 
 def _decoded(image) -> np.ndarray:
     return np.asarray(image.convert("L") if image.mode != "L" else image)
+
+
+def test_write_query_batch_carries_the_surrogate_guesses(tmp_path):
+    dataset = make_image_dataset(num_examples=POOL_SIZE, num_classes=4, size=8)
+    directory = write_query_batch(tmp_path / "q", dataset, [11, 3], class_names=CLASS_NAMES, round=2,
+                                  predictions=[2, 0], prediction_scores=[0.61234, 0.9], model_version="demo-surrogate-round1")  # fmt: skip
+    with open(directory / QUERY_CSV, newline="") as f:
+        assert list(csv.reader(f)) == [
+            ["pool_index", "file_name", "label", "predicted_label", "predicted_score"],
+            ["11", "11.png", "", CLASS_NAMES[2], "0.6123"],
+            ["3", "3.png", "", CLASS_NAMES[0], "0.9000"],
+        ]
+    saved = datasets.load_from_disk(str(directory / QUERY_DATASET_DIR))
+    assert saved["predicted_label"][:] == [CLASS_NAMES[2], CLASS_NAMES[0]]
+    tasks = json.loads((directory / LABEL_STUDIO_TASKS).read_text())
+    assert tasks[0]["predictions"] == [{
+        "model_version": "demo-surrogate-round1", "score": 0.6123,
+        "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [CLASS_NAMES[2]]}}],
+    }]  # fmt: skip
+    # The template with its guesses still reads back as "no label yet".
+    assert len(read_labels(directory / QUERY_CSV, CLASS_NAMES)) == 0
+    with pytest.raises(LabelError, match="predicted class id 7 is out of range for 4 classes"):
+        write_query_batch(tmp_path / "r", dataset, [1], class_names=CLASS_NAMES, round=2, predictions=[7])
 
 
 def test_write_query_batch(tmp_path):
@@ -327,11 +375,14 @@ def test_write_query_batch_from_image_folder(tmp_path):
         assert [row["file_name"] for row in csv.DictReader(f)] == expected_names
     tasks = json.loads((directory / LABEL_STUDIO_TASKS).read_text())
     assert [task["data"]["file_name"] for task in tasks] == expected_names
-    assert [Path(task["data"]["image"]).name for task in tasks] == [
-        "z.png",
-        "x.png",
-        "x.png",
-    ]  # paths, not bytes
+    # The pool's file is kept as image_path; the image itself travels as a data: URI that any Label Studio shows.
+    assert [Path(task["data"]["image_path"]).relative_to(tmp_path / "images").as_posix() for task in tasks] == [
+        "class_b/z.png", "class_a/x.png", "class_b/x.png"
+    ]  # fmt: skip
+    for task, key in zip(tasks, ["class_b/z.png", "class_a/x.png", "class_b/x.png"]):
+        header, payload = task["data"]["image"].split(",", 1)
+        assert header == "data:image/png;base64"
+        assert base64.b64decode(payload) == (tmp_path / "images" / key).read_bytes()
 
     # The saved dataset is self-contained: the original files can go.
     for file in (tmp_path / "images").rglob("*.png"):

@@ -9,7 +9,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +37,11 @@ class LabelBatch:
             Class ids in `[0, num_classes)`, already mapped from class names; `labels[j]` labels `pool_indices[j]`.
         source (`str`):
             Where the labels come from: the file path as given, `"oracle:<column>"` or `"dataset:<repo or dir>"`.
+        details (`dict[str, list]`, *optional*):
+            Per-label facts of an annotation tool, aligned with `pool_indices`: `annotator`, `annotation_id`,
+            `num_answers` and `resolution` (see `ANNOTATION_COLUMNS`); stored with the labels.
+        skipped (`np.ndarray`, int64, *optional*):
+            Pool indices that annotators skipped (every answer cancelled), so not labeled.
 
     Example:
 
@@ -50,10 +55,13 @@ class LabelBatch:
     pool_indices: np.ndarray
     labels: np.ndarray
     source: str
+    details: dict[str, list] | None = None
+    skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self):
         self.pool_indices = np.asarray(self.pool_indices, dtype=np.int64).reshape(-1)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.skipped = np.asarray(self.skipped, dtype=np.int64).reshape(-1)
         if len(self.pool_indices) != len(self.labels):
             raise LabelError(
                 f"{self.source}: {len(self.pool_indices)} pool indices but {len(self.labels)} labels; a LabelBatch "
@@ -72,6 +80,8 @@ class _Rows:
     labels: list
     describe: Callable[[int], str]
     num_rows: int
+    details: dict[str, list] | None = None  # per row: annotator, annotation_id, num_answers, resolution
+    skipped: list = field(default_factory=list)  # raw pool index cells of skipped tasks
 
 
 def _truthy(value) -> bool:
@@ -140,10 +150,22 @@ class ClassLookup:
         """Class id of one label cell, or None when the cell holds no label."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None
-        if isinstance(value, dict):  # Label Studio JSON_MIN/CSV: {"choices": [...]} when several were picked
-            if "choices" not in value:
-                raise LabelError(f"{where}: label {value!r} is not a class name or id.")
-            value = value["choices"]
+        if isinstance(
+            value, dict
+        ):  # Label Studio JSON_MIN/CSV: {"choices": [...]}, {"taxonomy": [[...]]}, ...
+            kind = next((key for key in ("choices", "taxonomy", "labels") if key in value), None)
+            if kind is None:
+                raise LabelError(
+                    f"{where}: label {value!r} is not a class name or id; PruneFuse reads Choices, single-level "
+                    "Taxonomy and Labels answers."
+                )
+            value = value[kind]
+            if kind == "taxonomy":
+                if any(len(path) != 1 for path in value):
+                    raise LabelError(
+                        f"{where}: Taxonomy answer {value} is not single-level; use a flat Taxonomy or Choices."
+                    )
+                value = [path[0] for path in value]
         if isinstance(value, list):  # Label Studio: several results or choices
             if len(value) > 1:
                 raise LabelError(
@@ -234,7 +256,13 @@ def _to_batch(rows: _Rows, class_names: list[str], name: str, pool_size: int | N
         indices.append(index)
         labels.append(label)
         kept.append(j)
-    batch = LabelBatch(np.array(indices, dtype=np.int64), np.array(labels, dtype=np.int64), name)
+    details = (
+        {key: [values[j] for j in kept] for key, values in rows.details.items()} if rows.details else None
+    )
+    skipped = [parse_pool_index(value, f"{name}, a skipped task") for value in rows.skipped]
+    batch = LabelBatch(
+        np.array(indices, dtype=np.int64), np.array(labels, dtype=np.int64), name, details, skipped
+    )
     values, counts = np.unique(batch.pool_indices, return_counts=True)
     if (counts > 1).any():
         duplicate = int(values[counts > 1][0])

@@ -18,6 +18,7 @@ import numpy as np
 from transformers.utils import logging
 
 from ..constants import (
+    IMAGE_PATH,
     LABEL_STUDIO_CONFIG,
     LABEL_STUDIO_TASKS,
     POOL_INDEX,
@@ -26,12 +27,15 @@ from ..constants import (
     QUERY_DATASET_DIR,
     QUERY_FILE_NAME,
     QUERY_PARTIAL,
+    QUERY_PREDICTED_LABEL,
+    QUERY_PREDICTED_SCORE,
     QUERY_SCORE,
+    QUERY_SKIPPED,
     STATE_NAME,
 )
 from ..utils.io import fsync_directory
 from ..utils.run_directory import RunDirectory, step_name
-from .label_studio import label_studio_config
+from .label_studio import label_studio_config, label_studio_prediction
 from .labels import LabelError, _check_in_pool, _check_round, _preview, check_class_names, parse_pool_index
 from .readers import LABEL_COLUMNS
 
@@ -50,18 +54,26 @@ def write_query_batch(
     class_names: list[str] | None = None,
     round: int,
     scores=None,
+    predictions=None,
+    prediction_scores=None,
+    model_version: str | None = None,
 ) -> Path:
     """
     Write one round's query batch for annotators, as a whole (built beside `directory`, then renamed).
 
     The directory holds:
     - `dataset/`: the queried rows (`save_to_disk`, images embedded so the folder is self-contained) with
-      columns `pool_index`, `file_name`, the image column, the other non-label columns, and `score` when
-      `scores` is given; label columns (`ClassLabel` features and the usual label names) are left out;
-    - `labels.csv`: the template to fill, header `pool_index,file_name,label`, one row per query, empty labels;
+      columns `pool_index`, `file_name`, the image column, the other non-label columns, `score` when
+      `scores` is given and `predicted_label`, `predicted_score` when `predictions` are; label columns
+      (`ClassLabel` features and the usual label names) are left out;
+    - `labels.csv`: the template to fill, header `pool_index,file_name,label` (plus `predicted_label,
+      predicted_score` with predictions), one row per query, empty labels;
     - `label_studio_tasks.json`: a Label Studio import file, one task per query whose `data` holds `image` (a
-      `data:` URI of the image bytes, or its path when the dataset stores only a path), `pool_index`,
-      `file_name` and `round`;
+      `data:` URI of the image bytes, read from the file when the dataset stores only a path: it shows in a
+      stock Label Studio), `pool_index`, `file_name`, `round` and `image_path` (the pool's file, when there is
+      one); with predictions, each task carries the surrogate's guess as a Label Studio prediction (its class
+      in `<Choices name="label">`, its probability as `score`, `model_version`), which annotators confirm or
+      correct;
     - `label_studio_config.xml` (when `class_names` is given): an image-classification labeling config whose
       single-choice `<Choices name="label">` lists the class names, so exports carry a `label` field.
 
@@ -84,6 +96,12 @@ def write_query_batch(
             The round that made this query.
         scores (array-like of float, *optional*):
             The selection score of each queried example, stored as a `score` column in `dataset/`.
+        predictions (array-like of int, *optional*):
+            The surrogate's predicted class id of each queried example (needs `class_names`).
+        prediction_scores (array-like of float, *optional*):
+            The surrogate's probability of that class, per queried example.
+        model_version (`str`, *optional*):
+            Names the model that predicted (e.g. `"<run>-round<k>"`), for Label Studio.
 
     Returns:
         `Path`: `directory`.
@@ -120,6 +138,24 @@ def write_query_batch(
             raise LabelError(f"{where}: {len(scores)} scores for {len(indices)} queried pool indices.")
     if class_names is not None:
         class_names = check_class_names(class_names)
+    if predictions is not None:
+        if class_names is None:
+            raise LabelError(f"{where}: predictions need class_names (the classes they are ids into).")
+        predictions = np.asarray(predictions, dtype=np.int64).reshape(-1)
+        prediction_scores = np.asarray(
+            np.ones(len(predictions)) if prediction_scores is None else prediction_scores, dtype=np.float64
+        ).reshape(-1)
+        if not len(predictions) == len(prediction_scores) == len(indices):
+            raise LabelError(
+                f"{where}: {len(predictions)} predictions and {len(prediction_scores)} prediction scores for "
+                f"{len(indices)} queried pool indices."
+            )
+        bad = predictions[(predictions < 0) | (predictions >= len(class_names))]
+        if bad.size:
+            raise LabelError(
+                f"{where}: predicted class id {_preview(bad)} is out of range for {len(class_names)} classes."
+            )
+        predicted_names = [class_names[k] for k in predictions.tolist()]
     if directory.exists():
         if np.array_equal(read_query_indices(directory), indices):
             logger.info(f"{directory} already holds the query of round {round}; keeping it as it is.")
@@ -148,21 +184,37 @@ def write_query_batch(
     file_names = _file_names(indices.tolist(), image_paths)
     others = [column for column in query.column_names if column != image_column]
     query = query.add_column(POOL_INDEX, indices.tolist()).add_column(QUERY_FILE_NAME, file_names)
+    extra = []
     if scores is not None:
         query = query.add_column(QUERY_SCORE, scores.tolist())
-    query = query.select_columns(
-        [POOL_INDEX, QUERY_FILE_NAME, image_column, *others] + ([QUERY_SCORE] if scores is not None else [])
-    )
+        extra.append(QUERY_SCORE)
+    if predictions is not None:
+        query = query.add_column(QUERY_PREDICTED_LABEL, predicted_names).add_column(
+            QUERY_PREDICTED_SCORE, prediction_scores.tolist()
+        )
+        extra += [QUERY_PREDICTED_LABEL, QUERY_PREDICTED_SCORE]
+    query = query.select_columns([POOL_INDEX, QUERY_FILE_NAME, image_column, *others, *extra])
 
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp_dir.mkdir()
         query.save_to_disk(str(tmp_dir / QUERY_DATASET_DIR))  # embeds local image files (self-contained)
+        guesses = (
+            list(zip(predicted_names, prediction_scores.tolist()))
+            if predictions is not None
+            else [None] * len(indices)
+        )
         with open(tmp_dir / QUERY_CSV, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow([POOL_INDEX, QUERY_FILE_NAME, "label"])
-            writer.writerows([index, file_name, ""] for index, file_name in zip(indices.tolist(), file_names))
+            writer.writerow(
+                [POOL_INDEX, QUERY_FILE_NAME, "label"]
+                + ([QUERY_PREDICTED_LABEL, QUERY_PREDICTED_SCORE] if predictions is not None else [])
+            )
+            writer.writerows(
+                [index, file_name, ""] + ([guess[0], f"{guess[1]:.4f}"] if guess else [])
+                for index, file_name, guess in zip(indices.tolist(), file_names, guesses)
+            )
         tasks = [
             {
                 "data": {
@@ -170,9 +222,13 @@ def write_query_batch(
                     POOL_INDEX: index,
                     QUERY_FILE_NAME: file_name,
                     "round": round,
-                }
+                    **({IMAGE_PATH: os.path.abspath(path)} if data is None and path else {}),
+                },
+                **({"predictions": [label_studio_prediction(*guess, model_version)]} if guess else {}),
             }
-            for index, file_name, data, path in zip(indices.tolist(), file_names, image_bytes, image_paths)
+            for index, file_name, data, path, guess in zip(
+                indices.tolist(), file_names, image_bytes, image_paths, guesses
+            )
         ]
         with open(tmp_dir / LABEL_STUDIO_TASKS, "w", encoding="utf-8") as f:
             json.dump(tasks, f, indent=1)
@@ -229,8 +285,12 @@ def _file_names(indices: list[int], paths: list[str | None]) -> list[str]:
 
 
 def _image_reference(data: bytes | None, path: str | None) -> str:
+    """A `data:` URI of the image: it shows in any Label Studio without local-file serving or storage set-up."""
     if data is None:
-        return path or ""
+        if not path:
+            return ""
+        with open(path, "rb") as f:
+            data = f.read()
     from PIL import Image as PILImage
 
     try:
@@ -279,11 +339,14 @@ def open_query(run_dir: str | os.PathLike) -> tuple[int, np.ndarray] | None:
 def query_is_complete(
     run_dir: str | os.PathLike, round: int, expected: np.ndarray, store: LabelStore
 ) -> bool:
-    """Whether every queried index has a label, or the user chose to continue with the labeled part."""
+    """Whether every queried index has a label or was skipped, or the user chose to continue with the labeled
+    part."""
     labeled = np.isin(expected, np.fromiter(store.labels, dtype=np.int64, count=len(store)))
-    return bool(
-        labeled.all() or (labeled.any() and (query_directory(run_dir, round) / QUERY_PARTIAL).is_file())
-    )
+    directory = query_directory(run_dir, round)
+    if (directory / QUERY_SKIPPED).is_file():  # skipped images count as answered
+        skipped = json.loads((directory / QUERY_SKIPPED).read_text(encoding="utf-8"))[POOL_INDEX]
+        labeled |= np.isin(expected, np.asarray(skipped, dtype=np.int64))
+    return bool(labeled.all() or (labeled.any() and (directory / QUERY_PARTIAL).is_file()))
 
 
 def _read_state(run_dir) -> dict:

@@ -21,7 +21,7 @@ from transformers.utils import logging
 
 from ..constants import POOL_INDEX
 from ..utils.hub_ids import is_hub_id
-from .label_studio import _is_label_studio_tasks, _latest_flat_annotations, _rows_from_label_studio
+from .label_studio import _is_label_studio_tasks, _rows_from_flat_annotations, _rows_from_label_studio
 from .labels import (
     LabelBatch,
     LabelError,
@@ -47,6 +47,7 @@ def read_labels(
     pool_size: int | None = None,
     label_column: str | None = None,
     index_column: str | None = None,
+    resolve: str | None = None,
 ) -> LabelBatch:
     """
     Read labels brought back by annotators into a `LabelBatch`.
@@ -70,6 +71,10 @@ def read_labels(
             `label`, `labels`, `class`, `choice`, `class_name`, `annotation`.
         index_column (`str`, *optional*):
             Column (or Label Studio `data` field) holding the pool index. Defaults to `pool_index`.
+        resolve (`str`, *optional*):
+            How a Label Studio task answered differently by several annotators gets its label: `"ground_truth"`
+            (the annotation marked ground truth), `"majority"` (the most common answer; a tie is decided by ground
+            truth or refused) or `"latest"`. Defaults to refusing such tasks, naming them and their answers.
 
     Returns:
         `LabelBatch`: the labeled rows, in source order.
@@ -77,7 +82,8 @@ def read_labels(
     Raises:
         LabelError: the file is missing or of an unknown kind; no index or label column is found; a class name
             is unknown or a class id out of range; a pool index is negative, not an integer, or `>= pool_size`;
-            a pool index appears twice; a Label Studio annotation holds more than one choice.
+            a pool index appears twice; a Label Studio annotation holds more than one choice, or a result that
+            is not a class (naming its tag); annotators disagree and `resolve` does not decide.
 
     Example:
 
@@ -94,19 +100,21 @@ def read_labels(
         name = f"dataset:{_dataset_name(source)}"
         rows = _rows_from_dataset(_single_split(source, name), name, label_column, index_column)
     else:
-        rows, name = _rows_from_path(source, label_column, index_column)
+        rows, name = _rows_from_path(source, label_column, index_column, resolve)
     batch = _to_batch(rows, class_names, name, pool_size)
     skipped = rows.num_rows - len(batch)
     logger.info(
         f"Read {len(batch)} labels from {name}"
         + (f" ({skipped} rows without a label skipped)." if skipped else ".")
     )
-    if len(batch) == 0:
+    if batch.skipped.size:
+        logger.info(f"{name}: annotators skipped {batch.skipped.size} tasks.")
+    if len(batch) == 0 and not batch.skipped.size:
         logger.warning(f"{name} holds no labels: every row's label cell is empty.")
     return batch
 
 
-def _rows_from_path(source, label_column, index_column) -> tuple[_Rows, str]:
+def _rows_from_path(source, label_column, index_column, resolve=None) -> tuple[_Rows, str]:
     shown = os.fspath(source)
     path = Path(shown).expanduser()
     if path.is_dir():
@@ -123,12 +131,12 @@ def _rows_from_path(source, label_column, index_column) -> tuple[_Rows, str]:
         extension = path.suffix.lower()
         if extension in (".csv", ".tsv"):
             return _rows_from_csv(
-                path, shown, "\t" if extension == ".tsv" else ",", label_column, index_column
+                path, shown, "\t" if extension == ".tsv" else ",", label_column, index_column, resolve
             ), shown
         if extension == ".json":
-            return _rows_from_json(path, shown, label_column, index_column), shown
+            return _rows_from_json(path, shown, label_column, index_column, resolve), shown
         if extension in (".jsonl", ".ndjson"):
-            return _rows_from_jsonl(path, shown, label_column, index_column), shown
+            return _rows_from_jsonl(path, shown, label_column, index_column, resolve), shown
         if extension == ".parquet":
             return _rows_from_parquet(path, shown, label_column, index_column), shown
         raise LabelError(
@@ -229,17 +237,19 @@ def _rows_from_parquet(path: Path, name: str, label_column, index_column) -> _Ro
     )
 
 
-def _rows_from_csv(path: Path, name: str, delimiter: str, label_column, index_column) -> _Rows:
+def _rows_from_csv(path: Path, name: str, delimiter: str, label_column, index_column, resolve=None) -> _Rows:
     # Every cell stays a string: "007" or "1" must not be guessed into numbers before the class-name lookup.
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets save a BOM
         reader = csv.DictReader(f, delimiter=delimiter)
         records = list(reader)
         columns = list(reader.fieldnames or [])
     # Header is line 1, so data row j is on line j + 2 (multi-line quoted cells aside).
-    return _rows_from_records(records, columns, name, lambda j: f"line {j + 2}", label_column, index_column)
+    return _rows_from_records(
+        records, columns, name, lambda j: f"line {j + 2}", label_column, index_column, resolve
+    )
 
 
-def _rows_from_jsonl(path: Path, name: str, label_column, index_column) -> _Rows:
+def _rows_from_jsonl(path: Path, name: str, label_column, index_column, resolve=None) -> _Rows:
     records, line_numbers = [], []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -256,13 +266,19 @@ def _rows_from_jsonl(path: Path, name: str, label_column, index_column) -> _Rows
             records.append(record)
             line_numbers.append(number)
     if records and _is_label_studio_tasks(records):
-        return _rows_from_label_studio(records, name, label_column, index_column)
+        return _rows_from_label_studio(records, name, label_column, index_column, resolve)
     return _rows_from_records(
-        records, _keys(records), name, lambda j: f"line {line_numbers[j]}", label_column, index_column
+        records,
+        _keys(records),
+        name,
+        lambda j: f"line {line_numbers[j]}",
+        label_column,
+        index_column,
+        resolve,
     )
 
 
-def _rows_from_json(path: Path, name: str, label_column, index_column) -> _Rows:
+def _rows_from_json(path: Path, name: str, label_column, index_column, resolve=None) -> _Rows:
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
@@ -276,19 +292,23 @@ def _rows_from_json(path: Path, name: str, label_column, index_column) -> _Rows:
             f"{type(data).__name__}. Write it as [{{{POOL_INDEX!r}: 3, 'label': 'cat'}}, ...]."
         )
     if data and _is_label_studio_tasks(data):
-        return _rows_from_label_studio(data, name, label_column, index_column)
-    return _rows_from_records(data, _keys(data), name, lambda j: f"item {j}", label_column, index_column)
+        return _rows_from_label_studio(data, name, label_column, index_column, resolve)
+    return _rows_from_records(
+        data, _keys(data), name, lambda j: f"item {j}", label_column, index_column, resolve
+    )
 
 
 def _keys(records: list[dict]) -> list[str]:
     return list(dict.fromkeys(key for record in records for key in record))
 
 
-def _rows_from_records(records: list[dict], columns, name, describe, label_column, index_column) -> _Rows:
+def _rows_from_records(
+    records: list[dict], columns, name, describe, label_column, index_column, resolve=None
+) -> _Rows:
     index_column, label_column = _pick_columns(columns, name, label_column, index_column)
+    if "annotation_id" in columns:  # a Label Studio JSON_MIN/CSV export: one record per annotation
+        return _rows_from_flat_annotations(records, name, describe, label_column, index_column, resolve)
     positions = range(len(records))
-    if "annotation_id" in columns:
-        positions = _latest_flat_annotations(records, index_column)
     return _Rows(
         [records[j].get(index_column) for j in positions],
         [records[j].get(label_column) for j in positions],

@@ -28,9 +28,11 @@ import pyarrow.parquet as pq
 from transformers.utils import logging
 
 from ..constants import (
+    ANNOTATION_COLUMNS,
     LABELS_NAME,
     POOL_INDEX,
     QUERY_PARTIAL,
+    QUERY_SKIPPED,
 )
 from ..utils.io import atomic_write
 from .labels import (
@@ -48,13 +50,24 @@ from .readers import read_labels
 logger = logging.get_logger(__name__)
 
 
-_STORE_SCHEMA = pa.schema(
+_BASE_SCHEMA = pa.schema(
     [
         pa.field(POOL_INDEX, pa.int64()),
         pa.field("label", pa.int64()),
         pa.field("round", pa.int32()),
         pa.field("source", pa.string()),
         pa.field("labeled_at", pa.string()),
+    ]
+)
+# Who answered and how several answers became the label (empty for the oracle and plain label files). Files
+# written before these columns existed load with them empty.
+_STORE_SCHEMA = pa.schema(
+    list(_BASE_SCHEMA)
+    + [
+        pa.field("annotator", pa.string()),
+        pa.field("annotation_id", pa.int64()),
+        pa.field("num_answers", pa.int32()),
+        pa.field("resolution", pa.string()),
     ]
 )
 
@@ -69,12 +82,14 @@ class AddResult:
         unchanged (`int`): Pool indices already stored with the same label (nothing written for them).
         overwritten (`int`): Stored labels replaced (only with `overwrite=True`).
         missing (`np.ndarray`, int64): Expected (queried) pool indices that still have no label, sorted.
+        skipped (`np.ndarray`, int64): Queried pool indices that annotators skipped (set by `ingest_labels`).
     """
 
     added: int
     unchanged: int
     overwritten: int
     missing: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), compare=False)
 
 
 # ----- simulation -----
@@ -158,7 +173,9 @@ def oracle_labels(
 class LabelStore:
     """
     The run's labels: one parquet file `RUN/labels.parquet` with columns pool_index (int64), label (int64),
-    round (int32), source (string), labeled_at (string, ISO 8601 UTC).
+    round (int32), source (string), labeled_at (string, ISO 8601 UTC), and, for labels from an annotation tool,
+    annotator (string), annotation_id (int64), num_answers (int32: how many annotators answered) and resolution
+    (string: `single`, `agreed`, or the policy that chose among disagreeing answers); empty otherwise.
 
     One row per labeled pool index. `add` checks a whole batch before it writes, writes atomically, and
     writes nothing when the batch brings nothing new; a stored label is replaced only with `overwrite=True`.
@@ -324,6 +341,8 @@ class LabelStore:
             )
         labeled_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         count = int(changed.sum())
+        details = batch.details or {}
+        picked = np.flatnonzero(changed)
         new_rows = pa.table(
             {
                 POOL_INDEX: pa.array(indices[changed], pa.int64()),
@@ -331,6 +350,16 @@ class LabelStore:
                 "round": pa.array(np.full(count, round, dtype=np.int32), pa.int32()),
                 "source": pa.array([name] * count, pa.string()),
                 "labeled_at": pa.array([labeled_at] * count, pa.string()),
+                **{
+                    column.name: pa.array(
+                        [details[column.name][j] for j in picked]
+                        if column.name in details
+                        else [None] * count,
+                        column.type,
+                    )
+                    for column in _STORE_SCHEMA
+                    if column.name in ANNOTATION_COLUMNS
+                },
             },
             schema=_STORE_SCHEMA,
         )
@@ -358,14 +387,22 @@ class LabelStore:
             ) from error
         found = {f.name: f.type for f in table.schema}
         wanted = {f.name: f.type for f in _STORE_SCHEMA}
+        if found == {f.name: f.type for f in _BASE_SCHEMA}:  # written before the annotation columns existed
+            table = table.select(_BASE_SCHEMA.names)
+            for column in _STORE_SCHEMA:
+                if column.name not in found:
+                    table = table.append_column(column, pa.nulls(table.num_rows, column.type))
+            found = {f.name: f.type for f in table.schema}
         if found != wanted:
             raise LabelError(
                 f"{self.path} has columns {found}, expected {wanted}. It was not written by LabelStore; move it "
                 "away (it may hold labels you need) and ingest the labels again."
             )
         table = table.select(_STORE_SCHEMA.names).cast(_STORE_SCHEMA)
-        if any(table.column(name).null_count for name in _STORE_SCHEMA.names):
-            raise LabelError(f"{self.path} has empty cells; every stored label needs all five columns.")
+        if any(table.column(name).null_count for name in _BASE_SCHEMA.names):
+            raise LabelError(
+                f"{self.path} has empty cells; every stored label needs {', '.join(_BASE_SCHEMA.names)}."
+            )
         indices = table.column(POOL_INDEX).to_numpy()
         labels = table.column("label").to_numpy()
         if len(np.unique(indices)) != len(indices) or (indices < 0).any():
@@ -434,10 +471,16 @@ def ingest_labels(
     overwrite: bool = False,
     label_column: str | None = None,
     index_column: str | None = None,
+    resolve: str | None = None,
+    requery_skipped: bool = False,
 ) -> AddResult:
     """
     Bring annotators' labels for a run's open query into its `labels.parquet`; the run continues with them when
     it is resumed (`prunefuse-hf run ... --resume`, or `trainer.train(resume_from_checkpoint=True)`).
+
+    Tasks that annotators skipped (a Label Studio JSON export's cancelled annotations) are recorded in the
+    query's `skipped.json`: they are not labeled, go back to the pool, and are not queried again (unless
+    `requery_skipped`). A query whose every image is labeled or skipped is complete.
 
     Args:
         run_dir (`str` or `os.PathLike`): The run directory (it stopped after writing a query batch).
@@ -447,9 +490,13 @@ def ingest_labels(
             the rest stays in the pool, unlabeled.
         overwrite (`bool`, *optional*, defaults to `False`): Replace stored labels the file contradicts.
         label_column, index_column (`str`, *optional*): Column names, when they are not the usual ones.
+        resolve (`str`, *optional*): How disagreeing answers become one label (`"ground_truth"`, `"majority"`,
+            `"latest"`); by default such tasks are refused, named with their answers.
+        requery_skipped (`bool`, *optional*, defaults to `False`): Let later rounds query the skipped images again.
 
     Returns:
-        `AddResult`: how many labels were added, unchanged or overwritten, and the queried indices still missing.
+        `AddResult`: how many labels were added, unchanged or overwritten, the queried indices still missing,
+        and the skipped ones.
 
     Raises:
         LabelError: the run has no open query, or the labels are refused (see [`LabelStore.add`]); the run
@@ -458,8 +505,8 @@ def ingest_labels(
     Example:
 
     ```python
-    >>> ingest_labels("runs/unlabeled", "labels.csv").added
-    1000
+    >>> ingest_labels("runs/unlabeled", "label_studio_export.json", resolve="majority").skipped.size
+    3
     ```
     """
     state = _read_state(run_dir)
@@ -471,14 +518,28 @@ def ingest_labels(
     round, expected = query
     class_names = state["class_names"]
     batch = read_labels(source, class_names, pool_size=state["pool"]["num_examples"], label_column=label_column,
-                        index_column=index_column)  # fmt: skip
-    result = LabelStore(run_dir, class_names).add(
-        batch, round=round, expected=expected, allow_partial=allow_partial, overwrite=overwrite
+                        index_column=index_column, resolve=resolve)  # fmt: skip
+    store = LabelStore(run_dir, class_names)
+    # A skip counts only for a queried image that nobody labeled (another annotator may have answered it).
+    skipped = np.setdiff1d(np.intersect1d(batch.skipped, expected), batch.pool_indices)
+    skipped = skipped[~np.isin(skipped, np.fromiter(store.labels, dtype=np.int64, count=len(store)))]
+    result = store.add(
+        batch,
+        round=round,
+        expected=np.setdiff1d(expected, skipped),
+        allow_partial=allow_partial,
+        overwrite=overwrite,
     )
+    result.skipped = skipped
+    directory = query_directory(run_dir, round)
+    if skipped.size:
+        record = {POOL_INDEX: skipped.tolist(), "source": batch.source, "requery": requery_skipped}
+        atomic_write(directory / QUERY_SKIPPED, lambda f: f.write(json.dumps(record) + "\n"))
+        logger.info(
+            f"{skipped.size} images of round {round} were skipped by annotators; they are not labeled."
+        )
     if allow_partial and result.missing.size:
         # The run continues with the labeled part; the others go back to the pool.
         partial = {"missing": result.missing.tolist(), "source": batch.source}
-        atomic_write(
-            query_directory(run_dir, round) / QUERY_PARTIAL, lambda f: f.write(json.dumps(partial) + "\n")
-        )
+        atomic_write(directory / QUERY_PARTIAL, lambda f: f.write(json.dumps(partial) + "\n"))
     return result

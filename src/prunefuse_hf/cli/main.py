@@ -7,6 +7,7 @@ Subcommands:
     fuse      fuse a (trained) surrogate back into its dense model
     push      push a finished run to the Hub: fused model + card, selected subset, surrogate
     label     bring annotators' labels for a run's open query (annotation: human), then resume the run
+    label-studio push|pull   send the open query to a running Label Studio / pull its export and ingest it
 
 Also runnable as `python -m prunefuse_hf.cli ...` (and so under `accelerate launch -m`).
 """
@@ -20,7 +21,14 @@ import sys
 import torch
 from transformers import set_seed
 
-from ..constants import DENSE_INIT_DIR, PRUNING_PLAN_NAME
+from ..constants import (
+    DENSE_INIT_DIR,
+    LABEL_STUDIO_DOCUMENT_ROOT_ENV,
+    LABEL_STUDIO_TOKEN_ENV,
+    LABEL_STUDIO_URL_ENV,
+    PRUNING_PLAN_NAME,
+    RESOLUTIONS,
+)
 from ..pruning.cost import model_cost
 from ..pruning.fusion import fuse_into_dense
 from ..pruning.modeling import load_image_classifier
@@ -171,26 +179,104 @@ def _add_label_parser(subparsers) -> None:
         "--label_column", help="Column holding the labels (default: label, class, choice, ...)."
     )
     parser.add_argument("--index_column", help="Column holding the pool indices (default: pool_index).")
+    _add_ingest_arguments(parser)
     parser.set_defaults(func=_label)
 
 
+def _add_ingest_arguments(parser) -> None:
+    parser.add_argument(
+        "--resolve",
+        choices=RESOLUTIONS,
+        help="How an image that annotators answered differently gets its label: the annotation marked ground truth, "
+        "the majority answer (a tie goes to ground truth or is refused), or the latest. Default: refuse, naming them.",
+    )
+    parser.add_argument(
+        "--requery_skipped",
+        action="store_true",
+        help="Let later rounds query the images annotators skipped (default: they are not queried again).",
+    )
+
+
 def _label(args) -> None:
-    from ..annotation.queries import open_query
     from ..annotation.store import ingest_labels
 
+    _ingest(args, args.labels, ingest_labels)
+
+
+def _ingest(args, source, ingest_labels) -> None:
+    from ..annotation.queries import open_query
+
     query = open_query(args.run_dir)
-    result = ingest_labels(args.run_dir, args.labels, allow_partial=args.allow_partial, overwrite=args.overwrite,
-                           label_column=args.label_column, index_column=args.index_column)  # fmt: skip
+    result = ingest_labels(args.run_dir, source, allow_partial=args.allow_partial, overwrite=args.overwrite,
+                           label_column=args.label_column, index_column=args.index_column, resolve=args.resolve,
+                           requery_skipped=args.requery_skipped)  # fmt: skip
     round_, expected = query
+    answered = len(expected) - result.missing.size
     print(
         f"round {round_}: {result.added} labels added, {result.unchanged} already stored, {result.overwritten} "
-        f"replaced; {len(expected) - result.missing.size} of {len(expected)} queried examples labeled"
+        f"replaced; {answered - result.skipped.size} of {len(expected)} queried examples labeled, "
+        f"{result.skipped.size} skipped"
+        + (" (they may be queried again)" if result.skipped.size and args.requery_skipped else "")
         + (f" ({result.missing.size} go back to the pool)" if result.missing.size else "")
     )
     state = RunDirectory(args.run_dir).read_state()
     print(
         f"next: {state.get('resume_command') or 'resume the run (trainer.train(resume_from_checkpoint=True))'}"
     )
+
+
+def _add_label_studio_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "label-studio",
+        help=f"Send a run's open query to a running Label Studio (push), or pull the answers and ingest them (pull). "
+        f"The token comes from {LABEL_STUDIO_TOKEN_ENV}.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    push = actions.add_parser(
+        "push", help="Create/update the run's project and import the open query's tasks."
+    )
+    pull = actions.add_parser(
+        "pull", help="Download the project's JSON export and ingest the open round's labels."
+    )
+    for action in (push, pull):
+        action.add_argument("run_dir", help="The run directory that stopped with a query batch.")
+        action.add_argument("--url", help=f"The Label Studio server (default: {LABEL_STUDIO_URL_ENV}).")
+    push.add_argument(
+        "--document_root",
+        help=f"The server's {LABEL_STUDIO_DOCUMENT_ROOT_ENV} (default: that variable): image files under it are "
+        "served as local files; other images travel as data: URIs.",
+    )
+    push.add_argument("--title", help="Project title (default: 'PruneFuse <run folder>').")
+    push.set_defaults(func=_label_studio_push)
+    pull.add_argument(
+        "--allow_partial", action="store_true", help="Continue with the answered part of the query."
+    )
+    pull.add_argument(
+        "--overwrite", action="store_true", help="Replace stored labels the export contradicts."
+    )
+    pull.add_argument("--label_column", help="The name of the class tag when the config has several.")
+    pull.set_defaults(func=_label_studio_pull, index_column=None)
+    _add_ingest_arguments(pull)
+
+
+def _label_studio_push(args) -> None:
+    from ..annotation.label_studio_api import push_query
+
+    result = push_query(args.run_dir, url=args.url, document_root=args.document_root, title=args.title)
+    print(
+        f"round {result['round']}: {result['imported']} tasks imported into {result['project_url']} "
+        f"({result['already']} were already there; {result['local_files']} images served as local files)"
+    )
+    print(f"next, once annotated: prunefuse-hf label-studio pull {args.run_dir}")
+
+
+def _label_studio_pull(args) -> None:
+    from ..annotation.label_studio_api import pull_export
+    from ..annotation.store import ingest_labels
+
+    path = pull_export(args.run_dir, url=args.url)
+    print(f"export saved to {path}")
+    _ingest(args, path, ingest_labels)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fuse_parser(subparsers)
     _add_push_parser(subparsers)
     _add_label_parser(subparsers)
+    _add_label_studio_parser(subparsers)
     return parser
 
 

@@ -389,7 +389,8 @@ class PruneFuseTrainer(Trainer):
                 Label Studio export, a dataset or a Hub dataset id), with pool indices and class names or ids.
             allow_partial (`bool`, *optional*): Continue with the labeled part of the query.
             overwrite (`bool`, *optional*): Replace stored labels the file contradicts.
-            columns: `label_column` / `index_column` when they are not the usual names.
+            columns: `label_column` / `index_column` when they are not the usual names, `resolve` (how answers
+                that disagree become one label) and `requery_skipped` (see [`ingest_labels`]).
 
         Returns:
             `AddResult`: added, unchanged and overwritten counts, and the query's indices still missing.

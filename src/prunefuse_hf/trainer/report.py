@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..annotation.rounds import annotation_summary
 from ..constants import ACCURACY_PLOT, CLASS_BALANCE_PLOT, COST_PLOT, METRICS_NAME
 from ..utils.run_metrics import budget_accuracies, build_metrics
 
@@ -25,7 +26,12 @@ def write_report(run_dir, progress: dict, config, class_names: list[str] | None 
     if balance:
         _class_balance_plot(Path(run_dir.path) / CLASS_BALANCE_PLOT, balance, class_names)
         plots.append(CLASS_BALANCE_PLOT)
-    run_dir.write_text(run_dir.report_path.name, render_report(metrics, config, plots, balance, class_names))
+    annotation = None
+    if getattr(config, "annotation", None) == "human" and class_names:
+        annotation = annotation_summary(run_dir.path, class_names)
+    run_dir.write_text(
+        run_dir.report_path.name, render_report(metrics, config, plots, balance, class_names, annotation)
+    )
     return metrics
 
 
@@ -49,7 +55,12 @@ def _gflops(value):
 
 
 def render_report(
-    metrics: dict, config, plots: list[str], balance: dict | None = None, class_names: list[str] | None = None
+    metrics: dict,
+    config,
+    plots: list[str],
+    balance: dict | None = None,
+    class_names: list[str] | None = None,
+    annotation: dict | None = None,
 ) -> str:
     costs = metrics["costs"]
     lines = [
@@ -117,6 +128,8 @@ def render_report(
                 + " | ".join(map(str, counts))
                 + " |"
             )
+    if annotation:
+        lines += _annotation_lines(annotation)
     if final:
         lines += ["", "## Final model", ""]
         lines.append(
@@ -126,6 +139,26 @@ def render_report(
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
+
+
+def _annotation_lines(annotation: dict[int, dict]) -> list[str]:
+    """Per round: who labeled, how often several annotators agreed, how disagreements were resolved, skips."""
+    lines = [
+        "",
+        "## Annotation",
+        "",
+        "| round | labeled | annotators | answered by several | agreed | resolved by policy | skipped |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for round_, entry in annotation.items():
+        multi = entry["multi"]
+        agreement = f"{entry['agreed']} ({entry['agreed'] / multi:.0%})" if multi else "–"
+        resolved = ", ".join(f"{how} {n}" for how, n in sorted(entry["resolved"].items())) or "–"
+        lines.append(
+            f"| {round_} | {entry['labeled']} | {entry['annotators']} | {multi} | {agreement} | {resolved} | "
+            f"{entry['skipped']} |"
+        )
+    return lines
 
 
 def _write_plots(directory: Path, metrics: dict) -> list[str]:

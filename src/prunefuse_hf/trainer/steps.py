@@ -22,6 +22,7 @@ from transformers.utils import logging
 
 from ..annotation.labels import LabelBatch
 from ..annotation.queries import query_directory, query_is_complete, write_query_batch
+from ..annotation.rounds import skipped_indices
 from ..annotation.store import LabelStore, oracle_labels
 from ..constants import (
     DENSE_BASE_DIR,
@@ -155,6 +156,11 @@ def select(trainer, round_: int) -> dict:
     args = trainer.args
     query_size = args.query_sizes()[round_ - 1]
     unlabeled_indices = trainer.pool.unlabeled_indices
+    if args.annotation == "human":
+        # Images annotators skipped are not queried again (unless the ingest asked for it).
+        skipped = skipped_indices(trainer.run_dir.path, for_selection=True)
+        if skipped:
+            unlabeled_indices = np.setdiff1d(unlabeled_indices, np.concatenate(list(skipped.values())))
     started = time.perf_counter()
     outputs, scored = {}, 0
     if trainer.strategy.needs:
@@ -190,6 +196,15 @@ def select(trainer, round_: int) -> dict:
     _set_query(
         trainer, round_ + 1, selection.indices, scores=selection.scores, strategy=trainer.strategy.name
     )
+    if args.annotation == "human" and trainer.strategy.needs and len(selection):
+        # The surrogate's guess for each queried image: annotators confirm or correct it (Label Studio
+        # pre-annotations, labels.csv columns). Scoring only the query costs query_size forward passes.
+        indices = np.asarray(selection.indices, dtype=np.int64)
+        guesses = _score(trainer, model, np.sort(indices), ("probs",))
+        probs = guesses.probs[np.searchsorted(guesses.pool_indices, indices)].numpy()
+        trainer.progress["queries"][str(round_ + 1)].update(
+            predictions=probs.argmax(axis=1).tolist(), prediction_scores=probs.max(axis=1).round(4).tolist()
+        )
     record = _round(trainer, round_)["selection"]
     return {
         "round": round_,
@@ -208,7 +223,7 @@ def label(trainer, round_: int) -> dict | None:
     if trainer.args.annotation == "human":
         store = LabelStore(trainer.run_dir.path, trainer.class_names)
         if not query_is_complete(trainer.run_dir.path, round_, indices, store):
-            _write_query(trainer, round_, indices, query["scores"])
+            _write_query(trainer, round_, indices, query)
             trainer._awaiting_labels = round_
             return None
         labels = store.as_array(len(trainer.pool))[indices]
@@ -248,7 +263,7 @@ def _store_labels(trainer, batch: LabelBatch, round_: int, expected=None) -> Lab
     return LabelStore(trainer.run_dir.path, trainer.class_names)
 
 
-def _write_query(trainer, round_: int, indices: np.ndarray, scores) -> None:
+def _write_query(trainer, round_: int, indices: np.ndarray, query: dict) -> None:
     directory = query_directory(trainer.run_dir.path, round_)
     if trainer.is_world_process_zero() and not directory.is_dir():
         write_query_batch(
@@ -258,7 +273,10 @@ def _write_query(trainer, round_: int, indices: np.ndarray, scores) -> None:
             image_column=trainer.args.image_column,
             class_names=trainer.class_names,
             round=round_,
-            scores=scores,
+            scores=query["scores"],
+            predictions=query.get("predictions"),
+            prediction_scores=query.get("prediction_scores"),
+            model_version=f"{trainer.run_dir.path.name}-surrogate-round{round_ - 1}",
         )
         if trainer.args.hub_query_id:
             push_query_batch(
@@ -271,8 +289,8 @@ def _write_query(trainer, round_: int, indices: np.ndarray, scores) -> None:
     trainer.accelerator.wait_for_everyone()
     logger.info(
         f"{len(indices):,} images to label for round {round_}: {directory} ({QUERY_CONTENTS}). Bring the "
-        "labels with `prunefuse-hf label "
-        f"{trainer.run_dir.path} --labels FILE`, then resume: {trainer.resume_command or 'trainer.train(resume_from_checkpoint=True)'}"
+        f"labels with `prunefuse-hf label {trainer.run_dir.path} --labels FILE` (or, with a Label Studio server, "
+        f"`prunefuse-hf label-studio push {trainer.run_dir.path}`, then `... pull`), then resume: {trainer.resume_command or 'trainer.train(resume_from_checkpoint=True)'}"
     )
 
 

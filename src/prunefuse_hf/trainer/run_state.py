@@ -15,7 +15,9 @@ from ..constants import PIXEL_VALUES
 from ..utils.io import json_default
 from ..utils.run_directory import RunDirectory
 
-STATE_VERSION = 2
+STATE_VERSION = 3
+# Versions this one resumes: 2 kept the per-image arrays inline in state.json; 3 keeps them beside it (npz).
+READABLE_STATE_VERSIONS = (2, 3)
 # Settings that change what a run selects, trains or measures: resuming with other values is refused, by name.
 RESULT_FIELDS = (
     "method", "pruning_ratio", "importance", "strategy", "fusion", "distill_alpha", "distill_temperature",
@@ -50,10 +52,11 @@ def check_resumable(progress: dict, current: dict, run_dir: RunDirectory) -> Non
     Raises:
         `ValueError`: naming the state versions, or each changed setting with the run's value and the new one.
     """
-    if progress.get("version") != STATE_VERSION:
+    if progress.get("version") not in READABLE_STATE_VERSIONS:
         raise ValueError(
             f"{run_dir.state_path} was written by another prunefuse-hf version (state version "
-            f"{progress.get('version')}, this one reads {STATE_VERSION}); start a new run."
+            f"{progress.get('version')}, this one reads versions {', '.join(map(str, READABLE_STATE_VERSIONS))}); "
+            "finish it with the version that started it, or start a new run in another output_dir."
         )
     saved = progress["settings"]
     changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}

@@ -9,8 +9,9 @@ Measured in one run on synthetic pools (no download), each size in turn:
    float32 differences per pick) is timed on a few picks and extrapolated;
 2. finding the pool's image paths: from the Arrow `path` field (now) against casting the column to
    `decode=False` and reading every row (before);
-3. the per-step state: the size of `state.json`'s pool arrays and the seconds to write them as the trainer
-   does (indented JSON).
+3. the per-step state: saved as before (every image's round, label and score in indented JSON) and now (the
+   arrays in an npz beside `state.json`, rewritten only by a step that labels), and read back for a resume
+   (target at 1M: ≤ 0.1 s per save).
 
 Per-image costs are the seconds divided by the pool size, so a constant per-image cost is linear growth.
 
@@ -38,6 +39,7 @@ from prunefuse_hf.data.pool import DataPool
 from prunefuse_hf.selection import get_strategy
 from prunefuse_hf.trainer.run_state import relative_image_paths
 from prunefuse_hf.utils.io import json_default
+from prunefuse_hf.utils.run_directory import RunDirectory
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 KCENTER_SECONDS_TARGET = 60.0  # 1,000 picks from 1M x 1,024
@@ -142,20 +144,38 @@ def measure_paths(n: int) -> dict:
 
 
 def measure_state(n: int) -> dict:
+    """The per-step save as before (every array in indented JSON) and now (`RunDirectory.write_state`: a step that
+    labels nothing, and one that labels), and a resume's read of the state back into the pool."""
     pool = DataPool(datasets.Dataset.from_dict({"label": np.zeros(n, dtype=np.int64)}))
     pool.label_randomly(min(n // 10, 100_000), seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "state.json"
         started = time.perf_counter()
-        path.write_text(json.dumps({"pool": pool.state_dict()}, indent=2, default=json_default))
-        seconds = time.perf_counter() - started
-        size = path.stat().st_size
+        previous = json.dumps({"pool": pool.state_dict()}, indent=2, default=json_default)
+        (Path(tmp) / "previous.json").write_text(previous)
+        previous_seconds = time.perf_counter() - started
+        run_dir = RunDirectory(Path(tmp) / "run")
+        state = {"version": 3, "completed": [], "pool": pool.state_dict(as_arrays=True)}
+        run_dir.write_state(state)
+        started = time.perf_counter()
+        state["completed"].append("train_surrogate:1")
+        state["pool"] = pool.state_dict(as_arrays=True)
+        run_dir.write_state(state)
+        unchanged_seconds = time.perf_counter() - started
+        pool.label(np.flatnonzero(pool.rounds == 0)[:1000], round=2, strategy="random")
+        started = time.perf_counter()
+        state["pool"] = pool.state_dict(as_arrays=True)
+        run_dir.write_state(state)
+        changed_seconds = time.perf_counter() - started
+        state_bytes = sum(f.stat().st_size for f in run_dir.path.iterdir())
+        started = time.perf_counter()
+        DataPool(pool.dataset).load_state_dict(RunDirectory(run_dir.path).read_state()["pool"])
+        resume_seconds = time.perf_counter() - started
     return {
-        "pool_size": n,
-        "state_json_bytes": size,
-        "save_seconds": seconds,
-        "us_per_image": seconds / n * 1e6,
-    }
+        "pool_size": n, "previous_state_json_bytes": len(previous), "previous_save_seconds": previous_seconds,
+        "state_bytes": state_bytes, "save_seconds_no_label": unchanged_seconds,
+        "save_seconds_after_labeling": changed_seconds, "resume_read_seconds": resume_seconds,
+        "us_per_image": changed_seconds / n * 1e6,
+    }  # fmt: skip
 
 
 def main(argv=None) -> dict:
@@ -170,6 +190,7 @@ def main(argv=None) -> dict:
         "--quick", action="store_true", help="2,000 and 4,000 candidates at width 64, 20 picks"
     )
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--only", choices=["kcenter", "image_paths", "state"], help="measure one part only")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.dim, args.picks = [2000, 4000], 64, 20
@@ -181,21 +202,22 @@ def main(argv=None) -> dict:
                     "platform": platform.platform()},
         "kcenter": [], "image_paths": [], "state": [],
     }  # fmt: skip
+    wanted = {args.only} if args.only else {"kcenter", "image_paths", "state"}
+    measures = {"image_paths": measure_paths, "state": measure_state}
     for n in args.sizes:
-        for kind in args.kinds:
+        for kind in args.kinds if "kcenter" in wanted else []:
             result["kcenter"].append(measure_kcenter(n, args.dim, args.picks, kind))
             print(json.dumps(result["kcenter"][-1]), flush=True)
-        result["image_paths"].append(measure_paths(n))
-        result["state"].append(measure_state(n))
-        print(json.dumps(result["image_paths"][-1]), json.dumps(result["state"][-1]), flush=True)
-    for name, key in (
-        ("kcenter", "us_per_image_per_pick"),
-        ("image_paths", "us_per_image"),
-        ("state", "us_per_image"),
-    ):
-        for kind in {entry.get("kind") for entry in result[name]}:
-            costs = [entry[key] for entry in result[name] if entry.get("kind") == kind]
-            result.setdefault("growth", {})[f"{name}{'/' + kind if kind else ''}"] = max(costs) / min(costs)
+        for name in sorted(wanted & set(measures)):
+            result[name].append(measures[name](n))
+            print(json.dumps(result[name][-1]), flush=True)
+    # Largest over smallest per-image cost across the sizes: 1.0 is exactly linear growth.
+    keys = {"kcenter": "us_per_image_per_pick", "image_paths": "us_per_image", "state": "us_per_image"}
+    result["growth"] = {}
+    for name, key in keys.items():
+        for kind in sorted({entry.get("kind") or "" for entry in result[name]}):
+            costs = [entry[key] for entry in result[name] if (entry.get("kind") or "") == kind]
+            result["growth"][f"{name}/{kind}" if kind else name] = max(costs) / min(costs)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {output}")

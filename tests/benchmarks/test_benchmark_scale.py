@@ -24,8 +24,11 @@ def test_quick_scale_benchmark_measures_selection_paths_and_state_per_image(tmp_
         assert 1 <= entry["lookahead_refreshes"] <= 20
         assert entry["speedup_vs_previous"] == entry["previous_seconds_extrapolated"] / entry["seconds"]
     for entry in result["state"]:
-        # Every image's round, label and score are in the indented JSON: tens of bytes per image.
-        assert entry["state_json_bytes"] > 20 * entry["pool_size"]
+        # Before, every image's round, label and score went into indented JSON: tens of bytes per image.
+        assert entry["previous_state_json_bytes"] > 20 * entry["pool_size"]
+        # Now they are 20 bytes per image in the npz, beside a small state.json.
+        assert 20 * entry["pool_size"] < entry["state_bytes"] < 21 * entry["pool_size"] + 4096
+        assert entry["save_seconds_no_label"] > 0 and entry["resume_read_seconds"] > 0
     assert [entry["pool_size"] for entry in result["image_paths"]] == [2000, 4000]
     assert set(result["growth"]) == {"kcenter/gauss", "image_paths", "state"}
     assert all(ratio >= 1.0 for ratio in result["growth"].values())

@@ -280,6 +280,65 @@ def test_kcenter_with_empty_labeled_features_is_the_same_as_none():
     np.testing.assert_array_equal(with_none.indices, with_empty.indices)
 
 
+def straightforward_kcenter(pool_indices, features, labeled_features, n):
+    """Reference greedy k-center one pick at a time in float64, with no lookahead or matrix products."""
+    x, labeled = features.astype(np.float64), labeled_features.astype(np.float64)
+    min_dist = np.full(len(x), np.inf)
+    for point in labeled:
+        min_dist = np.minimum(min_dist, np.linalg.norm(x - point, axis=1))
+    picked, scores = [], []
+    for _ in range(n):
+        value = np.where(np.isin(np.arange(len(x)), picked), -1.0, min_dist)
+        row = min(np.flatnonzero(value == value.max()), key=lambda r: pool_indices[r])
+        picked.append(row)
+        scores.append(value[row])
+        min_dist = np.minimum(min_dist, np.linalg.norm(x - x[row], axis=1))
+    return pool_indices[picked], np.array(scores)
+
+
+@pytest.mark.parametrize("lookahead", [1, 2, 5, 64, None])
+@pytest.mark.parametrize("in_order", [True, False])
+@pytest.mark.parametrize("num_labeled", [0, 6])
+def test_kcenter_lookahead_keeps_the_selection_and_ties_by_pool_index(lookahead, in_order, num_labeled):
+    # Small integer features: many exact ties, and float32 products are exact, so indices and scores
+    # must equal the reference's whatever the lookahead width and the order of the pool indices.
+    rng = np.random.default_rng(3)
+    features = rng.integers(0, 4, size=(80, 6)).astype(np.float32)
+    pool_indices = np.arange(100, 180) if in_order else rng.permutation(1000)[:80]
+    labeled = rng.integers(0, 4, size=(num_labeled, 6)).astype(np.float32)
+    expected_indices, expected_scores = brute_force_kcenter(pool_indices, features, labeled, n=40)
+    strategy = get_strategy("kcenter_greedy", chunk_size=16, lookahead=lookahead)
+
+    selection = strategy.select(40, pool_indices=pool_indices, features=features, labeled_features=labeled)
+
+    np.testing.assert_array_equal(selection.indices, expected_indices)
+    np.testing.assert_array_equal(selection.scores, expected_scores)
+    assert strategy.last_stats["picks"] == 40
+    if lookahead == 1:
+        assert strategy.last_stats["refreshes"] == 40  # one product per pick: today's cost
+
+
+def test_kcenter_matches_a_straightforward_reference_on_a_larger_pool():
+    rng = np.random.default_rng(11)
+    features = rng.normal(size=(3000, 48)).astype(np.float32)
+    labeled = rng.normal(size=(50, 48)).astype(np.float32)
+    pool_indices = rng.permutation(10_000)[:3000]
+    expected_indices, expected_scores = straightforward_kcenter(pool_indices, features, labeled, n=60)
+    strategy = get_strategy("kcenter_greedy", chunk_size=512)
+
+    selection = strategy.select(60, pool_indices=pool_indices, features=features, labeled_features=labeled)
+
+    np.testing.assert_array_equal(selection.indices, expected_indices)
+    np.testing.assert_allclose(selection.scores, expected_scores, rtol=1e-5)
+    # The lookahead (48 // 5 = 9 centers) saves products: fewer refreshes than picks.
+    assert strategy.last_stats["refreshes"] < 60
+
+
+def test_kcenter_lookahead_must_be_positive():
+    with pytest.raises(ValueError, match=r"lookahead must be >= 1 \(or None for automatic\), got 0\."):
+        get_strategy("kcenter_greedy", lookahead=0)
+
+
 def test_top_n_by_score_breaks_ties_by_pool_index():
     selection = top_n_by_score(np.array([0.5, 0.9, 0.5, 0.5]), np.array([7, 3, 1, 4]), 3)
 

@@ -377,6 +377,56 @@ def test_bald_run_with_a_dropout_model_and_clear_error_without(tmp_path, pool):
     assert not (tmp_path / "resnet").exists()  # refused before anything was written
 
 
+def _stopped_after_first_selection(output_dir, pool):
+    class StopAfterFirstSelection(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and logs.get("picked"):
+                control.should_training_stop = True
+
+    trainer = PruneFuseTrainer(dense_config(), args=make_config(output_dir), train_dataset=pool,
+                               callbacks=[StopAfterFirstSelection()])  # fmt: skip
+    trainer.train()
+    return trainer
+
+
+def test_state_json_holds_no_per_image_array_and_a_version_2_run_still_resumes(tmp_path, pool, finished):
+    _stopped_after_first_selection(tmp_path, pool)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["version"] == 3
+    assert not {"rounds", "labels", "scores"} & set(state["pool"])
+    arrays = np.load(tmp_path / state["pool"]["arrays_file"])
+    assert arrays["rounds"].shape == (96,) and (arrays["rounds"] > 0).sum() == 16
+
+    # Rewrite it as state version 2 wrote it: the arrays inline as lists (NaN scores as null), no npz.
+    state["version"] = 2
+    state["pool"].update(rounds=arrays["rounds"].tolist(), labels=arrays["labels"].tolist(),
+                         scores=[None if np.isnan(s) else s for s in arrays["scores"].tolist()])  # fmt: skip
+    (tmp_path / state["pool"].pop("arrays_file")).unlink()
+    (tmp_path / "state.json").write_text(json.dumps(state, indent=2))
+
+    resumed = PruneFuseTrainer(dense_config(), args=make_config(tmp_path), train_dataset=pool)
+    resumed.train(resume_from_checkpoint=True)
+
+    assert resumed.done
+    reference = pq.read_table(finished.run_dir.selection_path).to_pydict()
+    assert pq.read_table(resumed.run_dir.selection_path).to_pydict()["pool_index"] == reference["pool_index"]
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["version"] == 3 and sorted(p.name for p in tmp_path.glob("pool_arrays-*.npz")) == [
+        saved["pool"]["arrays_file"]
+    ]
+
+
+def test_a_run_of_an_unreadable_state_version_is_refused_with_the_fix(tmp_path, pool):
+    _stopped_after_first_selection(tmp_path, pool)
+    state = json.loads((tmp_path / "state.json").read_text())
+    (tmp_path / "state.json").write_text(json.dumps({**state, "version": 1}))
+
+    resumed = PruneFuseTrainer(dense_config(), args=make_config(tmp_path), train_dataset=pool)
+    with pytest.raises(ValueError, match=r"state version 1, this one reads versions 2, 3\); finish it with the "
+                       r"version that started it, or start a new run in another output_dir"):  # fmt: skip
+        resumed.train(resume_from_checkpoint=True)
+
+
 # ----- kill and resume a real process -----
 
 

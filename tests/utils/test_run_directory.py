@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from prunefuse_hf.constants import STATE_NAME
+from prunefuse_hf.constants import POOL_ARRAYS_PREFIX, STATE_NAME
 from prunefuse_hf.utils.io import redact_secrets
 from prunefuse_hf.utils.run_directory import RunDirectory, RunDirectoryError
 
@@ -152,3 +152,55 @@ def test_a_crash_between_the_two_renames_of_save_dir_keeps_the_previous_checkpoi
     with pytest.raises(RuntimeError):
         run_dir.save_dir("ckpt", crash)
     assert (tmp_path / "ckpt" / "w").read_text() == "v1"
+
+
+def _pool_state(rounds, labels, scores):
+    return {"version": 1, "num_examples": len(rounds), "fingerprint": "f", "strategies": {"1": "entropy"},
+            "rounds": np.asarray(rounds, dtype=np.int32), "labels": np.asarray(labels, dtype=np.int64),
+            "scores": np.asarray(scores, dtype=np.float64)}  # fmt: skip
+
+
+def test_write_state_keeps_the_pool_arrays_beside_state_json_and_rewrites_them_only_when_they_change(
+    tmp_path,
+):
+    run_dir = RunDirectory(tmp_path)
+    state = {
+        "version": 3,
+        "completed": ["init"],
+        "pool": _pool_state([1, 0, 0], [2, -1, -1], [0.5, np.nan, np.nan]),
+    }
+    run_dir.write_state(state)
+    light = json.loads((tmp_path / STATE_NAME).read_text())
+    assert light["pool"] == {"version": 1, "num_examples": 3, "fingerprint": "f", "strategies": {"1": "entropy"},
+                             "arrays_file": f"{POOL_ARRAYS_PREFIX}-1.npz"}  # fmt: skip
+    written = (tmp_path / f"{POOL_ARRAYS_PREFIX}-1.npz").stat().st_mtime_ns
+
+    state["completed"].append("train_surrogate:1")  # a step that labels nothing: the arrays stay as they are
+    run_dir.write_state(state)
+    assert (tmp_path / f"{POOL_ARRAYS_PREFIX}-1.npz").stat().st_mtime_ns == written
+    assert json.loads((tmp_path / STATE_NAME).read_text())["completed"] == ["init", "train_surrogate:1"]
+
+    state["pool"] = _pool_state([1, 2, 0], [2, 0, -1], [0.5, 0.25, np.nan])  # a label step
+    run_dir.write_state(state)
+    assert visible(tmp_path) == [f"{POOL_ARRAYS_PREFIX}-2.npz", STATE_NAME]  # the old arrays are gone
+
+    # A fresh RunDirectory (a resume) reads the arrays back, NaN included, and writes them again only on change.
+    resumed = RunDirectory(tmp_path)
+    back = resumed.read_state()
+    np.testing.assert_array_equal(back["pool"]["rounds"], [1, 2, 0])
+    np.testing.assert_array_equal(back["pool"]["labels"], [2, 0, -1])
+    np.testing.assert_array_equal(back["pool"]["scores"], [0.5, 0.25, np.nan])
+    assert back["completed"] == ["init", "train_surrogate:1"]
+    assert not resumed.pool_arrays_changed(back)
+    back["pool"]["rounds"][2] = 3
+    assert resumed.pool_arrays_changed(back)
+
+
+def test_read_state_reads_a_version_2_state_with_inline_arrays_as_written(tmp_path):
+    old = {
+        "version": 2,
+        "pool": {"num_examples": 2, "rounds": [1, 0], "labels": [0, -1], "scores": [None, None]},
+    }
+    (tmp_path / STATE_NAME).write_text(json.dumps(old))
+
+    assert RunDirectory(tmp_path).read_state() == old

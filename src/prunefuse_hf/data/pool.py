@@ -215,7 +215,7 @@ class DataPool:
                 f"{already.size} of the {indices.size} indices are."
             )
         if scores is not None:
-            scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+            scores = np.array(scores, dtype=np.float64).reshape(-1)
             if len(scores) != len(indices):
                 raise ValueError(f"Got {len(scores)} scores for {len(indices)} indices.")
         if labels is not None:
@@ -307,18 +307,30 @@ class DataPool:
 
     # ----- state -----
 
-    def state_dict(self) -> dict:
+    def state_dict(self, as_arrays: bool = False) -> dict:
         """
         JSON-serialisable state: rounds and scores per example (NaN as `None`), strategy per round,
         and the base dataset's size and fingerprint.
+
+        Args:
+            as_arrays (`bool`, *optional*, defaults to `False`): Give the per-example rounds, labels and scores
+                as copies of the numpy arrays (scores keep NaN) instead of lists: no per-example Python object
+                is built, which is what a large pool saved at every step needs.
         """
+        if as_arrays:
+            arrays = {
+                "rounds": self._rounds.copy(),
+                "labels": self._labels.copy(),
+                "scores": self._scores.copy(),
+            }
+        else:
+            arrays = {"rounds": self._rounds.tolist(), "labels": self._labels.tolist(),
+                      "scores": [None if math.isnan(s) else s for s in self._scores.tolist()]}  # fmt: skip
         return {
             "version": _STATE_VERSION,
             "num_examples": len(self),
             "fingerprint": self.dataset._fingerprint,
-            "rounds": self._rounds.tolist(),
-            "labels": self._labels.tolist(),
-            "scores": [None if math.isnan(s) else s for s in self._scores.tolist()],
+            **arrays,
             "strategies": {str(r): name for r, name in sorted(self._strategies.items())},
         }
 
@@ -344,14 +356,17 @@ class DataPool:
                 f"with fingerprint {fingerprint!r}. Load the same dataset, split and revision (and apply "
                 "no transform to it) before restoring the pool."
             )
-        rounds = np.asarray(state["rounds"], dtype=np.int32)
-        scores = np.asarray([np.nan if s is None else s for s in state["scores"]], dtype=np.float64)
+        rounds = np.array(state["rounds"], dtype=np.int32)  # copies: the pool's arrays change in place
+        scores = state["scores"]
+        if not isinstance(scores, np.ndarray):
+            scores = [np.nan if s is None else s for s in scores]
+        scores = np.array(scores, dtype=np.float64)
         if rounds.shape != (len(self),) or scores.shape != (len(self),) or (rounds < 0).any():
             raise ValueError(
                 f"Malformed pool state: expected {len(self)} non-negative rounds and {len(self)} scores, "
                 f"got {rounds.shape[0]} rounds and {scores.shape[0]} scores."
             )
-        labels = np.asarray(state.get("labels", [-1] * len(self)), dtype=np.int64)
+        labels = np.array(state.get("labels", [-1] * len(self)), dtype=np.int64)
         if labels.shape != (len(self),):
             raise ValueError(f"Malformed pool state: expected {len(self)} labels, got {labels.shape[0]}.")
         self._rounds = rounds

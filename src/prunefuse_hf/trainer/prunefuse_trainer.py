@@ -367,7 +367,7 @@ class PruneFuseTrainer(Trainer):
         else:
             raise AssertionError(step.kind)
         self.progress["completed"].append(step.name)
-        self.progress["pool"] = self.pool.state_dict()
+        self.progress["pool"] = self.pool.state_dict(as_arrays=True)
         self._save_state()
         seconds = time.perf_counter() - started
         facts = {"step": step.name, **facts, "seconds": round(seconds, 3)}
@@ -465,7 +465,7 @@ class PruneFuseTrainer(Trainer):
         check_resumable(progress, current, self.run_dir)
         check_same_pool(progress, self.pool_pixels, self.run_dir)
         self.pool.load_state_dict(progress["pool"], check_fingerprint=False)
-        self.progress = progress
+        self.progress = {**progress, "version": STATE_VERSION}  # an older readable state is saved as this one
         dense_init = AutoModelForImageClassification.from_pretrained(self.run_dir / DENSE_INIT_DIR)
         self.model = self.model_wrapped = dense_init.to(self.args.device)
 
@@ -475,9 +475,12 @@ class PruneFuseTrainer(Trainer):
         new = np.asarray([i for i in labeled.tolist() if str(i) not in known], dtype=np.int64)
         known.update({str(int(i)): d for i, d in zip(new, row_digests(self.pool_pixels, new))})
         if self.is_world_process_zero():
-            self.pool.save_selection(self.run_dir.selection_path, class_names=self.class_names,
-                                     references=self._example_references())  # fmt: skip
-            self.run_dir.write_json(STATE_NAME, self.progress)
+            # The selection file and the pool arrays change only when examples are labeled: a step that labels
+            # nothing writes only the small state.json, whatever the pool's size.
+            if self.run_dir.pool_arrays_changed(self.progress) or not self.run_dir.selection_path.is_file():
+                self.pool.save_selection(self.run_dir.selection_path, class_names=self.class_names,
+                                         references=self._example_references())  # fmt: skip
+            self.run_dir.write_state(self.progress)
         self.accelerator.wait_for_everyone()
 
     def _example_references(self) -> dict | None:

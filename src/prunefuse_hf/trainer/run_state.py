@@ -9,12 +9,15 @@ import os
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
 from ..constants import PIXEL_VALUES
 from ..utils.io import json_default
 from ..utils.run_directory import RunDirectory
 
-STATE_VERSION = 2
+STATE_VERSION = 3
+# Versions this one resumes: 2 kept the per-image arrays inline in state.json; 3 keeps them beside it (npz).
+READABLE_STATE_VERSIONS = (2, 3)
 # Settings that change what a run selects, trains or measures: resuming with other values is refused, by name.
 RESULT_FIELDS = (
     "method", "pruning_ratio", "importance", "strategy", "fusion", "distill_alpha", "distill_temperature",
@@ -49,10 +52,11 @@ def check_resumable(progress: dict, current: dict, run_dir: RunDirectory) -> Non
     Raises:
         `ValueError`: naming the state versions, or each changed setting with the run's value and the new one.
     """
-    if progress.get("version") != STATE_VERSION:
+    if progress.get("version") not in READABLE_STATE_VERSIONS:
         raise ValueError(
             f"{run_dir.state_path} was written by another prunefuse-hf version (state version "
-            f"{progress.get('version')}, this one reads {STATE_VERSION}); start a new run."
+            f"{progress.get('version')}, this one reads versions {', '.join(map(str, READABLE_STATE_VERSIONS))}); "
+            "finish it with the version that started it, or start a new run in another output_dir."
         )
     saved = progress["settings"]
     changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
@@ -96,11 +100,21 @@ def row_digests(pixels, rows: np.ndarray) -> list[str]:
 
 def relative_image_paths(dataset: datasets.Dataset, column: str) -> list[str | None]:
     """The file each example came from (image folders, datasets that keep paths), relative to the folder all the
-    pool's files share, so no local directory travels with a pushed subset; `None` where an image has no path."""
+    pool's files share, so no local directory travels with a pushed subset; `None` where an image has no path.
+
+    The paths are read from the `path` field of the column's Arrow storage: no image's bytes are read or decoded
+    (the bytes of a memory-mapped pool stay on disk), so this costs about a second per million images."""
     if not isinstance(dataset.features[column], datasets.Image):
         return []
-    stored = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
-    paths = [value.get("path") if value else None for value in stored[column]]
+    stored = dataset.data.table.column(column)
+    if pa.types.is_struct(stored.type):
+        index = stored.type.get_field_index("path")
+        paths = pa.chunked_array([chunk.field(index) for chunk in stored.chunks], pa.string())
+    else:  # the column holds paths as strings
+        paths = stored.cast(pa.string())
+    if dataset._indices is not None:  # a selected, shuffled or split view: its rows in the dataset's order
+        paths = paths.take(dataset._indices.column(0))
+    paths = paths.to_pylist()
     local = [p for p in paths if p and os.path.isabs(p)]
     root = os.path.commonpath(local) if local else None
     if root is not None and len(local) == 1:

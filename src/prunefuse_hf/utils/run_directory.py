@@ -13,7 +13,18 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from ..constants import FUSED_DIR, METRICS_NAME, REPORT_NAME, SELECTION_NAME, STATE_NAME, SURROGATE_DIR
+import numpy as np
+
+from ..constants import (
+    FUSED_DIR,
+    METRICS_NAME,
+    POOL_ARRAYS,
+    POOL_ARRAYS_PREFIX,
+    REPORT_NAME,
+    SELECTION_NAME,
+    STATE_NAME,
+    SURROGATE_DIR,
+)
 from .io import atomic_write, json_default
 
 
@@ -31,6 +42,8 @@ class RunDirectory:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        # (file name, arrays) of the pool arrays last written or read, to write them again only when they change.
+        self._written_arrays: tuple[str, dict] | None = None
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -88,8 +101,52 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def read_state(self) -> dict:
+        """The run's state; the pool's per-image arrays, kept beside it, are put back in `state["pool"]` (numpy
+        arrays). A state whose arrays are inline (state version 2) reads back as it was written."""
         with open(self.state_path) as f:
-            return json.load(f)
+            state = json.load(f)
+        pool = state.get("pool")
+        if isinstance(pool, dict) and pool.get("arrays_file"):
+            with np.load(self.path / pool["arrays_file"]) as arrays:
+                pool.update({name: arrays[name] for name in POOL_ARRAYS})
+            self._written_arrays = (pool["arrays_file"], {name: pool[name].copy() for name in POOL_ARRAYS})
+        return state
+
+    def pool_arrays_changed(self, state: dict) -> bool:
+        """Whether `state["pool"]`'s per-image arrays differ from the ones last written or read."""
+        pool = state.get("pool") or {}
+        written = self._written_arrays
+        return written is None or any(not _same(written[1][name], pool[name]) for name in POOL_ARRAYS)
+
+    def write_state(self, state: dict) -> Path:
+        """
+        Write `state.json`, with the pool's per-image arrays (`state["pool"]`'s rounds, labels and scores, numpy
+        arrays from `DataPool.state_dict(as_arrays=True)`) in an `.npz` file beside it, written only when they
+        changed: a step that labels nothing rewrites only the small JSON, whatever the pool's size.
+
+        Each arrays file has a new name and the old one is removed only after `state.json` points to the new
+        one, so a crash at any point leaves a state and the arrays it names.
+        """
+        pool = state.get("pool")
+        if not isinstance(pool, dict) or not all(isinstance(pool.get(n), np.ndarray) for n in POOL_ARRAYS):
+            return self.write_json(STATE_NAME, state)
+        if self.pool_arrays_changed(state):
+            previous = self._written_arrays
+            revision = int(previous[0].rsplit("-", 1)[1].split(".")[0]) + 1 if previous else 1
+            name = f"{POOL_ARRAYS_PREFIX}-{revision}.npz"
+            arrays = {n: pool[n].copy() for n in POOL_ARRAYS}
+            atomic_write(self.path / name, lambda f: np.savez(f, **arrays), binary=True)
+            self._written_arrays = (name, arrays)
+        name = self._written_arrays[0]
+        light = {
+            **state,
+            "pool": {**{k: v for k, v in pool.items() if k not in POOL_ARRAYS}, "arrays_file": name},
+        }
+        path = self.write_json(STATE_NAME, light)
+        for stale in self.path.glob(f"{POOL_ARRAYS_PREFIX}-*.npz"):
+            if stale.name != name:
+                stale.unlink()
+        return path
 
     def write_json(self, name: str | Path, data) -> Path:
         return self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=json_default))
@@ -115,3 +172,9 @@ class RunDirectory:
         if old_dir.exists():
             shutil.rmtree(old_dir)
         return target
+
+
+def _same(old: np.ndarray, new) -> bool:
+    """Equal arrays, NaN scores included (`==` never finds NaN equal to itself)."""
+    new = np.asarray(new)
+    return np.array_equal(old, new, equal_nan=old.dtype.kind == "f" and new.dtype.kind == "f")

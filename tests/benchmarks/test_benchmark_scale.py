@@ -1,0 +1,34 @@
+"""The scale benchmark's `--quick` mode, run as a user runs it, so the script cannot rot."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scale.py"
+
+
+def test_quick_scale_benchmark_measures_selection_paths_and_state_per_image(tmp_path):
+    output = tmp_path / "scale.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--output", str(output), "--kinds", "gauss"],
+                   env=env, check=True, capture_output=True, text=True)  # fmt: skip
+
+    result = json.loads(output.read_text())
+    assert result["config"] == {"sizes": [2000, 4000], "dim": 64, "picks": 20, "kinds": ["gauss"]}
+    assert [entry["pool_size"] for entry in result["kcenter"]] == [2000, 4000]
+    for entry in result["kcenter"]:
+        assert entry["feature_matrix_bytes"] == entry["pool_size"] * 64 * 4
+        assert entry["us_per_image_per_pick"] == entry["seconds"] / 20 / entry["pool_size"] * 1e6
+        assert 1 <= entry["lookahead_refreshes"] <= 20
+        assert entry["speedup_vs_previous"] == entry["previous_seconds_extrapolated"] / entry["seconds"]
+    for entry in result["state"]:
+        # Before, every image's round, label and score went into indented JSON: tens of bytes per image.
+        assert entry["previous_state_json_bytes"] > 20 * entry["pool_size"]
+        # Now they are 20 bytes per image in the npz, beside a small state.json.
+        assert 20 * entry["pool_size"] < entry["state_bytes"] < 21 * entry["pool_size"] + 4096
+        assert entry["save_seconds_no_label"] > 0 and entry["resume_read_seconds"] > 0
+    assert [entry["pool_size"] for entry in result["image_paths"]] == [2000, 4000]
+    assert set(result["growth"]) == {"kcenter/gauss", "image_paths", "state"}
+    assert all(ratio >= 1.0 for ratio in result["growth"].values())

@@ -61,10 +61,13 @@ def as_image_dataset(dataset, image_column: str = "image", what: str = "the data
             raise ValueError(
                 f"{what.capitalize()} has the output format {form['type']!r}; pass `dataset.with_format(None)`."
             )
-        if form["type"] is not None or form["columns"] is not None:
-            # Only the type of what a read returns changes: the stored rows are read unformatted.
-            return dataset.with_format(None)
-        return dataset
+        if form["type"] is None:
+            return dataset
+        # Only the type of what a read returns changes: the stored rows are read unformatted, and keep the
+        # fingerprint (the run state, the pixel cache and a pushed subset are keyed by it).
+        plain = dataset.with_format(None)
+        plain._fingerprint = dataset._fingerprint
+        return plain
     fixes = {
         datasets.DatasetDict: lambda d: (
             f"a DatasetDict with splits {list(d)}",

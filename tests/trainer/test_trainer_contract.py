@@ -3,6 +3,8 @@
 `compute_metrics` from the `evaluate` library, callbacks; and the dataset forms a user can pass (used, or refused
 by name before any work, with the fix)."""
 
+import json
+
 import datasets
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 from transformers import TrainerCallback
 
 from conftest import make_image_dataset, tiny_resnet_config
-from prunefuse_hf import DataPool, PruneFuseConfig, PruneFuseTrainer
+from prunefuse_hf import DataPool, PruneFuseConfig, PruneFuseTrainer, load_image_dataset
 from prunefuse_hf.metrics import load_accuracy
 
 NUM_CLASSES = 4
@@ -235,3 +237,75 @@ def test_a_pool_in_torch_format_or_as_a_list_of_rows_runs_like_the_dataset(tmp_p
         assert trainer.class_names == reference.class_names
         assert torch.equal(trainer.pool_pixels.with_format("torch")[:]["pixel_values"],
                            reference.pool_pixels.with_format("torch")[:]["pixel_values"])  # fmt: skip
+
+
+# ----- image folders with a metadata file -----
+
+
+def _metadata_folder(root, dataset, metadata):
+    """Class sub-folders plus a metadata file: `metadata` maps (file_name, class name) to a row, or None."""
+    rows = []
+    for i, row in enumerate(dataset):
+        name = NAMES[row["label"]]
+        (root / name).mkdir(parents=True, exist_ok=True)
+        row["image"].save(root / name / f"{i}.png")
+        rows.append(metadata(f"{name}/{i}.png", name))
+    if rows[0] is not None:
+        if "csv" in str(metadata.__name__):
+            columns = list(rows[0])
+            lines = [",".join(columns)] + [",".join(str(r[c]) for c in columns) for r in rows]
+            (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+        else:
+            (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(root)
+
+
+def jsonl_captions(path, name):
+    return {"file_name": path, "caption": "a shape"}
+
+
+def csv_captions(path, name):
+    return {"file_name": path, "caption": "a shape"}
+
+
+def csv_class_names(path, name):
+    return {"file_name": path, "label": name}
+
+
+@pytest.mark.parametrize("metadata", [jsonl_captions, csv_captions])
+def test_a_metadata_file_without_labels_keeps_the_folder_classes_and_says_why(
+    tmp_path, pool, caplog, metadata
+):
+    folder = _metadata_folder(tmp_path / "folder", pool, metadata)
+    with caplog.at_level("INFO", logger="prunefuse_hf"):
+        loaded = load_image_dataset(folder)
+    assert loaded.features["label"].names == NAMES and "caption" in loaded.column_names
+    assert loaded["label"][:] == [NAMES.index(p.split("/")[-2]) for p in _paths(loaded)]
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"the class sub-folders {NAMES}" in said and "has no 'label' column" in said
+    trainer = PruneFuseTrainer(tiny_resnet_config(), args=make_config(tmp_path / "run"), train_dataset=loaded)
+    assert trainer.class_names == NAMES
+
+
+def test_a_metadata_csv_of_class_names_is_used_with_class_names_in_their_order(tmp_path, pool, caplog):
+    folder = _metadata_folder(tmp_path / "folder", pool, csv_class_names)
+    with caplog.at_level("INFO", logger="prunefuse_hf"):
+        loaded = load_image_dataset(folder)
+    assert "the 'label' column of metadata.csv" in "\n".join(r.getMessage() for r in caplog.records)
+    order = NAMES[::-1]
+    trainer = PruneFuseTrainer(tiny_resnet_config(), args=make_config(tmp_path / "a", class_names=order),
+                               train_dataset=loaded, eval_dataset=loaded)  # fmt: skip
+    assert trainer.class_names == order and trainer.model.config.id2label == dict(enumerate(order))
+    expected = [order.index(p.split("/")[-2]) for p in _paths(loaded)]
+    assert trainer._pool_labels.tolist() == expected
+    assert trainer.predict(loaded).label_ids.tolist() == expected
+    # Without class_names: the sorted names.
+    trainer = PruneFuseTrainer(tiny_resnet_config(), args=make_config(tmp_path / "b"), train_dataset=loaded)
+    assert trainer.class_names == sorted(NAMES)
+    with pytest.raises(ValueError, match=r"class names that are not in class_names: \['triangle'\]"):
+        PruneFuseTrainer(tiny_resnet_config(), args=make_config(tmp_path / "c", class_names=NAMES[:3]),
+                         train_dataset=loaded)  # fmt: skip
+
+
+def _paths(dataset):
+    return [v["path"] for v in dataset.cast_column("image", datasets.Image(decode=False))["image"]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.forms import as_image_dataset
-from ..data.labels import align_eval_labels, label_array
+from ..data.labels import align_eval_labels, encode_label_names, label_array
 from ..data.loading import validate_image_dataset
 from ..data.pool import DataPool
 from ..data.preprocessing import ImagePreprocessor, PixelDataset
@@ -75,6 +75,8 @@ def labeled_rows(dataset, args, class_names: list[str], *, what: str, allow_unla
     dataset = as_image_dataset(dataset, args.image_column, what)
     label_column = args.label_column
     labeled = label_column in dataset.column_names
+    if labeled:
+        dataset = encode_label_names(dataset, label_column, class_names, what)
     validate_image_dataset(dataset, args.image_column, label_column if labeled else None)
     labels = None
     if labeled:

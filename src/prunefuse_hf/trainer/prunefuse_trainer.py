@@ -48,7 +48,7 @@ from ..constants import (
 from ..data.forms import as_image_dataset
 from ..data.image_processor import build_image_processor, model_num_channels, pretrained_image_processor
 from ..data.images import first_image
-from ..data.labels import label_array, resolve_class_names
+from ..data.labels import encode_label_names, label_array, resolve_class_names
 from ..data.loading import validate_image_dataset
 from ..data.pool import DataPool
 from ..data.preprocessing import ImagePreprocessor, PixelDataset
@@ -178,6 +178,8 @@ class PruneFuseTrainer(Trainer):
         label_column = args.label_column
         human = args.annotation == "human"
         has_labels = label_column in pool.dataset.column_names
+        if has_labels:  # class names (a metadata.csv's labels) become ids, in class_names' order when given
+            pool.dataset = encode_label_names(pool.dataset, label_column, args.class_names, "the pool")
         validate_image_dataset(
             pool.dataset, args.image_column, label_column if has_labels or not human else None
         )

@@ -214,6 +214,15 @@ class PruneFuseTrainer(Trainer):
             active_dropout_layers(dense)  # raises, naming the model, when there is none
         processor = processing_class if processing_class is not None else pretrained_image_processor(model)
         channels = model_num_channels(dense.config)
+        if channels == 1:
+            logger.warning(
+                "The model reads one channel (num_channels: 1). Its checkpoints load with AutoImageProcessor and "
+                "AutoModelForImageClassification (the card shows how); pipeline('image-classification') converts "
+                "images to RGB and cannot feed it. For a pipeline-ready copy of the finished model run "
+                "`prunefuse_hf.export_rgb_checkpoint(RUN/fused, OUT)` (the input convolution reads RGB through the "
+                "gray conversion: same predictions on gray images), or train with num_channels: 3 (gray images are "
+                "repeated)."
+            )
         image = first_image(pool.dataset, args.image_column)
         sized_by_first_image = (
             processor is None and args.image_size is None and not getattr(dense.config, "image_size", None)

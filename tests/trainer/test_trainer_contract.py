@@ -192,6 +192,10 @@ def refused_forms(dataset):
             r"DatasetDict with splits \['train', "
             r"'test'\]; pass one split, e.g. `dataset\['train'\]`",
         ),  # fmt: skip
+        "dict of datasets": (
+            {"a": dataset, "b": dataset},
+            r"dict of datasets \['a', 'b'\].*evaluate\(eval_dataset=",
+        ),
         "IterableDataset": (iterable, r"streamed IterableDataset.*Dataset.from_generator"),
         "IterableDatasetDict": (
             datasets.IterableDatasetDict(train=iterable),

@@ -88,6 +88,15 @@ def as_image_dataset(dataset, image_column: str = "image", what: str = "the data
         if isinstance(dataset, kind):
             form, fix = describe(dataset)
             raise ValueError(f"{what.capitalize()} is {form}; {fix}.")
+    if (
+        isinstance(dataset, dict)
+        and dataset
+        and all(isinstance(v, datasets.Dataset) for v in dataset.values())
+    ):
+        raise ValueError(
+            f"{what.capitalize()} is a dict of datasets {list(dataset)}; pass one dataset here (e.g. "
+            f"`dataset[{next(iter(dataset))!r}]`), and evaluate several with `trainer.evaluate(eval_dataset={{...}})`."
+        )
     if isinstance(dataset, dict) and dataset and all(isinstance(v, (list, tuple)) for v in dataset.values()):
         return _from_rows(datasets.Dataset.from_dict, {k: list(v) for k, v in dataset.items()}, what)
     if isinstance(dataset, (list, tuple)) and dataset:

@@ -9,6 +9,7 @@ hf_hub_download, snapshot_download, list_repo_tree, HfFileSystem), `transformers
 - `POST /api/{type}s/{repo}/preupload/{rev}`: "lfs" for binary files, "regular" for text
 - `POST /[datasets/]{repo}.git/info/lfs/objects/batch` (basic transfer), then `PUT /lfs-upload/{oid}`
 - `POST /api/{type}s/{repo}/commit/{rev}` (ndjson: header, file, lfsFile, deletedFile, deletedFolder)
+- `PUT /api/{type}s/{repo}/settings` (visibility)
 - `POST /api/{type}s/{repo}/branch/{branch}`, `GET .../refs`, `GET .../commits/{rev}`
 - `GET .../tree/{rev}[/{path}]`, `POST .../paths-info/{rev}`, `POST /api/validate-yaml`,
   `GET /api/whoami-v2`
@@ -269,6 +270,12 @@ class _Handler(BaseHTTPRequestHandler):
         if action == "commit" and method == "POST":
             self._require_auth()
             return self._commit_files(repo, unquote(rest[1]))
+        if action == "settings" and method == "PUT":
+            self._require_auth()
+            body = self._json_body()
+            if "private" in body or "visibility" in body:
+                repo.private = bool(body.get("private")) or body.get("visibility") == "private"
+            return self._json({})
         if action == "branch" and method == "POST":
             self._require_auth()
             return self._create_branch(repo, unquote("/".join(rest[1:])))

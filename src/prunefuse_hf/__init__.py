@@ -13,6 +13,7 @@ from .data.image_processor import build_image_processor
 from .data.loading import load_image_dataset
 from .data.pool import DataPool
 from .data.preprocessing import ImagePreprocessor
+from .hub.pipeline_ready import export_rgb_checkpoint
 from .hub.push import push_run
 from .hub.subset import load_subset
 from .pruning.fusion import fuse_into_dense
@@ -26,6 +27,7 @@ from .trainer.prunefuse_trainer import PruneFuseTrainer
 from .utils.memory import keep_freed_memory
 
 __all__ = [
+    "export_rgb_checkpoint",
     "DataPool",
     "DistillationTrainer",
     "ImagePreprocessor",

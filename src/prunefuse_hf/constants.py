@@ -61,6 +61,8 @@ ANNOTATION_COLUMNS = ("annotator", "annotation_id", "num_answers", "resolution")
 PRUNING_PLAN_NAME = "pruning_plan.json"
 MODEL_CARD_NAME = "README.md"
 SUBSET_METADATA_NAME = "prunefuse_subset.json"
+# Metadata files the `imagefolder` builder reads next to the images (they replace the class sub-folders).
+IMAGEFOLDER_METADATA_NAMES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 SUBSET_EXAMPLES_DIR = "examples"
 
 # ----- columns -----

@@ -202,11 +202,13 @@ def test_validate_missing_columns():
     assert validate_image_dataset(dataset.remove_columns("label"), label_column=None).num_rows == 4
 
 
-@pytest.mark.parametrize("labels", [["cat", "dog"], [0.0, 1.0]])
-def test_validate_rejects_non_integer_labels(labels):
-    dataset = make_image_dataset(2).remove_columns("label").add_column("label", labels)
-    with pytest.raises(ValueError, match=r"integer class ids.*class_encode_column\('label'\)"):
+def test_validate_rejects_labels_that_are_neither_ids_nor_names():
+    dataset = make_image_dataset(2).remove_columns("label").add_column("label", [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"integer class ids or class names.*class_encode_column\('label'\)"):
         validate_image_dataset(dataset)
+    # Class names (a metadata.csv's labels) pass: the run encodes them.
+    names = make_image_dataset(2).remove_columns("label").add_column("label", ["cat", "dog"])
+    assert validate_image_dataset(names) is names
 
 
 def test_validate_rejects_non_image_column():

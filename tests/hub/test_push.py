@@ -317,3 +317,44 @@ def test_pretrained_hub_model_on_a_hub_dataset_end_to_end(hub, tmp_path):
         subset["pool_index"][:]
         == pq.read_table(run_dir / "selection.parquet").column("pool_index").to_pylist()
     )
+
+
+def test_private_push_to_an_existing_public_repo_is_refused_naming_it_and_uploads_nothing(
+    hub, finished, capsys
+):
+    run_dir = finished[0].run_dir.path
+    HfApi().create_repo("org/public-model", private=False)
+    commits = hub.num_commits("org/public-model")
+    with pytest.raises(
+        PushError, match=r"model repo org/public-model \(hub_model_id.*\) already exists and is public"
+    ):
+        push_run(run_dir, "org/public-model", private=True)
+    assert main(["push", str(run_dir), "--model_repo_id", "org/public-model", "--private"]) == 2
+    err = capsys.readouterr().err
+    assert "org/public-model" in err and "update_repo_settings" in err and "without --private" in err
+    assert hub.num_commits("org/public-model") == commits and "config.json" not in hub.files(
+        "org/public-model"
+    )
+    # Made private first, the same push goes through; without --private the public repo gets the files.
+    HfApi().update_repo_settings("org/public-model", private=True)
+    push_run(run_dir, "org/public-model", private=True)
+    assert "config.json" in hub.files("org/public-model")
+
+
+@pytest.mark.parametrize(
+    "request_pattern, kwargs, field",
+    [
+        (r"^POST /api/repos/create", {}, r"hub_model_id \(prunefuse-hf push --model_repo_id\) = 'org/fused'"),
+        (
+            r"^POST /api/datasets/.*/branch",
+            {"subset_repo_id": SUBSET, "revision": "v 1"},
+            r"hub_revision .* = 'v 1'",
+        ),
+    ],
+)
+def test_a_hub_error_about_a_recipe_value_names_the_field_the_value_and_the_fix(
+    hub, finished, request_pattern, kwargs, field
+):
+    hub.fail(request_pattern, 400)
+    with pytest.raises(PushError, match=rf"The Hub refused {field}: fix that value in the recipe"):
+        push_run(finished[0].run_dir.path, MODEL, **kwargs)

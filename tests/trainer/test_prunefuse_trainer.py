@@ -314,9 +314,9 @@ def test_budget_larger_than_the_pool_is_refused_before_anything_is_written(tmp_p
 def test_dataset_problems_are_named(tmp_path, pool):
     with pytest.raises(ValueError, match="'img'"):
         PruneFuseTrainer(dense_config(), args=make_config(tmp_path, image_column="img"), train_dataset=pool)
-    as_strings = pool.cast_column("label", datasets.Value("string"))
-    with pytest.raises(ValueError, match="integer class ids"):
-        PruneFuseTrainer(dense_config(), args=make_config(tmp_path), train_dataset=as_strings)
+    as_floats = pool.cast_column("label", datasets.Value("float32"))
+    with pytest.raises(ValueError, match="integer class ids or class names"):
+        PruneFuseTrainer(dense_config(), args=make_config(tmp_path), train_dataset=as_floats)
 
 
 def test_model_with_other_label_count_is_refused(tmp_path, pool):

@@ -5,6 +5,59 @@ from __future__ import annotations
 
 import datasets
 import numpy as np
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+_NAME_DTYPES = ("string", "large_string")
+
+
+def encode_label_names(
+    dataset: datasets.Dataset, label_column: str, given: list[str] | None, what: str = "the pool"
+) -> datasets.Dataset:
+    """
+    A label column of class names (as a `metadata.csv` or `metadata.jsonl` holds them) as class ids: a
+    `ClassLabel` with `given` (the run's `class_names`, in their order) or, without them, the sorted names.
+
+    Args:
+        dataset (`datasets.Dataset`): The pool or an evaluation set.
+        label_column (`str`): Column holding the labels.
+        given (`list[str]`, *optional*): The class names of the run.
+        what (`str`, *optional*): The dataset, as messages name it.
+
+    Returns:
+        `datasets.Dataset`: `dataset` itself when its labels are not strings, else a copy with a `ClassLabel`.
+
+    Raises:
+        `ValueError`: a name that is not in `given` (the unknown names and `given` are listed).
+
+    Example:
+
+    ```python
+    >>> rows = datasets.Dataset.from_dict({"label": ["dog", "cat", "dog"]})
+    >>> encode_label_names(rows, "label", ["dog", "cat"])["label"]
+    [0, 1, 0]
+    ```
+    """
+    feature = dataset.features.get(label_column)
+    if not isinstance(feature, datasets.Value) or feature.dtype not in _NAME_DTYPES:
+        return dataset
+    values = dataset.with_format("arrow")[label_column]
+    present = sorted({v for v in values.unique().to_pylist() if v not in (None, "")})
+    if given is not None:
+        unknown = [name for name in present if name not in given]
+        if unknown:
+            raise ValueError(
+                f"{what.capitalize()}'s '{label_column}' column holds class names that are not in class_names: "
+                f"{unknown[:10]}. class_names: {list(given)}. Add them to class_names, or fix the labels."
+            )
+        names, source = list(given), "class_names"
+    else:
+        names, source = present, "the sorted names found (set class_names to choose the order)"
+    logger.info(
+        f"{what.capitalize()}'s '{label_column}' column holds class names; class ids follow {source}: {names}"
+    )
+    return dataset.cast_column(label_column, datasets.ClassLabel(names=names))
 
 
 def class_names(dataset: datasets.Dataset, label_column: str = "label") -> list[str]:

@@ -25,6 +25,7 @@ from ..constants import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_HUB_ID,
     FASHION_MNIST_LABELS,
+    IMAGEFOLDER_METADATA_NAMES,
 )
 from ..utils.hub_ids import is_hub_id
 
@@ -90,7 +91,7 @@ def load_image_dataset(
     if name_or_path == FASHION_MNIST:
         dataset = _load_fashion_mnist(split, revision=revision)
     elif Path(name_or_path).expanduser().is_dir():
-        dataset = _load_local_directory(Path(name_or_path).expanduser(), split)
+        dataset = _load_local_directory(Path(name_or_path).expanduser(), split, label_column or "label")
     else:
         _check_hub_dataset_id(name_or_path)
         dataset = datasets.load_dataset(name_or_path, config_name, split=split, revision=revision)
@@ -144,7 +145,7 @@ def validate_image_dataset(
         )
     if label_column is not None and not _is_class_id_feature(features[label_column]):
         raise ValueError(
-            f"Column {label_column!r} should hold integer class ids but its feature is "
+            f"Column {label_column!r} should hold integer class ids or class names but its feature is "
             f"{features[label_column]}. Encode it first, e.g. "
             f"`dataset = dataset.class_encode_column({label_column!r})`, or cast it to a `ClassLabel`."
         )
@@ -234,7 +235,7 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
 # ----- local directories -----
 
 
-def _load_local_directory(path: Path, split: str) -> datasets.Dataset:
+def _load_local_directory(path: Path, split: str, label_column: str = "label") -> datasets.Dataset:
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
@@ -249,7 +250,41 @@ def _load_local_directory(path: Path, split: str) -> datasets.Dataset:
             f"The image folder {path} has no split {split!r}; its splits are {splits} (a split is a sub-folder "
             "such as train/ or test/, else everything is 'train')."
         )
-    return datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+    dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split)
+    metadata = [
+        p for d in (path, path / split) for p in map(d.joinpath, IMAGEFOLDER_METADATA_NAMES) if p.is_file()
+    ]
+    if metadata and label_column not in dataset.column_names:
+        dataset = _with_folder_classes(dataset, path, metadata[0], label_column)
+    elif metadata:
+        logger.info(
+            f"Classes of {path}: the '{label_column}' column of {metadata[0].name} (with a metadata file, the "
+            "imagefolder builder takes the labels from it, not from the class sub-folders)."
+        )
+    return dataset
+
+
+def _with_folder_classes(dataset: datasets.Dataset, root: Path, metadata: Path, label_column: str):
+    """An image folder whose metadata file has no label column keeps its class sub-folders as the classes (the
+    `imagefolder` builder drops them when there is a metadata file)."""
+    image_column = next((c for c, f in dataset.features.items() if isinstance(f, datasets.Image)), None)
+    if image_column is None:
+        return dataset
+    stored = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+    folders = [Path(value["path"]).parent for value in stored[image_column]]
+    names = sorted({folder.name for folder in folders})
+    if (
+        any(folder.resolve() in (root.resolve(), metadata.parent.resolve()) for folder in folders)
+        or not names
+    ):
+        logger.info(f"{metadata} has no '{label_column}' column and the images are not in class sub-folders.")
+        return dataset
+    logger.info(
+        f"Classes of {root}: the class sub-folders {names} ({metadata.name} has no '{label_column}' column; with a "
+        "metadata file the imagefolder builder drops the folder classes, so they are added back)."
+    )
+    labels = [names.index(folder.name) for folder in folders]
+    return dataset.add_column(label_column, labels, feature=datasets.ClassLabel(names=names))
 
 
 class SplitNotFoundError(ValueError):
@@ -288,7 +323,10 @@ def _check_hub_dataset_id(name: str) -> None:
 def _is_class_id_feature(feature) -> bool:
     if isinstance(feature, datasets.ClassLabel):
         return True
-    return isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    # Class names (as a metadata.csv holds them) are encoded by the run (`encode_label_names`).
+    return isinstance(feature, datasets.Value) and feature.dtype.startswith(
+        ("int", "uint", "string", "large_string")
+    )
 
 
 def resolve_dataset_revision(name: str, revision: str | None = None) -> str | None:

@@ -16,6 +16,7 @@ from .cards import (
     template_environment,
     write_model_card,
 )
+from .pipeline_ready import export_rgb_checkpoint
 from .push import PushError, PushResult, push_query_batch, push_run
 from .subset import (
     SubsetMismatchError,

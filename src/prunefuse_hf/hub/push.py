@@ -73,7 +73,8 @@ def push_run(
         model_repo_id (`str`): Model repo for the fused model (`ORG/NAME`, or `NAME` in your namespace).
         subset_repo_id (`str`, *optional*): Dataset repo for the selected subset (see [`~prunefuse_hf.hub.subset`]).
         surrogate_repo_id (`str`, *optional*): Model repo for the trained surrogate and its `pruning_plan.json`.
-        private (`bool`, *optional*): Create the repos as private (existing repos keep their visibility).
+        private (`bool`, *optional*): Create the repos as private. An existing public repo is refused (naming it)
+            before anything is uploaded: the upload would be public.
         revision (`str`, *optional*): Branch to push to (created from `main` when missing).
         token (`str`, *optional*): Hub token; defaults to `HF_TOKEN` or the stored login.
         endpoint (`str`, *optional*): Hub address; defaults to `HF_ENDPOINT` or huggingface.co.
@@ -85,7 +86,8 @@ def push_run(
         [`PushResult`]: the repo ids and commit URLs.
 
     Raises:
-        `PushError`: the Hub refused or could not be reached (the run directory is unchanged).
+        `PushError`: the Hub refused or could not be reached, or `private` asks for a repo that exists and is
+            public; the message names the recipe field and value the Hub refused. The run directory is unchanged.
         `ValueError`: `run_dir` is not a finished run.
 
     Example:
@@ -107,14 +109,15 @@ def push_run(
     with tempfile.TemporaryDirectory(prefix="prunefuse-push-") as staging:
         staging = Path(staging)
         # Repo ids as the Hub resolves them (a bare NAME lands in the token's namespace).
-        model_repo_id = result.model_repo_id = _create(api, model_repo_id, "model", private, revision)
+        model_repo_id = result.model_repo_id = _create(api, model_repo_id, "model", private, revision,
+                                                       field="hub_model_id")  # fmt: skip
         if subset_repo_id:
             subset_repo_id = result.subset_repo_id = _create(
-                api, subset_repo_id, "dataset", private, revision
+                api, subset_repo_id, "dataset", private, revision, field="hub_subset_id"
             )
         if surrogate_repo_id:
             surrogate_repo_id = result.surrogate_repo_id = _create(
-                api, surrogate_repo_id, "model", private, revision
+                api, surrogate_repo_id, "model", private, revision, field="hub_surrogate_id"
             )
         links = dict(subset_repo_id=subset_repo_id, endpoint=api.endpoint)
 
@@ -186,7 +189,7 @@ def push_query_batch(
     config_name = f"round_{int(round)}"
     message = commit_message or f"Query batch of round {int(round)}"
     query = datasets.load_from_disk(str(directory / QUERY_DATASET_DIR))
-    repo_id = _create(api, repo_id, "dataset", private, None)
+    repo_id = _create(api, repo_id, "dataset", private, None, field="hub_query_id")
 
     def push_images():
         query.push_to_hub(
@@ -217,14 +220,48 @@ def _check_finished_run(run_dir: Path) -> None:
         )
 
 
-def _create(api, repo_id: str, repo_type: str, private: bool | None, revision: str | None) -> str:
-    def create():
-        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-        if revision:
-            api.create_branch(url.repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
-        return url.repo_id
+# The recipe field (and CLI option) of each value a push sends, named when the Hub refuses the value.
+_FIELD_OPTIONS = {"hub_model_id": "--model_repo_id", "hub_subset_id": "--subset_repo_id",
+                  "hub_surrogate_id": "--surrogate_repo_id", "hub_query_id": None, "hub_revision": "--revision"}  # fmt: skip
 
-    return _hub_call(create, f"creating the {repo_type} repo {repo_id}", api.endpoint)
+
+def _field(field: str, value) -> str:
+    option = _FIELD_OPTIONS.get(field)
+    return f"{field}{f' (prunefuse-hf push {option})' if option else ''} = {value!r}"
+
+
+def _create(
+    api, repo_id: str, repo_type: str, private: bool | None, revision: str | None, *, field: str
+) -> str:
+    def create():
+        return api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True).repo_id
+
+    created = _hub_call(
+        create, f"creating the {repo_type} repo {repo_id}", api.endpoint, field=_field(field, repo_id)
+    )
+    if private:
+        info = _hub_call(lambda: api.repo_info(created, repo_type=repo_type), f"reading the {repo_type} repo "
+                         f"{created}", api.endpoint, field=_field(field, repo_id))  # fmt: skip
+        if not info.private:
+            raise PushError(
+                f"The {repo_type} repo {created} ({_field(field, repo_id)}) already exists and is public, but the push "
+                "asks for a private repo (--private / hub_private_repo: true): uploading would publish the files. "
+                "Make the repo private first (its Settings on the Hub, or `huggingface_hub.HfApi()."
+                f"update_repo_settings({created!r}, private=True{_type_arg(repo_type)})`), push to another repo id, "
+                "or push without --private to publish it. Nothing was uploaded."
+            )
+    if revision:
+
+        def branch():
+            api.create_branch(created, repo_type=repo_type, branch=revision, exist_ok=True)
+
+        _hub_call(branch, f"creating the branch {revision} of {created}", api.endpoint,
+                  field=_field("hub_revision", revision))  # fmt: skip
+    return created
+
+
+def _type_arg(repo_type: str) -> str:
+    return "" if repo_type == "model" else f", repo_type={repo_type!r}"
 
 
 def _upload(api, folder: Path, repo_id: str, repo_type: str, revision: str | None, message: str) -> str:
@@ -237,7 +274,7 @@ def _upload(api, folder: Path, repo_id: str, repo_type: str, revision: str | Non
     return info.commit_url
 
 
-def _hub_call(function, what: str, endpoint: str):
+def _hub_call(function, what: str, endpoint: str, field: str | None = None):
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -251,6 +288,12 @@ def _hub_call(function, what: str, endpoint: str):
                     "this namespace.")  # fmt: skip
         elif status is not None and status >= 500:
             hint = " The Hub had a server error; try again later."
+        elif status is not None and field:
+            # A 4xx about the request's content: the value the recipe (or command line) gave is what was refused.
+            hint = (f" The Hub refused {field}: fix that value in the recipe (or on the command line), e.g. an "
+                    "ORG/NAME of letters, digits, '-', '_' and '.', in a namespace the token can write to.")  # fmt: skip
+        if field and status in (401, 403):
+            hint += f" The value sent: {field}."
         reason = str(error).splitlines()[0] if str(error) else f"HTTP {status}"
         raise PushError(f"Push failed while {what} on {endpoint} ({reason}).{hint} {_retry_hint()}") from None
     except (httpx2.HTTPError, OSError) as error:

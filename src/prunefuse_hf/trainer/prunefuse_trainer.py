@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 import time
 from dataclasses import dataclass
@@ -46,9 +45,10 @@ from ..constants import (
     PIXEL_VALUES,
     STATE_NAME,
 )
+from ..data.forms import as_image_dataset
 from ..data.image_processor import build_image_processor, model_num_channels, pretrained_image_processor
 from ..data.images import first_image
-from ..data.labels import align_eval_labels, label_array, resolve_class_names
+from ..data.labels import encode_label_names, label_array, resolve_class_names
 from ..data.loading import validate_image_dataset
 from ..data.pool import DataPool
 from ..data.preprocessing import ImagePreprocessor, PixelDataset
@@ -64,6 +64,7 @@ from ..utils.run_directory import RunDirectory, step_name
 from ..utils.run_metrics import build_metrics
 from . import steps
 from .distillation_trainer import compute_accuracy
+from .eval_datasets import labeled_rows, prepare_eval_dataset
 from .prunefuse_config import PruneFuseConfig
 from .run_logging import configure_package_logging, describe_fact
 from .run_state import (
@@ -167,11 +168,18 @@ class PruneFuseTrainer(Trainer):
             raise ValueError(
                 "PruneFuseTrainer needs the pool as `train_dataset` (a datasets.Dataset or a DataPool)."
             )
-        pool = train_dataset if isinstance(train_dataset, DataPool) else DataPool(train_dataset)
+        if isinstance(train_dataset, DataPool):
+            # A DataPool keeps its dataset (its state is tied to it); only a transform or format is taken off.
+            train_dataset.dataset = as_image_dataset(train_dataset.dataset, args.image_column, "the pool")
+        else:
+            train_dataset = DataPool(as_image_dataset(train_dataset, args.image_column, "the pool"))
+        pool = train_dataset
         # ---- every check that can run before anything is built or written ----
         label_column = args.label_column
         human = args.annotation == "human"
         has_labels = label_column in pool.dataset.column_names
+        if has_labels:  # class names (a metadata.csv's labels) become ids, in class_names' order when given
+            pool.dataset = encode_label_names(pool.dataset, label_column, args.class_names, "the pool")
         validate_image_dataset(
             pool.dataset, args.image_column, label_column if has_labels or not human else None
         )
@@ -190,16 +198,9 @@ class PruneFuseTrainer(Trainer):
                 "those rows, or set annotation: human to have them labeled by people."
             )
         self._seed_labels = self._read_seed_labels(args, pool)
-        if eval_dataset is not None:
-            validate_image_dataset(eval_dataset, args.image_column, label_column)
-            eval_dataset = align_eval_labels(eval_dataset, label_column, self.class_names)
-            eval_labels = label_array(eval_dataset, label_column, len(self.class_names), "the evaluation set")
-            if (eval_labels < 0).any():
-                raise ValueError(
-                    f"The evaluation set has {int((eval_labels < 0).sum())} rows without a label (-1 or None in "
-                    f"'{label_column}'), e.g. row {int(np.flatnonzero(eval_labels < 0)[0])}: every evaluated example "
-                    "needs its class. Drop those rows from the evaluation set."
-                )
+        if eval_dataset is not None and not isinstance(eval_dataset, PixelDataset):
+            # Checked before anything is decoded; decoded below with the run's processor.
+            eval_dataset, _ = labeled_rows(eval_dataset, args, self.class_names, what="the evaluation set")
         check_labeling_budget(args, len(pool) - len(self._seed_labels))
         self.strategy = get_strategy(args.strategy)
 
@@ -213,23 +214,37 @@ class PruneFuseTrainer(Trainer):
             active_dropout_layers(dense)  # raises, naming the model, when there is none
         processor = processing_class if processing_class is not None else pretrained_image_processor(model)
         channels = model_num_channels(dense.config)
+        if channels == 1:
+            logger.warning(
+                "The model reads one channel (num_channels: 1). Its checkpoints load with AutoImageProcessor and "
+                "AutoModelForImageClassification (the card shows how); pipeline('image-classification') converts "
+                "images to RGB and cannot feed it. For a pipeline-ready copy of the finished model run "
+                "`prunefuse_hf.export_rgb_checkpoint(RUN/fused, OUT)` (the input convolution reads RGB through the "
+                "gray conversion: same predictions on gray images), or train with num_channels: 3 (gray images are "
+                "repeated)."
+            )
         image = first_image(pool.dataset, args.image_column)
+        sized_by_first_image = (
+            processor is None and args.image_size is None and not getattr(dense.config, "image_size", None)
+        )
         processor = build_image_processor(dense.config, processor, image_size=args.image_size, image=image)
+        # Without any size given, the first image's size is the run's: a pool of mixed sizes is refused, not
+        # silently resized (the evaluation set and predict() inputs are resized, as pipeline() does).
         self.preprocessor = ImagePreprocessor(processor, channels, args.image_column, augment=args.augment)
+        pool_preprocessor = dataclasses.replace(
+            self.preprocessor, uniform_size=image.size if sized_by_first_image else None
+        )
         # Decoding every image once is also the check that every image decodes (the error names the file).
         with _main_process_first(args):
-            pixels = functools.partial(self.preprocessor.pixel_dataset, cache=args.cache_pixels,
-                                       validate=args.validate_images)  # fmt: skip
-            self.pool_pixels = pixels(pool.dataset, desc="Decoding the pool")
-            eval_pixels = None
+            self.pool_pixels = pool_preprocessor.pixel_dataset(pool.dataset, cache=args.cache_pixels,
+                                                               validate=args.validate_images, desc="Decoding the pool")  # fmt: skip
+            prepared_eval = None
             if eval_dataset is not None:
-                eval_pixels = pixels(eval_dataset, desc="Decoding the evaluation set")
+                prepared_eval, eval_dataset = prepare_eval_dataset(eval_dataset, self.preprocessor, args,
+                                                                   self.class_names)  # fmt: skip
         input_shape = tuple(self.pool_pixels[0][PIXEL_VALUES].shape)
         _check_trainable(dense, input_shape, args)
 
-        prepared_eval = None
-        if eval_dataset is not None:
-            prepared_eval = PixelDataset(eval_pixels, np.arange(len(eval_dataset)), eval_labels)
         super().__init__(
             model=dense,
             args=args,
@@ -431,6 +446,30 @@ class PruneFuseTrainer(Trainer):
         if PIXEL_VALUES in inputs:
             inputs[PIXEL_VALUES] = self.preprocessor.normalize(inputs[PIXEL_VALUES])
         return inputs
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """
+        The evaluation `DataLoader`, as the stock `Trainer`'s: of the evaluation set given at construction, or of
+        `eval_dataset` (a raw image dataset of any split, a `DataPool`, a list of images or a prepared
+        `PixelDataset`), preprocessed with the run's image processor and normalized as in training. A
+        `ClassLabel` is matched to the run's classes by name; every row needs a label.
+        """
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            eval_dataset = self._prepared(eval_dataset, "the evaluation set", allow_unlabeled=False)
+        return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        """
+        The `DataLoader` of `predict()`: `test_dataset` in any form `get_eval_dataloader` reads; without labels (no
+        label column, or every label -1 / `None`) `predict()` returns `label_ids=None` and no accuracy, as the
+        stock `Trainer` does.
+        """
+        return super().get_test_dataloader(self._prepared(test_dataset, "the test set", allow_unlabeled=True))
+
+    def _prepared(self, dataset, what: str, allow_unlabeled: bool):
+        prepared, _ = prepare_eval_dataset(dataset, self.preprocessor, self.args, self.class_names, what=what,
+                                           input_shape=self.input_shape, allow_unlabeled=allow_unlabeled)  # fmt: skip
+        return prepared
 
     # ----- models of the run -------------------------------------------------------------------
 

@@ -1,0 +1,100 @@
+"""The datasets `evaluate()` and `predict()` are given, as the run's model reads them.
+
+Whatever a user passes (a raw image dataset of any split, a `DataPool`, a list of images, or the prepared
+`PixelDataset`) goes through the run's own preprocessing: the same image processor, the same pixel cache and, in
+`_prepare_inputs`, the same normalization as the run's training and evaluation. Labels are matched to the run's
+classes by name, as for the evaluation set given at construction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.forms import as_image_dataset
+from ..data.labels import align_eval_labels, encode_label_names, label_array
+from ..data.loading import validate_image_dataset
+from ..data.pool import DataPool
+from ..data.preprocessing import ImagePreprocessor, PixelDataset
+
+
+def prepare_eval_dataset(
+    dataset,
+    preprocessor: ImagePreprocessor,
+    args,
+    class_names: list[str],
+    *,
+    what: str = "the evaluation set",
+    input_shape: tuple | None = None,
+    allow_unlabeled: bool = False,
+) -> tuple[PixelDataset, object]:
+    """
+    `dataset` as a [`PixelDataset`] of the run's pixels with its class ids.
+
+    Args:
+        dataset: A `datasets.Dataset` with `args.image_column` (and `args.label_column` when labeled), a
+            [`DataPool`], a `PixelDataset` (returned as it is) or any form [`as_image_dataset`] converts.
+        preprocessor ([`ImagePreprocessor`]): The run's preprocessing.
+        args ([`PruneFuseConfig`]): `image_column`, `label_column`, `cache_pixels`, `validate_images`.
+        class_names (`list[str]`): The run's classes; a `ClassLabel` is matched to them by name.
+        what (`str`, *optional*): The dataset, as errors name it.
+        input_shape (`tuple`, *optional*): `(C, H, W)` of the run's pixels, checked against a `PixelDataset`.
+        allow_unlabeled (`bool`, *optional*): Accept a dataset without labels (no label column, or every label
+            -1 / `None`, as unlabeled test splits store them): its rows then have no labels, so `predict()` returns
+            `label_ids=None` as the stock `Trainer` does.
+
+    Returns:
+        `tuple`: the `PixelDataset`, and the raw `datasets.Dataset` it was built from (`None` for a
+        `PixelDataset`).
+
+    Raises:
+        `ValueError`: a missing column, a form that is not read (named, with the fix), labels out of range or of
+            classes the run does not have, some rows without a label, pixels of another shape than the run's.
+    """
+    if isinstance(dataset, PixelDataset):
+        shape = tuple(dataset.batch([0]).shape[1:]) if len(dataset) else None
+        if input_shape is not None and shape is not None and shape != tuple(input_shape):
+            raise ValueError(
+                f"{what.capitalize()} is a PixelDataset of {shape} pixels but the run's model reads {tuple(input_shape)}; "
+                "pass the raw image dataset instead (it is preprocessed with the run's image processor)."
+            )
+        return dataset, None
+    dataset, labels = labeled_rows(dataset, args, class_names, what=what, allow_unlabeled=allow_unlabeled)
+    pixels = preprocessor.pixel_dataset(
+        dataset, cache=args.cache_pixels, validate=args.validate_images, desc=f"Decoding {what}"
+    )
+    return PixelDataset(pixels, np.arange(len(dataset)), labels), dataset
+
+
+def labeled_rows(dataset, args, class_names: list[str], *, what: str, allow_unlabeled: bool = False):
+    """
+    The checks of [`prepare_eval_dataset`] that read no image: `dataset` as a `datasets.Dataset` with the run's
+    class ids, and its labels (`None` when it has none and `allow_unlabeled`).
+    """
+    if isinstance(dataset, DataPool):
+        dataset = dataset.dataset
+    dataset = as_image_dataset(dataset, args.image_column, what)
+    label_column = args.label_column
+    labeled = label_column in dataset.column_names
+    if labeled:
+        dataset = encode_label_names(dataset, label_column, class_names, what)
+    validate_image_dataset(dataset, args.image_column, label_column if labeled else None)
+    labels = None
+    if labeled:
+        dataset = align_eval_labels(dataset, label_column, class_names)
+        labels = label_array(dataset, label_column, len(class_names), what)
+        missing = labels < 0
+        if allow_unlabeled and missing.all():
+            labels = None
+        elif missing.any():
+            raise ValueError(
+                f"{what.capitalize()} has {int(missing.sum())} rows without a label (-1 or None in '{label_column}'), "
+                f"e.g. row {int(np.flatnonzero(missing)[0])}: every evaluated example needs its class. Drop those "
+                f"rows{', or drop the label column to predict without labels' if allow_unlabeled else ''}."
+            )
+    elif not allow_unlabeled:
+        raise ValueError(
+            f"{what.capitalize()} has no column {label_column!r} (its columns are {dataset.column_names}); evaluation "
+            "needs the class of every example. Set `label_column`, or use `trainer.predict(dataset)` for predictions "
+            "without labels."
+        )
+    return dataset, labels

@@ -1,0 +1,156 @@
+"""The README's "Checked before a run starts" table, one test per row: `prunefuse-hf run` on a recipe with that
+problem exits with code 2, prints the message (field or file, value, fix) without a traceback, and leaves no run
+directory behind."""
+
+import re
+
+import datasets
+import pytest
+import yaml
+from transformers import ResNetModel
+
+from conftest import make_image_dataset, tiny_resnet_config
+from prunefuse_hf.cli.main import main
+
+NAMES = ["circle", "cross", "square", "triangle"]
+
+
+def _named(dataset, names=NAMES):
+    return dataset.cast_column("label", datasets.ClassLabel(names=names))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved pool with a train and a test split (RGB 16×16, four named classes)."""
+    root = tmp_path_factory.mktemp("datasets")
+    train = _named(make_image_dataset(48, 4, seed=1, mode="RGB"))
+    test = _named(make_image_dataset(16, 4, seed=2, mode="RGB"))
+    datasets.DatasetDict(train=train, test=test).save_to_disk(root / "good")
+    unlabeled = train.cast_column("label", datasets.Value("int64")).map(
+        lambda row, i: {"label": -1 if i == 5 else row["label"]}, with_indices=True
+    )
+    datasets.DatasetDict(train=unlabeled, test=test).save_to_disk(root / "minus_one")
+    out_of_range = train.cast_column("label", datasets.Value("int64")).map(
+        lambda row, i: {"label": 9 if i == 7 else row["label"]}, with_indices=True
+    )
+    datasets.DatasetDict(train=out_of_range, test=test).save_to_disk(root / "out_of_range")
+    star = _named(make_image_dataset(16, 4, seed=2, mode="RGB"), [*NAMES[:3], "star"])
+    datasets.DatasetDict(train=train, test=star).save_to_disk(root / "other_classes")
+    _folder(root / "mixed_sizes", train, sizes=[(16, 16), (20, 12)])
+    damaged = _folder(root / "damaged", train, sizes=[(16, 16)])
+    (damaged / "train" / "cross" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def _folder(root, dataset, sizes):
+    for i, row in enumerate(dataset):
+        folder = root / "train" / NAMES[row["label"]]
+        folder.mkdir(parents=True, exist_ok=True)
+        row["image"].resize(sizes[i % len(sizes)]).save(folder / f"{i}.png")
+    return root
+
+
+def recipe(root, **overrides):
+    values = dict(model_config=dict(model_type="resnet", num_channels=3, embedding_size=16, hidden_sizes=[16, 32],
+                                    depths=[1, 1]),
+                  dataset_name=str(root / "good"), eval_split="test", initial_labeled_size=16, query_size=8,
+                  num_rounds=1, num_train_epochs=1, per_device_train_batch_size=8, disable_tqdm=True)  # fmt: skip
+    values.update(overrides)
+    path = root.parent / f"recipe-{abs(hash(repr(sorted(values.items()))))}.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in values.items() if v is not None or k != "model_config"}))
+    return path
+
+
+# One row of the README table per entry: (row, recipe overrides, the message printed).
+ROWS = {
+    "columns: image column": (dict(image_column="img"), r"no column 'img'.*Set `image_column`"),
+    "columns: label ids": (dict(label_column="image"), r"'image' should hold integer class ids"),
+    "labels: -1 in simulation": (
+        dict(dataset_name="minus_one"),
+        r"1 rows without a label.*row 5.*annotation: human",
+    ),
+    "labels: out of range": (dict(dataset_name="out_of_range", class_names=NAMES), r"class id 9 at row 7"),
+    "label spaces": (dict(dataset_name="other_classes"), r"classes the pool does not have: \['star'\]"),
+    "images": (dict(dataset_name="damaged", eval_split=None), r"broken\.png"),
+    "image sizes: mixed": (
+        dict(dataset_name="mixed_sizes", eval_split=None),
+        r"different sizes: 20×12.*first is 16×16.*Set image_size",
+    ),
+    "image sizes: too small": (
+        dict(
+            model_config=dict(
+                model_type="convnext", num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2
+            ),
+            image_size=4,
+        ),  # fmt: skip
+        r"cannot take 4×4 inputs.*image_size to at least 8",
+    ),
+    "settings vs model: batch of one": (
+        dict(per_device_train_batch_size=1, image_size=8),
+        r"per_device_train_batch_size: 1 cannot train",
+    ),
+    "settings vs model: bald": (dict(strategy="bald"), r"no active dropout"),
+    "budget": (dict(query_size=40), r"initial_labeled_size \(16\) \+ query_size"),
+    "datasets: path not on disk": (dict(dataset_name="./no/such/folder"), r"no/such/folder"),
+    "datasets: missing split": (
+        dict(eval_split="validation"),
+        r"no split 'validation'.*\['test', 'train'\]|"
+        r"no split 'validation'.*\['train', 'test'\]",
+    ),  # fmt: skip
+    "Hub ids": (dict(hub_model_id="not a valid id!"), r"hub_model_id"),
+}
+
+
+@pytest.mark.parametrize("row", list(ROWS))
+def test_each_row_of_the_table_is_refused_before_the_run_starts(saved, tmp_path, capsys, row):
+    overrides, message = ROWS[row]
+    for key in ("dataset_name", "model_name_or_path"):
+        if overrides.get(key) and not overrides[key].startswith("./"):
+            overrides = {**overrides, key: str(saved / overrides[key])}
+    output_dir = tmp_path / "run"
+    code = main(["run", "--config", str(recipe(saved, **overrides)), "--output_dir", str(output_dir)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    printed = err[err.index("prunefuse-hf run: error:") :]  # after the datasets' progress bars, if any
+    assert len(printed.strip().splitlines()) <= 2, err
+    assert re.search(message, err, flags=re.S), err
+    assert not output_dir.exists()
+
+
+def test_run_directory_row_an_occupied_output_dir_needs_resume_or_overwrite(saved, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    (output_dir / "notes.txt").write_text("mine")
+    assert main(["run", "--config", str(recipe(saved)), "--output_dir", str(output_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and "Traceback" not in err
+    assert [p.name for p in output_dir.iterdir()] == ["notes.txt"]
+
+
+def test_mixed_sizes_are_refused_from_python_too_and_any_image_size_accepts_them(saved, tmp_path):
+    from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+
+    pool = datasets.load_dataset("imagefolder", data_dir=str(saved / "mixed_sizes"), split="train")
+    assert {pool[i]["image"].size for i in range(2)} == {(16, 16), (20, 12)}
+    args = dict(output_dir=str(tmp_path / "run"), initial_labeled_size=16, query_size=8, num_rounds=1)
+    with pytest.raises(ValueError, match=r"different sizes: 20×12 \(pool index \d+\) but the first is 16×16"):
+        PruneFuseTrainer(tiny_resnet_config(), args=PruneFuseConfig(**args), train_dataset=pool)
+    trainer = PruneFuseTrainer(
+        tiny_resnet_config(), args=PruneFuseConfig(**args, image_size=16), train_dataset=pool
+    )
+    assert trainer.input_shape == (3, 16, 16)
+
+
+def test_settings_vs_model_row_a_model_class_that_is_not_a_classifier_is_named_with_the_class_to_use(
+    saved, tmp_path
+):
+    from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+
+    pool = datasets.load_from_disk(str(saved / "good"))["train"]
+    args = PruneFuseConfig(
+        output_dir=str(tmp_path / "run"), initial_labeled_size=16, query_size=8, num_rounds=1
+    )
+    with pytest.raises(ValueError, match=r"ResNetModel.*ResNetForImageClassification"):
+        PruneFuseTrainer(ResNetModel(tiny_resnet_config()), args=args, train_dataset=pool)
+    assert not (tmp_path / "run").exists()

@@ -606,14 +606,25 @@ def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
     return heads
 
 
+def model_image_size(model: nn.Module) -> int | tuple[int, int] | None:
+    """The input size a model is built for: its config's `image_size` (the vision config's for CLIP and SigLIP), or
+    for a timm model the size its patch embedding was built for, else its pretrained config's; `None` when none."""
+    config = getattr(model.config, "vision_config", None) or model.config
+    size = getattr(config, "image_size", None)
+    timm_model = getattr(model, "timm_model", None)
+    if size is None and timm_model is not None:
+        size = getattr(getattr(timm_model, "patch_embed", None), "img_size", None)
+        size = size or (getattr(timm_model, "pretrained_cfg", None) or {}).get("input_size", (None,))[-1]
+    return tuple(size) if isinstance(size, (list, tuple)) else size
+
+
 def example_pixel_values(
     model: nn.Module, image_size: int | None = None, batch_size: int = 1
 ) -> torch.Tensor:
     """A random `pixel_values` batch shaped for `model` (channels from its config), on its device."""
-    # Vision-language classifiers (CLIP, SigLIP) keep the image settings in their vision config.
     config = getattr(model.config, "vision_config", None) or model.config
     if image_size is None:
-        image_size = getattr(config, "image_size", None) or DEFAULT_TRACE_IMAGE_SIZE
+        image_size = model_image_size(model) or DEFAULT_TRACE_IMAGE_SIZE
     if isinstance(image_size, (list, tuple)):
         height, width = image_size
     else:

@@ -38,6 +38,8 @@ _NOT_ARCHITECTURE = (
     "output_hidden_states",
     "output_attentions",
     "return_dict",
+    # LeViT: derived from key_dim and hidden_sizes, and its modeling code appends to it each time a model is built.
+    "down_ops",
 )
 
 
@@ -53,11 +55,22 @@ def architecture_fields(config) -> dict:
     Returns:
         `dict`: JSON-serializable fields.
     """
-    values = {key: value for key, value in config.to_dict().items() if not key.startswith("_")}
-    for key in _NOT_ARCHITECTURE:
-        values.pop(key, None)
+    values = _architecture_only(config.to_dict())
     values["num_labels"] = config.num_labels
     return values
+
+
+def _architecture_only(values: dict) -> dict:
+    values = {
+        key: value
+        for key, value in values.items()
+        if not key.startswith("_") and key not in _NOT_ARCHITECTURE
+    }
+    # Sub-configs (CLIP's and SigLIP's vision and text towers) carry the same run-time fields (dtype, names).
+    return {
+        key: _architecture_only(value) if isinstance(value, dict) and "model_type" in value else value
+        for key, value in values.items()
+    }
 
 
 def config_hash(config) -> str:

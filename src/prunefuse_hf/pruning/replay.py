@@ -21,12 +21,11 @@ from torch import nn
 from transformers.utils import logging
 
 from ..constants import PIXEL_VALUES, PRUNING_PATH_REPLAY, PRUNING_PLAN_NAME, SURROGATE_WEIGHTS_NAME
+from .families import DEFAULT_TRACE_IMAGE_SIZE, classifier_class_name, model_image_size
 from .graph import attention_attributes, build_pruner, fix_attention_attributes, patched_torch_pruning
 
 logger = logging.get_logger(__name__)
 
-# Input size used to trace a model whose config names none.
-_DEFAULT_IMAGE_SIZE = 64
 _TRACE_BATCH = 2
 
 
@@ -37,10 +36,7 @@ def trace_inputs(model: nn.Module) -> dict:
     """
     config = model.config
     vision = getattr(config, "vision_config", None) or config
-    size = getattr(vision, "image_size", None)
-    if size is None and hasattr(model, "timm_model"):
-        size = model.timm_model.pretrained_cfg.get("input_size", (3, _DEFAULT_IMAGE_SIZE))[-1]
-    size = size or _DEFAULT_IMAGE_SIZE
+    size = model_image_size(model) or DEFAULT_TRACE_IMAGE_SIZE
     height, width = size if isinstance(size, (list, tuple)) else (size, size)
     channels = getattr(vision, "num_channels", 3)
     if config.model_type == "siglip2":
@@ -159,8 +155,6 @@ def kept_indices_by_replay(
 def rebuild_surrogate(plan, device: torch.device | str | None = None) -> nn.Module:
     """The surrogate's architecture (untrained weights): the dense class from the plan's config, history replayed."""
     import transformers
-
-    from .families import classifier_class_name
 
     if plan.pruning_path != PRUNING_PATH_REPLAY:
         raise ValueError(

@@ -8,6 +8,7 @@ the whole matrix, timm included, runs under `-m slow`.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,8 @@ def test_the_support_table_lists_every_general_family_and_its_path():
     for family in GENERAL_FAMILIES.values():
         assert f"| `{family.model_class}` | general (replay) |" in table
     assert "`PvtV2ForImageClassification`" in table and "FocalNet" in table
+
+
+def test_the_readme_shows_the_generated_support_table():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert support_table_markdown() in readme

@@ -12,6 +12,7 @@ timing runs too. On CUDA the peak allocated GPU memory is reported as well.
 Usage:
     python benchmarks/pruning.py                      # all families, writes benchmarks/results/pruning.json
     python benchmarks/pruning.py --families vit swin --batch_size 8 --iterations 2
+    python benchmarks/pruning.py --general --output benchmarks/results/pruning_general.json   # general-path rows
 """
 
 from __future__ import annotations
@@ -46,6 +47,38 @@ FAMILIES = {
     "deit": ("DeiT-S", dict(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12,
                             num_attention_heads=6, intermediate_size=1536)),
 }  # fmt: skip
+# Families of the general path (no narrowed config: the surrogate is rebuilt from the dense config and the plan's
+# pruning history). ViT-S-sized towers for CLIP and SigLIP (their image classifiers use only the vision tower).
+_VIT_S = dict(
+    image_size=224,
+    patch_size=16,
+    hidden_size=384,
+    num_hidden_layers=12,
+    num_attention_heads=6,
+    intermediate_size=1536,
+)
+_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2)
+GENERAL_FAMILIES = {
+    "dinov2": ("DINOv2-S/14", dict(image_size=224, patch_size=14, hidden_size=384, num_hidden_layers=12,
+                                   num_attention_heads=6, mlp_ratio=4)),
+    "dinov2_with_registers": ("DINOv2-S/14 + 4 registers", dict(
+        image_size=224, patch_size=14, hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
+        num_register_tokens=4)),
+    "siglip": ("SigLIP ViT-S/16 tower", dict(vision_config=_VIT_S, text_config=_TEXT)),
+    "clip": ("CLIP ViT-S/16 tower", dict(vision_config=_VIT_S, text_config=_TEXT)),
+    "beit": ("BEiT-S/16", dict(_VIT_S, use_relative_position_bias=True, layer_scale_init_value=0.1,
+                              use_mean_pooling=True)),
+    "data2vec-vision": ("Data2Vec-Vision-S/16", dict(_VIT_S, use_relative_position_bias=True,
+                                                     layer_scale_init_value=0.1, use_mean_pooling=True)),
+    "swinv2": ("Swin V2-T", dict(image_size=224, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                                 window_size=7)),
+    "mobilenet_v1": ("MobileNetV1 1.0", dict(image_size=224, depth_multiplier=1.0)),
+    "mobilevit": ("MobileViT-S", dict(image_size=224)),
+    "poolformer": ("PoolFormer-S12", dict()),
+    "mobilevitv2": ("MobileViT V2 1.0", dict(image_size=224)),
+    "levit": ("LeViT-128S", dict(image_size=224)),
+}  # fmt: skip
+FAMILIES.update(GENERAL_FAMILIES)
 DEFAULT_FAMILIES = ["resnet", "convnext", "vit", "swin", "mobilenet_v2", "regnet", "efficientnet"]
 
 
@@ -130,11 +163,14 @@ def run_family(model_type: str, args) -> dict:
         "fuse_seconds": fuse_seconds,
         "prune_peak_rss_mib": prune_peak,
         "total_peak_rss_mib": _peak_rss_mib(),
+        "pruning_path": plan.pruning_path,
+        "attention_outputs_dense": plan.attention_outputs_dense,
+        # A general-path surrogate keeps the dense config: its widths are in the plan, not the config.
         "surrogate_config_widths": {
             key: surrogate.config.to_dict()[key]
             for key in ("hidden_sizes", "embedding_size", "hidden_size", "intermediate_size", "embed_dim",
                         "depth_multiplier", "width_coefficient", "groups_width", "hidden_dim")
-            if key in surrogate.config.to_dict()
+            if key in surrogate.config.to_dict() and plan.pruning_path == "config"
         },
     }  # fmt: skip
     if device.type == "cuda":
@@ -162,7 +198,10 @@ def markdown_table(results: list[dict], args_summary: str) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", nargs="+", default=DEFAULT_FAMILIES, choices=sorted(FAMILIES))
+    parser.add_argument("--families", nargs="+", default=None, choices=sorted(FAMILIES))
+    parser.add_argument(
+        "--general", action="store_true", help="the general-path families (default: named adapters)"
+    )
     parser.add_argument("--pruning_ratio", type=float, default=0.5)
     parser.add_argument(
         "--batch_size",
@@ -184,6 +223,8 @@ def main(argv=None):
 
     import torch
 
+    if args.families is None:
+        args.families = list(GENERAL_FAMILIES) if args.general else DEFAULT_FAMILIES
     results = []
     for model_type in args.families:
         command = [sys.executable, __file__, "--worker", model_type]

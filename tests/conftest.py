@@ -186,6 +186,56 @@ TINY_CONFIGS = {
     ),
 }  # fmt: skip
 
+# Families the general path prunes (`GENERAL_FAMILIES`): tiny configs, attention heads of 2 dimensions or more.
+_VIT_LIKE = dict(
+    image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2
+)
+_VISION_TOWER = dict(_VIT_LIKE, intermediate_size=64)
+_TEXT_TOWER = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+GENERAL_TINY_CONFIGS = {
+    "dinov2": dict(_VIT_LIKE, mlp_ratio=2, layerscale_value=0.5),
+    "dinov2_with_registers": dict(_VIT_LIKE, mlp_ratio=2, num_register_tokens=4, layerscale_value=0.5),
+    "siglip": dict(vision_config=_VISION_TOWER, text_config=_TEXT_TOWER),
+    "clip": dict(vision_config=_VISION_TOWER, text_config=_TEXT_TOWER),
+    "beit": dict(
+        _VIT_LIKE, intermediate_size=64, use_relative_position_bias=True, layer_scale_init_value=0.5,
+        use_mean_pooling=True,
+    ),
+    "data2vec-vision": dict(
+        _VIT_LIKE, intermediate_size=64, use_relative_position_bias=True, layer_scale_init_value=0.5
+    ),
+    # embed_dim 24 on a 16 x 16 grid: the channels-last slice rule cannot tell height from channels when equal.
+    "swinv2": dict(image_size=IMAGE_SIZE, patch_size=2, embed_dim=24, depths=[1, 1], num_heads=[2, 4], window_size=4),
+    "mobilenet_v1": dict(depth_multiplier=0.25, image_size=IMAGE_SIZE),
+    "mobilevit": dict(
+        image_size=64, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 64], num_attention_heads=2
+    ),
+    "poolformer": dict(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1]),
+    "mobilevitv2": dict(image_size=64, width_multiplier=0.25),
+    "levit": dict(image_size=64, hidden_sizes=[16, 32, 48], num_attention_heads=[1, 2, 3], depths=[1, 1, 1], key_dim=[8, 8, 8]),
+    # timm models through TimmWrapperForImageClassification (needs timm, which needs torchvision).
+    "timm_wrapper": dict(architecture="resnet18", model_args=dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)),
+}  # fmt: skip
+TIMM_TINY_MODEL_ARGS = {
+    "resnet18": dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8),
+    "convnext_atto": dict(depths=[1, 1, 1, 1], dims=[8, 16, 32, 64]),
+    "vit_tiny_patch16_224": dict(img_size=IMAGE_SIZE, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+    "efficientnet_b0": dict(drop_rate=0.0),
+    "mobilenetv3_small_050": dict(),
+}
+
+
+def general_dense_model(model_type, seed=0, num_labels=4, **kwargs):
+    """A tiny model of a general-path family, built from its config (no download)."""
+    from prunefuse_hf.pruning.families import classifier_class_name
+
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(
+        model_type, num_labels=num_labels, **{**GENERAL_TINY_CONFIGS[model_type], **kwargs}
+    )
+    return getattr(transformers, classifier_class_name(model_type))(config).eval()
+
+
 REFUSED_CLASSES = [
     (model_type, name) for model_type, names in refused_model_classes().items() for name in names
 ]

@@ -19,6 +19,7 @@ from .hub.subset import load_subset
 from .pruning.fusion import fuse_into_dense
 from .pruning.plan import PruningPlan
 from .pruning.prune import prune_model
+from .pruning.replay import load_surrogate, save_surrogate
 from .selection.scoring import score_pool
 from .selection.strategies import get_strategy
 from .trainer.distillation_trainer import DistillationTrainer, compute_accuracy
@@ -43,9 +44,11 @@ __all__ = [
     "keep_freed_memory",
     "load_image_dataset",
     "load_subset",
+    "load_surrogate",
     "prune_model",
     "push_run",
     "read_labels",
+    "save_surrogate",
     "score_pool",
     "write_query_batch",
 ]

@@ -59,6 +59,8 @@ ANNOTATION_COLUMNS = ("annotator", "annotation_id", "num_answers", "resolution")
 # ----- checkpoints and Hub artifacts -----
 
 PRUNING_PLAN_NAME = "pruning_plan.json"
+# The weights of a general-path surrogate (its own tensor names, narrowed shapes).
+SURROGATE_WEIGHTS_NAME = "model.safetensors"
 MODEL_CARD_NAME = "README.md"
 SUBSET_METADATA_NAME = "prunefuse_subset.json"
 # Metadata files the `imagefolder` builder reads next to the images (they replace the class sub-folders).
@@ -118,3 +120,8 @@ FASHION_MNIST_LABELS = [
     "Bag",
     "Ankle boot",
 ]
+
+# How a family's surrogate is written down: a narrowed config of the same class ("config", reloads with
+# AutoModelForImageClassification), or the dense config + the pruning history replayed by prunefuse-hf ("replay").
+PRUNING_PATH_CONFIG = "config"
+PRUNING_PATH_REPLAY = "replay"

@@ -4,9 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageClassification
 
-from conftest import tiny_resnet_config
+from conftest import general_dense_model, tiny_resnet_config
 from prunefuse_hf import PruningPlan
 from prunefuse_hf.cli.main import main
+from prunefuse_hf.pruning import load_surrogate
 from prunefuse_hf.pruning.plan import config_hash
 
 
@@ -97,3 +98,23 @@ def test_fuse_names_a_dense_path_without_weights(tmp_path, capsys):
     assert "holds a config but no weights" in capsys.readouterr().err
     assert fuse(tmp_path / "missing", tmp_path / "surrogate", tmp_path / "fused") == 2
     assert f"No model at '{tmp_path / 'missing'}'" in capsys.readouterr().err
+
+
+def test_prune_then_fuse_a_family_without_a_narrowed_config(tmp_path, capsys):
+    # DINOv2 has no narrowed config: the surrogate is safetensors + the dense config + the plan's history.
+    general_dense_model("dinov2_with_registers").config.save_pretrained(tmp_path / "config")
+    surrogate_dir, fused_dir = tmp_path / "surrogate", tmp_path / "fused"
+    assert prune(tmp_path / "config", surrogate_dir) == 0
+    assert "params" in capsys.readouterr().out
+    plan = PruningPlan.from_pretrained(surrogate_dir)
+    assert plan.pruning_path == "replay"
+    surrogate = load_surrogate(surrogate_dir)
+    assert surrogate.dinov2_with_registers.embeddings.cls_token.shape[-1] == 16
+
+    dense_dir = surrogate_dir / "dense_init"
+    assert fuse(dense_dir, surrogate_dir, fused_dir) == 0
+    assert "0 of" in capsys.readouterr().out  # an untrained surrogate changes nothing
+    fused = AutoModelForImageClassification.from_pretrained(fused_dir)
+    dense = AutoModelForImageClassification.from_pretrained(dense_dir)
+    for (name, a), b in zip(fused.state_dict().items(), dense.state_dict().values()):
+        assert torch.equal(a, b), name

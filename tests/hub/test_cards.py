@@ -310,3 +310,17 @@ def test_surrogate_card_links_the_run_and_explains_fusion(tmp_path):
 def test_framework_versions_are_listed():
     versions = framework_versions()
     assert {"prunefuse-hf", "Transformers", "PyTorch", "Datasets", "huggingface_hub"} <= set(versions)
+
+
+def test_surrogate_card_of_the_general_path_says_how_the_package_rebuilds_it(tmp_path):
+    run = fake_run(tmp_path, {"model_name_or_path": "org/pretrained"})
+    (run / "surrogate").mkdir(exist_ok=True)
+    (run / "surrogate" / "pruning_plan.json").write_text(json.dumps({"pruning_path": "replay"}))
+    card = render_surrogate_card(collect_surrogate_card_facts(run, "org/surrogate"))
+    for fact in ("the **dense** `config.json`", "surrogate = load_surrogate(folder)",
+                 '"image-classification", model=surrogate', "fuse_into_dense(dense_model, surrogate, plan)"):  # fmt: skip
+        assert fact in card, fact
+    assert "AutoModelForImageClassification.from_pretrained(folder)" not in card
+    (run / "surrogate" / "pruning_plan.json").write_text(json.dumps({"pruning_path": "config"}))
+    card = render_surrogate_card(collect_surrogate_card_facts(run, "org/surrogate"))
+    assert "AutoModelForImageClassification.from_pretrained(folder)" in card and "load_surrogate" not in card

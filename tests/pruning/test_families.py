@@ -38,6 +38,7 @@ from prunefuse_hf import prune_model, score_pool
 from prunefuse_hf.pruning.cost import model_cost
 from prunefuse_hf.pruning.families import (
     FAMILY_ADAPTERS,
+    GENERAL_FAMILIES,
     SUPPORTED_FAMILIES,
     check_supported_model,
     family_model_classes,
@@ -104,11 +105,12 @@ def test_each_family_runs_one_of_the_classes_transformers_offers_and_refuses_the
 
 
 def test_support_table_has_a_row_per_supported_class_and_lists_the_refused_ones():
-    table, _, refused = support_table_markdown().partition("\n\n")
+    table, not_prunable, refused = support_table_markdown().split("\n\n")
     rows = table.splitlines()[2:]
-    assert len(rows) == len(SUPPORTED_FAMILIES)
+    assert len(rows) == len(SUPPORTED_FAMILIES) + len(GENERAL_FAMILIES)
     for row, model_type in zip(rows, SUPPORTED_FAMILIES):
-        assert f"| `{model_type}` | `{FAMILY_ADAPTERS[model_type].model_class}` |" in row
+        assert f"| `{model_type}` | `{FAMILY_ADAPTERS[model_type].model_class}` | narrowed config |" in row
+    assert not_prunable.startswith("Not prunable") and "`CvtForImageClassification`" in not_prunable
     assert refused.startswith("Refused by name")
     for _, name in REFUSED_CLASSES:
         assert f"`{name}`" in refused, name
@@ -145,15 +147,13 @@ def test_every_other_class_of_a_supported_family_is_refused_by_name(model_type, 
             prune_model(model, ratio)
 
 
-def test_other_families_run_only_as_image_classifiers_and_only_without_pruning():
+def test_other_families_run_as_image_classifiers_and_prune_through_the_general_path():
     config = Dinov2Config(image_size=IMAGE_SIZE, patch_size=8, hidden_size=16, num_hidden_layers=1,
                           num_attention_heads=2, intermediate_size=32, num_labels=3)  # fmt: skip
     classifier = Dinov2ForImageClassification(config)
     check_supported_model(classifier, pruning_ratio=0.0)
-    with pytest.raises(NotImplementedError, match=r"'dinov2' family .*Supported families"):
-        check_supported_model(classifier, pruning_ratio=0.5)
-    with pytest.raises(NotImplementedError, match="'dinov2' family"):
-        check_supported_model(classifier)  # no ratio: the model is to be pruned
+    check_supported_model(classifier, pruning_ratio=0.5)  # no named adapter: the general path prunes it
+    check_supported_model(classifier)
     with pytest.raises(
         ValueError, match="Dinov2Model .*not an image classifier.* Use Dinov2ForImageClassification"
     ):
@@ -227,23 +227,23 @@ def test_grayscale_models_keep_their_single_input_channel(model_type):
         assert surrogate(pixel_values).logits.shape == (2, dense.config.num_labels)
 
 
-def test_unsupported_family_is_refused_by_name():
-    dense = Dinov2ForImageClassification(
-        Dinov2Config(
-            image_size=IMAGE_SIZE, patch_size=8, hidden_size=16, num_hidden_layers=1,
-            num_attention_heads=2, intermediate_size=32, num_labels=3,
-        )
-    )  # fmt: skip
-    with pytest.raises(NotImplementedError, match=r"'dinov2' family .*Supported families: \[.*'vit'"):
-        prune_model(dense, 0.5)
+def test_a_family_that_cannot_be_pruned_is_refused_by_name_with_the_reason():
     levit = LevitForImageClassification(
         LevitConfig(
             image_size=IMAGE_SIZE, hidden_sizes=[16, 24, 32], num_attention_heads=[1, 1, 1],
             depths=[1, 1, 1], key_dim=[8, 8, 8], num_labels=3,
         )
     )  # fmt: skip
-    with pytest.raises(NotImplementedError, match="'levit' family"):
-        prune_model(levit, 0.25)
+    check_supported_model(levit, pruning_ratio=0.25)  # LeViT takes the general path (attention kept dense)
+    focalnet = transformers.FocalNetForImageClassification(
+        transformers.FocalNetConfig(
+            image_size=IMAGE_SIZE, patch_size=4, embed_dim=16, depths=[1, 1], num_labels=3
+        )
+    )
+    with pytest.raises(
+        NotImplementedError, match=r"FocalNetForImageClassification .*'focalnet'.* never finishes"
+    ):
+        prune_model(focalnet, 0.25)
 
 
 def test_a_ratio_that_leaves_no_head_dimension_names_family_ratio_and_limit():
@@ -283,3 +283,5 @@ def test_vit_prunes_head_dimensions_within_each_head():
     assert surrogate.config.num_attention_heads == 4 and surrogate.config.hidden_size == 16
     kept = plan.kept_indices["vit.layers.0.attention.q_proj.weight"][0]
     assert [sum(1 for i in kept if i // 8 == head) for head in range(4)] == [4, 4, 4, 4]
+    # Every head keeps the same positions: Torch-Pruning's head-dimension rule, which the general path uses.
+    assert len({tuple(i % 8 for i in kept[4 * h : 4 * h + 4]) for h in range(4)}) == 1

@@ -54,7 +54,7 @@ def test_check_models_names_the_tensors_a_surrogate_has_too_many_or_too_few_of()
 def test_a_pruned_plan_round_trips_through_json_and_stores_each_kept_list_once(tmp_path):
     _, plan = prune_model(dense_resnet(), 0.5)
     data = plan.to_dict()
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert data["dense_config"]["hidden_sizes"] == [16, 32] and data["surrogate_config"]["hidden_sizes"] == [
         8,
         16,
@@ -90,7 +90,7 @@ def test_loading_errors_name_the_file_and_the_version(tmp_path):
         PruningPlan.from_pretrained(tmp_path)
     data = hand_made_plan().to_dict()
     data["format_version"] = 99
-    with pytest.raises(ValueError, match="format_version 99; this prunefuse-hf reads version 1"):
+    with pytest.raises(ValueError, match="format_version 99; this prunefuse-hf reads versions 1, 2"):
         PruningPlan.from_dict(data)
 
 

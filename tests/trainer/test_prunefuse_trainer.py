@@ -15,9 +15,17 @@ import pytest
 import torch
 from transformers import AutoModelForImageClassification, TrainerCallback, TrainingArguments, pipeline
 
-from conftest import assert_fused_at_kept_indices, make_image_dataset, tiny_recipe, tiny_resnet_config
+from conftest import (
+    GENERAL_TINY_CONFIGS,
+    assert_fused_at_kept_indices,
+    general_dense_model,
+    make_image_dataset,
+    tiny_recipe,
+    tiny_resnet_config,
+)
 from prunefuse_hf import DataPool, PruneFuseConfig, PruneFuseTrainer, PruningPlan, fuse_into_dense
 from prunefuse_hf.constants import PRUNING_PLAN_NAME
+from prunefuse_hf.pruning import load_surrogate
 from prunefuse_hf.pruning.cost import TRAIN_FLOPS_PER_MAC
 from prunefuse_hf.trainer.prunefuse_trainer import _as_config
 from prunefuse_hf.utils.run_directory import RunDirectoryError
@@ -712,3 +720,67 @@ def test_a_resumed_run_reuses_the_pixel_cache(tmp_path, pool, monkeypatch):
     assert resumed.done
     # Only the first image is opened again (to read the output shape); the pool's pixels come from the file.
     assert len(decoded) == 1 and cache_files[0].stat().st_mtime_ns == written
+
+
+# ----- families without a narrowed config: the general pruning path through a whole run -----
+
+GENERAL_RUN_FAST = ["dinov2_with_registers"]
+GENERAL_RUN_SLOW = [t for t in GENERAL_TINY_CONFIGS if t not in GENERAL_RUN_FAST and t != "timm_wrapper"]
+
+
+def check_general_path_run(tmp_path, pool, model_type):
+    dense = general_dense_model(model_type, num_labels=NUM_CLASSES)
+    trainer = run(tmp_path, pool, model=dense, num_rounds=1, num_train_epochs=1)
+    run_dir = trainer.run_dir.path
+    plan = PruningPlan.from_pretrained(run_dir / "surrogate")
+    assert plan.pruning_path == "replay" and trainer.pool.num_labeled == 16 + 8
+    # The surrogate is safetensors + dense config + plan, rebuilt by the package with the run's class names.
+    surrogate = load_surrogate(run_dir / "surrogate")
+    assert surrogate.config.id2label == {i: str(i) for i in range(NUM_CLASSES)}
+    dense_init = AutoModelForImageClassification.from_pretrained(run_dir / "dense_init")
+    start = fuse_into_dense(dense_init, surrogate, plan)
+    assert_fused_at_kept_indices(start, surrogate.state_dict(), dense_init.state_dict(), plan)
+    # The fused model is a plain HF checkpoint: pipeline() on raw PIL images, with the run's processor.
+    images = [pool[i]["image"] for i in range(3)]
+    for classifier in (
+        pipeline("image-classification", model=str(run_dir / "fused")),
+        pipeline("image-classification", model=surrogate, image_processor=trainer.processing_class),
+    ):
+        predictions = classifier(images, top_k=1)
+        assert [p[0]["label"] for p in predictions] and all(
+            p[0]["label"] in {"0", "1", "2", "3"} for p in predictions
+        )
+    return trainer
+
+
+@pytest.mark.parametrize("model_type", GENERAL_RUN_FAST)
+def test_a_family_without_a_narrowed_config_runs_through_the_general_path(tmp_path, pool, model_type):
+    check_general_path_run(tmp_path, pool, model_type)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", GENERAL_RUN_SLOW)
+def test_every_general_family_runs_end_to_end(tmp_path, pool, model_type):
+    check_general_path_run(tmp_path, pool, model_type)
+
+
+@pytest.mark.slow
+def test_a_general_path_run_stopped_after_the_first_selection_resumes_to_the_same_result(tmp_path, pool):
+    class StopAfterFirstSelection(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and logs.get("picked"):
+                control.should_training_stop = True
+
+    def dense():
+        return general_dense_model("dinov2_with_registers", num_labels=NUM_CLASSES)
+
+    reference = run(tmp_path / "reference", pool, model=dense(), num_rounds=2, num_train_epochs=1)
+    args = make_config(tmp_path / "stopped", num_rounds=2, num_train_epochs=1)
+    stopped = PruneFuseTrainer(dense(), args=args, train_dataset=pool, callbacks=[StopAfterFirstSelection()])
+    stopped.train()
+    assert not stopped.done and stopped.progress["completed"][-1] == "select:1"
+    resumed = PruneFuseTrainer(dense(), args=args, train_dataset=pool)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.done
+    expected = pq.read_table(reference.run_dir.selection_path).to_pydict()["pool_index"]
+    assert pq.read_table(resumed.run_dir.selection_path).to_pydict()["pool_index"] == expected

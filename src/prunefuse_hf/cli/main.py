@@ -26,6 +26,7 @@ from ..constants import (
     LABEL_STUDIO_DOCUMENT_ROOT_ENV,
     LABEL_STUDIO_TOKEN_ENV,
     LABEL_STUDIO_URL_ENV,
+    PRUNING_PATH_REPLAY,
     PRUNING_PLAN_NAME,
     RESOLUTIONS,
 )
@@ -34,6 +35,7 @@ from ..pruning.fusion import fuse_into_dense
 from ..pruning.modeling import load_image_classifier
 from ..pruning.plan import PruningPlan
 from ..pruning.prune import prune_model
+from ..pruning.replay import load_surrogate, save_surrogate
 from ..trainer.report import comparison_table
 from ..utils.hub_ids import has_weights
 from ..utils.memory import keep_freed_memory
@@ -75,8 +77,7 @@ def _prune(args) -> None:
     dense = load_image_classifier(args.model, num_labels=args.num_labels, num_channels=args.num_channels)
     surrogate, plan = prune_model(dense, args.pruning_ratio)
     plan.dense_name_or_path = plan.dense_name_or_path or os.fspath(args.model)
-    surrogate.save_pretrained(args.output_dir)
-    plan.save_pretrained(args.output_dir)
+    save_surrogate(surrogate, plan, args.output_dir)
     built_from_config = not has_weights(os.fspath(args.model)) and os.path.exists(args.model)
     if built_from_config or args.num_labels is not None:
         # A random initialization (or a re-initialized head) exists nowhere else; fusion needs exactly these weights.
@@ -95,7 +96,11 @@ def _fuse(args) -> None:
     plan = PruningPlan.from_pretrained(args.surrogate)
     # Both need weights: a directory with only a config would silently fuse into a random initialization.
     dense = load_image_classifier(args.dense, from_config=False)
-    surrogate = load_image_classifier(args.surrogate, from_config=False)
+    if plan.pruning_path == PRUNING_PATH_REPLAY:
+        # No narrowed config: rebuilt from the dense config and the plan's pruning history.
+        surrogate = load_surrogate(args.surrogate, plan)
+    else:
+        surrogate = load_image_classifier(args.surrogate, from_config=False)
     # Refuses (exit status 2) a dense checkpoint of another architecture than the plan's, naming both.
     fused = fuse_into_dense(dense, surrogate, plan, copy_norm_stats=not args.no_copy_norm_stats)
     fused.save_pretrained(args.output_dir)

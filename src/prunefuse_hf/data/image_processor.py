@@ -64,7 +64,9 @@ def build_image_processor(model_config, image_processor=None, *, image_size: int
         return image_processor
     from transformers import ViTImageProcessorPil
 
-    size = image_size or getattr(model_config, "image_size", None)
+    # Vision-language classifiers (CLIP, SigLIP) keep the image size in their vision config.
+    vision_config = getattr(model_config, "vision_config", None) or model_config
+    size = image_size or getattr(vision_config, "image_size", None)
     if size is None:
         if image is None:
             raise ValueError("No image size: set `image_size` (or give the model config an `image_size`).")

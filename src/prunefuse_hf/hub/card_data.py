@@ -163,6 +163,8 @@ class SurrogateCardFacts:
         base_model (`str`, *optional*): Hub id of the pretrained dense model it was pruned from.
         model_repo_id, model_repo_url (`str`, *optional*): The fused model's repo and address.
         subset_repo_id, subset_repo_url (`str`, *optional*): The selected subset's repo and address.
+        pruning_path (`str`, *optional*): `"replay"` when the surrogate takes the general path (its config is the
+            dense one; `prunefuse_hf.load_surrogate` rebuilds it), otherwise a narrowed-config checkpoint.
         citation (`str`): BibTeX of the paper.
     """
 
@@ -179,6 +181,7 @@ class SurrogateCardFacts:
     model_repo_url: str | None
     subset_repo_id: str | None
     subset_repo_url: str | None
+    pruning_path: str | None = None
     citation: str = CITATION
 
 

@@ -15,8 +15,10 @@ from ..constants import (
     IMAGE_PATH,
     METHOD_DESCRIPTIONS,
     POOL_INDEX,
+    PRUNING_PATH_CONFIG,
     PRUNING_PLAN_NAME,
     SOURCE_INDEX,
+    SURROGATE_DIR,
     SURROGATE_INIT_DIR,
     VERSION,
 )
@@ -230,7 +232,15 @@ def collect_surrogate_card_facts(
         model_repo_url=f"{endpoint}/{model_repo_id}" if model_repo_id else None,
         subset_repo_id=subset_repo_id,
         subset_repo_url=f"{endpoint}/datasets/{subset_repo_id}" if subset_repo_id else None,
+        pruning_path=_pruning_path(run_dir / SURROGATE_DIR / PRUNING_PLAN_NAME),
     )
+
+
+def _pruning_path(plan_path: Path) -> str | None:
+    # Read from the JSON (hub/ does not import pruning/): which path the surrogate takes decides how it loads.
+    if not plan_path.is_file():
+        return None
+    return json.loads(plan_path.read_text()).get("pruning_path", PRUNING_PATH_CONFIG)
 
 
 def collect_subset_card_facts(

@@ -3,7 +3,10 @@ its `PruningPlan`, fusing the trained surrogate back into the dense model, and t
 
 from .cost import ModelCost, model_cost
 from .families import (
+    GENERAL_FAMILIES,
+    REFUSED_FAMILIES,
     FamilyAdapter,
+    GeneralFamily,
     attention_heads,
     check_supported_model,
     classifier_class_name,
@@ -19,3 +22,4 @@ from .fusion import fuse_into_dense
 from .modeling import build_dense_model, check_model_path, load_image_classifier
 from .plan import PruningPlan, architecture_fields, config_hash
 from .prune import prune_model, validate_pruning_ratio
+from .replay import load_surrogate, rebuild_surrogate, save_surrogate

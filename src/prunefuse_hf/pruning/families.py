@@ -235,6 +235,135 @@ FAMILY_ADAPTERS: dict[str, FamilyAdapter] = {
 # `support_table_markdown` renders the README table from it, so the two cannot drift.
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILY_ADAPTERS)
 
+
+@dataclass(frozen=True)
+class GeneralFamily:
+    """A family pruned by the general path (`pruning/replay.py`) and tested by name.
+
+    Args:
+        model_type: The config's `model_type`.
+        name: The family's name for people.
+        model_class: The image classifier that is tested end to end.
+        narrows: What gets narrower.
+        keeps: What keeps its dense shape.
+    """
+
+    model_type: str
+    name: str
+    model_class: str
+    narrows: str
+    keeps: str
+
+
+_VIT_NARROWS = "hidden size, MLP width, head dimension (every head loses the same positions)"
+GENERAL_FAMILIES: dict[str, GeneralFamily] = {
+    family.model_type: family
+    for family in [
+        GeneralFamily(
+            "timm_wrapper",
+            "timm (ResNet, ConvNeXt, ViT, EfficientNet, MobileNetV3, ...)",
+            "TimmWrapperForImageClassification",
+            "every conv/linear width Torch-Pruning groups (SE blocks, layer scales, cls token, position embedding)",
+            "the head count, the classifier's outputs",
+        ),
+        GeneralFamily(
+            "dinov2",
+            "DINOv2",
+            "Dinov2ForImageClassification",
+            _VIT_NARROWS
+            + ", cls token, position embeddings, layer scale, SwiGLU; classifier input (cls ⊕ mean)",
+            "the head count, `mask_token` (unused by the classifier)",
+        ),
+        GeneralFamily(
+            "dinov2_with_registers",
+            "DINOv2 with registers",
+            "Dinov2WithRegistersForImageClassification",
+            _VIT_NARROWS + ", cls and register tokens (their count kept), position embeddings, layer scale",
+            "the head count, the number of register tokens, `mask_token`",
+        ),
+        GeneralFamily(
+            "siglip",
+            "SigLIP",
+            "SiglipForImageClassification",
+            _VIT_NARROWS + ", position table, the attention-pooling head (probe, its attention and MLP)",
+            "the head count",
+        ),
+        GeneralFamily(
+            "clip",
+            "CLIP",
+            "CLIPForImageClassification",
+            _VIT_NARROWS + ", class embedding, position table, pre/post layer norms",
+            "the head count",
+        ),
+        GeneralFamily(
+            "beit",
+            "BEiT",
+            "BeitForImageClassification",
+            _VIT_NARROWS + ", cls token, absolute position embeddings, layer scale",
+            "the head count, relative position bias tables (one entry per head)",
+        ),
+        GeneralFamily(
+            "data2vec-vision",
+            "Data2Vec-Vision",
+            "Data2VecVisionForImageClassification",
+            _VIT_NARROWS + ", cls token, layer scale",
+            "the head count, relative position bias tables",
+        ),
+        GeneralFamily(
+            "swinv2",
+            "Swin V2",
+            "Swinv2ForImageClassification",
+            "embed dim of every stage, patch merging, MLP width, head dimension",
+            "the head count, `logit_scale`, the continuous position bias MLP",
+        ),
+        GeneralFamily(
+            "mobilenet_v1",
+            "MobileNetV1",
+            "MobileNetV1ForImageClassification",
+            "every convolution and BatchNorm (depthwise coupled)",
+            "the classifier's outputs",
+        ),
+        GeneralFamily(
+            "mobilevit",
+            "MobileViT",
+            "MobileViTForImageClassification",
+            "conv widths, transformer hidden size, MLP width, head dimension",
+            "the head count",
+        ),
+        GeneralFamily(
+            "poolformer",
+            "PoolFormer",
+            "PoolFormerForImageClassification",
+            "every width, layer scales",
+            "the classifier's outputs",
+        ),
+        GeneralFamily(
+            "mobilevitv2",
+            "MobileViT V2",
+            "MobileViTV2ForImageClassification",
+            "conv widths, MLP width, residual width (fallback: attention outputs kept dense)",
+            "the `qkv_proj` outputs (split `[1, d, d]`)",
+        ),
+        GeneralFamily(
+            "levit",
+            "LeViT",
+            "LevitForImageClassification",
+            "residual widths, MLP width (fallback: attention outputs kept dense)",
+            "the fused query/key/value outputs, attention biases",
+        ),
+    ]
+}
+
+# Families neither path can prune, with the reason; `pruning_ratio=0` still runs them.
+REFUSED_FAMILIES: dict[str, str] = {
+    "pvt_v2": (
+        "its attention reshapes the spatial-reduction convolution's output with the residual width, which "
+        "Torch-Pruning prunes as an independent group (the pruned forward fails or is silently wrong)"
+    ),
+    "focalnet": "Torch-Pruning 1.6 never finishes building its pruning groups (focal modulation)",
+    "cvt": "Torch-Pruning 1.6 cannot infer the channels of its convolutional projections (IndexError in shape inference)",
+}
+
 # Why a model class of a supported family other than its `model_class` cannot be a PruneFuse dense model,
 # by how the class name ends (first match wins, so the longer endings come first).
 _REFUSAL_REASONS = (
@@ -369,8 +498,12 @@ def check_supported_model(model: nn.Module, *, pruning_ratio: float | None = Non
         )
     adapter = FAMILY_ADAPTERS.get(model_type)
     if adapter is None:
-        if pruning_ratio is None or pruning_ratio > 0:
-            get_family_adapter(config)  # raises, naming the family and the supported ones
+        if model_type in REFUSED_FAMILIES and (pruning_ratio is None or pruning_ratio > 0):
+            raise NotImplementedError(
+                f"{class_name} (model_type '{model_type}') cannot be pruned: {REFUSED_FAMILIES[model_type]}. "
+                "Use pruning_ratio=0 (the dense model selects for itself) to run PruneFuse with it."
+            )
+        # Any other image classifier takes the general path (`pruning/replay.py`).
         _check_trainable_image_classifier(model, model_type)
         return
     import transformers
@@ -406,18 +539,38 @@ def _check_trainable_image_classifier(model: nn.Module, model_type: str) -> None
 
 
 def support_table_markdown() -> str:
-    """The README's support table: one row per supported model class, then the classes that are refused.
+    """The README's support table: one row per tested model class with the path its surrogate takes, then the
+    families neither path prunes and the classes that are refused.
 
     Returns:
-        `str`: a Markdown table (family, `model_type`, model class, what narrows) followed by a line listing every
-        other class transformers offers for these families, which `check_supported_model` refuses by name.
+        `str`: a Markdown table (family, `model_type`, model class, path, what narrows by 1 − p, what is kept)
+        followed by the refused families (with the reason) and a line listing every other class transformers offers
+        for the named-adapter families, which `check_supported_model` refuses by name.
     """
-    rows = ["| family | `model_type` | model class | what narrows by 1 − p |", "|---|---|---|---|"]
+    rows = [
+        "| family | `model_type` | model class | surrogate path | what narrows by 1 − p | what is kept |",
+        "|---|---|---|---|---|---|",
+    ]
     for model_type in SUPPORTED_FAMILIES:
         adapter = FAMILY_ADAPTERS[model_type]
-        rows.append(f"| {adapter.name} | `{model_type}` | `{adapter.model_class}` | {adapter.narrows} |")
+        rows.append(
+            f"| {adapter.name} | `{model_type}` | `{adapter.model_class}` | narrowed config | {adapter.narrows} "
+            "| the head count; the classifier's outputs |"
+        )
+    for family in GENERAL_FAMILIES.values():
+        rows.append(
+            f"| {family.name} | `{family.model_type}` | `{family.model_class}` | general (replay) | "
+            f"{family.narrows} | {family.keeps} |"
+        )
     refused = [name for names in refused_model_classes().values() for name in names]
     rows += [
+        "",
+        "Not prunable (refused by name before a run starts; `pruning_ratio: 0` runs them): "
+        + "; ".join(
+            f"`{image_classification_classes(model_type)[0]}`: {why}"
+            for model_type, why in REFUSED_FAMILIES.items()
+        )
+        + ".",
         "",
         "Refused by name before a run starts (bare encoders, backbones, other heads; the error names the class "
         "to use instead): " + ", ".join(f"`{name}`" for name in refused) + ".",
@@ -453,13 +606,25 @@ def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
     return heads
 
 
+def model_image_size(model: nn.Module) -> int | tuple[int, int] | None:
+    """The input size a model is built for: its config's `image_size` (the vision config's for CLIP and SigLIP), or
+    for a timm model the size its patch embedding was built for, else its pretrained config's; `None` when none."""
+    config = getattr(model.config, "vision_config", None) or model.config
+    size = getattr(config, "image_size", None)
+    timm_model = getattr(model, "timm_model", None)
+    if size is None and timm_model is not None:
+        size = getattr(getattr(timm_model, "patch_embed", None), "img_size", None)
+        size = size or (getattr(timm_model, "pretrained_cfg", None) or {}).get("input_size", (None,))[-1]
+    return tuple(size) if isinstance(size, (list, tuple)) else size
+
+
 def example_pixel_values(
     model: nn.Module, image_size: int | None = None, batch_size: int = 1
 ) -> torch.Tensor:
     """A random `pixel_values` batch shaped for `model` (channels from its config), on its device."""
-    config = model.config
+    config = getattr(model.config, "vision_config", None) or model.config
     if image_size is None:
-        image_size = getattr(config, "image_size", None) or DEFAULT_TRACE_IMAGE_SIZE
+        image_size = model_image_size(model) or DEFAULT_TRACE_IMAGE_SIZE
     if isinstance(image_size, (list, tuple)):
         height, width = image_size
     else:

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..constants import PRUNING_PLAN_NAME
+from ..constants import PRUNING_PATH_CONFIG, PRUNING_PLAN_NAME
 from ..utils.io import atomic_write
 
-PLAN_FORMAT_VERSION = 1
+# Version 2 adds the general path (`pruning_path`, `pruning_history`, `trace_inputs`, `attention_outputs_dense`);
+# a version-1 plan is a config-path plan and still reads.
+PLAN_FORMAT_VERSION = 2
+READABLE_PLAN_VERSIONS = (1, 2)
 
 
 # Config fields that do not describe the architecture: transformers internals (`_name_or_path`, ...), the version
@@ -35,6 +38,8 @@ _NOT_ARCHITECTURE = (
     "output_hidden_states",
     "output_attentions",
     "return_dict",
+    # LeViT: derived from key_dim and hidden_sizes, and its modeling code appends to it each time a model is built.
+    "down_ops",
 )
 
 
@@ -50,11 +55,22 @@ def architecture_fields(config) -> dict:
     Returns:
         `dict`: JSON-serializable fields.
     """
-    values = {key: value for key, value in config.to_dict().items() if not key.startswith("_")}
-    for key in _NOT_ARCHITECTURE:
-        values.pop(key, None)
+    values = _architecture_only(config.to_dict())
     values["num_labels"] = config.num_labels
     return values
+
+
+def _architecture_only(values: dict) -> dict:
+    values = {
+        key: value
+        for key, value in values.items()
+        if not key.startswith("_") and key not in _NOT_ARCHITECTURE
+    }
+    # Sub-configs (CLIP's and SigLIP's vision and text towers) carry the same run-time fields (dtype, names).
+    return {
+        key: _architecture_only(value) if isinstance(value, dict) and "model_type" in value else value
+        for key, value in values.items()
+    }
 
 
 def config_hash(config) -> str:
@@ -101,6 +117,13 @@ class PruningPlan:
         kept_indices (`dict[str, dict[int, list[int]]]`): `tensor name -> {dim: kept dense indices}` for the pruned
             dimensions only.
         dense_name_or_path (`str`, *optional*): The dense model's Hub id or path when it came from one.
+        pruning_path (`str`, *optional*, defaults to `"config"`): `"config"`: the surrogate has a narrowed config
+            and reloads with `AutoModelForImageClassification`; `"replay"` (the general path): its config is the
+            dense one and `load_surrogate` rebuilds it by replaying `pruning_history`.
+        pruning_history (`list`, *optional*): Torch-Pruning's history, `[root module, output side, indices]` per
+            group (general path only).
+        trace_inputs (`dict`, *optional*): Shapes of the inputs the replay traces with (general path only).
+        attention_outputs_dense (`bool`, *optional*): The general path's fallback kept attention outputs dense.
         dense_config_hash (`str`, *optional*): `config_hash` of the dense config: fusion refuses a dense model of
             another architecture.
 
@@ -128,6 +151,10 @@ class PruningPlan:
     kept_indices: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     dense_name_or_path: str | None = None
     dense_config_hash: str | None = None
+    pruning_path: str = PRUNING_PATH_CONFIG
+    pruning_history: list | None = None
+    trace_inputs: dict | None = None
+    attention_outputs_dense: bool = False
 
     # -- shapes and indexing -------------------------------------------------------------------
 
@@ -264,6 +291,10 @@ class PruningPlan:
             "model_type": self.model_type,
             "dense_name_or_path": self.dense_name_or_path,
             "dense_config_hash": self.dense_config_hash,
+            "pruning_path": self.pruning_path,
+            "pruning_history": self.pruning_history,
+            "trace_inputs": self.trace_inputs,
+            "attention_outputs_dense": self.attention_outputs_dense,
             "dense_config": self.dense_config,
             "surrogate_config": self.surrogate_config,
             "kept_index_groups": groups,
@@ -273,10 +304,10 @@ class PruningPlan:
     @classmethod
     def from_dict(cls, data: dict) -> PruningPlan:
         version = data.get("format_version")
-        if version != PLAN_FORMAT_VERSION:
+        if version not in READABLE_PLAN_VERSIONS:
             raise ValueError(
-                f"Unsupported pruning plan format_version {version!r}; this prunefuse-hf reads version "
-                f"{PLAN_FORMAT_VERSION}. Re-create the plan with `prune_model`."
+                f"Unsupported pruning plan format_version {version!r}; this prunefuse-hf reads versions "
+                f"{', '.join(map(str, READABLE_PLAN_VERSIONS))}. Re-create the plan with `prune_model`."
             )
         groups = data["kept_index_groups"]
         return cls(
@@ -293,6 +324,10 @@ class PruningPlan:
             },
             dense_name_or_path=data.get("dense_name_or_path"),
             dense_config_hash=data.get("dense_config_hash"),
+            pruning_path=data.get("pruning_path", PRUNING_PATH_CONFIG),
+            pruning_history=data.get("pruning_history"),
+            trace_inputs=data.get("trace_inputs"),
+            attention_outputs_dense=bool(data.get("attention_outputs_dense", False)),
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:

@@ -23,9 +23,10 @@ import torch_pruning as tp
 from torch import nn
 from transformers.utils import logging
 
-from ..constants import IMPORTANCES, PIXEL_VALUES
-from .families import attention_heads, check_supported_model, example_pixel_values, get_family_adapter
+from ..constants import IMPORTANCES, PIXEL_VALUES, PRUNING_PATH_REPLAY
+from .families import FAMILY_ADAPTERS, attention_heads, check_supported_model, example_pixel_values
 from .plan import PruningPlan, config_hash
+from .replay import kept_indices_by_replay, prune_general, trace_inputs
 
 logger = logging.get_logger(__name__)
 
@@ -120,7 +121,9 @@ def prune_model(
         surrogate = copy.deepcopy(model)
         return surrogate, _make_plan(model, surrogate, {}, pruning_ratio, importance, name_or_path)
 
-    adapter = get_family_adapter(model.config)
+    adapter = FAMILY_ADAPTERS.get(model.config.model_type)
+    if adapter is None:
+        return _prune_general_path(model, pruning_ratio, importance, name_or_path, dense_state)
     surrogate_config = adapter.narrowed_config(model.config, pruning_ratio)
     target_widths = _target_widths(model, surrogate_config, pruning_ratio, adapter)
     working = copy.deepcopy(model)
@@ -220,8 +223,8 @@ def _prune_to_widths(working: nn.Module, adapter, target_widths: dict, example_i
 
     Groups come from Torch-Pruning's dependency graph, rooted at each convolution or linear layer's
     output; within a group the entries with the smallest group L2 norm go. Attention projections lose
-    the same number of dimensions in every head (each head keeps its own largest ones); grouped
-    convolutions lose the same positions in every group (what a grouped convolution can express).
+    the same positions in every head, and grouped convolutions in every group, ranked by the importance
+    summed over the heads or groups (Torch-Pruning's own rule for head dimensions).
     """
     ignored_params = [
         p for name, p in working.named_parameters() if name.endswith(adapter.ignored_parameters or ("\0",))
@@ -267,7 +270,7 @@ def _prune_to_widths(working: nn.Module, adapter, target_widths: dict, example_i
         scores = scores.view(num_splits, current // num_splits)
         remove = (current - target) // num_splits
         if per_split:
-            # Each head drops its own least important dimensions.
+            # Each split drops its own least important entries (only for a single split today).
             local = torch.argsort(scores, dim=1, stable=True)[:, :remove]
         else:
             # Same positions in every group, ranked by their importance summed over the groups.
@@ -319,7 +322,9 @@ def _channel_splits(group, graph, heads) -> tuple[int, bool]:
     for dep, _ in group:
         module = dep.target.module
         if module in heads and graph.is_out_channel_pruning_fn(dep.handler):
-            return heads[module], True
+            # Same positions in every head, ranked by their importance summed over the heads: Torch-Pruning's
+            # rule for head dimensions, which the general path uses, so both paths write the same kind of plan.
+            return heads[module], False
     for dep, _ in group:
         module = dep.target.module
         if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels:
@@ -423,6 +428,29 @@ def _rebuild_from_config(model: nn.Module, config, pruned: nn.Module, pruning_ra
             )
     surrogate.load_state_dict(pruned.state_dict(), strict=True)
     return surrogate
+
+
+def _prune_general_path(model, pruning_ratio, importance, name_or_path, dense_state):
+    """Prune a family without a narrowed config: Torch-Pruning in place, the history kept in the plan."""
+    spec = trace_inputs(model)
+    surrogate, history, attention_outputs_dense = prune_general(model, pruning_ratio, spec)
+    kept_indices = kept_indices_by_replay(model, history, spec, attention_outputs_dense)
+    plan = _make_plan(model, surrogate, kept_indices, pruning_ratio, importance, name_or_path)
+    plan.pruning_path = PRUNING_PATH_REPLAY
+    plan.pruning_history = history
+    plan.trace_inputs = spec
+    plan.attention_outputs_dense = attention_outputs_dense
+    _verify_plan(plan, dense_state, surrogate.state_dict())
+    surrogate.train(model.training)
+    logger.info(
+        "Pruned %s with ratio %.2f by the general path%s: %d -> %d parameters.",
+        model.config.model_type,
+        pruning_ratio,
+        " (attention outputs kept dense)" if attention_outputs_dense else "",
+        sum(p.numel() for p in model.parameters()),
+        sum(p.numel() for p in surrogate.parameters()),
+    )
+    return surrogate, plan
 
 
 def _make_plan(dense, surrogate, kept_indices, pruning_ratio, importance, name_or_path) -> PruningPlan:

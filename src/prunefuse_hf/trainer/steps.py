@@ -39,6 +39,7 @@ from ..pruning.cost import FORWARD_FLOPS_PER_MAC, TRAIN_FLOPS_PER_MAC, model_cos
 from ..pruning.fusion import fuse_into_dense
 from ..pruning.plan import PruningPlan, config_hash
 from ..pruning.prune import prune_model
+from ..pruning.replay import load_surrogate, save_surrogate
 from ..selection.scoring import score_pool
 from .batchnorm import synced_batchnorm
 from .distillation_trainer import DistillationTrainer
@@ -91,8 +92,8 @@ def train_surrogate(trainer, round_: int) -> dict:
     args = trainer.args
     warm = args.surrogate_init == "warm" and (trainer.run_dir.surrogate_dir / "config.json").exists()
     start_dir = trainer.run_dir.surrogate_dir if warm else trainer.run_dir / SURROGATE_INIT_DIR
-    surrogate = AutoModelForImageClassification.from_pretrained(start_dir)
     plan = PruningPlan.from_pretrained(trainer.run_dir / SURROGATE_INIT_DIR)
+    surrogate = load_surrogate(start_dir, plan)
     training_args = args.surrogate_training_args(str(trainer.run_dir / TRAINER_DIR))
     record = _train(trainer, surrogate, training_args, round_, role="surrogate", seed_offset=1)
     # What the training is for decides where the cost ledger books it.
@@ -389,7 +390,7 @@ def _trained_surrogate(trainer, round_: int):
     if trainer._surrogate_cache and trainer._surrogate_cache[0] == round_:
         return trainer._surrogate_cache[1]
     # Resumed after this round's training: the saved surrogate is that training's result.
-    return AutoModelForImageClassification.from_pretrained(trainer.run_dir.surrogate_dir)
+    return load_surrogate(trainer.run_dir.surrogate_dir)
 
 
 def _fused_start(trainer, round_: int):
@@ -415,13 +416,14 @@ def _round(trainer, round_: int) -> dict:
 
 def save_checkpoint(trainer, model, directory, plan: PruningPlan | None = None) -> None:
     """Save `model` pipeline-ready: the run's class names as `id2label`, its image processor and, for a
-    surrogate, the pruning plan."""
+    surrogate, the pruning plan (a general-path surrogate as weights + dense config + plan, see `save_surrogate`)."""
     model.config.id2label = dict(enumerate(trainer.class_names))
     model.config.label2id = {name: i for i, name in enumerate(trainer.class_names)}
-    model.save_pretrained(directory)
+    if plan is None:
+        model.save_pretrained(directory)
+    else:
+        save_surrogate(model, plan, directory)
     trainer.processing_class.save_pretrained(directory)
-    if plan is not None:
-        plan.save_pretrained(directory)
 
 
 def _evaluates_during_training(args) -> bool:

@@ -11,7 +11,8 @@ from datasets import ClassLabel, Dataset, Features, Image
 from transformers import AutoConfig, ResNetConfig
 
 from prunefuse_hf import prune_model
-from prunefuse_hf.pruning.families import FAMILY_ADAPTERS, refused_model_classes
+from prunefuse_hf.pruning.families import FAMILY_ADAPTERS
+from prunefuse_hf.pruning.support import refused_model_classes
 
 
 def make_image_dataset(num_examples=64, num_classes=4, size=16, mode="L", seed=0):
@@ -227,7 +228,7 @@ TIMM_TINY_MODEL_ARGS = {
 
 def general_dense_model(model_type, seed=0, num_labels=4, **kwargs):
     """A tiny model of a general-path family, built from its config (no download)."""
-    from prunefuse_hf.pruning.families import classifier_class_name
+    from prunefuse_hf.pruning.support import classifier_class_name
 
     torch.manual_seed(seed)
     config = AutoConfig.for_model(

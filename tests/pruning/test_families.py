@@ -36,17 +36,15 @@ from conftest import (
 )
 from prunefuse_hf import prune_model, score_pool
 from prunefuse_hf.pruning.cost import model_cost
-from prunefuse_hf.pruning.families import (
-    FAMILY_ADAPTERS,
-    GENERAL_FAMILIES,
-    SUPPORTED_FAMILIES,
+from prunefuse_hf.pruning.families import FAMILY_ADAPTERS, GENERAL_FAMILIES, SUPPORTED_FAMILIES
+from prunefuse_hf.pruning.modeling import load_image_classifier
+from prunefuse_hf.pruning.support import (
     check_supported_model,
     family_model_classes,
     image_classification_classes,
     refused_model_classes,
     support_table_markdown,
 )
-from prunefuse_hf.pruning.modeling import load_image_classifier
 
 # |surrogate params / dense params - (1 - p)^2| must stay within these bounds. Parts that do not
 # narrow push the ratio above (1 - p)^2: the classifier's outputs and the stem's 3 input channels

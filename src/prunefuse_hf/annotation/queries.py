@@ -11,7 +11,6 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -26,11 +25,9 @@ from ..constants import (
     QUERY_CSV,
     QUERY_DATASET_DIR,
     QUERY_FILE_NAME,
-    QUERY_PARTIAL,
     QUERY_PREDICTED_LABEL,
     QUERY_PREDICTED_SCORE,
     QUERY_SCORE,
-    QUERY_SKIPPED,
     STATE_NAME,
 )
 from ..utils.io import fsync_directory
@@ -38,9 +35,6 @@ from ..utils.run_directory import RunDirectory, step_name
 from .label_studio import label_studio_config, label_studio_prediction
 from .labels import LabelError, _check_in_pool, _check_round, _preview, check_class_names, parse_pool_index
 from .readers import LABEL_COLUMNS
-
-if TYPE_CHECKING:
-    from .store import LabelStore
 
 logger = logging.get_logger(__name__)
 
@@ -334,19 +328,6 @@ def open_query(run_dir: str | os.PathLike) -> tuple[int, np.ndarray] | None:
         return None
     round = min(waiting)
     return round, np.asarray(state["queries"][str(round)]["pool_indices"], dtype=np.int64)
-
-
-def query_is_complete(
-    run_dir: str | os.PathLike, round: int, expected: np.ndarray, store: LabelStore
-) -> bool:
-    """Whether every queried index has a label or was skipped, or the user chose to continue with the labeled
-    part."""
-    labeled = np.isin(expected, np.fromiter(store.labels, dtype=np.int64, count=len(store)))
-    directory = query_directory(run_dir, round)
-    if (directory / QUERY_SKIPPED).is_file():  # skipped images count as answered
-        skipped = json.loads((directory / QUERY_SKIPPED).read_text(encoding="utf-8"))[POOL_INDEX]
-        labeled |= np.isin(expected, np.asarray(skipped, dtype=np.int64))
-    return bool(labeled.all() or (labeled.any() and (directory / QUERY_PARTIAL).is_file()))
 
 
 def _read_state(run_dir) -> dict:

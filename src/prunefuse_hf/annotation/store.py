@@ -543,3 +543,16 @@ def ingest_labels(
         partial = {"missing": result.missing.tolist(), "source": batch.source}
         atomic_write(directory / QUERY_PARTIAL, lambda f: f.write(json.dumps(partial) + "\n"))
     return result
+
+
+def query_is_complete(
+    run_dir: str | os.PathLike, round: int, expected: np.ndarray, store: LabelStore
+) -> bool:
+    """Whether every queried index has a label or was skipped, or the user chose to continue with the labeled
+    part."""
+    labeled = np.isin(expected, np.fromiter(store.labels, dtype=np.int64, count=len(store)))
+    directory = query_directory(run_dir, round)
+    if (directory / QUERY_SKIPPED).is_file():  # skipped images count as answered
+        skipped = json.loads((directory / QUERY_SKIPPED).read_text(encoding="utf-8"))[POOL_INDEX]
+        labeled |= np.isin(expected, np.asarray(skipped, dtype=np.int64))
+    return bool(labeled.all() or (labeled.any() and (directory / QUERY_PARTIAL).is_file()))

@@ -8,18 +8,20 @@ from .families import (
     FamilyAdapter,
     GeneralFamily,
     attention_heads,
-    check_supported_model,
-    classifier_class_name,
     example_pixel_values,
-    family_model_classes,
     get_family_adapter,
-    image_classification_classes,
-    refused_model_classes,
     scaled_width,
-    support_table_markdown,
 )
 from .fusion import fuse_into_dense
 from .modeling import build_dense_model, check_model_path, load_image_classifier
 from .plan import PruningPlan, architecture_fields, config_hash
 from .prune import prune_model, validate_pruning_ratio
 from .replay import load_surrogate, rebuild_surrogate, save_surrogate
+from .support import (
+    check_supported_model,
+    classifier_class_name,
+    family_model_classes,
+    image_classification_classes,
+    refused_model_classes,
+    support_table_markdown,
+)

@@ -11,7 +11,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATIO
 from transformers.utils import logging
 
 from ..utils.hub_ids import WEIGHT_FILES, has_weights, is_hub_id
-from .families import classifier_class_name
+from .support import classifier_class_name
 
 logger = logging.get_logger(__name__)
 

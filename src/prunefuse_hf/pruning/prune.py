@@ -24,9 +24,10 @@ from torch import nn
 from transformers.utils import logging
 
 from ..constants import IMPORTANCES, PIXEL_VALUES, PRUNING_PATH_REPLAY
-from .families import FAMILY_ADAPTERS, attention_heads, check_supported_model, example_pixel_values
+from .families import FAMILY_ADAPTERS, attention_heads, example_pixel_values
 from .plan import PruningPlan, config_hash
 from .replay import kept_indices_by_replay, prune_general, trace_inputs
+from .support import check_supported_model
 
 logger = logging.get_logger(__name__)
 

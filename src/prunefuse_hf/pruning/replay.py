@@ -21,8 +21,9 @@ from torch import nn
 from transformers.utils import logging
 
 from ..constants import PIXEL_VALUES, PRUNING_PATH_REPLAY, PRUNING_PLAN_NAME, SURROGATE_WEIGHTS_NAME
-from .families import DEFAULT_TRACE_IMAGE_SIZE, classifier_class_name, model_image_size
+from .families import DEFAULT_TRACE_IMAGE_SIZE, model_image_size
 from .graph import attention_attributes, build_pruner, fix_attention_attributes, patched_torch_pruning
+from .support import classifier_class_name
 
 logger = logging.get_logger(__name__)
 
@@ -180,6 +181,18 @@ def save_surrogate(model: nn.Module, plan, directory: str | os.PathLike) -> None
         model (`nn.Module`): The surrogate `prune_model` returned (trained or not).
         plan ([`PruningPlan`]): Its plan.
         directory (`str` or `os.PathLike`): Created if missing.
+
+    Example:
+
+    ```python
+    >>> from transformers import MobileNetV1Config, MobileNetV1ForImageClassification
+    >>> from prunefuse_hf import load_surrogate, prune_model, save_surrogate
+    >>> dense = MobileNetV1ForImageClassification(MobileNetV1Config(depth_multiplier=0.25, num_labels=3))
+    >>> surrogate, plan = prune_model(dense, 0.5)
+    >>> save_surrogate(surrogate, plan, "surrogate")
+    >>> type(load_surrogate("surrogate")).__name__
+    'MobileNetV1ForImageClassification'
+    ```
     """
     from safetensors.torch import save_file
 

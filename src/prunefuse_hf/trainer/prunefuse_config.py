@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from ..constants import (
     SURROGATE_INITS,
 )
 from ..selection.strategies import STRATEGIES
+from ..utils.checks import check_boolean, check_choice, check_integer, check_number
 from ..utils.hub_ids import validate_hub_id
 
 
@@ -497,7 +497,7 @@ class PruneFuseConfig(TrainingArguments):
         super().__post_init__()
 
     def _resolve_method(self):
-        _choice("method", self.method, tuple(METHODS))
+        check_choice("method", self.method, tuple(METHODS))
         for name, value in METHODS[self.method].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -509,18 +509,18 @@ class PruneFuseConfig(TrainingArguments):
         return {name: getattr(self, name) for name in preset if getattr(self, name) != preset[name]}
 
     def _validate_prunefuse_fields(self):
-        self.pruning_ratio = _number(
+        self.pruning_ratio = check_number(
             "pruning_ratio",
             self.pruning_ratio,
             lambda v: 0 <= v < 1,
             "a number in [0, 1) (0 = dense selector)",
         )
-        _choice("importance", self.importance, IMPORTANCES)
-        _choice("strategy", self.strategy, tuple(STRATEGIES))
-        _choice("annotation", self.annotation, ANNOTATIONS)
-        _boolean("augment", self.augment)
+        check_choice("importance", self.importance, IMPORTANCES)
+        check_choice("strategy", self.strategy, tuple(STRATEGIES))
+        check_choice("annotation", self.annotation, ANNOTATIONS)
+        check_boolean("augment", self.augment)
         if self.image_size is not None:
-            self.image_size = _integer("image_size", self.image_size, minimum=1)
+            self.image_size = check_integer("image_size", self.image_size, minimum=1)
         if self.class_names is not None:
             if not isinstance(self.class_names, (list, tuple)) or not all(
                 isinstance(name, str) and name for name in self.class_names
@@ -532,50 +532,52 @@ class PruneFuseConfig(TrainingArguments):
             if duplicates:
                 raise ValueError(f"class_names must be distinct; {duplicates} appear more than once.")
             self.class_names = list(self.class_names)
-        self.initial_labeled_size = _integer("initial_labeled_size", self.initial_labeled_size, minimum=0)
+        self.initial_labeled_size = check_integer(
+            "initial_labeled_size", self.initial_labeled_size, minimum=0
+        )
         self.query_size, self.num_rounds = _resolve_rounds(self.query_size, self.num_rounds)
-        self.scoring_batch_size = _integer("scoring_batch_size", self.scoring_batch_size, minimum=1)
-        self.mc_samples = _integer("mc_samples", self.mc_samples, minimum=1)
+        self.scoring_batch_size = check_integer("scoring_batch_size", self.scoring_batch_size, minimum=1)
+        self.mc_samples = check_integer("mc_samples", self.mc_samples, minimum=1)
         if self.selection_seed is not None:
-            self.selection_seed = _integer("selection_seed", self.selection_seed, minimum=0)
+            self.selection_seed = check_integer("selection_seed", self.selection_seed, minimum=0)
 
-        _choice("surrogate_init", self.surrogate_init, SURROGATE_INITS)
+        check_choice("surrogate_init", self.surrogate_init, SURROGATE_INITS)
         if self.surrogate_num_train_epochs is not None:
-            self.surrogate_num_train_epochs = _number(
+            self.surrogate_num_train_epochs = check_number(
                 "surrogate_num_train_epochs",
                 self.surrogate_num_train_epochs,
                 lambda v: v > 0,
                 "a number > 0 or None",
             )
         if self.surrogate_learning_rate is not None:
-            self.surrogate_learning_rate = _number(
+            self.surrogate_learning_rate = check_number(
                 "surrogate_learning_rate",
                 self.surrogate_learning_rate,
                 lambda v: v > 0,
                 "a number > 0 or None",
             )
         if self.surrogate_per_device_train_batch_size is not None:
-            self.surrogate_per_device_train_batch_size = _integer(
+            self.surrogate_per_device_train_batch_size = check_integer(
                 "surrogate_per_device_train_batch_size", self.surrogate_per_device_train_batch_size, minimum=1
             )
 
-        _boolean("fusion", self.fusion)
-        _choice("fusion_init", self.fusion_init, FUSION_INITS)
-        _boolean("copy_norm_stats", self.copy_norm_stats)
-        _boolean("eval_dense_every_round", self.eval_dense_every_round)
-        _boolean("overwrite_output_dir", self.overwrite_output_dir)
-        _boolean("sync_batchnorm", self.sync_batchnorm)
-        _boolean("validate_images", self.validate_images)
+        check_boolean("fusion", self.fusion)
+        check_choice("fusion_init", self.fusion_init, FUSION_INITS)
+        check_boolean("copy_norm_stats", self.copy_norm_stats)
+        check_boolean("eval_dense_every_round", self.eval_dense_every_round)
+        check_boolean("overwrite_output_dir", self.overwrite_output_dir)
+        check_boolean("sync_batchnorm", self.sync_batchnorm)
+        check_boolean("validate_images", self.validate_images)
         if self.cache_pixels is not None:
-            _boolean("cache_pixels", self.cache_pixels)
-        self.sync_every = _integer("sync_every", self.sync_every, minimum=0)
+            check_boolean("cache_pixels", self.cache_pixels)
+        self.sync_every = check_integer("sync_every", self.sync_every, minimum=0)
         if self.sync_every > 0 and not self.fusion:
             raise ValueError(
                 f"sync_every must be 0 when fusion is False, got sync_every={self.sync_every}: re-synchronizing "
                 "fuses the surrogate into the dense model, which fusion=False never does."
             )
 
-        self.distill_alpha = _number(
+        self.distill_alpha = check_number(
             "distill_alpha", self.distill_alpha, lambda v: 0 <= v <= 1, "a number in [0, 1]"
         )
         # Hub ids are checked when the recipe is read, not after the run's training.
@@ -583,7 +585,7 @@ class PruneFuseConfig(TrainingArguments):
         validate_hub_id("hub_subset_id", self.hub_subset_id, repo_type="dataset")
         validate_hub_id("hub_surrogate_id", self.hub_surrogate_id)
         validate_hub_id("hub_query_id", self.hub_query_id, repo_type="dataset")
-        self.distill_temperature = _number(
+        self.distill_temperature = check_number(
             "distill_temperature", self.distill_temperature, lambda v: v > 0, "a number > 0"
         )
 
@@ -662,44 +664,17 @@ def _accelerator_available() -> bool:
     )
 
 
-def _choice(name: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
-
-
-def _boolean(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}.")
-
-
-def _integer(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _number(name: str, value, check, allowed: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or math.isnan(value)
-        or not check(value)
-    ):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
-    return float(value)
-
-
 def _resolve_rounds(query_size, num_rounds) -> tuple[list[int], int]:
     """Normalize `query_size` to a list and settle `num_rounds` (see the `PruneFuseConfig` docstring)."""
     if num_rounds is not None:
-        num_rounds = _integer("num_rounds", num_rounds, minimum=1)
+        num_rounds = check_integer("num_rounds", num_rounds, minimum=1)
     # A YAML or Python int means "this many every round"; the command line (nargs="+") always gives a list.
     sizes = [query_size] if isinstance(query_size, numbers.Integral) else query_size
     if not isinstance(sizes, (list, tuple)) or len(sizes) == 0:
         raise ValueError(
             f"query_size must be an integer >= 1 or a non-empty list of them, got {query_size!r}."
         )
-    sizes = [_integer("query_size", size, minimum=1) for size in sizes]
+    sizes = [check_integer("query_size", size, minimum=1) for size in sizes]
     if len(sizes) == 1:
         return sizes, num_rounds if num_rounds is not None else DEFAULT_NUM_ROUNDS
     if num_rounds is not None and num_rounds != len(sizes):

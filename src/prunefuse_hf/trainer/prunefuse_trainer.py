@@ -55,8 +55,8 @@ from ..data.preprocessing import ImagePreprocessor, PixelDataset
 from ..data.validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
 from ..hub.cards import write_model_card
 from ..hub.push import push_run
-from ..pruning.families import check_supported_model
 from ..pruning.modeling import build_dense_model
+from ..pruning.support import check_supported_model
 from ..selection.scoring import active_dropout_layers
 from ..selection.strategies import get_strategy
 from ..utils.io import redact_secrets

@@ -21,9 +21,9 @@ from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
 from ..annotation.labels import LabelBatch
-from ..annotation.queries import query_directory, query_is_complete, write_query_batch
+from ..annotation.queries import query_directory, write_query_batch
 from ..annotation.rounds import skipped_indices
-from ..annotation.store import LabelStore, oracle_labels
+from ..annotation.store import LabelStore, oracle_labels, query_is_complete
 from ..constants import (
     DENSE_BASE_DIR,
     DENSE_INIT_DIR,

@@ -1,0 +1,224 @@
+"""Which image classifiers a run can prune, decided before any work: the classes of each family (named adapter,
+general path or refused, with the reason and `pruning_ratio: 0`) and the README's support table built from them."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from torch import nn
+
+from .families import FAMILY_ADAPTERS, GENERAL_FAMILIES, REFUSED_FAMILIES, SUPPORTED_FAMILIES
+
+# Why a model class of a supported family other than its `model_class` cannot be a PruneFuse dense model,
+# by how the class name ends (first match wins, so the longer endings come first).
+_REFUSAL_REASONS = (
+    (
+        "ForImageClassificationWithTeacher",
+        "an inference-only distilled classifier: its forward takes no labels, so it cannot be trained, and it "
+        "averages two heads (cls_classifier, distillation_classifier) instead of having one `classifier`",
+    ),
+    (
+        "ForMaskedImageModeling",
+        "a masked-image-modeling (pretraining) model: it reconstructs pixels and has no class logits",
+    ),
+    ("ForSemanticSegmentation", "a semantic-segmentation model: its logits are per pixel, not per image"),
+    (
+        "Backbone",
+        "a backbone that returns feature maps for detection or segmentation heads, without a classifier",
+    ),
+    ("Model", "the bare encoder without a classification head (it returns no logits)"),
+)
+
+
+def family_model_classes(model_type: str) -> tuple[str, ...]:
+    """Names of the model classes the installed transformers offers for a family.
+
+    The classes `AutoModelForImageClassification` maps the `model_type` to, then every other public model class
+    of the family's modeling module (bare model, backbone, other heads); the `*PreTrainedModel` base is left out.
+
+    Args:
+        model_type (`str`): A config `model_type`, e.g. `"deit"`.
+
+    Returns:
+        `tuple[str, ...]`: class names, the image classifiers first.
+
+    Example:
+
+    ```python
+    >>> family_model_classes("deit")
+    ('DeiTForImageClassification', 'DeiTForImageClassificationWithTeacher', 'DeiTForMaskedImageModeling', 'DeiTModel')
+    ```
+    """
+    from transformers import PreTrainedModel
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    names = list(image_classification_classes(model_type))
+    module_name = model_type_to_module_name(model_type)
+    module = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}")
+    public = getattr(module, "__all__", None) or [
+        name
+        for name, value in vars(module).items()
+        if inspect.isclass(value) and value.__module__ == module.__name__
+    ]
+    for name in public:
+        value = getattr(module, name, None)
+        if (
+            inspect.isclass(value)
+            and issubclass(value, PreTrainedModel)
+            and not name.endswith("PreTrainedModel")
+            and name not in names
+        ):
+            names.append(name)
+    return tuple(names)
+
+
+def image_classification_classes(model_type: str) -> tuple[str, ...]:
+    """The classes `AutoModelForImageClassification` maps `model_type` to (empty when it has none)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    classes = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(model_type, ())
+    return tuple(classes) if isinstance(classes, (list, tuple)) else (classes,)
+
+
+def classifier_class_name(model_type: str) -> str:
+    """The class PruneFuse builds and loads for `model_type`: the supported family's `model_class`, otherwise the
+    first (plain) image classifier transformers maps the type to (DeiT-like families also map to a distilled
+    variant second)."""
+    if model_type in FAMILY_ADAPTERS:
+        return FAMILY_ADAPTERS[model_type].model_class
+    classes = image_classification_classes(model_type)
+    if not classes:
+        raise ValueError(f"'{model_type}' has no image-classification model in transformers.")
+    return classes[0]
+
+
+def refused_model_classes() -> dict[str, tuple[str, ...]]:
+    """`{model_type: class names}` of the supported families' classes that `check_supported_model` refuses."""
+    return {
+        model_type: tuple(
+            name
+            for name in family_model_classes(model_type)
+            if name != FAMILY_ADAPTERS[model_type].model_class
+        )
+        for model_type in SUPPORTED_FAMILIES
+    }
+
+
+def check_supported_model(model: nn.Module, *, pruning_ratio: float | None = None) -> None:
+    """Refuse, before a run starts, a model PruneFuse cannot run end to end, naming its class and what to use.
+
+    In a supported family only the family's `model_class` (its `*ForImageClassification`, or a subclass) works:
+    it prunes into a surrogate of the same class, fuses back exactly and is scored through its `classifier`.
+    Every other class of the family (bare `*Model`, `*Backbone`, `*ForMaskedImageModeling`,
+    `*ForSemanticSegmentation`, `DeiTForImageClassificationWithTeacher`) is refused. A model of another family
+    is refused when it is to be pruned (no adapter); with `pruning_ratio=0` (the dense model selects for
+    itself) any image classifier of transformers whose forward takes `labels` is accepted.
+
+    Args:
+        model (`nn.Module`): The dense model a run would start from.
+        pruning_ratio (`float`, *optional*): The run's ratio. `None` (default) or a ratio above 0 means the model
+            will be pruned, so its family must be supported.
+
+    Raises:
+        `ValueError`: the class is not an image classifier PruneFuse can train (the message names the class, the
+            family and the class to use instead).
+        `NotImplementedError`: the family has no pruning support and `pruning_ratio` is not 0.
+
+    Example:
+
+    ```python
+    >>> from transformers import ViTConfig, ViTModel
+    >>> check_supported_model(ViTModel(ViTConfig(num_hidden_layers=1)))
+    Traceback (most recent call last):
+    ValueError: ViTModel (ViT family, model_type 'vit') cannot be a PruneFuse dense model: it is the bare encoder ...
+    ```
+    """
+    class_name = type(model).__name__
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise ValueError(
+            f"{class_name} is not a transformers model (it has no config with a model_type), so it cannot be a "
+            "PruneFuse dense model. Use an HF image classifier such as ResNetForImageClassification."
+        )
+    adapter = FAMILY_ADAPTERS.get(model_type)
+    if adapter is None:
+        if model_type in REFUSED_FAMILIES and (pruning_ratio is None or pruning_ratio > 0):
+            raise NotImplementedError(
+                f"{class_name} (model_type '{model_type}') cannot be pruned: {REFUSED_FAMILIES[model_type]}. "
+                "Use pruning_ratio=0 (the dense model selects for itself) to run PruneFuse with it."
+            )
+        # Any other image classifier takes the general path (`pruning/replay.py`).
+        _check_trainable_image_classifier(model, model_type)
+        return
+    import transformers
+
+    if isinstance(model, getattr(transformers, adapter.model_class)):
+        return
+    reason = next(
+        (why for ending, why in _REFUSAL_REASONS if class_name.endswith(ending)),
+        f"not the image classifier of the {adapter.name} family",
+    )
+    raise ValueError(
+        f"{class_name} ({adapter.name} family, model_type '{model_type}') cannot be a PruneFuse dense model: it is "
+        f"{reason}. Use {adapter.model_class} instead: pass the checkpoint's Hub id or directory (prunefuse-hf "
+        f"loads it as {adapter.model_class}; the encoder weights load and the classification head is trained by the "
+        f"run), or load it yourself with `{adapter.model_class}.from_pretrained(...)`."
+    )
+
+
+def _check_trainable_image_classifier(model: nn.Module, model_type: str) -> None:
+    class_name = type(model).__name__
+    classes = image_classification_classes(model_type)
+    if class_name not in classes:
+        raise ValueError(
+            f"{class_name} (model_type '{model_type}') is not an image classifier, so it cannot be a PruneFuse dense "
+            f"model. Use {' or '.join(classes) if classes else 'a family that has an image classifier'}"
+            f"{' (pass the checkpoint Hub id or directory; it is loaded as that class)' if classes else ''}."
+        )
+    if "labels" not in inspect.signature(type(model).forward).parameters:
+        raise ValueError(
+            f"{class_name} (model_type '{model_type}') cannot be trained: its forward takes no labels. Use "
+            f"{classes[0]} (pass the checkpoint's Hub id or directory; it is loaded as that class)."
+        )
+
+
+def support_table_markdown() -> str:
+    """The README's support table: one row per tested model class with the path its surrogate takes, then the
+    families neither path prunes and the classes that are refused.
+
+    Returns:
+        `str`: a Markdown table (family, `model_type`, model class, path, what narrows by 1 − p, what is kept)
+        followed by the refused families (with the reason) and a line listing every other class transformers offers
+        for the named-adapter families, which `check_supported_model` refuses by name.
+    """
+    rows = [
+        "| family | `model_type` | model class | surrogate path | what narrows by 1 − p | what is kept |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model_type in SUPPORTED_FAMILIES:
+        adapter = FAMILY_ADAPTERS[model_type]
+        rows.append(
+            f"| {adapter.name} | `{model_type}` | `{adapter.model_class}` | narrowed config | {adapter.narrows} "
+            "| the head count; the classifier's outputs |"
+        )
+    for family in GENERAL_FAMILIES.values():
+        rows.append(
+            f"| {family.name} | `{family.model_type}` | `{family.model_class}` | general (replay) | "
+            f"{family.narrows} | {family.keeps} |"
+        )
+    refused = [name for names in refused_model_classes().values() for name in names]
+    rows += [
+        "",
+        "Not prunable (refused by name before a run starts; `pruning_ratio: 0` runs them): "
+        + "; ".join(
+            f"`{image_classification_classes(model_type)[0]}`: {why}"
+            for model_type, why in REFUSED_FAMILIES.items()
+        )
+        + ".",
+        "",
+        "Refused by name before a run starts (bare encoders, backbones, other heads; the error names the class "
+        "to use instead): " + ", ".join(f"`{name}`" for name in refused) + ".",
+    ]
+    return "\n".join(rows)

@@ -37,7 +37,7 @@ SELF_CONTAINED_EXAMPLES = [
     "prunefuse_hf.data.loading.validate_image_dataset",
     "prunefuse_hf.data.labels.resolve_class_names",
     "prunefuse_hf.data.labels.align_eval_labels",
-    "prunefuse_hf.annotation.store.oracle_labels",
+    "prunefuse_hf.annotation.oracle.oracle_labels",
     "prunefuse_hf.data.validation.check_batchnorm_batch_sizes",
     "prunefuse_hf.data.validation.check_labeling_budget",
 ]

@@ -19,9 +19,10 @@ from PIL import Image as PILImage
 
 from conftest import CLASS_NAMES, INDICES, LABELS, NAMES, POOL_SIZE, make_image_dataset, snapshot, write_csv
 from prunefuse_hf.annotation.labels import LabelBatch, LabelError
+from prunefuse_hf.annotation.oracle import oracle_labels
 from prunefuse_hf.annotation.queries import read_query_indices, write_query_batch
 from prunefuse_hf.annotation.readers import read_labels
-from prunefuse_hf.annotation.store import AddResult, LabelStore, oracle_labels
+from prunefuse_hf.annotation.store import AddResult, LabelStore
 from prunefuse_hf.constants import (
     LABEL_STUDIO_CONFIG,
     LABEL_STUDIO_TASKS,

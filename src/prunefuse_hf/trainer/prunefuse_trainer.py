@@ -36,8 +36,6 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import TrainOutput
 from transformers.utils import logging
 
-from ..annotation.labels import LabelBatch
-from ..annotation.readers import read_labels
 from ..annotation.store import ingest_labels
 from ..constants import (
     DENSE_INIT_DIR,
@@ -45,11 +43,8 @@ from ..constants import (
     PIXEL_VALUES,
     STATE_NAME,
 )
-from ..data.forms import as_image_dataset
 from ..data.image_processor import build_image_processor, model_num_channels, pretrained_image_processor
 from ..data.images import first_image
-from ..data.labels import encode_label_names, label_array, resolve_class_names
-from ..data.loading import validate_image_dataset
 from ..data.pool import DataPool
 from ..data.preprocessing import ImagePreprocessor, PixelDataset
 from ..data.validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
@@ -64,7 +59,7 @@ from ..utils.run_directory import RunDirectory, step_name
 from ..utils.run_metrics import build_metrics
 from . import steps
 from .distillation_trainer import compute_accuracy
-from .eval_datasets import labeled_rows, prepare_eval_dataset
+from .inputs import labeled_rows, prepare_eval_dataset, prepare_pool, seed_labels
 from .prunefuse_config import PruneFuseConfig
 from .run_logging import configure_package_logging, describe_fact
 from .run_state import (
@@ -164,40 +159,9 @@ class PruneFuseTrainer(Trainer):
     ):
         args = _as_config(args)
         configure_package_logging(args)
-        if train_dataset is None:
-            raise ValueError(
-                "PruneFuseTrainer needs the pool as `train_dataset` (a datasets.Dataset or a DataPool)."
-            )
-        if isinstance(train_dataset, DataPool):
-            # A DataPool keeps its dataset (its state is tied to it); only a transform or format is taken off.
-            train_dataset.dataset = as_image_dataset(train_dataset.dataset, args.image_column, "the pool")
-        else:
-            train_dataset = DataPool(as_image_dataset(train_dataset, args.image_column, "the pool"))
-        pool = train_dataset
         # ---- every check that can run before anything is built or written ----
-        label_column = args.label_column
-        human = args.annotation == "human"
-        has_labels = label_column in pool.dataset.column_names
-        if has_labels:  # class names (a metadata.csv's labels) become ids, in class_names' order when given
-            pool.dataset = encode_label_names(pool.dataset, label_column, args.class_names, "the pool")
-        validate_image_dataset(
-            pool.dataset, args.image_column, label_column if has_labels or not human else None
-        )
-        self.class_names = resolve_class_names(
-            pool.dataset, label_column if has_labels else None, args.class_names
-        )
-        # Simulation reveals this column (the oracle); with human annotation its labeled rows are seed labels.
-        self._pool_labels = np.full(len(pool), -1, dtype=np.int64)
-        if has_labels:
-            self._pool_labels = label_array(pool.dataset, label_column, len(self.class_names), "the pool")
-        if not human and (self._pool_labels < 0).any():
-            unlabeled = np.flatnonzero(self._pool_labels < 0)
-            raise ValueError(
-                f"The pool has {unlabeled.size} rows without a label (-1 or None in '{label_column}'), e.g. row "
-                f"{int(unlabeled[0])}. Simulated annotation reveals the label column, so every row needs one: drop "
-                "those rows, or set annotation: human to have them labeled by people."
-            )
-        self._seed_labels = self._read_seed_labels(args, pool)
+        pool, self.class_names, self._pool_labels = prepare_pool(train_dataset, args)
+        self._seed_labels = seed_labels(args, pool, self._pool_labels, self.class_names)
         if eval_dataset is not None and not isinstance(eval_dataset, PixelDataset):
             # Checked before anything is decoded; decoded below with the run's processor.
             eval_dataset, _ = labeled_rows(eval_dataset, args, self.class_names, what="the evaluation set")
@@ -208,7 +172,7 @@ class PruneFuseTrainer(Trainer):
         if isinstance(model, PreTrainedModel):
             # Before its label count is compared: a ViTModel or a backbone is refused by its class, not its labels.
             check_supported_model(model, pruning_ratio=args.pruning_ratio)
-        dense = build_dense_model(model, self.class_names, label_column)
+        dense = build_dense_model(model, self.class_names, args.label_column)
         check_supported_model(dense, pruning_ratio=args.pruning_ratio)
         if "mc_probs" in self.strategy.needs:
             active_dropout_layers(dense)  # raises, naming the model, when there is none
@@ -417,26 +381,6 @@ class PruneFuseTrainer(Trainer):
         return ingest_labels(
             self.run_dir.path, source, allow_partial=allow_partial, overwrite=overwrite, **columns
         )
-
-    def _read_seed_labels(self, args, pool: DataPool) -> LabelBatch:
-        indices = (
-            np.flatnonzero(self._pool_labels >= 0) if args.annotation == "human" else np.zeros(0, np.int64)
-        )
-        batch = LabelBatch(indices, self._pool_labels[indices], source=f"dataset:{args.label_column}")
-        if args.seed_labels:
-            from_file = read_labels(args.seed_labels, self.class_names, pool_size=len(pool))
-            both = np.concatenate([batch.pool_indices, from_file.pool_indices])
-            labels = np.concatenate([batch.labels, from_file.labels])
-            unique, first = np.unique(both, return_index=True)
-            batch = LabelBatch(
-                unique, labels[first], source=from_file.source if not len(indices) else "seed labels"
-            )
-        if not len(batch) and not args.initial_labeled_size:
-            raise ValueError(
-                "initial_labeled_size is 0 but there are no seed labels: give seed_labels (a labels file), rows of "
-                "the pool that already have a label (with annotation: human), or an initial_labeled_size > 0."
-            )
-        return batch
 
     # ----- training, scoring, evaluation -------------------------------------------------------
 

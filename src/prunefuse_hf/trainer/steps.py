@@ -21,9 +21,10 @@ from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
 from ..annotation.labels import LabelBatch
+from ..annotation.oracle import oracle_labels
 from ..annotation.queries import query_directory, write_query_batch
 from ..annotation.rounds import skipped_indices
-from ..annotation.store import LabelStore, oracle_labels, query_is_complete
+from ..annotation.store import LabelStore, query_is_complete
 from ..constants import (
     DENSE_BASE_DIR,
     DENSE_INIT_DIR,

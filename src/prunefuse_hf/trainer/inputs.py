@@ -1,4 +1,5 @@
-"""The datasets `evaluate()` and `predict()` are given, as the run's model reads them.
+"""The data a run is given, checked and prepared before any work: the pool (`prepare_pool`), the seed labels, and
+the datasets the evaluation set, `evaluate()` and `predict()` are given, as the run's model reads them.
 
 Whatever a user passes (a raw image dataset of any split, a `DataPool`, a list of images, or the prepared
 `PixelDataset`) goes through the run's own preprocessing: the same image processor, the same pixel cache and, in
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..annotation.labels import LabelBatch
+from ..annotation.readers import read_labels
 from ..data.forms import as_image_dataset
-from ..data.labels import align_eval_labels, encode_label_names, label_array
+from ..data.labels import align_eval_labels, encode_label_names, label_array, resolve_class_names
 from ..data.loading import validate_image_dataset
 from ..data.pool import DataPool
 from ..data.preprocessing import ImagePreprocessor, PixelDataset
@@ -98,3 +101,72 @@ def labeled_rows(dataset, args, class_names: list[str], *, what: str, allow_unla
             "without labels."
         )
     return dataset, labels
+
+
+def prepare_pool(train_dataset, args) -> tuple[DataPool, list[str], np.ndarray]:
+    """
+    The pool a run is given, checked before anything is built or written: any dataset form brought to a map-style
+    `datasets.Dataset` (or refused by name), class-name labels encoded, columns and labels validated.
+
+    Args:
+        train_dataset (`datasets.Dataset`, [`DataPool`] or another form `as_image_dataset` reads): The pool.
+        args ([`PruneFuseConfig`]): The run's settings (`image_column`, `label_column`, `class_names`,
+            `annotation`).
+
+    Returns:
+        `tuple`: the [`DataPool`], the class names, and the pool's label array (`int64`, `-1` = unlabeled).
+
+    Raises:
+        `ValueError`: a form that cannot be used, a missing column, labels out of range, or rows without a label
+            in simulation (the message names the row and the fix).
+    """
+    if train_dataset is None:
+        raise ValueError(
+            "PruneFuseTrainer needs the pool as `train_dataset` (a datasets.Dataset or a DataPool)."
+        )
+    if isinstance(train_dataset, DataPool):
+        # A DataPool keeps its dataset (its state is tied to it); only a transform or format is taken off.
+        train_dataset.dataset = as_image_dataset(train_dataset.dataset, args.image_column, "the pool")
+    else:
+        train_dataset = DataPool(as_image_dataset(train_dataset, args.image_column, "the pool"))
+    pool = train_dataset
+    label_column = args.label_column
+    human = args.annotation == "human"
+    has_labels = label_column in pool.dataset.column_names
+    if has_labels:  # class names (a metadata.csv's labels) become ids, in class_names' order when given
+        pool.dataset = encode_label_names(pool.dataset, label_column, args.class_names, "the pool")
+    validate_image_dataset(pool.dataset, args.image_column, label_column if has_labels or not human else None)
+    class_names = resolve_class_names(pool.dataset, label_column if has_labels else None, args.class_names)
+    # Simulation reveals this column (the oracle); with human annotation its labeled rows are seed labels.
+    pool_labels = np.full(len(pool), -1, dtype=np.int64)
+    if has_labels:
+        pool_labels = label_array(pool.dataset, label_column, len(class_names), "the pool")
+    if not human and (pool_labels < 0).any():
+        unlabeled = np.flatnonzero(pool_labels < 0)
+        raise ValueError(
+            f"The pool has {unlabeled.size} rows without a label (-1 or None in '{label_column}'), e.g. row "
+            f"{int(unlabeled[0])}. Simulated annotation reveals the label column, so every row needs one: drop "
+            "those rows, or set annotation: human to have them labeled by people."
+        )
+    return pool, class_names, pool_labels
+
+
+def seed_labels(args, pool: DataPool, pool_labels: np.ndarray, class_names: list[str]) -> LabelBatch:
+    """The labels a run starts with besides the first query: the pool's labeled rows (with human annotation) and
+    the `seed_labels` file. Raises `ValueError` when there are none and `initial_labeled_size` is 0."""
+    indices = np.flatnonzero(pool_labels >= 0) if args.annotation == "human" else np.zeros(0, np.int64)
+    batch = LabelBatch(indices, pool_labels[indices], source=f"dataset:{args.label_column}")
+    if args.seed_labels:
+        from_file = read_labels(args.seed_labels, class_names, pool_size=len(pool))
+        both = np.concatenate([batch.pool_indices, from_file.pool_indices])
+        labels = np.concatenate([batch.labels, from_file.labels])
+        unique, first = np.unique(both, return_index=True)
+        batch = LabelBatch(
+            unique, labels[first], source=from_file.source if not len(indices) else "seed labels"
+        )
+    if not len(batch) and not args.initial_labeled_size:
+        raise ValueError(
+            "initial_labeled_size is 0 but there are no seed labels: give seed_labels (a labels file), rows of "
+            "the pool that already have a label (with annotation: human), or an initial_labeled_size > 0."
+        )
+    return batch

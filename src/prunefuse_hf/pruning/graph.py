@@ -226,6 +226,19 @@ def modules_feeding_split(graph) -> list[nn.Module]:
     return found
 
 
+def pass_channels_through(node) -> None:
+    """Retype a slice node as element-wise, so that it passes every channel index through (and Torch-Pruning does
+    not re-install the slice's index mapping before each group)."""
+    node.type = tp.ops.OPTYPE.ELEMENTWISE
+    for dep in node.dependencies:
+        if dep.target in node.inputs:
+            dep.index_mapping[0] = None
+    for source in node.inputs:
+        for dep in source.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = None
+
+
 def unmap_channels_last_slices(graph) -> None:
     """Make spatial slices of (batch, height, width, channels) tensors leave channel indices alone.
 
@@ -247,14 +260,7 @@ def unmap_channels_last_slices(graph) -> None:
                 break
         if channels is None or int(sizes[1]) == channels or int(sizes[-1]) != channels:
             continue
-        node.type = tp.ops.OPTYPE.ELEMENTWISE
-        for dep in node.dependencies:
-            if dep.target in node.inputs:
-                dep.index_mapping[0] = None
-        for source in node.inputs:
-            for dep in source.dependencies:
-                if dep.target is node:
-                    dep.index_mapping[0] = None
+        pass_channels_through(node)
 
 
 def _update_concat_index_mapping(graph, cat_node) -> None:

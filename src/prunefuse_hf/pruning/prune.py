@@ -25,6 +25,7 @@ from transformers.utils import logging
 
 from ..constants import IMPORTANCES, PIXEL_VALUES, PRUNING_PATH_REPLAY
 from .families import FAMILY_ADAPTERS, attention_heads, example_pixel_values
+from .graph import pass_channels_through
 from .plan import PruningPlan, config_hash
 from .replay import kept_indices_by_replay, prune_general, trace_inputs
 from .support import check_supported_model
@@ -306,16 +307,8 @@ def _unmap_spatial_slices(graph) -> None:
         ndim = len(node.grad_fn._saved_self_sym_sizes)
         if node.module.dim % ndim == ndim - 1:
             continue
-        # A spatial slice passes every channel through, like an element-wise op; retyping the node
-        # also keeps Torch-Pruning from re-installing the slice mapping before each group.
-        node.type = tp.ops.OPTYPE.ELEMENTWISE
-        for dep in node.dependencies:
-            if dep.target in node.inputs:
-                dep.index_mapping[0] = None
-        for source in node.inputs:
-            for dep in source.dependencies:
-                if dep.target is node:
-                    dep.index_mapping[0] = None
+        # A spatial slice passes every channel through, like an element-wise op.
+        pass_channels_through(node)
 
 
 def _channel_splits(group, graph, heads) -> tuple[int, bool]:

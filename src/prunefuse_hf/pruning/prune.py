@@ -25,7 +25,7 @@ from transformers.utils import logging
 
 from ..constants import IMPORTANCES, PIXEL_VALUES, PRUNING_PATH_REPLAY
 from .families import FAMILY_ADAPTERS, attention_heads, example_pixel_values
-from .graph import pass_channels_through
+from .graph import WRAPPED_MODULES, pass_channels_through
 from .plan import PruningPlan, config_hash
 from .replay import kept_indices_by_replay, prune_general, trace_inputs
 from .support import check_supported_model
@@ -155,15 +155,6 @@ def prune_model(
     return surrogate, plan
 
 
-# Modules whose parameters Torch-Pruning prunes through the module; any other parameter (class tokens,
-# position embeddings, layer scales, GRN) is an "unwrapped" parameter whose channel dimension is its last.
-_WRAPPED_MODULES = (
-    nn.modules.conv._ConvNd,
-    nn.Linear,
-    nn.modules.batchnorm._BatchNorm,
-    nn.LayerNorm,
-    nn.GroupNorm,
-)
 # Fractions tried when a ratio cannot be expressed, to say which would work.
 _CANDIDATE_RATIOS = (0.25, 0.5, 0.75, 0.125, 0.375, 0.625, 0.875)
 
@@ -233,7 +224,7 @@ def _prune_to_widths(working: nn.Module, adapter, target_widths: dict, example_i
     ]
     unwrapped = []
     for module in working.modules():
-        if isinstance(module, _WRAPPED_MODULES):
+        if isinstance(module, WRAPPED_MODULES):
             continue
         for parameter in module.parameters(recurse=False):
             if not any(parameter is p for p in ignored_params) and parameter.ndim > 0:

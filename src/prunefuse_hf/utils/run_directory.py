@@ -21,11 +21,15 @@ from ..constants import (
     POOL_ARRAYS,
     POOL_ARRAYS_PREFIX,
     REPORT_NAME,
+    ROW_DIGESTS,
     SELECTION_NAME,
     STATE_NAME,
     SURROGATE_DIR,
 )
 from .io import atomic_write, json_default
+
+# What the arrays file holds: the pool's arrays, and the labeled rows' pixel digests when the run keeps them.
+_PER_IMAGE = (*POOL_ARRAYS, ROW_DIGESTS)
 
 
 def step_name(kind: str, round_: int = 0) -> str:
@@ -108,21 +112,30 @@ class RunDirectory:
         pool = state.get("pool")
         if isinstance(pool, dict) and pool.get("arrays_file"):
             with np.load(self.path / pool["arrays_file"]) as arrays:
-                pool.update({name: arrays[name] for name in POOL_ARRAYS})
-            self._written_arrays = (pool["arrays_file"], {name: pool[name].copy() for name in POOL_ARRAYS})
+                pool.update({name: arrays[name] for name in arrays.files})
+            self._written_arrays = (
+                pool["arrays_file"],
+                {name: pool[name].copy() for name in _arrays_of(pool)},
+            )
         return state
 
     def pool_arrays_changed(self, state: dict) -> bool:
         """Whether `state["pool"]`'s per-image arrays differ from the ones last written or read."""
         pool = state.get("pool") or {}
         written = self._written_arrays
-        return written is None or any(not _same(written[1][name], pool[name]) for name in POOL_ARRAYS)
+        names = _arrays_of(pool)
+        return (
+            written is None
+            or set(written[1]) != set(names)
+            or any(not _same(written[1][name], pool[name]) for name in names)
+        )
 
     def write_state(self, state: dict) -> Path:
         """
         Write `state.json`, with the pool's per-image arrays (`state["pool"]`'s rounds, labels and scores, numpy
-        arrays from `DataPool.state_dict(as_arrays=True)`) in an `.npz` file beside it, written only when they
-        changed: a step that labels nothing rewrites only the small JSON, whatever the pool's size.
+        arrays from `DataPool.state_dict(as_arrays=True)`, and the labeled rows' pixel digests when given) in an
+        `.npz` file beside it, written only when they changed: a step that labels nothing rewrites only the small
+        JSON, whatever the pool's size.
 
         Each arrays file has a new name and the old one is removed only after `state.json` points to the new
         one, so a crash at any point leaves a state and the arrays it names.
@@ -134,13 +147,13 @@ class RunDirectory:
             previous = self._written_arrays
             revision = int(previous[0].rsplit("-", 1)[1].split(".")[0]) + 1 if previous else 1
             name = f"{POOL_ARRAYS_PREFIX}-{revision}.npz"
-            arrays = {n: pool[n].copy() for n in POOL_ARRAYS}
+            arrays = {n: pool[n].copy() for n in _arrays_of(pool)}
             atomic_write(self.path / name, lambda f: np.savez(f, **arrays), binary=True)
             self._written_arrays = (name, arrays)
         name = self._written_arrays[0]
         light = {
             **state,
-            "pool": {**{k: v for k, v in pool.items() if k not in POOL_ARRAYS}, "arrays_file": name},
+            "pool": {**{k: v for k, v in pool.items() if k not in _PER_IMAGE}, "arrays_file": name},
         }
         path = self.write_json(STATE_NAME, light)
         for stale in self.path.glob(f"{POOL_ARRAYS_PREFIX}-*.npz"):
@@ -172,6 +185,11 @@ class RunDirectory:
         if old_dir.exists():
             shutil.rmtree(old_dir)
         return target
+
+
+def _arrays_of(pool: dict) -> list[str]:
+    """The per-image arrays `pool` holds (the digests are optional)."""
+    return [name for name in _PER_IMAGE if isinstance(pool.get(name), np.ndarray)]
 
 
 def _same(old: np.ndarray, new) -> bool:

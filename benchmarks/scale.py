@@ -6,7 +6,8 @@ Measured in one run on synthetic pools (no download), each size in turn:
    lookahead refresh, the peak extra memory as a multiple of the feature matrix (target: ≤ 1.25x; 1M x 1,024:
    ≤ 60 s for 1,000 picks), on isotropic Gaussian features (`gauss`) and on features clustered around 1,000
    class centres (`clustered`, closer to a trained network's); the previous algorithm (one pass of direct
-   float32 differences per pick) is timed on a few picks and extrapolated;
+   float32 differences per pick) is timed on a few picks and extrapolated; BADGE on the clustered features is
+   timed on 20 picks and extrapolated to `--picks` (a pick is drawn, so no lookahead applies);
 2. finding the pool's image paths: from the Arrow `path` field (now) against casting the column to
    `decode=False` and reading every row (before);
 3. the per-step state: saved as before (every image's round, label and score in indented JSON) and now (the
@@ -125,6 +126,27 @@ def measure_kcenter(n: int, dim: int, picks: int, kind: str) -> dict:
     }  # fmt: skip
 
 
+def measure_badge(n: int, dim: int, picks: int, timed_picks: int = 20) -> dict:
+    """BADGE on the same features and 10-class probabilities: `timed_picks` picks timed, extrapolated to `picks`
+    (each pick is one matrix-vector product over the features: its cost per pick is constant)."""
+    features = make_features(n, dim, "clustered")
+    logits = np.random.default_rng(1).standard_normal((n, 10), dtype=np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    strategy = get_strategy("badge")
+    strategy.select(2, pool_indices=np.arange(8), features=features[:8], probs=probs[:8])  # warm-up
+    timed_picks = min(timed_picks, picks)
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        strategy.select(timed_picks, pool_indices=np.arange(n), features=features, probs=probs)
+        seconds = time.perf_counter() - started
+    return {
+        "pool_size": n, "dim": dim, "timed_picks": timed_picks, "seconds": seconds,
+        "seconds_extrapolated": seconds / timed_picks * picks, "picks": picks,
+        "us_per_image_per_pick": seconds / timed_picks / n * 1e6,
+        "peak_extra_vs_features": memory.extra / features.nbytes,
+    }  # fmt: skip
+
+
 def path_dataset(n: int) -> datasets.Dataset:
     """A pool of `n` embedded images (64 bytes each, with a path), as an image folder loaded with bytes keeps."""
     paths = pa.array([f"/data/pool/class{i % 10}/img{i:07d}.jpg" for i in range(n)])
@@ -179,6 +201,7 @@ def measure_state(n: int) -> dict:
         "pool_size": n, "previous_state_json_bytes": len(previous), "previous_save_seconds": previous_seconds,
         "state_bytes": state_bytes, "save_seconds_no_label": unchanged_seconds,
         "save_seconds_after_labeling": changed_seconds, "resume_read_seconds": resume_seconds,
+        "labeled": pool.num_labeled,
         "us_per_image": changed_seconds / n * 1e6,
     }  # fmt: skip
 
@@ -277,7 +300,7 @@ def main(argv=None) -> dict:
         "config": {"sizes": args.sizes, "dim": args.dim, "picks": args.picks, "kinds": args.kinds},
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform()},
-        "kcenter": [], "image_paths": [], "state": [], "resume": [],
+        "kcenter": [], "badge": [], "image_paths": [], "state": [], "resume": [],
     }  # fmt: skip
     wanted = {args.only} if args.only else {"kcenter", "image_paths", "state", "resume"}
     measures = {"image_paths": measure_paths, "state": measure_state, "resume": measure_resume}
@@ -285,13 +308,17 @@ def main(argv=None) -> dict:
         for kind in args.kinds if "kcenter" in wanted else []:
             result["kcenter"].append(measure_kcenter(n, args.dim, args.picks, kind))
             print(json.dumps(result["kcenter"][-1]), flush=True)
+        if "kcenter" in wanted:
+            result["badge"].append(measure_badge(n, args.dim, args.picks))
+            print(json.dumps(result["badge"][-1]), flush=True)
         for name in sorted(wanted & set(measures)):
             if name == "resume" and args.quick and n != args.sizes[0]:
                 continue  # a smoke run: one real run is enough
             result[name].append(measures[name](n))
             print(json.dumps(result[name][-1]), flush=True)
     # Largest over smallest per-image cost across the sizes: 1.0 is exactly linear growth.
-    keys = {"kcenter": "us_per_image_per_pick", "image_paths": "us_per_image", "state": "us_per_image",
+    keys = {"kcenter": "us_per_image_per_pick", "badge": "us_per_image_per_pick", "image_paths": "us_per_image",
+            "state": "us_per_image",
             "resume": "us_per_image"}  # fmt: skip
     result["growth"] = {}
     for name, key in keys.items():

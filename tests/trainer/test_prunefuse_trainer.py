@@ -28,7 +28,7 @@ from prunefuse_hf.constants import PRUNING_PLAN_NAME
 from prunefuse_hf.pruning import load_surrogate
 from prunefuse_hf.pruning.cost import TRAIN_FLOPS_PER_MAC
 from prunefuse_hf.trainer.prunefuse_trainer import _as_config
-from prunefuse_hf.utils.run_directory import RunDirectoryError
+from prunefuse_hf.utils.run_directory import RunDirectory, RunDirectoryError
 
 NUM_CLASSES = 4
 
@@ -404,7 +404,7 @@ def test_state_json_holds_no_per_image_array_and_a_version_2_run_still_resumes(t
     assert (
         not {"rounds", "labels", "scores", "row_digests"} & set(state["pool"]) and "row_digests" not in state
     )
-    arrays = np.load(tmp_path / state["pool"]["arrays_file"])
+    arrays = RunDirectory(tmp_path).read_state()["pool"]
     assert arrays["rounds"].shape == (96,) and (arrays["rounds"] > 0).sum() == 16
     # A digest for each labeled row, and only for those.
     assert np.array_equal(arrays["row_digests"] != 0, arrays["rounds"] > 0)
@@ -429,7 +429,7 @@ def test_state_json_holds_no_per_image_array_and_a_version_2_run_still_resumes(t
         saved["pool"]["arrays_file"]
     ]
     assert "row_digests" not in saved
-    kept = np.load(tmp_path / saved["pool"]["arrays_file"])["row_digests"]
+    kept = RunDirectory(tmp_path).read_state()["pool"]["row_digests"]
     assert np.array_equal(kept[arrays["rounds"] > 0], arrays["row_digests"][arrays["rounds"] > 0])
 
 

@@ -112,7 +112,7 @@ class RunDirectory:
         pool = state.get("pool")
         if isinstance(pool, dict) and pool.get("arrays_file"):
             with np.load(self.path / pool["arrays_file"]) as arrays:
-                pool.update({name: arrays[name] for name in arrays.files})
+                pool.update(_dense_arrays(arrays, pool["num_examples"]))
             self._written_arrays = (
                 pool["arrays_file"],
                 {name: pool[name].copy() for name in _arrays_of(pool)},
@@ -135,7 +135,8 @@ class RunDirectory:
         Write `state.json`, with the pool's per-image arrays (`state["pool"]`'s rounds, labels and scores, numpy
         arrays from `DataPool.state_dict(as_arrays=True)`, and the labeled rows' pixel digests when given) in an
         `.npz` file beside it, written only when they changed: a step that labels nothing rewrites only the small
-        JSON, whatever the pool's size.
+        JSON, whatever the pool's size. The file holds only the rows that differ from an untouched row (unlabeled,
+        no score, no digest), so its size grows with the labeled set, not with the pool.
 
         Each arrays file has a new name and the old one is removed only after `state.json` points to the new
         one, so a crash at any point leaves a state and the arrays it names.
@@ -148,7 +149,8 @@ class RunDirectory:
             revision = int(previous[0].rsplit("-", 1)[1].split(".")[0]) + 1 if previous else 1
             name = f"{POOL_ARRAYS_PREFIX}-{revision}.npz"
             arrays = {n: pool[n].copy() for n in _arrays_of(pool)}
-            atomic_write(self.path / name, lambda f: np.savez(f, **arrays), binary=True)
+            sparse = _sparse_arrays(arrays)
+            atomic_write(self.path / name, lambda f: np.savez(f, **sparse), binary=True)
             self._written_arrays = (name, arrays)
         name = self._written_arrays[0]
         light = {
@@ -185,6 +187,35 @@ class RunDirectory:
         if old_dir.exists():
             shutil.rmtree(old_dir)
         return target
+
+
+# The value of each per-image array in a row the run has not touched: the arrays file leaves those rows out.
+_UNTOUCHED = {"rounds": 0, "labels": -1, "scores": np.nan, ROW_DIGESTS: 0}
+_SPARSE_ROWS = "rows"
+
+
+def _sparse_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The rows where any array differs from `_UNTOUCHED`, and each array at those rows."""
+    touched = np.zeros(len(arrays["rounds"]), dtype=bool)
+    for name, values in arrays.items():
+        untouched = _UNTOUCHED[name]
+        touched |= ~np.isnan(values) if untouched is np.nan else values != untouched
+    rows = np.flatnonzero(touched)
+    return {_SPARSE_ROWS: rows, **{name: values[rows] for name, values in arrays.items()}}
+
+
+def _dense_arrays(stored, num_examples: int) -> dict[str, np.ndarray]:
+    """The per-image arrays of a file written by `_sparse_arrays` (or, from state version 3, whole)."""
+    if _SPARSE_ROWS not in stored.files:
+        return {name: stored[name] for name in stored.files}
+    rows = stored[_SPARSE_ROWS]
+    arrays = {}
+    for name in stored.files:
+        if name != _SPARSE_ROWS:
+            values = stored[name]
+            arrays[name] = np.full(num_examples, _UNTOUCHED[name], dtype=values.dtype)
+            arrays[name][rows] = values
+    return arrays
 
 
 def _arrays_of(pool: dict) -> list[str]:

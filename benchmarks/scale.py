@@ -299,7 +299,7 @@ def main(argv=None) -> dict:
     result = {
         "config": {"sizes": args.sizes, "dim": args.dim, "picks": args.picks, "kinds": args.kinds},
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(), "load_average_at_start": os.getloadavg()},
         "kcenter": [], "badge": [], "image_paths": [], "state": [], "resume": [],
     }  # fmt: skip
     wanted = {args.only} if args.only else {"kcenter", "image_paths", "state", "resume"}
@@ -325,6 +325,8 @@ def main(argv=None) -> dict:
         for kind in sorted({entry.get("kind") or "" for entry in result[name]}):
             costs = [entry[key] for entry in result[name] if (entry.get("kind") or "") == kind]
             result["growth"][f"{name}/{kind}" if kind else name] = max(costs) / min(costs)
+    # Other work on the machine inflates every time: the load says how quiet the run was.
+    result["machine"]["load_average_at_end"] = os.getloadavg()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {output}")

@@ -6,12 +6,17 @@ Measured in one run on synthetic pools (no download), each size in turn:
    lookahead refresh, the peak extra memory as a multiple of the feature matrix (target: ≤ 1.25x; 1M x 1,024:
    ≤ 60 s for 1,000 picks), on isotropic Gaussian features (`gauss`) and on features clustered around 1,000
    class centres (`clustered`, closer to a trained network's); the previous algorithm (one pass of direct
-   float32 differences per pick) is timed on a few picks and extrapolated;
+   float32 differences per pick) is timed on a few picks and extrapolated; BADGE on the clustered features is
+   timed on 20 picks and extrapolated to `--picks` (a pick is drawn, so no lookahead applies);
 2. finding the pool's image paths: from the Arrow `path` field (now) against casting the column to
    `decode=False` and reading every row (before);
 3. the per-step state: saved as before (every image's round, label and score in indented JSON) and now (the
    arrays in an npz beside `state.json`, rewritten only by a step that labels), and read back for a resume
-   (target at 1M: ≤ 0.1 s per save).
+   (target at 1M: ≤ 0.1 s per save);
+4. a real run (`PruneFuseTrainer`, a tiny ResNet, 8×8 gray images resized to 16 px, pixels cached) on the whole
+   pool, stopped after its first selection and resumed: the seconds from the resumed trainer's construction to
+   the start of its first step (target at 1M: ≤ 10 s), and the trainer's own per-step saves (state, pool arrays
+   and labeled rows' digests) in the steps that label nothing and in the one that labels.
 
 Per-image costs are the seconds divided by the pool size, so a constant per-image cost is linear growth.
 
@@ -34,6 +39,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import torch
+from transformers import TrainerCallback
 
 from prunefuse_hf.data.pool import DataPool
 from prunefuse_hf.selection import get_strategy
@@ -120,6 +126,27 @@ def measure_kcenter(n: int, dim: int, picks: int, kind: str) -> dict:
     }  # fmt: skip
 
 
+def measure_badge(n: int, dim: int, picks: int, timed_picks: int = 20) -> dict:
+    """BADGE on the same features and 10-class probabilities: `timed_picks` picks timed, extrapolated to `picks`
+    (each pick is one matrix-vector product over the features: its cost per pick is constant)."""
+    features = make_features(n, dim, "clustered")
+    logits = np.random.default_rng(1).standard_normal((n, 10), dtype=np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    strategy = get_strategy("badge")
+    strategy.select(2, pool_indices=np.arange(8), features=features[:8], probs=probs[:8])  # warm-up
+    timed_picks = min(timed_picks, picks)
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        strategy.select(timed_picks, pool_indices=np.arange(n), features=features, probs=probs)
+        seconds = time.perf_counter() - started
+    return {
+        "pool_size": n, "dim": dim, "timed_picks": timed_picks, "seconds": seconds,
+        "seconds_extrapolated": seconds / timed_picks * picks, "picks": picks,
+        "us_per_image_per_pick": seconds / timed_picks / n * 1e6,
+        "peak_extra_vs_features": memory.extra / features.nbytes,
+    }  # fmt: skip
+
+
 def path_dataset(n: int) -> datasets.Dataset:
     """A pool of `n` embedded images (64 bytes each, with a path), as an image folder loaded with bytes keeps."""
     paths = pa.array([f"/data/pool/class{i % 10}/img{i:07d}.jpg" for i in range(n)])
@@ -174,7 +201,78 @@ def measure_state(n: int) -> dict:
         "pool_size": n, "previous_state_json_bytes": len(previous), "previous_save_seconds": previous_seconds,
         "state_bytes": state_bytes, "save_seconds_no_label": unchanged_seconds,
         "save_seconds_after_labeling": changed_seconds, "resume_read_seconds": resume_seconds,
+        "labeled": pool.num_labeled,
         "us_per_image": changed_seconds / n * 1e6,
+    }  # fmt: skip
+
+
+class _StepClock(TrainerCallback):
+    """Wall time at which each step's facts are logged (the end of the step) and the step's own seconds; stops
+    the run after its first selection, or after its first step with `first_step_only`."""
+
+    def __init__(self, first_step_only: bool = False):
+        self.logged, self.first_step_only = [], first_step_only
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "seconds" in logs:
+            self.logged.append((time.perf_counter(), logs["seconds"]))
+            if self.first_step_only or logs.get("picked"):
+                control.should_training_stop = True
+
+
+def measure_resume(n: int) -> dict:
+    """A real run on `n` images, stopped after its first selection, then resumed (see the module docstring)."""
+    from transformers import ResNetConfig
+
+    from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+
+    rng = np.random.default_rng(0)
+    budget = min(1000, n // 8)  # labels in the first query and in each round's
+    pool = datasets.Dataset.from_dict(
+        {"image": rng.integers(0, 256, (n, 8, 8), dtype=np.uint8), "label": rng.integers(0, 10, n)},
+        features=datasets.Features({"image": datasets.Array2D((8, 8), "uint8"),
+                                    "label": datasets.ClassLabel(names=[f"c{i}" for i in range(10)])}),
+    )  # fmt: skip
+    model = ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                         num_labels=10)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def config():
+            return PruneFuseConfig(
+                output_dir=f"{tmp}/run", image_size=16, initial_labeled_size=budget, query_size=budget, num_rounds=2,
+                num_train_epochs=1, surrogate_num_train_epochs=1, per_device_train_batch_size=128,
+                scoring_batch_size=4096, cache_pixels=True, disable_tqdm=True, report_to="none", seed=0,
+            )  # fmt: skip
+
+        os.environ["PRUNEFUSE_PIXEL_CACHE"] = f"{tmp}/pixels"
+        saves = []
+        first = PruneFuseTrainer(model, args=config(), train_dataset=pool, callbacks=[_StepClock()])
+        save_state, first_pool = first._save_state, first.pool
+
+        def timed_save():
+            started = time.perf_counter()
+            save_state()
+            saves.append((time.perf_counter() - started, first_pool.num_labeled))
+
+        first._save_state = timed_save
+        started = time.perf_counter()
+        first.train()  # init, train_surrogate:1, select:1
+        first_run = time.perf_counter() - started
+        assert first.progress["completed"][-1] == "select:1", first.progress["completed"]
+        state_bytes = sum(f.stat().st_size for f in Path(f"{tmp}/run").glob("*") if f.is_file())
+        del first
+        clock = _StepClock(first_step_only=True)
+        started = time.perf_counter()
+        resumed = PruneFuseTrainer(model, args=config(), train_dataset=pool, callbacks=[clock])
+        resumed.train(resume_from_checkpoint=True)
+        ended, step_seconds = clock.logged[0]
+        resume_seconds = ended - step_seconds - started
+        next_step = resumed.progress["completed"][-1]
+    return {
+        "pool_size": n, "first_run_seconds": first_run, "resume_seconds": resume_seconds,
+        "first_resumed_step": next_step, "state_bytes": state_bytes,
+        "save_seconds_per_step": [round(s, 4) for s, _ in saves], "labeled_at_save": [k for _, k in saves],
+        "us_per_image": resume_seconds / n * 1e6,
     }  # fmt: skip
 
 
@@ -190,7 +288,9 @@ def main(argv=None) -> dict:
         "--quick", action="store_true", help="2,000 and 4,000 candidates at width 64, 20 picks"
     )
     parser.add_argument("--output", type=Path)
-    parser.add_argument("--only", choices=["kcenter", "image_paths", "state"], help="measure one part only")
+    parser.add_argument(
+        "--only", choices=["kcenter", "image_paths", "state", "resume"], help="measure one part only"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.dim, args.picks = [2000, 4000], 64, 20
@@ -199,25 +299,34 @@ def main(argv=None) -> dict:
     result = {
         "config": {"sizes": args.sizes, "dim": args.dim, "picks": args.picks, "kinds": args.kinds},
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform()},
-        "kcenter": [], "image_paths": [], "state": [],
+                    "platform": platform.platform(), "load_average_at_start": os.getloadavg()},
+        "kcenter": [], "badge": [], "image_paths": [], "state": [], "resume": [],
     }  # fmt: skip
-    wanted = {args.only} if args.only else {"kcenter", "image_paths", "state"}
-    measures = {"image_paths": measure_paths, "state": measure_state}
+    wanted = {args.only} if args.only else {"kcenter", "image_paths", "state", "resume"}
+    measures = {"image_paths": measure_paths, "state": measure_state, "resume": measure_resume}
     for n in args.sizes:
         for kind in args.kinds if "kcenter" in wanted else []:
             result["kcenter"].append(measure_kcenter(n, args.dim, args.picks, kind))
             print(json.dumps(result["kcenter"][-1]), flush=True)
+        if "kcenter" in wanted:
+            result["badge"].append(measure_badge(n, args.dim, args.picks))
+            print(json.dumps(result["badge"][-1]), flush=True)
         for name in sorted(wanted & set(measures)):
+            if name == "resume" and args.quick and n != args.sizes[0]:
+                continue  # a smoke run: one real run is enough
             result[name].append(measures[name](n))
             print(json.dumps(result[name][-1]), flush=True)
     # Largest over smallest per-image cost across the sizes: 1.0 is exactly linear growth.
-    keys = {"kcenter": "us_per_image_per_pick", "image_paths": "us_per_image", "state": "us_per_image"}
+    keys = {"kcenter": "us_per_image_per_pick", "badge": "us_per_image_per_pick", "image_paths": "us_per_image",
+            "state": "us_per_image",
+            "resume": "us_per_image"}  # fmt: skip
     result["growth"] = {}
     for name, key in keys.items():
         for kind in sorted({entry.get("kind") or "" for entry in result[name]}):
             costs = [entry[key] for entry in result[name] if (entry.get("kind") or "") == kind]
             result["growth"][f"{name}/{kind}" if kind else name] = max(costs) / min(costs)
+    # Other work on the machine inflates every time: the load says how quiet the run was.
+    result["machine"]["load_average_at_end"] = os.getloadavg()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {output}")

@@ -9,9 +9,11 @@ VERSION = "0.1.0"
 # ----- the run directory (`output_dir`) -----
 
 STATE_NAME = "state.json"
-# The pool's per-image arrays (round, label, score), beside state.json: `pool_arrays-<revision>.npz`.
+# The pool's per-image arrays (round, label, score; the pixel digest of each labeled row, 0 for the others),
+# beside state.json: `pool_arrays-<revision>.npz`.
 POOL_ARRAYS_PREFIX = "pool_arrays"
 POOL_ARRAYS = ("rounds", "labels", "scores")
+ROW_DIGESTS = "row_digests"
 SELECTION_NAME = "selection.parquet"
 LABELS_NAME = "labels.parquet"
 METRICS_NAME = "metrics.json"

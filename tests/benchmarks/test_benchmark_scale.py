@@ -26,9 +26,15 @@ def test_quick_scale_benchmark_measures_selection_paths_and_state_per_image(tmp_
     for entry in result["state"]:
         # Before, every image's round, label and score went into indented JSON: tens of bytes per image.
         assert entry["previous_state_json_bytes"] > 20 * entry["pool_size"]
-        # Now they are 20 bytes per image in the npz, beside a small state.json.
-        assert 20 * entry["pool_size"] < entry["state_bytes"] < 21 * entry["pool_size"] + 4096
+        # Now the npz holds the labeled rows only (index, round, label, score: 28 bytes), beside a small state.json.
+        assert 28 * entry["labeled"] < entry["state_bytes"] < 29 * entry["labeled"] + 4096
         assert entry["save_seconds_no_label"] > 0 and entry["resume_read_seconds"] > 0
     assert [entry["pool_size"] for entry in result["image_paths"]] == [2000, 4000]
-    assert set(result["growth"]) == {"kcenter/gauss", "image_paths", "state"}
+    (resume,) = result["resume"]  # one real run, stopped after its first selection and resumed
+    assert resume["pool_size"] == 2000 and resume["first_resumed_step"] == "label:2"
+    assert 0 < resume["resume_seconds"] < resume["first_run_seconds"]
+    # Saves after init, label:1, train_surrogate:1 and select:1; only label:1 labeled (250 = 2,000 / 8).
+    assert resume["labeled_at_save"] == [0, 250, 250, 250] and len(resume["save_seconds_per_step"]) == 4
+    assert [entry["timed_picks"] for entry in result["badge"]] == [20, 20]
+    assert set(result["growth"]) == {"kcenter/gauss", "badge", "image_paths", "state", "resume"}
     assert all(ratio >= 1.0 for ratio in result["growth"].values())

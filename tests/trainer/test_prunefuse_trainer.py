@@ -28,7 +28,7 @@ from prunefuse_hf.constants import PRUNING_PLAN_NAME
 from prunefuse_hf.pruning import load_surrogate
 from prunefuse_hf.pruning.cost import TRAIN_FLOPS_PER_MAC
 from prunefuse_hf.trainer.prunefuse_trainer import _as_config
-from prunefuse_hf.utils.run_directory import RunDirectoryError
+from prunefuse_hf.utils.run_directory import RunDirectory, RunDirectoryError
 
 NUM_CLASSES = 4
 
@@ -400,15 +400,21 @@ def _stopped_after_first_selection(output_dir, pool):
 def test_state_json_holds_no_per_image_array_and_a_version_2_run_still_resumes(tmp_path, pool, finished):
     _stopped_after_first_selection(tmp_path, pool)
     state = json.loads((tmp_path / "state.json").read_text())
-    assert state["version"] == 3
-    assert not {"rounds", "labels", "scores"} & set(state["pool"])
-    arrays = np.load(tmp_path / state["pool"]["arrays_file"])
+    assert state["version"] == 4
+    assert (
+        not {"rounds", "labels", "scores", "row_digests"} & set(state["pool"]) and "row_digests" not in state
+    )
+    arrays = RunDirectory(tmp_path).read_state()["pool"]
     assert arrays["rounds"].shape == (96,) and (arrays["rounds"] > 0).sum() == 16
+    # A digest for each labeled row, and only for those.
+    assert np.array_equal(arrays["row_digests"] != 0, arrays["rounds"] > 0)
 
-    # Rewrite it as state version 2 wrote it: the arrays inline as lists (NaN scores as null), no npz.
+    # Rewrite it as state version 2 wrote it: the arrays inline as lists (NaN scores as null), no npz, the
+    # labeled rows' digests as a dict of hex strings.
     state["version"] = 2
     state["pool"].update(rounds=arrays["rounds"].tolist(), labels=arrays["labels"].tolist(),
                          scores=[None if np.isnan(s) else s for s in arrays["scores"].tolist()])  # fmt: skip
+    state["row_digests"] = {str(i): f"{d:016x}" for i, d in enumerate(arrays["row_digests"].tolist()) if d}
     (tmp_path / state["pool"].pop("arrays_file")).unlink()
     (tmp_path / "state.json").write_text(json.dumps(state, indent=2))
 
@@ -419,9 +425,12 @@ def test_state_json_holds_no_per_image_array_and_a_version_2_run_still_resumes(t
     reference = pq.read_table(finished.run_dir.selection_path).to_pydict()
     assert pq.read_table(resumed.run_dir.selection_path).to_pydict()["pool_index"] == reference["pool_index"]
     saved = json.loads((tmp_path / "state.json").read_text())
-    assert saved["version"] == 3 and sorted(p.name for p in tmp_path.glob("pool_arrays-*.npz")) == [
+    assert saved["version"] == 4 and sorted(p.name for p in tmp_path.glob("pool_arrays-*.npz")) == [
         saved["pool"]["arrays_file"]
     ]
+    assert "row_digests" not in saved
+    kept = RunDirectory(tmp_path).read_state()["pool"]["row_digests"]
+    assert np.array_equal(kept[arrays["rounds"] > 0], arrays["row_digests"][arrays["rounds"] > 0])
 
 
 def test_a_run_of_an_unreadable_state_version_is_refused_with_the_fix(tmp_path, pool):
@@ -430,7 +439,7 @@ def test_a_run_of_an_unreadable_state_version_is_refused_with_the_fix(tmp_path, 
     (tmp_path / "state.json").write_text(json.dumps({**state, "version": 1}))
 
     resumed = PruneFuseTrainer(dense_config(), args=make_config(tmp_path), train_dataset=pool)
-    with pytest.raises(ValueError, match=r"state version 1, this one reads versions 2, 3\); finish it with the "
+    with pytest.raises(ValueError, match=r"state version 1, this one reads versions 2, 3, 4\); finish it with the "
                        r"version that started it, or start a new run in another output_dir"):  # fmt: skip
         resumed.train(resume_from_checkpoint=True)
 

@@ -1,9 +1,12 @@
 import datasets
 import numpy as np
+import pytest
 from PIL import Image as PILImage
 
 from conftest import make_image_dataset
-from prunefuse_hf.trainer.run_state import relative_image_paths
+from prunefuse_hf.constants import ROW_DIGESTS
+from prunefuse_hf.trainer.run_state import check_same_pool, relative_image_paths, row_digests
+from prunefuse_hf.utils.run_directory import RunDirectory
 
 
 def _paths_by_reading_the_column(dataset, column):
@@ -50,3 +53,35 @@ def test_relative_image_paths_are_none_for_embedded_images_and_empty_without_an_
 
     assert relative_image_paths(dataset, "image") == [None] * 5
     assert relative_image_paths(dataset, "label") == []
+
+
+# ----- the pool a resume may use -----
+
+
+def _pixels(values: np.ndarray) -> datasets.Dataset:
+    features = datasets.Features({"pixel_values": datasets.Array3D(shape=values.shape[1:], dtype="uint8")})
+    return datasets.Dataset.from_dict({"pixel_values": values}, features=features).with_format("numpy")
+
+
+def test_check_same_pool_compares_the_labeled_rows_and_converts_a_version_3_dict(tmp_path):
+    values = np.random.default_rng(0).integers(0, 256, (40, 1, 4, 4), dtype=np.uint8)
+    labeled = np.array([3, 17, 25])
+    digests = np.zeros(40, dtype=np.uint64)
+    digests[labeled] = row_digests(_pixels(values), labeled)
+    assert (digests[labeled] != 0).all() and len(set(digests[labeled].tolist())) == 3
+    run_dir = RunDirectory(tmp_path)
+
+    kept = check_same_pool({"pool": {"num_examples": 40, ROW_DIGESTS: digests}}, _pixels(values), run_dir)
+    assert np.array_equal(kept, digests)
+    # State version 3 kept them as {"pool index": "hex"} in state.json: the same array comes back.
+    version_3 = {"pool": {"num_examples": 40}, ROW_DIGESTS: {str(i): f"{digests[i]:016x}" for i in labeled}}
+    assert np.array_equal(check_same_pool(version_3, _pixels(values), run_dir), digests)
+
+    # An unlabeled row may change (nobody trained on it); a labeled one may not.
+    values[5] ^= 1
+    check_same_pool({"pool": {"num_examples": 40, ROW_DIGESTS: digests}}, _pixels(values), run_dir)
+    values[17] ^= 1
+    with pytest.raises(
+        ValueError, match=r"1 of the 3 labeled rows checked hold other pixels now \(pool index \[17\]"
+    ):
+        check_same_pool({"pool": {"num_examples": 40, ROW_DIGESTS: digests}}, _pixels(values), run_dir)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from prunefuse_hf.constants import POOL_ARRAYS_PREFIX, STATE_NAME
+from prunefuse_hf.constants import POOL_ARRAYS_PREFIX, ROW_DIGESTS, STATE_NAME
 from prunefuse_hf.utils.io import redact_secrets
 from prunefuse_hf.utils.run_directory import RunDirectory, RunDirectoryError
 
@@ -204,3 +204,28 @@ def test_read_state_reads_a_version_2_state_with_inline_arrays_as_written(tmp_pa
     (tmp_path / STATE_NAME).write_text(json.dumps(old))
 
     assert RunDirectory(tmp_path).read_state() == old
+
+
+def test_the_arrays_file_holds_only_the_touched_rows_and_a_version_3_whole_file_still_reads(tmp_path):
+    size, labeled = 100_000, np.array([7, 42, 99_999])
+    rounds, labels, scores = np.zeros(size), np.full(size, -1), np.full(size, np.nan)
+    rounds[labeled], labels[labeled], scores[labeled[:2]] = 1, [3, 0, 2], [0.9, 0.1]  # a seed label: no score
+    digests = np.zeros(size, dtype=np.uint64)
+    digests[labeled] = [11, 2**63 + 5, 13]
+    pool = {**_pool_state(rounds, labels, scores), ROW_DIGESTS: digests}
+    run_dir = RunDirectory(tmp_path)
+    run_dir.write_state({"version": 4, "pool": pool})
+
+    arrays_file = tmp_path / f"{POOL_ARRAYS_PREFIX}-1.npz"
+    assert arrays_file.stat().st_size < 4096  # 3 rows, not 100,000
+    np.testing.assert_array_equal(np.load(arrays_file)["rows"], labeled)
+    back = RunDirectory(tmp_path).read_state()["pool"]
+    for name in ("rounds", "labels", "scores", ROW_DIGESTS):
+        np.testing.assert_array_equal(back[name], pool[name])
+        assert back[name].dtype == pool[name].dtype
+
+    # State version 3 wrote every row of the three arrays: it reads back as written.
+    np.savez(arrays_file, rounds=pool["rounds"], labels=pool["labels"], scores=pool["scores"])
+    back = RunDirectory(tmp_path).read_state()["pool"]
+    np.testing.assert_array_equal(back["scores"], pool["scores"])
+    assert ROW_DIGESTS not in back

@@ -41,6 +41,7 @@ from ..constants import (
     DENSE_INIT_DIR,
     IMAGE_PATH,
     PIXEL_VALUES,
+    ROW_DIGESTS,
     STATE_NAME,
 )
 from ..data.image_processor import build_image_processor, model_num_channels, pretrained_image_processor
@@ -230,6 +231,7 @@ class PruneFuseTrainer(Trainer):
         self.steps: list[Step] = []
         self._surrogate_cache: tuple[int, PreTrainedModel] | None = None
         self._awaiting_labels: int | None = None
+        self._row_digests: np.ndarray | None = None  # pixel digest of each labeled row (0: not labeled)
         self._image_paths: list | None = None  # of the pool's images, relative to their common folder
 
     # ----- the run -----------------------------------------------------------------------------
@@ -446,17 +448,20 @@ class PruneFuseTrainer(Trainer):
             return
         progress = self.run_dir.read_state()
         check_resumable(progress, current, self.run_dir)
-        check_same_pool(progress, self.pool_pixels, self.run_dir)
+        self._row_digests = check_same_pool(progress, self.pool_pixels, self.run_dir)
         self.pool.load_state_dict(progress["pool"], check_fingerprint=False)
         self.progress = {**progress, "version": STATE_VERSION}  # an older readable state is saved as this one
         dense_init = AutoModelForImageClassification.from_pretrained(self.run_dir / DENSE_INIT_DIR)
         self.model = self.model_wrapped = dense_init.to(self.args.device)
 
     def _save_state(self) -> None:
+        # Only the rows labeled since the last save are read: a save costs O(changes), whatever the pool's size.
+        if self._row_digests is None:
+            self._row_digests = np.zeros(len(self.pool), dtype=np.uint64)
         labeled = self.pool.labeled_indices
-        known = self.progress.setdefault("row_digests", {})
-        new = np.asarray([i for i in labeled.tolist() if str(i) not in known], dtype=np.int64)
-        known.update({str(int(i)): d for i, d in zip(new, row_digests(self.pool_pixels, new))})
+        new = labeled[self._row_digests[labeled] == 0]
+        self._row_digests[new] = row_digests(self.pool_pixels, new)
+        self.progress["pool"][ROW_DIGESTS] = self._row_digests
         if self.is_world_process_zero():
             # The selection file and the pool arrays change only when examples are labeled: a step that labels
             # nothing writes only the small state.json, whatever the pool's size.

@@ -21,11 +21,15 @@ from ..constants import (
     POOL_ARRAYS,
     POOL_ARRAYS_PREFIX,
     REPORT_NAME,
+    ROW_DIGESTS,
     SELECTION_NAME,
     STATE_NAME,
     SURROGATE_DIR,
 )
 from .io import atomic_write, json_default
+
+# What the arrays file holds: the pool's arrays, and the labeled rows' pixel digests when the run keeps them.
+_PER_IMAGE = (*POOL_ARRAYS, ROW_DIGESTS)
 
 
 def step_name(kind: str, round_: int = 0) -> str:
@@ -108,21 +112,31 @@ class RunDirectory:
         pool = state.get("pool")
         if isinstance(pool, dict) and pool.get("arrays_file"):
             with np.load(self.path / pool["arrays_file"]) as arrays:
-                pool.update({name: arrays[name] for name in POOL_ARRAYS})
-            self._written_arrays = (pool["arrays_file"], {name: pool[name].copy() for name in POOL_ARRAYS})
+                pool.update(_dense_arrays(arrays, pool["num_examples"]))
+            self._written_arrays = (
+                pool["arrays_file"],
+                {name: pool[name].copy() for name in _arrays_of(pool)},
+            )
         return state
 
     def pool_arrays_changed(self, state: dict) -> bool:
         """Whether `state["pool"]`'s per-image arrays differ from the ones last written or read."""
         pool = state.get("pool") or {}
         written = self._written_arrays
-        return written is None or any(not _same(written[1][name], pool[name]) for name in POOL_ARRAYS)
+        names = _arrays_of(pool)
+        return (
+            written is None
+            or set(written[1]) != set(names)
+            or any(not _same(written[1][name], pool[name]) for name in names)
+        )
 
     def write_state(self, state: dict) -> Path:
         """
         Write `state.json`, with the pool's per-image arrays (`state["pool"]`'s rounds, labels and scores, numpy
-        arrays from `DataPool.state_dict(as_arrays=True)`) in an `.npz` file beside it, written only when they
-        changed: a step that labels nothing rewrites only the small JSON, whatever the pool's size.
+        arrays from `DataPool.state_dict(as_arrays=True)`, and the labeled rows' pixel digests when given) in an
+        `.npz` file beside it, written only when they changed: a step that labels nothing rewrites only the small
+        JSON, whatever the pool's size. The file holds only the rows that differ from an untouched row (unlabeled,
+        no score, no digest), so its size grows with the labeled set, not with the pool.
 
         Each arrays file has a new name and the old one is removed only after `state.json` points to the new
         one, so a crash at any point leaves a state and the arrays it names.
@@ -134,13 +148,14 @@ class RunDirectory:
             previous = self._written_arrays
             revision = int(previous[0].rsplit("-", 1)[1].split(".")[0]) + 1 if previous else 1
             name = f"{POOL_ARRAYS_PREFIX}-{revision}.npz"
-            arrays = {n: pool[n].copy() for n in POOL_ARRAYS}
-            atomic_write(self.path / name, lambda f: np.savez(f, **arrays), binary=True)
+            arrays = {n: pool[n].copy() for n in _arrays_of(pool)}
+            sparse = _sparse_arrays(arrays)
+            atomic_write(self.path / name, lambda f: np.savez(f, **sparse), binary=True)
             self._written_arrays = (name, arrays)
         name = self._written_arrays[0]
         light = {
             **state,
-            "pool": {**{k: v for k, v in pool.items() if k not in POOL_ARRAYS}, "arrays_file": name},
+            "pool": {**{k: v for k, v in pool.items() if k not in _PER_IMAGE}, "arrays_file": name},
         }
         path = self.write_json(STATE_NAME, light)
         for stale in self.path.glob(f"{POOL_ARRAYS_PREFIX}-*.npz"):
@@ -172,6 +187,40 @@ class RunDirectory:
         if old_dir.exists():
             shutil.rmtree(old_dir)
         return target
+
+
+# The value of each per-image array in a row the run has not touched: the arrays file leaves those rows out.
+_UNTOUCHED = {"rounds": 0, "labels": -1, "scores": np.nan, ROW_DIGESTS: 0}
+_SPARSE_ROWS = "rows"
+
+
+def _sparse_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The rows where any array differs from `_UNTOUCHED`, and each array at those rows."""
+    touched = np.zeros(len(arrays["rounds"]), dtype=bool)
+    for name, values in arrays.items():
+        untouched = _UNTOUCHED[name]
+        touched |= ~np.isnan(values) if untouched is np.nan else values != untouched
+    rows = np.flatnonzero(touched)
+    return {_SPARSE_ROWS: rows, **{name: values[rows] for name, values in arrays.items()}}
+
+
+def _dense_arrays(stored, num_examples: int) -> dict[str, np.ndarray]:
+    """The per-image arrays of a file written by `_sparse_arrays` (or, from state version 3, whole)."""
+    if _SPARSE_ROWS not in stored.files:
+        return {name: stored[name] for name in stored.files}
+    rows = stored[_SPARSE_ROWS]
+    arrays = {}
+    for name in stored.files:
+        if name != _SPARSE_ROWS:
+            values = stored[name]
+            arrays[name] = np.full(num_examples, _UNTOUCHED[name], dtype=values.dtype)
+            arrays[name][rows] = values
+    return arrays
+
+
+def _arrays_of(pool: dict) -> list[str]:
+    """The per-image arrays `pool` holds (the digests are optional)."""
+    return [name for name in _PER_IMAGE if isinstance(pool.get(name), np.ndarray)]
 
 
 def _same(old: np.ndarray, new) -> bool:

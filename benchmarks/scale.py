@@ -13,9 +13,14 @@ Measured in one run on synthetic pools (no download), each size in turn:
    arrays in an npz beside `state.json`, rewritten only by a step that labels), and read back for a resume
    (target at 1M: ≤ 0.1 s per save).
 
+4. the pixel cache of a 224 px pool of a few thousand photo-like JPEG files (`benchmarks/scale_pixel_cache.py`):
+   build rate with 1 process and every core, bytes per image per format (raw, JPEG, PNG) extrapolated to 1.28M
+   images, read and scoring rates against decoding each pass, and the accuracy effect of JPEG.
+
 Per-image costs are the seconds divided by the pool size, so a constant per-image cost is linear growth.
 
     python benchmarks/scale.py                  # full: 100k and 1M, writes benchmarks/results/scale.json
+    python benchmarks/scale.py --only cache     # the pixel cache part alone (merged into the existing results)
     python benchmarks/scale.py --quick          # smoke run, seconds (results go to --output or a temp file)
 """
 
@@ -34,6 +39,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import torch
+from scale_pixel_cache import measure_pixel_cache
 
 from prunefuse_hf.data.pool import DataPool
 from prunefuse_hf.selection import get_strategy
@@ -190,10 +196,31 @@ def main(argv=None) -> dict:
         "--quick", action="store_true", help="2,000 and 4,000 candidates at width 64, 20 picks"
     )
     parser.add_argument("--output", type=Path)
-    parser.add_argument("--only", choices=["kcenter", "image_paths", "state"], help="measure one part only")
+    parser.add_argument(
+        "--only",
+        choices=["kcenter", "image_paths", "state", "cache"],
+        help="measure one part only (merged into the existing output: the other parts' results are kept)",
+    )
+    parser.add_argument(
+        "--cache_images", type=int, default=3000, help="photo-like JPEG files of the cache part"
+    )
+    parser.add_argument(
+        "--cache_image_size", type=int, default=224, help="model input size of the cache part"
+    )
+    parser.add_argument(
+        "--cache_epochs", type=int, default=2, help="training epochs of the cache part's accuracy"
+    )
+    parser.add_argument("--work_dir", type=Path, help="where the cache part keeps its pool files")
+    parser.set_defaults(cache_photo_size=(500, 375))
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.dim, args.picks = [2000, 4000], 64, 20
+        args.cache_images, args.cache_image_size, args.cache_epochs, args.cache_photo_size = (
+            48,
+            32,
+            1,
+            (64, 48),
+        )
     output = args.output or (Path(tempfile.mkdtemp()) / "scale.json" if args.quick else RESULTS)
 
     result = {
@@ -202,7 +229,7 @@ def main(argv=None) -> dict:
                     "platform": platform.platform()},
         "kcenter": [], "image_paths": [], "state": [],
     }  # fmt: skip
-    wanted = {args.only} if args.only else {"kcenter", "image_paths", "state"}
+    wanted = {args.only} if args.only else {"kcenter", "image_paths", "state", "cache"}
     measures = {"image_paths": measure_paths, "state": measure_state}
     for n in args.sizes:
         for kind in args.kinds if "kcenter" in wanted else []:
@@ -218,6 +245,16 @@ def main(argv=None) -> dict:
         for kind in sorted({entry.get("kind") or "" for entry in result[name]}):
             costs = [entry[key] for entry in result[name] if (entry.get("kind") or "") == kind]
             result["growth"][f"{name}/{kind}" if kind else name] = max(costs) / min(costs)
+    if "cache" in wanted:
+        result["cache"] = measure_pixel_cache(args.cache_images, args.cache_image_size, args.cache_epochs,
+                                              work_dir=args.work_dir, score_images=1024,
+                                              photo_size=args.cache_photo_size)  # fmt: skip
+    if args.only and output.is_file():
+        # One part measured again: the others keep their numbers.
+        previous = json.loads(output.read_text())
+        result = {**previous, args.only: result[args.only], "machine": result["machine"]}
+        if args.only != "cache":
+            result["growth"] = {**previous.get("growth", {}), **result["growth"]}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {output}")

@@ -74,6 +74,9 @@ from .run_state import (
 
 logger = logging.get_logger(__name__)
 
+# Below this pool size, starting DataLoader workers (about a second per loader) costs more than they save.
+WORKERS_MIN_IMAGES = 4096
+
 
 @dataclass(frozen=True)
 class Step:
@@ -208,7 +211,8 @@ class PruneFuseTrainer(Trainer):
                 prepared_eval, eval_dataset = prepare_eval_dataset(eval_dataset, self.preprocessor, args,
                                                                    self.class_names)  # fmt: skip
         input_shape = tuple(self.pool_pixels[0][PIXEL_VALUES].shape)
-        if args.dataloader_num_workers == 0 and PixelDataset(self.pool_pixels, [0]).decodes_per_batch:
+        decodes = PixelDataset(self.pool_pixels, [0]).decodes_per_batch
+        if args.dataloader_num_workers == 0 and decodes and len(pool) >= WORKERS_MIN_IMAGES:
             # Batches are decoded (no cache, or a JPEG/PNG one): workers keep decoding off the forward pass's core.
             args.dataloader_num_workers = usable_cores()
             logger.info(

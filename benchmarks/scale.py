@@ -211,16 +211,12 @@ def main(argv=None) -> dict:
         "--cache_epochs", type=int, default=2, help="training epochs of the cache part's accuracy"
     )
     parser.add_argument("--work_dir", type=Path, help="where the cache part keeps its pool files")
-    parser.set_defaults(cache_photo_size=(500, 375))
+    parser.set_defaults(cache_photo_size=(500, 375), cache_build_repeats=(3, 2))
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.dim, args.picks = [2000, 4000], 64, 20
-        args.cache_images, args.cache_image_size, args.cache_epochs, args.cache_photo_size = (
-            48,
-            32,
-            1,
-            (64, 48),
-        )
+        args.cache_images, args.cache_image_size, args.cache_epochs = 48, 32, 1
+        args.cache_photo_size, args.cache_build_repeats = (64, 48), (1, 1)
     output = args.output or (Path(tempfile.mkdtemp()) / "scale.json" if args.quick else RESULTS)
 
     result = {
@@ -248,7 +244,8 @@ def main(argv=None) -> dict:
     if "cache" in wanted:
         result["cache"] = measure_pixel_cache(args.cache_images, args.cache_image_size, args.cache_epochs,
                                               work_dir=args.work_dir, score_images=1024,
-                                              photo_size=args.cache_photo_size)  # fmt: skip
+                                              photo_size=args.cache_photo_size,
+                                              build_repeats=args.cache_build_repeats)  # fmt: skip
     if args.only and output.is_file():
         # One part measured again: the others keep their numbers.
         previous = json.loads(output.read_text())

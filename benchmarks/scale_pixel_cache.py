@@ -4,13 +4,14 @@ A pool of photo-like JPEG files on disk, as a real pool is stored: Fashion-MNIST
 upscaled to 500×375 over a smooth textured background, saved at JPEG quality 90. Preprocessed to 3×224×224, it
 measures, in one run:
 
-1. the cache build with 1 process and with every usable core, back to back (target: ≥ 1.8× on 2 cores);
+1. the cache build with 1 process and with every usable core, back to back, repeated (JPEG 3 times, raw twice;
+   the best of each counts, as other jobs share the cores) (target: ≥ 1.8× on 2 cores);
 2. bytes per image per format (raw, JPEG q90, PNG) and the extrapolation to an ImageNet-sized pool of
    1,281,167 images (target: ≤ 40 GB);
 3. reading the pool (batches of 256 in a shuffled order) from each cache and by decoding the original files each
    pass, in the main process and with DataLoader workers, and scoring it with a small model (`score_pool`);
 4. the accuracy effect of JPEG: a small ResNet trained on raw pixels, evaluated on raw, JPEG and PNG pixels of
-   held-out images (agreement of predictions, accuracy delta), and one trained and evaluated on JPEG pixels.
+   held-out images (agreement of predictions, accuracy delta).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset
 from prunefuse_hf.selection.scoring import score_pool
 
 IMAGENET_IMAGES = 1_281_167
+# ILSVRC-2012's training JPEGs: about 138 GB for 1,281,167 files. Photos hold more detail than the synthetic pool;
+# scaling the measured JPEG cache size by the ratio of source file sizes gives a pessimistic ImageNet estimate.
+IMAGENET_SOURCE_BYTES_PER_IMAGE = 138e9 / IMAGENET_IMAGES
 SIZE_TARGET_BYTES = 40e9
 SPEEDUP_TARGET = 1.8
 PHOTO_SIZE = (500, 375)
@@ -92,17 +96,28 @@ def _build(preprocessor, pool, cache_dir: Path, cache_format: str, num_proc: int
             "bytes": _arrow_bytes(cache_dir), "pixels": pixels}  # fmt: skip
 
 
+class _Batches(torch.utils.data.Dataset):
+    """Whole batches as items (as `score_pool` reads them): one read per batch, no per-example collation."""
+
+    def __init__(self, dataset: PixelDataset, batches: list):
+        self.dataset, self.batches = dataset, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.dataset.batch(self.batches[index])
+
+
 def _read_rate(pixels, count: int, workers: int, seed: int = 0) -> float:
     """Images per second reading every row once in shuffled batches (what an epoch does)."""
-    dataset = PixelDataset(pixels, np.arange(count))
-    sampler = torch.utils.data.BatchSampler(
-        torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)),
-        READ_BATCH,
-        False,
-    )
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers)
+    order = np.random.default_rng(seed).permutation(count)
+    batches = [order[start : start + READ_BATCH].tolist() for start in range(0, count, READ_BATCH)]
+    loader = _Batches(PixelDataset(pixels, np.arange(count)), batches)
+    if workers:
+        loader = torch.utils.data.DataLoader(loader, batch_size=None, num_workers=workers)
     started = time.perf_counter()
-    seen = sum(len(batch["pixel_values"]) for batch in loader)
+    seen = sum(len(batch) for batch in loader)
     assert seen == count
     return count / (time.perf_counter() - started)
 
@@ -116,14 +131,16 @@ def _small_resnet(seed: int = 0) -> ResNetForImageClassification:
 
 def _train(preprocessor, pixels, rows, labels, epochs: int, seed: int = 0) -> torch.nn.Module:
     model = _small_resnet(seed).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    # AdamW learns this task in a couple of epochs (SGD at 0.05 stayed near chance in 2 epochs of 2,000 images).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     dataset = PixelDataset(pixels, rows, labels[rows])
-    generator = torch.Generator().manual_seed(seed)
+    order = np.random.default_rng(seed)
     for _ in range(epochs):
-        for batch in torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, generator=generator):
-            loss = model(
-                pixel_values=preprocessor.normalize(batch["pixel_values"]), labels=batch["labels"]
-            ).loss
+        shuffled = order.permutation(len(rows))
+        for start in range(0, len(rows), 32):
+            positions = shuffled[start : start + 32]
+            pixel_values, batch_labels = dataset.batch(positions), dataset.labels[torch.from_numpy(positions)]
+            loss = model(pixel_values=preprocessor.normalize(pixel_values), labels=batch_labels).loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -155,6 +172,7 @@ def measure_pixel_cache(
     work_dir: Path | None = None,
     score_images: int = 1024,
     photo_size: tuple[int, int] = PHOTO_SIZE,
+    build_repeats: tuple[int, int] = (3, 2),
     log=print,
 ) -> dict:
     """Every measurement of the module docstring; the pool's files are kept in `work_dir` between runs."""
@@ -173,7 +191,7 @@ def measure_pixel_cache(
 
     # 1. Build rate, one process against every core, back to back (twice, the best of each: shared cores).
     builds = []
-    for cache_format, repeats in (("jpeg", 2), ("raw", 1)):
+    for cache_format, repeats in zip(("jpeg", "raw"), build_repeats):
         for _ in range(repeats):
             for num_proc in (1, cores):
                 entry = _build(
@@ -198,6 +216,8 @@ def measure_pixel_cache(
     result["bytes_per_image"] = {fmt: best[(fmt, cores)]["bytes"] / num_images for fmt in pixels}
     result["imagenet_bytes"] = {fmt: per * IMAGENET_IMAGES for fmt, per in result["bytes_per_image"].items()}
     result["imagenet_target_bytes"] = SIZE_TARGET_BYTES
+    detail = IMAGENET_SOURCE_BYTES_PER_IMAGE / result["source_bytes_per_image"]
+    result["imagenet_jpeg_bytes_scaled_by_source_size"] = result["imagenet_bytes"]["jpeg"] * detail
     log(f"bytes per image: {result['bytes_per_image']}")
 
     # 3. Reading and scoring: each cache against decoding the original files at every pass.
@@ -222,16 +242,14 @@ def measure_pixel_cache(
     train_rows, test_rows = np.arange(split), np.arange(split, num_images)
     started = time.perf_counter()
     on_raw = _train(preprocessor, pixels["raw"], train_rows, labels, epochs)
-    on_jpeg = _train(preprocessor, pixels["jpeg"], train_rows, labels, epochs)
     predictions = {
         name: _predict(on_raw, preprocessor, pixels[name], test_rows) for name in ("raw", "jpeg", "png")
     }
-    jpeg_trained = _predict(on_jpeg, preprocessor, pixels["jpeg"], test_rows)
     truth = labels[test_rows]
     accuracy = {name: float((p == truth).mean()) for name, p in predictions.items()}
     result["accuracy"] = {
         "train_images": int(split), "test_images": int(len(test_rows)), "train_seconds": time.perf_counter() - started,
-        "trained_on_raw": accuracy, "trained_and_evaluated_on_jpeg": float((jpeg_trained == truth).mean()),
+        "trained_on_raw": accuracy,
         "agreement_raw_vs_jpeg": float((predictions["raw"] == predictions["jpeg"]).mean()),
         "agreement_raw_vs_png": float((predictions["raw"] == predictions["png"]).mean()),
         "accuracy_delta_jpeg": accuracy["jpeg"] - accuracy["raw"],

@@ -4,11 +4,11 @@ One image processor describes the whole preprocessing of a run: the pretrained m
 from the run's settings (size, channels, mean and std 0.5). It is split in two halves:
 
 - **geometry** (decode, channel mode, resize / crop) turns every image into `uint8` pixels of the model's
-  size and channel count. It runs once per run: the pixels are stored with `datasets` (an Arrow file,
-  memory-mapped, keyed by the pool's fingerprint and the processor), so every scoring pass, every training
-  epoch and every evaluation reads them instead of decoding the same files again, and a second run or a
-  resume reuses the file. Decoding every image up front is also where damaged files are found, before any
-  training, with the file named in the error.
+  size and channel count. It runs once per run, on every core: the pixels are stored with `datasets` (Arrow
+  files, memory-mapped, keyed by the pool's fingerprint, the processor and the format: raw, or JPEG / PNG for
+  large pools, see `pixel_cache.py`), so every scoring pass, every training epoch and every evaluation reads
+  them instead of decoding the original files again, and a second run or a resume reuses them. Decoding every
+  image up front is also where damaged files are found, before any training, with the file named in the error.
 - **normalization** (rescale, mean / std, training augmentation) runs on tensors, on the device, batch by batch.
 
 The two halves give exactly the processor's own output (tested), and the processor is saved with every

@@ -190,6 +190,21 @@ def test_a_damaged_file_is_named_while_caching(tmp_path):
         preprocessor.pixel_dataset(dataset, cache_dir=tmp_path / "cache")
 
 
+def test_a_damaged_file_is_named_when_two_processes_build_the_cache(tmp_path):
+    folder = tmp_path / "pool" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(40):
+        PIL.Image.new("RGB", (8, 8), (i, i, i)).save(folder / f"{i:02d}.png")
+    # Row 1 is not among the timed sample's rows (spread over the pool): a building process meets it.
+    damaged = folder / "01.png"
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    dataset = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "pool"), split="train")
+    preprocessor = preprocessor_for(tiny_resnet_config(), image_size=8)
+    with pytest.raises(ImageDecodeError, match=r"01\.png at pool index 1"):
+        preprocessor.pixel_dataset(dataset, cache_dir=tmp_path / "cache", num_proc=2)
+    assert not list((tmp_path / "cache").glob("*.json"))  # nothing marks the interrupted build as complete
+
+
 def previous_augmentation(pixel_values, padding):
     """The package's earlier per-example loop, kept as the reference of the vectorized one."""
     _, _, height, width = pixel_values.shape

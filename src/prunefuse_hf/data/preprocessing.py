@@ -285,7 +285,7 @@ class ImagePreprocessor:
             with_indices=True,
             remove_columns=images.column_names,
             features=datasets.Features({PIXEL_VALUES: feature}),
-            fn_kwargs={"cache_format": stored_format},
+            fn_kwargs={"cache_format": stored_format, "one_thread": bool(num_proc and num_proc > 1)},
             cache_file_name=str(cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.arrow"),
             load_from_cache_file=not building,
             new_fingerprint=key,
@@ -338,7 +338,12 @@ class ImagePreprocessor:
                  JPEG_QUALITY if cache_format == "jpeg" else None]  # fmt: skip
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
-    def _map_batch(self, batch: dict, indices: list[int], cache_format: str = "raw") -> dict:
+    def _map_batch(
+        self, batch: dict, indices: list[int], cache_format: str = "raw", one_thread: bool = False
+    ):
+        if one_thread and torch.get_num_threads() != 1:
+            # One building process per core: torch's own threads would only compete with the other processes.
+            torch.set_num_threads(1)
         pixels = self.to_pixels(batch[self.image_column], indices).numpy()
         return {PIXEL_VALUES: pixels if cache_format == "raw" else encode_pixels(pixels, cache_format)}
 

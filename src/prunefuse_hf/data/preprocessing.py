@@ -225,7 +225,16 @@ class ImagePreprocessor:
                 logger.info(
                     f"Reading the cached pixels of {len(dataset):,} images ({stored_format}) from {cache_dir}"
                 )
-                return self._cached(images, cache_dir, key, stored_format, shape, num_proc=None, desc=desc)
+                return self._cached(
+                    images,
+                    cache_dir,
+                    key,
+                    stored_format,
+                    shape,
+                    num_proc=None,
+                    desc=desc,
+                    fingerprint=dataset._fingerprint,
+                )
 
         sample = self._sample(images, formats)
         stored_format = choose_format(cache_format, len(dataset) * math.prod(shape))
@@ -265,9 +274,20 @@ class ImagePreprocessor:
         # A build of more than a minute is worth seeing at the default verbosity.
         (logger.warning if seconds > 60 else logger.info)(message)
         key = self.cache_key(dataset, stored_format)
-        return self._cached(images, cache_dir, key, stored_format, shape, num_proc=num_proc, desc=desc)
+        return self._cached(
+            images,
+            cache_dir,
+            key,
+            stored_format,
+            shape,
+            num_proc=num_proc,
+            desc=desc,
+            fingerprint=dataset._fingerprint,
+        )
 
-    def _cached(self, images, cache_dir: Path, key: str, stored_format: str, shape, *, num_proc, desc):
+    def _cached(
+        self, images, cache_dir: Path, key: str, stored_format: str, shape, *, num_proc, desc, fingerprint
+    ):
         """Build the cache `key` (or read it when complete) and return it in the format `PixelDataset` reads."""
         building = not is_complete(cache_dir, key)
         if building:
@@ -298,7 +318,7 @@ class ImagePreprocessor:
             processor = self.image_processor
             write_description(cache_dir, key, {
                 "files": [path.name for path in files], "num_images": len(pixels), "shape": list(shape),
-                "format": stored_format, "dataset_fingerprint": images._fingerprint, "num_proc": num_proc or 1,
+                "format": stored_format, "dataset_fingerprint": fingerprint, "num_proc": num_proc or 1,
                 "build_seconds": round(seconds, 3), "processor": describe_processor(processor),
                 "image_processor": processor.to_dict(),
             })  # fmt: skip

@@ -63,6 +63,8 @@ class PixelCacheInfo:
             was written by a version before descriptions: nothing reads it again).
         num_images (`int`, *optional*), shape (`tuple`, *optional*), cache_format (`str`, *optional*),
         processor (`str`, *optional*), dataset_fingerprint (`str`, *optional*): From the description.
+        description (`dict`): The whole description (`pixels-<key>.json`; empty without one), e.g. the image
+            processor's settings under `"image_processor"` and the build's `"num_proc"` and `"build_seconds"`.
 
     Example:
 

@@ -18,9 +18,14 @@ Measured in one run on synthetic pools (no download), each size in turn:
    the start of its first step (target at 1M: ≤ 10 s), and the trainer's own per-step saves (state, pool arrays
    and labeled rows' digests) in the steps that label nothing and in the one that labels.
 
+4. the pixel cache of a 224 px pool of a few thousand photo-like JPEG files (`benchmarks/scale_pixel_cache.py`):
+   build rate with 1 process and every core, bytes per image per format (raw, JPEG, PNG) extrapolated to 1.28M
+   images, read and scoring rates against decoding each pass, and the accuracy effect of JPEG.
+
 Per-image costs are the seconds divided by the pool size, so a constant per-image cost is linear growth.
 
     python benchmarks/scale.py                  # full: 100k and 1M, writes benchmarks/results/scale.json
+    python benchmarks/scale.py --only cache     # the pixel cache part alone (merged into the existing results)
     python benchmarks/scale.py --quick          # smoke run, seconds (results go to --output or a temp file)
 """
 
@@ -39,6 +44,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import torch
+from scale_pixel_cache import measure_pixel_cache
 from transformers import TrainerCallback
 
 from prunefuse_hf.data.pool import DataPool
@@ -289,11 +295,26 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--output", type=Path)
     parser.add_argument(
-        "--only", choices=["kcenter", "image_paths", "state", "resume"], help="measure one part only"
+        "--only",
+        choices=["kcenter", "image_paths", "state", "resume", "cache"],
+        help="measure one part only (merged into the existing output: the other parts' results are kept)",
     )
+    parser.add_argument(
+        "--cache_images", type=int, default=3000, help="photo-like JPEG files of the cache part"
+    )
+    parser.add_argument(
+        "--cache_image_size", type=int, default=224, help="model input size of the cache part"
+    )
+    parser.add_argument(
+        "--cache_epochs", type=int, default=2, help="training epochs of the cache part's accuracy"
+    )
+    parser.add_argument("--work_dir", type=Path, help="where the cache part keeps its pool files")
+    parser.set_defaults(cache_photo_size=(500, 375), cache_build_repeats=(3, 2))
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.dim, args.picks = [2000, 4000], 64, 20
+        args.cache_images, args.cache_image_size, args.cache_epochs = 48, 32, 1
+        args.cache_photo_size, args.cache_build_repeats = (64, 48), (1, 1)
     output = args.output or (Path(tempfile.mkdtemp()) / "scale.json" if args.quick else RESULTS)
 
     result = {
@@ -302,7 +323,7 @@ def main(argv=None) -> dict:
                     "platform": platform.platform(), "load_average_at_start": os.getloadavg()},
         "kcenter": [], "badge": [], "image_paths": [], "state": [], "resume": [],
     }  # fmt: skip
-    wanted = {args.only} if args.only else {"kcenter", "image_paths", "state", "resume"}
+    wanted = {args.only} if args.only else {"kcenter", "image_paths", "state", "resume", "cache"}
     measures = {"image_paths": measure_paths, "state": measure_state, "resume": measure_resume}
     for n in args.sizes:
         for kind in args.kinds if "kcenter" in wanted else []:
@@ -325,8 +346,20 @@ def main(argv=None) -> dict:
         for kind in sorted({entry.get("kind") or "" for entry in result[name]}):
             costs = [entry[key] for entry in result[name] if (entry.get("kind") or "") == kind]
             result["growth"][f"{name}/{kind}" if kind else name] = max(costs) / min(costs)
+    if "cache" in wanted:
+        result["cache"] = measure_pixel_cache(args.cache_images, args.cache_image_size, args.cache_epochs,
+                                              work_dir=args.work_dir, score_images=1024,
+                                              photo_size=args.cache_photo_size,
+                                              build_repeats=args.cache_build_repeats)  # fmt: skip
     # Other work on the machine inflates every time: the load says how quiet the run was.
     result["machine"]["load_average_at_end"] = os.getloadavg()
+    if args.only and output.is_file():
+        # One part measured again: the others keep their numbers (k-center's run measures BADGE too).
+        previous = json.loads(output.read_text())
+        parts = ["kcenter", "badge"] if args.only == "kcenter" else [args.only]
+        result = {**previous, **{part: result[part] for part in parts}, "machine": result["machine"]}
+        if args.only != "cache":
+            result["growth"] = {**previous.get("growth", {}), **result["growth"]}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {output}")

@@ -11,6 +11,7 @@ from .annotation.store import LabelStore
 from .constants import VERSION as __version__  # noqa: F401
 from .data.image_processor import build_image_processor
 from .data.loading import load_image_dataset
+from .data.pixel_cache import clear_pixel_caches, list_pixel_caches
 from .data.pool import DataPool
 from .data.preprocessing import ImagePreprocessor
 from .hub.pipeline_ready import export_rgb_checkpoint
@@ -38,10 +39,12 @@ __all__ = [
     "PruneFuseTrainer",
     "PruningPlan",
     "build_image_processor",
+    "clear_pixel_caches",
     "compute_accuracy",
     "fuse_into_dense",
     "get_strategy",
     "keep_freed_memory",
+    "list_pixel_caches",
     "load_image_dataset",
     "load_subset",
     "load_surrogate",

@@ -72,6 +72,16 @@ SUBSET_EXAMPLES_DIR = "examples"
 # ----- columns -----
 
 PIXEL_VALUES = "pixel_values"
+
+# ----- the pixel cache -----
+
+# How cached pixels are stored: "raw" uint8 arrays (read without decoding), "jpeg" (lossy, about a tenth of raw
+# at 224 px) or "png" (lossless) bytes decoded per batch; "auto" picks (see `prunefuse_hf.data.pixel_cache`).
+PIXEL_CACHE_FORMATS = ("auto", "raw", "jpeg", "png")
+# A cache of key K is `pixels-K.arrow` (or `pixels-K_00000_of_0000N.arrow` shards, one per building process)
+# with its description `pixels-K.json`, written once the build is complete.
+PIXEL_CACHE_PREFIX = "pixels-"
+PIXEL_CACHE_DIR_ENV = "PRUNEFUSE_PIXEL_CACHE"
 LABELS = "labels"
 POOL_INDEX = "pool_index"
 SOURCE_INDEX = "source_index"

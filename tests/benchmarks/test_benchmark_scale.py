@@ -12,8 +12,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scale.py"
 def test_quick_scale_benchmark_measures_selection_paths_and_state_per_image(tmp_path):
     output = tmp_path / "scale.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--output", str(output), "--kinds", "gauss"],
-                   env=env, check=True, capture_output=True, text=True)  # fmt: skip
+    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--output", str(output), "--kinds", "gauss",
+                    "--work_dir", str(tmp_path / "work")], env=env, check=True, capture_output=True, text=True)  # fmt: skip
 
     result = json.loads(output.read_text())
     assert result["config"] == {"sizes": [2000, 4000], "dim": 64, "picks": 20, "kinds": ["gauss"]}
@@ -38,3 +38,25 @@ def test_quick_scale_benchmark_measures_selection_paths_and_state_per_image(tmp_
     assert [entry["timed_picks"] for entry in result["badge"]] == [20, 20]
     assert set(result["growth"]) == {"kcenter/gauss", "badge", "image_paths", "state", "resume"}
     assert all(ratio >= 1.0 for ratio in result["growth"].values())
+
+    cache = result["cache"]
+    assert cache["config"]["num_images"] == 48 and cache["config"]["image_size"] == 32
+    # Quick mode builds each format once per process count.
+    expected = [("jpeg", 1), ("jpeg", 2), ("raw", 1), ("raw", 2), ("png", 2)]
+    assert [(b["format"], b["num_proc"]) for b in cache["build"]] == expected or cache["config"]["cores"] == 1
+    # Raw pixels are C×H×W bytes per image plus the Arrow file's metadata (a few KB); the compact formats are smaller.
+    assert 3 * 32 * 32 <= cache["bytes_per_image"]["raw"] < 3 * 32 * 32 * 1.25
+    assert (
+        cache["bytes_per_image"]["jpeg"] < cache["bytes_per_image"]["png"] < cache["bytes_per_image"]["raw"]
+    )
+    assert cache["imagenet_bytes"]["raw"] == cache["bytes_per_image"]["raw"] * 1_281_167
+    assert set(cache["read_images_per_second"]) == {"raw/workers=0", "jpeg/workers=0", "jpeg/workers=2",
+                                                    "png/workers=0", "png/workers=2", "decode/workers=0",
+                                                    "decode/workers=2"}  # fmt: skip
+    accuracy = cache["accuracy"]
+    # PNG is lossless: the same predictions as the raw pixels.
+    assert (
+        accuracy["agreement_raw_vs_png"] == 1.0
+        and accuracy["trained_on_raw"]["png"] == accuracy["trained_on_raw"]["raw"]
+    )
+    assert (accuracy["train_images"], accuracy["test_images"]) == (32, 16)

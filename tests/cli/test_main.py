@@ -1,12 +1,14 @@
-"""The `prunefuse-hf prune` and `fuse` commands (run, compare, push and label are tested with their modules)."""
+"""The `prunefuse-hf prune`, `fuse` and `cache` commands (run, compare, push and label are tested with their
+modules)."""
 
 import pytest
 import torch
 from transformers import AutoModelForImageClassification
 
-from conftest import general_dense_model, tiny_resnet_config
-from prunefuse_hf import PruningPlan
+from conftest import general_dense_model, make_image_dataset, tiny_resnet_config
+from prunefuse_hf import PruningPlan, build_image_processor
 from prunefuse_hf.cli.main import main
+from prunefuse_hf.data.preprocessing import ImagePreprocessor
 from prunefuse_hf.pruning import load_surrogate
 from prunefuse_hf.pruning.plan import config_hash
 
@@ -116,3 +118,51 @@ def _assert_fusing_the_untrained_surrogate_changes_nothing(surrogate_dir, fused_
     dense = AutoModelForImageClassification.from_pretrained(dense_dir)
     for (name, a), b in zip(fused.state_dict().items(), dense.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def cached_pool(cache_dir, size, cache_format):
+    """Build the pixel cache of a 10-image pool at `size` px; its key."""
+    dataset = make_image_dataset(10, size=size, mode="RGB", seed=size)
+    preprocessor = ImagePreprocessor(
+        build_image_processor(tiny_resnet_config(), image_size=size), num_channels=3
+    )
+    preprocessor.pixel_dataset(dataset, cache_dir=cache_dir, cache_format=cache_format)
+    return preprocessor.cache_key(dataset, cache_format)
+
+
+def test_cache_list_and_clear_from_the_command_line(tmp_path, capsys):
+    raw, png = cached_pool(tmp_path, 16, "raw"), cached_pool(tmp_path, 20, "png")
+    assert main(["cache", "list", "--cache_dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["key", "size", "images", "shape", "format", "last", "used", "processor"]
+    assert lines[1].split()[0] == png and lines[1].split()[3:6] == ["10", "3×20×20", "png"]
+    assert lines[2].split()[0] == raw and lines[2].split()[3:6] == ["10", "3×16×16", "raw"]
+    assert lines[3].startswith("2 caches, ") and lines[3].endswith(f" in {tmp_path}")
+
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path), "--older-than", "0", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("would remove 2 caches, ")
+    assert main(["cache", "clear", "--cache_dir", str(tmp_path), raw[:8]]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith(f"removed {raw} (")
+    assert main(["cache", "clear", "--cache_dir", str(tmp_path), "--all"]) == 0
+    assert main(["cache", "list", "--cache_dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"no pixel caches in {tmp_path}"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            [],
+            "say which caches to remove: --older_than DAYS, KEY ... (from `prunefuse-hf cache list`), or --all.",
+        ),
+        (["--older_than", "-2"], "older_than_days must be a number >= 0, got -2.0."),
+        (["feedbeef"], "Key 'feedbeef' matches no cache in"),
+    ],
+)
+def test_cache_clear_refuses_a_missing_or_bad_selector_with_the_fix(tmp_path, capsys, arguments, message):
+    key = cached_pool(tmp_path, 16, "raw")
+    capsys.readouterr()  # the build's progress bar
+    assert main(["cache", "clear", "--cache_dir", str(tmp_path), *arguments]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prunefuse-hf cache: error: ") and message in err and "Traceback" not in err
+    assert (tmp_path / f"pixels-{key}.json").is_file()

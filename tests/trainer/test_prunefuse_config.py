@@ -90,6 +90,12 @@ def test_every_field_has_help():
         ("sync_every", -1, r"sync_every must be an integer >= 0, got -1"),
         ("distill_alpha", 1.5, r"distill_alpha must be a number in \[0, 1\], got 1.5"),
         ("distill_temperature", 0, r"distill_temperature must be a number > 0, got 0"),
+        (
+            "pixel_cache_format",
+            "webp",
+            r"pixel_cache_format must be one of 'auto', 'raw', 'jpeg', 'png', got 'webp'",
+        ),
+        ("dataset_num_proc", 0, r"dataset_num_proc must be an integer >= 1, got 0"),
     ],
 )
 def test_invalid_values_raise_naming_field_and_value(field_name, value, message):

@@ -707,6 +707,24 @@ def test_a_damaged_image_found_mid_run_can_be_repaired_and_the_run_resumes(tmp_p
     assert resumed.done
 
 
+@pytest.mark.parametrize(
+    ("cache", "gets_workers"),
+    [(dict(cache_pixels=False), True), (dict(), False), (dict(pixel_cache_format="jpeg"), True)],
+    ids=["no-cache", "raw-cache", "jpeg-cache"],
+)
+def test_decoded_batches_get_dataloader_workers_unless_set(tmp_path, pool, monkeypatch, cache, gets_workers):
+    from prunefuse_hf.data.pixel_cache import usable_cores
+    from prunefuse_hf.trainer import prunefuse_trainer
+
+    monkeypatch.setattr(prunefuse_trainer, "WORKERS_MIN_IMAGES", 50)
+    monkeypatch.setenv("PRUNEFUSE_PIXEL_CACHE", str(tmp_path / "cache"))
+    trainer = PruneFuseTrainer(dense_config(), args=make_config(tmp_path / "run", validate_images=False, **cache),
+                               train_dataset=pool)  # fmt: skip
+    assert trainer.args.dataloader_num_workers == (usable_cores() if gets_workers else 0)
+    chosen = make_config(tmp_path / "run2", dataloader_num_workers=1, **cache)
+    assert PruneFuseTrainer(dense_config(), args=chosen, train_dataset=pool).args.dataloader_num_workers == 1
+
+
 def test_a_resumed_run_reuses_the_pixel_cache(tmp_path, pool, monkeypatch):
     class StopAtOnce(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):

@@ -8,6 +8,7 @@ Subcommands:
     push      push a finished run to the Hub: fused model + card, selected subset, surrogate
     label     bring annotators' labels for a run's open query (annotation: human), then resume the run
     label-studio push|pull   send the open query to a running Label Studio / pull its export and ingest it
+    cache list|clear         list the pixel caches (size, images, format, last use) / remove old ones
 
 Also runnable as `python -m prunefuse_hf.cli ...` (and so under `accelerate launch -m`).
 """
@@ -26,6 +27,7 @@ from ..constants import (
     LABEL_STUDIO_DOCUMENT_ROOT_ENV,
     LABEL_STUDIO_TOKEN_ENV,
     LABEL_STUDIO_URL_ENV,
+    PIXEL_CACHE_DIR_ENV,
     PRUNING_PATH_REPLAY,
     PRUNING_PLAN_NAME,
     RESOLUTIONS,
@@ -284,6 +286,71 @@ def _label_studio_pull(args) -> None:
     _ingest(args, path, ingest_labels)
 
 
+def _add_cache_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cache", help="List the pixel caches of runs (decoded, resized pools) or remove old ones."
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser(
+        "list", help="One line per cache: key, size, images, shape, format, last use."
+    )
+    clear = actions.add_parser(
+        "clear", help="Remove caches (a run rebuilds its cache when it needs it): by age, by key, or all."
+    )
+    for action in (listing, clear):
+        action.add_argument(
+            "--cache_dir",
+            "--cache-dir",
+            help=f"Cache folder (default: ${PIXEL_CACHE_DIR_ENV}, else the datasets cache).",
+        )
+    clear.add_argument("keys", nargs="*", metavar="KEY", help="Keys (or unique prefixes) from `cache list`.")
+    clear.add_argument(
+        "--older_than",
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="Remove caches last used over DAYS ago.",
+    )
+    clear.add_argument("--all", action="store_true", help="Remove every cache.")
+    clear.add_argument("--dry_run", "--dry-run", action="store_true", help="Only show what would be removed.")
+    listing.set_defaults(func=_cache_list)
+    clear.set_defaults(func=_cache_clear)
+
+
+def _cache_list(args) -> None:
+    from ..data.pixel_cache import format_bytes, list_pixel_caches, resolve_cache_dir
+
+    caches = list_pixel_caches(args.cache_dir)
+    directory = resolve_cache_dir(args.cache_dir)
+    if not caches:
+        print(f"no pixel caches in {directory}")
+        return
+    print(f"{'key':26}{'size':>10}{'images':>11}  {'shape':13}{'format':8}{'last used':18}processor")
+    for info in caches:
+        shape = "×".join(map(str, info.shape)) if info.shape else "?"
+        images = f"{info.num_images:,}" if info.num_images is not None else "?"
+        fmt = info.cache_format or "?"
+        processor = info.processor if info.complete else "incomplete (interrupted build or older version)"
+        print(f"{info.key:26}{format_bytes(info.size_bytes):>10}{images:>11}  {shape:13}{fmt:8}"
+              f"{info.last_used:%Y-%m-%d %H:%M}  {processor}")  # fmt: skip
+    print(f"{len(caches)} caches, {format_bytes(sum(i.size_bytes for i in caches))} in {directory}")
+
+
+def _cache_clear(args) -> None:
+    from ..data.pixel_cache import clear_pixel_caches, format_bytes
+
+    if args.older_than is None and not args.keys and not args.all:
+        raise ValueError(
+            "say which caches to remove: --older_than DAYS, KEY ... (from `prunefuse-hf cache list`), or --all."
+        )
+    removed = clear_pixel_caches(args.cache_dir, older_than_days=args.older_than, keys=args.keys,
+                                 clear_all=args.all, dry_run=args.dry_run)  # fmt: skip
+    verb = "would remove" if args.dry_run else "removed"
+    for info in removed:
+        print(f"{verb} {info.key} ({format_bytes(info.size_bytes)})")
+    print(f"{verb} {len(removed)} caches, {format_bytes(sum(i.size_bytes for i in removed))}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunefuse-hf", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -296,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_push_parser(subparsers)
     _add_label_parser(subparsers)
     _add_label_studio_parser(subparsers)
+    _add_cache_parser(subparsers)
     return parser
 
 

@@ -4,11 +4,11 @@ One image processor describes the whole preprocessing of a run: the pretrained m
 from the run's settings (size, channels, mean and std 0.5). It is split in two halves:
 
 - **geometry** (decode, channel mode, resize / crop) turns every image into `uint8` pixels of the model's
-  size and channel count. It runs once per run: the pixels are stored with `datasets` (an Arrow file,
-  memory-mapped, keyed by the pool's fingerprint and the processor), so every scoring pass, every training
-  epoch and every evaluation reads them instead of decoding the same files again, and a second run or a
-  resume reuses the file. Decoding every image up front is also where damaged files are found, before any
-  training, with the file named in the error.
+  size and channel count. It runs once per run, on every core: the pixels are stored with `datasets` (Arrow
+  files, memory-mapped, keyed by the pool's fingerprint, the processor and the format: raw, or JPEG / PNG for
+  large pools, see `pixel_cache.py`), so every scoring pass, every training epoch and every evaluation reads
+  them instead of decoding the original files again, and a second run or a resume reuses them. Decoding every
+  image up front is also where damaged files are found, before any training, with the file named in the error.
 - **normalization** (rescale, mean / std, training augmentation) runs on tensors, on the device, batch by batch.
 
 The two halves give exactly the processor's own output (tested), and the processor is saved with every
@@ -20,8 +20,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,18 +33,40 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from ..constants import LABELS, PIXEL_VALUES
+from ..constants import LABELS, PIXEL_CACHE_FORMATS, PIXEL_CACHE_PREFIX, PIXEL_VALUES
+from ..utils.checks import check_choice, check_integer
 from .images import open_image, to_model_mode
+from .pixel_cache import (
+    JPEG_QUALITY,
+    CompactPixels,
+    DecodeSample,
+    choose_format,
+    describe_format,
+    describe_processor,
+    encode_pixels,
+    format_bytes,
+    format_seconds,
+    is_complete,
+    mark_used,
+    not_cached_message,
+    remove_files,
+    resolve_cache_dir,
+    usable_cores,
+    write_description,
+)
 
 logger = logging.get_logger(__name__)
 
-# Bump when the way pixels are computed changes: it is part of every cache file's key.
-PIXEL_CACHE_VERSION = "1"
-PIXEL_CACHE_DIR_ENV = "PRUNEFUSE_PIXEL_CACHE"
+# Bump when the way pixels are computed changes: it is part of every cache file's key. 2: formats, descriptions.
+PIXEL_CACHE_VERSION = "2"
 # With `cache_pixels` unset, a pool is cached when its pixels take at most this share of the free disk space.
 AUTO_CACHE_DISK_SHARE = 0.5
 AUGMENT_PADDING = 4
 _MAP_BATCH_SIZE = 256
+# Starting a process costs about a second: smaller pools are built by fewer processes.
+_MIN_IMAGES_PER_PROCESS = 1024
+# Images decoded (spread over the pool) to estimate the rate and the compressed size before a build.
+_SAMPLE_SIZE = 16
 
 
 @dataclass
@@ -148,75 +172,178 @@ class ImagePreprocessor:
         *,
         cache: bool | None = None,
         cache_dir: str | os.PathLike | None = None,
+        cache_format: str = "auto",
+        num_proc: int | None = None,
         validate: bool = True,
         desc: str = "Decoding images",
     ) -> datasets.Dataset:
         """
-        `dataset` as `uint8` pixels (column `pixel_values`, torch format), row for row.
+        `dataset` as `uint8` pixels (column `pixel_values`), row for row.
 
-        With the cache, every image is decoded now (a streamed pass with a progress bar, which is also where a
-        damaged file is found) and the pixels are written to one Arrow file named after the dataset's fingerprint
-        and this preprocessing; the same dataset and preprocessing read the file again instead of decoding.
-        Without it, images are decoded when a batch is read.
+        With the cache, every image is decoded now by `num_proc` processes (which is also where a damaged file is
+        found, named) and the pixels are written to Arrow files named after the dataset's fingerprint, this
+        preprocessing and the format (see [`~prunefuse_hf.data.pixel_cache`]); the same dataset and preprocessing
+        read them again instead of decoding, whatever `num_proc` built them. The size and the build time are
+        estimated from a timed sample of decodes and logged before the build starts. Without the cache, images
+        are decoded when a batch is read, and a log line says what that costs per pass.
 
         Args:
             dataset (`datasets.Dataset`): The images.
             cache (`bool`, *optional*): Whether to store the pixels. `None` stores them when they take at most half
-                of the free disk space (the size is logged before anything is written).
+                of the free disk space.
             cache_dir (`str` or `os.PathLike`, *optional*): Where cache files go. Defaults to
                 `$PRUNEFUSE_PIXEL_CACHE`, else `prunefuse_hf/` in the `datasets` cache.
+            cache_format (`str`, *optional*, defaults to `"auto"`): `"raw"`, `"jpeg"`, `"png"` or `"auto"` (raw up
+                to 10 GB, JPEG beyond; see [`~prunefuse_hf.data.pixel_cache`]). JPEG pixels differ from the
+                processor's by a few levels; the others are exact.
+            num_proc (`int`, *optional*): Processes that build the cache (`datasets.map`'s `num_proc`). Defaults to
+                the usable cores, one per 1,024 images at most.
             validate (`bool`, *optional*, defaults to `True`): Without the cache, still decode every image once now
                 (a streamed pass with a progress bar), so that a damaged file is reported before any work.
             desc (`str`, *optional*): Progress bar label.
 
         Returns:
-            `datasets.Dataset`: rows `{"pixel_values": uint8 [C, H, W]}` (numpy arrays from the cache, tensors
-            without it); [`PixelDataset`] reads either as tensors.
+            `datasets.Dataset`: rows `{"pixel_values": uint8 [C, H, W]}`: numpy arrays from a raw cache, tensors
+            otherwise (JPEG/PNG and uncached pixels are decoded by a `datasets` transform when read);
+            [`PixelDataset`] reads any of them as tensors.
 
         Raises:
             [`~prunefuse_hf.data.ImageDecodeError`]: with the cache, an image cannot be decoded.
+            `ValueError`: `cache_format` or `num_proc` is not valid.
         """
+        check_choice("pixel_cache_format", cache_format, PIXEL_CACHE_FORMATS)
+        if num_proc is not None:
+            num_proc = check_integer("dataset_num_proc", num_proc, minimum=1)
         images = _undecoded(dataset, self.image_column)
-        cache_dir = Path(cache_dir or os.environ.get(PIXEL_CACHE_DIR_ENV) or _default_cache_dir())
-        channels, height, width = self.output_shape(images)
-        needed = len(dataset) * channels * height * width
+        cache_dir = resolve_cache_dir(cache_dir)
+        shape = self.output_shape(images)
+        formats = ("raw", "jpeg", "png") if cache_format == "auto" else (cache_format,)
+        for stored_format in formats if cache is not False else ():
+            key = self.cache_key(dataset, stored_format)
+            if is_complete(cache_dir, key):
+                mark_used(cache_dir, key)
+                logger.info(
+                    f"Reading the cached pixels of {len(dataset):,} images ({stored_format}) from {cache_dir}"
+                )
+                return self._cached(
+                    images,
+                    cache_dir,
+                    key,
+                    stored_format,
+                    shape,
+                    num_proc=None,
+                    desc=desc,
+                    fingerprint=dataset._fingerprint,
+                )
+
+        sample = self._sample(images, formats)
+        stored_format = choose_format(cache_format, len(dataset) * math.prod(shape))
+        size = sample.estimated_bytes(stored_format, len(dataset))
+        reason = "cache_pixels is false" if cache is False else None
         if cache is None:
             cache_dir.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(cache_dir).free
-            cache = needed <= AUTO_CACHE_DISK_SHARE * free
-            if not cache:
-                logger.warning(
-                    f"Not caching decoded pixels: {_bytes(needed)} needed, {_bytes(free)} free in {cache_dir}; "
-                    "images are decoded at every pass (set cache_pixels: true to cache anyway)."
+            if cache_format == "auto" and stored_format == "raw" and size > AUTO_CACHE_DISK_SHARE * free:
+                stored_format, size = "jpeg", sample.estimated_bytes("jpeg", len(dataset))
+            if size > AUTO_CACHE_DISK_SHARE * free:
+                reason = (
+                    f"~{format_bytes(size)} needed as {describe_format(stored_format)}, {format_bytes(free)} free in "
+                    f"{cache_dir} (the cache takes at most half of the free space)"
                 )
-        if not cache:
+        if reason is not None:
+            per_pass = len(dataset) / sample.images_per_second("raw")
+            # Said loudly when it costs: a pass of over a minute, or a cache the disk rule turned off.
+            loud = cache is None or per_pass > 60
+            (logger.warning if loud else logger.info)(not_cached_message(len(dataset), sample, reason))
             if validate:
                 for start in tqdm(range(0, len(images), _MAP_BATCH_SIZE), desc=desc, unit="batch"):
                     rows = list(range(start, min(start + _MAP_BATCH_SIZE, len(images))))
                     self.to_pixels(images[rows][self.image_column], rows)
             return images.with_transform(self._transform, output_all_columns=False)
 
-        key = self.cache_key(dataset)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        cache_file = cache_dir / f"pixels-{key}.arrow"
-        if not cache_file.is_file():
-            logger.info(f"Caching {len(dataset):,} decoded images ({_bytes(needed)}) in {cache_file}")
-        features = datasets.Features(
-            {PIXEL_VALUES: datasets.Array3D(shape=(channels, height, width), dtype="uint8")}
+        if num_proc is None:
+            num_proc = max(1, min(usable_cores(), len(dataset) // _MIN_IMAGES_PER_PROCESS))
+        num_proc = min(num_proc, len(dataset))
+        seconds = len(dataset) / (sample.images_per_second(stored_format) * num_proc)
+        message = (
+            f"Caching {len(dataset):,} images at {'×'.join(map(str, shape))} as {describe_format(stored_format)} "
+            f"(~{format_bytes(size)} est.) in {cache_dir} with {num_proc} process{'es' if num_proc > 1 else ''}: "
+            f"~{format_seconds(seconds)} (measured {sample.images_per_second(stored_format):,.0f} images/s per "
+            f"process on a sample of {sample.count})"
         )
+        # A build of more than a minute is worth seeing at the default verbosity.
+        (logger.warning if seconds > 60 else logger.info)(message)
+        key = self.cache_key(dataset, stored_format)
+        return self._cached(
+            images,
+            cache_dir,
+            key,
+            stored_format,
+            shape,
+            num_proc=num_proc,
+            desc=desc,
+            fingerprint=dataset._fingerprint,
+        )
+
+    def _cached(
+        self, images, cache_dir: Path, key: str, stored_format: str, shape, *, num_proc, desc, fingerprint
+    ):
+        """Build the cache `key` (or read it when complete) and return it in the format `PixelDataset` reads."""
+        building = not is_complete(cache_dir, key)
+        if building:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            remove_files(cache_dir, key)  # the shards of an interrupted build
+        if stored_format == "raw":
+            feature = datasets.Array3D(shape=shape, dtype="uint8")
+        else:
+            feature = datasets.Value("binary")
+        started = time.perf_counter()
         pixels = images.map(
             self._map_batch,
             batched=True,
             batch_size=_MAP_BATCH_SIZE,
             with_indices=True,
             remove_columns=images.column_names,
-            features=features,
-            cache_file_name=str(cache_file),
-            load_from_cache_file=True,
+            features=datasets.Features({PIXEL_VALUES: feature}),
+            fn_kwargs={"cache_format": stored_format, "one_thread": bool(num_proc and num_proc > 1)},
+            cache_file_name=str(cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.arrow"),
+            load_from_cache_file=not building,
             new_fingerprint=key,
+            num_proc=num_proc if num_proc and num_proc > 1 else None,
             desc=desc,
         )
-        return pixels.with_format("numpy")
+        files = [Path(entry["filename"]) for entry in pixels.cache_files]
+        if building:
+            seconds = time.perf_counter() - started
+            processor = self.image_processor
+            write_description(cache_dir, key, {
+                "files": [path.name for path in files], "num_images": len(pixels), "shape": list(shape),
+                "format": stored_format, "dataset_fingerprint": fingerprint, "num_proc": num_proc or 1,
+                "build_seconds": round(seconds, 3), "processor": describe_processor(processor),
+                "image_processor": processor.to_dict(),
+            })  # fmt: skip
+            logger.info(
+                f"Cached {len(pixels):,} images in {format_seconds(seconds)} ({len(pixels) / seconds:,.0f} images/s): "
+                f"{format_bytes(sum(path.stat().st_size for path in files))} in {cache_dir} (key {key})"
+            )
+        if stored_format == "raw":
+            return pixels.with_format("numpy")
+        return pixels.with_transform(CompactPixels(str(files[0]), key))
+
+    def _sample(self, images: datasets.Dataset, formats) -> DecodeSample:
+        """Decode (and encode) a few images spread over the pool, timed: the rate and sizes the estimates use."""
+        rows = np.unique(np.linspace(0, len(images) - 1, min(len(images), _SAMPLE_SIZE)).astype(int)).tolist()
+        values = images[rows][self.image_column]
+        started = time.perf_counter()
+        pixels = self.to_pixels(values, rows).numpy()
+        decode_seconds = time.perf_counter() - started
+        encoded = {}
+        # JPEG always: the message of an uncached pool quotes its size.
+        for stored_format in sorted(set(formats) - {"raw"} | {"jpeg"}):
+            started = time.perf_counter()
+            sizes = [len(data) for data in encode_pixels(pixels, stored_format)]
+            encoded[stored_format] = (float(np.mean(sizes)), time.perf_counter() - started)
+        return DecodeSample(len(rows), decode_seconds, int(pixels[0].size), encoded)
 
     def output_shape(self, images: datasets.Dataset) -> tuple[int, int, int]:
         """`(C, H, W)` of the pixels, from the processor's geometry on the first image."""
@@ -224,14 +351,21 @@ class ImagePreprocessor:
             raise ValueError("The dataset has no rows.")
         return tuple(self.to_pixels([images[0][self.image_column]], [0]).shape[1:])
 
-    def cache_key(self, dataset: datasets.Dataset) -> str:
-        """Key of the pixel cache of `dataset`: its fingerprint, the processor and the channel count."""
+    def cache_key(self, dataset: datasets.Dataset, cache_format: str = "raw") -> str:
+        """Key of the pixel cache of `dataset`: its fingerprint, the processor, the channel count and the format."""
         parts = [PIXEL_CACHE_VERSION, dataset._fingerprint, self.image_column, str(self.num_channels),
-                 type(self.image_processor).__name__, self.image_processor.to_json_string()]  # fmt: skip
+                 type(self.image_processor).__name__, self.image_processor.to_json_string(), cache_format,
+                 JPEG_QUALITY if cache_format == "jpeg" else None]  # fmt: skip
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
-    def _map_batch(self, batch: dict, indices: list[int]) -> dict:
-        return {PIXEL_VALUES: self.to_pixels(batch[self.image_column], indices).numpy()}
+    def _map_batch(
+        self, batch: dict, indices: list[int], cache_format: str = "raw", one_thread: bool = False
+    ):
+        if one_thread and torch.get_num_threads() != 1:
+            # One building process per core: torch's own threads would only compete with the other processes.
+            torch.set_num_threads(1)
+        pixels = self.to_pixels(batch[self.image_column], indices).numpy()
+        return {PIXEL_VALUES: pixels if cache_format == "raw" else encode_pixels(pixels, cache_format)}
 
     def _transform(self, batch: dict) -> dict:
         # Read lazily (no cache, no validation): a damaged file fails here, named, when a pass first reads it.
@@ -304,6 +438,11 @@ class PixelDataset(torch.utils.data.Dataset):
         subset.rows = self.rows[positions]
         subset.labels = None if self.labels is None else self.labels[torch.from_numpy(positions)]
         return subset
+
+    @property
+    def decodes_per_batch(self) -> bool:
+        """Whether reading a batch decodes images (no cache, or a JPEG/PNG one) rather than copying raw pixels."""
+        return self._views is None
 
     def batch(self, indices) -> torch.Tensor:
         """The `uint8` pixels of `indices` as one `[B, C, H, W]` tensor."""
@@ -393,15 +532,3 @@ def _undecoded(dataset: datasets.Dataset, image_column: str) -> datasets.Dataset
 def _per_channel(values, channels: int) -> list[float]:
     values = [values] if isinstance(values, (int, float)) else list(values)
     return values * channels if len(values) == 1 else values
-
-
-def _default_cache_dir() -> Path:
-    return Path(datasets.config.HF_DATASETS_CACHE) / "prunefuse_hf"
-
-
-def _bytes(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError

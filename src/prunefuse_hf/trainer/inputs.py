@@ -37,7 +37,8 @@ def prepare_eval_dataset(
         dataset: A `datasets.Dataset` with `args.image_column` (and `args.label_column` when labeled), a
             [`DataPool`], a `PixelDataset` (returned as it is) or any form [`as_image_dataset`] converts.
         preprocessor ([`ImagePreprocessor`]): The run's preprocessing.
-        args ([`PruneFuseConfig`]): `image_column`, `label_column`, `cache_pixels`, `validate_images`.
+        args ([`PruneFuseConfig`]): `image_column`, `label_column`, `cache_pixels`, `pixel_cache_format`,
+            `dataset_num_proc`, `validate_images`.
         class_names (`list[str]`): The run's classes; a `ClassLabel` is matched to them by name.
         what (`str`, *optional*): The dataset, as errors name it.
         input_shape (`tuple`, *optional*): `(C, H, W)` of the run's pixels, checked against a `PixelDataset`.
@@ -62,10 +63,14 @@ def prepare_eval_dataset(
             )
         return dataset, None
     dataset, labels = labeled_rows(dataset, args, class_names, what=what, allow_unlabeled=allow_unlabeled)
-    pixels = preprocessor.pixel_dataset(
-        dataset, cache=args.cache_pixels, validate=args.validate_images, desc=f"Decoding {what}"
-    )
+    pixels = preprocessor.pixel_dataset(dataset, **pixel_cache_options(args), desc=f"Decoding {what}")
     return PixelDataset(pixels, np.arange(len(dataset)), labels), dataset
+
+
+def pixel_cache_options(args) -> dict:
+    """The keyword arguments of [`ImagePreprocessor.pixel_dataset`] a run's config sets."""
+    return {"cache": args.cache_pixels, "cache_format": args.pixel_cache_format, "num_proc": args.dataset_num_proc,
+            "validate": args.validate_images}  # fmt: skip
 
 
 def labeled_rows(dataset, args, class_names: list[str], *, what: str, allow_unlabeled: bool = False):

@@ -46,6 +46,7 @@ from ..constants import (
 )
 from ..data.image_processor import build_image_processor, model_num_channels, pretrained_image_processor
 from ..data.images import first_image
+from ..data.pixel_cache import usable_cores
 from ..data.pool import DataPool
 from ..data.preprocessing import ImagePreprocessor, PixelDataset
 from ..data.validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
@@ -60,7 +61,7 @@ from ..utils.run_directory import RunDirectory, step_name
 from ..utils.run_metrics import build_metrics
 from . import steps
 from .distillation_trainer import compute_accuracy
-from .inputs import labeled_rows, prepare_eval_dataset, prepare_pool, seed_labels
+from .inputs import labeled_rows, pixel_cache_options, prepare_eval_dataset, prepare_pool, seed_labels
 from .prunefuse_config import PruneFuseConfig
 from .run_logging import configure_package_logging, describe_fact
 from .run_state import (
@@ -73,6 +74,9 @@ from .run_state import (
 )
 
 logger = logging.get_logger(__name__)
+
+# Below this pool size, starting DataLoader workers (about a second per loader) costs more than they save.
+WORKERS_MIN_IMAGES = 4096
 
 
 @dataclass(frozen=True)
@@ -201,13 +205,20 @@ class PruneFuseTrainer(Trainer):
         )
         # Decoding every image once is also the check that every image decodes (the error names the file).
         with _main_process_first(args):
-            self.pool_pixels = pool_preprocessor.pixel_dataset(pool.dataset, cache=args.cache_pixels,
-                                                               validate=args.validate_images, desc="Decoding the pool")  # fmt: skip
+            self.pool_pixels = pool_preprocessor.pixel_dataset(pool.dataset, **pixel_cache_options(args),
+                                                               desc="Decoding the pool")  # fmt: skip
             prepared_eval = None
             if eval_dataset is not None:
                 prepared_eval, eval_dataset = prepare_eval_dataset(eval_dataset, self.preprocessor, args,
                                                                    self.class_names)  # fmt: skip
         input_shape = tuple(self.pool_pixels[0][PIXEL_VALUES].shape)
+        decodes = PixelDataset(self.pool_pixels, [0]).decodes_per_batch
+        if args.dataloader_num_workers == 0 and decodes and len(pool) >= WORKERS_MIN_IMAGES:
+            # Batches are decoded (no cache, or a JPEG/PNG one): workers keep decoding off the forward pass's core.
+            args.dataloader_num_workers = usable_cores()
+            logger.info(
+                f"Decoding batches in {args.dataloader_num_workers} DataLoader workers (dataloader_num_workers)"
+            )
         _check_trainable(dense, input_shape, args)
 
         super().__init__(

@@ -1,0 +1,418 @@
+"""The pixel cache on disk: its formats, its files and their descriptions, and listing and removing old caches.
+
+A cache holds the `uint8` geometry output of one pool under one preprocessing (see [`ImagePreprocessor`]); its key
+hashes the pool's fingerprint, the processor and the format. The formats:
+
+- **raw**: `uint8 [C, H, W]` arrays, read as zero-copy views of the memory-mapped Arrow file (no decoding at all).
+  150 KB per image at 3×224×224 (196 GB for an ImageNet-sized pool of 1.28M).
+- **jpeg**: the same pixels re-encoded as JPEG (quality 90, 4:2:0 chroma), decoded per batch. Lossy: pixels differ
+  from the processor's by a few levels (measured in `benchmarks/scale.py --only cache`); about a tenth of raw.
+  Decoding an already-resized 224 px JPEG is several times cheaper than the original file plus its resize.
+- **png**: lossless (the processor's exact pixels), about half of raw for photos, decoded per batch.
+- **auto**: raw when the raw pixels take at most `AUTO_RAW_MAX_BYTES` (10 GB: small or low-resolution pools keep
+  exact, decode-free reads) and fit the disk rule (at most half of the free space), JPEG otherwise.
+
+Each complete cache has a JSON description beside its Arrow file(s) (`pixels-<key>.json`: images, shape, format,
+processor, pool fingerprint, creation time; its modification time is the last use), which
+[`list_pixel_caches`] reads and [`clear_pixel_caches`] (`prunefuse-hf cache list|clear`) uses.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+from transformers.utils import logging
+
+from ..constants import PIXEL_CACHE_DIR_ENV, PIXEL_CACHE_PREFIX, PIXEL_VALUES, VERSION
+from ..utils.io import atomic_write
+from .images import ImageDecodeError
+
+logger = logging.get_logger(__name__)
+
+JPEG_QUALITY = 90
+# "auto" stores raw pixels up to this size: zero-copy reads and exact pixels, at most a tenth of an ordinary disk.
+AUTO_RAW_MAX_BYTES = 10 * 10**9
+_FORMAT_NAMES = {"raw": "raw uint8", "jpeg": f"JPEG q{JPEG_QUALITY}", "png": "PNG (lossless)"}
+_FILE_PATTERN = re.compile(rf"^{re.escape(PIXEL_CACHE_PREFIX)}([0-9a-f]+)(?:_\d{{5}}_of_\d{{5}})?\.arrow$")
+_SECONDS_PER_DAY = 86400
+
+
+@dataclass
+class PixelCacheInfo:
+    """
+    One pixel cache on disk, as [`list_pixel_caches`] finds it.
+
+    Args:
+        key (`str`): The cache key (hash of the pool's fingerprint, the processor and the format).
+        files (`list[Path]`): Its Arrow file(s) and description.
+        size_bytes (`int`): Bytes on disk, all files together.
+        created (`datetime`): When the build finished (the newest file's time for a cache without description).
+        last_used (`datetime`): When a run last read it.
+        complete (`bool`): Whether the build finished (a cache without description is an interrupted build, or
+            was written by a version before descriptions: nothing reads it again).
+        num_images (`int`, *optional*), shape (`tuple`, *optional*), cache_format (`str`, *optional*),
+        processor (`str`, *optional*), dataset_fingerprint (`str`, *optional*): From the description.
+        description (`dict`): The whole description (`pixels-<key>.json`; empty without one), e.g. the image
+            processor's settings under `"image_processor"` and the build's `"num_proc"` and `"build_seconds"`.
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf.data import list_pixel_caches
+    >>> [(info.key, info.cache_format, info.size_bytes) for info in list_pixel_caches("empty_dir")]
+    []
+    ```
+    """
+
+    key: str
+    files: list[Path]
+    size_bytes: int
+    created: datetime
+    last_used: datetime
+    complete: bool
+    num_images: int | None = None
+    shape: tuple | None = None
+    cache_format: str | None = None
+    processor: str | None = None
+    dataset_fingerprint: str | None = None
+    description: dict = field(default_factory=dict, repr=False)
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`cache_dir`, else `$PRUNEFUSE_PIXEL_CACHE`, else `prunefuse_hf/` in the `datasets` cache."""
+    return Path(
+        cache_dir
+        or os.environ.get(PIXEL_CACHE_DIR_ENV)
+        or Path(datasets.config.HF_DATASETS_CACHE) / "prunefuse_hf"
+    )
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which containers and `taskset` restrict)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def describe_format(cache_format: str) -> str:
+    return _FORMAT_NAMES[cache_format]
+
+
+def encode_pixels(pixels: np.ndarray, cache_format: str) -> list[bytes]:
+    """
+    `uint8 [B, C, H, W]` pixels as one JPEG or PNG file each (`C` = 1 gives gray, `C` = 3 RGB images).
+
+    Args:
+        pixels (`np.ndarray`): The geometry's output.
+        cache_format (`str`): `"jpeg"` or `"png"`.
+
+    Returns:
+        `list[bytes]`: one encoded image per row.
+    """
+    encoded = []
+    for array in pixels:
+        image = PIL.Image.fromarray(
+            array[0] if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))
+        )
+        buffer = io.BytesIO()
+        if cache_format == "jpeg":
+            # 4:2:0 chroma, as photos are stored: a third smaller than 4:4:4 for about the same pixels.
+            image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0")
+        else:
+            # Level 1: nearly the size of level 6 for photos at a fraction of the encoding time.
+            image.save(buffer, format="PNG", compress_level=1)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+class CompactPixels:
+    """
+    The `datasets` transform of a JPEG/PNG cache: a batch of encoded images to `uint8 [B, C, H, W]`.
+
+    A module-level class (not a closure) so that DataLoader workers can pickle it.
+
+    Args:
+        cache_file (`str`): The cache's Arrow file, named when its bytes do not decode.
+        key (`str`): The cache key, for the fix (`prunefuse-hf cache clear KEY`).
+    """
+
+    def __init__(self, cache_file: str, key: str):
+        self.cache_file = cache_file
+        self.key = key
+
+    def __call__(self, batch: dict) -> dict:
+        arrays = []
+        for data in batch[PIXEL_VALUES]:
+            try:
+                with PIL.Image.open(io.BytesIO(data)) as image:
+                    array = np.asarray(image)
+            except Exception as error:
+                raise ImageDecodeError(
+                    f"The pixel cache {self.cache_file} holds bytes that do not decode ({error}): remove it with "
+                    f"`prunefuse-hf cache clear {self.key}` and run again (it is rebuilt)."
+                ) from None
+            arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+        return {PIXEL_VALUES: torch.from_numpy(np.stack(arrays))}
+
+
+def cache_files(cache_dir: Path, key: str) -> list[Path]:
+    """The Arrow file(s) of a cache (one per building process), without the description."""
+    return sorted(
+        path
+        for path in cache_dir.glob(f"{PIXEL_CACHE_PREFIX}{key}*.arrow")
+        if (match := _FILE_PATTERN.match(path.name)) and match.group(1) == key
+    )
+
+
+def description_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.json"
+
+
+def is_complete(cache_dir: Path, key: str) -> bool:
+    """Whether the cache `key` was fully built: its description exists and every file it lists too."""
+    path = description_path(cache_dir, key)
+    if not path.is_file():
+        return False
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool(files) and all((cache_dir / name).is_file() for name in files)
+
+
+def mark_used(cache_dir: Path, key: str) -> None:
+    # The description's modification time is the last use: `cache clear --older_than` goes by it.
+    try:
+        os.utime(description_path(cache_dir, key))
+    except OSError:  # a read-only cache is still read
+        pass
+
+
+def remove_files(cache_dir: Path, key: str) -> None:
+    """Remove a cache's files (an interrupted build's shards are removed before it is built again)."""
+    for path in [*cache_files(cache_dir, key), description_path(cache_dir, key)]:
+        path.unlink(missing_ok=True)
+
+
+def write_description(cache_dir: Path, key: str, description: dict) -> None:
+    """Write the description of a complete cache (last: its presence marks the build as complete)."""
+    description = {
+        "version": VERSION,
+        "key": key,
+        "created": _now().isoformat(timespec="seconds"),
+        **description,
+    }
+    atomic_write(
+        description_path(cache_dir, key), lambda f: f.write(json.dumps(description, indent=2) + "\n")
+    )
+
+
+def list_pixel_caches(cache_dir: str | os.PathLike | None = None) -> list[PixelCacheInfo]:
+    """
+    The pixel caches in `cache_dir`, most recently used first.
+
+    Args:
+        cache_dir (`str` or `os.PathLike`, *optional*): Defaults to `$PRUNEFUSE_PIXEL_CACHE`, else `prunefuse_hf/`
+            in the `datasets` cache (where runs write them).
+
+    Returns:
+        `list[PixelCacheInfo]`: one per cache key, including incomplete ones (`complete=False`: an interrupted
+        build, or a cache written before descriptions existed).
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf.data import list_pixel_caches
+    >>> for info in list_pixel_caches():
+    ...     print(info.key, info.cache_format, info.num_images, info.size_bytes, info.last_used)
+    ```
+    """
+    directory = resolve_cache_dir(cache_dir)
+    if not directory.is_dir():
+        return []
+    keys = {m.group(1) for path in directory.iterdir() if (m := _FILE_PATTERN.match(path.name))}
+    keys |= {
+        path.stem[len(PIXEL_CACHE_PREFIX) :]
+        for path in directory.glob(f"{PIXEL_CACHE_PREFIX}*.json")
+        if re.fullmatch(r"[0-9a-f]+", path.stem[len(PIXEL_CACHE_PREFIX) :])
+    }
+    infos = [_info(directory, key) for key in sorted(keys)]
+    return sorted(infos, key=lambda info: info.last_used, reverse=True)
+
+
+def clear_pixel_caches(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    older_than_days: float | None = None,
+    keys: list[str] | None = None,
+    clear_all: bool = False,
+    dry_run: bool = False,
+) -> list[PixelCacheInfo]:
+    """
+    Remove pixel caches: those not used for `older_than_days`, those of `keys`, or all of them.
+
+    A run whose cache is removed builds it again when it next needs it; nothing else depends on the files.
+
+    Args:
+        cache_dir (`str` or `os.PathLike`, *optional*): As in [`list_pixel_caches`].
+        older_than_days (`float`, *optional*): Remove the caches last used more than this many days ago.
+        keys (`list[str]`, *optional*): Remove these caches (keys as `list_pixel_caches` gives them, or unique
+            prefixes of at least 6 characters).
+        clear_all (`bool`, *optional*, defaults to `False`): Remove every cache.
+        dry_run (`bool`, *optional*, defaults to `False`): Only return what would be removed.
+
+    Returns:
+        `list[PixelCacheInfo]`: the caches removed (or that would be).
+
+    Raises:
+        `ValueError`: no selector, `older_than_days` negative, or a key that matches no cache or several.
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf.data import clear_pixel_caches
+    >>> removed = clear_pixel_caches(older_than_days=30, dry_run=True)
+    >>> sum(info.size_bytes for info in removed)  # bytes that clearing would free
+    0
+    ```
+    """
+    if older_than_days is None and not keys and not clear_all:
+        raise ValueError(
+            "Say which pixel caches to remove: older_than_days (e.g. 30), keys (from list_pixel_caches / "
+            "`prunefuse-hf cache list`), or clear_all=True (`--older_than DAYS`, `KEY ...` or `--all` on the command "
+            "line)."
+        )
+    if older_than_days is not None and (isinstance(older_than_days, bool) or not older_than_days >= 0):
+        raise ValueError(f"older_than_days must be a number >= 0, got {older_than_days!r}.")
+    directory = resolve_cache_dir(cache_dir)
+    caches = list_pixel_caches(directory)
+    selected = {info.key for info in caches} if clear_all else set()
+    for wanted in keys or []:
+        matches = (
+            [info.key for info in caches if info.key.startswith(wanted.lower())] if len(wanted) >= 6 else []
+        )
+        if len(matches) != 1:
+            reason = "matches no cache" if not matches else f"matches {len(matches)} caches"
+            raise ValueError(
+                f"Key {wanted!r} {reason} in {directory}: give a full key or a unique prefix of at least 6 "
+                "characters, as `prunefuse-hf cache list` shows them."
+            )
+        selected.add(matches[0])
+    if older_than_days is not None:
+        cutoff = _now().timestamp() - older_than_days * _SECONDS_PER_DAY
+        selected |= {info.key for info in caches if info.last_used.timestamp() < cutoff}
+    removed = [info for info in caches if info.key in selected]
+    for info in removed if not dry_run else []:
+        remove_files(directory, info.key)
+        logger.info(f"Removed pixel cache {info.key} ({info.size_bytes:,} bytes)")
+    return removed
+
+
+def format_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def choose_format(cache_format: str, raw_bytes: int) -> str:
+    if cache_format != "auto":
+        return cache_format
+    return "raw" if raw_bytes <= AUTO_RAW_MAX_BYTES else "jpeg"
+
+
+def describe_processor(processor) -> str:
+    size = getattr(processor, "size", None)
+    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    return f"{type(processor).__name__} size={dict(size) if size else None}" + (
+        f" crop={dict(crop)}" if crop else ""
+    )
+
+
+@dataclass
+class DecodeSample:
+    """A timed decode of a few images: the per-process rate of a build and the encoded size per format."""
+
+    count: int
+    decode_seconds: float
+    raw_bytes: int
+    encoded: dict  # format -> (mean bytes per image, seconds to encode the sample)
+
+    def images_per_second(self, stored_format: str) -> float:
+        seconds = self.decode_seconds + (
+            self.encoded[stored_format][1] if stored_format in self.encoded else 0.0
+        )
+        return self.count / max(seconds, 1e-9)
+
+    def estimated_bytes(self, stored_format: str, num_images: int) -> int:
+        per_image = self.raw_bytes if stored_format == "raw" else self.encoded[stored_format][0]
+        return int(per_image * num_images)
+
+
+def not_cached_message(num_images: int, sample: DecodeSample, reason: str) -> str:
+    """What a pool that is not cached costs per pass, and how to cache it."""
+    rate = sample.images_per_second("raw")
+    return (
+        f"Not caching decoded pixels ({reason}): every scoring pass and epoch decodes {num_images:,} images again, "
+        f"~{format_seconds(num_images / rate)} per pass on one core (measured {rate:,.0f} images/s on a sample of "
+        f"{sample.count}; DataLoader workers, dataloader_num_workers, divide it). Set cache_pixels: true and "
+        f"pixel_cache_format: jpeg (~{format_bytes(sample.estimated_bytes('jpeg', num_images))}) to cache."
+    )
+
+
+def _info(directory: Path, key: str) -> PixelCacheInfo:
+    files = cache_files(directory, key)
+    description_file = description_path(directory, key)
+    description = {}
+    if description_file.is_file():
+        try:
+            description = json.loads(description_file.read_text())
+        except ValueError:
+            description = {}
+        files = [*files, description_file]
+    mtimes = [path.stat().st_mtime for path in files]
+    last_used = description_file.stat().st_mtime if description else max(mtimes)
+    created = description.get("created")
+    return PixelCacheInfo(
+        key=key,
+        files=files,
+        size_bytes=sum(path.stat().st_size for path in files),
+        created=datetime.fromisoformat(created)
+        if created
+        else datetime.fromtimestamp(max(mtimes), timezone.utc),
+        last_used=datetime.fromtimestamp(last_used, timezone.utc),
+        complete=is_complete(directory, key),
+        num_images=description.get("num_images"),
+        shape=tuple(description["shape"]) if "shape" in description else None,
+        cache_format=description.get("format"),
+        processor=description.get("processor"),
+        dataset_fingerprint=description.get("dataset_fingerprint"),
+        description=description,
+    )
+
+
+def _now() -> datetime:
+    return datetime.fromtimestamp(time.time(), timezone.utc)

@@ -1,0 +1,113 @@
+"""Pixel caches on disk: their descriptions, listing them, and removing them by age, key or all."""
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from conftest import make_image_dataset, tiny_resnet_config
+from prunefuse_hf import clear_pixel_caches, list_pixel_caches
+from prunefuse_hf.data.image_processor import build_image_processor
+from prunefuse_hf.data.preprocessing import ImagePreprocessor
+
+DAY = 86400
+
+
+def build_caches(cache_dir):
+    """A raw cache of 12 images at 16 px and a JPEG cache of 8 images at 24 px; their keys."""
+    keys = []
+    for count, size, cache_format in ((12, 16, "raw"), (8, 24, "jpeg")):
+        dataset = make_image_dataset(count, size=size, mode="RGB", seed=size)
+        processor = build_image_processor(tiny_resnet_config(), image_size=size)
+        preprocessor = ImagePreprocessor(processor, num_channels=3)
+        preprocessor.pixel_dataset(dataset, cache_dir=cache_dir, cache_format=cache_format)
+        keys.append(preprocessor.cache_key(dataset, cache_format))
+    return keys
+
+
+def age(cache_dir, key, days):
+    stamp = time.time() - days * DAY
+    os.utime(cache_dir / f"pixels-{key}.json", (stamp, stamp))
+
+
+def test_caches_are_listed_with_their_description_most_recently_used_first(tmp_path):
+    raw, jpeg = build_caches(tmp_path)
+    age(tmp_path, raw, 3)
+    infos = list_pixel_caches(tmp_path)
+    assert [info.key for info in infos] == [jpeg, raw]
+    first, second = infos
+    assert (first.num_images, first.shape, first.cache_format, first.complete) == (
+        8,
+        (3, 24, 24),
+        "jpeg",
+        True,
+    )
+    assert (second.num_images, second.shape, second.cache_format) == (12, (3, 16, 16), "raw")
+    assert second.processor == "ViTImageProcessorPil size={'height': 16, 'width': 16}"
+    assert second.size_bytes == sum(path.stat().st_size for path in second.files)
+    assert {path.name for path in second.files} == {f"pixels-{raw}.arrow", f"pixels-{raw}.json"}
+    assert 2.9 < (time.time() - second.last_used.timestamp()) / DAY < 3.1
+    description = json.loads((tmp_path / f"pixels-{raw}.json").read_text())
+    assert description["files"] == [f"pixels-{raw}.arrow"] and description["num_proc"] == 1
+    assert list_pixel_caches(tmp_path / "missing") == []
+
+
+def test_reading_a_cache_marks_it_used(tmp_path):
+    (raw, _) = build_caches(tmp_path)
+    age(tmp_path, raw, 10)
+    build_caches(tmp_path)  # the same pools and preprocessing: both caches are read again
+    assert all(time.time() - info.last_used.timestamp() < 60 for info in list_pixel_caches(tmp_path))
+
+
+def test_an_incomplete_cache_is_listed_and_can_be_removed(tmp_path):
+    (tmp_path / "pixels-0123456789abcdef01234567_00000_of_00002.arrow").write_bytes(b"x" * 100)
+    (tmp_path / "unrelated.arrow").write_bytes(b"x")
+    (info,) = list_pixel_caches(tmp_path)
+    assert (info.key, info.complete, info.size_bytes, info.num_images) == (
+        "0123456789abcdef01234567",
+        False,
+        100,
+        None,
+    )
+    assert clear_pixel_caches(tmp_path, keys=["0123456789"]) == [info]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated.arrow"]
+
+
+def test_caches_are_cleared_by_age_key_or_all_and_a_dry_run_removes_nothing(tmp_path):
+    raw, jpeg = build_caches(tmp_path)
+    age(tmp_path, raw, 40)
+    before = sorted(tmp_path.iterdir())
+    assert [info.key for info in clear_pixel_caches(tmp_path, older_than_days=30, dry_run=True)] == [raw]
+    assert sorted(tmp_path.iterdir()) == before
+    assert [info.key for info in clear_pixel_caches(tmp_path, older_than_days=30)] == [raw]
+    assert [info.key for info in list_pixel_caches(tmp_path)] == [jpeg]
+    assert [info.key for info in clear_pixel_caches(tmp_path, keys=[jpeg[:8]])] == [jpeg]
+    assert list(tmp_path.iterdir()) == []
+    build_caches(tmp_path)
+    assert len(clear_pixel_caches(tmp_path, clear_all=True)) == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_the_environment_variable_names_the_default_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEFUSE_PIXEL_CACHE", str(tmp_path))
+    build_caches(None)
+    assert len(list_pixel_caches()) == 2 and len(list(tmp_path.glob("pixels-*.json"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "Say which pixel caches to remove: older_than_days"),
+        ({"older_than_days": -1}, "older_than_days must be a number >= 0, got -1"),
+        ({"keys": ["abc"]}, "Key 'abc' matches no cache in .*unique prefix of at least 6 characters"),
+        ({"keys": ["ffffffff"]}, "Key 'ffffffff' matches no cache"),
+    ],
+)
+def test_clearing_without_a_valid_selector_is_refused_before_removing_anything(tmp_path, kwargs, message):
+    build_caches(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(ValueError, match=message):
+        clear_pixel_caches(tmp_path, **kwargs)
+    assert sorted(tmp_path.iterdir()) == before
+    assert np.all([info.complete for info in list_pixel_caches(tmp_path)])

@@ -306,7 +306,7 @@ def main(argv=None) -> dict:
         "--cache_image_size", type=int, default=224, help="model input size of the cache part"
     )
     parser.add_argument(
-        "--cache_epochs", type=int, default=2, help="training epochs of the cache part's accuracy"
+        "--cache_epochs", type=int, default=4, help="training epochs of the cache part's accuracy"
     )
     parser.add_argument("--work_dir", type=Path, help="where the cache part keeps its pool files")
     parser.set_defaults(cache_photo_size=(500, 375), cache_build_repeats=(3, 2))

@@ -206,7 +206,7 @@ def _score_rate(model, preprocessor, pixels, count: int, workers: int) -> float:
 def measure_pixel_cache(
     num_images: int = 3000,
     image_size: int = 224,
-    epochs: int = 2,
+    epochs: int = 4,
     work_dir: Path | None = None,
     score_images: int = 1024,
     photo_size: tuple[int, int] = PHOTO_SIZE,

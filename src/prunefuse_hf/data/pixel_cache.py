@@ -46,6 +46,8 @@ AUTO_RAW_MAX_BYTES = 10 * 10**9
 _FORMAT_NAMES = {"raw": "raw uint8", "jpeg": f"JPEG q{JPEG_QUALITY}", "png": "PNG (lossless)"}
 _FILE_PATTERN = re.compile(rf"^{re.escape(PIXEL_CACHE_PREFIX)}([0-9a-f]+)(?:_\d{{5}}_of_\d{{5}})?\.arrow$")
 _SECONDS_PER_DAY = 86400
+# Images decoded (spread over the pool) to estimate the rate and the compressed size before a build.
+SAMPLE_SIZE = 16
 
 
 @dataclass
@@ -360,6 +362,22 @@ class DecodeSample:
     decode_seconds: float
     raw_bytes: int
     encoded: dict  # format -> (mean bytes per image, seconds to encode the sample)
+
+    @classmethod
+    def measure(cls, to_pixels, images: datasets.Dataset, column: str, formats) -> DecodeSample:
+        """Decode (and encode) a few images spread over the pool with `to_pixels`, timed."""
+        rows = np.unique(np.linspace(0, len(images) - 1, min(len(images), SAMPLE_SIZE)).astype(int)).tolist()
+        values = images[rows][column]
+        started = time.perf_counter()
+        pixels = to_pixels(values, rows).numpy()
+        decode_seconds = time.perf_counter() - started
+        encoded = {}
+        # JPEG always: the message of an uncached pool quotes its size.
+        for stored_format in sorted(set(formats) - {"raw"} | {"jpeg"}):
+            started = time.perf_counter()
+            sizes = [len(data) for data in encode_pixels(pixels, stored_format)]
+            encoded[stored_format] = (float(np.mean(sizes)), time.perf_counter() - started)
+        return cls(len(rows), decode_seconds, int(pixels[0].size), encoded)
 
     def images_per_second(self, stored_format: str) -> float:
         seconds = self.decode_seconds + (

@@ -65,8 +65,6 @@ AUGMENT_PADDING = 4
 _MAP_BATCH_SIZE = 256
 # Starting a process costs about a second: smaller pools are built by fewer processes.
 _MIN_IMAGES_PER_PROCESS = 1024
-# Images decoded (spread over the pool) to estimate the rate and the compressed size before a build.
-_SAMPLE_SIZE = 16
 
 
 @dataclass
@@ -236,7 +234,7 @@ class ImagePreprocessor:
                     fingerprint=dataset._fingerprint,
                 )
 
-        sample = self._sample(images, formats)
+        sample = DecodeSample.measure(self.to_pixels, images, self.image_column, formats)
         stored_format = choose_format(cache_format, len(dataset) * math.prod(shape))
         size = sample.estimated_bytes(stored_format, len(dataset))
         reason = "cache_pixels is false" if cache is False else None
@@ -329,21 +327,6 @@ class ImagePreprocessor:
         if stored_format == "raw":
             return pixels.with_format("numpy")
         return pixels.with_transform(CompactPixels(str(files[0]), key))
-
-    def _sample(self, images: datasets.Dataset, formats) -> DecodeSample:
-        """Decode (and encode) a few images spread over the pool, timed: the rate and sizes the estimates use."""
-        rows = np.unique(np.linspace(0, len(images) - 1, min(len(images), _SAMPLE_SIZE)).astype(int)).tolist()
-        values = images[rows][self.image_column]
-        started = time.perf_counter()
-        pixels = self.to_pixels(values, rows).numpy()
-        decode_seconds = time.perf_counter() - started
-        encoded = {}
-        # JPEG always: the message of an uncached pool quotes its size.
-        for stored_format in sorted(set(formats) - {"raw"} | {"jpeg"}):
-            started = time.perf_counter()
-            sizes = [len(data) for data in encode_pixels(pixels, stored_format)]
-            encoded[stored_format] = (float(np.mean(sizes)), time.perf_counter() - started)
-        return DecodeSample(len(rows), decode_seconds, int(pixels[0].size), encoded)
 
     def output_shape(self, images: datasets.Dataset) -> tuple[int, int, int]:
         """`(C, H, W)` of the pixels, from the processor's geometry on the first image."""

@@ -98,7 +98,8 @@ def check_same_pool(progress: dict, pixels, run_dir: RunDirectory) -> np.ndarray
         raise ValueError(
             f"Cannot resume {run_dir.path}: the pool is not the run's. {len(changed)} of the {len(rows)} labeled "
             f"rows checked hold other pixels now (pool index {changed[:5].tolist()}). Load the same dataset, "
-            "split and revision (with the same max_pool_size and seed)."
+            "split and revision (with the same max_pool_size and seed), and keep the run's pixel_cache_format "
+            "(JPEG pixels differ from raw ones by a few levels)."
         )
     return digests
 

@@ -12,9 +12,12 @@ from ..utils.run_metrics import budget_accuracies, build_metrics
 
 
 def _selector_training(record: dict) -> dict:
-    """The round's surrogate training when it fed the selection (else `{}`: it only fed fusion)."""
+    """What the round spent to prepare its selection besides scoring: its surrogate training when it fed the
+    selection (not when it only fed fusion) plus round 1's set-up (pool features, cold start, distillation)."""
     surrogate = record.get("surrogate") or {}
-    return surrogate if surrogate.get("purpose", "selection") == "selection" else {}
+    parts = [surrogate] if surrogate.get("purpose", "selection") == "selection" else []
+    parts += [record["setup"]] if record.get("setup") else []
+    return {key: sum(part.get(key, 0) for part in parts) for key in ("flops", "dense_flops")} if parts else {}
 
 
 def write_report(run_dir, progress: dict, config, class_names: list[str] | None = None) -> dict:

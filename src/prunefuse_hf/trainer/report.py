@@ -39,7 +39,7 @@ def write_report(run_dir, progress: dict, config, class_names: list[str] | None 
 
 
 def class_balance(pool_state: dict, class_names: list[str] | None) -> dict[int, list[int]]:
-    """Examples of each class labeled in each round, `{round: [count per class id]}` (round 1: the random start)."""
+    """Examples of each class labeled in each round, `{round: [count per class id]}` (round 1: the first query)."""
     if not class_names or "labels" not in pool_state:
         return {}
     rounds, labels = np.asarray(pool_state["rounds"]), np.asarray(pool_state["labels"])
@@ -127,7 +127,7 @@ def render_report(
                   "| round | " + " | ".join(class_names) + " |", "|---|" + "---|" * len(class_names)]  # fmt: skip
         for round_, counts in sorted(balance.items()):
             lines.append(
-                f"| {round_}{' (random start)' if round_ == 1 else ''} | "
+                f"| {round_}{' (first query)' if round_ == 1 else ''} | "
                 + " | ".join(map(str, counts))
                 + " |"
             )
@@ -228,7 +228,7 @@ def _class_balance_plot(path: Path, balance: dict[int, list[int]], class_names: 
     for c, name in enumerate(class_names):
         ax.bar([str(r) for r in rounds], counts[:, c], bottom=bottom, label=name, color=colors[c])
         bottom += counts[:, c]
-    ax.set_xlabel("round (1 = random start)")
+    ax.set_xlabel("round (1 = first query)")
     ax.set_ylabel("labeled examples")
     ax.set_title("classes of the labeled examples per round")
     if len(class_names) <= 20:

@@ -77,6 +77,7 @@ METHODS = {
     "prunefuse_distilled": {"method": "prunefuse_distilled"},
     "feature_proxy": {"method": "feature_proxy"},
     "feature_proxy_typiclust": {"method": "feature_proxy", "initial_strategy": "typiclust"},
+    "feature_proxy_margin": {"method": "feature_proxy"},  # run with strategy margin
 }
 LABELS = {
     "random": "random",
@@ -90,6 +91,7 @@ LABELS = {
     "prunefuse_distilled": "PruneFuse p=0.5, surrogate distilled first",
     "feature_proxy": "feature proxy (linear probe)",
     "feature_proxy_typiclust": "feature proxy, TypiClust first query",
+    "feature_proxy_margin": "feature proxy, margin",
 }
 # In the fine-tuning scenario the "fresh" dense model is the pretrained checkpoint with a new head.
 FINETUNE_LABELS = {
@@ -104,12 +106,15 @@ FINETUNE_LABELS = {
     "prunefuse_distilled": "PruneFuse p=0.5 (fusion) + KD, surrogate distilled from the dense model first",
     "feature_proxy": "feature proxy: linear probe on frozen pretrained features, fine-tuned",
     "feature_proxy_typiclust": "feature proxy + TypiClust first query, fine-tuned",
+    "feature_proxy_margin": "feature proxy with margin instead of least confidence, fine-tuned",
 }
 # (method, strategy) of the fine-tuning scenarios; random selection has no strategy.
 FINETUNE_METHODS = [
     ("random", "random"), ("random_typiclust", "random"), ("dense_al", "least_confidence"),
     ("svp", "least_confidence"), ("prunefuse_kd", "least_confidence"), ("prunefuse_distilled", "least_confidence"),
     ("feature_proxy", "least_confidence"), ("feature_proxy_typiclust", "least_confidence"),
+    # The variant the linear probe's own learning curves pointed to (margin beat least confidence there).
+    ("feature_proxy_margin", "margin"),
 ]  # fmt: skip
 # The targets for the fine-tuning scenarios: the recommended method within 0.3 points of dense AL (or better)
 # at every budget for at most 0.3x its selection time; a cold start beating the random draw by 1 point at the first

@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "active_learning.py"
+# (method, strategy) of the fine-tuning scenarios, as the script lists them.
+FINETUNE_METHODS = [
+    ("random", "random"), ("random_typiclust", "random"), ("dense_al", "least_confidence"),
+    ("svp", "least_confidence"), ("prunefuse_kd", "least_confidence"), ("prunefuse_distilled", "least_confidence"),
+    ("feature_proxy", "least_confidence"), ("feature_proxy_typiclust", "least_confidence"),
+    ("feature_proxy_margin", "margin"),
+]  # fmt: skip
 
 
 def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
@@ -52,7 +59,8 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
     # The fine-tuning scenario: a pretrained dense model, each method the configuration its name claims.
     finetune = json.loads((output / "finetune.json").read_text())
     assert set(finetune["methods"]) == {"random", "random_typiclust", "dense_al", "svp", "prunefuse_kd",
-                                        "prunefuse_distilled", "feature_proxy", "feature_proxy_typiclust"}  # fmt: skip
+                                        "prunefuse_distilled", "feature_proxy", "feature_proxy_typiclust",
+                                        "feature_proxy_margin"}  # fmt: skip
     claims = {
         "random": {"method": "random", "strategy": "random", "fusion": False, "initial_strategy": "random"},
         "random_typiclust": {"method": "random", "strategy": "random", "initial_strategy": "typiclust"},
@@ -65,9 +73,10 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
                           "fusion": False, "initial_strategy": "random"},
         "feature_proxy_typiclust": {"method": "feature_proxy", "selector": "linear_probe",
                                     "initial_strategy": "typiclust"},
+        "feature_proxy_margin": {"method": "feature_proxy", "selector": "linear_probe", "strategy": "margin"},
     }  # fmt: skip
     for method, claim in claims.items():
-        strategy = "random" if method.startswith("random") else "least_confidence"
+        strategy = dict(FINETUNE_METHODS)[method]
         state = json.loads((runs / "finetune" / f"{method}-{strategy}-seed0" / "state.json").read_text())
         assert {k: state["settings"][k] for k in claim} == claim, method
         assert state["recipe"]["model_name_or_path"] == str(runs / "pretrained")
@@ -96,5 +105,5 @@ def test_quick_vit_scenario_pretrains_a_vit_and_runs_every_fine_tuning_method(tm
     report = json.loads((output / "finetune_vit.json").read_text())
     assert report["pretraining"]["model_type"] == "vit"
     assert json.loads((runs / "pretrained_vit" / "config.json").read_text())["model_type"] == "vit"
-    assert len(report["methods"]) == 8 and all(m["accuracy"] for m in report["methods"].values())
+    assert len(report["methods"]) == 9 and all(m["accuracy"] for m in report["methods"].values())
     assert (output / "finetune_vit_accuracy.png").stat().st_size > 0

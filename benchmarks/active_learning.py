@@ -124,8 +124,10 @@ COLD_STARTS = {"random_typiclust": "random", "feature_proxy_typiclust": "feature
 # Fused-vs-fresh on identical selections: these two evaluate while training (eval_steps is a fraction).
 CURVE_METHODS = {"svp", "prunefuse_p0.5"}
 CURVE_EVAL_STEPS = 0.25
+# The scratch scenario's methods (the fine-tuning scenarios have their own list below).
+SCRATCH_METHODS = ["random", "dense_al", "svp", "prunefuse_p0.5", "prunefuse_p0.7", "prunefuse_kd"]
 FULL_STRATEGIES = {
-    "least_confidence": [m for m in METHODS if m != "distill_no_fusion"],
+    "least_confidence": SCRATCH_METHODS,
     # The second strategy compares the two selectors (dense model, p = 0.5 surrogate + fusion), which keeps
     # the full benchmark at 78 min on 2 CPU cores; --all_methods runs every method for both.
     "kcenter_greedy": ["dense_al", "prunefuse_p0.5"],
@@ -232,7 +234,7 @@ def plan_runs(args) -> list[tuple[str, str, int]]:
     for seed in args.seeds:  # seed by seed: an interrupted benchmark still has whole seeds to report
         runs.append(("random", "random", seed))
         for strategy, methods in FULL_STRATEGIES.items():
-            chosen = [m for m in METHODS if m != "distill_no_fusion"] if args.all_methods else methods
+            chosen = SCRATCH_METHODS if args.all_methods else methods
             runs += [(m, strategy, seed) for m in chosen if m != "random"]
     return runs
 

@@ -118,7 +118,8 @@ def test_typiclust_cold_start_picks_the_first_query_from_the_dense_features(tmp_
     # Its cost (the dense model's pass over the pool, k-means) is selection cost; the random draw costs nothing.
     setup = typiclust.metrics["rounds"][0]["setup"]
     assert set(setup["parts"]) == {"typiclust", "features_dense"}
-    assert typiclust.metrics["selection"]["seconds"] > drawn.metrics["selection"]["seconds"] - 1e-9
+    spent, drawn_spent = typiclust.metrics["selection"]["flops"], drawn.metrics["selection"]["flops"]
+    assert setup["flops"] > 0 and spent == pytest.approx(drawn_spent + setup["flops"])
     assert "setup" not in drawn.metrics["rounds"][0]
 
 

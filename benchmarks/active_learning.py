@@ -54,7 +54,16 @@ RECIPE = ROOT / "recipes" / "fashion-mnist-resnet" / "prunefuse.yaml"
 
 # The methods: the recipe's `method` plus overrides on top of the shared protocol. The fields a method sets
 # are removed from the recipe first, so each method is exactly what its name says.
-METHOD_FIELDS = ("method", "pruning_ratio", "strategy", "fusion", "distill_alpha")
+METHOD_FIELDS = (
+    "method",
+    "pruning_ratio",
+    "strategy",
+    "fusion",
+    "distill_alpha",
+    "selector",
+    "surrogate_distill_epochs",
+    "initial_strategy",
+)
 METHODS = {
     "random": {"method": "random"},
     "dense_al": {"method": "dense_al", "eval_dense_every_round": False},
@@ -63,6 +72,12 @@ METHODS = {
     "prunefuse_p0.7": {"method": "prunefuse", "pruning_ratio": 0.7, "distill_alpha": 0.0},
     "prunefuse_kd": {"method": "prunefuse"},
     "distill_no_fusion": {"method": "svp", "distill_alpha": 0.5},
+    # The fine-tuning scenarios' selectors that keep the pretrained model's knowledge, and the cold start.
+    "random_typiclust": {"method": "random", "initial_strategy": "typiclust"},
+    "prunefuse_distilled": {"method": "prunefuse_distilled"},
+    "feature_proxy": {"method": "feature_proxy"},
+    "feature_proxy_typiclust": {"method": "feature_proxy", "initial_strategy": "typiclust"},
+    "feature_proxy_margin": {"method": "feature_proxy"},  # run with strategy margin
 }
 LABELS = {
     "random": "random",
@@ -72,6 +87,11 @@ LABELS = {
     "prunefuse_p0.7": "PruneFuse p=0.7",
     "prunefuse_kd": "PruneFuse p=0.5 + KD",
     "distill_no_fusion": "PruneFuse, fusion off (KD only)",
+    "random_typiclust": "random, TypiClust first query",
+    "prunefuse_distilled": "PruneFuse p=0.5, surrogate distilled first",
+    "feature_proxy": "feature proxy (linear probe)",
+    "feature_proxy_typiclust": "feature proxy, TypiClust first query",
+    "feature_proxy_margin": "feature proxy, margin",
 }
 # In the fine-tuning scenario the "fresh" dense model is the pretrained checkpoint with a new head.
 FINETUNE_LABELS = {
@@ -82,13 +102,32 @@ FINETUNE_LABELS = {
     "prunefuse_p0.5": "PruneFuse p=0.5 (fusion)",
     "prunefuse_kd": "PruneFuse p=0.5 (fusion) + KD",
     "distill_no_fusion": "SVP + KD (fusion off)",
+    "random_typiclust": "random + fine-tuning, TypiClust first query",
+    "prunefuse_distilled": "PruneFuse p=0.5 (fusion) + KD, surrogate distilled from the dense model first",
+    "feature_proxy": "feature proxy: linear probe on frozen pretrained features, fine-tuned",
+    "feature_proxy_typiclust": "feature proxy + TypiClust first query, fine-tuned",
+    "feature_proxy_margin": "feature proxy with margin instead of least confidence, fine-tuned",
 }
-FINETUNE_METHODS = ["random", "dense_al", "svp", "prunefuse_p0.5", "prunefuse_kd", "distill_no_fusion"]
+# (method, strategy) of the fine-tuning scenarios; random selection has no strategy.
+FINETUNE_METHODS = [
+    ("random", "random"), ("random_typiclust", "random"), ("dense_al", "least_confidence"),
+    ("svp", "least_confidence"), ("prunefuse_kd", "least_confidence"), ("prunefuse_distilled", "least_confidence"),
+    ("feature_proxy", "least_confidence"), ("feature_proxy_typiclust", "least_confidence"),
+    # The variant the linear probe's own learning curves pointed to (margin beat least confidence there).
+    ("feature_proxy_margin", "margin"),
+]  # fmt: skip
+# The issue's targets for the fine-tuning scenarios: the recommended method within 0.3 points of dense AL (or better)
+# at every budget for at most 0.3x its selection time; a cold start beating the random draw by 1 point at the first
+# budget.
+FINETUNE_TARGETS = {"accuracy_gap_points": 0.3, "selection_time_ratio": 0.3, "cold_start_points": 1.0}
+COLD_STARTS = {"random_typiclust": "random", "feature_proxy_typiclust": "feature_proxy"}
 # Fused-vs-fresh on identical selections: these two evaluate while training (eval_steps is a fraction).
 CURVE_METHODS = {"svp", "prunefuse_p0.5"}
 CURVE_EVAL_STEPS = 0.25
+# The scratch scenario's methods (the fine-tuning scenarios have their own list below).
+SCRATCH_METHODS = ["random", "dense_al", "svp", "prunefuse_p0.5", "prunefuse_p0.7", "prunefuse_kd"]
 FULL_STRATEGIES = {
-    "least_confidence": [m for m in METHODS if m != "distill_no_fusion"],
+    "least_confidence": SCRATCH_METHODS,
     # The second strategy compares the two selectors (dense model, p = 0.5 surrogate + fusion), which keeps
     # the full benchmark at 78 min on 2 CPU cores; --all_methods runs every method for both.
     "kcenter_greedy": ["dense_al", "prunefuse_p0.5"],
@@ -100,7 +139,27 @@ FULL_PROTOCOL = {"max_eval_samples": None, "eval_dense_every_round": True}
 PRETRAIN_CLASSES = [0, 1, 2, 3, 4, 8]
 FINETUNE_CLASSES = [5, 6, 7, 9]
 FINETUNE_PROTOCOL = {"initial_labeled_size": 300, "query_size": 300, "num_rounds": 3}
-PRETRAIN_EPOCHS = 4
+PRETRAIN_EPOCHS = 2
+# The pretrained scenarios: the ResNet-18-sized model of the default recipe, and a small ViT (another model family:
+# attention, LayerNorm, a CLS-token head; trained with AdamW as ViTs are) on a 8,000-image pool so that every method
+# and seed runs in minutes on 2 CPU cores. `pretrained` is the checkpoint's folder under --runs_dir.
+FINETUNE_SCENARIOS = {
+    "finetune": {"pretrained": "pretrained", "recipe": {}, "protocol": FINETUNE_PROTOCOL,
+                 "pretrain_epochs": PRETRAIN_EPOCHS, "title": "fine-tuning a pretrained ResNet-18-sized model"},
+    "finetune_vit": {
+        "pretrained": "pretrained_vit",
+        "recipe": {
+            "model_config": {"model_type": "vit", "image_size": 28, "patch_size": 4, "num_channels": 3,
+                             "hidden_size": 96, "num_hidden_layers": 4, "num_attention_heads": 4,
+                             "intermediate_size": 192},
+            "image_size": 28, "optim": "adamw_torch", "optim_args": None, "learning_rate": 1e-3,
+            "weight_decay": 0.05, "num_train_epochs": 10, "surrogate_num_train_epochs": 10,
+            "per_device_train_batch_size": 64,
+        },
+        "protocol": {**FINETUNE_PROTOCOL, "max_pool_size": 8000},
+        "pretrain_epochs": 4, "pretrain_examples": 15000, "title": "fine-tuning a pretrained small ViT",
+    },
+}  # fmt: skip
 QUICK_PROTOCOL = {
     "model_config": {
         "model_type": "resnet",
@@ -134,8 +193,9 @@ def parse_args(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="One seed, tiny model and budgets (CI).")
-    parser.add_argument("--scenario", choices=("scratch", "finetune", "both"), default="both",
-                        help="scratch: models from config; finetune: a pretrained dense model (default: both).")  # fmt: skip
+    parser.add_argument("--scenario", choices=("scratch", *FINETUNE_SCENARIOS, "both", "all"), default="both",
+                        help="scratch: models from config; finetune: a pretrained ResNet; finetune_vit: a pretrained "
+                             "ViT; both: scratch and finetune; all: the three (default: both).")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="Seeds (default 0 1 2; quick: 0).")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--epochs", type=float, default=None, help="Override every training's epochs.")
@@ -174,7 +234,7 @@ def plan_runs(args) -> list[tuple[str, str, int]]:
     for seed in args.seeds:  # seed by seed: an interrupted benchmark still has whole seeds to report
         runs.append(("random", "random", seed))
         for strategy, methods in FULL_STRATEGIES.items():
-            chosen = [m for m in METHODS if m != "distill_no_fusion"] if args.all_methods else methods
+            chosen = SCRATCH_METHODS if args.all_methods else methods
             runs += [(m, strategy, seed) for m in chosen if m != "random"]
     return runs
 
@@ -595,7 +655,7 @@ def finetune_data(args) -> Path:
     return directory
 
 
-def pretrained_checkpoint(args, recipe: dict) -> Path:
+def pretrained_checkpoint(args, recipe: dict, scenario: str = "finetune") -> Path:
     """The dense model trained on the pretraining classes (once; reused by every run and seed), with its processor.
 
     Returns the checkpoint directory, which fine-tuning runs name as `model_name_or_path`.
@@ -608,7 +668,8 @@ def pretrained_checkpoint(args, recipe: dict) -> Path:
     from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset
     from prunefuse_hf.pruning.modeling import load_image_classifier
 
-    directory = args.runs_dir / "pretrained"
+    settings = FINETUNE_SCENARIOS[scenario]
+    directory = args.runs_dir / settings["pretrained"]
     if (directory / "model.safetensors").is_file():
         return directory
     torch.manual_seed(1234)
@@ -622,11 +683,16 @@ def pretrained_checkpoint(args, recipe: dict) -> Path:
         if args.quick:
             dataset = dataset.select(range(3000 if split == "train" else 1000))
         rows = np.flatnonzero(np.isin(np.asarray(dataset["label"]), PRETRAIN_CLASSES))
+        if split == "train" and settings.get("pretrain_examples") and not args.quick:
+            rows = rows[: settings["pretrain_examples"]]
         labels = [PRETRAIN_CLASSES.index(y) for y in np.asarray(dataset["label"])[rows]]
         data[split] = PixelDataset(preprocessor.pixel_dataset(dataset), rows, labels)
+    optimizer = {"optim": recipe.get("optim", "sgd"), "optim_args": recipe.get("optim_args", "momentum=0.9"),
+                 "weight_decay": recipe.get("weight_decay", 5e-4)}  # fmt: skip
     training = TrainingArguments(
-        output_dir=str(args.runs_dir / "pretrain_trainer"), num_train_epochs=1 if args.quick else PRETRAIN_EPOCHS,
-        learning_rate=recipe["learning_rate"], optim="sgd", optim_args="momentum=0.9", weight_decay=5e-4,
+        output_dir=str(args.runs_dir / "pretrain_trainer"),
+        num_train_epochs=1 if args.quick else settings["pretrain_epochs"],
+        learning_rate=recipe["learning_rate"], **optimizer,
         lr_scheduler_type="cosine", per_device_train_batch_size=128, per_device_eval_batch_size=512,
         remove_unused_columns=False, save_strategy="no", report_to="none", disable_tqdm=True, seed=1234,
         use_cpu=args.device == "cpu", logging_steps=100,
@@ -638,28 +704,43 @@ def pretrained_checkpoint(args, recipe: dict) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     (directory / "pretraining.json").write_text(json.dumps({"classes": names, "accuracy": accuracy,
-                                                            "epochs": training.num_train_epochs}))  # fmt: skip
-    print(f"== pretrained on {names}: test accuracy {accuracy:.4f}", flush=True)
+                                                            "epochs": training.num_train_epochs,
+                                                            "examples": len(data["train"]),
+                                                            "model_type": model.config.model_type}))  # fmt: skip
+    print(f"== pretrained {model.config.model_type} on {names}: test accuracy {accuracy:.4f}", flush=True)
     return directory
 
 
-def finetune_recipe(args, recipe: dict) -> dict:
+def finetune_recipe(args, recipe: dict, scenario: str = "finetune") -> dict:
+    settings = FINETUNE_SCENARIOS[scenario]
+    pretraining_recipe = {**base_recipe(args), **({} if args.quick else settings["recipe"])}
+    if args.quick and scenario != "finetune":
+        # The same family, tiny: one layer of width 16.
+        pretraining_recipe.update({k: v for k, v in settings["recipe"].items() if k != "model_config"})
+        pretraining_recipe["model_config"] = {**settings["recipe"]["model_config"], "hidden_size": 16,
+                                              "num_hidden_layers": 1, "intermediate_size": 32, "image_size": 16}  # fmt: skip
+        pretraining_recipe["image_size"] = 16
+    recipe = {**recipe, **{k: v for k, v in pretraining_recipe.items() if k in settings["recipe"]}}
     recipe = {key: value for key, value in recipe.items() if key not in ("model_config", "image_size")}
-    recipe.update({"model_name_or_path": str(pretrained_checkpoint(args, base_recipe(args))),
-                   "dataset_name": str(finetune_data(args)), "max_eval_samples": None})  # fmt: skip
-    if not args.quick:
-        recipe.update(FINETUNE_PROTOCOL)
+    checkpoint = pretrained_checkpoint(args, pretraining_recipe, scenario)
+    recipe.update({"model_name_or_path": str(checkpoint), "dataset_name": str(finetune_data(args)),
+                   "max_eval_samples": None})  # fmt: skip
+    if args.quick:
+        recipe.update({k: QUICK_PROTOCOL[k] for k in ("num_train_epochs", "surrogate_num_train_epochs")})
+    else:
+        recipe.update(settings["protocol"])
+    if recipe.get("optim_args") is None:
+        recipe.pop("optim_args", None)
     return recipe
 
 
-def finetune_scenario(args) -> dict:
-    recipe = finetune_recipe(args, base_recipe(args))
-    runs_dir = args.runs_dir / "finetune"
+def finetune_scenario(args, scenario: str = "finetune") -> dict:
+    recipe = finetune_recipe(args, base_recipe(args), scenario)
+    runs_dir = args.runs_dir / scenario
     started = time.perf_counter()
     summaries = {}
     for seed in args.seeds:
-        for method in FINETUNE_METHODS:
-            strategy = "random" if method == "random" else "least_confidence"
+        for method, strategy in FINETUNE_METHODS:
             metrics, directory = run_one(
                 args, recipe, method, strategy, seed, runs_dir=runs_dir, curves=False
             )
@@ -670,6 +751,11 @@ def finetune_scenario(args) -> dict:
                 for r in metrics["rounds"] if fused and r.get("dense") and r["dense"].get("accuracy_at_start") is not None
             }  # fmt: skip
             summary["run_wall_seconds"] = run_wall_seconds(directory)
+            setup = (metrics["rounds"][0].get("setup") or {}).get("parts", {})
+            summary["setup_seconds"] = {name: part["seconds"] for name, part in setup.items()}
+            if "distillation" in setup:
+                summary["distilled_feature_mse"] = [setup["distillation"]["mse_before"],
+                                                    setup["distillation"]["mse_after"]]  # fmt: skip
             summaries.setdefault(method, {})[seed] = summary
     methods = {}
     for method, by_seed in summaries.items():
@@ -683,33 +769,126 @@ def finetune_scenario(args) -> dict:
                ("selection_seconds", "selection_flops", "final_training_seconds", "end_to_end_seconds")},
             "per_seed": by_seed,
         }  # fmt: skip
+    ratios = finetune_ratios(summaries)
     pretraining = json.loads((Path(recipe["model_name_or_path"]) / "pretraining.json").read_text())
-    return {"scenario": "finetune", "pretraining": pretraining, "methods": methods, "seeds": args.seeds,
-            "protocol": {k: recipe[k] for k in sorted(recipe) if k != "output_dir"},
-            "machine": machine_info(args.device), "invocation_seconds": time.perf_counter() - started,
-            "wall_seconds": sum(s["run_wall_seconds"] or 0 for m in summaries.values() for s in m.values())}  # fmt: skip
+    report = {"scenario": scenario, "title": FINETUNE_SCENARIOS[scenario]["title"], "pretraining": pretraining,
+              "methods": methods, "ratios": ratios, "seeds": args.seeds,
+              "command": "python benchmarks/active_learning.py " + " ".join(args.argv),
+              "protocol": {k: recipe[k] for k in sorted(recipe) if k != "output_dir"},
+              "machine": machine_info(args.device), "invocation_seconds": time.perf_counter() - started,
+              "wall_seconds": sum(s["run_wall_seconds"] or 0 for m in summaries.values() for s in m.values())}  # fmt: skip
+    report["targets"] = finetune_targets(report)
+    return report
+
+
+def finetune_ratios(summaries: dict) -> dict:
+    """Per method, against dense-selector AL of the same seed: the accuracy gap per budget (points) and the
+    selection-time, selection-FLOPs and end-to-end-time ratios (mean ± std over seeds)."""
+    dense = summaries.get("dense_al", {})
+    ratios = {}
+    for method, by_seed in summaries.items():
+        shared = [seed for seed in by_seed if seed in dense]
+        if method == "dense_al" or not shared:
+            continue
+        budgets = sorted({b for seed in shared for b in by_seed[seed]["accuracy"]}, key=int)
+        ratios[method] = {
+            "accuracy_gap_points": {
+                b: mean_std([100 * (by_seed[s]["accuracy"][b] - dense[s]["accuracy"][b]) for s in shared
+                             if b in by_seed[s]["accuracy"] and b in dense[s]["accuracy"]]) for b in budgets
+            },
+            **{f"{key}_ratio": mean_std([by_seed[s][f"{key}_seconds"] / dense[s][f"{key}_seconds"] for s in shared])
+               for key in ("selection", "end_to_end")},
+            "selection_flops_ratio": mean_std([by_seed[s]["selection_flops"] / dense[s]["selection_flops"]
+                                               for s in shared if dense[s]["selection_flops"]]),
+        }  # fmt: skip
+    return ratios
+
+
+def finetune_targets(report: dict) -> dict:
+    """The issue's two targets, checked on the means over seeds.
+
+    The recommended method is the one, among those that select with a model (not dense AL itself), that meets the
+    selection-time target with the best worst-budget gap to dense AL; it meets the accuracy target when that gap is
+    at least -0.3 points at every budget. Each cold start is compared with the same method's random first query.
+    """
+    targets = FINETUNE_TARGETS
+    candidates = {}
+    for method, ratio in report["ratios"].items():
+        if method in ("random", "random_typiclust") or ratio["selection_ratio"]["mean"] is None:
+            continue
+        gaps = {b: g["mean"] for b, g in ratio["accuracy_gap_points"].items() if g["mean"] is not None}
+        candidates[method] = {
+            "accuracy_gap_points": gaps,
+            "worst_gap_points": min(gaps.values()) if gaps else None,
+            "selection_time_ratio": ratio["selection_ratio"]["mean"],
+            "accuracy_met": bool(gaps) and all(g >= -targets["accuracy_gap_points"] for g in gaps.values()),
+            "time_met": ratio["selection_ratio"]["mean"] <= targets["selection_time_ratio"],
+        }
+        candidates[method]["met"] = candidates[method]["accuracy_met"] and candidates[method]["time_met"]
+    fast = [m for m, c in candidates.items() if c["time_met"] and c["worst_gap_points"] is not None]
+    recommended = max(
+        fast or candidates, key=lambda m: candidates[m]["worst_gap_points"] or -1e9, default=None
+    )
+    cold = {}
+    for method, baseline in COLD_STARTS.items():
+        mine, theirs = report["methods"].get(method), report["methods"].get(baseline)
+        if not (mine and theirs):
+            continue
+        first = min(mine["accuracy"], key=int)
+        gain = 100 * (mine["accuracy"][first]["mean"] - theirs["accuracy"][first]["mean"])
+        cold[method] = {"baseline": baseline, "budget": int(first), "gain_points": gain,
+                        "met": gain >= targets["cold_start_points"]}  # fmt: skip
+    return {"recommended": recommended, "methods": candidates, "cold_start": cold, "thresholds": targets}
 
 
 def finetune_markdown(report: dict) -> str:
     machine, pre = report["machine"], report["pretraining"]
-    methods = report["methods"]
+    methods, ratios = report["methods"], report["ratios"]
     budgets = sorted({int(b) for m in methods.values() for b in m["accuracy"]})
     lines = [
-        f"Machine: {machine['device']}, {machine['cpu_count']} CPU cores, torch {machine['torch']}; seeds "
-        f"{report['seeds']}; {report['wall_seconds'] / 60:.0f} min in all. Mean ± std over seeds. Pretrained on "
-        f"{', '.join(pre['classes'])} ({pre['epochs']} epochs, {100 * pre['accuracy']:.1f} % on their test images); "
-        "fine-tuned on the other four classes with a new head.",
+        f"{report['title'][0].upper()}{report['title'][1:]}. Machine: {machine['device']}, {machine['cpu_count']} CPU "
+        f"cores, torch {machine['torch']}; seeds {report['seeds']}; {report['wall_seconds'] / 60:.0f} min in all. "
+        f"Mean ± std over seeds. Pretrained on {', '.join(pre['classes'])} ("
+        + (f"{pre['examples']:,} training images, " if "examples" in pre else "")
+        + f"{pre['epochs']} epochs, "
+        f"{100 * pre['accuracy']:.1f} % on their test images); fine-tuned on the other four classes with a new head.",
         "",
         "| method | "
         + " | ".join(f"{b:,}" for b in budgets)
-        + " | right after fusion (last budget) | selection s | end-to-end s |",
-        "|---" * (len(budgets) + 4) + "|",
+        + " | right after fusion (last budget) | selection s | end-to-end s | gap to dense AL (points, per budget) "
+        "| selection time / dense AL |",
+        "|---" * (len(budgets) + 6) + "|",
     ]
     for method, entry in methods.items():
         accuracy = [_pm(entry["accuracy"].get(str(b), {"mean": None}), 100) for b in budgets]
         after = entry["accuracy_after_fusion"].get(str(budgets[-1]), {"mean": None})
+        ratio = ratios.get(method)
+        gaps = "–" if ratio is None else " / ".join(
+            f"{g['mean']:+.1f}" if g["mean"] is not None else "–" for g in ratio["accuracy_gap_points"].values()
+        )  # fmt: skip
+        time_ratio = "–" if ratio is None else _pm(ratio["selection_ratio"], 1, ".2f")
         lines.append(f"| {FINETUNE_LABELS[method]} | " + " | ".join(accuracy) + f" | {_pm(after, 100)} | "
-                     f"{_pm(entry['selection_seconds'])} | {_pm(entry['end_to_end_seconds'])} |")  # fmt: skip
+                     f"{_pm(entry['selection_seconds'])} | {_pm(entry['end_to_end_seconds'])} | {gaps} | "
+                     f"{time_ratio} |")  # fmt: skip
+    targets = report["targets"]
+    thresholds = targets["thresholds"]
+    lines += ["", "Targets (means over seeds):", ""]
+    recommended = targets["recommended"]
+    for method, check in targets["methods"].items():
+        gaps = ", ".join(f"{int(b):,}: {g:+.2f}" for b, g in check["accuracy_gap_points"].items())
+        lines.append(
+            f"- {'**recommended** ' if method == recommended else ''}{FINETUNE_LABELS[method]}: "
+            f"{'PASS' if check['met'] else 'MISS'} (accuracy vs dense AL {gaps} points, target >= "
+            f"-{thresholds['accuracy_gap_points']} at every budget: {'met' if check['accuracy_met'] else 'missed'}; "
+            f"selection time {check['selection_time_ratio']:.2f}x dense AL's, target <= "
+            f"{thresholds['selection_time_ratio']}: {'met' if check['time_met'] else 'missed'})"
+        )
+    for method, check in targets["cold_start"].items():
+        lines.append(
+            f"- cold start, {FINETUNE_LABELS[method]}: {'PASS' if check['met'] else 'MISS'} ({check['gain_points']:+.2f} "
+            f"points over {FINETUNE_LABELS[check['baseline']]} at {check['budget']:,} labels; target >= "
+            f"+{thresholds['cold_start_points']})"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -719,16 +898,24 @@ def finetune_plot(report: dict, output: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, ax = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    ax = axes[0]
     for method, entry in report["methods"].items():
         budgets = sorted(int(b) for b in entry["accuracy"])
         means = [100 * entry["accuracy"][str(b)]["mean"] for b in budgets]
         stds = [100 * entry["accuracy"][str(b)]["std"] for b in budgets]
-        ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=FINETUNE_LABELS[method])
-    ax.set(title="fine-tuning a pretrained model", xlabel="labeled examples", ylabel="test accuracy (%)")
+        ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=LABELS[method])
+    ax.set(title=report["title"], xlabel="labeled examples", ylabel="test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(figure, output / "finetune_accuracy.png")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    names = list(report["methods"])
+    seconds = [report["methods"][m]["selection_seconds"] for m in names]
+    ax.barh(range(len(names)), [v["mean"] for v in seconds], xerr=[v["std"] for v in seconds])
+    ax.set_yticks(range(len(names)), [LABELS[m] for m in names], fontsize=7)
+    ax.set_xlabel("selection wall time (s), all rounds")
+    ax.invert_yaxis()
+    return _save(figure, output / f"{report['scenario']}_accuracy.png")
 
 
 def scratch_scenario(args) -> dict:
@@ -774,17 +961,18 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     reports = {}
-    if args.scenario in ("scratch", "both"):
+    if args.scenario in ("scratch", "both", "all"):
         reports["scratch"] = scratch_scenario(args)
-    if args.scenario in ("finetune", "both"):
-        report = finetune_scenario(args)
+    scenarios = {"both": ["finetune"], "all": list(FINETUNE_SCENARIOS)}.get(args.scenario, [args.scenario])
+    for scenario in [s for s in scenarios if s in FINETUNE_SCENARIOS]:
+        report = finetune_scenario(args, scenario)
         args.output.mkdir(parents=True, exist_ok=True)
         report["plots"] = [finetune_plot(report, args.output)]
-        (args.output / "finetune.json").write_text(json.dumps(report, indent=1) + "\n")
+        (args.output / f"{scenario}.json").write_text(json.dumps(report, indent=1) + "\n")
         table = finetune_markdown(report)
-        (args.output / "finetune.md").write_text(table)
+        (args.output / f"{scenario}.md").write_text(table)
         print(table)
-        reports["finetune"] = report
+        reports[scenario] = report
     return reports
 
 

@@ -99,20 +99,42 @@ DEFAULT_DISTILL_ALPHA = 0.5
 DEFAULT_DISTILL_TEMPERATURE = 4.0
 DEFAULT_NUM_ROUNDS = 4
 ANNOTATIONS = ("simulated", "human")
+# What selects the next query: the surrogate trained on the labeled set each round ("trained"; at p = 0 the dense
+# model itself), or a linear head trained each round on the surrogate's frozen pooled features, computed once at
+# its (pretrained) initialization ("linear_probe").
+SELECTORS = ("trained", "linear_probe")
+# How the first query (`initial_labeled_size`) is drawn: a seeded random draw, or TypiClust's typical points of
+# k-means clusters of the dense model's pooled features.
+INITIAL_STRATEGIES = ("random", "typiclust")
+# Label-free distillation of the dense model into the surrogate before round 1 (epochs over the pool).
+DEFAULT_SURROGATE_DISTILL_EPOCHS = 1.0
 # What each named method sets; fields given explicitly win over these (and are recorded as overrides).
+_TRAINED = {"selector": "trained", "surrogate_distill_epochs": 0.0}
 METHODS = {
     "prunefuse": {"pruning_ratio": 0.5, "strategy": "least_confidence", "fusion": True,
-                  "distill_alpha": DEFAULT_DISTILL_ALPHA},
-    "svp": {"pruning_ratio": 0.5, "strategy": "least_confidence", "fusion": False, "distill_alpha": 0.0},
-    "dense_al": {"pruning_ratio": 0.0, "strategy": "least_confidence", "fusion": False, "distill_alpha": 0.0},
-    "random": {"pruning_ratio": 0.0, "strategy": "random", "fusion": False, "distill_alpha": 0.0},
+                  "distill_alpha": DEFAULT_DISTILL_ALPHA, **_TRAINED},
+    "prunefuse_distilled": {"pruning_ratio": 0.5, "strategy": "least_confidence", "fusion": True,
+                            "distill_alpha": DEFAULT_DISTILL_ALPHA, "selector": "trained",
+                            "surrogate_distill_epochs": DEFAULT_SURROGATE_DISTILL_EPOCHS},
+    "svp": {"pruning_ratio": 0.5, "strategy": "least_confidence", "fusion": False, "distill_alpha": 0.0, **_TRAINED},
+    "feature_proxy": {"pruning_ratio": 0.0, "strategy": "least_confidence", "fusion": False, "distill_alpha": 0.0,
+                      "selector": "linear_probe", "surrogate_distill_epochs": 0.0},
+    "dense_al": {"pruning_ratio": 0.0, "strategy": "least_confidence", "fusion": False, "distill_alpha": 0.0,
+                 **_TRAINED},
+    "random": {"pruning_ratio": 0.0, "strategy": "random", "fusion": False, "distill_alpha": 0.0, **_TRAINED},
 }  # fmt: skip
 METHOD_DESCRIPTIONS = {
     "prunefuse": "the pruned surrogate selects, is fused into the dense model, which trains with distillation",
+    "prunefuse_distilled": "as prunefuse, but the pruned surrogate first learns the dense model's pooled features "
+    "on the unlabeled pool (label-free distillation) before the rounds start",
     "svp": "the pruned surrogate selects, a fresh dense model trains on the selection (selection via proxy)",
+    "feature_proxy": "a linear head on the dense model's frozen pooled features (computed once) selects each round; "
+    "the dense model trains on the selection (selection via proxy with a linear probe)",
     "dense_al": "the dense model selects for itself (classic active learning) and is retrained from scratch",
     "random": "a seeded random draw, no model-based selection, the dense model trains on it",
 }
+# Pooled features of the whole pool, computed once per model and reused by resumes (`RUN/pool_features/`).
+POOL_FEATURES_DIR = "pool_features"
 
 # ----- the built-in dataset, read from Debian's `dataset-fashion-mnist` package when present -----
 

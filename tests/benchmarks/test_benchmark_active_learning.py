@@ -5,7 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "active_learning.py"
+# (method, strategy) of the fine-tuning scenarios, as the script lists them.
+FINETUNE_METHODS = [
+    ("random", "random"), ("random_typiclust", "random"), ("dense_al", "least_confidence"),
+    ("svp", "least_confidence"), ("prunefuse_kd", "least_confidence"), ("prunefuse_distilled", "least_confidence"),
+    ("feature_proxy", "least_confidence"), ("feature_proxy_typiclust", "least_confidence"),
+    ("feature_proxy_margin", "margin"),
+]  # fmt: skip
 
 
 def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
@@ -49,18 +58,25 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
 
     # The fine-tuning scenario: a pretrained dense model, each method the configuration its name claims.
     finetune = json.loads((output / "finetune.json").read_text())
-    assert set(finetune["methods"]) == {"random", "dense_al", "svp", "prunefuse_p0.5", "prunefuse_kd",
-                                        "distill_no_fusion"}  # fmt: skip
+    assert set(finetune["methods"]) == {"random", "random_typiclust", "dense_al", "svp", "prunefuse_kd",
+                                        "prunefuse_distilled", "feature_proxy", "feature_proxy_typiclust",
+                                        "feature_proxy_margin"}  # fmt: skip
     claims = {
-        "random": {"method": "random", "strategy": "random", "fusion": False, "distill_alpha": 0.0},
-        "dense_al": {"method": "dense_al", "pruning_ratio": 0.0, "fusion": False, "distill_alpha": 0.0},
+        "random": {"method": "random", "strategy": "random", "fusion": False, "initial_strategy": "random"},
+        "random_typiclust": {"method": "random", "strategy": "random", "initial_strategy": "typiclust"},
+        "dense_al": {"method": "dense_al", "pruning_ratio": 0.0, "fusion": False, "selector": "trained"},
         "svp": {"method": "svp", "pruning_ratio": 0.5, "fusion": False, "distill_alpha": 0.0},
-        "prunefuse_p0.5": {"method": "prunefuse", "pruning_ratio": 0.5, "fusion": True, "distill_alpha": 0.0},
-        "prunefuse_kd": {"method": "prunefuse", "pruning_ratio": 0.5, "fusion": True, "distill_alpha": 0.5},
-        "distill_no_fusion": {"method": "svp", "pruning_ratio": 0.5, "fusion": False, "distill_alpha": 0.5},
-    }
+        "prunefuse_kd": {"method": "prunefuse", "pruning_ratio": 0.5, "fusion": True, "distill_alpha": 0.5,
+                         "surrogate_distill_epochs": 0.0},
+        "prunefuse_distilled": {"method": "prunefuse_distilled", "fusion": True, "surrogate_distill_epochs": 1.0},
+        "feature_proxy": {"method": "feature_proxy", "pruning_ratio": 0.0, "selector": "linear_probe",
+                          "fusion": False, "initial_strategy": "random"},
+        "feature_proxy_typiclust": {"method": "feature_proxy", "selector": "linear_probe",
+                                    "initial_strategy": "typiclust"},
+        "feature_proxy_margin": {"method": "feature_proxy", "selector": "linear_probe", "strategy": "margin"},
+    }  # fmt: skip
     for method, claim in claims.items():
-        strategy = "random" if method == "random" else "least_confidence"
+        strategy = dict(FINETUNE_METHODS)[method]
         state = json.loads((runs / "finetune" / f"{method}-{strategy}-seed0" / "state.json").read_text())
         assert {k: state["settings"][k] for k in claim} == claim, method
         assert state["recipe"]["model_name_or_path"] == str(runs / "pretrained")
@@ -68,4 +84,26 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
     # Only fusion methods have an accuracy right after fusion.
     assert finetune["methods"]["prunefuse_kd"]["accuracy_after_fusion"]["120"]["n"] == 1
     assert finetune["methods"]["svp"]["accuracy_after_fusion"]["120"]["n"] == 0
-    assert "| SVP + KD (fusion off) |" in (output / "finetune.md").read_text()
+    # The feature proxy books one pass over the pool as its selection: far less than dense AL's rounds.
+    ratios = finetune["ratios"]
+    assert 0 < ratios["feature_proxy"]["selection_flops_ratio"]["mean"] < 0.5
+    assert set(ratios["feature_proxy"]["accuracy_gap_points"]) == {"40", "80", "120"}
+    targets = finetune["targets"]
+    assert targets["recommended"] in targets["methods"] and "dense_al" not in targets["methods"]
+    assert set(targets["cold_start"]) == {"random_typiclust", "feature_proxy_typiclust"}
+    table = (output / "finetune.md").read_text()
+    assert "| feature proxy: linear probe on frozen pretrained features, fine-tuned |" in table
+    assert "**recommended**" in table and "cold start, " in table
+
+
+@pytest.mark.slow
+def test_quick_vit_scenario_pretrains_a_vit_and_runs_every_fine_tuning_method(tmp_path):
+    output, runs = tmp_path / "results", tmp_path / "runs"
+    command = [sys.executable, str(SCRIPT), "--quick", "--scenario", "finetune_vit", "--output", str(output),
+               "--runs_dir", str(runs)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    report = json.loads((output / "finetune_vit.json").read_text())
+    assert report["pretraining"]["model_type"] == "vit"
+    assert json.loads((runs / "pretrained_vit" / "config.json").read_text())["model_type"] == "vit"
+    assert len(report["methods"]) == 9 and all(m["accuracy"] for m in report["methods"].values())
+    assert (output / "finetune_vit_accuracy.png").stat().st_size > 0

@@ -324,3 +324,46 @@ def test_hub_ids_are_validated_when_the_config_is_built(field_name):
     with pytest.raises(ValueError, match=rf"{field_name} 'me/ fmnist-prunefuse' is not a valid Hub"):
         make_config(push_to_hub=True, **{field_name: "me/ fmnist-prunefuse"})
     assert getattr(make_config(**{field_name: "me/fmnist-prunefuse"}), field_name) == "me/fmnist-prunefuse"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"initial_strategy": "kmeans"}, "initial_strategy must be one of 'random', 'typiclust', got 'kmeans'."),
+        ({"selector": "probe"}, "selector must be one of 'trained', 'linear_probe', got 'probe'."),
+        ({"method": "feature_proxy", "strategy": "bald"},
+         "strategy 'bald' needs MC-dropout passes of a trained model, but selector='linear_probe' scores with a "
+         "linear head (no dropout); choose another strategy or selector='trained'."),
+        ({"surrogate_distill_epochs": -1}, "surrogate_distill_epochs must be a number >= 0 (0 = none), got -1."),
+        ({"method": "dense_al", "surrogate_distill_epochs": 1},
+         "surrogate_distill_epochs=1.0 needs a pruned surrogate, but pruning_ratio is 0 (the dense model is its own "
+         "selector); set pruning_ratio > 0 or surrogate_distill_epochs: 0."),
+    ],
+)  # fmt: skip
+def test_selector_cold_start_and_distillation_settings_are_checked(overrides, message):
+    with pytest.raises(ValueError) as error:
+        make_config(**overrides)
+    assert str(error.value) == message
+
+
+def test_the_pretrained_model_methods_and_the_cold_start():
+    proxy = make_config(method="feature_proxy")
+    assert (proxy.selector, proxy.pruning_ratio, proxy.fusion, proxy.distill_alpha) == (
+        "linear_probe",
+        0.0,
+        False,
+        0.0,
+    )
+    assert not proxy.needs_teacher and proxy.initial_strategy == "random"
+    distilled = make_config(method="prunefuse_distilled")
+    assert (distilled.surrogate_distill_epochs, distilled.fusion, distilled.selector) == (
+        1.0,
+        True,
+        "trained",
+    )
+    # Every method works with either first query; an explicit selector is recorded as an override.
+    assert make_config(method="svp", initial_strategy="typiclust").initial_strategy == "typiclust"
+    assert make_config(method="svp", selector="linear_probe").method_overrides == {"selector": "linear_probe"}
+    help_text = {f.name: f.metadata["help"] for f in __import__("dataclasses").fields(PruneFuseConfig)}
+    assert "'feature_proxy': a linear head" in help_text["method"]
+    assert "'random', 'typiclust'" in help_text["initial_strategy"]

@@ -195,7 +195,7 @@ def _forward_shard(
     features_seen: list[torch.Tensor] = []
     hook = None
     if "features" in outputs:
-        hook = _classifier_module(model).register_forward_pre_hook(
+        hook = classifier_module(model).register_forward_pre_hook(
             lambda module, args: features_seen.append(args[0].detach().flatten(1).float().cpu())
         )
     autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
@@ -296,7 +296,8 @@ def _single_threaded_worker(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def _classifier_module(model: torch.nn.Module) -> torch.nn.Module:
+def classifier_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's `classifier` module, whose input (flattened) is its pooled penultimate features."""
     classifier = getattr(model, "classifier", None)
     if classifier is None:
         raise ValueError(

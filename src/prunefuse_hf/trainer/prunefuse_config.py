@@ -16,8 +16,11 @@ from ..constants import (
     DEFAULT_NUM_ROUNDS,
     FUSION_INITS,
     IMPORTANCES,
+    INITIAL_STRATEGIES,
+    METHOD_DESCRIPTIONS,
     METHODS,
     PIXEL_CACHE_FORMATS,
+    SELECTORS,
     SURROGATE_INITS,
 )
 from ..selection.strategies import STRATEGIES
@@ -58,11 +61,13 @@ class PruneFuseConfig(TrainingArguments):
         > Parameters that name the method
 
         method (`str`, *optional*, defaults to `"prunefuse"`):
-            The method the run performs; each name sets `pruning_ratio`, `strategy`, `fusion` and `distill_alpha`
-            (see `prunefuse_hf.constants.METHODS`): `"prunefuse"` (p = 0.5, least confidence, fusion, KD α = 0.5),
-            `"svp"` (the surrogate selects, a fresh dense model trains), `"dense_al"` (the dense model selects for
-            itself, p = 0), `"random"` (random selection). Those four fields given explicitly win, and the run
-            records them as overrides of the method.
+            The method the run performs; each name sets `pruning_ratio`, `strategy`, `fusion`, `distill_alpha`,
+            `selector` and `surrogate_distill_epochs` (see `prunefuse_hf.constants.METHODS`): `"prunefuse"` (p = 0.5,
+            least confidence, fusion, KD α = 0.5), `"prunefuse_distilled"` (the same, with the surrogate first
+            distilled from the dense model on the unlabeled pool), `"svp"` (the surrogate selects, a fresh dense
+            model trains), `"feature_proxy"` (a linear head on the dense model's frozen features selects, the dense
+            model trains), `"dense_al"` (the dense model selects for itself, p = 0), `"random"` (random selection).
+            Those fields given explicitly win, and the run records them as overrides of the method.
 
         > Parameters that control the data
 
@@ -97,8 +102,12 @@ class PruneFuseConfig(TrainingArguments):
             Selection strategy, one of the names registered in `prunefuse_hf.selection.strategies.STRATEGIES`. Defaults to the
             method's value.
         initial_labeled_size (`int`, *optional*, defaults to `1000`):
-            Size of the random draw the first round starts from (with human annotation, the first query). `0` starts
-            from the seed labels alone.
+            Size of the first query the first round starts from (with human annotation, the first query to label).
+            `0` starts from the seed labels alone.
+        initial_strategy (`str`, *optional*, defaults to `"random"`):
+            How the first query is drawn: `"random"` (a seeded draw) or `"typiclust"` (Hacohen et al., ICML 2022:
+            k-means of the dense model's pooled features into `initial_labeled_size` clusters, the most typical point
+            of each; for pretrained models, a cold start better than random). Its cost is booked as selection.
         seed_labels (`str`, *optional*):
             A labels file (CSV, JSON/JSONL, parquet, a Label Studio export or a dataset; see
             `prunefuse_hf.read_labels`) whose examples start labeled, with or instead of the random draw.
@@ -114,6 +123,13 @@ class PruneFuseConfig(TrainingArguments):
             Stochastic forward passes per example for MC-dropout strategies (`bald`).
         selection_seed (`int` or `None`, *optional*, defaults to `None`):
             Seed of the initial random draw and of the random parts of selection. `None` uses `seed`.
+        selector (`str`, *optional*):
+            What scores the pool each round: `"trained"` (the surrogate trained on the labeled set; at
+            `pruning_ratio=0` the dense model itself) or `"linear_probe"` (a logistic-regression head trained each
+            round on the surrogate's frozen pooled features, computed once for the whole pool at its initialization
+            and kept in `RUN/pool_features/`; with a pretrained model and `pruning_ratio=0`, its pretrained features).
+            Defaults to the method's value. `"linear_probe"` works with every strategy but `bald` (a linear head has
+            no dropout).
 
         > Parameters that control surrogate training
 
@@ -126,6 +142,11 @@ class PruneFuseConfig(TrainingArguments):
             Learning rate of the surrogate. `None` uses `learning_rate`.
         surrogate_per_device_train_batch_size (`int` or `None`, *optional*, defaults to `None`):
             Training batch size per device of the surrogate. `None` uses `per_device_train_batch_size`.
+        surrogate_distill_epochs (`float`, *optional*):
+            Before round 1, epochs of label-free distillation of the dense model into the pruned surrogate on the
+            whole pool: the surrogate's pooled features learn the dense model's at the kept channel indices (MSE), so
+            it keeps more of a pretrained model's function. `0` skips it. Its cost is booked as selection. Defaults
+            to the method's value (`1` for `prunefuse_distilled`, else `0`).
 
         > Parameters that control fusion
 
@@ -282,8 +303,10 @@ class PruneFuseConfig(TrainingArguments):
     method: str = field(
         default="prunefuse",
         metadata={
-            "help": f"The method the run performs: {_names(METHODS)}. It sets pruning_ratio, strategy, fusion and "
-            "distill_alpha; those fields given explicitly win."
+            "help": "The method the run performs: "
+            + "; ".join(f"'{name}': {text}" for name, text in METHOD_DESCRIPTIONS.items())
+            + ". It sets pruning_ratio, strategy, fusion, distill_alpha, selector and surrogate_distill_epochs; those "
+            "fields given explicitly win."
         },
     )
 
@@ -371,6 +394,20 @@ class PruneFuseConfig(TrainingArguments):
         default=None,
         metadata={"help": "Seed of the initial random draw and of random selection. Defaults to `seed`."},
     )
+    initial_strategy: str = field(
+        default="random",
+        metadata={
+            "help": f"How the first query is drawn: {_names(INITIAL_STRATEGIES)} (a seeded draw, or TypiClust: the "
+            "most typical point of each k-means cluster of the dense model's pooled features)."
+        },
+    )
+    selector: str | None = field(
+        default=None,
+        metadata={
+            "help": f"What scores the pool each round: {_names(SELECTORS)} (the surrogate trained on the labeled set, "
+            "or a linear head trained on its frozen pooled features, computed once). Defaults to the method's value."
+        },
+    )
 
     # Surrogate training.
     surrogate_init: str = field(
@@ -391,6 +428,13 @@ class PruneFuseConfig(TrainingArguments):
     surrogate_per_device_train_batch_size: int | None = field(
         default=None,
         metadata={"help": "Training batch size of the surrogate. Defaults to `per_device_train_batch_size`."},
+    )
+    surrogate_distill_epochs: float | None = field(
+        default=None,
+        metadata={
+            "help": "Before round 1, epochs of label-free distillation of the dense model's pooled features into the "
+            "pruned surrogate on the pool (MSE at the kept channels). 0 skips it. Defaults to the method's value."
+        },
     )
 
     # Fusion.
@@ -563,6 +607,25 @@ class PruneFuseConfig(TrainingArguments):
         self.mc_samples = check_integer("mc_samples", self.mc_samples, minimum=1)
         if self.selection_seed is not None:
             self.selection_seed = check_integer("selection_seed", self.selection_seed, minimum=0)
+        check_choice("initial_strategy", self.initial_strategy, INITIAL_STRATEGIES)
+        check_choice("selector", self.selector, SELECTORS)
+        if self.selector == "linear_probe" and self.strategy == "bald":
+            raise ValueError(
+                "strategy 'bald' needs MC-dropout passes of a trained model, but selector='linear_probe' scores with "
+                "a linear head (no dropout); choose another strategy or selector='trained'."
+            )
+        self.surrogate_distill_epochs = check_number(
+            "surrogate_distill_epochs",
+            self.surrogate_distill_epochs,
+            lambda v: v >= 0,
+            "a number >= 0 (0 = none)",
+        )
+        if self.surrogate_distill_epochs > 0 and self.pruning_ratio == 0:
+            raise ValueError(
+                f"surrogate_distill_epochs={self.surrogate_distill_epochs} needs a pruned surrogate, but "
+                "pruning_ratio is 0 (the dense model is its own selector); set pruning_ratio > 0 or "
+                "surrogate_distill_epochs: 0."
+            )
 
         check_choice("surrogate_init", self.surrogate_init, SURROGATE_INITS)
         if self.surrogate_num_train_epochs is not None:

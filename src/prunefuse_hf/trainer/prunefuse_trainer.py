@@ -326,7 +326,8 @@ class PruneFuseTrainer(Trainer):
             syncing = selecting and args.sync_every > 0 and r % args.sync_every == 0
             training_dense = r == last or args.eval_dense_every_round
             # Everything trained in round r sees the labeled set of round r, so selection comes last.
-            if (selecting and self.strategy.needs) or syncing or (training_dense and args.needs_teacher):
+            surrogate_selects = selecting and self.strategy.needs and args.selector == "trained"
+            if surrogate_selects or syncing or (training_dense and args.needs_teacher):
                 planned.append(Step("train_surrogate", r))
             if training_dense:
                 planned.append(Step("train_dense", r))

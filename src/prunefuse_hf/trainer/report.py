@@ -12,9 +12,12 @@ from ..utils.run_metrics import budget_accuracies, build_metrics
 
 
 def _selector_training(record: dict) -> dict:
-    """The round's surrogate training when it fed the selection (else `{}`: it only fed fusion)."""
+    """What the round spent to prepare its selection besides scoring: its surrogate training when it fed the
+    selection (not when it only fed fusion) plus round 1's set-up (pool features, cold start, distillation)."""
     surrogate = record.get("surrogate") or {}
-    return surrogate if surrogate.get("purpose", "selection") == "selection" else {}
+    parts = [surrogate] if surrogate.get("purpose", "selection") == "selection" else []
+    parts += [record["setup"]] if record.get("setup") else []
+    return {key: sum(part.get(key, 0) for part in parts) for key in ("flops", "dense_flops")} if parts else {}
 
 
 def write_report(run_dir, progress: dict, config, class_names: list[str] | None = None) -> dict:
@@ -36,7 +39,7 @@ def write_report(run_dir, progress: dict, config, class_names: list[str] | None 
 
 
 def class_balance(pool_state: dict, class_names: list[str] | None) -> dict[int, list[int]]:
-    """Examples of each class labeled in each round, `{round: [count per class id]}` (round 1: the random start)."""
+    """Examples of each class labeled in each round, `{round: [count per class id]}` (round 1: the first query)."""
     if not class_names or "labels" not in pool_state:
         return {}
     rounds, labels = np.asarray(pool_state["rounds"]), np.asarray(pool_state["labels"])
@@ -124,7 +127,7 @@ def render_report(
                   "| round | " + " | ".join(class_names) + " |", "|---|" + "---|" * len(class_names)]  # fmt: skip
         for round_, counts in sorted(balance.items()):
             lines.append(
-                f"| {round_}{' (random start)' if round_ == 1 else ''} | "
+                f"| {round_}{' (first query)' if round_ == 1 else ''} | "
                 + " | ".join(map(str, counts))
                 + " |"
             )
@@ -225,7 +228,7 @@ def _class_balance_plot(path: Path, balance: dict[int, list[int]], class_names: 
     for c, name in enumerate(class_names):
         ax.bar([str(r) for r in rounds], counts[:, c], bottom=bottom, label=name, color=colors[c])
         bottom += counts[:, c]
-    ax.set_xlabel("round (1 = random start)")
+    ax.set_xlabel("round (1 = first query)")
     ax.set_ylabel("labeled examples")
     ax.set_title("classes of the labeled examples per round")
     if len(class_names) <= 20:

@@ -25,7 +25,7 @@ CHECKED_ROWS = 2048
 RESULT_FIELDS = (
     "method", "pruning_ratio", "importance", "strategy", "fusion", "distill_alpha", "distill_temperature",
     "initial_labeled_size", "seed_labels", "query_size", "num_rounds", "seed", "data_seed", "selection_seed",
-    "annotation",
+    "annotation", "initial_strategy", "selector", "surrogate_distill_epochs",
     "surrogate_init", "fusion_init", "copy_norm_stats", "sync_every", "eval_dense_every_round", "mc_samples",
     "image_column", "label_column", "class_names", "image_size", "augment",
     "num_train_epochs", "max_steps", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",

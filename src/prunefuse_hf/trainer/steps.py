@@ -41,9 +41,12 @@ from ..pruning.fusion import fuse_into_dense
 from ..pruning.plan import PruningPlan, config_hash
 from ..pruning.prune import prune_model
 from ..pruning.replay import load_surrogate, save_surrogate
+from ..selection.proxy import normalize_features, train_linear_probe
 from ..selection.scoring import score_pool
+from ..selection.typiclust import typiclust_select
 from .batchnorm import synced_batchnorm
 from .distillation_trainer import DistillationTrainer
+from .features import distill_surrogate, load_pool_features, pool_features
 from .report import write_report
 from .run_logging import ForwardLogs
 
@@ -56,8 +59,8 @@ def init_run(trainer) -> dict:
     if len(trainer._seed_labels):
         _store_labels(trainer, trainer._seed_labels, round_=1)
         trainer.pool.label(trainer._seed_labels.pool_indices, round=1, labels=trainer._seed_labels.labels)
-    if args.initial_labeled_size:
-        # The first query: a seeded random draw from the unlabeled pool.
+    if args.initial_labeled_size and args.initial_strategy == "random":
+        # The first query: a seeded random draw from the unlabeled pool (TypiClust's is drawn once pruned).
         rng = np.random.default_rng(args.selection_seed)
         drawn = np.sort(
             rng.choice(trainer.pool.unlabeled_indices, size=args.initial_labeled_size, replace=False)
@@ -75,6 +78,7 @@ def init_run(trainer) -> dict:
         "surrogate": surrogate_cost.to_dict(),
         "dense_config_hash": config_hash(dense.config),
     }
+    setup = _setup_selection(trainer, dense, surrogate, plan)
     if trainer.is_world_process_zero():
         trainer.run_dir.save_dir(DENSE_INIT_DIR, dense.save_pretrained)
         trainer.run_dir.save_dir(DENSE_BASE_DIR, dense.save_pretrained)
@@ -86,7 +90,51 @@ def init_run(trainer) -> dict:
         "dense_params": dense_cost.params,
         "surrogate_params": surrogate_cost.params,
         "macs_ratio": round(surrogate_cost.macs / dense_cost.macs, 4),
+        "setup_seconds": round(setup["seconds"], 3) if setup else None,
+        "distilled_feature_mse": setup.get("distillation", {}).get("mse_after") if setup else None,
     }
+
+
+def _setup_selection(trainer, dense, surrogate, plan) -> dict | None:
+    """Before round 1, what only selection needs: TypiClust's first query, the surrogate's label-free distillation,
+    the linear probe's pool features. Their cost is round 1's `setup` record (booked as selection)."""
+    args = trainer.args
+    booked, parts = {}, {}
+
+    def features_of(model, role):
+        features, record = pool_features(trainer, model, role)
+        booked.setdefault(record["file"], record)  # each pass once, even when read back
+        return features, record["file"]
+
+    if args.initial_labeled_size and args.initial_strategy == "typiclust":
+        features, _ = features_of(dense, "dense")
+        started = time.perf_counter()
+        unlabeled, labeled = trainer.pool.unlabeled_indices, trainer.pool.labeled_indices
+        selection = typiclust_select(
+            args.initial_labeled_size,
+            pool_indices=unlabeled,
+            features=features[unlabeled],
+            labeled_features=features[labeled] if len(labeled) else None,
+            seed=args.selection_seed,
+        )
+        parts["typiclust"] = {"seconds": time.perf_counter() - started, "flops": 0.0, "dense_flops": 0.0}
+        _set_query(trainer, 1, selection.indices, scores=selection.scores, strategy="typiclust")
+    if args.surrogate_distill_epochs > 0:
+        parts["distillation"] = distill_surrogate(
+            trainer, surrogate, plan, features_of(dense, "dense")[0], args.surrogate_distill_epochs
+        )
+    if args.selector == "linear_probe" and trainer.strategy.needs:
+        on_dense = args.pruning_ratio == 0
+        # The proxy's features: the dense model's at p = 0 (pretrained), else the (distilled) surrogate's.
+        _, trainer.progress["probe_features"] = features_of(
+            dense if on_dense else surrogate, "dense" if on_dense else "surrogate"
+        )
+    if not booked and not parts:
+        return None
+    parts.update({f"features_{record['role']}": record for record in booked.values()})
+    record = {key: sum(part[key] for part in parts.values()) for key in ("seconds", "flops", "dense_flops")}
+    _round(trainer, 1)["setup"] = {**record, "parts": parts}
+    return {**record, **parts}
 
 
 def train_surrogate(trainer, round_: int) -> dict:
@@ -98,7 +146,7 @@ def train_surrogate(trainer, round_: int) -> dict:
     training_args = args.surrogate_training_args(str(trainer.run_dir / TRAINER_DIR))
     record = _train(trainer, surrogate, training_args, round_, role="surrogate", seed_offset=1)
     # What the training is for decides where the cost ledger books it.
-    selects = round_ <= args.num_rounds and bool(trainer.strategy.needs)
+    selects = round_ <= args.num_rounds and bool(trainer.strategy.needs) and args.selector == "trained"
     record["purpose"] = "selection" if selects else "fusion_teacher"
     if trainer.is_world_process_zero():
         trainer.run_dir.save_dir(SURROGATE_DIR, lambda d: save_checkpoint(trainer, surrogate, d, plan=plan))
@@ -164,8 +212,25 @@ def select(trainer, round_: int) -> dict:
         if skipped:
             unlabeled_indices = np.setdiff1d(unlabeled_indices, np.concatenate(list(skipped.values())))
     started = time.perf_counter()
-    outputs, scored = {}, 0
-    if trainer.strategy.needs:
+    outputs, scored, model, probe = {}, 0, None, None
+    costs = trainer.progress["costs"]
+    if trainer.strategy.needs and args.selector == "linear_probe":
+        # A linear head on the frozen features computed before round 1: no forward pass of any network here.
+        features = load_pool_features(trainer, trainer.progress["probe_features"])
+        labeled = trainer.pool.labeled_indices
+        probe = train_linear_probe(features[labeled], trainer.pool.labels[labeled], len(trainer.class_names))
+        candidates = unlabeled_indices
+        if "probs" in trainer.strategy.needs:
+            outputs["probs"] = probe.probs(features[candidates])
+        if "features" in trainer.strategy.needs:
+            outputs["features"] = normalize_features(features[candidates])
+        if trainer.strategy.uses_labeled_features:
+            outputs["labeled_features"] = normalize_features(features[labeled])
+        # The head's fit (each L-BFGS evaluation is a forward and a backward pass over the labeled features) and
+        # its application to the candidates; dense AL would have run the dense model over the candidates.
+        flops = probe.flops(len(candidates)) + 3 * probe.flops(len(labeled)) * probe.iterations
+        dense_flops = FORWARD_FLOPS_PER_MAC * costs["dense"]["macs"] * len(candidates)
+    elif trainer.strategy.needs:
         model = _trained_surrogate(trainer, round_)
         wanted = tuple(sorted(trainer.strategy.needs))
         # Shardable strategies select from each process's own shard: no process holds the whole pool's
@@ -186,14 +251,17 @@ def select(trainer, round_: int) -> dict:
     selection = trainer.strategy.select(
         query_size, pool_indices=candidates, seed=args.selection_seed + round_, **outputs
     )
-    costs = trainer.progress["costs"]
+    if probe is None:
+        flops = FORWARD_FLOPS_PER_MAC * costs["surrogate"]["macs"] * scored
+        dense_flops = FORWARD_FLOPS_PER_MAC * costs["dense"]["macs"] * scored
     _round(trainer, round_)["selection"] = {
         "strategy": trainer.strategy.name,
+        "selector": args.selector,
         "query_size": query_size,
         "scored_examples": scored,
         "seconds": time.perf_counter() - started,
-        "flops": FORWARD_FLOPS_PER_MAC * costs["surrogate"]["macs"] * scored,
-        "dense_flops": FORWARD_FLOPS_PER_MAC * costs["dense"]["macs"] * scored,
+        "flops": flops,
+        "dense_flops": dense_flops,
     }
     _set_query(
         trainer, round_ + 1, selection.indices, scores=selection.scores, strategy=trainer.strategy.name
@@ -202,8 +270,11 @@ def select(trainer, round_: int) -> dict:
         # The surrogate's guess for each queried image: annotators confirm or correct it (Label Studio
         # pre-annotations, labels.csv columns). Scoring only the query costs query_size forward passes.
         indices = np.asarray(selection.indices, dtype=np.int64)
-        guesses = _score(trainer, model, np.sort(indices), ("probs",))
-        probs = guesses.probs[np.searchsorted(guesses.pool_indices, indices)].numpy()
+        if probe is not None:
+            probs = probe.probs(features[indices]).numpy()
+        else:
+            guesses = _score(trainer, model, np.sort(indices), ("probs",))
+            probs = guesses.probs[np.searchsorted(guesses.pool_indices, indices)].numpy()
         trainer.progress["queries"][str(round_ + 1)].update(
             predictions=probs.argmax(axis=1).tolist(), prediction_scores=probs.max(axis=1).round(4).tolist()
         )

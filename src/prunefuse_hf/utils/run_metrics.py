@@ -12,8 +12,9 @@ from ..constants import METRICS_NAME
 def build_metrics(progress: dict) -> dict:
     """Per-round records (sorted), the cost ledger and the final model's numbers.
 
-    Costs are booked by what they are for: `selection` (surrogate trainings that fed a selection, and every
-    scoring pass), `fusion_teacher` (surrogate trainings that only fed fusion or distillation) and
+    Costs are booked by what they are for: `selection` (surrogate trainings that fed a selection, every scoring
+    pass, and the set-up before round 1 that only serves selection: pool features, a cold-start query, the
+    surrogate's label-free distillation, recorded as round 1's `setup`), `fusion_teacher` (surrogate trainings that only fed fusion or distillation) and
     `final_training` (every training of the dense or fused model, re-synchronizations included). `dense_flops`
     is what dense-selector active learning would have spent on the same selection work.
     """
@@ -31,10 +32,11 @@ def build_metrics(progress: dict) -> dict:
             ledger[purpose]["flops"] += surrogate["flops"]
             if purpose == "selection":
                 dense_flops += surrogate["dense_flops"]
-        if record.get("selection"):
-            ledger["selection"]["seconds"] += record["selection"]["seconds"]
-            ledger["selection"]["flops"] += record["selection"]["flops"]
-            dense_flops += record["selection"]["dense_flops"]
+        for part in (record.get("setup"), record.get("selection")):
+            if part:
+                ledger["selection"]["seconds"] += part["seconds"]
+                ledger["selection"]["flops"] += part["flops"]
+                dense_flops += part["dense_flops"]
         for part in (record.get("dense"), record.get("sync")):
             if part:
                 ledger["final_training"]["seconds"] += part["seconds"]

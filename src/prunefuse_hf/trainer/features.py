@@ -1,0 +1,202 @@
+"""What a run computes once, before round 1, for selection: the pooled features of the whole pool (one forward pass
+per model, kept in the run directory), and the label-free distillation of the dense model into the pruned surrogate.
+
+Pool features are keyed by the pool's pixel-cache key and a digest of the model's weights
+(`RUN/pool_features/<role>-<key>.npy` with its cost in `.json` beside it): a resumed run, or a second use of the same
+model in one run (the feature proxy at p = 0 and TypiClust both read the dense model's), reads them back instead of
+running the pass again, and books the pass's cost once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+
+import numpy as np
+import torch
+from transformers.utils import logging
+
+from ..constants import POOL_FEATURES_DIR
+from ..data.preprocessing import PixelDataset
+from ..pruning.cost import FORWARD_FLOPS_PER_MAC, TRAIN_FLOPS_PER_MAC
+from ..selection.scoring import classifier_module, score_pool
+from ..utils.io import atomic_write
+
+logger = logging.get_logger(__name__)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short SHA-256 of a model's parameters and buffers (names, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_pool_features(trainer, file: str) -> np.ndarray:
+    """Features written by `pool_features` (`file` is the name its record gives), memory-mapped."""
+    return np.load(trainer.run_dir / POOL_FEATURES_DIR / file, mmap_mode="r")
+
+
+def pool_features(trainer, model, role: str) -> tuple[np.ndarray, dict]:
+    """Pooled features of every pool example under `model` (eval mode), computed once and kept in the run directory.
+
+    Args:
+        trainer ([`PruneFuseTrainer`]): The run (its pool pixels, preprocessing, accelerator and run directory).
+        model (`torch.nn.Module`): An HF image classifier; its `classifier` module's input is the feature.
+        role (`str`): `"dense"` or `"surrogate"`: which cost of `trainer.progress["costs"]` the pass is booked at.
+
+    Returns:
+        `tuple[np.ndarray, dict]`: the features `(len(pool), dim)` float32 in pool-index order, and the pass's cost
+        (`seconds`, `flops`, `dense_flops`, `examples`, the `file` name in `RUN/pool_features/`, `reused`); a reused
+        file's cost is its original pass's, with `reused=True` (callers book it once).
+    """
+    key = hashlib.sha256(
+        f"{getattr(trainer.pool_pixels, '_fingerprint', None)}|{weights_digest(model)}".encode()
+    ).hexdigest()[:16]
+    directory = trainer.run_dir / POOL_FEATURES_DIR
+    path, record_path = directory / f"{role}-{key}.npy", directory / f"{role}-{key}.json"
+    if record_path.is_file() and path.is_file():
+        record = {**json.loads(record_path.read_text()), "file": path.name, "reused": True}
+        return np.load(path), record
+    started = time.perf_counter()
+    indices = np.arange(len(trainer.pool), dtype=np.int64)
+    scores = score_pool(
+        model,
+        PixelDataset(trainer.pool_pixels, indices),
+        indices,
+        batch_size=trainer.args.scoring_batch_size,
+        outputs=("features",),
+        accelerator=trainer.accelerator,
+        preprocess=trainer.preprocessor.normalize,
+        num_workers=trainer.args.dataloader_num_workers,
+        show_progress=not trainer.args.disable_tqdm,
+    )
+    features = scores.features.numpy().astype(np.float32, copy=False)
+    costs = trainer.progress["costs"]
+    record = {
+        "role": role,
+        "examples": len(indices),
+        "seconds": time.perf_counter() - started,
+        "flops": FORWARD_FLOPS_PER_MAC * costs[role]["macs"] * len(indices),
+        "dense_flops": FORWARD_FLOPS_PER_MAC * costs["dense"]["macs"] * len(indices),
+    }
+    if trainer.is_world_process_zero():
+        atomic_write(path, lambda f: np.save(f, features), binary=True)
+        # The record last: its presence says the features file is whole.
+        atomic_write(record_path, lambda f: f.write(json.dumps(record)))
+    trainer.accelerator.wait_for_everyone()
+    logger.info(f"Pool features of the {role} model: {features.shape} in {record['seconds']:.1f} s ({path}).")
+    return features, {**record, "file": path.name, "reused": False}
+
+
+def classifier_input_indices(surrogate, plan) -> np.ndarray | None:
+    """The dense feature indices the surrogate's pooled features correspond to (the kept input channels of its
+    classifier in the pruning plan), or `None` when the classifier's input was not pruned."""
+    linears = [m for m in classifier_module(surrogate).modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        return None
+    names = {id(p): n for n, p in surrogate.named_parameters()}
+    name = names.get(id(linears[0].weight))
+    kept = plan.kept_indices.get(name, {}) if name else {}
+    return np.asarray(kept[1], dtype=np.int64) if 1 in kept else None
+
+
+def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epochs: float) -> dict:
+    """Train the surrogate's body so its pooled features match the dense model's at the kept channel indices
+    (mean squared error), on the whole pool without labels, for `epochs` epochs (Adam, learning rate 1e-3, the run's
+    training batch size and seed). The classifier is left as it is, and so are the normalization layers' statistics:
+    the surrogate runs in eval mode, normalizing as the dense model does (a short pass would otherwise leave the
+    running statistics half-updated, and the features it is scored with would be worse than before).
+
+    Args:
+        trainer ([`PruneFuseTrainer`]): The run (pool pixels, preprocessing, seed, batch size, costs).
+        surrogate (`torch.nn.Module`): The pruned surrogate, trained in place.
+        plan ([`PruningPlan`]): Its pruning plan (which dense features its pooled features are).
+        dense_features (`np.ndarray` of shape `(len(pool), dense_dim)`): The dense model's pooled features.
+        epochs (`float`): Passes over the pool (a fraction trains on that share of one shuffled pass).
+
+    Returns:
+        `dict`: the cost record (`seconds`, `flops`, `dense_flops`, `examples`) and the feature error before and
+        after (`mse_before`, `mse_after`, on the same fixed 1,024 pool examples).
+
+    Raises:
+        `ValueError`: the surrogate's feature width matches neither the kept indices nor the dense width.
+    """
+    kept = classifier_input_indices(surrogate, plan)
+    targets = torch.from_numpy(dense_features if kept is None else dense_features[:, kept])
+    width = next(
+        m for m in classifier_module(surrogate).modules() if isinstance(m, torch.nn.Linear)
+    ).in_features
+    if width != targets.shape[1]:
+        raise ValueError(
+            f"The surrogate's pooled features have {width} values but the dense model's (at the kept indices) "
+            f"{targets.shape[1]}; label-free distillation cannot pair them (set surrogate_distill_epochs: 0)."
+        )
+    generator = torch.Generator().manual_seed(trainer.args.seed)
+    num_examples = len(targets)
+    steps_total = max(1, math.ceil(epochs * num_examples / trainer.args.per_device_train_batch_size))
+    batch_size = trainer.args.per_device_train_batch_size
+    device = trainer.accelerator.device
+    surrogate.to(device)
+    probe = torch.randperm(num_examples, generator=generator)[:1024].sort().values.numpy()
+    mse_before = _feature_error(trainer, surrogate, probe, targets)
+    body = [p for n, p in surrogate.named_parameters() if not n.startswith("classifier")]
+    optimizer = torch.optim.Adam(body, lr=1e-3)
+    seen: list[torch.Tensor] = []
+    hook = classifier_module(surrogate).register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].flatten(1))
+    )
+    pixels = PixelDataset(trainer.pool_pixels, np.arange(num_examples))
+    started = time.perf_counter()
+    surrogate.eval()
+    step, order = 0, torch.randperm(num_examples, generator=generator)
+    try:
+        while step < steps_total:
+            position = (step * batch_size) % num_examples
+            if position + batch_size > num_examples:
+                order = torch.randperm(num_examples, generator=generator)
+            rows = order[position : position + batch_size].sort().values.numpy()
+            batch = trainer.preprocessor.normalize(pixels.batch(rows).to(device))
+            seen.clear()
+            surrogate(pixel_values=batch)
+            loss = torch.nn.functional.mse_loss(seen[0], targets[torch.from_numpy(rows)].to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+    finally:
+        hook.remove()
+    seconds = time.perf_counter() - started
+    examples = steps_total * batch_size
+    costs = trainer.progress["costs"]
+    mse_after = _feature_error(trainer, surrogate, probe, targets)
+    logger.info(
+        f"Surrogate distilled from the dense model's features on the pool: {epochs:g} epochs, {steps_total} steps, "
+        f"{seconds:.1f} s; feature MSE {mse_before:.4f} -> {mse_after:.4f}."
+    )
+    return {
+        "seconds": seconds,
+        "examples": examples,
+        "flops": TRAIN_FLOPS_PER_MAC * costs["surrogate"]["macs"] * examples,
+        "dense_flops": TRAIN_FLOPS_PER_MAC * costs["dense"]["macs"] * examples,
+        "mse_before": mse_before,
+        "mse_after": mse_after,
+    }
+
+
+def _feature_error(trainer, surrogate, rows: np.ndarray, targets: torch.Tensor) -> float:
+    scores = score_pool(
+        surrogate,
+        PixelDataset(trainer.pool_pixels, rows),
+        rows,
+        batch_size=trainer.args.scoring_batch_size,
+        outputs=("features",),
+        preprocess=trainer.preprocessor.normalize,
+        show_progress=False,
+    )
+    return float(torch.nn.functional.mse_loss(scores.features, targets[torch.from_numpy(rows)]))

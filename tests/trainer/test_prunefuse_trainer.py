@@ -415,6 +415,8 @@ def test_state_json_holds_no_per_image_array_and_a_version_2_run_still_resumes(t
     state["pool"].update(rounds=arrays["rounds"].tolist(), labels=arrays["labels"].tolist(),
                          scores=[None if np.isnan(s) else s for s in arrays["scores"].tolist()])  # fmt: skip
     state["row_digests"] = {str(i): f"{d:016x}" for i, d in enumerate(arrays["row_digests"].tolist()) if d}
+    for name in ("initial_strategy", "selector", "surrogate_distill_epochs"):  # settings it did not record
+        del state["settings"][name]
     (tmp_path / state["pool"].pop("arrays_file")).unlink()
     (tmp_path / "state.json").write_text(json.dumps(state, indent=2))
 

@@ -35,6 +35,10 @@ RESULT_FIELDS = (
 )  # fmt: skip
 
 
+# Settings added after runs of state version 3 were written: such a run ran with these values, so it resumes.
+ADDED_SETTINGS = {"initial_strategy": "random", "selector": "trained", "surrogate_distill_epochs": 0.0}
+
+
 def result_settings(args, processor, input_shape: tuple, pool_size: int, eval_dataset) -> dict:
     """The settings a run records and a resume must match: `RESULT_FIELDS`, the preprocessing (the processor and
     the input shape), the pool's size and the evaluation set's size and fingerprint, as read back from JSON."""
@@ -62,6 +66,7 @@ def check_resumable(progress: dict, current: dict, run_dir: RunDirectory) -> Non
             "finish it with the version that started it, or start a new run in another output_dir."
         )
     saved = progress["settings"]
+    saved = {**ADDED_SETTINGS, **saved}
     changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
     if changed:
         details = "; ".join(f"{k}: the run has {old!r}, now {new!r}" for k, (old, new) in changed.items())

@@ -116,7 +116,7 @@ FINETUNE_METHODS = [
     # The variant the linear probe's own learning curves pointed to (margin beat least confidence there).
     ("feature_proxy_margin", "margin"),
 ]  # fmt: skip
-# The issue's targets for the fine-tuning scenarios: the recommended method within 0.3 points of dense AL (or better)
+# The targets of the fine-tuning scenarios: the recommended method within 0.3 points of dense AL (or better)
 # at every budget for at most 0.3x its selection time; a cold start beating the random draw by 1 point at the first
 # budget.
 FINETUNE_TARGETS = {"accuracy_gap_points": 0.3, "selection_time_ratio": 0.3, "cold_start_points": 1.0}
@@ -805,7 +805,7 @@ def finetune_ratios(summaries: dict) -> dict:
 
 
 def finetune_targets(report: dict) -> dict:
-    """The issue's two targets, checked on the means over seeds.
+    """The two targets, checked on the means over seeds.
 
     The recommended method is the one, among those that select with a model (not dense AL itself), that meets the
     selection-time target with the best worst-budget gap to dense AL; it meets the accuracy target when that gap is

@@ -65,17 +65,7 @@ def pool_features(trainer, model, role: str) -> tuple[np.ndarray, dict]:
         return np.load(path), record
     started = time.perf_counter()
     indices = np.arange(len(trainer.pool), dtype=np.int64)
-    scores = score_pool(
-        model,
-        PixelDataset(trainer.pool_pixels, indices),
-        indices,
-        batch_size=trainer.args.scoring_batch_size,
-        outputs=("features",),
-        accelerator=trainer.accelerator,
-        preprocess=trainer.preprocessor.normalize,
-        num_workers=trainer.args.dataloader_num_workers,
-        show_progress=not trainer.args.disable_tqdm,
-    )
+    scores = score_rows(trainer, model, indices, ("features",))
     features = scores.features.numpy().astype(np.float32, copy=False)
     costs = trainer.progress["costs"]
     record = {
@@ -187,6 +177,24 @@ def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epoc
         "mse_before": mse_before,
         "mse_after": mse_after,
     }
+
+
+def score_rows(trainer, model, pool_indices: np.ndarray, outputs: tuple[str, ...], gather: bool = True):
+    """`score_pool` of `model` on the run's pool rows `pool_indices`, with the run's batch size, processes,
+    preprocessing, workers and MC samples."""
+    return score_pool(
+        model,
+        PixelDataset(trainer.pool_pixels, pool_indices),
+        pool_indices,
+        batch_size=trainer.args.scoring_batch_size,
+        outputs=outputs,
+        accelerator=trainer.accelerator,
+        gather=gather,
+        mc_samples=trainer.args.mc_samples,
+        preprocess=trainer.preprocessor.normalize,
+        num_workers=trainer.args.dataloader_num_workers,
+        show_progress=not trainer.args.disable_tqdm,
+    )
 
 
 def _feature_error(trainer, surrogate, rows: np.ndarray, targets: torch.Tensor) -> float:

@@ -42,11 +42,10 @@ from ..pruning.plan import PruningPlan, config_hash
 from ..pruning.prune import prune_model
 from ..pruning.replay import load_surrogate, save_surrogate
 from ..selection.proxy import normalize_features, train_linear_probe
-from ..selection.scoring import score_pool
 from ..selection.typiclust import typiclust_select
 from .batchnorm import synced_batchnorm
 from .distillation_trainer import DistillationTrainer
-from .features import distill_surrogate, load_pool_features, pool_features
+from .features import distill_surrogate, load_pool_features, pool_features, score_rows
 from .report import write_report
 from .run_logging import ForwardLogs
 
@@ -236,13 +235,13 @@ def select(trainer, round_: int) -> dict:
         # Shardable strategies select from each process's own shard: no process holds the whole pool's
         # scores or features. The labeled set's features (kcenter_greedy) are gathered everywhere.
         sharded = trainer.strategy.shardable
-        unlabeled = _score(trainer, model, unlabeled_indices, wanted, gather=not sharded)
+        unlabeled = score_rows(trainer, model, unlabeled_indices, wanted, gather=not sharded)
         outputs = {name: getattr(unlabeled, name) for name in wanted}
         if sharded:
             outputs["accelerator"] = trainer.accelerator
         scored = len(unlabeled_indices) * (args.mc_samples if "mc_probs" in wanted else 1)
         if trainer.strategy.uses_labeled_features:
-            labeled = _score(trainer, model, trainer.pool.labeled_indices, ("features",))
+            labeled = score_rows(trainer, model, trainer.pool.labeled_indices, ("features",))
             outputs["labeled_features"] = labeled.features
             scored += len(labeled)
         candidates = unlabeled.pool_indices
@@ -273,7 +272,7 @@ def select(trainer, round_: int) -> dict:
         if probe is not None:
             probs = probe.probs(features[indices]).numpy()
         else:
-            guesses = _score(trainer, model, np.sort(indices), ("probs",))
+            guesses = score_rows(trainer, model, np.sort(indices), ("probs",))
             probs = guesses.probs[np.searchsorted(guesses.pool_indices, indices)].numpy()
         trainer.progress["queries"][str(round_ + 1)].update(
             predictions=probs.argmax(axis=1).tolist(), prediction_scores=probs.max(axis=1).round(4).tolist()
@@ -440,22 +439,6 @@ def _evaluate(trainer, model, inner=None) -> float | None:
             model=model, args=args, eval_dataset=trainer.eval_dataset, preprocessor=trainer.preprocessor
         )
     return inner.evaluate(trainer.eval_dataset)["eval_accuracy"]
-
-
-def _score(trainer, model, pool_indices: np.ndarray, outputs: tuple[str, ...], gather: bool = True):
-    return score_pool(
-        model,
-        PixelDataset(trainer.pool_pixels, pool_indices),
-        pool_indices,
-        batch_size=trainer.args.scoring_batch_size,
-        outputs=outputs,
-        accelerator=trainer.accelerator,
-        gather=gather,
-        mc_samples=trainer.args.mc_samples,
-        preprocess=trainer.preprocessor.normalize,
-        num_workers=trainer.args.dataloader_num_workers,
-        show_progress=not trainer.args.disable_tqdm,
-    )
 
 
 def _trained_surrogate(trainer, round_: int):

@@ -11,7 +11,8 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from ..constants import PIXEL_VALUES, ROW_DIGESTS
+from ..constants import ROW_DIGESTS
+from ..data.preprocessing import PixelDataset
 from ..utils.io import json_default
 from ..utils.run_directory import RunDirectory
 
@@ -110,10 +111,12 @@ def check_same_pool(progress: dict, pixels, run_dir: RunDirectory) -> np.ndarray
 
 
 def row_digests(pixels, rows: np.ndarray) -> np.ndarray:
-    """A digest of each row's decoded pixels (8-byte BLAKE2b as `uint64`, never 0), read 512 rows at a time."""
+    """A digest of each row's decoded pixels (8-byte BLAKE2b as `uint64`, never 0), read 512 rows at a time as
+    `PixelDataset` reads batches (one copy out of a raw cache, no per-row formatting)."""
     digests = np.empty(len(rows), dtype=np.uint64)
+    reader = PixelDataset(pixels, rows)
     for start in range(0, len(rows), 512):
-        batch = pixels[rows[start : start + 512].tolist()][PIXEL_VALUES]
+        batch = reader.batch(np.arange(start, min(start + 512, len(rows)))).numpy()
         for offset, row in enumerate(batch):
             digest = hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=8).digest()
             digests[start + offset] = int.from_bytes(digest, "big") or 1  # 0 means "not labeled"

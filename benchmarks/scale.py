@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import datasets
 import numpy as np
@@ -47,6 +48,7 @@ import torch
 from scale_pixel_cache import measure_pixel_cache
 from transformers import TrainerCallback
 
+from prunefuse_hf.constants import PIXEL_CACHE_DIR_ENV
 from prunefuse_hf.data.pool import DataPool
 from prunefuse_hf.selection import get_strategy
 from prunefuse_hf.trainer.run_state import relative_image_paths
@@ -241,7 +243,10 @@ def measure_resume(n: int) -> dict:
     )  # fmt: skip
     model = ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
                          num_labels=10)  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mock.patch.dict(os.environ, {PIXEL_CACHE_DIR_ENV: f"{tmp}/pixels"}),
+    ):
 
         def config():
             return PruneFuseConfig(
@@ -250,7 +255,6 @@ def measure_resume(n: int) -> dict:
                 scoring_batch_size=4096, cache_pixels=True, disable_tqdm=True, report_to="none", seed=0,
             )  # fmt: skip
 
-        os.environ["PRUNEFUSE_PIXEL_CACHE"] = f"{tmp}/pixels"
         saves = []
         first = PruneFuseTrainer(model, args=config(), train_dataset=pool, callbacks=[_StepClock()])
         save_state, first_pool = first._save_state, first.pool

@@ -57,3 +57,34 @@ def test_self_contained_examples_run(qualified_name, tmp_path, monkeypatch):
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     runner.run(test)
     assert runner.failures == 0, qualified_name
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter has imported after running `code`."""
+    import json
+    import subprocess
+    import sys
+
+    probe = f"{code}\nimport json, sys; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_importing_the_package_imports_no_training_stack():
+    # Names load on first use (lazy_loader), so `import prunefuse_hf` costs what Python's start costs.
+    modules = _modules_after("import prunefuse_hf")
+    assert not {"torch", "transformers", "datasets"} & modules
+    # ...and a name still resolves to the class it always was.
+    modules = _modules_after(
+        "from prunefuse_hf import PruningPlan; assert PruningPlan.__module__.endswith('plan')"
+    )
+    assert "torch" in modules
+
+
+@pytest.mark.parametrize("package", ["annotation", "data", "hub", "pruning", "selection", "trainer", "utils"])
+def test_every_subpackage_exports_a_complete_sorted_all(package):
+    module = importlib.import_module(f"prunefuse_hf.{package}")
+    assert module.__all__ == sorted(module.__all__)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, f"prunefuse_hf.{package}.{name}"
+    assert prunefuse_hf.__all__ == sorted(prunefuse_hf.__all__)

@@ -2,56 +2,39 @@
 
 The front door is [`PruneFuseTrainer`] with its [`PruneFuseConfig`]; every piece also works alone (pruning,
 fusion, the pool, scoring, strategies, the subset on the Hub).
+
+Names are imported from their modules on first use (as `transformers` does), so `import prunefuse_hf` and the
+commands that do not train stay fast.
 """
 
-from .annotation.labels import LabelBatch
-from .annotation.queries import write_query_batch
-from .annotation.readers import read_labels
-from .annotation.store import LabelStore
-from .constants import VERSION as __version__  # noqa: F401
-from .data.image_processor import build_image_processor
-from .data.loading import load_image_dataset
-from .data.pixel_cache import clear_pixel_caches, list_pixel_caches
-from .data.pool import DataPool
-from .data.preprocessing import ImagePreprocessor
-from .hub.pipeline_ready import export_rgb_checkpoint
-from .hub.push import push_run
-from .hub.subset import load_subset
-from .pruning.fusion import fuse_into_dense
-from .pruning.plan import PruningPlan
-from .pruning.prune import prune_model
-from .pruning.replay import load_surrogate, save_surrogate
-from .selection.scoring import score_pool
-from .selection.strategies import get_strategy
-from .trainer.distillation_trainer import DistillationTrainer, compute_accuracy
-from .trainer.prunefuse_config import PruneFuseConfig
-from .trainer.prunefuse_trainer import PruneFuseTrainer
-from .utils.memory import keep_freed_memory
+import lazy_loader
 
-__all__ = [
-    "export_rgb_checkpoint",
-    "DataPool",
-    "DistillationTrainer",
-    "ImagePreprocessor",
-    "LabelBatch",
-    "LabelStore",
-    "PruneFuseConfig",
-    "PruneFuseTrainer",
-    "PruningPlan",
-    "build_image_processor",
-    "clear_pixel_caches",
-    "compute_accuracy",
-    "fuse_into_dense",
-    "get_strategy",
-    "keep_freed_memory",
-    "list_pixel_caches",
-    "load_image_dataset",
-    "load_subset",
-    "load_surrogate",
-    "prune_model",
-    "push_run",
-    "read_labels",
-    "save_surrogate",
-    "score_pool",
-    "write_query_batch",
-]
+from .constants import VERSION as __version__  # noqa: F401
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "annotation.labels": ["LabelBatch"],
+        "annotation.queries": ["write_query_batch"],
+        "annotation.readers": ["read_labels"],
+        "annotation.store": ["LabelStore"],
+        "data.image_processor": ["build_image_processor"],
+        "data.loading": ["load_image_dataset"],
+        "data.pixel_cache": ["clear_pixel_caches", "list_pixel_caches"],
+        "data.pool": ["DataPool"],
+        "data.preprocessing": ["ImagePreprocessor"],
+        "hub.pipeline_ready": ["export_rgb_checkpoint"],
+        "hub.push": ["push_run"],
+        "hub.subset": ["load_subset"],
+        "pruning.fusion": ["fuse_into_dense"],
+        "pruning.plan": ["PruningPlan"],
+        "pruning.prune": ["prune_model"],
+        "pruning.replay": ["load_surrogate", "save_surrogate"],
+        "selection.scoring": ["score_pool"],
+        "selection.strategies": ["get_strategy"],
+        "trainer.distillation_trainer": ["DistillationTrainer", "compute_accuracy"],
+        "trainer.prunefuse_config": ["PruneFuseConfig"],
+        "trainer.prunefuse_trainer": ["PruneFuseTrainer"],
+        "utils.memory": ["keep_freed_memory"],
+    },
+)

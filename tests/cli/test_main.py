@@ -1,6 +1,9 @@
 """The `prunefuse-hf prune`, `fuse` and `cache` commands (run, compare, push and label are tested with their
 modules)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import AutoModelForImageClassification
@@ -166,3 +169,18 @@ def test_cache_clear_refuses_a_missing_or_bad_selector_with_the_fix(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("prunefuse-hf cache: error: ") and message in err and "Traceback" not in err
     assert (tmp_path / f"pixels-{key}.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["cache", "list", "--cache_dir", "{tmp}"], ["label", "{tmp}", "--labels", "labels.csv"]],
+)
+def test_commands_that_do_not_train_do_not_import_torch(argv, tmp_path):
+    # Each command imports what it needs: --help, cache and label start without torch (benchmarks/startup.py times it).
+    argv = [part.replace("{tmp}", str(tmp_path)) for part in argv]
+    code = (
+        "import sys\nfrom prunefuse_hf.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'transformers.modeling_utils' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False False", (argv, done.stderr[-2000:])

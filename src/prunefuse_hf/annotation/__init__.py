@@ -1,11 +1,19 @@
 """Labels in and out: query batches for annotators, label files and annotation-tool exports read back, the
 run's label store, a run's Label Studio project, and the simulated oracle."""
 
-from .label_studio import label_studio_config, label_studio_prediction
-from .label_studio_api import LabelStudioClient, pull_export, push_query
-from .labels import ClassLookup, LabelBatch, LabelError, check_class_names, parse_pool_index
-from .oracle import oracle_labels
-from .queries import open_query, query_directory, read_query_indices, write_query_batch
-from .readers import read_labels
-from .rounds import annotation_summary, skipped_indices
-from .store import AddResult, LabelStore, ingest_labels, query_is_complete
+import lazy_loader
+
+# Each name is imported from its module on first use: importing the package costs nothing.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "label_studio": ["label_studio_config", "label_studio_prediction"],
+        "label_studio_api": ["LabelStudioClient", "pull_export", "push_query"],
+        "labels": ["ClassLookup", "LabelBatch", "LabelError", "check_class_names", "parse_pool_index"],
+        "oracle": ["oracle_labels"],
+        "queries": ["open_query", "query_directory", "read_query_indices", "write_query_batch"],
+        "readers": ["read_labels"],
+        "rounds": ["annotation_summary", "skipped_indices"],
+        "store": ["AddResult", "LabelStore", "ingest_labels", "query_is_complete"],
+    },
+)

@@ -19,9 +19,8 @@ import argparse
 import os
 import sys
 
-import torch
-from transformers import set_seed
-
+# Only light modules at the top: each command imports what it needs (torch, transformers, the Hub client), so
+# `--help`, `label`, `label-studio` and `cache` start in a fraction of a second.
 from ..constants import (
     DENSE_INIT_DIR,
     LABEL_STUDIO_DOCUMENT_ROOT_ENV,
@@ -32,18 +31,7 @@ from ..constants import (
     PRUNING_PLAN_NAME,
     RESOLUTIONS,
 )
-from ..pruning.cost import model_cost
-from ..pruning.fusion import fuse_into_dense
-from ..pruning.modeling import load_image_classifier
-from ..pruning.plan import PruningPlan
-from ..pruning.prune import prune_model
-from ..pruning.replay import load_surrogate, save_surrogate
-from ..trainer.report import comparison_table
-from ..utils.hub_ids import has_weights
 from ..utils.memory import keep_freed_memory
-from ..utils.run_directory import RunDirectory
-from ..utils.run_metrics import load_metrics
-from .run import run_from_command_line
 
 
 def _add_prune_parser(subparsers) -> None:
@@ -74,6 +62,14 @@ def _add_fuse_parser(subparsers) -> None:
 
 
 def _prune(args) -> None:
+    from transformers import set_seed
+
+    from ..pruning.cost import model_cost
+    from ..pruning.modeling import load_image_classifier
+    from ..pruning.prune import prune_model
+    from ..pruning.replay import save_surrogate
+    from ..utils.hub_ids import has_weights
+
     set_seed(args.seed)
     # Path-like names that do not exist are refused here, naming the path (exit status 2).
     dense = load_image_classifier(args.model, num_labels=args.num_labels, num_channels=args.num_channels)
@@ -95,6 +91,13 @@ def _prune(args) -> None:
 
 
 def _fuse(args) -> None:
+    import torch
+
+    from ..pruning.fusion import fuse_into_dense
+    from ..pruning.modeling import load_image_classifier
+    from ..pruning.plan import PruningPlan
+    from ..pruning.replay import load_surrogate
+
     plan = PruningPlan.from_pretrained(args.surrogate)
     # Both need weights: a directory with only a config would silently fuse into a random initialization.
     dense = load_image_classifier(args.dense, from_config=False)
@@ -119,6 +122,9 @@ def _add_compare_parser(subparsers) -> None:
 
 
 def _compare(args) -> None:
+    from ..trainer.report import comparison_table
+    from ..utils.run_metrics import load_metrics
+
     runs = {}
     for spec in args.runs:
         name, _, path = (
@@ -212,6 +218,7 @@ def _label(args) -> None:
 
 def _ingest(args, source, ingest_labels) -> None:
     from ..annotation.queries import open_query
+    from ..utils.run_directory import RunDirectory
 
     query = open_query(args.run_dir)
     result = ingest_labels(args.run_dir, source, allow_partial=args.allow_partial, overwrite=args.overwrite,
@@ -373,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     try:
         if command == "run":
+            from .run import run_from_command_line
+
             # The run's flags are the recipe's fields, parsed by HfArgumentParser (see run.py).
             run_from_command_line(argv[1:])
         else:

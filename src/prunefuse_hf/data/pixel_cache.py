@@ -31,7 +31,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import PIL.Image
-import torch
 from transformers.utils import logging
 
 from ..constants import PIXEL_CACHE_DIR_ENV, PIXEL_CACHE_PREFIX, PIXEL_VALUES, VERSION
@@ -155,6 +154,8 @@ class CompactPixels:
         self.key = key
 
     def __call__(self, batch: dict) -> dict:
+        import torch  # here, not at the top: `prunefuse-hf cache list|clear` never imports torch
+
         arrays = []
         for data in batch[PIXEL_VALUES]:
             try:

@@ -2,27 +2,35 @@
 
 It reads a run directory's files and never the trainer, so `PruneFuseTrainer.save_model` and `push_to_hub` can use it."""
 
-from .card_data import ModelCardFacts, SubsetCardFacts, SurrogateCardFacts
-from .card_facts import (
-    collect_model_card_facts,
-    collect_subset_card_facts,
-    collect_surrogate_card_facts,
-    framework_versions,
-)
-from .cards import (
-    render_dataset_card,
-    render_model_card,
-    render_surrogate_card,
-    template_environment,
-    write_model_card,
-)
-from .pipeline_ready import export_rgb_checkpoint
-from .push import PushError, PushResult, push_query_batch, push_run
-from .subset import (
-    SubsetMismatchError,
-    check_pool,
-    load_subset,
-    rebuild_subset_pool,
-    save_subset,
-    subset_metadata,
+import lazy_loader
+
+# Each name is imported from its module on first use: importing the package costs nothing.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "card_data": ["ModelCardFacts", "SubsetCardFacts", "SurrogateCardFacts"],
+        "card_facts": [
+            "collect_model_card_facts",
+            "collect_subset_card_facts",
+            "collect_surrogate_card_facts",
+            "framework_versions",
+        ],
+        "cards": [
+            "render_dataset_card",
+            "render_model_card",
+            "render_surrogate_card",
+            "template_environment",
+            "write_model_card",
+        ],
+        "pipeline_ready": ["export_rgb_checkpoint"],
+        "push": ["PushError", "PushResult", "push_query_batch", "push_run"],
+        "subset": [
+            "SubsetMismatchError",
+            "check_pool",
+            "load_subset",
+            "rebuild_subset_pool",
+            "save_subset",
+            "subset_metadata",
+        ],
+    },
 )

@@ -1,27 +1,35 @@
 """The surgery: the family registry, loading image classifiers, pruning at initialization into a surrogate with
 its `PruningPlan`, fusing the trained surrogate back into the dense model, and the FLOPs of both."""
 
-from .cost import ModelCost, model_cost
-from .families import (
-    GENERAL_FAMILIES,
-    REFUSED_FAMILIES,
-    FamilyAdapter,
-    GeneralFamily,
-    attention_heads,
-    example_pixel_values,
-    get_family_adapter,
-    scaled_width,
-)
-from .fusion import fuse_into_dense
-from .modeling import build_dense_model, check_model_path, load_image_classifier
-from .plan import PruningPlan, architecture_fields, config_hash
-from .prune import prune_model, validate_pruning_ratio
-from .replay import load_surrogate, rebuild_surrogate, save_surrogate
-from .support import (
-    check_supported_model,
-    classifier_class_name,
-    family_model_classes,
-    image_classification_classes,
-    refused_model_classes,
-    support_table_markdown,
+import lazy_loader
+
+# Each name is imported from its module on first use: importing the package costs nothing.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "cost": ["ModelCost", "model_cost"],
+        "families": [
+            "GENERAL_FAMILIES",
+            "REFUSED_FAMILIES",
+            "FamilyAdapter",
+            "GeneralFamily",
+            "attention_heads",
+            "example_pixel_values",
+            "get_family_adapter",
+            "scaled_width",
+        ],
+        "fusion": ["fuse_into_dense"],
+        "modeling": ["build_dense_model", "check_model_path", "load_image_classifier"],
+        "plan": ["PruningPlan", "architecture_fields", "config_hash"],
+        "prune": ["prune_model", "validate_pruning_ratio"],
+        "replay": ["load_surrogate", "rebuild_surrogate", "save_surrogate"],
+        "support": [
+            "check_supported_model",
+            "classifier_class_name",
+            "family_model_classes",
+            "image_classification_classes",
+            "refused_model_classes",
+            "support_table_markdown",
+        ],
+    },
 )

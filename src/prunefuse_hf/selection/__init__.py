@@ -1,21 +1,29 @@
 """Scoring the pool (streamed, sharded across processes) and the strategies that turn scores into a query."""
 
-from .diversity import BadgeStrategy, KCenterGreedyStrategy
-from .proxy import LinearProbe, normalize_features, train_linear_probe
-from .scoring import PoolScores, active_dropout_layers, score_pool
-from .shards import ShardGroup, gather_variable_rows
-from .strategies import (
-    STRATEGIES,
-    BaldStrategy,
-    EntropyStrategy,
-    LeastConfidenceStrategy,
-    MarginStrategy,
-    RandomStrategy,
-    Selection,
-    SelectionStrategy,
-    UncertaintyStrategy,
-    get_strategy,
-    register_strategy,
-    top_n_by_score,
+import lazy_loader
+
+# Each name is imported from its module on first use: importing the package costs nothing.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "diversity": ["BadgeStrategy", "KCenterGreedyStrategy"],
+        "proxy": ["LinearProbe", "normalize_features", "train_linear_probe"],
+        "scoring": ["PoolScores", "active_dropout_layers", "score_pool"],
+        "shards": ["ShardGroup", "gather_variable_rows"],
+        "strategies": [
+            "STRATEGIES",
+            "BaldStrategy",
+            "EntropyStrategy",
+            "LeastConfidenceStrategy",
+            "MarginStrategy",
+            "RandomStrategy",
+            "Selection",
+            "SelectionStrategy",
+            "UncertaintyStrategy",
+            "get_strategy",
+            "register_strategy",
+            "top_n_by_score",
+        ],
+        "typiclust": ["typicality", "typiclust_select"],
+    },
 )
-from .typiclust import typicality, typiclust_select

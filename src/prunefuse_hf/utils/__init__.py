@@ -1,7 +1,15 @@
 """Helpers every layer uses: atomic writes and the run directory's files, Hub ids, the allocator setting."""
 
-from .hub_ids import has_weights, is_hub_id, validate_hub_id
-from .io import atomic_write, fsync_directory, json_default, redact_secrets
-from .memory import keep_freed_memory
-from .run_directory import RunDirectory, RunDirectoryError, step_name
-from .run_metrics import budget_accuracies, build_metrics, load_metrics
+import lazy_loader
+
+# Each name is imported from its module on first use: importing the package costs nothing.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "hub_ids": ["has_weights", "is_hub_id", "validate_hub_id"],
+        "io": ["atomic_write", "fsync_directory", "json_default", "redact_secrets"],
+        "memory": ["keep_freed_memory"],
+        "run_directory": ["RunDirectory", "RunDirectoryError", "step_name"],
+        "run_metrics": ["budget_accuracies", "build_metrics", "load_metrics"],
+    },
+)

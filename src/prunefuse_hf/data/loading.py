@@ -392,7 +392,7 @@ def load_run_datasets(
         raise ValueError(f"train_split: {error} Set train_split to one of them.") from None
     if label_column is not None and label_column in pool.column_names:
         validate_image_dataset(pool, image_column, label_column)
-    pool = _subsample(pool, data_args.max_pool_size, seed)
+    pool = subsample(pool, data_args.max_pool_size, seed)
     eval_dataset = None
     if data_args.eval_split:
         try:
@@ -401,11 +401,13 @@ def load_run_datasets(
             raise ValueError(
                 f"eval_split: {error} Set eval_split to one of them, or eval_split: null to run without evaluation."
             ) from None
-        eval_dataset = _subsample(eval_dataset, data_args.max_eval_samples, seed + 1)
+        eval_dataset = subsample(eval_dataset, data_args.max_eval_samples, seed + 1)
     return pool, eval_dataset
 
 
-def _subsample(dataset: datasets.Dataset, size: int | None, seed: int) -> datasets.Dataset:
+def subsample(dataset: datasets.Dataset, size: int | None, seed: int) -> datasets.Dataset:
+    """A seeded draw of `size` rows in their original order (`max_pool_size`, `max_eval_samples`); the subset's
+    rebuild draws the same rows."""
     if size is None or size >= len(dataset):
         return dataset
     rows = np.sort(np.random.default_rng(seed).choice(len(dataset), size=size, replace=False))

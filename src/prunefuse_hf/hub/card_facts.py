@@ -26,34 +26,8 @@ from ..utils.hub_ids import is_hub_id
 from ..utils.io import redact_secrets
 from ..utils.run_directory import RunDirectory
 from ..utils.run_metrics import build_metrics
-from .card_data import (
-    _PLACEHOLDER_LABEL,
-    ModelCardFacts,
-    SubsetCardFacts,
-    SurrogateCardFacts,
-    _accuracy,
-    _class_counts,
-    _costs,
-    _count,
-    _dataset_link,
-    _distillation,
-    _evaluation,
-    _fusion,
-    _human,
-    _listing,
-    _number,
-    _overrides,
-    _query_sizes,
-    _quickstart,
-    _ratio,
-    _round_sizes,
-    _rounds,
-    _shareable,
-    _shown_name,
-    _summary,
-    _training_data,
-    _yaml,
-)
+from . import card_text
+from .card_data import ModelCardFacts, SubsetCardFacts, SurrogateCardFacts
 
 
 def collect_model_card_facts(
@@ -110,13 +84,13 @@ def collect_model_card_facts(
     dense, surrogate = costs.get("dense", {}), costs.get("surrogate", {})
 
     base_model, base_model_folder, from_config = _model_origin(recipe, run_dir)
-    dataset_hub_id, dataset, dataset_details = _training_data(data, endpoint)
+    dataset_hub_id, dataset, dataset_details = card_text.training_data(data, endpoint)
     labels = _class_names(model_config)
     method = config.get("method")
     title = (model_repo_id or "").split("/")[-1] or f"PruneFuse {model_config.get('model_type', 'model')}"
     source = model_repo_id or f"path/to/{checkpoint_dir.name}"
     num_channels = int(model_config.get("num_channels") or 3)
-    shareable_recipe, shortened = _shareable(recipe) if recipe else (None, False)
+    shareable_recipe, shortened = card_text.shareable(recipe) if recipe else (None, False)
     return ModelCardFacts(
         title=title,
         model_repo_id=model_repo_id,
@@ -125,12 +99,12 @@ def collect_model_card_facts(
         model_type=model_config.get("model_type"),
         num_channels=num_channels,
         num_labels=len(model_config.get("id2label") or {}) or None,
-        labels=_listing(labels),
+        labels=card_text.listing(labels),
         example_label=labels[0] if labels else None,
-        summary=_summary(config, _count(pool_size)),
+        summary=card_text.summary(config, card_text.count(pool_size)),
         method=method,
         method_description=METHOD_DESCRIPTIONS.get(method),
-        method_overrides=_overrides(metrics["method_overrides"]),
+        method_overrides=card_text.overrides(metrics["method_overrides"]),
         base_model=base_model,
         base_model_url=f"{endpoint}/{base_model}" if base_model else None,
         base_model_folder=base_model_folder,
@@ -140,38 +114,40 @@ def collect_model_card_facts(
         dataset_label="Fashion-MNIST" if data and data["dataset_name"] == FASHION_MNIST else dataset_hub_id,
         dataset=dataset,
         dataset_details=dataset_details,
-        eval_description=_evaluation(data, config),
+        eval_description=card_text.evaluation(data, config),
         subset_repo_id=subset_repo_id,
         subset_repo_url=f"{endpoint}/datasets/{subset_repo_id}" if subset_repo_id else None,
         surrogate_repo_id=surrogate_repo_id,
         surrogate_repo_url=f"{endpoint}/{surrogate_repo_id}" if surrogate_repo_id else None,
-        pool_size=_count(pool_size),
-        labeled=_count(labeled),
+        pool_size=card_text.count(pool_size),
+        labeled=card_text.count(labeled),
         labeled_fraction=f"{labeled / pool_size:.1%}" if labeled and pool_size else None,
         pruning_ratio=config.get("pruning_ratio"),
         importance=config.get("importance"),
-        dense_params=_human(dense.get("params")),
-        surrogate_params=_human(surrogate.get("params")),
-        params_ratio=_ratio(surrogate.get("params"), dense.get("params")),
-        dense_macs=_human(dense.get("macs")),
-        surrogate_macs=_human(surrogate.get("macs")),
-        macs_ratio=_ratio(surrogate.get("macs"), dense.get("macs")),
+        dense_params=card_text.human(dense.get("params")),
+        surrogate_params=card_text.human(surrogate.get("params")),
+        params_ratio=card_text.ratio(surrogate.get("params"), dense.get("params")),
+        dense_macs=card_text.human(dense.get("macs")),
+        surrogate_macs=card_text.human(surrogate.get("macs")),
+        macs_ratio=card_text.ratio(surrogate.get("macs"), dense.get("macs")),
         image_size="×".join(map(str, costs["image_size"])) + " pixels" if costs.get("image_size") else None,
         strategy=config.get("strategy"),
         num_rounds=config.get("num_rounds"),
-        round_sizes=_round_sizes(config.get("initial_labeled_size"), _query_sizes(config)),
+        round_sizes=card_text.round_sizes(config.get("initial_labeled_size"), card_text.query_sizes(config)),
         surrogate_init=config.get("surrogate_init"),
         sync_every=config.get("sync_every") or None,
-        fusion=_fusion(config),
-        distillation=_distillation(config),
-        rounds=_rounds(metrics["rounds"]),
-        final_accuracy=_accuracy(final.get("accuracy")),
-        final_accuracy_at_start=_accuracy(final.get("accuracy_at_start")),
-        final_epochs=_number(final.get("epochs")),
-        costs=_costs(metrics),
-        selection_flops_ratio=_ratio(metrics["selection"]["flops"], metrics["selection"]["dense_flops"]),
-        quickstart=_quickstart(source, num_channels, labels),
-        recipe=_yaml(shareable_recipe) if shareable_recipe else None,
+        fusion=card_text.fusion(config),
+        distillation=card_text.distillation(config),
+        rounds=card_text.rounds(metrics["rounds"]),
+        final_accuracy=card_text.accuracy(final.get("accuracy")),
+        final_accuracy_at_start=card_text.accuracy(final.get("accuracy_at_start")),
+        final_epochs=card_text.number(final.get("epochs")),
+        costs=card_text.costs(metrics),
+        selection_flops_ratio=card_text.ratio(
+            metrics["selection"]["flops"], metrics["selection"]["dense_flops"]
+        ),
+        quickstart=card_text.quickstart(source, num_channels, labels),
+        recipe=card_text.yaml(shareable_recipe) if shareable_recipe else None,
         recipe_paths_shortened=shortened,
         versions=framework_versions(),
     )
@@ -224,9 +200,9 @@ def collect_surrogate_card_facts(
         model_type=model_type,
         pruning_ratio=config.get("pruning_ratio"),
         importance=config.get("importance"),
-        surrogate_params=_human(surrogate.get("params")),
-        dense_params=_human(dense.get("params")),
-        params_ratio=_ratio(surrogate.get("params"), dense.get("params")),
+        surrogate_params=card_text.human(surrogate.get("params")),
+        dense_params=card_text.human(dense.get("params")),
+        params_ratio=card_text.ratio(surrogate.get("params"), dense.get("params")),
         base_model=_model_origin(redact_secrets(metrics["recipe"]), run_dir)[0],
         model_repo_id=model_repo_id,
         model_repo_url=f"{endpoint}/{model_repo_id}" if model_repo_id else None,
@@ -281,7 +257,7 @@ def collect_subset_card_facts(
     endpoint = _endpoint(endpoint)
     source = metadata.get("source") or {}
     name = source.get("dataset_name")
-    source_hub_id, shown = _dataset_link(name, endpoint) if name else (None, None)
+    source_hub_id, shown = card_text.dataset_link(name, endpoint) if name else (None, None)
     details = []
     if name:
         details.append(f"split `{source.get('split') or 'train'}`")
@@ -298,7 +274,7 @@ def collect_subset_card_facts(
     pool, run = metadata["pool"], metadata.get("run", {})
     label_column = source.get("label_column") or "label"
     return SubsetCardFacts(
-        title=f"PruneFuse subset of {_shown_name(name)}" if name else "PruneFuse subset",
+        title=f"PruneFuse subset of {card_text.shown_name(name)}" if name else "PruneFuse subset",
         repo_id=repo_id or "path/to/subset",
         model_repo_id=model_repo_id,
         model_repo_url=f"{endpoint}/{model_repo_id}" if model_repo_id else None,
@@ -306,10 +282,10 @@ def collect_subset_card_facts(
         source=shown,
         source_details=", ".join(details) or None,
         source_revision=source.get("revision") if name else None,
-        num_selected=_count(len(rows[POOL_INDEX])),
-        pool_size=_count(pool["num_examples"]),
+        num_selected=card_text.count(len(rows[POOL_INDEX])),
+        pool_size=card_text.count(pool["num_examples"]),
         pool_fingerprint=pool["fingerprint"],
-        max_pool_size=_count(pool.get("max_pool_size")),
+        max_pool_size=card_text.count(pool.get("max_pool_size")),
         pool_seed=pool.get("seed"),
         strategy=run.get("strategy"),
         num_rounds=run.get("num_rounds"),
@@ -319,10 +295,10 @@ def collect_subset_card_facts(
         has_image_path=IMAGE_PATH in rows,
         has_examples=has_examples,
         rounds=[
-            {"round": str(r), "count": _count(counts[r]), "strategy": strategies[r] or "–"}
+            {"round": str(r), "count": card_text.count(counts[r]), "strategy": strategies[r] or "–"}
             for r in sorted(counts)
         ],
-        class_counts=_class_counts(rows, metadata.get("class_names")),
+        class_counts=card_text.class_counts(rows, metadata.get("class_names")),
     )
 
 
@@ -356,7 +332,7 @@ def _model_origin(recipe: dict | None, run_dir: Path) -> tuple[str | None, str |
 def _class_names(model_config: dict) -> list[str]:
     id2label = model_config.get("id2label") or {}
     labels = [label for _, label in sorted(id2label.items(), key=lambda kv: int(kv[0]))]
-    return [] if all(_PLACEHOLDER_LABEL.fullmatch(label) for label in labels) else labels
+    return [] if all(card_text.PLACEHOLDER_LABEL.fullmatch(label) for label in labels) else labels
 
 
 def framework_versions() -> dict[str, str]:

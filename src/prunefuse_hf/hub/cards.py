@@ -40,15 +40,6 @@ PAPER_URL = "https://arxiv.org/abs/2603.26138"
 TAGS = ["prunefuse", "active-learning", "data-selection", "pruning", "image-classification"]
 
 
-# ----- card data -----
-
-
-# ----- collecting the facts -----
-
-
-# ----- rendering -----
-
-
 @functools.cache
 def template_environment():
     """
@@ -228,9 +219,3 @@ def _render(template_name: str, card_data, facts) -> str:
     )  # fmt: skip
     # Sections that vanished leave runs of blank lines behind.
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
-
-
-# ----- facts from the run -----
-
-
-# ----- number formatting -----

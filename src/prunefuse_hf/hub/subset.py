@@ -37,7 +37,7 @@ from ..constants import (
     SUBSET_EXAMPLES_DIR,
     SUBSET_METADATA_NAME,
 )
-from ..data.loading import _subsample, load_image_dataset
+from ..data.loading import load_image_dataset, subsample
 from ..utils.io import redact_secrets
 from ..utils.run_directory import RunDirectory
 from .card_facts import collect_subset_card_facts
@@ -346,7 +346,7 @@ def _pool_from_source(dataset: datasets.Dataset, metadata: dict, verify: bool) -
     pool_info = metadata["pool"]
     size = pool_info.get("max_pool_size")
     if size and len(dataset) > size and len(dataset) != pool_info["num_examples"]:
-        dataset = _subsample(dataset, size, pool_info["seed"])
+        dataset = subsample(dataset, size, pool_info["seed"])
     check_pool(dataset, metadata, verify=verify)
     return dataset
 

@@ -2,6 +2,10 @@
 
 import lazy_loader
 
+# Strategies register themselves (`@register_strategy`) when their module runs: both registering modules load with
+# the package, so `STRATEGIES` and `get_strategy` know every strategy whatever is imported first.
+from . import diversity, strategies
+
 # Each name is imported from its module on first use: importing the package costs nothing.
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .shards import ShardGroup
-from .strategies import Selection, SelectionStrategy, _check_probs, register_strategy
+from .strategies import Selection, SelectionStrategy, check_probs, register_strategy
 
 
 @register_strategy
@@ -227,7 +227,7 @@ class BadgeStrategy(SelectionStrategy):
         self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
     ) -> Selection:
         group = group or ShardGroup()
-        probs = torch.from_numpy(_check_probs(probs, len(pool_indices), self.name))
+        probs = torch.from_numpy(check_probs(probs, len(pool_indices), self.name))
         # float32 features stay float32 (a float64 copy would double their memory); float64 stay exact.
         features = torch.as_tensor(features).detach().cpu()
         features = group.with_common_row_shape(

@@ -242,14 +242,14 @@ class SelectionStrategy:
         array([11, 12])
         ```
         """
-        pool_indices = _check_pool_indices(pool_indices)
+        pool_indices = check_pool_indices(pool_indices)
         group = ShardGroup(accelerator)
         if group.sharded and not self.shardable:
             raise ValueError(
                 f"Strategy '{self.name}' does not select from shards: gather the candidates' scores on every "
                 "process (score_pool(..., gather=True)) and call select without accelerator."
             )
-        _check_budget(n, int(group.sum(torch.tensor([len(pool_indices)]))))
+        check_budget(n, int(group.sum(torch.tensor([len(pool_indices)]))))
         given = {"probs": probs, "features": features, "mc_probs": mc_probs}
         missing = sorted(need for need in self.needs if given.get(need) is None)
         if missing:
@@ -293,7 +293,7 @@ class UncertaintyStrategy(SelectionStrategy):
     def _select(
         self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
     ) -> Selection:
-        probs = _check_probs(probs, len(pool_indices), self.name)
+        probs = check_probs(probs, len(pool_indices), self.name)
         return top_n_by_score(self.compute_scores(probs), pool_indices, n, group)
 
 
@@ -375,7 +375,7 @@ class BaldStrategy(SelectionStrategy):
                 f"mc_probs must have shape (num_candidates={len(pool_indices)}, num_samples, num_classes), "
                 f"got {mc_probs.shape}."
             )
-        flat = _check_probs(
+        flat = check_probs(
             mc_probs.reshape(-1, mc_probs.shape[-1]), mc_probs.shape[0] * mc_probs.shape[1], self.name
         )
         mc_probs = flat.reshape(mc_probs.shape)
@@ -390,7 +390,8 @@ def _entropy(probs: np.ndarray) -> np.ndarray:
     return np.sort(terms, axis=-1).sum(axis=-1)
 
 
-def _check_budget(n: int, num_candidates: int) -> None:
+def check_budget(n: int, num_candidates: int) -> None:
+    """Refuse a budget `n` that is not an integer in `[0, num_candidates]` (`TypeError` / `ValueError`)."""
     try:
         n = operator.index(n)
     except TypeError:
@@ -403,7 +404,8 @@ def _check_budget(n: int, num_candidates: int) -> None:
         )
 
 
-def _check_pool_indices(pool_indices) -> np.ndarray:
+def check_pool_indices(pool_indices) -> np.ndarray:
+    """`pool_indices` as a 1-D int64 array of distinct non-negative indices; anything else is a `ValueError`."""
     if isinstance(pool_indices, torch.Tensor):
         pool_indices = pool_indices.detach().cpu().numpy()
     pool_indices = np.asarray(pool_indices)
@@ -420,7 +422,9 @@ def _check_pool_indices(pool_indices) -> np.ndarray:
     return pool_indices
 
 
-def _check_probs(probs, num_candidates: int, strategy: str) -> np.ndarray:
+def check_probs(probs, num_candidates: int, strategy: str) -> np.ndarray:
+    """`probs` as a float64 `[num_candidates, num_labels]` array of probabilities; a `ValueError` naming `strategy`
+    otherwise."""
     if isinstance(probs, torch.Tensor):
         probs = probs.detach().cpu().double().numpy()
     probs = np.asarray(probs, dtype=np.float64)

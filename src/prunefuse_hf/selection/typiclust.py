@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .strategies import Selection, _check_budget, _check_pool_indices
+from .strategies import Selection, check_budget, check_pool_indices
 
 __all__ = ["TYPICLUST_NEIGHBORS", "typicality", "typiclust_select"]
 
@@ -94,8 +94,8 @@ def typiclust_select(
     """
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    pool_indices = _check_pool_indices(pool_indices)
-    _check_budget(n, len(pool_indices))
+    pool_indices = check_pool_indices(pool_indices)
+    check_budget(n, len(pool_indices))
     features = _as_float_matrix(features)
     if len(features) != len(pool_indices):
         raise ValueError(

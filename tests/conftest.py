@@ -1,7 +1,28 @@
+# ruff: noqa: E402 (the cache environment below is set before the libraries are imported)
 import copy
 import csv
 import functools
+import os
+import shutil
+import tempfile
 from pathlib import Path
+
+# The suite writes nothing outside temporary directories: the Hugging Face caches (hub, datasets, modules, token)
+# and the pixel cache point into one folder, removed when the session ends. Set before anything imports `datasets`,
+# `huggingface_hub` or `transformers` (they read these variables once, at import); test subprocesses inherit them
+# (and a subprocess that imports this file keeps its parent's folder).
+TEST_CACHE_ROOT_ENV = "PRUNEFUSE_TEST_CACHE_ROOT"
+_OWNS_CACHE_ROOT = TEST_CACHE_ROOT_ENV not in os.environ
+TEST_CACHE_ROOT = Path(
+    os.environ.get(TEST_CACHE_ROOT_ENV) or tempfile.mkdtemp(prefix="prunefuse-hf-test-caches-")
+)
+# The environment as the user set it (their caches, which the suite must leave as they were).
+USER_ENV = dict(os.environ)
+os.environ.update({TEST_CACHE_ROOT_ENV: str(TEST_CACHE_ROOT), "HF_HOME": str(TEST_CACHE_ROOT / "hf_home"),
+                   "PRUNEFUSE_PIXEL_CACHE": str(TEST_CACHE_ROOT / "pixels")})  # fmt: skip
+for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_MODULES_CACHE", "HF_XET_CACHE",
+              "HF_ASSETS_CACHE", "TRANSFORMERS_CACHE", "HF_EVALUATE_CACHE", "HF_METRICS_CACHE", "HF_TOKEN_PATH"):  # fmt: skip
+    os.environ.pop(_name, None)  # each derives from HF_HOME
 
 import numpy as np
 import pytest
@@ -42,6 +63,27 @@ def tiny_resnet_config(layer_type="basic", num_channels=3, num_labels=4, **kwarg
         defaults = dict(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2])
     defaults.update(kwargs)
     return ResNetConfig(num_channels=num_channels, layer_type=layer_type, num_labels=num_labels, **defaults)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_caches():
+    """The folder every cache of the session is in (see the top of this file); removed when the session ends."""
+    import datasets
+    import huggingface_hub.constants
+
+    from prunefuse_hf.data.pixel_cache import resolve_cache_dir
+
+    for what, path in (("datasets' cache", datasets.config.HF_DATASETS_CACHE),
+                       ("the Hub cache", huggingface_hub.constants.HF_HUB_CACHE),
+                       ("the pixel cache", resolve_cache_dir())):  # fmt: skip
+        if not Path(path).resolve().is_relative_to(TEST_CACHE_ROOT.resolve()):
+            raise RuntimeError(
+                f"The tests would write {what} to {path}, outside their temporary folder {TEST_CACHE_ROOT}: "
+                "something imported the Hugging Face libraries before tests/conftest.py set their environment."
+            )
+    yield TEST_CACHE_ROOT
+    if _OWNS_CACHE_ROOT:
+        shutil.rmtree(TEST_CACHE_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

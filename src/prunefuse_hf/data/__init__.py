@@ -13,7 +13,7 @@ from .loading import (
     resolve_dataset_revision,
     validate_image_dataset,
 )
-from .pixel_cache import PixelCacheInfo, clear_pixel_caches, list_pixel_caches
+from .pixel_cache import PixelCacheInfo, clear_pixel_caches, evict_least_recently_used, list_pixel_caches
 from .pool import DataPool
 from .preprocessing import ImagePreprocessor, PixelDataset, random_crop_and_flip
 from .validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget

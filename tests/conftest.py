@@ -7,10 +7,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# The suite writes nothing outside temporary directories: the Hugging Face caches (hub, datasets, modules, token)
-# and the pixel cache point into one folder, removed when the session ends. Set before anything imports `datasets`,
-# `huggingface_hub` or `transformers` (they read these variables once, at import); test subprocesses inherit them
-# (and a subprocess that imports this file keeps its parent's folder).
+# The suite writes nothing outside temporary directories: the Hugging Face caches (hub, datasets, modules, token),
+# the pixel cache and the user's cache and config folders (matplotlib's font cache, Label Studio's config) point into
+# one folder, removed when the session ends. Set before anything imports `datasets`, `huggingface_hub` or
+# `transformers` (they read these variables once, at import); test subprocesses inherit them (and a subprocess that
+# imports this file keeps its parent's folder).
 TEST_CACHE_ROOT_ENV = "PRUNEFUSE_TEST_CACHE_ROOT"
 _OWNS_CACHE_ROOT = TEST_CACHE_ROOT_ENV not in os.environ
 TEST_CACHE_ROOT = Path(
@@ -19,7 +20,9 @@ TEST_CACHE_ROOT = Path(
 # The environment as the user set it (their caches, which the suite must leave as they were).
 USER_ENV = dict(os.environ)
 os.environ.update({TEST_CACHE_ROOT_ENV: str(TEST_CACHE_ROOT), "HF_HOME": str(TEST_CACHE_ROOT / "hf_home"),
-                   "PRUNEFUSE_PIXEL_CACHE": str(TEST_CACHE_ROOT / "pixels")})  # fmt: skip
+                   "PRUNEFUSE_PIXEL_CACHE": str(TEST_CACHE_ROOT / "pixels"),
+                   "XDG_CACHE_HOME": str(TEST_CACHE_ROOT / "cache"), "XDG_CONFIG_HOME": str(TEST_CACHE_ROOT / "config"),
+                   "MPLCONFIGDIR": str(TEST_CACHE_ROOT / "matplotlib")})  # fmt: skip
 for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_MODULES_CACHE", "HF_XET_CACHE",
               "HF_ASSETS_CACHE", "TRANSFORMERS_CACHE", "HF_EVALUATE_CACHE", "HF_METRICS_CACHE", "HF_TOKEN_PATH"):  # fmt: skip
     os.environ.pop(_name, None)  # each derives from HF_HOME

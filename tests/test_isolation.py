@@ -1,5 +1,5 @@
-"""The suite leaves the user's caches as they were: every cache it writes (the Hugging Face libraries' and the pixel
-cache) is in the session's temporary folder, set by `tests/conftest.py`, in this process and in the subprocesses that
+"""The suite leaves the user's caches as they were: every cache it writes (the Hugging Face libraries', the pixel
+cache, the user's cache and config folders) is in the session's temporary folder, set by `tests/conftest.py`, in this process and in the subprocesses that
 tests start."""
 
 import json
@@ -49,6 +49,9 @@ def test_every_cache_is_in_the_sessions_temporary_folder_here_and_in_subprocesse
     child = caches_of_a_fresh_interpreter(os.environ)
     for what in here:
         assert inside(here[what], TEST_CACHE_ROOT) and inside(child[what], TEST_CACHE_ROOT), what
+    # The user's cache and config folders too (matplotlib's font cache, Label Studio's config).
+    for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR"):
+        assert inside(os.environ[name], TEST_CACHE_ROOT), name
     # Without the suite's environment the same interpreter would use other folders (the user's).
     assert not any(inside(users_caches[what], TEST_CACHE_ROOT) for what in here)
 

@@ -24,8 +24,9 @@ os.environ.update({TEST_CACHE_ROOT_ENV: str(TEST_CACHE_ROOT), "HF_HOME": str(TES
                    "XDG_CACHE_HOME": str(TEST_CACHE_ROOT / "cache"), "XDG_CONFIG_HOME": str(TEST_CACHE_ROOT / "config"),
                    "MPLCONFIGDIR": str(TEST_CACHE_ROOT / "matplotlib")})  # fmt: skip
 for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_MODULES_CACHE", "HF_XET_CACHE",
-              "HF_ASSETS_CACHE", "TRANSFORMERS_CACHE", "HF_EVALUATE_CACHE", "HF_METRICS_CACHE", "HF_TOKEN_PATH"):  # fmt: skip
-    os.environ.pop(_name, None)  # each derives from HF_HOME
+              "HF_ASSETS_CACHE", "TRANSFORMERS_CACHE", "HF_EVALUATE_CACHE", "HF_METRICS_CACHE", "HF_TOKEN_PATH",
+              "PRUNEFUSE_PIXEL_CACHE_MAX_SIZE"):  # fmt: skip
+    os.environ.pop(_name, None)  # each derives from HF_HOME; the pixel cache's cap is the default one
 
 import numpy as np
 import pytest

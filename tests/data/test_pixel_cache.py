@@ -154,14 +154,20 @@ def test_the_cap_comes_from_the_environment_and_spares_the_caches_being_read(tmp
     age(tmp_path, first, 5)
     building = tmp_path / "pixels-0123456789abcdef01234567_00000_of_00002.arrow"  # another process's build
     building.write_bytes(b"x" * 100)
+    interrupted = tmp_path / "pixels-89abcdef0123456789abcdef.arrow"  # a build stopped two days ago
+    interrupted.write_bytes(b"x" * 100)
+    os.utime(interrupted, (time.time() - 2 * DAY, time.time() - 2 * DAY))
     monkeypatch.setenv("PRUNEFUSE_PIXEL_CACHE_MAX_SIZE", "1KB")
     # Asked for (cache=True): built although it alone passes the cap.
     with caplog.at_level("WARNING", logger="prunefuse_hf"):
         built, third = pool_cache(tmp_path, seed=3, cache=True)
-    # The least recently used cache is being read: the next one goes; the unfinished build is left alone.
+    # The least recently used cache is being read: the interrupted build and the next one go; the build under way
+    # is left alone.
     assert {info.key for info in list_pixel_caches(tmp_path)} == {first, third, "0123456789abcdef01234567"}
-    assert (
-        "removed the 1 least recently used cache, " in caplog.text and f": {second} (12 images" in caplog.text
+    assert re.search(
+        r"removed the 2 least recently used caches, [\d.]+ KB: 89abcdef0123456789abcdef \(an interrupted build, "
+        rf"100 B, last written [\d-]+ [\d:]+\), {second} \(12 images, raw, ",
+        caplog.text,
     )
     assert "the rest is in use by this run or an unfinished build" in caplog.text
     assert len(reading) == len(built) == 12

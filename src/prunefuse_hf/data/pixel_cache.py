@@ -18,8 +18,8 @@ processor, pool fingerprint, creation time; its modification time is the last us
 
 The folder has a size cap (`pixel_cache_max_size`, else `$PRUNEFUSE_PIXEL_CACHE_MAX_SIZE`, else 50 GB): before and
 after a build, [`evict_least_recently_used`] removes complete caches, least recently used first, until the folder
-fits, and logs what it removed. The caches this process is reading, and incomplete ones (another process may be
-building them), are never removed by it.
+fits, and logs what it removed. The caches this process is reading, and incomplete ones written to within a day
+(another process may be building them), are never removed by it.
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def evict_least_recently_used(
     Keep the pixel cache folder under its cap: remove complete caches, least recently used first, until the folder
     holds at most `max_size - reserve` bytes, and say so in the log (which caches, how much, what remains).
 
-    The caches this process is reading (a dataset it returned is alive), and incomplete ones (another process may be
-    building them), are never removed. A run whose cache was removed builds it again when it next needs it.
+    The caches this process is reading (a dataset it returned is alive), and incomplete ones written to within the
+    last day (another process may be building them), are never removed. A run whose cache was removed builds it again when it next needs it.
 
     Args:
         cache_dir (`str` or `os.PathLike`, *optional*): As in [`list_pixel_caches`].
@@ -178,11 +178,14 @@ def evict_least_recently_used(
     if total <= limit:
         return []
     in_use = _in_use(directory)
+    # An incomplete cache written to within a day may be a build under way (its files grow); an older one was
+    # interrupted and is removed like any other.
+    building_since = _now().timestamp() - _SECONDS_PER_DAY
     removed = []
     for info in reversed(caches):  # least recently used first
         if total <= limit:
             break
-        if not info.complete or info.key in in_use:
+        if info.key in in_use or (not info.complete and info.last_used.timestamp() > building_since):
             continue
         remove_files(directory, info.key)
         removed.append(info)
@@ -194,8 +197,11 @@ def evict_least_recently_used(
     )
     if removed:
         listed = ", ".join(
-            f"{info.key} ({info.num_images or 0:,} images, {info.cache_format or '?'}, "
-            f"{format_bytes(info.size_bytes)}, last used {info.last_used:%Y-%m-%d %H:%M})"
+            f"{info.key} ({info.num_images:,} images, {info.cache_format}, {format_bytes(info.size_bytes)}, last used "
+            f"{info.last_used:%Y-%m-%d %H:%M})"
+            if info.complete
+            else f"{info.key} (an interrupted build, {format_bytes(info.size_bytes)}, last written "
+            f"{info.last_used:%Y-%m-%d %H:%M})"
             for info in removed
         )
         logger.warning(

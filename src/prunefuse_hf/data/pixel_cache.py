@@ -197,8 +197,8 @@ def evict_least_recently_used(
     )
     if removed:
         listed = ", ".join(
-            f"{info.key} ({info.num_images:,} images, {info.cache_format}, {format_bytes(info.size_bytes)}, last used "
-            f"{info.last_used:%Y-%m-%d %H:%M})"
+            f"{info.key} ({info.num_images or 0:,} images, {info.cache_format}, {format_bytes(info.size_bytes)}, "
+            f"last used {info.last_used:%Y-%m-%d %H:%M})"
             if info.complete
             else f"{info.key} (an interrupted build, {format_bytes(info.size_bytes)}, last written "
             f"{info.last_used:%Y-%m-%d %H:%M})"

@@ -1,4 +1,5 @@
 # ruff: noqa: E402 (the cache environment below is set before the libraries are imported)
+import atexit
 import copy
 import csv
 import functools
@@ -17,6 +18,8 @@ _OWNS_CACHE_ROOT = TEST_CACHE_ROOT_ENV not in os.environ
 TEST_CACHE_ROOT = Path(
     os.environ.get(TEST_CACHE_ROOT_ENV) or tempfile.mkdtemp(prefix="prunefuse-hf-test-caches-")
 )
+if _OWNS_CACHE_ROOT:  # at exit, however the session ends (a collection-only run starts no fixture)
+    atexit.register(shutil.rmtree, TEST_CACHE_ROOT, ignore_errors=True)
 # The environment as the user set it (their caches, which the suite must leave as they were).
 USER_ENV = dict(os.environ)
 os.environ.update({TEST_CACHE_ROOT_ENV: str(TEST_CACHE_ROOT), "HF_HOME": str(TEST_CACHE_ROOT / "hf_home"),
@@ -71,7 +74,7 @@ def tiny_resnet_config(layer_type="basic", num_channels=3, num_labels=4, **kwarg
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_caches():
-    """The folder every cache of the session is in (see the top of this file); removed when the session ends."""
+    """The folder every cache of the session is in (see the top of this file), checked before the first test."""
     import datasets
     import huggingface_hub.constants
 
@@ -85,9 +88,7 @@ def isolated_caches():
                 f"The tests would write {what} to {path}, outside their temporary folder {TEST_CACHE_ROOT}: "
                 "something imported the Hugging Face libraries before tests/conftest.py set their environment."
             )
-    yield TEST_CACHE_ROOT
-    if _OWNS_CACHE_ROOT:
-        shutil.rmtree(TEST_CACHE_ROOT, ignore_errors=True)
+    return TEST_CACHE_ROOT
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,35 @@
+# ruff: noqa: E402 (the cache environment below is set before the libraries are imported)
+import atexit
 import copy
 import csv
 import functools
+import os
+import shutil
+import tempfile
 from pathlib import Path
+
+# The suite writes nothing outside temporary directories: the Hugging Face caches (hub, datasets, modules, token),
+# the pixel cache and the user's cache and config folders (matplotlib's font cache, Label Studio's config) point into
+# one folder, removed when the session ends. Set before anything imports `datasets`, `huggingface_hub` or
+# `transformers` (they read these variables once, at import); test subprocesses inherit them (and a subprocess that
+# imports this file keeps its parent's folder).
+TEST_CACHE_ROOT_ENV = "PRUNEFUSE_TEST_CACHE_ROOT"
+_OWNS_CACHE_ROOT = TEST_CACHE_ROOT_ENV not in os.environ
+TEST_CACHE_ROOT = Path(
+    os.environ.get(TEST_CACHE_ROOT_ENV) or tempfile.mkdtemp(prefix="prunefuse-hf-test-caches-")
+)
+if _OWNS_CACHE_ROOT:  # at exit, however the session ends (a collection-only run starts no fixture)
+    atexit.register(shutil.rmtree, TEST_CACHE_ROOT, ignore_errors=True)
+# The environment as the user set it (their caches, which the suite must leave as they were).
+USER_ENV = dict(os.environ)
+os.environ.update({TEST_CACHE_ROOT_ENV: str(TEST_CACHE_ROOT), "HF_HOME": str(TEST_CACHE_ROOT / "hf_home"),
+                   "PRUNEFUSE_PIXEL_CACHE": str(TEST_CACHE_ROOT / "pixels"),
+                   "XDG_CACHE_HOME": str(TEST_CACHE_ROOT / "cache"), "XDG_CONFIG_HOME": str(TEST_CACHE_ROOT / "config"),
+                   "MPLCONFIGDIR": str(TEST_CACHE_ROOT / "matplotlib")})  # fmt: skip
+for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_MODULES_CACHE", "HF_XET_CACHE",
+              "HF_ASSETS_CACHE", "TRANSFORMERS_CACHE", "HF_EVALUATE_CACHE", "HF_METRICS_CACHE", "HF_TOKEN_PATH",
+              "PRUNEFUSE_PIXEL_CACHE_MAX_SIZE"):  # fmt: skip
+    os.environ.pop(_name, None)  # each derives from HF_HOME; the pixel cache's cap is the default one
 
 import numpy as np
 import pytest
@@ -42,6 +70,25 @@ def tiny_resnet_config(layer_type="basic", num_channels=3, num_labels=4, **kwarg
         defaults = dict(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 2])
     defaults.update(kwargs)
     return ResNetConfig(num_channels=num_channels, layer_type=layer_type, num_labels=num_labels, **defaults)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_caches():
+    """The folder every cache of the session is in (see the top of this file), checked before the first test."""
+    import datasets
+    import huggingface_hub.constants
+
+    from prunefuse_hf.data.pixel_cache import resolve_cache_dir
+
+    for what, path in (("datasets' cache", datasets.config.HF_DATASETS_CACHE),
+                       ("the Hub cache", huggingface_hub.constants.HF_HUB_CACHE),
+                       ("the pixel cache", resolve_cache_dir())):  # fmt: skip
+        if not Path(path).resolve().is_relative_to(TEST_CACHE_ROOT.resolve()):
+            raise RuntimeError(
+                f"The tests would write {what} to {path}, outside their temporary folder {TEST_CACHE_ROOT}: "
+                "something imported the Hugging Face libraries before tests/conftest.py set their environment."
+            )
+    return TEST_CACHE_ROOT
 
 
 @pytest.fixture(autouse=True)

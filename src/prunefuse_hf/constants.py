@@ -82,6 +82,12 @@ PIXEL_CACHE_FORMATS = ("auto", "raw", "jpeg", "png")
 # with its description `pixels-K.json`, written once the build is complete.
 PIXEL_CACHE_PREFIX = "pixels-"
 PIXEL_CACHE_DIR_ENV = "PRUNEFUSE_PIXEL_CACHE"
+# The cap on the cache folder's size (e.g. "50GB", "none"): least recently used caches are removed beyond it.
+PIXEL_CACHE_MAX_SIZE_ENV = "PRUNEFUSE_PIXEL_CACHE_MAX_SIZE"
+DEFAULT_PIXEL_CACHE_MAX_SIZE = "50GB"
+# Which datasets a run caches: "run" (the pool and the evaluation set given at construction) or "all" (also those
+# given to evaluate() / predict(); otherwise they are decoded as read and leave nothing on disk).
+PIXEL_CACHE_SCOPES = ("run", "all")
 LABELS = "labels"
 POOL_INDEX = "pool_index"
 SOURCE_INDEX = "source_index"

@@ -141,6 +141,11 @@ def test_cache_list_and_clear_from_the_command_line(tmp_path, capsys):
     assert lines[1].split()[0] == png and lines[1].split()[3:6] == ["10", "3×20×20", "png"]
     assert lines[2].split()[0] == raw and lines[2].split()[3:6] == ["10", "3×16×16", "raw"]
     assert lines[3].startswith("2 caches, ") and lines[3].endswith(f" in {tmp_path}")
+    assert (
+        lines[4]
+        == "cap: 50.0 GB, least recently used caches removed beyond it ($PRUNEFUSE_PIXEL_CACHE_MAX_SIZE "
+        "or pixel_cache_max_size)"
+    )
 
     assert main(["cache", "clear", "--cache-dir", str(tmp_path), "--older-than", "0", "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("would remove 2 caches, ")

@@ -96,6 +96,9 @@ def test_every_field_has_help():
             r"pixel_cache_format must be one of 'auto', 'raw', 'jpeg', 'png', got 'webp'",
         ),
         ("dataset_num_proc", 0, r"dataset_num_proc must be an integer >= 1, got 0"),
+        ("pixel_cache_max_size", "lots", r"pixel_cache_max_size must be a size such as '50GB'.*got 'lots'"),
+        ("pixel_cache_max_size", -1, r"pixel_cache_max_size must be a size such as '50GB'.*got -1"),
+        ("pixel_cache_scope", "pool", r"pixel_cache_scope must be one of 'run', 'all', got 'pool'"),
     ],
 )
 def test_invalid_values_raise_naming_field_and_value(field_name, value, message):

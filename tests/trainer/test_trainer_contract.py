@@ -12,7 +12,7 @@ import torch
 from transformers import TrainerCallback
 
 from conftest import make_image_dataset, tiny_resnet_config
-from prunefuse_hf import DataPool, PruneFuseConfig, PruneFuseTrainer, load_image_dataset
+from prunefuse_hf import DataPool, PruneFuseConfig, PruneFuseTrainer, list_pixel_caches, load_image_dataset
 from prunefuse_hf.metrics import load_accuracy
 
 NUM_CLASSES = 4
@@ -111,6 +111,30 @@ def test_predict_with_labels_returns_label_ids_and_metrics(trained, test_split):
     predicted = output.predictions.argmax(-1)
     assert output.metrics["test_accuracy"] == pytest.approx(float(np.mean(predicted == output.label_ids)))
     assert recorder.events == [("predict", output.metrics)]
+
+
+def test_predict_and_evaluate_on_new_images_leave_no_pixel_cache_unless_asked(
+    trained, test_split, tmp_path, monkeypatch
+):
+    trainer, _ = trained
+    monkeypatch.setenv("PRUNEFUSE_PIXEL_CACHE", str(tmp_path))
+    output = trainer.predict(test_split)
+    trainer.evaluate(test_split)
+    np.testing.assert_allclose(output.predictions, expected_logits(trainer, test_split), atol=1e-5)
+    assert list_pixel_caches(tmp_path) == []
+    # Asked for: the datasets given to evaluate() / predict() are cached too (e.g. a split evaluated many times).
+    monkeypatch.setattr(trainer.args, "pixel_cache_scope", "all")
+    assert trainer.predict(test_split).predictions.tolist() == output.predictions.tolist()
+    assert [info.num_images for info in list_pixel_caches(tmp_path)] == [len(test_split)]
+
+
+def test_predict_on_images_with_a_pixel_cache_reads_it_and_writes_nothing(trained, pool, caplog):
+    trainer, _ = trained
+    before = list_pixel_caches()
+    with caplog.at_level("INFO", logger="prunefuse_hf"):
+        trainer.predict(pool)
+    assert f"Reading the cached pixels of {len(pool)} images" in caplog.text
+    assert {info.key for info in list_pixel_caches()} == {info.key for info in before}
 
 
 @pytest.mark.parametrize("unlabeled", ["no label column", "every label -1"])

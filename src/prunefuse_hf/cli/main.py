@@ -27,6 +27,7 @@ from ..constants import (
     LABEL_STUDIO_TOKEN_ENV,
     LABEL_STUDIO_URL_ENV,
     PIXEL_CACHE_DIR_ENV,
+    PIXEL_CACHE_MAX_SIZE_ENV,
     PRUNING_PATH_REPLAY,
     PRUNING_PLAN_NAME,
     RESOLUTIONS,
@@ -325,7 +326,7 @@ def _add_cache_parser(subparsers) -> None:
 
 
 def _cache_list(args) -> None:
-    from ..data.pixel_cache import format_bytes, list_pixel_caches, resolve_cache_dir
+    from ..data.pixel_cache import format_bytes, list_pixel_caches, resolve_cache_dir, resolve_max_size
 
     caches = list_pixel_caches(args.cache_dir)
     directory = resolve_cache_dir(args.cache_dir)
@@ -341,6 +342,9 @@ def _cache_list(args) -> None:
         print(f"{info.key:26}{format_bytes(info.size_bytes):>10}{images:>11}  {shape:13}{fmt:8}"
               f"{info.last_used:%Y-%m-%d %H:%M}  {processor}")  # fmt: skip
     print(f"{len(caches)} caches, {format_bytes(sum(i.size_bytes for i in caches))} in {directory}")
+    cap = resolve_max_size()
+    print(f"cap: {format_bytes(cap)}, least recently used caches removed beyond it" if cap is not None else "cap: none",
+          f"(${PIXEL_CACHE_MAX_SIZE_ENV} or pixel_cache_max_size)")  # fmt: skip
 
 
 def _cache_clear(args) -> None:

@@ -19,7 +19,12 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "resolve_dataset_revision",
             "validate_image_dataset",
         ],
-        "pixel_cache": ["PixelCacheInfo", "clear_pixel_caches", "list_pixel_caches"],
+        "pixel_cache": [
+            "PixelCacheInfo",
+            "clear_pixel_caches",
+            "evict_least_recently_used",
+            "list_pixel_caches",
+        ],
         "pool": ["DataPool"],
         "preprocessing": ["ImagePreprocessor", "PixelDataset", "random_crop_and_flip"],
         "validation": ["check_batchnorm_batch_sizes", "check_input_size", "check_labeling_budget"],

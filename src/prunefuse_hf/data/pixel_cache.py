@@ -15,6 +15,11 @@ hashes the pool's fingerprint, the processor and the format. The formats:
 Each complete cache has a JSON description beside its Arrow file(s) (`pixels-<key>.json`: images, shape, format,
 processor, pool fingerprint, creation time; its modification time is the last use), which
 [`list_pixel_caches`] reads and [`clear_pixel_caches`] (`prunefuse-hf cache list|clear`) uses.
+
+The folder has a size cap (`pixel_cache_max_size`, else `$PRUNEFUSE_PIXEL_CACHE_MAX_SIZE`, else 50 GB): before and
+after a build, [`evict_least_recently_used`] removes complete caches, least recently used first, until the folder
+fits, and logs what it removed. The caches this process is reading, and incomplete ones written to within a day
+(another process may be building them), are never removed by it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import os
 import re
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +39,15 @@ import numpy as np
 import PIL.Image
 from transformers.utils import logging
 
-from ..constants import PIXEL_CACHE_DIR_ENV, PIXEL_CACHE_PREFIX, PIXEL_VALUES, VERSION
+from ..constants import (
+    DEFAULT_PIXEL_CACHE_MAX_SIZE,
+    PIXEL_CACHE_DIR_ENV,
+    PIXEL_CACHE_MAX_SIZE_ENV,
+    PIXEL_CACHE_PREFIX,
+    PIXEL_VALUES,
+    VERSION,
+)
+from ..utils.checks import check_size
 from ..utils.io import atomic_write
 from .images import ImageDecodeError
 
@@ -47,6 +61,8 @@ _FILE_PATTERN = re.compile(rf"^{re.escape(PIXEL_CACHE_PREFIX)}([0-9a-f]+)(?:_\d{
 _SECONDS_PER_DAY = 86400
 # Images decoded (spread over the pool) to estimate the rate and the compressed size before a build.
 SAMPLE_SIZE = 16
+# (folder, key) -> the datasets this process reads from that cache: while one is alive, its eviction keeps the cache.
+_READERS: dict[tuple[str, str], weakref.WeakSet] = {}
 
 
 @dataclass
@@ -97,6 +113,111 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         or os.environ.get(PIXEL_CACHE_DIR_ENV)
         or Path(datasets.config.HF_DATASETS_CACHE) / "prunefuse_hf"
     )
+
+
+def resolve_max_size(max_size: int | str | None = None) -> int | None:
+    """The cap on the cache folder, in bytes: `max_size`, else `$PRUNEFUSE_PIXEL_CACHE_MAX_SIZE`, else 50 GB (`None`:
+    no cap, from `"none"`)."""
+    if max_size is not None:
+        return check_size("pixel_cache_max_size", max_size)
+    from_env = os.environ.get(PIXEL_CACHE_MAX_SIZE_ENV)
+    if from_env:
+        return check_size(f"${PIXEL_CACHE_MAX_SIZE_ENV}", from_env)
+    return check_size("pixel_cache_max_size", DEFAULT_PIXEL_CACHE_MAX_SIZE)
+
+
+def mark_in_use(cache_dir: Path, key: str, reader: datasets.Dataset) -> None:
+    """Record that `reader` reads the cache `key`: while it is alive, this process's eviction leaves the cache alone
+    (a run's evaluation set is cached after its pool: building it must not remove the pool's)."""
+    _READERS.setdefault((str(Path(cache_dir).resolve()), key), weakref.WeakSet()).add(reader)
+
+
+def _in_use(directory: Path) -> set[str]:
+    folder = str(directory.resolve())
+    return {key for (where, key), readers in _READERS.items() if where == folder and len(readers)}
+
+
+def evict_least_recently_used(
+    cache_dir: str | os.PathLike | None = None,
+    max_size: int | str | None = None,
+    *,
+    reserve: int = 0,
+) -> list[PixelCacheInfo]:
+    """
+    Keep the pixel cache folder under its cap: remove complete caches, least recently used first, until the folder
+    holds at most `max_size - reserve` bytes, and say so in the log (which caches, how much, what remains).
+
+    The caches this process is reading (a dataset it returned is alive), and incomplete ones written to within the
+    last day (another process may be building them), are never removed. A run whose cache was removed builds it again when it next needs it.
+
+    Args:
+        cache_dir (`str` or `os.PathLike`, *optional*): As in [`list_pixel_caches`].
+        max_size (`int` or `str`, *optional*): The cap: bytes, or a size such as `"50GB"` or `"2GiB"`. Defaults to
+            `$PRUNEFUSE_PIXEL_CACHE_MAX_SIZE`, else 50 GB; `"none"` removes nothing.
+        reserve (`int`, *optional*, defaults to 0): Bytes to leave free under the cap (a build about to start).
+
+    Returns:
+        `list[PixelCacheInfo]`: the caches removed.
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf.data import evict_least_recently_used
+    >>> [info.key for info in evict_least_recently_used("empty_dir", "1GB")]
+    []
+    ```
+    """
+    cap = resolve_max_size(max_size)
+    directory = resolve_cache_dir(cache_dir)
+    if cap is None:
+        return []
+    caches = list_pixel_caches(directory)
+    total = sum(info.size_bytes for info in caches)
+    limit = max(cap - reserve, 0)
+    if total <= limit:
+        return []
+    in_use = _in_use(directory)
+    # An incomplete cache written to within a day may be a build under way (its files grow); an older one was
+    # interrupted and is removed like any other.
+    building_since = _now().timestamp() - _SECONDS_PER_DAY
+    removed = []
+    for info in reversed(caches):  # least recently used first
+        if total <= limit:
+            break
+        if info.key in in_use or (not info.complete and info.last_used.timestamp() > building_since):
+            continue
+        remove_files(directory, info.key)
+        removed.append(info)
+        total -= info.size_bytes
+    kept_over = (
+        f"; still {format_bytes(total)}: the rest is in use by this run or an unfinished build"
+        if total > limit
+        else ""
+    )
+    if removed:
+        listed = ", ".join(
+            f"{info.key} ({info.num_images or 0:,} images, {info.cache_format}, {format_bytes(info.size_bytes)}, "
+            f"last used {info.last_used:%Y-%m-%d %H:%M})"
+            if info.complete
+            else f"{info.key} (an interrupted build, {format_bytes(info.size_bytes)}, last written "
+            f"{info.last_used:%Y-%m-%d %H:%M})"
+            for info in removed
+        )
+        logger.warning(
+            f"The pixel cache folder {directory} is over its cap of {format_bytes(cap)}"
+            f"{f' with {format_bytes(reserve)} to be built' if reserve else ''} (pixel_cache_max_size or "
+            f"${PIXEL_CACHE_MAX_SIZE_ENV}): removed the {len(removed)} least recently used "
+            f"cache{'s' if len(removed) > 1 else ''}, {format_bytes(sum(info.size_bytes for info in removed))}: "
+            f"{listed}{kept_over}. A run that needs one builds it again."
+        )
+    elif kept_over:
+        logger.warning(
+            f"The pixel cache folder {directory} holds {format_bytes(total)}"
+            f"{f' with {format_bytes(reserve)} to be built' if reserve else ''}, over its cap of {format_bytes(cap)} "
+            f"(pixel_cache_max_size or ${PIXEL_CACHE_MAX_SIZE_ENV}), but every cache in it is in use by this run or "
+            "an unfinished build: nothing removed."
+        )
+    return removed
 
 
 def usable_cores() -> int:

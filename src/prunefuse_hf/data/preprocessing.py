@@ -33,7 +33,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from ..constants import LABELS, PIXEL_CACHE_FORMATS, PIXEL_CACHE_PREFIX, PIXEL_VALUES
+from ..constants import (
+    LABELS,
+    PIXEL_CACHE_FORMATS,
+    PIXEL_CACHE_MAX_SIZE_ENV,
+    PIXEL_CACHE_PREFIX,
+    PIXEL_VALUES,
+)
 from ..utils.checks import check_choice, check_integer
 from .images import open_image, to_model_mode
 from .pixel_cache import (
@@ -44,13 +50,16 @@ from .pixel_cache import (
     describe_format,
     describe_processor,
     encode_pixels,
+    evict_least_recently_used,
     format_bytes,
     format_seconds,
     is_complete,
+    mark_in_use,
     mark_used,
     not_cached_message,
     remove_files,
     resolve_cache_dir,
+    resolve_max_size,
     usable_cores,
     write_description,
 )
@@ -174,6 +183,8 @@ class ImagePreprocessor:
         num_proc: int | None = None,
         validate: bool = True,
         desc: str = "Decoding images",
+        max_size: int | str | None = None,
+        create_cache: bool = True,
     ) -> datasets.Dataset:
         """
         `dataset` as `uint8` pixels (column `pixel_values`), row for row.
@@ -183,7 +194,8 @@ class ImagePreprocessor:
         preprocessing and the format (see [`~prunefuse_hf.data.pixel_cache`]); the same dataset and preprocessing
         read them again instead of decoding, whatever `num_proc` built them. The size and the build time are
         estimated from a timed sample of decodes and logged before the build starts. Without the cache, images
-        are decoded when a batch is read, and a log line says what that costs per pass.
+        are decoded when a batch is read, and a log line says what that costs per pass. The cache folder is kept
+        under `max_size`: least recently used caches are removed (and named in the log) before and after a build.
 
         Args:
             dataset (`datasets.Dataset`): The images.
@@ -199,6 +211,12 @@ class ImagePreprocessor:
             validate (`bool`, *optional*, defaults to `True`): Without the cache, still decode every image once now
                 (a streamed pass with a progress bar), so that a damaged file is reported before any work.
             desc (`str`, *optional*): Progress bar label.
+            max_size (`int` or `str`, *optional*): The cap on the cache folder (`"50GB"`, bytes, or `"none"`).
+                Defaults to `$PRUNEFUSE_PIXEL_CACHE_MAX_SIZE`, else 50 GB. With `cache` unset, a dataset whose
+                pixels alone exceed it is not cached.
+            create_cache (`bool`, *optional*, defaults to `True`): Whether to build a missing cache. `False` reads a
+                complete cache of this dataset when one exists (the pool's, say) and otherwise decodes the images as
+                batches are read, writing nothing and decoding nothing now (a one-pass `predict()`).
 
         Returns:
             `datasets.Dataset`: rows `{"pixel_values": uint8 [C, H, W]}`: numpy arrays from a raw cache, tensors
@@ -214,6 +232,7 @@ class ImagePreprocessor:
             num_proc = check_integer("dataset_num_proc", num_proc, minimum=1)
         images = _undecoded(dataset, self.image_column)
         cache_dir = resolve_cache_dir(cache_dir)
+        cap = resolve_max_size(max_size)
         shape = self.output_shape(images)
         formats = ("raw", "jpeg", "png") if cache_format == "auto" else (cache_format,)
         for stored_format in formats if cache is not False else ():
@@ -232,7 +251,10 @@ class ImagePreprocessor:
                     num_proc=None,
                     desc=desc,
                     fingerprint=dataset._fingerprint,
+                    cap=cap,
                 )
+        if not create_cache:
+            return images.with_transform(self._transform, output_all_columns=False)
 
         sample = DecodeSample.measure(self.to_pixels, images, self.image_column, formats)
         stored_format = choose_format(cache_format, len(dataset) * math.prod(shape))
@@ -241,12 +263,18 @@ class ImagePreprocessor:
         if cache is None:
             cache_dir.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(cache_dir).free
-            if cache_format == "auto" and stored_format == "raw" and size > AUTO_CACHE_DISK_SHARE * free:
+            limit = min(AUTO_CACHE_DISK_SHARE * free, cap if cap is not None else math.inf)
+            if cache_format == "auto" and stored_format == "raw" and size > limit:
                 stored_format, size = "jpeg", sample.estimated_bytes("jpeg", len(dataset))
             if size > AUTO_CACHE_DISK_SHARE * free:
                 reason = (
                     f"~{format_bytes(size)} needed as {describe_format(stored_format)}, {format_bytes(free)} free in "
                     f"{cache_dir} (the cache takes at most half of the free space)"
+                )
+            elif size > limit:
+                reason = (
+                    f"~{format_bytes(size)} needed as {describe_format(stored_format)}, over the pixel cache's cap of "
+                    f"{format_bytes(cap)} (pixel_cache_max_size or ${PIXEL_CACHE_MAX_SIZE_ENV})"
                 )
         if reason is not None:
             per_pass = len(dataset) / sample.images_per_second("raw")
@@ -272,6 +300,9 @@ class ImagePreprocessor:
         # A build of more than a minute is worth seeing at the default verbosity.
         (logger.warning if seconds > 60 else logger.info)(message)
         key = self.cache_key(dataset, stored_format)
+        if cap is not None:
+            # Room for the build first, so that the cap also holds while it writes.
+            evict_least_recently_used(cache_dir, cap, reserve=size)
         return self._cached(
             images,
             cache_dir,
@@ -281,10 +312,21 @@ class ImagePreprocessor:
             num_proc=num_proc,
             desc=desc,
             fingerprint=dataset._fingerprint,
+            cap=cap,
         )
 
     def _cached(
-        self, images, cache_dir: Path, key: str, stored_format: str, shape, *, num_proc, desc, fingerprint
+        self,
+        images,
+        cache_dir: Path,
+        key: str,
+        stored_format: str,
+        shape,
+        *,
+        num_proc,
+        desc,
+        fingerprint,
+        cap,
     ):
         """Build the cache `key` (or read it when complete) and return it in the format `PixelDataset` reads."""
         building = not is_complete(cache_dir, key)
@@ -325,8 +367,13 @@ class ImagePreprocessor:
                 f"{format_bytes(sum(path.stat().st_size for path in files))} in {cache_dir} (key {key})"
             )
         if stored_format == "raw":
-            return pixels.with_format("numpy")
-        return pixels.with_transform(CompactPixels(str(files[0]), key))
+            pixels = pixels.with_format("numpy")
+        else:
+            pixels = pixels.with_transform(CompactPixels(str(files[0]), key))
+        mark_in_use(cache_dir, key, pixels)
+        if building and cap is not None:  # the estimate may have been short
+            evict_least_recently_used(cache_dir, cap)
+        return pixels
 
     def output_shape(self, images: datasets.Dataset) -> tuple[int, int, int]:
         """`(C, H, W)` of the pixels, from the processor's geometry on the first image."""

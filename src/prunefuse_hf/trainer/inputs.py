@@ -29,6 +29,7 @@ def prepare_eval_dataset(
     what: str = "the evaluation set",
     input_shape: tuple | None = None,
     allow_unlabeled: bool = False,
+    create_cache: bool = True,
 ) -> tuple[PixelDataset, object]:
     """
     `dataset` as a [`PixelDataset`] of the run's pixels with its class ids.
@@ -38,13 +39,16 @@ def prepare_eval_dataset(
             [`DataPool`], a `PixelDataset` (returned as it is) or any form [`as_image_dataset`] converts.
         preprocessor ([`ImagePreprocessor`]): The run's preprocessing.
         args ([`PruneFuseConfig`]): `image_column`, `label_column`, `cache_pixels`, `pixel_cache_format`,
-            `dataset_num_proc`, `validate_images`.
+            `pixel_cache_max_size`, `dataset_num_proc`, `validate_images`.
         class_names (`list[str]`): The run's classes; a `ClassLabel` is matched to them by name.
         what (`str`, *optional*): The dataset, as errors name it.
         input_shape (`tuple`, *optional*): `(C, H, W)` of the run's pixels, checked against a `PixelDataset`.
         allow_unlabeled (`bool`, *optional*): Accept a dataset without labels (no label column, or every label
             -1 / `None`, as unlabeled test splits store them): its rows then have no labels, so `predict()` returns
             `label_ids=None` as the stock `Trainer` does.
+        create_cache (`bool`, *optional*, defaults to `True`): Whether a pixel cache may be built for `dataset`.
+            `False` (a dataset given to `evaluate()` / `predict()` outside `pixel_cache_scope`) reads an existing
+            cache of it, else decodes its images as batches are read and leaves nothing on disk.
 
     Returns:
         `tuple`: the `PixelDataset`, and the raw `datasets.Dataset` it was built from (`None` for a
@@ -63,14 +67,16 @@ def prepare_eval_dataset(
             )
         return dataset, None
     dataset, labels = labeled_rows(dataset, args, class_names, what=what, allow_unlabeled=allow_unlabeled)
-    pixels = preprocessor.pixel_dataset(dataset, **pixel_cache_options(args), desc=f"Decoding {what}")
+    pixels = preprocessor.pixel_dataset(
+        dataset, **pixel_cache_options(args), create_cache=create_cache, desc=f"Decoding {what}"
+    )
     return PixelDataset(pixels, np.arange(len(dataset)), labels), dataset
 
 
 def pixel_cache_options(args) -> dict:
     """The keyword arguments of [`ImagePreprocessor.pixel_dataset`] a run's config sets."""
     return {"cache": args.cache_pixels, "cache_format": args.pixel_cache_format, "num_proc": args.dataset_num_proc,
-            "validate": args.validate_images}  # fmt: skip
+            "validate": args.validate_images, "max_size": args.pixel_cache_max_size}  # fmt: skip
 
 
 def labeled_rows(dataset, args, class_names: list[str], *, what: str, allow_unlabeled: bool = False):

@@ -20,11 +20,12 @@ from ..constants import (
     METHOD_DESCRIPTIONS,
     METHODS,
     PIXEL_CACHE_FORMATS,
+    PIXEL_CACHE_SCOPES,
     SELECTORS,
     SURROGATE_INITS,
 )
 from ..selection.strategies import STRATEGIES
-from ..utils.checks import check_boolean, check_choice, check_integer, check_number
+from ..utils.checks import check_boolean, check_choice, check_integer, check_number, check_size
 from ..utils.hub_ids import validate_hub_id
 
 
@@ -199,6 +200,16 @@ class PruneFuseConfig(TrainingArguments):
             `"jpeg"` (quality 90, about a tenth of raw, pixels within a few levels, decoded per batch), `"png"`
             (lossless, decoded per batch) or `"auto"` (raw up to 10 GB, JPEG beyond). Caches are listed and removed
             with `prunefuse-hf cache list|clear`.
+        pixel_cache_max_size (`str` or `int`, *optional*):
+            Cap on the pixel cache folder (`"50GB"`, `"500MB"`, bytes, or `"none"`). Defaults to
+            `$PRUNEFUSE_PIXEL_CACHE_MAX_SIZE`, else 50 GB. Before and after a build, the least recently used caches
+            are removed until the folder fits (the log names them and their size); the run's own caches are kept.
+            With `cache_pixels` unset, a dataset whose pixels alone exceed the cap is not cached.
+        pixel_cache_scope (`str`, *optional*, defaults to `"run"`):
+            Which datasets get a pixel cache: `"run"` (the pool and the evaluation set given at construction, read
+            again by every round and resume) or `"all"` (also the datasets given to `evaluate()` and `predict()`).
+            Outside the scope, images are decoded as batches are read and nothing is left on disk; a dataset that
+            already has a cache (the pool's, say) reads it.
         dataset_num_proc (`int`, *optional*):
             Processes that decode the images into the cache (`datasets.map`'s `num_proc`, trl's name). Defaults to
             the usable cores. Without a cache, or with a JPEG/PNG one, `dataloader_num_workers` left at `0` becomes
@@ -531,6 +542,21 @@ class PruneFuseConfig(TrainingArguments):
             "jpeg (q90, ~1/10 of raw), png (lossless), auto (raw up to 10 GB, jpeg beyond)."
         },
     )
+    pixel_cache_max_size: str | None = field(
+        default=None,
+        metadata={
+            "help": "Cap on the pixel cache folder ('50GB', '500MB', bytes, or 'none'); least recently used caches "
+            "are removed beyond it, named in the log. Unset: $PRUNEFUSE_PIXEL_CACHE_MAX_SIZE, else 50GB."
+        },
+    )
+    pixel_cache_scope: str = field(
+        default="run",
+        metadata={
+            "help": f"Which datasets get a pixel cache, one of {_names(PIXEL_CACHE_SCOPES)}: run (the pool and the "
+            "evaluation set) or all (also those given to evaluate() / predict(); otherwise decoded as read, "
+            "nothing left on disk)."
+        },
+    )
     dataset_num_proc: int | None = field(
         default=None,
         metadata={
@@ -657,6 +683,8 @@ class PruneFuseConfig(TrainingArguments):
         if self.cache_pixels is not None:
             check_boolean("cache_pixels", self.cache_pixels)
         check_choice("pixel_cache_format", self.pixel_cache_format, PIXEL_CACHE_FORMATS)
+        check_size("pixel_cache_max_size", self.pixel_cache_max_size)
+        check_choice("pixel_cache_scope", self.pixel_cache_scope, PIXEL_CACHE_SCOPES)
         if self.dataset_num_proc is not None:
             self.dataset_num_proc = check_integer("dataset_num_proc", self.dataset_num_proc, minimum=1)
         self.sync_every = check_integer("sync_every", self.sync_every, minimum=0)

@@ -425,8 +425,11 @@ class PruneFuseTrainer(Trainer):
         return super().get_test_dataloader(self._prepared(test_dataset, "the test set", allow_unlabeled=True))
 
     def _prepared(self, dataset, what: str, allow_unlabeled: bool):
+        # Not the run's pool or evaluation set: cached only when asked (pixel_cache_scope: all), so that predictions
+        # on new images leave no permanent cache entry behind.
         prepared, _ = prepare_eval_dataset(dataset, self.preprocessor, self.args, self.class_names, what=what,
-                                           input_shape=self.input_shape, allow_unlabeled=allow_unlabeled)  # fmt: skip
+                                           input_shape=self.input_shape, allow_unlabeled=allow_unlabeled,
+                                           create_cache=self.args.pixel_cache_scope == "all")  # fmt: skip
         return prepared
 
     # ----- models of the run -------------------------------------------------------------------

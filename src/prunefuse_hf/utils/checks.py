@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+               "gib": 2**30, "tib": 2**40}  # fmt: skip
+_NO_SIZE = ("none", "unlimited")
 
 
 def check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
@@ -32,3 +37,23 @@ def check_number(name: str, value, check, allowed: str) -> float:
     ):
         raise ValueError(f"{name} must be {allowed}, got {value!r}.")
     return float(value)
+
+
+def check_size(name: str, value) -> int | None:
+    """
+    A size in bytes: an `int`, or a string such as `"50GB"`, `"500MB"`, `"1.5TB"` or `"2GiB"` (as `save_pretrained`'s
+    `max_shard_size`); `None`, `"none"` or `"unlimited"` give `None` (no limit).
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NO_SIZE):
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    match = (
+        re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", value.lower()) if isinstance(value, str) else None
+    )
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise ValueError(
+            f"{name} must be a size such as '50GB', '500MB' or '2GiB' (or bytes as an integer, or 'none' for no "
+            f"limit), got {value!r}."
+        )
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])

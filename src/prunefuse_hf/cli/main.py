@@ -39,7 +39,7 @@ from ..pruning.plan import PruningPlan
 from ..pruning.prune import prune_model
 from ..pruning.replay import load_surrogate, save_surrogate
 from ..trainer.report import comparison_table
-from ..utils.hub_ids import has_weights
+from ..utils.hub_ids import check_hub_model, has_weights
 from ..utils.memory import keep_freed_memory
 from ..utils.run_directory import RunDirectory
 from ..utils.run_metrics import load_metrics
@@ -75,6 +75,8 @@ def _add_fuse_parser(subparsers) -> None:
 
 def _prune(args) -> None:
     set_seed(args.seed)
+    # A Hub id the Hub cannot serve is refused in a second (exit status 2), not after the clients' retries.
+    check_hub_model("--model", args.model)
     # Path-like names that do not exist are refused here, naming the path (exit status 2).
     dense = load_image_classifier(args.model, num_labels=args.num_labels, num_channels=args.num_channels)
     surrogate, plan = prune_model(dense, args.pruning_ratio)
@@ -95,6 +97,7 @@ def _prune(args) -> None:
 
 
 def _fuse(args) -> None:
+    check_hub_model("--dense", args.dense)
     plan = PruningPlan.from_pretrained(args.surrogate)
     # Both need weights: a directory with only a config would silently fuse into a random initialization.
     dense = load_image_classifier(args.dense, from_config=False)

@@ -3,6 +3,7 @@ problem exits with code 2, prints the message (field or file, value, fix) withou
 directory behind."""
 
 import re
+import time
 
 import datasets
 import pytest
@@ -153,4 +154,91 @@ def test_settings_vs_model_row_a_model_class_that_is_not_a_classifier_is_named_w
     )
     with pytest.raises(ValueError, match=r"ResNetModel.*ResNetForImageClassification"):
         PruneFuseTrainer(ResNetModel(tiny_resnet_config()), args=args, train_dataset=pool)
+    assert not (tmp_path / "run").exists()
+
+
+# ----- "models": a Hub model id that the Hub cannot serve -----
+
+
+@pytest.fixture(params=["HF_HUB_OFFLINE", "closed port"])
+def hub_unreachable(request, tmp_path, monkeypatch):
+    """The Hub offline (HF_HUB_OFFLINE=1) or unreachable (HF_ENDPOINT on a closed port), with an empty HF cache."""
+    import socket
+
+    import huggingface_hub
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    if request.param == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        return "HF_HUB_OFFLINE is set"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    return f"the Hub ({endpoint}) cannot be reached"
+
+
+HUB_MODEL_MESSAGE = (
+    r"{field} '{name}' is a Hub model id that is neither a local directory nor in the local Hugging Face cache, "
+    r"and .*{reason}.*Give a local checkpoint directory.*model_config: \{{model_type: resnet"
+)
+
+
+@pytest.mark.parametrize(
+    "field, name",
+    [("model_name_or_path", "microsoft/resnet-18"), ("model_config", "microsoft/resnet-50")],
+)
+def test_models_row_a_hub_model_the_hub_cannot_serve_is_refused_in_a_second(
+    saved, tmp_path, capsys, hub_unreachable, field, name
+):
+    # The README's "Label with people" recipe, offline: one line instead of ~25 s of retries.
+    path = recipe(saved, **{"model_config": None, field: name}, annotation="human", eval_split=None,
+                  class_names=NAMES)  # fmt: skip
+    output_dir = tmp_path / "run"
+    start = time.perf_counter()
+    code = main(["run", "--config", str(path), "--output_dir", str(output_dir)])
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert seconds < 2.0, err
+    assert "Traceback" not in err and "Retrying" not in err
+    assert err.startswith("prunefuse-hf run: error: ") and len(err.strip().splitlines()) == 1, err
+    pattern = HUB_MODEL_MESSAGE.format(field=field, name=name, reason=re.escape(hub_unreachable))
+    assert re.search(pattern, err), err
+    assert not output_dir.exists()
+
+
+def test_models_row_prune_refuses_the_readmes_hub_model_in_a_second(tmp_path, capsys, hub_unreachable):
+    start = time.perf_counter()
+    code = main(["prune", "--model", "microsoft/resnet-50", "--pruning_ratio", "0.5",
+                 "--output_dir", str(tmp_path / "surrogate")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and time.perf_counter() - start < 2.0, err
+    pattern = HUB_MODEL_MESSAGE.format(
+        field="--model", name="microsoft/resnet-50", reason=re.escape(hub_unreachable)
+    )
+    assert re.search(pattern, err) and "Traceback" not in err, err
+    assert not (tmp_path / "surrogate").exists()
+
+
+def test_models_row_from_python_a_hub_model_the_hub_cannot_serve_is_a_value_error(
+    saved, tmp_path, hub_unreachable
+):
+    from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+
+    pool = datasets.load_from_disk(str(saved / "good"))["train"]
+    args = PruneFuseConfig(
+        output_dir=str(tmp_path / "run"), initial_labeled_size=16, query_size=8, num_rounds=1
+    )
+    start = time.perf_counter()
+    pattern = HUB_MODEL_MESSAGE.format(
+        field="model", name="microsoft/resnet-18", reason=re.escape(hub_unreachable)
+    )
+    with pytest.raises(ValueError, match=pattern):
+        PruneFuseTrainer("microsoft/resnet-18", args=args, train_dataset=pool)
+    assert time.perf_counter() - start < 2.0
     assert not (tmp_path / "run").exists()

@@ -84,7 +84,7 @@ def test_a_path_that_is_not_on_disk_is_refused_at_once(name, monkeypatch):
 
 
 def test_a_hub_id_that_is_not_on_disk_says_when_the_hub_is_unreachable(monkeypatch):
-    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(data, "hub_reachable", lambda timeout=1.0: False)
     monkeypatch.setattr(
         datasets, "load_dataset", lambda *a, **k: pytest.fail("no Hub lookup when unreachable")
     )
@@ -111,7 +111,7 @@ def test_image_folder_without_the_eval_split_names_the_field(tmp_path):
 
 
 def test_hub_id_goes_to_load_dataset(monkeypatch):
-    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(data, "hub_reachable", lambda timeout=1.0: True)
     calls = []
 
     def fake_load_dataset(*args, **kwargs):
@@ -171,7 +171,7 @@ def test_fashion_mnist_missing_files_uses_hub_when_reachable(tmp_path, monkeypat
         return make_image_dataset(4, num_classes=10)
 
     monkeypatch.setenv(data.FASHION_MNIST_DIR_ENV, str(tmp_path))
-    monkeypatch.setattr(data, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(data, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert load_image_dataset("fashion_mnist", split="test").num_rows == 4
     assert calls == [((FASHION_MNIST_HUB_ID,), {"split": "test", "revision": None})]

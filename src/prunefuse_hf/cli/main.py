@@ -69,9 +69,11 @@ def _prune(args) -> None:
     from ..pruning.modeling import load_image_classifier
     from ..pruning.prune import prune_model
     from ..pruning.replay import save_surrogate
-    from ..utils.hub_ids import has_weights
+    from ..utils.hub_ids import check_hub_model, has_weights
 
     set_seed(args.seed)
+    # A Hub id the Hub cannot serve is refused in a second (exit status 2), not after the clients' retries.
+    check_hub_model("--model", args.model)
     # Path-like names that do not exist are refused here, naming the path (exit status 2).
     dense = load_image_classifier(args.model, num_labels=args.num_labels, num_channels=args.num_channels)
     surrogate, plan = prune_model(dense, args.pruning_ratio)
@@ -98,7 +100,9 @@ def _fuse(args) -> None:
     from ..pruning.modeling import load_image_classifier
     from ..pruning.plan import PruningPlan
     from ..pruning.replay import load_surrogate
+    from ..utils.hub_ids import check_hub_model
 
+    check_hub_model("--dense", args.dense)
     plan = PruningPlan.from_pretrained(args.surrogate)
     # Both need weights: a directory with only a config would silently fuse into a random initialization.
     dense = load_image_classifier(args.dense, from_config=False)

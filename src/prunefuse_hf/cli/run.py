@@ -22,6 +22,7 @@ from ..data.loading import load_run_datasets, resolve_dataset_revision
 from ..trainer.prunefuse_config import PruneFuseConfig
 from ..trainer.prunefuse_trainer import PruneFuseTrainer
 from ..trainer.report import comparison_table
+from ..utils.hub_ids import check_hub_model
 
 logger = logging.get_logger(__name__)
 
@@ -113,6 +114,10 @@ def run_from_command_line(argv: list[str]) -> dict:
     model_args, data_args, config, run_args, recipe = parse_run_arguments(argv)
     if run_args.overwrite:
         config.overwrite_output_dir = True
+    # A Hub model the Hub cannot serve is named in a second, before the data is read.
+    model_field = "model_config" if model_args.model_config is not None else "model_name_or_path"
+    if isinstance(model_args.model_source, str):
+        check_hub_model(model_field, model_args.model_source)
     # The run (and the subset it publishes) reads a Hub dataset at one commit: later commits to the dataset repo
     # do not change its pool. A resumed run keeps the commit it started with.
     revision = data_args.dataset_revision or _recorded_revision(config.output_dir, run_args.resume)

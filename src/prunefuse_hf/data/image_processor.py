@@ -8,7 +8,7 @@ import os
 import PIL.Image
 from transformers import AutoImageProcessor, PreTrainedModel
 
-from ..utils.hub_ids import has_weights
+from ..utils.hub_ids import has_weights, hub_reachable, is_hub_id
 from .preprocessing import logger
 
 
@@ -118,8 +118,10 @@ def pretrained_image_processor(model):
         return None
     if not source:
         return None
+    # Without the Hub, a Hub id's processor is read from the cache only (no network retries).
+    local_only = is_hub_id(source) and not hub_reachable()
     try:
-        return AutoImageProcessor.from_pretrained(source)
+        return AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError) as error:
         logger.info(f"No image processor with {source} ({error}); building one from the run's settings.")
         return None

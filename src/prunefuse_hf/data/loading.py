@@ -11,9 +11,7 @@ import functools
 import gzip
 import hashlib
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import datasets
 import numpy as np
@@ -27,7 +25,7 @@ from ..constants import (
     FASHION_MNIST_LABELS,
     IMAGEFOLDER_METADATA_NAMES,
 )
-from ..utils.hub_ids import is_hub_id
+from ..utils.hub_ids import hub_reachable, is_hub_id
 
 logger = logging.get_logger(__name__)
 
@@ -168,7 +166,7 @@ def _load_fashion_mnist(split: str, revision: str | None = None) -> datasets.Dat
     images_path = directory / f"{prefix}-images-idx3-ubyte.gz"
     labels_path = directory / f"{prefix}-labels-idx1-ubyte.gz"
     if not (images_path.is_file() and labels_path.is_file()):
-        if _hub_reachable():
+        if hub_reachable():
             logger.info(f"{images_path} not found; loading {FASHION_MNIST_HUB_ID} from the Hub.")
             return datasets.load_dataset(FASHION_MNIST_HUB_ID, split=split, revision=revision)
         raise FileNotFoundError(
@@ -215,21 +213,6 @@ def _read_idx(path: str, kind: str) -> np.ndarray:
     ndim = magic & 0xFF
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    """Offline mode says no; otherwise one short TCP connection decides (no retries, no long DNS wait)."""
-    from huggingface_hub import constants
-
-    offline_env = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-    if offline_env or constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 # ----- local directories -----
@@ -309,7 +292,7 @@ def _check_hub_dataset_id(name: str) -> None:
             f"dataset_name {name!r} is not a directory (looked for {Path(name).expanduser().absolute()}) and cannot "
             "be a Hub dataset id. Fix the path, or give a Hub id such as ORG/NAME."
         )
-    if not _hub_reachable():
+    if not hub_reachable():
         raise FileNotFoundError(
             f"dataset_name {name!r} is not a local directory ({Path(name).absolute()} does not exist), so it was "
             f"taken for a Hub dataset id, but the Hub ({constants.ENDPOINT}) is not reachable. Fix the path, or "
@@ -346,7 +329,7 @@ def resolve_dataset_revision(name: str, revision: str | None = None) -> str | No
     """
     if name == FASHION_MNIST:
         directory = fashion_mnist_dir()
-        if (directory / "train-images-idx3-ubyte.gz").is_file() or not _hub_reachable():
+        if (directory / "train-images-idx3-ubyte.gz").is_file() or not hub_reachable():
             return revision
         name = FASHION_MNIST_HUB_ID
     elif Path(name).expanduser().is_dir():

@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, Pretrained
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 from transformers.utils import logging
 
-from ..utils.hub_ids import WEIGHT_FILES, has_weights, is_hub_id
+from ..utils.hub_ids import WEIGHT_FILES, check_hub_model, has_weights, is_hub_id
 from .support import classifier_class_name
 
 logger = logging.get_logger(__name__)
@@ -81,6 +81,8 @@ def load_image_classifier(
 
     Raises:
         `FileNotFoundError`: a path-like `model` with nothing at it, or `from_config=False` and no weights there.
+        `ValueError`: a Hub id that is not in the local cache while the Hub cannot be reached (see
+            [`~prunefuse_hf.utils.check_hub_model`]).
         `ValueError`: the config's family has no image classifier in transformers, a dict without `model_type`, or
             `num_channels` differs from a pretrained model's.
 
@@ -118,7 +120,9 @@ def load_image_classifier(
                 f"{path!r} holds a config but no weights ({', '.join(WEIGHT_FILES)}). Pass a checkpoint directory "
                 "written by save_pretrained (e.g. a run's dense_init/), or a Hub id."
             )
-        config = AutoConfig.from_pretrained(path)
+        # A Hub id the Hub cannot serve is refused here in a second; a cached one is read without network retries.
+        local_only = check_hub_model("model", path)
+        config = AutoConfig.from_pretrained(path, local_files_only=local_only)
     _check_image_classifier(config)
     model_class = getattr(transformers, classifier_class_name(config.model_type))
     if pretrained:
@@ -131,7 +135,9 @@ def load_image_classifier(
         saved_as = (config.architectures or [None])[0]
         if saved_as not in (None, model_class.__name__):
             logger.info(f"{path} was saved as {saved_as}; loading its weights into {model_class.__name__}.")
-        loaded = model_class.from_pretrained(path, ignore_mismatched_sizes=True, **overrides)
+        loaded = model_class.from_pretrained(
+            path, ignore_mismatched_sizes=True, local_files_only=local_only, **overrides
+        )
         loaded.config.architectures = [model_class.__name__]
         return loaded
     if num_labels is not None:

@@ -56,6 +56,7 @@ from ..pruning.modeling import build_dense_model
 from ..pruning.support import check_supported_model
 from ..selection.scoring import active_dropout_layers
 from ..selection.strategies import get_strategy
+from ..utils.hub_ids import check_hub_model
 from ..utils.io import redact_secrets
 from ..utils.run_directory import RunDirectory, step_name
 from ..utils.run_metrics import build_metrics
@@ -129,7 +130,7 @@ class PruneFuseTrainer(Trainer):
     Raises:
         `ValueError`: bad input, found before anything is trained or written (missing columns, labels out of range,
             pool and evaluation classes that disagree, damaged images, a budget larger than the pool, settings the
-            model cannot train with, invalid Hub ids).
+            model cannot train with, invalid Hub ids, a Hub model id neither cached nor reachable).
 
     Example:
 
@@ -165,6 +166,8 @@ class PruneFuseTrainer(Trainer):
         args = _as_config(args)
         configure_package_logging(args)
         # ---- every check that can run before anything is built or written ----
+        if isinstance(model, (str, os.PathLike)):
+            check_hub_model("model", model)  # a Hub id the Hub cannot serve: refused now, not after retries
         pool, self.class_names, self._pool_labels = prepare_pool(train_dataset, args)
         self._seed_labels = seed_labels(args, pool, self._pool_labels, self.class_names)
         if eval_dataset is not None and not isinstance(eval_dataset, PixelDataset):

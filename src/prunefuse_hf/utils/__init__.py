@@ -6,7 +6,7 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "hub_ids": ["has_weights", "is_hub_id", "validate_hub_id"],
+        "hub_ids": ["check_hub_model", "has_weights", "hub_reachable", "is_hub_id", "validate_hub_id"],
         "io": ["atomic_write", "fsync_directory", "json_default", "redact_secrets"],
         "memory": ["keep_freed_memory"],
         "run_directory": ["RunDirectory", "RunDirectoryError", "step_name"],

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import sys
+from urllib.parse import urlparse
 
 from huggingface_hub.constants import REPO_TYPES
 from huggingface_hub.utils import validate_repo_id
@@ -93,3 +96,106 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 def has_weights(path: str) -> bool:
     """Whether `path` is a directory holding model weights (safetensors, sharded or `pytorch_model.bin`)."""
     return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in WEIGHT_FILES)
+
+
+# ----- reaching the Hub -----
+
+_OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline_reason(timeout: float = 1.0) -> str | None:
+    """
+    Why the Hub cannot be reached, or `None` when it can: offline mode says so at once; otherwise one short TCP
+    connection to the endpoint decides (no retries, no long DNS wait), so a caller can refuse in a second what the
+    Hub clients would only give up on after about 25 s of retries.
+
+    Args:
+        timeout (`float`, *optional*, defaults to 1.0): Seconds the connection may take.
+
+    Returns:
+        `str` or `None`: e.g. `"the Hub is offline (HF_HUB_OFFLINE is set)"`.
+    """
+    from huggingface_hub import constants
+
+    datasets_config = getattr(sys.modules.get("datasets"), "config", None)
+    set_names = [name for name in _OFFLINE_ENV if os.environ.get(name, "").upper() in _TRUE]
+    if set_names or constants.HF_HUB_OFFLINE or getattr(datasets_config, "HF_HUB_OFFLINE", False):
+        return f"the Hub is offline ({' and '.join(set_names or ['HF_HUB_OFFLINE'])} is set)"
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return None
+    except OSError:
+        return f"the Hub ({constants.ENDPOINT}) cannot be reached"
+
+
+def hub_reachable(timeout: float = 1.0) -> bool:
+    """Whether the Hub can be reached now (see [`hub_offline_reason`])."""
+    return hub_offline_reason(timeout) is None
+
+
+def in_hub_cache(repo_id: str, filename: str = "config.json") -> bool:
+    """Whether `filename` of the Hub model `repo_id` (main branch) is in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, filename), str)
+    except ValueError:  # an id the cache layout cannot hold
+        return False
+
+
+def check_hub_model(field: str, name: str | os.PathLike | None) -> bool:
+    """
+    Refuse, in about a second and before any work, a model that can only come from a Hub that cannot be reached.
+
+    A `name` that is a Hub id (not a local path), not in the local Hugging Face cache, while the Hub is offline
+    (`HF_HUB_OFFLINE`) or does not answer a short connection, is refused in one line naming the field, the id and
+    the fixes; otherwise the Hub clients would retry for about 25 s and end with a long message of their own.
+
+    Args:
+        field (`str`): The field or argument holding the model (`model_name_or_path`, `--model`, `model`), named in
+            the error.
+        name (`str` or `os.PathLike`, *optional*): A Hub id, a local path, or `None` (nothing to check).
+
+    Returns:
+        `bool`: whether the model must be read from the local cache only (`local_files_only=True`): a cached Hub id
+        while the Hub cannot be reached, so the clients do not retry before falling back to the cache.
+
+    Raises:
+        ValueError: The model can be neither downloaded nor read from the cache.
+
+    Example:
+
+    ```python
+    >>> import os
+    >>> from prunefuse_hf.utils import check_hub_model
+    >>> os.environ["HF_HUB_OFFLINE"] = "1"
+    >>> check_hub_model("model_name_or_path", "someone/not-cached")
+    Traceback (most recent call last):
+        ...
+    ValueError: model_name_or_path 'someone/not-cached' is a Hub model id that is neither a local directory nor in the local Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE is set). ...
+    ```
+    """
+    if name is None:
+        return False
+    name = os.fspath(name)
+    if not is_hub_id(name):
+        return False
+    reason = hub_offline_reason()
+    if reason is None:
+        return False
+    if in_hub_cache(name):
+        return True
+    online = (
+        "unset HF_HUB_OFFLINE"
+        if "offline" in reason
+        else "connect to the Hub (or set HF_ENDPOINT to a mirror)"
+    )
+    raise ValueError(
+        f"{field} {name!r} is a Hub model id that is neither a local directory nor in the local Hugging Face "
+        f"cache, and {reason}. Give a local checkpoint directory (written by save_pretrained), build the model "
+        "from a config instead (recipe: `model_config: {model_type: resnet, ...}`; Python: a PretrainedConfig or "
+        f"a dict with model_type), or {online}."
+    )

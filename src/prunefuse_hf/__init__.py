@@ -26,6 +26,7 @@ from .selection.strategies import get_strategy
 from .trainer.distillation_trainer import DistillationTrainer, compute_accuracy
 from .trainer.prunefuse_config import PruneFuseConfig
 from .trainer.prunefuse_trainer import PruneFuseTrainer
+from .trainer.run_progress import RunProgressCallback
 from .utils.memory import keep_freed_memory
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "PruneFuseConfig",
     "PruneFuseTrainer",
     "PruningPlan",
+    "RunProgressCallback",
     "build_image_processor",
     "clear_pixel_caches",
     "compute_accuracy",

@@ -6,3 +6,4 @@ from .distillation_trainer import DistillationTrainer, compute_accuracy
 from .prunefuse_config import PruneFuseConfig
 from .prunefuse_trainer import PruneFuseTrainer, Step
 from .report import class_balance, comparison_table, render_report, write_report
+from .run_progress import RunProgress, RunProgressCallback, RunTracker

@@ -14,9 +14,6 @@ from .run_logging import describe_fact
 
 logger = logging.get_logger(__name__)
 
-# Steps whose cost grows with the data (their time gives the rate that the estimate of the time left uses).
-_WEIGHTED_KINDS = ("train_surrogate", "train_dense", "sync", "select")
-
 
 @dataclass(frozen=True)
 class RunProgress:
@@ -165,15 +162,28 @@ class RunTracker:
 
     def _remaining(self, step, pending) -> float | None:
         weights = step_weights(self.trainer)
-        timed = [(seconds, weights[name]) for name, seconds in self.seconds.items() if weights.get(name)]
+        timed = [
+            (name, seconds, weights[name]) for name, seconds in self.seconds.items() if weights.get(name)
+        ]
         if not timed or not pending:
             return None
-        rate = sum(s for s, _ in timed) / sum(w for _, w in timed)
-        left = sum(weights.get(s.name, 0.0) for s in pending)
+        # Seconds per unit of work, per kind of step where one finished (scoring, small and large trainings do not
+        # run at the same speed per MAC), else over every timed step.
+        rates = {}
+        for kind in {_kind(name) for name, _, _ in timed}:
+            done = [(s, w) for name, s, w in timed if _kind(name) == kind]
+            rates[kind] = sum(s for s, _ in done) / sum(w for _, w in done)
+        overall = sum(s for _, s, _ in timed) / sum(w for _, _, w in timed)
+        left = sum(rates.get(s.kind, overall) * weights.get(s.name, 0.0) for s in pending)
         if not self.finished and self.inner and self.inner[1]:
             # The running training is that far along.
-            left -= weights.get(step.name, 0.0) * min(self.inner[0] / self.inner[1], 1.0)
-        return max(rate * left, 0.0)
+            done = min(self.inner[0] / self.inner[1], 1.0)
+            left -= rates.get(step.kind, overall) * weights.get(step.name, 0.0) * done
+        return max(left, 0.0)
+
+
+def _kind(step_name: str) -> str:
+    return step_name.partition(":")[0]
 
 
 def step_weights(trainer) -> dict[str, float]:

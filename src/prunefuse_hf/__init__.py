@@ -18,6 +18,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "annotation.queries": ["write_query_batch"],
         "annotation.readers": ["read_labels"],
         "annotation.store": ["LabelStore"],
+        "constants": ["VERSION"],
         "data.image_processor": ["build_image_processor"],
         "data.loading": ["load_image_dataset"],
         "data.pixel_cache": ["clear_pixel_caches", "list_pixel_caches"],
@@ -35,6 +36,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "trainer.distillation_trainer": ["DistillationTrainer", "compute_accuracy"],
         "trainer.prunefuse_config": ["PruneFuseConfig"],
         "trainer.prunefuse_trainer": ["PruneFuseTrainer"],
+        "trainer.run_progress": ["RunProgressCallback"],
         "utils.memory": ["keep_freed_memory"],
     },
 )

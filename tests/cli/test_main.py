@@ -6,13 +6,15 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForImageClassification
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
 
 from conftest import general_dense_model, make_image_dataset, tiny_resnet_config
 from prunefuse_hf import PruningPlan, build_image_processor
 from prunefuse_hf.cli.main import main
 from prunefuse_hf.data.preprocessing import ImagePreprocessor
 from prunefuse_hf.pruning import load_surrogate
+from prunefuse_hf.pruning.cost import model_cost
 from prunefuse_hf.pruning.plan import config_hash
 
 
@@ -40,6 +42,45 @@ def test_prune_then_fuse_from_the_command_line(tmp_path, capsys):
     assert PruningPlan.from_pretrained(surrogate_dir).pruning_ratio == 0.5
 
     _assert_fusing_the_untrained_surrogate_changes_nothing(surrogate_dir, fused_dir, capsys)
+
+
+def test_prune_names_the_input_size_of_its_mac_counts_as_the_run_would_count(tmp_path, capsys):
+    tiny_resnet_config(num_labels=4).save_pretrained(tmp_path / "config")
+    assert prune(tmp_path / "config", tmp_path / "at32", "--image_size", "32") == 0
+    out = capsys.readouterr().out
+    assert "MACs per image at 32×32 (--image_size)" in out
+    macs_32 = int(out.split("macs")[1].split()[0].replace(",", ""))
+    dense = AutoModelForImageClassification.from_pretrained(tmp_path / "at32" / "dense_init")
+    assert macs_32 == model_cost(dense, (32, 32)).macs  # what a run at image_size 32 reports
+    # No size anywhere: the count says which size it used and how to get the run's.
+    assert prune(tmp_path / "config", tmp_path / "default") == 0
+    assert "MACs per image at 64×64 (no size given; pass --image_size (the recipe's image_size)" in (
+        capsys.readouterr().out
+    )
+    # A checkpoint with its own image processor is counted at the processor's output size.
+    processor = build_image_processor(tiny_resnet_config(), image_size=24)
+    dense.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    assert prune(tmp_path / "ckpt", tmp_path / "from_ckpt") == 0
+    assert "MACs per image at 24×24 (the checkpoint's image processor)" in capsys.readouterr().out
+
+
+def test_fuse_writes_a_pipeline_ready_model_with_the_image_processor(tmp_path, capsys):
+    tiny_resnet_config(num_labels=4).save_pretrained(tmp_path / "config")
+    assert prune(tmp_path / "config", tmp_path / "surrogate", "--image_size", "24") == 0
+    assert fuse(tmp_path / "surrogate" / "dense_init", tmp_path / "surrogate", tmp_path / "fused") == 0
+    assert (tmp_path / "fused" / "preprocessor_config.json").is_file()
+    predictions = pipeline("image-classification", model=str(tmp_path / "fused"))(Image.new("RGB", (40, 30)))
+    assert len(predictions) == 4
+    # Checkpoints are written and read without progress bars.
+    assert "Writing model shards" not in capsys.readouterr().err
+
+    # Neither checkpoint has a processor and no size is known: said, with the fix.
+    assert prune(tmp_path / "config", tmp_path / "bare") == 0
+    for name in ("bare", "bare/dense_init"):
+        (tmp_path / name / "preprocessor_config.json").unlink(missing_ok=True)
+    assert fuse(tmp_path / "bare" / "dense_init", tmp_path / "bare", tmp_path / "fused_bare") == 0
+    assert "pass --image_size so that pipeline() can read" in capsys.readouterr().out
 
 
 def test_a_new_head_on_a_checkpoint_is_saved_as_the_dense_initialization(tmp_path, capsys):

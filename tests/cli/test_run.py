@@ -63,9 +63,24 @@ def test_recipe_without_a_model_is_refused(tmp_path, capsys):
     assert "Set model_name_or_path" in capsys.readouterr().err
 
 
-def test_help_names_the_command_and_lists_its_own_options_first(capsys):
+def test_help_is_short_and_points_to_every_field(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: prunefuse-hf run --config RECIPE.yaml")
+    assert len(text.splitlines()) < 150
+    for option in ("--config", "--resume", "--verbose", "--model_name_or_path", "--dataset_name", "--method",
+                   "--pruning_ratio", "--query_size", "--num_train_epochs", "--learning_rate"):  # fmt: skip
+        assert option in text, option
+    assert "--adam_beta1" not in text and "--surrogate_init " not in text
+    assert "surrogate_init" in text  # named among the other fields
+    assert "`prunefuse-hf run --help-all` describes them all." in text
+
+
+def test_help_all_names_the_command_and_lists_its_own_options_first(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help-all"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: prunefuse-hf run --config RECIPE.yaml")
@@ -87,6 +102,7 @@ RECIPES = sorted(
 def test_every_shipped_recipe_parses_and_its_method_sets_its_fields(path):
     model_args, data_args, config, _, effective = parse_run_arguments(["--config", str(path)])
     assert model_args.model_source is not None and data_args.dataset_name
+    assert Path(config.output_dir).name == effective["method"]  # the run directory names what ran
     method = METHODS[effective["method"]]
     for name, value in method.items():
         assert getattr(config, name) == effective.get(name, value), (path, name)

@@ -16,6 +16,7 @@ Also runnable as `python -m prunefuse_hf.cli ...` (and so under `accelerate laun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -28,6 +29,7 @@ from ..constants import (
     LABEL_STUDIO_URL_ENV,
     PIXEL_CACHE_DIR_ENV,
     PIXEL_CACHE_MAX_SIZE_ENV,
+    PIXEL_VALUES,
     PRUNING_PATH_REPLAY,
     PRUNING_PLAN_NAME,
     RESOLUTIONS,
@@ -46,7 +48,13 @@ def _add_prune_parser(subparsers) -> None:
         "--num_labels", type=int, help="Number of classes (re-initializes the head if changed)."
     )
     parser.add_argument("--num_channels", type=int, help="Input channels (models built from a config only).")
-    parser.add_argument("--image_size", type=int, default=None, help="Input size used for the MAC counts.")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help="Input size of the MAC counts and of the image processor saved with the surrogate (the recipe's "
+        "image_size). Default: the model's image processor's, else its config's image_size.",
+    )
     parser.add_argument("--seed", type=int, default=42, help="Seed of a model built from a config.")
     parser.set_defaults(func=_prune)
 
@@ -58,6 +66,12 @@ def _add_fuse_parser(subparsers) -> None:
     parser.add_argument("--output_dir", required=True, help="Where the fused checkpoint goes.")
     parser.add_argument(
         "--no_copy_norm_stats", action="store_true", help="Keep the dense BatchNorm running statistics."
+    )
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help="Input size of the image processor saved with the fused model when neither checkpoint has one.",
     )
     parser.set_defaults(func=_fuse)
 
@@ -85,8 +99,16 @@ def _prune(args) -> None:
         dense_dir = os.path.join(args.output_dir, DENSE_INIT_DIR)
         dense.save_pretrained(dense_dir)
         print(f"dense initialization saved to {dense_dir} (pass it to `prunefuse-hf fuse --dense`)")
-    dense_cost, surrogate_cost = model_cost(dense, args.image_size), model_cost(surrogate, args.image_size)
+    processor, source = _image_processor(dense.config, [args.model], args.image_size)
+    if processor is not None:
+        # pipeline() and `prunefuse-hf fuse` preprocess as the run would.
+        processor.save_pretrained(args.output_dir)
+        if built_from_config or args.num_labels is not None:
+            processor.save_pretrained(dense_dir)
+    size, source = _cost_input_size(processor, source)
+    dense_cost, surrogate_cost = model_cost(dense, size), model_cost(surrogate, size)
     print(f"surrogate saved to {args.output_dir} with {PRUNING_PLAN_NAME}")
+    print(f"MACs per image at {size[0]}×{size[1]} ({source})")
     print(f"{'':12}{'dense':>14}{'surrogate':>14}{'ratio':>8}")
     for field in ("params", "macs"):
         d, s = getattr(dense_cost, field), getattr(surrogate_cost, field)
@@ -114,10 +136,50 @@ def _fuse(args) -> None:
     # Refuses (exit status 2) a dense checkpoint of another architecture than the plan's, naming both.
     fused = fuse_into_dense(dense, surrogate, plan, copy_norm_stats=not args.no_copy_norm_stats)
     fused.save_pretrained(args.output_dir)
+    processor, _ = _image_processor(dense.config, [args.dense, args.surrogate], args.image_size)
+    if processor is not None:
+        processor.save_pretrained(args.output_dir)
+    else:
+        print(f"no image processor saved (neither checkpoint has one and the config gives no image_size): pass "
+              f"--image_size so that pipeline() can read {args.output_dir}")  # fmt: skip
     changed = sum(
         not torch.equal(a, b) for a, b in zip(fused.state_dict().values(), dense.state_dict().values())
     )
     print(f"fused model saved to {args.output_dir} ({changed} of {len(dense.state_dict())} tensors changed)")
+
+
+def _image_processor(config, sources, image_size: int | None):
+    """The processor a run of this model would use, and where it comes from: the first checkpoint's own (of
+    `sources`), else one built from `image_size` or the config's image_size (as `PruneFuseTrainer` builds it);
+    `(None, None)` when nothing gives a size."""
+    from ..data.image_processor import build_image_processor, pretrained_image_processor
+
+    for source in sources:
+        processor = pretrained_image_processor(os.fspath(source))
+        if processor is not None:
+            return build_image_processor(config, processor), "the checkpoint's image processor"
+    vision_config = getattr(config, "vision_config", None) or config
+    if image_size is None and getattr(vision_config, "image_size", None) is None:
+        return None, None
+    source = "--image_size" if image_size is not None else "the config's image_size"
+    return build_image_processor(config, image_size=image_size), source
+
+
+def _cost_input_size(processor, source: str | None) -> tuple[tuple[int, int], str]:
+    """The input size of the MAC counts: the one the run's report would use (its processor's output), and where it
+    comes from."""
+    import PIL.Image
+
+    from ..pruning.families import DEFAULT_TRACE_IMAGE_SIZE
+
+    if processor is not None:
+        pixels = processor(PIL.Image.new("RGB", (256, 256)), return_tensors="np")[PIXEL_VALUES]
+        return tuple(int(n) for n in pixels.shape[-2:]), source
+    size = DEFAULT_TRACE_IMAGE_SIZE
+    return (
+        size,
+        size,
+    ), "no size given; pass --image_size (the recipe's image_size) to count at the run's size"
 
 
 def _add_compare_parser(subparsers) -> None:
@@ -394,7 +456,15 @@ def main(argv: list[str] | None = None) -> int:
             run_from_command_line(argv[1:])
         else:
             args = build_parser().parse_args(argv)
-            args.func(args)
+            # Writing and reading checkpoints shows no progress bars (transformers', huggingface_hub's).
+            if command in ("prune", "fuse"):
+                from ..trainer.run_logging import quiet_progress_bars
+
+                quiet = quiet_progress_bars(show_inner=True)
+            else:
+                quiet = contextlib.nullcontext()
+            with quiet:
+                args.func(args)
     except (ValueError, NotImplementedError, OSError) as error:
         # Every error caused by input (values, files, images, the Hub) is one or two lines, without a traceback.
         print(f"prunefuse-hf {command}: error: {error}", file=sys.stderr)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shlex
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
@@ -23,6 +24,7 @@ from ..trainer.prunefuse_config import PruneFuseConfig
 from ..trainer.prunefuse_trainer import PruneFuseTrainer
 from ..trainer.report import comparison_table
 from ..utils.hub_ids import check_hub_model
+from .progress import ProgressLine, run_console
 
 logger = logging.get_logger(__name__)
 
@@ -38,6 +40,13 @@ class RunArguments:
         default=False, metadata={"help": "Continue the run in output_dir from its last finished step."}
     )
     overwrite: bool = field(default=False, metadata={"help": "Replace whatever output_dir holds."})
+    verbose: bool = field(
+        default=False,
+        metadata={
+            "help": "Also show the inner progress bars (every training, scoring and decoding pass) and the trainings' "
+            "loss logs (every logging_steps); the same as disable_tqdm: false."
+        },
+    )
 
 
 ARGUMENT_CLASSES = (RunArguments, ModelArguments, DataArguments, PruneFuseConfig)
@@ -103,14 +112,18 @@ def _overridden_fields(namespace: argparse.Namespace, argv: list[str]) -> dict:
     # Record the flags given on the command line next to the recipe (for the report and resume).
     flags = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
     return {
-        k: v for k, v in vars(namespace).items() if k in flags and k not in ("config", "resume", "overwrite")
+        k: v
+        for k, v in vars(namespace).items()
+        if k in flags and k not in ("config", "resume", "overwrite", "verbose")
     }
 
 
 def run_from_command_line(argv: list[str]) -> dict:
     """Entry point of `prunefuse-hf run`; prints the result table and where the outputs are."""
+    if "--help-all" in argv:
+        RunArgumentParser(every_field=True).parse_args_into_dataclasses(args=["--help"])
     if any(arg in ("-h", "--help") for arg in argv):
-        RunArgumentParser().parse_args_into_dataclasses(args=["--help"])
+        RunArgumentParser(every_field=False).parse_args_into_dataclasses(args=["--help"])
     model_args, data_args, config, run_args, recipe = parse_run_arguments(argv)
     if run_args.overwrite:
         config.overwrite_output_dir = True
@@ -118,6 +131,14 @@ def run_from_command_line(argv: list[str]) -> dict:
     model_field = "model_config" if model_args.model_config is not None else "model_name_or_path"
     if isinstance(model_args.model_source, str):
         check_hub_model(model_field, model_args.model_source)
+    if run_args.verbose:
+        config.disable_tqdm = False
+    with run_console() as console:
+        trainer = _train(model_args, data_args, config, run_args, recipe, argv, console)
+    return _print_result(trainer, config)
+
+
+def _train(model_args, data_args, config, run_args, recipe, argv, console) -> PruneFuseTrainer:
     # The run (and the subset it publishes) reads a Hub dataset at one commit: later commits to the dataset repo
     # do not change its pool. A resumed run keeps the commit it started with.
     revision = data_args.dataset_revision or _recorded_revision(config.output_dir, run_args.resume)
@@ -134,8 +155,13 @@ def run_from_command_line(argv: list[str]) -> dict:
         eval_dataset=eval_dataset,
         recipe=recipe,
         resume_command=resume_command_line(argv),
+        callbacks=[ProgressLine(console)],
     )
     trainer.train(resume_from_checkpoint=True if run_args.resume else None)
+    return trainer
+
+
+def _print_result(trainer: PruneFuseTrainer, config: PruneFuseConfig) -> dict:
     metrics = trainer.metrics
     if trainer.is_world_process_zero():
         if trainer.awaiting_labels is not None:
@@ -176,11 +202,24 @@ def _recorded_revision(output_dir: str, resume: bool) -> str | None:
 
 class RunArgumentParser(HfArgumentParser):
     """The parser of `prunefuse-hf run`: this command's options, then the model, data and PruneFuse fields, then
-    the `TrainingArguments` fields, each under its own heading in `--help`."""
+    the `TrainingArguments` fields, each under its own heading in `--help`.
 
-    def __init__(self):
+    Args:
+        every_field (`bool`, *optional*, defaults to `True`): Whether `--help` lists every `TrainingArguments`
+            field (`--help-all`) or only those whose default PruneFuseConfig changes (`--help`); every field is
+            parsed either way.
+    """
+
+    def __init__(self, every_field: bool = True):
+        self.every_field = every_field
+        self.hidden: list[str] = []  # fields left out of the short help
         super().__init__(ARGUMENT_CLASSES, prog="prunefuse-hf run", usage=RUN_USAGE, description=RUN_DESCRIPTION,
                          formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        if not every_field:
+            names = textwrap.fill(
+                ", ".join(self.hidden), width=110, initial_indent="  ", subsequent_indent="  "
+            )
+            self.epilog = SHORT_HELP_EPILOG.format(names=names)
 
     def _add_dataclass_arguments(self, dtype):
         type_hints = get_type_hints(dtype)
@@ -197,13 +236,28 @@ class RunArgumentParser(HfArgumentParser):
         for group, group_fields in ((own_group, own), (training_group, changed + rest)):
             for field_ in group_fields:
                 field_.type = type_hints[field_.name]
+                before = len(self._actions)
                 self._parse_dataclass_field(group, field_)
+                if not self.every_field and dtype is PruneFuseConfig and field_.name not in MAIN_FIELDS:
+                    for action in self._actions[before:]:
+                        action.help = argparse.SUPPRESS
+                    if field_ in own:
+                        self.hidden.append(field_.name)
 
 
 RUN_USAGE = "prunefuse-hf run --config RECIPE.yaml [--field value ...] [--resume | --overwrite]"
 RUN_DESCRIPTION = """Run PruneFuse from a YAML recipe; every field can also be given (or overridden) as a flag.
 
   prunefuse-hf run --config recipes/fashion-mnist-resnet/prunefuse.yaml [--field value ...] [--resume | --overwrite]
+"""
+# The fields `prunefuse-hf run --help` describes; `--help-all` describes every field.
+MAIN_FIELDS = ("method", "pruning_ratio", "strategy", "initial_labeled_size", "query_size", "num_rounds", "annotation",
+               "image_size", "output_dir", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
+               "logging_steps", "seed")  # fmt: skip
+SHORT_HELP_EPILOG = """more PruneFuse fields (flags and recipe keys alike):
+{names}
+and every transformers.TrainingArguments field (bf16, gradient_accumulation_steps, eval_strategy, report_to, ...).
+`prunefuse-hf run --help-all` describes them all.
 """
 GROUP_TITLES = {
     "RunArguments": "this command",

@@ -30,6 +30,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from datasets.utils import are_progress_bars_disabled
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
@@ -282,7 +283,9 @@ class ImagePreprocessor:
             loud = cache is None or per_pass > 60
             (logger.warning if loud else logger.info)(not_cached_message(len(dataset), sample, reason))
             if validate:
-                for start in tqdm(range(0, len(images), _MAP_BATCH_SIZE), desc=desc, unit="batch"):
+                # Shown when `datasets`' own bars are (a run hides both unless disable_tqdm is false).
+                batches = range(0, len(images), _MAP_BATCH_SIZE)
+                for start in tqdm(batches, desc=desc, unit="batch", disable=are_progress_bars_disabled()):
                     rows = list(range(start, min(start + _MAP_BATCH_SIZE, len(images))))
                     self.to_pixels(images[rows][self.image_column], rows)
             return images.with_transform(self._transform, output_all_columns=False)

@@ -12,5 +12,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "prunefuse_config": ["PruneFuseConfig"],
         "prunefuse_trainer": ["PruneFuseTrainer", "Step"],
         "report": ["class_balance", "comparison_table", "render_report", "write_report"],
+        "run_progress": ["RunProgress", "RunProgressCallback", "RunTracker"],
     },
 )

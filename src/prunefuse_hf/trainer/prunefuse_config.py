@@ -254,6 +254,10 @@ class PruneFuseConfig(TrainingArguments):
             Labeled sets are small, so the stock `500` would log nothing in most rounds.
         report_to (`str` or `list[str]`, *optional*, defaults to `"none"`):
             No tracking integration unless asked for.
+        disable_tqdm (`bool`, *optional*, defaults to `True`):
+            A run trains dozens of models: their progress bars (training, scoring, decoding) and log dicts are
+            not shown unless set to `False` (the CLI's `--verbose`); the run logs one line per step, and
+            [`RunProgressCallback`] follows the whole run.
         use_cpu (`bool`, *optional*, defaults to `False`):
             Set to `True` automatically on machines without a GPU (CUDA, MPS, XPU), so that several processes
             started by `accelerate launch` or `torchrun` form a CPU process group.
@@ -308,6 +312,13 @@ class PruneFuseConfig(TrainingArguments):
     report_to: None | str | list[str] = field(
         default="none",
         metadata={"help": "The integrations to report results and logs to ('all', 'none', or a name)."},
+    )
+    disable_tqdm: bool | None = field(
+        default=True,
+        metadata={
+            "help": "Whether to hide the inner progress bars (every training, scoring and decoding pass) and the "
+            "inner trainings' log dicts (True; the CLI's --verbose sets False)."
+        },
     )
 
     # The method.

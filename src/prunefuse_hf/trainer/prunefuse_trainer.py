@@ -64,7 +64,8 @@ from . import steps
 from .distillation_trainer import compute_accuracy
 from .inputs import labeled_rows, pixel_cache_options, prepare_eval_dataset, prepare_pool, seed_labels
 from .prunefuse_config import PruneFuseConfig
-from .run_logging import configure_package_logging, describe_fact
+from .run_logging import STEP_RECORD, configure_package_logging, describe_fact, quiet_progress_bars
+from .run_progress import RunProgress, RunProgressCallback, RunTracker
 from .run_state import (
     STATE_VERSION,
     check_resumable,
@@ -207,7 +208,7 @@ class PruneFuseTrainer(Trainer):
             self.preprocessor, uniform_size=image.size if sized_by_first_image else None
         )
         # Decoding every image once is also the check that every image decodes (the error names the file).
-        with _main_process_first(args):
+        with _main_process_first(args), quiet_progress_bars(show_inner=not args.disable_tqdm):
             self.pool_pixels = pool_preprocessor.pixel_dataset(pool.dataset, **pixel_cache_options(args),
                                                                desc="Decoding the pool")  # fmt: skip
             prepared_eval = None
@@ -247,6 +248,7 @@ class PruneFuseTrainer(Trainer):
         self._awaiting_labels: int | None = None
         self._row_digests: np.ndarray | None = None  # pixel digest of each labeled row (0: not labeled)
         self._image_paths: list | None = None  # of the pool's images, relative to their common folder
+        self.run_tracker = RunTracker(self)
 
     # ----- the run -----------------------------------------------------------------------------
 
@@ -277,6 +279,11 @@ class PruneFuseTrainer(Trainer):
         """
         if trial is not None:
             raise ValueError("PruneFuseTrainer does not support hyper-parameter search trials.")
+        # Checkpoints are written and read many times per run: never with a progress bar each.
+        with quiet_progress_bars(show_inner=not self.args.disable_tqdm):
+            return self._run(resume_from_checkpoint)
+
+    def _run(self, resume_from_checkpoint) -> TrainOutput:
         resume = resume_from_checkpoint not in (None, False)
         if isinstance(resume_from_checkpoint, (str, os.PathLike)):
             self.run_dir = RunDirectory(resume_from_checkpoint)
@@ -284,6 +291,10 @@ class PruneFuseTrainer(Trainer):
         self._open_run(resume)
         self.steps = self._plan_steps()
         self._awaiting_labels = None
+        self.run_tracker.begin_run()
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, RunProgressCallback):
+                callback.trainer = self
         self.control = self.callback_handler.on_train_begin(self.args, self.state, self.control)
         step = None
         try:
@@ -295,10 +306,12 @@ class PruneFuseTrainer(Trainer):
             self._report_interruption(step)
             raise
         self.control.should_training_stop = False
+        final = self.progress.get("final", {})
         if self.done:
             self._load_final_model()
+            # As after a stock Trainer's train(), later logs (evaluate()) carry the final model's epochs.
+            self.state.epoch = final.get("epochs", self.state.epoch)
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
-        final = self.progress.get("final", {})
         metrics = {key: final[key] for key in ("accuracy", "labeled") if final.get(key) is not None}
         metrics["selection_seconds"] = build_metrics(self.progress)["selection"]["seconds"]
         return TrainOutput(self.state.global_step, final.get("train_loss"), metrics)
@@ -312,6 +325,12 @@ class PruneFuseTrainer(Trainer):
     def done(self) -> bool:
         """Whether every step of the run has finished."""
         return bool(self.steps) and all(step.name in self.progress["completed"] for step in self.steps)
+
+    @property
+    def run_progress(self) -> RunProgress:
+        """Where the run is: the step, round k of n, labeled count, elapsed time and an estimate of the time left
+        (see [`RunProgressCallback`] to follow it)."""
+        return self.run_tracker.snapshot()
 
     @property
     def metrics(self) -> dict:
@@ -344,6 +363,7 @@ class PruneFuseTrainer(Trainer):
 
     def _run_step(self, step: Step) -> None:
         started = time.perf_counter()
+        self.run_tracker.begin_step(step)
         if step.kind == "init":
             facts = steps.init_run(self)
         elif step.kind == "train_surrogate":
@@ -367,8 +387,10 @@ class PruneFuseTrainer(Trainer):
         self._save_state()
         seconds = time.perf_counter() - started
         facts = {"step": step.name, **facts, "seconds": round(seconds, 3)}
+        self.run_tracker.finish_step(step, seconds, facts)
         logger.info(
-            " | ".join(describe_fact(key, value) for key, value in facts.items() if value is not None)
+            " | ".join(describe_fact(key, value) for key, value in facts.items() if value is not None),
+            extra={STEP_RECORD: step.name},
         )
         numeric = {k: v for k, v in facts.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.log(numeric)

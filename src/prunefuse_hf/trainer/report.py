@@ -243,12 +243,14 @@ def comparison_table(runs: dict[str, dict]) -> str:
     budgets = sorted({b for metrics in runs.values() for b in budget_accuracies(metrics)})
     names = list(runs)
     width = max(12, *(len(n) + 2 for n in names))
-    lines = ["accuracy of the trained dense/fused model per labeled budget",
-             f"{'labeled':>10}" + "".join(f"{n:>{width}}" for n in names)]  # fmt: skip
+    lines = []
+    if budgets:  # runs without an evaluation set measured no accuracy: no table rather than an empty one
+        lines = ["accuracy of the trained dense/fused model per labeled budget",
+                 f"{'labeled':>10}" + "".join(f"{n:>{width}}" for n in names), ""]  # fmt: skip
     for budget in budgets:
         row = [_fmt(budget_accuracies(runs[n]).get(budget)) for n in names]
-        lines.append(f"{budget:>10}" + "".join(f"{v:>{width}}" for v in row))
-    lines += ["", "cost by purpose: selection (selector training + scoring), fusion teacher (surrogate trainings that",
+        lines.insert(-1, f"{budget:>10}" + "".join(f"{v:>{width}}" for v in row))
+    lines += ["cost by purpose: selection (selector training + scoring), fusion teacher (surrogate trainings that",
               "only feed fusion / distillation), final training (dense or fused model)"]  # fmt: skip
     for name in names:
         metrics = runs[name]

@@ -3,17 +3,23 @@ the inner trainers' logs forwarded to the PruneFuse trainer's callbacks and `rep
 
 from __future__ import annotations
 
+import contextlib
 import logging as std_logging
 import sys
 
+from datasets import utils as datasets_utils
+from huggingface_hub import utils as hub_utils
 from transformers import (
     Trainer,
     TrainerCallback,
 )
+from transformers.utils import logging as transformers_logging
 
 from .prunefuse_config import PruneFuseConfig
 
 _PACKAGE_LOGGER = __name__.split(".")[0]
+# The attribute of the log record of a finished step (its name): a handler can tell the step lines from the rest.
+STEP_RECORD = "prunefuse_step"
 
 
 class ForwardLogs(TrainerCallback):
@@ -25,6 +31,7 @@ class ForwardLogs(TrainerCallback):
         self.start = outer.state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        self.outer.run_tracker.inner_log(state.global_step, state.max_steps, logs or {})
         outer_state = self.outer.state
         outer_state.global_step = self.start + state.global_step
         outer_state.log_history.append({**{f"{self.prefix}/{k}": v for k, v in (logs or {}).items()},
@@ -75,3 +82,25 @@ def describe_fact(key: str, value) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{key.replace('_', ' ')} {value:,}"
     return f"{key.replace('_', ' ')}: {value}"
+
+
+@contextlib.contextmanager
+def quiet_progress_bars(show_inner: bool):
+    """Within it, saving and loading checkpoints shows no progress bar (transformers' "Writing model shards" and
+    "Loading weights", huggingface_hub's), and `datasets`' bars (decoding, `map`) show only when `show_inner`
+    (`disable_tqdm` false). The settings in force before are restored on exit."""
+    transformers_on = transformers_logging.is_progress_bar_enabled()
+    hub_off = hub_utils.are_progress_bars_disabled()
+    datasets_off = datasets_utils.are_progress_bars_disabled()
+    transformers_logging.disable_progress_bar()  # and huggingface_hub's
+    if not show_inner and not datasets_off:
+        datasets_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if transformers_on:
+            transformers_logging.enable_progress_bar()
+        if hub_off != hub_utils.are_progress_bars_disabled():
+            (hub_utils.disable_progress_bars if hub_off else hub_utils.enable_progress_bars)()
+        if datasets_off != datasets_utils.are_progress_bars_disabled():
+            (datasets_utils.disable_progress_bars if datasets_off else datasets_utils.enable_progress_bars)()

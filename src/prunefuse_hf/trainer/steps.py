@@ -17,6 +17,7 @@ from transformers import (
     AutoModelForImageClassification,
     set_seed,
 )
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
@@ -397,6 +398,7 @@ def _train(trainer, model, args, round_: int, *, role: str, seed_offset: int, te
         preprocessor=trainer.preprocessor,
         callbacks=[forwarder],
     )
+    _quiet(inner)
     started = time.perf_counter()
     with synced_batchnorm(model, enabled=trainer.args.sync_batchnorm):
         result = inner.train()
@@ -438,7 +440,16 @@ def _evaluate(trainer, model, inner=None) -> float | None:
         inner = DistillationTrainer(
             model=model, args=args, eval_dataset=trainer.eval_dataset, preprocessor=trainer.preprocessor
         )
+        _quiet(inner)
     return inner.evaluate(trainer.eval_dataset)["eval_accuracy"]
+
+
+def _quiet(inner) -> None:
+    # Without bars (disable_tqdm) the stock Trainer prints every log dict on stdout: the run's logs go to the
+    # PruneFuse trainer instead (ForwardLogs), and its callbacks show them. With bars, the stock ProgressCallback
+    # shows them at every `logging_steps`.
+    if inner.args.disable_tqdm:
+        inner.remove_callback(PrinterCallback)
 
 
 def _trained_surrogate(trainer, round_: int):

@@ -2,6 +2,7 @@
 problem exits with code 2, prints the message (field or file, value, fix) without a traceback, and leaves no run
 directory behind."""
 
+import json
 import re
 
 import datasets
@@ -37,6 +38,14 @@ def saved(tmp_path_factory):
     star = _named(make_image_dataset(16, 4, seed=2, mode="RGB"), [*NAMES[:3], "star"])
     datasets.DatasetDict(train=train, test=star).save_to_disk(root / "other_classes")
     _folder(root / "mixed_sizes", train, sizes=[(16, 16), (20, 12)])
+    blank = _folder(root / "blank_metadata", train, sizes=[(16, 16)]) / "train"
+    # An image folder whose metadata.jsonl leaves one label blank: that row has no label.
+    files = sorted(blank.rglob("*.png"))
+    rows = [
+        {"file_name": str(f.relative_to(blank)), "label": "" if i == 3 else f.parent.name}
+        for i, f in enumerate(files)
+    ]
+    (blank / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     damaged = _folder(root / "damaged", train, sizes=[(16, 16)])
     (damaged / "train" / "cross" / "broken.png").write_bytes(b"not a png")
     return root
@@ -68,6 +77,10 @@ ROWS = {
     "labels: -1 in simulation": (
         dict(dataset_name="minus_one"),
         r"1 rows without a label.*row 5.*annotation: human",
+    ),
+    "labels: blank": (
+        dict(dataset_name="blank_metadata", eval_split=None, class_names=NAMES),
+        r"1 rows without a label.*row \d+.*annotation: human",
     ),
     "labels: out of range": (dict(dataset_name="out_of_range", class_names=NAMES), r"class id 9 at row 7"),
     "label spaces": (dict(dataset_name="other_classes"), r"classes the pool does not have: \['star'\]"),

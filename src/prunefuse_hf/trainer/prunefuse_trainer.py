@@ -36,6 +36,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import TrainOutput
 from transformers.utils import logging
 
+from ..annotation.identity import check_query_rows, unlabeled_queries
 from ..annotation.store import ingest_labels
 from ..constants import (
     DENSE_INIT_DIR,
@@ -392,9 +393,8 @@ class PruneFuseTrainer(Trainer):
             `LabelError`: refused labels (unknown class, index not queried, duplicates, missing labels); the run
                 directory is then unchanged.
         """
-        return ingest_labels(
-            self.run_dir.path, source, allow_partial=allow_partial, overwrite=overwrite, **columns
-        )
+        return ingest_labels(self.run_dir.path, source, allow_partial=allow_partial, overwrite=overwrite,
+                             pool=self.pool.dataset, image_column=self.args.image_column, **columns)  # fmt: skip
 
     # ----- training, scoring, evaluation -------------------------------------------------------
 
@@ -459,6 +459,10 @@ class PruneFuseTrainer(Trainer):
                              "class_names": self.class_names, "rounds": {}, "final": {}}  # fmt: skip
             return
         progress = self.run_dir.read_state()
+        # Labels waiting to be used go on the images annotators were shown (named when the pool changed).
+        for record in unlabeled_queries(progress):
+            check_query_rows(record, self.pool.dataset, self.args.image_column,
+                             pool_size=progress["pool"]["num_examples"], what=f"Cannot resume {self.run_dir.path}")  # fmt: skip
         check_resumable(progress, current, self.run_dir)
         self._row_digests = check_same_pool(progress, self.pool_pixels, self.run_dir)
         self.pool.load_state_dict(progress["pool"], check_fingerprint=False)

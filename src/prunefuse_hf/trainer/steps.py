@@ -20,6 +20,7 @@ from transformers import (
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
+from ..annotation.identity import query_images
 from ..annotation.labels import LabelBatch
 from ..annotation.oracle import oracle_labels
 from ..annotation.queries import query_directory, write_query_batch
@@ -30,6 +31,7 @@ from ..constants import (
     DENSE_INIT_DIR,
     FUSED_DIR,
     QUERY_CONTENTS,
+    QUERY_IMAGES,
     SURROGATE_DIR,
     SURROGATE_INIT_DIR,
     TRAINER_DIR,
@@ -320,11 +322,16 @@ def label(trainer, round_: int) -> dict | None:
 
 
 def _set_query(trainer, round_: int, indices: np.ndarray, scores, strategy: str) -> None:
-    trainer.progress.setdefault("queries", {})[str(round_)] = {
+    record = {
         "pool_indices": np.asarray(indices).tolist(),
         "scores": None if scores is None else np.asarray(scores).tolist(),
         "strategy": strategy,
     }
+    if trainer.args.annotation == "human":
+        # What each queried image is, so that its labels land on it even if the pool changes meanwhile (checked
+        # when they are ingested and when the run resumes). Reads the queried rows only.
+        record[QUERY_IMAGES] = query_images(trainer.pool.dataset, trainer.args.image_column, indices)
+    trainer.progress.setdefault("queries", {})[str(round_)] = record
 
 
 def _store_labels(trainer, batch: LabelBatch, round_: int, expected=None) -> LabelStore:

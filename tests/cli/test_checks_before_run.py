@@ -103,6 +103,28 @@ ROWS = {
         r"per_device_train_batch_size: 1 cannot train",
     ),
     "settings vs model: bald": (dict(strategy="bald"), r"no active dropout"),
+    # Refused before the pool is decoded: the damaged image would be named otherwise.
+    "settings vs model: a class the general path cannot prune": (
+        dict(
+            model_config=dict(
+                model_type="segformer",
+                num_channels=3,
+                hidden_sizes=[8, 16, 32, 64],
+                depths=[1, 1, 1, 1],
+                num_attention_heads=[1, 1, 2, 2],
+                decoder_hidden_size=16,
+            ),
+            dataset_name="damaged",
+            eval_split=None,
+        ),  # fmt: skip
+        r"SegformerForImageClassification \(model_type 'segformer'\) cannot be pruned by the general path.*"
+        r"Use pruning_ratio=0",
+    ),
+    "settings vs model: a family with no trainable class": (
+        dict(model_config=dict(model_type="pp_lcnet"), pruning_ratio=0.0),
+        r"PPLCNetForImageClassification .* cannot be trained: its forward takes no labels.*there is no class of it "
+        r"to use: choose a model of another family",
+    ),
     "budget": (dict(query_size=40), r"initial_labeled_size \(16\) \+ query_size"),
     "datasets: path not on disk": (dict(dataset_name="./no/such/folder"), r"no/such/folder"),
     "datasets: missing split": (
@@ -128,7 +150,18 @@ def test_each_row_of_the_table_is_refused_before_the_run_starts(saved, tmp_path,
     printed = err[err.index("prunefuse-hf run: error:") :]  # after the datasets' progress bars, if any
     assert len(printed.strip().splitlines()) <= 2, err
     assert re.search(message, err, flags=re.S), err
+    assert not re.search(r"cannot be trained.*Use PPLCNet|Decoding the pool", err, flags=re.S), err
     assert not output_dir.exists()
+
+
+def test_the_way_out_of_an_unprunable_class_runs(saved, tmp_path, capsys):
+    """The refusal above names pruning_ratio: 0; that run (dense active learning) goes to its end."""
+    model = dict(model_type="segformer", num_channels=3, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                 num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=16)  # fmt: skip
+    config = recipe(saved, model_config=model, pruning_ratio=0.0, image_size=32, strategy="kcenter_greedy",
+                    dataset_name=str(saved / "good"), cache_pixels=False)  # fmt: skip
+    assert main(["run", "--config", str(config), "--output_dir", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "fused" / "config.json").is_file()
 
 
 def test_run_directory_row_an_occupied_output_dir_needs_resume_or_overwrite(saved, tmp_path, capsys):

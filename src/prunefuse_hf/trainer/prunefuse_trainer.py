@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -54,6 +56,7 @@ from ..data.validation import check_batchnorm_batch_sizes, check_input_size, che
 from ..hub.cards import write_model_card
 from ..hub.push import push_run
 from ..pruning.modeling import build_dense_model
+from ..pruning.prune import prune_model
 from ..pruning.support import check_supported_model
 from ..selection.scoring import active_dropout_layers
 from ..selection.strategies import get_strategy
@@ -182,6 +185,13 @@ class PruneFuseTrainer(Trainer):
         check_supported_model(dense, pruning_ratio=args.pruning_ratio)
         if "mc_probs" in self.strategy.needs:
             active_dropout_layers(dense)  # raises, naming the model, when there is none
+        # Pruning θ0 is a new run's first step; a model that cannot be pruned at this ratio (the general path fails
+        # on some architectures) is refused here, before the pool is decoded and the run directory is created. The
+        # `init` step uses this surrogate. A run whose `init` is done (a resume) pruned this model already.
+        self.pruned_at_init = None
+        if args.pruning_ratio > 0 and not _initialized(args):
+            with torch.random.fork_rng():
+                self.pruned_at_init = prune_model(dense, args.pruning_ratio, importance=args.importance)
         processor = processing_class if processing_class is not None else pretrained_image_processor(model)
         channels = model_num_channels(dense.config)
         if channels == 1:
@@ -577,6 +587,17 @@ def _as_config(args) -> PruneFuseConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
     values.pop("accelerator_config", None)
     return PruneFuseConfig(**values)
+
+
+def _initialized(args) -> bool:
+    """Whether `output_dir` holds a run whose `init` step is done, that this trainer would resume."""
+    state = Path(args.output_dir) / STATE_NAME
+    if args.overwrite_output_dir or not state.is_file():
+        return False
+    try:
+        return "init" in json.loads(state.read_text(encoding="utf-8")).get("completed", [])
+    except (OSError, ValueError):
+        return False
 
 
 def _main_process_first(args):

@@ -67,7 +67,9 @@ def init_run(trainer) -> dict:
             rng.choice(trainer.pool.unlabeled_indices, size=args.initial_labeled_size, replace=False)
         )
         _set_query(trainer, 1, drawn, scores=None, strategy="random")
-    surrogate, plan = prune_model(dense, args.pruning_ratio, importance=args.importance)
+    # Pruned when the trainer was built (a model that cannot be pruned is refused before any work).
+    pruned, trainer.pruned_at_init = trainer.pruned_at_init, None
+    surrogate, plan = pruned or prune_model(dense, args.pruning_ratio, importance=args.importance)
     height, width = trainer.input_shape[-2:]
     dense_cost, surrogate_cost = (
         model_cost(dense, (height, width)),

@@ -164,6 +164,19 @@ def test_the_way_out_of_an_unprunable_class_runs(saved, tmp_path, capsys):
     assert (tmp_path / "run" / "fused" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("strategy", ["kcenter_greedy", "badge"])
+def test_feature_strategies_run_on_a_classifier_whose_head_is_not_called_classifier(
+    saved, tmp_path, strategy
+):
+    """SwiftFormer's head is `head` + `dist_head`: the features are the head's input, found from the logits' layer."""
+    model = dict(model_type="swiftformer", num_channels=3, embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1])
+    config = recipe(saved, model_config=model, image_size=32, strategy=strategy, initial_strategy="typiclust",
+                    dataset_name=str(saved / "good"), cache_pixels=False)  # fmt: skip
+    assert main(["run", "--config", str(config), "--output_dir", str(tmp_path / "run")]) == 0
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["queries"]["2"]["strategy"] == strategy and state["queries"]["1"]["strategy"] == "typiclust"
+
+
 def test_run_directory_row_an_occupied_output_dir_needs_resume_or_overwrite(saved, tmp_path, capsys):
     output_dir = tmp_path / "run"
     output_dir.mkdir()

@@ -58,7 +58,7 @@ from ..hub.push import push_run
 from ..pruning.modeling import build_dense_model
 from ..pruning.prune import prune_model
 from ..pruning.support import check_supported_model
-from ..selection.scoring import active_dropout_layers
+from ..selection.scoring import active_dropout_layers, classifier_module
 from ..selection.strategies import get_strategy
 from ..utils.io import redact_secrets
 from ..utils.run_directory import RunDirectory, step_name
@@ -185,6 +185,14 @@ class PruneFuseTrainer(Trainer):
         check_supported_model(dense, pruning_ratio=args.pruning_ratio)
         if "mc_probs" in self.strategy.needs:
             active_dropout_layers(dense)  # raises, naming the model, when there is none
+        if (
+            "features" in self.strategy.needs
+            or args.initial_strategy == "typiclust"
+            or (args.selector == "linear_probe" or args.surrogate_distill_epochs > 0)
+        ):
+            classifier_module(
+                dense
+            )  # raises, naming the model and what runs without features, when it has no head
         # Pruning θ0 is a new run's first step; a model that cannot be pruned at this ratio (the general path fails
         # on some architectures) is refused here, before the pool is decoded and the run directory is created. The
         # `init` step uses this surrogate. A run whose `init` is done (a resume) pruned this model already.

@@ -39,6 +39,8 @@ LABEL_STUDIO_CONFIG = "label_studio_config.xml"
 QUERY_FILE_NAME = "file_name"
 QUERY_SCORE = "score"
 QUERY_PARTIAL = "partial.json"
+# What identifies each queried image (pixel digest, path, file name), recorded in state.json with the query.
+QUERY_IMAGES = "images"
 # The surrogate's guess for each queried image (labels.csv, the query dataset, Label Studio predictions).
 QUERY_PREDICTED_LABEL = "predicted_label"
 QUERY_PREDICTED_SCORE = "predicted_score"

@@ -2,6 +2,7 @@
 problem exits with code 2, prints the message (field or file, value, fix) without a traceback, and leaves no run
 directory behind."""
 
+import json
 import re
 import time
 
@@ -38,6 +39,14 @@ def saved(tmp_path_factory):
     star = _named(make_image_dataset(16, 4, seed=2, mode="RGB"), [*NAMES[:3], "star"])
     datasets.DatasetDict(train=train, test=star).save_to_disk(root / "other_classes")
     _folder(root / "mixed_sizes", train, sizes=[(16, 16), (20, 12)])
+    blank = _folder(root / "blank_metadata", train, sizes=[(16, 16)]) / "train"
+    # An image folder whose metadata.jsonl leaves one label blank: that row has no label.
+    files = sorted(blank.rglob("*.png"))
+    rows = [
+        {"file_name": str(f.relative_to(blank)), "label": "" if i == 3 else f.parent.name}
+        for i, f in enumerate(files)
+    ]
+    (blank / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     damaged = _folder(root / "damaged", train, sizes=[(16, 16)])
     (damaged / "train" / "cross" / "broken.png").write_bytes(b"not a png")
     return root
@@ -70,6 +79,10 @@ ROWS = {
         dict(dataset_name="minus_one"),
         r"1 rows without a label.*row 5.*annotation: human",
     ),
+    "labels: blank": (
+        dict(dataset_name="blank_metadata", eval_split=None, class_names=NAMES),
+        r"1 rows without a label.*row \d+.*annotation: human",
+    ),
     "labels: out of range": (dict(dataset_name="out_of_range", class_names=NAMES), r"class id 9 at row 7"),
     "label spaces": (dict(dataset_name="other_classes"), r"classes the pool does not have: \['star'\]"),
     "images": (dict(dataset_name="damaged", eval_split=None), r"broken\.png"),
@@ -91,6 +104,28 @@ ROWS = {
         r"per_device_train_batch_size: 1 cannot train",
     ),
     "settings vs model: bald": (dict(strategy="bald"), r"no active dropout"),
+    # Refused before the pool is decoded: the damaged image would be named otherwise.
+    "settings vs model: a class the general path cannot prune": (
+        dict(
+            model_config=dict(
+                model_type="segformer",
+                num_channels=3,
+                hidden_sizes=[8, 16, 32, 64],
+                depths=[1, 1, 1, 1],
+                num_attention_heads=[1, 1, 2, 2],
+                decoder_hidden_size=16,
+            ),
+            dataset_name="damaged",
+            eval_split=None,
+        ),  # fmt: skip
+        r"SegformerForImageClassification \(model_type 'segformer'\) cannot be pruned by the general path.*"
+        r"Use pruning_ratio=0",
+    ),
+    "settings vs model: a family with no trainable class": (
+        dict(model_config=dict(model_type="pp_lcnet"), pruning_ratio=0.0),
+        r"PPLCNetForImageClassification .* cannot be trained: its forward takes no labels.*there is no class of it "
+        r"to use: choose a model of another family",
+    ),
     "budget": (dict(query_size=40), r"initial_labeled_size \(16\) \+ query_size"),
     "datasets: path not on disk": (dict(dataset_name="./no/such/folder"), r"no/such/folder"),
     "datasets: missing split": (
@@ -116,7 +151,31 @@ def test_each_row_of_the_table_is_refused_before_the_run_starts(saved, tmp_path,
     printed = err[err.index("prunefuse-hf run: error:") :]  # after the datasets' progress bars, if any
     assert len(printed.strip().splitlines()) <= 2, err
     assert re.search(message, err, flags=re.S), err
+    assert not re.search(r"cannot be trained.*Use PPLCNet|Decoding the pool", err, flags=re.S), err
     assert not output_dir.exists()
+
+
+def test_the_way_out_of_an_unprunable_class_runs(saved, tmp_path, capsys):
+    """The refusal above names pruning_ratio: 0; that run (dense active learning) goes to its end."""
+    model = dict(model_type="segformer", num_channels=3, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                 num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=16)  # fmt: skip
+    config = recipe(saved, model_config=model, pruning_ratio=0.0, image_size=32, strategy="kcenter_greedy",
+                    dataset_name=str(saved / "good"), cache_pixels=False)  # fmt: skip
+    assert main(["run", "--config", str(config), "--output_dir", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "fused" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("strategy", ["kcenter_greedy", "badge"])
+def test_feature_strategies_run_on_a_classifier_whose_head_is_not_called_classifier(
+    saved, tmp_path, strategy
+):
+    """SwiftFormer's head is `head` + `dist_head`: the features are the head's input, found from the logits' layer."""
+    model = dict(model_type="swiftformer", num_channels=3, embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1])
+    config = recipe(saved, model_config=model, image_size=32, strategy=strategy, initial_strategy="typiclust",
+                    dataset_name=str(saved / "good"), cache_pixels=False)  # fmt: skip
+    assert main(["run", "--config", str(config), "--output_dir", str(tmp_path / "run")]) == 0
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["queries"]["2"]["strategy"] == strategy and state["queries"]["1"]["strategy"] == "typiclust"
 
 
 def test_run_directory_row_an_occupied_output_dir_needs_resume_or_overwrite(saved, tmp_path, capsys):

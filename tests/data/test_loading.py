@@ -17,6 +17,7 @@ from prunefuse_hf.data import loading as data
 from prunefuse_hf.data.labels import (
     align_eval_labels,
     class_names,
+    encode_label_names,
     label_array,
     num_classes,
     resolve_class_names,
@@ -246,6 +247,28 @@ def test_class_names_come_from_the_class_label_then_the_recipe_then_the_ids():
     assert resolve_class_names(plain, None, ["x", "y"]) == ["x", "y"]
     with pytest.raises(ValueError, match="no label column, so the class names are unknown. Set class_names"):
         resolve_class_names(plain, None, None)
+
+
+@pytest.mark.parametrize("blank", ["", "   ", None])
+def test_a_blank_label_in_an_image_folders_metadata_marks_an_unlabeled_row(tmp_path, blank):
+    import json
+
+    labels = ["cat", blank, "dog", "cat"]
+    with open(tmp_path / "metadata.jsonl", "w") as f:
+        for i, label in enumerate(labels):
+            PIL.Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "label": label}) + "\n")
+    pool = load_image_dataset(str(tmp_path))
+    encoded = encode_label_names(pool, "label", None)
+    assert encoded.features["label"].names == ["cat", "dog"]
+    assert label_array(encoded, "label", 2, "the pool").tolist() == [0, -1, 1, 0]
+    assert label_array(encode_label_names(pool, "label", ["dog", "cat"]), "label", 2, "the pool").tolist() == [
+        1, -1, 0, 1
+    ]  # fmt: skip
+    only_blank = datasets.Dataset.from_dict({"label": ["", " "]})
+    with pytest.raises(ValueError, match="holds no class name \\(every label is blank\\).*Set class_names"):
+        encode_label_names(only_blank, "label", None)
+    assert encode_label_names(only_blank, "label", ["a"])["label"][:] == [None, None]
 
 
 def test_label_array_marks_rows_without_a_label_and_names_an_out_of_range_row():

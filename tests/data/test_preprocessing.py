@@ -472,3 +472,50 @@ def test_dataloader_workers_decode_the_same_batches(tmp_path, cache):
     assert len(batches[2]) == 4
     for one, two in zip(batches[0], batches[2]):
         assert torch.equal(one[PIXEL_VALUES], two[PIXEL_VALUES]) and torch.equal(one[LABELS], two[LABELS])
+
+
+@pytest.mark.parametrize("failure", ["full", "read_only", "damaged"])
+def test_a_pixel_cache_that_cannot_be_used_leaves_the_pixels_exact_and_says_so_once(
+    tmp_path, monkeypatch, caplog, failure
+):
+    """A full disk or a read-only directory (simulated: the tests run as root) and a damaged cache file: the pixels
+    come from decoding, one warning names the cache and the fix, and no partial cache file is left."""
+    import errno
+    import logging
+
+    from prunefuse_hf.data import preprocessing as module
+
+    module._SAID_UNUSABLE.clear()
+    dataset = make_image_dataset(12, mode="RGB", seed=4)
+    preprocessor = ImagePreprocessor(build_image_processor(tiny_resnet_config(), image_size=16), 3, "image")
+    expected = PixelDataset(preprocessor.pixel_dataset(dataset, cache=False), np.arange(12)).batch(range(12))
+    cache_dir = tmp_path / "cache"
+    if failure == "damaged":
+        preprocessor.pixel_dataset(dataset, cache=True, cache_dir=cache_dir)
+        for path in cache_dir.glob("*.arrow"):
+            path.write_bytes(b"not arrow")
+    else:
+        error = OSError(errno.ENOSPC, "No space left on device") if failure == "full" else PermissionError(
+            errno.EACCES, "Permission denied"
+        )  # fmt: skip
+        real_map = datasets.Dataset.map
+
+        def failing_map(self, *args, **kwargs):
+            if kwargs.get("cache_file_name"):
+                open(kwargs["cache_file_name"], "wb").close()  # a build that wrote part of its file
+                raise error
+            return real_map(self, *args, **kwargs)
+
+        monkeypatch.setattr(datasets.Dataset, "map", failing_map)
+    with caplog.at_level(logging.WARNING, logger="prunefuse_hf"):
+        for _ in range(2):  # said once, however often the cache is asked for
+            pixels = preprocessor.pixel_dataset(dataset, cache=True, cache_dir=cache_dir)
+            torch.testing.assert_close(PixelDataset(pixels, np.arange(12)).batch(range(12)), expected)
+    if failure == "damaged":  # removed, built again once, then read
+        said = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+        assert len(said) == 1 and str(cache_dir) in said[0] and "building it again" in said[0], said
+        assert len(list(cache_dir.glob("*.arrow"))) == 1
+        return
+    said = [r.getMessage() for r in caplog.records if "Going on without the pixel cache" in r.getMessage()]
+    assert len(said) == 1 and str(cache_dir) in said[0] and "PRUNEFUSE_PIXEL_CACHE" in said[0], said
+    assert not list(cache_dir.glob("*.arrow"))  # nothing half-built or damaged is left behind

@@ -256,3 +256,23 @@ def test_scoring_runs_under_the_accelerators_mixed_precision(saved_pool_and_mode
     # Two float32 passes, then two under bf16 autocast; probabilities come back as float32 and close.
     assert result["dtypes"] == ["torch.float32"] * 2 + ["torch.bfloat16"] * 2
     assert result["probs_dtype"] == "torch.float32" and 0 < result["max_diff"] < 0.05
+
+
+def test_the_head_is_found_by_the_logits_it_gives_not_by_its_name():
+    from types import SimpleNamespace
+
+    from prunefuse_hf.selection.scoring import classifier_module
+
+    class Renamed(torch.nn.Module):  # a timm-like classifier: the head is `fc` inside a wrapped model
+        def __init__(self, head):
+            super().__init__()
+            self.config = SimpleNamespace(num_labels=3)
+            self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3 if head else 5))
+            self.inner = torch.nn.Module()
+            self.inner.fc = torch.nn.Linear(3 if head else 5, 3) if head else torch.nn.Conv1d(5, 3, 1)
+
+    model = Renamed(head=True)
+    assert classifier_module(model) is model.inner.fc
+    with pytest.raises(ValueError, match=r"Renamed has no linear layer that gives its 3 class logits.*kcenter_greedy"
+                                         r".*Use a strategy on probabilities \(least_confidence"):  # fmt: skip
+        classifier_module(Renamed(head=False))

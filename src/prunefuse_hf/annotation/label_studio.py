@@ -24,6 +24,7 @@ from .labels import (
     LabelError,
     _Rows,
     _truthy,
+    image_references,
 )
 
 _CLASS_TYPES = ("choices", "taxonomy", "labels")
@@ -157,7 +158,7 @@ def _rows_from_label_studio(tasks: list[dict], name: str, label_column, index_co
     tasks whose every annotation was cancelled (skipped) are listed apart."""
     resolve = _check_policy(resolve)
     index_key = index_column or POOL_INDEX
-    rows = _Rows([], [], None, len(tasks), {key: [] for key in ANNOTATION_COLUMNS})
+    rows = _Rows([], [], None, len(tasks), {key: [] for key in ANNOTATION_COLUMNS}, references=[])
     positions, conflicts = [], []
 
     def describe_task(j: int) -> str:
@@ -197,6 +198,7 @@ def _rows_from_label_studio(tasks: list[dict], name: str, label_column, index_co
             conflicts.append((f"{describe_task(j)} ({index_key} {data[index_key]})", answers))
             continue
         _append(rows, data[index_key], resolved, len(answers))
+        rows.references.append(image_references(data))
         positions.append(j)
     if conflicts:
         raise _disagreement_error(name, conflicts, resolve)
@@ -231,7 +233,7 @@ def _rows_from_flat_annotations(records: list[dict], name: str, describe, label_
                          int(annotation_id) if str(annotation_id or "").strip().isdigit() else None, False,
                          str(record.get("updated_at") or record.get("created_at") or ""), j)  # fmt: skip
         groups.setdefault(str(record.get(index_column)).strip(), []).append((j, answer))
-    rows = _Rows([], [], None, len(records), {key: [] for key in ANNOTATION_COLUMNS})
+    rows = _Rows([], [], None, len(records), {key: [] for key in ANNOTATION_COLUMNS}, references=[])
     positions, conflicts = [], []
     for key, group in groups.items():
         answers = [answer for _, answer in group]
@@ -240,6 +242,7 @@ def _rows_from_flat_annotations(records: list[dict], name: str, describe, label_
             conflicts.append((f"{describe(group[0][0])} ({index_column} {key})", answers))
             continue
         _append(rows, records[group[0][0]].get(index_column), resolved, len(answers))
+        rows.references.append(image_references(records[resolved[0].order]))
         positions.append(resolved[0].order)
     if conflicts:
         raise _disagreement_error(name, conflicts, resolve)

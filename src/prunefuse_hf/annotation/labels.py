@@ -14,11 +14,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..constants import (
+    IMAGE_PATH,
     POOL_INDEX,
     QUERY_CSV,
+    QUERY_FILE_NAME,
 )
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
+# Fields of a label file or export that say which image a label was given for (a Label Studio task's `image`, and
+# the `file_name` and `image_path` PruneFuse writes into every query): checked against the query.
+REFERENCE_FIELDS = (IMAGE_PATH, QUERY_FILE_NAME, "image")
 
 
 class LabelError(ValueError):
@@ -42,6 +47,11 @@ class LabelBatch:
             `num_answers` and `resolution` (see `ANNOTATION_COLUMNS`); stored with the labels.
         skipped (`np.ndarray`, int64, *optional*):
             Pool indices that annotators skipped (every answer cancelled), so not labeled.
+        references (`list[dict]`, *optional*):
+            Per label, the image references its row carries (`REFERENCE_FIELDS` found there: `image_path`,
+            `file_name`, a Label Studio task's `image`), checked against the query before anything is stored.
+        places (`list[str]`, *optional*):
+            Per label, where it is in the source (e.g. `"line 4"`, `"Label Studio task 12 (item 3)"`).
 
     Example:
 
@@ -57,6 +67,8 @@ class LabelBatch:
     source: str
     details: dict[str, list] | None = None
     skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    references: list[dict] | None = None
+    places: list[str] | None = None
 
     def __post_init__(self):
         self.pool_indices = np.asarray(self.pool_indices, dtype=np.int64).reshape(-1)
@@ -82,6 +94,16 @@ class _Rows:
     num_rows: int
     details: dict[str, list] | None = None  # per row: annotator, annotation_id, num_answers, resolution
     skipped: list = field(default_factory=list)  # raw pool index cells of skipped tasks
+    references: list[dict] | None = None  # per row: the image references it carries (REFERENCE_FIELDS)
+
+
+def image_references(record: dict) -> dict:
+    """The image references (`REFERENCE_FIELDS`) of one row or task data that hold a non-blank string."""
+    return {
+        key: record[key].strip()
+        for key in REFERENCE_FIELDS
+        if isinstance(record.get(key), str) and record[key].strip()
+    }
 
 
 def _truthy(value) -> bool:
@@ -260,9 +282,9 @@ def _to_batch(rows: _Rows, class_names: list[str], name: str, pool_size: int | N
         {key: [values[j] for j in kept] for key, values in rows.details.items()} if rows.details else None
     )
     skipped = [parse_pool_index(value, f"{name}, a skipped task") for value in rows.skipped]
-    batch = LabelBatch(
-        np.array(indices, dtype=np.int64), np.array(labels, dtype=np.int64), name, details, skipped
-    )
+    references = [rows.references[j] for j in kept] if rows.references is not None else None
+    batch = LabelBatch(np.array(indices, dtype=np.int64), np.array(labels, dtype=np.int64), name, details,
+                       skipped, references, [rows.describe(j) for j in kept])  # fmt: skip
     values, counts = np.unique(batch.pool_indices, return_counts=True)
     if (counts > 1).any():
         duplicate = int(values[counts > 1][0])

@@ -32,6 +32,7 @@ from ..constants import (
 )
 from ..utils.io import fsync_directory
 from ..utils.run_directory import RunDirectory, step_name
+from .identity import file_names as file_names_of
 from .label_studio import label_studio_config, label_studio_prediction
 from .labels import LabelError, _check_in_pool, _check_round, _preview, check_class_names, parse_pool_index
 from .readers import LABEL_COLUMNS
@@ -175,7 +176,7 @@ def write_query_batch(
     )
     image_bytes = storage.combine_chunks().field("bytes").to_pylist() if len(indices) else []
     image_paths = storage.combine_chunks().field("path").to_pylist() if len(indices) else []
-    file_names = _file_names(indices.tolist(), image_paths)
+    file_names = file_names_of(indices.tolist(), image_paths)
     others = [column for column in query.column_names if column != image_column]
     query = query.add_column(POOL_INDEX, indices.tolist()).add_column(QUERY_FILE_NAME, file_names)
     extra = []
@@ -263,19 +264,6 @@ def read_query_indices(directory: str | os.PathLike) -> np.ndarray:
             raise LabelError(f"{path} has no {POOL_INDEX!r} column (columns: {reader.fieldnames}).")
         indices = [parse_pool_index(row[POOL_INDEX], f"{path}, line {j + 2}") for j, row in enumerate(reader)]
     return np.array(indices, dtype=np.int64)
-
-
-def _file_names(indices: list[int], paths: list[str | None]) -> list[str]:
-    basenames = [os.path.basename(path) if path else None for path in paths]
-    counts: dict[str, int] = {}
-    for name in basenames:
-        if name:
-            counts[name] = counts.get(name, 0) + 1
-    # Image folders repeat basenames across class folders; annotators need one name per image.
-    return [
-        f"{index}.png" if not name else (f"{index}_{name}" if counts[name] > 1 else name)
-        for index, name in zip(indices, basenames)
-    ]
 
 
 def _image_reference(data: bytes | None, path: str | None) -> str:

@@ -23,11 +23,13 @@ from ..constants import POOL_INDEX
 from ..utils.hub_ids import is_hub_id
 from .label_studio import _is_label_studio_tasks, _rows_from_flat_annotations, _rows_from_label_studio
 from .labels import (
+    REFERENCE_FIELDS,
     LabelBatch,
     LabelError,
     _Rows,
     _to_batch,
     check_class_names,
+    image_references,
 )
 
 logger = logging.get_logger(__name__)
@@ -212,14 +214,34 @@ def _pick_column(
 
 def _rows_from_dataset(dataset: datasets.Dataset, name: str, label_column, index_column) -> _Rows:
     index_column, label_column = _pick_columns(dataset.column_names, name, label_column, index_column)
-    table = dataset.select_columns([index_column, label_column]).with_format("arrow")[:]
+    extra = _reference_columns(dataset.features, (index_column, label_column))
+    table = dataset.select_columns([index_column, label_column, *extra]).with_format("arrow")[:]
     labels = table.column(label_column).to_pylist()
     feature = dataset.features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         # Map through the dataset's own names, so that a class list in another order still matches by name;
         # -1 is the datasets convention for "no label".
         labels = [None if value is None or value < 0 else feature.int2str(value) for value in labels]
-    return _Rows(table.column(index_column).to_pylist(), labels, lambda j: f"row {j}", table.num_rows)
+    return _Rows(table.column(index_column).to_pylist(), labels, lambda j: f"row {j}", table.num_rows,
+                 references=_table_references(table, extra))  # fmt: skip
+
+
+def _reference_columns(types, taken) -> list[str]:
+    """The string columns of a table that say which image a row is for (`REFERENCE_FIELDS`)."""
+    return [
+        column
+        for column in REFERENCE_FIELDS
+        if column in types
+        and column not in taken
+        and str(getattr(types[column], "dtype", types[column])) in ("string", "large_string")
+    ]
+
+
+def _table_references(table, columns: list[str]) -> list[dict] | None:
+    if not columns:
+        return None
+    values = {column: table.column(column).to_pylist() for column in columns}
+    return [image_references({c: values[c][j] for c in columns}) for j in range(table.num_rows)]
 
 
 def _rows_from_parquet(path: Path, name: str, label_column, index_column) -> _Rows:
@@ -228,12 +250,15 @@ def _rows_from_parquet(path: Path, name: str, label_column, index_column) -> _Ro
     except Exception as error:
         raise LabelError(f"{name} is not a readable parquet file ({error}). Write it again.") from error
     index_column, label_column = _pick_columns(columns, name, label_column, index_column)
-    table = pq.read_table(path, columns=[index_column, label_column])
+    schema = pq.read_schema(path)
+    extra = _reference_columns({f.name: f.type for f in schema}, (index_column, label_column))
+    table = pq.read_table(path, columns=[index_column, label_column, *extra])
     return _Rows(
         table.column(index_column).to_pylist(),
         table.column(label_column).to_pylist(),
         lambda j: f"row {j}",
         table.num_rows,
+        references=_table_references(table, extra),
     )
 
 
@@ -314,6 +339,7 @@ def _rows_from_records(
         [records[j].get(label_column) for j in positions],
         lambda k: describe(positions[k]),
         len(records),
+        references=[image_references(records[j]) for j in positions],
     )
 
 

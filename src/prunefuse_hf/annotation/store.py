@@ -34,6 +34,7 @@ from ..constants import (
     QUERY_SKIPPED,
 )
 from ..utils.io import atomic_write
+from .identity import check_label_identity
 from .labels import (
     LabelBatch,
     LabelError,
@@ -398,6 +399,8 @@ def ingest_labels(
     index_column: str | None = None,
     resolve: str | None = None,
     requery_skipped: bool = False,
+    pool=None,
+    image_column: str | None = None,
 ) -> AddResult:
     """
     Bring annotators' labels for a run's open query into its `labels.parquet`; the run continues with them when
@@ -418,14 +421,20 @@ def ingest_labels(
         resolve (`str`, *optional*): How disagreeing answers become one label (`"ground_truth"`, `"majority"`,
             `"latest"`); by default such tasks are refused, named with their answers.
         requery_skipped (`bool`, *optional*, defaults to `False`): Let later rounds query the skipped images again.
+        pool (`datasets.Dataset`, *optional*): The pool as the run will read it, to check that each labeled row is
+            the image annotators were shown; default: loaded again as the run's recipe loads it (only the labeled
+            rows are decoded).
+        image_column (`str`, *optional*): The pool's image column (default: the run's).
 
     Returns:
         `AddResult`: how many labels were added, unchanged or overwritten, the queried indices still missing,
         and the skipped ones.
 
     Raises:
-        LabelError: the run has no open query, or the labels are refused (see [`LabelStore.add`]); the run
-            directory is then unchanged.
+        LabelError: the run has no open query; the labels are refused (see [`LabelStore.add`]); a labeled pool
+            index holds another image now than the one annotators were shown, or a row of the file refers to
+            another image (`image_path`, `file_name`, a Label Studio task's image) than the query (named, with the
+            fix). The run directory is then unchanged.
 
     Example:
 
@@ -444,6 +453,7 @@ def ingest_labels(
     class_names = state["class_names"]
     batch = read_labels(source, class_names, pool_size=state["pool"]["num_examples"], label_column=label_column,
                         index_column=index_column, resolve=resolve)  # fmt: skip
+    check_label_identity(run_dir, state, round, batch, pool=pool, image_column=image_column)
     store = LabelStore(run_dir, class_names)
     # A skip counts only for a queried image that nobody labeled (another annotator may have answered it).
     skipped = np.setdiff1d(np.intersect1d(batch.skipped, expected), batch.pool_indices)

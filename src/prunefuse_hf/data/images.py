@@ -9,6 +9,7 @@ an "L" or "RGB" image; `to_model_mode` then matches the model's channel count.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -183,6 +184,55 @@ def first_image(dataset: datasets.Dataset, column: str) -> PIL.Image.Image:
     if isinstance(stored.features[column], datasets.Image):
         stored = stored.cast_column(column, datasets.Image(decode=False))
     return open_image(stored[0][column], pool_index=0)
+
+
+def image_identities(
+    dataset: datasets.Dataset, column: str, indices
+) -> tuple[list[str | None], list[str | None]]:
+    """
+    What identifies the images of some rows, as an annotator sees them: a digest of each image's decoded pixels
+    and the file it is read from. Only the rows in `indices` are read and decoded.
+
+    Args:
+        dataset (`datasets.Dataset`): The pool.
+        column (`str`): The image column.
+        indices (array-like of int): The rows, each `< len(dataset)`.
+
+    Returns:
+        `tuple`: the pixel digests (16 hex digits, of the image [`open_image`] decodes; `None` where no image can
+        be read there now, e.g. a removed file) and the paths (`None` for images stored without a file), in the
+        order of `indices`.
+
+    Example:
+
+    ```python
+    >>> digests, paths = image_identities(pool, "image", [3, 0])
+    >>> len(digests[0]), paths[0]
+    (16, '/data/images/cat_3.png')
+    ```
+    """
+    indices = [int(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
+    if not indices:
+        return [], []
+    rows = dataset.select(indices).select_columns([column])
+    if isinstance(rows.features[column], datasets.Image):
+        rows = rows.cast_column(column, datasets.Image(decode=False))
+    digests, paths = [], []
+    for index, value in zip(indices, rows[column]):
+        paths.append(_path_of(value))
+        try:
+            digests.append(pixel_digest(open_image(value, pool_index=index)))
+        except ImageDecodeError:
+            digests.append(None)
+    return digests, paths
+
+
+def pixel_digest(image: PIL.Image.Image) -> str:
+    """A digest of a decoded image's pixels, mode and size (8-byte BLAKE2b, as 16 hex digits): the same for a
+    re-encoded file of the same content, different for any other image."""
+    digest = hashlib.blake2b(f"{image.mode} {image.size}".encode(), digest_size=8)
+    digest.update(image.tobytes())
+    return digest.hexdigest()
 
 
 def _path_of(value) -> str | None:

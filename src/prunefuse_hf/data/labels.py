@@ -26,7 +26,8 @@ def encode_label_names(
         what (`str`, *optional*): The dataset, as messages name it.
 
     Returns:
-        `datasets.Dataset`: `dataset` itself when its labels are not strings, else a copy with a `ClassLabel`.
+        `datasets.Dataset`: `dataset` itself when its labels are not strings, else a copy with a `ClassLabel`;
+        blank labels (`""`, spaces) become `None` (a row without a label), as `None` is.
 
     Raises:
         `ValueError`: a name that is not in `given` (the unknown names and `given` are listed).
@@ -43,7 +44,21 @@ def encode_label_names(
     if not isinstance(feature, datasets.Value) or feature.dtype not in _NAME_DTYPES:
         return dataset
     values = dataset.with_format("arrow")[label_column]
-    present = sorted({v for v in values.unique().to_pylist() if v not in (None, "")})
+    found = values.unique().to_pylist()
+    if any(v is not None and not v.strip() for v in found):
+        # A blank label ("", spaces) marks a row without a label, as None does (datasets would refuse the cast).
+        dataset = dataset.map(
+            lambda labels: {label_column: [v if v is None or v.strip() else None for v in labels]},
+            input_columns=[label_column],  # no image is read
+            batched=True,
+            desc="Marking blank labels as unlabeled",
+        )
+    present = sorted({v for v in found if v is not None and v.strip()})
+    if not present and given is None:
+        raise ValueError(
+            f"{what.capitalize()}'s '{label_column}' column holds no class name (every label is blank), so the class "
+            "names are unknown. Set class_names in the recipe (or PruneFuseConfig)."
+        )
     if given is not None:
         unknown = [name for name in present if name not in given]
         if unknown:

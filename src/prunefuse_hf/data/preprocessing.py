@@ -18,6 +18,7 @@ checkpoint, so `pipeline("image-classification", model=...)` preprocesses like t
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
 import math
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 from datasets.utils import are_progress_bars_disabled
 from tqdm.auto import tqdm
@@ -236,6 +238,7 @@ class ImagePreprocessor:
         cap = resolve_max_size(max_size)
         shape = self.output_shape(images)
         formats = ("raw", "jpeg", "png") if cache_format == "auto" else (cache_format,)
+        unusable = None  # why the cache directory cannot be used (read-only, full, damaged), once found
         for stored_format in formats if cache is not False else ():
             key = self.cache_key(dataset, stored_format)
             if is_complete(cache_dir, key):
@@ -243,27 +246,33 @@ class ImagePreprocessor:
                 logger.info(
                     f"Reading the cached pixels of {len(dataset):,} images ({stored_format}) from {cache_dir}"
                 )
-                return self._cached(
-                    images,
-                    cache_dir,
-                    key,
-                    stored_format,
-                    shape,
-                    num_proc=None,
-                    desc=desc,
-                    fingerprint=dataset._fingerprint,
-                    cap=cap,
-                )
+                try:
+                    cached, unusable = self._cached_or_reason(
+                        images, cache_dir, key, stored_format, shape, num_proc=None, desc=desc,
+                        fingerprint=dataset._fingerprint, cap=cap,
+                    )  # fmt: skip
+                except _DamagedCache as damaged:  # its files are removed: built again below
+                    logger.warning(
+                        f"The pixel cache {key} in {cache_dir} is damaged ({damaged}); building it again."
+                    )
+                    break
+                if cached is not None:
+                    return cached
+                break
         if not create_cache:
             return images.with_transform(self._transform, output_all_columns=False)
 
         sample = DecodeSample.measure(self.to_pixels, images, self.image_column, formats)
         stored_format = choose_format(cache_format, len(dataset) * math.prod(shape))
         size = sample.estimated_bytes(stored_format, len(dataset))
-        reason = "cache_pixels is false" if cache is False else None
-        if cache is None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(cache_dir).free
+        reason = "cache_pixels is false" if cache is False else unusable
+        if cache is None and reason is None:
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                free = shutil.disk_usage(cache_dir).free
+            except OSError as error:
+                reason = unusable = _cache_unusable(cache_dir, error)
+        if cache is None and reason is None:
             limit = min(AUTO_CACHE_DISK_SHARE * free, cap if cap is not None else math.inf)
             if cache_format == "auto" and stored_format == "raw" and size > limit:
                 stored_format, size = "jpeg", sample.estimated_bytes("jpeg", len(dataset))
@@ -278,17 +287,9 @@ class ImagePreprocessor:
                     f"{format_bytes(cap)} (pixel_cache_max_size or ${PIXEL_CACHE_MAX_SIZE_ENV})"
                 )
         if reason is not None:
-            per_pass = len(dataset) / sample.images_per_second("raw")
-            # Said loudly when it costs: a pass of over a minute, or a cache the disk rule turned off.
-            loud = cache is None or per_pass > 60
-            (logger.warning if loud else logger.info)(not_cached_message(len(dataset), sample, reason))
-            if validate:
-                # Shown when `datasets`' own bars are (a run hides both unless disable_tqdm is false).
-                batches = range(0, len(images), _MAP_BATCH_SIZE)
-                for start in tqdm(batches, desc=desc, unit="batch", disable=are_progress_bars_disabled()):
-                    rows = list(range(start, min(start + _MAP_BATCH_SIZE, len(images))))
-                    self.to_pixels(images[rows][self.image_column], rows)
-            return images.with_transform(self._transform, output_all_columns=False)
+            # The cache's own problem was said once already (`_cache_unusable`).
+            loud = cache is None and reason is not unusable
+            return self._uncached(images, sample, reason, validate=validate, loud=loud, desc=desc)
 
         if num_proc is None:
             num_proc = max(1, min(usable_cores(), len(dataset) // _MIN_IMAGES_PER_PROCESS))
@@ -306,17 +307,44 @@ class ImagePreprocessor:
         if cap is not None:
             # Room for the build first, so that the cap also holds while it writes.
             evict_least_recently_used(cache_dir, cap, reserve=size)
-        return self._cached(
-            images,
-            cache_dir,
-            key,
-            stored_format,
-            shape,
-            num_proc=num_proc,
-            desc=desc,
-            fingerprint=dataset._fingerprint,
-            cap=cap,
+        cached, reason = self._cached_or_reason(
+            images, cache_dir, key, stored_format, shape, num_proc=num_proc, desc=desc,
+            fingerprint=dataset._fingerprint, cap=cap,
+        )  # fmt: skip
+        if cached is not None:
+            return cached
+        return self._uncached(images, sample, reason, validate=validate, loud=False, desc=desc)
+
+    def _uncached(self, images, sample, reason: str, *, validate: bool, loud: bool, desc: str):
+        """The images decoded when a batch is read; with `validate`, every image is decoded once now."""
+        per_pass = len(images) / sample.images_per_second("raw")
+        # Said loudly when it costs: a pass of over a minute, or a cache the disk rule turned off.
+        (logger.warning if loud or per_pass > 60 else logger.info)(
+            not_cached_message(len(images), sample, reason)
         )
+        if validate:
+            # Shown when `datasets`' own bars are (a run hides both unless disable_tqdm is false).
+            batches = range(0, len(images), _MAP_BATCH_SIZE)
+            for start in tqdm(batches, desc=desc, unit="batch", disable=are_progress_bars_disabled()):
+                rows = list(range(start, min(start + _MAP_BATCH_SIZE, len(images))))
+                self.to_pixels(images[rows][self.image_column], rows)
+        return images.with_transform(self._transform, output_all_columns=False)
+
+    def _cached_or_reason(self, images, cache_dir: Path, key: str, *args, **kwargs):
+        """`_cached`, or `(None, why)` when the cache directory cannot be written or read (read-only, full,
+        damaged): a run goes on without the cache rather than stopping on a storage error."""
+        try:
+            return self._cached(images, cache_dir, key, *args, **kwargs), None
+        except (OSError, pa.ArrowException) as error:
+            try:
+                remove_files(cache_dir, key)  # what a failed build or a damaged cache left
+            except OSError:
+                pass
+            if kwargs.get("num_proc") is None and not _is_storage_error(error):
+                raise _DamagedCache(
+                    f"{type(error).__name__}: {error}"
+                ) from error  # a complete cache, unreadable
+            return None, _cache_unusable(cache_dir, error)
 
     def _cached(
         self,
@@ -552,6 +580,33 @@ def random_crop_and_flip(pixel_values: torch.Tensor, padding: int) -> torch.Tens
     # [B, H, W, C] gathered from the padded [B, C, H + 2p, W + 2p] batch, then back to channels-first.
     out = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], columns[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+class _DamagedCache(Exception):
+    """A complete cache whose files cannot be read (not a storage problem of its directory)."""
+
+
+def _is_storage_error(error: Exception) -> bool:
+    """A read-only or full directory (as opposed to a damaged file)."""
+    return isinstance(error, OSError) and getattr(error, "errno", None) in (
+        errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+    )  # fmt: skip
+
+
+_SAID_UNUSABLE: set[str] = set()  # cache directories whose problem was already said (once per process)
+
+
+def _cache_unusable(cache_dir: Path, error: Exception) -> str:
+    """Why the pixel cache in `cache_dir` cannot be used, and the fix; logged as a warning once per directory."""
+    reason = (
+        f"the pixel cache in {cache_dir} cannot be used ({type(error).__name__}: {error}); free space there or make "
+        "it writable (`prunefuse-hf cache clear` removes old caches), or point PRUNEFUSE_PIXEL_CACHE at another "
+        "folder; cache_pixels: false runs without it and silences this"
+    )
+    if str(cache_dir) not in _SAID_UNUSABLE:
+        _SAID_UNUSABLE.add(str(cache_dir))
+        logger.warning(f"Going on without the pixel cache: {reason}.")
+    return reason
 
 
 def _undecoded(dataset: datasets.Dataset, image_column: str) -> datasets.Dataset:

@@ -169,18 +169,34 @@ def check_supported_model(model: nn.Module, *, pruning_ratio: float | None = Non
 
 
 def _check_trainable_image_classifier(model: nn.Module, model_type: str) -> None:
+    import transformers
+
     class_name = type(model).__name__
     classes = image_classification_classes(model_type)
+    # Only a class that trains can be offered instead (never the refused class itself).
+    usable = [
+        name
+        for name in classes
+        if name != class_name
+        and hasattr(transformers, name)
+        and "labels" in inspect.signature(getattr(transformers, name).forward).parameters
+    ]
+    way_out = (
+        f"Use {' or '.join(usable)} (pass the checkpoint's Hub id or directory; it is loaded as that class)."
+        if usable
+        else f"transformers has no trainable image classifier of the '{model_type}' family, so there is no class "
+        "of it to use: choose a model of another family (the README lists the supported ones, e.g. "
+        "ResNetForImageClassification)."
+    )
     if class_name not in classes:
         raise ValueError(
             f"{class_name} (model_type '{model_type}') is not an image classifier, so it cannot be a PruneFuse dense "
-            f"model. Use {' or '.join(classes) if classes else 'a family that has an image classifier'}"
-            f"{' (pass the checkpoint Hub id or directory; it is loaded as that class)' if classes else ''}."
+            f"model. {way_out}"
         )
     if "labels" not in inspect.signature(type(model).forward).parameters:
         raise ValueError(
-            f"{class_name} (model_type '{model_type}') cannot be trained: its forward takes no labels. Use "
-            f"{classes[0]} (pass the checkpoint's Hub id or directory; it is loaded as that class)."
+            f"{class_name} (model_type '{model_type}') cannot be trained: its forward takes no labels (at any "
+            f"pruning_ratio, dense_al included). {way_out}"
         )
 
 

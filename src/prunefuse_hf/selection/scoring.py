@@ -297,11 +297,27 @@ def _single_threaded_worker(_worker_id: int) -> None:
 
 
 def classifier_module(model: torch.nn.Module) -> torch.nn.Module:
-    """The model's `classifier` module, whose input (flattened) is its pooled penultimate features."""
+    """
+    The head that turns the model's pooled penultimate features into its logits: its input (flattened) is what
+    feature-based strategies read. It is the model's `classifier` when it has one, else found from what the model
+    computes, whatever its attribute is called (`head`, `score`, `fc`, a timm model's head): the last linear layer
+    with one output per class.
+
+    Raises:
+        `ValueError`: the model has no such layer, naming the class, the settings that need features and what
+            works without them.
+    """
     classifier = getattr(model, "classifier", None)
-    if classifier is None:
-        raise ValueError(
-            f"{type(model).__name__} has no `classifier` module, so its penultimate features cannot be "
-            "read; feature-based strategies (kcenter_greedy) need an HF *ForImageClassification model."
-        )
-    return classifier
+    if isinstance(classifier, torch.nn.Module) and not isinstance(classifier, torch.nn.Identity):
+        return classifier
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == num_labels]
+    if heads:
+        return heads[-1]
+    raise ValueError(
+        f"{type(model).__name__} has no linear layer that gives its {num_labels} class logits, so its pooled "
+        "features cannot be read: the strategies and settings that use features (kcenter_greedy, badge, "
+        "initial_strategy: typiclust, selector: linear_probe, surrogate_distill_epochs > 0) cannot run on it. Use a "
+        "strategy on probabilities (least_confidence, entropy, margin) or random, with initial_strategy: random, "
+        "selector: trained and surrogate_distill_epochs: 0."
+    )

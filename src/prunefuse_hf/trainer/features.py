@@ -135,7 +135,8 @@ def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epoc
     surrogate.to(device)
     probe = torch.randperm(num_examples, generator=generator)[:1024].sort().values.numpy()
     mse_before = _feature_error(trainer, surrogate, probe, targets)
-    body = [p for n, p in surrogate.named_parameters() if not n.startswith("classifier")]
+    head = {id(p) for p in classifier_module(surrogate).parameters()}
+    body = [p for p in surrogate.parameters() if id(p) not in head]
     optimizer = torch.optim.Adam(body, lr=1e-3)
     seen: list[torch.Tensor] = []
     hook = classifier_module(surrogate).register_forward_pre_hook(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -36,6 +38,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import TrainOutput
 from transformers.utils import logging
 
+from ..annotation.identity import check_query_rows, unlabeled_queries
 from ..annotation.store import ingest_labels
 from ..constants import (
     DENSE_INIT_DIR,
@@ -53,8 +56,9 @@ from ..data.validation import check_batchnorm_batch_sizes, check_input_size, che
 from ..hub.cards import write_model_card
 from ..hub.push import push_run
 from ..pruning.modeling import build_dense_model
+from ..pruning.prune import prune_model
 from ..pruning.support import check_supported_model
-from ..selection.scoring import active_dropout_layers
+from ..selection.scoring import active_dropout_layers, classifier_module
 from ..selection.strategies import get_strategy
 from ..utils.hub_ids import check_hub_model
 from ..utils.io import redact_secrets
@@ -185,6 +189,21 @@ class PruneFuseTrainer(Trainer):
         check_supported_model(dense, pruning_ratio=args.pruning_ratio)
         if "mc_probs" in self.strategy.needs:
             active_dropout_layers(dense)  # raises, naming the model, when there is none
+        if (
+            "features" in self.strategy.needs
+            or args.initial_strategy == "typiclust"
+            or (args.selector == "linear_probe" or args.surrogate_distill_epochs > 0)
+        ):
+            classifier_module(
+                dense
+            )  # raises, naming the model and what runs without features, when it has no head
+        # Pruning θ0 is a new run's first step; a model that cannot be pruned at this ratio (the general path fails
+        # on some architectures) is refused here, before the pool is decoded and the run directory is created. The
+        # `init` step uses this surrogate. A run whose `init` is done (a resume) pruned this model already.
+        self.pruned_at_init = None
+        if args.pruning_ratio > 0 and not _initialized(args):
+            with torch.random.fork_rng():
+                self.pruned_at_init = prune_model(dense, args.pruning_ratio, importance=args.importance)
         processor = processing_class if processing_class is not None else pretrained_image_processor(model)
         channels = model_num_channels(dense.config)
         if channels == 1:
@@ -417,9 +436,8 @@ class PruneFuseTrainer(Trainer):
             `LabelError`: refused labels (unknown class, index not queried, duplicates, missing labels); the run
                 directory is then unchanged.
         """
-        return ingest_labels(
-            self.run_dir.path, source, allow_partial=allow_partial, overwrite=overwrite, **columns
-        )
+        return ingest_labels(self.run_dir.path, source, allow_partial=allow_partial, overwrite=overwrite,
+                             pool=self.pool.dataset, image_column=self.args.image_column, **columns)  # fmt: skip
 
     # ----- training, scoring, evaluation -------------------------------------------------------
 
@@ -487,6 +505,10 @@ class PruneFuseTrainer(Trainer):
                              "class_names": self.class_names, "rounds": {}, "final": {}}  # fmt: skip
             return
         progress = self.run_dir.read_state()
+        # Labels waiting to be used go on the images annotators were shown (named when the pool changed).
+        for record in unlabeled_queries(progress):
+            check_query_rows(record, self.pool.dataset, self.args.image_column,
+                             pool_size=progress["pool"]["num_examples"], what=f"Cannot resume {self.run_dir.path}")  # fmt: skip
         check_resumable(progress, current, self.run_dir)
         self._row_digests = check_same_pool(progress, self.pool_pixels, self.run_dir)
         self.pool.load_state_dict(progress["pool"], check_fingerprint=False)
@@ -601,6 +623,17 @@ def _as_config(args) -> PruneFuseConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
     values.pop("accelerator_config", None)
     return PruneFuseConfig(**values)
+
+
+def _initialized(args) -> bool:
+    """Whether `output_dir` holds a run whose `init` step is done, that this trainer would resume."""
+    state = Path(args.output_dir) / STATE_NAME
+    if args.overwrite_output_dir or not state.is_file():
+        return False
+    try:
+        return "init" in json.loads(state.read_text(encoding="utf-8")).get("completed", [])
+    except (OSError, ValueError):
+        return False
 
 
 def _main_process_first(args):

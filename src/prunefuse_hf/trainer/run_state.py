@@ -69,6 +69,15 @@ def check_resumable(progress: dict, current: dict, run_dir: RunDirectory) -> Non
     saved = progress["settings"]
     saved = {**ADDED_SETTINGS, **saved}
     changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    if "pool_size" in changed:
+        before, now = changed.pop("pool_size")
+        others = "; ".join(f"{k}: the run has {old!r}, now {new!r}" for k, (old, new) in changed.items())
+        raise ValueError(
+            f"Cannot resume {run_dir.path}: the pool is not the run's: it had {before} images, it has {now} now "
+            "(images were added to or removed from it)"
+            + (f"; and other settings differ ({others})" if others else "")
+            + ". Restore the pool (its folder) as it was, or start a new run (another output_dir) on the new pool."
+        )
     if changed:
         details = "; ".join(f"{k}: the run has {old!r}, now {new!r}" for k, (old, new) in changed.items())
         raise ValueError(

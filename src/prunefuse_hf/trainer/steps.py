@@ -21,6 +21,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
+from ..annotation.identity import query_images
 from ..annotation.labels import LabelBatch
 from ..annotation.oracle import oracle_labels
 from ..annotation.queries import query_directory, write_query_batch
@@ -31,6 +32,7 @@ from ..constants import (
     DENSE_INIT_DIR,
     FUSED_DIR,
     QUERY_CONTENTS,
+    QUERY_IMAGES,
     SURROGATE_DIR,
     SURROGATE_INIT_DIR,
     TRAINER_DIR,
@@ -66,7 +68,9 @@ def init_run(trainer) -> dict:
             rng.choice(trainer.pool.unlabeled_indices, size=args.initial_labeled_size, replace=False)
         )
         _set_query(trainer, 1, drawn, scores=None, strategy="random")
-    surrogate, plan = prune_model(dense, args.pruning_ratio, importance=args.importance)
+    # Pruned when the trainer was built (a model that cannot be pruned is refused before any work).
+    pruned, trainer.pruned_at_init = trainer.pruned_at_init, None
+    surrogate, plan = pruned or prune_model(dense, args.pruning_ratio, importance=args.importance)
     height, width = trainer.input_shape[-2:]
     dense_cost, surrogate_cost = (
         model_cost(dense, (height, width)),
@@ -321,11 +325,16 @@ def label(trainer, round_: int) -> dict | None:
 
 
 def _set_query(trainer, round_: int, indices: np.ndarray, scores, strategy: str) -> None:
-    trainer.progress.setdefault("queries", {})[str(round_)] = {
+    record = {
         "pool_indices": np.asarray(indices).tolist(),
         "scores": None if scores is None else np.asarray(scores).tolist(),
         "strategy": strategy,
     }
+    if trainer.args.annotation == "human":
+        # What each queried image is, so that its labels land on it even if the pool changes meanwhile (checked
+        # when they are ingested and when the run resumes). Reads the queried rows only.
+        record[QUERY_IMAGES] = query_images(trainer.pool.dataset, trainer.args.image_column, indices)
+    trainer.progress.setdefault("queries", {})[str(round_)] = record
 
 
 def _store_labels(trainer, batch: LabelBatch, round_: int, expected=None) -> LabelStore:

@@ -1,8 +1,10 @@
-"""The surgery: the family registry, loading image classifiers, pruning at initialization into a surrogate with
+"""The surgery: the family registry (image classifiers and object detectors), loading image classifiers, pruning at initialization into a surrogate with
 its `PruningPlan`, fusing the trained surrogate back into the dense model, and the FLOPs of both."""
 
 from .cost import ModelCost, model_cost
 from .families import (
+    DETECTION_ADAPTERS,
+    DETECTION_FAMILIES,
     GENERAL_FAMILIES,
     REFUSED_FAMILIES,
     FamilyAdapter,
@@ -22,6 +24,7 @@ from .support import (
     classifier_class_name,
     family_model_classes,
     image_classification_classes,
+    object_detection_classes,
     refused_model_classes,
     support_table_markdown,
 )

@@ -1,5 +1,6 @@
-"""Which image classifiers a run can prune, decided before any work: the classes of each family (named adapter,
-general path or refused, with the reason and `pruning_ratio: 0`) and the README's support table built from them."""
+"""Which image classifiers and object detectors a run can prune, decided before any work: the classes of each family
+(named adapter, general path or refused, with the reason and `pruning_ratio: 0`) and the README's support table built
+from them."""
 
 from __future__ import annotations
 
@@ -130,6 +131,10 @@ def check_supported_model(model: nn.Module, *, pruning_ratio: float | None = Non
     `*ForSemanticSegmentation`, `DeiTForImageClassificationWithTeacher`) is refused. A model of another family
     is refused when it is to be pruned (no adapter); with `pruning_ratio=0` (the dense model selects for
     itself) any image classifier of transformers whose forward takes `labels` is accepted.
+
+    The object detectors of `DETECTION_FAMILIES` work the same way (their `*ForObjectDetection` class; `*Model` and
+    `*ForSegmentation` are refused by name). Any other object detector transformers offers is refused when it is to
+    be pruned, naming its class and `pruning_ratio=0`, with which it is accepted.
 
     Args:
         model (`nn.Module`): The dense model a run would start from.

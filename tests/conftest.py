@@ -284,8 +284,12 @@ def general_dense_model(model_type, seed=0, num_labels=4, **kwargs):
     return getattr(transformers, classifier_class_name(model_type))(config).eval()
 
 
+# Image classification families (the detectors' other classes are tested in test_roles.py).
 REFUSED_CLASSES = [
-    (model_type, name) for model_type, names in refused_model_classes().items() for name in names
+    (model_type, name)
+    for model_type, names in refused_model_classes().items()
+    if model_type in FAMILY_ADAPTERS
+    for name in names
 ]
 
 
@@ -358,3 +362,75 @@ def write_csv(path, header, rows, delimiter=","):
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+# ----- one tiny model per supported object detector (test_roles) -----
+
+DETECTION_IMAGE_SIZE = 64
+_TINY_RESNET_BACKBONE = dict(
+    model_type="resnet", embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], out_features=["stage2"]
+)
+_TINY_DETR = dict(
+    use_timm_backbone=False,
+    use_pretrained_backbone=False,
+    backbone=None,
+    backbone_config=_TINY_RESNET_BACKBONE,
+    d_model=32,
+    encoder_layers=1,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=48,
+    num_queries=10,
+    dropout=0.0,
+)
+DETECTION_TINY_CONFIGS = {
+    "detr": _TINY_DETR,
+    "conditional_detr": _TINY_DETR,
+    "yolos": dict(
+        image_size=[DETECTION_IMAGE_SIZE, DETECTION_IMAGE_SIZE], patch_size=8, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, num_detection_tokens=5, use_mid_position_embeddings=True,
+    ),
+}  # fmt: skip
+
+
+def detection_config(model_type, num_labels=3, **kwargs):
+    return AutoConfig.for_model(
+        model_type, num_labels=num_labels, **{**copy.deepcopy(DETECTION_TINY_CONFIGS[model_type]), **kwargs}
+    )
+
+
+def detection_model(model_type, seed=0, **kwargs):
+    """A tiny detector of a supported family, built from its config (no download), in eval mode."""
+    from prunefuse_hf.pruning.families import DETECTION_ADAPTERS
+
+    torch.manual_seed(seed)
+    model_class = getattr(transformers, DETECTION_ADAPTERS[model_type].model_class)
+    return model_class(detection_config(model_type, **kwargs)).eval()
+
+
+@functools.cache
+def _pruned_detector(model_type, ratio):
+    dense = detection_model(model_type)
+    surrogate, plan = prune_model(dense, ratio)
+    return dense, surrogate, plan
+
+
+def pruned_detector(model_type, ratio):
+    """A tiny detector, its surrogate and plan; pruned once per session, fresh copies per test."""
+    return copy.deepcopy(_pruned_detector(model_type, ratio))
+
+
+def detection_batch(model, seed=0, size=2):
+    """Seeded pixels and COCO-style targets (`class_labels`, `boxes` as normalized center x, y, width, height)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(size, 3, DETECTION_IMAGE_SIZE, DETECTION_IMAGE_SIZE, generator=generator)
+    labels = [
+        {
+            "class_labels": torch.randint(0, model.config.num_labels, (2,), generator=generator),
+            "boxes": torch.rand(2, 2, generator=generator).mul(0.5).add(0.25).repeat(1, 2).mul(torch.tensor([1, 1, 0.5, 0.5])),
+        }
+        for _ in range(size)
+    ]  # fmt: skip
+    return pixel_values, labels

@@ -36,7 +36,12 @@ from conftest import (
 )
 from prunefuse_hf import prune_model, score_pool
 from prunefuse_hf.pruning.cost import model_cost
-from prunefuse_hf.pruning.families import FAMILY_ADAPTERS, GENERAL_FAMILIES, SUPPORTED_FAMILIES
+from prunefuse_hf.pruning.families import (
+    DETECTION_FAMILIES,
+    FAMILY_ADAPTERS,
+    GENERAL_FAMILIES,
+    SUPPORTED_FAMILIES,
+)
 from prunefuse_hf.pruning.modeling import load_image_classifier
 from prunefuse_hf.pruning.support import (
     check_supported_model,
@@ -105,7 +110,7 @@ def test_each_family_runs_one_of_the_classes_transformers_offers_and_refuses_the
 def test_support_table_has_a_row_per_supported_class_and_lists_the_refused_ones():
     table, not_prunable, refused = support_table_markdown().split("\n\n")
     rows = table.splitlines()[2:]
-    assert len(rows) == len(SUPPORTED_FAMILIES) + len(GENERAL_FAMILIES)
+    assert len(rows) == len(SUPPORTED_FAMILIES) + len(DETECTION_FAMILIES) + len(GENERAL_FAMILIES)
     for row, model_type in zip(rows, SUPPORTED_FAMILIES):
         assert f"| `{model_type}` | `{FAMILY_ADAPTERS[model_type].model_class}` | narrowed config |" in row
     assert not_prunable.startswith("Not prunable") and "`CvtForImageClassification`" in not_prunable

@@ -9,10 +9,12 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "cost": ["ModelCost", "model_cost"],
         "families": [
-            "GENERAL_FAMILIES",
-            "REFUSED_FAMILIES",
+            "DETECTION_ADAPTERS",
+            "DETECTION_FAMILIES",
             "FamilyAdapter",
+            "GENERAL_FAMILIES",
             "GeneralFamily",
+            "REFUSED_FAMILIES",
             "attention_heads",
             "example_pixel_values",
             "get_family_adapter",
@@ -28,6 +30,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "classifier_class_name",
             "family_model_classes",
             "image_classification_classes",
+            "object_detection_classes",
             "refused_model_classes",
             "support_table_markdown",
         ],

@@ -44,6 +44,11 @@ class FamilyAdapter:
             never be pruned (e.g. Swin's per-head relative position bias table).
         channels_last: Whether the model slices (batch, height, width, channels) tensors spatially
             (Swin's patch merging), which Torch-Pruning would otherwise read as channel slices.
+        task: The `pipeline()` task of `model_class`.
+        coupling: How the coupled groups are found: `"traced"` (Torch-Pruning's dependency graph of the whole
+            model) or `"roles"` (Torch-Pruning on the convolutional backbone and the layers reading its feature maps,
+            the transformer's widths by role: `pruning/roles.py`), for models Torch-Pruning cannot trace whole.
+        keeps: What keeps its dense shape, in words (README table).
     """
 
     model_type: str
@@ -53,6 +58,9 @@ class FamilyAdapter:
     narrowed_config: Callable[[object, float], object]
     ignored_parameters: tuple[str, ...] = ()
     channels_last: bool = False
+    task: str = "image-classification"
+    coupling: str = "traced"
+    keeps: str = "the head count; the classifier's outputs"
 
     def ignored_layers(self, model: nn.Module) -> list[nn.Module]:
         """Modules whose output widths must not change: the classifier (its outputs are the classes)."""
@@ -234,6 +242,82 @@ FAMILY_ADAPTERS: dict[str, FamilyAdapter] = {
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILY_ADAPTERS)
 
 
+def _detr_config(dense_config, ratio):
+    family = type(dense_config).__name__.removesuffix("Config")
+    backbone = getattr(dense_config, "backbone_config", None)
+    if getattr(dense_config, "use_timm_backbone", False) or getattr(backbone, "model_type", None) != "resnet":
+        raise ValueError(
+            f"pruning_ratio={ratio} cannot be expressed for this {family} config: only the transformers ResNet "
+            "backbone (`use_timm_backbone: false`, `backbone_config` a ResNetConfig) narrows with the model; use such "
+            "a config, or pruning_ratio: 0."
+        )
+    if getattr(dense_config, "position_embedding_type", "sine") != "sine":
+        raise ValueError(
+            f"pruning_ratio={ratio} cannot be expressed for this {family} config: position_embedding_type "
+            f"{dense_config.position_embedding_type!r} has its own tables of d_model / 2; use 'sine', or "
+            "pruning_ratio: 0."
+        )
+    config = copy.deepcopy(dense_config)
+    config.backbone_config = _resnet_config(backbone, ratio)
+    # Both attention stacks keep their head counts and narrow every head alike; the sine position embedding
+    # splits d_model into two halves, so it stays even.
+    multiple = math.lcm(dense_config.encoder_attention_heads, dense_config.decoder_attention_heads, 2)
+    config.d_model = scaled_width(dense_config.d_model, ratio, family, "d_model", multiple)
+    config.encoder_ffn_dim = scaled_width(dense_config.encoder_ffn_dim, ratio, family, "encoder_ffn_dim")
+    config.decoder_ffn_dim = scaled_width(dense_config.decoder_ffn_dim, ratio, family, "decoder_ffn_dim")
+    return config
+
+
+_DETR_NARROWS = (
+    "ResNet backbone widths, `d_model`, encoder/decoder FFN widths, head dimension (head count kept)"
+)
+_DETR_KEEPS = (
+    "the head counts, `num_queries`, the class head's outputs (classes + no-object), the box head's 4"
+)
+# Object detectors: the same dataclass, their own registry (the classification families above are what the
+# image-classification tests and the trainer iterate over).
+DETECTION_ADAPTERS: dict[str, FamilyAdapter] = {
+    adapter.model_type: adapter
+    for adapter in [
+        FamilyAdapter(
+            "detr",
+            "DETR",
+            "DetrForObjectDetection",
+            _DETR_NARROWS,
+            _detr_config,
+            task="object-detection",
+            coupling="roles",
+            keeps=_DETR_KEEPS,
+        ),
+        FamilyAdapter(
+            "conditional_detr",
+            "Conditional DETR",
+            "ConditionalDetrForObjectDetection",
+            _DETR_NARROWS,
+            _detr_config,
+            task="object-detection",
+            coupling="roles",
+            keeps=_DETR_KEEPS + " and the 2 reference-point outputs",
+        ),
+        FamilyAdapter(
+            "yolos",
+            "YOLOS",
+            "YolosForObjectDetection",
+            "hidden size (tokens, position embeddings), MLP width, head dimension (head count kept)",
+            _vit_config,
+            task="object-detection",
+            coupling="roles",
+            keeps="the head count, `num_detection_tokens`, the class head's outputs (classes + no-object), the box "
+            "head's 4",
+        ),
+    ]
+}
+DETECTION_FAMILIES: tuple[str, ...] = tuple(DETECTION_ADAPTERS)
+
+# Every named adapter, whatever its task: what `prune_model` and `check_supported_model` look up.
+ADAPTERS: dict[str, FamilyAdapter] = {**FAMILY_ADAPTERS, **DETECTION_ADAPTERS}
+
+
 @dataclass(frozen=True)
 class GeneralFamily:
     """A family pruned by the general path (`pruning/replay.py`) and tested by name.
@@ -360,20 +444,37 @@ REFUSED_FAMILIES: dict[str, str] = {
     ),
     "focalnet": "Torch-Pruning 1.6 never finishes building its pruning groups (focal modulation)",
     "cvt": "Torch-Pruning 1.6 cannot infer the channels of its convolutional projections (IndexError in shape inference)",
+    # Object detectors without an adapter yet.
+    "deformable_detr": (
+        "its multi-scale deformable attention (sampling offsets and attention weights per head, level and point) and "
+        "per-level input projections have no narrowing rule yet"
+    ),
+    "rt_detr": (
+        "its hybrid encoder's channel lists must stay consistent with the backbone's, which no narrowing rule "
+        "writes yet"
+    ),
+    "rt_detr_v2": (
+        "its hybrid encoder's channel lists must stay consistent with the backbone's, which no narrowing rule "
+        "writes yet"
+    ),
+    "d_fine": (
+        "its hybrid encoder's channel lists must stay consistent with the backbone's, and its fine-grained "
+        "distribution head has no narrowing rule yet"
+    ),
 }
 
 
 def get_family_adapter(config) -> FamilyAdapter:
     """The adapter for a config's family, or a `NotImplementedError` naming the family."""
     model_type = getattr(config, "model_type", None)
-    if model_type not in FAMILY_ADAPTERS:
+    if model_type not in ADAPTERS:
         raise NotImplementedError(
             f"Pruning the '{model_type}' family ({type(config).__name__}) is not supported yet. Supported "
-            f"families: {sorted(FAMILY_ADAPTERS)}. Use a model of a supported family (or pruning_ratio=0, "
+            f"families: {sorted(ADAPTERS)}. Use a model of a supported family (or pruning_ratio=0, "
             "which works for any family), or add a `FamilyAdapter` for this one in "
-            "prunefuse_hf/architectures.py."
+            "prunefuse_hf/pruning/families.py."
         )
-    return FAMILY_ADAPTERS[model_type]
+    return ADAPTERS[model_type]
 
 
 def attention_heads(model: nn.Module) -> dict[nn.Module, int]:

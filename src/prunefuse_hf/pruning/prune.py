@@ -24,10 +24,11 @@ from torch import nn
 from transformers.utils import logging
 
 from ..constants import IMPORTANCES, PIXEL_VALUES, PRUNING_PATH_REPLAY
-from .families import FAMILY_ADAPTERS, attention_heads, example_pixel_values
+from .families import ADAPTERS, attention_heads, example_pixel_values
 from .graph import WRAPPED_MODULES, pass_channels_through
 from .plan import PruningPlan, config_hash
 from .replay import kept_indices_by_replay, prune_general, trace_inputs
+from .roles import backbone_modules, feature_map_consumers, kept_indices_by_roles, unfreeze_batch_norms
 from .support import check_supported_model
 
 logger = logging.get_logger(__name__)
@@ -123,11 +124,17 @@ def prune_model(
         surrogate = copy.deepcopy(model)
         return surrogate, _make_plan(model, surrogate, {}, pruning_ratio, importance, name_or_path)
 
-    adapter = FAMILY_ADAPTERS.get(model.config.model_type)
+    adapter = ADAPTERS.get(model.config.model_type)
     if adapter is None:
         return _prune_general_path(model, pruning_ratio, importance, name_or_path, dense_state)
     surrogate_config = adapter.narrowed_config(model.config, pruning_ratio)
     target_widths = _target_widths(model, surrogate_config, pruning_ratio, adapter)
+    if adapter.coupling == "roles":
+        surrogate, plan = _prune_by_roles(
+            model, surrogate_config, target_widths, pruning_ratio, importance, name_or_path, example_inputs
+        )
+        _log_pruned(model, surrogate, pruning_ratio, "")
+        return surrogate, plan
     working = copy.deepcopy(model)
     # Tracing runs a forward pass: in train mode it would move BatchNorm running statistics, and the
     # surrogate would no longer equal the dense model at the kept indices.
@@ -138,20 +145,104 @@ def prune_model(
         example_inputs = {PIXEL_VALUES: example_inputs}
 
     recorder = _PrunedIndexRecorder(working)
-    _prune_to_widths(working, adapter, target_widths, example_inputs, recorder)
+    _prune_to_widths(
+        working,
+        recorder,
+        target_widths,
+        example_inputs,
+        output_transform=lambda outputs: outputs.logits,
+        ignored_layers=adapter.ignored_layers(working),
+        ignored_parameters=adapter.ignored_parameters,
+        channels_last=adapter.channels_last,
+    )
 
     surrogate = _rebuild_from_config(model, surrogate_config, working, pruning_ratio)
     kept_indices = recorder.kept_indices(dense_state, surrogate.state_dict())
     plan = _make_plan(model, surrogate, kept_indices, pruning_ratio, importance, name_or_path)
     _verify_plan(plan, dense_state, surrogate.state_dict())
     surrogate.train(model.training)
+    _log_pruned(model, surrogate, pruning_ratio, "")
+    return surrogate, plan
+
+
+def _log_pruned(model, surrogate, pruning_ratio, how: str) -> None:
     logger.info(
-        "Pruned %s with ratio %.2f: %d -> %d parameters.",
+        "Pruned %s with ratio %.2f%s: %d -> %d parameters.",
         model.config.model_type,
         pruning_ratio,
+        how,
         sum(p.numel() for p in model.parameters()),
         sum(p.numel() for p in surrogate.parameters()),
     )
+
+
+class _BackboneWithConsumers(nn.Module):
+    """What Torch-Pruning traces of a detector: its backbone and the layers reading its feature maps."""
+
+    def __init__(self, backbone: nn.Module, consumers: list[tuple[int, nn.Module]]):
+        super().__init__()
+        self.backbone = backbone
+        self.levels = [level for level, _ in consumers]
+        self.consumers = nn.ModuleList(module for _, module in consumers)
+
+    def forward(self, pixel_values):
+        feature_maps = self.backbone(pixel_values).feature_maps
+        return [consumer(feature_maps[level]) for level, consumer in zip(self.levels, self.consumers)]
+
+
+def _prune_by_roles(
+    model, surrogate_config, target_widths, pruning_ratio, importance, name_or_path, example_inputs
+):
+    """Plan a family whose coupled groups are found by role (`pruning/roles.py`), then build its surrogate.
+
+    The convolutional backbone and the inputs of the layers reading its feature maps are pruned by Torch-Pruning
+    on a working copy, only to record their kept indices; the transformer's widths are grouped by role. The
+    surrogate is the narrowed config's model holding the dense weights at the kept indices.
+    """
+    dense_state = model.state_dict()
+    target_shapes, _ = _config_shapes(type(model), surrogate_config)
+    working = copy.deepcopy(model).eval()
+    # Torch-Pruning follows the autograd graph: a frozen stem (DETR freezes the backbone's first stages) would
+    # leave it out.
+    working.requires_grad_(True)
+    if example_inputs is None:
+        example_inputs = {PIXEL_VALUES: example_pixel_values(working)}
+    elif isinstance(example_inputs, torch.Tensor):
+        example_inputs = {PIXEL_VALUES: example_inputs}
+    planned = {}
+    for backbone_name, backbone in backbone_modules(working):
+        consumers = feature_map_consumers(working, backbone, example_inputs)
+        unfreeze_batch_norms(backbone)
+        recorder = _PrunedIndexRecorder(working)
+        _prune_to_widths(
+            _BackboneWithConsumers(backbone, consumers),
+            recorder,
+            target_widths,
+            {PIXEL_VALUES: example_inputs[PIXEL_VALUES]},
+            output_transform=None,
+            ignored_layers=[consumer for _, consumer in consumers],
+        )
+        # The backbone's tensors narrow as the config builds them; a consumer's weight here only on its input side
+        # (its output width is the transformer's, grouped by role).
+        shapes = {name: target_shapes[name] for name in dense_state if name.startswith(f"{backbone_name}.")}
+        for _, consumer in consumers:
+            name = f"{recorder.names[consumer]}.weight"
+            shapes[name] = (dense_state[name].shape[0], *target_shapes[name][1:])
+        planned.update(
+            recorder.kept_indices(
+                {name: dense_state[name] for name in shapes},
+                {name: torch.empty(shape, device="meta") for name, shape in shapes.items()},
+            )
+        )
+    kept_indices = kept_indices_by_roles(model, target_shapes, planned)
+    surrogate = type(model)(surrogate_config).to(device=next(model.parameters()).device)
+    plan = _make_plan(model, surrogate, kept_indices, pruning_ratio, importance, name_or_path)
+    with torch.no_grad():
+        surrogate.load_state_dict(
+            {name: t[plan.index(name, t.device)] for name, t in dense_state.items()}, strict=True
+        )
+    _verify_plan(plan, dense_state, surrogate.state_dict())
+    surrogate.train(model.training)
     return surrogate, plan
 
 
@@ -211,16 +302,28 @@ def _target_widths(model: nn.Module, surrogate_config, pruning_ratio: float, ada
     return widths
 
 
-def _prune_to_widths(working: nn.Module, adapter, target_widths: dict, example_inputs, recorder) -> None:
+def _prune_to_widths(
+    working: nn.Module,
+    recorder,
+    target_widths: dict,
+    example_inputs,
+    *,
+    output_transform,
+    ignored_layers,
+    ignored_parameters=(),
+    channels_last=False,
+) -> None:
     """Prune every coupled channel group of `working` to the width the narrowed config builds.
 
     Groups come from Torch-Pruning's dependency graph, rooted at each convolution or linear layer's
     output; within a group the entries with the smallest group L2 norm go. Attention projections lose
     the same positions in every head, and grouped convolutions in every group, ranked by the importance
-    summed over the heads or groups (Torch-Pruning's own rule for head dimensions).
+    summed over the heads or groups (Torch-Pruning's own rule for head dimensions). The outputs of
+    `ignored_layers` keep their width (their inputs follow the groups that feed them); layers are named as
+    the `recorder` names them, so `working` may be a part of the model the names refer to.
     """
     ignored_params = [
-        p for name, p in working.named_parameters() if name.endswith(adapter.ignored_parameters or ("\0",))
+        p for name, p in working.named_parameters() if name.endswith(ignored_parameters or ("\0",))
     ]
     unwrapped = []
     for module in working.modules():
@@ -232,17 +335,17 @@ def _prune_to_widths(working: nn.Module, adapter, target_widths: dict, example_i
     graph = tp.DependencyGraph().build_dependency(
         working,
         example_inputs=example_inputs,
-        output_transform=lambda outputs: outputs.logits,
+        output_transform=output_transform,
         unwrapped_parameters=unwrapped,
         ignored_params=ignored_params,
         verbose=False,
     )
-    if adapter.channels_last:
+    if channels_last:
         _unmap_spatial_slices(graph)
-    ignored_layers = [m for layer in adapter.ignored_layers(working) for m in layer.modules()]
+    ignored_layers = [m for layer in ignored_layers for m in layer.modules()]
     heads = attention_heads(working)
     importance = tp.importance.GroupMagnitudeImportance(p=2)
-    names = {module: name for name, module in working.named_modules()}
+    names = recorder.names
     for group in graph.get_all_groups(
         ignored_layers=ignored_layers, root_module_types=(nn.Conv2d, nn.Linear)
     ):
@@ -273,8 +376,9 @@ def _prune_to_widths(working: nn.Module, adapter, target_widths: dict, example_i
         group = graph.get_pruning_group(root, group[0].dep.handler, indices)
         recorder.record(group, graph)
         group.prune()
-    for name, module in working.named_modules():
-        if name in target_widths:
+    for module in working.modules():
+        name = names.get(module)
+        if name in target_widths and module not in ignored_layers:
             width = (
                 module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
             )
@@ -427,13 +531,11 @@ def _prune_general_path(model, pruning_ratio, importance, name_or_path, dense_st
     plan.attention_outputs_dense = attention_outputs_dense
     _verify_plan(plan, dense_state, surrogate.state_dict())
     surrogate.train(model.training)
-    logger.info(
-        "Pruned %s with ratio %.2f by the general path%s: %d -> %d parameters.",
-        model.config.model_type,
+    _log_pruned(
+        model,
+        surrogate,
         pruning_ratio,
-        " (attention outputs kept dense)" if attention_outputs_dense else "",
-        sum(p.numel() for p in model.parameters()),
-        sum(p.numel() for p in surrogate.parameters()),
+        " by the general path" + (" (attention outputs kept dense)" if attention_outputs_dense else ""),
     )
     return surrogate, plan
 

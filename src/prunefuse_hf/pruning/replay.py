@@ -212,7 +212,8 @@ def load_surrogate(
 ) -> nn.Module:
     """Load a surrogate that prunefuse-hf saved, whichever path its family takes.
 
-    A config-path surrogate (narrowed config) loads with `AutoModelForImageClassification.from_pretrained`; a
+    A config-path surrogate (narrowed config) loads with `from_pretrained` of its family's class (what
+    `AutoModelForImageClassification` or `AutoModelForObjectDetection` loads); a
     general-path one is rebuilt from its dense config and the plan's pruning history, then its safetensors are
     loaded strictly (every tensor, every shape).
 
@@ -234,14 +235,17 @@ def load_surrogate(
     >>> surrogate = load_surrogate("run/surrogate")
     ```
     """
+    import transformers
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers import AutoConfig
 
     from .plan import PruningPlan
 
     plan = plan or PruningPlan.from_pretrained(directory)
     if plan.pruning_path != PRUNING_PATH_REPLAY:
-        return AutoModelForImageClassification.from_pretrained(directory).to(device or "cpu")
+        # The family's class (an image classifier or an object detector), as its Auto class would load it.
+        model_class = getattr(transformers, classifier_class_name(plan.model_type))
+        return model_class.from_pretrained(directory).to(device or "cpu")
     weights = os.path.join(directory, SURROGATE_WEIGHTS_NAME)
     if not os.path.isfile(weights):
         raise FileNotFoundError(

@@ -1,5 +1,6 @@
-"""Which image classifiers a run can prune, decided before any work: the classes of each family (named adapter,
-general path or refused, with the reason and `pruning_ratio: 0`) and the README's support table built from them."""
+"""Which image classifiers and object detectors a run can prune, decided before any work: the classes of each family
+(named adapter, general path or refused, with the reason and `pruning_ratio: 0`) and the README's support table built
+from them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import inspect
 
 from torch import nn
 
-from .families import FAMILY_ADAPTERS, GENERAL_FAMILIES, REFUSED_FAMILIES, SUPPORTED_FAMILIES
+from .families import ADAPTERS, DETECTION_FAMILIES, GENERAL_FAMILIES, REFUSED_FAMILIES, SUPPORTED_FAMILIES
 
 # Why a model class of a supported family other than its `model_class` cannot be a PruneFuse dense model,
 # by how the class name ends (first match wins, so the longer endings come first).
@@ -23,6 +24,10 @@ _REFUSAL_REASONS = (
         "a masked-image-modeling (pretraining) model: it reconstructs pixels and has no class logits",
     ),
     ("ForSemanticSegmentation", "a semantic-segmentation model: its logits are per pixel, not per image"),
+    (
+        "ForSegmentation",
+        "a panoptic-segmentation model (a mask head on the detector), which PruneFuse does not run",
+    ),
     (
         "Backbone",
         "a backbone that returns feature maps for detection or segmentation heads, without a classifier",
@@ -53,7 +58,7 @@ def family_model_classes(model_type: str) -> tuple[str, ...]:
     from transformers import PreTrainedModel
     from transformers.models.auto.configuration_auto import model_type_to_module_name
 
-    names = list(image_classification_classes(model_type))
+    names = list(task_model_classes(model_type))
     module_name = model_type_to_module_name(model_type)
     module = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}")
     public = getattr(module, "__all__", None) or [
@@ -81,12 +86,25 @@ def image_classification_classes(model_type: str) -> tuple[str, ...]:
     return tuple(classes) if isinstance(classes, (list, tuple)) else (classes,)
 
 
+def object_detection_classes(model_type: str) -> tuple[str, ...]:
+    """The classes `AutoModelForObjectDetection` maps `model_type` to (empty when it has none)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
+
+    classes = MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.get(model_type, ())
+    return tuple(classes) if isinstance(classes, (list, tuple)) else (classes,)
+
+
+def task_model_classes(model_type: str) -> tuple[str, ...]:
+    """The image classifiers, then the object detectors, that transformers maps `model_type` to."""
+    return image_classification_classes(model_type) + object_detection_classes(model_type)
+
+
 def classifier_class_name(model_type: str) -> str:
     """The class PruneFuse builds and loads for `model_type`: the supported family's `model_class`, otherwise the
     first (plain) image classifier transformers maps the type to (DeiT-like families also map to a distilled
     variant second)."""
-    if model_type in FAMILY_ADAPTERS:
-        return FAMILY_ADAPTERS[model_type].model_class
+    if model_type in ADAPTERS:
+        return ADAPTERS[model_type].model_class
     classes = image_classification_classes(model_type)
     if not classes:
         raise ValueError(f"'{model_type}' has no image-classification model in transformers.")
@@ -94,14 +112,13 @@ def classifier_class_name(model_type: str) -> str:
 
 
 def refused_model_classes() -> dict[str, tuple[str, ...]]:
-    """`{model_type: class names}` of the supported families' classes that `check_supported_model` refuses."""
+    """`{model_type: class names}` of the supported families' classes that `check_supported_model` refuses (image
+    classification families, then object detection ones)."""
     return {
         model_type: tuple(
-            name
-            for name in family_model_classes(model_type)
-            if name != FAMILY_ADAPTERS[model_type].model_class
+            name for name in family_model_classes(model_type) if name != ADAPTERS[model_type].model_class
         )
-        for model_type in SUPPORTED_FAMILIES
+        for model_type in SUPPORTED_FAMILIES + DETECTION_FAMILIES
     }
 
 
@@ -114,6 +131,10 @@ def check_supported_model(model: nn.Module, *, pruning_ratio: float | None = Non
     `*ForSemanticSegmentation`, `DeiTForImageClassificationWithTeacher`) is refused. A model of another family
     is refused when it is to be pruned (no adapter); with `pruning_ratio=0` (the dense model selects for
     itself) any image classifier of transformers whose forward takes `labels` is accepted.
+
+    The object detectors of `DETECTION_FAMILIES` work the same way (their `*ForObjectDetection` class; `*Model` and
+    `*ForSegmentation` are refused by name). Any other object detector transformers offers is refused when it is to
+    be pruned, naming its class and `pruning_ratio=0`, with which it is accepted.
 
     Args:
         model (`nn.Module`): The dense model a run would start from.
@@ -142,13 +163,23 @@ def check_supported_model(model: nn.Module, *, pruning_ratio: float | None = Non
             f"{class_name} is not a transformers model (it has no config with a model_type), so it cannot be a "
             "PruneFuse dense model. Use an HF image classifier such as ResNetForImageClassification."
         )
-    adapter = FAMILY_ADAPTERS.get(model_type)
+    adapter = ADAPTERS.get(model_type)
     if adapter is None:
-        if model_type in REFUSED_FAMILIES and (pruning_ratio is None or pruning_ratio > 0):
+        to_prune = pruning_ratio is None or pruning_ratio > 0
+        if model_type in REFUSED_FAMILIES and to_prune:
             raise NotImplementedError(
                 f"{class_name} (model_type '{model_type}') cannot be pruned: {REFUSED_FAMILIES[model_type]}. "
                 "Use pruning_ratio=0 (the dense model selects for itself) to run PruneFuse with it."
             )
+        if class_name in object_detection_classes(model_type):
+            if to_prune:
+                # The general path traces class logits; a detector's outputs are per query (logits and boxes).
+                raise NotImplementedError(
+                    f"{class_name} (model_type '{model_type}') cannot be pruned: object detectors prune only "
+                    f"through a named adapter ({', '.join(ADAPTERS[t].model_class for t in DETECTION_FAMILIES)}). "
+                    "Use pruning_ratio=0 (the dense model selects for itself) to run PruneFuse with it."
+                )
+            return
         # Any other image classifier takes the general path (`pruning/replay.py`).
         _check_trainable_image_classifier(model, model_type)
         return
@@ -158,7 +189,7 @@ def check_supported_model(model: nn.Module, *, pruning_ratio: float | None = Non
         return
     reason = next(
         (why for ending, why in _REFUSAL_REASONS if class_name.endswith(ending)),
-        f"not the image classifier of the {adapter.name} family",
+        f"not the {adapter.task} model of the {adapter.name} family",
     )
     raise ValueError(
         f"{class_name} ({adapter.name} family, model_type '{model_type}') cannot be a PruneFuse dense model: it is "
@@ -213,11 +244,11 @@ def support_table_markdown() -> str:
         "| family | `model_type` | model class | surrogate path | what narrows by 1 − p | what is kept |",
         "|---|---|---|---|---|---|",
     ]
-    for model_type in SUPPORTED_FAMILIES:
-        adapter = FAMILY_ADAPTERS[model_type]
+    for model_type in SUPPORTED_FAMILIES + DETECTION_FAMILIES:
+        adapter = ADAPTERS[model_type]
         rows.append(
             f"| {adapter.name} | `{model_type}` | `{adapter.model_class}` | narrowed config | {adapter.narrows} "
-            "| the head count; the classifier's outputs |"
+            f"| {adapter.keeps} |"
         )
     for family in GENERAL_FAMILIES.values():
         rows.append(
@@ -229,8 +260,7 @@ def support_table_markdown() -> str:
         "",
         "Not prunable (refused by name before a run starts; `pruning_ratio: 0` runs them): "
         + "; ".join(
-            f"`{image_classification_classes(model_type)[0]}`: {why}"
-            for model_type, why in REFUSED_FAMILIES.items()
+            f"`{task_model_classes(model_type)[0]}`: {why}" for model_type, why in REFUSED_FAMILIES.items()
         )
         + ".",
         "",

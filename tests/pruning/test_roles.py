@@ -1,0 +1,271 @@
+"""Object detectors prune into surrogates of their own class and fuse back exactly (`pruning/roles.py`).
+
+Every family of `DETECTION_FAMILIES` (tiny configs in `conftest.py`), at every tested ratio: the surrogate narrows
+what the config can express and keeps the queries, classes and box outputs; it reloads with
+`AutoModelForObjectDetection` with identical `logits` and `pred_boxes`; the untrained surrogate fuses back to the
+dense weights bit for bit, a trained one exactly at the kept indices. Other detector classes and families are
+refused by name.
+"""
+
+import pytest
+import torch
+import transformers
+from transformers import AutoModelForObjectDetection
+
+from conftest import (
+    DETECTION_IMAGE_SIZE,
+    DETECTION_TINY_CONFIGS,
+    RATIOS,
+    assert_fused_at_kept_indices,
+    assert_states_equal,
+    detection_batch,
+    detection_config,
+    detection_model,
+    kept_mask,
+    pruned_detector,
+)
+from prunefuse_hf import PruningPlan, fuse_into_dense, prune_model
+from prunefuse_hf.pruning import load_surrogate, save_surrogate
+from prunefuse_hf.pruning.cost import model_cost
+from prunefuse_hf.pruning.families import DETECTION_ADAPTERS, DETECTION_FAMILIES
+from prunefuse_hf.pruning.support import check_supported_model, refused_model_classes, support_table_markdown
+
+# |surrogate params / dense params - (1 - p)^2| bounds. What does not narrow or narrows linearly pushes the ratio up:
+# the backbone stem on 3 input channels, norms and biases; for YOLOS the position tables (tokens x width) and the
+# patch embedding's 3 x 8 x 8 inputs, a large share of a tiny ViT.
+PARAM_RATIO_TOLERANCE = {"detr": 0.04, "conditional_detr": 0.04, "yolos": 0.1}
+
+families = pytest.mark.parametrize("model_type", DETECTION_FAMILIES)
+ratios = pytest.mark.parametrize("ratio", RATIOS)
+
+
+def outputs(model, pixel_values):
+    model.eval()
+    with torch.no_grad():
+        result = model(pixel_values=pixel_values)
+    return result.logits, result.pred_boxes
+
+
+def train_steps(model, steps=2, lr=0.05):
+    """A few SGD steps on the detector's own loss (Hungarian matching, classes and boxes)."""
+    pixel_values, labels = detection_batch(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(pixel_values=pixel_values, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss.item()
+
+
+def test_every_detection_family_has_a_tiny_config_and_a_tolerance():
+    assert set(DETECTION_TINY_CONFIGS) == set(DETECTION_FAMILIES) == set(PARAM_RATIO_TOLERANCE)
+    assert {adapter.task for adapter in DETECTION_ADAPTERS.values()} == {"object-detection"}
+
+
+@families
+@ratios
+def test_surrogate_is_the_same_class_narrowed_and_keeps_queries_classes_and_boxes(model_type, ratio):
+    dense, surrogate, plan = pruned_detector(model_type, ratio)
+    assert type(surrogate) is type(dense)
+    dense_config, config = dense.config, surrogate.config
+    assert config.num_labels == dense_config.num_labels
+    if model_type == "yolos":
+        assert config.num_detection_tokens == dense_config.num_detection_tokens
+        assert config.num_attention_heads == dense_config.num_attention_heads
+        assert config.hidden_size < dense_config.hidden_size
+        assert config.intermediate_size < dense_config.intermediate_size
+    else:
+        assert config.num_queries == dense_config.num_queries
+        assert (config.encoder_attention_heads, config.decoder_attention_heads) == (
+            dense_config.encoder_attention_heads,
+            dense_config.decoder_attention_heads,
+        )
+        assert config.d_model == dense_config.d_model * (1 - ratio)
+        assert config.encoder_ffn_dim < dense_config.encoder_ffn_dim
+        assert config.backbone_config.hidden_sizes == [int(w * (1 - ratio)) for w in [16, 32]]
+    pixel_values, _ = detection_batch(dense)
+    (dense_logits, dense_boxes), (logits, boxes) = (
+        outputs(dense, pixel_values),
+        outputs(surrogate, pixel_values),
+    )
+    assert logits.shape == dense_logits.shape and boxes.shape == dense_boxes.shape == (
+        2,
+        dense_logits.shape[1],
+        4,
+    )
+    assert plan.pruning_path == "config"
+
+
+@families
+@ratios
+def test_surrogate_reloads_with_auto_model_for_object_detection_with_identical_outputs(
+    tmp_path, model_type, ratio
+):
+    _, surrogate, plan = pruned_detector(model_type, ratio)
+    save_surrogate(surrogate, plan, tmp_path)
+    pixel_values, _ = detection_batch(surrogate)
+    expected = outputs(surrogate, pixel_values)
+    for reloaded in (AutoModelForObjectDetection.from_pretrained(tmp_path), load_surrogate(tmp_path)):
+        assert type(reloaded) is type(surrogate)
+        for actual, wanted in zip(outputs(reloaded, pixel_values), expected):
+            assert torch.equal(actual, wanted)
+    assert PruningPlan.from_pretrained(tmp_path).kept_indices == plan.kept_indices
+
+
+@families
+@ratios
+def test_untrained_surrogate_fuses_back_to_the_dense_weights_bit_for_bit(model_type, ratio):
+    dense, surrogate, plan = pruned_detector(model_type, ratio)
+    fused = fuse_into_dense(dense, surrogate, plan)
+    assert type(fused) is type(dense)
+    assert_states_equal(fused.state_dict(), dense.state_dict())
+
+
+@families
+def test_trained_surrogate_fuses_exactly_at_the_kept_indices_through_a_saved_plan(tmp_path, model_type):
+    dense, surrogate, plan = pruned_detector(model_type, 0.5)
+    dense_state = {name: t.clone() for name, t in dense.state_dict().items()}
+    before = {name: t.clone() for name, t in surrogate.state_dict().items()}
+    train_steps(surrogate)
+    changed = [name for name, t in surrogate.state_dict().items() if not torch.equal(t, before[name])]
+    assert any("class_labels_classifier" in name for name in changed)
+    assert any("bbox_predictor" in name for name in changed)
+    save_surrogate(surrogate, plan, tmp_path)
+    trained = load_surrogate(tmp_path)
+    fused = fuse_into_dense(dense, trained, PruningPlan.from_pretrained(tmp_path))
+    assert_fused_at_kept_indices(fused, trained.state_dict(), dense_state, plan)
+    assert_states_equal(dense.state_dict(), dense_state)  # the dense model is left untouched
+    # The fused detector is the dense architecture and runs as one.
+    pixel_values, _ = detection_batch(dense)
+    logits, boxes = outputs(fused, pixel_values)
+    assert logits.shape == outputs(dense, pixel_values)[0].shape and torch.isfinite(boxes).all()
+
+
+@families
+@ratios
+def test_parameter_ratio_follows_the_square_of_the_kept_width(model_type, ratio):
+    dense, surrogate, _ = pruned_detector(model_type, ratio)
+    dense_cost = model_cost(dense, DETECTION_IMAGE_SIZE)
+    surrogate_cost = model_cost(surrogate, DETECTION_IMAGE_SIZE)
+    assert surrogate_cost.params == sum(p.numel() for p in surrogate.parameters())
+    assert surrogate_cost.params / dense_cost.params == pytest.approx(
+        (1 - ratio) ** 2, abs=PARAM_RATIO_TOLERANCE[model_type]
+    )
+    # MACs fall faster than the width (a tiny model's stem on 3 input channels keeps it above the square).
+    assert surrogate_cost.macs / dense_cost.macs < 1 - ratio
+
+
+@families
+def test_attention_keeps_its_heads_and_every_head_the_same_positions(model_type):
+    dense, surrogate, plan = pruned_detector(model_type, 0.5)
+    attention = next(
+        (name, module)
+        for name, module in dense.named_modules()
+        if type(module).__name__.endswith("SelfAttention")
+    )
+    name, module = attention
+    head_dim = getattr(module, "head_dim", None) or module.attention_head_size
+    projection = next(n for n, child in module.named_children() if isinstance(child, torch.nn.Linear))
+    kept = plan.kept_indices[f"{name}.{projection}.weight"][0]
+    heads = dense.state_dict()[f"{name}.{projection}.weight"].shape[0] // head_dim
+    per_head = [[i % head_dim for i in kept if i // head_dim == head] for head in range(heads)]
+    assert all(len(positions) == head_dim // 2 for positions in per_head)
+    assert all(positions == per_head[0] for positions in per_head)
+
+
+@pytest.mark.parametrize("model_type", ["detr", "conditional_detr"])
+def test_the_input_projection_reads_the_channels_the_backbone_kept(model_type):
+    dense, _, plan = pruned_detector(model_type, 0.5)
+    # The last stage's output: its bottleneck's last BatchNorm and the shortcut's, coupled by the residual sum.
+    last_norm = "model.backbone.model.encoder.stages.1.layers.0.layer.2.normalization.weight"
+    shortcut = "model.backbone.model.encoder.stages.1.layers.0.shortcut.normalization.running_var"
+    stage_output = plan.kept_indices[shortcut][0]
+    assert len(stage_output) == 16 and plan.kept_indices[last_norm][0] == stage_output
+    assert plan.kept_indices["model.input_projection.weight"][1] == stage_output
+    # The frozen BatchNorm buffers are planned with their convolution.
+    assert kept_mask(plan, shortcut).sum() == 16
+
+
+# A transformers ResNet backbone with every stage as a feature map, at the default sizes.
+_RESNET = dict(use_timm_backbone=False, use_pretrained_backbone=False, backbone=None, backbone_config=dict(
+    model_type="resnet", out_features=["stage1", "stage2", "stage3", "stage4"]))  # fmt: skip
+
+
+@pytest.mark.parametrize(("model_type", "class_name"), [
+    (model_type, name) for model_type, names in refused_model_classes().items() if model_type in DETECTION_FAMILIES
+    for name in names
+])  # fmt: skip
+def test_other_classes_of_a_detection_family_are_refused_by_name(model_type, class_name):
+    # DETR's panoptic mask head needs a 4-stage backbone and d_model + heads a multiple of 8: the default sizes, built
+    # on the meta device (no memory, no init).
+    config = detection_config(model_type)
+    if class_name.endswith("ForSegmentation"):
+        config = type(config)(**_RESNET, num_labels=3)
+    with torch.device("meta"):
+        model = getattr(transformers, class_name)(config)
+    adapter = DETECTION_ADAPTERS[model_type]
+    for ratio in (0.5, 0.0):
+        with pytest.raises(
+            ValueError, match=rf"{class_name} \({adapter.name} family.* Use {adapter.model_class}"
+        ):
+            check_supported_model(model, pruning_ratio=ratio)
+
+
+def _meta_model(class_name, **config):
+    config_class = getattr(transformers, class_name.replace("ForObjectDetection", "Config"))
+    with torch.device("meta"):
+        return getattr(transformers, class_name)(config_class(**config))
+
+
+@pytest.mark.parametrize(
+    ("class_name", "config", "reason"),
+    [
+        ("DeformableDetrForObjectDetection", _RESNET, "multi-scale deformable attention"),
+        ("RTDetrForObjectDetection", {}, "hybrid encoder's channel lists"),
+        ("RTDetrV2ForObjectDetection", {}, "hybrid encoder's channel lists"),
+        ("DFineForObjectDetection", {}, "fine-grained distribution head"),
+        (
+            "TableTransformerForObjectDetection",
+            _RESNET,
+            "object detectors prune only through a named adapter",
+        ),
+    ],
+)
+def test_detectors_without_an_adapter_are_refused_by_name_and_run_with_ratio_zero(class_name, config, reason):
+    model = _meta_model(class_name, **config)
+    with pytest.raises(NotImplementedError, match=rf"{class_name} \(model_type .*{reason}.*pruning_ratio=0"):
+        check_supported_model(model, pruning_ratio=0.5)
+    with pytest.raises(NotImplementedError, match=class_name):
+        prune_model(model, 0.5)
+    check_supported_model(model, pruning_ratio=0.0)
+
+
+def test_a_ratio_that_leaves_no_head_dimension_names_the_family_and_the_limit():
+    # d_model 32 over lcm(2, 4) = 4 heads: 32 x 0.1 leaves less than one multiple of 4.
+    with pytest.raises(ValueError, match=r"pruning_ratio=0.9 .*Detr family: d_model 32 .*<= 0.875"):
+        prune_model(detection_model("detr"), 0.9)
+
+
+def test_configs_whose_widths_the_config_cannot_narrow_are_refused():
+    with pytest.raises(ValueError, match="position_embedding_type 'learned'.*pruning_ratio: 0"):
+        prune_model(detection_model("detr", position_embedding_type="learned"), 0.5)
+
+
+def test_ratio_zero_copies_the_detector():
+    dense = detection_model("conditional_detr")
+    surrogate, plan = prune_model(dense, 0.0)
+    assert plan.kept_indices == {}
+    assert_states_equal(surrogate.state_dict(), dense.state_dict())
+
+
+def test_support_table_lists_the_detectors():
+    table = support_table_markdown()
+    for adapter in DETECTION_ADAPTERS.values():
+        assert (
+            f"| {adapter.name} | `{adapter.model_type}` | `{adapter.model_class}` | narrowed config |"
+            in table
+        )
+    for name in ("DetrForSegmentation", "DetrModel", "YolosModel", "DeformableDetrForObjectDetection"):
+        assert f"`{name}`" in table

@@ -417,6 +417,52 @@ def _pruned_detector(model_type, ratio):
     return dense, surrogate, plan
 
 
+# ----- semantic segmentation: one tiny model per segmentation registry entry (test_segmentation) -----
+
+# Keyed as `SEGMENTATION_ADAPTERS` and `GENERAL_SEGMENTATION_FAMILIES` are (class name, "/backbone" for UperNet).
+SEGMENTATION_TINY_CONFIGS = {
+    "SegformerForSemanticSegmentation": dict(
+        model_type="segformer", hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 3, 4], depths=[1, 1, 1, 1],
+        decoder_hidden_size=32, classifier_dropout_prob=0.0, drop_path_rate=0.0,
+    ),
+    "UperNetForSemanticSegmentation/convnext": dict(
+        model_type="upernet", hidden_size=32, auxiliary_channels=16, pool_scales=[1, 2, 3, 6],
+        backbone_config=dict(
+            model_type="convnext", num_stages=4, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+            out_features=["stage1", "stage2", "stage3", "stage4"],
+        ),
+    ),
+    "UperNetForSemanticSegmentation/swin": dict(
+        model_type="upernet", hidden_size=32, auxiliary_channels=16, pool_scales=[1, 2, 3, 6],
+        backbone_config=dict(
+            model_type="swin", image_size=IMAGE_SIZE, patch_size=2, embed_dim=16, depths=[1, 1, 1],
+            num_heads=[2, 2, 4], window_size=4, drop_path_rate=0.0, out_features=["stage1", "stage2", "stage3"],
+        ),
+    ),
+    # Output stride 8 (dilated last stages): 4 x 4 logits on 32 x 32 images.
+    "MobileNetV2ForSemanticSegmentation": dict(
+        model_type="mobilenet_v2", image_size=IMAGE_SIZE, depth_multiplier=0.25, output_stride=8,
+        classifier_dropout_prob=0.0,
+    ),
+}  # fmt: skip
+SEGMENTATION_NUM_LABELS = 5
+
+
+def segmentation_model(key, seed=0, num_labels=SEGMENTATION_NUM_LABELS, **kwargs):
+    """A tiny segmentation model of a registry entry, built from its config (no download), in eval mode."""
+    values = {**SEGMENTATION_TINY_CONFIGS[key], **kwargs}
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(values.pop("model_type"), num_labels=num_labels, **values)
+    return getattr(transformers, key.split("/")[0])(config).eval()
+
+
+@functools.cache
+def _pruned_segmentation(key, ratio):
+    dense = segmentation_model(key)
+    surrogate, plan = prune_model(dense, ratio)
+    return dense, surrogate, plan
+
+
 def pruned_detector(model_type, ratio):
     """A tiny detector, its surrogate and plan; pruned once per session, fresh copies per test."""
     return copy.deepcopy(_pruned_detector(model_type, ratio))
@@ -434,3 +480,33 @@ def detection_batch(model, seed=0, size=2):
         for _ in range(size)
     ]  # fmt: skip
     return pixel_values, labels
+
+
+def pruned_segmentation(key, ratio):
+    """A tiny segmentation model, its surrogate and plan; pruned once per session, fresh copies per test."""
+    return copy.deepcopy(_pruned_segmentation(key, ratio))
+
+
+def segmentation_batch(model, seed=0, size=4):
+    """Seeded pixels and per-pixel class ids (ignore index 255 on a few pixels)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    labels = torch.randint(0, model.config.num_labels, (size, IMAGE_SIZE, IMAGE_SIZE), generator=generator)
+    labels[:, :2, :2] = 255
+    return pixel_values, labels
+
+
+def segmentation_sgd_steps(model, steps=3, lr=0.05, seed=0):
+    """A few SGD steps on the model's own per-pixel loss, in train mode; the losses."""
+    pixel_values, labels = segmentation_batch(model, seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(pixel_values=pixel_values, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses

@@ -40,7 +40,10 @@ from prunefuse_hf.pruning.families import (
     DETECTION_FAMILIES,
     FAMILY_ADAPTERS,
     GENERAL_FAMILIES,
+    GENERAL_SEGMENTATION_FAMILIES,
+    SEGMENTATION_ADAPTERS,
     SUPPORTED_FAMILIES,
+    segmentation_class_names,
 )
 from prunefuse_hf.pruning.modeling import load_image_classifier
 from prunefuse_hf.pruning.support import (
@@ -103,14 +106,22 @@ def test_each_family_runs_one_of_the_classes_transformers_offers_and_refuses_the
     offered = family_model_classes(model_type)
     assert supported in image_classification_classes(model_type)
     assert offered[0] == supported
-    assert set(offered) == {supported, *refused_model_classes()[model_type]}
-    assert len(offered) == 1 + len(refused_model_classes()[model_type]) >= 2
+    # A segmentation class of the family that a segmentation rule prunes (test_segmentation.py) is not refused.
+    segmentation = {name for name in offered if name in segmentation_class_names()}
+    assert set(offered) == {supported, *refused_model_classes()[model_type], *segmentation}
+    assert len(offered) == 1 + len(refused_model_classes()[model_type]) + len(segmentation) >= 2
 
 
 def test_support_table_has_a_row_per_supported_class_and_lists_the_refused_ones():
     table, not_prunable, refused = support_table_markdown().split("\n\n")
     rows = table.splitlines()[2:]
-    assert len(rows) == len(SUPPORTED_FAMILIES) + len(DETECTION_FAMILIES) + len(GENERAL_FAMILIES)
+    assert len(rows) == (
+        len(SUPPORTED_FAMILIES)
+        + len(DETECTION_FAMILIES)
+        + len(GENERAL_FAMILIES)
+        + len(SEGMENTATION_ADAPTERS)
+        + len(GENERAL_SEGMENTATION_FAMILIES)
+    )
     for row, model_type in zip(rows, SUPPORTED_FAMILIES):
         assert f"| `{model_type}` | `{FAMILY_ADAPTERS[model_type].model_class}` | narrowed config |" in row
     assert not_prunable.startswith("Not prunable") and "`CvtForImageClassification`" in not_prunable

@@ -49,6 +49,10 @@ class FamilyAdapter:
             model) or `"roles"` (Torch-Pruning on the convolutional backbone and the layers reading its feature maps,
             the transformer's widths by role: `pruning/roles.py`), for models Torch-Pruning cannot trace whole.
         keeps: What keeps its dense shape, in words (README table).
+        output_layers: Dotted paths of the layers whose outputs are the classes (never pruned); a path whose
+            module is absent or `None` (UperNet without its auxiliary head) is skipped.
+        backbone_type: For a model built on a `backbone_config` (UperNet), the backbone's `model_type` this
+            adapter prunes; `None` for a model without a separate backbone.
     """
 
     model_type: str
@@ -61,10 +65,19 @@ class FamilyAdapter:
     task: str = "image-classification"
     coupling: str = "traced"
     keeps: str = "the head count; the classifier's outputs"
+    output_layers: tuple[str, ...] = ("classifier",)
+    backbone_type: str | None = None
 
     def ignored_layers(self, model: nn.Module) -> list[nn.Module]:
-        """Modules whose output widths must not change: the classifier (its outputs are the classes)."""
-        return [model.classifier]
+        """Modules whose output widths must not change: the layers whose outputs are the classes."""
+        layers = []
+        for path in self.output_layers:
+            module = model
+            for part in path.split("."):
+                module = getattr(module, part, None)
+            if isinstance(module, nn.Module):
+                layers.append(module)
+        return layers
 
 
 def scaled_width(width: int, pruning_ratio: float, family: str, what: str, multiple: int = 1) -> int:
@@ -519,4 +532,134 @@ def example_pixel_values(
     parameter = next(model.parameters())
     return torch.randn(
         batch_size, num_channels, height, width, device=parameter.device, dtype=parameter.dtype
+    )
+
+
+# ----- semantic segmentation -----
+# Segmentation models are keyed by model class (SegFormer and MobileNetV2 also have image classifiers, which the
+# registries above keep) and, for models built on a `backbone_config` (UperNet), by the backbone's `model_type`.
+
+
+def _segformer_config(dense_config, ratio):
+    config = copy.deepcopy(dense_config)
+    # Every stage keeps its head count; each head loses the same share of its dimensions (the stage width is
+    # heads x head_dim). The MLP width (stage width x mlp_ratio) and the spatial-reduction convolutions follow.
+    config.hidden_sizes = [
+        heads * scaled_width(width // heads, ratio, "SegFormer", f"stage {i} head dimension")
+        for i, (width, heads) in enumerate(zip(dense_config.hidden_sizes, dense_config.num_attention_heads))
+    ]
+    config.decoder_hidden_size = scaled_width(
+        dense_config.decoder_hidden_size, ratio, "SegFormer", "decoder_hidden_size"
+    )
+    return config
+
+
+def _upernet_config(dense_config, ratio):
+    config = copy.deepcopy(dense_config)
+    backbone = dense_config.backbone_config
+    # The backbone narrows as its image classifier does; the heads' input widths come from the backbone.
+    config.backbone_config = FAMILY_ADAPTERS[backbone.model_type].narrowed_config(backbone, ratio)
+    config.hidden_size = scaled_width(dense_config.hidden_size, ratio, "UperNet", "hidden_size")
+    config.auxiliary_channels = scaled_width(
+        dense_config.auxiliary_channels, ratio, "UperNet", "auxiliary_channels"
+    )
+    if dense_config.auxiliary_in_channels is not None:
+        raise ValueError(
+            "UperNet configs with an explicit auxiliary_in_channels cannot be narrowed; leave it None (the "
+            "auxiliary head then reads the backbone's third stage width), or use pruning_ratio=0."
+        )
+    return config
+
+
+_UPERNET_NARROWS = (
+    "the decoder width (`hidden_size`), the auxiliary head (`auxiliary_channels`), and the backbone: "
+)
+SEGMENTATION_ADAPTERS: dict[str, FamilyAdapter] = {
+    adapter.model_class + (f"/{adapter.backbone_type}" if adapter.backbone_type else ""): adapter
+    for adapter in [
+        FamilyAdapter(
+            "segformer",
+            "SegFormer",
+            "SegformerForSemanticSegmentation",
+            "every stage's hidden size, MLP width, head dimension (head count kept), spatial-reduction convs, "
+            "the all-MLP decoder width (`decoder_hidden_size`)",
+            _segformer_config,
+            output_layers=("decode_head.classifier",),
+        ),
+        FamilyAdapter(
+            "upernet",
+            "UperNet (ConvNeXt backbone)",
+            "UperNetForSemanticSegmentation",
+            _UPERNET_NARROWS + "ConvNeXt stage widths (MLP width follows)",
+            _upernet_config,
+            output_layers=("decode_head.classifier", "auxiliary_head.classifier"),
+            backbone_type="convnext",
+        ),
+        FamilyAdapter(
+            "upernet",
+            "UperNet (Swin backbone)",
+            "UperNetForSemanticSegmentation",
+            _UPERNET_NARROWS + "Swin embed dim of every stage, MLP width, head dimension (head count kept)",
+            _upernet_config,
+            ignored_parameters=("relative_position_bias_table",),
+            channels_last=True,
+            output_layers=("decode_head.classifier", "auxiliary_head.classifier"),
+            backbone_type="swin",
+        ),
+    ]
+}
+
+# Segmentation classes the general path prunes (no config expresses their narrower widths), keyed by class name.
+GENERAL_SEGMENTATION_FAMILIES: dict[str, GeneralFamily] = {
+    family.model_class: family
+    for family in [
+        # The DeepLabV3 head's widths (ASPP, pooling branch, projection: 256) are fixed in the modeling code.
+        GeneralFamily(
+            "mobilenet_v2",
+            "MobileNetV2 + DeepLabV3",
+            "MobileNetV2ForSemanticSegmentation",
+            "every convolution and BatchNorm of the backbone and of the DeepLabV3 head (ASPP, pooling branch, "
+            "projection; depthwise coupled)",
+            "`num_labels` (the per-pixel classifier's outputs)",
+        ),
+    ]
+}
+
+# Segmentation classes neither path prunes, with the reason; `pruning_ratio=0` still runs them.
+REFUSED_SEGMENTATION_CLASSES: dict[str, str] = {
+    "BeitForSemanticSegmentation": (
+        "the general path prunes the channels its pyramid-pooling module concatenates but not the bottleneck "
+        "convolution that reads them (the pruned forward fails)"
+    ),
+    "DPTForSemanticSegmentation": (
+        "Torch-Pruning 1.6 does not finish building its pruning groups (over 5 minutes on a 4-layer, 32-wide config)"
+    ),
+}
+
+
+def segmentation_family(model: nn.Module) -> FamilyAdapter | GeneralFamily | None:
+    """The registry entry that prunes `model` (a `*ForSemanticSegmentation`), or `None` when none does.
+
+    Matched by class (a subclass matches) and, for a model built on a `backbone_config`, by the backbone's
+    `model_type`.
+    """
+    import transformers
+
+    backbone = getattr(getattr(model, "config", None), "backbone_config", None)
+    backbone_type = getattr(backbone, "model_type", None)
+    for entry in [*SEGMENTATION_ADAPTERS.values(), *GENERAL_SEGMENTATION_FAMILIES.values()]:
+        if not isinstance(model, getattr(transformers, entry.model_class)):
+            continue
+        if getattr(entry, "backbone_type", None) in (None, backbone_type):
+            return entry
+    return None
+
+
+def segmentation_class_names() -> tuple[str, ...]:
+    """Names of the segmentation classes some registry entry prunes."""
+    return tuple(
+        dict.fromkeys(
+            entry.model_class
+            for entry in [*SEGMENTATION_ADAPTERS.values(), *GENERAL_SEGMENTATION_FAMILIES.values()]
+        )
     )

@@ -64,6 +64,10 @@ def classifier_layers(model: nn.Module) -> list[nn.Module]:
         getattr(model, name) for name in CLASSIFIER_NAMES if isinstance(getattr(model, name, None), nn.Module)
     ]
     if not layers:
+        # Segmentation heads hold their per-pixel classifiers inside (`decode_head.classifier`,
+        # `auxiliary_head.classifier`, `segmentation_head.classifier`).
+        layers = [module for name, module in model.named_modules() if name.rsplit(".", 1)[-1] == "classifier"]
+    if not layers:
         raise ValueError(
             f"{type(model).__name__} has no classifier module ({', '.join(CLASSIFIER_NAMES)}), so its class "
             "outputs cannot be told apart from prunable widths; use pruning_ratio=0 for this model."

@@ -126,6 +126,8 @@ class PruningPlan:
         attention_outputs_dense (`bool`, *optional*): The general path's fallback kept attention outputs dense.
         dense_config_hash (`str`, *optional*): `config_hash` of the dense config: fusion refuses a dense model of
             another architecture.
+        model_class (`str`, *optional*): The dense model's class name (e.g. `"SegformerForSemanticSegmentation"`):
+            which class a surrogate is rebuilt and reloaded as, where the `model_type` alone does not say it.
 
     Example:
 
@@ -155,6 +157,7 @@ class PruningPlan:
     pruning_history: list | None = None
     trace_inputs: dict | None = None
     attention_outputs_dense: bool = False
+    model_class: str | None = None
 
     # -- shapes and indexing -------------------------------------------------------------------
 
@@ -295,6 +298,7 @@ class PruningPlan:
             "pruning_history": self.pruning_history,
             "trace_inputs": self.trace_inputs,
             "attention_outputs_dense": self.attention_outputs_dense,
+            "model_class": self.model_class,
             "dense_config": self.dense_config,
             "surrogate_config": self.surrogate_config,
             "kept_index_groups": groups,
@@ -328,6 +332,7 @@ class PruningPlan:
             pruning_history=data.get("pruning_history"),
             trace_inputs=data.get("trace_inputs"),
             attention_outputs_dense=bool(data.get("attention_outputs_dense", False)),
+            model_class=data.get("model_class"),
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:

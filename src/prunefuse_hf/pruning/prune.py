@@ -24,7 +24,13 @@ from torch import nn
 from transformers.utils import logging
 
 from ..constants import IMPORTANCES, PIXEL_VALUES, PRUNING_PATH_REPLAY
-from .families import ADAPTERS, attention_heads, example_pixel_values
+from .families import (
+    ADAPTERS,
+    GeneralFamily,
+    attention_heads,
+    example_pixel_values,
+    segmentation_family,
+)
 from .graph import WRAPPED_MODULES, pass_channels_through
 from .plan import PruningPlan, config_hash
 from .replay import kept_indices_by_replay, prune_general, trace_inputs
@@ -124,8 +130,8 @@ def prune_model(
         surrogate = copy.deepcopy(model)
         return surrogate, _make_plan(model, surrogate, {}, pruning_ratio, importance, name_or_path)
 
-    adapter = ADAPTERS.get(model.config.model_type)
-    if adapter is None:
+    adapter = segmentation_family(model) or ADAPTERS.get(model.config.model_type)
+    if adapter is None or isinstance(adapter, GeneralFamily):
         return _prune_general_path(model, pruning_ratio, importance, name_or_path, dense_state)
     surrogate_config = adapter.narrowed_config(model.config, pruning_ratio)
     target_widths = _target_widths(model, surrogate_config, pruning_ratio, adapter)
@@ -145,16 +151,19 @@ def prune_model(
         example_inputs = {PIXEL_VALUES: example_inputs}
 
     recorder = _PrunedIndexRecorder(working)
+    output_layers = adapter.ignored_layers(working)
+    dead = _dead_modules(working, example_inputs, output_layers)
     _prune_to_widths(
         working,
         recorder,
         target_widths,
         example_inputs,
-        output_transform=lambda outputs: outputs.logits,
-        ignored_layers=adapter.ignored_layers(working),
+        forward_fn=lambda model, inputs: _logits_and_outputs(model, inputs, output_layers),
+        ignored_layers=output_layers,
         ignored_parameters=adapter.ignored_parameters,
         channels_last=adapter.channels_last,
     )
+    _narrow_dead_modules(working, dead, surrogate_config, recorder)
 
     surrogate = _rebuild_from_config(model, surrogate_config, working, pruning_ratio)
     kept_indices = recorder.kept_indices(dense_state, surrogate.state_dict())
@@ -308,8 +317,9 @@ def _prune_to_widths(
     target_widths: dict,
     example_inputs,
     *,
-    output_transform,
     ignored_layers,
+    forward_fn=None,
+    output_transform=None,
     ignored_parameters=(),
     channels_last=False,
 ) -> None:
@@ -335,6 +345,7 @@ def _prune_to_widths(
     graph = tp.DependencyGraph().build_dependency(
         working,
         example_inputs=example_inputs,
+        forward_fn=forward_fn,
         output_transform=output_transform,
         unwrapped_parameters=unwrapped,
         ignored_params=ignored_params,
@@ -387,6 +398,65 @@ def _prune_to_widths(
                     f"'{name}' was pruned to {width} channels, the narrowed config builds "
                     f"{target_widths[name]}; please report it."
                 )
+
+
+def _logits_and_outputs(model: nn.Module, inputs: dict, output_layers: list[nn.Module]) -> list[torch.Tensor]:
+    """The logits plus the output of every class-output layer: a head that feeds only the loss (UperNet's auxiliary
+    head) must be in the traced graph too, or its input would keep the dense width on a narrowed backbone."""
+    captured = []
+    handles = [layer.register_forward_hook(lambda m, a, out: captured.append(out)) for layer in output_layers]
+    try:
+        logits = model(**inputs).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [logits, *(t for t in captured if t is not logits)]
+
+
+def _dead_modules(model: nn.Module, example_inputs: dict, output_layers: list[nn.Module]) -> list[nn.Module]:
+    """Modules owning parameters that do not reach the logits or the class-output layers (no gradient flows back to
+    them), so that the traced graph leaves them out."""
+    try:
+        outputs = _logits_and_outputs(model, example_inputs, output_layers)
+        torch.autograd.backward([t.sum() for t in outputs])
+        dead = [
+            m
+            for m in model.modules()
+            if next(m.parameters(recurse=False), None) is not None
+            and all(p.grad is None for p in m.parameters(recurse=False))
+        ]
+    finally:
+        model.zero_grad(set_to_none=True)
+    return dead
+
+
+def _narrow_dead_modules(working: nn.Module, dead: list, surrogate_config, recorder) -> None:
+    """Narrow the tensors of modules that do not reach the outputs to the shapes the narrowed config builds.
+
+    Such a module (the final `layernorm` SwinBackbone inherits from SwinModel, whose output the feature maps never
+    read) is outside the traced graph, so no group prunes it; it keeps its leading entries. Any choice is exact: it
+    changes no output, training leaves it as it is, and fusion writes it back where it came from.
+    """
+    target_shapes, _ = _config_shapes(type(working), surrogate_config)
+    for module_name, module in working.named_modules():
+        if not any(module is m for m in dead):
+            continue
+        tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        for tensor_name, tensor in tensors:
+            target = target_shapes.get(f"{module_name}.{tensor_name}" if module_name else tensor_name)
+            if target is None or tensor.shape == target:
+                continue
+            index = tuple(slice(0, size) for size in target)
+            for dim, (size, kept) in enumerate(zip(tensor.shape, target)):
+                if size != kept and dim < 2:
+                    side = "out" if dim == 0 else "in"
+                    if list(range(kept, size)) not in recorder.removals[(module_name, side)]:
+                        recorder.removals[(module_name, side)].append(list(range(kept, size)))
+            narrowed = tensor.detach()[index].clone()
+            if isinstance(tensor, nn.Parameter):
+                setattr(module, tensor_name, nn.Parameter(narrowed, requires_grad=tensor.requires_grad))
+            else:
+                setattr(module, tensor_name, narrowed)
 
 
 def _unmap_spatial_slices(graph) -> None:
@@ -552,6 +622,7 @@ def _make_plan(dense, surrogate, kept_indices, pruning_ratio, importance, name_o
         kept_indices=kept_indices,
         dense_name_or_path=name_or_path,
         dense_config_hash=config_hash(dense.config),
+        model_class=type(dense).__name__,
     )
 
 

@@ -23,7 +23,7 @@ from transformers.utils import logging
 from ..constants import PIXEL_VALUES, PRUNING_PATH_REPLAY, PRUNING_PLAN_NAME, SURROGATE_WEIGHTS_NAME
 from .families import DEFAULT_TRACE_IMAGE_SIZE, model_image_size
 from .graph import attention_attributes, build_pruner, fix_attention_attributes, patched_torch_pruning
-from .support import classifier_class_name
+from .support import classifier_class_name, is_segmentation_plan, plan_model_class_name
 
 logger = logging.get_logger(__name__)
 
@@ -92,7 +92,9 @@ def prune_general(model: nn.Module, pruning_ratio: float, spec: dict) -> tuple[n
             fix_attention_attributes(candidate, before)
             with torch.no_grad():
                 logits = candidate(**inputs).logits
-            if logits.shape[-1] != model.config.num_labels or not torch.isfinite(logits).all():
+            # Classes are the last axis of image logits, axis 1 of per-pixel (batch, classes, height, width) ones.
+            classes = logits.shape[1] if logits.ndim == 4 else logits.shape[-1]
+            if classes != model.config.num_labels or not torch.isfinite(logits).all():
                 raise RuntimeError(f"the pruned model returns logits of shape {list(logits.shape)}")
         except Exception as error:  # noqa: BLE001 - any failure is reported with the model class below
             errors.append(f"{type(error).__name__}: {str(error)[:200]}")
@@ -162,8 +164,9 @@ def rebuild_surrogate(plan, device: torch.device | str | None = None) -> nn.Modu
             f"This pruning plan takes the '{plan.pruning_path}' path: its surrogate reloads with "
             "AutoModelForImageClassification.from_pretrained, there is nothing to replay."
         )
-    # The family's plain image classifier (a config may map to several, e.g. LeViT's distilled variant).
-    model_class = getattr(transformers, classifier_class_name(plan.model_type))
+    # The family's plain image classifier (a config may map to several, e.g. LeViT's distilled variant), or the
+    # dense segmentation class.
+    model_class = getattr(transformers, plan_model_class_name(plan))
     model = model_class(plan.dense_model_config())
     model.to(device or "cpu").eval()
     return replay_history(model, plan.pruning_history, plan.trace_inputs, plan.attention_outputs_dense)
@@ -237,12 +240,14 @@ def load_surrogate(
     """
     import transformers
     from safetensors.torch import load_file
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModelForSemanticSegmentation
 
     from .plan import PruningPlan
 
     plan = plan or PruningPlan.from_pretrained(directory)
     if plan.pruning_path != PRUNING_PATH_REPLAY:
+        if is_segmentation_plan(plan):
+            return AutoModelForSemanticSegmentation.from_pretrained(directory).to(device or "cpu")
         # The family's class (an image classifier or an object detector), as its Auto class would load it.
         model_class = getattr(transformers, classifier_class_name(plan.model_type))
         return model_class.from_pretrained(directory).to(device or "cpu")

@@ -9,7 +9,18 @@ import inspect
 
 from torch import nn
 
-from .families import ADAPTERS, DETECTION_FAMILIES, GENERAL_FAMILIES, REFUSED_FAMILIES, SUPPORTED_FAMILIES
+from .families import (
+    ADAPTERS,
+    DETECTION_FAMILIES,
+    GENERAL_FAMILIES,
+    GENERAL_SEGMENTATION_FAMILIES,
+    REFUSED_FAMILIES,
+    REFUSED_SEGMENTATION_CLASSES,
+    SEGMENTATION_ADAPTERS,
+    SUPPORTED_FAMILIES,
+    segmentation_class_names,
+    segmentation_family,
+)
 
 # Why a model class of a supported family other than its `model_class` cannot be a PruneFuse dense model,
 # by how the class name ends (first match wins, so the longer endings come first).
@@ -116,7 +127,9 @@ def refused_model_classes() -> dict[str, tuple[str, ...]]:
     classification families, then object detection ones)."""
     return {
         model_type: tuple(
-            name for name in family_model_classes(model_type) if name != ADAPTERS[model_type].model_class
+            name
+            for name in family_model_classes(model_type)
+            if name != ADAPTERS[model_type].model_class and name not in segmentation_class_names()
         )
         for model_type in SUPPORTED_FAMILIES + DETECTION_FAMILIES
     }
@@ -163,6 +176,9 @@ def check_supported_model(model: nn.Module, *, pruning_ratio: float | None = Non
             f"{class_name} is not a transformers model (it has no config with a model_type), so it cannot be a "
             "PruneFuse dense model. Use an HF image classifier such as ResNetForImageClassification."
         )
+    if class_name.endswith("ForSemanticSegmentation"):
+        _check_segmentation_model(model, model_type, pruning_ratio)
+        return
     adapter = ADAPTERS.get(model_type)
     if adapter is None:
         to_prune = pruning_ratio is None or pruning_ratio > 0
@@ -196,6 +212,58 @@ def check_supported_model(model: nn.Module, *, pruning_ratio: float | None = Non
         f"{reason}. Use {adapter.model_class} instead: pass the checkpoint's Hub id or directory (prunefuse-hf "
         f"loads it as {adapter.model_class}; the encoder weights load and the classification head is trained by the "
         f"run), or load it yourself with `{adapter.model_class}.from_pretrained(...)`."
+    )
+
+
+# ----- semantic segmentation -----
+
+
+def segmentation_classes(model_type: str) -> tuple[str, ...]:
+    """The classes `AutoModelForSemanticSegmentation` maps `model_type` to (empty when it has none)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
+
+    classes = MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.get(model_type, ())
+    return tuple(classes) if isinstance(classes, (list, tuple)) else (classes,)
+
+
+def is_segmentation_plan(plan) -> bool:
+    """Whether a plan's dense model is a semantic-segmentation model (its surrogate reloads with
+    `AutoModelForSemanticSegmentation`)."""
+    return bool(plan.model_class) and plan.model_class in segmentation_classes(plan.model_type)
+
+
+def plan_model_class_name(plan) -> str:
+    """The class a plan's surrogate is rebuilt as: the dense segmentation class, else the family's classifier."""
+    return plan.model_class if is_segmentation_plan(plan) else classifier_class_name(plan.model_type)
+
+
+def _describe_segmentation_support() -> str:
+    names = []
+    for entry in [*SEGMENTATION_ADAPTERS.values(), *GENERAL_SEGMENTATION_FAMILIES.values()]:
+        backbone = getattr(entry, "backbone_type", None)
+        names.append(f"{entry.model_class}{f' ({backbone} backbone)' if backbone else ''}")
+    return ", ".join(names)
+
+
+def _check_segmentation_model(model: nn.Module, model_type: str, pruning_ratio: float | None) -> None:
+    """A `*ForSemanticSegmentation` model: a registry entry prunes it, or it is refused by name unless the ratio
+    is 0 (the dense model selects for itself, which any trainable segmentation model of transformers can)."""
+    class_name = type(model).__name__
+    if class_name not in segmentation_classes(model_type) and segmentation_family(model) is None:
+        raise ValueError(
+            f"{class_name} (model_type '{model_type}') is not a semantic-segmentation model of transformers, so it "
+            f"cannot be a PruneFuse dense model. Use one of: {_describe_segmentation_support()}."
+        )
+    if pruning_ratio == 0 or (
+        segmentation_family(model) is not None and class_name not in REFUSED_SEGMENTATION_CLASSES
+    ):
+        return
+    backbone = getattr(getattr(model.config, "backbone_config", None), "model_type", None)
+    what = f"{class_name} (model_type '{model_type}'{f', {backbone} backbone' if backbone else ''})"
+    reason = REFUSED_SEGMENTATION_CLASSES.get(class_name, "no tested pruning rule covers it")
+    raise NotImplementedError(
+        f"{what} cannot be pruned: {reason}. Use pruning_ratio: 0 (the dense model selects for itself) to run "
+        f"PruneFuse with it, or a segmentation model that prunes: {_describe_segmentation_support()}."
     )
 
 
@@ -255,12 +323,24 @@ def support_table_markdown() -> str:
             f"| {family.name} | `{family.model_type}` | `{family.model_class}` | general (replay) | "
             f"{family.narrows} | {family.keeps} |"
         )
+    # Semantic segmentation (the class-output layers are the per-pixel classifiers; their outputs are kept).
+    for adapter in SEGMENTATION_ADAPTERS.values():
+        rows.append(
+            f"| {adapter.name} | `{adapter.model_type}` | `{adapter.model_class}` | narrowed config | "
+            f"{adapter.narrows} | the head count; `num_labels` (the per-pixel classifiers' outputs) |"
+        )
+    for family in GENERAL_SEGMENTATION_FAMILIES.values():
+        rows.append(
+            f"| {family.name} | `{family.model_type}` | `{family.model_class}` | general (replay) | "
+            f"{family.narrows} | {family.keeps} |"
+        )
     refused = [name for names in refused_model_classes().values() for name in names]
     rows += [
         "",
         "Not prunable (refused by name before a run starts; `pruning_ratio: 0` runs them): "
         + "; ".join(
-            f"`{task_model_classes(model_type)[0]}`: {why}" for model_type, why in REFUSED_FAMILIES.items()
+            [f"`{task_model_classes(model_type)[0]}`: {why}" for model_type, why in REFUSED_FAMILIES.items()]
+            + [f"`{name}`: {why}" for name, why in REFUSED_SEGMENTATION_CLASSES.items()]
         )
         + ".",
         "",

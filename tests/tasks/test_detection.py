@@ -490,3 +490,30 @@ def test_synthetic_pool_is_seeded():
     assert any(len(objects["bbox"]) == 0 for objects in empty["objects"])
     with pytest.raises(ValueError, match="must fit"):
         synthetic_detection_pool(1, items=items, image_size=16, scales=(32,))
+
+
+def test_the_stock_trainer_trains_and_evaluates_a_detector_through_the_task(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    pool = synthetic_detection_pool(16, items=items_dataset(), image_size=48, scales=(16, 24), seed=0)
+    image_processor = processor(32)
+    prepared = pool.with_transform(DETECTION.prepare(image_processor))
+    model = tiny_detr(num_labels=3)
+    before = [p.detach().clone() for p in model.parameters()]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=8, num_train_epochs=1,
+        learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no", **DETECTION.training_arguments,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=prepared,
+        eval_dataset=prepared,
+        data_collator=DETECTION.collate,
+        compute_metrics=DETECTION.compute_metrics(image_processor, class_names=detection_class_names(pool)),
+    )
+    trainer.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    metrics = trainer.evaluate()
+    assert {"eval_map", "eval_map_50", "eval_map_0", "eval_map_2"} <= set(metrics)
+    assert 0.0 <= metrics["eval_map"] <= 1.0

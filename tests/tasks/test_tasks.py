@@ -130,3 +130,37 @@ def test_lower_packages_never_import_tasks():
     for package in ("data", "pruning", "selection", "annotation", "utils", "metrics"):
         for file in (root / package).rglob("*.py"):
             assert not pattern.search(file.read_text()), f"{file} imports tasks/"
+
+
+# Examples that need nothing outside the test (the Task and synthetic pool examples read Fashion-MNIST).
+SELF_CONTAINED_EXAMPLES = [
+    "prunefuse_hf.tasks",
+    "prunefuse_hf.tasks.get_task",
+    "prunefuse_hf.tasks.task_for_model",
+    "prunefuse_hf.tasks.detection.prepare_detection",
+    "prunefuse_hf.tasks.detection_data.convert_bbox",
+    "prunefuse_hf.tasks.detection_data.validate_detection_dataset",
+    "prunefuse_hf.tasks.detection_metrics.mean_average_precision",
+]
+
+
+@pytest.mark.parametrize("qualified_name", SELF_CONTAINED_EXAMPLES)
+def test_examples_run(qualified_name):
+    import doctest
+    import importlib
+    import inspect
+
+    try:
+        module = obj = importlib.import_module(qualified_name)
+    except ImportError:
+        module_name, name = qualified_name.rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        obj = getattr(module, name)
+    doc = "\n".join(
+        "" if line.strip().startswith("```") else line for line in inspect.getdoc(obj).splitlines()
+    )
+    test = doctest.DocTestParser().get_doctest(doc, dict(vars(module)), qualified_name, None, 0)
+    assert test.examples
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    assert runner.failures == 0, qualified_name

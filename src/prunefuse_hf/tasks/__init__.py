@@ -47,8 +47,22 @@ def get_task(name: str) -> Task:
     """
     The task named `name` (a `pipeline()` task name).
 
+    Args:
+        name (`str` or [`Task`]): `image-classification` or `object-detection` (a `Task` is returned as is).
+
+    Returns:
+        [`Task`]
+
     Raises:
         `ValueError`: an unknown name (the known ones are listed).
+
+    Example:
+
+    ```python
+    >>> task = get_task("object-detection")
+    >>> task.columns, task.label_studio_tag, task.metric_names[0]
+    (('image', 'objects'), 'RectangleLabels', 'map')
+    ```
     """
     if isinstance(name, Task):
         return name
@@ -71,6 +85,14 @@ def task_for_model(model_or_config) -> Task:
 
     Raises:
         `ValueError`: no task, or several, claim the model (then set `task:` to one of them).
+
+    Example:
+
+    ```python
+    >>> from transformers import ResNetConfig, YolosConfig
+    >>> task_for_model(YolosConfig()).name, task_for_model(ResNetConfig()).name
+    ('object-detection', 'image-classification')
+    ```
     """
     config = getattr(model_or_config, "config", None) if not isinstance(model_or_config, type) else None
     if isinstance(model_or_config, type):

@@ -15,6 +15,7 @@ from .detection_data import (
     OBJECTS_COLUMN,
     convert_bbox,
     detection_class_names,
+    objects_as_columns,
     validate_detection_dataset,
 )
 from .detection_metrics import detection_compute_metrics
@@ -54,6 +55,7 @@ def prepare_detection(
     Example:
 
     ```python
+    >>> import PIL.Image
     >>> from transformers import DetrImageProcessorPil
     >>> transform = prepare_detection(DetrImageProcessorPil(size={"height": 64, "width": 64}))
     >>> batch = transform({"image": [PIL.Image.new("RGB", (80, 60))],
@@ -85,9 +87,9 @@ def detection_annotation(
 ) -> dict:
     """One image's objects as the COCO-detection annotation an image processor takes: `{"image_id", "annotations":
     [{"bbox" (COCO px, clipped to the image), "category_id", "area", "iscrowd"}]}`."""
-    objects = objects or {}
+    objects = objects_as_columns(objects)
     width, height = image_size
-    boxes = convert_bbox(objects.get(BBOX_KEY) or np.zeros((0, 4)), bbox_format, "pascal_voc", image_size)
+    boxes = convert_bbox(objects[BBOX_KEY], bbox_format, "pascal_voc", image_size)
     boxes = np.clip(boxes, 0, [width, height, width, height])
     boxes = convert_bbox(boxes, "pascal_voc", "coco")
     annotations = [
@@ -97,7 +99,7 @@ def detection_annotation(
             "area": float(box[2] * box[3]),
             "iscrowd": 0,
         }
-        for box, category in zip(boxes, objects.get(CATEGORY_KEY) or [])
+        for box, category in zip(boxes, objects[CATEGORY_KEY])
     ]
     return {"image_id": int(image_id), "annotations": annotations}
 

@@ -193,11 +193,8 @@ def validate_detection_dataset(
 
 def _row_problems(index: int, row, size: tuple[int, int], names: list[str], bbox_format: str) -> list[str]:
     where = f"pool index {index}"
-    if row is None:
-        return []
-    if isinstance(row, list):  # a list of per-object dicts instead of a dict of lists
-        row = {BBOX_KEY: [o.get(BBOX_KEY) for o in row], CATEGORY_KEY: [o.get(CATEGORY_KEY) for o in row]}
-    boxes, categories = row.get(BBOX_KEY) or [], row.get(CATEGORY_KEY) or []
+    row = objects_as_columns(row)
+    boxes, categories = row[BBOX_KEY], row[CATEGORY_KEY]
     if len(boxes) != len(categories):
         return [f"{where}: {len(boxes)} boxes but {len(categories)} categories; give one category per box"]
     width, height = size
@@ -231,6 +228,24 @@ def _row_problems(index: int, row, size: tuple[int, int], names: list[str], bbox
                 f"(0 <= x, 0 <= y, x + width <= {width}, y + height <= {height}) or check bbox_format"
             )
     return problems
+
+
+def objects_as_columns(objects) -> dict[str, list]:
+    """One image's objects as `{"bbox": [...], "category": [...]}`, whether the dataset stores them as a dict of
+    lists (cppe-5) or a list of per-object dicts (`datasets.List({...})`); `None` is no objects."""
+    if objects is None:
+        return {BBOX_KEY: [], CATEGORY_KEY: []}
+    if isinstance(objects, (list, tuple)):
+        return {
+            BBOX_KEY: [item.get(BBOX_KEY) for item in objects],
+            CATEGORY_KEY: [item.get(CATEGORY_KEY) for item in objects],
+        }
+    boxes, categories = objects.get(BBOX_KEY), objects.get(CATEGORY_KEY)
+    return {
+        **objects,
+        BBOX_KEY: [] if boxes is None else list(boxes),
+        CATEGORY_KEY: [] if categories is None else list(categories),
+    }
 
 
 def _is_four_numbers(box) -> bool:
@@ -491,9 +506,9 @@ def coco_json_from_dataset(
         images.append(
             {"id": index, "file_name": file_names[index], "width": int(width), "height": int(height)}
         )
-        row = row or {}
-        boxes = convert_bbox(row.get(BBOX_KEY) or np.zeros((0, 4)), bbox_format, "coco", (width, height))
-        for box, category in zip(boxes, row.get(CATEGORY_KEY) or []):
+        row = objects_as_columns(row)
+        boxes = convert_bbox(row[BBOX_KEY], bbox_format, "coco", (width, height))
+        for box, category in zip(boxes, row[CATEGORY_KEY]):
             annotations.append(
                 {
                     "id": len(annotations) + 1,

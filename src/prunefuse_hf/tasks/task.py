@@ -57,6 +57,23 @@ class Task:
             The metric the model card reports per labeling budget.
         training_arguments (`Mapping[str, object]`):
             `TrainingArguments` values the task needs (e.g. `remove_unused_columns=False` for detection labels).
+
+    Example:
+
+    ```python
+    >>> from transformers import DetrImageProcessorPil, Trainer, TrainingArguments
+    >>> from prunefuse_hf.tasks import get_task, synthetic_detection_pool
+    >>> task = get_task("object-detection")
+    >>> pool = task.validate(synthetic_detection_pool(8, seed=0))
+    >>> processor = DetrImageProcessorPil(size={"height": 96, "width": 96})
+    >>> prepared = pool.with_transform(task.prepare(processor))
+    >>> batch = task.collate([prepared[0], prepared[1]])
+    >>> sorted(batch), tuple(batch["pixel_values"].shape)
+    (['labels', 'pixel_mask', 'pixel_values'], (2, 3, 96, 96))
+    >>> args = TrainingArguments("out", **task.training_arguments)  # doctest: +SKIP
+    >>> trainer = Trainer(model, args, train_dataset=prepared, data_collator=task.collate,  # doctest: +SKIP
+    ...                   compute_metrics=task.compute_metrics(processor, class_names=task.class_names(pool)))
+    ```
     """
 
     name: str

@@ -23,6 +23,7 @@ from .pruning.prune import prune_model
 from .pruning.replay import load_surrogate, save_surrogate
 from .selection.scoring import score_pool
 from .selection.strategies import get_strategy
+from .tasks import Task, get_task, load_detection_dataset, synthetic_detection_pool, task_for_model
 from .trainer.distillation_trainer import DistillationTrainer, compute_accuracy
 from .trainer.prunefuse_config import PruneFuseConfig
 from .trainer.prunefuse_trainer import PruneFuseTrainer
@@ -38,14 +39,17 @@ __all__ = [
     "PruneFuseConfig",
     "PruneFuseTrainer",
     "PruningPlan",
+    "Task",
     "build_image_processor",
     "clear_pixel_caches",
     "compute_accuracy",
     "fuse_into_dense",
     "get_strategy",
+    "get_task",
     "keep_freed_memory",
     "list_pixel_caches",
     "load_image_dataset",
+    "load_detection_dataset",
     "load_subset",
     "load_surrogate",
     "prune_model",
@@ -53,5 +57,7 @@ __all__ = [
     "read_labels",
     "save_surrogate",
     "score_pool",
+    "synthetic_detection_pool",
+    "task_for_model",
     "write_query_batch",
 ]

@@ -330,6 +330,19 @@ def load_detection_dataset(
     Returns:
         `datasets.Dataset`: columns `image`, `objects` (and whatever else the source has; a COCO folder also gives
         `image_id`, `file_name`, `width` and `height`).
+
+    Raises:
+        `ValueError`: a row at fault (see [`validate_detection_dataset`]), or a COCO file naming unknown images or
+            categories.
+
+    Example:
+
+    ```python
+    >>> pool = load_detection_dataset("data/boxes")  # images + one COCO JSON file  # doctest: +SKIP
+    >>> pool = load_detection_dataset("cppe-5", split="train")  # from the Hub  # doctest: +SKIP
+    >>> pool.features["objects"]["category"].feature.names  # doctest: +SKIP
+    ['Coverall', 'Face_Shield', 'Gloves', 'Goggles', 'Mask']
+    ```
     """
     path = Path(path_or_id).expanduser()
     coco_file = _coco_file(path, annotations)

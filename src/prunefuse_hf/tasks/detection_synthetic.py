@@ -35,7 +35,9 @@ def synthetic_detection_pool(
     Build a seeded detection dataset: each RGB canvas (a smooth random gradient plus noise and stripes) holds
     `min_objects`..`max_objects` items drawn from `items` (by default Fashion-MNIST's `split`, from
     `prunefuse_hf.load_image_dataset("fashion_mnist", ...)`), each resized to one of `scales` pixels, tinted, and
-    pasted where it overlaps earlier items by at most `max_overlap` of its area (IoU of their squares).
+    pasted where it overlaps earlier items by at most `max_overlap` of its area (IoU of their squares); an item that
+    finds no such place in 30 tries is left out, so crowded canvases hold fewer items than drawn (with the defaults,
+    about 26/30/29/15 % of the images hold 1/2/3/4 items).
 
     Boxes are the tight COCO `[x, y, width, height]` boxes of the items' visible pixels; categories are the items'
     classes (the `items` label `ClassLabel` names). The same arguments always give the same dataset.

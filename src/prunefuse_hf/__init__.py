@@ -33,6 +33,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "pruning.replay": ["load_surrogate", "save_surrogate"],
         "selection.scoring": ["score_pool"],
         "selection.strategies": ["get_strategy"],
+        "tasks": ["Task", "get_task", "load_detection_dataset", "synthetic_detection_pool", "task_for_model"],
         "trainer.distillation_trainer": ["DistillationTrainer", "compute_accuracy"],
         "trainer.prunefuse_config": ["PruneFuseConfig"],
         "trainer.prunefuse_trainer": ["PruneFuseTrainer"],

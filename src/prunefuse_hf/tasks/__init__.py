@@ -1,0 +1,151 @@
+"""Tasks: what differs between image classification, object detection (and semantic segmentation), behind one
+[`Task`] dataclass; chosen from the model class or by `pipeline()` task name.
+
+Example:
+
+```python
+>>> from transformers import DetrConfig, ResNetConfig
+>>> from prunefuse_hf.tasks import get_task, task_for_model
+>>> get_task("object-detection").auto_model_class
+'AutoModelForObjectDetection'
+>>> task_for_model(DetrConfig(use_timm_backbone=False, backbone_config=ResNetConfig())).name
+'object-detection'
+```
+"""
+
+from __future__ import annotations
+
+from .classification import CLASSIFICATION, classification_image_scores
+from .detection import (
+    AGGREGATIONS,
+    DETECTION,
+    collate_detection,
+    detection_annotation,
+    detection_image_scores,
+    detection_pooled_features,
+    detection_probs,
+    prepare_detection,
+)
+from .detection_data import (
+    BBOX_FORMATS,
+    coco_json_from_dataset,
+    convert_bbox,
+    dataset_from_coco_json,
+    detection_class_names,
+    detection_features,
+    load_detection_dataset,
+    validate_detection_dataset,
+)
+from .detection_metrics import detection_compute_metrics, mean_average_precision
+from .detection_synthetic import synthetic_detection_pool
+from .task import Task
+
+TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, DETECTION)}
+
+
+def get_task(name: str) -> Task:
+    """
+    The task named `name` (a `pipeline()` task name).
+
+    Args:
+        name (`str` or [`Task`]): `image-classification` or `object-detection` (a `Task` is returned as is).
+
+    Returns:
+        [`Task`]
+
+    Raises:
+        `ValueError`: an unknown name (the known ones are listed).
+
+    Example:
+
+    ```python
+    >>> task = get_task("object-detection")
+    >>> task.columns, task.label_studio_tag, task.metric_names[0]
+    (('image', 'objects'), 'RectangleLabels', 'map')
+    ```
+    """
+    if isinstance(name, Task):
+        return name
+    if name not in TASKS:
+        raise ValueError(f"Unknown task {name!r}; the tasks are {sorted(TASKS)}.")
+    return TASKS[name]
+
+
+def task_for_model(model_or_config) -> Task:
+    """
+    The task of a model, a config or a model class, inferred as `pipeline()` does: from the model's class name
+    (`DetrForObjectDetection` -> `object-detection`), else the config's `architectures`, else its `model_type` in
+    the Auto classes' mappings (`AutoModelForObjectDetection` -> `object-detection`).
+
+    Args:
+        model_or_config: A `PreTrainedModel`, a model class, or a `PretrainedConfig`.
+
+    Returns:
+        [`Task`]
+
+    Raises:
+        `ValueError`: no task, or several, claim the model (then set `task:` to one of them).
+
+    Example:
+
+    ```python
+    >>> from transformers import ResNetConfig, YolosConfig
+    >>> task_for_model(YolosConfig()).name, task_for_model(ResNetConfig()).name
+    ('object-detection', 'image-classification')
+    ```
+    """
+    config = getattr(model_or_config, "config", None) if not isinstance(model_or_config, type) else None
+    if isinstance(model_or_config, type):
+        class_names = [model_or_config.__name__]
+    elif config is not None:
+        class_names = [type(model_or_config).__name__]
+    else:
+        config = model_or_config
+        class_names = list(getattr(config, "architectures", None) or [])
+    for class_name in class_names:
+        found = [task for task in TASKS.values() if class_name.endswith(task.class_suffix)]
+        found = found or [task for task in TASKS.values() if class_name in task.model_types().values()]
+        if len(found) == 1:
+            return found[0]
+    model_type = getattr(config, "model_type", None) if config is not None else None
+    found = [task for task in TASKS.values() if model_type is not None and model_type in task.model_types()]
+    if len(found) == 1:
+        return found[0]
+    what = class_names[0] if class_names else f"model type {model_type!r}"
+    if found:
+        raise ValueError(
+            f"{what} serves several tasks ({[task.name for task in found]}); set `task` to the one you mean."
+        )
+    raise ValueError(
+        f"No task handles {what}: prunefuse-hf runs {sorted(TASKS)} with the models of "
+        f"{[task.auto_model_class for task in TASKS.values()]}. Set `task`, or use one of those models."
+    )
+
+
+__all__ = [
+    "AGGREGATIONS",
+    "BBOX_FORMATS",
+    "CLASSIFICATION",
+    "DETECTION",
+    "TASKS",
+    "Task",
+    "classification_image_scores",
+    "coco_json_from_dataset",
+    "collate_detection",
+    "convert_bbox",
+    "dataset_from_coco_json",
+    "detection_annotation",
+    "detection_class_names",
+    "detection_compute_metrics",
+    "detection_features",
+    "detection_image_scores",
+    "detection_pooled_features",
+    "detection_probs",
+    "get_task",
+    "load_detection_dataset",
+    "mean_average_precision",
+    "prepare_detection",
+    "synthetic_detection_pool",
+    "task_for_model",
+    "validate_detection_dataset",
+]

@@ -1,0 +1,117 @@
+"""What a task (image classification, object detection, semantic segmentation) says, as one frozen dataclass.
+
+The method never asks which task it runs: the trainer, the CLI and the Hub code call the task's functions. Each
+task module under `tasks/` builds one `Task` from its own functions; the lower packages (data, pruning,
+selection, annotation) never import `tasks/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class Task:
+    """
+    One task of the package, described by its functions.
+
+    Args:
+        name (`str`):
+            The `pipeline()` task name: `image-classification`, `object-detection`, `image-segmentation`.
+        auto_model_class (`str`):
+            Name of the transformers Auto class of its models (`AutoModelForObjectDetection`); see [`model_class`].
+        model_mapping (`str`):
+            Name of the transformers mapping from model type to model class of that Auto class
+            (`MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES`), used to infer the task from a model or config.
+        columns (`tuple[str, ...]`):
+            The dataset columns it reads, by default name (`("image", "objects")`).
+        validate (`Callable`):
+            `validate(dataset, **column_options) -> dataset`: checks the dataset before any work, raising
+            `ValueError` naming the pool index, the value and the fix.
+        class_names (`Callable`):
+            `class_names(dataset, column, given=None) -> list[str]`: the class names of a dataset.
+        prepare (`Callable`):
+            `prepare(image_processor, **options)`: what turns the dataset's rows into model inputs with the model's
+            image processor (with the annotations, where the task has them).
+        collate (`Callable`):
+            `collate(examples: list[dict]) -> dict`: the batch the model takes (the Trainer's `data_collator`).
+        image_scores (`Callable`):
+            `image_scores(outputs, measure, **options) -> Tensor[B]`: per-image acquisition scores that the
+            strategies rank, from the model's outputs, for `measure` in `least_confidence` / `entropy` / `margin`;
+            higher means "pick first".
+        pooled_features (`Callable`, *optional*):
+            `pooled_features(outputs) -> Tensor[B, D]`: the features of the diversity strategies. `None`: read inside
+            the model by `selection.score_pool` (the classifier's input).
+        compute_metrics (`Callable`, *optional*):
+            A factory: `compute_metrics(image_processor=..., class_names=...) -> Callable[[EvalPrediction], dict]`
+            for the `Trainer`. `None`: the trainer's default (classification accuracy).
+        metric_names (`tuple[str, ...]`):
+            Keys the metric returns; the first is the headline number (`accuracy`, `map`).
+        annotation_formats (`tuple[str, ...]`):
+            The label files it writes for annotators and reads back.
+        label_studio_tag (`str`):
+            The Label Studio control tag of its labeling config (`Choices`, `RectangleLabels`, `BrushLabels`).
+        card_metric (`str`):
+            The metric the model card reports per labeling budget.
+        training_arguments (`Mapping[str, object]`):
+            `TrainingArguments` values the task needs (e.g. `remove_unused_columns=False` for detection labels).
+
+    Example:
+
+    ```python
+    >>> from transformers import DetrImageProcessorPil, Trainer, TrainingArguments
+    >>> from prunefuse_hf.tasks import get_task, synthetic_detection_pool
+    >>> task = get_task("object-detection")
+    >>> pool = task.validate(synthetic_detection_pool(8, seed=0))
+    >>> processor = DetrImageProcessorPil(size={"height": 96, "width": 96})
+    >>> prepared = pool.with_transform(task.prepare(processor))
+    >>> batch = task.collate([prepared[0], prepared[1]])
+    >>> sorted(batch), tuple(batch["pixel_values"].shape)
+    (['labels', 'pixel_mask', 'pixel_values'], (2, 3, 96, 96))
+    >>> args = TrainingArguments("out", **task.training_arguments)  # doctest: +SKIP
+    >>> trainer = Trainer(model, args, train_dataset=prepared, data_collator=task.collate,  # doctest: +SKIP
+    ...                   compute_metrics=task.compute_metrics(processor, class_names=task.class_names(pool)))
+    ```
+    """
+
+    name: str
+    auto_model_class: str
+    model_mapping: str
+    columns: tuple[str, ...]
+    validate: Callable
+    class_names: Callable
+    prepare: Callable
+    collate: Callable
+    image_scores: Callable
+    pooled_features: Callable | None = None
+    compute_metrics: Callable | None = None
+    metric_names: tuple[str, ...] = ()
+    annotation_formats: tuple[str, ...] = ()
+    label_studio_tag: str = ""
+    card_metric: str = ""
+    training_arguments: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "training_arguments", MappingProxyType(dict(self.training_arguments)))
+
+    def model_class(self):
+        """The transformers Auto class of the task's models (e.g. `transformers.AutoModelForObjectDetection`)."""
+        import transformers
+
+        return getattr(transformers, self.auto_model_class)
+
+    def model_types(self) -> Mapping[str, str]:
+        """Model type -> model class name of the task's models (transformers' mapping)."""
+        from transformers.models.auto import modeling_auto
+
+        return getattr(modeling_auto, self.model_mapping)
+
+    @property
+    def class_suffix(self) -> str:
+        """Suffix of the task's model class names (`ForObjectDetection`)."""
+        return self.auto_model_class.removeprefix("AutoModel")
+
+    def __repr__(self) -> str:
+        return f"Task(name={self.name!r}, auto_model_class={self.auto_model_class!r})"

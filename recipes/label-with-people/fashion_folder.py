@@ -1,8 +1,8 @@
 """The labeling flow offline, on a folder of unlabeled images: this script plays the data owner and the annotator.
 
     python recipes/label-with-people/fashion_folder.py make        # the folder of unlabeled images + the answer key
-    python recipes/label-with-people/fashion_folder.py annotate runs/label-with-people/run/queries/round_1
-    python recipes/label-with-people/fashion_folder.py evaluate runs/label-with-people/run/fused
+    python recipes/label-with-people/fashion_folder.py annotate runs/label-with-people/prunefuse/queries/round_1
+    python recipes/label-with-people/fashion_folder.py evaluate runs/label-with-people/prunefuse/fused
 
 `make` writes Fashion-MNIST training images (from the Debian package `dataset-fashion-mnist`, no network) as PNG
 files into one flat folder, with no class sub-folders (so the pool has no labels), and keeps their true classes in

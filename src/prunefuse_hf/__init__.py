@@ -18,7 +18,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "annotation.queries": ["write_query_batch"],
         "annotation.readers": ["read_labels"],
         "annotation.store": ["LabelStore"],
-        "constants": ["VERSION"],
         "data.image_processor": ["build_image_processor"],
         "data.loading": ["load_image_dataset"],
         "data.pixel_cache": ["clear_pixel_caches", "list_pixel_caches"],

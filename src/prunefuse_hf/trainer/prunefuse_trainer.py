@@ -29,6 +29,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
+    PretrainedConfig,
     PreTrainedModel,
     Trainer,
     TrainerCallback,
@@ -170,6 +171,7 @@ class PruneFuseTrainer(Trainer):
     ):
         args = _as_config(args)
         configure_package_logging(args)
+        _check_trained_task(model)
         # ---- every check that can run before anything is built or written ----
         if isinstance(model, (str, os.PathLike)):
             check_hub_model("model", model)  # a Hub id the Hub cannot serve: refused now, not after retries
@@ -641,6 +643,29 @@ def _main_process_first(args):
 
     state = PartialState(cpu=args.use_cpu)
     return state.main_process_first() if state.num_processes > 1 else contextlib.nullcontext()
+
+
+def _check_trained_task(model) -> None:
+    """Refuse, before any work, a model of a task the run does not train end to end yet (object detection, semantic
+    segmentation): their pruning and fusion work from Python (`prune_model`, `fuse_into_dense`), and `get_task`
+    gives their data, scores and metric, but the run's pool, labels and inner training are image classification's."""
+    from transformers.models.auto import modeling_auto
+
+    class_name = type(model).__name__ if isinstance(model, PreTrainedModel) else None
+    if class_name is None and isinstance(model, PretrainedConfig):
+        class_name = (model.architectures or [None])[0]
+    other_tasks = {
+        "object-detection": modeling_auto.MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES,
+        "image-segmentation": modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
+    }
+    for task, mapping in other_tasks.items():
+        if class_name in set(mapping.values()):
+            raise ValueError(
+                f"{class_name} is a {task} model: PruneFuseTrainer and `prunefuse-hf run` train image classifiers "
+                f"only for now. Its pruning and fusion work from Python (prune_model, fuse_into_dense, "
+                f"load_surrogate), and prunefuse_hf.get_task gives the task's data checks, scores and metric where it "
+                "has one; for a run, use an *ForImageClassification model."
+            )
 
 
 def _check_trainable(dense: PreTrainedModel, input_shape: tuple, args: PruneFuseConfig) -> None:

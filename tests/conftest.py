@@ -59,6 +59,17 @@ def make_image_dataset(num_examples=64, num_classes=4, size=16, mode="L", seed=0
     return Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
 
 
+def unlabeled_image_folder(root, num_images=60, seed=0):
+    """A flat folder of images (no class sub-folders, so no label column) and the class a person sees in each file."""
+    dataset = make_image_dataset(num_images, num_classes=4, size=16, mode="RGB", seed=seed)
+    root.mkdir(parents=True)
+    truth = {}
+    for i, row in enumerate(dataset):
+        row["image"].save(root / f"img_{i:03d}.png")
+        truth[f"img_{i:03d}.png"] = row["label"]
+    return truth
+
+
 @pytest.fixture
 def image_dataset():
     return make_image_dataset()

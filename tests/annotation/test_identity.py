@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from conftest import make_image_dataset
+from conftest import make_image_dataset, snapshot, unlabeled_image_folder
 from prunefuse_hf.annotation.identity import check_references, file_names, query_images
 from prunefuse_hf.annotation.labels import LabelBatch, LabelError
 from prunefuse_hf.annotation.readers import read_labels
@@ -24,25 +24,10 @@ from prunefuse_hf.data.images import image_identities
 CLASSES = ["circle", "cross", "square", "triangle"]
 
 
-def _folder(root: Path, num_images: int = 24, seed: int = 0) -> dict:
-    """A flat folder of unlabeled images; the class a person sees in each file."""
-    dataset = make_image_dataset(num_images, num_classes=4, size=16, mode="RGB", seed=seed)
-    root.mkdir(parents=True)
-    truth = {}
-    for i, row in enumerate(dataset):
-        row["image"].save(root / f"img_{i:03d}.png")
-        truth[f"img_{i:03d}.png"] = row["label"]
-    return truth
-
-
-def _snapshot(path: Path) -> dict:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture
 def waiting(tmp_path, capsys):
     """`prunefuse-hf run` on an image folder, stopped at its first query (8 images); the labels a person gives."""
-    truth = _folder(tmp_path / "images")
+    truth = unlabeled_image_folder(tmp_path / "images", num_images=24)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"""
 model_config: {{model_type: resnet, num_channels: 3, embedding_size: 8, hidden_sizes: [8, 16], depths: [1, 1]}}
@@ -108,13 +93,13 @@ CHANGES = {
 def test_label_refuses_labels_for_a_pool_that_changed_under_the_query(waiting, capsys, change):
     run_dir, recipe, labeled, queried, images = waiting
     _change(images, change, queried)
-    before = _snapshot(run_dir)
+    before = snapshot(run_dir)
     assert main(["label", str(run_dir), "--labels", str(labeled)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert re.search(CHANGES[change], err), err
     assert "Restore the pool (its folder) as it was" in err and "start a new run" in err
-    assert _snapshot(run_dir) == before
+    assert snapshot(run_dir) == before
 
 
 @pytest.mark.parametrize("change", list(CHANGES))
@@ -171,7 +156,7 @@ def test_an_export_of_other_images_with_matching_pool_indices_is_refused(
             task["data"] = {**right["data"], reference: task["data"][reference]}
     path = tmp_path / "other_project.json"
     path.write_text(json.dumps(export))
-    before = _snapshot(run_dir)
+    before = snapshot(run_dir)
     assert main(["label", str(run_dir), "--labels", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and str(path) in err, err
@@ -181,7 +166,7 @@ def test_an_export_of_other_images_with_matching_pool_indices_is_refused(
     )
     assert {"all": "file_name 'img_", "file_name": "file_name 'img_", "image_path": "image_path '",
             "image": "an image (its data: URI) with other pixels"}[reference] in err  # fmt: skip
-    assert _snapshot(run_dir) == before
+    assert snapshot(run_dir) == before
     # The export of this run's own tasks is accepted.
     path.write_text(json.dumps(_export(run_dir, labeled, rotate=False)))
     assert main(["label", str(run_dir), "--labels", str(path)]) == 0
@@ -205,7 +190,7 @@ def test_python_add_labels_checks_the_trainers_pool(tmp_path):
     from conftest import tiny_resnet_config
     from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
 
-    truth = _folder(tmp_path / "images", num_images=20)
+    truth = unlabeled_image_folder(tmp_path / "images", num_images=20)
     pool = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "images"), split="train")
     args = PruneFuseConfig(output_dir=str(tmp_path / "run"), annotation="human", class_names=CLASSES,
                            initial_labeled_size=6, query_size=4, num_rounds=1, num_train_epochs=1,

@@ -17,7 +17,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image as PILImage
 
-from conftest import CLASS_NAMES, INDICES, LABELS, NAMES, POOL_SIZE, make_image_dataset, snapshot, write_csv
+from conftest import (
+    CLASS_NAMES,
+    INDICES,
+    LABELS,
+    NAMES,
+    POOL_SIZE,
+    make_image_dataset,
+    snapshot,
+    unlabeled_image_folder,
+    write_csv,
+)
 from prunefuse_hf.annotation.labels import LabelBatch, LabelError
 from prunefuse_hf.annotation.oracle import oracle_labels
 from prunefuse_hf.annotation.queries import read_query_indices, write_query_batch
@@ -425,28 +435,13 @@ else:  # a Label Studio JSON export of the tasks it was given
 """
 
 
-def _unlabeled_folder(root, num_images=60, seed=0):
-    """A flat folder of images (no class sub-folders, so no label column) and the truth a person would see."""
-    dataset = make_image_dataset(num_images, num_classes=4, size=16, mode="RGB", seed=seed)
-    root.mkdir(parents=True)
-    truth = {}
-    for i, row in enumerate(dataset):
-        row["image"].save(root / f"img_{i:03d}.png")
-        truth[f"img_{i:03d}.png"] = row["label"]
-    return truth
-
-
-def _run_directory_bytes(path):
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
 def test_unlabeled_folder_to_fused_model_with_a_scripted_annotator(tmp_path, capsys):
     import subprocess
     import sys
 
     from prunefuse_hf.cli.main import main
 
-    truth = _unlabeled_folder(tmp_path / "images")
+    truth = unlabeled_image_folder(tmp_path / "images")
     (tmp_path / "truth.json").write_text(json.dumps(truth))
     (tmp_path / "annotator.py").write_text(ANNOTATOR)
     recipe = tmp_path / "recipe.yaml"
@@ -482,9 +477,9 @@ output_dir: {tmp_path / "run"}
         assert main(["label", str(run_dir), "--labels", str(labels_file)]) == 0
         assert "next: prunefuse-hf run" in capsys.readouterr().out
         # The same labels a second time change nothing.
-        before = _run_directory_bytes(run_dir)
+        before = snapshot(run_dir)
         assert main(["label", str(run_dir), "--labels", str(labels_file)]) == 0
-        assert _run_directory_bytes(run_dir) == before
+        assert snapshot(run_dir) == before
     assert main(["run", "--config", str(recipe), "--resume"]) == 0
     assert f"fused model: {run_dir / 'fused'}" in capsys.readouterr().out
 
@@ -505,7 +500,7 @@ def waiting_run(tmp_path):
     """A human-annotation run stopped at its first query (12 images)."""
     from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
 
-    truth = _unlabeled_folder(tmp_path / "images", num_images=40)
+    truth = unlabeled_image_folder(tmp_path / "images", num_images=40)
     pool = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "images"), split="train")
     args = PruneFuseConfig(output_dir=str(tmp_path / "run"), annotation="human", class_names=CLASSES,
                            initial_labeled_size=12, query_size=8, num_rounds=1, num_train_epochs=1,
@@ -558,12 +553,12 @@ def test_refused_labels_leave_the_run_directory_byte_identical(waiting_run, tmp_
         path.write_text("image,what\na.png,cat\n")
     else:
         _write_csv(path, bad[case])
-    before = _run_directory_bytes(run_dir)
+    before = snapshot(run_dir)
     assert main(["label", str(run_dir), "--labels", str(path)]) == 2
     error = capsys.readouterr().err
     assert re.search(message, error, flags=re.IGNORECASE | re.DOTALL), error
     assert "Traceback" not in error
-    assert _run_directory_bytes(run_dir) == before
+    assert snapshot(run_dir) == before
 
 
 def test_partial_labels_continue_with_the_labeled_part_and_the_rest_stays_in_the_pool(waiting_run, tmp_path):

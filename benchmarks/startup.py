@@ -48,7 +48,7 @@ def measure(command: list[str], repeats: int) -> dict:
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         seconds.append(time.perf_counter() - started)
-        if TORCH_PROBE in command[-1] or any(TORCH_PROBE in part for part in command):
+        if any(TORCH_PROBE in part for part in command):
             torch_imported = done.stderr.strip().splitlines()[-1] == "True"
     return {
         "seconds": min(seconds),

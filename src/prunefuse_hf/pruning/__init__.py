@@ -15,7 +15,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "GENERAL_FAMILIES",
             "GeneralFamily",
             "REFUSED_FAMILIES",
-            "attention_heads",
             "example_pixel_values",
             "get_family_adapter",
             "scaled_width",

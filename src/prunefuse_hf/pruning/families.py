@@ -490,21 +490,6 @@ def get_family_adapter(config) -> FamilyAdapter:
     return ADAPTERS[model_type]
 
 
-def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """`{projection: number of heads}` for the query/key/value projections of every attention module.
-
-    Found by attribute (an attention module holds `num_attention_heads` and `q_proj`/`k_proj`/`v_proj`),
-    not by path, so it follows the modeling code of the installed transformers.
-    """
-    heads = {}
-    for module in model.modules():
-        count = getattr(module, "num_attention_heads", None)
-        if isinstance(count, int) and all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj")):
-            for projection in ("q_proj", "k_proj", "v_proj"):
-                heads[getattr(module, projection)] = count
-    return heads
-
-
 def model_image_size(model: nn.Module) -> int | tuple[int, int] | None:
     """The input size a model is built for: its config's `image_size` (the vision config's for CLIP and SigLIP), or
     for a timm model the size its patch embedding was built for, else its pretrained config's; `None` when none."""

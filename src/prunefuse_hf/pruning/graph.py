@@ -243,28 +243,41 @@ def pass_channels_through(node) -> None:
                 dep.index_mapping[0] = None
 
 
-def unmap_channels_last_slices(graph) -> None:
+def unmap_channels_last_slices(graph, *, channels_last: bool = False) -> None:
     """Make spatial slices of (batch, height, width, channels) tensors leave channel indices alone.
 
     Torch-Pruning reads a slice of dim 1 of a 4-d tensor as a channel slice (right for NCHW); Swin's patch
     merging slices rows and columns of channels-last tensors, and its 4 x C concatenation would then be only
-    partly pruned. A dim-1 slice is spatial when dim 1 differs from the producer's channel count and the last
-    dim equals it (blind when height == channels).
+    partly pruned. Both pruning paths use this rule.
+
+    Args:
+        graph (`torch_pruning.DependencyGraph`): The built graph, changed in place.
+        channels_last (`bool`, *optional*, defaults to `False`): The model is known to hold channels last (a
+            `FamilyAdapter` says so): every slice not along the last dim is spatial. Otherwise (the general path)
+            a dim-1 slice of a 4-d tensor is spatial when dim 1 differs from the producer's channel count and the
+            last dim equals it (blind when height == channels).
     """
     for node in graph.module2node.values():
         if node.type != tp.ops.OPTYPE.SLICE:
             continue
         sizes = list(node.grad_fn._saved_self_sym_sizes)
-        if len(sizes) != 4 or node.module.dim % 4 != 1:
-            continue
-        channels = None
-        for source in node.inputs:
-            channels = tp_shape_infer.infer_out_channels_recursively(graph, source, [0])
-            if channels is not None:
-                break
-        if channels is None or int(sizes[1]) == channels or int(sizes[-1]) != channels:
-            continue
-        pass_channels_through(node)
+        if channels_last:
+            spatial = node.module.dim % len(sizes) != len(sizes) - 1
+        else:
+            spatial = _is_spatial_dim1_slice(graph, node, sizes)
+        if spatial:
+            pass_channels_through(node)
+
+
+def _is_spatial_dim1_slice(graph, node, sizes: list) -> bool:
+    if len(sizes) != 4 or node.module.dim % 4 != 1:
+        return False
+    channels = None
+    for source in node.inputs:
+        channels = tp_shape_infer.infer_out_channels_recursively(graph, source, [0])
+        if channels is not None:
+            break
+    return channels is not None and int(sizes[1]) != channels and int(sizes[-1]) == channels
 
 
 def _update_concat_index_mapping(graph, cat_node) -> None:

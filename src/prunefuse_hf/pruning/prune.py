@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import numbers
 from collections import defaultdict
 
 import torch
@@ -24,49 +22,20 @@ from torch import nn
 from transformers.utils import logging
 
 from ..constants import IMPORTANCES, PIXEL_VALUES, PRUNING_PATH_REPLAY
+from ..utils.checks import validate_pruning_ratio
 from .families import (
     ADAPTERS,
     GeneralFamily,
-    attention_heads,
     example_pixel_values,
     segmentation_family,
 )
-from .graph import WRAPPED_MODULES, pass_channels_through
+from .graph import WRAPPED_MODULES, head_projections, unmap_channels_last_slices
 from .plan import PruningPlan, config_hash
 from .replay import kept_indices_by_replay, prune_general, trace_inputs
 from .roles import backbone_modules, feature_map_consumers, kept_indices_by_roles, unfreeze_batch_norms
 from .support import check_supported_model
 
 logger = logging.get_logger(__name__)
-
-
-def validate_pruning_ratio(pruning_ratio) -> float:
-    """Return `pruning_ratio` as a float, or raise a `ValueError` saying what is allowed.
-
-    Args:
-        pruning_ratio (`float`): The fraction of every prunable width to remove.
-
-    Returns:
-        `float`: the ratio, in [0, 1).
-
-    Raises:
-        `ValueError`: not a real number (booleans and strings included), NaN, or outside [0, 1).
-
-    Example:
-
-    ```python
-    >>> validate_pruning_ratio(1 / 2)
-    0.5
-    ```
-    """
-    if isinstance(pruning_ratio, bool) or not isinstance(pruning_ratio, numbers.Real):
-        raise ValueError(f"pruning_ratio must be a number in [0, 1), got {pruning_ratio!r}.")
-    if not (0 <= pruning_ratio < 1) or math.isnan(pruning_ratio):
-        raise ValueError(
-            f"pruning_ratio must be in [0, 1), got {pruning_ratio}: it is the fraction of every prunable "
-            "width that is removed (0.5 halves each width; 0 keeps the dense model as its own selector)."
-        )
-    return float(pruning_ratio)
 
 
 def prune_model(
@@ -352,9 +321,9 @@ def _prune_to_widths(
         verbose=False,
     )
     if channels_last:
-        _unmap_spatial_slices(graph)
+        unmap_channels_last_slices(graph, channels_last=True)
     ignored_layers = [m for layer in ignored_layers for m in layer.modules()]
-    heads = attention_heads(working)
+    heads = head_projections(working)
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     names = recorder.names
     for group in graph.get_all_groups(
@@ -457,23 +426,6 @@ def _narrow_dead_modules(working: nn.Module, dead: list, surrogate_config, recor
                 setattr(module, tensor_name, nn.Parameter(narrowed, requires_grad=tensor.requires_grad))
             else:
                 setattr(module, tensor_name, narrowed)
-
-
-def _unmap_spatial_slices(graph) -> None:
-    """Make slices along a non-channel dimension of channels-last tensors keep channel indices as they are.
-
-    Torch-Pruning reads a slice of dim 1 of a 4-d tensor as a channel slice (right for NCHW). Swin's
-    patch merging slices rows and columns of (batch, height, width, channels) tensors, which must
-    leave the channel indices alone; otherwise its 4 x C concatenation is only partly pruned.
-    """
-    for node in graph.module2node.values():
-        if node.type != tp.ops.OPTYPE.SLICE:
-            continue
-        ndim = len(node.grad_fn._saved_self_sym_sizes)
-        if node.module.dim % ndim == ndim - 1:
-            continue
-        # A spatial slice passes every channel through, like an element-wise op.
-        pass_channels_through(node)
 
 
 def _channel_splits(group, graph, heads) -> tuple[int, bool]:

@@ -25,7 +25,14 @@ from ..constants import (
     SURROGATE_INITS,
 )
 from ..selection.strategies import STRATEGIES
-from ..utils.checks import check_boolean, check_choice, check_integer, check_number, check_size
+from ..utils.checks import (
+    check_boolean,
+    check_choice,
+    check_integer,
+    check_number,
+    check_size,
+    validate_pruning_ratio,
+)
 from ..utils.hub_ids import validate_hub_id
 
 
@@ -613,12 +620,7 @@ class PruneFuseConfig(TrainingArguments):
         return {name: getattr(self, name) for name in preset if getattr(self, name) != preset[name]}
 
     def _validate_prunefuse_fields(self):
-        self.pruning_ratio = check_number(
-            "pruning_ratio",
-            self.pruning_ratio,
-            lambda v: 0 <= v < 1,
-            "a number in [0, 1) (0 = dense selector)",
-        )
+        self.pruning_ratio = validate_pruning_ratio(self.pruning_ratio)
         check_choice("importance", self.importance, IMPORTANCES)
         check_choice("strategy", self.strategy, tuple(STRATEGIES))
         check_choice("annotation", self.annotation, ANNOTATIONS)

@@ -39,6 +39,35 @@ def check_number(name: str, value, check, allowed: str) -> float:
     return float(value)
 
 
+def validate_pruning_ratio(pruning_ratio) -> float:
+    """Return `pruning_ratio` as a float, or raise a `ValueError` saying what is allowed. `prune_model` and
+    `PruneFuseConfig` both check the ratio with it.
+
+    Args:
+        pruning_ratio (`float`): The fraction of every prunable width to remove.
+
+    Returns:
+        `float`: the ratio, in [0, 1).
+
+    Raises:
+        `ValueError`: not a real number (booleans and strings included), NaN, or outside [0, 1).
+
+    Example:
+
+    ```python
+    >>> validate_pruning_ratio(1 / 2)
+    0.5
+    ```
+    """
+    return check_number(
+        "pruning_ratio",
+        pruning_ratio,
+        lambda v: 0 <= v < 1,
+        "a number in [0, 1) (the fraction of every prunable width that is removed: 0.5 halves each width, 0 "
+        "keeps the dense model as its own selector)",
+    )
+
+
 def check_size(name: str, value) -> int | None:
     """
     A size in bytes: an `int`, or a string such as `"50GB"`, `"500MB"`, `"1.5TB"` or `"2GiB"` (as `save_pretrained`'s

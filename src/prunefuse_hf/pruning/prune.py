@@ -518,7 +518,7 @@ class _PrunedIndexRecorder:
                     raise RuntimeError(
                         f"Could not tell which entries of '{name}' (dim {dim}, {dense_tensor.shape[dim]} -> "
                         f"{size}) were kept. This architecture needs a dedicated rule in "
-                        "prunefuse_hf/pruning.py; please report it."
+                        "prunefuse_hf/pruning/prune.py; please report it."
                     )
                 per_dim[dim] = matching[0]
             if per_dim:

@@ -88,3 +88,33 @@ def test_every_subpackage_exports_a_complete_sorted_all(package):
     for name in module.__all__:
         assert getattr(module, name) is not None, f"prunefuse_hf.{package}.{name}"
     assert prunefuse_hf.__all__ == sorted(prunefuse_hf.__all__)
+
+
+def _modules_with_an_all() -> list[str]:
+    import ast
+    import pathlib
+
+    root = pathlib.Path(prunefuse_hf.__file__).parent
+    return sorted(
+        ".".join(("prunefuse_hf", *path.relative_to(root).with_suffix("").parts))
+        for path in root.rglob("*.py")
+        if path.name != "__init__.py"
+        and any(
+            isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
+            for node in ast.parse(path.read_text()).body
+        )
+    )
+
+
+@pytest.mark.parametrize("module_name", _modules_with_an_all())
+def test_a_module_that_lists_its_names_lists_every_public_class_and_function_sorted(module_name):
+    module = importlib.import_module(module_name)
+    assert module.__all__ == sorted(module.__all__)
+    defined = {
+        name
+        for name, obj in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isclass(obj) or inspect.isfunction(obj))
+        and obj.__module__ == module_name
+    }
+    assert defined <= set(module.__all__), sorted(defined - set(module.__all__))

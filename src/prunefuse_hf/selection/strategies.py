@@ -34,14 +34,18 @@ import torch
 from .shards import ShardGroup
 
 __all__ = [
-    "STRATEGIES",
+    "BaldStrategy",
     "EntropyStrategy",
     "LeastConfidenceStrategy",
     "MarginStrategy",
     "RandomStrategy",
+    "STRATEGIES",
     "Selection",
     "SelectionStrategy",
     "UncertaintyStrategy",
+    "check_budget",
+    "check_pool_indices",
+    "check_probs",
     "get_strategy",
     "register_strategy",
     "top_n_by_score",

@@ -22,9 +22,9 @@ from ..constants import (
 )
 from .labels import (
     LabelError,
-    _Rows,
-    _truthy,
+    LabelRows,
     image_references,
+    truthy,
 )
 
 _CLASS_TYPES = ("choices", "taxonomy", "labels")
@@ -149,16 +149,19 @@ def _class_answer(annotation: dict, label_column, where: str):
     return values[0] if values else None
 
 
-def _is_label_studio_tasks(items: list[dict]) -> bool:
+def is_label_studio_tasks(items: list[dict]) -> bool:
+    """Whether JSON items are Label Studio tasks (each holds a `data` dict), not a flat annotation export."""
     return all(isinstance(item.get("data"), dict) for item in items)
 
 
-def _rows_from_label_studio(tasks: list[dict], name: str, label_column, index_column, resolve=None) -> _Rows:
+def rows_from_label_studio(
+    tasks: list[dict], name: str, label_column, index_column, resolve=None
+) -> LabelRows:
     """Rows of a Label Studio JSON export: one per task with a class answer, resolved over its annotations;
     tasks whose every annotation was cancelled (skipped) are listed apart."""
     resolve = _check_policy(resolve)
     index_key = index_column or POOL_INDEX
-    rows = _Rows([], [], None, len(tasks), {key: [] for key in ANNOTATION_COLUMNS}, references=[])
+    rows = LabelRows([], [], None, len(tasks), {key: [] for key in ANNOTATION_COLUMNS}, references=[])
     positions, conflicts = [], []
 
     def describe_task(j: int) -> str:
@@ -180,14 +183,14 @@ def _rows_from_label_studio(tasks: list[dict], name: str, label_column, index_co
         annotations = task.get("annotations", task.get("completions")) or []
         answers, cancelled = [], 0
         for k, annotation in enumerate(annotations):
-            if _truthy(annotation.get("was_cancelled")) or _truthy(annotation.get("skipped")):
+            if truthy(annotation.get("was_cancelled")) or truthy(annotation.get("skipped")):
                 cancelled += 1
                 continue
             where = f"{name}, {describe_task(j)}, annotation {annotation.get('id')}"
             label = _class_answer(annotation, label_column, where)
             if label is not None:
                 answers.append(_Answer(label, _annotator(annotation.get("completed_by")), annotation.get("id"),
-                                       _truthy(annotation.get("ground_truth")),
+                                       truthy(annotation.get("ground_truth")),
                                        str(annotation.get("updated_at") or annotation.get("created_at") or ""), k))  # fmt: skip
         if not answers:
             if cancelled:
@@ -206,7 +209,7 @@ def _rows_from_label_studio(tasks: list[dict], name: str, label_column, index_co
     return rows
 
 
-def _append(rows: _Rows, index, resolved: tuple[_Answer, str], num_answers: int) -> None:
+def _append(rows: LabelRows, index, resolved: tuple[_Answer, str], num_answers: int) -> None:
     answer, how = resolved
     rows.indices.append(index)
     rows.labels.append(answer.label)
@@ -216,14 +219,14 @@ def _append(rows: _Rows, index, resolved: tuple[_Answer, str], num_answers: int)
     rows.details["resolution"].append(how)
 
 
-def _rows_from_flat_annotations(records: list[dict], name: str, describe, label_column: str, index_column: str,
-                                resolve=None) -> _Rows:  # fmt: skip
+def rows_from_flat_annotations(records: list[dict], name: str, describe, label_column: str, index_column: str,
+                                resolve=None) -> LabelRows:  # fmt: skip
     """Rows of a Label Studio JSON_MIN/CSV export (one record per non-cancelled annotation): grouped by pool
     index and resolved like the JSON export, except that these formats carry no ground truth and no skips."""
     resolve = _check_policy(resolve)
     groups: dict[str, list[tuple[int, _Answer]]] = {}
     for j, record in enumerate(records):
-        if _truthy(record.get("was_cancelled")):
+        if truthy(record.get("was_cancelled")):
             continue
         label = record.get(label_column)
         if label is None or (isinstance(label, str) and not label.strip()):
@@ -233,7 +236,7 @@ def _rows_from_flat_annotations(records: list[dict], name: str, describe, label_
                          int(annotation_id) if str(annotation_id or "").strip().isdigit() else None, False,
                          str(record.get("updated_at") or record.get("created_at") or ""), j)  # fmt: skip
         groups.setdefault(str(record.get(index_column)).strip(), []).append((j, answer))
-    rows = _Rows([], [], None, len(records), {key: [] for key in ANNOTATION_COLUMNS}, references=[])
+    rows = LabelRows([], [], None, len(records), {key: [] for key in ANNOTATION_COLUMNS}, references=[])
     positions, conflicts = [], []
     for key, group in groups.items():
         answers = [answer for _, answer in group]

@@ -35,7 +35,7 @@ from ..constants import (
 )
 from ..utils.io import atomic_write
 from .labels import LabelError
-from .queries import _read_state, open_query, query_directory
+from .queries import open_query, query_directory, read_run_state
 
 logger = logging.get_logger(__name__)
 
@@ -253,7 +253,7 @@ def pull_export(run_dir: str | os.PathLike, *, url: str | None = None, token: st
 
 
 def _open_round(run_dir: Path) -> tuple[int, Path, list[dict]]:
-    _read_state(run_dir)
+    read_run_state(run_dir)
     query = open_query(run_dir)
     if query is None:
         raise LabelError(

@@ -85,7 +85,7 @@ class LabelBatch:
 
 
 @dataclass
-class _Rows:
+class LabelRows:
     """Raw index and label cells of a source, before validation; `describe(j)` says where row j is."""
 
     indices: list
@@ -106,7 +106,8 @@ def image_references(record: dict) -> dict:
     }
 
 
-def _truthy(value) -> bool:
+def truthy(value) -> bool:
+    """Whether a cell of an export means yes: `True`, a non-zero number, or 'true'/'1'/'yes' (NaN and `None` are no)."""
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes")
     return (
@@ -261,7 +262,8 @@ def parse_pool_index(value, where: str) -> int:
     return index
 
 
-def _to_batch(rows: _Rows, class_names: list[str], name: str, pool_size: int | None) -> LabelBatch:
+def rows_to_batch(rows: LabelRows, class_names: list[str], name: str, pool_size: int | None) -> LabelBatch:
+    """Validate raw rows into a `LabelBatch`: class names or ids through `ClassLookup`, pool indices in range."""
     lookup = ClassLookup(class_names)
     indices, labels, kept = [], [], []
     for j, (raw_index, raw_label) in enumerate(zip(rows.indices, rows.labels)):
@@ -321,21 +323,24 @@ def check_class_names(class_names) -> list[str]:
     return names
 
 
-def _check_round(value) -> int:
+def check_round(value) -> int:
+    """`value` as an `int` round number, or a `LabelError` when it is not a non-negative integer."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
         raise LabelError(f"round must be a non-negative integer, got {value!r}.")
     return int(value)
 
 
-def _check_in_pool(indices: np.ndarray, pool_size: int, where: str) -> None:
+def check_in_pool(indices: np.ndarray, pool_size: int, where: str) -> None:
+    """Raise a `LabelError` naming `where` when an index falls outside a pool of `pool_size` examples."""
     bad = indices[(indices < 0) | (indices >= pool_size)]
     if bad.size:
         raise LabelError(
-            f"{where}: pool index {_preview(bad)} is out of range for a pool of {pool_size} examples."
+            f"{where}: pool index {preview_values(bad)} is out of range for a pool of {pool_size} examples."
         )
 
 
-def _preview(values, limit: int = 5) -> str:
+def preview_values(values, limit: int = 5) -> str:
+    """The first `limit` values of an index array for an error message, and how many more there are."""
     values = [int(v) for v in np.asarray(values).reshape(-1)]
     shown = ", ".join(str(v) for v in values[:limit])
     return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")

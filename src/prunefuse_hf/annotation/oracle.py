@@ -11,9 +11,9 @@ from .labels import (
     ClassLookup,
     LabelBatch,
     LabelError,
-    _check_in_pool,
-    _preview,
     check_class_names,
+    check_in_pool,
+    preview_values,
 )
 
 
@@ -58,7 +58,7 @@ def oracle_labels(
             f"{name}: the pool has no column {label_column!r} (columns: {dataset.column_names}). Name the column "
             "that holds the true labels, or use human annotation."
         )
-    _check_in_pool(indices, len(dataset), name)
+    check_in_pool(indices, len(dataset), name)
     column = (
         dataset.select_columns([label_column]).select(indices).with_format("arrow")[:].column(label_column)
     )
@@ -79,7 +79,7 @@ def oracle_labels(
         )
     if missing.any():
         raise LabelError(
-            f"{name}: the pool's label column has no label for pool index {_preview(indices[missing])}. An oracle "
+            f"{name}: the pool's label column has no label for pool index {preview_values(indices[missing])}. An oracle "
             "can only reveal labels that exist: remove these examples from the pool, or use human annotation."
         )
     out_of_range = labels >= len(lookup.names)

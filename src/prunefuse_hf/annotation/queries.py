@@ -34,7 +34,14 @@ from ..utils.io import fsync_directory
 from ..utils.run_directory import RunDirectory, step_name
 from .identity import file_names as file_names_of
 from .label_studio import label_studio_config, label_studio_prediction
-from .labels import LabelError, _check_in_pool, _check_round, _preview, check_class_names, parse_pool_index
+from .labels import (
+    LabelError,
+    check_class_names,
+    check_in_pool,
+    check_round,
+    parse_pool_index,
+    preview_values,
+)
 from .readers import LABEL_COLUMNS
 
 logger = logging.get_logger(__name__)
@@ -115,13 +122,15 @@ def write_query_batch(
     ```
     """
     directory = Path(directory)
-    round = _check_round(round)
+    round = check_round(round)
     indices = np.asarray(pool_indices, dtype=np.int64).reshape(-1)
     where = f"query of round {round} ({directory})"
-    _check_in_pool(indices, len(dataset), where)
+    check_in_pool(indices, len(dataset), where)
     values, counts = np.unique(indices, return_counts=True)
     if (counts > 1).any():
-        raise LabelError(f"{where}: pool index {_preview(values[counts > 1])} is queried more than once.")
+        raise LabelError(
+            f"{where}: pool index {preview_values(values[counts > 1])} is queried more than once."
+        )
     if not isinstance(dataset.features.get(image_column), datasets.Image):
         raise LabelError(
             f"{where}: column {image_column!r} is not an Image feature (features: {dataset.features}). Pass the "
@@ -148,7 +157,7 @@ def write_query_batch(
         bad = predictions[(predictions < 0) | (predictions >= len(class_names))]
         if bad.size:
             raise LabelError(
-                f"{where}: predicted class id {_preview(bad)} is out of range for {len(class_names)} classes."
+                f"{where}: predicted class id {preview_values(bad)} is out of range for {len(class_names)} classes."
             )
         predicted_names = [class_names[k] for k in predictions.tolist()]
     if directory.exists():
@@ -308,7 +317,7 @@ def open_query(run_dir: str | os.PathLike) -> tuple[int, np.ndarray] | None:
     Raises:
         LabelError: `run_dir` holds no run.
     """
-    state = _read_state(run_dir)
+    state = read_run_state(run_dir)
     waiting = [
         int(k) for k in state.get("queries", {}) if step_name("label", int(k)) not in state["completed"]
     ]
@@ -318,7 +327,8 @@ def open_query(run_dir: str | os.PathLike) -> tuple[int, np.ndarray] | None:
     return round, np.asarray(state["queries"][str(round)]["pool_indices"], dtype=np.int64)
 
 
-def _read_state(run_dir) -> dict:
+def read_run_state(run_dir) -> dict:
+    """The run's state (`RunDirectory.read_state`), or a `LabelError` when `run_dir` holds no PruneFuse run."""
     run = RunDirectory(run_dir)
     if not run.state_path.is_file():
         raise LabelError(f"{run_dir} holds no PruneFuse run ({STATE_NAME} is missing).")

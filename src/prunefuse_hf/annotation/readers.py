@@ -2,7 +2,7 @@
 
 `read_labels` takes what annotators bring back: a CSV/TSV, JSON/JSONL or parquet file, a Label Studio export
 (JSON, JSON_MIN, CSV, TSV), a saved dataset folder, a dataset object or a Hub dataset id. Each source becomes
-raw index and label cells (`_Rows`), which one path turns into ids: class names or ids through `ClassLookup`,
+raw index and label cells (`LabelRows`), which one path turns into ids: class names or ids through `ClassLookup`,
 pool indices through `parse_pool_index`. Every refusal is a `LabelError` that names the file, the row, the
 value and the fix. Storing labels is `prunefuse_hf.annotation`'s concern (`LabelStore`).
 """
@@ -21,15 +21,15 @@ from transformers.utils import logging
 
 from ..constants import POOL_INDEX
 from ..utils.hub_ids import is_hub_id
-from .label_studio import _is_label_studio_tasks, _rows_from_flat_annotations, _rows_from_label_studio
+from .label_studio import is_label_studio_tasks, rows_from_flat_annotations, rows_from_label_studio
 from .labels import (
     REFERENCE_FIELDS,
     LabelBatch,
     LabelError,
-    _Rows,
-    _to_batch,
+    LabelRows,
     check_class_names,
     image_references,
+    rows_to_batch,
 )
 
 logger = logging.get_logger(__name__)
@@ -103,7 +103,7 @@ def read_labels(
         rows = _rows_from_dataset(_single_split(source, name), name, label_column, index_column)
     else:
         rows, name = _rows_from_path(source, label_column, index_column, resolve)
-    batch = _to_batch(rows, class_names, name, pool_size)
+    batch = rows_to_batch(rows, class_names, name, pool_size)
     skipped = rows.num_rows - len(batch)
     logger.info(
         f"Read {len(batch)} labels from {name}"
@@ -116,7 +116,7 @@ def read_labels(
     return batch
 
 
-def _rows_from_path(source, label_column, index_column, resolve=None) -> tuple[_Rows, str]:
+def _rows_from_path(source, label_column, index_column, resolve=None) -> tuple[LabelRows, str]:
     shown = os.fspath(source)
     path = Path(shown).expanduser()
     if path.is_dir():
@@ -212,7 +212,7 @@ def _pick_column(
     return found
 
 
-def _rows_from_dataset(dataset: datasets.Dataset, name: str, label_column, index_column) -> _Rows:
+def _rows_from_dataset(dataset: datasets.Dataset, name: str, label_column, index_column) -> LabelRows:
     index_column, label_column = _pick_columns(dataset.column_names, name, label_column, index_column)
     extra = _reference_columns(dataset.features, (index_column, label_column))
     table = dataset.select_columns([index_column, label_column, *extra]).with_format("arrow")[:]
@@ -222,7 +222,7 @@ def _rows_from_dataset(dataset: datasets.Dataset, name: str, label_column, index
         # Map through the dataset's own names, so that a class list in another order still matches by name;
         # -1 is the datasets convention for "no label".
         labels = [None if value is None or value < 0 else feature.int2str(value) for value in labels]
-    return _Rows(table.column(index_column).to_pylist(), labels, lambda j: f"row {j}", table.num_rows,
+    return LabelRows(table.column(index_column).to_pylist(), labels, lambda j: f"row {j}", table.num_rows,
                  references=_table_references(table, extra))  # fmt: skip
 
 
@@ -244,7 +244,7 @@ def _table_references(table, columns: list[str]) -> list[dict] | None:
     return [image_references({c: values[c][j] for c in columns}) for j in range(table.num_rows)]
 
 
-def _rows_from_parquet(path: Path, name: str, label_column, index_column) -> _Rows:
+def _rows_from_parquet(path: Path, name: str, label_column, index_column) -> LabelRows:
     try:
         columns = pq.read_schema(path).names
     except Exception as error:
@@ -253,7 +253,7 @@ def _rows_from_parquet(path: Path, name: str, label_column, index_column) -> _Ro
     schema = pq.read_schema(path)
     extra = _reference_columns({f.name: f.type for f in schema}, (index_column, label_column))
     table = pq.read_table(path, columns=[index_column, label_column, *extra])
-    return _Rows(
+    return LabelRows(
         table.column(index_column).to_pylist(),
         table.column(label_column).to_pylist(),
         lambda j: f"row {j}",
@@ -262,7 +262,9 @@ def _rows_from_parquet(path: Path, name: str, label_column, index_column) -> _Ro
     )
 
 
-def _rows_from_csv(path: Path, name: str, delimiter: str, label_column, index_column, resolve=None) -> _Rows:
+def _rows_from_csv(
+    path: Path, name: str, delimiter: str, label_column, index_column, resolve=None
+) -> LabelRows:
     # Every cell stays a string: "007" or "1" must not be guessed into numbers before the class-name lookup.
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets save a BOM
         reader = csv.DictReader(f, delimiter=delimiter)
@@ -274,7 +276,7 @@ def _rows_from_csv(path: Path, name: str, delimiter: str, label_column, index_co
     )
 
 
-def _rows_from_jsonl(path: Path, name: str, label_column, index_column, resolve=None) -> _Rows:
+def _rows_from_jsonl(path: Path, name: str, label_column, index_column, resolve=None) -> LabelRows:
     records, line_numbers = [], []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -290,8 +292,8 @@ def _rows_from_jsonl(path: Path, name: str, label_column, index_column, resolve=
                 raise LabelError(f"{name}, line {number}: expected a JSON object per line, got {record!r}.")
             records.append(record)
             line_numbers.append(number)
-    if records and _is_label_studio_tasks(records):
-        return _rows_from_label_studio(records, name, label_column, index_column, resolve)
+    if records and is_label_studio_tasks(records):
+        return rows_from_label_studio(records, name, label_column, index_column, resolve)
     return _rows_from_records(
         records,
         _keys(records),
@@ -303,7 +305,7 @@ def _rows_from_jsonl(path: Path, name: str, label_column, index_column, resolve=
     )
 
 
-def _rows_from_json(path: Path, name: str, label_column, index_column, resolve=None) -> _Rows:
+def _rows_from_json(path: Path, name: str, label_column, index_column, resolve=None) -> LabelRows:
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
@@ -316,8 +318,8 @@ def _rows_from_json(path: Path, name: str, label_column, index_column, resolve=N
             f"{name}: expected a JSON list of objects (one per labeled example, or a Label Studio export), got "
             f"{type(data).__name__}. Write it as [{{{POOL_INDEX!r}: 3, 'label': 'cat'}}, ...]."
         )
-    if data and _is_label_studio_tasks(data):
-        return _rows_from_label_studio(data, name, label_column, index_column, resolve)
+    if data and is_label_studio_tasks(data):
+        return rows_from_label_studio(data, name, label_column, index_column, resolve)
     return _rows_from_records(
         data, _keys(data), name, lambda j: f"item {j}", label_column, index_column, resolve
     )
@@ -329,12 +331,12 @@ def _keys(records: list[dict]) -> list[str]:
 
 def _rows_from_records(
     records: list[dict], columns, name, describe, label_column, index_column, resolve=None
-) -> _Rows:
+) -> LabelRows:
     index_column, label_column = _pick_columns(columns, name, label_column, index_column)
     if "annotation_id" in columns:  # a Label Studio JSON_MIN/CSV export: one record per annotation
-        return _rows_from_flat_annotations(records, name, describe, label_column, index_column, resolve)
+        return rows_from_flat_annotations(records, name, describe, label_column, index_column, resolve)
     positions = range(len(records))
-    return _Rows(
+    return LabelRows(
         [records[j].get(index_column) for j in positions],
         [records[j].get(label_column) for j in positions],
         lambda k: describe(positions[k]),

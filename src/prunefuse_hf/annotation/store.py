@@ -38,11 +38,11 @@ from .identity import check_label_identity
 from .labels import (
     LabelBatch,
     LabelError,
-    _check_round,
-    _preview,
     check_class_names,
+    check_round,
+    preview_values,
 )
-from .queries import _read_state, open_query, query_directory
+from .queries import open_query, query_directory, read_run_state
 from .readers import read_labels
 
 logger = logging.get_logger(__name__)
@@ -212,7 +212,7 @@ class LabelStore:
                 index outside `expected`; part of `expected` is unlabeled and `allow_partial` is False; a label
                 contradicts a stored one and `overwrite` is False.
         """
-        round = _check_round(round)
+        round = check_round(round)
         indices, labels, name = batch.pool_indices, batch.labels, batch.source
         self._check_batch(batch)
         positions = self._positions(indices)
@@ -228,7 +228,7 @@ class LabelStore:
             outside = ~np.isin(indices, expected) & ~same
             if outside.any():
                 raise LabelError(
-                    f"{name}: pool index {_preview(indices[outside])} is not part of round {round}'s query "
+                    f"{name}: pool index {preview_values(indices[outside])} is not part of round {round}'s query "
                     f"({len(expected)} queried pool indices). Remove those rows, or ingest them with the round "
                     "that queried them."
                 )
@@ -249,7 +249,7 @@ class LabelStore:
         if missing.size and not allow_partial:
             raise LabelError(
                 f"{name}: {missing.size} of the {len(expected)} pool indices queried in round {round} have no label "
-                f"(e.g. {_preview(missing)}). Label them and ingest again, or pass allow_partial=True (CLI: "
+                f"(e.g. {preview_values(missing)}). Label them and ingest again, or pass allow_partial=True (CLI: "
                 f"--allow_partial) to continue with the {len(expected) - missing.size} labeled ones."
             )
 
@@ -365,17 +365,17 @@ class LabelStore:
     def _check_batch(self, batch: LabelBatch) -> None:
         indices, labels, name = batch.pool_indices, batch.labels, batch.source
         if (indices < 0).any():
-            raise LabelError(f"{name}: pool index {_preview(indices[indices < 0])} is negative.")
+            raise LabelError(f"{name}: pool index {preview_values(indices[indices < 0])} is negative.")
         bad = (labels < 0) | (labels >= len(self.class_names))
         if bad.any():
             raise LabelError(
-                f"{name}: class id {_preview(labels[bad])} is out of range; the run has {len(self.class_names)} "
+                f"{name}: class id {preview_values(labels[bad])} is out of range; the run has {len(self.class_names)} "
                 "classes. Fix the labels."
             )
         values, counts = np.unique(indices, return_counts=True)
         if (counts > 1).any():
             raise LabelError(
-                f"{name}: pool index {_preview(values[counts > 1])} appears more than once. Keep one label per "
+                f"{name}: pool index {preview_values(values[counts > 1])} appears more than once. Keep one label per "
                 "pool index."
             )
 
@@ -443,7 +443,7 @@ def ingest_labels(
     3
     ```
     """
-    state = _read_state(run_dir)
+    state = read_run_state(run_dir)
     query = open_query(run_dir)
     if query is None:
         raise LabelError(

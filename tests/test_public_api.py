@@ -118,3 +118,23 @@ def test_a_module_that_lists_its_names_lists_every_public_class_and_function_sor
         and obj.__module__ == module_name
     }
     assert defined <= set(module.__all__), sorted(defined - set(module.__all__))
+
+
+def test_no_module_imports_a_private_name_of_another():
+    # "Rooms with doors": a name another module imports is public where it lives; `_name` means "this module only".
+    import ast
+    import pathlib
+
+    root = pathlib.Path(prunefuse_hf.__file__).parent
+    crossings = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").startswith("prunefuse_hf")
+            ):
+                crossings += [
+                    f"{path.relative_to(root)}:{node.lineno}: {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert not crossings, crossings

@@ -22,7 +22,7 @@ from transformers import (
 )
 from transformers.trainer_utils import EvalPrediction
 
-from conftest import segmentation_model
+from conftest import SEGMENTATION_TINY_CONFIGS, segmentation_model
 from prunefuse_hf.tasks import (
     CLASSIFICATION,
     SEGMENTATION,
@@ -281,6 +281,10 @@ def test_collate_pads_pixels_and_labels_with_the_ignore_index():
 
 TRAINER_MODELS = {
     "SegformerForSemanticSegmentation": lambda: SegformerImageProcessorPil(size={"height": 32, "width": 32}),
+    # UperNet checkpoints ship SegFormer's processor.
+    "UperNetForSemanticSegmentation/convnext": lambda: SegformerImageProcessorPil(
+        size={"height": 32, "width": 32}
+    ),
     "MobileNetV2ForSemanticSegmentation": lambda: MobileNetV2ImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     ),
@@ -399,6 +403,17 @@ def test_scores_and_features_from_a_real_segformer():
         segmentation_pooled_features({"logits": outputs.logits})
 
 
+@pytest.mark.parametrize("key", list(SEGMENTATION_TINY_CONFIGS))
+def test_pooled_features_of_every_segmentation_family(key):
+    model = segmentation_model(key)
+    with torch.no_grad():
+        outputs = model(pixel_values=torch.randn(2, 3, 32, 32), output_hidden_states=True)
+    features = segmentation_pooled_features(outputs)
+    last = outputs.hidden_states[-1]
+    assert features.shape == (2, last.shape[1] if last.ndim == 4 else last.shape[-1])
+    assert torch.isfinite(features).all() and not torch.equal(features[0], features[1])
+
+
 # ----- metric -----
 
 
@@ -497,6 +512,19 @@ def test_synthetic_pool_masks_are_the_items_pixels():
     assert other["classes"] != pool["classes"]
     with pytest.raises(ValueError, match="must fit"):
         synthetic_segmentation_pool(1, items=items, image_size=16, scales=(32,))
+
+
+def test_synthetic_pool_with_some_item_classes():
+    pool = synthetic_segmentation_pool(
+        20, items=items_dataset(), item_classes=[2, 0], image_size=48, scales=(16,)
+    )
+    assert segmentation_class_names(pool) == ["background", "2", "0"]
+    assert validate_segmentation_dataset(pool) is pool
+    assert {c for row in pool["classes"] for c in row} == {0, 1, 2}
+    with pytest.raises(
+        ValueError, match=r"item_classes must be distinct class ids of the items \(0..2\), got \[3\]"
+    ):
+        synthetic_segmentation_pool(1, items=items_dataset(), item_classes=[3])
 
 
 # ----- task -----

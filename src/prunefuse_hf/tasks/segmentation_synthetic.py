@@ -3,6 +3,8 @@ scales on textured canvases, with per-pixel masks in the guide's layout (`image`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import datasets
 import numpy as np
 import PIL.Image
@@ -21,6 +23,7 @@ def synthetic_segmentation_pool(
     *,
     items: datasets.Dataset | None = None,
     split: str = "train",
+    item_classes: Sequence[int] | None = None,
     image_size: int = 64,
     min_objects: int = 1,
     max_objects: int = 3,
@@ -36,7 +39,8 @@ def synthetic_segmentation_pool(
     `max_overlap` (IoU of their squares; an item that finds no place in 30 tries is left out).
 
     The mask gives every pixel of an item brighter than 40/255 the item's class id + 1 (a later item covers an
-    earlier one), and every other pixel 0, the background class. Class names are `["background", *item names]`,
+    earlier one), and every other pixel 0, the background class. Class names are `["background", *item names]`
+    (with `item_classes`, the names of those item classes only, in that order),
     held by the `classes` column's `ClassLabel` (per image, the classes its mask holds), where
     `segmentation_class_names` finds them. The same arguments always give the same dataset.
 
@@ -44,6 +48,9 @@ def synthetic_segmentation_pool(
         num_images (`int`): Images to build.
         items (`datasets.Dataset`, *optional*): Grayscale items with `image` and a `label` `ClassLabel`.
         split (`str`, *optional*, defaults to `"train"`): Fashion-MNIST split, when `items` is not given.
+        item_classes (`Sequence[int]`, *optional*): Draw only items of these classes (e.g. `[1, 5, 7, 8, 9]`:
+            Fashion-MNIST's easily told apart trouser, sandal, sneaker, bag and ankle boot); mask id `k + 1` is
+            `item_classes[k]`. Default: every class.
         image_size (`int`, *optional*, defaults to 64): Side of the square canvases.
         min_objects (`int`, *optional*, defaults to 1): Fewest items per image (0 allows background-only images).
         max_objects (`int`, *optional*, defaults to 3): Most items per image.
@@ -74,10 +81,26 @@ def synthetic_segmentation_pool(
         from ..data.loading import load_image_dataset
 
         items = load_image_dataset("fashion_mnist", split=split)
-    names = [BACKGROUND, *items.features["label"].names]
+    item_names = list(items.features["label"].names)
+    if item_classes is None:
+        item_classes = range(len(item_names))
+        candidates = np.arange(len(items))
+    else:
+        unknown = [c for c in item_classes if not 0 <= int(c) < len(item_names)]
+        if unknown or len(set(item_classes)) != len(item_classes) or not item_classes:
+            raise ValueError(
+                f"item_classes must be distinct class ids of the items (0..{len(item_names) - 1}), got "
+                f"{list(item_classes)}."
+            )
+        candidates = np.flatnonzero(
+            np.isin(np.asarray(items.with_format("numpy")["label"]), list(item_classes))
+        )
+    mask_id = np.zeros(len(item_names), dtype=np.uint8)
+    mask_id[list(item_classes)] = np.arange(1, len(item_classes) + 1)
+    names = [BACKGROUND, *(item_names[c] for c in item_classes)]
     rng = np.random.default_rng(seed)
     counts = rng.integers(min_objects, max_objects + 1, size=num_images)
-    picks = rng.integers(0, len(items), size=int(counts.sum()))
+    picks = candidates[rng.integers(0, len(candidates), size=int(counts.sum()))]
     # Only the items used are decoded.
     unique, inverse = np.unique(picks, return_inverse=True)
     chosen = items.select(unique.tolist())
@@ -108,7 +131,7 @@ def synthetic_segmentation_pool(
             region = canvas[y : y + side, x : x + side]
             region[:] = region * (1 - alpha[..., None]) + color * alpha[..., None]
             visible = np.asarray(resized) > _OBJECT_LEVEL
-            mask[y : y + side, x : x + side][visible] = item_labels[item] + 1
+            mask[y : y + side, x : x + side][visible] = mask_id[item_labels[item]]
         images.append(
             {"bytes": encode_pixels(canvas.clip(0, 255).astype(np.uint8), image_format), "path": None}
         )

@@ -43,7 +43,7 @@ def test_get_task_by_pipeline_name():
     assert get_task("image-classification") is CLASSIFICATION
     assert get_task("object-detection") is DETECTION
     assert get_task(DETECTION) is DETECTION
-    assert set(TASKS) == {"image-classification", "object-detection"}
+    assert set(TASKS) == {"image-classification", "object-detection", "image-segmentation"}
     with pytest.raises(ValueError, match=r"Unknown task 'detection'.*'object-detection'"):
         get_task("detection")
 

@@ -1,4 +1,4 @@
-"""Tasks: what differs between image classification, object detection (and semantic segmentation), behind one
+"""Tasks: what differs between image classification, object detection and semantic segmentation, behind one
 [`Task`] dataclass; chosen from the model class or by `pipeline()` task name.
 
 Example:
@@ -38,9 +38,27 @@ from .detection_data import (
 )
 from .detection_metrics import detection_compute_metrics, mean_average_precision
 from .detection_synthetic import synthetic_detection_pool
+from .segmentation import (
+    PIXEL_AGGREGATIONS,
+    SEGMENTATION,
+    collate_segmentation,
+    prepare_segmentation,
+    segmentation_image_scores,
+    segmentation_pooled_features,
+)
+from .segmentation_data import (
+    load_segmentation_dataset,
+    open_mask,
+    read_id2label,
+    reduce_mask_labels,
+    segmentation_class_names,
+    validate_segmentation_dataset,
+)
+from .segmentation_metrics import mean_iou, segmentation_compute_metrics, segmentation_preprocess_logits
+from .segmentation_synthetic import synthetic_segmentation_pool
 from .task import Task
 
-TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, DETECTION)}
+TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, DETECTION, SEGMENTATION)}
 
 
 def get_task(name: str) -> Task:
@@ -48,7 +66,8 @@ def get_task(name: str) -> Task:
     The task named `name` (a `pipeline()` task name).
 
     Args:
-        name (`str` or [`Task`]): `image-classification` or `object-detection` (a `Task` is returned as is).
+        name (`str` or [`Task`]): `image-classification`, `object-detection` or `image-segmentation` (a `Task` is
+            returned as is).
 
     Returns:
         [`Task`]
@@ -127,11 +146,14 @@ __all__ = [
     "BBOX_FORMATS",
     "CLASSIFICATION",
     "DETECTION",
+    "PIXEL_AGGREGATIONS",
+    "SEGMENTATION",
     "TASKS",
     "Task",
     "classification_image_scores",
     "coco_json_from_dataset",
     "collate_detection",
+    "collate_segmentation",
     "convert_bbox",
     "dataset_from_coco_json",
     "detection_annotation",
@@ -143,9 +165,22 @@ __all__ = [
     "detection_probs",
     "get_task",
     "load_detection_dataset",
+    "load_segmentation_dataset",
     "mean_average_precision",
+    "mean_iou",
+    "open_mask",
     "prepare_detection",
+    "prepare_segmentation",
+    "read_id2label",
+    "reduce_mask_labels",
+    "segmentation_class_names",
+    "segmentation_compute_metrics",
+    "segmentation_image_scores",
+    "segmentation_pooled_features",
+    "segmentation_preprocess_logits",
     "synthetic_detection_pool",
+    "synthetic_segmentation_pool",
     "task_for_model",
     "validate_detection_dataset",
+    "validate_segmentation_dataset",
 ]

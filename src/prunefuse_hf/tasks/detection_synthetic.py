@@ -15,7 +15,7 @@ from .detection_data import detection_features
 # An item's pixels brighter than this (of 255) belong to the object; its box is their tight bounding box.
 _OBJECT_LEVEL = 40
 _PLACEMENT_TRIES = 30
-_ENCODERS = {"jpeg": {"format": "JPEG", "quality": 95}, "png": {"format": "PNG", "compress_level": 1}}
+IMAGE_ENCODERS = {"jpeg": {"format": "JPEG", "quality": 95}, "png": {"format": "PNG", "compress_level": 1}}
 
 
 def synthetic_detection_pool(
@@ -71,8 +71,8 @@ def synthetic_detection_pool(
         raise ValueError(f"Need 0 <= min_objects <= max_objects, got {min_objects} and {max_objects}.")
     if max(scales) > image_size:
         raise ValueError(f"Scales {scales} must fit in the {image_size}-pixel canvas.")
-    if image_format not in _ENCODERS:
-        raise ValueError(f"image_format must be one of {list(_ENCODERS)}, got {image_format!r}.")
+    if image_format not in IMAGE_ENCODERS:
+        raise ValueError(f"image_format must be one of {list(IMAGE_ENCODERS)}, got {image_format!r}.")
     if items is None:
         from ..data.loading import load_image_dataset
 
@@ -91,14 +91,14 @@ def synthetic_detection_pool(
     position = 0
     grid = np.mgrid[0:image_size, 0:image_size].astype(np.float32) / image_size
     for count in counts:
-        canvas = _texture(rng, grid)
+        canvas = textured_canvas(rng, grid)
         taken: list[tuple[int, int, int]] = []
         row = {"id": [], "area": [], "bbox": [], "category": []}
         for _ in range(count):
             item = inverse[position]
             position += 1
             side = int(rng.choice(scales))
-            place = _place(rng, image_size, side, taken, max_overlap)
+            place = place_square(rng, image_size, side, taken, max_overlap)
             if place is None:
                 continue
             x, y = place
@@ -120,7 +120,9 @@ def synthetic_detection_pool(
             row["area"].append(float(w * h))
             row["bbox"].append([float(x0), float(y0), float(w), float(h)])
             row["category"].append(int(item_labels[item]))
-        images.append({"bytes": _encode(canvas.clip(0, 255).astype(np.uint8), image_format), "path": None})
+        images.append(
+            {"bytes": encode_pixels(canvas.clip(0, 255).astype(np.uint8), image_format), "path": None}
+        )
         objects.append(row)
     features = detection_features(names)
     return datasets.Dataset.from_dict(
@@ -135,7 +137,7 @@ def synthetic_detection_pool(
     )
 
 
-def _texture(rng: np.random.Generator, grid: np.ndarray) -> np.ndarray:
+def textured_canvas(rng: np.random.Generator, grid: np.ndarray) -> np.ndarray:
     """A dim RGB canvas: a random linear gradient, stripes of random period and direction, and pixel noise."""
     ys, xs = grid
     size = xs.shape[0]
@@ -147,13 +149,13 @@ def _texture(rng: np.random.Generator, grid: np.ndarray) -> np.ndarray:
     return canvas + rng.integers(-8, 9, size=(size, size, 3), dtype=np.int8)
 
 
-def _encode(pixels: np.ndarray, image_format: str) -> bytes:
+def encode_pixels(pixels: np.ndarray, image_format: str) -> bytes:
     buffer = io.BytesIO()
-    PIL.Image.fromarray(pixels).save(buffer, **_ENCODERS[image_format])
+    PIL.Image.fromarray(pixels).save(buffer, **IMAGE_ENCODERS[image_format])
     return buffer.getvalue()
 
 
-def _place(rng, size: int, side: int, taken, max_overlap: float) -> tuple[int, int] | None:
+def place_square(rng, size: int, side: int, taken, max_overlap: float) -> tuple[int, int] | None:
     for _ in range(_PLACEMENT_TRIES):
         x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
         if all(_square_iou((x, y, side), other) <= max_overlap for other in taken):

@@ -1,0 +1,296 @@
+"""Semantic segmentation (`image-segmentation`): `AutoModelForSemanticSegmentation` models (SegFormer, UperNet,
+MobileNetV2-DeepLabV3, BEiT, DPT, ...) on datasets in the layout of the transformers semantic-segmentation guide.
+What differs from classification: the examples carry a mask through the image processor (`segmentation_maps`), the
+per-image acquisition score aggregates per-pixel uncertainty, the pooled features are the encoder's last hidden
+state, and the metric is mean IoU."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..selection.strategies import UncertaintyStrategy, get_strategy
+from .segmentation_data import (
+    IGNORE_INDEX,
+    MASK_COLUMN,
+    open_mask,
+    reduce_mask_labels,
+    segmentation_class_names,
+    validate_segmentation_dataset,
+)
+from .segmentation_metrics import segmentation_compute_metrics
+from .task import Task
+
+PIXEL_AGGREGATIONS = ("mean", "max", "class_weighted")
+
+
+def prepare_segmentation(
+    image_processor,
+    *,
+    image_column: str = "image",
+    mask_column: str = MASK_COLUMN,
+    reduce_labels: bool | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    palette=None,
+    num_channels: int = 3,
+):
+    """
+    The batch transform of a segmentation dataset (for `dataset.with_transform(...)`), as in the transformers
+    semantic-segmentation guide: `image_processor(images=..., segmentation_maps=masks, return_tensors="pt")`, which
+    resizes each mask with nearest-neighbor to the pixels' size and returns it as `labels`.
+
+    Masks are decoded as class ids (see `open_mask`: palette indices, never colors) and `reduce_labels` is applied
+    here, with the image processors' rule (0 -> ignore index, every other id - 1), so that it works the same with
+    every processor; the processor's own `do_reduce_labels` is turned off for the call.
+
+    Args:
+        image_processor ([`~transformers.BaseImageProcessor`]): A processor that takes `segmentation_maps`:
+            `SegformerImageProcessorPil` (SegFormer, UperNet), `MobileNetV2ImageProcessorPil`, `BeitImageProcessorPil`,
+            `DPTImageProcessorPil` (the PIL ones; the fast processors need torchvision).
+        image_column (`str`, *optional*, defaults to `"image"`): Column holding the images.
+        mask_column (`str`, *optional*, defaults to `"label"`): Column holding the masks; without it in the batch
+            (an unlabeled pool), only the pixels are prepared.
+        reduce_labels (`bool`, *optional*): Whether 0 is a background that is not a class (ADE20k). Default: the
+            processor's `do_reduce_labels` (else `False`).
+        ignore_index (`int`, *optional*, defaults to 255): The id `reduce_labels` gives the background.
+        palette (*optional*): Colors of the class ids, for RGB masks.
+        num_channels (`int`, *optional*, defaults to 3): The model's input channels.
+
+    Returns:
+        `Callable[[dict[str, list]], dict[str, list]]`: batch -> `pixel_values` (and `labels` `(H, W)` int64 when the
+        batch has masks), one entry per example; collate them with [`collate_segmentation`].
+
+    Raises:
+        `ValueError`: a processor that takes no `segmentation_maps`.
+
+    Example:
+
+    ```python
+    >>> import PIL.Image
+    >>> from transformers import SegformerImageProcessorPil
+    >>> transform = prepare_segmentation(SegformerImageProcessorPil(size={"height": 4, "width": 4}))
+    >>> mask = PIL.Image.fromarray(np.array([[0, 0, 1, 1]] * 2, dtype=np.uint8))
+    >>> batch = transform({"image": [PIL.Image.new("RGB", (4, 2))], "label": [mask]})
+    >>> batch["labels"][0].tolist(), tuple(batch["pixel_values"][0].shape)
+    ([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]], (3, 4, 4))
+    ```
+    """
+    from ..data.images import open_image, to_model_mode
+
+    if "segmentation_maps" not in inspect.signature(image_processor.preprocess).parameters:
+        raise ValueError(
+            f"{type(image_processor).__name__} takes no `segmentation_maps`, so it cannot prepare masks. Use the "
+            "model's segmentation processor: SegformerImageProcessorPil (SegFormer and UperNet checkpoints use it), "
+            "MobileNetV2ImageProcessorPil, BeitImageProcessorPil or DPTImageProcessorPil."
+        )
+    if reduce_labels is None:
+        reduce_labels = bool(getattr(image_processor, "do_reduce_labels", False))
+    options = {"return_tensors": "pt"}
+    if hasattr(image_processor, "do_reduce_labels"):
+        options["do_reduce_labels"] = False
+
+    def transform(batch: dict) -> dict:
+        images = [to_model_mode(open_image(value), num_channels) for value in batch[image_column]]
+        if mask_column not in batch:
+            encoded = image_processor(images=images, **options)
+            return {"pixel_values": list(encoded["pixel_values"])}
+        indices = batch.get("pool_index", [None] * len(images))
+        masks = []
+        for value, index in zip(batch[mask_column], indices):
+            ids = open_mask(value, pool_index=index, palette=palette)
+            if reduce_labels:
+                ids = reduce_mask_labels(ids, ignore_index)
+            if ids.min(initial=0) < 0 or ids.max(initial=0) > 255:
+                raise ValueError(
+                    f"pool index {index}: mask ids {int(ids.min())}..{int(ids.max())} do not fit the 0..255 the "
+                    "image processors read; check the dataset with validate_segmentation_dataset"
+                )
+            masks.append(ids.astype(np.uint8))
+        encoded = image_processor(images=images, segmentation_maps=masks, **options)
+        return {"pixel_values": list(encoded["pixel_values"]), "labels": list(encoded["labels"])}
+
+    return transform
+
+
+def collate_segmentation(examples: list[dict]) -> dict:
+    """
+    Collate prepared segmentation examples: `pixel_values` `[B, C, H, W]`, `labels` `[B, H, W]` int64 when present
+    (what the models' losses take), and `pool_index` `[B]` when present. Images of different sizes (a processor that
+    keeps the aspect ratio) are zero-padded to the largest, their labels padded with the ignore index 255.
+    """
+    pixels = [torch.as_tensor(example["pixel_values"]) for example in examples]
+    height = max(p.shape[-2] for p in pixels)
+    width = max(p.shape[-1] for p in pixels)
+    batch = {
+        "pixel_values": torch.zeros(len(pixels), pixels[0].shape[0], height, width, dtype=pixels[0].dtype)
+    }
+    for row, p in enumerate(pixels):
+        batch["pixel_values"][row, :, : p.shape[-2], : p.shape[-1]] = p
+    if "labels" in examples[0]:
+        batch["labels"] = torch.full((len(pixels), height, width), IGNORE_INDEX, dtype=torch.long)
+        for row, example in enumerate(examples):
+            labels = torch.as_tensor(example["labels"], dtype=torch.long)
+            batch["labels"][row, : labels.shape[-2], : labels.shape[-1]] = labels
+    if "pool_index" in examples[0]:
+        batch["pool_index"] = torch.as_tensor([int(example["pool_index"]) for example in examples])
+    return batch
+
+
+def segmentation_image_scores(
+    outputs,
+    measure: str = "least_confidence",
+    *,
+    aggregation: str = "mean",
+    target_size: tuple[int, int] | None = None,
+    ignore_mask: torch.Tensor | None = None,
+    class_weights=None,
+) -> torch.Tensor:
+    """
+    Per-image acquisition scores of a segmenter's outputs: an uncertainty per pixel, aggregated per image, as the
+    pixel-wise uncertainty maps of active learning for semantic segmentation are (Mackowiak et al., "CEREALS -
+    Cost-Effective REgion-based Active Learning for Semantic Segmentation", BMVC 2018, score regions by the mean
+    entropy of their pixels; Kasarla et al., "Region-based Active Learning for Efficient Labeling in Semantic
+    Segmentation", WACV 2019, weight that entropy by class to favor rare classes). Here the region is the image.
+
+    1. Each pixel's softmax over the classes is scored with the classification strategy `measure`
+       (`least_confidence`, `entropy` or `margin`: the same `compute_scores` as for classification), shifted so that a
+       certain pixel (one-hot) scores 0: least confidence `1 - p1` (uniform: `1 - 1/C`), entropy (uniform: `log C`),
+       margin `1 - (p1 - p2)` (uniform: 1).
+    2. Pixels in `ignore_mask` are left out (padding, or the ignore index of known labels).
+    3. The image's score is the `mean` over its pixels, the `max`, or `class_weighted`: the mean over the classes the
+       model predicts in the image of their pixels' mean uncertainty, weighted by `class_weights[c]` (equal weights
+       by default), so that a class predicted on few pixels counts as much as one covering the image. An image
+       without any counted pixel scores 0.
+
+    Scores are computed at the logits' own resolution (the model's output stride: cheap, and what the pool's
+    scoring stores is one scalar per image), or after bilinear upsampling to `target_size` as
+    `post_process_semantic_segmentation` does. Higher always means "pick first".
+
+    Args:
+        outputs: The segmenter's output (`logits` `[B, C, h, w]`), or the logits tensor itself.
+        measure (`str`, *optional*, defaults to `"least_confidence"`): A per-example uncertainty strategy name.
+        aggregation (`str`, *optional*, defaults to `"mean"`): `mean`, `max` or `class_weighted`.
+        target_size (`tuple[int, int]`, *optional*): `(height, width)` to upsample the logits to first.
+        ignore_mask (`torch.Tensor` `[B, H, W]` bool, *optional*): Pixels to leave out (True); resized with
+            nearest-neighbor to the scoring resolution when its size differs.
+        class_weights (array-like of shape `(C,)`, *optional*): Class weights of `class_weighted` (e.g. the inverse
+            pixel frequency of each class in the labeled set).
+
+    Returns:
+        `torch.Tensor` of shape `(B,)`, float32.
+
+    Example:
+
+    ```python
+    >>> logits = torch.zeros(1, 4, 2, 2)  # uniform over 4 classes everywhere
+    >>> segmentation_image_scores(logits, "least_confidence").tolist()
+    [0.75]
+    ```
+    """
+    if aggregation not in PIXEL_AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {list(PIXEL_AGGREGATIONS)}, got {aggregation!r}.")
+    strategy = get_strategy(measure)
+    if not isinstance(strategy, UncertaintyStrategy):
+        raise ValueError(
+            f"Strategy {measure!r} does not score single examples from their class probabilities; per-pixel scores "
+            "use least_confidence, entropy or margin."
+        )
+    logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
+    if logits.ndim != 4:
+        raise ValueError(
+            f"Segmentation logits must be [batch, classes, height, width], got shape {tuple(logits.shape)}."
+        )
+    logits = logits.detach().float()
+    if target_size is not None and tuple(logits.shape[-2:]) != tuple(target_size):
+        logits = F.interpolate(logits, size=tuple(target_size), mode="bilinear", align_corners=False)
+    batch, classes, height, width = logits.shape
+    counted = torch.ones(batch, height, width, dtype=torch.bool)
+    if ignore_mask is not None:
+        ignore = torch.as_tensor(ignore_mask, dtype=torch.bool)
+        if ignore.shape[-2:] != (height, width):
+            ignore = F.interpolate(ignore[:, None].float(), size=(height, width), mode="nearest")[:, 0].bool()
+        counted &= ~ignore
+    weights = None
+    if aggregation == "class_weighted":
+        weights = torch.ones(classes, dtype=torch.float64)
+        if class_weights is not None:
+            weights = torch.as_tensor(np.asarray(class_weights, dtype=np.float64))
+            if weights.shape != (classes,) or (weights < 0).any():
+                raise ValueError(
+                    f"class_weights must be {classes} non-negative numbers (one per class), got shape "
+                    f"{tuple(weights.shape)}."
+                )
+    certain = float(strategy.compute_scores(np.eye(1, classes))[0])
+    scores = torch.zeros(batch, dtype=torch.float64)
+    # One image at a time: the per-pixel probabilities of a whole batch at full resolution can be large.
+    for row in range(batch):
+        keep = counted[row].reshape(-1)
+        if not keep.any():
+            continue
+        probs = logits[row].reshape(classes, -1).T[keep].softmax(-1).double().numpy()
+        uncertainty = torch.from_numpy(np.asarray(strategy.compute_scores(probs), dtype=np.float64) - certain)
+        if aggregation == "mean":
+            scores[row] = uncertainty.mean()
+        elif aggregation == "max":
+            scores[row] = uncertainty.max()
+        else:
+            predicted = torch.from_numpy(probs.argmax(-1))
+            totals = torch.zeros(classes, dtype=torch.float64).index_add_(0, predicted, uncertainty)
+            counts = torch.bincount(predicted, minlength=classes).double()
+            present = (counts > 0) & (weights > 0)
+            if present.any():
+                means = totals[present] / counts[present]
+                scores[row] = (weights[present] * means).sum() / weights[present].sum()
+    return scores.float()
+
+
+def segmentation_pooled_features(outputs) -> torch.Tensor:
+    """
+    Pooled features of a segmenter's output, for the diversity strategies (k-center, BADGE, TypiClust): the spatial
+    (or token) mean of the last entry of `hidden_states`, the encoder's deepest features (SegFormer's and
+    MobileNetV2's last stage, UperNet's backbone's last stage, BEiT's and DPT's last layer). Read from the output
+    fields, not from module names: run the model with `output_hidden_states=True`.
+
+    Returns:
+        `torch.Tensor` of shape `(B, hidden_size)`, float32.
+
+    Raises:
+        `ValueError`: the output holds no `hidden_states`.
+    """
+    for name in ("hidden_states", "encoder_hidden_states", "last_hidden_state"):
+        hidden = outputs.get(name) if hasattr(outputs, "get") else getattr(outputs, name, None)
+        if isinstance(hidden, (list, tuple)):
+            hidden = hidden[-1] if hidden else None
+        if isinstance(hidden, torch.Tensor) and hidden.ndim == 4:  # a feature map [B, C, H, W]
+            return hidden.float().mean((2, 3))
+        if isinstance(hidden, torch.Tensor) and hidden.ndim == 3:  # tokens [B, L, D]
+            return hidden.float().mean(1)
+    raise ValueError(
+        f"{type(outputs).__name__} has no `hidden_states` to pool; run the segmenter with "
+        "`output_hidden_states=True` (pooled features of a segmenter are its encoder's last hidden state)."
+    )
+
+
+SEGMENTATION = Task(
+    name="image-segmentation",
+    auto_model_class="AutoModelForSemanticSegmentation",
+    model_mapping="MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES",
+    columns=("image", MASK_COLUMN),
+    validate=validate_segmentation_dataset,
+    class_names=segmentation_class_names,
+    prepare=prepare_segmentation,
+    collate=collate_segmentation,
+    image_scores=segmentation_image_scores,
+    pooled_features=segmentation_pooled_features,
+    compute_metrics=segmentation_compute_metrics,
+    metric_names=("mean_iou", "mean_accuracy", "overall_accuracy"),
+    annotation_formats=("mask_folder", "label_studio_brush_labels"),
+    label_studio_tag="BrushLabels",
+    card_metric="mean_iou",
+    # The transform reads the `image` and mask columns, which are no arguments of the model's forward (the guide
+    # sets the same).
+    training_arguments={"remove_unused_columns": False},
+)

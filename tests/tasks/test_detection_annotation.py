@@ -418,6 +418,9 @@ def test_refused_sources_and_tasks(tmp_path):
     (tmp_path / "labels.csv").write_text("pool_index,label\n")
     with pytest.raises(LabelError, match=r"boxes are read from a .json file"):
         read_detection_labels(tmp_path / "labels.csv", class_names=CLASSES)
+    (tmp_path / "broken.zip").write_bytes(b"not a zip")
+    with pytest.raises(LabelError, match=r"broken.zip: not a readable COCO export \(BadZipFile"):
+        read_detection_labels(tmp_path / "broken.zip", class_names=CLASSES)
     with pytest.raises(LabelError, match=r"neither a Label Studio export .* nor COCO JSON"):
         read_detection_labels({"images": []}, class_names=CLASSES)
     with pytest.raises(

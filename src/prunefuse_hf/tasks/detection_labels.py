@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def read_detection_labels(source, *, class_names: list[str], query=None, dataset
                              f"{image.place}). Keep one task per image and export again.")  # fmt: skip
         first[image.pool_index] = image.place
         _check_boxes(image, answer, index, class_names, name)
+    skipped = sorted(set(skipped) - set(first))  # a skip beside another task's answer: labeled
     labels = DetectionLabels(
         [image.pool_index for image, _, _ in kept],
         [{BBOX_KEY: [list(map(float, box)) for box in answer.boxes], CATEGORY_KEY: list(answer.categories)}
@@ -183,7 +185,11 @@ def _load(source) -> tuple[str, object, str]:
                 f"Label file {name} not found. Check the path (relative paths start at {os.getcwd()})."
             )
         if path.is_dir() or path.suffix.lower() == ".zip":
-            return "coco", read_coco_source(path, name), name
+            try:
+                return "coco", read_coco_source(path, name), name
+            except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise LabelError(f"{name}: not a readable COCO export ({type(error).__name__}: {error}). Download "
+                                 "it again.") from error  # fmt: skip
         if path.suffix.lower() != ".json":
             raise LabelError(f"{name}: boxes are read from a .json file (Label Studio JSON, JSON_MIN or COCO "
                              "export, or a COCO file) or Label Studio's COCO .zip; export one of these.")  # fmt: skip

@@ -26,6 +26,7 @@ from .detection import (
     detection_probs,
     prepare_detection,
 )
+from .detection_annotation import detection_label_studio_config, detection_prediction, write_detection_query
 from .detection_data import (
     BBOX_FORMATS,
     coco_json_from_dataset,
@@ -36,6 +37,7 @@ from .detection_data import (
     load_detection_dataset,
     validate_detection_dataset,
 )
+from .detection_labels import DetectionLabels, read_detection_labels
 from .detection_metrics import detection_compute_metrics, mean_average_precision
 from .detection_synthetic import synthetic_detection_pool
 from .segmentation import (
@@ -146,6 +148,7 @@ __all__ = [
     "BBOX_FORMATS",
     "CLASSIFICATION",
     "DETECTION",
+    "DetectionLabels",
     "PIXEL_AGGREGATIONS",
     "SEGMENTATION",
     "TASKS",
@@ -161,7 +164,9 @@ __all__ = [
     "detection_compute_metrics",
     "detection_features",
     "detection_image_scores",
+    "detection_label_studio_config",
     "detection_pooled_features",
+    "detection_prediction",
     "detection_probs",
     "get_task",
     "load_detection_dataset",
@@ -171,6 +176,7 @@ __all__ = [
     "open_mask",
     "prepare_detection",
     "prepare_segmentation",
+    "read_detection_labels",
     "read_id2label",
     "reduce_mask_labels",
     "segmentation_class_names",
@@ -183,4 +189,5 @@ __all__ = [
     "task_for_model",
     "validate_detection_dataset",
     "validate_segmentation_dataset",
+    "write_detection_query",
 ]

@@ -177,7 +177,7 @@ def validate_detection_dataset(
     objects = dataset.with_format("arrow")[objects_column].to_pylist()
     problems, bad_rows = [], 0
     for index, row in enumerate(objects):
-        row_problems = _row_problems(index, row, sizes[index], names, bbox_format)
+        row_problems = object_problems(index, row, sizes[index], names, bbox_format)
         if row_problems:
             bad_rows += 1
             problems.extend(row_problems)
@@ -191,7 +191,10 @@ def validate_detection_dataset(
     return dataset
 
 
-def _row_problems(index: int, row, size: tuple[int, int], names: list[str], bbox_format: str) -> list[str]:
+def object_problems(index: int, row, size: tuple[int, int], names: list[str], bbox_format: str) -> list[str]:
+    """What is wrong with one image's objects (a box that is not 4 numbers, outside the `size` = (width, height)
+    image beyond `BOX_TOLERANCE_PX`, of zero area; a category outside `names`), each named by pool index, object,
+    value and fix; empty when nothing is."""
     where = f"pool index {index}"
     row = objects_as_columns(row)
     boxes, categories = row[BBOX_KEY], row[CATEGORY_KEY]

@@ -227,3 +227,39 @@ def test_an_unreachable_server_is_tried_again_then_named(tmp_path, monkeypatch, 
     assert len(tries) >= 2 and all("Label Studio at http://127.0.0.1:9 cannot be reached" in m for m in tries)
     assert "Trying again in 1 s (sending the query; unreachable for 0 s, giving up after 2 s)" in tries[0]
     assert open_query(run_dir)[0] == 1  # the run waits for labels, whole
+
+
+def test_the_server_stopped_and_started_again_mid_round_is_waited_for(
+    label_studio, tmp_path, monkeypatch, pool_and_truth
+):
+    server = label_studio
+    pool, truth = pool_and_truth
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+
+    def script(team):
+        tasks = team.round_tasks(1, 8)
+        server.annotate(tasks[0]["id"], team.user(0), truth[tasks[0]["data"]["pool_index"]])
+        team.wait_for(lambda: team.said("round 1: 1 annotated"), "the loop to see the first answer")
+        server.stop()
+        team.wait_for(lambda: team.said("cannot be reached"), "the loop to notice")
+        server.start()
+        for task in tasks[1:]:
+            server.annotate(task["id"], team.user(0), truth[task["data"]["pool_index"]])
+        for task in team.round_tasks(2, 6):
+            server.annotate(task["id"], team.user(0), truth[task["data"]["pool_index"]])
+
+    trainer = _trainer(pool, run_dir)
+    team = Team(server, run_dir, script)
+    team.thread.start()
+    try:
+        label_studio_loop(trainer, url=server.url, poll_interval=POLL, report=team.report)
+    finally:
+        team.check()
+    assert trainer.done
+    down = team.said("cannot be reached")
+    assert (
+        down.startswith(f"Label Studio at {server.url} cannot be reached") and "(polling the project;" in down
+    )
+    assert team.said("Label Studio answers again (polling the project).")
+    assert len(pq.read_table(run_dir / "labels.parquet")) == 14

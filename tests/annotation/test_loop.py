@@ -263,3 +263,44 @@ def test_the_server_stopped_and_started_again_mid_round_is_waited_for(
     )
     assert team.said("Label Studio answers again (polling the project).")
     assert len(pq.read_table(run_dir / "labels.parquet")) == 14
+
+
+def test_the_webhook_wakes_the_loop_and_is_removed_at_the_end(
+    label_studio, tmp_path, monkeypatch, pool_and_truth
+):
+    import socket
+
+    server = label_studio
+    pool, truth = pool_and_truth
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def script(team):
+        tasks = team.round_tasks(1, 8)
+        team.wait_for(lambda: team.said("round 1: 0 annotated"), "the loop's first look")
+        wrong_id = server.annotate(tasks[0]["id"], team.user(1), "cross" if truth[0] != "cross" else "circle")
+        for task in tasks:
+            server.annotate(task["id"], team.user(0), truth[task["data"]["pool_index"]])
+        team.wait_for(lambda: team.said("have answers that disagree"), "the conflict", timeout=20)
+        server.session.delete(f"{server.url}/api/annotations/{wrong_id}").raise_for_status()
+        for task in team.round_tasks(2, 6):
+            server.annotate(task["id"], team.user(0), truth[task["data"]["pool_index"]])
+
+    trainer = _trainer(pool, run_dir)
+    team = Team(server, run_dir, script)
+    team.thread.start()
+    started = time.monotonic()
+    try:
+        # Polling alone would look once a minute: every wake-up below comes from the webhook.
+        label_studio_loop(trainer, url=server.url, poll_interval=60, webhook_port=port, report=team.report)
+    finally:
+        team.check()
+    assert trainer.done and time.monotonic() - started < 55, team.messages
+    assert team.said(f"calls http://127.0.0.1:{port}/: the loop wakes at every answer")
+    assert sum("webhook" in m for m in team.messages) == 1  # registered once for both rounds
+    project = json.loads((run_dir / "label_studio.json").read_text())["project"]
+    hooks = server.session.get(f"{server.url}/api/webhooks/", params={"project": project}).json()
+    assert [h for h in hooks if h["url"] == f"http://127.0.0.1:{port}/"] == []

@@ -4,6 +4,7 @@ to the fused model. Skipped, saying why, when Label Studio is not installed."""
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -118,8 +119,15 @@ def test_one_command_labels_a_folder_in_rounds_and_survives_ctrl_c(label_studio,
     assert "prunefuse-hf label-studio: interrupted" in err and "Traceback" not in err
     assert not (run_dir / "labels.parquet").exists()
 
-    loop = Loop(argv, env)  # the same command again
+    # The same command again; this time Label Studio's webhook wakes it (a poll only every 60 s).
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    argv[-1] = "60"
+    loop = Loop(argv + ["--webhook_port", str(port)], env)
     loop.wait_for("round 1: 0 tasks sent to")
+    loop.wait_for(f"calls http://127.0.0.1:{port}/: the loop wakes at every answer")
+    loop.wait_for("round 1: 2 annotated")
     for task in tasks[2:]:
         answer(task)
     server.annotate(

@@ -9,16 +9,19 @@ finishes: the final model, and the Hub push when the run's `push_to_hub` is set.
 The loop keeps nothing that the run directory and the Label Studio project do not hold: stopped at any moment
 (Ctrl-C, a crash, a reboot), it is called again and picks up where it was. A server that cannot be reached is
 tried again with backoff (each try said plainly); answers that disagree under the default policy are named and
-waited on until they are fixed in Label Studio.
+waited on until they are fixed in Label Studio. With a webhook port, Label Studio's webhook (registered on the
+project, removed on exit) wakes the loop at every annotation; polling goes on beside it.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from transformers.utils import logging
 
@@ -30,12 +33,16 @@ from .label_studio_api import (
     pull_export,
     push_query,
 )
+from .labels import LabelError
 
 logger = logging.get_logger(__name__)
 
 _RUN_POLICY = object()  # `resolve` not given: the run's `annotation_resolve`
 _BACKOFF_START, _BACKOFF_MAX = 1.0, 60.0  # seconds between tries while the server cannot be reached
 _POLLED_FIELDS = "id,total_annotations,cancelled_annotations,annotators"
+# What changes a round's answers: every such event wakes the loop (the payload is not needed, only the nudge).
+_WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+                    "TASKS_DELETED"]  # fmt: skip
 
 
 @dataclass
@@ -84,6 +91,8 @@ def label_studio_loop(
     resolve=_RUN_POLICY,
     requery_skipped: bool = False,
     retry_for: float = 1800.0,
+    webhook_port: int | None = None,
+    webhook_host: str = "127.0.0.1",
     report: Callable[[str], None] | None = None,
 ):
     """
@@ -105,6 +114,11 @@ def label_studio_loop(
         requery_skipped (`bool`, *optional*, defaults to `False`): Let later rounds query skipped images again.
         retry_for (`float`, *optional*, defaults to 1800): Seconds the server may stay unreachable (tried again
             with backoff) before the loop gives up; the run is whole either way.
+        webhook_port (`int`, *optional*): Listen on this port for Label Studio's webhook: it is registered on the
+            project (and removed on exit), and every annotation created, updated or deleted wakes the loop at once;
+            polling goes on beside it, every `poll_interval` seconds. Default: polling only.
+        webhook_host (`str`, *optional*, defaults to `"127.0.0.1"`): The address the webhook server listens on,
+            which Label Studio must reach (this machine's address on the server's network when they differ).
         report (`Callable[[str], None]`, *optional*): Receives each message (progress of a round, conflicts,
             retries); default: this module's logger. The CLI prints them.
 
@@ -133,6 +147,7 @@ def label_studio_loop(
     run_dir = trainer.run_dir.path
     # A run directory that holds a run is continued; an empty one starts the run.
     resume = trainer.run_dir.state_path.is_file()
+    webhook = _Webhook(webhook_host, webhook_port, token, say) if webhook_port is not None else None
     try:
         while True:
             output = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -142,14 +157,17 @@ def label_studio_loop(
                 return output
             _label_round(trainer, round_, retry, say, url=url, token=token, document_root=document_root,
                          title=title, poll_interval=poll_interval, policy=policy,
-                         requery_skipped=requery_skipped)  # fmt: skip
+                         requery_skipped=requery_skipped, webhook=webhook)  # fmt: skip
     except KeyboardInterrupt:
         say(f"Stopped. The run in {run_dir} is whole: start the loop again to pick up where it was.")
         raise
+    finally:
+        if webhook is not None:
+            webhook.close()
 
 
 def _label_round(trainer, round_: int, retry: _Retry, say, *, url, token, document_root, title, poll_interval,
-                 policy, requery_skipped) -> None:  # fmt: skip
+                 policy, requery_skipped, webhook: _Webhook | None) -> None:  # fmt: skip
     """Push the round, wait until every task is answered or skipped, then ingest its labels."""
     run_dir = trainer.run_dir.path
 
@@ -165,6 +183,8 @@ def _label_round(trainer, round_: int, retry: _Retry, say, *, url, token, docume
     client = retry("connecting", lambda: LabelStudioClient(record["url"], token))
     project = record["project"]
     task_ids = retry("listing the round's tasks", lambda: _round_task_ids(client, project, round_))
+    if webhook is not None:
+        retry("registering the webhook", lambda: webhook.register(client, project))
     users: dict[int, str] = {}
     shown, conflicts = None, None
     while True:
@@ -194,7 +214,10 @@ def _label_round(trainer, round_: int, retry: _Retry, say, *, url, token, docume
                     f"round {round_}: {result.added} labels added, {result.skipped.size} skipped; resuming the run"
                 )
                 return
-        time.sleep(poll_interval)
+        if webhook is not None:
+            webhook.wait(poll_interval)
+        else:
+            time.sleep(poll_interval)
 
 
 def _describe_conflicts(round_: int, conflicts: list[str], project_url: str) -> str:
@@ -227,6 +250,86 @@ def _round_progress(
         users.update(client.users())
     progress.annotators = sorted(users.get(who, str(who)) for who in seen)
     return progress
+
+
+class _Webhook:
+    """A small HTTP server whose every request (Label Studio's webhook) wakes the loop, and its registration on the
+    project (once; one left behind by a loop that was killed is replaced)."""
+
+    def __init__(self, host: str, port: int, token: str | None, say):
+        self.woken = threading.Event()
+        self.url = f"http://{host}:{port}/"
+        self.token, self.say = token, say
+        self.registered: tuple[str, int, int] | None = None  # server, project, webhook id
+        self.refused = False
+        woken = self.woken
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.end_headers()
+                woken.set()
+
+            do_GET = do_POST
+
+            def log_message(self, *args):  # every annotation: not worth a line
+                pass
+
+        try:
+            self.server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as error:
+            raise OSError(
+                f"The webhook server cannot listen on {host}:{port} ({error}): choose another port."
+            ) from error
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def register(self, client: LabelStudioClient, project: int) -> None:
+        if self.registered is not None and self.registered[:2] == (client.url, project):
+            return
+        if self.refused:
+            return
+        try:
+            for hook in client.get("/api/webhooks/", params={"project": project}):
+                if hook.get("url") == self.url and hook.get("project") == project:
+                    client.request("DELETE", f"/api/webhooks/{hook['id']}/")
+            hook = client.post(
+                "/api/webhooks/",
+                {"project": project, "url": self.url, "send_payload": False, "send_for_all_actions": False,
+                 "actions": _WEBHOOK_ACTIONS, "is_active": True},
+            )  # fmt: skip
+        except LabelStudioUnreachable:
+            raise
+        except LabelError as error:
+            # Label Studio refuses webhooks to loopback and private addresses unless started with
+            # SSRF_PROTECTION_ENABLED=false: the loop polls instead of stopping.
+            self.refused = True
+            self.say(
+                f"Label Studio refused the webhook to {self.url} ({error}). A server that should call this machine "
+                "on a local or private address needs SSRF_PROTECTION_ENABLED=false at its start. Polling only."
+            )
+            return
+        self.registered = (client.url, project, hook["id"])
+        self.say(
+            f"Label Studio's webhook for project {project} calls {self.url}: the loop wakes at every answer."
+        )
+
+    def wait(self, timeout: float) -> None:
+        self.woken.wait(timeout)
+        self.woken.clear()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        if self.registered is None:
+            return
+        url, project, hook = self.registered
+        try:
+            LabelStudioClient(url, self.token, timeout=10).request("DELETE", f"/api/webhooks/{hook}/")
+        except LabelError as error:
+            self.say(
+                f"The webhook {hook} of project {project} stays registered ({error}); the next loop replaces it."
+            )
 
 
 class _Retry:

@@ -16,7 +16,8 @@ from ..constants import (
 )
 
 LOOP_USAGE = (
-    "prunefuse-hf label-studio loop --config RECIPE.yaml [--url URL] [--poll_interval S] [--field value ...]"
+    "prunefuse-hf label-studio loop --config RECIPE.yaml [--url URL] [--poll_interval S] [--webhook_port P] "
+    "[--field value ...]"
 )
 LOOP_DESCRIPTION = f"""Run a recipe with `annotation: human` to its end through Label Studio: each round's query is sent
 to the run's project, the loop waits until every task has an answer or a skip (a progress line per change), pulls
@@ -49,6 +50,18 @@ def _loop_parser() -> argparse.ArgumentParser:
         default=1800.0,
         help="Seconds the server may stay unreachable (tried again with backoff) before the loop stops (default "
         "1800); the run stays resumable.",
+    )
+    parser.add_argument(
+        "--webhook_port",
+        type=int,
+        help="Listen on this port for Label Studio's webhook (registered on the project, removed on exit): every "
+        "answer wakes the loop at once; polling goes on beside it. Label Studio calls local or private addresses "
+        "only when started with SSRF_PROTECTION_ENABLED=false (else the loop says so and polls).",
+    )
+    parser.add_argument(
+        "--webhook_host",
+        default="127.0.0.1",
+        help="The address the webhook server listens on, as Label Studio reaches this machine (default 127.0.0.1).",
     )
     parser.add_argument(
         "--requery_skipped",
@@ -101,5 +114,6 @@ def loop_from_command_line(argv: list[str]) -> dict:
 
         label_studio_loop(trainer, url=options.url, document_root=options.document_root, title=options.title,
                           poll_interval=options.poll_interval, requery_skipped=options.requery_skipped,
-                          retry_for=options.retry_for, report=say)  # fmt: skip
+                          retry_for=options.retry_for, webhook_port=options.webhook_port,
+                          webhook_host=options.webhook_host, report=say)  # fmt: skip
     return print_result(trainer, config)

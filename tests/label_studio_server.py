@@ -76,6 +76,8 @@ class LabelStudioServer:
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            # Lets the loop's webhook call back to 127.0.0.1 (Label Studio blocks local addresses by default).
+            "SSRF_PROTECTION_ENABLED": "false",
             "LATEST_VERSION_CHECK": "false",
             "COLLECT_ANALYTICS": "false",
         }

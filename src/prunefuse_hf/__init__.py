@@ -15,6 +15,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "annotation.labels": ["LabelBatch"],
+        "annotation.loop": ["label_studio_loop"],
         "annotation.queries": ["write_query_batch"],
         "annotation.readers": ["read_labels"],
         "annotation.store": ["LabelStore"],

@@ -7,9 +7,10 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "label_studio": ["label_studio_config", "label_studio_prediction"],
-        "label_studio_api": ["LabelStudioClient", "pull_export", "push_query"],
+        "label_studio": ["AnswersDisagree", "label_studio_config", "label_studio_prediction"],
+        "label_studio_api": ["LabelStudioClient", "LabelStudioUnreachable", "pull_export", "push_query"],
         "labels": ["ClassLookup", "LabelBatch", "LabelError", "check_class_names", "parse_pool_index"],
+        "loop": ["RoundProgress", "label_studio_loop"],
         "oracle": ["oracle_labels"],
         "queries": ["open_query", "query_directory", "read_query_indices", "write_query_batch"],
         "readers": ["read_labels"],

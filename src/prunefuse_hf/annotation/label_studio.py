@@ -82,10 +82,19 @@ def _check_policy(policy: str | None) -> str | None:
     return policy
 
 
+class AnswersDisagree(LabelError):
+    """Annotators' answers to some tasks disagree and the resolve policy does not decide; `conflicts` describes each
+    such task with its answers (one line each)."""
+
+    def __init__(self, message: str, conflicts: list[str]):
+        super().__init__(message)
+        self.conflicts = conflicts
+
+
 def _disagreement_error(
     name: str, conflicts: list[tuple[str, list[_Answer]]], policy: str | None
-) -> LabelError:
-    shown = "; ".join(
+) -> AnswersDisagree:
+    described = [
         f"{where}: "
         + ", ".join(
             f"{a.label!r} by {a.annotator or 'unknown'} (annotation {a.annotation_id}"
@@ -93,17 +102,19 @@ def _disagreement_error(
             + ")"
             for a in answers
         )
-        for where, answers in conflicts[:5]
-    ) + (f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+        for where, answers in conflicts
+    ]
+    shown = "; ".join(described[:5]) + (f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
     why = {
         None: "",
         "ground_truth": " No annotation (or more than one that disagree) is marked ground truth there.",
         "majority": " No answer has a majority there (a tie), and no ground truth decides it.",
     }[policy]
-    return LabelError(
+    return AnswersDisagree(
         f"{name}: {len(conflicts)} tasks have answers that disagree: {shown}.{why} Resolve them in Label Studio "
         "(mark one annotation as ground truth, or delete the wrong one) and export again, or choose a policy: "
-        f"resolve={'|'.join(RESOLUTIONS)} (CLI: --resolve)."
+        f"resolve={'|'.join(RESOLUTIONS)} (CLI: --resolve).",
+        described,
     )
 
 

@@ -42,6 +42,11 @@ logger = logging.get_logger(__name__)
 _IMPORT_CHUNK = 200  # tasks per import request: data: URIs make tasks large
 
 
+class LabelStudioUnreachable(LabelError):
+    """The server did not answer (refused connection, timeout) or answered that it is unavailable (502, 503, 504):
+    worth trying again later, unlike a refused token or request."""
+
+
 class LabelStudioClient:
     """
     Authenticated HTTP calls to a Label Studio server; every failure is a `LabelError` naming the call.
@@ -102,7 +107,7 @@ class LabelStudioClient:
                 return self._requests.request(method, self.url + path, timeout=self.timeout, **kwargs)
             return self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except self._requests.RequestException as error:
-            raise LabelError(
+            raise LabelStudioUnreachable(
                 f"Label Studio at {self.url} cannot be reached ({type(error).__name__}: {error}). Start it (README, "
                 f"'Label with people') or pass the right address (CLI: --url, or {LABEL_STUDIO_URL_ENV})."
             ) from error
@@ -118,6 +123,10 @@ class LabelStudioClient:
                 "to your token from Account & Settings; a legacy token needs the server started with "
                 "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true."
             )
+        if response.status_code in (502, 503, 504):
+            raise LabelStudioUnreachable(
+                f"Label Studio at {self.url} is unavailable ({method} {path} answered {response.status_code})."
+            )
         if response.status_code >= 400:
             raise LabelError(
                 f"Label Studio {method} {path} answered {response.status_code}: {response.text[:300]}"
@@ -130,11 +139,13 @@ class LabelStudioClient:
     def post(self, path: str, payload, **kwargs):
         return self.request("POST", path, json=payload, **kwargs).json()
 
-    def tasks(self, project: int) -> list[dict]:
-        """Every task of a project (paged)."""
+    def tasks(self, project: int, **params) -> list[dict]:
+        """Every task of a project (paged); `params` are more query parameters (`fields`, `include`)."""
         tasks, page = [], 1
         while True:
-            answer = self.get("/api/tasks", params={"project": project, "page": page, "page_size": 500})
+            answer = self.get(
+                "/api/tasks", params={"project": project, "page": page, "page_size": 500, **params}
+            )
             tasks += answer["tasks"]
             if not answer["tasks"] or len(tasks) >= answer["total"]:
                 return tasks
@@ -226,7 +237,7 @@ def pull_export(run_dir: str | os.PathLike, *, url: str | None = None, token: st
     """
     run_dir = Path(run_dir)
     round_, directory, _ = _open_round(run_dir)
-    record = _project_record(run_dir)
+    record = project_record(run_dir)
     if record is None:
         raise LabelError(
             f"{run_dir} has no Label Studio project yet ({LABEL_STUDIO_PROJECT} is missing): send the query first "
@@ -265,17 +276,20 @@ def _open_round(run_dir: Path) -> tuple[int, Path, list[dict]]:
         return round_, directory, json.load(f)
 
 
-def _project_record(run_dir: Path) -> dict | None:
+def project_record(run_dir: Path) -> dict | None:
+    """The run's Label Studio project as recorded by [`push_query`] (`url`, `project`), or `None`."""
     path = run_dir / LABEL_STUDIO_PROJECT
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _project(client: LabelStudioClient, run_dir: Path, title: str, config: str) -> int:
     """The run's project on this server (created once, recorded in RUN/label_studio.json), with `config`."""
-    record = _project_record(run_dir)
+    record = project_record(run_dir)
     if record and record["url"] == client.url:
         try:
             project = client.get(f"/api/projects/{record['project']}")
+        except LabelStudioUnreachable:
+            raise  # the project may well be there: never make a second one
         except LabelError:
             project = None  # deleted on the server: make a new one
         if project is not None:

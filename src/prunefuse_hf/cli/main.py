@@ -8,6 +8,7 @@ Subcommands:
     push      push a finished run to the Hub: fused model + card, selected subset, surrogate
     label     bring annotators' labels for a run's open query (annotation: human), then resume the run
     label-studio push|pull   send the open query to a running Label Studio / pull its export and ingest it
+    label-studio loop        run a recipe (annotation: human) to its end through Label Studio: push, wait, pull, resume
     cache list|clear         list the pixel caches (size, images, format, last use) / remove old ones
 
 Also runnable as `python -m prunefuse_hf.cli ...` (and so under `accelerate launch -m`).
@@ -338,6 +339,12 @@ def _add_label_studio_parser(subparsers) -> None:
     pull.add_argument("--label_column", help="The name of the class tag when the config has several.")
     pull.set_defaults(func=_label_studio_pull, index_column=None)
     _add_ingest_arguments(pull)
+    # Parsed by cli/label_studio_loop.py (the recipe's fields are its flags); listed here for `label-studio --help`.
+    actions.add_parser(
+        "loop",
+        help="Run a recipe (annotation: human) to its end: push each round, wait for the annotators, pull, resume. "
+        "prunefuse-hf label-studio loop --config RECIPE.yaml [--url URL] [--poll_interval S] [--field value ...]",
+    )
 
 
 def _label_studio_push(args) -> None:
@@ -454,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
 
             # The run's flags are the recipe's fields, parsed by HfArgumentParser (see run.py).
             run_from_command_line(argv[1:])
+        elif command == "label-studio" and argv[1:2] == ["loop"]:
+            from .label_studio_loop import loop_from_command_line
+
+            loop_from_command_line(argv[2:])
         else:
             args = build_parser().parse_args(argv)
             # Writing and reading checkpoints shows no progress bars (transformers', huggingface_hub's).

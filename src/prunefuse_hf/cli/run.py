@@ -135,10 +135,21 @@ def run_from_command_line(argv: list[str]) -> dict:
         config.disable_tqdm = False
     with run_console() as console:
         trainer = _train(model_args, data_args, config, run_args, recipe, argv, console)
-    return _print_result(trainer, config)
+    return print_result(trainer, config)
 
 
 def _train(model_args, data_args, config, run_args, recipe, argv, console) -> PruneFuseTrainer:
+    trainer = build_trainer(model_args, data_args, config, run_args, recipe, resume_command_line(argv),
+                            callbacks=[ProgressLine(console)])  # fmt: skip
+    trainer.train(resume_from_checkpoint=True if run_args.resume else None)
+    return trainer
+
+
+def build_trainer(
+    model_args, data_args, config, run_args, recipe, resume_command, callbacks
+) -> PruneFuseTrainer:
+    """The run's trainer: the pool and evaluation set loaded as the recipe says (a resumed run at the dataset
+    commit it started with)."""
     # The run (and the subset it publishes) reads a Hub dataset at one commit: later commits to the dataset repo
     # do not change its pool. A resumed run keeps the commit it started with.
     revision = data_args.dataset_revision or _recorded_revision(config.output_dir, run_args.resume)
@@ -148,20 +159,18 @@ def _train(model_args, data_args, config, run_args, recipe, argv, console) -> Pr
     pool, eval_dataset = load_run_datasets(
         data_args, config.image_column, config.label_column, seed=config.seed
     )
-    trainer = PruneFuseTrainer(
+    return PruneFuseTrainer(
         model_args.model_source,
         args=config,
         train_dataset=pool,
         eval_dataset=eval_dataset,
         recipe=recipe,
-        resume_command=resume_command_line(argv),
-        callbacks=[ProgressLine(console)],
+        resume_command=resume_command,
+        callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=True if run_args.resume else None)
-    return trainer
 
 
-def _print_result(trainer: PruneFuseTrainer, config: PruneFuseConfig) -> dict:
+def print_result(trainer: PruneFuseTrainer, config: PruneFuseConfig) -> dict:
     metrics = trainer.metrics
     if trainer.is_world_process_zero():
         if trainer.awaiting_labels is not None:

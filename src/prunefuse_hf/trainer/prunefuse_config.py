@@ -21,6 +21,7 @@ from ..constants import (
     METHODS,
     PIXEL_CACHE_FORMATS,
     PIXEL_CACHE_SCOPES,
+    RESOLUTIONS,
     SELECTORS,
     SURROGATE_INITS,
 )
@@ -94,6 +95,10 @@ class PruneFuseConfig(TrainingArguments):
         annotation (`str`, *optional*, defaults to `"simulated"`):
             Where labels come from: `"simulated"` reveals the pool's label column; `"human"` stops after every
             selection with the query batch written for annotators, and continues once labels are ingested.
+        annotation_resolve (`str`, *optional*):
+            How `prunefuse-hf label-studio loop` turns answers that disagree into one label: `"ground_truth"`,
+            `"majority"` or `"latest"`. `None` (default) takes none: the loop names the tasks in conflict and waits
+            until they are fixed in Label Studio.
 
         > Parameters that control pruning
 
@@ -364,6 +369,13 @@ class PruneFuseConfig(TrainingArguments):
             "query batch in output_dir/queries/round_K/ and continues once `prunefuse-hf label` ingested labels."
         },
     )
+    annotation_resolve: str | None = field(
+        default=None,
+        metadata={
+            "help": f"How `prunefuse-hf label-studio loop` decides between answers that disagree: {_names(RESOLUTIONS)}. "
+            "Default: none (the loop names the tasks in conflict and waits until they are fixed in Label Studio)."
+        },
+    )
 
     # Pruning.
     pruning_ratio: float | None = field(
@@ -624,6 +636,8 @@ class PruneFuseConfig(TrainingArguments):
         check_choice("importance", self.importance, IMPORTANCES)
         check_choice("strategy", self.strategy, tuple(STRATEGIES))
         check_choice("annotation", self.annotation, ANNOTATIONS)
+        if self.annotation_resolve is not None:
+            check_choice("annotation_resolve", self.annotation_resolve, RESOLUTIONS)
         check_boolean("augment", self.augment)
         if self.image_size is not None:
             self.image_size = check_integer("image_size", self.image_size, minimum=1)

@@ -153,6 +153,8 @@ POOL_FEATURES_DIR = "pool_features"
 # ----- the built-in dataset, read from Debian's `dataset-fashion-mnist` package when present -----
 
 FASHION_MNIST = "fashion_mnist"
+# The built-in object-detection pool: Fashion-MNIST items pasted on textured canvases (`tasks.synthetic_detection_pool`).
+SYNTHETIC_DETECTION = "synthetic_detection"
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_APT_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 
-from .constants import FASHION_MNIST
+from .constants import FASHION_MNIST, SYNTHETIC_DETECTION
 
 
 @dataclass
@@ -55,8 +55,15 @@ class DataArguments:
     dataset_name: str = field(
         default=FASHION_MNIST,
         metadata={
-            "help": "The pool: `fashion_mnist` (built in), a Hub dataset id, a `save_to_disk` directory or an "
-            "image folder."
+            "help": f"The pool: `fashion_mnist` (built in), a Hub dataset id, a `save_to_disk` directory or an "
+            f"image folder; for object detection also `{SYNTHETIC_DETECTION}` (built in) or an image folder with a "
+            "COCO JSON file."
+        },
+    )
+    annotations_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Object detection: the COCO JSON file of an image-folder pool (default: the folder's one *.json)."
         },
     )
     dataset_config_name: str | None = field(

@@ -107,6 +107,12 @@ DEFAULT_DISTILL_ALPHA = 0.5
 DEFAULT_DISTILL_TEMPERATURE = 4.0
 DEFAULT_NUM_ROUNDS = 4
 ANNOTATIONS = ("simulated", "human")
+# The tasks a run performs (`pipeline()` task names; `prunefuse_hf.tasks.TASKS` describes each).
+TASK_NAMES = ("image-classification", "object-detection")
+# Box layouts of a detection dataset's `objects.bbox` (COCO pixels, Pascal VOC corners, YOLO normalized centers).
+BBOX_FORMATS = ("coco", "pascal_voc", "yolo")
+# How the per-detection uncertainties of an image become its acquisition score (Brust et al., VISAPP 2019).
+DETECTION_AGGREGATIONS = ("max", "mean", "sum")
 # What selects the next query: the surrogate trained on the labeled set each round ("trained"; at p = 0 the dense
 # model itself), or a linear head trained each round on the surrogate's frozen pooled features, computed once at
 # its (pretrained) initialization ("linear_probe").
@@ -147,6 +153,8 @@ POOL_FEATURES_DIR = "pool_features"
 # ----- the built-in dataset, read from Debian's `dataset-fashion-mnist` package when present -----
 
 FASHION_MNIST = "fashion_mnist"
+# The built-in object-detection pool: Fashion-MNIST items pasted on textured canvases (`tasks.synthetic_detection_pool`).
+SYNTHETIC_DETECTION = "synthetic_detection"
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_APT_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"

@@ -71,17 +71,31 @@ def test_check_same_pool_compares_the_labeled_rows_and_converts_a_version_3_dict
     assert (digests[labeled] != 0).all() and len(set(digests[labeled].tolist())) == 3
     run_dir = RunDirectory(tmp_path)
 
-    kept = check_same_pool({"pool": {"num_examples": 40, ROW_DIGESTS: digests}}, _pixels(values), run_dir)
+    kept = check_same_pool(
+        {"pool": {"num_examples": 40, ROW_DIGESTS: digests}},
+        lambda rows: row_digests(_pixels(values), rows),
+        run_dir,
+    )
     assert np.array_equal(kept, digests)
     # State version 3 kept them as {"pool index": "hex"} in state.json: the same array comes back.
     version_3 = {"pool": {"num_examples": 40}, ROW_DIGESTS: {str(i): f"{digests[i]:016x}" for i in labeled}}
-    assert np.array_equal(check_same_pool(version_3, _pixels(values), run_dir), digests)
+    assert np.array_equal(
+        check_same_pool(version_3, lambda rows: row_digests(_pixels(values), rows), run_dir), digests
+    )
 
     # An unlabeled row may change (nobody trained on it); a labeled one may not.
     values[5] ^= 1
-    check_same_pool({"pool": {"num_examples": 40, ROW_DIGESTS: digests}}, _pixels(values), run_dir)
+    check_same_pool(
+        {"pool": {"num_examples": 40, ROW_DIGESTS: digests}},
+        lambda rows: row_digests(_pixels(values), rows),
+        run_dir,
+    )
     values[17] ^= 1
     with pytest.raises(
         ValueError, match=r"1 of the 3 labeled rows checked hold other pixels now \(pool index \[17\]"
     ):
-        check_same_pool({"pool": {"num_examples": 40, ROW_DIGESTS: digests}}, _pixels(values), run_dir)
+        check_same_pool(
+            {"pool": {"num_examples": 40, ROW_DIGESTS: digests}},
+            lambda rows: row_digests(_pixels(values), rows),
+            run_dir,
+        )

@@ -18,8 +18,9 @@ from transformers.utils import logging
 
 from ..annotation.queries import query_directory
 from ..arguments import DataArguments, ModelArguments
-from ..constants import QUERY_CONTENTS, STATE_NAME
+from ..constants import QUERY_CONTENTS, STATE_NAME, SYNTHETIC_DETECTION
 from ..data.loading import load_run_datasets, resolve_dataset_revision
+from ..trainer.annotated_run import annotated_task
 from ..trainer.prunefuse_config import PruneFuseConfig
 from ..trainer.prunefuse_trainer import PruneFuseTrainer
 from ..trainer.report import comparison_table
@@ -156,9 +157,12 @@ def build_trainer(
     data_args.dataset_revision = resolve_dataset_revision(data_args.dataset_name, revision)
     if data_args.dataset_revision is not None:
         recipe["dataset_revision"] = data_args.dataset_revision
-    pool, eval_dataset = load_run_datasets(
-        data_args, config.image_column, config.label_column, seed=config.seed
-    )
+    if annotated_task(model_args.model_source, config) is None:
+        pool, eval_dataset = load_run_datasets(
+            data_args, config.image_column, config.label_column, seed=config.seed
+        )
+    else:
+        pool, eval_dataset = _detection_datasets(data_args, config)
     return PruneFuseTrainer(
         model_args.model_source,
         args=config,
@@ -168,6 +172,33 @@ def build_trainer(
         resume_command=resume_command,
         callbacks=callbacks,
     )
+
+
+def _detection_datasets(data_args, config):
+    """The pool and evaluation set of an object-detection run: the built-in synthetic pool (`max_pool_size` images
+    of Fashion-MNIST's train items, default 1,000; `max_eval_samples` of its test items, default 200), or
+    `tasks.load_detection_dataset` splits, subsampled like classification's."""
+    from ..data.loading import subsample
+    from ..tasks import load_detection_dataset, synthetic_detection_pool
+
+    if data_args.dataset_name == SYNTHETIC_DETECTION:
+        pool = synthetic_detection_pool(data_args.max_pool_size or 1000, split="train", seed=config.seed)
+        if not data_args.eval_split:
+            return pool, None
+        return pool, synthetic_detection_pool(
+            data_args.max_eval_samples or 200, split="test", seed=config.seed + 1
+        )
+
+    def load(split):
+        return load_detection_dataset(data_args.dataset_name, split, annotations=data_args.annotations_file,
+                                      class_names=config.class_names, bbox_format=config.bbox_format,
+                                      image_column=config.image_column, objects_column=config.objects_column,
+                                      revision=data_args.dataset_revision)  # fmt: skip
+
+    pool = subsample(load(data_args.train_split), data_args.max_pool_size, config.seed)
+    if not data_args.eval_split:
+        return pool, None
+    return pool, subsample(load(data_args.eval_split), data_args.max_eval_samples, config.seed + 1)
 
 
 def print_result(trainer: PruneFuseTrainer, config: PruneFuseConfig) -> dict:
@@ -186,9 +217,9 @@ def print_result(trainer: PruneFuseTrainer, config: PruneFuseConfig) -> dict:
             )
             return metrics
         print(comparison_table({os.path.basename(os.path.normpath(config.output_dir)): metrics}))
-        final = metrics["final"]
-        if final.get("accuracy") is not None:
-            print(f"final model: {final['labeled']} labeled examples, accuracy {final['accuracy']:.4f}")
+        final, metric = metrics["final"], metrics["metric"]
+        if final.get(metric) is not None:
+            print(f"final model: {final['labeled']} labeled examples, {metric} {final[metric]:.4f}")
         else:
             print(f"final model: {final['labeled']} labeled examples; no evaluation set (eval_split: null), so no "
                   "accuracy was measured")  # fmt: skip

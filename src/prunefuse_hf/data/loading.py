@@ -24,6 +24,7 @@ from ..constants import (
     FASHION_MNIST_HUB_ID,
     FASHION_MNIST_LABELS,
     IMAGEFOLDER_METADATA_NAMES,
+    SYNTHETIC_DETECTION,
 )
 from ..utils.hub_ids import hub_reachable, is_hub_id
 
@@ -327,6 +328,8 @@ def resolve_dataset_revision(name: str, revision: str | None = None) -> str | No
     Raises:
         `FileNotFoundError`: `name` is neither on disk nor a reachable Hub id (see [`load_image_dataset`]).
     """
+    if name == SYNTHETIC_DETECTION:
+        return revision
     if name == FASHION_MNIST:
         directory = fashion_mnist_dir()
         if (directory / "train-images-idx3-ubyte.gz").is_file() or not hub_reachable():

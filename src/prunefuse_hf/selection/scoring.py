@@ -22,7 +22,7 @@ from .shards import gather_variable_rows
 
 logger = logging.get_logger(__name__)
 
-OUTPUTS = ("probs", "features", "mc_probs")
+OUTPUTS = ("probs", "features", "mc_probs", "scores")
 
 
 @dataclass
@@ -34,12 +34,14 @@ class PoolScores:
         probs: Softmax probabilities `[N, num_labels]` (float32), when asked for.
         features: Penultimate features (the classifier's input, flattened) `[N, D]`, when asked for.
         mc_probs: Probabilities of `mc_samples` MC-dropout passes `[N, mc_samples, num_labels]`, when asked for.
+        scores: Per-example acquisition scores `[N]` of `image_scores` (float32), when asked for.
     """
 
     pool_indices: np.ndarray
     probs: torch.Tensor | None = None
     features: torch.Tensor | None = None
     mc_probs: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.pool_indices)
@@ -58,6 +60,9 @@ def score_pool(
     gather: bool = True,
     mc_samples: int = 10,
     preprocess=None,
+    collate=None,
+    image_scores=None,
+    pooled_features=None,
 ) -> PoolScores:
     """
     Run `model` over (part of) the pool in eval mode and collect per-example outputs, batch by batch, with every
@@ -98,6 +103,15 @@ def score_pool(
         preprocess (`Callable`, *optional*):
             Applied to each batch's `pixel_values` on the device (e.g. `ImagePreprocessor.normalize`, which turns
             uint8 pixels into normalized floats).
+        collate (`Callable[[list[dict]], dict]`, *optional*):
+            For a `datasets.Dataset` whose rows are prepared examples (a task's `prepare` transform): builds the
+            model's inputs from a batch of rows (e.g. `tasks.collate_detection`: `pixel_values`, `pixel_mask`).
+        image_scores (`Callable[[ModelOutput], torch.Tensor]`, *optional*):
+            Per-example acquisition scores `[B]` of a batch's model output, for `"scores"` (a task's
+            `image_scores` with its measure bound, e.g. a detector's aggregated per-detection uncertainty).
+        pooled_features (`Callable[[ModelOutput], torch.Tensor]`, *optional*):
+            The features `[B, D]` of a batch's model output, for `"features"`, instead of the classifier's input
+            (a task's `pooled_features`, e.g. a detector's decoder queries).
 
     Returns:
         [`PoolScores`]: on the CPU, ordered by pool index: `pool_indices` `(N,)` int64, `probs` `(N, num_labels)`
@@ -129,6 +143,10 @@ def score_pool(
     unknown = set(outputs) - set(OUTPUTS)
     if unknown:
         raise ValueError(f"outputs may contain {list(OUTPUTS)}, got {sorted(unknown)}.")
+    if "scores" in outputs and image_scores is None:
+        raise ValueError(
+            "outputs 'scores' needs `image_scores`, the function that scores a batch's model output."
+        )
     dropout_layers = active_dropout_layers(model) if "mc_probs" in outputs else []
     if pool_indices is None:
         pool_indices = np.arange(len(dataset))
@@ -159,6 +177,9 @@ def score_pool(
         mc_samples,
         preprocess,
         accelerator,
+        collate,
+        image_scores,
+        pooled_features,
     )
     if world_size > 1 and gather:
         collected = {key: gather_variable_rows(accelerator, value) for key, value in collected.items()}
@@ -168,6 +189,7 @@ def score_pool(
         probs=collected["probs"][order] if "probs" in outputs else None,
         features=collected["features"][order] if "features" in outputs else None,
         mc_probs=collected["mc_probs"][order] if "mc_probs" in outputs else None,
+        scores=collected["scores"][order] if "scores" in outputs else None,
     )
 
 
@@ -184,32 +206,43 @@ def _forward_shard(
     mc_samples,
     preprocess,
     accelerator,
+    collate=None,
+    image_scores=None,
+    pooled_features=None,
 ):
     on_gpu = torch.device(device).type == "cuda"
     # Each item is a whole batch of rows read at once (one Arrow read or one batched transform). Loader workers
     # read ahead; without them the batches are read in the loop (a loader would only add its own overhead).
-    loader = _Batches(dataset, batches)
+    loader = _Batches(dataset, batches, collate)
     if num_workers or on_gpu:
         loader = DataLoader(loader, batch_size=None, num_workers=num_workers,
                             worker_init_fn=_single_threaded_worker, pin_memory=on_gpu)  # fmt: skip
     features_seen: list[torch.Tensor] = []
     hook = None
-    if "features" in outputs:
+    if "features" in outputs and pooled_features is None:
         hook = classifier_module(model).register_forward_pre_hook(
             lambda module, args: features_seen.append(args[0].detach().flatten(1).float().cpu())
         )
     autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
     was_training = model.training
     model.eval()
-    probs, mc_probs = [], []
+    probs, mc_probs, scores = [], [], []
     try:
         with torch.inference_mode(), autocast:
             progress = tqdm(loader, desc="Scoring pool", disable=not show_progress, unit="batch")
-            for pixel_values in progress:
-                pixel_values = pixel_values.to(device, non_blocking=on_gpu)
+            for inputs in progress:
+                if isinstance(inputs, torch.Tensor):
+                    inputs = {PIXEL_VALUES: inputs}
+                inputs = {key: value.to(device, non_blocking=on_gpu) for key, value in inputs.items()}
                 if preprocess is not None:
-                    pixel_values = preprocess(pixel_values)
-                logits = model(pixel_values=pixel_values).logits
+                    inputs[PIXEL_VALUES] = preprocess(inputs[PIXEL_VALUES])
+                pixel_values = inputs[PIXEL_VALUES]
+                model_output = model(**inputs)
+                logits = model_output.logits
+                if "scores" in outputs:
+                    scores.append(image_scores(model_output).float().cpu())
+                if "features" in outputs and pooled_features is not None:
+                    features_seen.append(pooled_features(model_output).detach().float().cpu())
                 if "probs" in outputs:
                     probs.append(torch.softmax(logits.float(), dim=-1).cpu())
                 if "mc_probs" in outputs:
@@ -232,20 +265,26 @@ def _forward_shard(
         collected["features"] = torch.cat(features_seen) if features_seen else torch.empty(0, 0)
     if "mc_probs" in outputs:
         collected["mc_probs"] = torch.cat(mc_probs) if mc_probs else torch.empty(0, mc_samples, num_labels)
+    if "scores" in outputs:
+        collected["scores"] = torch.cat(scores) if scores else torch.empty(0)
     return collected
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Item k is the `pixel_values` of batch k of rows (so a loader worker reads whole batches ahead)."""
+    """Item k is the `pixel_values` of batch k of rows, or with `collate` the model inputs it builds from the
+    batch's prepared rows (so a loader worker reads whole batches ahead)."""
 
-    def __init__(self, dataset, batches):
-        self.dataset, self.batches = dataset, batches
+    def __init__(self, dataset, batches, collate=None):
+        self.dataset, self.batches, self.collate = dataset, batches, collate
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, k: int) -> torch.Tensor:
         rows = self.batches[k]
+        if self.collate is not None:
+            columns = self.dataset[rows]
+            return self.collate([dict(zip(columns, values)) for values in zip(*columns.values())])
         if hasattr(self.dataset, "batch"):
             return self.dataset.batch(rows)
         return self.dataset[rows][PIXEL_VALUES]

@@ -210,6 +210,7 @@ class SelectionStrategy:
         seed: int | None = None,
         mc_probs: np.ndarray | torch.Tensor | None = None,
         accelerator=None,
+        scores: np.ndarray | torch.Tensor | None = None,
     ) -> Selection:
         """Pick the `n` most informative candidates.
 
@@ -234,6 +235,10 @@ class SelectionStrategy:
                 shard, e.g. from `score_pool(..., gather=False)`; `labeled_features` are all of them. The
                 processes reduce their shards' results and all return the same selection, the one a single
                 process would make from the whole pool. Only strategies with `shardable = True` accept shards.
+            scores (`np.ndarray` or `torch.Tensor` of shape `(num_candidates,)`, *optional*):
+                The uncertainty strategies' per-candidate scores, already computed (higher = pick first): a task
+                whose examples are not one class distribution each (object detection) computes them itself with
+                the strategy's measure (e.g. `tasks.detection_image_scores`); they replace `probs`.
 
         Returns:
             [`Selection`]: `n` unique pool indices, most informative first, with their scores.
@@ -254,7 +259,12 @@ class SelectionStrategy:
                 "process (score_pool(..., gather=True)) and call select without accelerator."
             )
         check_budget(n, int(group.sum(torch.tensor([len(pool_indices)]))))
-        given = {"probs": probs, "features": features, "mc_probs": mc_probs}
+        if scores is not None and not isinstance(self, UncertaintyStrategy):
+            raise ValueError(
+                f"Strategy '{self.name}' does not rank precomputed scores; only the uncertainty strategies "
+                f"({', '.join(sorted(n for n, c in STRATEGIES.items() if issubclass(c, UncertaintyStrategy)))}) do."
+            )
+        given = {"probs": probs if scores is None else scores, "features": features, "mc_probs": mc_probs}
         missing = sorted(need for need in self.needs if given.get(need) is None)
         if missing:
             raise ValueError(
@@ -270,6 +280,7 @@ class SelectionStrategy:
             seed=seed,
             mc_probs=mc_probs,
             **({"group": group} if self.shardable else {}),
+            **({"scores": scores} if scores is not None else {}),
         )
 
     def _select(
@@ -295,8 +306,25 @@ class UncertaintyStrategy(SelectionStrategy):
         raise NotImplementedError
 
     def _select(
-        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
+        self,
+        n,
+        *,
+        pool_indices,
+        probs,
+        features,
+        labeled_features,
+        seed,
+        mc_probs=None,
+        group=None,
+        scores=None,
     ) -> Selection:
+        if scores is not None:
+            scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+            if len(scores) != len(pool_indices):
+                raise ValueError(
+                    f"scores has {len(scores)} entries but there are {len(pool_indices)} candidates (pool_indices)."
+                )
+            return top_n_by_score(scores, pool_indices, n, group)
         probs = check_probs(probs, len(pool_indices), self.name)
         return top_n_by_score(self.compute_scores(probs), pool_indices, n, group)
 

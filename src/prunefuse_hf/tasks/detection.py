@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..constants import DETECTION_AGGREGATIONS as AGGREGATIONS
 from ..selection.strategies import UncertaintyStrategy, get_strategy
 from .detection_data import (
     BBOX_KEY,
@@ -21,7 +22,6 @@ from .detection_data import (
 from .detection_metrics import detection_compute_metrics
 from .task import Task
 
-AGGREGATIONS = ("max", "mean", "sum")
 DEFAULT_SCORE_THRESHOLD = 0.5
 DEFAULT_FALLBACK_TOP_K = 1
 

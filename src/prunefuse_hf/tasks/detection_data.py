@@ -15,11 +15,11 @@ import numpy as np
 import PIL.Image
 from transformers.utils import logging
 
+from ..constants import BBOX_FORMATS
 from ..data.images import open_image
 
 logger = logging.get_logger(__name__)
 
-BBOX_FORMATS = ("coco", "pascal_voc", "yolo")
 OBJECTS_COLUMN = "objects"
 BBOX_KEY = "bbox"
 CATEGORY_KEY = "category"

@@ -181,21 +181,10 @@ def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epoc
 
 
 def score_rows(trainer, model, pool_indices: np.ndarray, outputs: tuple[str, ...], gather: bool = True):
-    """`score_pool` of `model` on the run's pool rows `pool_indices`, with the run's batch size, processes,
-    preprocessing, workers and MC samples."""
-    return score_pool(
-        model,
-        PixelDataset(trainer.pool_pixels, pool_indices),
-        pool_indices,
-        batch_size=trainer.args.scoring_batch_size,
-        outputs=outputs,
-        accelerator=trainer.accelerator,
-        gather=gather,
-        mc_samples=trainer.args.mc_samples,
-        preprocess=trainer.preprocessor.normalize,
-        num_workers=trainer.args.dataloader_num_workers,
-        show_progress=not trainer.args.disable_tqdm,
-    )
+    """`score_pool` of `model` on the run's pool rows `pool_indices`, with the run's examples, batch size, processes,
+    workers, MC samples and the strategy's measure."""
+    return trainer.examples.score(model, pool_indices, outputs, args=trainer.args, accelerator=trainer.accelerator,
+                                  gather=gather, measure=trainer.strategy.name)  # fmt: skip
 
 
 def _feature_error(trainer, surrogate, rows: np.ndarray, targets: torch.Tensor) -> float:

@@ -12,8 +12,10 @@ from transformers.training_args import OptimizerNames
 
 from ..constants import (
     ANNOTATIONS,
+    BBOX_FORMATS,
     DEFAULT_DISTILL_TEMPERATURE,
     DEFAULT_NUM_ROUNDS,
+    DETECTION_AGGREGATIONS,
     FUSION_INITS,
     IMPORTANCES,
     INITIAL_STRATEGIES,
@@ -24,6 +26,7 @@ from ..constants import (
     RESOLUTIONS,
     SELECTORS,
     SURROGATE_INITS,
+    TASK_NAMES,
 )
 from ..selection.strategies import STRATEGIES
 from ..utils.checks import (
@@ -80,6 +83,9 @@ class PruneFuseConfig(TrainingArguments):
 
         > Parameters that control the data
 
+        task (`str`, *optional*):
+            The task: `"image-classification"` or `"object-detection"` (`pipeline()` names). Defaults to the model's
+            (a `*ForObjectDetection` model or config runs object detection).
         image_column (`str`, *optional*, defaults to `"image"`):
             Column of the pool (and the evaluation set) holding the images.
         label_column (`str`, *optional*, defaults to `"label"`):
@@ -92,6 +98,12 @@ class PruneFuseConfig(TrainingArguments):
             `image_size`, or the images' own size.
         augment (`bool`, *optional*, defaults to `False`):
             Random crop (4-pixel zero padding) and horizontal flip of training batches.
+        objects_column (`str`, *optional*, defaults to `"objects"`):
+            Object detection: the column holding each image's `bbox` and `category` lists (the transformers
+            object-detection guide's cppe-5 layout).
+        bbox_format (`str`, *optional*, defaults to `"coco"`):
+            Object detection: how `bbox` is stored: `"coco"` (`[x, y, width, height]` pixels), `"pascal_voc"`
+            (`[x_min, y_min, x_max, y_max]` pixels) or `"yolo"` (normalized `[x_center, y_center, width, height]`).
         annotation (`str`, *optional*, defaults to `"simulated"`):
             Where labels come from: `"simulated"` reveals the pool's label column; `"human"` stops after every
             selection with the query batch written for annotators, and continues once labels are ingested.
@@ -132,6 +144,13 @@ class PruneFuseConfig(TrainingArguments):
             When both are given, a list `query_size` must have exactly `num_rounds` values.
         scoring_batch_size (`int`, *optional*, defaults to `256`):
             Batch size per device when the surrogate scores the unlabeled pool.
+        detection_aggregation (`str`, *optional*, defaults to `"max"`):
+            Object detection: how the uncertainties of an image's detections (the strategy's measure of each
+            detection's class distribution) become the image's score: `"max"`, `"mean"` or `"sum"` (Brust, Käding
+            and Denzler, "Active Learning for Deep Object Detection", VISAPP 2019).
+        detection_score_threshold (`float`, *optional*, defaults to `0.5`):
+            Object detection: the detection score (best real class's probability) a query needs to count as one of
+            the image's detections; an image with none is scored by its most likely one.
         mc_samples (`int`, *optional*, defaults to `10`):
             Stochastic forward passes per example for MC-dropout strategies (`bald`).
         selection_seed (`int` or `None`, *optional*, defaults to `None`):
@@ -345,6 +364,10 @@ class PruneFuseConfig(TrainingArguments):
     )
 
     # Data.
+    task: str | None = field(
+        default=None,
+        metadata={"help": f"The task: {_names(TASK_NAMES)} (default: the model's, from its class)."},
+    )
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column: str = field(default="label", metadata={"help": "Column holding integer class ids."})
     class_names: list[str] | None = field(
@@ -361,6 +384,13 @@ class PruneFuseConfig(TrainingArguments):
     )
     augment: bool = field(
         default=False, metadata={"help": "Random crop (4-pixel padding) and horizontal flip while training."}
+    )
+    objects_column: str = field(
+        default="objects",
+        metadata={"help": "Object detection: column holding each image's `bbox` and `category` lists."},
+    )
+    bbox_format: str = field(
+        default="coco", metadata={"help": f"Object detection: how `bbox` is stored: {_names(BBOX_FORMATS)}."}
     )
     annotation: str = field(
         default="simulated",
@@ -430,6 +460,20 @@ class PruneFuseConfig(TrainingArguments):
     mc_samples: int = field(
         default=10,
         metadata={"help": "Stochastic forward passes per example for MC-dropout strategies (bald)."},
+    )
+    detection_aggregation: str = field(
+        default="max",
+        metadata={
+            "help": f"Object detection: how an image's per-detection uncertainties become its score: "
+            f"{_names(DETECTION_AGGREGATIONS)} (Brust et al., VISAPP 2019)."
+        },
+    )
+    detection_score_threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "Object detection: detection score a query needs to count as a detection when an image is "
+            "scored (an image without one is scored by its most likely detection)."
+        },
     )
     selection_seed: int | None = field(
         default=None,
@@ -638,6 +682,16 @@ class PruneFuseConfig(TrainingArguments):
         check_choice("annotation", self.annotation, ANNOTATIONS)
         if self.annotation_resolve is not None:
             check_choice("annotation_resolve", self.annotation_resolve, RESOLUTIONS)
+        if self.task is not None:
+            check_choice("task", self.task, TASK_NAMES)
+        check_choice("bbox_format", self.bbox_format, BBOX_FORMATS)
+        check_choice("detection_aggregation", self.detection_aggregation, DETECTION_AGGREGATIONS)
+        self.detection_score_threshold = check_number(
+            "detection_score_threshold",
+            self.detection_score_threshold,
+            lambda v: 0 <= v <= 1,
+            "a number in [0, 1]",
+        )
         check_boolean("augment", self.augment)
         if self.image_size is not None:
             self.image_size = check_integer("image_size", self.image_size, minimum=1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ import numpy as np
 import torch
 from transformers import (
     AutoConfig,
-    AutoModelForImageClassification,
     PretrainedConfig,
     PreTrainedModel,
     Trainer,
@@ -61,11 +59,13 @@ from ..pruning.prune import prune_model
 from ..pruning.support import check_supported_model
 from ..selection.scoring import active_dropout_layers, classifier_module
 from ..selection.strategies import get_strategy
+from ..tasks.classification import CLASSIFICATION
 from ..utils.hub_ids import check_hub_model
 from ..utils.io import redact_secrets
 from ..utils.run_directory import RunDirectory, step_name
 from ..utils.run_metrics import build_metrics
 from . import steps
+from .annotated_run import annotated_task, init_annotated_run, validated_annotations
 from .distillation_trainer import compute_accuracy
 from .inputs import labeled_rows, pixel_cache_options, prepare_eval_dataset, prepare_pool, seed_labels
 from .prunefuse_config import PruneFuseConfig
@@ -75,10 +75,11 @@ from .run_state import (
     STATE_VERSION,
     check_resumable,
     check_same_pool,
+    initialized_run,
     relative_image_paths,
     result_settings,
-    row_digests,
 )
+from .task_examples import PixelExamples
 
 logger = logging.get_logger(__name__)
 
@@ -175,6 +176,12 @@ class PruneFuseTrainer(Trainer):
         # ---- every check that can run before anything is built or written ----
         if isinstance(model, (str, os.PathLike)):
             check_hub_model("model", model)  # a Hub id the Hub cannot serve: refused now, not after retries
+        task = annotated_task(model, args)
+        if task is not None:  # object detection: its images are prepared with their boxes (`annotated_run`)
+            init_annotated_run(self, task, model, args, train_dataset, eval_dataset, processing_class, callbacks,
+                               compute_metrics, recipe=recipe, resume_command=resume_command)  # fmt: skip
+            return
+        self.task = CLASSIFICATION
         pool, self.class_names, self._pool_labels = prepare_pool(train_dataset, args)
         self._seed_labels = seed_labels(args, pool, self._pool_labels, self.class_names)
         if eval_dataset is not None and not isinstance(eval_dataset, PixelDataset):
@@ -203,7 +210,7 @@ class PruneFuseTrainer(Trainer):
         # on some architectures) is refused here, before the pool is decoded and the run directory is created. The
         # `init` step uses this surrogate. A run whose `init` is done (a resume) pruned this model already.
         self.pruned_at_init = None
-        if args.pruning_ratio > 0 and not _initialized(args):
+        if args.pruning_ratio > 0 and not initialized_run(args):
             with torch.random.fork_rng():
                 self.pruned_at_init = prune_model(dense, args.pruning_ratio, importance=args.importance)
         processor = processing_class if processing_class is not None else pretrained_image_processor(model)
@@ -257,17 +264,23 @@ class PruneFuseTrainer(Trainer):
         # Per-step facts are logged in one line each; the inner trainers show their own progress bars.
         self.remove_callback(PrinterCallback)
         self.remove_callback(ProgressCallback)
+        self.examples = PixelExamples(
+            self.pool_pixels, self.preprocessor, pool, args.label_column, self.class_names
+        )
+        self._init_run_fields(pool, eval_dataset, input_shape, recipe, resume_command)
+
+    def _init_run_fields(self, pool, raw_eval_dataset, input_shape, recipe, resume_command) -> None:
         self.pool = pool
-        self.raw_eval_dataset = eval_dataset
+        self.raw_eval_dataset = raw_eval_dataset
         self.input_shape = input_shape
-        self.run_dir = RunDirectory(args.output_dir)
+        self.run_dir = RunDirectory(self.args.output_dir)
         self.recipe = recipe
         self.resume_command = resume_command
         self.progress: dict = {}
         self.steps: list[Step] = []
         self._surrogate_cache: tuple[int, PreTrainedModel] | None = None
         self._awaiting_labels: int | None = None
-        self._row_digests: np.ndarray | None = None  # pixel digest of each labeled row (0: not labeled)
+        self._row_digests: np.ndarray | None = None  # digest of each labeled row (0: not labeled)
         self._image_paths: list | None = None  # of the pool's images, relative to their common folder
         self.run_tracker = RunTracker(self)
 
@@ -333,7 +346,7 @@ class PruneFuseTrainer(Trainer):
             # As after a stock Trainer's train(), later logs (evaluate()) carry the final model's epochs.
             self.state.epoch = final.get("epochs", self.state.epoch)
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
-        metrics = {key: final[key] for key in ("accuracy", "labeled") if final.get(key) is not None}
+        metrics = {key: final[key] for key in (self.examples.metric, "labeled") if final.get(key) is not None}
         metrics["selection_seconds"] = build_metrics(self.progress)["selection"]["seconds"]
         return TrainOutput(self.state.global_step, final.get("train_loss"), metrics)
 
@@ -446,7 +459,7 @@ class PruneFuseTrainer(Trainer):
     def _prepare_inputs(self, inputs: dict) -> dict:
         # The fused model's evaluation reads uint8 pixels like the inner trainers: normalize on the device.
         inputs = super()._prepare_inputs(inputs)
-        if PIXEL_VALUES in inputs:
+        if PIXEL_VALUES in inputs and self.preprocessor is not None:
             inputs[PIXEL_VALUES] = self.preprocessor.normalize(inputs[PIXEL_VALUES])
         return inputs
 
@@ -470,6 +483,8 @@ class PruneFuseTrainer(Trainer):
         return super().get_test_dataloader(self._prepared(test_dataset, "the test set", allow_unlabeled=True))
 
     def _prepared(self, dataset, what: str, allow_unlabeled: bool):
+        if self.preprocessor is None:  # prepared by the task as it is read (object detection)
+            return self.examples.prepared(validated_annotations(self, dataset, what, allow_unlabeled))
         # Not the run's pool or evaluation set: cached only when asked (pixel_cache_scope: all), so that predictions
         # on new images leave no permanent cache entry behind.
         prepared, _ = prepare_eval_dataset(dataset, self.preprocessor, self.args, self.class_names, what=what,
@@ -489,7 +504,7 @@ class PruneFuseTrainer(Trainer):
             self.class_names
         ):
             return
-        final = AutoModelForImageClassification.from_pretrained(self.run_dir.fused_dir)
+        final = self.task.model_class().from_pretrained(self.run_dir.fused_dir)
         self.model = self.model_wrapped = final.to(self.args.device)
 
     # ----- the run directory -------------------------------------------------------------------
@@ -504,7 +519,8 @@ class PruneFuseTrainer(Trainer):
             self.progress = {"version": STATE_VERSION, "completed": [], "settings": current,
                              "resume_command": self.resume_command,
                              "method_overrides": self.args.method_overrides, "recipe": redact_secrets(self.recipe),
-                             "class_names": self.class_names, "rounds": {}, "final": {}}  # fmt: skip
+                             "class_names": self.class_names, "metric": self.examples.metric, "rounds": {},
+                             "final": {}}  # fmt: skip
             return
         progress = self.run_dir.read_state()
         # Labels waiting to be used go on the images annotators were shown (named when the pool changed).
@@ -512,10 +528,10 @@ class PruneFuseTrainer(Trainer):
             check_query_rows(record, self.pool.dataset, self.args.image_column,
                              pool_size=progress["pool"]["num_examples"], what=f"Cannot resume {self.run_dir.path}")  # fmt: skip
         check_resumable(progress, current, self.run_dir)
-        self._row_digests = check_same_pool(progress, self.pool_pixels, self.run_dir)
+        self._row_digests = check_same_pool(progress, self.examples.row_digests, self.run_dir)
         self.pool.load_state_dict(progress["pool"], check_fingerprint=False)
         self.progress = {**progress, "version": STATE_VERSION}  # an older readable state is saved as this one
-        dense_init = AutoModelForImageClassification.from_pretrained(self.run_dir / DENSE_INIT_DIR)
+        dense_init = self.task.model_class().from_pretrained(self.run_dir / DENSE_INIT_DIR)
         self.model = self.model_wrapped = dense_init.to(self.args.device)
 
     def _save_state(self) -> None:
@@ -524,7 +540,7 @@ class PruneFuseTrainer(Trainer):
             self._row_digests = np.zeros(len(self.pool), dtype=np.uint64)
         labeled = self.pool.labeled_indices
         new = labeled[self._row_digests[labeled] == 0]
-        self._row_digests[new] = row_digests(self.pool_pixels, new)
+        self._row_digests[new] = self.examples.row_digests(new)
         self.progress["pool"][ROW_DIGESTS] = self._row_digests
         if self.is_world_process_zero():
             # The selection file and the pool arrays change only when examples are labeled: a step that labels
@@ -627,17 +643,6 @@ def _as_config(args) -> PruneFuseConfig:
     return PruneFuseConfig(**values)
 
 
-def _initialized(args) -> bool:
-    """Whether `output_dir` holds a run whose `init` step is done, that this trainer would resume."""
-    state = Path(args.output_dir) / STATE_NAME
-    if args.overwrite_output_dir or not state.is_file():
-        return False
-    try:
-        return "init" in json.loads(state.read_text(encoding="utf-8")).get("completed", [])
-    except (OSError, ValueError):
-        return False
-
-
 def _main_process_first(args):
     from accelerate import PartialState
 
@@ -646,23 +651,20 @@ def _main_process_first(args):
 
 
 def _check_trained_task(model) -> None:
-    """Refuse, before any work, a model of a task the run does not train end to end yet (object detection, semantic
-    segmentation): their pruning and fusion work from Python (`prune_model`, `fuse_into_dense`), and `get_task`
-    gives their data, scores and metric, but the run's pool, labels and inner training are image classification's."""
+    """Refuse, before any work, a model of a task the run does not train end to end yet (semantic segmentation):
+    its pruning and fusion work from Python (`prune_model`, `fuse_into_dense`), but the run's pool, labels and inner
+    training are image classification's and object detection's."""
     from transformers.models.auto import modeling_auto
 
     class_name = type(model).__name__ if isinstance(model, PreTrainedModel) else None
     if class_name is None and isinstance(model, PretrainedConfig):
         class_name = (model.architectures or [None])[0]
-    other_tasks = {
-        "object-detection": modeling_auto.MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES,
-        "image-segmentation": modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
-    }
+    other_tasks = {"image-segmentation": modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES}
     for task, mapping in other_tasks.items():
         if class_name in set(mapping.values()):
             raise ValueError(
                 f"{class_name} is a {task} model: PruneFuseTrainer and `prunefuse-hf run` train image classifiers "
-                f"only for now. Its pruning and fusion work from Python (prune_model, fuse_into_dense, "
+                f"and object detectors for now. Its pruning and fusion work from Python (prune_model, fuse_into_dense, "
                 f"load_surrogate), and prunefuse_hf.get_task gives the task's data checks, scores and metric where it "
                 "has one; for a run, use an *ForImageClassification model."
             )

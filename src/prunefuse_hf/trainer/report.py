@@ -66,6 +66,8 @@ def render_report(
     annotation: dict | None = None,
 ) -> str:
     costs = metrics["costs"]
+    metric = metrics.get("metric", "accuracy")
+    short = {"accuracy": "acc", "map": "mAP"}.get(metric, metric)
     lines = [
         "# PruneFuse run report",
         "",
@@ -83,7 +85,7 @@ def render_report(
         "",
         "## Rounds",
         "",
-        "| round | labeled | surrogate acc | dense/fused acc | surrogate train s | scoring s | "
+        f"| round | labeled | surrogate {short} | dense/fused {short} | surrogate train s | scoring s | "
         "selection GFLOPs | dense-AL GFLOPs |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -100,8 +102,8 @@ def render_report(
             flops = selection["flops"] + selector.get("flops", 0)
             dense_flops = selection["dense_flops"] + selector.get("dense_flops", 0)
         lines.append(
-            f"| {record['round']} | {labeled if labeled is not None else '–'} | {_fmt(surrogate.get('accuracy'))} | "
-            f"{_fmt(dense.get('accuracy'))} | {_fmt(surrogate.get('seconds'), '.1f')} | "
+            f"| {record['round']} | {labeled if labeled is not None else '–'} | {_fmt(surrogate.get(metric))} | "
+            f"{_fmt(dense.get(metric))} | {_fmt(surrogate.get('seconds'), '.1f')} | "
             f"{_fmt(selection and selection['seconds'], '.1f')} | {_gflops(flops)} | {_gflops(dense_flops)} |"
         )
     selection, final = metrics["selection"], metrics["final"]
@@ -137,7 +139,7 @@ def render_report(
         lines += ["", "## Final model", ""]
         lines.append(
             f"Trained on {final['labeled']} labeled examples for {final['epochs']} epochs in {final['seconds']:.1f} s: "
-            f"accuracy {_fmt(final.get('accuracy'))} (at fusion, before training: {_fmt(final.get('accuracy_at_start'))})."
+            f"{metric} {_fmt(final.get(metric))} (at fusion, before training: {_fmt(final.get(f'{metric}_at_start'))})."
         )
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
@@ -166,9 +168,9 @@ def _annotation_lines(annotation: dict[int, dict]) -> list[str]:
 
 def _write_plots(directory: Path, metrics: dict) -> list[str]:
     """Accuracy per labeled budget, and cumulative selection cost against dense-selector AL."""
-    rounds = metrics["rounds"]
-    surrogate_points = [(r["surrogate"]["labeled"], r["surrogate"]["accuracy"]) for r in rounds
-                        if r.get("surrogate") and r["surrogate"].get("accuracy") is not None]  # fmt: skip
+    rounds, metric = metrics["rounds"], metrics.get("metric", "accuracy")
+    surrogate_points = [(r["surrogate"]["labeled"], r["surrogate"][metric]) for r in rounds
+                        if r.get("surrogate") and r["surrogate"].get(metric) is not None]  # fmt: skip
     accuracy_lines = {
         "surrogate": surrogate_points,
         "fused / dense model": sorted(budget_accuracies(metrics).items()),
@@ -186,7 +188,7 @@ def _write_plots(directory: Path, metrics: dict) -> list[str]:
     }
     written = []
     for name, lines, xlabel, ylabel in (
-        (ACCURACY_PLOT, accuracy_lines, "labeled examples", "eval accuracy"),
+        (ACCURACY_PLOT, accuracy_lines, "labeled examples", f"eval {metric}"),
         (COST_PLOT, cost_lines, "round", "cumulative selection TFLOPs"),
     ):
         if any(lines.values()):
@@ -245,7 +247,8 @@ def comparison_table(runs: dict[str, dict]) -> str:
     width = max(12, *(len(n) + 2 for n in names))
     lines = []
     if budgets:  # runs without an evaluation set measured no accuracy: no table rather than an empty one
-        lines = ["accuracy of the trained dense/fused model per labeled budget",
+        metric = next(iter(runs.values())).get("metric", "accuracy")
+        lines = [f"{metric} of the trained dense/fused model per labeled budget",
                  f"{'labeled':>10}" + "".join(f"{n:>{width}}" for n in names), ""]  # fmt: skip
     for budget in budgets:
         row = [_fmt(budget_accuracies(runs[n]).get(budget)) for n in names]

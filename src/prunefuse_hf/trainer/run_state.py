@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow as pa
 
-from ..constants import ROW_DIGESTS
+from ..constants import ROW_DIGESTS, STATE_NAME
 from ..data.preprocessing import PixelDataset
 from ..utils.io import json_default
 from ..utils.run_directory import RunDirectory
@@ -86,12 +87,19 @@ def check_resumable(progress: dict, current: dict, run_dir: RunDirectory) -> Non
         )
 
 
-def check_same_pool(progress: dict, pixels, run_dir: RunDirectory) -> np.ndarray:
+def check_same_pool(progress: dict, digests_of, run_dir: RunDirectory) -> np.ndarray:
     """
     Refuse to resume on another pool. A pool is the same when the rows the run already trained on hold the same
     pixels: a repaired file, a re-encoded image of the same content or a moved folder still resume. At most
     `CHECKED_ROWS` labeled rows, evenly spread, are read: another pool differs in nearly every row, and a resume
     reads a few thousand rows whatever the number labeled (seconds for a 1M-image run at 224 px).
+
+    Args:
+        progress (`dict`): The run's state.
+        digests_of (`Callable[[np.ndarray], np.ndarray]`): The digest of each given pool row as the run computes
+            it (`PixelExamples.row_digests`: the decoded pixels; `AnnotatedExamples.row_digests`: image bytes and
+            annotations).
+        run_dir ([`RunDirectory`]): The run, named in the error.
 
     Returns:
         `np.ndarray`: the pixel digest of every pool row (`uint64`, 0 where the row is not labeled), as the run
@@ -108,7 +116,7 @@ def check_same_pool(progress: dict, pixels, run_dir: RunDirectory) -> np.ndarray
             digests[int(index)] = int(digest, 16)
     known = np.flatnonzero(digests)
     rows = known[np.linspace(0, len(known) - 1, min(len(known), CHECKED_ROWS)).astype(np.int64)]
-    changed = rows[row_digests(pixels, rows) != digests[rows]]
+    changed = rows[digests_of(rows) != digests[rows]]
     if len(changed):
         raise ValueError(
             f"Cannot resume {run_dir.path}: the pool is not the run's. {len(changed)} of the {len(rows)} labeled "
@@ -154,3 +162,14 @@ def relative_image_paths(dataset: datasets.Dataset, column: str) -> list[str | N
     if root is not None and len(local) == 1:
         root = os.path.dirname(root)
     return [os.path.relpath(p, root) if root and p and os.path.isabs(p) else p for p in paths]
+
+
+def initialized_run(args) -> bool:
+    """Whether `args.output_dir` holds a run whose `init` step is done, that a trainer with `args` would resume."""
+    state = Path(args.output_dir) / STATE_NAME
+    if args.overwrite_output_dir or not state.is_file():
+        return False
+    try:
+        return "init" in json.loads(state.read_text(encoding="utf-8")).get("completed", [])
+    except (OSError, ValueError):
+        return False

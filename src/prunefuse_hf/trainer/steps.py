@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import Counter
 
 import numpy as np
-from transformers import (
-    AutoModelForImageClassification,
-    set_seed,
-)
+from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
 from ..annotation.identity import query_images
 from ..annotation.labels import LabelBatch
-from ..annotation.oracle import oracle_labels
 from ..annotation.queries import query_directory, write_query_batch
 from ..annotation.rounds import skipped_indices
 from ..annotation.store import LabelStore, query_is_complete
@@ -37,7 +32,6 @@ from ..constants import (
     SURROGATE_INIT_DIR,
     TRAINER_DIR,
 )
-from ..data.preprocessing import PixelDataset
 from ..hub.push import push_query_batch
 from ..pruning.cost import FORWARD_FLOPS_PER_MAC, TRAIN_FLOPS_PER_MAC, model_cost
 from ..pruning.fusion import fuse_into_dense
@@ -47,7 +41,6 @@ from ..pruning.replay import load_surrogate, save_surrogate
 from ..selection.proxy import normalize_features, train_linear_probe
 from ..selection.typiclust import typiclust_select
 from .batchnorm import synced_batchnorm
-from .distillation_trainer import DistillationTrainer
 from .features import distill_surrogate, load_pool_features, pool_features, score_rows
 from .report import write_report
 from .run_logging import ForwardLogs
@@ -149,6 +142,7 @@ def train_surrogate(trainer, round_: int) -> dict:
     surrogate = load_surrogate(start_dir, plan)
     training_args = args.surrogate_training_args(str(trainer.run_dir / TRAINER_DIR))
     record = _train(trainer, surrogate, training_args, round_, role="surrogate", seed_offset=1)
+    metric = trainer.examples.metric
     # What the training is for decides where the cost ledger books it.
     selects = round_ <= args.num_rounds and bool(trainer.strategy.needs) and args.selector == "trained"
     record["purpose"] = "selection" if selects else "fusion_teacher"
@@ -156,7 +150,7 @@ def train_surrogate(trainer, round_: int) -> dict:
         trainer.run_dir.save_dir(SURROGATE_DIR, lambda d: save_checkpoint(trainer, surrogate, d, plan=plan))
     _round(trainer, round_)["surrogate"] = record
     trainer._surrogate_cache = (round_, surrogate)
-    return {"round": round_, "labeled": record["labeled"], "surrogate_accuracy": record["accuracy"]}
+    return {"round": round_, "labeled": record["labeled"], f"surrogate_{metric}": record[metric]}
 
 
 def train_dense(trainer, round_: int) -> dict:
@@ -171,9 +165,10 @@ def train_dense(trainer, round_: int) -> dict:
         # training (the processes' gradients would never be averaged).
         start_accuracy = _evaluate(trainer, copy.deepcopy(model))
     record = _train(trainer, model, training_args, round_, role="dense", seed_offset=2, teacher=teacher)
-    record["accuracy_at_start"] = start_accuracy
+    metric = trainer.examples.metric
+    record[f"{metric}_at_start"] = start_accuracy
     if "curve" in record and start_accuracy is not None:
-        record["curve"].insert(0, {"step": 0, "accuracy": start_accuracy})
+        record["curve"].insert(0, {"step": 0, metric: start_accuracy})
     _round(trainer, round_)["dense"] = record
     if round_ == args.num_rounds + 1:
         trainer.progress["final"] = {**record, "labeled": trainer.pool.num_labeled}
@@ -184,8 +179,8 @@ def train_dense(trainer, round_: int) -> dict:
     return {
         "round": round_,
         "labeled": record["labeled"],
-        f"{role}_accuracy_at_start": start_accuracy,
-        f"{role}_accuracy": record["accuracy"],
+        f"{role}_{metric}_at_start": start_accuracy,
+        f"{role}_{metric}": record[metric],
     }
 
 
@@ -203,7 +198,7 @@ def sync(trainer, round_: int) -> dict:
             SURROGATE_INIT_DIR, lambda d: save_checkpoint(trainer, surrogate, d, plan=plan)
         )
     _round(trainer, round_)["sync"] = record
-    return {"round": round_, "synced_accuracy": record["accuracy"]}
+    return {"round": round_, f"synced_{trainer.examples.metric}": record[trainer.examples.metric]}
 
 
 def select(trainer, round_: int) -> dict:
@@ -236,7 +231,7 @@ def select(trainer, round_: int) -> dict:
         dense_flops = FORWARD_FLOPS_PER_MAC * costs["dense"]["macs"] * len(candidates)
     elif trainer.strategy.needs:
         model = _trained_surrogate(trainer, round_)
-        wanted = tuple(sorted(trainer.strategy.needs))
+        wanted = trainer.examples.outputs(trainer.strategy.needs)
         # Shardable strategies select from each process's own shard: no process holds the whole pool's
         # scores or features. The labeled set's features (kcenter_greedy) are gathered everywhere.
         sharded = trainer.strategy.shardable
@@ -305,15 +300,19 @@ def label(trainer, round_: int) -> dict | None:
             return None
         labels = store.as_array(len(trainer.pool))[indices]
     else:
-        # Simulation goes through the same store as people's labels: the oracle is one more source.
-        batch = oracle_labels(trainer.pool.dataset, trainer.args.label_column, indices, trainer.class_names)
-        labels = _store_labels(trainer, batch, round_, expected=indices).as_array(len(trainer.pool))[indices]
-    labeled = labels >= 0
+        # Simulation goes through the same store as people's labels: the oracle is one more source. A task whose
+        # annotations are the pool's own rows (boxes) has none to store: they are revealed as they are.
+        batch = trainer.examples.oracle_labels(indices)
+        labels = None
+        if batch is not None:
+            labels = _store_labels(trainer, batch, round_, expected=indices).as_array(len(trainer.pool))[
+                indices
+            ]
+    labeled = np.ones(len(indices), dtype=bool) if labels is None else labels >= 0
     scores = None if query["scores"] is None else np.asarray(query["scores"])[labeled]
-    trainer.pool.label(
-        indices[labeled], round=round_, scores=scores, strategy=query["strategy"], labels=labels[labeled]
-    )
-    histogram = Counter(trainer.class_names[int(y)] for y in labels[labeled])
+    trainer.pool.label(indices[labeled], round=round_, scores=scores, strategy=query["strategy"],
+                       labels=None if labels is None else labels[labeled])  # fmt: skip
+    histogram = trainer.examples.class_counts(indices[labeled], None if labels is None else labels[labeled])
     trainer.progress["queries"][str(round_)]["class_counts"] = dict(sorted(histogram.items()))
     classes = ", ".join(f"{name} {count}" for name, count in histogram.most_common())
     return {
@@ -384,41 +383,33 @@ def report(trainer) -> dict:
             # A failed push raises before this step is marked done, so a resume (or `prunefuse-hf push`)
             # retries it.
             trainer.push_to_hub()
-    return {
-        "labeled": trainer.pool.num_labeled,
-        "accuracy": trainer.progress.get("final", {}).get("accuracy"),
-    }
+    metric = trainer.examples.metric
+    return {"labeled": trainer.pool.num_labeled, metric: trainer.progress.get("final", {}).get(metric)}
 
 
 def _train(trainer, model, args, round_: int, *, role: str, seed_offset: int, teacher=None) -> dict:
     args.seed = args.data_seed = trainer.args.seed + 1000 * round_ + seed_offset
     set_seed(args.seed)
-    labeled = trainer.pool.labeled_indices
-    train_dataset = PixelDataset(trainer.pool_pixels, labeled, trainer.pool.labels[labeled])
+    train_dataset = trainer.examples.train_dataset(trainer.pool.labeled_indices)
     # `eval_strategy` steps/epoch evaluates the dense model while it trains: its accuracy curve.
     curve = _evaluates_during_training(args) and trainer.eval_dataset is not None
     forwarder = ForwardLogs(trainer, "fused" if role == "dense" and trainer.args.fusion else role)
-    inner = DistillationTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=trainer.eval_dataset if curve else None,
-        teacher_model=teacher,
-        preprocessor=trainer.preprocessor,
-        callbacks=[forwarder],
-    )
+    inner = trainer.examples.inner_trainer(model, args, train_dataset=train_dataset,
+                                           eval_dataset=trainer.eval_dataset if curve else None, teacher=teacher,
+                                           callbacks=[forwarder])  # fmt: skip
     _quiet(inner)
     started = time.perf_counter()
     with synced_batchnorm(model, enabled=trainer.args.sync_batchnorm):
         result = inner.train()
     trainer.state.global_step += inner.state.global_step
-    evaluations = [entry for entry in inner.state.log_history if "eval_accuracy" in entry]
+    metric = trainer.examples.metric
+    evaluations = [entry for entry in inner.state.log_history if f"eval_{metric}" in entry]
     eval_seconds = sum(entry.get("eval_runtime", 0.0) for entry in evaluations)
     seconds = time.perf_counter() - started - eval_seconds  # training only, like an untracked run
     steps = inner.state.global_step
     # An evaluation the Trainer already ran on the final weights is the model's accuracy.
     evaluated_at_end = evaluations and evaluations[-1]["step"] == steps and not args.load_best_model_at_end
-    accuracy = evaluations[-1]["eval_accuracy"] if evaluated_at_end else _evaluate(trainer, model, inner)
+    accuracy = evaluations[-1][f"eval_{metric}"] if evaluated_at_end else _evaluate(trainer, model, inner)
     costs = trainer.progress["costs"]
     # The epochs actually trained (`max_steps` may end training before `num_train_epochs`).
     epochs = inner.state.epoch or 0.0
@@ -431,13 +422,13 @@ def _train(trainer, model, args, round_: int, *, role: str, seed_offset: int, te
         "seconds": seconds,
         "flops": TRAIN_FLOPS_PER_MAC * costs[role]["macs"] * examples,
         "dense_flops": TRAIN_FLOPS_PER_MAC * costs["dense"]["macs"] * examples,
-        "accuracy": accuracy,
+        metric: accuracy,
     }
     if curve:
         record["eval_seconds"] = eval_seconds
-        record["curve"] = [{"step": e["step"], "accuracy": e["eval_accuracy"]} for e in evaluations]
+        record["curve"] = [{"step": e["step"], metric: e[f"eval_{metric}"]} for e in evaluations]
         if not evaluated_at_end:
-            record["curve"].append({"step": steps, "accuracy": accuracy})
+            record["curve"].append({"step": steps, metric: accuracy})
     return record
 
 
@@ -446,11 +437,9 @@ def _evaluate(trainer, model, inner=None) -> float | None:
         return None
     if inner is None:
         args = trainer.args.dense_training_args(str(trainer.run_dir / TRAINER_DIR))
-        inner = DistillationTrainer(
-            model=model, args=args, eval_dataset=trainer.eval_dataset, preprocessor=trainer.preprocessor
-        )
+        inner = trainer.examples.inner_trainer(model, args, eval_dataset=trainer.eval_dataset)
         _quiet(inner)
-    return inner.evaluate(trainer.eval_dataset)["eval_accuracy"]
+    return inner.evaluate(trainer.eval_dataset)[f"eval_{trainer.examples.metric}"]
 
 
 def _quiet(inner) -> None:
@@ -471,7 +460,7 @@ def _trained_surrogate(trainer, round_: int):
 def _fused_start(trainer, round_: int):
     base = _fresh_dense(trainer, round_) if trainer.args.fusion_init == "fresh" else None
     if base is None:
-        base = AutoModelForImageClassification.from_pretrained(trainer.run_dir / DENSE_BASE_DIR)
+        base = trainer.task.model_class().from_pretrained(trainer.run_dir / DENSE_BASE_DIR)
     plan = PruningPlan.from_pretrained(trainer.run_dir / SURROGATE_INIT_DIR)
     return fuse_into_dense(
         base, _trained_surrogate(trainer, round_), plan, copy_norm_stats=trainer.args.copy_norm_stats
@@ -481,8 +470,8 @@ def _fused_start(trainer, round_: int):
 def _fresh_dense(trainer, round_: int):
     if trainer.args.fusion_init == "fresh" and trainer.args.fusion:
         set_seed(trainer.args.seed + 7919 * round_)
-        return AutoModelForImageClassification.from_config(trainer.dense_init_config)
-    return AutoModelForImageClassification.from_pretrained(trainer.run_dir / DENSE_INIT_DIR)
+        return trainer.task.model_class().from_config(trainer.dense_init_config)
+    return trainer.task.model_class().from_pretrained(trainer.run_dir / DENSE_INIT_DIR)
 
 
 def _round(trainer, round_: int) -> dict:

@@ -44,6 +44,8 @@ def build_metrics(progress: dict) -> dict:
     selection = ledger["selection"]
     return {
         "rounds": rounds,
+        # The evaluation metric of every record (`accuracy`; object detection's `map`).
+        "metric": progress.get("metric", "accuracy"),
         "final": progress.get("final", {}),
         "costs": progress.get("costs", {}),
         "selection": {
@@ -61,11 +63,13 @@ def build_metrics(progress: dict) -> dict:
 
 
 def budget_accuracies(metrics: dict) -> dict[int, float]:
-    """Accuracy of the trained dense/fused model at each labeled-set size the run evaluated it on."""
+    """The evaluation metric (accuracy; mAP for object detection) of the trained dense/fused model at each
+    labeled-set size the run evaluated it on."""
+    metric = metrics.get("metric", "accuracy")
     return {
-        record["dense"]["labeled"]: record["dense"]["accuracy"]
+        record["dense"]["labeled"]: record["dense"][metric]
         for record in metrics["rounds"]
-        if record.get("dense") and record["dense"].get("accuracy") is not None
+        if record.get("dense") and record["dense"].get(metric) is not None
     }
 
 

@@ -1,0 +1,247 @@
+"""How `PruneFuseTrainer` sets up a run whose examples carry annotations the model's image processor transforms with
+the image (object detection: boxes follow the resize). The run's steps are the same as for classification; what
+differs is checked and built here, before any work: the task, the pool and evaluation set (validated by the task),
+the model of the task's Auto class, its image processor, and the run's [`AnnotatedExamples`].
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, Trainer, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.utils import logging
+
+from ..annotation.labels import LabelBatch
+from ..data.image_processor import model_num_channels, pretrained_image_processor
+from ..data.images import first_image
+from ..data.pool import DataPool
+from ..data.validation import check_labeling_budget
+from ..pruning.modeling import has_weights
+from ..pruning.prune import prune_model
+from ..pruning.support import check_supported_model
+from ..selection.strategies import get_strategy
+from ..tasks import get_task, task_for_model
+from ..tasks.classification import CLASSIFICATION
+from ..utils.hub_ids import check_hub_model
+from .run_state import initialized_run
+from .task_examples import AnnotatedExamples
+
+logger = logging.get_logger(__name__)
+
+
+def annotated_task(model, args):
+    """
+    The run's task when it is not image classification (set by `args.task`, else inferred from the model's class
+    or config), else `None`.
+
+    Raises:
+        `ValueError`: `args.task` names a task the model has no class for.
+    """
+    config = _model_config(model)
+    if args.task is not None:
+        task = get_task(args.task)
+        model_type = getattr(config, "model_type", None)
+        if task is not CLASSIFICATION and model_type is not None and model_type not in task.model_types():
+            raise ValueError(
+                f"task: {task.name} needs a model with an {task.auto_model_class} class; '{model_type}' has none. "
+                f"Use a model of {sorted(task.model_types())[:6]}..., or another task."
+            )
+    else:
+        try:
+            task = task_for_model(model if isinstance(model, PreTrainedModel) else config)
+        except ValueError:
+            return None  # the classification checks name what the model is and what to use instead
+    return None if task is CLASSIFICATION else task
+
+
+def _model_config(model):
+    if isinstance(model, PreTrainedModel):
+        return model.config
+    if isinstance(model, PretrainedConfig):
+        return model
+    if isinstance(model, dict) and "model_type" in model:
+        values = dict(model)
+        return AutoConfig.for_model(values.pop("model_type"), **values)
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            return AutoConfig.from_pretrained(model, local_files_only=True)
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, processing_class, callbacks,
+                       compute_metrics, *, recipe, resume_command) -> None:  # fmt: skip
+    """`PruneFuseTrainer.__init__` for `task`: every check first, then the pruned surrogate, then the `Trainer`."""
+    _check_settings(task, args)
+    if train_dataset is None:
+        raise ValueError(
+            "PruneFuseTrainer needs the pool as `train_dataset` (a datasets.Dataset or a DataPool)."
+        )
+    pool = train_dataset if isinstance(train_dataset, DataPool) else DataPool(train_dataset)
+    options = {"image_column": args.image_column, "objects_column": args.objects_column,
+               "bbox_format": args.bbox_format}  # fmt: skip
+    trainer.task = task
+    trainer.class_names = task.class_names(pool.dataset, args.objects_column, args.class_names)
+    pool.dataset = task.validate(pool.dataset, class_names=trainer.class_names, **options)
+    if eval_dataset is not None:
+        eval_dataset = _validated(task, eval_dataset, options, trainer.class_names, "the evaluation set")
+    trainer._seed_labels = LabelBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), source="none")
+    check_labeling_budget(args, len(pool))
+    trainer.strategy = get_strategy(args.strategy)
+
+    set_seed(args.seed)
+    dense = build_task_model(model, task, trainer.class_names)
+    check_supported_model(dense, pruning_ratio=args.pruning_ratio)
+    processor = processing_class if processing_class is not None else pretrained_image_processor(model)
+    if processor is None:
+        processor = task_image_processor(
+            dense.config, args.image_size, first_image(pool.dataset, args.image_column)
+        )
+    options["num_channels"] = model_num_channels(dense.config)
+    score_options = {"num_labels": len(trainer.class_names), "aggregation": args.detection_aggregation,
+                     "threshold": args.detection_score_threshold}  # fmt: skip
+    trainer.examples = AnnotatedExamples(
+        task, pool.dataset, processor, trainer.class_names, options, score_options
+    )
+    trainer.examples.outputs(trainer.strategy.needs)  # a strategy the task cannot rank is refused now
+    trainer.pruned_at_init = None
+    if args.pruning_ratio > 0 and not initialized_run(args):
+        with torch.random.fork_rng():
+            trainer.pruned_at_init = prune_model(dense, args.pruning_ratio, importance=args.importance)
+    first = trainer.examples.prepared(pool.dataset.select([0]), with_annotations=False)[0]
+    input_shape = tuple(first["pixel_values"].shape)
+    for name, value in task.training_arguments.items():
+        setattr(args, name, value)
+    Trainer.__init__(trainer, model=dense, args=args, data_collator=task.collate, processing_class=processor,
+                     eval_dataset=None if eval_dataset is None else trainer.examples.prepared(eval_dataset),
+                     callbacks=callbacks, compute_metrics=compute_metrics if compute_metrics is not None else
+                     task.compute_metrics(processor, class_names=trainer.class_names))  # fmt: skip
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.preprocessor = trainer.pool_pixels = None
+    trainer._init_run_fields(pool, eval_dataset, input_shape, recipe, resume_command)
+
+
+def validated_annotations(trainer, dataset, what: str, allow_unlabeled: bool):
+    """A dataset given to `evaluate()` / `predict()`, validated by the run's task (without annotations only where
+    `allow_unlabeled`)."""
+    options = {
+        key: trainer.examples.prepare_options[key]
+        for key in ("image_column", "objects_column", "bbox_format")
+    }
+    if isinstance(dataset, DataPool):
+        dataset = dataset.dataset
+    if allow_unlabeled and options["objects_column"] not in dataset.column_names:
+        return dataset
+    return _validated(trainer.task, dataset, options, trainer.class_names, what)
+
+
+def _validated(task, dataset, options: dict, class_names: list[str], what: str):
+    if isinstance(dataset, DataPool):
+        dataset = dataset.dataset
+    try:
+        return task.validate(dataset, class_names=class_names, **options)
+    except ValueError as error:
+        raise ValueError(f"{what.capitalize()}: {error}") from None
+
+
+def _check_settings(task, args) -> None:
+    """Refuse, by name, the settings that are image classification's only."""
+    refused = {
+        "annotation": (
+            args.annotation == "human",
+            "human",
+            "simulated (boxes from the pool's objects column)",
+        ),
+        "seed_labels": (args.seed_labels is not None, args.seed_labels, "none (draw initial_labeled_size)"),
+        "selector": (args.selector == "linear_probe", "linear_probe", "trained"),
+        "surrogate_distill_epochs": (args.surrogate_distill_epochs > 0, args.surrogate_distill_epochs, "0"),
+        "initial_strategy": (args.initial_strategy != "random", args.initial_strategy, "random"),
+        "augment": (args.augment, True, "false (augmentations that move boxes are not applied)"),
+    }
+    if "distill_alpha" in args.method_overrides and args.distill_alpha > 0:
+        refused["distill_alpha"] = (True, args.distill_alpha, "0 (the models train with their own loss)")
+    for name, (is_set, value, fix) in refused.items():
+        if is_set:
+            raise ValueError(
+                f"{name}: {value!r} is for image classification runs; a {task.name} run needs {name}: {fix}."
+            )
+    if args.distill_alpha > 0:
+        logger.info(
+            f"An {task.name} run trains with the model's own loss: distill_alpha of method {args.method} is 0."
+        )
+        args.distill_alpha = 0.0
+
+
+def build_task_model(model, task, class_names: list[str]) -> PreTrainedModel:
+    """
+    The dense model of a `task` run, of the task's Auto class, with `class_names` as its labels: a model (used as it
+    is, its label count checked), a config or a dict with `model_type` (random weights), or a Hub id or checkpoint
+    directory (its weights, the head resized to the classes).
+
+    Raises:
+        `ValueError`: a model with another label count, or a model type without a class of the task.
+    """
+    labels = {
+        "id2label": dict(enumerate(class_names)),
+        "label2id": {name: i for i, name in enumerate(class_names)},
+    }
+    if isinstance(model, PreTrainedModel):
+        if model.config.num_labels != len(class_names):
+            raise ValueError(
+                f"The model has {model.config.num_labels} labels but the dataset has {len(class_names)} classes "
+                f"({class_names}). Pass a config, Hub id or path instead (the head is then sized), or a model built "
+                "with num_labels matching the data."
+            )
+        model.config.update(labels)
+        return model
+    path = None
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        config = AutoConfig.from_pretrained(path, local_files_only=check_hub_model("model", path))
+    else:
+        config = copy.deepcopy(_model_config(model))
+    if config is None or config.model_type not in task.model_types():
+        raise ValueError(
+            f"{type(config).__name__ if config is not None else model!r} has no {task.auto_model_class} class, so it "
+            f"cannot be the dense model of a {task.name} run."
+        )
+    if path is not None and (has_weights(path) or not os.path.exists(path)):
+        dense = task.model_class().from_pretrained(path, ignore_mismatched_sizes=True, num_labels=len(class_names),
+                                                   local_files_only=check_hub_model("model", path), **labels)  # fmt: skip
+    else:
+        config.num_labels = len(class_names)
+        config.update(labels)
+        dense = task.model_class().from_config(config)
+    dense.config.architectures = [type(dense).__name__]
+    return dense
+
+
+def task_image_processor(config, image_size: int | None, image) -> transformers.BaseImageProcessor:
+    """
+    The image processor of a model built from a config (no checkpoint brought one): the model type's processor
+    (its PIL implementation) resizing to `image_size` × `image_size`, else to the first image's size.
+
+    Raises:
+        `ValueError`: transformers has no image processor for the model type (pass `processing_class`).
+    """
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config.model_type)
+    if isinstance(names, dict):
+        name = names.get("pil") or next(iter(names.values()), None)
+    else:
+        name = next((n for n in (names or ()) if n), None)
+    if name is None:
+        raise ValueError(
+            f"transformers has no image processor for '{config.model_type}'; pass processing_class= (the model's "
+            "image processor)."
+        )
+    width, height = (image_size, image_size) if image_size else image.size
+    return getattr(transformers, name)(size={"height": height, "width": width})

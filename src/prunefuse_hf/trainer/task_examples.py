@@ -1,0 +1,197 @@
+"""The examples of a run, as its steps read them, for each task: the labeled set to train on, the inner trainer that
+trains and evaluates a model, the pool's scores and features for selection, and a digest of each row (that a resume
+is on the same pool).
+
+- [`PixelExamples`] (image classification): the pool decoded once into the run's pixel cache, class ids as labels,
+  the [`DistillationTrainer`].
+- [`AnnotatedExamples`] (object detection): each image goes through the task's `prepare` (the model's image
+  processor, with its boxes) as it is read, the stock `Trainer` with the task's collator, loss and metric.
+
+The trainer builds one of them; the steps (`trainer/steps.py`) call only these methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections import Counter
+
+import numpy as np
+from transformers import Trainer
+
+from ..annotation.labels import LabelBatch
+from ..annotation.oracle import oracle_labels
+from ..data.preprocessing import PixelDataset
+from ..selection.scoring import score_pool
+from .distillation_trainer import DistillationTrainer
+from .run_state import row_digests
+
+
+class PixelExamples:
+    """
+    Image classification's examples: rows of the pool's pixel cache with their class ids.
+
+    Args:
+        pool_pixels: The pool's decoded pixels (`ImagePreprocessor.pixel_dataset`).
+        preprocessor ([`ImagePreprocessor`]): The run's preprocessing (normalization on the device, augmentation).
+        pool ([`DataPool`]): The pool (its dataset's label column is the oracle; its `labels` the labeled ids).
+        label_column (`str`): The pool's label column.
+        class_names (`list[str]`): The run's classes.
+    """
+
+    metric = "accuracy"
+
+    def __init__(self, pool_pixels, preprocessor, pool, label_column: str, class_names: list[str]):
+        self.pool_pixels, self.preprocessor, self.pool = pool_pixels, preprocessor, pool
+        self.label_column, self.class_names = label_column, class_names
+
+    def outputs(self, needs) -> tuple[str, ...]:
+        """What `score` computes for a strategy that needs `needs` (the model outputs it ranks)."""
+        return tuple(sorted(needs))
+
+    def oracle_labels(self, indices: np.ndarray) -> LabelBatch:
+        """The simulated annotator: the pool's label column at `indices`."""
+        return oracle_labels(self.pool.dataset, self.label_column, indices, self.class_names)
+
+    def class_counts(self, indices: np.ndarray, labels: np.ndarray) -> Counter:
+        """Examples per class name among the newly labeled `indices` (with their class ids `labels`)."""
+        return Counter(self.class_names[int(y)] for y in labels)
+
+    def train_dataset(self, indices: np.ndarray) -> PixelDataset:
+        """The labeled rows `indices` with their class ids."""
+        return PixelDataset(self.pool_pixels, indices, self.pool.labels[indices])
+
+    def inner_trainer(
+        self, model, args, *, train_dataset=None, eval_dataset=None, teacher=None, callbacks=None
+    ):
+        """The trainer of one model of the run (distilling from `teacher` when given)."""
+        return DistillationTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                   teacher_model=teacher, preprocessor=self.preprocessor, callbacks=callbacks)  # fmt: skip
+
+    def score(self, model, indices: np.ndarray, outputs: tuple[str, ...], *, args, accelerator, gather: bool = True,
+              measure: str | None = None):  # fmt: skip
+        """`score_pool` of `model` on the pool rows `indices` (see [`score_pool`]); `measure` is read from the
+        probabilities by the strategy itself."""
+        return score_pool(model, PixelDataset(self.pool_pixels, indices), indices, batch_size=args.scoring_batch_size,
+                          outputs=outputs, accelerator=accelerator, gather=gather, mc_samples=args.mc_samples,
+                          preprocess=self.preprocessor.normalize, num_workers=args.dataloader_num_workers,
+                          show_progress=not args.disable_tqdm)  # fmt: skip
+
+    def row_digests(self, rows: np.ndarray) -> np.ndarray:
+        """A digest of each row's decoded pixels (`uint64`, never 0)."""
+        return row_digests(self.pool_pixels, rows)
+
+
+class AnnotatedExamples:
+    """
+    The examples of a task whose annotations go through the model's image processor with the image (object
+    detection: boxes are resized with it): rows of the pool, prepared by the task as they are read.
+
+    Args:
+        task ([`Task`]): The run's task (its `prepare`, `collate`, `image_scores`, `pooled_features`,
+            `compute_metrics`, `metric_names`, `training_arguments`).
+        pool (`datasets.Dataset`): The pool, validated by the task.
+        image_processor ([`~transformers.BaseImageProcessor`]): The model's processor (saved with every checkpoint).
+        class_names (`list[str]`): The run's classes.
+        prepare_options (`dict`): The task's `prepare` options (`image_column`, `objects_column`, `bbox_format`,
+            `num_channels`).
+        score_options (`dict`): The task's `image_scores` options besides the measure (e.g. `aggregation`,
+            `threshold`, `num_labels`).
+    """
+
+    def __init__(self, task, pool, image_processor, class_names, prepare_options: dict, score_options: dict):
+        self.task, self.pool, self.image_processor = task, pool, image_processor
+        self.class_names, self.prepare_options, self.score_options = (
+            class_names,
+            prepare_options,
+            score_options,
+        )
+        self.metric = task.metric_names[0]
+
+    def outputs(self, needs) -> tuple[str, ...]:
+        """What `score` computes for a strategy that needs `needs`: the task's per-image `scores` in place of class
+        probabilities (an image holds many detections), its pooled `features`."""
+        unsupported = set(needs) - {"probs", "features"}
+        if unsupported or set(needs) == {"probs", "features"}:
+            raise ValueError(
+                f"A {self.task.name} run selects with random, the uncertainty strategies (least_confidence, entropy, "
+                "margin: per-image scores of the model's outputs) or kcenter_greedy (pooled features); strategies "
+                f"that need {sorted(needs)} are for image classification."
+            )
+        return tuple(sorted("scores" if need == "probs" else need for need in needs))
+
+    def oracle_labels(self, indices: np.ndarray) -> None:
+        """`None`: the simulated annotator reveals the pool's own annotations (the rows are trained on as stored)."""
+        return None
+
+    def class_counts(self, indices: np.ndarray, labels=None) -> Counter:
+        """Annotated objects per class name in the rows `indices`."""
+        column = self.prepare_options.get("objects_column")
+        objects = self.pool.select(np.asarray(indices)).select_columns([column])[column]
+        return Counter(
+            self.class_names[int(c)]
+            for row in objects
+            for c in (row["category"] if isinstance(row, dict) else [o["category"] for o in row])
+        )
+
+    def prepared(self, dataset, *, with_annotations: bool = True):
+        """`dataset` as the model reads it (the task's `prepare` as a transform); without its annotations when
+        scoring (the pool's labels are not read to select)."""
+        annotations = self.prepare_options.get("objects_column")
+        if not with_annotations and annotations in dataset.column_names:
+            dataset = dataset.remove_columns(annotations)
+        return dataset.with_transform(self.task.prepare(self.image_processor, **self.prepare_options))
+
+    def train_dataset(self, indices: np.ndarray):
+        """The labeled rows `indices` with their annotations."""
+        return self.prepared(self.pool.select(np.asarray(indices)))
+
+    def inner_trainer(
+        self, model, args, *, train_dataset=None, eval_dataset=None, teacher=None, callbacks=None
+    ):
+        """The stock `Trainer` with the task's collator, the model's own loss and the task's metric."""
+        if teacher is not None:
+            raise ValueError(
+                f"Distillation from the surrogate (distill_alpha > 0) is for image classification; a "
+                f"{self.task.name} run trains with the model's own loss: set distill_alpha: 0."
+            )
+        args = (
+            dataclasses.replace(args, **self.task.training_arguments)
+            if self.task.training_arguments
+            else args
+        )
+        return Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                       data_collator=self.task.collate, callbacks=callbacks,
+                       compute_metrics=self.task.compute_metrics(self.image_processor, class_names=self.class_names))  # fmt: skip
+
+    def score(self, model, indices: np.ndarray, outputs: tuple[str, ...], *, args, accelerator, gather: bool = True,
+              measure: str | None = None):  # fmt: skip
+        """`score_pool` of `model` on the pool rows `indices`: `"scores"` are the task's per-image scores with the
+        strategy's `measure`, `"features"` its pooled features."""
+        image_scores = None
+        if "scores" in outputs:
+            image_scores = functools.partial(self.task.image_scores, measure=measure, **self.score_options)
+        dataset = self.prepared(self.pool.select(np.asarray(indices)), with_annotations=False)
+        return score_pool(model, dataset, indices, batch_size=args.scoring_batch_size, outputs=outputs,
+                          accelerator=accelerator, gather=gather, num_workers=args.dataloader_num_workers,
+                          show_progress=not args.disable_tqdm, collate=self.task.collate, image_scores=image_scores,
+                          pooled_features=self.task.pooled_features)  # fmt: skip
+
+    def row_digests(self, rows: np.ndarray) -> np.ndarray:
+        """A digest of each row's stored image bytes and annotations (`uint64`, never 0)."""
+        import datasets
+
+        column = self.prepare_options.get("image_column", "image")
+        raw = self.pool.select(np.asarray(rows)).cast_column(column, datasets.Image(decode=False))
+        digests = np.empty(len(rows), dtype=np.uint64)
+        for position, row in enumerate(raw):
+            image = row.pop(column)
+            content = image.get("bytes")
+            if content is None and image.get("path"):
+                with open(image["path"], "rb") as file:
+                    content = file.read()
+            digest = hashlib.blake2b(content or b"", digest_size=8)
+            digest.update(repr(sorted(row.items())).encode())
+            digests[position] = int.from_bytes(digest.digest(), "big") or 1
+        return digests

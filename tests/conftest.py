@@ -36,7 +36,7 @@ import pytest
 import torch
 import transformers
 from datasets import ClassLabel, Dataset, Features, Image
-from transformers import AutoConfig, ResNetConfig
+from transformers import AutoConfig, DetrConfig, DetrForObjectDetection, ResNetConfig
 
 from prunefuse_hf import prune_model
 from prunefuse_hf.pruning.families import FAMILY_ADAPTERS
@@ -521,3 +521,26 @@ def segmentation_sgd_steps(model, steps=3, lr=0.05, seed=0):
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def detection_items(num=12, num_classes=3, seed=0):
+    """Small gray items of `num_classes` classes, the objects `synthetic_detection_pool` pastes in tests."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(num):
+        pixels = np.zeros((28, 28), dtype=np.uint8)
+        pixels[6:22, 8:20] = rng.integers(120, 255)
+        images.append(pixels)
+    features = Features({"image": Image(), "label": ClassLabel(num_classes=num_classes)})
+    return Dataset.from_dict({"image": images, "label": [i % num_classes for i in range(num)]}, features)
+
+
+def tiny_detr(num_labels=3, num_queries=8):
+    """A DETR with a two-stage ResNet backbone, small enough to train in a test."""
+    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"])
+    config = DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=16,
+        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=num_queries, num_labels=num_labels,
+    )  # fmt: skip
+    return DetrForObjectDetection(config)

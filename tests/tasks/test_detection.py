@@ -6,9 +6,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessorPil, ResNetConfig
+from transformers import DetrImageProcessorPil
 from transformers.trainer_utils import EvalPrediction
 
+from conftest import detection_items, tiny_detr
 from prunefuse_hf.tasks import (
     DETECTION,
     coco_json_from_dataset,
@@ -51,33 +52,8 @@ def detection_dataset(objects, sizes=None, class_names=CLASSES):
     return datasets.Dataset.from_dict(rows, features=detection_features(class_names))
 
 
-def tiny_detr(num_labels=3, num_queries=8):
-    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"])
-    config = DetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=16,
-        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=num_queries, num_labels=num_labels,
-    )  # fmt: skip
-    return DetrForObjectDetection(config)
-
-
 def processor(size=32):
     return DetrImageProcessorPil(size={"height": size, "width": size})
-
-
-def items_dataset(num=12, num_classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(num):
-        pixels = np.zeros((28, 28), dtype=np.uint8)
-        pixels[6:22, 8:20] = rng.integers(120, 255)
-        images.append(pixels)
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=num_classes)}
-    )
-    return datasets.Dataset.from_dict(
-        {"image": images, "label": [i % num_classes for i in range(num)]}, features
-    )
 
 
 # ----- validation -----
@@ -451,7 +427,7 @@ def test_compute_metrics_on_trainer_predictions():
 
 
 def test_synthetic_pool_properties():
-    items = items_dataset()
+    items = detection_items()
     pool = synthetic_detection_pool(60, items=items, image_size=64, scales=(16, 24, 32), seed=3)
     assert pool.num_rows == 60
     assert detection_class_names(pool) == ["0", "1", "2"]
@@ -472,7 +448,7 @@ def test_synthetic_pool_properties():
 
 
 def test_synthetic_pool_is_seeded():
-    items = items_dataset()
+    items = detection_items()
     first = synthetic_detection_pool(
         10, items=items, image_size=48, scales=(16, 24), seed=1, image_format="png"
     )
@@ -495,7 +471,7 @@ def test_synthetic_pool_is_seeded():
 def test_the_stock_trainer_trains_and_evaluates_a_detector_through_the_task(tmp_path):
     from transformers import Trainer, TrainingArguments
 
-    pool = synthetic_detection_pool(16, items=items_dataset(), image_size=48, scales=(16, 24), seed=0)
+    pool = synthetic_detection_pool(16, items=detection_items(), image_size=48, scales=(16, 24), seed=0)
     image_processor = processor(32)
     prepared = pool.with_transform(DETECTION.prepare(image_processor))
     model = tiny_detr(num_labels=3)

@@ -1,0 +1,119 @@
+"""PruneFuseTrainer on an object detector: the whole run (prune, select by per-image detection scores, fuse, train),
+the stock Trainer's evaluate/predict on detection datasets, a pipeline-ready fused detector, and the settings that
+are refused before any work."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerCallback, pipeline
+
+from conftest import detection_items, tiny_detr
+from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+from prunefuse_hf.pruning import load_surrogate
+from prunefuse_hf.tasks import DETECTION, detection_image_scores, synthetic_detection_pool
+
+
+@pytest.fixture(scope="module")
+def pools():
+    items = detection_items()
+    pool = synthetic_detection_pool(32, items=items, image_size=48, scales=(16, 24), seed=0)
+    test = synthetic_detection_pool(8, items=items, image_size=48, scales=(16, 24), seed=1)
+    return pool, test
+
+
+def config(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path / "run"), initial_labeled_size=12, query_size=8, num_rounds=1,
+                  num_train_epochs=1, per_device_train_batch_size=8, learning_rate=1e-3, optim="adamw_torch",
+                  optim_args=None, weight_decay=1e-4, scoring_batch_size=16, per_device_eval_batch_size=16,
+                  strategy="least_confidence", detection_score_threshold=0.0)  # fmt: skip
+    return PruneFuseConfig(**{**values, **overrides})
+
+
+class StopAfterSelection(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "picked" in logs:
+            control.should_training_stop = True
+
+
+def test_detection_run_selects_by_detection_scores_fuses_and_gives_a_pipeline_ready_detector(tmp_path, pools):
+    pool, test = pools
+    trainer = PruneFuseTrainer(tiny_detr(), args=config(tmp_path), train_dataset=pool, eval_dataset=test,
+                               callbacks=[StopAfterSelection()])  # fmt: skip
+    assert trainer.task is DETECTION
+    trainer.train()  # stops after select:1, with the round-1 surrogate saved
+    run = tmp_path / "run"
+    state = json.loads((run / "state.json").read_text())
+    assert state["completed"][-1] == "select:1" and state["metric"] == "map"
+    query = state["queries"]["2"]
+    # The query is the 8 unlabeled images with the highest per-image scores of the trained surrogate.
+    surrogate = load_surrogate(run / "surrogate").eval()
+    unlabeled = np.setdiff1d(np.arange(len(pool)), state["queries"]["1"]["pool_indices"])
+    prepared = trainer.examples.prepared(pool.select(unlabeled), with_annotations=False)
+    batch = DETECTION.collate([prepared[i] for i in range(len(prepared))])
+    with torch.no_grad():
+        scores = detection_image_scores(surrogate(**batch), "least_confidence", num_labels=3, threshold=0.0)
+    expected = unlabeled[np.lexsort((unlabeled, -scores.double().numpy()))[:8]]
+    assert query["pool_indices"] == expected.tolist()
+    np.testing.assert_allclose(query["scores"], np.sort(scores.numpy())[::-1][:8], rtol=1e-5)
+
+    resumed = PruneFuseTrainer(tiny_detr(), args=config(tmp_path), train_dataset=pool, eval_dataset=test)
+    result = resumed.train(resume_from_checkpoint=True)
+    assert resumed.done and result.metrics["labeled"] == 20 and 0.0 <= result.metrics["map"] <= 1.0
+    dense_init = DETECTION.model_class().from_pretrained(run / "dense_init")
+    fused = DETECTION.model_class().from_pretrained(run / "fused")
+    assert any(not torch.equal(a, b) for a, b in zip(dense_init.parameters(), fused.parameters()))
+    assert "surrogate mAP" in (run / "report.md").read_text()
+    # The stock Trainer's methods on the datasets a detection user has.
+    assert "eval_map_50" in resumed.evaluate(pool.select(range(8)))
+    unlabeled_images = test.remove_columns("objects")
+    predictions = resumed.predict(unlabeled_images)
+    assert predictions.label_ids is None
+    detector = pipeline("object-detection", model=str(run / "fused"))
+    found = detector(test[0]["image"], threshold=0.0)
+    assert found and {d["label"] for d in found} <= {"0", "1", "2"}
+    assert set(found[0]["box"]) == {"xmin", "ymin", "xmax", "ymax"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"strategy": "bald"}, "strategies that need ['mc_probs'] are for image classification"),
+        ({"strategy": "badge"}, "are for image classification"),
+        ({"annotation": "human"}, "annotation: 'human' is for image classification runs"),
+        ({"distill_alpha": 0.3}, "distill_alpha: 0.3 is for image classification runs"),
+        ({"selector": "linear_probe", "method": "feature_proxy", "pruning_ratio": 0.0}, "selector"),
+        ({"task": "object-detection", "initial_strategy": "typiclust"}, "initial_strategy"),
+    ],
+)
+def test_classification_only_settings_are_refused_before_any_work(tmp_path, pools, overrides, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        PruneFuseTrainer(tiny_detr(), args=config(tmp_path, **overrides), train_dataset=pools[0])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_box_outside_its_image_is_named_before_any_work(tmp_path, pools):
+    pool = pools[0]
+
+    def widen(row, index):
+        if index == 5:
+            row["objects"] = {
+                **row["objects"],
+                "bbox": [[40.0, 40.0, 30.0, 30.0]] * len(row["objects"]["bbox"]),
+            }
+        return row
+
+    broken = pool.map(widen, with_indices=True)
+    with pytest.raises(ValueError, match="5"):
+        PruneFuseTrainer(tiny_detr(), args=config(tmp_path), train_dataset=broken)
+    assert not (tmp_path / "run").exists()
+
+
+def test_task_must_match_the_model(tmp_path, pools):
+    from transformers import ResNetConfig
+
+    with pytest.raises(ValueError, match="AutoModelForObjectDetection"):
+        PruneFuseTrainer(
+            ResNetConfig(), args=config(tmp_path, task="object-detection"), train_dataset=pools[0]
+        )

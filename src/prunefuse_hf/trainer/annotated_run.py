@@ -91,7 +91,7 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
     pool.dataset = task.validate(pool.dataset, class_names=trainer.class_names, **options)
     if eval_dataset is not None:
         eval_dataset = _validated(task, eval_dataset, options, trainer.class_names, "the evaluation set")
-    trainer._seed_labels = LabelBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), source="none")
+    trainer.initial_labels = LabelBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), source="none")
     check_labeling_budget(args, len(pool))
     trainer.strategy = get_strategy(args.strategy)
 
@@ -125,7 +125,7 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.preprocessor = trainer.pool_pixels = None
-    trainer._init_run_fields(pool, eval_dataset, input_shape, recipe, resume_command)
+    trainer.init_run_fields(pool, eval_dataset, input_shape, recipe, resume_command)
 
 
 def validated_annotations(trainer, dataset, what: str, allow_unlabeled: bool):

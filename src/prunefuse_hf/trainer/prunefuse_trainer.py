@@ -183,11 +183,11 @@ class PruneFuseTrainer(Trainer):
             return
         self.task = CLASSIFICATION
         pool, self.class_names, self._pool_labels = prepare_pool(train_dataset, args)
-        self._seed_labels = seed_labels(args, pool, self._pool_labels, self.class_names)
+        self.initial_labels = seed_labels(args, pool, self._pool_labels, self.class_names)
         if eval_dataset is not None and not isinstance(eval_dataset, PixelDataset):
             # Checked before anything is decoded; decoded below with the run's processor.
             eval_dataset, _ = labeled_rows(eval_dataset, args, self.class_names, what="the evaluation set")
-        check_labeling_budget(args, len(pool) - len(self._seed_labels))
+        check_labeling_budget(args, len(pool) - len(self.initial_labels))
         self.strategy = get_strategy(args.strategy)
 
         set_seed(args.seed)
@@ -267,9 +267,9 @@ class PruneFuseTrainer(Trainer):
         self.examples = PixelExamples(
             self.pool_pixels, self.preprocessor, pool, args.label_column, self.class_names
         )
-        self._init_run_fields(pool, eval_dataset, input_shape, recipe, resume_command)
+        self.init_run_fields(pool, eval_dataset, input_shape, recipe, resume_command)
 
-    def _init_run_fields(self, pool, raw_eval_dataset, input_shape, recipe, resume_command) -> None:
+    def init_run_fields(self, pool, raw_eval_dataset, input_shape, recipe, resume_command) -> None:
         self.pool = pool
         self.raw_eval_dataset = raw_eval_dataset
         self.input_shape = input_shape
@@ -278,7 +278,7 @@ class PruneFuseTrainer(Trainer):
         self.resume_command = resume_command
         self.progress: dict = {}
         self.steps: list[Step] = []
-        self._surrogate_cache: tuple[int, PreTrainedModel] | None = None
+        self.trained_surrogate: tuple[int, PreTrainedModel] | None = None
         self._awaiting_labels: int | None = None
         self._row_digests: np.ndarray | None = None  # digest of each labeled row (0: not labeled)
         self._image_paths: list | None = None  # of the pool's images, relative to their common folder
@@ -411,6 +411,7 @@ class PruneFuseTrainer(Trainer):
         elif step.kind == "label":
             facts = steps.label(self, step.round)
             if facts is None:  # human annotation: the query is out, the labels are not in yet
+                self._awaiting_labels = step.round
                 return
         elif step.kind == "report":
             facts = steps.report(self)
@@ -591,9 +592,9 @@ class PruneFuseTrainer(Trainer):
         output_dir = output_dir or str(self.run_dir.fused_dir)
         if self.is_world_process_zero():
             steps.save_checkpoint(self, self.model, output_dir)
-            self._write_model_card(Path(output_dir))
+            self.save_model_card(Path(output_dir))
 
-    def _write_model_card(self, directory: Path) -> None:
+    def save_model_card(self, directory: Path) -> None:
         if self.run_dir.state_path.is_file() and self.progress.get("final"):
             write_model_card(self.run_dir.path, directory, progress=self.progress)
 

@@ -194,7 +194,7 @@ def step_weights(trainer) -> dict[str, float]:
     dense = float(costs["dense"]["macs"]) if costs else 1.0
     surrogate = float(costs["surrogate"]["macs"]) if costs else (1 - args.pruning_ratio) ** 2
     sizes = args.query_sizes()
-    labeled = {1: args.initial_labeled_size + len(trainer._seed_labels)}
+    labeled = {1: args.initial_labeled_size + len(trainer.initial_labels)}
     for r in range(2, args.num_rounds + 2):
         labeled[r] = labeled[r - 1] + sizes[r - 2]
     surrogate_epochs = args.surrogate_num_train_epochs or args.num_train_epochs

@@ -51,9 +51,9 @@ logger = logging.get_logger(__name__)
 def init_run(trainer) -> dict:
     args = trainer.args
     dense = trainer.model
-    if len(trainer._seed_labels):
-        _store_labels(trainer, trainer._seed_labels, round_=1)
-        trainer.pool.label(trainer._seed_labels.pool_indices, round=1, labels=trainer._seed_labels.labels)
+    if len(trainer.initial_labels):
+        _store_labels(trainer, trainer.initial_labels, round_=1)
+        trainer.pool.label(trainer.initial_labels.pool_indices, round=1, labels=trainer.initial_labels.labels)
     if args.initial_labeled_size and args.initial_strategy == "random":
         # The first query: a seeded random draw from the unlabeled pool (TypiClust's is drawn once pruned).
         rng = np.random.default_rng(args.selection_seed)
@@ -83,7 +83,7 @@ def init_run(trainer) -> dict:
             SURROGATE_INIT_DIR, lambda d: save_checkpoint(trainer, surrogate, d, plan=plan)
         )
     return {
-        "seed_labels": len(trainer._seed_labels) or None,
+        "seed_labels": len(trainer.initial_labels) or None,
         "dense_params": dense_cost.params,
         "surrogate_params": surrogate_cost.params,
         "macs_ratio": round(surrogate_cost.macs / dense_cost.macs, 4),
@@ -149,7 +149,7 @@ def train_surrogate(trainer, round_: int) -> dict:
     if trainer.is_world_process_zero():
         trainer.run_dir.save_dir(SURROGATE_DIR, lambda d: save_checkpoint(trainer, surrogate, d, plan=plan))
     _round(trainer, round_)["surrogate"] = record
-    trainer._surrogate_cache = (round_, surrogate)
+    trainer.trained_surrogate = (round_, surrogate)
     return {"round": round_, "labeled": record["labeled"], f"surrogate_{metric}": record[metric]}
 
 
@@ -296,7 +296,6 @@ def label(trainer, round_: int) -> dict | None:
         store = LabelStore(trainer.run_dir.path, trainer.class_names)
         if not query_is_complete(trainer.run_dir.path, round_, indices, store):
             _write_query(trainer, round_, indices, query)
-            trainer._awaiting_labels = round_
             return None
         labels = store.as_array(len(trainer.pool))[indices]
     else:
@@ -378,7 +377,7 @@ def _write_query(trainer, round_: int, indices: np.ndarray, query: dict) -> None
 def report(trainer) -> dict:
     if trainer.is_world_process_zero():
         write_report(trainer.run_dir, trainer.progress, trainer.args, trainer.class_names)
-        trainer._write_model_card(trainer.run_dir.fused_dir)
+        trainer.save_model_card(trainer.run_dir.fused_dir)
         if trainer.args.push_to_hub:
             # A failed push raises before this step is marked done, so a resume (or `prunefuse-hf push`)
             # retries it.
@@ -451,8 +450,8 @@ def _quiet(inner) -> None:
 
 
 def _trained_surrogate(trainer, round_: int):
-    if trainer._surrogate_cache and trainer._surrogate_cache[0] == round_:
-        return trainer._surrogate_cache[1]
+    if trainer.trained_surrogate and trainer.trained_surrogate[0] == round_:
+        return trainer.trained_surrogate[1]
     # Resumed after this round's training: the saved surrogate is that training's result.
     return load_surrogate(trainer.run_dir.surrogate_dir)
 

@@ -35,6 +35,9 @@ QUERY_CSV = "labels.csv"
 LABEL_STUDIO_TASKS = "label_studio_tasks.json"
 QUERY_CONTENTS = f"{QUERY_DATASET_DIR}/, {QUERY_CSV}, {LABEL_STUDIO_TASKS}"
 LABEL_STUDIO_CONFIG = "label_studio_config.xml"
+# Object detection: the COCO JSON template of a query batch, and the annotation file of Label Studio's COCO export.
+COCO_TEMPLATE = "annotations.json"
+LABEL_STUDIO_COCO = "result.json"
 # Columns of a query batch beside the pool index, and the marker of a round continued with part of its labels.
 QUERY_FILE_NAME = "file_name"
 QUERY_SCORE = "score"

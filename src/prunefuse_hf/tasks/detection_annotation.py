@@ -19,10 +19,16 @@ from transformers.utils import logging
 
 from ..annotation.labels import LabelError, check_class_names
 from ..annotation.queries import read_query_indices, write_query_batch
-from ..constants import LABEL_STUDIO_CONFIG, LABEL_STUDIO_TASKS, POOL_INDEX, QUERY_CSV, QUERY_FILE_NAME
+from ..constants import (
+    COCO_TEMPLATE,
+    LABEL_STUDIO_CONFIG,
+    LABEL_STUDIO_TASKS,
+    POOL_INDEX,
+    QUERY_CSV,
+    QUERY_FILE_NAME,
+)
 from ..utils.io import fsync_directory
 from .detection_data import OBJECTS_COLUMN
-from .detection_exports import COCO_TEMPLATE
 
 logger = logging.get_logger(__name__)
 

@@ -22,10 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..annotation.labels import LabelError, image_references, parse_pool_index
-from ..constants import LABEL_STUDIO_TASKS, POOL_INDEX
+from ..constants import COCO_TEMPLATE, LABEL_STUDIO_COCO, LABEL_STUDIO_TASKS, POOL_INDEX
 
-COCO_TEMPLATE = "annotations.json"  # the COCO JSON template of a detection query
-LABEL_STUDIO_COCO = "result.json"  # the annotation file of Label Studio's COCO export (a zip or a folder)
 _BOX_TYPES = ("rectanglelabels", "rectangle")
 _NOT_BOXES = (
     "polygonlabels",

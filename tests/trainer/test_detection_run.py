@@ -117,3 +117,20 @@ def test_task_must_match_the_model(tmp_path, pools):
         PruneFuseTrainer(
             ResNetConfig(), args=config(tmp_path, task="object-detection"), train_dataset=pools[0]
         )
+
+
+class StopAfterFirstStep(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        control.should_training_stop = True
+
+
+def test_resuming_with_another_detection_setting_is_refused_by_name(tmp_path, pools):
+    pool = pools[0]
+    PruneFuseTrainer(
+        tiny_detr(), args=config(tmp_path), train_dataset=pool, callbacks=[StopAfterFirstStep()]
+    ).train()
+    changed = PruneFuseTrainer(
+        tiny_detr(), args=config(tmp_path, detection_aggregation="sum"), train_dataset=pool
+    )
+    with pytest.raises(ValueError, match="detection_aggregation: the run has 'max', now 'sum'"):
+        changed.train(resume_from_checkpoint=True)

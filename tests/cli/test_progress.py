@@ -12,7 +12,7 @@ from conftest import make_image_dataset, tiny_recipe
 from prunefuse_hf.cli import progress, run
 from prunefuse_hf.cli.main import main
 from prunefuse_hf.cli.progress import Console
-from prunefuse_hf.trainer import steps
+from prunefuse_hf.trainer import task_examples
 
 CLEAR = "\r\033[K"
 CHECKPOINT_BARS = ("Writing model shards", "Loading weights")
@@ -92,8 +92,8 @@ def test_an_interruption_message_starts_on_its_own_line_after_a_progress_bar(
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    original = steps.DistillationTrainer.compute_loss
-    monkeypatch.setattr(steps.DistillationTrainer, "compute_loss", interrupted_loss)
+    original = task_examples.DistillationTrainer.compute_loss
+    monkeypatch.setattr(task_examples.DistillationTrainer, "compute_loss", interrupted_loss)
     recipe = write_recipe(tmp_path, dataset_dir)
     argv = ["run", "--config", str(recipe), "--output_dir", str(tmp_path / "run"), "--verbose"]
     assert main(argv) == 130

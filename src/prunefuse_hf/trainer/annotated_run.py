@@ -87,6 +87,16 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
     options = {"image_column": args.image_column, "objects_column": args.objects_column,
                "bbox_format": args.bbox_format}  # fmt: skip
     trainer.task = task
+    if (
+        args.objects_column not in pool.dataset.column_names
+        or args.image_column not in pool.dataset.column_names
+    ):
+        raise ValueError(
+            f"The pool has no column {args.objects_column!r} or {args.image_column!r} (its columns are "
+            f"{pool.dataset.column_names}): a {task.name} run with {type(model).__name__ if isinstance(model, PreTrainedModel) else 'this model'} "
+            f"reads each image and its annotations ({', '.join(task.columns)}). Set objects_column / image_column, or "
+            "use an *ForImageClassification model for a classification dataset."
+        )
     trainer.class_names = task.class_names(pool.dataset, args.objects_column, args.class_names)
     pool.dataset = task.validate(pool.dataset, class_names=trainer.class_names, **options)
     if eval_dataset is not None:

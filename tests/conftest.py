@@ -102,6 +102,22 @@ def isolated_caches():
     return TEST_CACHE_ROOT
 
 
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio server on 127.0.0.1 (from the virtualenv `scripts/setup.sh` installs), started once for the
+    session by the first test that asks for it; skipped, saying why, when Label Studio is not installed."""
+    from label_studio_server import LabelStudioServer, label_studio_binary
+
+    binary, why = label_studio_binary()
+    if binary is None:
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("label-studio")
+    server = LabelStudioServer(binary, root / "data", root / "files")
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ the virtualenv is missing, `label_studio_binary()` says why, for `pytest.skip`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -139,6 +140,24 @@ class LabelStudioServer:
         answer = self.session.get(self.url + "/api/tasks", params={"project": project, "page_size": 1000})
         answer.raise_for_status()
         return answer.json()["tasks"]
+
+    def round_tasks(self, project: int, round_: int) -> list[dict]:
+        """The project's tasks of one query round, sorted by pool index."""
+        tasks = [task for task in self.tasks(project) if task["data"]["round"] == round_]
+        return sorted(tasks, key=lambda task: task["data"]["pool_index"])
+
+    def wait_for_round(self, run_dir: Path, round_: int, count: int, timeout: float = 120.0) -> list[dict]:
+        """The round's tasks of the run's project (`label_studio.json` in `run_dir`) once all `count` are in,
+        sorted by pool index."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            path = Path(run_dir) / "label_studio.json"
+            if path.is_file():
+                tasks = self.round_tasks(json.loads(path.read_text())["project"], round_)
+                if len(tasks) == count:
+                    return tasks
+            time.sleep(0.1)
+        raise TimeoutError(f"the {count} tasks of round {round_} never appeared in {timeout} s")
 
     def annotate(self, task: int, user: int, label: str | None, ground_truth: bool = False) -> int:
         """Submit `label` for a task as `user` (the admin token may act for any user); `None` skips the task."""

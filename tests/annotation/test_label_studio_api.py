@@ -15,25 +15,12 @@ import pytest
 from PIL import Image as PILImage
 
 from conftest import make_image_dataset, tiny_resnet_config
-from label_studio_server import LabelStudioServer, label_studio_binary
 from prunefuse_hf.annotation.label_studio_api import pull_export, push_query
 from prunefuse_hf.annotation.labels import LabelError
 from prunefuse_hf.annotation.store import ingest_labels
 
 CLASSES = ["circle", "cross", "square", "triangle"]
 TEAM = ["ann1@example.com", "ann2@example.com", "ann3@example.com"]
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    binary, why = label_studio_binary()
-    if binary is None:
-        pytest.skip(why)
-    root = tmp_path_factory.mktemp("label-studio")
-    server = LabelStudioServer(binary, root / "data", root / "files")
-    server.start()
-    yield server
-    server.stop()
 
 
 def _human_run(pool, output_dir):
@@ -45,11 +32,6 @@ def _human_run(pool, output_dir):
     trainer = PruneFuseTrainer(tiny_resnet_config(num_labels=4), args=args, train_dataset=pool)
     trainer.train()
     return trainer
-
-
-def _round_tasks(server, project, round_):
-    tasks = [task for task in server.tasks(project) if task["data"]["round"] == round_]
-    return sorted(tasks, key=lambda task: task["data"]["pool_index"])
 
 
 def _decoded(data: bytes) -> np.ndarray:
@@ -106,7 +88,7 @@ def test_image_folder_pool_two_rounds_with_three_annotators(label_studio, tmp_pa
     assert main(["label-studio", "push", str(run_dir), "--url", server.url]) == 0  # again: nothing twice
     assert "0 tasks imported" in capsys.readouterr().out
     project = json.loads((run_dir / "label_studio.json").read_text())["project"]
-    tasks = _round_tasks(server, project, 1)
+    tasks = server.round_tasks(project, 1)
     assert len(tasks) == 8
     for task in tasks:  # every image shows: served from the pool folder, byte for byte
         assert task["data"]["image"].startswith("/data/local-files/?d=pool/img_")
@@ -136,7 +118,7 @@ def test_image_folder_pool_two_rounds_with_three_annotators(label_studio, tmp_pa
     assert skipped not in query["pool_indices"]  # a skipped image is not queried again
     assert main(["label-studio", "push", str(run_dir), "--url", server.url]) == 0
     assert "6 tasks imported" in capsys.readouterr().out
-    tasks = _round_tasks(server, project, 2)
+    tasks = server.round_tasks(project, 2)
     run_name = run_dir.name
     for task in tasks:  # each task carries the surrogate's guess and score
         (prediction,) = server.session.get(f"{server.url}/api/tasks/{task['id']}").json()["predictions"]
@@ -170,7 +152,7 @@ def test_dataset_pool_images_travel_as_data_uris(label_studio, tmp_path, monkeyp
 
     result = push_query(run_dir, url=server.url, title="dataset pool")
     assert (result["round"], result["imported"], result["local_files"]) == (1, 8, 0)
-    tasks = _round_tasks(server, result["project"], 1)
+    tasks = server.round_tasks(result["project"], 1)
     for task in tasks:
         shown = _shown_image(server, task)
         expected = pool_data[task["data"]["pool_index"]]["image"].convert("RGB")

@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_image_dataset, tiny_resnet_config
-from label_studio_server import LabelStudioServer, label_studio_binary
 from prunefuse_hf.annotation.label_studio_api import LabelStudioUnreachable
 from prunefuse_hf.annotation.loop import label_studio_loop
 from prunefuse_hf.annotation.queries import open_query
@@ -20,18 +19,6 @@ from prunefuse_hf.annotation.queries import open_query
 CLASSES = ["circle", "cross", "square", "triangle"]
 TEAM = ["ann1@example.com", "ann2@example.com", "ann3@example.com"]
 POLL = 0.2
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    binary, why = label_studio_binary()
-    if binary is None:
-        pytest.skip(why)
-    root = tmp_path_factory.mktemp("label-studio")
-    server = LabelStudioServer(binary, root / "data", root / "files")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -88,16 +75,7 @@ class Team:
 
     def round_tasks(self, round_: int, count: int) -> list[dict]:
         """The round's tasks once all `count` are in the project (sorted by pool index)."""
-
-        def tasks():
-            path = self.run_dir / "label_studio.json"
-            if not path.is_file():
-                return None
-            project = json.loads(path.read_text())["project"]
-            found = [t for t in self.server.tasks(project) if t["data"]["round"] == round_]
-            return sorted(found, key=lambda t: t["data"]["pool_index"]) if len(found) == count else None
-
-        return self.wait_for(tasks, f"the {count} tasks of round {round_}")
+        return self.server.wait_for_round(self.run_dir, round_, count, timeout=90.0)
 
     def user(self, k: int) -> int:
         return self.server.user(TEAM[k])

@@ -12,10 +12,8 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from conftest import unlabeled_image_folder
-from label_studio_server import LabelStudioServer, label_studio_binary
 from prunefuse_hf.cli.main import main
 
 CLASSES = ["circle", "cross", "square", "triangle"]
@@ -34,18 +32,6 @@ disable_tqdm: true
 output_dir: {run_dir}
 seed: 3
 """
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    binary, why = label_studio_binary()
-    if binary is None:
-        pytest.skip(why)
-    root = tmp_path_factory.mktemp("label-studio")
-    server = LabelStudioServer(binary, root / "data", root / "files")
-    server.start()
-    yield server
-    server.stop()
 
 
 class Loop:
@@ -80,18 +66,6 @@ class Loop:
         return self.process.returncode, out, "\n".join(self.lines)
 
 
-def _round_tasks(server, run_dir: Path, round_: int, count: int, timeout: float = 120.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (run_dir / "label_studio.json").is_file():
-            project = json.loads((run_dir / "label_studio.json").read_text())["project"]
-            tasks = [t for t in server.tasks(project) if t["data"]["round"] == round_]
-            if len(tasks) == count:
-                return sorted(tasks, key=lambda t: t["data"]["pool_index"])
-        time.sleep(0.2)
-    raise TimeoutError(f"the {count} tasks of round {round_} never appeared")
-
-
 def test_one_command_labels_a_folder_in_rounds_and_survives_ctrl_c(label_studio, tmp_path):
     import os
 
@@ -108,7 +82,7 @@ def test_one_command_labels_a_folder_in_rounds_and_survives_ctrl_c(label_studio,
         server.annotate(task["id"], user, CLASSES[truth[Path(task["data"]["image_path"]).name]])
 
     loop = Loop(argv, env)
-    tasks = _round_tasks(server, run_dir, 1, 8)
+    tasks = server.wait_for_round(run_dir, 1, 8)
     for task in tasks[:2]:
         answer(task)
     loop.wait_for("round 1: 2 annotated, 0 skipped of 8 tasks (6 to go); annotators: ann1@example.com")
@@ -134,7 +108,7 @@ def test_one_command_labels_a_folder_in_rounds_and_survives_ctrl_c(label_studio,
         tasks[2]["id"], server.user("ann2@example.com"), None
     )  # a skip beside an answer: answered
     loop.wait_for("round 1: 8 labels added, 0 skipped; resuming the run")
-    for task in _round_tasks(server, run_dir, 2, 6):
+    for task in server.wait_for_round(run_dir, 2, 6):
         answer(task)
     code, out, err = loop.finish()
     assert code == 0, err

@@ -432,20 +432,6 @@ def test_refused_sources_and_tasks(tmp_path):
 # ----- a real Label Studio server -----
 
 
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    from label_studio_server import LabelStudioServer, label_studio_binary
-
-    binary, why = label_studio_binary()
-    if binary is None:
-        pytest.skip(why)
-    root = tmp_path_factory.mktemp("label-studio")
-    server = LabelStudioServer(binary, root / "data", root / "files")
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_label_studio_server_shows_predictions_and_exports_boxes_read_back(label_studio, tmp_path):
     from prunefuse_hf.annotation.label_studio_api import LabelStudioClient
 

@@ -126,6 +126,7 @@ def measure_kcenter(n: int, dim: int, picks: int, kind: str) -> dict:
         "pool_size": n, "dim": dim, "picks": picks, "kind": kind, "seconds": seconds,
         "us_per_image_per_pick": seconds / picks / n * 1e6,
         "lookahead_refreshes": strategy.last_stats["refreshes"],
+        "lookahead_columns": strategy.last_stats["columns"],
         "feature_matrix_bytes": features.nbytes,
         "peak_extra_bytes": memory.extra, "peak_extra_vs_features": memory.extra / features.nbytes,
         "previous_seconds_per_pick": previous, "previous_seconds_extrapolated": previous * picks,

@@ -334,6 +334,27 @@ def test_kcenter_matches_a_straightforward_reference_on_a_larger_pool():
     assert strategy.last_stats["refreshes"] < 60
 
 
+def test_kcenter_computes_distances_for_its_picks_not_for_the_candidates_they_cover():
+    # Features in tight clusters: the farthest candidates are members of a few clusters, and one pick covers the
+    # rest of its cluster. Distances are computed for the picks greedy k-center predicts, not for the farthest
+    # candidates as such, so nearly every computed column is a pick (the result stays the reference's).
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(200, 32)).astype(np.float32) * 4
+    features = centres[rng.integers(0, 200, 4000)] + rng.normal(size=(4000, 32)).astype(np.float32) * 0.3
+    features = features.astype(np.float32)
+    labeled = features[:20]
+    expected_indices, _ = straightforward_kcenter(np.arange(4000), features, labeled, n=150)
+    strategy = get_strategy("kcenter_greedy", chunk_size=512, lookahead=32)
+
+    selection = strategy.select(
+        150, pool_indices=np.arange(4000), features=features, labeled_features=labeled
+    )
+
+    np.testing.assert_array_equal(selection.indices, expected_indices)
+    assert strategy.last_stats["columns"] <= 1.25 * 150
+    assert strategy.last_stats["refreshes"] < 150 / 4
+
+
 def test_kcenter_lookahead_must_be_positive():
     with pytest.raises(ValueError, match=r"lookahead must be >= 1 \(or None for automatic\), got 0\."):
         get_strategy("kcenter_greedy", lookahead=0)

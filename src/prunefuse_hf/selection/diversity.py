@@ -12,6 +12,9 @@ import torch
 from .shards import ShardGroup
 from .strategies import Selection, SelectionStrategy, check_probs, register_strategy
 
+# k-center's run ahead looks at this many of the farthest candidates per distance column it may compute.
+CANDIDATES_PER_COLUMN = 4
+
 
 @register_strategy
 class KCenterGreedyStrategy(SelectionStrategy):
@@ -26,10 +29,11 @@ class KCenterGreedyStrategy(SelectionStrategy):
     Squared distances are `|x|² − 2x·c + |c|²` in float32, computed by matrix products in blocks of
     `chunk_size` rows on the features' device (CUDA features stay on the GPU). One pick alone would
     read the whole feature matrix (a matrix-vector product, bound by memory bandwidth), so distances
-    are computed ahead for `lookahead` likely next centers at once (one matrix-matrix product): the
-    candidates currently farthest from the set. While the picks land among them, a pick costs one
-    pass over a vector of distances; when one does not, the lookahead is refreshed from the new
-    distances. The result is the same as picking one at a time, only the order of the arithmetic
+    are computed ahead for up to `lookahead` next centers at once (one matrix-matrix product): the
+    picks greedy k-center makes when run on the few thousand candidates currently farthest from the
+    set, as far as those picks are certain to be the whole pool's. While the picks land among them, a
+    pick costs one pass over a vector of distances; when one does not, the lookahead is refreshed from
+    the new distances. The result is the same as picking one at a time, only the order of the arithmetic
     changes. Memory beyond the features is `lookahead + 3` floats per candidate (at most a fifth of
     the feature matrix by default) plus one block: no candidates × labeled matrix is ever built.
 
@@ -65,7 +69,7 @@ class KCenterGreedyStrategy(SelectionStrategy):
         self.chunk_size = chunk_size
         self.lookahead = lookahead
         # How the last selection went: picks found in the lookahead and lookahead refreshes.
-        self.last_stats = {"picks": 0, "refreshes": 0}
+        self.last_stats = {"picks": 0, "refreshes": 0, "columns": 0}
 
     @torch.no_grad()
     def _select(
@@ -97,7 +101,7 @@ class KCenterGreedyStrategy(SelectionStrategy):
         min_sq_dist = self._min_sq_distances(features, sq_norms, labeled_features)
         ahead, ahead_columns = torch.empty((0, len(features)), device=features.device), {}
         picked, scores = [], []
-        self.last_stats = {"picks": n, "refreshes": 0}
+        self.last_stats = {"picks": n, "refreshes": 0, "columns": 0}
         for _ in range(n):
             value, index, owner, row = _farthest(min_sq_dist, indices, group, in_order)
             if math.isinf(value):
@@ -151,27 +155,15 @@ class KCenterGreedyStrategy(SelectionStrategy):
             yield start, buffer[: len(block)].copy_(block)
 
     def _look_ahead(self, features, sq_norms, min_sq_dist, indices, center, index, width, group):
-        """Squared distances of every candidate to `center` and to the `width − 1` candidates farthest
-        from the set (over all processes; ties: smaller pool index), as rows of a `(width, N)` matrix,
-        and the pool index → row map."""
+        """Squared distances of every candidate to `center` and to at most `width − 1` next picks that greedy
+        k-center run ahead on the candidates farthest from the set predicts ([`_predicted_picks`]), as rows of a
+        `(columns, N)` matrix, and the pool index → row map."""
         centers, center_indices = center[None], [index]
         if width > 1:
-            k = min(width - 1, len(features))
-            values, rows = torch.topk(min_sq_dist, k) if k else (min_sq_dist[:0], indices[:0])
-            # Taken rows (−1), duplicates of a center (0) and candidates not yet near anything (inf, before
-            # the first center) are not worth a column.
-            keep = (values > 0) & torch.isfinite(values)
-            values, rows = values[keep], rows[keep]
-            local = torch.cat(
-                [values.double()[:, None], indices[rows].double()[:, None], features[rows].double()], 1
-            )
-            everyone = group.gather_rows(local.cpu())
-            order = sorted(
-                range(len(everyone)), key=lambda r: (-everyone[r, 0].item(), everyone[r, 1].item())
-            )
-            best = everyone[order[: width - 1]]
-            centers = torch.cat([centers, best[:, 2:].to(features)])
-            center_indices += [int(i) for i in best[:, 1].tolist()]
+            predicted = self._predicted_picks(features, min_sq_dist, indices, center, width - 1, group)
+            centers = torch.cat([centers, predicted[:, 1:].to(features)])
+            center_indices += [int(i) for i in predicted[:, 0].tolist()]
+        self.last_stats["columns"] += len(centers)
         center_sq_norms = _sq_norms(centers)
         ahead = features.new_empty((len(centers), len(features)))
         for start, block in zip(range(0, len(features), self.chunk_size), self._blocks(features)):
@@ -180,6 +172,44 @@ class KCenterGreedyStrategy(SelectionStrategy):
             # Stored as (centers, rows), so that a pick's distances are one contiguous row.
             ahead[:, start : start + len(block)] = sq_dist.T
         return ahead, {center_index: column for column, center_index in enumerate(center_indices)}
+
+    def _predicted_picks(self, features, min_sq_dist, indices, center, count, group) -> torch.Tensor:
+        """
+        Rows `[pool_index, features...]` (float64) of the picks greedy k-center makes after `center`, run on the
+        `CANDIDATES_PER_COLUMN × count` candidates farthest from the set (over all processes) only. A candidate
+        outside them is at most as far as the farthest of them was (distances only shrink), so the run is stopped
+        where its farthest falls to that bound: up to there its picks are those of the whole pool, up to rounding
+        (the caller checks each pick against the real distances and runs ahead again where one differs). Distances
+        are computed for the predicted picks only, not for candidates that one of them would cover.
+        """
+        size = min(CANDIDATES_PER_COLUMN * count + 1, len(features))
+        values, rows = torch.topk(min_sq_dist, size) if size else (min_sq_dist[:0], indices[:0])
+        local = torch.cat(
+            [values.double()[:, None], indices[rows].double()[:, None], features[rows].double()], 1
+        )
+        everyone = group.gather_rows(local.cpu())
+        order = sorted(range(len(everyone)), key=lambda r: (-everyone[r, 0].item(), everyone[r, 1].item()))
+        everyone = everyone[order]
+        candidates, outside = (
+            everyone[: CANDIDATES_PER_COLUMN * count],
+            everyone[CANDIDATES_PER_COLUMN * count :],
+        )
+        bound = float(outside[0, 0]) if len(outside) else -math.inf
+        sq_dist, pool_indices, points = candidates[:, 0].clone(), candidates[:, 1], candidates[:, 2:]
+        # Taken rows (−1), duplicates of a center (0) and candidates not yet near anything (inf, before the first
+        # center) are not predicted; with an infinite bound nothing is certain.
+        sq_dist[~((sq_dist > 0) & torch.isfinite(sq_dist))] = -math.inf
+        picks = []
+        point = center.double().cpu()
+        while len(picks) < count and math.isfinite(bound):
+            torch.minimum(sq_dist, (points - point).square_().sum(dim=1), out=sq_dist)
+            row = _first_largest(sq_dist, pool_indices)
+            if row is None or not sq_dist[row] > bound:
+                break
+            picks.append(row)
+            sq_dist[row] = -math.inf
+            point = points[row]
+        return candidates[picks, 1:] if picks else candidates.new_zeros((0, candidates.shape[1] - 1))
 
     def _min_sq_distances(self, features, sq_norms, labeled_features) -> torch.Tensor:
         """Squared distance of every candidate to its nearest labeled point (`inf` when there is none)."""

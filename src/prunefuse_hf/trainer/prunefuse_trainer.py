@@ -520,7 +520,8 @@ class PruneFuseTrainer(Trainer):
             self.progress = {"version": STATE_VERSION, "completed": [], "settings": current,
                              "resume_command": self.resume_command,
                              "method_overrides": self.args.method_overrides, "recipe": redact_secrets(self.recipe),
-                             "class_names": self.class_names, "metric": self.examples.metric, "rounds": {},
+                             "class_names": self.class_names, "task": self.task.name, "metric": self.examples.metric,
+                             "rounds": {},
                              "final": {}}  # fmt: skip
             return
         progress = self.run_dir.read_state()

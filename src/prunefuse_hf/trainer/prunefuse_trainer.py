@@ -80,6 +80,7 @@ from .run_state import (
     result_settings,
 )
 from .task_examples import PixelExamples
+from .whole_set_evaluation import WholeSetEvaluation
 
 logger = logging.get_logger(__name__)
 
@@ -99,7 +100,7 @@ class Step:
         return step_name(self.kind, self.round)
 
 
-class PruneFuseTrainer(Trainer):
+class PruneFuseTrainer(WholeSetEvaluation, Trainer):
     r"""
     Trainer that runs PruneFuse (Kousar, Bhatti and Moon, "PruneFuse: Efficient Data Selection via Weight Pruning
     and Network Fusion", arXiv:2603.26138): the dense model is pruned at initialization into a narrow surrogate,
@@ -463,6 +464,12 @@ class PruneFuseTrainer(Trainer):
         if PIXEL_VALUES in inputs and self.preprocessor is not None:
             inputs[PIXEL_VALUES] = self.preprocessor.normalize(inputs[PIXEL_VALUES])
         return inputs
+
+    @property
+    def evaluates_whole_set(self) -> bool:
+        """Whether each process evaluates the whole set (tasks whose labels differ in size per image, see
+        [`WholeSetEvaluation`]); image classification's evaluation is sharded and gathered as the stock one."""
+        return self.task is not CLASSIFICATION
 
     def get_eval_dataloader(self, eval_dataset=None):
         """

@@ -146,8 +146,8 @@ def test_the_reference_comparison_ignores_only_the_machines_speed_and_versions()
     assert deterministic_facts(slower) == deterministic_facts(stored)
 
     changes = {
-        "final accuracy": lambda f: f.update(final_accuracy="0.8721"),
-        "a round's accuracy": lambda f: f["rounds"][2].update(surrogate_accuracy="0.8431"),
+        "final accuracy": lambda f: f.update(final_metric="0.8721"),
+        "a round's accuracy": lambda f: f["rounds"][2].update(surrogate_metric="0.8431"),
         "a count": lambda f: f.update(labeled="5,001"),
         "FLOPs": lambda f: f["costs"][0].update(flops="7.56T (dense-selector active learning: 28.26T)"),
         "MACs": lambda f: f.update(surrogate_macs="9.95M"),
@@ -191,7 +191,11 @@ def test_card_states_the_run_facts(tmp_path):
     assert meta["base_model"] == "microsoft/resnet-18"
     assert meta["datasets"] == ["uoft-cs/cifar10", "org/subset"]
     assert {"prunefuse", "active-learning"} <= set(meta["tags"])
-    assert meta["model-index"][0]["results"][0]["metrics"][0] == {"type": "accuracy", "value": 0.8}
+    assert meta["model-index"][0]["results"][0]["metrics"][0] == {
+        "type": "accuracy",
+        "value": 0.8,
+        "name": "accuracy",
+    }
     for fact in ("ratio 0.5", "1.00k → 250 parameters (0.250×)", "`entropy`", "16 random, then +8",
                  "24 of 96 (25.0%)", "a seeded random pool of 96 examples", "| 1 | 16 | 0.5000 | – | 8 |",
                  'load_subset("org/subset")', "none (plain cross-entropy)", "@misc{", "Kousar",

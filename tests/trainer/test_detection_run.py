@@ -2,11 +2,14 @@
 the stock Trainer's evaluate/predict on detection datasets, a pipeline-ready fused detector, and the settings that
 are refused before any work."""
 
+import contextlib
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from transformers import TrainerCallback, pipeline
 
 from conftest import detection_items, tiny_detr
@@ -74,6 +77,19 @@ def test_detection_run_selects_by_detection_scores_fuses_and_gives_a_pipeline_re
     found = detector(test[0]["image"], threshold=0.0)
     assert found and {d["label"] for d in found} <= {"0", "1", "2"}
     assert set(found[0]["box"]) == {"xmin", "ymin", "xmax", "ymax"}
+    # The fused model's card speaks of a detector and its mAP, and its snippet runs as printed.
+    card = (run / "fused" / "README.md").read_text()
+    front_matter = yaml.safe_load(card.split("---\n")[1])
+    assert front_matter["pipeline_tag"] == "object-detection" and "object-detection" in front_matter["tags"]
+    assert "DetrForObjectDetection object detector" in card and "surrogate mAP" in card
+    assert f"It reaches a COCO mAP (IoU 0.50:0.95) of **{result.metrics['map']:.4f}**" in card
+    code = card.split("## How to use")[1].split("```python\n")[1].split("```")[0]
+    assert 'pipeline("object-detection", model="path/to/fused")' in code
+    test[0]["image"].save(tmp_path / "image.png")
+    output = io.StringIO()
+    with contextlib.chdir(tmp_path), contextlib.redirect_stdout(output):
+        exec(code.replace("threshold=0.5", "threshold=0.0").replace("path/to/fused", str(run / "fused")), {})
+    assert output.getvalue().split()[0] in {"0", "1", "2"}
 
 
 @pytest.mark.parametrize(

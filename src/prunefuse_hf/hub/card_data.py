@@ -44,7 +44,11 @@ class ModelCardFacts:
         dataset_label (`str`, *optional*): The training data's name in the evaluation results.
         dataset (`str`, *optional*): The training data in markdown (a link, or a local folder's name).
         dataset_details (`str`, *optional*): Split, config, pinned revision and pool draw.
-        eval_description (`str`): What the accuracy was measured on.
+        eval_description (`str`): What the metric was measured on.
+        task (`str`): The model's `pipeline()` task (`image-classification`, `object-detection`, ...).
+        model_kind (`str`): What the model is in words (`image classifier`, `object detector`, ...).
+        metric, metric_name, metric_phrase (`str`): The evaluation metric's key (`accuracy`, `map`, `mean_iou`),
+            its name in a table header and in a sentence.
         subset_repo_id, subset_repo_url (`str`, *optional*): The selected subset's dataset repo and address.
         surrogate_repo_id, surrogate_repo_url (`str`, *optional*): The surrogate's model repo and address.
         pool_size, labeled, labeled_fraction (`str`, *optional*): Pool size, labeled examples and their share.
@@ -60,14 +64,14 @@ class ModelCardFacts:
         sync_every (`int`, *optional*): Re-synchronization period, when the run re-synchronized.
         fusion (`str`): How the final model started.
         distillation (`str`): Whether and how the final model distilled from the surrogate.
-        rounds (`list[dict[str, str]]`, *optional*): Per round: `round`, `labeled`, `surrogate_accuracy`,
-            `dense_accuracy`, `selected`; `None` when no round was evaluated.
-        final_accuracy, final_accuracy_at_start (`str`, *optional*): The final model's accuracy, after and before
-            its final training.
+        rounds (`list[dict[str, str]]`, *optional*): Per round: `round`, `labeled`, `surrogate_metric`,
+            `dense_metric`, `selected`; `None` when no round was evaluated.
+        final_metric, final_metric_at_start (`str`, *optional*): The final model's metric, after and before its
+            final training.
         final_epochs (`str`, *optional*): Epochs of the final training.
         costs (`list[dict[str, str]]`, *optional*): The compute ledger by purpose: `purpose`, `seconds`, `flops`.
         selection_flops_ratio (`str`, *optional*): Selection FLOPs over those of dense-selector active learning.
-        quickstart (`str`): Python code that classifies an image with the model.
+        quickstart (`str`): Python code that runs the model on an image through its pipeline.
         recipe (`str`, *optional*): The run's recipe as YAML (secrets removed, local paths shortened).
         recipe_paths_shortened (`bool`): Whether local paths of the recipe were shortened to their last part.
         versions (`dict[str, str]`): Library versions.
@@ -97,6 +101,11 @@ class ModelCardFacts:
     dataset: str | None
     dataset_details: str | None
     eval_description: str
+    task: str
+    model_kind: str
+    metric: str
+    metric_name: str
+    metric_phrase: str
     subset_repo_id: str | None
     subset_repo_url: str | None
     surrogate_repo_id: str | None
@@ -121,8 +130,8 @@ class ModelCardFacts:
     fusion: str
     distillation: str
     rounds: list[dict[str, str]] | None
-    final_accuracy: str | None
-    final_accuracy_at_start: str | None
+    final_metric: str | None
+    final_metric_at_start: str | None
     final_epochs: str | None
     costs: list[dict[str, str]] | None
     selection_flops_ratio: str | None
@@ -167,6 +176,7 @@ class SurrogateCardFacts:
     subset_repo_id: str | None
     subset_repo_url: str | None
     pruning_path: str | None = None
+    task: str = "image-classification"
     citation: str = CITATION
 
 

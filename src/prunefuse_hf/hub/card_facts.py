@@ -91,11 +91,13 @@ def collect_model_card_facts(
     source = model_repo_id or f"path/to/{checkpoint_dir.name}"
     num_channels = int(model_config.get("num_channels") or 3)
     shareable_recipe, shortened = card_text.shareable(recipe) if recipe else (None, False)
+    task, metric = metrics["task"], metrics["metric"]
+    kind, auto_class, _ = card_text.model_kind(task)
     return ModelCardFacts(
         title=title,
         model_repo_id=model_repo_id,
         model_source=source,
-        architecture=(model_config.get("architectures") or ["AutoModelForImageClassification"])[0],
+        architecture=(model_config.get("architectures") or [auto_class])[0],
         model_type=model_config.get("model_type"),
         num_channels=num_channels,
         num_labels=len(model_config.get("id2label") or {}) or None,
@@ -115,6 +117,11 @@ def collect_model_card_facts(
         dataset=dataset,
         dataset_details=dataset_details,
         eval_description=card_text.evaluation(data, config),
+        task=task,
+        model_kind=kind,
+        metric=metric,
+        metric_name=card_text.metric_name(metric)[0],
+        metric_phrase=card_text.metric_name(metric)[1],
         subset_repo_id=subset_repo_id,
         subset_repo_url=f"{endpoint}/datasets/{subset_repo_id}" if subset_repo_id else None,
         surrogate_repo_id=surrogate_repo_id,
@@ -138,15 +145,15 @@ def collect_model_card_facts(
         sync_every=config.get("sync_every") or None,
         fusion=card_text.fusion(config),
         distillation=card_text.distillation(config),
-        rounds=card_text.rounds(metrics["rounds"]),
-        final_accuracy=card_text.accuracy(final.get("accuracy")),
-        final_accuracy_at_start=card_text.accuracy(final.get("accuracy_at_start")),
+        rounds=card_text.rounds(metrics["rounds"], metric),
+        final_metric=card_text.accuracy(final.get(metric)),
+        final_metric_at_start=card_text.accuracy(final.get(f"{metric}_at_start")),
         final_epochs=card_text.number(final.get("epochs")),
         costs=card_text.costs(metrics),
         selection_flops_ratio=card_text.ratio(
             metrics["selection"]["flops"], metrics["selection"]["dense_flops"]
         ),
-        quickstart=card_text.quickstart(source, num_channels, labels),
+        quickstart=card_text.quickstart(source, num_channels, labels, task),
         recipe=card_text.yaml(shareable_recipe) if shareable_recipe else None,
         recipe_paths_shortened=shortened,
         versions=framework_versions(),
@@ -209,6 +216,7 @@ def collect_surrogate_card_facts(
         subset_repo_id=subset_repo_id,
         subset_repo_url=f"{endpoint}/datasets/{subset_repo_id}" if subset_repo_id else None,
         pruning_path=_pruning_path(run_dir / SURROGATE_DIR / PRUNING_PLAN_NAME),
+        task=metrics["task"],
     )
 
 

@@ -59,6 +59,30 @@ def yaml(value) -> str:
                      width=100).strip()  # fmt: skip
 
 
+# What the cards call each `pipeline()` task's models, their Auto class and the variable their snippets use.
+MODEL_KINDS = {
+    "image-classification": ("image classifier", "AutoModelForImageClassification", "classifier"),
+    "object-detection": ("object detector", "AutoModelForObjectDetection", "detector"),
+    "image-segmentation": ("semantic segmentation model", "AutoModelForSemanticSegmentation", "segmenter"),
+}
+# Each evaluation metric's name in a table header, and in a sentence ("It reaches an accuracy of ...").
+METRIC_NAMES = {
+    "accuracy": ("accuracy", "an accuracy"),
+    "map": ("mAP", "a COCO mAP (IoU 0.50:0.95)"),
+    "mean_iou": ("mean IoU", "a mean IoU"),
+}
+
+
+def model_kind(task: str) -> tuple[str, str, str]:
+    """`(what the model is, its Auto class, the snippets' variable)` for a `pipeline()` task name."""
+    return MODEL_KINDS.get(task, MODEL_KINDS["image-classification"])
+
+
+def metric_name(metric: str) -> tuple[str, str]:
+    """`(header name, name in a sentence)` of an evaluation metric key (`accuracy`, `map`, `mean_iou`)."""
+    return METRIC_NAMES.get(metric, (metric, f"a {metric}"))
+
+
 def count(value) -> str | None:
     return None if value is None else f"{int(value):,}"
 
@@ -200,7 +224,7 @@ def distillation(config: dict) -> str:
     return f"from the trained surrogate, α = {alpha}, τ = {config.get('distill_temperature')}"
 
 
-def rounds(records: list[dict]) -> list[dict[str, str]] | None:
+def rounds(records: list[dict], metric: str = "accuracy") -> list[dict[str, str]] | None:
     rows = []
     for record in records:
         surrogate, dense, selection = (
@@ -212,13 +236,13 @@ def rounds(records: list[dict]) -> list[dict[str, str]] | None:
             {
                 "round": str(record["round"]),
                 "labeled": count((surrogate or dense).get("labeled")) or "–",
-                "surrogate_accuracy": accuracy(surrogate.get("accuracy")) or "–",
-                "dense_accuracy": accuracy(dense.get("accuracy")) or "–",
+                "surrogate_metric": accuracy(surrogate.get(metric)) or "–",
+                "dense_metric": accuracy(dense.get(metric)) or "–",
                 "selected": count(selection["query_size"]) if selection else "–",
             }
         )
-    has_accuracy = any(r["surrogate_accuracy"] != "–" or r["dense_accuracy"] != "–" for r in rows)
-    return rows if has_accuracy else None
+    evaluated = any(r["surrogate_metric"] != "–" or r["dense_metric"] != "–" for r in rows)
+    return rows if evaluated else None
 
 
 def costs(metrics: dict) -> list[dict[str, str]] | None:
@@ -264,8 +288,22 @@ def class_counts(rows: dict, class_names: list[str] | None) -> list[dict[str, st
     ]
 
 
-def quickstart(source: str, num_channels: int, labels: list[str]) -> str:
+def quickstart(source: str, num_channels: int, labels: list[str], task: str = "image-classification") -> str:
     example = f'  # a class name, e.g. "{labels[0]}"' if labels else ""
+    if task == "object-detection":
+        return (
+            "from transformers import pipeline\n\n"
+            f'detector = pipeline("object-detection", model="{source}")\n'
+            'for found in detector("image.png", threshold=0.5):\n'
+            '    print(found["label"], round(found["score"], 3), found["box"])' + example
+        )
+    if task == "image-segmentation":
+        return (
+            "from transformers import pipeline\n\n"
+            f'segmenter = pipeline("image-segmentation", model="{source}")\n'
+            'for region in segmenter("image.png"):\n'
+            '    print(region["label"], region["mask"].size)  # one PIL mask per class found in the image'
+        )
     if num_channels != 1:
         return (
             "from transformers import pipeline\n\n"

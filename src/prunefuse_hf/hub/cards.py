@@ -26,6 +26,7 @@ from ..constants import (
     SUBSET_METADATA_NAME,
 )
 from ..utils.run_directory import RunDirectory
+from . import card_text
 from .card_data import (
     ModelCardFacts,
     SubsetCardFacts,
@@ -37,7 +38,7 @@ MODEL_CARD_TEMPLATE = "model_card.md"
 SURROGATE_CARD_TEMPLATE = "surrogate_card.md"
 DATASET_CARD_TEMPLATE = "dataset_card.md"
 PAPER_URL = "https://arxiv.org/abs/2603.26138"
-TAGS = ["prunefuse", "active-learning", "data-selection", "pruning", "image-classification"]
+TAGS = ["prunefuse", "active-learning", "data-selection", "pruning"]
 
 
 @functools.cache
@@ -90,23 +91,24 @@ def render_model_card(facts: ModelCardFacts) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
     eval_results = None
-    if facts.final_accuracy and facts.dataset_hub_id:
+    if facts.final_metric and facts.dataset_hub_id:
         eval_results = [
             EvalResult(
-                task_type="image-classification",
+                task_type=facts.task,
                 dataset_type=facts.dataset_hub_id,
                 dataset_name=facts.dataset_label,
-                metric_type="accuracy",
-                metric_value=float(facts.final_accuracy),
+                metric_type=facts.metric,
+                metric_name=facts.metric_name,
+                metric_value=float(facts.final_metric),
             )
         ]
     datasets = [d for d in (facts.dataset_hub_id, facts.subset_repo_id) if d]
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="image-classification",
+        pipeline_tag=facts.task,
         base_model=facts.base_model,
         datasets=datasets or None,
-        tags=list(TAGS),
+        tags=[*TAGS, facts.task],
         model_name=facts.title if eval_results else None,
         eval_results=eval_results,
     )
@@ -133,8 +135,8 @@ def render_surrogate_card(facts: SurrogateCardFacts) -> str:
     """
     from huggingface_hub import ModelCardData
 
-    card_data = ModelCardData(library_name="transformers", pipeline_tag="image-classification",
-                              tags=[*TAGS, "pruned", "surrogate"], base_model=facts.base_model)  # fmt: skip
+    card_data = ModelCardData(library_name="transformers", pipeline_tag=facts.task,
+                              tags=[*TAGS, facts.task, "pruned", "surrogate"], base_model=facts.base_model)  # fmt: skip
     return _render(SURROGATE_CARD_TEMPLATE, card_data, facts)
 
 
@@ -167,7 +169,7 @@ def render_dataset_card(facts: SubsetCardFacts) -> str:
     card_data = DatasetCardData(
         pretty_name=facts.title,
         task_categories=["image-classification"],
-        tags=[tag for tag in TAGS if tag != "image-classification"],
+        tags=list(TAGS),
         source_datasets=[facts.source_hub_id] if facts.source_hub_id else None,
         configs=configs,
     )
@@ -215,7 +217,8 @@ def _render(template_name: str, card_data, facts) -> str:
     values = {f.name: getattr(facts, f.name) for f in fields(facts)}
     text = template_environment().get_template(template_name).render(
         card_data=card_data.to_yaml(), paper_url=PAPER_URL, metadata_name=SUBSET_METADATA_NAME,
-        selection_name=SELECTION_NAME, examples_dir=SUBSET_EXAMPLES_DIR, plan_name=PRUNING_PLAN_NAME, **values,
+        selection_name=SELECTION_NAME, examples_dir=SUBSET_EXAMPLES_DIR, plan_name=PRUNING_PLAN_NAME,
+        task_names=card_text.model_kind(values.get("task", "image-classification")), **values,
     )  # fmt: skip
     # Sections that vanished leave runs of blank lines behind.
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"

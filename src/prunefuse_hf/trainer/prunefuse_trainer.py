@@ -80,6 +80,7 @@ from .run_state import (
     result_settings,
 )
 from .task_examples import PixelExamples
+from .whole_set_evaluation import WholeSetEvaluation
 
 logger = logging.get_logger(__name__)
 
@@ -99,7 +100,7 @@ class Step:
         return step_name(self.kind, self.round)
 
 
-class PruneFuseTrainer(Trainer):
+class PruneFuseTrainer(WholeSetEvaluation, Trainer):
     r"""
     Trainer that runs PruneFuse (Kousar, Bhatti and Moon, "PruneFuse: Efficient Data Selection via Weight Pruning
     and Network Fusion", arXiv:2603.26138): the dense model is pruned at initialization into a narrow surrogate,
@@ -464,6 +465,12 @@ class PruneFuseTrainer(Trainer):
             inputs[PIXEL_VALUES] = self.preprocessor.normalize(inputs[PIXEL_VALUES])
         return inputs
 
+    @property
+    def evaluates_whole_set(self) -> bool:
+        """Whether each process evaluates the whole set (tasks whose labels differ in size per image, see
+        [`WholeSetEvaluation`]); image classification's evaluation is sharded and gathered as the stock one."""
+        return self.task is not CLASSIFICATION
+
     def get_eval_dataloader(self, eval_dataset=None):
         """
         The evaluation `DataLoader`, as the stock `Trainer`'s: of the evaluation set given at construction, or of
@@ -520,7 +527,8 @@ class PruneFuseTrainer(Trainer):
             self.progress = {"version": STATE_VERSION, "completed": [], "settings": current,
                              "resume_command": self.resume_command,
                              "method_overrides": self.args.method_overrides, "recipe": redact_secrets(self.recipe),
-                             "class_names": self.class_names, "metric": self.examples.metric, "rounds": {},
+                             "class_names": self.class_names, "task": self.task.name, "metric": self.examples.metric,
+                             "rounds": {},
                              "final": {}}  # fmt: skip
             return
         progress = self.run_dir.read_state()

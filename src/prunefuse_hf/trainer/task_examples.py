@@ -26,6 +26,7 @@ from ..data.preprocessing import PixelDataset
 from ..selection.scoring import score_pool
 from .distillation_trainer import DistillationTrainer
 from .run_state import row_digests
+from .whole_set_evaluation import WholeSetEvaluation
 
 
 class PixelExamples:
@@ -161,7 +162,7 @@ class AnnotatedExamples:
             if self.task.training_arguments
             else args
         )
-        return Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        return AnnotatedTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                        data_collator=self.task.collate, callbacks=callbacks,
                        compute_metrics=self.task.compute_metrics(self.image_processor, class_names=self.class_names))  # fmt: skip
 
@@ -195,3 +196,7 @@ class AnnotatedExamples:
             digest.update(repr(sorted(row.items())).encode())
             digests[position] = int.from_bytes(digest.digest(), "big") or 1
         return digests
+
+
+class AnnotatedTrainer(WholeSetEvaluation, Trainer):
+    """The stock `Trainer`, evaluating the whole set on every process (see [`WholeSetEvaluation`])."""

@@ -44,7 +44,9 @@ def build_metrics(progress: dict) -> dict:
     selection = ledger["selection"]
     return {
         "rounds": rounds,
-        # The evaluation metric of every record (`accuracy`; object detection's `map`).
+        # The run's `pipeline()` task, and the evaluation metric of every record (`accuracy`; object detection's
+        # `map`). Runs written before tasks were recorded are image classification.
+        "task": progress.get("task", "image-classification"),
         "metric": progress.get("metric", "accuracy"),
         "final": progress.get("final", {}),
         "costs": progress.get("costs", {}),

@@ -132,9 +132,13 @@ def check_same_pool(progress: dict, digests_of, run_dir: RunDirectory) -> np.nda
 
 def row_digests(pixels, rows: np.ndarray) -> np.ndarray:
     """A digest of each row's decoded pixels (8-byte BLAKE2b as `uint64`, never 0), read 512 rows at a time as
-    `PixelDataset` reads batches (one copy out of a raw cache, no per-row formatting)."""
+    `PixelDataset` reads batches (one copy out of a raw cache, no per-row formatting). `pixels` is the pixel
+    dataset, or a `PixelDataset` over all its rows (whose views of the cache are then reused: building them reads
+    every Arrow chunk's type, 0.3 s at 1M rows)."""
     digests = np.empty(len(rows), dtype=np.uint64)
-    reader = PixelDataset(pixels, rows)
+    if not len(rows):
+        return digests
+    reader = pixels.select(rows) if isinstance(pixels, PixelDataset) else PixelDataset(pixels, rows)
     for start in range(0, len(rows), 512):
         batch = reader.batch(np.arange(start, min(start + 512, len(rows)))).numpy()
         for offset, row in enumerate(batch):

@@ -81,7 +81,12 @@ class PixelExamples:
 
     def row_digests(self, rows: np.ndarray) -> np.ndarray:
         """A digest of each row's decoded pixels (`uint64`, never 0)."""
-        return row_digests(self.pool_pixels, rows)
+        return row_digests(self._pool_reader, rows)
+
+    @functools.cached_property
+    def _pool_reader(self) -> PixelDataset:
+        # Built once: every run step that saves the run state digests the rows it labeled through it.
+        return PixelDataset(self.pool_pixels, np.arange(len(self.pool_pixels)))
 
 
 class AnnotatedExamples:

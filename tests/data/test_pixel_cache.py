@@ -12,7 +12,7 @@ import pytest
 from conftest import make_image_dataset, tiny_resnet_config
 from prunefuse_hf import clear_pixel_caches, list_pixel_caches
 from prunefuse_hf.data.image_processor import build_image_processor
-from prunefuse_hf.data.pixel_cache import evict_least_recently_used, format_bytes, resolve_max_size
+from prunefuse_hf.data.pixel_cache import CacheLock, evict_least_recently_used, format_bytes, resolve_max_size
 from prunefuse_hf.data.preprocessing import ImagePreprocessor
 
 DAY = 86400
@@ -152,8 +152,12 @@ def test_the_cap_comes_from_the_environment_and_spares_the_caches_being_read(tmp
     reading, first = pool_cache(tmp_path, seed=1)  # this process still reads it
     second = pool_cache(tmp_path, seed=2)[1]  # nobody reads it any more
     age(tmp_path, first, 5)
-    building = tmp_path / "pixels-0123456789abcdef01234567_00000_of_00002.arrow"  # another process's build
-    building.write_bytes(b"x" * 100)
+    # Another process's build: its lock is held (flock locks of two open files conflict within a process too).
+    build_dir = tmp_path / "pixels-0123456789abcdef01234567.partial"
+    build_dir.mkdir()
+    (build_dir / "tmpab12cd34").write_bytes(b"x" * 100)
+    building = CacheLock(tmp_path, "0123456789abcdef01234567")
+    assert building.acquire(blocking=False)
     interrupted = tmp_path / "pixels-89abcdef0123456789abcdef.arrow"  # a build stopped two days ago
     interrupted.write_bytes(b"x" * 100)
     os.utime(interrupted, (time.time() - 2 * DAY, time.time() - 2 * DAY))
@@ -169,13 +173,19 @@ def test_the_cap_comes_from_the_environment_and_spares_the_caches_being_read(tmp
         rf"100 B, last written [\d-]+ [\d:]+\), {second} \(12 images, raw, ",
         caplog.text,
     )
-    assert "the rest is in use by this run or an unfinished build" in caplog.text
+    assert (
+        "the rest is in use by this run or held by another process (0123456789abcdef01234567: being built or read)"
+        in caplog.text
+    )
     assert len(reading) == len(built) == 12
     del reading, built
     gc.collect()
     # Once nobody reads them, eviction (here called directly, as a build calls it) removes the complete ones.
     assert {info.key for info in evict_least_recently_used(tmp_path)} == {first, third}
     assert [info.key for info in list_pixel_caches(tmp_path)] == ["0123456789abcdef01234567"]
+    building.release()  # the build was killed: what it left goes too, once over the cap
+    assert [info.key for info in evict_least_recently_used(tmp_path, "50B")] == ["0123456789abcdef01234567"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_with_cache_pixels_unset_a_pool_over_the_cap_is_not_cached(tmp_path, caplog):

@@ -425,10 +425,12 @@ class CacheLock:
         self._lock.acquire()
         return True
 
-    def release(self) -> None:
-        # Deleted while still held, so that the folder keeps no lock file of a finished build.
-        with contextlib.suppress(OSError):
-            self.path.unlink(missing_ok=True)
+    def release(self, *, keep_file: bool = False) -> None:
+        """Release the lock, deleting its file first (unless `keep_file`) so that the folder keeps no lock file of a
+        finished build."""
+        if not keep_file:
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
         self._lock.release()
 
     def __enter__(self) -> CacheLock:
@@ -474,6 +476,8 @@ def remove_unless_held(cache_dir: Path, key: str, *, dry_run: bool = False) -> b
             remove_files(cache_dir, key)
         return True
     lock = CacheLock(cache_dir, key)
+    if dry_run and not lock.path.exists():  # a holder has its lock file: nobody holds this cache
+        return True
     try:
         if not lock.acquire(blocking=False):
             return False
@@ -485,7 +489,7 @@ def remove_unless_held(cache_dir: Path, key: str, *, dry_run: bool = False) -> b
         if not dry_run:
             remove_files(cache_dir, key)
     finally:
-        lock.release()
+        lock.release(keep_file=dry_run)  # a dry run changes nothing
     return True
 
 

@@ -466,7 +466,7 @@ def is_complete_here(folder, key):
     return is_complete(folder, key)
 
 
-def test_a_cache_that_cannot_be_removed_stops_clear_with_the_cache_and_the_fix(tmp_path, monkeypatch):
+def test_a_folder_that_cannot_be_read_or_written_stops_list_and_clear_with_the_fix(tmp_path, monkeypatch):
     import errno
     from pathlib import Path
 
@@ -480,3 +480,6 @@ def test_a_cache_that_cannot_be_removed_stops_clear_with_the_cache_and_the_fix(t
         OSError, match=rf"Cannot remove the pixel cache {key} from .*make the folder writable"
     ):
         clear_pixel_caches(tmp_path, clear_all=True)
+    monkeypatch.setattr(Path, "iterdir", lambda self: read_only(self))  # a folder that cannot be read
+    with pytest.raises(OSError, match=rf"Cannot read the pixel cache folder {tmp_path} .*make it readable"):
+        list_pixel_caches(tmp_path)

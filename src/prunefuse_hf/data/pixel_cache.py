@@ -523,6 +523,9 @@ def list_pixel_caches(cache_dir: str | os.PathLike | None = None) -> list[PixelC
         cache_dir (`str` or `os.PathLike`, *optional*): Defaults to `$PRUNEFUSE_PIXEL_CACHE`, else `prunefuse_hf/`
             in the `datasets` cache (where runs write them).
 
+    Raises:
+        `OSError`: the folder cannot be read (the message names it and the fix).
+
     Returns:
         `list[PixelCacheInfo]`: one per cache key, including incomplete ones (`complete=False`: a build under way or
         an interrupted one, or a cache written before descriptions existed). `datasets`' temporary files that builds
@@ -541,7 +544,14 @@ def list_pixel_caches(cache_dir: str | os.PathLike | None = None) -> list[PixelC
     if not directory.is_dir():
         return []
     keys = set()
-    for path in directory.iterdir():
+    try:
+        names = list(directory.iterdir())
+    except OSError as error:
+        raise OSError(
+            f"Cannot read the pixel cache folder {directory} ({type(error).__name__}: {error}): make it readable, or "
+            f"point ${PIXEL_CACHE_DIR_ENV} (`--cache_dir` on the command line) at another folder."
+        ) from None
+    for path in names:
         if match := _FILE_PATTERN.match(path.name) or _OWNED_PATTERN.match(path.name):
             keys.add(match.group(1))
         elif _LOOSE_TEMPORARY.match(path.name) and path.is_file():

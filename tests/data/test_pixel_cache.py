@@ -12,7 +12,7 @@ import pytest
 from conftest import make_image_dataset, tiny_resnet_config
 from prunefuse_hf import clear_pixel_caches, list_pixel_caches
 from prunefuse_hf.data.image_processor import build_image_processor
-from prunefuse_hf.data.pixel_cache import evict_least_recently_used, format_bytes, resolve_max_size
+from prunefuse_hf.data.pixel_cache import CacheLock, evict_least_recently_used, format_bytes, resolve_max_size
 from prunefuse_hf.data.preprocessing import ImagePreprocessor
 
 DAY = 86400
@@ -152,8 +152,12 @@ def test_the_cap_comes_from_the_environment_and_spares_the_caches_being_read(tmp
     reading, first = pool_cache(tmp_path, seed=1)  # this process still reads it
     second = pool_cache(tmp_path, seed=2)[1]  # nobody reads it any more
     age(tmp_path, first, 5)
-    building = tmp_path / "pixels-0123456789abcdef01234567_00000_of_00002.arrow"  # another process's build
-    building.write_bytes(b"x" * 100)
+    # Another process's build: its lock is held (flock locks of two open files conflict within a process too).
+    build_dir = tmp_path / "pixels-0123456789abcdef01234567.partial"
+    build_dir.mkdir()
+    (build_dir / "tmpab12cd34").write_bytes(b"x" * 100)
+    building = CacheLock(tmp_path, "0123456789abcdef01234567")
+    assert building.acquire(blocking=False)
     interrupted = tmp_path / "pixels-89abcdef0123456789abcdef.arrow"  # a build stopped two days ago
     interrupted.write_bytes(b"x" * 100)
     os.utime(interrupted, (time.time() - 2 * DAY, time.time() - 2 * DAY))
@@ -169,13 +173,19 @@ def test_the_cap_comes_from_the_environment_and_spares_the_caches_being_read(tmp
         rf"100 B, last written [\d-]+ [\d:]+\), {second} \(12 images, raw, ",
         caplog.text,
     )
-    assert "the rest is in use by this run or an unfinished build" in caplog.text
+    assert (
+        "the rest is in use by this run or held by another process (0123456789abcdef01234567: being built or read)"
+        in caplog.text
+    )
     assert len(reading) == len(built) == 12
     del reading, built
     gc.collect()
     # Once nobody reads them, eviction (here called directly, as a build calls it) removes the complete ones.
     assert {info.key for info in evict_least_recently_used(tmp_path)} == {first, third}
     assert [info.key for info in list_pixel_caches(tmp_path)] == ["0123456789abcdef01234567"]
+    building.release()  # the build was killed: what it left goes too, once over the cap
+    assert [info.key for info in evict_least_recently_used(tmp_path, "50B")] == ["0123456789abcdef01234567"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_with_cache_pixels_unset_a_pool_over_the_cap_is_not_cached(tmp_path, caplog):
@@ -205,3 +215,271 @@ def test_the_default_cap_is_50_gb_and_none_lifts_it(monkeypatch):
         ValueError, match=r"\$PRUNEFUSE_PIXEL_CACHE_MAX_SIZE must be a size such as '50GB'.*'lots'"
     ):
         resolve_max_size()
+
+
+# ----- several processes, killed builds, storage errors -----
+
+# A builder in a process of its own (the project's Python, the tests' cache environment): waits for its peers at a
+# file barrier, then builds or reads one raw cache of the 12-image pool per repetition and prints what it read. Its
+# building is slowed (each batch of 4 images sleeps 0.3 s) so that the others come while it builds; with "hang", its
+# third batch never finishes (the test kills it there).
+BUILDER = """
+import hashlib, logging, sys, time
+from pathlib import Path
+sys.path.insert(0, TESTS_DIR)
+import numpy as np
+from conftest import make_image_dataset, tiny_resnet_config
+from prunefuse_hf.data import pixel_cache, preprocessing
+from prunefuse_hf.data.image_processor import build_image_processor
+from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset
+
+root, peers, repetitions, mode = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+handler = logging.StreamHandler(sys.stdout)
+logging.getLogger("prunefuse_hf").addHandler(handler)
+logging.getLogger("prunefuse_hf").setLevel(logging.INFO)
+preprocessing._MAP_BATCH_SIZE = 4
+pixel_cache._QUIET_WAIT_SECONDS = 0.1  # say at once that it waits
+real_map_batch = ImagePreprocessor._map_batch
+batches = []
+
+def slow_map_batch(self, batch, indices, **kwargs):
+    batches.append(indices[0])
+    if mode == "hang" and len(batches) == 3:
+        (root / "building").touch()
+        time.sleep(600)
+    time.sleep(0.3)
+    return real_map_batch(self, batch, indices, **kwargs)
+
+ImagePreprocessor._map_batch = slow_map_batch
+dataset = make_image_dataset(12, size=16, mode="RGB", seed=7)
+preprocessor = ImagePreprocessor(build_image_processor(tiny_resnet_config(), image_size=16), num_channels=3)
+for repetition in range(repetitions):
+    (root / f"ready-{repetition}-{sys.argv[5]}").touch()
+    while len(list(root.glob(f"ready-{repetition}-*"))) < peers:
+        time.sleep(0.01)
+    print(f"START {repetition}", flush=True)
+    pixels = preprocessor.pixel_dataset(dataset, cache=True, cache_dir=root / f"cache{repetition}", cache_format="raw")
+    read = PixelDataset(pixels, np.arange(12)).batch(range(12)).numpy()
+    print(f"RESULT {repetition} {hashlib.sha256(read.tobytes()).hexdigest()}", flush=True)
+"""
+
+
+def start_builders(tmp_path, peers, repetitions, mode="share"):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "builder.py"
+    script.write_text(f"TESTS_DIR = {str(Path(__file__).parents[1])!r}\n{BUILDER}")
+    return [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path), str(peers), str(repetitions), mode, str(peer)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for peer in range(peers)
+    ]
+
+
+def the_builders_pool():
+    dataset = make_image_dataset(12, size=16, mode="RGB", seed=7)
+    preprocessor = ImagePreprocessor(
+        build_image_processor(tiny_resnet_config(), image_size=16), num_channels=3
+    )
+    return dataset, preprocessor, preprocessor.cache_key(dataset, "raw")
+
+
+def test_processes_sharing_a_cache_build_it_once_and_read_the_same_pixels(tmp_path):
+    """3 processes ask for the same cache at the same moment, 3 times over: each time one builds it (one "Cached"
+    line), the others wait for it and read it; all read the pixels of an uncached decode, and the folder holds one
+    complete cache and nothing else (no lock, no build folder)."""
+    import hashlib
+
+    from prunefuse_hf.data.preprocessing import PixelDataset
+
+    dataset, preprocessor, key = the_builders_pool()
+    expected = PixelDataset(preprocessor.pixel_dataset(dataset, cache=False), np.arange(12)).batch(range(12))
+    expected = hashlib.sha256(expected.numpy().tobytes()).hexdigest()
+    processes = start_builders(tmp_path, peers=3, repetitions=3)
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], outputs
+    waited = 0
+    for repetition in range(3):
+        logs = [
+            output.split(f"START {repetition}\n")[1].split(f"RESULT {repetition}")[0] for output in outputs
+        ]
+        results = [re.search(rf"RESULT {repetition} (\w+)", output).group(1) for output in outputs]
+        assert results == [expected] * 3
+        assert sum("Cached 12 images" in log for log in logs) == 1, logs
+        assert sum("Reading the cached pixels of 12 images" in log for log in logs) == 2, logs
+        folder = tmp_path / f"cache{repetition}"
+        for log in logs:
+            if "Waiting for another process" in log:
+                waited += 1
+                assert f"holds the pixel cache {key} in {folder}" in log
+        (info,) = list_pixel_caches(folder)
+        assert (info.key, info.complete, info.num_images) == (key, True, 12)
+        assert sorted(path.name for path in folder.iterdir()) == [f"pixels-{key}.arrow", f"pixels-{key}.json"]
+    assert waited >= 1  # the builds overlap (each takes about a second): the others waited for them
+
+
+def test_a_killed_build_leaves_files_that_cache_list_shows_and_cache_clear_removes_and_the_next_run_builds(
+    tmp_path, caplog
+):
+    import signal
+
+    from prunefuse_hf.cli.main import main
+
+    (process,) = start_builders(tmp_path, peers=1, repetitions=1, mode="hang")
+    deadline = time.time() + 120
+    while not (tmp_path / "building").exists():
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # mid-build: two batches written, the third under way
+    process.wait()
+    folder = tmp_path / "cache0"
+    _, preprocessor, key = the_builders_pool()
+    (info,) = list_pixel_caches(folder)
+    names = {str(path.relative_to(folder)) for path in info.files}
+    assert not info.complete and info.key == key
+    assert f"pixels-{key}.lock" in names  # its lock (no longer held: the kernel released it)
+    assert any(re.fullmatch(rf"pixels-{key}\.partial/tmp\w{{8}}", name) for name in names), names  # datasets'
+    assert info.size_bytes == sum(path.stat().st_size for path in info.files)
+    # Everything in the folder belongs to the listed cache.
+    on_disk = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
+    assert on_disk == names
+    assert main(["cache", "clear", "--cache_dir", str(folder), key[:8], "--dry_run"]) == 0
+    assert {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()} == names
+    # The next run builds it (what the killed build left is removed first).
+    dataset = make_image_dataset(12, size=16, mode="RGB", seed=7)
+    with caplog.at_level("INFO", logger="prunefuse_hf"):
+        pixels = preprocessor.pixel_dataset(dataset, cache=True, cache_dir=folder, cache_format="raw")
+    assert "Cached 12 images" in caplog.text and len(pixels) == 12
+    assert sorted(path.name for path in folder.iterdir()) == [f"pixels-{key}.arrow", f"pixels-{key}.json"]
+
+
+def test_what_interrupted_builds_leave_is_listed_as_incomplete_and_cleared(tmp_path, capsys):
+    from prunefuse_hf.cli.main import main
+
+    key = "0123456789abcdef01234567"
+    partial = tmp_path / f"pixels-{key}.partial"
+    partial.mkdir()
+    (partial / "tmpab12cd34").write_bytes(b"x" * 50)  # datasets' temporary file of a shard
+    (partial / f"pixels-{key}_00000_of_00002.arrow").write_bytes(b"x" * 30)
+    (tmp_path / f"pixels-{key}.lock").write_bytes(b"")  # its holder was killed
+    (tmp_path / f".pixels-{key}.json.0a1b2c3d.tmp").write_bytes(b"{")  # a description being written
+    (tmp_path / "tmpq_w3e4r5").write_bytes(b"x" * 20)  # left by a build of an earlier version
+    (tmp_path / "notes.txt").write_bytes(b"not ours")
+    infos = {info.key: info for info in list_pixel_caches(tmp_path)}
+    assert set(infos) == {key, "tmpq_w3e4r5"}
+    assert not any(info.complete for info in infos.values())
+    assert (infos[key].size_bytes, len(infos[key].files), infos["tmpq_w3e4r5"].size_bytes) == (81, 4, 20)
+    assert main(["cache", "list", "--cache_dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count("incomplete (a build under way, or an interrupted one)") == 2
+    assert main(["cache", "clear", "--cache_dir", str(tmp_path), "--all"]) == 0
+    assert "removed 2 caches" in capsys.readouterr().out
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_cache_whose_lock_another_process_holds_is_kept_by_clear_and_eviction_and_the_log_says_so(
+    tmp_path, caplog
+):
+    key = pool_cache(tmp_path, seed=1)[1]  # nobody reads it any more
+    gc.collect()
+    lock = CacheLock(tmp_path, key)  # as another process would hold it (flock: two open files conflict)
+    assert lock.acquire(blocking=False)
+    try:
+        with caplog.at_level("WARNING", logger="prunefuse_hf"):
+            assert clear_pixel_caches(tmp_path, clear_all=True) == []
+            assert evict_least_recently_used(tmp_path, "10B") == []
+        assert f"Kept the pixel cache {key} in {tmp_path}: another process holds it" in caplog.text
+        assert f"held by another process ({key}: being built or read)" in caplog.text
+        assert [info.key for info in list_pixel_caches(tmp_path)] == [key]
+    finally:
+        lock.release()
+    assert [info.key for info in clear_pixel_caches(tmp_path, clear_all=True)] == [key]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["lock", "description", "eviction", "last_use"])
+def test_a_storage_error_anywhere_leaves_the_pixels_exact_and_no_raw_error(
+    tmp_path, monkeypatch, caplog, where
+):
+    """A read-only or full folder, simulated (the tests run as root, where permissions stop no write, and no full
+    disk can be made here): where the lock cannot be created (read-only), the description cannot be written (full),
+    an old cache cannot be evicted, or a read cannot record its use. The run goes on with exact pixels; a folder
+    that takes no cache is said once, with the fix, and keeps nothing of the build."""
+    import errno
+
+    import filelock
+
+    from prunefuse_hf.data import pixel_cache
+    from prunefuse_hf.data import preprocessing as module
+    from prunefuse_hf.data.preprocessing import PixelDataset
+
+    module._SAID_UNUSABLE.clear()
+    dataset, preprocessor, key = the_builders_pool()
+    expected = PixelDataset(preprocessor.pixel_dataset(dataset, cache=False), np.arange(12)).batch(range(12))
+    old = pool_cache(tmp_path, seed=1)[1]
+    gc.collect()
+    read_only = PermissionError(errno.EROFS, "Read-only file system")
+    if where == "lock":
+        monkeypatch.setattr(
+            filelock.FileLock, "acquire", lambda *args, **kwargs: (_ for _ in ()).throw(read_only)
+        )
+    elif where == "description":
+
+        def full(path, write, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        monkeypatch.setattr(pixel_cache, "atomic_write", full)
+    elif where == "eviction":
+        monkeypatch.setattr(
+            pixel_cache, "remove_unless_held", lambda *a, **k: (_ for _ in ()).throw(read_only)
+        )
+    elif where == "last_use":
+        monkeypatch.setattr(os, "utime", lambda *a, **k: (_ for _ in ()).throw(read_only))
+    with caplog.at_level("WARNING", logger="prunefuse_hf"):
+        for _ in range(2):  # built (or not) then read (or not): said once
+            pixels = preprocessor.pixel_dataset(
+                dataset, cache=True, cache_dir=tmp_path, cache_format="raw", max_size="1KB"
+            )
+            assert PixelDataset(pixels, np.arange(12)).batch(range(12)).equal(expected)
+    said = [r.getMessage() for r in caplog.records if "Going on without the pixel cache" in r.getMessage()]
+    names = sorted(path.name for path in tmp_path.iterdir())
+    if where in ("lock", "description"):
+        assert len(said) == 1 and str(tmp_path) in said[0] and "PRUNEFUSE_PIXEL_CACHE" in said[0], said
+        assert not any(key in name for name in names), names  # nothing of the failed build is left
+    else:
+        assert said == [] and is_complete_here(tmp_path, key)
+    if where == "eviction":
+        assert f"Could not remove pixel cache {old} (PermissionError" in caplog.text
+        assert "make the folder writable" in caplog.text and old in {
+            info.key for info in list_pixel_caches(tmp_path)
+        }
+
+
+def is_complete_here(folder, key):
+    from prunefuse_hf.data.pixel_cache import is_complete
+
+    return is_complete(folder, key)
+
+
+def test_a_folder_that_cannot_be_read_or_written_stops_list_and_clear_with_the_fix(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    key = pool_cache(tmp_path, seed=1)[1]
+
+    def read_only(self, missing_ok=False):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(
+        OSError, match=rf"Cannot remove the pixel cache {key} from .*make the folder writable"
+    ):
+        clear_pixel_caches(tmp_path, clear_all=True)
+    monkeypatch.setattr(Path, "iterdir", lambda self: read_only(self))  # a folder that cannot be read
+    with pytest.raises(OSError, match=rf"Cannot read the pixel cache folder {tmp_path} .*make it readable"):
+        list_pixel_caches(tmp_path)

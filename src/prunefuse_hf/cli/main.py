@@ -411,7 +411,9 @@ def _cache_list(args) -> None:
         shape = "×".join(map(str, info.shape)) if info.shape else "?"
         images = f"{info.num_images:,}" if info.num_images is not None else "?"
         fmt = info.cache_format or "?"
-        processor = info.processor if info.complete else "incomplete (interrupted build or older version)"
+        processor = (
+            info.processor if info.complete else "incomplete (a build under way, or an interrupted one)"
+        )
         print(f"{info.key:26}{format_bytes(info.size_bytes):>10}{images:>11}  {shape:13}{fmt:8}"
               f"{info.last_used:%Y-%m-%d %H:%M}  {processor}")  # fmt: skip
     print(f"{len(caches)} caches, {format_bytes(sum(i.size_bytes for i in caches))} in {directory}")

@@ -17,17 +17,25 @@ processor, pool fingerprint, creation time; its modification time is the last us
 [`list_pixel_caches`] reads and [`clear_pixel_caches`] (`prunefuse-hf cache list|clear`) uses.
 
 The folder has a size cap (`pixel_cache_max_size`, else `$PRUNEFUSE_PIXEL_CACHE_MAX_SIZE`, else 50 GB): before and
-after a build, [`evict_least_recently_used`] removes complete caches, least recently used first, until the folder
-fits, and logs what it removed. The caches this process is reading, and incomplete ones written to within a day
-(another process may be building them), are never removed by it.
+after a build, [`evict_least_recently_used`] removes caches, least recently used first, until the folder fits, and
+logs what it removed. The caches this process is reading, and those another process holds, are never removed by it.
+
+Any number of runs and processes may share one folder. Each cache has an inter-process lock (`pixels-<key>.lock`,
+held while a process builds the cache, opens it to read, or removes it, and deleted when released): the first
+process builds, the others wait for it (said once, naming the cache) and then read. A build writes into its own
+folder (`pixels-<key>.partial/`, `datasets`' temporary files included) and moves the finished files into place before
+the description, so a build that was killed leaves only files named after its key: [`list_pixel_caches`] lists them
+as an incomplete cache, [`clear_pixel_caches`] removes them, and the next run that needs the cache builds it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import shutil
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -35,6 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import datasets
+import filelock
 import numpy as np
 import PIL.Image
 from transformers.utils import logging
@@ -58,6 +67,14 @@ JPEG_QUALITY = 90
 AUTO_RAW_MAX_BYTES = 10 * 10**9
 _FORMAT_NAMES = {"raw": "raw uint8", "jpeg": f"JPEG q{JPEG_QUALITY}", "png": "PNG (lossless)"}
 _FILE_PATTERN = re.compile(rf"^{re.escape(PIXEL_CACHE_PREFIX)}([0-9a-f]+)(?:_\d{{5}}_of_\d{{5}})?\.arrow$")
+# What else a cache key owns: its description, its lock, its build folder, a description being written (atomic_write).
+_OWNED_PATTERN = re.compile(
+    rf"^\.?{re.escape(PIXEL_CACHE_PREFIX)}([0-9a-f]+)(?:\.json|\.lock|\.partial|\.json\.[0-9a-f]{{8}}\.tmp)$"
+)
+# `datasets`' temporary files (tempfile.NamedTemporaryFile) that builds of versions before build folders left here.
+_LOOSE_TEMPORARY = re.compile(r"^tmp[a-z0-9_]{8}$")
+# A process that finds a cache's lock held waits this long before saying that it waits.
+_QUIET_WAIT_SECONDS = 1.0
 _SECONDS_PER_DAY = 86400
 # Images decoded (spread over the pool) to estimate the rate and the compressed size before a build.
 SAMPLE_SIZE = 16
@@ -72,12 +89,13 @@ class PixelCacheInfo:
 
     Args:
         key (`str`): The cache key (hash of the pool's fingerprint, the processor and the format).
-        files (`list[Path]`): Its Arrow file(s) and description.
+        files (`list[Path]`): Its Arrow file(s) and description, and what a build left: its lock while a process holds
+            it (or after its holder was killed), the files in its build folder (`datasets`' temporary files included).
         size_bytes (`int`): Bytes on disk, all files together.
         created (`datetime`): When the build finished (the newest file's time for a cache without description).
         last_used (`datetime`): When a run last read it.
-        complete (`bool`): Whether the build finished (a cache without description is an interrupted build, or
-            was written by a version before descriptions: nothing reads it again).
+        complete (`bool`): Whether the build finished (a cache without description is a build under way or an
+            interrupted one, or was written by a version before descriptions: nothing reads it again).
         num_images (`int`, *optional*), shape (`tuple`, *optional*), cache_format (`str`, *optional*),
         processor (`str`, *optional*), dataset_fingerprint (`str`, *optional*): From the description.
         description (`dict`): The whole description (`pixels-<key>.json`; empty without one), e.g. the image
@@ -147,8 +165,11 @@ def evict_least_recently_used(
     Keep the pixel cache folder under its cap: remove complete caches, least recently used first, until the folder
     holds at most `max_size - reserve` bytes, and say so in the log (which caches, how much, what remains).
 
-    The caches this process is reading (a dataset it returned is alive), and incomplete ones written to within the
-    last day (another process may be building them), are never removed. A run whose cache was removed builds it again when it next needs it.
+    The caches this process is reading (a dataset it returned is alive), and those whose lock another process holds
+    (it builds them, or opens or removes them), are never removed; the log names those kept. An incomplete cache that
+    no process holds is what a killed build left, and goes first when it is the least recently written. A run whose
+    cache was removed builds it again when it next needs it; a process already reading it goes on reading its open
+    files.
 
     Args:
         cache_dir (`str` or `os.PathLike`, *optional*): As in [`list_pixel_caches`].
@@ -171,29 +192,46 @@ def evict_least_recently_used(
     directory = resolve_cache_dir(cache_dir)
     if cap is None:
         return []
-    caches = list_pixel_caches(directory)
+    try:
+        caches = list_pixel_caches(directory)
+    except OSError as error:
+        logger.warning(
+            f"Cannot read the pixel cache folder {directory} to keep it under its cap ({type(error).__name__}: "
+            f"{error}); nothing removed. Make it readable, or point ${PIXEL_CACHE_DIR_ENV} at another folder."
+        )
+        return []
     total = sum(info.size_bytes for info in caches)
     limit = max(cap - reserve, 0)
     if total <= limit:
         return []
     in_use = _in_use(directory)
-    # An incomplete cache written to within a day may be a build under way (its files grow); an older one was
-    # interrupted and is removed like any other.
-    building_since = _now().timestamp() - _SECONDS_PER_DAY
-    removed = []
+    removed, held, failed = [], [], []
     for info in reversed(caches):  # least recently used first
         if total <= limit:
             break
-        if info.key in in_use or (not info.complete and info.last_used.timestamp() > building_since):
+        if info.key in in_use:
             continue
-        remove_files(directory, info.key)
+        try:
+            if not remove_unless_held(directory, info.key):
+                held.append(info.key)  # another process builds, reads or removes it
+                continue
+        except OSError as error:
+            failed.append(f"{info.key} ({type(error).__name__}: {error})")
+            continue
         removed.append(info)
         total -= info.size_bytes
     kept_over = (
-        f"; still {format_bytes(total)}: the rest is in use by this run or an unfinished build"
+        f"; still {format_bytes(total)}: the rest is in use by this run"
+        + (f" or held by another process ({', '.join(held)}: being built or read)" if held else "")
         if total > limit
         else ""
     )
+    if failed:
+        logger.warning(
+            f"Could not remove pixel cache{'s' if len(failed) > 1 else ''} {', '.join(failed)} from {directory} to "
+            "keep it under its cap: make the folder writable, or point "
+            f"${PIXEL_CACHE_DIR_ENV} at another folder."
+        )
     if removed:
         listed = ", ".join(
             f"{info.key} ({info.num_images or 0:,} images, {info.cache_format}, {format_bytes(info.size_bytes)}, "
@@ -214,8 +252,9 @@ def evict_least_recently_used(
         logger.warning(
             f"The pixel cache folder {directory} holds {format_bytes(total)}"
             f"{f' with {format_bytes(reserve)} to be built' if reserve else ''}, over its cap of {format_bytes(cap)} "
-            f"(pixel_cache_max_size or ${PIXEL_CACHE_MAX_SIZE_ENV}), but every cache in it is in use by this run or "
-            "an unfinished build: nothing removed."
+            f"(pixel_cache_max_size or ${PIXEL_CACHE_MAX_SIZE_ENV}), but every cache in it is in use by this run"
+            + (f" or held by another process ({', '.join(held)}: being built or read)" if held else "")
+            + ": nothing removed."
         )
     return removed
 
@@ -304,6 +343,15 @@ def description_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.json"
 
 
+def lock_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.lock"
+
+
+def build_dir(cache_dir: Path, key: str) -> Path:
+    """The folder a build of the cache `key` writes into (its files move out of it when they are complete)."""
+    return cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.partial"
+
+
 def is_complete(cache_dir: Path, key: str) -> bool:
     """Whether the cache `key` was fully built: its description exists and every file it lists too."""
     path = description_path(cache_dir, key)
@@ -324,10 +372,134 @@ def mark_used(cache_dir: Path, key: str) -> None:
         pass
 
 
+class CacheLock:
+    """
+    The inter-process lock of one pixel cache, held while a process builds the cache, opens it to read, or removes
+    it: one process builds a missing cache, the others wait and then read it.
+
+    Its file (`pixels-<key>.lock`) exists while the lock is held: the holder deletes it before releasing (a process
+    that was waiting on the deleted file sees so once it gets it, and takes the lock again on a new file). A file
+    left by a killed holder no longer locks anything; it is listed with the cache and removed with it.
+
+    Args:
+        cache_dir (`Path`): The cache folder (it must exist).
+        key (`str`): The cache key.
+
+    Example:
+
+    ```python
+    >>> from pathlib import Path
+    >>> from prunefuse_hf.data.pixel_cache import CacheLock
+    >>> with CacheLock(Path("."), "0123abcd"):  # builds or reads the cache 0123abcd here
+    ...     pass
+    ```
+    """
+
+    def __init__(self, cache_dir: Path, key: str):
+        self.cache_dir = Path(cache_dir)
+        self.key = key
+        self.path = lock_path(self.cache_dir, key)
+        self._lock = filelock.FileLock(str(self.path))
+
+    def acquire(self, *, blocking: bool = True) -> bool:
+        """
+        Take the lock, waiting for another holder (said once when the wait passes a second); with `blocking=False`,
+        give up at once when another process holds it.
+
+        Returns:
+            `bool`: whether the lock was taken (always `True` when blocking).
+
+        Raises:
+            `OSError`: the lock file cannot be created (a read-only or full folder).
+        """
+        try:
+            self._lock.acquire(timeout=_QUIET_WAIT_SECONDS if blocking else 0)
+            return True
+        except filelock.Timeout:
+            if not blocking:
+                return False
+        logger.warning(
+            f"Waiting for another process that holds the pixel cache {self.key} in {self.cache_dir} (building it, "
+            "or opening or removing it): this run reads the cache once it is done, or builds it if it is missing."
+        )
+        self._lock.acquire()
+        return True
+
+    def release(self, *, keep_file: bool = False) -> None:
+        """Release the lock, deleting its file first (unless `keep_file`) so that the folder keeps no lock file of a
+        finished build."""
+        if not keep_file:
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
+        self._lock.release()
+
+    def __enter__(self) -> CacheLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
 def remove_files(cache_dir: Path, key: str) -> None:
-    """Remove a cache's files (an interrupted build's shards are removed before it is built again)."""
-    for path in [*cache_files(cache_dir, key), description_path(cache_dir, key)]:
+    """
+    Remove a cache's files and what a build of it left (its build folder, a description being written); not its
+    lock, which its holder deletes. The caller holds the cache's lock (see [`remove_unless_held`]).
+    """
+    if _LOOSE_TEMPORARY.match(key):
+        (cache_dir / key).unlink(missing_ok=True)
+        return
+    # The description first: a cache half removed is incomplete, never read.
+    for path in [
+        description_path(cache_dir, key),
+        *cache_files(cache_dir, key),
+        *_descriptions_written(cache_dir, key),
+    ]:
         path.unlink(missing_ok=True)
+    if build_dir(cache_dir, key).exists():
+        shutil.rmtree(build_dir(cache_dir, key))
+
+
+def remove_unless_held(cache_dir: Path, key: str, *, dry_run: bool = False) -> bool:
+    """
+    Remove the cache `key` (see [`remove_files`]) unless another process holds its lock (builds it, or opens or
+    removes it).
+
+    Returns:
+        `bool`: whether it was removed (or, with `dry_run`, could be).
+
+    Raises:
+        `OSError`: the folder cannot be written (a lock or a file cannot be created or removed).
+    """
+    if _LOOSE_TEMPORARY.match(key):  # nobody locks these
+        if not dry_run:
+            remove_files(cache_dir, key)
+        return True
+    lock = CacheLock(cache_dir, key)
+    if dry_run and not lock.path.exists():  # a holder has its lock file: nobody holds this cache
+        return True
+    try:
+        if not lock.acquire(blocking=False):
+            return False
+    except OSError:
+        if dry_run:  # a read-only folder: what would be removed once it is writable
+            return True
+        raise
+    try:
+        if not dry_run:
+            remove_files(cache_dir, key)
+    finally:
+        lock.release(keep_file=dry_run)  # a dry run changes nothing
+    return True
+
+
+def _descriptions_written(cache_dir: Path, key: str) -> list[Path]:
+    """Temporary files of a description being written (`atomic_write`), left when its writer was killed."""
+    return sorted(
+        path
+        for path in cache_dir.glob(f".{PIXEL_CACHE_PREFIX}{key}.json.*.tmp")
+        if (match := _OWNED_PATTERN.match(path.name)) and match.group(1) == key
+    )
 
 
 def write_description(cache_dir: Path, key: str, description: dict) -> None:
@@ -351,9 +523,14 @@ def list_pixel_caches(cache_dir: str | os.PathLike | None = None) -> list[PixelC
         cache_dir (`str` or `os.PathLike`, *optional*): Defaults to `$PRUNEFUSE_PIXEL_CACHE`, else `prunefuse_hf/`
             in the `datasets` cache (where runs write them).
 
+    Raises:
+        `OSError`: the folder cannot be read (the message names it and the fix).
+
     Returns:
-        `list[PixelCacheInfo]`: one per cache key, including incomplete ones (`complete=False`: an interrupted
-        build, or a cache written before descriptions existed).
+        `list[PixelCacheInfo]`: one per cache key, including incomplete ones (`complete=False`: a build under way or
+        an interrupted one, or a cache written before descriptions existed). `datasets`' temporary files that builds
+        of earlier versions left in the folder (`tmp` and 8 characters) are listed each as an incomplete cache whose
+        key is the file name.
 
     Example:
 
@@ -366,13 +543,21 @@ def list_pixel_caches(cache_dir: str | os.PathLike | None = None) -> list[PixelC
     directory = resolve_cache_dir(cache_dir)
     if not directory.is_dir():
         return []
-    keys = {m.group(1) for path in directory.iterdir() if (m := _FILE_PATTERN.match(path.name))}
-    keys |= {
-        path.stem[len(PIXEL_CACHE_PREFIX) :]
-        for path in directory.glob(f"{PIXEL_CACHE_PREFIX}*.json")
-        if re.fullmatch(r"[0-9a-f]+", path.stem[len(PIXEL_CACHE_PREFIX) :])
-    }
-    infos = [_info(directory, key) for key in sorted(keys)]
+    keys = set()
+    try:
+        names = list(directory.iterdir())
+    except OSError as error:
+        raise OSError(
+            f"Cannot read the pixel cache folder {directory} ({type(error).__name__}: {error}): make it readable, or "
+            f"point ${PIXEL_CACHE_DIR_ENV} (`--cache_dir` on the command line) at another folder."
+        ) from None
+    for path in names:
+        if match := _FILE_PATTERN.match(path.name) or _OWNED_PATTERN.match(path.name):
+            keys.add(match.group(1))
+        elif _LOOSE_TEMPORARY.match(path.name) and path.is_file():
+            keys.add(path.name)
+    # Another process may remove a cache while this one lists it: a cache with no file left is not listed.
+    infos = [info for key in sorted(keys) if (info := _info(directory, key)) is not None]
     return sorted(infos, key=lambda info: info.last_used, reverse=True)
 
 
@@ -387,7 +572,8 @@ def clear_pixel_caches(
     """
     Remove pixel caches: those not used for `older_than_days`, those of `keys`, or all of them.
 
-    A run whose cache is removed builds it again when it next needs it; nothing else depends on the files.
+    A run whose cache is removed builds it again when it next needs it; nothing else depends on the files. A cache
+    whose lock another process holds (it builds it, or opens or removes it) is kept, and the log says so.
 
     Args:
         cache_dir (`str` or `os.PathLike`, *optional*): As in [`list_pixel_caches`].
@@ -402,6 +588,7 @@ def clear_pixel_caches(
 
     Raises:
         `ValueError`: no selector, `older_than_days` negative, or a key that matches no cache or several.
+        `OSError`: a cache cannot be removed (a read-only folder): the message names it and the fix.
 
     Example:
 
@@ -437,10 +624,26 @@ def clear_pixel_caches(
     if older_than_days is not None:
         cutoff = _now().timestamp() - older_than_days * _SECONDS_PER_DAY
         selected |= {info.key for info in caches if info.last_used.timestamp() < cutoff}
-    removed = [info for info in caches if info.key in selected]
-    for info in removed if not dry_run else []:
-        remove_files(directory, info.key)
-        logger.info(f"Removed pixel cache {info.key} ({info.size_bytes:,} bytes)")
+    removed = []
+    for info in caches:
+        if info.key not in selected:
+            continue
+        try:
+            removable = remove_unless_held(directory, info.key, dry_run=dry_run)
+        except OSError as error:
+            raise OSError(
+                f"Cannot remove the pixel cache {info.key} from {directory} ({type(error).__name__}: {error}): make "
+                "the folder writable (or run as its owner) and clear it again."
+            ) from None
+        if not removable:
+            logger.warning(
+                f"Kept the pixel cache {info.key} in {directory}: another process holds it (building it, or opening "
+                "or removing it). Clear it again once that process is done."
+            )
+            continue
+        removed.append(info)
+        if not dry_run:
+            logger.info(f"Removed pixel cache {info.key} ({info.size_bytes:,} bytes)")
     return removed
 
 
@@ -523,28 +726,41 @@ def not_cached_message(num_images: int, sample: DecodeSample, reason: str) -> st
     )
 
 
-def _info(directory: Path, key: str) -> PixelCacheInfo:
-    files = cache_files(directory, key)
+def _info(directory: Path, key: str) -> PixelCacheInfo | None:
+    if _LOOSE_TEMPORARY.match(key):
+        paths = [directory / key]
+    else:
+        partial = build_dir(directory, key)
+        leftovers = sorted(path for path in partial.rglob("*") if path.is_file()) if partial.is_dir() else []
+        paths = [*cache_files(directory, key), description_path(directory, key), lock_path(directory, key),
+                 *_descriptions_written(directory, key), *leftovers]  # fmt: skip
+    stats = {}
+    for path in paths:
+        try:
+            stats[path] = path.stat()
+        except OSError:  # not there, or removed meanwhile by another process
+            continue
+    if not stats:
+        return None
     description_file = description_path(directory, key)
     description = {}
-    if description_file.is_file():
+    if description_file in stats:
         try:
             description = json.loads(description_file.read_text())
-        except ValueError:
+        except (OSError, ValueError):
             description = {}
-        files = [*files, description_file]
-    mtimes = [path.stat().st_mtime for path in files]
-    last_used = description_file.stat().st_mtime if description else max(mtimes)
+    mtimes = [stat.st_mtime for stat in stats.values()]
+    last_used = stats[description_file].st_mtime if description else max(mtimes)
     created = description.get("created")
     return PixelCacheInfo(
         key=key,
-        files=files,
-        size_bytes=sum(path.stat().st_size for path in files),
+        files=list(stats),
+        size_bytes=sum(stat.st_size for stat in stats.values()),
         created=datetime.fromisoformat(created)
         if created
         else datetime.fromtimestamp(max(mtimes), timezone.utc),
         last_used=datetime.fromtimestamp(last_used, timezone.utc),
-        complete=is_complete(directory, key),
+        complete=not _LOOSE_TEMPORARY.match(key) and is_complete(directory, key),
         num_images=description.get("num_images"),
         shape=tuple(description["shape"]) if "shape" in description else None,
         cache_format=description.get("format"),

@@ -48,8 +48,10 @@ from ..utils.checks import check_choice, check_integer
 from .images import open_image, to_model_mode
 from .pixel_cache import (
     JPEG_QUALITY,
+    CacheLock,
     CompactPixels,
     DecodeSample,
+    build_dir,
     choose_format,
     describe_format,
     describe_processor,
@@ -243,10 +245,6 @@ class ImagePreprocessor:
         for stored_format in formats if cache is not False else ():
             key = self.cache_key(dataset, stored_format)
             if is_complete(cache_dir, key):
-                mark_used(cache_dir, key)
-                logger.info(
-                    f"Reading the cached pixels of {len(dataset):,} images ({stored_format}) from {cache_dir}"
-                )
                 try:
                     cached, unusable = self._cached_or_reason(
                         images, cache_dir, key, stored_format, shape, num_proc=None, desc=desc,
@@ -259,7 +257,7 @@ class ImagePreprocessor:
                     break
                 if cached is not None:
                     return cached
-                break
+                break  # unusable, or removed by another process meanwhile: built again below
         if not create_cache:
             return images.with_transform(self._transform, output_all_columns=False)
 
@@ -332,20 +330,36 @@ class ImagePreprocessor:
         return images.with_transform(self._transform, output_all_columns=False)
 
     def _cached_or_reason(self, images, cache_dir: Path, key: str, *args, **kwargs):
-        """`_cached`, or `(None, why)` when the cache directory cannot be written or read (read-only, full,
-        damaged): a run goes on without the cache rather than stopping on a storage error."""
+        """`_cached` under the cache's inter-process lock (one process builds, the others wait, then read), or
+        `(None, why)` when the cache directory cannot be written or read (read-only, full, damaged): a run goes on
+        without the cache rather than stopping on a storage error. `(None, None)`: reading (`num_proc=None`), the
+        cache was found removed by another process once its lock was taken."""
+        reading = kwargs.get("num_proc") is None
+        lock = None
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            lock = CacheLock(cache_dir, key)
+            lock.acquire()
+        except OSError as error:
+            if not (reading and _is_storage_error(error)):
+                return None, _cache_unusable(cache_dir, error)
+            lock = None  # a read-only folder: nobody removes the cache there either, read it as it is
         try:
             return self._cached(images, cache_dir, key, *args, **kwargs), None
         except (OSError, pa.ArrowException) as error:
-            try:
-                remove_files(cache_dir, key)  # what a failed build or a damaged cache left
-            except OSError:
-                pass
-            if kwargs.get("num_proc") is None and not _is_storage_error(error):
+            if lock is not None:
+                try:
+                    remove_files(cache_dir, key)  # what a failed build or a damaged cache left
+                except OSError:
+                    pass
+            if reading and not _is_storage_error(error):
                 raise _DamagedCache(
                     f"{type(error).__name__}: {error}"
                 ) from error  # a complete cache, unreadable
             return None, _cache_unusable(cache_dir, error)
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _cached(
         self,
@@ -360,44 +374,74 @@ class ImagePreprocessor:
         fingerprint,
         cap,
     ):
-        """Build the cache `key` (or read it when complete) and return it in the format `PixelDataset` reads."""
+        """Build the cache `key` (or read it when complete) and return it in the format `PixelDataset` reads; `None`
+        when reading (`num_proc=None`) and the cache is not complete. The caller holds the cache's lock."""
         building = not is_complete(cache_dir, key)
-        if building:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            remove_files(cache_dir, key)  # the shards of an interrupted build
+        if building and num_proc is None:
+            return None
         if stored_format == "raw":
             feature = datasets.Array3D(shape=shape, dtype="uint8")
         else:
             feature = datasets.Value("binary")
-        started = time.perf_counter()
-        pixels = images.map(
-            self._map_batch,
+        map_kwargs = dict(
             batched=True,
             batch_size=_MAP_BATCH_SIZE,
             with_indices=True,
             remove_columns=images.column_names,
             features=datasets.Features({PIXEL_VALUES: feature}),
             fn_kwargs={"cache_format": stored_format, "one_thread": bool(num_proc and num_proc > 1)},
-            cache_file_name=str(cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.arrow"),
-            load_from_cache_file=not building,
             new_fingerprint=key,
-            num_proc=num_proc if num_proc and num_proc > 1 else None,
-            desc=desc,
         )
-        files = [Path(entry["filename"]) for entry in pixels.cache_files]
+        cache_file = cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.arrow"
         if building:
+            remove_files(cache_dir, key)  # what an interrupted build left
+            # Written in a folder of its own (datasets' temporary files too): a killed build leaves only files
+            # that `cache list` / `cache clear` find by its key.
+            partial = build_dir(cache_dir, key)
+            partial.mkdir()
+            started = time.perf_counter()
+            built = images.map(
+                self._map_batch,
+                cache_file_name=str(partial / cache_file.name),
+                load_from_cache_file=False,
+                num_proc=num_proc if num_proc > 1 else None,
+                desc=desc,
+                **map_kwargs,
+            )
             seconds = time.perf_counter() - started
+            files = [Path(entry["filename"]).name for entry in built.cache_files]
+            num_images = len(built)
+            del built
+            for name in files:
+                os.replace(partial / name, cache_dir / name)
+            shutil.rmtree(partial)
             processor = self.image_processor
+            # Last: the description marks the cache as complete.
             write_description(cache_dir, key, {
-                "files": [path.name for path in files], "num_images": len(pixels), "shape": list(shape),
+                "files": files, "num_images": num_images, "shape": list(shape),
                 "format": stored_format, "dataset_fingerprint": fingerprint, "num_proc": num_proc or 1,
                 "build_seconds": round(seconds, 3), "processor": describe_processor(processor),
                 "image_processor": processor.to_dict(),
             })  # fmt: skip
             logger.info(
-                f"Cached {len(pixels):,} images in {format_seconds(seconds)} ({len(pixels) / seconds:,.0f} images/s): "
-                f"{format_bytes(sum(path.stat().st_size for path in files))} in {cache_dir} (key {key})"
+                f"Cached {num_images:,} images in {format_seconds(seconds)} ({num_images / seconds:,.0f} images/s): "
+                f"{format_bytes(sum((cache_dir / name).stat().st_size for name in files))} in {cache_dir} (key {key})"
             )
+        else:
+            mark_used(cache_dir, key)
+            logger.info(
+                f"Reading the cached pixels of {len(images):,} images ({stored_format}) from {cache_dir}"
+            )
+        # Opened from where they are now (the Arrow files are memory-mapped: a reader keeps reading them even if
+        # another process removes the cache later).
+        pixels = images.map(
+            self._map_batch,
+            cache_file_name=str(cache_file),
+            load_from_cache_file=True,
+            desc=desc,
+            **map_kwargs,
+        )
+        files = [Path(entry["filename"]) for entry in pixels.cache_files]
         if stored_format == "raw":
             pixels = pixels.with_format("numpy")
         else:

@@ -19,7 +19,7 @@ from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrate
 # "task": set by the task; "no effect": not read by any Trainer (scripts read it), as with the stock Trainer;
 # "refused": refused before any work, in the cases `check_training_settings` names (else as its other scope says).
 TRAINING_ARGUMENT_SCOPES = {
-    "output_dir": "run: the run directory; the inner Trainers write to output_dir/trainer",
+    "output_dir": "run: the run directory; the inner Trainers write to output_dir/trainer_output",
     "per_device_train_batch_size": "every training (surrogate_per_device_train_batch_size for the surrogate)",
     "num_train_epochs": "every training (surrogate_num_train_epochs for the surrogate)",
     "max_steps": "every training (ends each training before num_train_epochs)",

@@ -137,8 +137,15 @@ class PruneFuseTrainer(Trainer):
             The model's image processor. Defaults to the pretrained model's own, else one built from the run's
             settings; it is saved with every checkpoint, so `pipeline()` preprocesses as the run did.
         callbacks (`list[TrainerCallback]`, *optional*):
-            Callbacks of this trainer: they receive the per-step facts (`on_log`) and can stop the run after any
-            step (`control.should_training_stop`); the run then resumes from there.
+            Callbacks of this trainer. They see the final model's training as a stock Trainer's callbacks would:
+            every event once (`on_train_begin`, `on_step_end`, `on_epoch_end`, `on_evaluate`, `on_save`, `on_log`,
+            ...) with that training's `args`, `state` and `control`, so `EarlyStoppingCallback` (checked up front:
+            it needs an evaluation set, `eval_strategy`, `load_best_model_at_end` and `metric_for_best_model`) or
+            `control.should_training_stop` ends it early. Of the rest of the run they get `on_log` only: the
+            surrogate's and other trainings' logs under a prefix (`surrogate/loss`), and each finished step's facts
+            with the run's state, where `control.should_training_stop` stops the run after that step (it resumes
+            from there). `report_to` integrations get every log, prefixed. Where each `TrainingArguments` field
+            applies: `prunefuse_hf.trainer.training_settings.TRAINING_ARGUMENT_SCOPES`.
         compute_metrics (`Callable`, *optional*):
             Metrics of every evaluation; defaults to accuracy.
         recipe (`dict`, *optional*):
@@ -149,7 +156,8 @@ class PruneFuseTrainer(Trainer):
     Raises:
         `ValueError`: bad input, found before anything is trained or written (missing columns, labels out of range,
             pool and evaluation classes that disagree, damaged images, a budget larger than the pool, settings the
-            model cannot train with, invalid Hub ids, a Hub model id neither cached nor reachable).
+            model cannot train with, `TrainingArguments` a run would ignore or fail on half-way, invalid Hub ids, a
+            Hub model id neither cached nor reachable).
 
     Example:
 

@@ -211,7 +211,6 @@ def check_training_settings(
             "label_smoothing_factor: 0.")  # fmt: skip
     _check_evaluation(args, metric_names, has_eval_set)
     check_early_stopping(args, callbacks, has_eval_set)
-    _check_optimizer_and_scheduler(args)
 
 
 def check_config_settings(args) -> None:
@@ -229,7 +228,8 @@ def check_config_settings(args) -> None:
 
 def check_model_settings(model, args) -> None:
     """Refuse gradient checkpointing for a model that does not support it (its surrogate and fused models are of
-    the same class)."""
+    the same class), and an optimizer or learning-rate scheduler that cannot be built for it."""
+    _check_optimizer_and_scheduler(args, model)
     wanted = args.activation_checkpointing or args.gradient_checkpointing
     _refuse(wanted and not getattr(model, "supports_gradient_checkpointing", False),
             f"gradient_checkpointing: true, but {type(model).__name__} does not support gradient (activation) "
@@ -274,12 +274,12 @@ def check_early_stopping(args, callbacks, has_eval_set: bool) -> None:
             "accuracy, or loss).")  # fmt: skip
 
 
-def _check_optimizer_and_scheduler(args) -> None:
+def _check_optimizer_and_scheduler(args, model) -> None:
     import torch
     from transformers import Trainer, get_scheduler
 
     try:
-        Trainer.get_optimizer_cls_and_kwargs(args)
+        Trainer.get_optimizer_cls_and_kwargs(args, model)
     except (ImportError, ValueError, KeyError, TypeError) as error:
         raise ValueError(
             f"optim: {_value(args.optim)} (optim_args: {args.optim_args!r}) cannot be built: {error}"

@@ -134,6 +134,70 @@ ROWS = {
         r"no split 'validation'.*\['train', 'test'\]",
     ),  # fmt: skip
     "Hub ids": (dict(hub_model_id="not a valid id!"), r"hub_model_id"),
+    # TrainingArguments a run would ignore or fail on half-way (trainer/training_settings.py).
+    "training arguments: metric_for_best_model": (
+        dict(
+            eval_strategy="epoch",
+            save_strategy="epoch",
+            load_best_model_at_end=True,
+            metric_for_best_model="f1",
+        ),
+        r"metric_for_best_model: 'f1' is not reported.*'accuracy', 'loss'",
+    ),
+    "training arguments: evaluation without an evaluation set": (
+        dict(eval_split=None, class_names=NAMES, eval_strategy="epoch"),
+        r"eval_strategy: epoch .*no evaluation set.*eval_split",
+    ),
+    "training arguments: group_by_length": (
+        dict(train_sampling_strategy="group_by_length"),
+        r"train_sampling_strategy: group_by_length .*images have none",
+    ),
+    "training arguments: neftune_noise_alpha": (dict(neftune_noise_alpha=5), r"neftune_noise_alpha: 5 "),
+    "training arguments: gradient_checkpointing": (
+        dict(gradient_checkpointing=True),
+        r"gradient_checkpointing: true, but ResNetForImageClassification does not support",
+    ),
+    "training arguments: label_names": (dict(label_names=["label"]), r"label_names: \['label'\]"),
+    "training arguments: prediction_loss_only": (
+        dict(prediction_loss_only=True),
+        r"prediction_loss_only: true",
+    ),
+    "training arguments: batch_eval_metrics": (dict(batch_eval_metrics=True), r"batch_eval_metrics: true"),
+    "training arguments: eval_do_concat_batches": (
+        dict(eval_do_concat_batches=False),
+        r"eval_do_concat_batches: false",
+    ),
+    "training arguments: use_liger_kernel": (dict(use_liger_kernel=True), r"use_liger_kernel: true"),
+    "training arguments: dataloader_persistent_workers": (
+        dict(dataloader_persistent_workers=True),
+        r"dataloader_persistent_workers: true needs worker processes.*dataloader_num_workers",
+    ),
+    "training arguments: ignore_data_skip": (
+        dict(ignore_data_skip=True),
+        r"ignore_data_skip: true.*--resume",
+    ),
+    "training arguments: enable_jit_checkpoint": (
+        dict(enable_jit_checkpoint=True),
+        r"enable_jit_checkpoint: true",
+    ),
+    "training arguments: hub_strategy": (
+        dict(push_to_hub=True, hub_model_id="someone/model", hub_strategy="checkpoint"),
+        r"hub_strategy: checkpoint pushes training checkpoints.*hub_strategy: end",
+    ),
+    "training arguments: fsdp": (dict(fsdp="full_shard"), r"fsdp shards each model over several GPUs"),
+    "training arguments: deepspeed": (dict(deepspeed="ds_config.json"), r"deepspeed: 'ds_config.json'"),
+    "training arguments: resume_from_checkpoint": (
+        dict(resume_from_checkpoint="runs/x/checkpoint-8"),
+        r"resume_from_checkpoint: 'runs/x/checkpoint-8'.*--resume",
+    ),
+    "training arguments: optim": (
+        dict(optim="adamw_bnb_8bit", optim_args=None),
+        r"optim: adamw_bnb_8bit .*cannot be built.*bitsandbytes",
+    ),
+    "training arguments: lr_scheduler_type": (
+        dict(lr_scheduler_type="cosine_with_min_lr"),
+        r"lr_scheduler_type: cosine_with_min_lr .*cannot be built.*min_lr",
+    ),
 }
 
 

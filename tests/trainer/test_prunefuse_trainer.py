@@ -121,10 +121,11 @@ def test_train_returns_a_train_output_and_evaluate_evaluates_the_fused_model(fin
 
 def test_per_step_facts_go_through_log_to_callbacks_and_log_history(tmp_path, pool, eval_dataset):
     class Recorder(TrainerCallback):
-        logs = []
+        logs, final_logs = [], []
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            self.logs.append(dict(logs))
+            # The run's logs come with the run's state; the final training's with its own.
+            (self.logs if state is trainer.state else self.final_logs).append(dict(logs))
 
     trainer = PruneFuseTrainer(dense_config(), args=make_config(tmp_path, num_rounds=1), train_dataset=pool,
                                eval_dataset=eval_dataset, callbacks=[Recorder()])  # fmt: skip
@@ -137,12 +138,23 @@ def test_per_step_facts_go_through_log_to_callbacks_and_log_history(tmp_path, po
     )
     assert any("surrogate_accuracy" in log for log in Recorder.logs)
     assert any("fused_accuracy" in log for log in Recorder.logs)
-    # The inner trainings' own logs arrive too, prefixed by the model they train.
+    # The inner trainings' own logs arrive too: the surrogate's prefixed by the model it trains, the final
+    # training's as a stock Trainer's callbacks get them (once; the run's log history keeps them prefixed).
     assert any("surrogate/train_loss" in log for log in Recorder.logs)
-    assert any("fused/train_loss" in log for log in Recorder.logs)
+    assert any("train_loss" in log for log in Recorder.final_logs)
+    assert not any("fused/train_loss" in log for log in Recorder.logs)
     assert Recorder.logs == [
-        {k: v for k, v in entry.items() if k != "step"} for entry in trainer.state.log_history
+        {k: v for k, v in entry.items() if k != "step"}
+        for entry in trainer.state.log_history
+        if not any(key.startswith("fused/") for key in entry)
     ]
+    fused = [
+        {k.removeprefix("fused/"): v for k, v in entry.items() if k != "step"}
+        for entry in trainer.state.log_history
+        if any(key.startswith("fused/") for key in entry)
+    ]
+    # All but the run's own evaluation of the trained model (its fused_accuracy fact).
+    assert Recorder.final_logs == [log for log in fused if "eval_accuracy" not in log]
     steps = [entry["step"] for entry in trainer.state.log_history]
     assert steps == sorted(steps)
 

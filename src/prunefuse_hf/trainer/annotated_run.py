@@ -30,6 +30,7 @@ from ..tasks.classification import CLASSIFICATION
 from ..utils.hub_ids import check_hub_model
 from .run_state import initialized_run
 from .task_examples import AnnotatedExamples
+from .training_settings import check_model_settings
 
 logger = logging.get_logger(__name__)
 
@@ -108,6 +109,7 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
     set_seed(args.seed)
     dense = build_task_model(model, task, trainer.class_names)
     check_supported_model(dense, pruning_ratio=args.pruning_ratio)
+    check_model_settings(dense, args)
     processor = processing_class if processing_class is not None else pretrained_image_processor(model)
     if processor is None:
         processor = task_image_processor(

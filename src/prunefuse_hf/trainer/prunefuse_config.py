@@ -38,6 +38,7 @@ from ..utils.checks import (
     validate_pruning_ratio,
 )
 from ..utils.hub_ids import validate_hub_id
+from .training_settings import check_config_settings
 
 
 def _names(values) -> str:
@@ -659,6 +660,7 @@ class PruneFuseConfig(TrainingArguments):
             # Accelerate starts a CPU process group (gloo) only when asked for the CPU; without this a
             # recipe launched with several processes on a CPU-only machine would run them unconnected.
             self.use_cpu = True
+        check_config_settings(self)
         if self.selection_seed is None:
             self.selection_seed = self.seed
         super().__post_init__()
@@ -812,18 +814,21 @@ class PruneFuseConfig(TrainingArguments):
     def surrogate_training_args(self, output_dir: str) -> PruneFuseConfig:
         """
         Training arguments of the surrogate: a copy of this config writing to `output_dir`, with the `surrogate_*`
-        overrides applied to `num_train_epochs`, `learning_rate` and `per_device_train_batch_size`.
+        overrides applied to `num_train_epochs`, `learning_rate` and `per_device_train_batch_size`, and without
+        evaluations or checkpoints while it trains (`eval_strategy`, `eval_on_start`, `load_best_model_at_end` and
+        `save_strategy` are the final model's; see `trainer.training_settings.TRAINING_ARGUMENT_SCOPES`).
 
         Args:
             output_dir (`str`):
-                Where the surrogate's Trainer writes checkpoints and logs.
+                Where the surrogate's Trainer writes its logs.
 
         Returns:
             [`PruneFuseConfig`]: a new config (a [`~transformers.TrainingArguments`]); `self` is not modified.
         """
         # The surrogate is evaluated once it is trained; `eval_strategy` curves are for the dense model.
-        overrides = {"output_dir": output_dir, "eval_strategy": "no", "load_best_model_at_end": False,
-                     **_INTERNAL_TRAINER_OVERRIDES}  # fmt: skip
+        # Checkpoints are the final model's (the run saves the surrogate itself).
+        overrides = {"output_dir": output_dir, "eval_strategy": "no", "eval_on_start": False,
+                     "load_best_model_at_end": False, "save_strategy": "no", **_INTERNAL_TRAINER_OVERRIDES}  # fmt: skip
         if self.surrogate_num_train_epochs is not None:
             overrides["num_train_epochs"] = self.surrogate_num_train_epochs
         if self.surrogate_learning_rate is not None:

@@ -69,7 +69,13 @@ from .annotated_run import annotated_task, init_annotated_run, validated_annotat
 from .distillation_trainer import compute_accuracy
 from .inputs import labeled_rows, pixel_cache_options, prepare_eval_dataset, prepare_pool, seed_labels
 from .prunefuse_config import PruneFuseConfig
-from .run_logging import STEP_RECORD, configure_package_logging, describe_fact, quiet_progress_bars
+from .run_logging import (
+    STEP_RECORD,
+    configure_package_logging,
+    describe_fact,
+    quiet_progress_bars,
+    without_callbacks,
+)
 from .run_progress import RunProgress, RunProgressCallback, RunTracker
 from .run_state import (
     STATE_VERSION,
@@ -80,6 +86,12 @@ from .run_state import (
     result_settings,
 )
 from .task_examples import PixelExamples
+from .training_settings import (
+    check_early_stopping,
+    check_model_settings,
+    check_training_settings,
+    user_callbacks,
+)
 from .whole_set_evaluation import WholeSetEvaluation
 
 logger = logging.get_logger(__name__)
@@ -126,8 +138,15 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
             The model's image processor. Defaults to the pretrained model's own, else one built from the run's
             settings; it is saved with every checkpoint, so `pipeline()` preprocesses as the run did.
         callbacks (`list[TrainerCallback]`, *optional*):
-            Callbacks of this trainer: they receive the per-step facts (`on_log`) and can stop the run after any
-            step (`control.should_training_stop`); the run then resumes from there.
+            Callbacks of this trainer. They see the final model's training as a stock Trainer's callbacks would:
+            every event once (`on_train_begin`, `on_step_end`, `on_epoch_end`, `on_evaluate`, `on_save`, `on_log`,
+            ...) with that training's `args`, `state` and `control`, so `EarlyStoppingCallback` (checked up front:
+            it needs an evaluation set, `eval_strategy`, `load_best_model_at_end` and `metric_for_best_model`) or
+            `control.should_training_stop` ends it early. Of the rest of the run they get `on_log` only: the
+            surrogate's and other trainings' logs under a prefix (`surrogate/loss`), and each finished step's facts
+            with the run's state, where `control.should_training_stop` stops the run after that step (it resumes
+            from there). `report_to` integrations get every log, prefixed. Where each `TrainingArguments` field
+            applies: `prunefuse_hf.trainer.training_settings.TRAINING_ARGUMENT_SCOPES`.
         compute_metrics (`Callable`, *optional*):
             Metrics of every evaluation; defaults to accuracy.
         recipe (`dict`, *optional*):
@@ -138,7 +157,8 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
     Raises:
         `ValueError`: bad input, found before anything is trained or written (missing columns, labels out of range,
             pool and evaluation classes that disagree, damaged images, a budget larger than the pool, settings the
-            model cannot train with, invalid Hub ids, a Hub model id neither cached nor reachable).
+            model cannot train with, `TrainingArguments` a run would ignore or fail on half-way, invalid Hub ids, a
+            Hub model id neither cached nor reachable).
 
     Example:
 
@@ -178,6 +198,8 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         if isinstance(model, (str, os.PathLike)):
             check_hub_model("model", model)  # a Hub id the Hub cannot serve: refused now, not after retries
         task = annotated_task(model, args)
+        check_training_settings(args, (task or CLASSIFICATION).metric_names, task_name=(task or CLASSIFICATION).name,
+                                callbacks=callbacks, has_eval_set=eval_dataset is not None)  # fmt: skip
         if task is not None:  # object detection: its images are prepared with their boxes (`annotated_run`)
             init_annotated_run(self, task, model, args, train_dataset, eval_dataset, processing_class, callbacks,
                                compute_metrics, recipe=recipe, resume_command=resume_command)  # fmt: skip
@@ -197,6 +219,7 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
             check_supported_model(model, pruning_ratio=args.pruning_ratio)
         dense = build_dense_model(model, self.class_names, args.label_column)
         check_supported_model(dense, pruning_ratio=args.pruning_ratio)
+        check_model_settings(dense, args)
         if "mc_probs" in self.strategy.needs:
             active_dropout_layers(dense)  # raises, naming the model, when there is none
         if (
@@ -323,6 +346,9 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         if isinstance(resume_from_checkpoint, (str, os.PathLike)):
             self.run_dir = RunDirectory(resume_from_checkpoint)
             self.args.output_dir = str(resume_from_checkpoint)
+        # Callbacks added after construction are checked too, before the run directory is touched.
+        users = user_callbacks(self.callback_handler.callbacks, self.args.report_to)
+        check_early_stopping(self.args, users, has_eval_set=self.eval_dataset is not None)
         self._open_run(resume)
         self.steps = self._plan_steps()
         self._awaiting_labels = None
@@ -330,7 +356,9 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, RunProgressCallback):
                 callback.trainer = self
-        self.control = self.callback_handler.on_train_begin(self.args, self.state, self.control)
+        # The user's callbacks get on_train_begin / on_train_end from the final model's training (`steps._train`).
+        with without_callbacks(self.callback_handler, users):
+            self.control = self.callback_handler.on_train_begin(self.args, self.state, self.control)
         step = None
         try:
             for step in [s for s in self.steps if s.name not in self.progress["completed"]]:
@@ -346,7 +374,8 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
             self._load_final_model()
             # As after a stock Trainer's train(), later logs (evaluate()) carry the final model's epochs.
             self.state.epoch = final.get("epochs", self.state.epoch)
-        self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
+        with without_callbacks(self.callback_handler, users):
+            self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
         metrics = {key: final[key] for key in (self.examples.metric, "labeled") if final.get(key) is not None}
         metrics["selection_seconds"] = build_metrics(self.progress)["selection"]["seconds"]
         return TrainOutput(self.state.global_step, final.get("train_loss"), metrics)

@@ -24,10 +24,11 @@ STEP_RECORD = "prunefuse_step"
 
 class ForwardLogs(TrainerCallback):
     """Passes an inner trainer's logs (loss, learning rate, evaluations) to the PruneFuse trainer under a prefix,
-    at the run's cumulative step, so `report_to` integrations and callbacks see every training of the run."""
+    at the run's cumulative step, so `report_to` integrations and callbacks see every training of the run; not to
+    the `excluded` callbacks (the user's, during the final training: they get its logs from the inner trainer)."""
 
-    def __init__(self, outer: Trainer, prefix: str):
-        self.outer, self.prefix = outer, prefix
+    def __init__(self, outer: Trainer, prefix: str, excluded=()):
+        self.outer, self.prefix, self.excluded = outer, prefix, list(excluded)
         self.start = outer.state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -36,12 +37,24 @@ class ForwardLogs(TrainerCallback):
         outer_state.global_step = self.start + state.global_step
         outer_state.log_history.append({**{f"{self.prefix}/{k}": v for k, v in (logs or {}).items()},
                                         "step": outer_state.global_step})  # fmt: skip
-        self.outer.control = self.outer.callback_handler.on_log(
-            self.outer.args,
-            outer_state,
-            self.outer.control,
-            {f"{self.prefix}/{k}": v for k, v in (logs or {}).items()},
-        )
+        with without_callbacks(self.outer.callback_handler, self.excluded):
+            self.outer.control = self.outer.callback_handler.on_log(
+                self.outer.args,
+                outer_state,
+                self.outer.control,
+                {f"{self.prefix}/{k}": v for k, v in (logs or {}).items()},
+            )
+
+
+@contextlib.contextmanager
+def without_callbacks(handler, excluded):
+    """Within it, the `CallbackHandler` `handler` calls every callback but those in `excluded` (the same objects)."""
+    kept = handler.callbacks
+    handler.callbacks = [c for c in kept if not any(c is e for e in excluded)]
+    try:
+        yield handler
+    finally:
+        handler.callbacks = kept
 
 
 def configure_package_logging(args: PruneFuseConfig) -> None:

@@ -43,7 +43,8 @@ from ..selection.typiclust import typiclust_select
 from .batchnorm import synced_batchnorm
 from .features import distill_surrogate, load_pool_features, pool_features, score_rows
 from .report import write_report
-from .run_logging import ForwardLogs
+from .run_logging import ForwardLogs, without_callbacks
+from .training_settings import user_callbacks
 
 logger = logging.get_logger(__name__)
 
@@ -164,13 +165,17 @@ def train_dense(trainer, round_: int) -> dict:
         # On a copy: evaluating marks a model as prepared, and Accelerate would then not wrap it in DDP for its
         # training (the processes' gradients would never be averaged).
         start_accuracy = _evaluate(trainer, copy.deepcopy(model))
-    record = _train(trainer, model, training_args, round_, role="dense", seed_offset=2, teacher=teacher)
+    final = round_ == args.num_rounds + 1
+    record = _train(
+        trainer, model, training_args, round_, role="dense", seed_offset=2, teacher=teacher, final=final
+    )
     metric = trainer.examples.metric
     record[f"{metric}_at_start"] = start_accuracy
-    if "curve" in record and start_accuracy is not None:
+    started_evaluated = any(point["step"] == 0 for point in record.get("curve", []))  # eval_on_start
+    if "curve" in record and start_accuracy is not None and not started_evaluated:
         record["curve"].insert(0, {"step": 0, metric: start_accuracy})
     _round(trainer, round_)["dense"] = record
-    if round_ == args.num_rounds + 1:
+    if final:
         trainer.progress["final"] = {**record, "labeled": trainer.pool.num_labeled}
         trainer.model = trainer.model_wrapped = model
         if trainer.is_world_process_zero():
@@ -386,16 +391,27 @@ def report(trainer) -> dict:
     return {"labeled": trainer.pool.num_labeled, metric: trainer.progress.get("final", {}).get(metric)}
 
 
-def _train(trainer, model, args, round_: int, *, role: str, seed_offset: int, teacher=None) -> dict:
-    args.seed = args.data_seed = trainer.args.seed + 1000 * round_ + seed_offset
+def _train(
+    trainer, model, args, round_: int, *, role: str, seed_offset: int, teacher=None, final: bool = False
+) -> dict:
+    offset = 1000 * round_ + seed_offset
+    args.seed = trainer.args.seed + offset
+    args.data_seed = (
+        trainer.args.seed if trainer.args.data_seed is None else trainer.args.data_seed
+    ) + offset
     set_seed(args.seed)
     train_dataset = trainer.examples.train_dataset(trainer.pool.labeled_indices)
     # `eval_strategy` steps/epoch evaluates the dense model while it trains: its accuracy curve.
-    curve = _evaluates_during_training(args) and trainer.eval_dataset is not None
-    forwarder = ForwardLogs(trainer, "fused" if role == "dense" and trainer.args.fusion else role)
+    curve = (_evaluates_during_training(args) or args.eval_on_start) and trainer.eval_dataset is not None
+    # The user's callbacks see the final model's training as a stock Trainer's callbacks would (its own args, state
+    # and control: EarlyStoppingCallback stops it); of the other trainings, the forwarded logs.
+    users = user_callbacks(trainer.callback_handler.callbacks, trainer.args.report_to) if final else []
+    forwarder = ForwardLogs(
+        trainer, "fused" if role == "dense" and trainer.args.fusion else role, excluded=users
+    )
     inner = trainer.examples.inner_trainer(model, args, train_dataset=train_dataset,
                                            eval_dataset=trainer.eval_dataset if curve else None, teacher=teacher,
-                                           callbacks=[forwarder])  # fmt: skip
+                                           callbacks=[forwarder, *users])  # fmt: skip
     _quiet(inner)
     started = time.perf_counter()
     with synced_batchnorm(model, enabled=trainer.args.sync_batchnorm):
@@ -408,7 +424,11 @@ def _train(trainer, model, args, round_: int, *, role: str, seed_offset: int, te
     steps = inner.state.global_step
     # An evaluation the Trainer already ran on the final weights is the model's accuracy.
     evaluated_at_end = evaluations and evaluations[-1]["step"] == steps and not args.load_best_model_at_end
-    accuracy = evaluations[-1][f"eval_{metric}"] if evaluated_at_end else _evaluate(trainer, model, inner)
+    if evaluated_at_end:
+        accuracy = evaluations[-1][f"eval_{metric}"]
+    else:  # the run's measurement, after the training the user's callbacks saw
+        with without_callbacks(inner.callback_handler, users):
+            accuracy = _evaluate(trainer, model, inner)
     costs = trainer.progress["costs"]
     # The epochs actually trained (`max_steps` may end training before `num_train_epochs`).
     epochs = inner.state.epoch or 0.0

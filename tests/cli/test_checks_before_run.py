@@ -103,7 +103,19 @@ ROWS = {
         dict(per_device_train_batch_size=1, image_size=8),
         r"per_device_train_batch_size: 1 cannot train",
     ),
-    "settings vs model: bald": (dict(strategy="bald"), r"no active dropout"),
+    "settings vs model: bald": (
+        dict(strategy="bald", dataset_name="damaged", eval_split=None),
+        r"no active dropout.*No setting of ResNetForImageClassification's config adds dropout layers.*choose another",
+    ),
+    "settings vs model: a classifier that cannot run on images alone": (
+        dict(
+            model_config=dict(model_type="imagegpt", n_embd=16, n_layer=1, n_head=2, n_positions=64),
+            pruning_ratio=0.0,
+            dataset_name="damaged",
+            eval_split=None,
+        ),
+        r"ImageGPTForImageClassification .* cannot run on images alone.*no setting runs it",
+    ),
     # Refused before the pool is decoded: the damaged image would be named otherwise.
     "settings vs model: a class the general path cannot prune": (
         dict(

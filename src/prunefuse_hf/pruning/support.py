@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
+import torch
 from torch import nn
 
 from .families import (
@@ -18,6 +19,7 @@ from .families import (
     REFUSED_SEGMENTATION_CLASSES,
     SEGMENTATION_ADAPTERS,
     SUPPORTED_FAMILIES,
+    example_pixel_values,
     segmentation_class_names,
     segmentation_family,
 )
@@ -296,6 +298,38 @@ def _check_trainable_image_classifier(model: nn.Module, model_type: str) -> None
         raise ValueError(
             f"{class_name} (model_type '{model_type}') cannot be trained: its forward takes no labels (at any "
             f"pruning_ratio, dense_al included). {way_out}"
+        )
+    _check_reads_images(model, model_type)
+
+
+def _check_reads_images(model: nn.Module, model_type: str) -> None:
+    """One forward pass of the model on a random image at its config's size, in eval mode and without gradients:
+    a classifier that needs more than `pixel_values` (text tokens, patch positions) or gives no `(1, num_labels)`
+    logits is refused now, not when its surrogate or its selection first runs."""
+    class_name = type(model).__name__
+    was_training = model.training
+    model.eval()
+    problem = None
+    try:
+        with torch.no_grad():
+            logits = getattr(model(pixel_values=example_pixel_values(model)), "logits", None)
+        if logits is None or tuple(logits.shape) != (1, model.config.num_labels):
+            shape = None if logits is None else tuple(logits.shape)
+            problem = f"on one image it gives logits of shape {shape}, not (1, {model.config.num_labels})"
+    except Exception as error:  # any failure of the forward pass is the model's answer to "images alone"
+        problem = (
+            f"its forward pass on a batch of images alone fails ({type(error).__name__}: "
+            + (str(error).strip().splitlines() or [""])[0][:200]
+            + ")"
+        )
+    finally:
+        model.train(was_training)
+    if problem is not None:
+        raise ValueError(
+            f"{class_name} (model_type '{model_type}') cannot run on images alone: {problem}. PruneFuse gives a "
+            "classifier nothing but pixel_values, so no setting runs it (pruning_ratio: 0 and every method "
+            "included): choose a model of another family (the README lists the supported ones, e.g. "
+            "ResNetForImageClassification)."
         )
 
 

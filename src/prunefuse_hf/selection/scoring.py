@@ -76,8 +76,8 @@ def score_pool(
 
     Args:
         model (`torch.nn.Module`):
-            An HF image classifier (`model(pixel_values=...).logits`); its `classifier` module's input, flattened,
-            is taken as the features.
+            An HF image classifier (`model(pixel_values=...).logits`); the input of the layer that gives its logits
+            ([`classifier_module`]), flattened, is taken as the features.
         dataset ([`~prunefuse_hf.data.PixelDataset`] or `datasets.Dataset`):
             Row `i` holds pool example `pool_indices[i]`: a `PixelDataset` (read a batch at a time), or any dataset
             that returns a batch with `pixel_values` when indexed with a list of rows.
@@ -119,7 +119,7 @@ def score_pool(
 
     Raises:
         `ValueError`: an unknown output, `pool_indices` of another length than the dataset, a model without a
-            `classifier` module (features) or without active dropout (`mc_probs`).
+            linear layer that gives its logits (features) or without active dropout (`mc_probs`).
 
     Example:
 
@@ -218,10 +218,11 @@ def _forward_shard(
         loader = DataLoader(loader, batch_size=None, num_workers=num_workers,
                             worker_init_fn=_single_threaded_worker, pin_memory=on_gpu)  # fmt: skip
     features_seen: list[torch.Tensor] = []
+    head_input: list[torch.Tensor] = []  # what the head read in the current batch's forward pass
     hook = None
     if "features" in outputs and pooled_features is None:
         hook = classifier_module(model).register_forward_pre_hook(
-            lambda module, args: features_seen.append(args[0].detach().flatten(1).float().cpu())
+            lambda module, args: head_input.append(args[0])
         )
     autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
     was_training = model.training
@@ -237,8 +238,11 @@ def _forward_shard(
                 if preprocess is not None:
                     inputs[PIXEL_VALUES] = preprocess(inputs[PIXEL_VALUES])
                 pixel_values = inputs[PIXEL_VALUES]
+                head_input.clear()
                 model_output = model(**inputs)
                 logits = model_output.logits
+                if hook is not None:
+                    features_seen.append(_head_features(model, head_input, len(logits)))
                 if "scores" in outputs:
                     scores.append(image_scores(model_output).float().cpu())
                 if "features" in outputs and pooled_features is not None:
@@ -270,6 +274,18 @@ def _forward_shard(
     return collected
 
 
+def _head_features(model, head_input: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    # The last call is the one whose output became the logits (a head applied more than once keeps the last).
+    if not head_input:
+        raise ValueError(
+            f"{type(model).__name__}'s forward pass never ran the linear layer that gives its class logits, so its "
+            "pooled features cannot be read; use a strategy on probabilities (least_confidence, entropy, margin) or "
+            "random, with initial_strategy: random, selector: trained and surrogate_distill_epochs: 0."
+        )
+    features = head_input[-1].detach().float()
+    return features.reshape(batch_size, -1).cpu()
+
+
 class _Batches(torch.utils.data.Dataset):
     """Item k is the `pixel_values` of batch k of rows, or with `collate` the model inputs it builds from the
     batch's prepared rows (so a loader worker reads whole batches ahead)."""
@@ -291,20 +307,84 @@ class _Batches(torch.utils.data.Dataset):
 
 
 def active_dropout_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Dropout and stochastic-depth layers with a non-zero rate (the ones MC dropout can sample)."""
-    layers = [
+    """Dropout and stochastic-depth layers with a non-zero rate (the ones MC dropout can sample).
+
+    Raises:
+        `ValueError`: there is none, naming the model and the config settings of its class that add such layers
+            ([`dropout_settings`]), or saying that its class has none (then `bald` cannot run on it).
+    """
+    layers = _dropout_layers(model)
+    if not layers:
+        settings = dropout_settings(model)
+        way_out = (
+            f"Build the model with one of {', '.join(settings)} above 0 in its config (a recipe's model_config, or "
+            f"`from_pretrained(..., {settings[0].split('.')[-1]}=0.1)`; for a nested field set it in that sub-config) "
+            "or choose another strategy."
+            if settings
+            else f"No setting of {type(model).__name__}'s config adds dropout layers (any dropout it has is applied "
+            "without a layer that MC dropout can switch on), so bald cannot run on it: choose another strategy "
+            "(least_confidence, entropy, margin, kcenter_greedy, badge or random)."
+        )
+        raise ValueError(
+            f"{type(model).__name__} has no active dropout, so MC-dropout scores (strategy 'bald') would all be "
+            f"zero. {way_out}"
+        )
+    return layers
+
+
+def _dropout_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [
         module
         for module in model.modules()
         if (isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0)
         or getattr(module, "drop_prob", 0) > 0
     ]
-    if not layers:
-        raise ValueError(
-            f"{type(model).__name__} has no active dropout, so MC-dropout scores (strategy 'bald') would all be "
-            "zero. Build the model with dropout enabled (e.g. a config with hidden_dropout_prob, "
-            "classifier_dropout_prob or drop_path_rate > 0, depending on the family) or choose another strategy."
-        )
-    return layers
+
+
+def dropout_settings(model: torch.nn.Module) -> list[str]:
+    """The config fields of `model`'s class that, set above 0, give it layers MC dropout can sample.
+
+    Each rate-like field of the config (and of its `vision_config`) whose name speaks of dropping is tried in turn
+    on a copy of the class built without weights (so this costs no memory and little time, even for a large model);
+    a field is listed when that copy has active dropout layers.
+
+    Returns:
+        `list[str]`: field names (`vision_config.` before a nested one), in the config's order; empty when none
+        works (the class applies its dropout without layers, or has none).
+    """
+    import copy
+
+    from accelerate import init_empty_weights
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return []
+    found = []
+    for prefix, sub in (("", config), ("vision_config.", getattr(config, "vision_config", None))):
+        if sub is None or not hasattr(sub, "to_dict"):
+            continue
+        for name, value in sub.to_dict().items():
+            rates = value if isinstance(value, (list, tuple)) else [value]  # per-stage rates (CvT) are lists
+            if "drop" not in name or not rates or not all(_is_rate(rate) for rate in rates):
+                continue
+            trial = copy.deepcopy(config)
+            try:
+                setattr(
+                    trial.vision_config if prefix else trial,
+                    name,
+                    [0.1] * len(rates) if rates is value else 0.1,
+                )
+                with init_empty_weights():
+                    built = type(model)(trial)
+            except Exception:  # a value the class cannot take: not a way out
+                continue
+            if _dropout_layers(built):
+                found.append(prefix + name)
+    return found
+
+
+def _is_rate(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
 def _mc_dropout_probs(model, pixel_values, dropout_layers, mc_samples, batch_start: int) -> torch.Tensor:
@@ -335,20 +415,19 @@ def _single_threaded_worker(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def classifier_module(model: torch.nn.Module) -> torch.nn.Module:
+def classifier_module(model: torch.nn.Module) -> torch.nn.Linear:
     """
-    The head that turns the model's pooled penultimate features into its logits: its input (flattened) is what
-    feature-based strategies read. It is the model's `classifier` when it has one, else found from what the model
-    computes, whatever its attribute is called (`head`, `score`, `fc`, a timm model's head): the last linear layer
-    with one output per class.
+    The layer that turns the model's pooled penultimate features into its logits: its input (flattened) is what
+    feature-based strategies read. It is found from what the model computes, never from an attribute name: the last
+    linear layer with one output per class. That is the head whatever it is called (`classifier`, `head`, `fc`, a
+    timm model's head), the linear layer inside a head that normalizes first (LeViT's `classifier`), the `fc` beside a
+    `classifier` that only pools (HGNetV2, TextNet), and the last of two heads that read the same features and whose
+    logits are averaged (SwiftFormer's `head` and `dist_head`).
 
     Raises:
         `ValueError`: the model has no such layer, naming the class, the settings that need features and what
             works without them.
     """
-    classifier = getattr(model, "classifier", None)
-    if isinstance(classifier, torch.nn.Module) and not isinstance(classifier, torch.nn.Identity):
-        return classifier
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
     heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == num_labels]
     if heads:

@@ -47,7 +47,7 @@ def pool_features(trainer, model, role: str) -> tuple[np.ndarray, dict]:
 
     Args:
         trainer ([`PruneFuseTrainer`]): The run (its pool pixels, preprocessing, accelerator and run directory).
-        model (`torch.nn.Module`): An HF image classifier; its `classifier` module's input is the feature.
+        model (`torch.nn.Module`): An HF image classifier; the input of the layer that gives its logits is the feature.
         role (`str`): `"dense"` or `"surrogate"`: which cost of `trainer.progress["costs"]` the pass is booked at.
 
     Returns:
@@ -87,11 +87,8 @@ def pool_features(trainer, model, role: str) -> tuple[np.ndarray, dict]:
 def classifier_input_indices(surrogate, plan) -> np.ndarray | None:
     """The dense feature indices the surrogate's pooled features correspond to (the kept input channels of its
     classifier in the pruning plan), or `None` when the classifier's input was not pruned."""
-    linears = [m for m in classifier_module(surrogate).modules() if isinstance(m, torch.nn.Linear)]
-    if not linears:
-        return None
     names = {id(p): n for n, p in surrogate.named_parameters()}
-    name = names.get(id(linears[0].weight))
+    name = names.get(id(classifier_module(surrogate).weight))
     kept = plan.kept_indices.get(name, {}) if name else {}
     return np.asarray(kept[1], dtype=np.int64) if 1 in kept else None
 
@@ -119,9 +116,7 @@ def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epoc
     """
     kept = classifier_input_indices(surrogate, plan)
     targets = torch.from_numpy(dense_features if kept is None else dense_features[:, kept])
-    width = next(
-        m for m in classifier_module(surrogate).modules() if isinstance(m, torch.nn.Linear)
-    ).in_features
+    width = classifier_module(surrogate).in_features
     if width != targets.shape[1]:
         raise ValueError(
             f"The surrogate's pooled features have {width} values but the dense model's (at the kept indices) "
@@ -155,7 +150,7 @@ def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epoc
             batch = trainer.preprocessor.normalize(pixels.batch(rows).to(device))
             seen.clear()
             surrogate(pixel_values=batch)
-            loss = torch.nn.functional.mse_loss(seen[0], targets[torch.from_numpy(rows)].to(device))
+            loss = torch.nn.functional.mse_loss(seen[-1], targets[torch.from_numpy(rows)].to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -32,8 +32,8 @@ from prunefuse_hf.pruning import (
     rebuild_surrogate,
     save_surrogate,
 )
-from prunefuse_hf.pruning.families import example_pixel_values
 from prunefuse_hf.pruning.support import check_supported_model, support_table_markdown
+from prunefuse_hf.pruning.tracing import example_pixel_values
 
 FAST = ["dinov2_with_registers", "poolformer"]
 SLOW = [t for t in GENERAL_TINY_CONFIGS if t not in FAST and t != "timm_wrapper"]

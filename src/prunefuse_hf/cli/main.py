@@ -171,7 +171,7 @@ def _cost_input_size(processor, source: str | None) -> tuple[tuple[int, int], st
     comes from."""
     import PIL.Image
 
-    from ..pruning.families import DEFAULT_TRACE_IMAGE_SIZE
+    from ..pruning.tracing import DEFAULT_TRACE_IMAGE_SIZE
 
     if processor is not None:
         pixels = processor(PIL.Image.new("RGB", (256, 256)), return_tensors="np")[PIXEL_VALUES]

@@ -11,7 +11,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..constants import PIXEL_VALUES
-from .families import example_pixel_values
+from .tracing import example_pixel_values
 
 # A forward pass costs 2 FLOPs per multiply-accumulate; a training step about three forward passes
 # (forward, then backward through activations and through weights).

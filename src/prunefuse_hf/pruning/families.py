@@ -1,31 +1,37 @@
-"""What pruning needs to know about each supported model family.
+"""What pruning needs to know about each model family: registry data only.
 
-Torch-Pruning finds the coupled channel groups by tracing; what it cannot know is how a narrower
-model is written down as a config of the same family. Each `FamilyAdapter` answers that: it builds
-the surrogate's config from the dense config and the pruning ratio (rounding widths the way the
-family's config does: heads, groups, `make_divisible`), and `prune_model` then prunes every coupled
-channel group to exactly the width that config builds, so the surrogate is a plain HF checkpoint that
-reloads with `from_pretrained`. Families without an adapter are refused with an error naming them.
+One table per task says which families prune how (Torch-Pruning's `PrunerBox` way: the rules live elsewhere, the
+tables say who uses which). `FAMILY_ADAPTERS` (image classifiers), `DETECTION_ADAPTERS` and `SEGMENTATION_ADAPTERS`
+hold the families whose narrower widths a config of the same family can express: each `FamilyAdapter` names its
+model class, its config rule (`pruning/narrowing.py`), how its coupled groups are found (traced, or by role:
+`pruning/roles.py`) and what never narrows. `GENERAL_FAMILIES` and `GENERAL_SEGMENTATION_FAMILIES` name the tested
+families the general path prunes (`pruning/replay.py`); `REFUSED_FAMILIES` and `REFUSED_SEGMENTATION_CLASSES` those
+neither path prunes, with the reason. Families without an entry are refused with an error naming them.
 
 Each supported family has one model class that PruneFuse runs end to end (its `*ForImageClassification`);
-`check_supported_model` refuses every other class transformers offers for the family (bare encoders,
-backbones, masked-image-modeling and segmentation heads, DeiT's inference-only distilled classifier) by
+`check_supported_model` (`pruning/support.py`) refuses every other class transformers offers for the family (bare
+encoders, backbones, masked-image-modeling and segmentation heads, DeiT's inference-only distilled classifier) by
 name, before a run starts, saying which class to use instead.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-# Input size used to trace a model whose config has no `image_size` (large enough for every
-# downsampling stage of the supported families to keep a spatial extent).
-DEFAULT_TRACE_IMAGE_SIZE = 64
+from .narrowing import (
+    narrow_by_multiplier,
+    narrow_convnext_config,
+    narrow_detr_config,
+    narrow_regnet_config,
+    narrow_resnet_config,
+    narrow_segformer_config,
+    narrow_swin_config,
+    narrow_upernet_config,
+    narrow_vit_config,
+)
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,8 @@ class FamilyAdapter:
         model_class: The transformers class PruneFuse runs for this family (prunes, fuses, scores); every
             other class of the family is refused by `check_supported_model`.
         narrows: What gets narrower, in words.
-        narrowed_config: `(dense_config, pruning_ratio) -> surrogate config`. Raises a `ValueError`
-            naming the family, the ratio and what would work when a width would vanish.
+        narrowed_config: `(dense_config, pruning_ratio) -> surrogate config`, a rule of `pruning/narrowing.py`.
+            Raises a `ValueError` naming the family, the ratio and what would work when a width would vanish.
         ignored_parameters: Names (suffixes) of parameters that carry no channel dimension and must
             never be pruned (e.g. Swin's per-head relative position bias table).
         channels_last: Whether the model slices (batch, height, width, channels) tensors spatially
@@ -80,105 +86,6 @@ class FamilyAdapter:
         return layers
 
 
-def scaled_width(width: int, pruning_ratio: float, family: str, what: str, multiple: int = 1) -> int:
-    """`floor(width * (1 - pruning_ratio))`, rounded down to a multiple of `multiple`.
-
-    Raises a `ValueError` naming the family, the ratio and the largest ratio that keeps the width when
-    the result would be zero.
-    """
-    # round() first: (1 - 0.7) * 10 is 2.9999999999999996 in floating point, which must floor to 3.
-    kept = math.floor(round(width * (1 - pruning_ratio), 6))
-    kept -= kept % multiple
-    if kept <= 0:
-        largest = 1 - multiple / width
-        hint = f"use pruning_ratio <= {largest:.4g}" if largest > 0 else "this width cannot be narrowed"
-        raise ValueError(
-            f"pruning_ratio={pruning_ratio} cannot be expressed for the {family} family: {what} {width} "
-            f"x (1 - {pruning_ratio}) leaves no {'multiple of ' + str(multiple) if multiple > 1 else 'entry'}; "
-            f"{hint}."
-        )
-    return kept
-
-
-def _resnet_config(dense_config, ratio):
-    config = copy.deepcopy(dense_config)
-    # A bottleneck's inner width is derived by the config (out // reduction), so the stage widths and
-    # the stem width are all the config needs.
-    config.embedding_size = scaled_width(dense_config.embedding_size, ratio, "ResNet", "embedding_size")
-    config.hidden_sizes = [scaled_width(w, ratio, "ResNet", "hidden size") for w in dense_config.hidden_sizes]
-    return config
-
-
-def _convnext_config(dense_config, ratio):
-    config = copy.deepcopy(dense_config)
-    # The MLP width is 4 x the stage width in the modeling code, so it follows.
-    config.hidden_sizes = [
-        scaled_width(w, ratio, "ConvNeXt", "hidden size") for w in dense_config.hidden_sizes
-    ]
-    return config
-
-
-def _vit_config(dense_config, ratio):
-    config = copy.deepcopy(dense_config)
-    heads = dense_config.num_attention_heads
-    family = type(dense_config).__name__.removesuffix("Config")
-    # The head count is kept and every head loses the same share of its dimensions; the residual
-    # width is heads x head_dim in these configs, so it is rounded down to a multiple of the heads.
-    head_dim = dense_config.hidden_size // heads
-    config.hidden_size = heads * scaled_width(head_dim, ratio, family, "head dimension")
-    config.intermediate_size = scaled_width(
-        dense_config.intermediate_size, ratio, family, "intermediate_size"
-    )
-    if getattr(dense_config, "pooler_output_size", None) == dense_config.hidden_size:
-        config.pooler_output_size = config.hidden_size
-    return config
-
-
-def _swin_config(dense_config, ratio):
-    config = copy.deepcopy(dense_config)
-    # Stage i has embed_dim * 2**i channels split over num_heads[i] heads: the narrowed embed_dim is
-    # the largest one (at most (1 - p) x embed_dim) that keeps every stage divisible by its heads.
-    multiple = math.lcm(*(heads // math.gcd(heads, 2**i) for i, heads in enumerate(dense_config.num_heads)))
-    config.embed_dim = scaled_width(dense_config.embed_dim, ratio, "Swin", "embed_dim", multiple)
-    config.hidden_size = int(config.embed_dim * 2 ** (len(config.depths) - 1))
-    return config
-
-
-def _multiplier_config(field: str):
-    def narrowed(dense_config, ratio):
-        config = copy.deepcopy(dense_config)
-        # Every width is derived from the multiplier with the family's own rounding (make_divisible,
-        # round_filters); the pruned widths are then whatever this config builds.
-        setattr(config, field, getattr(dense_config, field) * (1 - ratio))
-        if dense_config.model_type == "efficientnet":
-            from transformers.models.efficientnet.modeling_efficientnet import round_filters
-
-            # The head width (top conv, top BatchNorm, classifier input) is a separate config field.
-            if dense_config.hidden_dim == round_filters(dense_config, 1280):
-                config.hidden_dim = round_filters(config, 1280)
-        return config
-
-    return narrowed
-
-
-def _regnet_config(dense_config, ratio):
-    config = copy.deepcopy(dense_config)
-    group_width = dense_config.groups_width
-    for width in dense_config.hidden_sizes:
-        if width % group_width:
-            raise ValueError(
-                f"RegNet stage width {width} is not a multiple of groups_width={group_width}; only "
-                "RegNet configs whose stage widths are whole numbers of groups can be pruned."
-            )
-    # Every grouped convolution keeps its number of groups and each group loses the same number of
-    # channels, so the narrowed stage width is groups x the narrowed group width.
-    narrow_group_width = scaled_width(group_width, ratio, "RegNet", "groups_width")
-    config.groups_width = narrow_group_width
-    config.hidden_sizes = [width // group_width * narrow_group_width for width in dense_config.hidden_sizes]
-    config.embedding_size = scaled_width(dense_config.embedding_size, ratio, "RegNet", "embedding_size")
-    return config
-
-
 FAMILY_ADAPTERS: dict[str, FamilyAdapter] = {
     adapter.model_type: adapter
     for adapter in [
@@ -187,42 +94,42 @@ FAMILY_ADAPTERS: dict[str, FamilyAdapter] = {
             "ResNet",
             "ResNetForImageClassification",
             "stem and stage widths (basic and bottleneck)",
-            _resnet_config,
+            narrow_resnet_config,
         ),
         FamilyAdapter(
             "convnext",
             "ConvNeXt",
             "ConvNextForImageClassification",
             "stage widths (MLP width follows)",
-            _convnext_config,
+            narrow_convnext_config,
         ),
         FamilyAdapter(
             "convnextv2",
             "ConvNeXt V2",
             "ConvNextV2ForImageClassification",
             "stage widths (MLP and GRN follow)",
-            _convnext_config,
+            narrow_convnext_config,
         ),
         FamilyAdapter(
             "vit",
             "ViT",
             "ViTForImageClassification",
             "hidden size, MLP width, head dimension (head count kept)",
-            _vit_config,
+            narrow_vit_config,
         ),
         FamilyAdapter(
             "deit",
             "DeiT",
             "DeiTForImageClassification",
             "hidden size, MLP width, head dimension (head count kept)",
-            _vit_config,
+            narrow_vit_config,
         ),
         FamilyAdapter(
             "swin",
             "Swin",
             "SwinForImageClassification",
             "embed dim of every stage, MLP width, head dimension (head count kept)",
-            _swin_config,
+            narrow_swin_config,
             ignored_parameters=("relative_position_bias_table",),
             channels_last=True,
         ),
@@ -231,21 +138,21 @@ FAMILY_ADAPTERS: dict[str, FamilyAdapter] = {
             "MobileNetV2",
             "MobileNetV2ForImageClassification",
             "all widths via depth_multiplier × (1 − p), with its make_divisible rounding",
-            _multiplier_config("depth_multiplier"),
+            narrow_by_multiplier("depth_multiplier"),
         ),
         FamilyAdapter(
             "regnet",
             "RegNet",
             "RegNetForImageClassification",
             "stem and stage widths (group count kept, group width narrowed)",
-            _regnet_config,
+            narrow_regnet_config,
         ),
         FamilyAdapter(
             "efficientnet",
             "EfficientNet",
             "EfficientNetForImageClassification",
             "all widths via width_coefficient × (1 − p), with its round_filters rounding",
-            _multiplier_config("width_coefficient"),
+            narrow_by_multiplier("width_coefficient"),
         ),
     ]
 }
@@ -253,32 +160,6 @@ FAMILY_ADAPTERS: dict[str, FamilyAdapter] = {
 # The families `prune_model` supports, in README order; tests iterate over it and
 # `support_table_markdown` renders the README table from it, so the two cannot drift.
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILY_ADAPTERS)
-
-
-def _detr_config(dense_config, ratio):
-    family = type(dense_config).__name__.removesuffix("Config")
-    backbone = getattr(dense_config, "backbone_config", None)
-    if getattr(dense_config, "use_timm_backbone", False) or getattr(backbone, "model_type", None) != "resnet":
-        raise ValueError(
-            f"pruning_ratio={ratio} cannot be expressed for this {family} config: only the transformers ResNet "
-            "backbone (`use_timm_backbone: false`, `backbone_config` a ResNetConfig) narrows with the model; use such "
-            "a config, or pruning_ratio: 0."
-        )
-    if getattr(dense_config, "position_embedding_type", "sine") != "sine":
-        raise ValueError(
-            f"pruning_ratio={ratio} cannot be expressed for this {family} config: position_embedding_type "
-            f"{dense_config.position_embedding_type!r} has its own tables of d_model / 2; use 'sine', or "
-            "pruning_ratio: 0."
-        )
-    config = copy.deepcopy(dense_config)
-    config.backbone_config = _resnet_config(backbone, ratio)
-    # Both attention stacks keep their head counts and narrow every head alike; the sine position embedding
-    # splits d_model into two halves, so it stays even.
-    multiple = math.lcm(dense_config.encoder_attention_heads, dense_config.decoder_attention_heads, 2)
-    config.d_model = scaled_width(dense_config.d_model, ratio, family, "d_model", multiple)
-    config.encoder_ffn_dim = scaled_width(dense_config.encoder_ffn_dim, ratio, family, "encoder_ffn_dim")
-    config.decoder_ffn_dim = scaled_width(dense_config.decoder_ffn_dim, ratio, family, "decoder_ffn_dim")
-    return config
 
 
 _DETR_NARROWS = (
@@ -297,7 +178,7 @@ DETECTION_ADAPTERS: dict[str, FamilyAdapter] = {
             "DETR",
             "DetrForObjectDetection",
             _DETR_NARROWS,
-            _detr_config,
+            narrow_detr_config,
             task="object-detection",
             coupling="roles",
             keeps=_DETR_KEEPS,
@@ -307,7 +188,7 @@ DETECTION_ADAPTERS: dict[str, FamilyAdapter] = {
             "Conditional DETR",
             "ConditionalDetrForObjectDetection",
             _DETR_NARROWS,
-            _detr_config,
+            narrow_detr_config,
             task="object-detection",
             coupling="roles",
             keeps=_DETR_KEEPS + " and the 2 reference-point outputs",
@@ -317,7 +198,7 @@ DETECTION_ADAPTERS: dict[str, FamilyAdapter] = {
             "YOLOS",
             "YolosForObjectDetection",
             "hidden size (tokens, position embeddings), MLP width, head dimension (head count kept)",
-            _vit_config,
+            narrow_vit_config,
             task="object-detection",
             coupling="roles",
             keeps="the head count, `num_detection_tokens`, the class head's outputs (classes + no-object), the box "
@@ -490,70 +371,9 @@ def get_family_adapter(config) -> FamilyAdapter:
     return ADAPTERS[model_type]
 
 
-def model_image_size(model: nn.Module) -> int | tuple[int, int] | None:
-    """The input size a model is built for: its config's `image_size` (the vision config's for CLIP and SigLIP), or
-    for a timm model the size its patch embedding was built for, else its pretrained config's; `None` when none."""
-    config = getattr(model.config, "vision_config", None) or model.config
-    size = getattr(config, "image_size", None)
-    timm_model = getattr(model, "timm_model", None)
-    if size is None and timm_model is not None:
-        size = getattr(getattr(timm_model, "patch_embed", None), "img_size", None)
-        size = size or (getattr(timm_model, "pretrained_cfg", None) or {}).get("input_size", (None,))[-1]
-    return tuple(size) if isinstance(size, (list, tuple)) else size
-
-
-def example_pixel_values(
-    model: nn.Module, image_size: int | None = None, batch_size: int = 1
-) -> torch.Tensor:
-    """A random `pixel_values` batch shaped for `model` (channels from its config), on its device."""
-    config = getattr(model.config, "vision_config", None) or model.config
-    if image_size is None:
-        image_size = model_image_size(model) or DEFAULT_TRACE_IMAGE_SIZE
-    if isinstance(image_size, (list, tuple)):
-        height, width = image_size
-    else:
-        height = width = int(image_size)
-    num_channels = getattr(config, "num_channels", 3)
-    parameter = next(model.parameters())
-    return torch.randn(
-        batch_size, num_channels, height, width, device=parameter.device, dtype=parameter.dtype
-    )
-
-
 # ----- semantic segmentation -----
 # Segmentation models are keyed by model class (SegFormer and MobileNetV2 also have image classifiers, which the
 # registries above keep) and, for models built on a `backbone_config` (UperNet), by the backbone's `model_type`.
-
-
-def _segformer_config(dense_config, ratio):
-    config = copy.deepcopy(dense_config)
-    # Every stage keeps its head count; each head loses the same share of its dimensions (the stage width is
-    # heads x head_dim). The MLP width (stage width x mlp_ratio) and the spatial-reduction convolutions follow.
-    config.hidden_sizes = [
-        heads * scaled_width(width // heads, ratio, "SegFormer", f"stage {i} head dimension")
-        for i, (width, heads) in enumerate(zip(dense_config.hidden_sizes, dense_config.num_attention_heads))
-    ]
-    config.decoder_hidden_size = scaled_width(
-        dense_config.decoder_hidden_size, ratio, "SegFormer", "decoder_hidden_size"
-    )
-    return config
-
-
-def _upernet_config(dense_config, ratio):
-    config = copy.deepcopy(dense_config)
-    backbone = dense_config.backbone_config
-    # The backbone narrows as its image classifier does; the heads' input widths come from the backbone.
-    config.backbone_config = FAMILY_ADAPTERS[backbone.model_type].narrowed_config(backbone, ratio)
-    config.hidden_size = scaled_width(dense_config.hidden_size, ratio, "UperNet", "hidden_size")
-    config.auxiliary_channels = scaled_width(
-        dense_config.auxiliary_channels, ratio, "UperNet", "auxiliary_channels"
-    )
-    if dense_config.auxiliary_in_channels is not None:
-        raise ValueError(
-            "UperNet configs with an explicit auxiliary_in_channels cannot be narrowed; leave it None (the "
-            "auxiliary head then reads the backbone's third stage width), or use pruning_ratio=0."
-        )
-    return config
 
 
 _UPERNET_NARROWS = (
@@ -568,7 +388,7 @@ SEGMENTATION_ADAPTERS: dict[str, FamilyAdapter] = {
             "SegformerForSemanticSegmentation",
             "every stage's hidden size, MLP width, head dimension (head count kept), spatial-reduction convs, "
             "the all-MLP decoder width (`decoder_hidden_size`)",
-            _segformer_config,
+            narrow_segformer_config,
             output_layers=("decode_head.classifier",),
         ),
         FamilyAdapter(
@@ -576,7 +396,7 @@ SEGMENTATION_ADAPTERS: dict[str, FamilyAdapter] = {
             "UperNet (ConvNeXt backbone)",
             "UperNetForSemanticSegmentation",
             _UPERNET_NARROWS + "ConvNeXt stage widths (MLP width follows)",
-            _upernet_config,
+            narrow_upernet_config(narrow_convnext_config),
             output_layers=("decode_head.classifier", "auxiliary_head.classifier"),
             backbone_type="convnext",
         ),
@@ -585,7 +405,7 @@ SEGMENTATION_ADAPTERS: dict[str, FamilyAdapter] = {
             "UperNet (Swin backbone)",
             "UperNetForSemanticSegmentation",
             _UPERNET_NARROWS + "Swin embed dim of every stage, MLP width, head dimension (head count kept)",
-            _upernet_config,
+            narrow_upernet_config(narrow_swin_config),
             ignored_parameters=("relative_position_bias_table",),
             channels_last=True,
             output_layers=("decode_head.classifier", "auxiliary_head.classifier"),

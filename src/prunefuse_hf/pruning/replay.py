@@ -20,51 +20,12 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from ..constants import PIXEL_VALUES, PRUNING_PATH_REPLAY, PRUNING_PLAN_NAME, SURROGATE_WEIGHTS_NAME
-from .families import DEFAULT_TRACE_IMAGE_SIZE, model_image_size
+from ..constants import PRUNING_PATH_REPLAY, PRUNING_PLAN_NAME, SURROGATE_WEIGHTS_NAME
 from .graph import attention_attributes, build_pruner, fix_attention_attributes, patched_torch_pruning
 from .support import classifier_class_name, is_segmentation_plan, plan_model_class_name
+from .tracing import materialize_inputs
 
 logger = logging.get_logger(__name__)
-
-_TRACE_BATCH = 2
-
-
-def trace_inputs(model: nn.Module) -> dict:
-    """The shapes (and integer values) of the inputs the general path traces `model` with, as JSON.
-
-    The replay must trace the same shapes (SigLIP 2's NaFlex grid included), so they are stored in the plan.
-    """
-    config = model.config
-    vision = getattr(config, "vision_config", None) or config
-    size = model_image_size(model) or DEFAULT_TRACE_IMAGE_SIZE
-    height, width = size if isinstance(size, (list, tuple)) else (size, size)
-    channels = getattr(vision, "num_channels", 3)
-    if config.model_type == "siglip2":
-        # NaFlex: pixel_values are patches (batch, patches, channels * patch * patch), with a mask and the grid.
-        patch = vision.patch_size
-        grid = (height // patch, width // patch)
-        return {
-            PIXEL_VALUES: {"shape": [_TRACE_BATCH, grid[0] * grid[1], channels * patch * patch]},
-            "pixel_attention_mask": {"values": [[1] * (grid[0] * grid[1])] * _TRACE_BATCH},
-            "spatial_shapes": {"values": [list(grid)] * _TRACE_BATCH},
-        }
-    return {PIXEL_VALUES: {"shape": [_TRACE_BATCH, channels, int(height), int(width)]}}
-
-
-def materialize_inputs(spec: dict, like: nn.Module, dtype: torch.dtype | None = None) -> dict:
-    """Tensors for a `trace_inputs` spec, on `like`'s device (random floats: the graph depends on shapes only)."""
-    parameter = next(like.parameters())
-    generator = torch.Generator().manual_seed(0)
-    inputs = {}
-    for name, entry in spec.items():
-        if "values" in entry:
-            inputs[name] = torch.tensor(entry["values"], device=parameter.device)
-        else:
-            inputs[name] = torch.randn(entry["shape"], generator=generator).to(
-                device=parameter.device, dtype=dtype or parameter.dtype
-            )
-    return inputs
 
 
 def prune_general(model: nn.Module, pruning_ratio: float, spec: dict) -> tuple[nn.Module, list, bool]:

@@ -6,7 +6,8 @@ narrowed config says which dimension of which tensor gets narrower (its shape ag
 roles below say which of those dimensions share kept indices:
 
 - the convolutional backbone (a transformers `*Backbone`) and the inputs of the layers that read its feature maps
-  are traced by Torch-Pruning as for image classifiers (`prune.py`): those dimensions arrive here already planned;
+  are traced by Torch-Pruning as for image classifiers (`widths.py`, run by `prune.py`): those dimensions arrive
+  here already planned;
 - in every attention module (found by attribute: an integer `head_dim` / `attention_head_size` and linear
   children), the outputs of its projections and the input of its output projection are one group, split into heads:
   every head keeps the same positions, so the head count stays;
@@ -25,7 +26,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-HEAD_DIM_ATTRS = ("head_dim", "attention_head_size")
+from .graph import HEAD_DIM_ATTRS
+from .widths import is_conv_or_linear
+
 OUTPUT_PROJECTION_NAMES = ("o_proj", "out_proj")
 RESIDUAL = "residual"
 
@@ -79,7 +82,7 @@ def feature_map_consumers(
     handles += [
         m.register_forward_pre_hook(find_reader)
         for m in model.modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m not in inside
+        if is_conv_or_linear(m) and m not in inside
     ]
     try:
         with torch.no_grad():

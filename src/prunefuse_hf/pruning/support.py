@@ -91,20 +91,24 @@ def family_model_classes(model_type: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _mapped_classes(mapping_names: dict, model_type: str) -> tuple[str, ...]:
+    # An Auto class's mapping gives one class name or a tuple of them (DeiT: the plain and the distilled classifier).
+    classes = mapping_names.get(model_type, ())
+    return tuple(classes) if isinstance(classes, (list, tuple)) else (classes,)
+
+
 def image_classification_classes(model_type: str) -> tuple[str, ...]:
     """The classes `AutoModelForImageClassification` maps `model_type` to (empty when it has none)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-    classes = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(model_type, ())
-    return tuple(classes) if isinstance(classes, (list, tuple)) else (classes,)
+    return _mapped_classes(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES, model_type)
 
 
 def object_detection_classes(model_type: str) -> tuple[str, ...]:
     """The classes `AutoModelForObjectDetection` maps `model_type` to (empty when it has none)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
 
-    classes = MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.get(model_type, ())
-    return tuple(classes) if isinstance(classes, (list, tuple)) else (classes,)
+    return _mapped_classes(MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES, model_type)
 
 
 def task_model_classes(model_type: str) -> tuple[str, ...]:
@@ -224,8 +228,7 @@ def segmentation_classes(model_type: str) -> tuple[str, ...]:
     """The classes `AutoModelForSemanticSegmentation` maps `model_type` to (empty when it has none)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
-    classes = MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.get(model_type, ())
-    return tuple(classes) if isinstance(classes, (list, tuple)) else (classes,)
+    return _mapped_classes(MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES, model_type)
 
 
 def is_segmentation_plan(plan) -> bool:

@@ -29,15 +29,13 @@ from .detection import (
 from .detection_annotation import detection_label_studio_config, detection_prediction, write_detection_query
 from .detection_data import (
     BBOX_FORMATS,
-    coco_json_from_dataset,
     convert_bbox,
-    dataset_from_coco_json,
     detection_class_names,
     detection_features,
-    load_detection_dataset,
     validate_detection_dataset,
 )
 from .detection_labels import DetectionLabels, read_detection_labels
+from .detection_loading import coco_json_from_dataset, dataset_from_coco_json, load_detection_dataset
 from .detection_metrics import detection_compute_metrics, mean_average_precision
 from .detection_synthetic import synthetic_detection_pool
 from .segmentation import (

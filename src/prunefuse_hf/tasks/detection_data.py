@@ -1,14 +1,12 @@
 """Object-detection data in the layout of the transformers object-detection guide (cppe-5): an `image` column and
 an `objects` column holding, per image, `bbox` (COCO `[x, y, width, height]` in pixels) and `category` (a
-`ClassLabel`). Box formats, the checks made before any work, and loading from a saved dataset, a Hub dataset or
-an image folder with a COCO JSON file."""
+`ClassLabel`). Box formats and the checks made before any work; loading and COCO JSON are in
+`detection_loading.py`."""
 
 from __future__ import annotations
 
 import io
-import json
 import math
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -173,7 +171,7 @@ def validate_detection_dataset(
             f"`{BBOX_KEY}` (a list of boxes) and `{CATEGORY_KEY}` (a list of class ids)."
         )
     names = detection_class_names(dataset, objects_column, class_names)
-    sizes = _image_sizes(dataset, image_column)
+    sizes = image_sizes(dataset, image_column)
     objects = dataset.with_format("arrow")[objects_column].to_pylist()
     problems, bad_rows = [], 0
     for index, row in enumerate(objects):
@@ -275,7 +273,9 @@ def _category_feature(feature):
     return inner.get(CATEGORY_KEY) if isinstance(inner, dict) else None
 
 
-def _image_sizes(dataset: datasets.Dataset, image_column: str) -> list[tuple[int, int]]:
+def image_sizes(dataset: datasets.Dataset, image_column: str) -> list[tuple[int, int]]:
+    """`(width, height)` of every image: from the `width` / `height` columns when the dataset has them, else from
+    each image file's header (no pixels are decoded)."""
     if "width" in dataset.column_names and "height" in dataset.column_names:
         table = dataset.with_format("arrow")
         return list(zip(table["width"].to_pylist(), table["height"].to_pylist()))
@@ -292,177 +292,6 @@ def _header_size(value, index: int) -> tuple[int, int]:
         with PIL.Image.open(value["path"]) as image:
             return image.size
     return open_image(value, pool_index=index).size
-
-
-# ----- loading -----
-
-
-def load_detection_dataset(
-    path_or_id: str,
-    split: str = "train",
-    *,
-    annotations: str | None = None,
-    class_names: list[str] | None = None,
-    bbox_format: str = "coco",
-    image_column: str = "image",
-    objects_column: str = OBJECTS_COLUMN,
-    revision: str | None = None,
-    validate: bool = True,
-) -> datasets.Dataset:
-    """
-    Load one split of a detection dataset in the cppe-5 layout, and check it (see [`validate_detection_dataset`]).
-
-    Sources, tried in this order:
-
-    - an image folder with a COCO JSON file: `annotations` names the file (relative to the folder or absolute), or
-      the folder holds exactly one `*.json` file with `images`, `annotations` and `categories`;
-    - a directory written by `save_to_disk` (a `Dataset`, or a `DatasetDict` from which `split` is taken);
-    - anything else is a Hub dataset id passed to `datasets.load_dataset` (e.g. `"cppe-5"`).
-
-    Args:
-        path_or_id (`str`): A local directory or a Hub dataset id.
-        split (`str`, *optional*, defaults to `"train"`): The split to load (not used for a COCO folder).
-        annotations (`str`, *optional*): The COCO JSON file of an image folder.
-        class_names (`list[str]`, *optional*): Class names when the categories are not a `ClassLabel`.
-        bbox_format (`str`, *optional*, defaults to `"coco"`): Format of the stored boxes (`coco` for COCO JSON).
-        image_column (`str`, *optional*, defaults to `"image"`): Column holding the images.
-        objects_column (`str`, *optional*, defaults to `"objects"`): Column holding the objects.
-        revision (`str`, *optional*): Hub dataset revision.
-        validate (`bool`, *optional*, defaults to `True`): Check every row before returning.
-
-    Returns:
-        `datasets.Dataset`: columns `image`, `objects` (and whatever else the source has; a COCO folder also gives
-        `image_id`, `file_name`, `width` and `height`).
-
-    Raises:
-        `ValueError`: a row at fault (see [`validate_detection_dataset`]), or a COCO file naming unknown images or
-            categories.
-
-    Example:
-
-    ```python
-    >>> pool = load_detection_dataset("data/boxes")  # images + one COCO JSON file  # doctest: +SKIP
-    >>> pool = load_detection_dataset("cppe-5", split="train")  # from the Hub  # doctest: +SKIP
-    >>> pool.features["objects"]["category"].feature.names  # doctest: +SKIP
-    ['Coverall', 'Face_Shield', 'Gloves', 'Goggles', 'Mask']
-    ```
-    """
-    path = Path(path_or_id).expanduser()
-    coco_file = _coco_file(path, annotations)
-    if coco_file is not None:
-        dataset = dataset_from_coco_json(coco_file, image_dir=path if path.is_dir() else coco_file.parent)
-    elif path.is_dir():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"{path} has no split {split!r}; its splits are {list(loaded)}.")
-            loaded = loaded[split]
-        dataset = loaded
-    else:
-        dataset = datasets.load_dataset(path_or_id, split=split, revision=revision)
-    if validate:
-        validate_detection_dataset(
-            dataset,
-            image_column=image_column,
-            objects_column=objects_column,
-            class_names=class_names,
-            bbox_format=bbox_format,
-        )
-    return dataset
-
-
-def _coco_file(path: Path, annotations: str | None) -> Path | None:
-    if annotations is not None:
-        file = Path(annotations).expanduser()
-        if not file.is_absolute() and path.is_dir():
-            file = path / file
-        if not file.is_file():
-            raise FileNotFoundError(f"COCO annotation file {file} not found.")
-        return file
-    if not path.is_dir() or (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-        return None
-    candidates = [file for file in sorted(path.glob("*.json")) if _is_coco(file)]
-    if len(candidates) > 1:
-        raise ValueError(
-            f"{path} holds several COCO JSON files {[c.name for c in candidates]}; name one with `annotations`."
-        )
-    return candidates[0] if candidates else None
-
-
-def _is_coco(file: Path) -> bool:
-    try:
-        content = json.loads(file.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(content, dict) and {"images", "annotations", "categories"} <= set(content)
-
-
-def dataset_from_coco_json(
-    annotation_file: str | Path, image_dir: str | Path | None = None
-) -> datasets.Dataset:
-    """
-    A detection dataset in the cppe-5 layout from a COCO JSON file and its image folder.
-
-    Category ids are mapped to contiguous class ids in the order of their COCO ids; the names become the
-    `category` `ClassLabel`. Images without annotations get empty objects; `iscrowd` annotations are kept as boxes.
-
-    Args:
-        annotation_file (`str` or `Path`): The COCO JSON file (`images`, `annotations`, `categories`).
-        image_dir (`str` or `Path`, *optional*): Folder the `file_name`s are relative to (default: the file's).
-
-    Returns:
-        `datasets.Dataset` with `image`, `image_id`, `file_name`, `width`, `height` and `objects` (`id`, `area`,
-        `bbox` in COCO pixels, `category`).
-
-    Raises:
-        `ValueError`: an annotation naming an unknown image or category id, or an image file that is missing.
-    """
-    annotation_file = Path(annotation_file)
-    image_dir = Path(image_dir) if image_dir is not None else annotation_file.parent
-    coco = json.loads(annotation_file.read_text())
-    categories = sorted(coco["categories"], key=lambda c: c["id"])
-    class_of = {c["id"]: position for position, c in enumerate(categories)}
-    per_image: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
-    for annotation in coco["annotations"]:
-        if annotation["image_id"] not in per_image:
-            raise ValueError(
-                f"{annotation_file}: annotation {annotation.get('id')} names image_id {annotation['image_id']}, "
-                "which is not in `images`; add the image or drop the annotation."
-            )
-        if annotation["category_id"] not in class_of:
-            raise ValueError(
-                f"{annotation_file}: annotation {annotation.get('id')} names category_id "
-                f"{annotation['category_id']}, which is not in `categories` {sorted(class_of)}; add the category."
-            )
-        per_image[annotation["image_id"]].append(annotation)
-    rows = {"image": [], "image_id": [], "file_name": [], "width": [], "height": [], OBJECTS_COLUMN: []}
-    for image in coco["images"]:
-        file = image_dir / image["file_name"]
-        if not file.is_file():
-            raise ValueError(
-                f"{annotation_file}: image {image['id']} file {file} not found; fix `image_dir`."
-            )
-        width, height = image.get("width"), image.get("height")
-        if width is None or height is None:
-            with PIL.Image.open(file) as opened:
-                width, height = opened.size
-        found = per_image[image["id"]]
-        rows["image"].append(str(file))
-        rows["image_id"].append(int(image["id"]))
-        rows["file_name"].append(image["file_name"])
-        rows["width"].append(int(width))
-        rows["height"].append(int(height))
-        rows[OBJECTS_COLUMN].append(
-            {
-                "id": [int(a.get("id", k)) for k, a in enumerate(found)],
-                "area": [float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in found],
-                BBOX_KEY: [[float(v) for v in a["bbox"]] for a in found],
-                CATEGORY_KEY: [class_of[a["category_id"]] for a in found],
-            }
-        )
-    return datasets.Dataset.from_dict(
-        rows, features=detection_features([c["name"] for c in categories], True)
-    )
 
 
 def detection_features(class_names: list[str], with_file_name: bool = False) -> datasets.Features:
@@ -483,57 +312,3 @@ def detection_features(class_names: list[str], with_file_name: bool = False) -> 
         }
     )
     return datasets.Features(columns)
-
-
-def coco_json_from_dataset(
-    dataset: datasets.Dataset,
-    *,
-    objects_column: str = OBJECTS_COLUMN,
-    class_names: list[str] | None = None,
-    bbox_format: str = "coco",
-    file_names: list[str] | None = None,
-) -> dict:
-    """
-    The COCO JSON content (`images`, `annotations`, `categories`) of a detection dataset: what annotators and COCO
-    tools read. Image ids are the row positions (pool indices); category ids are the class ids.
-
-    Args:
-        dataset (`datasets.Dataset`): A detection dataset (with `width`/`height` columns or images).
-        objects_column (`str`, *optional*, defaults to `"objects"`): Column holding the objects.
-        class_names (`list[str]`, *optional*): Needed when the category is not a `ClassLabel`.
-        bbox_format (`str`, *optional*, defaults to `"coco"`): Format of the stored boxes.
-        file_names (`list[str]`, *optional*): One file name per row (default: the `file_name` column, else
-            `"{row}.png"`).
-
-    Returns:
-        `dict`: JSON-ready COCO content, boxes in COCO pixels.
-    """
-    names = detection_class_names(dataset, objects_column, class_names)
-    sizes = _image_sizes(dataset, "image")
-    if file_names is None:
-        file_names = (
-            list(dataset["file_name"])
-            if "file_name" in dataset.column_names
-            else [f"{i}.png" for i in range(len(sizes))]
-        )
-    objects = dataset.with_format("arrow")[objects_column].to_pylist()
-    images, annotations = [], []
-    for index, ((width, height), row) in enumerate(zip(sizes, objects)):
-        images.append(
-            {"id": index, "file_name": file_names[index], "width": int(width), "height": int(height)}
-        )
-        row = objects_as_columns(row)
-        boxes = convert_bbox(row[BBOX_KEY], bbox_format, "coco", (width, height))
-        for box, category in zip(boxes, row[CATEGORY_KEY]):
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": index,
-                    "category_id": int(category),
-                    "bbox": [float(v) for v in box],
-                    "area": float(box[2] * box[3]),
-                    "iscrowd": 0,
-                }
-            )
-    categories = [{"id": class_id, "name": name} for class_id, name in enumerate(names)]
-    return {"images": images, "annotations": annotations, "categories": categories}

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..annotation.labels import LabelError, image_references, parse_pool_index
 from ..constants import COCO_TEMPLATE, LABEL_STUDIO_COCO, LABEL_STUDIO_TASKS, POOL_INDEX
+from .detection_loading import is_coco_file
 
 _BOX_TYPES = ("rectanglelabels", "rectangle")
 _NOT_BOXES = (
@@ -318,24 +319,13 @@ def read_coco_source(path: Path, shown: str) -> dict:
             if (path / LABEL_STUDIO_COCO).is_file()
             else sorted(path.glob("*.json"))
         )
-        coco = [f for f in files if _is_coco(f)]
+        coco = [f for f in files if is_coco_file(f)]
         if len(coco) != 1:
             raise LabelError(
                 f"{shown} is a folder with {len(coco)} COCO JSON files ({[f.name for f in coco]}); pass the file."
             )
         return json.loads(coco[0].read_text(encoding="utf-8"))
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _is_coco(file: Path) -> bool:
-    try:
-        return is_coco(json.loads(file.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return False
-
-
-def is_coco(content) -> bool:
-    return isinstance(content, dict) and {"images", "annotations", "categories"} <= set(content)
 
 
 def answers_from_coco(coco: dict, name: str, index: ImageIndex) -> list[ImageAnswers]:

@@ -28,10 +28,10 @@ from .detection_exports import (
     answers_from_coco,
     answers_from_json_min,
     answers_from_label_studio,
-    is_coco,
     read_coco_source,
     same_boxes,
 )
+from .detection_loading import is_coco
 
 logger = logging.get_logger(__name__)
 

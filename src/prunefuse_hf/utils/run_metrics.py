@@ -44,7 +44,7 @@ def build_metrics(progress: dict) -> dict:
     selection = ledger["selection"]
     return {
         "rounds": rounds,
-        # The evaluation metric of every record (`accuracy`; object detection's `map`).
+        # The evaluation metric of every record (`accuracy`; object detection's `map`; segmentation's `mean_iou`).
         "metric": progress.get("metric", "accuracy"),
         "final": progress.get("final", {}),
         "costs": progress.get("costs", {}),

@@ -174,3 +174,15 @@ def test_resuming_with_another_segmentation_setting_is_refused_by_name(tmp_path,
     )
     with pytest.raises(ValueError, match="segmentation_aggregation: the run has 'mean', now 'max'"):
         changed.train(resume_from_checkpoint=True)
+
+
+def test_reduce_labels_makes_the_background_the_ignore_index(tmp_path, pools):
+    # ADE20k's layout: 0 is a background that is not a class, ids 1..K are the K classes.
+    pool = pools[0].remove_columns("classes")
+    args = config(tmp_path, reduce_labels=True, class_names=["0", "1", "2"])
+    trainer = PruneFuseTrainer(tiny_segformer(3), args=args, train_dataset=pool)
+    assert trainer.class_names == ["0", "1", "2"] and trainer.model.config.num_labels == 3
+    labels = np.asarray(trainer.examples.train_dataset(np.arange(2))[0]["labels"])
+    stored = np.asarray(pool[0]["label"], dtype=np.int64)
+    np.testing.assert_array_equal(labels, np.where(stored == 0, 255, stored - 1))
+    assert trainer.examples.class_counts(np.arange(len(pool)))["0"] > 0

@@ -1,7 +1,8 @@
 """How `PruneFuseTrainer` sets up a run whose examples carry annotations the model's image processor transforms with
-the image (object detection: boxes follow the resize; semantic segmentation: masks are resized with the pixels). The run's steps are the same as for classification; what
-differs is checked and built here, before any work: the task, the pool and evaluation set (validated by the task),
-the model of the task's Auto class, its image processor, and the run's [`AnnotatedExamples`].
+the image (object detection: boxes follow the resize; semantic segmentation: masks are resized with the pixels). The
+run's steps are the same as for classification; what differs is checked and built here, before any work: the task,
+the pool and evaluation set (validated by the task, with the options its `run_options` reads from the settings), the
+model of the task's Auto class, its image processor, and the run's [`AnnotatedExamples`].
 """
 
 from __future__ import annotations

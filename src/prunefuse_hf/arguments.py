@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 
-from .constants import FASHION_MNIST, SYNTHETIC_DETECTION
+from .constants import FASHION_MNIST, SYNTHETIC_DETECTION, SYNTHETIC_SEGMENTATION
 
 
 @dataclass
@@ -57,7 +57,8 @@ class DataArguments:
         metadata={
             "help": f"The pool: `fashion_mnist` (built in), a Hub dataset id, a `save_to_disk` directory or an "
             f"image folder; for object detection also `{SYNTHETIC_DETECTION}` (built in) or an image folder with a "
-            "COCO JSON file."
+            f"COCO JSON file; for semantic segmentation also `{SYNTHETIC_SEGMENTATION}` (built in) or an image folder "
+            "with a masks folder."
         },
     )
     annotations_file: str | None = field(

@@ -111,11 +111,14 @@ DEFAULT_DISTILL_TEMPERATURE = 4.0
 DEFAULT_NUM_ROUNDS = 4
 ANNOTATIONS = ("simulated", "human")
 # The tasks a run performs (`pipeline()` task names; `prunefuse_hf.tasks.TASKS` describes each).
-TASK_NAMES = ("image-classification", "object-detection")
+TASK_NAMES = ("image-classification", "object-detection", "image-segmentation")
 # Box layouts of a detection dataset's `objects.bbox` (COCO pixels, Pascal VOC corners, YOLO normalized centers).
 BBOX_FORMATS = ("coco", "pascal_voc", "yolo")
 # How the per-detection uncertainties of an image become its acquisition score (Brust et al., VISAPP 2019).
 DETECTION_AGGREGATIONS = ("max", "mean", "sum")
+# How the per-pixel uncertainties of an image become its acquisition score (mean, max, or the mean over the classes
+# the model predicts in the image of their pixels' mean: rare classes count as much as large ones).
+SEGMENTATION_AGGREGATIONS = ("mean", "max", "class_weighted")
 # What selects the next query: the surrogate trained on the labeled set each round ("trained"; at p = 0 the dense
 # model itself), or a linear head trained each round on the surrogate's frozen pooled features, computed once at
 # its (pretrained) initialization ("linear_probe").
@@ -158,6 +161,8 @@ POOL_FEATURES_DIR = "pool_features"
 FASHION_MNIST = "fashion_mnist"
 # The built-in object-detection pool: Fashion-MNIST items pasted on textured canvases (`tasks.synthetic_detection_pool`).
 SYNTHETIC_DETECTION = "synthetic_detection"
+# The built-in semantic-segmentation pool: the same items with per-pixel masks (`tasks.synthetic_segmentation_pool`).
+SYNTHETIC_SEGMENTATION = "synthetic_segmentation"
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_APT_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"

@@ -832,11 +832,8 @@ def test_a_general_path_run_stopped_after_the_first_selection_resumes_to_the_sam
     [
         # A detector runs object detection: on a classification dataset it names the missing objects column.
         ("detr", "The pool has no column 'objects' .* object-detection run with DetrForObjectDetection"),
-        # A segmenter prunes and fuses (tests/pruning/), but the run does not train it yet.
-        (
-            "segformer",
-            "SegformerForSemanticSegmentation is a .* model: PruneFuseTrainer .* image classifiers",
-        ),
+        # A segmenter runs semantic segmentation: it names the label column that holds no masks.
+        ("segformer", "The column 'label' holds a ClassLabel, one class per image"),
     ],
 )
 def test_detectors_and_segmenters_on_a_classification_pool_are_refused_before_any_work(

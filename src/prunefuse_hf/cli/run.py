@@ -18,7 +18,7 @@ from transformers.utils import logging
 
 from ..annotation.queries import query_directory
 from ..arguments import DataArguments, ModelArguments
-from ..constants import QUERY_CONTENTS, STATE_NAME, SYNTHETIC_DETECTION
+from ..constants import QUERY_CONTENTS, STATE_NAME, SYNTHETIC_DETECTION, SYNTHETIC_SEGMENTATION
 from ..data.loading import load_run_datasets, resolve_dataset_revision
 from ..trainer.annotated_run import annotated_task
 from ..trainer.prunefuse_config import PruneFuseConfig
@@ -157,10 +157,13 @@ def build_trainer(
     data_args.dataset_revision = resolve_dataset_revision(data_args.dataset_name, revision)
     if data_args.dataset_revision is not None:
         recipe["dataset_revision"] = data_args.dataset_revision
-    if annotated_task(model_args.model_source, config) is None:
+    task = annotated_task(model_args.model_source, config)
+    if task is None:
         pool, eval_dataset = load_run_datasets(
             data_args, config.image_column, config.label_column, seed=config.seed
         )
+    elif task.name == "image-segmentation":
+        pool, eval_dataset = _segmentation_datasets(data_args, config)
     else:
         pool, eval_dataset = _detection_datasets(data_args, config)
     return PruneFuseTrainer(
@@ -194,6 +197,34 @@ def _detection_datasets(data_args, config):
                                       class_names=config.class_names, bbox_format=config.bbox_format,
                                       image_column=config.image_column, objects_column=config.objects_column,
                                       revision=data_args.dataset_revision)  # fmt: skip
+
+    pool = subsample(load(data_args.train_split), data_args.max_pool_size, config.seed)
+    if not data_args.eval_split:
+        return pool, None
+    return pool, subsample(load(data_args.eval_split), data_args.max_eval_samples, config.seed + 1)
+
+
+def _segmentation_datasets(data_args, config):
+    """The pool and evaluation set of a semantic-segmentation run: the built-in synthetic pool (`max_pool_size`
+    images of Fashion-MNIST's train items, default 1,000; `max_eval_samples` of its test items, default 200), or
+    `tasks.load_segmentation_dataset` splits (a saved dataset, a Hub dataset, or an image folder with its masks
+    folder), subsampled like classification's."""
+    from ..data.loading import subsample
+    from ..tasks import load_segmentation_dataset, synthetic_segmentation_pool
+
+    if data_args.dataset_name == SYNTHETIC_SEGMENTATION:
+        pool = synthetic_segmentation_pool(data_args.max_pool_size or 1000, split="train", seed=config.seed)
+        if not data_args.eval_split:
+            return pool, None
+        return pool, synthetic_segmentation_pool(
+            data_args.max_eval_samples or 200, split="test", seed=config.seed + 1
+        )
+
+    def load(split):
+        # Checked once, by the trainer, with the run's class names and reduce_labels.
+        return load_segmentation_dataset(data_args.dataset_name, split, image_column=config.image_column,
+                                         mask_column=config.label_column, revision=data_args.dataset_revision,
+                                         validate=False)  # fmt: skip
 
     pool = subsample(load(data_args.train_split), data_args.max_pool_size, config.seed)
     if not data_args.eval_split:

@@ -25,6 +25,7 @@ from ..constants import (
     FASHION_MNIST_LABELS,
     IMAGEFOLDER_METADATA_NAMES,
     SYNTHETIC_DETECTION,
+    SYNTHETIC_SEGMENTATION,
 )
 from ..utils.hub_ids import hub_reachable, is_hub_id
 
@@ -328,7 +329,7 @@ def resolve_dataset_revision(name: str, revision: str | None = None) -> str | No
     Raises:
         `FileNotFoundError`: `name` is neither on disk nor a reachable Hub id (see [`load_image_dataset`]).
     """
-    if name == SYNTHETIC_DETECTION:
+    if name in (SYNTHETIC_DETECTION, SYNTHETIC_SEGMENTATION):
         return revision
     if name == FASHION_MNIST:
         directory = fashion_mnist_dir()

@@ -5,6 +5,8 @@ pooled features are the decoder's queries, and the metric is COCO mAP."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 
@@ -264,6 +266,31 @@ def detection_pooled_features(outputs) -> torch.Tensor:
     )
 
 
+def detection_run_options(args) -> dict:
+    """The `validate` / `prepare` options of a detection run's settings: `image_column`, `objects_column`,
+    `bbox_format`."""
+    return {
+        "image_column": args.image_column,
+        "objects_column": args.objects_column,
+        "bbox_format": args.bbox_format,
+    }
+
+
+def detection_score_options(args, class_names: list[str]) -> dict:
+    """The [`detection_image_scores`] options of a detection run's settings (`detection_aggregation`,
+    `detection_score_threshold`) and classes."""
+    return {"num_labels": len(class_names), "aggregation": args.detection_aggregation,
+            "threshold": args.detection_score_threshold}  # fmt: skip
+
+
+def detection_class_counts(
+    dataset, class_names: list[str], *, objects_column: str = OBJECTS_COLUMN, **options
+) -> Counter:
+    """Annotated objects per class name in the rows of `dataset`."""
+    objects = dataset.select_columns([objects_column])[objects_column]
+    return Counter(class_names[int(c)] for row in objects for c in objects_as_columns(row)[CATEGORY_KEY])
+
+
 DETECTION = Task(
     name="object-detection",
     auto_model_class="AutoModelForObjectDetection",
@@ -291,4 +318,8 @@ DETECTION = Task(
     label_studio_tag="RectangleLabels",
     card_metric="map",
     training_arguments={"remove_unused_columns": False, "eval_do_concat_batches": False},
+    annotation_option="objects_column",
+    run_options=detection_run_options,
+    score_options=detection_score_options,
+    class_counts=detection_class_counts,
 )

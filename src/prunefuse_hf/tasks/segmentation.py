@@ -7,11 +7,13 @@ state, and the metric is mean IoU."""
 from __future__ import annotations
 
 import inspect
+from collections import Counter
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import SEGMENTATION_AGGREGATIONS as PIXEL_AGGREGATIONS
 from ..selection.strategies import UncertaintyStrategy, get_strategy
 from .segmentation_data import (
     IGNORE_INDEX,
@@ -23,8 +25,6 @@ from .segmentation_data import (
 )
 from .segmentation_metrics import segmentation_compute_metrics
 from .task import Task
-
-PIXEL_AGGREGATIONS = ("mean", "max", "class_weighted")
 
 
 def prepare_segmentation(
@@ -274,6 +274,44 @@ def segmentation_pooled_features(outputs) -> torch.Tensor:
     )
 
 
+def segmentation_run_options(args) -> dict:
+    """The `validate` / `prepare` options of a segmentation run's settings: `image_column`, `mask_column` (the run's
+    `label_column`: the guide's `label` holds a mask per image) and `reduce_labels`."""
+    return {"image_column": args.image_column, "mask_column": args.label_column,
+            "reduce_labels": bool(args.reduce_labels)}  # fmt: skip
+
+
+def segmentation_score_options(args, class_names: list[str]) -> dict:
+    """The [`segmentation_image_scores`] options of a segmentation run's settings (`segmentation_aggregation`)."""
+    return {"aggregation": args.segmentation_aggregation}
+
+
+def segmentation_class_counts(
+    dataset,
+    class_names: list[str],
+    *,
+    mask_column: str = MASK_COLUMN,
+    reduce_labels: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+    palette=None,
+    **options,
+) -> Counter:
+    """Per class name, the images of `dataset` whose mask holds the class (after `reduce_labels`; the ignore index
+    is no class). Every mask of the rows is decoded (a query's rows, not the pool)."""
+    import datasets
+
+    rows = dataset.select_columns([mask_column])
+    if isinstance(rows.features[mask_column], datasets.Image):
+        rows = rows.cast_column(mask_column, datasets.Image(decode=False))
+    counts = Counter()
+    for value in rows[mask_column]:
+        ids = open_mask(value, palette=palette)
+        if reduce_labels:
+            ids = reduce_mask_labels(ids, ignore_index)
+        counts.update(class_names[int(i)] for i in np.unique(ids) if 0 <= i < len(class_names))
+    return counts
+
+
 SEGMENTATION = Task(
     name="image-segmentation",
     auto_model_class="AutoModelForSemanticSegmentation",
@@ -293,4 +331,9 @@ SEGMENTATION = Task(
     # The transform reads the `image` and mask columns, which are no arguments of the model's forward (the guide
     # sets the same).
     training_arguments={"remove_unused_columns": False},
+    annotation_option="mask_column",
+    run_options=segmentation_run_options,
+    score_options=segmentation_score_options,
+    class_counts=segmentation_class_counts,
+    feature_config={"output_hidden_states": True},
 )

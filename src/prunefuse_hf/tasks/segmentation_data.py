@@ -258,6 +258,7 @@ def segmentation_class_names(
         `ValueError`: no names anywhere, names that differ from the `classes` column's, more than 255 classes, or
             malformed names.
     """
+    check_mask_column(dataset, mask_column)
     feature = dataset.features.get(CLASSES_COLUMN)
     feature = getattr(feature, "feature", feature)
     from_features = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
@@ -289,6 +290,23 @@ def segmentation_class_names(
             "(the image processors read masks as 8-bit images)."
         )
     return names
+
+
+def check_mask_column(dataset: datasets.Dataset, mask_column: str = MASK_COLUMN) -> None:
+    """
+    Refuse a mask column that holds one value per image (a `ClassLabel` or an integer: an image-classification
+    dataset), naming the column and what it holds.
+    """
+    feature = dataset.features.get(mask_column)
+    if isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint", "bool", "string"))
+    ):
+        kind = "a ClassLabel" if isinstance(feature, datasets.ClassLabel) else f"{feature.dtype} values"
+        raise ValueError(
+            f"The column {mask_column!r} holds {kind}, one class per image (an image-classification dataset); a "
+            "segmentation dataset holds a mask of class ids per image. Set the mask column (label_column / "
+            "mask_column), or use an *ForImageClassification model for this dataset."
+        )
 
 
 def _id2label_beside(dataset: datasets.Dataset) -> Path | None:
@@ -364,6 +382,7 @@ def validate_segmentation_dataset(
                 f"dataset holds `image` and a mask image of class ids per image{hint}: set `{option}` to the right "
                 "column."
             )
+    check_mask_column(dataset, mask_column)
     names = segmentation_class_names(dataset, mask_column, class_names)
     allowed = len(names) + 1 if reduce_labels else len(names)
     problems, bad_rows = [], 0

@@ -57,6 +57,21 @@ class Task:
             The metric the model card reports per labeling budget.
         training_arguments (`Mapping[str, object]`):
             `TrainingArguments` values the task needs (e.g. `remove_unused_columns=False` for detection labels).
+        annotation_option (`str`):
+            The keyword of `validate` / `prepare` / `run_options` naming the annotation column (`objects_column`,
+            `mask_column`).
+        run_options (`Callable`, *optional*):
+            `run_options(args) -> dict`: the `validate` / `prepare` options (columns and their layout) from a run's
+            settings (a `PruneFuseConfig`, read by field name).
+        score_options (`Callable`, *optional*):
+            `score_options(args, class_names) -> dict`: the `image_scores` options besides the measure, from a run's
+            settings (e.g. the aggregation).
+        class_counts (`Callable`, *optional*):
+            `class_counts(dataset, class_names, **run_options) -> Counter`: per class name, what the rows' annotations
+            hold of it (objects; images whose mask holds the class).
+        feature_config (`Mapping[str, object]`):
+            Config values the model runs with while `pooled_features` reads its outputs (a segmenter returns its
+            encoder's `hidden_states` only with `output_hidden_states=True`).
 
     Example:
 
@@ -92,9 +107,15 @@ class Task:
     label_studio_tag: str = ""
     card_metric: str = ""
     training_arguments: Mapping[str, object] = field(default_factory=dict)
+    annotation_option: str = ""
+    run_options: Callable | None = None
+    score_options: Callable | None = None
+    class_counts: Callable | None = None
+    feature_config: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "training_arguments", MappingProxyType(dict(self.training_arguments)))
+        object.__setattr__(self, "feature_config", MappingProxyType(dict(self.feature_config)))
 
     def model_class(self):
         """The transformers Auto class of the task's models (e.g. `transformers.AutoModelForObjectDetection`)."""

@@ -1,7 +1,8 @@
 """How `PruneFuseTrainer` sets up a run whose examples carry annotations the model's image processor transforms with
-the image (object detection: boxes follow the resize). The run's steps are the same as for classification; what
-differs is checked and built here, before any work: the task, the pool and evaluation set (validated by the task),
-the model of the task's Auto class, its image processor, and the run's [`AnnotatedExamples`].
+the image (object detection: boxes follow the resize; semantic segmentation: masks are resized with the pixels). The
+run's steps are the same as for classification; what differs is checked and built here, before any work: the task,
+the pool and evaluation set (validated by the task, with the options its `run_options` reads from the settings), the
+model of the task's Auto class, its image processor, and the run's [`AnnotatedExamples`].
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from .task_examples import AnnotatedExamples
 from .training_settings import check_model_settings
 
 logger = logging.get_logger(__name__)
+
+# The run setting of a task's column option where their names differ: the guide's mask column is `label`.
+_COLUMN_SETTINGS = {"mask_column": "label_column"}
 
 
 def annotated_task(model, args):
@@ -85,20 +89,18 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
             "PruneFuseTrainer needs the pool as `train_dataset` (a datasets.Dataset or a DataPool)."
         )
     pool = train_dataset if isinstance(train_dataset, DataPool) else DataPool(train_dataset)
-    options = {"image_column": args.image_column, "objects_column": args.objects_column,
-               "bbox_format": args.bbox_format}  # fmt: skip
+    options = task.run_options(args)
+    column, option = options[task.annotation_option], task.annotation_option
     trainer.task = task
-    if (
-        args.objects_column not in pool.dataset.column_names
-        or args.image_column not in pool.dataset.column_names
-    ):
+    if column not in pool.dataset.column_names or args.image_column not in pool.dataset.column_names:
+        model_name = type(model).__name__ if isinstance(model, PreTrainedModel) else "this model"
         raise ValueError(
-            f"The pool has no column {args.objects_column!r} or {args.image_column!r} (its columns are "
-            f"{pool.dataset.column_names}): a {task.name} run with {type(model).__name__ if isinstance(model, PreTrainedModel) else 'this model'} "
-            f"reads each image and its annotations ({', '.join(task.columns)}). Set objects_column / image_column, or "
-            "use an *ForImageClassification model for a classification dataset."
+            f"The pool has no column {column!r} or {args.image_column!r} (its columns are "
+            f"{pool.dataset.column_names}): a {task.name} run with {model_name} reads each image and its annotations "
+            f"({', '.join(task.columns)}). Set {_COLUMN_SETTINGS.get(option, option)} / image_column, or use an "
+            "*ForImageClassification model for a classification dataset."
         )
-    trainer.class_names = task.class_names(pool.dataset, args.objects_column, args.class_names)
+    trainer.class_names = task.class_names(pool.dataset, column, args.class_names)
     pool.dataset = task.validate(pool.dataset, class_names=trainer.class_names, **options)
     if eval_dataset is not None:
         eval_dataset = _validated(task, eval_dataset, options, trainer.class_names, "the evaluation set")
@@ -115,12 +117,9 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
         processor = task_image_processor(
             dense.config, args.image_size, first_image(pool.dataset, args.image_column)
         )
-    options["num_channels"] = model_num_channels(dense.config)
-    score_options = {"num_labels": len(trainer.class_names), "aggregation": args.detection_aggregation,
-                     "threshold": args.detection_score_threshold}  # fmt: skip
-    trainer.examples = AnnotatedExamples(
-        task, pool.dataset, processor, trainer.class_names, options, score_options
-    )
+    trainer.examples = AnnotatedExamples(task, pool.dataset, processor, trainer.class_names, options,
+                                         task.score_options(args, trainer.class_names),
+                                         num_channels=model_num_channels(dense.config))  # fmt: skip
     trainer.examples.outputs(trainer.strategy.needs)  # a strategy the task cannot rank is refused now
     trainer.pruned_at_init = None
     if args.pruning_ratio > 0 and not initialized_run(args):
@@ -143,13 +142,10 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
 def validated_annotations(trainer, dataset, what: str, allow_unlabeled: bool):
     """A dataset given to `evaluate()` / `predict()`, validated by the run's task (without annotations only where
     `allow_unlabeled`)."""
-    options = {
-        key: trainer.examples.prepare_options[key]
-        for key in ("image_column", "objects_column", "bbox_format")
-    }
+    options = trainer.examples.data_options
     if isinstance(dataset, DataPool):
         dataset = dataset.dataset
-    if allow_unlabeled and options["objects_column"] not in dataset.column_names:
+    if allow_unlabeled and trainer.examples.annotation_column not in dataset.column_names:
         return dataset
     return _validated(trainer.task, dataset, options, trainer.class_names, what)
 
@@ -169,13 +165,13 @@ def _check_settings(task, args) -> None:
         "annotation": (
             args.annotation == "human",
             "human",
-            "simulated (boxes from the pool's objects column)",
+            "simulated (the annotations of the pool's own column)",
         ),
         "seed_labels": (args.seed_labels is not None, args.seed_labels, "none (draw initial_labeled_size)"),
         "selector": (args.selector == "linear_probe", "linear_probe", "trained"),
         "surrogate_distill_epochs": (args.surrogate_distill_epochs > 0, args.surrogate_distill_epochs, "0"),
         "initial_strategy": (args.initial_strategy != "random", args.initial_strategy, "random"),
-        "augment": (args.augment, True, "false (augmentations that move boxes are not applied)"),
+        "augment": (args.augment, True, "false (augmentations that move annotations are not applied)"),
     }
     if "distill_alpha" in args.method_overrides and args.distill_alpha > 0:
         refused["distill_alpha"] = (True, args.distill_alpha, "0 (the models train with their own loss)")

@@ -24,6 +24,7 @@ from ..constants import (
     PIXEL_CACHE_FORMATS,
     PIXEL_CACHE_SCOPES,
     RESOLUTIONS,
+    SEGMENTATION_AGGREGATIONS,
     SELECTORS,
     SURROGATE_INITS,
     TASK_NAMES,
@@ -85,12 +86,15 @@ class PruneFuseConfig(TrainingArguments):
         > Parameters that control the data
 
         task (`str`, *optional*):
-            The task: `"image-classification"` or `"object-detection"` (`pipeline()` names). Defaults to the model's
-            (a `*ForObjectDetection` model or config runs object detection).
+            The task: `"image-classification"`, `"object-detection"` or `"image-segmentation"` (`pipeline()` names).
+            Defaults to the model's (a `*ForObjectDetection` model or config runs object detection, a
+            `*ForSemanticSegmentation` one semantic segmentation).
         image_column (`str`, *optional*, defaults to `"image"`):
             Column of the pool (and the evaluation set) holding the images.
         label_column (`str`, *optional*, defaults to `"label"`):
-            Column holding integer class ids (a `ClassLabel` gives the class names).
+            Column holding integer class ids (a `ClassLabel` gives the class names). Semantic segmentation: the column
+            holding each image's mask of class ids (the transformers semantic-segmentation guide's `label`;
+            scene_parse_150's `annotation`).
         class_names (`list[str]`, *optional*):
             Names of the classes in class-id order, for datasets whose label column has none. They become the
             model's `id2label`.
@@ -105,6 +109,10 @@ class PruneFuseConfig(TrainingArguments):
         bbox_format (`str`, *optional*, defaults to `"coco"`):
             Object detection: how `bbox` is stored: `"coco"` (`[x, y, width, height]` pixels), `"pascal_voc"`
             (`[x_min, y_min, x_max, y_max]` pixels) or `"yolo"` (normalized `[x_center, y_center, width, height]`).
+        reduce_labels (`bool`, *optional*, defaults to `False`):
+            Semantic segmentation: the masks use 0 for a background that is not a class (ADE20k, scene_parse_150):
+            every id is lowered by one and 0 becomes the ignore index 255, as the image processors'
+            `do_reduce_labels` does (the processor's own setting is not read: set this).
         annotation (`str`, *optional*, defaults to `"simulated"`):
             Where labels come from: `"simulated"` reveals the pool's label column; `"human"` stops after every
             selection with the query batch written for annotators, and continues once labels are ingested.
@@ -152,6 +160,11 @@ class PruneFuseConfig(TrainingArguments):
         detection_score_threshold (`float`, *optional*, defaults to `0.5`):
             Object detection: the detection score (best real class's probability) a query needs to count as one of
             the image's detections; an image with none is scored by its most likely one.
+        segmentation_aggregation (`str`, *optional*, defaults to `"mean"`):
+            Semantic segmentation: how the uncertainties of an image's pixels (the strategy's measure of each pixel's
+            class distribution) become the image's score: `"mean"`, `"max"` or `"class_weighted"` (the mean over the
+            classes predicted in the image of their pixels' mean, so that a small region counts as much as a large
+            one). Pixels are scored at the logits' resolution.
         mc_samples (`int`, *optional*, defaults to `10`):
             Stochastic forward passes per example for MC-dropout strategies (`bald`).
         selection_seed (`int` or `None`, *optional*, defaults to `None`):
@@ -393,6 +406,13 @@ class PruneFuseConfig(TrainingArguments):
     bbox_format: str = field(
         default="coco", metadata={"help": f"Object detection: how `bbox` is stored: {_names(BBOX_FORMATS)}."}
     )
+    reduce_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "Semantic segmentation: masks use 0 for a background that is not a class (ADE20k): ids are "
+            "lowered by one and 0 is ignored (the image processors' do_reduce_labels)."
+        },
+    )
     annotation: str = field(
         default="simulated",
         metadata={
@@ -474,6 +494,13 @@ class PruneFuseConfig(TrainingArguments):
         metadata={
             "help": "Object detection: detection score a query needs to count as a detection when an image is "
             "scored (an image without one is scored by its most likely detection)."
+        },
+    )
+    segmentation_aggregation: str = field(
+        default="mean",
+        metadata={
+            "help": f"Semantic segmentation: how an image's per-pixel uncertainties become its score: "
+            f"{_names(SEGMENTATION_AGGREGATIONS)}."
         },
     )
     selection_seed: int | None = field(
@@ -688,6 +715,8 @@ class PruneFuseConfig(TrainingArguments):
             check_choice("task", self.task, TASK_NAMES)
         check_choice("bbox_format", self.bbox_format, BBOX_FORMATS)
         check_choice("detection_aggregation", self.detection_aggregation, DETECTION_AGGREGATIONS)
+        check_choice("segmentation_aggregation", self.segmentation_aggregation, SEGMENTATION_AGGREGATIONS)
+        check_boolean("reduce_labels", self.reduce_labels)
         self.detection_score_threshold = check_number(
             "detection_score_threshold",
             self.detection_score_threshold,

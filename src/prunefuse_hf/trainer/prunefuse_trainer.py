@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from transformers import (
     AutoConfig,
-    PretrainedConfig,
     PreTrainedModel,
     Trainer,
     TrainerCallback,
@@ -193,14 +192,15 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
     ):
         args = _as_config(args)
         configure_package_logging(args)
-        _check_trained_task(model)
         # ---- every check that can run before anything is built or written ----
         if isinstance(model, (str, os.PathLike)):
             check_hub_model("model", model)  # a Hub id the Hub cannot serve: refused now, not after retries
         task = annotated_task(model, args)
         check_training_settings(args, (task or CLASSIFICATION).metric_names, task_name=(task or CLASSIFICATION).name,
                                 callbacks=callbacks, has_eval_set=eval_dataset is not None)  # fmt: skip
-        if task is not None:  # object detection: its images are prepared with their boxes (`annotated_run`)
+        if (
+            task is not None
+        ):  # detection, segmentation: images are prepared with their boxes or masks (`annotated_run`)
             init_annotated_run(self, task, model, args, train_dataset, eval_dataset, processing_class, callbacks,
                                compute_metrics, recipe=recipe, resume_command=resume_command)  # fmt: skip
             return
@@ -520,7 +520,7 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         return super().get_test_dataloader(self._prepared(test_dataset, "the test set", allow_unlabeled=True))
 
     def _prepared(self, dataset, what: str, allow_unlabeled: bool):
-        if self.preprocessor is None:  # prepared by the task as it is read (object detection)
+        if self.preprocessor is None:  # prepared by the task as it is read (detection, segmentation)
             return self.examples.prepared(validated_annotations(self, dataset, what, allow_unlabeled))
         # Not the run's pool or evaluation set: cached only when asked (pixel_cache_scope: all), so that predictions
         # on new images leave no permanent cache entry behind.
@@ -686,26 +686,6 @@ def _main_process_first(args):
 
     state = PartialState(cpu=args.use_cpu)
     return state.main_process_first() if state.num_processes > 1 else contextlib.nullcontext()
-
-
-def _check_trained_task(model) -> None:
-    """Refuse, before any work, a model of a task the run does not train end to end yet (semantic segmentation):
-    its pruning and fusion work from Python (`prune_model`, `fuse_into_dense`), but the run's pool, labels and inner
-    training are image classification's and object detection's."""
-    from transformers.models.auto import modeling_auto
-
-    class_name = type(model).__name__ if isinstance(model, PreTrainedModel) else None
-    if class_name is None and isinstance(model, PretrainedConfig):
-        class_name = (model.architectures or [None])[0]
-    other_tasks = {"image-segmentation": modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES}
-    for task, mapping in other_tasks.items():
-        if class_name in set(mapping.values()):
-            raise ValueError(
-                f"{class_name} is a {task} model: PruneFuseTrainer and `prunefuse-hf run` train image classifiers "
-                f"and object detectors for now. Its pruning and fusion work from Python (prune_model, fuse_into_dense, "
-                f"load_surrogate), and prunefuse_hf.get_task gives the task's data checks, scores and metric where it "
-                "has one; for a run, use an *ForImageClassification model."
-            )
 
 
 def _check_trainable(dense: PreTrainedModel, input_shape: tuple, args: PruneFuseConfig) -> None:

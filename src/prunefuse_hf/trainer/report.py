@@ -67,7 +67,7 @@ def render_report(
 ) -> str:
     costs = metrics["costs"]
     metric = metrics.get("metric", "accuracy")
-    short = {"accuracy": "acc", "map": "mAP"}.get(metric, metric)
+    short = {"accuracy": "acc", "map": "mAP", "mean_iou": "mIoU"}.get(metric, metric)
     lines = [
         "# PruneFuse run report",
         "",

@@ -35,13 +35,14 @@ RESULT_FIELDS = (
     "max_grad_norm", "surrogate_num_train_epochs", "surrogate_learning_rate",
     "surrogate_per_device_train_batch_size", "bf16", "fp16", "eval_strategy", "eval_steps", "sync_batchnorm",
     "task", "objects_column", "bbox_format", "detection_aggregation", "detection_score_threshold",
+    "reduce_labels", "segmentation_aggregation",
 )  # fmt: skip
 
 
 # Settings added after runs of state version 3 were written: such a run ran with these values, so it resumes.
 ADDED_SETTINGS = {"initial_strategy": "random", "selector": "trained", "surrogate_distill_epochs": 0.0,
                   "task": None, "objects_column": "objects", "bbox_format": "coco", "detection_aggregation": "max",
-                  "detection_score_threshold": 0.5}  # fmt: skip
+                  "detection_score_threshold": 0.5, "reduce_labels": False, "segmentation_aggregation": "mean"}  # fmt: skip
 
 
 def result_settings(args, processor, input_shape: tuple, pool_size: int, eval_dataset) -> dict:

@@ -4,14 +4,16 @@ is on the same pool).
 
 - [`PixelExamples`] (image classification): the pool decoded once into the run's pixel cache, class ids as labels,
   the [`DistillationTrainer`].
-- [`AnnotatedExamples`] (object detection): each image goes through the task's `prepare` (the model's image
-  processor, with its boxes) as it is read, the stock `Trainer` with the task's collator, loss and metric.
+- [`AnnotatedExamples`] (object detection, semantic segmentation): each image goes through the task's `prepare` (the
+  model's image processor, with its boxes or mask) as it is read, the stock `Trainer` with the task's collator, loss
+  and metric.
 
 The trainer builds one of them; the steps (`trainer/steps.py`) call only these methods.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -92,32 +94,39 @@ class PixelExamples:
 class AnnotatedExamples:
     """
     The examples of a task whose annotations go through the model's image processor with the image (object
-    detection: boxes are resized with it): rows of the pool, prepared by the task as they are read.
+    detection: boxes are resized with it; semantic segmentation: masks are): rows of the pool, prepared by the task
+    as they are read.
 
     Args:
         task ([`Task`]): The run's task (its `prepare`, `collate`, `image_scores`, `pooled_features`,
-            `compute_metrics`, `metric_names`, `training_arguments`).
+            `compute_metrics`, `metric_names`, `training_arguments`, `annotation_option`, `class_counts`,
+            `feature_config`).
         pool (`datasets.Dataset`): The pool, validated by the task.
         image_processor ([`~transformers.BaseImageProcessor`]): The model's processor (saved with every checkpoint).
         class_names (`list[str]`): The run's classes.
-        prepare_options (`dict`): The task's `prepare` options (`image_column`, `objects_column`, `bbox_format`,
-            `num_channels`).
-        score_options (`dict`): The task's `image_scores` options besides the measure (e.g. `aggregation`,
-            `threshold`, `num_labels`).
+        data_options (`dict`): The task's `validate` / `prepare` options (its `run_options`: e.g. `image_column`,
+            `objects_column`, `bbox_format`; `mask_column`, `reduce_labels`).
+        score_options (`dict`): The task's `image_scores` options besides the measure (its `score_options`: e.g.
+            `aggregation`, `threshold`, `num_labels`).
+        num_channels (`int`, *optional*, defaults to 3): The model's input channels.
     """
 
-    def __init__(self, task, pool, image_processor, class_names, prepare_options: dict, score_options: dict):
-        self.task, self.pool, self.image_processor = task, pool, image_processor
-        self.class_names, self.prepare_options, self.score_options = (
+    def __init__(self, task, pool, image_processor, class_names, data_options: dict, score_options: dict,
+                 num_channels: int = 3):  # fmt: skip
+        self.task, self.pool, self.image_processor, self.class_names = (
+            task,
+            pool,
+            image_processor,
             class_names,
-            prepare_options,
-            score_options,
         )
+        self.data_options, self.score_options = dict(data_options), score_options
+        self.prepare_options = {**self.data_options, "num_channels": num_channels}
+        self.annotation_column = self.data_options[task.annotation_option]
         self.metric = task.metric_names[0]
 
     def outputs(self, needs) -> tuple[str, ...]:
         """What `score` computes for a strategy that needs `needs`: the task's per-image `scores` in place of class
-        probabilities (an image holds many detections), its pooled `features`."""
+        probabilities (an image holds many detections or pixels), its pooled `features`."""
         unsupported = set(needs) - {"probs", "features"}
         if unsupported or set(needs) == {"probs", "features"}:
             raise ValueError(
@@ -132,21 +141,15 @@ class AnnotatedExamples:
         return None
 
     def class_counts(self, indices: np.ndarray, labels=None) -> Counter:
-        """Annotated objects per class name in the rows `indices`."""
-        column = self.prepare_options.get("objects_column")
-        objects = self.pool.select(np.asarray(indices)).select_columns([column])[column]
-        return Counter(
-            self.class_names[int(c)]
-            for row in objects
-            for c in (row["category"] if isinstance(row, dict) else [o["category"] for o in row])
-        )
+        """Per class name, what the annotations of the rows `indices` hold of it (the task's `class_counts`)."""
+        rows = self.pool.select(np.asarray(indices))
+        return self.task.class_counts(rows, self.class_names, **self.data_options)
 
     def prepared(self, dataset, *, with_annotations: bool = True):
         """`dataset` as the model reads it (the task's `prepare` as a transform); without its annotations when
         scoring (the pool's labels are not read to select)."""
-        annotations = self.prepare_options.get("objects_column")
-        if not with_annotations and annotations in dataset.column_names:
-            dataset = dataset.remove_columns(annotations)
+        if not with_annotations and self.annotation_column in dataset.column_names:
+            dataset = dataset.remove_columns(self.annotation_column)
         return dataset.with_transform(self.task.prepare(self.image_processor, **self.prepare_options))
 
     def train_dataset(self, indices: np.ndarray):
@@ -179,28 +182,58 @@ class AnnotatedExamples:
         if "scores" in outputs:
             image_scores = functools.partial(self.task.image_scores, measure=measure, **self.score_options)
         dataset = self.prepared(self.pool.select(np.asarray(indices)), with_annotations=False)
-        return score_pool(model, dataset, indices, batch_size=args.scoring_batch_size, outputs=outputs,
-                          accelerator=accelerator, gather=gather, num_workers=args.dataloader_num_workers,
-                          show_progress=not args.disable_tqdm, collate=self.task.collate, image_scores=image_scores,
-                          pooled_features=self.task.pooled_features)  # fmt: skip
+        settings = self.task.feature_config if "features" in outputs else {}
+        with _config_values(model, settings):
+            return score_pool(model, dataset, indices, batch_size=args.scoring_batch_size, outputs=outputs,
+                              accelerator=accelerator, gather=gather, num_workers=args.dataloader_num_workers,
+                              show_progress=not args.disable_tqdm, collate=self.task.collate,
+                              image_scores=image_scores, pooled_features=self.task.pooled_features)  # fmt: skip
 
     def row_digests(self, rows: np.ndarray) -> np.ndarray:
-        """A digest of each row's stored image bytes and annotations (`uint64`, never 0)."""
+        """A digest of each row's stored image bytes and annotations (masks: their stored bytes; `uint64`, never
+        0)."""
         import datasets
 
-        column = self.prepare_options.get("image_column", "image")
-        raw = self.pool.select(np.asarray(rows)).cast_column(column, datasets.Image(decode=False))
+        raw = self.pool.select(np.asarray(rows))
+        # Image columns (the images, and masks) are digested by their stored bytes, never by a decoded object.
+        images = [name for name, feature in raw.features.items() if isinstance(feature, datasets.Image)]
+        for name in images:
+            raw = raw.cast_column(name, datasets.Image(decode=False))
         digests = np.empty(len(rows), dtype=np.uint64)
         for position, row in enumerate(raw):
-            image = row.pop(column)
-            content = image.get("bytes")
-            if content is None and image.get("path"):
-                with open(image["path"], "rb") as file:
-                    content = file.read()
-            digest = hashlib.blake2b(content or b"", digest_size=8)
+            digest = hashlib.blake2b(digest_size=8)
+            for name in images:
+                digest.update(_stored_bytes(row.pop(name)))
             digest.update(repr(sorted(row.items())).encode())
             digests[position] = int.from_bytes(digest.digest(), "big") or 1
         return digests
+
+
+def _stored_bytes(image) -> bytes:
+    if not image:
+        return b""
+    content = image.get("bytes")
+    if content is None and image.get("path"):
+        with open(image["path"], "rb") as file:
+            content = file.read()
+    return content or b""
+
+
+@contextlib.contextmanager
+def _config_values(model, values):
+    """Run `model` with these config values (e.g. `output_hidden_states=True` while pooled features are read)."""
+    config = getattr(model, "config", None)
+    if config is None or not values:
+        yield
+        return
+    before = {name: getattr(config, name, None) for name in values}
+    for name, value in values.items():
+        setattr(config, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(config, name, value)
 
 
 class AnnotatedTrainer(WholeSetEvaluation, Trainer):

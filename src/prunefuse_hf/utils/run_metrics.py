@@ -45,7 +45,7 @@ def build_metrics(progress: dict) -> dict:
     return {
         "rounds": rounds,
         # The run's `pipeline()` task, and the evaluation metric of every record (`accuracy`; object detection's
-        # `map`). Runs written before tasks were recorded are image classification.
+        # `map`; semantic segmentation's `mean_iou`). Runs written before tasks were recorded are image classification.
         "task": progress.get("task", "image-classification"),
         "metric": progress.get("metric", "accuracy"),
         "final": progress.get("final", {}),

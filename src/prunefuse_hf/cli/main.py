@@ -8,6 +8,7 @@ Subcommands:
     push      push a finished run to the Hub: fused model + card, selected subset, surrogate
     label     bring annotators' labels for a run's open query (annotation: human), then resume the run
     label-studio push|pull   send the open query to a running Label Studio / pull its export and ingest it
+    label-studio backend     serve a run's surrogate as a Label Studio ML backend (pre-annotations for any task)
     label-studio loop        run a recipe (annotation: human) to its end through Label Studio: push, wait, pull, resume
     cache list|clear         list the pixel caches (size, images, format, last use) / remove old ones
 
@@ -339,6 +340,34 @@ def _add_label_studio_parser(subparsers) -> None:
     pull.add_argument("--label_column", help="The name of the class tag when the config has several.")
     pull.set_defaults(func=_label_studio_pull, index_column=None)
     _add_ingest_arguments(pull)
+    backend = actions.add_parser(
+        "backend",
+        help="Serve the run's latest trained surrogate as a Label Studio ML backend (Settings -> Model -> Connect "
+        "model): pre-annotations for any task of the project, tasks imported by hand included.",
+    )
+    backend.add_argument("run_dir", help="The run directory (annotation: human, image classification).")
+    backend.add_argument("--port", type=int, required=True, help="The port the backend listens on.")
+    backend.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="The address it listens on, as Label Studio reaches it (default 127.0.0.1).",
+    )
+    backend.add_argument(
+        "--url",
+        help=f"The Label Studio server, to fetch images it serves (default: the run's project, or "
+        f"{LABEL_STUDIO_URL_ENV}).",
+    )
+    backend.add_argument(
+        "--document_root",
+        help=f"The server's {LABEL_STUDIO_DOCUMENT_ROOT_ENV} (default: that variable): local-file images are read "
+        "from it directly.",
+    )
+    backend.add_argument(
+        "--wake_url",
+        help="Pass every webhook Label Studio sends to the backend's /webhook on to this address: a running "
+        "`label-studio loop --webhook_port P` listens on http://127.0.0.1:P/ and wakes at once.",
+    )
+    backend.set_defaults(func=_label_studio_backend)
     # Parsed by cli/label_studio_loop.py (the recipe's fields are its flags); listed here for `label-studio --help`.
     actions.add_parser(
         "loop",
@@ -356,6 +385,14 @@ def _label_studio_push(args) -> None:
         f"({result['already']} were already there; {result['local_files']} images served as local files)"
     )
     print(f"next, once annotated: prunefuse-hf label-studio pull {args.run_dir}")
+
+
+def _label_studio_backend(args) -> None:
+    from ..annotation.backend import serve_label_studio_backend
+
+    serve_label_studio_backend(args.run_dir, host=args.host, port=args.port, url=args.url,
+                               document_root=args.document_root, wake_url=args.wake_url,
+                               report=lambda message: print(message, flush=True))  # fmt: skip
 
 
 def _label_studio_pull(args) -> None:

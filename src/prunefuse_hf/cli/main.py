@@ -270,7 +270,8 @@ def _add_ingest_arguments(parser) -> None:
         "--resolve",
         choices=RESOLUTIONS,
         help="How an image that annotators answered differently gets its label: the annotation marked ground truth, "
-        "the majority answer (a tie goes to ground truth or is refused), or the latest. Default: refuse, naming them.",
+        "the majority answer (a tie goes to ground truth or is refused), or the latest. Default: the run's "
+        "annotation_resolve, else refuse, naming them.",
     )
     parser.add_argument(
         "--requery_skipped",
@@ -286,12 +287,17 @@ def _label(args) -> None:
 
 
 def _ingest(args, source, ingest_labels) -> None:
-    from ..annotation.queries import open_query
+    from ..annotation.queries import open_query, read_run_state
     from ..utils.run_directory import RunDirectory
 
     query = open_query(args.run_dir)
+    resolve = args.resolve
+    if resolve is None:  # the run's recipe decides, as it does for the loop
+        resolve = (read_run_state(args.run_dir).get("recipe") or {}).get("annotation_resolve")
+        if resolve is not None:
+            print(f"answers that disagree: the run's annotation_resolve ({resolve}) decides")
     result = ingest_labels(args.run_dir, source, allow_partial=args.allow_partial, overwrite=args.overwrite,
-                           label_column=args.label_column, index_column=args.index_column, resolve=args.resolve,
+                           label_column=args.label_column, index_column=args.index_column, resolve=resolve,
                            requery_skipped=args.requery_skipped)  # fmt: skip
     round_, expected = query
     answered = len(expected) - result.missing.size
@@ -399,7 +405,7 @@ def _label_studio_pull(args) -> None:
     from ..annotation.label_studio_api import pull_export
     from ..annotation.store import ingest_labels
 
-    path = pull_export(args.run_dir, url=args.url)
+    path = pull_export(args.run_dir, url=args.url, report=print)
     print(f"export saved to {path}")
     _ingest(args, path, ingest_labels)
 

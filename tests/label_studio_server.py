@@ -79,6 +79,8 @@ class LabelStudioServer:
             "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
             # Lets the loop's webhook call back to 127.0.0.1 (Label Studio blocks local addresses by default).
             "SSRF_PROTECTION_ENABLED": "false",
+            # Lets the project connect to the ML backend the tests start on 127.0.0.1.
+            "ML_BLOCK_LOCAL_IP": "false",
             "LATEST_VERSION_CHECK": "false",
             "COLLECT_ANALYTICS": "false",
         }

@@ -14,6 +14,7 @@ from .constants import VERSION as __version__  # noqa: F401
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
+        "annotation.backend": ["serve_label_studio_backend"],
         "annotation.labels": ["LabelBatch"],
         "annotation.loop": ["label_studio_loop"],
         "annotation.queries": ["write_query_batch"],

@@ -178,3 +178,59 @@ def test_unreachable_server_and_missing_token_are_named(tmp_path, monkeypatch):
     client = LabelStudioClient("http://127.0.0.1:9", token="x", timeout=2)
     with pytest.raises(LabelError, match=re.escape("Label Studio at http://127.0.0.1:9 cannot be reached")):
         client.get("/api/version")
+
+
+def test_pull_and_add_labels_follow_the_runs_policy_and_report_labels_edited_after_the_pull(
+    label_studio, tmp_path, monkeypatch, capsys
+):
+    from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+    from prunefuse_hf.cli.main import main
+
+    server = label_studio
+    pool_data = make_image_dataset(32, num_classes=4, size=16, mode="RGB", seed=5)
+    truth = {i: CLASSES[y] for i, y in enumerate(pool_data["label"])}
+    run_dir = tmp_path / "run"
+    pool_data.remove_columns("label").save_to_disk(str(tmp_path / "pool"))
+    pool = datasets.load_from_disk(str(tmp_path / "pool"))
+    args = PruneFuseConfig(output_dir=str(run_dir), annotation="human", class_names=CLASSES,
+                           initial_labeled_size=8, query_size=6, num_rounds=1, num_train_epochs=1,
+                           per_device_train_batch_size=8, disable_tqdm=True, annotation_resolve="majority")  # fmt: skip
+    # The recipe as the CLI records it in the run's state: `label-studio pull` reads the policy there.
+    recipe = {"dataset_name": str(tmp_path / "pool"), "eval_split": None, "annotation": "human",
+              "annotation_resolve": "majority"}  # fmt: skip
+    trainer = PruneFuseTrainer(tiny_resnet_config(num_labels=4), args=args, train_dataset=pool, recipe=recipe)
+    trainer.train()
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    project = push_query(run_dir, url=server.url)["project"]
+    tasks = server.round_tasks(project, 1)
+    disputed, _ = _team_answers(server, tasks, truth)
+    assert trainer.add_labels(pull_export(run_dir, url=server.url)).added == 7  # no resolve given: the run's
+    rows = {row["pool_index"]: row for row in pq.read_table(run_dir / "labels.parquet").to_pylist()}
+    assert rows[disputed]["resolution"] == "majority"
+
+    trainer.train(resume_from_checkpoint=True)
+    push_query(run_dir, url=server.url)
+    disputed_2, _ = _team_answers(server, server.round_tasks(project, 2), truth)
+    # An annotator changes a round-1 answer after the run pulled (and trained on) it.
+    edited = tasks[3]
+    index = edited["data"]["pool_index"]
+    (annotation,) = server.session.get(f"{server.url}/api/tasks/{edited['id']}/annotations").json()
+    wrong = CLASSES[(CLASSES.index(truth[index]) + 1) % 4]
+    result = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [wrong]}}]
+    server.session.patch(
+        f"{server.url}/api/annotations/{annotation['id']}", json={"result": result}
+    ).raise_for_status()
+
+    assert main(["label-studio", "pull", str(run_dir), "--url", server.url]) == 0
+    out = capsys.readouterr().out
+    assert "answers that disagree: the run's annotation_resolve (majority) decides" in out
+    assert "5 of 6 queried examples labeled, 1 skipped" in out
+    assert "1 labels of earlier rounds were changed in Label Studio after they were pulled:" in out
+    assert (
+        f"task {edited['id']} (pool_index {index}, round 1): stored {truth[index]!r} by ann1@example.com (annotation "
+        f"{annotation['id']}); since then edited to {wrong!r} by " in out
+    ), out
+    assert "The stored labels stay" in out and "seed_labels" in out
+    rows = {row["pool_index"]: row for row in pq.read_table(run_dir / "labels.parquet").to_pylist()}
+    assert CLASSES[rows[index]["label"]] == truth[index] and rows[index]["round"] == 1  # kept as stored
+    assert rows[disputed_2]["resolution"] == "majority" and rows[disputed_2]["round"] == 2

@@ -104,7 +104,18 @@ def test_the_loop_runs_two_rounds_with_a_skip_and_a_disagreement_fixed_mid_round
         time.sleep(3 * POLL)  # the loop keeps waiting meanwhile
         assert open_query(run_dir)[0] == 1 and not (run_dir / "labels.parquet").exists()
         server.session.delete(f"{server.url}/api/annotations/{wrong_id}").raise_for_status()
-        for task in team.round_tasks(2, 6):
+        round_2 = team.round_tasks(2, 6)
+        # Round 1 was pulled and trained on: an annotator now changes one of its answers in Label Studio.
+        edited = tasks[1]
+        (annotation,) = server.session.get(f"{server.url}/api/tasks/{edited['id']}/annotations").json()
+        right = truth[edited["data"]["pool_index"]]
+        new = CLASSES[(CLASSES.index(right) + 1) % 4]
+        result = [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [new]}}]
+        server.session.patch(
+            f"{server.url}/api/annotations/{annotation['id']}", json={"result": result}
+        ).raise_for_status()
+        found.update(edited=edited, old=right, new=new)
+        for task in round_2:
             server.annotate(task["id"], team.user(0), truth[task["data"]["pool_index"]])
 
     trainer = _trainer(pool, run_dir)
@@ -114,6 +125,16 @@ def test_the_loop_runs_two_rounds_with_a_skip_and_a_disagreement_fixed_mid_round
         label_studio_loop(trainer, url=server.url, poll_interval=POLL, report=team.report)
     finally:
         team.check()
+    edits = [m for m in team.messages if "changed in Label Studio after they were pulled" in m]
+    assert len(edits) == 1, team.messages  # said once, not at every poll
+    edited = found["edited"]
+    assert (
+        f"task {edited['id']} (pool_index {edited['data']['pool_index']}, round 1): stored {found['old']!r} by "
+        f"ann1@example.com"
+        in edits[0]
+        and f"since then edited to {found['new']!r}" in edits[0]
+    )
+    assert "The stored labels stay" in edits[0]
 
     assert (
         trainer.done and (run_dir / "fused" / "config.json").is_file() and (run_dir / "report.md").is_file()
@@ -136,7 +157,7 @@ def test_the_loop_runs_two_rounds_with_a_skip_and_a_disagreement_fixed_mid_round
     rows = {row["pool_index"]: row for row in pq.read_table(run_dir / "labels.parquet").to_pylist()}
     assert len(rows) == 13 and {i: CLASSES[row["label"]] for i, row in rows.items()} == {
         i: truth[i] for i in rows
-    }
+    }  # the edited answer is reported, the stored label kept
     assert rows[found["disputed"]]["annotator"] == "ann1@example.com"
     assert rows[found["disputed"]]["resolution"] == "single"  # the wrong answer was deleted
     assert found["skipped"] not in rows
@@ -282,3 +303,44 @@ def test_the_webhook_wakes_the_loop_and_is_removed_at_the_end(
     project = json.loads((run_dir / "label_studio.json").read_text())["project"]
     hooks = server.session.get(f"{server.url}/api/webhooks/", params={"project": project}).json()
     assert [h for h in hooks if h["url"] == f"http://127.0.0.1:{port}/"] == []
+
+
+def test_a_webhook_label_studio_refuses_is_said_and_the_loop_polls(
+    label_studio, tmp_path, monkeypatch, pool_and_truth
+):
+    import socket
+
+    server = label_studio
+    pool, truth = pool_and_truth
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    # An action this server does not know: it answers 400, as a server with SSRF protection does for 127.0.0.1.
+    monkeypatch.setattr(
+        "prunefuse_hf.annotation.loop._WEBHOOK_ACTIONS", ["ANNOTATION_CREATED", "NO_SUCH_ACTION"]
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def script(team):
+        for round_, count in ((1, 8), (2, 6)):
+            for task in team.round_tasks(round_, count):
+                server.annotate(task["id"], team.user(0), truth[task["data"]["pool_index"]])
+
+    trainer = _trainer(pool, run_dir)
+    team = Team(server, run_dir, script)
+    team.thread.start()
+    try:
+        label_studio_loop(trainer, url=server.url, poll_interval=POLL, webhook_port=port, report=team.report)
+    finally:
+        team.check()
+    assert trainer.done
+    refused = [m for m in team.messages if "refused the webhook" in m]
+    assert len(refused) == 1, team.messages  # said once, for both rounds
+    assert refused[0].startswith(
+        f"Label Studio refused the webhook to http://127.0.0.1:{port}/ (Label Studio POST"
+    )
+    assert "SSRF_PROTECTION_ENABLED=false" in refused[0] and refused[0].endswith("Polling only.")
+    assert not team.said("the loop wakes at every answer")
+    project = json.loads((run_dir / "label_studio.json").read_text())["project"]
+    assert server.session.get(f"{server.url}/api/webhooks/", params={"project": project}).json() == []

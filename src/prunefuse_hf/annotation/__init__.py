@@ -7,6 +7,7 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
+        "backend": ["LabelStudioBackend", "serve_label_studio_backend"],
         "label_studio": ["AnswersDisagree", "label_studio_config", "label_studio_prediction"],
         "label_studio_api": ["LabelStudioClient", "LabelStudioUnreachable", "pull_export", "push_query"],
         "labels": ["ClassLookup", "LabelBatch", "LabelError", "check_class_names", "parse_pool_index"],

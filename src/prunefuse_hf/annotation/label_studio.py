@@ -160,6 +160,17 @@ def _class_answer(annotation: dict, label_column, where: str):
     return values[0] if values else None
 
 
+def annotation_class(annotation: dict, label_column=None):
+    """The class one Label Studio annotation answers, or `None` (a skip, no class result, or an answer PruneFuse
+    cannot read as one class)."""
+    if truthy(annotation.get("was_cancelled")) or truthy(annotation.get("skipped")):
+        return None
+    try:
+        return _class_answer(annotation, label_column, f"annotation {annotation.get('id')}")
+    except LabelError:
+        return None
+
+
 def is_label_studio_tasks(items: list[dict]) -> bool:
     """Whether JSON items are Label Studio tasks (each holds a `data` dict), not a flat annotation export."""
     return all(isinstance(item.get("data"), dict) for item in items)

@@ -9,7 +9,8 @@ finishes: the final model, and the Hub push when the run's `push_to_hub` is set.
 The loop keeps nothing that the run directory and the Label Studio project do not hold: stopped at any moment
 (Ctrl-C, a crash, a reboot), it is called again and picks up where it was. A server that cannot be reached is
 tried again with backoff (each try said plainly); answers that disagree under the default policy are named and
-waited on until they are fixed in Label Studio. With a webhook port, Label Studio's webhook (registered on the
+waited on until they are fixed in Label Studio; labels of earlier rounds edited in Label Studio after they were
+pulled are reported (they stay as stored). With a webhook port, Label Studio's webhook (registered on the
 project, removed on exit) wakes the loop at every annotation; polling goes on beside it.
 """
 
@@ -187,6 +188,14 @@ def _label_round(trainer, round_: int, retry: _Retry, say, *, url, token, docume
         retry("registering the webhook", lambda: webhook.register(client, project))
     users: dict[int, str] = {}
     shown, conflicts = None, None
+    said: set[str] = set()
+
+    # Labels of earlier rounds edited after their pull: said once per round, not at every poll.
+    def say_once(message: str) -> None:
+        if message not in said:
+            said.add(message)
+            say(message)
+
     while True:
         progress = retry(
             "polling the project", partial(_round_progress, client, project, round_, task_ids, users)
@@ -202,7 +211,10 @@ def _label_round(trainer, round_: int, retry: _Retry, say, *, url, token, docume
             shown = progress.describe()
             say(shown)
         if progress.complete:
-            export = retry("pulling the export", lambda: pull_export(run_dir, url=client.url, token=token))
+            export = retry(
+                "pulling the export",
+                lambda: pull_export(run_dir, url=client.url, token=token, report=say_once),
+            )
             try:
                 result = trainer.add_labels(export, resolve=policy, requery_skipped=requery_skipped)
             except AnswersDisagree as error:

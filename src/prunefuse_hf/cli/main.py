@@ -8,6 +8,7 @@ Subcommands:
     push      push a finished run to the Hub: fused model + card, selected subset, surrogate
     label     bring annotators' labels for a run's open query (annotation: human), then resume the run
     label-studio push|pull   send the open query to a running Label Studio / pull its export and ingest it
+    label-studio backend     serve a run's surrogate as a Label Studio ML backend (pre-annotations for any task)
     label-studio loop        run a recipe (annotation: human) to its end through Label Studio: push, wait, pull, resume
     cache list|clear         list the pixel caches (size, images, format, last use) / remove old ones
 
@@ -269,7 +270,8 @@ def _add_ingest_arguments(parser) -> None:
         "--resolve",
         choices=RESOLUTIONS,
         help="How an image that annotators answered differently gets its label: the annotation marked ground truth, "
-        "the majority answer (a tie goes to ground truth or is refused), or the latest. Default: refuse, naming them.",
+        "the majority answer (a tie goes to ground truth or is refused), or the latest. Default: the run's "
+        "annotation_resolve, else refuse, naming them.",
     )
     parser.add_argument(
         "--requery_skipped",
@@ -285,12 +287,17 @@ def _label(args) -> None:
 
 
 def _ingest(args, source, ingest_labels) -> None:
-    from ..annotation.queries import open_query
+    from ..annotation.queries import open_query, read_run_state
     from ..utils.run_directory import RunDirectory
 
     query = open_query(args.run_dir)
+    resolve = args.resolve
+    if resolve is None:  # the run's recipe decides, as it does for the loop
+        resolve = (read_run_state(args.run_dir).get("recipe") or {}).get("annotation_resolve")
+        if resolve is not None:
+            print(f"answers that disagree: the run's annotation_resolve ({resolve}) decides")
     result = ingest_labels(args.run_dir, source, allow_partial=args.allow_partial, overwrite=args.overwrite,
-                           label_column=args.label_column, index_column=args.index_column, resolve=args.resolve,
+                           label_column=args.label_column, index_column=args.index_column, resolve=resolve,
                            requery_skipped=args.requery_skipped)  # fmt: skip
     round_, expected = query
     answered = len(expected) - result.missing.size
@@ -339,6 +346,34 @@ def _add_label_studio_parser(subparsers) -> None:
     pull.add_argument("--label_column", help="The name of the class tag when the config has several.")
     pull.set_defaults(func=_label_studio_pull, index_column=None)
     _add_ingest_arguments(pull)
+    backend = actions.add_parser(
+        "backend",
+        help="Serve the run's latest trained surrogate as a Label Studio ML backend (Settings -> Model -> Connect "
+        "model): pre-annotations for any task of the project, tasks imported by hand included.",
+    )
+    backend.add_argument("run_dir", help="The run directory (annotation: human, image classification).")
+    backend.add_argument("--port", type=int, required=True, help="The port the backend listens on.")
+    backend.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="The address it listens on, as Label Studio reaches it (default 127.0.0.1).",
+    )
+    backend.add_argument(
+        "--url",
+        help=f"The Label Studio server, to fetch images it serves (default: the run's project, or "
+        f"{LABEL_STUDIO_URL_ENV}).",
+    )
+    backend.add_argument(
+        "--document_root",
+        help=f"The server's {LABEL_STUDIO_DOCUMENT_ROOT_ENV} (default: that variable): local-file images are read "
+        "from it directly.",
+    )
+    backend.add_argument(
+        "--wake_url",
+        help="Pass every webhook Label Studio sends to the backend's /webhook on to this address: a running "
+        "`label-studio loop --webhook_port P` listens on http://127.0.0.1:P/ and wakes at once.",
+    )
+    backend.set_defaults(func=_label_studio_backend)
     # Parsed by cli/label_studio_loop.py (the recipe's fields are its flags); listed here for `label-studio --help`.
     actions.add_parser(
         "loop",
@@ -358,11 +393,19 @@ def _label_studio_push(args) -> None:
     print(f"next, once annotated: prunefuse-hf label-studio pull {args.run_dir}")
 
 
+def _label_studio_backend(args) -> None:
+    from ..annotation.backend import serve_label_studio_backend
+
+    serve_label_studio_backend(args.run_dir, host=args.host, port=args.port, url=args.url,
+                               document_root=args.document_root, wake_url=args.wake_url,
+                               report=lambda message: print(message, flush=True))  # fmt: skip
+
+
 def _label_studio_pull(args) -> None:
     from ..annotation.label_studio_api import pull_export
     from ..annotation.store import ingest_labels
 
-    path = pull_export(args.run_dir, url=args.url)
+    path = pull_export(args.run_dir, url=args.url, report=print)
     print(f"export saved to {path}")
     _ingest(args, path, ingest_labels)
 

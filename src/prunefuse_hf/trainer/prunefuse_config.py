@@ -423,8 +423,9 @@ class PruneFuseConfig(TrainingArguments):
     annotation_resolve: str | None = field(
         default=None,
         metadata={
-            "help": f"How `prunefuse-hf label-studio loop` decides between answers that disagree: {_names(RESOLUTIONS)}. "
-            "Default: none (the loop names the tasks in conflict and waits until they are fixed in Label Studio)."
+            "help": f"How `prunefuse-hf label-studio loop` (and `label-studio pull`, `label`, `trainer.add_labels` "
+            f"unless given --resolve) decides between answers that disagree: {_names(RESOLUTIONS)}. Default: none "
+            "(the loop names the tasks in conflict and waits until they are fixed in Label Studio; the others refuse)."
         },
     )
 

@@ -473,7 +473,8 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
             allow_partial (`bool`, *optional*): Continue with the labeled part of the query.
             overwrite (`bool`, *optional*): Replace stored labels the file contradicts.
             columns: `label_column` / `index_column` when they are not the usual names, `resolve` (how answers
-                that disagree become one label) and `requery_skipped` (see [`ingest_labels`]).
+                that disagree become one label; default: the run's `annotation_resolve`) and `requery_skipped` (see
+                [`ingest_labels`]).
 
         Returns:
             `AddResult`: added, unchanged and overwritten counts, and the query's indices still missing.
@@ -482,6 +483,7 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
             `LabelError`: refused labels (unknown class, index not queried, duplicates, missing labels); the run
                 directory is then unchanged.
         """
+        columns.setdefault("resolve", self.args.annotation_resolve)
         return ingest_labels(self.run_dir.path, source, allow_partial=allow_partial, overwrite=overwrite,
                              pool=self.pool.dataset, image_column=self.args.image_column, **columns)  # fmt: skip
 

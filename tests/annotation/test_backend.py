@@ -1,0 +1,173 @@
+"""The ML backend (`LabelStudioBackend`, `prunefuse-hf label-studio backend`) connected to a real Label Studio server
+(started by the tests from the virtualenv `scripts/setup.sh` installs) through its API, as Settings -> Model -> Connect
+model does: tasks imported by hand get the run's surrogate's guess. Skipped, saying why, when Label Studio is not
+installed."""
+
+import base64
+import io
+import json
+import shutil
+import socket
+
+import pytest
+import requests
+
+from conftest import make_image_dataset, tiny_resnet_config
+from prunefuse_hf.annotation.backend import LabelStudioBackend
+from prunefuse_hf.annotation.label_studio_api import push_query
+from prunefuse_hf.annotation.labels import LabelError
+from prunefuse_hf.annotation.queries import open_query
+from prunefuse_hf.cli.main import main
+
+CLASSES = ["circle", "cross", "square", "triangle"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def trained_run(tmp_path):
+    """A run whose round-1 surrogate is trained: it waits for the labels of round 2's query, with guesses."""
+    from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+
+    data = make_image_dataset(32, num_classes=4, size=16, mode="RGB", seed=5)
+    pool = data.remove_columns("label")
+    run_dir = tmp_path / "run"
+    args = PruneFuseConfig(output_dir=str(run_dir), annotation="human", class_names=CLASSES,
+                           initial_labeled_size=8, query_size=6, num_rounds=1, num_train_epochs=1,
+                           per_device_train_batch_size=8, disable_tqdm=True)  # fmt: skip
+    trainer = PruneFuseTrainer(tiny_resnet_config(num_labels=4), args=args, train_dataset=pool)
+    trainer.train()
+    _, indices = open_query(run_dir)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "pool_index,label\n" + "".join(f"{i},{CLASSES[data[int(i)]['label']]}\n" for i in indices)
+    )
+    trainer.add_labels(labels)
+    trainer.train(resume_from_checkpoint=True)
+    assert open_query(run_dir)[0] == 2
+    return run_dir, pool, trainer.progress["queries"]["2"]
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_bad_run_directory_is_refused_before_the_server_starts(tmp_path, capsys):
+    missing = tmp_path / "not-a-run"
+    with pytest.raises(LabelError, match=rf"{missing} holds no PruneFuse run \(state.json is missing\)"):
+        LabelStudioBackend(missing)
+    port = _free_port()
+    assert main(["label-studio", "backend", str(missing), "--port", str(port)]) == 2
+    error = capsys.readouterr().err
+    assert str(missing) in error and "pass the output_dir of a run with annotation: human" in error
+    with socket.socket() as s:  # nothing listens
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_label_studio_gets_the_surrogates_guess_for_tasks_imported_by_hand(
+    label_studio, trained_run, monkeypatch
+):
+    server = label_studio
+    run_dir, pool, query = trained_run
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    woken = []
+    backend = LabelStudioBackend(run_dir, on_webhook=woken.append)
+    port = _free_port()
+    http = backend.serve("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        version = f"{run_dir.name}-surrogate-round1"
+        assert requests.get(url + "/health", timeout=5).json()["status"] == "UP"
+        assert requests.post(url + "/setup", json={"project": "1.0"}, timeout=5).json() == {
+            "model_version": version
+        }
+        project = push_query(run_dir, url=server.url)[
+            "project"
+        ]  # round 2's tasks, with the run's own guesses
+        # Two images of round 2's query imported by hand: one as a data: URI, one as a local file Label Studio serves.
+        first, second = query["pool_indices"][:2]
+        folder = server.document_root / "by-hand"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "second.png").write_bytes(_png(pool[second]["image"]))
+        server.session.post(
+            f"{server.url}/api/storages/localfiles",
+            json={"project": project, "path": str(folder), "use_blob_urls": False, "title": "by hand"},
+        ).raise_for_status()
+        by_hand = [
+            {"image": "data:image/png;base64," + base64.b64encode(_png(pool[first]["image"])).decode()},
+            {"image": "/data/local-files/?d=by-hand/second.png"},
+        ]
+        server.session.post(f"{server.url}/api/projects/{project}/import", json=by_hand).raise_for_status()
+        tasks = [t for t in server.tasks(project) if "round" not in t["data"]]
+        assert len(tasks) == 2
+        # Settings -> Model -> Connect model: Label Studio calls /health and /setup before it accepts the backend.
+        answer = server.session.post(
+            f"{server.url}/api/ml", json={"project": project, "url": url, "title": "PruneFuse surrogate"}
+        )
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["state"] == "CO" and answer.json()["model_version"] == version
+        # The data manager's "Retrieve Predictions" on every task: one batched /predict call for those without
+        # this version's guess (the pushed tasks carry it already: Label Studio does not ask again).
+        server.session.post(
+            f"{server.url}/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": project},
+            json={"selectedItems": {"all": True, "excluded": []}},
+        ).raise_for_status()
+        predictions = {
+            t["id"]: server.session.get(f"{server.url}/api/predictions", params={"task": t["id"]}).json()
+            for t in server.tasks(project)
+        }
+    finally:
+        http.shutdown()
+        http.server_close()
+    # The same guess and probability the run computed for these images when it selected them.
+    for task, index in zip(sorted(tasks, key=lambda t: t["id"]), (first, second)):
+        (prediction,) = predictions[task["id"]]
+        k = query["pool_indices"].index(index)
+        assert prediction["model_version"] == version
+        assert prediction["result"][0]["value"]["choices"] == [CLASSES[query["predictions"][k]]]
+        assert (
+            prediction["result"][0]["from_name"] == "label" and prediction["result"][0]["to_name"] == "image"
+        )
+        assert prediction["score"] == pytest.approx(query["prediction_scores"][k], abs=2e-3)
+    assert len(predictions) == 8 and all(
+        len(p) == 1 and p[0]["model_version"] == version for p in predictions.values()
+    )
+    assert woken == []
+
+
+def test_the_backend_refuses_a_run_of_another_task_and_wakes_the_loop_on_a_webhook(tmp_path):
+    run_dir = tmp_path / "boxes"
+    run_dir.mkdir()
+    (run_dir / "state.json").write_text(
+        json.dumps({"settings": {"task": "object-detection"}, "metric": "map"})
+    )
+    with pytest.raises(LabelError, match="object-detection run: the ML backend serves image-classification"):
+        LabelStudioBackend(run_dir)
+    shutil.rmtree(run_dir)
+    run_dir.mkdir()
+    (run_dir / "state.json").write_text(json.dumps({"settings": {}, "metric": "accuracy", "rounds": {}}))
+    woken = []
+    backend = LabelStudioBackend(run_dir, on_webhook=woken.append)
+    port = _free_port()
+    http = backend.serve("127.0.0.1", port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert requests.post(url + "/setup", json={}, timeout=5).json() == {
+            "model_version": "prunefuse-untrained"
+        }
+        answer = requests.post(
+            url + "/predict", json={"tasks": [{"id": 1, "data": {"image": ""}}]}, timeout=5
+        )
+        assert answer.json()["results"] == []  # no surrogate trained yet: no guesses
+        assert requests.post(url + "/webhook", json={"action": "ANNOTATION_CREATED"}, timeout=5).ok
+    finally:
+        http.shutdown()
+        http.server_close()
+    assert woken == [{"action": "ANNOTATION_CREATED"}]

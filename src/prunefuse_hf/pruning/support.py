@@ -19,10 +19,10 @@ from .families import (
     REFUSED_SEGMENTATION_CLASSES,
     SEGMENTATION_ADAPTERS,
     SUPPORTED_FAMILIES,
-    example_pixel_values,
     segmentation_class_names,
     segmentation_family,
 )
+from .tracing import example_pixel_values
 
 # Why a model class of a supported family other than its `model_class` cannot be a PruneFuse dense model,
 # by how the class name ends (first match wins, so the longer endings come first).

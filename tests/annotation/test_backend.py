@@ -171,3 +171,48 @@ def test_the_backend_refuses_a_run_of_another_task_and_wakes_the_loop_on_a_webho
         http.shutdown()
         http.server_close()
     assert woken == [{"action": "ANNOTATION_CREATED"}]
+
+
+def test_the_backend_command_passes_label_studios_webhooks_on_to_the_loop(tmp_path):
+    """`label-studio backend RUN --wake_url URL` in a process of its own: a webhook Label Studio sends to the
+    backend's `/webhook` reaches the address of a loop's receiver (here a plain HTTP server recording what
+    arrives; `tests/annotation/test_loop.py` shows the loop waking on such a POST)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    loop = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=loop.serve_forever, daemon=True).start()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "state.json").write_text(json.dumps({"settings": {}, "metric": "accuracy", "rounds": {}}))
+    port = _free_port()
+    wake_url = f"http://127.0.0.1:{loop.server_address[1]}/"
+    argv = ["label-studio", "backend", str(run_dir), "--port", str(port), "--wake_url", wake_url]
+    backend = subprocess.Popen([sys.executable, "-m", "prunefuse_hf.cli", *argv], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    try:
+        started = backend.stdout.readline()
+        assert f"ML backend for {run_dir} at http://127.0.0.1:{port}" in started, started
+        answer = requests.post(f"http://127.0.0.1:{port}/webhook", json={"action": "ANNOTATION_UPDATED"}, timeout=10)
+        assert answer.ok
+        assert received == [{"action": "ANNOTATION_UPDATED"}]
+    finally:
+        backend.terminate()
+        backend.wait(30)
+        loop.shutdown()
+        loop.server_close()

@@ -208,7 +208,9 @@ def test_the_backend_command_passes_label_studios_webhooks_on_to_the_loop(tmp_pa
     try:
         started = backend.stdout.readline()
         assert f"ML backend for {run_dir} at http://127.0.0.1:{port}" in started, started
-        answer = requests.post(f"http://127.0.0.1:{port}/webhook", json={"action": "ANNOTATION_UPDATED"}, timeout=10)
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/webhook", json={"action": "ANNOTATION_UPDATED"}, timeout=10
+        )
         assert answer.ok
         assert received == [{"action": "ANNOTATION_UPDATED"}]
     finally:

@@ -181,6 +181,22 @@ def summary(config: dict, pool_size: str | None) -> str:
     return f"{selection}; {training}"
 
 
+def method_description(description: str | None, task: str) -> str | None:
+    """A method's description for a run of `task`: detectors and segmenters train with their own loss, never with
+    distillation from the surrogate."""
+    if description is None or task == "image-classification":
+        return description
+    return description.replace("trains with distillation", "trains with its own loss")
+
+
+def user_overrides(overrides: dict | None, task: str) -> dict | None:
+    """The method's settings the user changed: without `distill_alpha: 0`, which every detection and segmentation
+    run sets itself (see `trainer.annotated_run`)."""
+    if not overrides or task == "image-classification":
+        return overrides
+    return {name: value for name, value in overrides.items() if not (name == "distill_alpha" and not value)}
+
+
 def overrides(overrides: dict | None) -> str | None:
     if not overrides:
         return None
@@ -217,10 +233,12 @@ def fusion(config: dict) -> str:
     return f"trained surrogate written into {start} at its kept indices; normalization statistics {norm}"
 
 
-def distillation(config: dict) -> str:
+def distillation(config: dict, task: str = "image-classification") -> str:
     alpha = config.get("distill_alpha") or 0
     if not alpha:
-        return "none (plain cross-entropy)"
+        return (
+            "none (plain cross-entropy)" if task == "image-classification" else "none (the model's own loss)"
+        )
     return f"from the trained surrogate, α = {alpha}, τ = {config.get('distill_temperature')}"
 
 

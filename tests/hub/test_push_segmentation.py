@@ -1,0 +1,78 @@
+"""A finished semantic-segmentation run pushed to a local Hub (tests/hub_server.py) with the unmodified client
+libraries: the fused segmenter with its card (mean IoU), its surrogate and the selected subset with its masks come
+back from the Hub and work, and
+the subset's examples keep their masks."""
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForSemanticSegmentation, SegformerConfig, pipeline
+
+from conftest import detection_items
+from hub_server import serve_local_hub
+from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+from prunefuse_hf.hub import save_subset
+from prunefuse_hf.tasks import synthetic_segmentation_pool
+
+MODEL, SUBSET, SURROGATE = "org/segmenter", "org/masks-subset", "org/segmenter-surrogate"
+CLASSES = ["background", "0", "1", "2"]
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path_factory):
+    yield from serve_local_hub(monkeypatch, tmp_path_factory.mktemp("hf_home"))
+
+
+def test_a_segmentation_run_pushed_to_the_hub_comes_back_whole(hub, tmp_path):
+    items = detection_items()
+    pool = synthetic_segmentation_pool(24, items=items, image_size=32, scales=(12, 16), seed=0)
+    test = synthetic_segmentation_pool(6, items=items, image_size=32, scales=(12, 16), seed=1)
+    model = SegformerConfig(hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 1, 1, 2], depths=[1, 1, 1, 1],
+                            decoder_hidden_size=16, classifier_dropout_prob=0.0, drop_path_rate=0.0,
+                            num_labels=len(CLASSES), architectures=["SegformerForSemanticSegmentation"])  # fmt: skip
+    args = PruneFuseConfig(output_dir=str(tmp_path / "run"), initial_labeled_size=8, query_size=6, num_rounds=1,
+                           num_train_epochs=1, per_device_train_batch_size=8, learning_rate=1e-3,
+                           optim="adamw_torch", optim_args=None, scoring_batch_size=16, image_size=32,
+                           strategy="entropy", disable_tqdm=True, hub_model_id=MODEL, hub_subset_id=SUBSET,
+                           hub_surrogate_id=SURROGATE)  # fmt: skip
+    trainer = PruneFuseTrainer(model, args=args, train_dataset=pool, eval_dataset=test)
+    trainer.train()
+    run_dir = trainer.run_dir.path
+
+    trainer.push_to_hub()
+
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    local, remote = (
+        AutoModelForSemanticSegmentation.from_pretrained(path).eval() for path in (run_dir / "fused", MODEL)
+    )
+    with torch.no_grad():
+        assert torch.equal(local(pixel_values=pixels).logits, remote(pixel_values=pixels).logits)
+    masks = pipeline("image-segmentation", model=MODEL)(pool[0]["image"])
+    assert masks and {mask["label"] for mask in masks} <= set(CLASSES)
+    surrogate = AutoModelForSemanticSegmentation.from_pretrained(SURROGATE)
+    assert surrogate.config.hidden_sizes[-1] < local.config.hidden_sizes[-1]
+    card = hub.files(MODEL)["README.md"].decode()
+    assert yaml.safe_load(card.split("---\n")[1])["pipeline_tag"] == "image-segmentation"
+    assert f'pipeline("image-segmentation", model="{MODEL}")' in card
+    # A segmenter trains with its own loss: no distillation, and no `distill_alpha` the user did not set.
+    method = next(line for line in card.splitlines() if line.startswith("- **Method:**"))
+    assert "trains with its own loss" in method and "`strategy: entropy` set explicitly" in method
+    assert "distill_alpha" not in method
+    assert "| distillation | none (the model's own loss) |" in card
+    assert f"It reaches a mean IoU of **{trainer.progress['final']['mean_iou']:.4f}**" in card
+    assert "image-segmentation" in hub.files(SURROGATE)["README.md"].decode()
+
+    # The subset: the selected pool rows, in the order they were labeled, through the Hub.
+    selection = pq.read_table(run_dir / "selection.parquet").to_pydict()
+    rows = datasets.load_dataset(SUBSET, split="train")
+    assert rows["pool_index"][:] == selection["pool_index"] and len(selection["pool_index"]) == 14
+    # With its examples (the pool given, as a run from an in-memory dataset records no source): images and masks.
+    folder = save_subset(run_dir, tmp_path / "subset", pool=pool, include_examples=True)
+    examples = datasets.load_dataset(str(folder), "examples", split="train")
+    assert len(examples) == 14
+    for row, index in zip(examples, selection["pool_index"]):  # the examples follow the selection's order
+        assert np.array_equal(np.asarray(row["label"]), np.asarray(pool[index]["label"]))
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(pool[index]["image"]))

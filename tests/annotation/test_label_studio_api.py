@@ -234,3 +234,57 @@ def test_pull_and_add_labels_follow_the_runs_policy_and_report_labels_edited_aft
     rows = {row["pool_index"]: row for row in pq.read_table(run_dir / "labels.parquet").to_pylist()}
     assert CLASSES[rows[index]["label"]] == truth[index] and rows[index]["round"] == 1  # kept as stored
     assert rows[disputed_2]["resolution"] == "majority" and rows[disputed_2]["round"] == 2
+
+
+def _task(task_id, annotations):
+    return {"id": task_id, "data": {"pool_index": 2, "round": 1},
+            "annotations": [{"id": i, "updated_at": at, "completed_by": {"id": 1, "email": "a@x"},
+                             "result": [{"type": "choices", "from_name": "label", "to_name": "image",
+                                         "value": {"choices": [answer]}}]}
+                            for i, answer, at in annotations]}  # fmt: skip
+
+
+def test_edits_are_judged_against_the_pulled_export_not_the_clocks(tmp_path):
+    """An answer that was in the export the run pulled, as it was, is never an edit, even when Label Studio dates it
+    in the same second as the label's `labeled_at` or its clock runs ahead of this machine's; an answer edited,
+    added or deleted since that pull is reported."""
+    import pyarrow as pa
+
+    from prunefuse_hf.annotation.label_studio_api import label_edits
+    from prunefuse_hf.annotation.queries import query_directory
+
+    run_dir = tmp_path / "run"
+    query_directory(run_dir, 1).mkdir(parents=True)
+    (run_dir / "state.json").write_text(json.dumps({"class_names": CLASSES}))
+    # The stored label: 'circle' (annotation 10, majority of 10 and 12 against 11), stored at 12:00:00 (whole seconds).
+    row = {"pool_index": 2, "label": 0, "round": 1, "source": "label_studio_export.json",
+           "labeled_at": "2026-12-05T12:00:00Z", "annotator": "a@x", "annotation_id": 10}  # fmt: skip
+    pq.write_table(pa.Table.from_pylist([row]), run_dir / "labels.parquet")
+    # Dated after labeled_at although given before the pull: the same second, and a server clock 5 minutes ahead.
+    pulled = [_task(31, [(10, "circle", "2026-12-05T12:00:00.300Z"), (11, "cross", "2026-12-05T12:00:00.700Z"),
+                         (12, "circle", "2026-12-05T12:05:00Z")])]  # fmt: skip
+    (query_directory(run_dir, 1) / "label_studio_export.json").write_text(json.dumps(pulled))
+    assert label_edits(run_dir, pulled) == []
+
+    edited = [_task(31, [(10, "circle", "2026-12-05T12:00:00.300Z"), (11, "square", "2026-12-05T12:00:00.900Z"),
+                         (12, "circle", "2026-12-05T12:05:00Z"), (13, "triangle", "2026-12-05T11:00:00Z")])]  # fmt: skip
+    (line,) = label_edits(run_dir, edited)
+    assert (
+        "answered 'square'" in line and "annotation 11" in line
+    )  # edited since the pull (same clock second)
+    assert "answered 'triangle'" in line and "annotation 13" in line  # new since the pull (clock behind)
+    deleted = [_task(31, [(11, "cross", "2026-12-05T12:00:00.700Z")])]
+    (line,) = label_edits(run_dir, deleted)
+    assert "annotation 10 was deleted" in line and "'cross'" not in line
+
+    # Labels from an export downloaded by hand (no pulled export for the round): Label Studio's dates, with the
+    # second `labeled_at` does not resolve.
+    (query_directory(run_dir, 1) / "label_studio_export.json").unlink()
+    later = [
+        _task(31, [(10, "circle", "2026-12-05T12:00:00.300Z"), (11, "cross", "2026-12-05T12:00:01.200Z")])
+    ]
+    assert "answered 'cross'" in label_edits(run_dir, later)[0]
+    same_second = [
+        _task(31, [(10, "circle", "2026-12-05T12:00:00.300Z"), (11, "cross", "2026-12-05T12:00:00.700Z")])
+    ]
+    assert label_edits(run_dir, same_second) == []

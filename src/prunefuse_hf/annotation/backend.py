@@ -311,6 +311,13 @@ def serve_label_studio_backend(run_dir, *, host: str = "127.0.0.1", port: int = 
     Raises:
         LabelError: the run cannot be served (named, with the fix), before anything listens.
         OSError: the port is taken.
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf import serve_label_studio_backend
+    >>> serve_label_studio_backend("runs/my-pool", port=9090, wake_url="http://127.0.0.1:9091/")  # until Ctrl-C
+    ```
     """
     say = report or logger.info
     token = token or os.environ.get(LABEL_STUDIO_TOKEN_ENV)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -285,6 +286,12 @@ def label_edits(
     the pool index and round, the stored answer and who gave it, and what changed since it was stored (its
     annotation edited or deleted, or another answer given since, that differs).
 
+    "Since" is judged against the export the run pulled for that round (`queries/round_K/label_studio_export.json`):
+    an answer is new or edited when its annotation id is not in that export or its `updated_at` differs from the
+    one pulled, so the server's and this machine's clocks never need to agree. For labels ingested from an export
+    file downloaded by hand (no pulled export for the round), an answer counts as later when Label Studio dated it
+    at least a second after the label was stored (`labeled_at` has whole seconds).
+
     Args:
         run_dir (`str` or `os.PathLike`): The run.
         exported (`list[dict]`): The project's JSON export (every task, with `completed_by` as user objects or ids).
@@ -305,11 +312,14 @@ def label_edits(
         data = task.get("data") or {}
         if "round" in data and POOL_INDEX in data:
             tasks[(data["round"], data[POOL_INDEX])] = task
-    edits = []
+    edits, pulled = [], {}
     for row in pq.read_table(path).to_pylist():
         task = tasks.get((row["round"], row[POOL_INDEX]))
         if row.get("annotation_id") is None or task is None:
             continue  # not from this Label Studio project
+        if row["round"] not in pulled:
+            pulled[row["round"]] = _pulled_answers(run_dir, row["round"])
+        as_pulled = (pulled[row["round"]] or {}).get(row[POOL_INDEX])
         stored = class_names[row["label"]] if 0 <= row["label"] < len(class_names) else row["label"]
         stored_at = _moment(row["labeled_at"])
         annotations = {a.get("id"): a for a in task.get("annotations") or []}
@@ -318,14 +328,15 @@ def label_edits(
             changes.append(f"annotation {row['annotation_id']} was deleted")
         for annotation in annotations.values():
             answer = annotation_class(annotation)
-            when = _moment(annotation.get("updated_at") or annotation.get("created_at"))
-            if (
-                answer is None
-                or str(answer).casefold() == str(stored).casefold()
-                or not when
-                or when <= stored_at
-            ):
+            if answer is None or str(answer).casefold() == str(stored).casefold():
                 continue
+            if as_pulled is not None:
+                if as_pulled.get(annotation.get("id"), _NOT_PULLED) == annotation.get("updated_at"):
+                    continue  # this answer was in the pulled export as it is now
+            else:
+                when = _moment(annotation.get("updated_at") or annotation.get("created_at"))
+                if not when or not stored_at or when < stored_at + timedelta(seconds=1):
+                    continue
             who = annotation.get("updated_by") or annotation.get("completed_by")
             who = who.get("email") if isinstance(who, dict) else users.get(who, who)
             verb = "edited to" if annotation.get("id") == row["annotation_id"] else "answered"
@@ -339,6 +350,25 @@ def label_edits(
                 + "; ".join(changes)
             )
     return edits
+
+
+_NOT_PULLED = object()
+
+
+def _pulled_answers(run_dir: Path, round_: int) -> dict[int, dict] | None:
+    """`{pool index: {annotation id: updated_at}}` of the export pulled for `round_`, or `None` when that round's
+    labels did not come through `pull_export` here."""
+    path = query_directory(run_dir, round_) / LABEL_STUDIO_EXPORT
+    try:
+        tasks = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    answers = {}
+    for task in tasks if isinstance(tasks, list) else []:
+        index = (task.get("data") or {}).get(POOL_INDEX)
+        if index is not None:
+            answers[index] = {a.get("id"): a.get("updated_at") for a in task.get("annotations") or []}
+    return answers
 
 
 def _moment(text):

@@ -61,16 +61,20 @@ def test_cli_under_accelerate_launch_with_two_cpu_processes(tmp_path):
     assert two.stdout.count("report: ") == 1  # only the main process prints the summary
 
 
-DETECTION_RECIPE = Path(__file__).parents[2] / "recipes" / "synthetic-detection-detr" / "prunefuse.yaml"
+RECIPES = Path(__file__).parents[2] / "recipes"
 
 
 @pytest.mark.distributed
 @pytest.mark.skipif(
     shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="no accelerate CLI"
 )
-def test_detection_recipe_under_accelerate_launch_with_two_cpu_processes(tmp_path):
-    # The detection recipe, shortened: scoring sharded over two processes, DETR trained with DDP, and the
-    # evaluation (whose per-image boxes accelerate cannot gather) run whole by each process.
+@pytest.mark.parametrize("recipe, metric", [("synthetic-detection-detr", "map"),
+                                            ("synthetic-segmentation-segformer", "mean_iou")])  # fmt: skip
+def test_detection_and_segmentation_recipes_under_accelerate_launch_with_two_cpu_processes(
+    tmp_path, recipe, metric
+):
+    # Each recipe, shortened: per-image scores sharded over two processes and gathered, the model trained with DDP,
+    # and the evaluation (whose per-image boxes or masks accelerate cannot gather) run whole by each process.
     shorter = ["--max_pool_size", "32", "--max_eval_samples", "8", "--initial_labeled_size", "8", "--query_size",
                "8", "--num_rounds", "1", "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
                "--scoring_batch_size", "8"]  # fmt: skip
@@ -78,7 +82,7 @@ def test_detection_recipe_under_accelerate_launch_with_two_cpu_processes(tmp_pat
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     two = subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "prunefuse_hf.cli", "run",
-         "--config", str(DETECTION_RECIPE), "--output_dir", str(tmp_path / "two"), *shorter],
+         "--config", str(RECIPES / recipe / "prunefuse.yaml"), "--output_dir", str(tmp_path / "two"), *shorter],
         env=env, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
@@ -86,31 +90,4 @@ def test_detection_recipe_under_accelerate_launch_with_two_cpu_processes(tmp_pat
     rounds = _rounds(tmp_path / "two")
     assert {r: len(v) for r, v in rounds.items()} == {1: 8, 2: 8} and len(set().union(*rounds.values())) == 16
     assert {"fused/config.json", "surrogate/pruning_plan.json", "report.md"} <= _files(tmp_path / "two")
-    assert two.stdout.count("final model: 16 labeled examples, map ") == 1  # the main process prints it
-
-
-SEGMENTATION_RECIPE = Path(__file__).parents[2] / "recipes" / "synthetic-segmentation-segformer" / "prunefuse.yaml"
-
-
-@pytest.mark.distributed
-@pytest.mark.skipif(
-    shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="no accelerate CLI"
-)
-def test_segmentation_recipe_under_accelerate_launch_with_two_cpu_processes(tmp_path):
-    # The segmentation recipe, shortened: per-image pixel scores sharded over two processes and gathered, SegFormer
-    # trained with DDP, mean IoU from the whole evaluation set on each process.
-    shorter = ["--max_pool_size", "32", "--max_eval_samples", "8", "--initial_labeled_size", "8", "--query_size",
-               "8", "--num_rounds", "1", "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
-               "--scoring_batch_size", "8"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    two = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "prunefuse_hf.cli", "run",
-         "--config", str(SEGMENTATION_RECIPE), "--output_dir", str(tmp_path / "two"), *shorter],
-        env=env, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
-    assert two.returncode == 0, two.stderr[-3000:]
-    rounds = _rounds(tmp_path / "two")
-    assert {r: len(v) for r, v in rounds.items()} == {1: 8, 2: 8} and len(set().union(*rounds.values())) == 16
-    assert {"fused/config.json", "surrogate/pruning_plan.json", "report.md"} <= _files(tmp_path / "two")
-    assert two.stdout.count("final model: 16 labeled examples, mean_iou ") == 1  # the main process prints it
+    assert two.stdout.count(f"final model: 16 labeled examples, {metric} ") == 1  # the main process prints it

@@ -162,10 +162,8 @@ def build_trainer(
         pool, eval_dataset = load_run_datasets(
             data_args, config.image_column, config.label_column, seed=config.seed
         )
-    elif task.name == "image-segmentation":
-        pool, eval_dataset = _segmentation_datasets(data_args, config)
     else:
-        pool, eval_dataset = _detection_datasets(data_args, config)
+        pool, eval_dataset = _annotated_datasets(data_args, config, task.name)
     return PruneFuseTrainer(
         model_args.model_source,
         args=config,
@@ -177,58 +175,45 @@ def build_trainer(
     )
 
 
-def _detection_datasets(data_args, config):
-    """The pool and evaluation set of an object-detection run: the built-in synthetic pool (`max_pool_size` images
-    of Fashion-MNIST's train items, default 1,000; `max_eval_samples` of its test items, default 200), or
-    `tasks.load_detection_dataset` splits, subsampled like classification's."""
+def _annotated_datasets(data_args, config, task_name: str):
+    """The pool and evaluation set of an object-detection or semantic-segmentation run: the task's built-in synthetic
+    pool (`max_pool_size` images of Fashion-MNIST's train items, default 1,000; `max_eval_samples` of its test items,
+    default 200), or the splits of `tasks.load_detection_dataset` / `tasks.load_segmentation_dataset` (a saved
+    dataset, a Hub dataset, or an image folder with its COCO file or masks folder), subsampled like
+    classification's."""
     from ..data.loading import subsample
-    from ..tasks import load_detection_dataset, synthetic_detection_pool
+    from ..tasks import (
+        load_detection_dataset,
+        load_segmentation_dataset,
+        synthetic_detection_pool,
+        synthetic_segmentation_pool,
+    )
 
-    if data_args.dataset_name == SYNTHETIC_DETECTION:
-        pool = synthetic_detection_pool(data_args.max_pool_size or 1000, split="train", seed=config.seed)
-        if not data_args.eval_split:
-            return pool, None
-        return pool, synthetic_detection_pool(
-            data_args.max_eval_samples or 200, split="test", seed=config.seed + 1
-        )
+    if task_name == "image-segmentation":
+        synthetic, synthetic_pool = SYNTHETIC_SEGMENTATION, synthetic_segmentation_pool
 
-    def load(split):
-        return load_detection_dataset(data_args.dataset_name, split, annotations=data_args.annotations_file,
-                                      class_names=config.class_names, bbox_format=config.bbox_format,
-                                      image_column=config.image_column, objects_column=config.objects_column,
-                                      revision=data_args.dataset_revision)  # fmt: skip
+        def load(split):
+            # Checked once, by the trainer, with the run's class names and reduce_labels.
+            return load_segmentation_dataset(data_args.dataset_name, split, image_column=config.image_column,
+                                             mask_column=config.label_column, revision=data_args.dataset_revision,
+                                             validate=False)  # fmt: skip
+    else:
+        synthetic, synthetic_pool = SYNTHETIC_DETECTION, synthetic_detection_pool
 
-    pool = subsample(load(data_args.train_split), data_args.max_pool_size, config.seed)
+        def load(split):
+            return load_detection_dataset(data_args.dataset_name, split, annotations=data_args.annotations_file,
+                                          class_names=config.class_names, bbox_format=config.bbox_format,
+                                          image_column=config.image_column, objects_column=config.objects_column,
+                                          revision=data_args.dataset_revision)  # fmt: skip
+
+    if data_args.dataset_name == synthetic:
+        pool = synthetic_pool(data_args.max_pool_size or 1000, split="train", seed=config.seed)
+    else:
+        pool = subsample(load(data_args.train_split), data_args.max_pool_size, config.seed)
     if not data_args.eval_split:
         return pool, None
-    return pool, subsample(load(data_args.eval_split), data_args.max_eval_samples, config.seed + 1)
-
-
-def _segmentation_datasets(data_args, config):
-    """The pool and evaluation set of a semantic-segmentation run: the built-in synthetic pool (`max_pool_size`
-    images of Fashion-MNIST's train items, default 1,000; `max_eval_samples` of its test items, default 200), or
-    `tasks.load_segmentation_dataset` splits (a saved dataset, a Hub dataset, or an image folder with its masks
-    folder), subsampled like classification's."""
-    from ..data.loading import subsample
-    from ..tasks import load_segmentation_dataset, synthetic_segmentation_pool
-
-    if data_args.dataset_name == SYNTHETIC_SEGMENTATION:
-        pool = synthetic_segmentation_pool(data_args.max_pool_size or 1000, split="train", seed=config.seed)
-        if not data_args.eval_split:
-            return pool, None
-        return pool, synthetic_segmentation_pool(
-            data_args.max_eval_samples or 200, split="test", seed=config.seed + 1
-        )
-
-    def load(split):
-        # Checked once, by the trainer, with the run's class names and reduce_labels.
-        return load_segmentation_dataset(data_args.dataset_name, split, image_column=config.image_column,
-                                         mask_column=config.label_column, revision=data_args.dataset_revision,
-                                         validate=False)  # fmt: skip
-
-    pool = subsample(load(data_args.train_split), data_args.max_pool_size, config.seed)
-    if not data_args.eval_split:
-        return pool, None
+    if data_args.dataset_name == synthetic:
+        return pool, synthetic_pool(data_args.max_eval_samples or 200, split="test", seed=config.seed + 1)
     return pool, subsample(load(data_args.eval_split), data_args.max_eval_samples, config.seed + 1)
 
 

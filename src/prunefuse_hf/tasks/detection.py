@@ -21,7 +21,7 @@ from .detection_data import (
     objects_as_columns,
     validate_detection_dataset,
 )
-from .detection_metrics import detection_compute_metrics
+from .detection_metrics import COCO_STAT_NAMES, detection_compute_metrics
 from .task import Task
 
 DEFAULT_SCORE_THRESHOLD = 0.5
@@ -303,17 +303,7 @@ DETECTION = Task(
     image_scores=detection_image_scores,
     pooled_features=detection_pooled_features,
     compute_metrics=detection_compute_metrics,
-    metric_names=(
-        "map",
-        "map_50",
-        "map_75",
-        "map_small",
-        "map_medium",
-        "map_large",
-        "mar_1",
-        "mar_10",
-        "mar_100",
-    ),
+    metric_names=COCO_STAT_NAMES,
     annotation_formats=("coco_json", "label_studio_rectangle_labels"),
     label_studio_tag="RectangleLabels",
     card_metric="map",

@@ -18,7 +18,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 # COCOeval.stats positions (pycocotools' summarize order) and the names torchmetrics gives them.
-_STAT_NAMES = (
+COCO_STAT_NAMES = (
     "map",
     "map_50",
     "map_75",
@@ -89,7 +89,7 @@ def mean_average_precision(
     category_ids = list(range(max(num_classes, max(labels_seen) + 1 if labels_seen else 0)))
     images = [{"id": image_id} for image_id in range(len(targets))]
     categories = [{"id": class_id} for class_id in category_ids]
-    results = {name: -1.0 for name in _STAT_NAMES}
+    results = {name: -1.0 for name in COCO_STAT_NAMES}
     per_class = np.full(len(category_ids), -1.0)
     if images and category_ids:
         # pycocotools prints its progress; library code does not print.
@@ -100,7 +100,7 @@ def mean_average_precision(
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        results = {name: float(value) for name, value in zip(_STAT_NAMES, evaluator.stats)}
+        results = {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats)}
         # precision: [iou thresholds, recall thresholds, classes, area ranges, max detections]; area "all", 100.
         precision = evaluator.eval["precision"][:, :, :, 0, -1]
         for k in range(len(category_ids)):

@@ -665,7 +665,8 @@ def pretrained_checkpoint(args, recipe: dict, scenario: str = "finetune") -> Pat
     from prunefuse_hf import DistillationTrainer, load_image_dataset
     from prunefuse_hf.constants import FASHION_MNIST_LABELS
     from prunefuse_hf.data.image_processor import build_image_processor
-    from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset
+    from prunefuse_hf.data.pixel_dataset import PixelDataset
+    from prunefuse_hf.data.preprocessing import ImagePreprocessor
     from prunefuse_hf.pruning.modeling import load_image_classifier
 
     settings = FINETUNE_SCENARIOS[scenario]

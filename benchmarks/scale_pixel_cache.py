@@ -32,8 +32,9 @@ from transformers import ResNetConfig, ResNetForImageClassification
 
 from prunefuse_hf.data.image_processor import build_image_processor
 from prunefuse_hf.data.loading import fashion_mnist_dir
-from prunefuse_hf.data.pixel_cache import usable_cores
-from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset
+from prunefuse_hf.data.pixel_cache_build import usable_cores
+from prunefuse_hf.data.pixel_dataset import PixelDataset
+from prunefuse_hf.data.preprocessing import ImagePreprocessor
 from prunefuse_hf.selection.scoring import score_pool
 
 IMAGENET_IMAGES = 1_281_167

@@ -147,7 +147,7 @@ def run_score_pool(model, dataset, preprocessor, batch_size: int, workers: int, 
 
 def measure_scoring(surrogate, preprocessor, cached, uncached, args, accelerator) -> dict:
     """Item 1: bare forward (baseline) vs `score_pool` over the cache vs `score_pool` decoding at every pass."""
-    from prunefuse_hf.data.preprocessing import PixelDataset
+    from prunefuse_hf.data.pixel_dataset import PixelDataset
 
     n, batch = len(cached), args.batch_size
     rows, warm_up = np.arange(n), min(n, 2 * batch)
@@ -214,7 +214,7 @@ def time_baal(model, preprocessor, cached, args) -> dict:
     tensors one example at a time, as a torch `Dataset` with a transform gives them. baal runs in float32."""
     from baal.modelwrapper import ModelWrapper, TrainingArgs
 
-    from prunefuse_hf.data.preprocessing import PixelDataset
+    from prunefuse_hf.data.pixel_dataset import PixelDataset
 
     class Logits(torch.nn.Module):  # baal expects a module returning a tensor
         def __init__(self, inner):
@@ -259,7 +259,7 @@ def measure_training(
     from transformers.trainer_callback import PrinterCallback
 
     from prunefuse_hf import DistillationTrainer
-    from prunefuse_hf.data.preprocessing import PixelDataset
+    from prunefuse_hf.data.pixel_dataset import PixelDataset
 
     n = min(args.train_examples, len(cached))
     rows = np.sort(np.random.default_rng(0).choice(len(cached), size=n, replace=False))
@@ -330,7 +330,7 @@ def worker(args) -> None:
     from accelerate import Accelerator
 
     from prunefuse_hf import score_pool
-    from prunefuse_hf.data.preprocessing import PixelDataset
+    from prunefuse_hf.data.pixel_dataset import PixelDataset
 
     accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision="bf16" if args.bf16 else "no")
     _, surrogate, recipe = build_models(str(accelerator.device))
@@ -420,7 +420,7 @@ def measure_strategies(dense, preprocessor, cached, n: int, batch_size: int, dir
     """Item 5: the dense model's probabilities and features over the pool, then each strategy in its own process
     (so that its peak memory is its own), once whole and once from 2 shards."""
     from prunefuse_hf import score_pool
-    from prunefuse_hf.data.preprocessing import PixelDataset
+    from prunefuse_hf.data.pixel_dataset import PixelDataset
 
     dataset = PixelDataset(cached, np.arange(len(cached)))
     scores = score_pool(dense, dataset, batch_size=batch_size, outputs=("probs", "features"),

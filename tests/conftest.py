@@ -212,7 +212,8 @@ def assert_fused_at_kept_indices(fused, surrogate_state, dense_state, plan):
 def normalized_pixels(dataset, model_config):
     """`dataset` as a `PixelDataset` whose batches are normalized float pixels (what a model reads), decoded lazily."""
     from prunefuse_hf.data.image_processor import build_image_processor
-    from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset
+    from prunefuse_hf.data.pixel_dataset import PixelDataset
+    from prunefuse_hf.data.preprocessing import ImagePreprocessor
 
     class NormalizedPixels(PixelDataset):
         def batch(self, indices):

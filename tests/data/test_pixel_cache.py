@@ -12,7 +12,8 @@ import pytest
 from conftest import make_image_dataset, tiny_resnet_config
 from prunefuse_hf import clear_pixel_caches, list_pixel_caches
 from prunefuse_hf.data.image_processor import build_image_processor
-from prunefuse_hf.data.pixel_cache import CacheLock, evict_least_recently_used, format_bytes, resolve_max_size
+from prunefuse_hf.data.pixel_cache import evict_least_recently_used, format_bytes, resolve_max_size
+from prunefuse_hf.data.pixel_cache_files import CacheLock
 from prunefuse_hf.data.preprocessing import ImagePreprocessor
 
 DAY = 86400
@@ -229,28 +230,29 @@ from pathlib import Path
 sys.path.insert(0, TESTS_DIR)
 import numpy as np
 from conftest import make_image_dataset, tiny_resnet_config
-from prunefuse_hf.data import pixel_cache, preprocessing
+from prunefuse_hf.data import pixel_cache_build, pixel_cache_files
 from prunefuse_hf.data.image_processor import build_image_processor
-from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset
+from prunefuse_hf.data.pixel_dataset import PixelDataset
+from prunefuse_hf.data.preprocessing import ImagePreprocessor
 
 root, peers, repetitions, mode = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 handler = logging.StreamHandler(sys.stdout)
 logging.getLogger("prunefuse_hf").addHandler(handler)
 logging.getLogger("prunefuse_hf").setLevel(logging.INFO)
-preprocessing._MAP_BATCH_SIZE = 4
-pixel_cache._QUIET_WAIT_SECONDS = 0.1  # say at once that it waits
-real_map_batch = ImagePreprocessor._map_batch
+pixel_cache_build._MAP_BATCH_SIZE = 4
+pixel_cache_files._QUIET_WAIT_SECONDS = 0.1  # say at once that it waits
+real_map_batch = pixel_cache_build._map_batch
 batches = []
 
-def slow_map_batch(self, batch, indices, **kwargs):
+def slow_map_batch(preprocessor, batch, indices, **kwargs):
     batches.append(indices[0])
     if mode == "hang" and len(batches) == 3:
         (root / "building").touch()
         time.sleep(600)
     time.sleep(0.3)
-    return real_map_batch(self, batch, indices, **kwargs)
+    return real_map_batch(preprocessor, batch, indices, **kwargs)
 
-ImagePreprocessor._map_batch = slow_map_batch
+pixel_cache_build._map_batch = slow_map_batch
 dataset = make_image_dataset(12, size=16, mode="RGB", seed=7)
 preprocessor = ImagePreprocessor(build_image_processor(tiny_resnet_config(), image_size=16), num_channels=3)
 for repetition in range(repetitions):
@@ -296,7 +298,7 @@ def test_processes_sharing_a_cache_build_it_once_and_read_the_same_pixels(tmp_pa
     complete cache and nothing else (no lock, no build folder)."""
     import hashlib
 
-    from prunefuse_hf.data.preprocessing import PixelDataset
+    from prunefuse_hf.data.pixel_dataset import PixelDataset
 
     dataset, preprocessor, key = the_builders_pool()
     expected = PixelDataset(preprocessor.pixel_dataset(dataset, cache=False), np.arange(12)).batch(range(12))
@@ -414,9 +416,9 @@ def test_a_storage_error_anywhere_leaves_the_pixels_exact_and_no_raw_error(
 
     import filelock
 
-    from prunefuse_hf.data import pixel_cache
-    from prunefuse_hf.data import preprocessing as module
-    from prunefuse_hf.data.preprocessing import PixelDataset
+    from prunefuse_hf.data import pixel_cache, pixel_cache_files
+    from prunefuse_hf.data import pixel_cache_build as module
+    from prunefuse_hf.data.pixel_dataset import PixelDataset
 
     module._SAID_UNUSABLE.clear()
     dataset, preprocessor, key = the_builders_pool()
@@ -433,7 +435,7 @@ def test_a_storage_error_anywhere_leaves_the_pixels_exact_and_no_raw_error(
         def full(path, write, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-        monkeypatch.setattr(pixel_cache, "atomic_write", full)
+        monkeypatch.setattr(pixel_cache_files, "atomic_write", full)
     elif where == "eviction":
         monkeypatch.setattr(
             pixel_cache, "remove_unless_held", lambda *a, **k: (_ for _ in ()).throw(read_only)
@@ -461,7 +463,7 @@ def test_a_storage_error_anywhere_leaves_the_pixels_exact_and_no_raw_error(
 
 
 def is_complete_here(folder, key):
-    from prunefuse_hf.data.pixel_cache import is_complete
+    from prunefuse_hf.data.pixel_cache_files import is_complete
 
     return is_complete(folder, key)
 

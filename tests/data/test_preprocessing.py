@@ -20,7 +20,8 @@ from prunefuse_hf.constants import LABELS, PIXEL_VALUES
 from prunefuse_hf.data import images as images_module
 from prunefuse_hf.data.image_processor import build_image_processor, pretrained_image_processor
 from prunefuse_hf.data.images import ImageDecodeError
-from prunefuse_hf.data.preprocessing import ImagePreprocessor, PixelDataset, random_crop_and_flip
+from prunefuse_hf.data.pixel_dataset import PixelDataset
+from prunefuse_hf.data.preprocessing import ImagePreprocessor, random_crop_and_flip
 from prunefuse_hf.trainer.distillation_trainer import DistillationTrainer
 
 
@@ -381,7 +382,7 @@ def test_compact_formats_round_trip_png_exactly_and_jpeg_within_a_few_levels(tmp
 
 
 def test_auto_stores_raw_pixels_for_small_pools_and_jpeg_beyond_the_limit(tmp_path, monkeypatch):
-    from prunefuse_hf.data import pixel_cache
+    from prunefuse_hf.data import pixel_formats
 
     dataset = smooth_images(12)
     preprocessor = preprocessor_for(tiny_resnet_config(), image_size=16)
@@ -389,7 +390,7 @@ def test_auto_stores_raw_pixels_for_small_pools_and_jpeg_beyond_the_limit(tmp_pa
     assert [p.name for p in (tmp_path / "small").glob("*.arrow")] == [
         f"pixels-{preprocessor.cache_key(dataset, 'raw')}.arrow"
     ]
-    monkeypatch.setattr(pixel_cache, "AUTO_RAW_MAX_BYTES", 12 * 3 * 16 * 16 - 1)
+    monkeypatch.setattr(pixel_formats, "AUTO_RAW_MAX_BYTES", 12 * 3 * 16 * 16 - 1)
     pixels = preprocessor.pixel_dataset(dataset, cache_dir=tmp_path / "large")
     assert [p.name for p in (tmp_path / "large").glob("*.arrow")] == [
         f"pixels-{preprocessor.cache_key(dataset, 'jpeg')}.arrow"
@@ -444,7 +445,7 @@ def test_bad_cache_settings_are_refused_naming_the_field(tmp_path):
 
 
 def test_damaged_bytes_in_a_compact_cache_name_the_cache_and_the_fix():
-    from prunefuse_hf.data.pixel_cache import CompactPixels
+    from prunefuse_hf.data.pixel_formats import CompactPixels
 
     with pytest.raises(
         ImageDecodeError, match=r"pixel cache /c/pixels-abc\.arrow .*prunefuse-hf cache clear abc"
@@ -483,7 +484,7 @@ def test_a_pixel_cache_that_cannot_be_used_leaves_the_pixels_exact_and_says_so_o
     import errno
     import logging
 
-    from prunefuse_hf.data import preprocessing as module
+    from prunefuse_hf.data import pixel_cache_build as module
 
     module._SAID_UNUSABLE.clear()
     dataset = make_image_dataset(12, mode="RGB", seed=4)

@@ -550,8 +550,8 @@ def test_the_task_by_name_and_from_models():
 SEGMENTATION_EXAMPLES = [
     "prunefuse_hf.tasks.segmentation.prepare_segmentation",
     "prunefuse_hf.tasks.segmentation.segmentation_image_scores",
-    "prunefuse_hf.tasks.segmentation_data.open_mask",
-    "prunefuse_hf.tasks.segmentation_data.reduce_mask_labels",
+    "prunefuse_hf.tasks.segmentation_masks.open_mask",
+    "prunefuse_hf.tasks.segmentation_masks.reduce_mask_labels",
     "prunefuse_hf.tasks.segmentation_data.read_id2label",
     "prunefuse_hf.tasks.segmentation_data.validate_segmentation_dataset",
     "prunefuse_hf.tasks.segmentation_metrics.mean_iou",

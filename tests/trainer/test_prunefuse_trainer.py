@@ -727,7 +727,7 @@ def test_a_damaged_image_found_mid_run_can_be_repaired_and_the_run_resumes(tmp_p
     ids=["no-cache", "raw-cache", "jpeg-cache"],
 )
 def test_decoded_batches_get_dataloader_workers_unless_set(tmp_path, pool, monkeypatch, cache, gets_workers):
-    from prunefuse_hf.data.pixel_cache import usable_cores
+    from prunefuse_hf.data.pixel_cache_build import usable_cores
     from prunefuse_hf.trainer import prunefuse_trainer
 
     monkeypatch.setattr(prunefuse_trainer, "WORKERS_MIN_IMAGES", 50)

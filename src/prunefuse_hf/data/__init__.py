@@ -25,8 +25,9 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "evict_least_recently_used",
             "list_pixel_caches",
         ],
+        "pixel_dataset": ["PixelDataset"],
         "pool": ["DataPool"],
-        "preprocessing": ["ImagePreprocessor", "PixelDataset", "random_crop_and_flip"],
+        "preprocessing": ["ImagePreprocessor", "random_crop_and_flip"],
         "validation": ["check_batchnorm_batch_sizes", "check_input_size", "check_labeling_budget"],
     },
 )

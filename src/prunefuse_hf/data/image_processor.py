@@ -7,9 +7,11 @@ import os
 
 import PIL.Image
 from transformers import AutoImageProcessor, PreTrainedModel
+from transformers.utils import logging
 
 from ..utils.hub_ids import has_weights, hub_reachable, is_hub_id
-from .preprocessing import logger
+
+logger = logging.get_logger(__name__)
 
 
 def build_image_processor(model_config, image_processor=None, *, image_size: int | None = None, image=None):

@@ -1,5 +1,8 @@
 """The pixel cache on disk: its formats, its files and their descriptions, and listing and removing old caches.
 
+This module holds the cache folder: where it is, its cap, and listing, eviction and clearing. One cache's files and
+its lock are in `pixel_cache_files.py`, the formats in `pixel_formats.py`, the build in `pixel_cache_build.py`.
+
 A cache holds the `uint8` geometry output of one pool under one preprocessing (see [`ImagePreprocessor`]); its key
 hashes the pool's fingerprint, the processor and the format. The formats:
 
@@ -9,8 +12,8 @@ hashes the pool's fingerprint, the processor and the format. The formats:
   from the processor's by a few levels (measured in `benchmarks/scale.py --only cache`); about a tenth of raw.
   Decoding an already-resized 224 px JPEG is several times cheaper than the original file plus its resize.
 - **png**: lossless (the processor's exact pixels), about half of raw for photos, decoded per batch.
-- **auto**: raw when the raw pixels take at most `AUTO_RAW_MAX_BYTES` (10 GB: small or low-resolution pools keep
-  exact, decode-free reads) and fit the disk rule (at most half of the free space), JPEG otherwise.
+- **auto**: raw when the raw pixels take at most `pixel_formats.AUTO_RAW_MAX_BYTES` (10 GB: small or low-resolution
+  pools keep exact, decode-free reads) and fit the disk rule (at most half of the free space), JPEG otherwise.
 
 Each complete cache has a JSON description beside its Arrow file(s) (`pixels-<key>.json`: images, shape, format,
 processor, pool fingerprint, creation time; its modification time is the last use), which
@@ -30,54 +33,38 @@ as an incomplete cache, [`clear_pixel_caches`] removes them, and the next run th
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import re
-import shutil
-import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import datasets
-import filelock
-import numpy as np
-import PIL.Image
 from transformers.utils import logging
 
 from ..constants import (
     DEFAULT_PIXEL_CACHE_MAX_SIZE,
     PIXEL_CACHE_DIR_ENV,
     PIXEL_CACHE_MAX_SIZE_ENV,
-    PIXEL_CACHE_PREFIX,
-    PIXEL_VALUES,
-    VERSION,
 )
 from ..utils.checks import check_size
-from ..utils.io import atomic_write
-from .images import ImageDecodeError
+from .pixel_cache_files import (
+    build_dir,
+    cache_files,
+    description_path,
+    descriptions_written,
+    is_complete,
+    is_loose_temporary,
+    lock_path,
+    owner_key,
+    remove_unless_held,
+    utc_now,
+)
 
 logger = logging.get_logger(__name__)
 
-JPEG_QUALITY = 90
-# "auto" stores raw pixels up to this size: zero-copy reads and exact pixels, at most a tenth of an ordinary disk.
-AUTO_RAW_MAX_BYTES = 10 * 10**9
-_FORMAT_NAMES = {"raw": "raw uint8", "jpeg": f"JPEG q{JPEG_QUALITY}", "png": "PNG (lossless)"}
-_FILE_PATTERN = re.compile(rf"^{re.escape(PIXEL_CACHE_PREFIX)}([0-9a-f]+)(?:_\d{{5}}_of_\d{{5}})?\.arrow$")
-# What else a cache key owns: its description, its lock, its build folder, a description being written (atomic_write).
-_OWNED_PATTERN = re.compile(
-    rf"^\.?{re.escape(PIXEL_CACHE_PREFIX)}([0-9a-f]+)(?:\.json|\.lock|\.partial|\.json\.[0-9a-f]{{8}}\.tmp)$"
-)
-# `datasets`' temporary files (tempfile.NamedTemporaryFile) that builds of versions before build folders left here.
-_LOOSE_TEMPORARY = re.compile(r"^tmp[a-z0-9_]{8}$")
-# A process that finds a cache's lock held waits this long before saying that it waits.
-_QUIET_WAIT_SECONDS = 1.0
 _SECONDS_PER_DAY = 86400
-# Images decoded (spread over the pool) to estimate the rate and the compressed size before a build.
-SAMPLE_SIZE = 16
 # (folder, key) -> the datasets this process reads from that cache: while one is alive, its eviction keeps the cache.
 _READERS: dict[tuple[str, str], weakref.WeakSet] = {}
 
@@ -259,262 +246,6 @@ def evict_least_recently_used(
     return removed
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity, which containers and `taskset` restrict)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def describe_format(cache_format: str) -> str:
-    return _FORMAT_NAMES[cache_format]
-
-
-def encode_pixels(pixels: np.ndarray, cache_format: str) -> list[bytes]:
-    """
-    `uint8 [B, C, H, W]` pixels as one JPEG or PNG file each (`C` = 1 gives gray, `C` = 3 RGB images).
-
-    Args:
-        pixels (`np.ndarray`): The geometry's output.
-        cache_format (`str`): `"jpeg"` or `"png"`.
-
-    Returns:
-        `list[bytes]`: one encoded image per row.
-    """
-    encoded = []
-    for array in pixels:
-        image = PIL.Image.fromarray(
-            array[0] if array.shape[0] == 1 else np.ascontiguousarray(array.transpose(1, 2, 0))
-        )
-        buffer = io.BytesIO()
-        if cache_format == "jpeg":
-            # 4:2:0 chroma, as photos are stored: a third smaller than 4:4:4 for about the same pixels.
-            image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:0")
-        else:
-            # Level 1: nearly the size of level 6 for photos at a fraction of the encoding time.
-            image.save(buffer, format="PNG", compress_level=1)
-        encoded.append(buffer.getvalue())
-    return encoded
-
-
-class CompactPixels:
-    """
-    The `datasets` transform of a JPEG/PNG cache: a batch of encoded images to `uint8 [B, C, H, W]`.
-
-    A module-level class (not a closure) so that DataLoader workers can pickle it.
-
-    Args:
-        cache_file (`str`): The cache's Arrow file, named when its bytes do not decode.
-        key (`str`): The cache key, for the fix (`prunefuse-hf cache clear KEY`).
-    """
-
-    def __init__(self, cache_file: str, key: str):
-        self.cache_file = cache_file
-        self.key = key
-
-    def __call__(self, batch: dict) -> dict:
-        import torch  # here, not at the top: `prunefuse-hf cache list|clear` never imports torch
-
-        arrays = []
-        for data in batch[PIXEL_VALUES]:
-            try:
-                with PIL.Image.open(io.BytesIO(data)) as image:
-                    array = np.asarray(image)
-            except Exception as error:
-                raise ImageDecodeError(
-                    f"The pixel cache {self.cache_file} holds bytes that do not decode ({error}): remove it with "
-                    f"`prunefuse-hf cache clear {self.key}` and run again (it is rebuilt)."
-                ) from None
-            arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-        return {PIXEL_VALUES: torch.from_numpy(np.stack(arrays))}
-
-
-def cache_files(cache_dir: Path, key: str) -> list[Path]:
-    """The Arrow file(s) of a cache (one per building process), without the description."""
-    return sorted(
-        path
-        for path in cache_dir.glob(f"{PIXEL_CACHE_PREFIX}{key}*.arrow")
-        if (match := _FILE_PATTERN.match(path.name)) and match.group(1) == key
-    )
-
-
-def description_path(cache_dir: Path, key: str) -> Path:
-    return cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.json"
-
-
-def lock_path(cache_dir: Path, key: str) -> Path:
-    return cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.lock"
-
-
-def build_dir(cache_dir: Path, key: str) -> Path:
-    """The folder a build of the cache `key` writes into (its files move out of it when they are complete)."""
-    return cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.partial"
-
-
-def is_complete(cache_dir: Path, key: str) -> bool:
-    """Whether the cache `key` was fully built: its description exists and every file it lists too."""
-    path = description_path(cache_dir, key)
-    if not path.is_file():
-        return False
-    try:
-        files = json.loads(path.read_text())["files"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return bool(files) and all((cache_dir / name).is_file() for name in files)
-
-
-def mark_used(cache_dir: Path, key: str) -> None:
-    # The description's modification time is the last use: `cache clear --older_than` goes by it.
-    try:
-        os.utime(description_path(cache_dir, key))
-    except OSError:  # a read-only cache is still read
-        pass
-
-
-class CacheLock:
-    """
-    The inter-process lock of one pixel cache, held while a process builds the cache, opens it to read, or removes
-    it: one process builds a missing cache, the others wait and then read it.
-
-    Its file (`pixels-<key>.lock`) exists while the lock is held: the holder deletes it before releasing (a process
-    that was waiting on the deleted file sees so once it gets it, and takes the lock again on a new file). A file
-    left by a killed holder no longer locks anything; it is listed with the cache and removed with it.
-
-    Args:
-        cache_dir (`Path`): The cache folder (it must exist).
-        key (`str`): The cache key.
-
-    Example:
-
-    ```python
-    >>> from pathlib import Path
-    >>> from prunefuse_hf.data.pixel_cache import CacheLock
-    >>> with CacheLock(Path("."), "0123abcd"):  # builds or reads the cache 0123abcd here
-    ...     pass
-    ```
-    """
-
-    def __init__(self, cache_dir: Path, key: str):
-        self.cache_dir = Path(cache_dir)
-        self.key = key
-        self.path = lock_path(self.cache_dir, key)
-        self._lock = filelock.FileLock(str(self.path))
-
-    def acquire(self, *, blocking: bool = True) -> bool:
-        """
-        Take the lock, waiting for another holder (said once when the wait passes a second); with `blocking=False`,
-        give up at once when another process holds it.
-
-        Returns:
-            `bool`: whether the lock was taken (always `True` when blocking).
-
-        Raises:
-            `OSError`: the lock file cannot be created (a read-only or full folder).
-        """
-        try:
-            self._lock.acquire(timeout=_QUIET_WAIT_SECONDS if blocking else 0)
-            return True
-        except filelock.Timeout:
-            if not blocking:
-                return False
-        logger.warning(
-            f"Waiting for another process that holds the pixel cache {self.key} in {self.cache_dir} (building it, "
-            "or opening or removing it): this run reads the cache once it is done, or builds it if it is missing."
-        )
-        self._lock.acquire()
-        return True
-
-    def release(self, *, keep_file: bool = False) -> None:
-        """Release the lock, deleting its file first (unless `keep_file`) so that the folder keeps no lock file of a
-        finished build."""
-        if not keep_file:
-            with contextlib.suppress(OSError):
-                self.path.unlink(missing_ok=True)
-        self._lock.release()
-
-    def __enter__(self) -> CacheLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()
-
-
-def remove_files(cache_dir: Path, key: str) -> None:
-    """
-    Remove a cache's files and what a build of it left (its build folder, a description being written); not its
-    lock, which its holder deletes. The caller holds the cache's lock (see [`remove_unless_held`]).
-    """
-    if _LOOSE_TEMPORARY.match(key):
-        (cache_dir / key).unlink(missing_ok=True)
-        return
-    # The description first: a cache half removed is incomplete, never read.
-    for path in [
-        description_path(cache_dir, key),
-        *cache_files(cache_dir, key),
-        *_descriptions_written(cache_dir, key),
-    ]:
-        path.unlink(missing_ok=True)
-    if build_dir(cache_dir, key).exists():
-        shutil.rmtree(build_dir(cache_dir, key))
-
-
-def remove_unless_held(cache_dir: Path, key: str, *, dry_run: bool = False) -> bool:
-    """
-    Remove the cache `key` (see [`remove_files`]) unless another process holds its lock (builds it, or opens or
-    removes it).
-
-    Returns:
-        `bool`: whether it was removed (or, with `dry_run`, could be).
-
-    Raises:
-        `OSError`: the folder cannot be written (a lock or a file cannot be created or removed).
-    """
-    if _LOOSE_TEMPORARY.match(key):  # nobody locks these
-        if not dry_run:
-            remove_files(cache_dir, key)
-        return True
-    lock = CacheLock(cache_dir, key)
-    if dry_run and not lock.path.exists():  # a holder has its lock file: nobody holds this cache
-        return True
-    try:
-        if not lock.acquire(blocking=False):
-            return False
-    except OSError:
-        if dry_run:  # a read-only folder: what would be removed once it is writable
-            return True
-        raise
-    try:
-        if not dry_run:
-            remove_files(cache_dir, key)
-    finally:
-        lock.release(keep_file=dry_run)  # a dry run changes nothing
-    return True
-
-
-def _descriptions_written(cache_dir: Path, key: str) -> list[Path]:
-    """Temporary files of a description being written (`atomic_write`), left when its writer was killed."""
-    return sorted(
-        path
-        for path in cache_dir.glob(f".{PIXEL_CACHE_PREFIX}{key}.json.*.tmp")
-        if (match := _OWNED_PATTERN.match(path.name)) and match.group(1) == key
-    )
-
-
-def write_description(cache_dir: Path, key: str, description: dict) -> None:
-    """Write the description of a complete cache (last: its presence marks the build as complete)."""
-    description = {
-        "version": VERSION,
-        "key": key,
-        "created": _now().isoformat(timespec="seconds"),
-        **description,
-    }
-    atomic_write(
-        description_path(cache_dir, key), lambda f: f.write(json.dumps(description, indent=2) + "\n")
-    )
-
-
 def list_pixel_caches(cache_dir: str | os.PathLike | None = None) -> list[PixelCacheInfo]:
     """
     The pixel caches in `cache_dir`, most recently used first.
@@ -552,10 +283,8 @@ def list_pixel_caches(cache_dir: str | os.PathLike | None = None) -> list[PixelC
             f"point ${PIXEL_CACHE_DIR_ENV} (`--cache_dir` on the command line) at another folder."
         ) from None
     for path in names:
-        if match := _FILE_PATTERN.match(path.name) or _OWNED_PATTERN.match(path.name):
-            keys.add(match.group(1))
-        elif _LOOSE_TEMPORARY.match(path.name) and path.is_file():
-            keys.add(path.name)
+        if (key := owner_key(path)) is not None:
+            keys.add(key)
     # Another process may remove a cache while this one lists it: a cache with no file left is not listed.
     infos = [info for key in sorted(keys) if (info := _info(directory, key)) is not None]
     return sorted(infos, key=lambda info: info.last_used, reverse=True)
@@ -622,7 +351,7 @@ def clear_pixel_caches(
             )
         selected.add(matches[0])
     if older_than_days is not None:
-        cutoff = _now().timestamp() - older_than_days * _SECONDS_PER_DAY
+        cutoff = utc_now().timestamp() - older_than_days * _SECONDS_PER_DAY
         selected |= {info.key for info in caches if info.last_used.timestamp() < cutoff}
     removed = []
     for info in caches:
@@ -648,6 +377,7 @@ def clear_pixel_caches(
 
 
 def format_bytes(size: float) -> str:
+    """A size in bytes as messages show it, in decimal units (`1.5 GB`)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if size < 1000 or unit == "TB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
@@ -656,6 +386,7 @@ def format_bytes(size: float) -> str:
 
 
 def format_seconds(seconds: float) -> str:
+    """A duration as messages show it (`4.2 s`, `12 min`, `1.5 h`)."""
     if seconds < 10:
         return f"{seconds:.1f} s"
     if seconds < 90:
@@ -665,75 +396,14 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def choose_format(cache_format: str, raw_bytes: int) -> str:
-    if cache_format != "auto":
-        return cache_format
-    return "raw" if raw_bytes <= AUTO_RAW_MAX_BYTES else "jpeg"
-
-
-def describe_processor(processor) -> str:
-    size = getattr(processor, "size", None)
-    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-    return f"{type(processor).__name__} size={dict(size) if size else None}" + (
-        f" crop={dict(crop)}" if crop else ""
-    )
-
-
-@dataclass
-class DecodeSample:
-    """A timed decode of a few images: the per-process rate of a build and the encoded size per format."""
-
-    count: int
-    decode_seconds: float
-    raw_bytes: int
-    encoded: dict  # format -> (mean bytes per image, seconds to encode the sample)
-
-    @classmethod
-    def measure(cls, to_pixels, images: datasets.Dataset, column: str, formats) -> DecodeSample:
-        """Decode (and encode) a few images spread over the pool with `to_pixels`, timed."""
-        rows = np.unique(np.linspace(0, len(images) - 1, min(len(images), SAMPLE_SIZE)).astype(int)).tolist()
-        values = images[rows][column]
-        started = time.perf_counter()
-        pixels = to_pixels(values, rows).numpy()
-        decode_seconds = time.perf_counter() - started
-        encoded = {}
-        # JPEG always: the message of an uncached pool quotes its size.
-        for stored_format in sorted(set(formats) - {"raw"} | {"jpeg"}):
-            started = time.perf_counter()
-            sizes = [len(data) for data in encode_pixels(pixels, stored_format)]
-            encoded[stored_format] = (float(np.mean(sizes)), time.perf_counter() - started)
-        return cls(len(rows), decode_seconds, int(pixels[0].size), encoded)
-
-    def images_per_second(self, stored_format: str) -> float:
-        seconds = self.decode_seconds + (
-            self.encoded[stored_format][1] if stored_format in self.encoded else 0.0
-        )
-        return self.count / max(seconds, 1e-9)
-
-    def estimated_bytes(self, stored_format: str, num_images: int) -> int:
-        per_image = self.raw_bytes if stored_format == "raw" else self.encoded[stored_format][0]
-        return int(per_image * num_images)
-
-
-def not_cached_message(num_images: int, sample: DecodeSample, reason: str) -> str:
-    """What a pool that is not cached costs per pass, and how to cache it."""
-    rate = sample.images_per_second("raw")
-    return (
-        f"Not caching decoded pixels ({reason}): every scoring pass and epoch decodes {num_images:,} images again, "
-        f"~{format_seconds(num_images / rate)} per pass on one core (measured {rate:,.0f} images/s on a sample of "
-        f"{sample.count}; DataLoader workers, dataloader_num_workers, divide it). Set cache_pixels: true and "
-        f"pixel_cache_format: jpeg (~{format_bytes(sample.estimated_bytes('jpeg', num_images))}) to cache."
-    )
-
-
 def _info(directory: Path, key: str) -> PixelCacheInfo | None:
-    if _LOOSE_TEMPORARY.match(key):
+    if is_loose_temporary(key):
         paths = [directory / key]
     else:
         partial = build_dir(directory, key)
         leftovers = sorted(path for path in partial.rglob("*") if path.is_file()) if partial.is_dir() else []
         paths = [*cache_files(directory, key), description_path(directory, key), lock_path(directory, key),
-                 *_descriptions_written(directory, key), *leftovers]  # fmt: skip
+                 *descriptions_written(directory, key), *leftovers]  # fmt: skip
     stats = {}
     for path in paths:
         try:
@@ -760,7 +430,7 @@ def _info(directory: Path, key: str) -> PixelCacheInfo | None:
         if created
         else datetime.fromtimestamp(max(mtimes), timezone.utc),
         last_used=datetime.fromtimestamp(last_used, timezone.utc),
-        complete=not _LOOSE_TEMPORARY.match(key) and is_complete(directory, key),
+        complete=not is_loose_temporary(key) and is_complete(directory, key),
         num_images=description.get("num_images"),
         shape=tuple(description["shape"]) if "shape" in description else None,
         cache_format=description.get("format"),
@@ -768,7 +438,3 @@ def _info(directory: Path, key: str) -> PixelCacheInfo | None:
         dataset_fingerprint=description.get("dataset_fingerprint"),
         description=description,
     )
-
-
-def _now() -> datetime:
-    return datetime.fromtimestamp(time.time(), timezone.utc)

@@ -6,9 +6,10 @@ from the run's settings (size, channels, mean and std 0.5). It is split in two h
 - **geometry** (decode, channel mode, resize / crop) turns every image into `uint8` pixels of the model's
   size and channel count. It runs once per run, on every core: the pixels are stored with `datasets` (Arrow
   files, memory-mapped, keyed by the pool's fingerprint, the processor and the format: raw, or JPEG / PNG for
-  large pools, see `pixel_cache.py`), so every scoring pass, every training epoch and every evaluation reads
-  them instead of decoding the original files again, and a second run or a resume reuses them. Decoding every
-  image up front is also where damaged files are found, before any training, with the file named in the error.
+  large pools, see `pixel_cache.py`; built by `pixel_cache_build.py`), so every scoring pass, every training epoch
+  and every evaluation reads them instead of decoding the original files again, and a second run or a resume reuses
+  them. Decoding every image up front is also where damaged files are found, before any training, with the file
+  named in the error. [`PixelDataset`] (`pixel_dataset.py`) reads them a batch at a time.
 - **normalization** (rescale, mean / std, training augmentation) runs on tensors, on the device, batch by batch.
 
 The two halves give exactly the processor's own output (tested), and the processor is saved with every
@@ -17,69 +18,22 @@ checkpoint, so `pipeline("image-classification", model=...)` preprocesses like t
 
 from __future__ import annotations
 
-import copy
-import errno
 import hashlib
 import json
-import math
 import os
-import shutil
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import datasets
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
-from datasets.utils import are_progress_bars_disabled
-from tqdm.auto import tqdm
-from transformers.utils import logging
 
-from ..constants import (
-    LABELS,
-    PIXEL_CACHE_FORMATS,
-    PIXEL_CACHE_MAX_SIZE_ENV,
-    PIXEL_CACHE_PREFIX,
-    PIXEL_VALUES,
-)
-from ..utils.checks import check_choice, check_integer
+from ..constants import PIXEL_VALUES
 from .images import open_image, to_model_mode
-from .pixel_cache import (
-    JPEG_QUALITY,
-    CacheLock,
-    CompactPixels,
-    DecodeSample,
-    build_dir,
-    choose_format,
-    describe_format,
-    describe_processor,
-    encode_pixels,
-    evict_least_recently_used,
-    format_bytes,
-    format_seconds,
-    is_complete,
-    mark_in_use,
-    mark_used,
-    not_cached_message,
-    remove_files,
-    resolve_cache_dir,
-    resolve_max_size,
-    usable_cores,
-    write_description,
-)
-
-logger = logging.get_logger(__name__)
+from .pixel_cache_build import build_pixel_dataset
+from .pixel_formats import JPEG_QUALITY
 
 # Bump when the way pixels are computed changes: it is part of every cache file's key. 2: formats, descriptions.
 PIXEL_CACHE_VERSION = "2"
-# With `cache_pixels` unset, a pool is cached when its pixels take at most this share of the free disk space.
-AUTO_CACHE_DISK_SHARE = 0.5
 AUGMENT_PADDING = 4
-_MAP_BATCH_SIZE = 256
-# Starting a process costs about a second: smaller pools are built by fewer processes.
-_MIN_IMAGES_PER_PROCESS = 1024
 
 
 @dataclass
@@ -233,223 +187,18 @@ class ImagePreprocessor:
             [`~prunefuse_hf.data.ImageDecodeError`]: with the cache, an image cannot be decoded.
             `ValueError`: `cache_format` or `num_proc` is not valid.
         """
-        check_choice("pixel_cache_format", cache_format, PIXEL_CACHE_FORMATS)
-        if num_proc is not None:
-            num_proc = check_integer("dataset_num_proc", num_proc, minimum=1)
-        images = _undecoded(dataset, self.image_column)
-        cache_dir = resolve_cache_dir(cache_dir)
-        cap = resolve_max_size(max_size)
-        shape = self.output_shape(images)
-        formats = ("raw", "jpeg", "png") if cache_format == "auto" else (cache_format,)
-        unusable = None  # why the cache directory cannot be used (read-only, full, damaged), once found
-        for stored_format in formats if cache is not False else ():
-            key = self.cache_key(dataset, stored_format)
-            if is_complete(cache_dir, key):
-                try:
-                    cached, unusable = self._cached_or_reason(
-                        images, cache_dir, key, stored_format, shape, num_proc=None, desc=desc,
-                        fingerprint=dataset._fingerprint, cap=cap,
-                    )  # fmt: skip
-                except _DamagedCache as damaged:  # its files are removed: built again below
-                    logger.warning(
-                        f"The pixel cache {key} in {cache_dir} is damaged ({damaged}); building it again."
-                    )
-                    break
-                if cached is not None:
-                    return cached
-                break  # unusable, or removed by another process meanwhile: built again below
-        if not create_cache:
-            return images.with_transform(self._transform, output_all_columns=False)
-
-        sample = DecodeSample.measure(self.to_pixels, images, self.image_column, formats)
-        stored_format = choose_format(cache_format, len(dataset) * math.prod(shape))
-        size = sample.estimated_bytes(stored_format, len(dataset))
-        reason = "cache_pixels is false" if cache is False else unusable
-        if cache is None and reason is None:
-            try:
-                cache_dir.mkdir(parents=True, exist_ok=True)
-                free = shutil.disk_usage(cache_dir).free
-            except OSError as error:
-                reason = unusable = _cache_unusable(cache_dir, error)
-        if cache is None and reason is None:
-            limit = min(AUTO_CACHE_DISK_SHARE * free, cap if cap is not None else math.inf)
-            if cache_format == "auto" and stored_format == "raw" and size > limit:
-                stored_format, size = "jpeg", sample.estimated_bytes("jpeg", len(dataset))
-            if size > AUTO_CACHE_DISK_SHARE * free:
-                reason = (
-                    f"~{format_bytes(size)} needed as {describe_format(stored_format)}, {format_bytes(free)} free in "
-                    f"{cache_dir} (the cache takes at most half of the free space)"
-                )
-            elif size > limit:
-                reason = (
-                    f"~{format_bytes(size)} needed as {describe_format(stored_format)}, over the pixel cache's cap of "
-                    f"{format_bytes(cap)} (pixel_cache_max_size or ${PIXEL_CACHE_MAX_SIZE_ENV})"
-                )
-        if reason is not None:
-            # The cache's own problem was said once already (`_cache_unusable`).
-            loud = cache is None and reason is not unusable
-            return self._uncached(images, sample, reason, validate=validate, loud=loud, desc=desc)
-
-        if num_proc is None:
-            num_proc = max(1, min(usable_cores(), len(dataset) // _MIN_IMAGES_PER_PROCESS))
-        num_proc = min(num_proc, len(dataset))
-        seconds = len(dataset) / (sample.images_per_second(stored_format) * num_proc)
-        message = (
-            f"Caching {len(dataset):,} images at {'×'.join(map(str, shape))} as {describe_format(stored_format)} "
-            f"(~{format_bytes(size)} est.) in {cache_dir} with {num_proc} process{'es' if num_proc > 1 else ''}: "
-            f"~{format_seconds(seconds)} (measured {sample.images_per_second(stored_format):,.0f} images/s per "
-            f"process on a sample of {sample.count})"
-        )
-        # A build of more than a minute is worth seeing at the default verbosity.
-        (logger.warning if seconds > 60 else logger.info)(message)
-        key = self.cache_key(dataset, stored_format)
-        if cap is not None:
-            # Room for the build first, so that the cap also holds while it writes.
-            evict_least_recently_used(cache_dir, cap, reserve=size)
-        cached, reason = self._cached_or_reason(
-            images, cache_dir, key, stored_format, shape, num_proc=num_proc, desc=desc,
-            fingerprint=dataset._fingerprint, cap=cap,
-        )  # fmt: skip
-        if cached is not None:
-            return cached
-        return self._uncached(images, sample, reason, validate=validate, loud=False, desc=desc)
-
-    def _uncached(self, images, sample, reason: str, *, validate: bool, loud: bool, desc: str):
-        """The images decoded when a batch is read; with `validate`, every image is decoded once now."""
-        per_pass = len(images) / sample.images_per_second("raw")
-        # Said loudly when it costs: a pass of over a minute, or a cache the disk rule turned off.
-        (logger.warning if loud or per_pass > 60 else logger.info)(
-            not_cached_message(len(images), sample, reason)
-        )
-        if validate:
-            # Shown when `datasets`' own bars are (a run hides both unless disable_tqdm is false).
-            batches = range(0, len(images), _MAP_BATCH_SIZE)
-            for start in tqdm(batches, desc=desc, unit="batch", disable=are_progress_bars_disabled()):
-                rows = list(range(start, min(start + _MAP_BATCH_SIZE, len(images))))
-                self.to_pixels(images[rows][self.image_column], rows)
-        return images.with_transform(self._transform, output_all_columns=False)
-
-    def _cached_or_reason(self, images, cache_dir: Path, key: str, *args, **kwargs):
-        """`_cached` under the cache's inter-process lock (one process builds, the others wait, then read), or
-        `(None, why)` when the cache directory cannot be written or read (read-only, full, damaged): a run goes on
-        without the cache rather than stopping on a storage error. `(None, None)`: reading (`num_proc=None`), the
-        cache was found removed by another process once its lock was taken."""
-        reading = kwargs.get("num_proc") is None
-        lock = None
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            lock = CacheLock(cache_dir, key)
-            lock.acquire()
-        except OSError as error:
-            if not (reading and _is_storage_error(error)):
-                return None, _cache_unusable(cache_dir, error)
-            lock = None  # a read-only folder: nobody removes the cache there either, read it as it is
-        try:
-            return self._cached(images, cache_dir, key, *args, **kwargs), None
-        except (OSError, pa.ArrowException) as error:
-            if lock is not None:
-                try:
-                    remove_files(cache_dir, key)  # what a failed build or a damaged cache left
-                except OSError:
-                    pass
-            if reading and not _is_storage_error(error):
-                raise _DamagedCache(
-                    f"{type(error).__name__}: {error}"
-                ) from error  # a complete cache, unreadable
-            return None, _cache_unusable(cache_dir, error)
-        finally:
-            if lock is not None:
-                lock.release()
-
-    def _cached(
-        self,
-        images,
-        cache_dir: Path,
-        key: str,
-        stored_format: str,
-        shape,
-        *,
-        num_proc,
-        desc,
-        fingerprint,
-        cap,
-    ):
-        """Build the cache `key` (or read it when complete) and return it in the format `PixelDataset` reads; `None`
-        when reading (`num_proc=None`) and the cache is not complete. The caller holds the cache's lock."""
-        building = not is_complete(cache_dir, key)
-        if building and num_proc is None:
-            return None
-        if stored_format == "raw":
-            feature = datasets.Array3D(shape=shape, dtype="uint8")
-        else:
-            feature = datasets.Value("binary")
-        map_kwargs = dict(
-            batched=True,
-            batch_size=_MAP_BATCH_SIZE,
-            with_indices=True,
-            remove_columns=images.column_names,
-            features=datasets.Features({PIXEL_VALUES: feature}),
-            fn_kwargs={"cache_format": stored_format, "one_thread": bool(num_proc and num_proc > 1)},
-            new_fingerprint=key,
-        )
-        cache_file = cache_dir / f"{PIXEL_CACHE_PREFIX}{key}.arrow"
-        if building:
-            remove_files(cache_dir, key)  # what an interrupted build left
-            # Written in a folder of its own (datasets' temporary files too): a killed build leaves only files
-            # that `cache list` / `cache clear` find by its key.
-            partial = build_dir(cache_dir, key)
-            partial.mkdir()
-            started = time.perf_counter()
-            built = images.map(
-                self._map_batch,
-                cache_file_name=str(partial / cache_file.name),
-                load_from_cache_file=False,
-                num_proc=num_proc if num_proc > 1 else None,
-                desc=desc,
-                **map_kwargs,
-            )
-            seconds = time.perf_counter() - started
-            files = [Path(entry["filename"]).name for entry in built.cache_files]
-            num_images = len(built)
-            del built
-            for name in files:
-                os.replace(partial / name, cache_dir / name)
-            shutil.rmtree(partial)
-            processor = self.image_processor
-            # Last: the description marks the cache as complete.
-            write_description(cache_dir, key, {
-                "files": files, "num_images": num_images, "shape": list(shape),
-                "format": stored_format, "dataset_fingerprint": fingerprint, "num_proc": num_proc or 1,
-                "build_seconds": round(seconds, 3), "processor": describe_processor(processor),
-                "image_processor": processor.to_dict(),
-            })  # fmt: skip
-            logger.info(
-                f"Cached {num_images:,} images in {format_seconds(seconds)} ({num_images / seconds:,.0f} images/s): "
-                f"{format_bytes(sum((cache_dir / name).stat().st_size for name in files))} in {cache_dir} (key {key})"
-            )
-        else:
-            mark_used(cache_dir, key)
-            logger.info(
-                f"Reading the cached pixels of {len(images):,} images ({stored_format}) from {cache_dir}"
-            )
-        # Opened from where they are now (the Arrow files are memory-mapped: a reader keeps reading them even if
-        # another process removes the cache later).
-        pixels = images.map(
-            self._map_batch,
-            cache_file_name=str(cache_file),
-            load_from_cache_file=True,
+        return build_pixel_dataset(
+            self,
+            dataset,
+            cache=cache,
+            cache_dir=cache_dir,
+            cache_format=cache_format,
+            num_proc=num_proc,
+            validate=validate,
             desc=desc,
-            **map_kwargs,
+            max_size=max_size,
+            create_cache=create_cache,
         )
-        files = [Path(entry["filename"]) for entry in pixels.cache_files]
-        if stored_format == "raw":
-            pixels = pixels.with_format("numpy")
-        else:
-            pixels = pixels.with_transform(CompactPixels(str(files[0]), key))
-        mark_in_use(cache_dir, key, pixels)
-        if building and cap is not None:  # the estimate may have been short
-            evict_least_recently_used(cache_dir, cap)
-        return pixels
 
     def output_shape(self, images: datasets.Dataset) -> tuple[int, int, int]:
         """`(C, H, W)` of the pixels, from the processor's geometry on the first image."""
@@ -463,19 +212,6 @@ class ImagePreprocessor:
                  type(self.image_processor).__name__, self.image_processor.to_json_string(), cache_format,
                  JPEG_QUALITY if cache_format == "jpeg" else None]  # fmt: skip
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
-
-    def _map_batch(
-        self, batch: dict, indices: list[int], cache_format: str = "raw", one_thread: bool = False
-    ):
-        if one_thread and torch.get_num_threads() != 1:
-            # One building process per core: torch's own threads would only compete with the other processes.
-            torch.set_num_threads(1)
-        pixels = self.to_pixels(batch[self.image_column], indices).numpy()
-        return {PIXEL_VALUES: pixels if cache_format == "raw" else encode_pixels(pixels, cache_format)}
-
-    def _transform(self, batch: dict) -> dict:
-        # Read lazily (no cache, no validation): a damaged file fails here, named, when a pass first reads it.
-        return {PIXEL_VALUES: self.to_pixels(batch[self.image_column])}
 
     # ----- normalization: uint8 pixels -> model inputs -----
 
@@ -504,109 +240,6 @@ class ImagePreprocessor:
         return values
 
 
-class PixelDataset(torch.utils.data.Dataset):
-    """
-    Rows of a pixel dataset with their class ids, read a whole batch at a time.
-
-    Args:
-        pixels (`datasets.Dataset`): From [`ImagePreprocessor.pixel_dataset`].
-        rows (`np.ndarray`): The rows (pool indices) this dataset exposes, in order.
-        labels (`np.ndarray`, *optional*): Class id of each row of `rows`; without them only pixels are returned.
-    """
-
-    def __init__(self, pixels: datasets.Dataset, rows, labels=None):
-        self.pixels = pixels
-        # The cached pixels as numpy views of the memory-mapped Arrow file: a batch is one fancy-indexing copy,
-        # where datasets' own row formatting would spend more time than a small model's forward pass.
-        self._views = _uint8_views(pixels)
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.labels = None if labels is None else torch.tensor(np.asarray(labels, dtype=np.int64))
-        if self.labels is not None and len(self.labels) != len(self.rows):
-            raise ValueError(f"Got {len(self.labels)} labels for {len(self.rows)} rows.")
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices: list[int]) -> list[dict]:
-        # One Arrow read for the whole batch; the examples are views of it.
-        pixel_values = self.batch(indices)
-        if self.labels is None:
-            return [{PIXEL_VALUES: p} for p in pixel_values]
-        return [{PIXEL_VALUES: p, LABELS: y} for p, y in zip(pixel_values, self.labels[indices])]
-
-    def select(self, positions) -> PixelDataset:
-        """The examples at `positions` (of this dataset) as a new `PixelDataset` over the same pixels."""
-        subset = copy.copy(self)
-        positions = np.asarray(list(positions) if isinstance(positions, range) else positions, dtype=np.int64)
-        subset.rows = self.rows[positions]
-        subset.labels = None if self.labels is None else self.labels[torch.from_numpy(positions)]
-        return subset
-
-    @property
-    def decodes_per_batch(self) -> bool:
-        """Whether reading a batch decodes images (no cache, or a JPEG/PNG one) rather than copying raw pixels."""
-        return self._views is None
-
-    def batch(self, indices) -> torch.Tensor:
-        """The `uint8` pixels of `indices` as one `[B, C, H, W]` tensor."""
-        if self._views is not None:
-            return torch.from_numpy(self._views.take(self.rows[np.asarray(indices, dtype=np.int64)]))
-        pixel_values = self.pixels[self.rows[indices].tolist()][PIXEL_VALUES]
-        if isinstance(pixel_values, torch.Tensor):
-            return pixel_values
-        return torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.uint8))
-
-
-class _ChunkViews:
-    """Zero-copy numpy views `[n_i, C, H, W]` of the chunks of a fixed-shape uint8 Arrow column."""
-
-    def __init__(self, views: list[np.ndarray]):
-        self.views = views
-        self.starts = np.cumsum([0] + [len(v) for v in views])
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        if len(self.views) == 1:
-            return self.views[0][rows]
-        out = np.empty((len(rows), *self.views[0].shape[1:]), dtype=np.uint8)
-        chunk = np.searchsorted(self.starts, rows, side="right") - 1
-        for c in np.unique(chunk):
-            mask = chunk == c
-            out[mask] = self.views[c][rows[mask] - self.starts[c]]
-        return out
-
-
-def _uint8_views(pixels) -> _ChunkViews | None:
-    """Views of a cached pixel dataset's column, or `None` when it is not plain cached uint8 Arrow data."""
-    if (
-        not isinstance(pixels, datasets.Dataset)
-        or pixels._indices is not None
-        or pixels.format["type"] != "numpy"
-    ):
-        return None
-    feature = pixels.features.get(PIXEL_VALUES)
-    if not isinstance(feature, datasets.Array3D) or feature.dtype != "uint8":
-        return None
-    shape = tuple(feature.shape)
-    column = pixels.data.table.column(PIXEL_VALUES)
-    # One cast and three flattens of the whole column in Arrow (per-chunk Python access would deserialize the
-    # extension type of each chunk: 0.3 s for the 4,000 chunks of a 1M-image cache).
-    storage = column.cast(column.type.storage_type) if isinstance(column.type, pa.ExtensionType) else column
-    values = storage
-    for _ in shape:
-        values = pc.list_flatten(values)
-    if values.num_chunks != storage.num_chunks:
-        return None
-    views = []
-    for chunk, flat in zip(storage.chunks, values.chunks):
-        if len(flat) != len(chunk) * int(np.prod(shape)):
-            return None
-        views.append(flat.to_numpy(zero_copy_only=True).reshape(len(chunk), *shape))
-    return _ChunkViews(views) if views else None
-
-
 def random_crop_and_flip(pixel_values: torch.Tensor, padding: int) -> torch.Tensor:
     """
     CIFAR-style augmentation of a batch, per example: zero-pad by `padding`, crop back to size at a random offset,
@@ -632,41 +265,6 @@ def random_crop_and_flip(pixel_values: torch.Tensor, padding: int) -> torch.Tens
     # [B, H, W, C] gathered from the padded [B, C, H + 2p, W + 2p] batch, then back to channels-first.
     out = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], columns[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
-
-
-class _DamagedCache(Exception):
-    """A complete cache whose files cannot be read (not a storage problem of its directory)."""
-
-
-def _is_storage_error(error: Exception) -> bool:
-    """A read-only or full directory (as opposed to a damaged file)."""
-    return isinstance(error, OSError) and getattr(error, "errno", None) in (
-        errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
-    )  # fmt: skip
-
-
-_SAID_UNUSABLE: set[str] = set()  # cache directories whose problem was already said (once per process)
-
-
-def _cache_unusable(cache_dir: Path, error: Exception) -> str:
-    """Why the pixel cache in `cache_dir` cannot be used, and the fix; logged as a warning once per directory."""
-    reason = (
-        f"the pixel cache in {cache_dir} cannot be used ({type(error).__name__}: {error}); free space there or make "
-        "it writable (`prunefuse-hf cache clear` removes old caches), or point PRUNEFUSE_PIXEL_CACHE at another "
-        "folder; cache_pixels: false runs without it and silences this"
-    )
-    if str(cache_dir) not in _SAID_UNUSABLE:
-        _SAID_UNUSABLE.add(str(cache_dir))
-        logger.warning(f"Going on without the pixel cache: {reason}.")
-    return reason
-
-
-def _undecoded(dataset: datasets.Dataset, image_column: str) -> datasets.Dataset:
-    # Files are opened by `open_image`, which names the file when decoding fails (datasets' decoder does not).
-    images = dataset.select_columns([image_column])
-    if isinstance(images.features[image_column], datasets.Image):
-        images = images.cast_column(image_column, datasets.Image(decode=False))
-    return images
 
 
 def _per_channel(values, channels: int) -> list[float]:

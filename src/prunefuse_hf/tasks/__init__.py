@@ -46,14 +46,9 @@ from .segmentation import (
     segmentation_image_scores,
     segmentation_pooled_features,
 )
-from .segmentation_data import (
-    load_segmentation_dataset,
-    open_mask,
-    read_id2label,
-    reduce_mask_labels,
-    segmentation_class_names,
-    validate_segmentation_dataset,
-)
+from .segmentation_data import read_id2label, segmentation_class_names, validate_segmentation_dataset
+from .segmentation_loading import load_segmentation_dataset
+from .segmentation_masks import open_mask, reduce_mask_labels
 from .segmentation_metrics import mean_iou, segmentation_compute_metrics, segmentation_preprocess_logits
 from .segmentation_synthetic import synthetic_segmentation_pool
 from .task import Task

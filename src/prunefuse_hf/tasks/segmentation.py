@@ -15,14 +15,8 @@ import torch.nn.functional as F
 
 from ..constants import SEGMENTATION_AGGREGATIONS as PIXEL_AGGREGATIONS
 from ..selection.strategies import UncertaintyStrategy, get_strategy
-from .segmentation_data import (
-    IGNORE_INDEX,
-    MASK_COLUMN,
-    open_mask,
-    reduce_mask_labels,
-    segmentation_class_names,
-    validate_segmentation_dataset,
-)
+from .segmentation_data import MASK_COLUMN, segmentation_class_names, validate_segmentation_dataset
+from .segmentation_masks import IGNORE_INDEX, open_mask, reduce_mask_labels
 from .segmentation_metrics import segmentation_compute_metrics
 from .task import Task
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .segmentation_data import IGNORE_INDEX, reduce_mask_labels
+from .segmentation_masks import IGNORE_INDEX, reduce_mask_labels
 
 
 def confusion_matrix(

@@ -19,7 +19,7 @@ import torch
 from transformers.utils import logging
 
 from ..constants import POOL_FEATURES_DIR
-from ..data.preprocessing import PixelDataset
+from ..data.pixel_dataset import PixelDataset
 from ..pruning.cost import FORWARD_FLOPS_PER_MAC, TRAIN_FLOPS_PER_MAC
 from ..selection.scoring import classifier_module, score_pool
 from ..utils.io import atomic_write

@@ -16,8 +16,9 @@ from ..annotation.readers import read_labels
 from ..data.forms import as_image_dataset
 from ..data.labels import align_eval_labels, encode_label_names, label_array, resolve_class_names
 from ..data.loading import validate_image_dataset
+from ..data.pixel_dataset import PixelDataset
 from ..data.pool import DataPool
-from ..data.preprocessing import ImagePreprocessor, PixelDataset
+from ..data.preprocessing import ImagePreprocessor
 
 
 def prepare_eval_dataset(

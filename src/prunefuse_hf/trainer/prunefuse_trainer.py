@@ -47,9 +47,10 @@ from ..constants import (
 )
 from ..data.image_processor import build_image_processor, model_num_channels, pretrained_image_processor
 from ..data.images import first_image
-from ..data.pixel_cache import usable_cores
+from ..data.pixel_cache_build import usable_cores
+from ..data.pixel_dataset import PixelDataset
 from ..data.pool import DataPool
-from ..data.preprocessing import ImagePreprocessor, PixelDataset
+from ..data.preprocessing import ImagePreprocessor
 from ..data.validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
 from ..hub.cards import write_model_card
 from ..hub.push import push_run

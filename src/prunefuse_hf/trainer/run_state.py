@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..constants import ROW_DIGESTS, STATE_NAME
-from ..data.preprocessing import PixelDataset
+from ..data.pixel_dataset import PixelDataset
 from ..utils.io import json_default
 from ..utils.run_directory import RunDirectory
 

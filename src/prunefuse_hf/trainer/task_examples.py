@@ -24,7 +24,7 @@ from transformers import Trainer
 
 from ..annotation.labels import LabelBatch
 from ..annotation.oracle import oracle_labels
-from ..data.preprocessing import PixelDataset
+from ..data.pixel_dataset import PixelDataset
 from ..selection.scoring import score_pool
 from .distillation_trainer import DistillationTrainer
 from .run_state import row_digests

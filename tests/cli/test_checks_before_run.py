@@ -241,7 +241,7 @@ def test_the_way_out_of_an_unprunable_class_runs(saved, tmp_path, capsys):
     assert (tmp_path / "run" / "fused" / "config.json").is_file()
 
 
-@pytest.mark.parametrize("strategy", ["kcenter_greedy", "badge"])
+@pytest.mark.parametrize("strategy", ["kcenter_greedy", "badge", "cluster_margin"])
 def test_feature_strategies_run_on_a_classifier_whose_head_is_not_called_classifier(
     saved, tmp_path, strategy
 ):

@@ -16,7 +16,7 @@ from prunefuse_hf.selection.strategies import (
     top_n_by_score,
 )
 
-BUILTIN = ["random", "least_confidence", "entropy", "margin", "kcenter_greedy"]
+BUILTIN = ["random", "least_confidence", "entropy", "margin", "kcenter_greedy", "cluster_margin"]
 
 # Five candidates given in unsorted pool order. Rows 7 and 1 are permutations of each other, so every
 # uncertainty strategy ties them and must put pool index 1 first.

@@ -322,6 +322,7 @@ RISKY_RUNS = [
     # `classifier` only pools, the logits come from `fc`: every feature setting once.
     ("hgnet_v2", dict(method="prunefuse_distilled", strategy="badge", initial_strategy="typiclust")),
     ("hgnet_v2", dict(method="feature_proxy", strategy="kcenter_greedy")),
+    ("hgnet_v2", dict(method="feature_proxy", strategy="cluster_margin")),
     # A head that normalizes first; attention heads the general path keeps dense.
     ("levit", dict(method="prunefuse_distilled", strategy="kcenter_greedy", initial_strategy="typiclust")),
     # Two heads averaged, stochastic depth as BALD's dropout.

@@ -120,7 +120,16 @@ def test_valid_edge_values_are_accepted():
 
 
 def test_strategies_come_from_the_registry():
-    for name in ("random", "least_confidence", "entropy", "margin", "kcenter_greedy", "badge", "bald"):
+    for name in (
+        "random",
+        "least_confidence",
+        "entropy",
+        "margin",
+        "kcenter_greedy",
+        "badge",
+        "cluster_margin",
+        "bald",
+    ):
         assert name in STRATEGIES
         assert make_config(strategy=name).strategy == name
     help_text = {f.name: f.metadata["help"] for f in __import__("dataclasses").fields(PruneFuseConfig)}[

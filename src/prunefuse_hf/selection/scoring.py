@@ -323,7 +323,7 @@ def active_dropout_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
             if settings
             else f"No setting of {type(model).__name__}'s config adds dropout layers (any dropout it has is applied "
             "without a layer that MC dropout can switch on), so bald cannot run on it: choose another strategy "
-            "(least_confidence, entropy, margin, kcenter_greedy, badge or random)."
+            "(least_confidence, entropy, margin, kcenter_greedy, badge, cluster_margin or random)."
         )
         raise ValueError(
             f"{type(model).__name__} has no active dropout, so MC-dropout scores (strategy 'bald') would all be "
@@ -434,7 +434,7 @@ def classifier_module(model: torch.nn.Module) -> torch.nn.Linear:
         return heads[-1]
     raise ValueError(
         f"{type(model).__name__} has no linear layer that gives its {num_labels} class logits, so its pooled "
-        "features cannot be read: the strategies and settings that use features (kcenter_greedy, badge, "
+        "features cannot be read: the strategies and settings that use features (kcenter_greedy, badge, cluster_margin, "
         "initial_strategy: typiclust, selector: linear_probe, surrogate_distill_epochs > 0) cannot run on it. Use a "
         "strategy on probabilities (least_confidence, entropy, margin) or random, with initial_strategy: random, "
         "selector: trained and surrogate_distill_epochs: 0."

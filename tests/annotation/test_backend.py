@@ -14,7 +14,7 @@ import requests
 
 from conftest import make_image_dataset, tiny_resnet_config
 from prunefuse_hf.annotation.backend import LabelStudioBackend
-from prunefuse_hf.annotation.label_studio_api import push_query
+from prunefuse_hf.annotation.label_studio_api import pull_export, push_query
 from prunefuse_hf.annotation.labels import LabelError
 from prunefuse_hf.annotation.queries import open_query
 from prunefuse_hf.cli.main import main
@@ -140,6 +140,10 @@ def test_label_studio_gets_the_surrogates_guess_for_tasks_imported_by_hand(
         len(p) == 1 and p[0]["model_version"] == version for p in predictions.values()
     )
     assert woken == []
+    # A task imported by hand and answered is not one of the run's: the pull keeps the round's own tasks only.
+    server.annotate(tasks[0]["id"], server.user("ann1@example.com"), CLASSES[0])
+    export = json.loads(pull_export(run_dir, url=server.url).read_text())
+    assert sorted(t["data"]["pool_index"] for t in export) == sorted(query["pool_indices"])
 
 
 def test_the_backend_refuses_a_run_of_another_task_and_wakes_the_loop_on_a_webhook(tmp_path):

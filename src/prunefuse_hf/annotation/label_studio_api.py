@@ -270,7 +270,12 @@ def pull_export(run_dir: str | os.PathLike, *, url: str | None = None, token: st
     edits = label_edits(run_dir, exported, users)
     if edits:
         (report or logger.warning)(_describe_edits(run_dir, edits))
-    tasks = [task for task in exported if task.get("data", {}).get("round", round_) == round_]
+    # The round's own tasks: those imported by hand (for the ML backend's guesses) carry no pool index.
+    tasks = [
+        task
+        for task in exported
+        if POOL_INDEX in task.get("data", {}) and task["data"].get("round", round_) == round_
+    ]
     path = directory / LABEL_STUDIO_EXPORT
     atomic_write(path, lambda f: json.dump(tasks, f))
     answered = sum(bool(task.get("annotations")) for task in tasks)

@@ -181,7 +181,7 @@ def _annotated_datasets(data_args, config, task_name: str):
     default 200), or the splits of `tasks.load_detection_dataset` / `tasks.load_segmentation_dataset` (a saved
     dataset, a Hub dataset, or an image folder with its COCO file or masks folder), subsampled like
     classification's."""
-    from ..data.loading import subsample
+    from ..data.loading import check_distinct_splits, subsample
     from ..tasks import (
         load_detection_dataset,
         load_segmentation_dataset,
@@ -208,13 +208,18 @@ def _annotated_datasets(data_args, config, task_name: str):
 
     if data_args.dataset_name == synthetic:
         pool = synthetic_pool(data_args.max_pool_size or 1000, split="train", seed=config.seed)
-    else:
-        pool = subsample(load(data_args.train_split), data_args.max_pool_size, config.seed)
-    if not data_args.eval_split:
-        return pool, None
-    if data_args.dataset_name == synthetic:
+        if not data_args.eval_split:
+            return pool, None
         return pool, synthetic_pool(data_args.max_eval_samples or 200, split="test", seed=config.seed + 1)
-    return pool, subsample(load(data_args.eval_split), data_args.max_eval_samples, config.seed + 1)
+    pool = load(data_args.train_split)
+    if not data_args.eval_split:
+        return subsample(pool, data_args.max_pool_size, config.seed), None
+    eval_dataset = load(data_args.eval_split)
+    check_distinct_splits(pool, eval_dataset, data_args)
+    return (
+        subsample(pool, data_args.max_pool_size, config.seed),
+        subsample(eval_dataset, data_args.max_eval_samples, config.seed + 1),
+    )
 
 
 def print_result(trainer: PruneFuseTrainer, config: PruneFuseConfig) -> dict:

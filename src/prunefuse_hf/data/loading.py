@@ -388,8 +388,45 @@ def load_run_datasets(
             raise ValueError(
                 f"eval_split: {error} Set eval_split to one of them, or eval_split: null to run without evaluation."
             ) from None
+        check_distinct_splits(pool, eval_dataset, data_args)
         eval_dataset = subsample(eval_dataset, data_args.max_eval_samples, seed + 1)
     return pool, eval_dataset
+
+
+def check_distinct_splits(pool: datasets.Dataset, eval_dataset: datasets.Dataset, data_args) -> None:
+    """
+    Refuse an evaluation split that is the pool itself: a source that holds one split (a single saved `Dataset`, an
+    image folder with its masks or its COCO file) gives the same rows for `train_split` and `eval_split`, and a run
+    would report its accuracy, mAP or mean IoU on the images it trained on.
+
+    Args:
+        pool, eval_dataset (`datasets.Dataset`): The two splits as loaded, before subsampling.
+        data_args (`DataArguments`): Names the source and the two splits in the message.
+
+    Raises:
+        `ValueError`: both splits are the same rows of the same source (the same Arrow files, or for a dataset built
+            in memory the same fingerprint), naming `eval_split` and the ways out.
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf.arguments import DataArguments
+    >>> one_split = datasets.Dataset.from_dict({"label": [0, 1]})
+    >>> check_distinct_splits(one_split, one_split, DataArguments(dataset_name="org/one-split"))
+    Traceback (most recent call last):
+    ValueError: eval_split: 'test' of org/one-split gives the same rows as train_split 'train' (the source holds ...
+    ```
+    """
+    files = [[f["filename"] for f in dataset.cache_files] for dataset in (pool, eval_dataset)]
+    same = files[0] == files[1] if any(files) else pool._fingerprint == eval_dataset._fingerprint
+    if same and len(pool) == len(eval_dataset):
+        raise ValueError(
+            f"eval_split: {data_args.eval_split!r} of {data_args.dataset_name} gives the same rows as train_split "
+            f"{data_args.train_split!r} (the source holds one split), so the run would evaluate on its own pool. "
+            "Keep the evaluation images apart: a saved DatasetDict with both splits, a sub-folder per split "
+            f"({data_args.dataset_name}/{data_args.train_split}/ and {data_args.dataset_name}/{data_args.eval_split}/), "
+            "or a Hub dataset with both; or set eval_split: null to run without an evaluation set."
+        )
 
 
 def subsample(dataset: datasets.Dataset, size: int | None, seed: int) -> datasets.Dataset:

@@ -38,7 +38,7 @@ def load_detection_dataset(
     """
     Load one split of a detection dataset in the cppe-5 layout, and check it (see [`validate_detection_dataset`]).
 
-    Sources, tried in this order:
+    Sources, tried in this order (in the sub-folder named `split`, `train/` or `test/`, when the directory has one):
 
     - an image folder with a COCO JSON file: `annotations` names the file (relative to the folder or absolute), or
       the folder holds exactly one `*.json` file with `images`, `annotations` and `categories`;
@@ -47,7 +47,8 @@ def load_detection_dataset(
 
     Args:
         path_or_id (`str`): A local directory or a Hub dataset id.
-        split (`str`, *optional*, defaults to `"train"`): The split to load (not used for a COCO folder).
+        split (`str`, *optional*, defaults to `"train"`): The split to load: a `DatasetDict`'s split, a sub-folder of
+            that name, or a Hub split (a COCO folder without split sub-folders is one split).
         annotations (`str`, *optional*): The COCO JSON file of an image folder.
         class_names (`list[str]`, *optional*): Class names when the categories are not a `ClassLabel`.
         bbox_format (`str`, *optional*, defaults to `"coco"`): Format of the stored boxes (`coco` for COCO JSON).
@@ -74,6 +75,8 @@ def load_detection_dataset(
     ```
     """
     path = Path(path_or_id).expanduser()
+    if path.is_dir() and (path / split).is_dir() and not (path / "dataset_dict.json").is_file():
+        path = path / split  # a sub-folder per split (train/, test/)
     coco_file = find_coco_file(path, annotations)
     if coco_file is not None:
         dataset = dataset_from_coco_json(coco_file, image_dir=path if path.is_dir() else coco_file.parent)

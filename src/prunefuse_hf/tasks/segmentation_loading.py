@@ -40,6 +40,7 @@ def load_segmentation_dataset(
     Sources, tried in this order:
 
     - a directory written by `save_to_disk` (a `Dataset`, or a `DatasetDict` from which `split` is taken);
+    - a sub-folder named `split` (`train/`, `test/`) of the directory, holding any of the local sources below;
     - an image folder with a masks folder: images in `images_dir` (default: `images/` or `img/` under the folder, else
       the folder) and masks in `masks_dir` (default: `masks/`, `labels/` or `annotations/`), paired by file name
       without suffix (`a.jpg` with `a.png`); every image needs its mask;
@@ -50,7 +51,8 @@ def load_segmentation_dataset(
 
     Args:
         path_or_id (`str`): A local directory or a Hub dataset id.
-        split (`str`, *optional*, defaults to `"train"`): The split to load (not used for an image folder).
+        split (`str`, *optional*, defaults to `"train"`): The split to load: a `DatasetDict`'s split, a sub-folder of
+            that name, or a Hub split (an image folder without split sub-folders is one split).
         class_names (*optional*): A list, an id2label mapping or an id2label.json path.
         image_column, mask_column (`str`, *optional*): The columns (`image`, `label`); an image folder gives these.
         images_dir, masks_dir (`str`, *optional*): The image folder's subfolders (relative to it, or absolute).
@@ -65,6 +67,8 @@ def load_segmentation_dataset(
         `ValueError`: an image without a mask, a row at fault, or no class names.
     """
     path = Path(path_or_id).expanduser()
+    if path.is_dir() and (path / split).is_dir() and not (path / "dataset_dict.json").is_file():
+        path = path / split  # a sub-folder per split (train/, test/)
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):

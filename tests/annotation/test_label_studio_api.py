@@ -195,10 +195,8 @@ def test_pull_and_add_labels_follow_the_runs_policy_and_report_labels_edited_aft
     args = PruneFuseConfig(output_dir=str(run_dir), annotation="human", class_names=CLASSES,
                            initial_labeled_size=8, query_size=6, num_rounds=1, num_train_epochs=1,
                            per_device_train_batch_size=8, disable_tqdm=True, annotation_resolve="majority")  # fmt: skip
-    # The recipe as the CLI records it in the run's state: `label-studio pull` reads the policy there.
-    recipe = {"dataset_name": str(tmp_path / "pool"), "eval_split": None, "annotation": "human",
-              "annotation_resolve": "majority"}  # fmt: skip
-    trainer = PruneFuseTrainer(tiny_resnet_config(num_labels=4), args=args, train_dataset=pool, recipe=recipe)
+    # A run started from Python (no recipe): `label-studio pull` reads the policy the run recorded.
+    trainer = PruneFuseTrainer(tiny_resnet_config(num_labels=4), args=args, train_dataset=pool)
     trainer.train()
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
     project = push_query(run_dir, url=server.url)["project"]

@@ -293,7 +293,8 @@ def _ingest(args, source, ingest_labels) -> None:
     query = open_query(args.run_dir)
     resolve = args.resolve
     if resolve is None:  # the run's recipe decides, as it does for the loop
-        resolve = (read_run_state(args.run_dir).get("recipe") or {}).get("annotation_resolve")
+        state = read_run_state(args.run_dir)  # (runs started before the policy was recorded: their recipe's)
+        resolve = state.get("annotation_resolve", (state.get("recipe") or {}).get("annotation_resolve"))
         if resolve is not None:
             print(f"answers that disagree: the run's annotation_resolve ({resolve}) decides")
     result = ingest_labels(args.run_dir, source, allow_partial=args.allow_partial, overwrite=args.overwrite,

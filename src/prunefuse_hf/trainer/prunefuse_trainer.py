@@ -560,7 +560,7 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
                              "resume_command": self.resume_command,
                              "method_overrides": self.args.method_overrides, "recipe": redact_secrets(self.recipe),
                              "class_names": self.class_names, "task": self.task.name, "metric": self.examples.metric,
-                             "rounds": {},
+                             "annotation_resolve": self.args.annotation_resolve, "rounds": {},
                              "final": {}}  # fmt: skip
             return
         progress = self.run_dir.read_state()
@@ -571,7 +571,12 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         check_resumable(progress, current, self.run_dir)
         self._row_digests = check_same_pool(progress, self.examples.row_digests, self.run_dir)
         self.pool.load_state_dict(progress["pool"], check_fingerprint=False)
-        self.progress = {**progress, "version": STATE_VERSION}  # an older readable state is saved as this one
+        # An older readable state is saved as this one; the policy for answers that disagree is the resume's.
+        self.progress = {
+            **progress,
+            "version": STATE_VERSION,
+            "annotation_resolve": self.args.annotation_resolve,
+        }
         dense_init = self.task.model_class().from_pretrained(self.run_dir / DENSE_INIT_DIR)
         self.model = self.model_wrapped = dense_init.to(self.args.device)
 

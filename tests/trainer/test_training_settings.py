@@ -7,12 +7,12 @@ import importlib.util
 import math
 
 import pytest
-from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, SegformerConfig, TrainerCallback, TrainingArguments
 
 from conftest import detection_items, make_image_dataset, tiny_detr, tiny_resnet_config
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
 from prunefuse_hf.constants import TRAINER_DIR
-from prunefuse_hf.tasks import synthetic_detection_pool
+from prunefuse_hf.tasks import synthetic_detection_pool, synthetic_segmentation_pool
 from prunefuse_hf.trainer.training_settings import TRAINING_ARGUMENT_SCOPES
 
 NUM_CLASSES = 4
@@ -228,13 +228,21 @@ def test_settings_that_would_be_ignored_or_stop_the_run_are_refused_before_any_w
     assert not (tmp_path / "run").exists()
 
 
-def test_label_smoothing_is_refused_for_object_detection(tmp_path):
-    pool = synthetic_detection_pool(16, items=detection_items(), image_size=48, scales=(16, 24), seed=0)
+@pytest.mark.parametrize("task", ["object-detection", "image-segmentation"])
+def test_label_smoothing_is_refused_for_detection_and_segmentation(tmp_path, task):
+    if task == "object-detection":
+        pool = synthetic_detection_pool(16, items=detection_items(), image_size=48, scales=(16, 24), seed=0)
+        model = tiny_detr()
+    else:
+        pool = synthetic_segmentation_pool(
+            16, items=detection_items(), image_size=32, scales=(12, 16), seed=0
+        )
+        model = SegformerConfig(hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 1, 1, 2], depths=[1, 1, 1, 1],
+                                decoder_hidden_size=16, num_labels=11,
+                                architectures=["SegformerForSemanticSegmentation"])  # fmt: skip
     args = make_config(tmp_path, initial_labeled_size=8, label_smoothing_factor=0.1)
-    with pytest.raises(
-        ValueError, match=r"label_smoothing_factor: 0.1 .*object-detection model trains with its own"
-    ):
-        PruneFuseTrainer(tiny_detr(), args=args, train_dataset=pool)
+    with pytest.raises(ValueError, match=rf"label_smoothing_factor: 0.1 .*{task} model trains with its own"):
+        PruneFuseTrainer(model, args=args, train_dataset=pool)
     assert not (tmp_path / "run").exists()
 
 

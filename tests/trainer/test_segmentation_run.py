@@ -186,3 +186,29 @@ def test_reduce_labels_makes_the_background_the_ignore_index(tmp_path, pools):
     stored = np.asarray(pool[0]["label"], dtype=np.int64)
     np.testing.assert_array_equal(labels, np.where(stored == 0, 255, stored - 1))
     assert trainer.examples.class_counts(np.arange(len(pool)))["0"] > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"strategy": "bald"}, "strategies that need ['mc_probs'] are for image classification"),
+        (
+            {"strategy": "cluster_margin"},
+            "strategies that need ['features', 'probs'] are for image classification",
+        ),
+        ({"initial_labeled_size": 20, "query_size": 6}, "initial_labeled_size"),
+        ({"optim": "adamw_bnb_8bit"}, "optim: adamw_bnb_8bit .* cannot be built"),
+    ],
+)
+def test_settings_are_refused_before_any_mask_is_decoded(tmp_path, pools, overrides, message):
+    import datasets
+
+    if "optim" in overrides and __import__("importlib").util.find_spec("bitsandbytes"):
+        pytest.skip("bitsandbytes is installed: its optimizers are built")
+    # Every mask unreadable: a check that decoded the masks first would name them instead of the setting.
+    broken = pools[0].cast_column("label", datasets.Image(decode=False))
+    broken = broken.map(lambda row: {"label": {"bytes": b"not an image", "path": None}})
+    broken = broken.cast_column("label", datasets.Image())
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        PruneFuseTrainer(tiny_segformer(), args=config(tmp_path, **overrides), train_dataset=broken)
+    assert not (tmp_path / "run").exists()

@@ -30,7 +30,7 @@ from ..tasks import get_task, task_for_model
 from ..tasks.classification import CLASSIFICATION
 from ..utils.hub_ids import check_hub_model
 from .run_state import initialized_run
-from .task_examples import AnnotatedExamples
+from .task_examples import AnnotatedExamples, annotated_outputs
 from .training_settings import check_model_settings
 
 logger = logging.get_logger(__name__)
@@ -101,17 +101,23 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
             "*ForImageClassification model for a classification dataset."
         )
     trainer.class_names = task.class_names(pool.dataset, column, args.class_names)
-    pool.dataset = task.validate(pool.dataset, class_names=trainer.class_names, **options)
-    if eval_dataset is not None:
-        eval_dataset = _validated(task, eval_dataset, options, trainer.class_names, "the evaluation set")
-    trainer.initial_labels = LabelBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), source="none")
+    # What can be refused without reading every image and its annotations, first.
     check_labeling_budget(args, len(pool))
     trainer.strategy = get_strategy(args.strategy)
-
+    annotated_outputs(task, trainer.strategy.needs)  # a strategy the task cannot rank
     set_seed(args.seed)
     dense = build_task_model(model, task, trainer.class_names)
     check_supported_model(dense, pruning_ratio=args.pruning_ratio)
     check_model_settings(dense, args)
+    trainer.pruned_at_init = None
+    if args.pruning_ratio > 0 and not initialized_run(args):
+        with torch.random.fork_rng():
+            trainer.pruned_at_init = prune_model(dense, args.pruning_ratio, importance=args.importance)
+
+    pool.dataset = task.validate(pool.dataset, class_names=trainer.class_names, **options)
+    if eval_dataset is not None:
+        eval_dataset = _validated(task, eval_dataset, options, trainer.class_names, "the evaluation set")
+    trainer.initial_labels = LabelBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), source="none")
     processor = processing_class if processing_class is not None else pretrained_image_processor(model)
     if processor is None:
         processor = task_image_processor(
@@ -120,11 +126,6 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
     trainer.examples = AnnotatedExamples(task, pool.dataset, processor, trainer.class_names, options,
                                          task.score_options(args, trainer.class_names),
                                          num_channels=model_num_channels(dense.config))  # fmt: skip
-    trainer.examples.outputs(trainer.strategy.needs)  # a strategy the task cannot rank is refused now
-    trainer.pruned_at_init = None
-    if args.pruning_ratio > 0 and not initialized_run(args):
-        with torch.random.fork_rng():
-            trainer.pruned_at_init = prune_model(dense, args.pruning_ratio, importance=args.importance)
     first = trainer.examples.prepared(pool.dataset.select([0]), with_annotations=False)[0]
     input_shape = tuple(first["pixel_values"].shape)
     for name, value in task.training_arguments.items():

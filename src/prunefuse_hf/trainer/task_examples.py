@@ -91,6 +91,40 @@ class PixelExamples:
         return PixelDataset(self.pool_pixels, np.arange(len(self.pool_pixels)))
 
 
+def annotated_outputs(task, needs) -> tuple[str, ...]:
+    """
+    What a detection or segmentation run scores for a strategy that needs `needs`: the task's per-image `scores` in
+    place of class probabilities (an image holds many detections or pixels), its pooled `features`.
+
+    Args:
+        task ([`~prunefuse_hf.tasks.Task`]): The run's task.
+        needs (`frozenset[str]`): The strategy's `needs` (`probs`, `features`, `mc_probs`).
+
+    Returns:
+        `tuple[str, ...]`: the `score_pool` outputs, e.g. `("scores",)` for `least_confidence`.
+
+    Raises:
+        `ValueError`: a strategy the task cannot rank (BALD's MC samples, BADGE's or cluster_margin's class
+            probabilities with features), naming the strategies that run.
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf.tasks import get_task
+    >>> annotated_outputs(get_task("object-detection"), frozenset({"features"}))
+    ('features',)
+    ```
+    """
+    unsupported = set(needs) - {"probs", "features"}
+    if unsupported or set(needs) == {"probs", "features"}:
+        raise ValueError(
+            f"A {task.name} run selects with random, the uncertainty strategies (least_confidence, entropy, "
+            "margin: per-image scores of the model's outputs) or kcenter_greedy (pooled features); strategies "
+            f"that need {sorted(needs)} are for image classification."
+        )
+    return tuple(sorted("scores" if need == "probs" else need for need in needs))
+
+
 class AnnotatedExamples:
     """
     The examples of a task whose annotations go through the model's image processor with the image (object
@@ -125,16 +159,8 @@ class AnnotatedExamples:
         self.metric = task.metric_names[0]
 
     def outputs(self, needs) -> tuple[str, ...]:
-        """What `score` computes for a strategy that needs `needs`: the task's per-image `scores` in place of class
-        probabilities (an image holds many detections or pixels), its pooled `features`."""
-        unsupported = set(needs) - {"probs", "features"}
-        if unsupported or set(needs) == {"probs", "features"}:
-            raise ValueError(
-                f"A {self.task.name} run selects with random, the uncertainty strategies (least_confidence, entropy, "
-                "margin: per-image scores of the model's outputs) or kcenter_greedy (pooled features); strategies "
-                f"that need {sorted(needs)} are for image classification."
-            )
-        return tuple(sorted("scores" if need == "probs" else need for need in needs))
+        """What `score` computes for a strategy that needs `needs` (see [`annotated_outputs`])."""
+        return annotated_outputs(self.task, needs)
 
     def oracle_labels(self, indices: np.ndarray) -> None:
         """`None`: the simulated annotator reveals the pool's own annotations (the rows are trained on as stored)."""

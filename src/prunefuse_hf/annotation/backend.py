@@ -37,6 +37,7 @@ from ..constants import (
 )
 from .label_studio_api import LabelStudioClient, project_record
 from .labels import LabelError
+from .queries import surrogate_model_version
 
 logger = logging.get_logger(__name__)
 
@@ -108,7 +109,7 @@ class LabelStudioBackend:
         trained = [int(k) for k, record in (state.get("rounds") or {}).items() if "surrogate" in record]
         if not trained or not (self.run_dir / SURROGATE_DIR / "config.json").is_file():
             return None
-        return f"{self.run_dir.resolve().name}-surrogate-round{max(trained)}"
+        return surrogate_model_version(self.run_dir, max(trained))
 
     def _loaded(self):
         """The surrogate of the current model version (loaded again when the run trained a new one), or None."""

@@ -299,6 +299,22 @@ def _fsync_tree(root: Path) -> None:
         fsync_directory(Path(folder))
 
 
+def surrogate_model_version(run_dir: str | os.PathLike, round: int) -> str:
+    """
+    The `model_version` of the predictions made by the surrogate trained in `round` (`<run>-surrogate-round<k>`,
+    `<run>` the run directory's own name however it is given), in the query batch's Label Studio tasks and from the
+    ML backend: Label Studio asks the backend again only for tasks without this version's predictions.
+
+    Example:
+
+    ```python
+    >>> surrogate_model_version("runs/my-pool", 2)
+    'my-pool-surrogate-round2'
+    ```
+    """
+    return f"{Path(run_dir).resolve().name}-surrogate-round{round}"
+
+
 def query_directory(run_dir: str | os.PathLike, round: int) -> Path:
     """Where a run writes the query batch of `round` (the round its examples are labeled in)."""
     return Path(run_dir) / QUERIES_DIR / f"round_{round}"

@@ -310,6 +310,8 @@ def _check_reads_images(model: nn.Module, model_type: str) -> None:
     a classifier that needs more than `pixel_values` (text tokens, patch positions) or gives no `(1, num_labels)`
     logits is refused now, not when its surrogate or its selection first runs."""
     class_name = type(model).__name__
+    if any(parameter.is_meta for parameter in model.parameters()):
+        return  # weights not materialized (meta device): there is nothing to run yet
     was_training = model.training
     model.eval()
     problem = None
@@ -319,7 +321,11 @@ def _check_reads_images(model: nn.Module, model_type: str) -> None:
         if logits is None or tuple(logits.shape) != (1, model.config.num_labels):
             shape = None if logits is None else tuple(logits.shape)
             problem = f"on one image it gives logits of shape {shape}, not (1, {model.config.num_labels})"
-    except Exception as error:  # any failure of the forward pass is the model's answer to "images alone"
+    except torch.OutOfMemoryError:
+        raise  # the machine's answer, not the model's
+    except (
+        Exception
+    ) as error:  # any other failure of the forward pass is the model's answer to "images alone"
         problem = (
             f"its forward pass on a batch of images alone fails ({type(error).__name__}: "
             + (str(error).strip().splitlines() or [""])[0][:200]

@@ -26,6 +26,10 @@ from ..utils.io import atomic_write
 
 logger = logging.get_logger(__name__)
 
+# What "the features" are (2: the input of the last linear layer giving the logits, whatever it is called): features
+# kept by a run under an earlier definition are computed again when it resumes, not read back with other widths.
+FEATURES_VERSION = 2
+
 
 def weights_digest(model: torch.nn.Module) -> str:
     """A short SHA-256 of a model's parameters and buffers (names, shapes and values)."""
@@ -56,7 +60,7 @@ def pool_features(trainer, model, role: str) -> tuple[np.ndarray, dict]:
         file's cost is its original pass's, with `reused=True` (callers book it once).
     """
     key = hashlib.sha256(
-        f"{getattr(trainer.pool_pixels, '_fingerprint', None)}|{weights_digest(model)}".encode()
+        f"{getattr(trainer.pool_pixels, '_fingerprint', None)}|{weights_digest(model)}|{FEATURES_VERSION}".encode()
     ).hexdigest()[:16]
     directory = trainer.run_dir / POOL_FEATURES_DIR
     path, record_path = directory / f"{role}-{key}.npy", directory / f"{role}-{key}.json"

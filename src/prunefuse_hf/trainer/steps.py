@@ -19,7 +19,7 @@ from transformers.utils import logging
 
 from ..annotation.identity import query_images
 from ..annotation.labels import LabelBatch
-from ..annotation.queries import query_directory, write_query_batch
+from ..annotation.queries import query_directory, surrogate_model_version, write_query_batch
 from ..annotation.rounds import skipped_indices
 from ..annotation.store import LabelStore, query_is_complete
 from ..constants import (
@@ -361,7 +361,7 @@ def _write_query(trainer, round_: int, indices: np.ndarray, query: dict) -> None
             scores=query["scores"],
             predictions=query.get("predictions"),
             prediction_scores=query.get("prediction_scores"),
-            model_version=f"{trainer.run_dir.path.name}-surrogate-round{round_ - 1}",
+            model_version=surrogate_model_version(trainer.run_dir.path, round_ - 1),
         )
         if trainer.args.hub_query_id:
             push_query_batch(

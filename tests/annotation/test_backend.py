@@ -154,6 +154,13 @@ def test_the_backend_refuses_a_run_of_another_task_and_wakes_the_loop_on_a_webho
     )
     with pytest.raises(LabelError, match="object-detection run: the ML backend serves image-classification"):
         LabelStudioBackend(run_dir)
+    (run_dir / "state.json").write_text(
+        json.dumps({"settings": {"method": "dense_al", "pruning_ratio": 0.0}})
+    )
+    with pytest.raises(
+        LabelError, match="selects without a surrogate .method 'dense_al', pruning_ratio 0.*svp"
+    ):
+        LabelStudioBackend(run_dir)
     shutil.rmtree(run_dir)
     run_dir.mkdir()
     (run_dir / "state.json").write_text(json.dumps({"settings": {}, "metric": "accuracy", "rounds": {}}))

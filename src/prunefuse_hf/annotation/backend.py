@@ -91,6 +91,13 @@ class LabelStudioBackend:
                 f"{self.run_dir} is a {task or state.get('metric')} run: the ML backend serves image-classification "
                 "surrogates (Choices). Use the pre-annotations `label-studio push` sends with each query instead."
             )
+        settings = state.get("settings") or {}
+        if settings.get("pruning_ratio") == 0:
+            raise LabelError(
+                f"{self.run_dir} selects without a surrogate (method {settings.get('method')!r}, pruning_ratio 0), "
+                "so the ML backend has no model to serve. Use the guesses `label-studio push` sends with each query, "
+                "or serve a run whose method trains a surrogate (prunefuse, prunefuse_distilled, svp)."
+            )
         self.class_names = list(state.get("class_names") or [])
         self.url = url
         self.token = token

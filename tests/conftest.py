@@ -263,22 +263,22 @@ TINY_CONFIGS = {
 }  # fmt: skip
 
 # Families the general path prunes (`GENERAL_FAMILIES`): tiny configs, attention heads of 2 dimensions or more.
-_VIT_LIKE = dict(
+VIT_LIKE = dict(
     image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2
 )
-_VISION_TOWER = dict(_VIT_LIKE, intermediate_size=64)
-_TEXT_TOWER = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+VISION_TOWER = dict(VIT_LIKE, intermediate_size=64)
+TEXT_TOWER = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
 GENERAL_TINY_CONFIGS = {
-    "dinov2": dict(_VIT_LIKE, mlp_ratio=2, layerscale_value=0.5),
-    "dinov2_with_registers": dict(_VIT_LIKE, mlp_ratio=2, num_register_tokens=4, layerscale_value=0.5),
-    "siglip": dict(vision_config=_VISION_TOWER, text_config=_TEXT_TOWER),
-    "clip": dict(vision_config=_VISION_TOWER, text_config=_TEXT_TOWER),
+    "dinov2": dict(VIT_LIKE, mlp_ratio=2, layerscale_value=0.5),
+    "dinov2_with_registers": dict(VIT_LIKE, mlp_ratio=2, num_register_tokens=4, layerscale_value=0.5),
+    "siglip": dict(vision_config=VISION_TOWER, text_config=TEXT_TOWER),
+    "clip": dict(vision_config=VISION_TOWER, text_config=TEXT_TOWER),
     "beit": dict(
-        _VIT_LIKE, intermediate_size=64, use_relative_position_bias=True, layer_scale_init_value=0.5,
+        VIT_LIKE, intermediate_size=64, use_relative_position_bias=True, layer_scale_init_value=0.5,
         use_mean_pooling=True,
     ),
     "data2vec-vision": dict(
-        _VIT_LIKE, intermediate_size=64, use_relative_position_bias=True, layer_scale_init_value=0.5
+        VIT_LIKE, intermediate_size=64, use_relative_position_bias=True, layer_scale_init_value=0.5
     ),
     # embed_dim 24 on a 16 x 16 grid: the channels-last slice rule cannot tell height from channels when equal.
     "swinv2": dict(image_size=IMAGE_SIZE, patch_size=2, embed_dim=24, depths=[1, 1], num_heads=[2, 4], window_size=4),

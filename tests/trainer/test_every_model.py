@@ -17,11 +17,11 @@ import transformers
 from transformers import AutoConfig
 
 from conftest import (
-    _TEXT_TOWER,
-    _VISION_TOWER,
-    _VIT_LIKE,
     GENERAL_TINY_CONFIGS,
+    TEXT_TOWER,
     TINY_CONFIGS,
+    VISION_TOWER,
+    VIT_LIKE,
     make_image_dataset,
 )
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
@@ -55,8 +55,8 @@ OTHER_TINY_CONFIGS = {
     "textnet": dict(image_size=[32, 32]),
     "hiera": dict(embed_dim=8, image_size=[64, 64], patch_size=[7, 7], patch_stride=[4, 4], patch_padding=[3, 3],
                   depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], query_stride=[2, 2], masked_unit_size=[8, 8]),
-    "ijepa": dict(_VIT_LIKE, intermediate_size=64),
-    "vit_msn": dict(_VIT_LIKE, intermediate_size=64),
+    "ijepa": dict(VIT_LIKE, intermediate_size=64),
+    "vit_msn": dict(VIT_LIKE, intermediate_size=64),
     "pvt": dict(image_size=32, num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1],
                 hidden_sizes=[8, 16], patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2]),
     "pvt_v2": dict(image_size=32, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
@@ -65,7 +65,7 @@ OTHER_TINY_CONFIGS = {
                       decoder_hidden_size=16),
     # Two heads (`head`, `dist_head`) on the same features, their logits averaged.
     "swiftformer": dict(embed_dims=[8, 16, 32, 64], depths=[1, 1, 1, 1]),
-    "metaclip_2": dict(vision_config=_VISION_TOWER, text_config=_TEXT_TOWER),
+    "metaclip_2": dict(vision_config=VISION_TOWER, text_config=TEXT_TOWER),
     "perceiver": dict(d_model=32, num_latents=8, d_latents=32, num_blocks=1, num_self_attends_per_block=1,
                       num_self_attention_heads=2, num_cross_attention_heads=1, image_size=32),
 }  # fmt: skip
@@ -78,7 +78,7 @@ ACCEPTED = {
 # Image classifiers that cannot run on images alone (text tokens, patch positions): refused at any setting.
 IMAGES_ALONE_REFUSED = {
     "imagegpt": dict(n_embd=16, n_layer=1, n_head=2, n_positions=64),
-    "siglip2": dict(vision_config=_VISION_TOWER, text_config=_TEXT_TOWER),
+    "siglip2": dict(vision_config=VISION_TOWER, text_config=TEXT_TOWER),
 }
 IMAGE_SIZES = {"hiera": 64, "mobilevit": 64, "mobilevitv2": 64, "levit": 64}
 # The general path cannot prune these (refused by name, with pruning_ratio: 0, which runs them).

@@ -111,8 +111,12 @@ def test_kcenter_greedy_selects_on_pooled_encoder_features(tmp_path, pools):
 def test_random_selection_and_a_second_round(tmp_path, pools):
     pool, test = pools
     args = config(tmp_path, method="random", num_rounds=2, query_size=4)
-    result = PruneFuseTrainer(tiny_segformer(), args=args, train_dataset=pool, eval_dataset=test).train()
-    assert result.metrics["labeled"] == 16 and result.metrics["mean_iou"] >= 0.0
+    trainer = PruneFuseTrainer(tiny_segformer(), args=args, train_dataset=pool, eval_dataset=test)
+    result = trainer.train()
+    assert result.metrics["labeled"] == 16
+    assert [len(trainer.progress["queries"][str(k)]["pool_indices"]) for k in (1, 2, 3)] == [8, 4, 4]
+    # The reported mean IoU is the final model's, as the stock Trainer's evaluate() computes it on the same set.
+    assert result.metrics["mean_iou"] == pytest.approx(trainer.evaluate(test)["eval_mean_iou"], abs=1e-6)
 
 
 @pytest.mark.parametrize(

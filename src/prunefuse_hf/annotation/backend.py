@@ -118,8 +118,14 @@ class LabelStudioBackend:
             return None
         return surrogate_model_version(self.run_dir, max(trained))
 
-    def _loaded(self):
-        """The surrogate of the current model version (loaded again when the run trained a new one), or None."""
+    def load(self):
+        """
+        The surrogate of the current model version, loaded once and again whenever the run trained a new one.
+
+        Returns:
+            `tuple | None`: `(model_version, model, image processor, num_channels)`, or `None` before the run has a
+            trained surrogate.
+        """
         version = self.model_version()
         if version is None:
             return None
@@ -155,7 +161,7 @@ class LabelStudioBackend:
         """
         import torch
 
-        loaded = self._loaded()
+        loaded = self.load()
         if loaded is None:
             logger.info(
                 f"{self.run_dir} has no trained surrogate yet: no predictions until its first round trains."
@@ -343,7 +349,7 @@ def serve_label_studio_backend(run_dir, *, host: str = "127.0.0.1", port: int = 
     backend = LabelStudioBackend(run_dir, url=url, token=token, document_root=document_root, on_webhook=wake)
     version = backend.model_version()
     if version is not None:
-        backend._loaded()  # before Label Studio's first call: its /setup and /health time out after seconds
+        backend.load()  # before Label Studio's first call: its /setup and /health time out after seconds
     server = backend.serve(host, port)
     shown = version or "none: no surrogate trained yet, predictions start once the first round trains"
     say(

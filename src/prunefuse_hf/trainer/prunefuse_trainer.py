@@ -484,7 +484,8 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
                 directory is then unchanged.
         """
         columns.setdefault("resolve", self.args.annotation_resolve)
-        return ingest_labels(self.run_dir.path, source, allow_partial=allow_partial, overwrite=overwrite,
+        ingest = self.task.ingest_labels or ingest_labels  # boxes: the task's own ingest
+        return ingest(self.run_dir.path, source, allow_partial=allow_partial, overwrite=overwrite,
                              pool=self.pool.dataset, image_column=self.args.image_column, **columns)  # fmt: skip
 
     # ----- training, scoring, evaluation -------------------------------------------------------

@@ -70,7 +70,7 @@ class DetectionLabelStore:
     >>> labels = DetectionLabels([4], [{"bbox": [[1.0, 2.0, 5.0, 5.0]], "category": [1]}], source="coco.json")
     >>> store.add(labels, round=1, expected=[4]).added
     1
-    >>> store.objects([4])
+    >>> store.annotations([4])
     [{'bbox': [[1.0, 2.0, 5.0, 5.0]], 'category': [1]}]
     >>> datasets.Dataset.from_parquet("runs/boxes/labeled_objects.parquet")[0]["objects"]["category"]
     [1]
@@ -102,7 +102,15 @@ class DetectionLabelStore:
         """The stored rows as a `pyarrow.Table`."""
         return self._table
 
-    def objects(self, indices) -> list[dict]:
+    @property
+    def annotation_feature(self) -> dict:
+        """The `datasets` feature of a stored annotation (the `objects` column: COCO pixel boxes, class ids)."""
+        import datasets
+
+        return {BBOX_KEY: datasets.List(datasets.List(datasets.Value("float64"))),
+                CATEGORY_KEY: datasets.List(datasets.Value("int64"))}  # fmt: skip
+
+    def annotations(self, indices) -> list[dict]:
         """
         The stored objects of each of `indices`, in that order.
 

@@ -74,7 +74,8 @@ class Task:
             encoder's `hidden_states` only with `output_hidden_states=True`).
         label_store (`Callable`, *optional*):
             `label_store(run_dir, class_names)`: the store of the annotations people gave in a run with
-            `annotation: human` (its `labels` are `{pool_index: annotation}`, `add` stores an ingested batch).
+            `annotation: human` (its `labels` are `{pool_index: annotation}`, `labeled_indices` their pool indices,
+            `annotations(indices)` their values, `annotation_feature` their `datasets` feature).
             `None`: the task has no human-annotation path (image classification's is the shared `LabelStore`).
         ingest_labels (`Callable`, *optional*):
             `ingest_labels(run_dir, source, **options) -> AddResult`: brings annotators' answers for the open query

@@ -222,10 +222,11 @@ class AnnotatedExamples:
         rows = self.pool.select(np.asarray(indices).tolist())
         if self.people_labels is None:
             return rows
-        annotations = self.people_labels().objects(np.asarray(indices).tolist())
+        store = self.people_labels()
+        annotations = store.annotations(np.asarray(indices).tolist())
         if self.annotation_column in rows.column_names:
             rows = rows.remove_columns(self.annotation_column)
-        return rows.add_column(self.annotation_column, annotations)
+        return rows.add_column(self.annotation_column, annotations, feature=store.annotation_feature)
 
     def class_counts(self, indices: np.ndarray, labels=None) -> Counter:
         """Per class name, what the annotations of the rows `indices` hold of it (the task's `class_counts`)."""

@@ -116,13 +116,23 @@ def test_two_rounds_labeled_from_coco_then_label_studio_train_the_fused_detector
     project_config = client.get(f"/api/projects/{pushed['project']}")["label_config"]
     assert "RectangleLabels" in project_config
     user = server.user("boxes@example.com")
+    # The annotator draws the true boxes, calls one image background (no boxes) and skips another.
+    expected = {i: truth[i] for i in stored}
+    background, skipped = sorted(client.tasks(pushed["project"]), key=lambda t: t["id"])[:2]
     for task in client.tasks(pushed["project"]):
         index = task["data"]["pool_index"]
-        drawn = detection_prediction({"boxes": truth[index]["bbox"], "labels": truth[index]["category"]}, names,
+        if task["id"] == skipped["id"]:
+            client.request("POST", f"/api/tasks/{task['id']}/annotations", params={"was_cancelled": 1},
+                           json={"completed_by": user, "result": [], "was_cancelled": True})  # fmt: skip
+            continue
+        objects = {"bbox": [], "category": []} if task["id"] == background["id"] else truth[index]
+        drawn = detection_prediction({"boxes": objects["bbox"], "labels": objects["category"]}, names,
                                      (48, 48))["result"]  # fmt: skip
         client.post(f"/api/tasks/{task['id']}/annotations", {"completed_by": user, "result": drawn})
+        expected[index] = objects
     export = pull_export(run, url=server.url, token=server.token)
-    assert trainer.add_labels(export).added == QUERY
+    result = trainer.add_labels(export)
+    assert result.added == QUERY - 1 and result.skipped.tolist() == [skipped["data"]["pool_index"]]
 
     used = []
     labeled_rows = trainer.examples.labeled_rows
@@ -136,15 +146,15 @@ def test_two_rounds_labeled_from_coco_then_label_studio_train_the_fused_detector
     trainer.train(resume_from_checkpoint=True)
     assert trainer.done
     stored = stored_objects(run)
-    assert len(stored) == INITIAL + QUERY
-    same_boxes(stored, truth)
+    assert sorted(stored) == sorted(expected) and stored[background["data"]["pool_index"]]["bbox"] == []
+    same_boxes(stored, expected)
     assert used and used[-1] == stored  # the fused detector trained on exactly the stored boxes
     annotators = set(datasets.Dataset.from_parquet(str(run / "labeled_objects.parquet"))["annotator"])
     assert annotators == {None, "boxes@example.com"}  # a COCO file names nobody; Label Studio who drew
     dense_init = DETECTION.model_class().from_pretrained(run / "dense_init")
     fused = DETECTION.model_class().from_pretrained(run / "fused")
     assert any(not torch.equal(a, b) for a, b in zip(dense_init.parameters(), fused.parameters()))
-    assert trainer.metrics["final"]["labeled"] == INITIAL + QUERY
+    assert trainer.metrics["final"]["labeled"] == INITIAL + QUERY - 1  # the skipped image is not labeled
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ POOL_ARRAYS = ("rounds", "labels", "scores")
 ROW_DIGESTS = "row_digests"
 SELECTION_NAME = "selection.parquet"
 LABELS_NAME = "labels.parquet"
+# The boxes people drew for an object-detection run (cppe-5 `objects` column), beside the class-id store.
+LABELED_OBJECTS_NAME = "labeled_objects.parquet"
 METRICS_NAME = "metrics.json"
 REPORT_NAME = "report.md"
 ACCURACY_PLOT = "accuracy.png"

@@ -97,7 +97,6 @@ def test_detection_run_selects_by_detection_scores_fuses_and_gives_a_pipeline_re
     [
         ({"strategy": "bald"}, "strategies that need ['mc_probs'] are for image classification"),
         ({"strategy": "badge"}, "are for image classification"),
-        ({"annotation": "human"}, "annotation: 'human' is for image classification runs"),
         ({"distill_alpha": 0.3}, "distill_alpha: 0.3 is for image classification runs"),
         ({"selector": "linear_probe", "method": "feature_proxy", "pruning_ratio": 0.0}, "selector"),
         ({"task": "object-detection", "initial_strategy": "typiclust"}, "initial_strategy"),

@@ -90,9 +90,6 @@ class AddResult:
     skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), compare=False)
 
 
-# ----- simulation -----
-
-
 # ----- the run's labels -----
 
 
@@ -380,12 +377,6 @@ class LabelStore:
             )
 
 
-# ----- query batches -----
-
-
-# ----- small checks -----
-
-
 # ----- a run's open query -----
 
 
@@ -466,18 +457,30 @@ def ingest_labels(
         overwrite=overwrite,
     )
     result.skipped = skipped
+    record_answered(run_dir, round, skipped=skipped, missing=result.missing if allow_partial else None,
+                    source=batch.source, requery_skipped=requery_skipped)  # fmt: skip
+    return result
+
+
+def record_answered(run_dir: str | os.PathLike, round: int, *, skipped: np.ndarray, missing: np.ndarray | None,
+                    source: str, requery_skipped: bool = False) -> None:  # fmt: skip
+    """
+    Record, beside a round's query, what its ingest left unlabeled: the images annotators skipped
+    (`skipped.json`: not labeled, not queried again unless `requery_skipped`) and, when the user continues with
+    part of the query (`missing` given and not empty), the images that go back to the pool (`partial.json`).
+    Every task's ingest calls it after storing its labels.
+    """
     directory = query_directory(run_dir, round)
     if skipped.size:
-        record = {POOL_INDEX: skipped.tolist(), "source": batch.source, "requery": requery_skipped}
+        record = {POOL_INDEX: skipped.tolist(), "source": source, "requery": requery_skipped}
         atomic_write(directory / QUERY_SKIPPED, lambda f: f.write(json.dumps(record) + "\n"))
         logger.info(
             f"{skipped.size} images of round {round} were skipped by annotators; they are not labeled."
         )
-    if allow_partial and result.missing.size:
+    if missing is not None and missing.size:
         # The run continues with the labeled part; the others go back to the pool.
-        partial = {"missing": result.missing.tolist(), "source": batch.source}
+        partial = {"missing": missing.tolist(), "source": source}
         atomic_write(directory / QUERY_PARTIAL, lambda f: f.write(json.dumps(partial) + "\n"))
-    return result
 
 
 def query_is_complete(

@@ -35,6 +35,7 @@ from ..constants import (
     PRUNING_PATH_REPLAY,
     PRUNING_PLAN_NAME,
     RESOLUTIONS,
+    TASK_NAMES,
 )
 from ..utils.memory import keep_freed_memory
 
@@ -281,9 +282,27 @@ def _add_ingest_arguments(parser) -> None:
 
 
 def _label(args) -> None:
-    from ..annotation.store import ingest_labels
+    _ingest(args, args.labels, _task_ingest(args.run_dir))
 
-    _ingest(args, args.labels, ingest_labels)
+
+def _task_ingest(run_dir):
+    """The ingest of the run's task: image classification's (`ingest_labels`, without the training stack), or the
+    task's own (boxes: `ingest_detection_labels`)."""
+    from ..annotation.labels import LabelError
+    from ..annotation.queries import read_run_state
+
+    task = read_run_state(run_dir).get("task") or TASK_NAMES[0]
+    if task == TASK_NAMES[0]:
+        from ..annotation.store import ingest_labels
+
+        return ingest_labels
+    from ..tasks import get_task
+
+    if get_task(task).ingest_labels is None:
+        raise LabelError(
+            f"{run_dir} is a {task} run: its labels cannot be brought by people yet (annotation: human)."
+        )
+    return get_task(task).ingest_labels
 
 
 def _ingest(args, source, ingest_labels) -> None:
@@ -404,8 +423,8 @@ def _label_studio_backend(args) -> None:
 
 def _label_studio_pull(args) -> None:
     from ..annotation.label_studio_api import pull_export
-    from ..annotation.store import ingest_labels
 
+    ingest_labels = _task_ingest(args.run_dir)
     path = pull_export(args.run_dir, url=args.url, report=print)
     print(f"export saved to {path}")
     _ingest(args, path, ingest_labels)

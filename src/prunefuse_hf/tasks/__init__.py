@@ -26,7 +26,12 @@ from .detection import (
     detection_probs,
     prepare_detection,
 )
-from .detection_annotation import detection_label_studio_config, detection_prediction, write_detection_query
+from .detection_annotation import (
+    detection_label_studio_config,
+    detection_prediction,
+    detection_predictions,
+    write_detection_query,
+)
 from .detection_data import (
     BBOX_FORMATS,
     convert_bbox,
@@ -37,6 +42,7 @@ from .detection_data import (
 from .detection_labels import DetectionLabels, read_detection_labels
 from .detection_loading import coco_json_from_dataset, dataset_from_coco_json, load_detection_dataset
 from .detection_metrics import detection_compute_metrics, mean_average_precision
+from .detection_store import DetectionLabelStore, ingest_detection_labels
 from .detection_synthetic import synthetic_detection_pool
 from .segmentation import (
     PIXEL_AGGREGATIONS,
@@ -141,6 +147,7 @@ __all__ = [
     "BBOX_FORMATS",
     "CLASSIFICATION",
     "DETECTION",
+    "DetectionLabelStore",
     "DetectionLabels",
     "PIXEL_AGGREGATIONS",
     "SEGMENTATION",
@@ -160,8 +167,10 @@ __all__ = [
     "detection_label_studio_config",
     "detection_pooled_features",
     "detection_prediction",
+    "detection_predictions",
     "detection_probs",
     "get_task",
+    "ingest_detection_labels",
     "load_detection_dataset",
     "load_segmentation_dataset",
     "mean_average_precision",

@@ -12,6 +12,7 @@ import torch
 
 from ..constants import DETECTION_AGGREGATIONS as AGGREGATIONS
 from ..selection.strategies import UncertaintyStrategy, get_strategy
+from .detection_annotation import detection_predictions, write_detection_query
 from .detection_data import (
     BBOX_KEY,
     CATEGORY_KEY,
@@ -22,6 +23,7 @@ from .detection_data import (
     validate_detection_dataset,
 )
 from .detection_metrics import COCO_STAT_NAMES, detection_compute_metrics
+from .detection_store import DetectionLabelStore, ingest_detection_labels
 from .task import Task
 
 DEFAULT_SCORE_THRESHOLD = 0.5
@@ -312,4 +314,8 @@ DETECTION = Task(
     run_options=detection_run_options,
     score_options=detection_score_options,
     class_counts=detection_class_counts,
+    label_store=DetectionLabelStore,
+    ingest_labels=ingest_detection_labels,
+    write_query=write_detection_query,
+    query_predictions=detection_predictions,
 )

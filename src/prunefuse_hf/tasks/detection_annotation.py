@@ -246,3 +246,55 @@ def _write(path: Path, write) -> None:
         write(f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def detection_predictions(model, image_processor, images: list, *, threshold: float = 0.5, batch_size: int = 8,
+                          num_channels: int = 3) -> list[dict]:  # fmt: skip
+    """
+    A detector's boxes on `images`, as [`write_detection_query`] takes them (the surrogate's guess that annotators
+    correct): the processor's `post_process_object_detection` at the images' own sizes, boxes as COCO pixels.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): A model of `AutoModelForObjectDetection` (the trained surrogate).
+        image_processor ([`~transformers.BaseImageProcessor`]): Its processor.
+        images (`list[PIL.Image.Image]`): The queried images, upright.
+        threshold (`float`, defaults to 0.5): Boxes scoring below it are dropped (the run's
+            `detection_score_threshold`).
+        batch_size (`int`, defaults to 8): Images per forward pass.
+        num_channels (`int`, defaults to 3): The model's input channels.
+
+    Returns:
+        `list[dict]`: per image, `{"boxes": [[x, y, w, h], ...], "labels": [class id, ...], "scores": [float, ...]}`.
+
+    Example:
+
+    ```python
+    >>> detection_predictions(surrogate, processor, [PIL.Image.new("RGB", (64, 48))], threshold=0.0)[0]["labels"][:3]
+    [1, 0, 1]
+    ```
+    """
+    import torch
+
+    from ..data.images import to_model_mode
+
+    training, found = model.training, []
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = [to_model_mode(image, num_channels) for image in images[start : start + batch_size]]
+            inputs = image_processor(images=chunk, return_tensors="pt")
+            with torch.no_grad():
+                outputs = model(
+                    **{k: v.to(device) for k, v in inputs.items() if k in ("pixel_values", "pixel_mask")}
+                )
+            sizes = [(image.height, image.width) for image in chunk]
+            for result in image_processor.post_process_object_detection(outputs, threshold=threshold,
+                                                                        target_sizes=sizes):  # fmt: skip
+                corners = result["boxes"].detach().cpu().double().numpy().reshape(-1, 4)
+                boxes = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
+                found.append({"boxes": boxes.round(2).tolist(), "labels": result["labels"].tolist(),
+                              "scores": [round(float(s), 4) for s in result["scores"].tolist()]})  # fmt: skip
+    finally:
+        model.train(training)
+    return found

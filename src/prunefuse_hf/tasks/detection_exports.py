@@ -356,7 +356,10 @@ def answers_from_coco(coco: dict, name: str, index: ImageIndex) -> list[ImageAns
             boxes.append([_number(v, "a bbox value", where) for v in box])
         size = (entry["width"], entry["height"]) if entry.get("width") and entry.get("height") else None
         names = [categories[a["category_id"]] for a in per_image[entry["id"]]]
-        image = images.setdefault(pool_index, ImageAnswers(pool_index, place, coco=True))
+        # A COCO file of ours names each image as the query showed it: checked against the query (Label Studio's
+        # own COCO export renames the files, and is matched by file name instead).
+        shown = {} if from_label_studio or not entry.get("file_name") else {"file_name": entry["file_name"]}
+        image = images.setdefault(pool_index, ImageAnswers(pool_index, place, coco=True, references=shown))
         image.answers.append(BoxAnswer(boxes, names, stamp="", order=-j, size=size))
     return list(images.values())
 

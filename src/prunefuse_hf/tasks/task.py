@@ -72,6 +72,20 @@ class Task:
         feature_config (`Mapping[str, object]`):
             Config values the model runs with while `pooled_features` reads its outputs (a segmenter returns its
             encoder's `hidden_states` only with `output_hidden_states=True`).
+        label_store (`Callable`, *optional*):
+            `label_store(run_dir, class_names)`: the store of the annotations people gave in a run with
+            `annotation: human` (its `labels` are `{pool_index: annotation}`, `labeled_indices` their pool indices,
+            `annotations(indices)` their values, `annotation_feature` their `datasets` feature).
+            `None`: the task has no human-annotation path (image classification's is the shared `LabelStore`).
+        ingest_labels (`Callable`, *optional*):
+            `ingest_labels(run_dir, source, **options) -> AddResult`: brings annotators' answers for the open query
+            into that store (what `prunefuse-hf label`, `label-studio pull` and `add_labels` call).
+        write_query (`Callable`, *optional*):
+            `write_query(directory, dataset, indices, *, image_column, class_names, round, predictions,
+            model_version, scores, **run_options)`: writes a round's query batch for annotators.
+        query_predictions (`Callable`, *optional*):
+            `query_predictions(model, image_processor, images, *, threshold, num_channels) -> list`: the trained
+            surrogate's guess per queried image, carried by the query as pre-annotations.
 
     Example:
 
@@ -112,6 +126,10 @@ class Task:
     score_options: Callable | None = None
     class_counts: Callable | None = None
     feature_config: Mapping[str, object] = field(default_factory=dict)
+    label_store: Callable | None = None
+    ingest_labels: Callable | None = None
+    write_query: Callable | None = None
+    query_predictions: Callable | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "training_arguments", MappingProxyType(dict(self.training_arguments)))

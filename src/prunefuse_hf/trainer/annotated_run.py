@@ -92,7 +92,10 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
     options = task.run_options(args)
     column, option = options[task.annotation_option], task.annotation_option
     trainer.task = task
-    if column not in pool.dataset.column_names or args.image_column not in pool.dataset.column_names:
+    human = args.annotation == "human"
+    # People annotate a human run's pool: it may have no annotation column (its images are all it needs).
+    annotated = column in pool.dataset.column_names
+    if (not annotated and not human) or args.image_column not in pool.dataset.column_names:
         model_name = type(model).__name__ if isinstance(model, PreTrainedModel) else "this model"
         raise ValueError(
             f"The pool has no column {column!r} or {args.image_column!r} (its columns are "
@@ -100,7 +103,16 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
             f"({', '.join(task.columns)}). Set {_COLUMN_SETTINGS.get(option, option)} / image_column, or use an "
             "*ForImageClassification model for a classification dataset."
         )
-    trainer.class_names = task.class_names(pool.dataset, column, args.class_names)
+    if annotated:
+        trainer.class_names = task.class_names(pool.dataset, column, args.class_names)
+    elif args.class_names is None:
+        raise ValueError(
+            f"class_names: None, and the pool has no {column!r} column to read the classes from: a {task.name} run "
+            "with annotation: human needs the class names annotators choose from. Set class_names: [name, ...] (CLI: "
+            "--class_names), in class-id order."
+        )
+    else:
+        trainer.class_names = list(args.class_names)
     # What can be refused without reading every image and its annotations, first.
     check_labeling_budget(args, len(pool))
     trainer.strategy = get_strategy(args.strategy)
@@ -114,7 +126,11 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
         with torch.random.fork_rng():
             trainer.pruned_at_init = prune_model(dense, args.pruning_ratio, importance=args.importance)
 
-    pool.dataset = task.validate(pool.dataset, class_names=trainer.class_names, **options)
+    if annotated:
+        pool.dataset = task.validate(pool.dataset, class_names=trainer.class_names, **options)
+        if human:
+            logger.info(f"annotation: human: the pool's {column!r} column is not trained on; the run trains on the "
+                        "annotations people give for its queries.")  # fmt: skip
     if eval_dataset is not None:
         eval_dataset = _validated(task, eval_dataset, options, trainer.class_names, "the evaluation set")
     trainer.initial_labels = LabelBatch(np.zeros(0, np.int64), np.zeros(0, np.int64), source="none")
@@ -126,6 +142,8 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
     trainer.examples = AnnotatedExamples(task, pool.dataset, processor, trainer.class_names, options,
                                          task.score_options(args, trainer.class_names),
                                          num_channels=model_num_channels(dense.config))  # fmt: skip
+    if human:  # the labeled set is trained on with the annotations people gave (the run's store)
+        trainer.examples.people_labels = lambda: trainer.examples.label_store(trainer.run_dir.path)
     first = trainer.examples.prepared(pool.dataset.select([0]), with_annotations=False)[0]
     input_shape = tuple(first["pixel_values"].shape)
     for name, value in task.training_arguments.items():
@@ -164,11 +182,15 @@ def _check_settings(task, args) -> None:
     """Refuse, by name, the settings that are image classification's only."""
     refused = {
         "annotation": (
-            args.annotation == "human",
+            args.annotation == "human" and task.ingest_labels is None,
             "human",
             "simulated (the annotations of the pool's own column)",
         ),
-        "seed_labels": (args.seed_labels is not None, args.seed_labels, "none (draw initial_labeled_size)"),
+        "seed_labels": (
+            args.seed_labels is not None,
+            args.seed_labels,
+            "none (with annotation: human, people label the first query of initial_labeled_size images)",
+        ),
         "selector": (args.selector == "linear_probe", "linear_probe", "trained"),
         "surrogate_distill_epochs": (args.surrogate_distill_epochs > 0, args.surrogate_distill_epochs, "0"),
         "initial_strategy": (args.initial_strategy != "random", args.initial_strategy, "random"),

@@ -19,7 +19,7 @@ from transformers.utils import logging
 
 from ..annotation.identity import query_images
 from ..annotation.labels import LabelBatch
-from ..annotation.queries import query_directory, surrogate_model_version, write_query_batch
+from ..annotation.queries import query_directory, surrogate_model_version
 from ..annotation.rounds import skipped_indices
 from ..annotation.store import LabelStore, query_is_complete
 from ..constants import (
@@ -272,16 +272,17 @@ def select(trainer, round_: int) -> dict:
     )
     if args.annotation == "human" and trainer.strategy.needs and len(selection):
         # The surrogate's guess for each queried image: annotators confirm or correct it (Label Studio
-        # pre-annotations, labels.csv columns). Scoring only the query costs query_size forward passes.
+        # pre-annotations, labels.csv columns).
         indices = np.asarray(selection.indices, dtype=np.int64)
         if probe is not None:
             probs = probe.probs(features[indices]).numpy()
+            guesses = {"predictions": probs.argmax(axis=1).tolist(),
+                       "prediction_scores": probs.max(axis=1).round(4).tolist()}  # fmt: skip
         else:
-            guesses = score_rows(trainer, model, np.sort(indices), ("probs",))
-            probs = guesses.probs[np.searchsorted(guesses.pool_indices, indices)].numpy()
-        trainer.progress["queries"][str(round_ + 1)].update(
-            predictions=probs.argmax(axis=1).tolist(), prediction_scores=probs.max(axis=1).round(4).tolist()
-        )
+            guesses = trainer.examples.query_guesses(
+                model, indices, args=args, accelerator=trainer.accelerator
+            )
+        trainer.progress["queries"][str(round_ + 1)].update(guesses)
     record = _round(trainer, round_)["selection"]
     return {
         "round": round_,
@@ -298,11 +299,11 @@ def label(trainer, round_: int) -> dict | None:
     query = trainer.progress["queries"][str(round_)]
     indices = np.asarray(query["pool_indices"], dtype=np.int64)
     if trainer.args.annotation == "human":
-        store = LabelStore(trainer.run_dir.path, trainer.class_names)
+        store = trainer.examples.label_store(trainer.run_dir.path)
         if not query_is_complete(trainer.run_dir.path, round_, indices, store):
             _write_query(trainer, round_, indices, query)
             return None
-        labels = store.as_array(len(trainer.pool))[indices]
+        labeled, labels = trainer.examples.stored_labels(store, indices)
     else:
         # Simulation goes through the same store as people's labels: the oracle is one more source. A task whose
         # annotations are the pool's own rows (boxes) has none to store: they are revealed as they are.
@@ -312,7 +313,7 @@ def label(trainer, round_: int) -> dict | None:
             labels = _store_labels(trainer, batch, round_, expected=indices).as_array(len(trainer.pool))[
                 indices
             ]
-    labeled = np.ones(len(indices), dtype=bool) if labels is None else labels >= 0
+        labeled = np.ones(len(indices), dtype=bool) if labels is None else labels >= 0
     scores = None if query["scores"] is None else np.asarray(query["scores"])[labeled]
     trainer.pool.label(indices[labeled], round=round_, scores=scores, strategy=query["strategy"],
                        labels=None if labels is None else labels[labeled])  # fmt: skip
@@ -351,18 +352,8 @@ def _store_labels(trainer, batch: LabelBatch, round_: int, expected=None) -> Lab
 def _write_query(trainer, round_: int, indices: np.ndarray, query: dict) -> None:
     directory = query_directory(trainer.run_dir.path, round_)
     if trainer.is_world_process_zero() and not directory.is_dir():
-        write_query_batch(
-            directory,
-            trainer.pool.dataset,
-            indices,
-            image_column=trainer.args.image_column,
-            class_names=trainer.class_names,
-            round=round_,
-            scores=query["scores"],
-            predictions=query.get("predictions"),
-            prediction_scores=query.get("prediction_scores"),
-            model_version=surrogate_model_version(trainer.run_dir.path, round_ - 1),
-        )
+        trainer.examples.write_query(directory, indices, query, image_column=trainer.args.image_column, round=round_,
+                                     model_version=surrogate_model_version(trainer.run_dir.path, round_ - 1))  # fmt: skip
         if trainer.args.hub_query_id:
             push_query_batch(
                 directory,

@@ -24,6 +24,8 @@ from transformers import Trainer
 
 from ..annotation.labels import LabelBatch
 from ..annotation.oracle import oracle_labels
+from ..annotation.queries import write_query_batch
+from ..annotation.store import LabelStore
 from ..data.pixel_dataset import PixelDataset
 from ..selection.scoring import score_pool
 from .distillation_trainer import DistillationTrainer
@@ -56,6 +58,34 @@ class PixelExamples:
     def oracle_labels(self, indices: np.ndarray) -> LabelBatch:
         """The simulated annotator: the pool's label column at `indices`."""
         return oracle_labels(self.pool.dataset, self.label_column, indices, self.class_names)
+
+    def label_store(self, run_dir) -> LabelStore:
+        """The run's store of people's class labels (`RUN/labels.parquet`)."""
+        return LabelStore(run_dir, self.class_names)
+
+    def stored_labels(self, store: LabelStore, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(which of `indices` are labeled, their class ids) from `store`."""
+        labels = store.as_array(len(self.pool))[indices]
+        return labels >= 0, labels
+
+    def query_guesses(self, model, indices: np.ndarray, *, args, accelerator) -> dict:
+        """The surrogate's class and probability for each queried image (`predictions`, `prediction_scores`)."""
+        # Scoring only the query costs query_size forward passes.
+        guesses = self.score(model, np.sort(indices), ("probs",), args=args, accelerator=accelerator)
+        probs = guesses.probs[np.searchsorted(guesses.pool_indices, indices)].numpy()
+        return {
+            "predictions": probs.argmax(axis=1).tolist(),
+            "prediction_scores": probs.max(axis=1).round(4).tolist(),
+        }
+
+    def write_query(self, directory, indices: np.ndarray, query: dict, *, image_column: str, round: int,
+                    model_version: str):  # fmt: skip
+        """Write the query batch of `round` for annotators ([`write_query_batch`]: CSV template, Label Studio
+        `Choices` import with the surrogate's class as a pre-annotation)."""
+        return write_query_batch(directory, self.pool.dataset, indices, image_column=image_column,
+                                 class_names=self.class_names, round=round, scores=query["scores"],
+                                 predictions=query.get("predictions"), prediction_scores=query.get("prediction_scores"),
+                                 model_version=model_version)  # fmt: skip
 
     def class_counts(self, indices: np.ndarray, labels: np.ndarray) -> Counter:
         """Examples per class name among the newly labeled `indices` (with their class ids `labels`)."""
@@ -143,7 +173,12 @@ class AnnotatedExamples:
         score_options (`dict`): The task's `image_scores` options besides the measure (its `score_options`: e.g.
             `aggregation`, `threshold`, `num_labels`).
         num_channels (`int`, *optional*, defaults to 3): The model's input channels.
+
+    With `annotation: human`, `people_labels` is set (a callable returning the run's store of the annotations people
+    gave, the task's `label_store`): the labeled rows are trained on with those, not with the pool's column.
     """
+
+    people_labels = None
 
     def __init__(self, task, pool, image_processor, class_names, data_options: dict, score_options: dict,
                  num_channels: int = 3):  # fmt: skip
@@ -166,10 +201,62 @@ class AnnotatedExamples:
         """`None`: the simulated annotator reveals the pool's own annotations (the rows are trained on as stored)."""
         return None
 
+    def label_store(self, run_dir):
+        """The run's store of the annotations people gave (the task's `label_store`).
+
+        Raises:
+            `ValueError`: the task has no human-annotation path."""
+        if self.task.label_store is None:
+            raise ValueError(
+                f"annotation: human has no {self.task.name} path yet; set annotation: simulated."
+            )
+        return self.task.label_store(run_dir, self.class_names)
+
+    def stored_labels(self, store, indices: np.ndarray) -> tuple[np.ndarray, None]:
+        """(which of `indices` people annotated, `None`: the annotations are read from `store` when trained on)."""
+        return np.isin(indices, store.labeled_indices), None
+
+    def query_guesses(self, model, indices: np.ndarray, *, args, accelerator) -> dict:
+        """The surrogate's annotations of each queried image (`predictions`: the task's `query_predictions`, kept
+        above the run's score threshold), carried by the query as pre-annotations."""
+        import datasets
+
+        from ..data.images import open_image
+
+        column = self.data_options["image_column"]
+        rows = self.pool.select(np.asarray(indices).tolist()).cast_column(
+            column, datasets.Image(decode=False)
+        )
+        images = [open_image(value, pool_index=int(i)) for i, value in zip(indices.tolist(), rows[column])]
+        predictions = self.task.query_predictions(model, self.image_processor, images,
+                                                  threshold=self.score_options.get("threshold", 0.5),
+                                                  num_channels=self.prepare_options["num_channels"])  # fmt: skip
+        return {"predictions": predictions}
+
+    def write_query(self, directory, indices: np.ndarray, query: dict, *, image_column: str, round: int,
+                    model_version: str):  # fmt: skip
+        """Write the query batch of `round` for annotators (the task's `write_query`: for boxes a COCO template and a
+        Label Studio `RectangleLabels` import, the surrogate's boxes as pre-annotations)."""
+        return self.task.write_query(directory, self.pool, indices, image_column=image_column,
+                                     class_names=self.class_names, round=round, scores=query["scores"],
+                                     predictions=query.get("predictions"), model_version=model_version,
+                                     objects_column=self.annotation_column)  # fmt: skip
+
+    def labeled_rows(self, indices: np.ndarray):
+        """The pool rows `indices` with the annotations the run trains on: people's (`people_labels`, in the
+        annotation column, COCO boxes) with human annotation, else the pool's own."""
+        rows = self.pool.select(np.asarray(indices).tolist())
+        if self.people_labels is None:
+            return rows
+        store = self.people_labels()
+        annotations = store.annotations(np.asarray(indices).tolist())
+        if self.annotation_column in rows.column_names:
+            rows = rows.remove_columns(self.annotation_column)
+        return rows.add_column(self.annotation_column, annotations, feature=store.annotation_feature)
+
     def class_counts(self, indices: np.ndarray, labels=None) -> Counter:
         """Per class name, what the annotations of the rows `indices` hold of it (the task's `class_counts`)."""
-        rows = self.pool.select(np.asarray(indices))
-        return self.task.class_counts(rows, self.class_names, **self.data_options)
+        return self.task.class_counts(self.labeled_rows(indices), self.class_names, **self.data_options)
 
     def prepared(self, dataset, *, with_annotations: bool = True):
         """`dataset` as the model reads it (the task's `prepare` as a transform); without its annotations when
@@ -179,8 +266,13 @@ class AnnotatedExamples:
         return dataset.with_transform(self.task.prepare(self.image_processor, **self.prepare_options))
 
     def train_dataset(self, indices: np.ndarray):
-        """The labeled rows `indices` with their annotations."""
-        return self.prepared(self.pool.select(np.asarray(indices)))
+        """The labeled rows `indices` with their annotations (see `labeled_rows`), prepared."""
+        rows = self.labeled_rows(indices)
+        if self.people_labels is None:
+            return self.prepared(rows)
+        # People's boxes are stored as COCO pixels, whatever the pool's bbox_format.
+        options = {**self.prepare_options, "bbox_format": "coco"}
+        return rows.with_transform(self.task.prepare(self.image_processor, **options))
 
     def inner_trainer(
         self, model, args, *, train_dataset=None, eval_dataset=None, teacher=None, callbacks=None

@@ -15,7 +15,15 @@ import warnings
 import numpy as np
 import torch
 
-from .strategies import MarginStrategy, Selection, SelectionStrategy, check_probs, register_strategy
+from .shards import ShardGroup
+from .strategies import (
+    MarginStrategy,
+    Selection,
+    SelectionStrategy,
+    check_probs,
+    register_strategy,
+    top_n_by_score,
+)
 
 __all__ = ["CLUSTER_MARGIN_CANDIDATES", "ClusterMarginStrategy"]
 
@@ -33,7 +41,9 @@ class ClusterMarginStrategy(SelectionStrategy):
     A pick's score is its margin score (`−(p_top1 − p_top2)`, as `margin` gives), picks ordered most uncertain
     first, so scores are non-increasing. Clusters that coincide (duplicate features) may leave fewer distinct
     members than `n`; the rest are the next smallest-margin candidates. Ties break by the smaller pool index.
-    k-means is scikit-learn's (`KMeans`, or `MiniBatchKMeans` above 50 clusters), seeded with `seed`.
+    k-means is scikit-learn's (`KMeans`, or `MiniBatchKMeans` above 50 clusters), seeded with `seed`. With several
+    processes (`accelerator=`), each holds its shard: the smallest margins are reduced across processes and only the
+    candidates' features are gathered, so every process makes the single-process selection.
 
     Args:
         candidate_factor (`int`, *optional*, defaults to 10): Candidates per pick; `1` is plain `margin`.
@@ -56,6 +66,7 @@ class ClusterMarginStrategy(SelectionStrategy):
 
     name = "cluster_margin"
     needs = frozenset({"probs", "features"})
+    shardable = True
 
     def __init__(self, candidate_factor: int = CLUSTER_MARGIN_CANDIDATES):
         if int(candidate_factor) != candidate_factor or candidate_factor < 1:
@@ -63,11 +74,12 @@ class ClusterMarginStrategy(SelectionStrategy):
         self.candidate_factor = int(candidate_factor)
 
     def _select(
-        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None
+        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
     ) -> Selection:
         from sklearn.cluster import KMeans, MiniBatchKMeans
         from sklearn.exceptions import ConvergenceWarning
 
+        group = group or ShardGroup()
         margins = MarginStrategy().compute_scores(check_probs(probs, len(pool_indices), self.name))
         if isinstance(features, torch.Tensor):
             features = features.detach().cpu().numpy()
@@ -77,19 +89,27 @@ class ClusterMarginStrategy(SelectionStrategy):
                 f"features must have shape (num_candidates, dim) with {len(pool_indices)} rows (pool_indices), got "
                 f"{features.shape}."
             )
-        # Most uncertain first, ties by the smaller pool index.
-        candidates = np.lexsort((pool_indices, -margins))[: min(len(pool_indices), self.candidate_factor * n)]
-        if len(candidates) > n:
+        # The smallest margins over every process's shard, most uncertain first (ties: the smaller pool index).
+        total = int(group.sum(torch.tensor([len(pool_indices)])))
+        candidates = top_n_by_score(margins, pool_indices, min(total, self.candidate_factor * n), group)
+        # Only the candidates' features travel: each process sends the rows it holds, in pool-index order.
+        held = np.flatnonzero(np.isin(pool_indices, candidates.indices))
+        indices = group.gather_rows(torch.from_numpy(np.ascontiguousarray(pool_indices[held]))).numpy()
+        rows = group.gather_rows(group.with_common_row_shape(torch.from_numpy(features[held]))).numpy()
+        by_index = dict(zip(indices.tolist(), rows))
+        candidate_features = np.stack([by_index[int(index)] for index in candidates.indices])
+        picked = np.arange(len(candidates.indices))
+        if len(picked) > n:
             kmeans_class = MiniBatchKMeans if n > _MINIBATCH_ABOVE else KMeans
             kmeans = kmeans_class(n_clusters=n, random_state=0 if seed is None else seed, n_init=3)
             with warnings.catch_warnings():  # fewer distinct points than clusters: handled below
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                assignment = kmeans.fit_predict(features[candidates])
+                assignment = kmeans.fit_predict(candidate_features)
             # The candidates are in uncertainty order: each cluster's first member is its most uncertain.
             _, first = np.unique(assignment, return_index=True)
-            chosen = np.zeros(len(candidates), dtype=bool)
+            chosen = np.zeros(len(picked), dtype=bool)
             chosen[first] = True
             if chosen.sum() < n:
                 chosen[np.flatnonzero(~chosen)[: n - int(chosen.sum())]] = True
-            candidates = candidates[chosen]
-        return Selection(indices=pool_indices[candidates], scores=margins[candidates])
+            picked = picked[chosen]
+        return Selection(indices=candidates.indices[picked], scores=candidates.scores[picked])

@@ -18,7 +18,7 @@ from transformers.utils import logging
 
 from ..annotation.queries import query_directory
 from ..arguments import DataArguments, ModelArguments
-from ..constants import QUERY_CONTENTS, STATE_NAME, SYNTHETIC_DETECTION, SYNTHETIC_SEGMENTATION
+from ..constants import QUERY_CONTENTS, STATE_NAME
 from ..data.loading import load_run_datasets, resolve_dataset_revision
 from ..trainer.annotated_run import annotated_task
 from ..trainer.prunefuse_config import PruneFuseConfig
@@ -163,7 +163,7 @@ def build_trainer(
             data_args, config.image_column, config.label_column, seed=config.seed
         )
     else:
-        pool, eval_dataset = _annotated_datasets(data_args, config, task.name)
+        pool, eval_dataset = _annotated_datasets(data_args, config, task)
     return PruneFuseTrainer(
         model_args.model_source,
         args=config,
@@ -175,46 +175,23 @@ def build_trainer(
     )
 
 
-def _annotated_datasets(data_args, config, task_name: str):
+def _annotated_datasets(data_args, config, task):
     """The pool and evaluation set of an object-detection or semantic-segmentation run: the task's built-in synthetic
     pool (`max_pool_size` images of Fashion-MNIST's train items, default 1,000; `max_eval_samples` of its test items,
-    default 200), or the splits of `tasks.load_detection_dataset` / `tasks.load_segmentation_dataset` (a saved
-    dataset, a Hub dataset, or an image folder with its COCO file or masks folder), subsampled like
-    classification's."""
+    default 200), or the splits the task loads (`Task.load_split`), subsampled like classification's."""
     from ..data.loading import check_distinct_splits, subsample
-    from ..tasks import (
-        load_detection_dataset,
-        load_segmentation_dataset,
-        synthetic_detection_pool,
-        synthetic_segmentation_pool,
-    )
 
-    if task_name == "image-segmentation":
-        synthetic, synthetic_pool = SYNTHETIC_SEGMENTATION, synthetic_segmentation_pool
-
-        def load(split):
-            # Checked once, by the trainer, with the run's class names and reduce_labels.
-            return load_segmentation_dataset(data_args.dataset_name, split, image_column=config.image_column,
-                                             mask_column=config.label_column, revision=data_args.dataset_revision,
-                                             validate=False)  # fmt: skip
-    else:
-        synthetic, synthetic_pool = SYNTHETIC_DETECTION, synthetic_detection_pool
-
-        def load(split):
-            return load_detection_dataset(data_args.dataset_name, split, annotations=data_args.annotations_file,
-                                          class_names=config.class_names, bbox_format=config.bbox_format,
-                                          image_column=config.image_column, objects_column=config.objects_column,
-                                          revision=data_args.dataset_revision)  # fmt: skip
-
-    if data_args.dataset_name == synthetic:
-        pool = synthetic_pool(data_args.max_pool_size or 1000, split="train", seed=config.seed)
+    if data_args.dataset_name == task.synthetic_name:
+        pool = task.synthetic_pool(data_args.max_pool_size or 1000, split="train", seed=config.seed)
         if not data_args.eval_split:
             return pool, None
-        return pool, synthetic_pool(data_args.max_eval_samples or 200, split="test", seed=config.seed + 1)
-    pool = load(data_args.train_split)
+        return pool, task.synthetic_pool(
+            data_args.max_eval_samples or 200, split="test", seed=config.seed + 1
+        )
+    pool = task.load_split(data_args, config, data_args.train_split)
     if not data_args.eval_split:
         return subsample(pool, data_args.max_pool_size, config.seed), None
-    eval_dataset = load(data_args.eval_split)
+    eval_dataset = task.load_split(data_args, config, data_args.eval_split)
     check_distinct_splits(pool, eval_dataset, data_args)
     return (
         subsample(pool, data_args.max_pool_size, config.seed),

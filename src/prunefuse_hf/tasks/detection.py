@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..constants import DETECTION_AGGREGATIONS as AGGREGATIONS
+from ..constants import SYNTHETIC_DETECTION
 from ..selection.strategies import UncertaintyStrategy, get_strategy
 from .detection_annotation import detection_predictions, write_detection_query
 from .detection_data import (
@@ -22,8 +23,10 @@ from .detection_data import (
     objects_as_columns,
     validate_detection_dataset,
 )
+from .detection_loading import load_detection_dataset
 from .detection_metrics import COCO_STAT_NAMES, detection_compute_metrics
 from .detection_store import DetectionLabelStore, ingest_detection_labels
+from .detection_synthetic import synthetic_detection_pool
 from .task import Task
 
 DEFAULT_SCORE_THRESHOLD = 0.5
@@ -293,6 +296,15 @@ def detection_class_counts(
     return Counter(class_names[int(c)] for row in objects for c in objects_as_columns(row)[CATEGORY_KEY])
 
 
+def load_detection_split(data_args, config, split: str):
+    """One split of a detection recipe's `dataset_name` (with `annotations_file`, `bbox_format`, `class_names` and
+    the columns of `config`), as `prunefuse-hf run` reads it; see [`load_detection_dataset`]."""
+    return load_detection_dataset(data_args.dataset_name, split, annotations=data_args.annotations_file,
+                                  class_names=config.class_names, bbox_format=config.bbox_format,
+                                  image_column=config.image_column, objects_column=config.objects_column,
+                                  revision=data_args.dataset_revision)  # fmt: skip
+
+
 DETECTION = Task(
     name="object-detection",
     auto_model_class="AutoModelForObjectDetection",
@@ -318,4 +330,7 @@ DETECTION = Task(
     ingest_labels=ingest_detection_labels,
     write_query=write_detection_query,
     query_predictions=detection_predictions,
+    load_split=load_detection_split,
+    synthetic_name=SYNTHETIC_DETECTION,
+    synthetic_pool=synthetic_detection_pool,
 )

@@ -14,10 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import SEGMENTATION_AGGREGATIONS as PIXEL_AGGREGATIONS
+from ..constants import SYNTHETIC_SEGMENTATION
 from ..selection.strategies import UncertaintyStrategy, get_strategy
 from .segmentation_data import MASK_COLUMN, segmentation_class_names, validate_segmentation_dataset
+from .segmentation_loading import load_segmentation_dataset
 from .segmentation_masks import IGNORE_INDEX, open_mask, reduce_mask_labels
 from .segmentation_metrics import segmentation_compute_metrics
+from .segmentation_synthetic import synthetic_segmentation_pool
 from .task import Task
 
 
@@ -306,6 +309,15 @@ def segmentation_class_counts(
     return counts
 
 
+def load_segmentation_split(data_args, config, split: str):
+    """One split of a segmentation recipe's `dataset_name` (masks in `config.label_column`), as `prunefuse-hf run`
+    reads it, unchecked: the trainer checks it once, with the run's class names and `reduce_labels`; see
+    [`load_segmentation_dataset`]."""
+    return load_segmentation_dataset(data_args.dataset_name, split, image_column=config.image_column,
+                                     mask_column=config.label_column, revision=data_args.dataset_revision,
+                                     validate=False)  # fmt: skip
+
+
 SEGMENTATION = Task(
     name="image-segmentation",
     auto_model_class="AutoModelForSemanticSegmentation",
@@ -330,4 +342,7 @@ SEGMENTATION = Task(
     score_options=segmentation_score_options,
     class_counts=segmentation_class_counts,
     feature_config={"output_hidden_states": True},
+    load_split=load_segmentation_split,
+    synthetic_name=SYNTHETIC_SEGMENTATION,
+    synthetic_pool=synthetic_segmentation_pool,
 )

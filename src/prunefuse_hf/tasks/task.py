@@ -86,6 +86,12 @@ class Task:
         query_predictions (`Callable`, *optional*):
             `query_predictions(model, image_processor, images, *, threshold, num_channels) -> list`: the trained
             surrogate's guess per queried image, carried by the query as pre-annotations.
+        load_split (`Callable`, *optional*):
+            `load_split(data_args, config, split) -> datasets.Dataset`: one split of a recipe's `dataset_name` (a saved
+            dataset, a Hub dataset, or the task's image folder layout), as `prunefuse-hf run` reads it, unchecked (the
+            trainer checks it with the run's class names).
+        synthetic_name, synthetic_pool (`str`, `Callable`, *optional*):
+            The `dataset_name` of the task's built-in synthetic pool, and `synthetic_pool(size, *, split, seed)`.
 
     Example:
 
@@ -130,6 +136,9 @@ class Task:
     ingest_labels: Callable | None = None
     write_query: Callable | None = None
     query_predictions: Callable | None = None
+    load_split: Callable | None = None
+    synthetic_name: str = ""
+    synthetic_pool: Callable | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "training_arguments", MappingProxyType(dict(self.training_arguments)))

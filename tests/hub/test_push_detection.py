@@ -1,5 +1,6 @@
 """A finished object-detection run pushed to a local Hub (tests/hub_server.py) with the unmodified client libraries:
-the fused detector, its surrogate and the selected subset come back from the Hub and work."""
+the fused detector, its surrogate and the selected subset come back from the Hub and work. The subset of a run whose
+boxes people drew carries those boxes, in the folder `save_subset` writes and through the Hub."""
 
 import datasets
 import pyarrow.parquet as pq
@@ -9,8 +10,10 @@ import yaml
 from transformers import AutoModelForObjectDetection, pipeline
 
 from conftest import detection_items, tiny_detr
+from detection_human_run import filled_coco, human_config, human_pools, stored_objects
 from hub_server import serve_local_hub
-from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer, load_subset
+from prunefuse_hf.hub import save_subset
 from prunefuse_hf.pruning import load_surrogate
 from prunefuse_hf.tasks import synthetic_detection_pool
 
@@ -61,3 +64,38 @@ def test_a_detection_run_pushed_to_the_hub_comes_back_whole(hub, tmp_path):
     selection = pq.read_table(run_dir / "selection.parquet").to_pydict()
     rows = datasets.load_dataset(SUBSET, split="train")
     assert rows["pool_index"][:] == selection["pool_index"] and len(selection["pool_index"]) == 16
+
+
+def test_the_subset_of_a_human_detection_run_carries_the_boxes_people_drew(hub, tmp_path):
+    pool, _, names, truth = human_pools()
+    # People draw other boxes than the pool's hidden ones (moved by a pixel, inside the 48 x 48 images): the subset
+    # must hold theirs.
+    drawn = [{"bbox": [[x + 1.0 if x + w < 48 else x - 1.0, y, w, h] for x, y, w, h in objects["bbox"]],
+              "category": objects["category"]} for objects in truth]  # fmt: skip
+    args = human_config(
+        tmp_path, names, use_cpu=True, disable_tqdm=True, hub_model_id=MODEL, hub_subset_id=SUBSET
+    )
+    trainer = PruneFuseTrainer(tiny_detr(), args=args, train_dataset=pool)
+    trainer.train()
+    run = trainer.run_dir.path
+    for round_ in (1, 2):
+        trainer.add_labels(filled_coco(run / "queries" / f"round_{round_}", drawn))
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.done
+    stored = stored_objects(run)
+    selection = pq.read_table(run / "selection.parquet").to_pydict()["pool_index"]
+    assert sorted(selection) == sorted(stored) and len(stored) == 14
+
+    folder = save_subset(run, tmp_path / "subset", pool=pool, include_examples=True)
+    examples = datasets.load_dataset(str(folder), "examples", split="train")
+    assert examples.num_rows == 14 and examples["objects"] == [stored[i] for i in selection]
+    assert examples["objects"] != [truth[i] for i in selection]  # people's boxes, not the hidden ones
+    assert examples["image_id"] == selection  # the rows are the selected images, in selection order
+    rebuilt = load_subset(folder, pool)
+    assert rebuilt["pool_index"] == selection and rebuilt["objects"] == examples["objects"]
+
+    trainer.push_to_hub()
+    assert AutoModelForObjectDetection.from_pretrained(MODEL).config.num_labels == len(names)
+    from_hub = load_subset(SUBSET, pool)
+    assert from_hub["pool_index"] == selection and from_hub["objects"] == [stored[i] for i in selection]
+    assert datasets.load_dataset(SUBSET, split="train")["objects"] == [stored[i] for i in selection]

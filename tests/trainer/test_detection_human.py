@@ -6,68 +6,28 @@ fused detector is trained on them; bad answers are refused before anything is st
 import json
 
 import datasets
-import numpy as np
 import pytest
 import torch
 
 from conftest import detection_items, tiny_detr
-from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+from detection_human_run import (
+    INITIAL,
+    POOL_SIZE,
+    QUERY,
+    filled_coco,
+    human_config,
+    human_pools,
+    same_boxes,
+    stored_objects,
+)
+from prunefuse_hf import PruneFuseTrainer
 from prunefuse_hf.annotation.labels import LabelError
 from prunefuse_hf.tasks import DETECTION, detection_prediction, synthetic_detection_pool
-
-POOL_SIZE, INITIAL, QUERY = 24, 8, 6
 
 
 @pytest.fixture(scope="module")
 def pools():
-    items = detection_items()
-    pool = synthetic_detection_pool(POOL_SIZE, items=items, image_size=48, scales=(16, 24), seed=0)
-    test = synthetic_detection_pool(6, items=items, image_size=48, scales=(16, 24), seed=1)
-    names = pool.features["objects"]["category"].feature.names
-    truth = [{"bbox": [[float(v) for v in box] for box in row["bbox"]], "category": list(row["category"])}
-             for row in pool["objects"]]  # fmt: skip
-    # What people label: the images only (a real pool has no boxes).
-    return pool.remove_columns("objects"), test, names, truth
-
-
-def config(tmp_path, names, **overrides):
-    values = dict(output_dir=str(tmp_path / "run"), annotation="human", class_names=names,
-                  initial_labeled_size=INITIAL, query_size=QUERY, num_rounds=1, num_train_epochs=1,
-                  per_device_train_batch_size=8, learning_rate=1e-3, optim="adamw_torch", optim_args=None,
-                  scoring_batch_size=16, per_device_eval_batch_size=16, strategy="least_confidence",
-                  detection_score_threshold=0.0)  # fmt: skip
-    return PruneFuseConfig(**{**values, **overrides})
-
-
-def filled_coco(query, truth, change=None):
-    """The query's COCO template filled in by a COCO tool, with the true boxes (`change` edits one)."""
-    coco = json.loads((query / "annotations.json").read_text())
-    annotations = []
-    for image in coco["images"]:
-        objects = truth[image["pool_index"]]
-        for box, category in zip(objects["bbox"], objects["category"]):
-            annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "bbox": box,
-                                "category_id": category, "area": box[2] * box[3], "iscrowd": 0})  # fmt: skip
-    coco["annotations"] = annotations
-    if change:
-        change(coco)
-    path = query.parents[2] / f"filled_{query.name}.json"  # beside the run, not in it
-    path.write_text(json.dumps(coco))
-    return path
-
-
-def stored_objects(run):
-    rows = datasets.Dataset.from_parquet(str(run / "labeled_objects.parquet"))
-    return {i: objects for i, objects in zip(rows["pool_index"], rows["objects"])}
-
-
-def same_boxes(stored, truth):
-    assert set(stored) and {i: o["category"] for i, o in stored.items()} == {
-        i: truth[i]["category"] for i in stored
-    }
-    for i, objects in stored.items():
-        np.testing.assert_allclose(np.reshape(objects["bbox"], (-1, 4)), np.reshape(truth[i]["bbox"], (-1, 4)),
-                                   atol=1e-3)  # fmt: skip
+    return human_pools()
 
 
 def test_two_rounds_labeled_from_coco_then_label_studio_train_the_fused_detector(
@@ -78,7 +38,7 @@ def test_two_rounds_labeled_from_coco_then_label_studio_train_the_fused_detector
     pool, test, names, truth = pools
     run = tmp_path / "run"
     trainer = PruneFuseTrainer(
-        tiny_detr(), args=config(tmp_path, names), train_dataset=pool, eval_dataset=test
+        tiny_detr(), args=human_config(tmp_path, names), train_dataset=pool, eval_dataset=test
     )
     trainer.train()
     assert trainer.awaiting_labels == 1 and not trainer.done
@@ -163,7 +123,7 @@ def stopped(tmp_path_factory, pools):
     pool, test, names, _ = pools
     tmp_path = tmp_path_factory.mktemp("stopped")
     trainer = PruneFuseTrainer(
-        tiny_detr(), args=config(tmp_path, names), train_dataset=pool, eval_dataset=test
+        tiny_detr(), args=human_config(tmp_path, names), train_dataset=pool, eval_dataset=test
     )
     trainer.train()
     return trainer, tmp_path / "run" / "queries" / "round_1"
@@ -234,15 +194,17 @@ def test_an_export_of_another_runs_images_is_refused(stopped, pools, tmp_path):
 def test_settings_refused_before_any_work(tmp_path, pools):
     pool, test, names, _ = pools
     with pytest.raises(ValueError, match=r"class_names: None.*no 'objects' column.*Set class_names"):
-        PruneFuseTrainer(tiny_detr(), args=config(tmp_path, None), train_dataset=pool)
+        PruneFuseTrainer(tiny_detr(), args=human_config(tmp_path, None), train_dataset=pool)
     with pytest.raises(
         ValueError, match=r"seed_labels: .* is for image classification runs.*initial_labeled_size"
     ):
         PruneFuseTrainer(
-            tiny_detr(), args=config(tmp_path, names, seed_labels="seeds.csv"), train_dataset=pool
+            tiny_detr(), args=human_config(tmp_path, names, seed_labels="seeds.csv"), train_dataset=pool
         )
     with pytest.raises(
         ValueError, match=r"evaluation set.*objects"
     ):  # the evaluation set still needs its boxes
-        PruneFuseTrainer(tiny_detr(), args=config(tmp_path, names), train_dataset=pool, eval_dataset=pool)
+        PruneFuseTrainer(
+            tiny_detr(), args=human_config(tmp_path, names), train_dataset=pool, eval_dataset=pool
+        )
     assert not (tmp_path / "run").exists()

@@ -31,6 +31,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "rebuild_subset_pool",
             "save_subset",
             "subset_metadata",
+            "with_people_annotations",
         ],
     },
 )

@@ -3,7 +3,8 @@
 A subset folder (and the Hub dataset repo pushed from it) holds:
 
 - `selection.parquet`: the run's selection table (`pool_index`, `round`, `score`, `strategy`, `label`,
-  `label_name`, ...), plus `source_index` when the source was rebuilt at save time;
+  `label_name`, ...), plus `source_index` when the source was rebuilt at save time, and, for a run whose boxes (or
+  other annotations) people gave, those annotations in the task's annotation column (e.g. `objects`);
 - `prunefuse_subset.json`: the source dataset (id, config, split, the pinned revision, columns), the pool's size
   and fingerprint, how the run drew the pool from the source (`max_pool_size`, `seed`), and the class names;
 - `README.md`: a dataset card (rendered by [`~prunefuse_hf.hub.cards`]) whose `configs` make
@@ -61,9 +62,10 @@ def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) ->
         progress (`dict`, *optional*): The run's state; read from `state.json` when not given.
 
     Returns:
-        `dict`: `format_version`; `source` (`dataset_name`, `config_name`, `split`, `revision` (the recipe's
-        `dataset_revision`), `image_column`, `label_column`; `dataset_name` is `None` for a run started from
-        Python); `pool` (`num_examples`, `fingerprint`, `max_pool_size`, `seed`); `class_names`; `run` (the
+        `dict`: `format_version`; `task` (its `pipeline()` name); `source` (`dataset_name`, `config_name`, `split`,
+        `revision` (the recipe's `dataset_revision`), `image_column`, `label_column`, `annotation_column` (the
+        task's column of boxes or masks, `None` for classification); `dataset_name` is `None` for a run started
+        from Python); `pool` (`num_examples`, `fingerprint`, `max_pool_size`, `seed`); `class_names`; `run` (the
         selection settings).
 
     Raises:
@@ -80,8 +82,10 @@ def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) ->
         progress = RunDirectory(run_dir).read_state()
     settings, pool = progress["settings"], progress["pool"]
     data = run_data_arguments(redact_secrets(progress.get("recipe")))
+    task = _run_task(progress)
     return {
         "format_version": SUBSET_FORMAT_VERSION,
+        "task": task.name,
         "source": {
             "dataset_name": data["dataset_name"] if data else None,
             "config_name": data["dataset_config_name"] if data else None,
@@ -89,6 +93,7 @@ def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) ->
             "revision": data["dataset_revision"] if data else None,
             "image_column": settings.get("image_column") or "image",
             "label_column": settings.get("label_column") or "label",
+            "annotation_column": settings.get(task.annotation_option) if task.annotation_option else None,
         },
         "pool": {
             "num_examples": pool["num_examples"],
@@ -138,7 +143,9 @@ def save_subset(
         rebuild_pool (`bool`, *optional*, defaults to `True`): Rebuild the pool from the source recorded in
             the run to add `source_index` (and the examples). Skipped with a warning when that fails.
         include_examples (`bool`, *optional*, defaults to `False`): Also write the selected images and labels
-            (`examples/`, config `examples`). Needs the pool.
+            (`examples/`, config `examples`). Needs the pool. Each image carries its label as the run trained on
+            it: the pool's own, else the one people gave (a class id in the label column; for object detection the
+            boxes in the run's `labeled_objects.parquet`, in the objects column, as `{"bbox", "category"}`).
         endpoint (`str`, *optional*): Hub address of the card's links; defaults to
             `huggingface_hub.constants.ENDPOINT`.
 
@@ -158,8 +165,9 @@ def save_subset(
     ```
     """
     run_dir, save_directory = Path(run_dir), Path(save_directory)
-    metadata = subset_metadata(run_dir)
-    table = pq.read_table(run_dir / SELECTION_NAME)
+    progress = RunDirectory(run_dir).read_state()
+    metadata = subset_metadata(run_dir, progress)
+    table = with_people_annotations(pq.read_table(run_dir / SELECTION_NAME), run_dir, progress)
     rebuilt = False
     if pool is None and (rebuild_pool or include_examples) and metadata["source"]["dataset_name"] is not None:
         try:
@@ -188,7 +196,9 @@ def save_subset(
     metadata["num_selected"] = len(indices)
     (save_directory / SUBSET_METADATA_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
     if include_examples:
-        examples = _with_labels(pool.select(indices), table.to_pydict(), metadata)
+        examples = _with_annotations(
+            _with_labels(pool.select(indices), table.to_pydict(), metadata), table, metadata
+        )
         (save_directory / SUBSET_EXAMPLES_DIR).mkdir(exist_ok=True)
         _with_embedded_files(examples).to_parquet(
             str(save_directory / SUBSET_EXAMPLES_DIR / "train-00000-of-00001.parquet")
@@ -226,7 +236,9 @@ def load_subset(
         `datasets.Dataset`: the selected rows of the source, in selection order (round, then pool index), with
         `pool_index` and `round` columns added. The label column (the run's `label_column`) holds each example's
         label: the source's, or, where the source has none (a pool labeled by annotators), the one the run
-        recorded, as a `ClassLabel` with the run's class names.
+        recorded, as a `ClassLabel` with the run's class names. For an object-detection run whose boxes people
+        drew, a source without an objects column gets the stored boxes (`{"bbox": COCO pixels, "category": class
+        ids}`, `None` for a skipped image) in the run's objects column.
 
     Raises:
         `SubsetMismatchError`: the source is not the one the subset was selected from.
@@ -243,7 +255,8 @@ def load_subset(
     """
     folder = _subset_folder(repo_id_or_path, revision=revision, token=token)
     metadata = _read_metadata(folder)
-    selection = pq.read_table(folder / SELECTION_NAME).to_pydict()
+    table = pq.read_table(folder / SELECTION_NAME)
+    selection = table.to_pydict()
     recorded = metadata["source"]
     if source is None or isinstance(source, (str, os.PathLike)):
         if recorded["dataset_name"] is None and source is None:
@@ -258,7 +271,52 @@ def load_subset(
         pool = _pool_from_source(source, metadata, verify=verify)
     subset = pool.select(selection[POOL_INDEX])
     subset = subset.add_column(POOL_INDEX, selection[POOL_INDEX]).add_column("round", selection["round"])
-    return _with_labels(subset, selection, metadata)
+    return _with_annotations(_with_labels(subset, selection, metadata), table, metadata)
+
+
+def with_people_annotations(table: pa.Table, run_dir: str | os.PathLike, progress: dict) -> pa.Table:
+    """
+    The selection table of a run with the annotations people gave, for a task that stores them apart from the class
+    labels (object detection's boxes, [`~prunefuse_hf.tasks.DetectionLabelStore`]): one column named as the run's
+    annotation column (e.g. `objects`, `{"bbox": COCO pixel boxes, "category": class ids}`), null for a selected
+    image with none stored (skipped). Other runs' tables (classification, simulated annotation) are returned as
+    they are.
+
+    Args:
+        table (`pyarrow.Table`): The run's `selection.parquet`.
+        run_dir (`str` or `os.PathLike`): The run directory (its store of people's annotations is read).
+        progress (`dict`): The run's state (`state.json`).
+
+    Returns:
+        `pyarrow.Table`: `table`, with the annotation column appended for a human run of such a task.
+
+    Raises:
+        `ValueError`: the selection table already has a column of that name (the run's annotation column is
+            named like a selection column; rename it, e.g. `objects_column: objects`).
+
+    Example:
+
+    ```python
+    >>> table = pq.read_table("runs/boxes/selection.parquet")
+    >>> with_people_annotations(table, "runs/boxes", RunDirectory("runs/boxes").read_state()).column_names[-1]
+    'objects'
+    ```
+    """
+    task, settings = _run_task(progress), progress["settings"]
+    if settings.get("annotation") != "human" or task.label_store is None:
+        return table
+    import datasets
+
+    column = settings.get(task.annotation_option) or task.columns[-1]
+    if column in table.column_names:
+        raise ValueError(f"The run's annotation column {task.annotation_option}: {column!r} has the name of a "
+                         f"column of {SELECTION_NAME} ({table.column_names}); the subset cannot hold both. Name it "
+                         "differently in the recipe (e.g. objects).")  # fmt: skip
+    store = task.label_store(run_dir, progress["class_names"])
+    stored = store.labels
+    arrow_type = datasets.Features({column: store.annotation_feature}).arrow_schema.field(column).type
+    values = [stored.get(int(i)) for i in table.column(POOL_INDEX).to_pylist()]
+    return table.append_column(pa.field(column, arrow_type), pa.array(values, arrow_type))
 
 
 def rebuild_subset_pool(metadata: dict, verify: bool = True) -> datasets.Dataset:
@@ -374,6 +432,22 @@ def _with_labels(rows: datasets.Dataset, selection: dict, metadata: dict) -> dat
         .add_column(column, merged, feature=feature)
         .select_columns(rows.column_names)
     )
+
+
+def _with_annotations(rows: datasets.Dataset, table: pa.Table, metadata: dict) -> datasets.Dataset:
+    """`rows` with the annotations people gave (the selection's annotation column) where the source has none."""
+    column = metadata["source"].get("annotation_column")
+    if not column or column not in table.column_names or column in rows.column_names:
+        return rows  # classification, a simulated run, or a source that holds its own boxes
+    feature = datasets.Features.from_arrow_schema(table.select([column]).schema)[column]
+    return rows.add_column(column, table.column(column).to_pylist(), feature=feature)
+
+
+def _run_task(progress: dict):
+    # Imported here: loading a subset reads no model, and the tasks import torch.
+    from ..tasks import get_task
+
+    return get_task(progress.get("task") or "image-classification")
 
 
 def _describe(metadata: dict) -> str:

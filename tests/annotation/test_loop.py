@@ -344,3 +344,91 @@ def test_a_webhook_label_studio_refuses_is_said_and_the_loop_polls(
     assert not team.said("the loop wakes at every answer")
     project = json.loads((run_dir / "label_studio.json").read_text())["project"]
     assert server.session.get(f"{server.url}/api/webhooks/", params={"project": project}).json() == []
+
+
+def _draw(server, task: int, user: int, objects: dict, class_names: list[str]) -> int:
+    """An annotator draws `objects` (COCO pixel boxes, class ids) on a task's 48 x 48 image."""
+    from prunefuse_hf.tasks import detection_prediction
+
+    result = detection_prediction({"boxes": objects["bbox"], "labels": objects["category"]}, class_names,
+                                  (48, 48))["result"]  # fmt: skip
+    answer = server.session.post(f"{server.url}/api/tasks/{task}/annotations",
+                                 json={"completed_by": user, "result": result, "lead_time": 1.0})  # fmt: skip
+    answer.raise_for_status()
+    return answer.json()["id"]
+
+
+def test_the_loop_runs_a_detection_run_whose_conflicting_boxes_wait_then_resolve_by_latest(
+    label_studio, tmp_path, monkeypatch
+):
+    from conftest import tiny_detr
+    from detection_human_run import human_config, human_pools, same_boxes, stored_objects
+    from prunefuse_hf import PruneFuseTrainer
+
+    server = label_studio
+    pool, _, names, truth = human_pools()
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    found = {}
+
+    def first(team):
+        tasks = team.round_tasks(1, 8)
+        disputed = tasks[0]["data"]["pool_index"]
+        x, y, w, h = truth[disputed]["bbox"][0]
+        # Two annotators draw the first image, the second one box a pixel off (and later): the answers disagree.
+        moved = {"bbox": [[x + 1.0 if x + w < 48 else x - 1.0, y, w, h], *truth[disputed]["bbox"][1:]],
+                 "category": truth[disputed]["category"]}  # fmt: skip
+        _draw(server, tasks[0]["id"], team.user(0), truth[disputed], names)
+        _draw(server, tasks[0]["id"], team.user(1), moved, names)
+        for task in tasks[1:]:
+            _draw(server, task["id"], team.user(0), truth[task["data"]["pool_index"]], names)
+        found.update(disputed=disputed, moved=moved)
+        team.wait_for(lambda: team.said("have answers that disagree"), "the conflict")
+        time.sleep(3 * POLL)  # the loop keeps waiting meanwhile, storing nothing
+        assert open_query(run_dir)[0] == 1 and not (run_dir / "labeled_objects.parquet").exists()
+        _thread.interrupt_main()  # Ctrl-C: the team lead sets annotation_resolve: latest and starts it again
+
+    def trainer(**overrides):
+        args = human_config(tmp_path, names, disable_tqdm=True, use_cpu=True, **overrides)
+        return PruneFuseTrainer(tiny_detr(), args=args, train_dataset=pool)
+
+    team = Team(server, run_dir, first)
+    team.thread.start()
+    with pytest.raises(KeyboardInterrupt):
+        label_studio_loop(trainer(), url=server.url, poll_interval=POLL, report=team.report)
+    team.check()
+    config = server.session.get(
+        f"{server.url}/api/projects/{json.loads((run_dir / 'label_studio.json').read_text())['project']}"
+    ).json()
+    assert "<RectangleLabels" in config["label_config"]
+    conflict = team.said("have answers that disagree")
+    assert sum("have answers that disagree" in m for m in team.messages) == 1  # said once, not at every poll
+    assert f"(pool_index {found['disputed']}): " in conflict and "ann2@example.com (" in conflict
+    assert "annotation_resolve" in conflict and "round 1: 8 annotated, 0 skipped of 8 tasks" in "\n".join(
+        team.messages
+    )
+
+    def second(team):
+        for task in team.round_tasks(2, 6):
+            _draw(server, task["id"], team.user(0), truth[task["data"]["pool_index"]], names)
+
+    run = trainer(annotation_resolve="latest")
+    team = Team(server, run_dir, second)
+    team.thread.start()
+    try:
+        label_studio_loop(run, url=server.url, poll_interval=POLL, report=team.report)
+    finally:
+        team.check()
+    assert run.done and (run_dir / "fused" / "config.json").is_file()
+    assert "round 1: 8 labels added, 0 skipped; resuming the run" in team.messages
+    assert "round 2: 6 labels added, 0 skipped; resuming the run" in team.messages
+    stored = stored_objects(run_dir)
+    expected = {i: truth[i] for i in stored}
+    expected[found["disputed"]] = found["moved"]  # the newest answer
+    assert len(stored) == 14 and sorted(stored) == sorted(expected)
+    same_boxes(stored, expected)  # to 1e-3 px: Label Studio holds them in percent of the image
+    rows = {row["pool_index"]: row for row in pq.read_table(run_dir / "labeled_objects.parquet").to_pylist()}
+    assert (
+        rows[found["disputed"]]["resolution"] == "latest" and rows[found["disputed"]]["annotator"] == TEAM[1]
+    )
+    assert run.metrics["final"]["labeled"] == 14

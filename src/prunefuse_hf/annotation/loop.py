@@ -237,7 +237,7 @@ def _describe_conflicts(round_: int, conflicts: list[str], project_url: str) -> 
     return (
         f"round {round_}: {len(conflicts)} tasks have answers that disagree (no resolve policy):\n{tasks}\n"
         f"Fix them in Label Studio ({project_url}): delete or correct the wrong answer. Or set annotation_resolve "
-        "(ground_truth, majority, latest) and start the loop again. Waiting."
+        "(ground_truth, latest; majority for class labels) and start the loop again. Waiting."
     )
 
 

@@ -19,6 +19,7 @@ import datasets
 import numpy as np
 from transformers.utils import logging
 
+from ..annotation.label_studio import AnswersDisagree
 from ..annotation.labels import ClassLookup, LabelError, check_class_names
 from ..constants import POOL_INDEX
 from .detection_data import BBOX_KEY, CATEGORY_KEY, object_problems
@@ -227,7 +228,7 @@ def _resolve(image: ImageAnswers, policy: str | None):
     return None
 
 
-def _disagreement_error(name: str, conflicts: list[ImageAnswers], policy: str | None) -> LabelError:
+def _disagreement_error(name: str, conflicts: list[ImageAnswers], policy: str | None) -> AnswersDisagree:
     def answer(a) -> str:
         who = (
             f"annotation {a.annotation_id} by {a.annotator or 'unknown'}"
@@ -236,16 +237,19 @@ def _disagreement_error(name: str, conflicts: list[ImageAnswers], policy: str | 
         )
         return f"{who} ({len(a.boxes)} boxes{', ground truth' if a.ground_truth else ''})"
 
-    shown = "; ".join(f"{image.place} ({POOL_INDEX} {image.pool_index}): " + ", ".join(map(answer, image.answers))
-                      for image in conflicts[:5]) + (f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")  # fmt: skip
+    # One line per image, as classification's AnswersDisagree: the live loop says them and waits for a fix.
+    described = [f"{image.place} ({POOL_INDEX} {image.pool_index}): " + ", ".join(map(answer, image.answers))
+                 for image in conflicts]  # fmt: skip
+    shown = "; ".join(described[:5]) + (f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
     coco = any(image.coco for image in conflicts)
     why = (" A COCO export holds no ground-truth marks (Label Studio lists one image entry per annotation, newest "
            "first): use resolve='latest', or export JSON." if coco and policy == "ground_truth" else
            " No annotation (or more than one that differ) is marked ground truth there." if policy else "")  # fmt: skip
-    return LabelError(
+    return AnswersDisagree(
         f"{name}: {len(conflicts)} images have several answers with different boxes: {shown}.{why} Resolve them in "
         "Label Studio (mark one annotation as ground truth, or delete the others) and export again, or choose a "
-        f"policy: resolve={'|'.join(BOX_RESOLUTIONS)} (CLI: --resolve)."
+        f"policy: resolve={'|'.join(BOX_RESOLUTIONS)} (CLI: --resolve).",
+        described,
     )
 
 

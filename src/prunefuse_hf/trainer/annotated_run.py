@@ -191,6 +191,11 @@ def _check_settings(task, args) -> None:
             args.seed_labels,
             "none (with annotation: human, people label the first query of initial_labeled_size images)",
         ),
+        "annotation_resolve": (
+            args.annotation_resolve == "majority",
+            "majority",
+            "ground_truth, latest or none (a majority of box sets is not defined)",
+        ),
         "selector": (args.selector == "linear_probe", "linear_probe", "trained"),
         "surrogate_distill_epochs": (args.surrogate_distill_epochs > 0, args.surrogate_distill_epochs, "0"),
         "initial_strategy": (args.initial_strategy != "random", args.initial_strategy, "random"),

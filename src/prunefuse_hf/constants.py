@@ -35,10 +35,12 @@ QUERIES_DIR = "queries"
 QUERY_DATASET_DIR = "dataset"
 QUERY_CSV = "labels.csv"
 LABEL_STUDIO_TASKS = "label_studio_tasks.json"
-QUERY_CONTENTS = f"{QUERY_DATASET_DIR}/, {QUERY_CSV}, {LABEL_STUDIO_TASKS}"
 LABEL_STUDIO_CONFIG = "label_studio_config.xml"
 # Object detection: the COCO JSON template of a query batch, and the annotation file of Label Studio's COCO export.
 COCO_TEMPLATE = "annotations.json"
+# The files of a query batch that annotators use, in the order the "images to label" line names them (those present).
+QUERY_FILES = {QUERY_DATASET_DIR: f"{QUERY_DATASET_DIR}/", COCO_TEMPLATE: f"{COCO_TEMPLATE} (COCO template to fill in)",
+               QUERY_CSV: QUERY_CSV, LABEL_STUDIO_TASKS: LABEL_STUDIO_TASKS}  # fmt: skip
 LABEL_STUDIO_COCO = "result.json"
 # Columns of a query batch beside the pool index, and the marker of a round continued with part of its labels.
 QUERY_FILE_NAME = "file_name"

@@ -35,8 +35,13 @@ def test_label_and_resume_through_the_cli(tmp_path, capsys):
     for round_ in (1, 2):
         assert main(argv + (["--resume"] if round_ > 1 else [])) == 0
         query = run / "queries" / f"round_{round_}"
-        out = capsys.readouterr().out
+        captured = capsys.readouterr()
+        out = captured.out
         assert str(query) in out and "--resume" in out
+        # The printed line and the run's log name the file a COCO tool fills in.
+        files = "dataset/, annotations.json (COCO template to fill in), labels.csv, label_studio_tasks.json"
+        assert f"label the {6 if round_ == 1 else 4} images in {query} ({files}), then:" in out
+        assert f"images to label for round {round_}: {query} ({files})" in captured.err
         tasks = json.loads((query / "label_studio_tasks.json").read_text())
         assert all(("predictions" in task) == (round_ > 1) for task in tasks)
         path, boxes = _filled(query, tmp_path / f"boxes_{round_}.json")

@@ -202,6 +202,12 @@ def test_settings_refused_before_any_work(tmp_path, pools):
             tiny_detr(), args=human_config(tmp_path, names, seed_labels="seeds.csv"), train_dataset=pool
         )
     with pytest.raises(
+        ValueError, match=r"annotation_resolve: 'majority' is for image classification runs.*latest"
+    ):
+        PruneFuseTrainer(
+            tiny_detr(), args=human_config(tmp_path, names, annotation_resolve="majority"), train_dataset=pool
+        )
+    with pytest.raises(
         ValueError, match=r"evaluation set.*objects"
     ):  # the evaluation set still needs its boxes
         PruneFuseTrainer(

@@ -25,6 +25,7 @@ from ..constants import (
     QUERY_CSV,
     QUERY_DATASET_DIR,
     QUERY_FILE_NAME,
+    QUERY_FILES,
     QUERY_PREDICTED_LABEL,
     QUERY_PREDICTED_SCORE,
     QUERY_SCORE,
@@ -313,6 +314,28 @@ def surrogate_model_version(run_dir: str | os.PathLike, round: int) -> str:
     ```
     """
     return f"{Path(run_dir).resolve().name}-surrogate-round{round}"
+
+
+def query_contents(directory: str | os.PathLike) -> str:
+    """
+    The files of a query batch that annotators use, as the "images to label" lines name them: those of
+    `QUERY_FILES` present in `directory` (a classification query has no COCO template; a detection query has one).
+
+    Args:
+        directory (`str` or `os.PathLike`): A query batch (`RUN/queries/round_K`).
+
+    Returns:
+        `str`: e.g. `"dataset/, annotations.json (COCO template to fill in), labels.csv, label_studio_tasks.json"`.
+
+    Example:
+
+    ```python
+    >>> query_contents("runs/annotated/queries/round_1")
+    'dataset/, labels.csv, label_studio_tasks.json'
+    ```
+    """
+    directory = Path(directory)
+    return ", ".join(shown for name, shown in QUERY_FILES.items() if (directory / name).exists())
 
 
 def query_directory(run_dir: str | os.PathLike, round: int) -> Path:

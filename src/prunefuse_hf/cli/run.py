@@ -16,9 +16,9 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
-from ..annotation.queries import query_directory
+from ..annotation.queries import query_contents, query_directory
 from ..arguments import DataArguments, ModelArguments
-from ..constants import QUERY_CONTENTS, STATE_NAME
+from ..constants import STATE_NAME
 from ..data.loading import load_run_datasets, resolve_dataset_revision
 from ..trainer.annotated_run import annotated_task
 from ..trainer.prunefuse_config import PruneFuseConfig
@@ -206,7 +206,7 @@ def print_result(trainer: PruneFuseTrainer, config: PruneFuseConfig) -> dict:
             round_ = trainer.awaiting_labels
             count = len(trainer.progress["queries"][str(round_)]["pool_indices"])
             directory = query_directory(trainer.run_dir.path, round_)
-            print(f"label the {count:,} images in {directory} ({QUERY_CONTENTS}), then:")
+            print(f"label the {count:,} images in {directory} ({query_contents(directory)}), then:")
             print(f"prunefuse-hf label {trainer.run_dir.path} --labels FILE && {trainer.resume_command}")
             return metrics
         if not trainer.done:

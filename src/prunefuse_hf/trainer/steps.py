@@ -19,14 +19,13 @@ from transformers.utils import logging
 
 from ..annotation.identity import query_images
 from ..annotation.labels import LabelBatch
-from ..annotation.queries import query_directory, surrogate_model_version
+from ..annotation.queries import query_contents, query_directory, surrogate_model_version
 from ..annotation.rounds import skipped_indices
 from ..annotation.store import LabelStore, query_is_complete
 from ..constants import (
     DENSE_BASE_DIR,
     DENSE_INIT_DIR,
     FUSED_DIR,
-    QUERY_CONTENTS,
     QUERY_IMAGES,
     SURROGATE_DIR,
     SURROGATE_INIT_DIR,
@@ -364,7 +363,7 @@ def _write_query(trainer, round_: int, indices: np.ndarray, query: dict) -> None
             )
     trainer.accelerator.wait_for_everyone()
     logger.info(
-        f"{len(indices):,} images to label for round {round_}: {directory} ({QUERY_CONTENTS}). Bring the "
+        f"{len(indices):,} images to label for round {round_}: {directory} ({query_contents(directory)}). Bring the "
         f"labels with `prunefuse-hf label {trainer.run_dir.path} --labels FILE` (or, with a Label Studio server, "
         f"`prunefuse-hf label-studio push {trainer.run_dir.path}`, then `... pull`), then resume: {trainer.resume_command or 'trainer.train(resume_from_checkpoint=True)'}"
     )

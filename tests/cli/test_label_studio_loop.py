@@ -1,6 +1,7 @@
-"""`prunefuse-hf label-studio loop --config RECIPE.yaml` in a process of its own against a real Label Studio server:
-a folder of unlabeled images labeled in two rounds while the command waits, Ctrl-C mid-round, the same command again
-to the fused model. Skipped, saying why, when Label Studio is not installed."""
+"""`prunefuse-hf label-studio loop --config RECIPE.yaml` against a real Label Studio server: a folder of unlabeled
+images labeled in two rounds while the command waits (in a process of its own), Ctrl-C mid-round, the same command
+again to the fused model; the object-detection recipe's boxes drawn in two rounds, answers that disagree settled by
+`--annotation_resolve latest`. Skipped, saying why, when Label Studio is not installed."""
 
 import json
 import signal
@@ -133,3 +134,65 @@ def test_the_loop_refuses_a_simulated_recipe_and_overwrite(tmp_path, capsys):
     assert "always continues the run" in capsys.readouterr().err
     assert main(["label-studio", "loop", "--config", str(recipe), "--poll_interval", "0"]) == 2
     assert "--poll_interval must be > 0" in capsys.readouterr().err
+
+
+def test_one_command_labels_boxes_of_the_detection_recipe_answers_that_disagree_settled_by_latest(
+    label_studio, tmp_path, monkeypatch, capsys
+):
+    import _thread
+
+    from prunefuse_hf.tasks import detection_prediction
+
+    server = label_studio
+    run_dir = tmp_path / "run"
+    recipe = Path(__file__).parents[2] / "recipes" / "synthetic-detection-detr" / "prunefuse.yaml"
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    argv = ["label-studio", "loop", "--config", str(recipe), "--url", server.url, "--poll_interval", "0.2",
+            "--title", "boxes", "--output_dir", str(run_dir), "--annotation", "human", "--annotation_resolve",
+            "latest", "--max_pool_size", "24", "--max_eval_samples", "6", "--image_size", "48",
+            "--initial_labeled_size", "6", "--query_size", "4", "--num_rounds", "1", "--num_train_epochs", "1"]  # fmt: skip
+    users = [server.user("boxes1@example.com"), server.user("boxes2@example.com")]
+    given, failure = {}, []
+
+    def draw(task, user, box, category, size):
+        result = detection_prediction({"boxes": [box], "labels": [category]}, ["0", "1", "2"], size)["result"]
+        answer = server.session.post(f"{server.url}/api/tasks/{task['id']}/annotations",
+                                     json={"completed_by": user, "result": result, "lead_time": 1.0})  # fmt: skip
+        answer.raise_for_status()
+
+    def annotators():
+        try:
+            for round_, count in ((1, 6), (2, 4)):
+                tasks = server.wait_for_round(run_dir, round_, count, timeout=90)
+                coco = json.loads((run_dir / "queries" / f"round_{round_}" / "annotations.json").read_text())
+                sizes = {image["pool_index"]: (image["width"], image["height"]) for image in coco["images"]}
+                for k, task in enumerate(tasks):
+                    index = task["data"]["pool_index"]
+                    width, height = sizes[index]
+                    box = [4.0, 6.0, width / 2, height / 3]
+                    draw(task, users[0], box, index % 3, (width, height))
+                    if k == 0:  # a second, later answer with another box: `latest` keeps it
+                        box = [8.0, 6.0, width / 4, height / 3]
+                        draw(task, users[1], box, (index + 1) % 3, (width, height))
+                    given[index] = {"bbox": [box], "category": [index % 3 if k else (index + 1) % 3]}
+        except BaseException as error:  # noqa: BLE001 (handed to the test thread)
+            failure.append(error)
+            _thread.interrupt_main()
+
+    thread = threading.Thread(target=annotators, daemon=True)
+    thread.start()
+    code = main(argv)
+    thread.join(30)
+    assert not failure, failure
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "final model: 10 labeled examples, map " in captured.out
+    assert "round 1: 6 labels added, 0 skipped; resuming the run" in captured.err
+    assert "have answers that disagree" not in captured.err
+    stored = pq.read_table(run_dir / "labeled_objects.parquet").to_pylist()
+    assert sorted(row["pool_index"] for row in stored) == sorted(given)
+    for row in stored:  # the boxes drawn, to a thousandth of a pixel (Label Studio keeps percents)
+        objects = given[row["pool_index"]]
+        assert row["objects"]["category"] == objects["category"]
+        assert all(abs(a - b) < 1e-3 for a, b in zip(row["objects"]["bbox"][0], objects["bbox"][0]))
+    assert sum(row["resolution"] == "latest" for row in stored) == 2  # one disputed image per round

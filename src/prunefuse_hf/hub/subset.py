@@ -64,7 +64,7 @@ def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) ->
     Returns:
         `dict`: `format_version`; `task` (its `pipeline()` name); `source` (`dataset_name`, `config_name`, `split`,
         `revision` (the recipe's `dataset_revision`), `image_column`, `label_column`, `annotation_column` (the
-        task's column of boxes or masks, `None` for classification); `dataset_name` is `None` for a run started
+        column of the boxes people drew in an object-detection run with `annotation: human`, else `None`); `dataset_name` is `None` for a run started
         from Python); `pool` (`num_examples`, `fingerprint`, `max_pool_size`, `seed`); `class_names`; `run` (the
         selection settings).
 
@@ -82,10 +82,9 @@ def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) ->
         progress = RunDirectory(run_dir).read_state()
     settings, pool = progress["settings"], progress["pool"]
     data = run_data_arguments(redact_secrets(progress.get("recipe")))
-    task = _run_task(progress)
     return {
         "format_version": SUBSET_FORMAT_VERSION,
-        "task": task.name,
+        "task": progress.get("task") or "image-classification",
         "source": {
             "dataset_name": data["dataset_name"] if data else None,
             "config_name": data["dataset_config_name"] if data else None,
@@ -93,7 +92,7 @@ def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) ->
             "revision": data["dataset_revision"] if data else None,
             "image_column": settings.get("image_column") or "image",
             "label_column": settings.get("label_column") or "label",
-            "annotation_column": settings.get(task.annotation_option) if task.annotation_option else None,
+            "annotation_column": _people_annotations(progress)[1],
         },
         "pool": {
             "num_examples": pool["num_examples"],
@@ -302,12 +301,9 @@ def with_people_annotations(table: pa.Table, run_dir: str | os.PathLike, progres
     'objects'
     ```
     """
-    task, settings = _run_task(progress), progress["settings"]
-    if settings.get("annotation") != "human" or task.label_store is None:
+    task, column = _people_annotations(progress)
+    if column is None:
         return table
-    import datasets
-
-    column = settings.get(task.annotation_option) or task.columns[-1]
     if column in table.column_names:
         raise ValueError(f"The run's annotation column {task.annotation_option}: {column!r} has the name of a "
                          f"column of {SELECTION_NAME} ({table.column_names}); the subset cannot hold both. Name it "
@@ -443,11 +439,18 @@ def _with_annotations(rows: datasets.Dataset, table: pa.Table, metadata: dict) -
     return rows.add_column(column, table.column(column).to_pylist(), feature=feature)
 
 
-def _run_task(progress: dict):
-    # Imported here: loading a subset reads no model, and the tasks import torch.
+def _people_annotations(progress: dict) -> tuple:
+    """(task, annotation column) of a run whose people's annotations the task stores itself (object detection's
+    boxes), else (None, None)."""
+    if progress["settings"].get("annotation") != "human":
+        return None, None
+    # Imported only here: pushing or loading a subset reads no model, and the tasks import torch.
     from ..tasks import get_task
 
-    return get_task(progress.get("task") or "image-classification")
+    task = get_task(progress.get("task") or "image-classification")
+    if task.label_store is None:
+        return None, None
+    return task, progress["settings"].get(task.annotation_option) or task.columns[-1]
 
 
 def _describe(metadata: dict) -> str:

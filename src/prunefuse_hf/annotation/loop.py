@@ -101,7 +101,8 @@ def label_studio_loop(
     annotators, pull and ingest their labels, resume the run; return once the run is finished.
 
     Args:
-        trainer ([`PruneFuseTrainer`]): The run (`args.annotation="human"`). Its `output_dir` may be empty (the run
+        trainer ([`PruneFuseTrainer`]): The run (`args.annotation="human"`): image classification (`Choices`
+            tasks) or object detection (`RectangleLabels` tasks; the boxes go to `RUN/labeled_objects.parquet`). Its `output_dir` may be empty (the run
             starts), hold a run waiting for labels, or a run stopped anywhere (it continues).
         url, token (`str`, *optional*): The server and API token (default: `$LABEL_STUDIO_URL`,
             `$LABEL_STUDIO_API_KEY`; later rounds default to the project's recorded address).
@@ -110,8 +111,8 @@ def label_studio_loop(
         title (`str`, *optional*): The project title (default: `PruneFuse <run folder name>`).
         poll_interval (`float`, *optional*, defaults to 30): Seconds between two looks at the project.
         resolve (`str` or `None`, *optional*): How answers that disagree become one label (`"ground_truth"`,
-            `"majority"`, `"latest"`), or `None` to wait until they are fixed in Label Studio. Defaults to the
-            run's `annotation_resolve`.
+            `"majority"`, `"latest"`; an object-detection run's boxes: `"ground_truth"`, `"latest"`), or `None` to
+            wait until they are fixed in Label Studio. Defaults to the run's `annotation_resolve`.
         requery_skipped (`bool`, *optional*, defaults to `False`): Let later rounds query skipped images again.
         retry_for (`float`, *optional*, defaults to 1800): Seconds the server may stay unreachable (tried again
             with backoff) before the loop gives up; the run is whole either way.

@@ -15,6 +15,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import pytest
+import torch
 
 from conftest import snapshot
 from label_studio_server import label_studio_venv
@@ -27,6 +28,7 @@ from prunefuse_hf.tasks import (
     read_segmentation_labels,
     segmentation_label_studio_config,
     segmentation_prediction,
+    segmentation_predictions,
     write_segmentation_query,
 )
 from prunefuse_hf.tasks.segmentation_loading import dataset_from_mask_folder
@@ -528,3 +530,35 @@ def test_label_studio_server_shows_brush_predictions_and_exports_masks_read_back
             layer for n, layer in layers.items() if f"task-{by_index[3]['id']}-" in n and f"-{name}-" in n
         ]
         assert np.array_equal(layer > 0, predicted_mask(3) == k)
+
+
+def test_surrogate_predictions_are_the_processors_post_processed_masks_at_each_image_size(tmp_path):
+    from transformers import SegformerImageProcessorPil
+
+    from conftest import segmentation_model
+
+    model = segmentation_model("SegformerForSemanticSegmentation", num_labels=len(CLASSES)).train()
+    processor = SegformerImageProcessorPil(size={"height": 32, "width": 32})
+    pool = segmentation_pool()
+    rng = np.random.default_rng(0)  # noise, so that the masks hold several classes
+    images = [
+        PIL.Image.fromarray(rng.integers(0, 256, (*SIZES[i][::-1], 3), dtype=np.uint8)) for i in QUERIED
+    ]
+    masks = segmentation_predictions(model, processor, images, batch_size=2)
+    assert model.training  # given back as it came
+    assert [mask.shape for mask in masks] == [SIZES[i][::-1] for i in QUERIED]
+    model.eval()
+    with torch.no_grad():
+        outputs = model(**processor(images=images, return_tensors="pt"))
+    expected = processor.post_process_semantic_segmentation(outputs, target_sizes=[m.shape for m in masks])
+    for mask, reference in zip(masks, expected):
+        assert mask.dtype == np.uint8 and np.array_equal(mask, reference.numpy())
+    assert len(np.unique(np.concatenate([mask.ravel() for mask in masks]))) > 1
+    query = write_segmentation_query(
+        tmp_path / "q", pool, QUERIED, class_names=CLASSES, round=1, predictions=masks
+    )
+    for task, mask in zip(tasks_of(query), masks):
+        index = task["data"]["pool_index"]
+        for result in task["predictions"][0]["result"]:
+            k = CLASSES.index(result["value"]["brushlabels"][0])
+            assert np.array_equal(decode_brush_rle(result["value"]["rle"], *SIZES[index]), mask == k)

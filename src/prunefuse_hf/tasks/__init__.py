@@ -52,7 +52,7 @@ from .segmentation import (
     segmentation_image_scores,
     segmentation_pooled_features,
 )
-from .segmentation_annotation import write_segmentation_query
+from .segmentation_annotation import segmentation_predictions, write_segmentation_query
 from .segmentation_brush import (
     decode_brush_rle,
     encode_brush_rle,
@@ -199,6 +199,7 @@ __all__ = [
     "segmentation_label_studio_config",
     "segmentation_pooled_features",
     "segmentation_prediction",
+    "segmentation_predictions",
     "segmentation_preprocess_logits",
     "synthetic_detection_pool",
     "synthetic_segmentation_pool",

@@ -206,3 +206,49 @@ def _write(path: Path, write) -> None:
         write(f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def segmentation_predictions(model, image_processor, images: list, *, batch_size: int = 8,
+                             num_channels: int = 3) -> list[np.ndarray]:  # fmt: skip
+    """
+    A segmenter's masks on `images`, as [`write_segmentation_query`] takes them (the surrogate's guess that
+    annotators correct): the logits upsampled (bilinear) to each image's own size and their argmax, as the image
+    processors' `post_process_semantic_segmentation(outputs, target_sizes=...)` computes them.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): A model of `AutoModelForSemanticSegmentation` (the surrogate).
+        image_processor ([`~transformers.BaseImageProcessor`]): Its processor.
+        images (`list[PIL.Image.Image]`): The queried images, upright.
+        batch_size (`int`, defaults to 8): Images per forward pass.
+        num_channels (`int`, defaults to 3): The model's input channels.
+
+    Returns:
+        `list[np.ndarray]`: per image, an `(height, width)` uint8 mask of class ids.
+
+    Example:
+
+    ```python
+    >>> segmentation_predictions(surrogate, processor, [PIL.Image.new("RGB", (64, 48))])[0].shape
+    (48, 64)
+    ```
+    """
+    import torch
+
+    from ..data.images import to_model_mode
+
+    training, found = model.training, []
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = [to_model_mode(image, num_channels) for image in images[start : start + batch_size]]
+            pixels = image_processor(images=chunk, return_tensors="pt")["pixel_values"].to(device)
+            with torch.no_grad():
+                logits = model(pixel_values=pixels).logits
+            for k, image in enumerate(chunk):
+                upsampled = torch.nn.functional.interpolate(logits[k : k + 1].float(), size=(image.height, image.width),
+                                                            mode="bilinear", align_corners=False)  # fmt: skip
+                found.append(upsampled[0].argmax(0).to(torch.uint8).cpu().numpy())
+    finally:
+        model.train(training)
+    return found

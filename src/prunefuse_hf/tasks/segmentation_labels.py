@@ -54,7 +54,9 @@ class SegmentationLabels:
     Args:
         pool_indices (`np.ndarray` of shape `(n,)`, int64): The labeled pool indices, in source order.
         masks (`list[np.ndarray]`): Per pool index, an `(height, width)` uint8 mask of class ids, 255 where not
-            labeled; `PIL.Image.fromarray(mask)` is the "L" mask the dataset layout stores.
+            labeled; `PIL.Image.fromarray(mask)` is the "L" mask the dataset layout stores. The ids are those of
+            `class_names`: with `reduce_labels` the reduced ones (a dataset stored that way holds id + 1, and 0
+            where these hold 255).
         source (`str`): Where the masks come from (the path as given).
         skipped (`np.ndarray`, int64): Pool indices annotators skipped (every answer cancelled), so not labeled.
         details (`dict[str, list]`, *optional*): Per label, `annotator`, `annotation_id`, `num_answers` and

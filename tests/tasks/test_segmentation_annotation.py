@@ -250,7 +250,7 @@ def test_prediction_refusals(tmp_path):
                                  predictions=[predicted_mask(i) for i in QUERIED[:2]])  # fmt: skip
     wrong = [predicted_mask(i) for i in QUERIED]
     wrong[1] = wrong[1].T
-    with pytest.raises(LabelError, match=r"prediction for pool index 0: the predicted mask is \(30, 40\), the image "
+    with pytest.raises(LabelError, match=r"prediction for pool index 0: the predicted mask is 30x40, the image "
                                          r"40x30; predict at the image's size"):  # fmt: skip
         write_segmentation_query(
             tmp_path / "q", pool, QUERIED, class_names=CLASSES, round=2, predictions=wrong

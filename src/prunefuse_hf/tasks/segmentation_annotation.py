@@ -147,8 +147,11 @@ def write_segmentation_query(
                 where = f"query of round {round}, prediction for pool index {task['data'][POOL_INDEX]}"
                 mask = np.asarray(prediction)
                 if mask.shape != (row[4], row[3]):
-                    raise LabelError(f"{where}: the predicted mask is {mask.shape[1::-1] if mask.ndim == 2 else mask.shape}, "
-                                     f"the image {row[3]}x{row[4]}; predict at the image's size (the processor's "
+                    shown = (
+                        "x".join(map(str, mask.shape[1::-1])) if mask.ndim == 2 else f"of shape {mask.shape}"
+                    )
+                    raise LabelError(f"{where}: the predicted mask is {shown}, the image {row[3]}x{row[4]}; predict "
+                                     "at the image's size (segmentation_predictions, or the processor's "
                                      "post_process_semantic_segmentation with target_sizes).")  # fmt: skip
                 task["predictions"] = [segmentation_prediction(mask, class_names, background=background,
                                                                model_version=model_version, where=where)]  # fmt: skip

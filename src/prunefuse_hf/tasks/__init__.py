@@ -52,7 +52,15 @@ from .segmentation import (
     segmentation_image_scores,
     segmentation_pooled_features,
 )
+from .segmentation_annotation import segmentation_predictions, write_segmentation_query
+from .segmentation_brush import (
+    decode_brush_rle,
+    encode_brush_rle,
+    segmentation_label_studio_config,
+    segmentation_prediction,
+)
 from .segmentation_data import read_id2label, segmentation_class_names, validate_segmentation_dataset
+from .segmentation_labels import SegmentationLabels, read_segmentation_labels
 from .segmentation_loading import load_segmentation_dataset
 from .segmentation_masks import open_mask, reduce_mask_labels
 from .segmentation_metrics import mean_iou, segmentation_compute_metrics, segmentation_preprocess_logits
@@ -151,6 +159,7 @@ __all__ = [
     "DetectionLabels",
     "PIXEL_AGGREGATIONS",
     "SEGMENTATION",
+    "SegmentationLabels",
     "TASKS",
     "Task",
     "classification_image_scores",
@@ -159,6 +168,7 @@ __all__ = [
     "collate_segmentation",
     "convert_bbox",
     "dataset_from_coco_json",
+    "decode_brush_rle",
     "detection_annotation",
     "detection_class_names",
     "detection_compute_metrics",
@@ -169,6 +179,7 @@ __all__ = [
     "detection_prediction",
     "detection_predictions",
     "detection_probs",
+    "encode_brush_rle",
     "get_task",
     "ingest_detection_labels",
     "load_detection_dataset",
@@ -180,11 +191,15 @@ __all__ = [
     "prepare_segmentation",
     "read_detection_labels",
     "read_id2label",
+    "read_segmentation_labels",
     "reduce_mask_labels",
     "segmentation_class_names",
     "segmentation_compute_metrics",
     "segmentation_image_scores",
+    "segmentation_label_studio_config",
     "segmentation_pooled_features",
+    "segmentation_prediction",
+    "segmentation_predictions",
     "segmentation_preprocess_logits",
     "synthetic_detection_pool",
     "synthetic_segmentation_pool",
@@ -192,4 +207,5 @@ __all__ = [
     "validate_detection_dataset",
     "validate_segmentation_dataset",
     "write_detection_query",
+    "write_segmentation_query",
 ]

@@ -74,7 +74,9 @@ def _flag(value) -> bool:
     )
 
 
-def _annotator(value) -> str | None:
+def annotator_name(value) -> str | None:
+    """Who gave an answer, as a Label Studio export names them (`completed_by`: an id or a user dict; JSON_MIN's
+    `annotator`): the email, else the username, else the id; `None` when the export does not say."""
     if isinstance(value, dict):
         return value.get("email") or value.get("username") or (str(value["id"]) if "id" in value else None)
     return None if value is None or value == "" else str(value)
@@ -250,7 +252,7 @@ def answers_from_label_studio(tasks: list[dict], name: str) -> list[ImageAnswers
                 continue
             where = f"{name}, {place} ({POOL_INDEX} {index}), annotation {annotation.get('id')}"
             boxes, names, size = _boxes_of(annotation.get("result"), where)
-            image.answers.append(BoxAnswer(boxes, names, _annotator(annotation.get("completed_by")),
+            image.answers.append(BoxAnswer(boxes, names, annotator_name(annotation.get("completed_by")),
                                            annotation.get("id"), _flag(annotation.get("ground_truth")),
                                            str(annotation.get("updated_at") or annotation.get("created_at") or ""),
                                            k, size))  # fmt: skip
@@ -290,7 +292,7 @@ def answers_from_json_min(records: list[dict], name: str) -> list[ImageAnswers]:
                    for k, v in enumerate(record[keys[0]] if keys else [])]  # fmt: skip
         boxes, names, size = _boxes_of(results, where)
         image = images.setdefault(index, ImageAnswers(index, place, references=image_references(record)))
-        image.answers.append(BoxAnswer(boxes, names, _annotator(record.get("annotator")), record.get("annotation_id"),
+        image.answers.append(BoxAnswer(boxes, names, annotator_name(record.get("annotator")), record.get("annotation_id"),
                                        False, str(record.get("updated_at") or record.get("created_at") or ""), j,
                                        size))  # fmt: skip
     return list(images.values())

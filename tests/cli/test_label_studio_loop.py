@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import unlabeled_image_folder
 from prunefuse_hf.cli.main import main
@@ -136,6 +137,8 @@ def test_the_loop_refuses_a_simulated_recipe_and_overwrite(tmp_path, capsys):
     assert "--poll_interval must be > 0" in capsys.readouterr().err
 
 
+# The same loop with boxes runs by default in tests/annotation/test_loop.py; the command around it above.
+@pytest.mark.slow
 def test_one_command_labels_boxes_of_the_detection_recipe_answers_that_disagree_settled_by_latest(
     label_studio, tmp_path, monkeypatch, capsys
 ):

@@ -64,6 +64,8 @@ def test_cli_under_accelerate_launch_with_two_cpu_processes(tmp_path):
 RECIPES = Path(__file__).parents[2] / "recipes"
 
 
+# Slow (about 30 s on 2 cores; `make test-slow`): the classification two-process tests above run by default.
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.skipif(
     shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="no accelerate CLI"

@@ -220,14 +220,38 @@ def _read_idx(path: str, kind: str) -> np.ndarray:
 # ----- local directories -----
 
 
+def load_saved_split(path: Path, split: str) -> datasets.Dataset:
+    """
+    `split` of a directory written by `save_to_disk`: a `DatasetDict`'s split, or the saved `Dataset` itself.
+
+    Raises:
+        `SplitNotFoundError`: a `DatasetDict` without `split` (the message lists its splits).
+
+    Example:
+
+    ```python
+    >>> load_saved_split(Path("data/pool"), "train").num_rows  # doctest: +SKIP
+    ```
+    """
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise SplitNotFoundError(f"{path} has no split {split!r}; its splits are {list(loaded)}.")
+        return loaded[split]
+    return loaded
+
+
+def split_folder(path: Path, split: str) -> Path:
+    """`path/split` when a directory holds one sub-folder per split (`train/`, `test/`) and is not a saved
+    `DatasetDict`, else `path`."""
+    if path.is_dir() and (path / split).is_dir() and not (path / "dataset_dict.json").is_file():
+        return path / split
+    return path
+
+
 def _load_local_directory(path: Path, split: str, label_column: str = "label") -> datasets.Dataset:
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise SplitNotFoundError(f"{path} has no split {split!r}; its splits are {list(loaded)}.")
-            return loaded[split]
-        return loaded
+        return load_saved_split(path, split)
     builder = datasets.load_dataset_builder("imagefolder", data_dir=str(path))
     splits = list(builder.config.data_files or {})
     if split not in splits:

@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 import PIL.Image
 
+from ..data.loading import load_saved_split, split_folder
 from .detection_data import (
     BBOX_KEY,
     CATEGORY_KEY,
@@ -75,18 +76,12 @@ def load_detection_dataset(
     ```
     """
     path = Path(path_or_id).expanduser()
-    if path.is_dir() and (path / split).is_dir() and not (path / "dataset_dict.json").is_file():
-        path = path / split  # a sub-folder per split (train/, test/)
+    path = split_folder(path, split)
     coco_file = find_coco_file(path, annotations)
     if coco_file is not None:
         dataset = dataset_from_coco_json(coco_file, image_dir=path if path.is_dir() else coco_file.parent)
     elif path.is_dir():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"{path} has no split {split!r}; its splits are {list(loaded)}.")
-            loaded = loaded[split]
-        dataset = loaded
+        dataset = load_saved_split(path, split)
     else:
         dataset = datasets.load_dataset(path_or_id, split=split, revision=revision)
     if validate:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 
+from ..data.loading import load_saved_split, split_folder
 from .segmentation_data import MASK_COLUMN, validate_segmentation_dataset
 from .segmentation_masks import IGNORE_INDEX
 
@@ -67,15 +68,9 @@ def load_segmentation_dataset(
         `ValueError`: an image without a mask, a row at fault, or no class names.
     """
     path = Path(path_or_id).expanduser()
-    if path.is_dir() and (path / split).is_dir() and not (path / "dataset_dict.json").is_file():
-        path = path / split  # a sub-folder per split (train/, test/)
+    path = split_folder(path, split)
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"{path} has no split {split!r}; its splits are {list(loaded)}.")
-            loaded = loaded[split]
-        dataset = loaded
+        dataset = load_saved_split(path, split)
     elif path.is_dir():
         dataset = dataset_from_mask_folder(path, images_dir=images_dir, masks_dir=masks_dir)
         image_column, mask_column = "image", MASK_COLUMN

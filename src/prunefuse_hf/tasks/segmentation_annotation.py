@@ -20,7 +20,15 @@ from transformers.utils import logging
 
 from ..annotation.labels import LabelError, check_class_names
 from ..annotation.queries import read_query_indices, write_query_batch
-from ..constants import LABEL_STUDIO_CONFIG, LABEL_STUDIO_TASKS, POOL_INDEX, QUERY_CSV, QUERY_FILE_NAME
+from ..constants import (
+    LABEL_STUDIO_CONFIG,
+    LABEL_STUDIO_TASKS,
+    POOL_INDEX,
+    QUERY_CSV,
+    QUERY_FILE_NAME,
+    QUERY_IMAGES_DIR,
+    QUERY_MASKS_DIR,
+)
 from ..utils.io import fsync_directory
 from .segmentation_brush import check_background, segmentation_label_studio_config, segmentation_prediction
 from .segmentation_data import MASK_COLUMN
@@ -28,8 +36,6 @@ from .segmentation_masks import IGNORE_INDEX
 
 logger = logging.get_logger(__name__)
 
-QUERY_IMAGES_DIR = "images"
-QUERY_MASKS_DIR = "masks"
 QUERY_MASK_FILE_NAME = "mask_file_name"
 
 

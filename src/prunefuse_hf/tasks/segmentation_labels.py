@@ -33,9 +33,9 @@ from ..annotation.labels import (
     parse_pool_index,
     truthy,
 )
-from ..constants import LABEL_STUDIO_TASKS, POOL_INDEX, QUERY_CSV, QUERY_FILE_NAME
+from ..constants import LABEL_STUDIO_TASKS, POOL_INDEX, QUERY_CSV, QUERY_FILE_NAME, QUERY_MASKS_DIR
 from .detection_exports import ImageAnswers, ImageIndex, annotator_name
-from .segmentation_annotation import QUERY_MASK_FILE_NAME, QUERY_MASKS_DIR, read_query_masks
+from .segmentation_annotation import QUERY_MASK_FILE_NAME, read_query_masks
 from .segmentation_brush import BRUSH_TYPES, POLYGON_TYPES, check_background, decode_brush_rle
 from .segmentation_loading import IMAGE_SUFFIXES
 from .segmentation_masks import IGNORE_INDEX, MaskDecodeError, open_mask

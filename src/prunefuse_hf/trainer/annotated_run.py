@@ -194,7 +194,7 @@ def _check_settings(task, args) -> None:
         "annotation_resolve": (
             args.annotation_resolve == "majority",
             "majority",
-            "ground_truth, latest or none (a majority of box sets is not defined)",
+            "ground_truth, latest or none (a majority of box sets or masks is not defined)",
         ),
         "selector": (args.selector == "linear_probe", "linear_probe", "trained"),
         "surrogate_distill_epochs": (args.surrogate_distill_epochs > 0, args.surrogate_distill_epochs, "0"),

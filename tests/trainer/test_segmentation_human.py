@@ -231,3 +231,11 @@ def test_settings_refused_before_any_work(tmp_path, pools):
     ):  # the evaluation set still needs its masks
         PruneFuseTrainer(model, args=human_config(tmp_path, names), train_dataset=pool, eval_dataset=pool)
     assert not (tmp_path / "run").exists()
+
+
+def test_class_names_come_from_the_models_id2label_when_not_given(tmp_path, pools):
+    pool, _, names, _ = pools
+    model = tiny_segformer(len(names))
+    model.id2label = dict(enumerate(names))
+    trainer = PruneFuseTrainer(model, args=human_config(tmp_path, None), train_dataset=pool)
+    assert trainer.class_names == names

@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from prunefuse_hf import PruneFuseTrainer
 from prunefuse_hf.annotation.labels import LabelError
@@ -133,6 +134,9 @@ def test_two_rounds_painted_then_label_studio_train_the_fused_segmenter_and_the_
 
     # The subset carries people's masks: in selection.parquet, the examples, and load_subset's rows.
     folder = save_subset(run, tmp_path / "subset", pool=pool, include_examples=True)
+    card = (folder / "README.md").read_text()
+    assert yaml.safe_load(card.split("---\n")[1])["task_categories"] == ["image-segmentation"]
+    assert "`label` (the annotations people gave for the image; empty for an image they skipped)" in card
     selection = datasets.load_dataset(str(folder), split="train")
     assert isinstance(selection.features["label"], datasets.Image)
     assert "label_name" not in selection.column_names  # classification's class-id columns are gone

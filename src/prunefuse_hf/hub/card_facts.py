@@ -310,6 +310,10 @@ def collect_subset_card_facts(
             for r in sorted(counts)
         ],
         class_counts=card_text.class_counts(rows, metadata.get("class_names")),
+        task=metadata.get("task") or "image-classification",
+        annotation_column=source.get("annotation_column")
+        if source.get("annotation_column") in selection.column_names
+        else None,
     )
 
 

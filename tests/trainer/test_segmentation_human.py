@@ -243,3 +243,21 @@ def test_class_names_come_from_the_models_id2label_when_not_given(tmp_path, pool
     model.id2label = dict(enumerate(names))
     trainer = PruneFuseTrainer(model, args=human_config(tmp_path, None), train_dataset=pool)
     assert trainer.class_names == names
+
+
+def test_with_reduce_labels_people_paint_the_reduced_ids_and_the_run_trains_on_them_as_painted(
+    tmp_path, pools
+):
+    pool, _, names, truth = pools
+    # reduce_labels: 0 is a background that is no class; the run's classes (and the query's) are the others.
+    reduced = [np.where(mask == 0, 255, mask - 1).astype(np.uint8) for mask in truth]
+    args = human_config(tmp_path, names[1:], reduce_labels=True)
+    trainer = PruneFuseTrainer(tiny_segformer(len(names) - 1), args=args, train_dataset=pool)
+    trainer.train()
+    query = tmp_path / "run" / "queries" / "round_1"
+    assert trainer.add_labels(filled_masks(query, reduced, tmp_path / "painted")).added == INITIAL
+    indices = trainer.progress["queries"]["1"]["pool_indices"]
+    prepared = trainer.examples.train_dataset(np.asarray(indices))
+    for k, index in enumerate(indices):  # 32 x 32 images at image_size 32: the labels are the painted ids
+        assert np.array_equal(prepared[k]["labels"].numpy(), reduced[index])
+    assert set(trainer.examples.class_counts(np.asarray(indices))) <= set(names[1:])

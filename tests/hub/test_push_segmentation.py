@@ -76,3 +76,34 @@ def test_a_segmentation_run_pushed_to_the_hub_comes_back_whole(hub, tmp_path):
     for row, index in zip(examples, selection["pool_index"]):  # the examples follow the selection's order
         assert np.array_equal(np.asarray(row["label"]), np.asarray(pool[index]["label"]))
         assert np.array_equal(np.asarray(row["image"]), np.asarray(pool[index]["image"]))
+
+
+@pytest.mark.slow  # about 25 s: a two-round human run and its push
+def test_the_subset_of_a_human_segmentation_run_carries_the_masks_people_painted(hub, tmp_path):
+    from prunefuse_hf import load_subset
+    from segmentation_human_run import filled_masks, human_config, human_pools, stored_masks, tiny_segformer
+
+    pool, _, names, truth = human_pools()
+    # People paint other masks than the pool's hidden ones (the top rows left unlabeled): the subset must hold theirs.
+    painted = [np.where(np.arange(32)[:, None] < 3, 255, mask).astype(np.uint8) for mask in truth]
+    args = human_config(tmp_path, names, use_cpu=True, hub_model_id=MODEL, hub_subset_id=SUBSET)
+    trainer = PruneFuseTrainer(tiny_segformer(len(names)), args=args, train_dataset=pool)
+    trainer.train()
+    run = trainer.run_dir.path
+    for round_ in (1, 2):
+        trainer.add_labels(
+            filled_masks(run / "queries" / f"round_{round_}", painted, tmp_path / f"painted_{round_}")
+        )
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.done
+    stored = stored_masks(run)
+    selection = pq.read_table(run / "selection.parquet").to_pydict()["pool_index"]
+    assert sorted(selection) == sorted(stored) and all(np.array_equal(stored[i], painted[i]) for i in stored)
+
+    trainer.push_to_hub()
+    from_hub = load_subset(SUBSET, pool)
+    assert from_hub["pool_index"] == selection
+    assert all(np.array_equal(np.asarray(row["label"]), painted[i]) for row, i in zip(from_hub, selection))
+    pushed = datasets.load_dataset(SUBSET, split="train")
+    assert isinstance(pushed.features["label"], datasets.Image)
+    assert all(np.array_equal(np.asarray(mask), painted[i]) for mask, i in zip(pushed["label"], selection))

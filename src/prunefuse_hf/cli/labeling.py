@@ -24,8 +24,10 @@ def add_label_parser(subparsers) -> None:
     parser.add_argument(
         "--labels",
         required=True,
-        help="CSV/TSV, JSON/JSONL, parquet, a Label Studio export (JSON, JSON_MIN, CSV), a dataset folder or a Hub "
-        "dataset id, with pool_index and label (class name or id) columns.",
+        help="Classification: CSV/TSV, JSON/JSONL, parquet, a Label Studio export (JSON, JSON_MIN, CSV), a dataset "
+        "folder or a Hub dataset id, with pool_index and label (class name or id) columns. Object detection: the "
+        "query's annotations.json filled in, or a Label Studio JSON, JSON_MIN or COCO export. Semantic segmentation: "
+        "the query's masks/ folder painted with class ids, or a Label Studio JSON export.",
     )
     parser.add_argument(
         "--allow_partial", action="store_true", help="Continue with the labeled part of the query."
@@ -62,7 +64,7 @@ def _label(args) -> None:
 
 def _task_ingest(run_dir):
     """The ingest of the run's task: image classification's (`ingest_labels`, without the training stack), or the
-    task's own (boxes: `ingest_detection_labels`)."""
+    task's own (boxes: `ingest_detection_labels`, masks: `ingest_segmentation_labels`)."""
     from ..annotation.labels import LabelError
     from ..annotation.queries import read_run_state
 

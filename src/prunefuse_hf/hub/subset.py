@@ -26,6 +26,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datasets.table import embed_table_storage
 from transformers.utils import logging
 
 from ..arguments import run_data_arguments
@@ -33,6 +34,7 @@ from ..constants import (
     MODEL_CARD_NAME,
     POOL_INDEX,
     SELECTION_LABEL,
+    SELECTION_LABEL_NAME,
     SELECTION_NAME,
     SOURCE_INDEX,
     SUBSET_EXAMPLES_DIR,
@@ -304,15 +306,26 @@ def with_people_annotations(table: pa.Table, run_dir: str | os.PathLike, progres
     task, column = _people_annotations(progress)
     if column is None:
         return table
+    # The class-id columns are classification's: empty for a task that stores its annotations itself (and a mask
+    # column is named `label`, as in the transformers segmentation guide).
+    for name in (SELECTION_LABEL, SELECTION_LABEL_NAME):
+        if name in table.column_names and table.column(name).null_count == table.num_rows:
+            table = table.drop_columns([name])
     if column in table.column_names:
         raise ValueError(f"The run's annotation column {task.annotation_option}: {column!r} has the name of a "
                          f"column of {SELECTION_NAME} ({table.column_names}); the subset cannot hold both. Name it "
                          "differently in the recipe (e.g. objects).")  # fmt: skip
     store = task.label_store(run_dir, progress["class_names"])
     stored = store.labels
-    arrow_type = datasets.Features({column: store.annotation_feature}).arrow_schema.field(column).type
+    features = datasets.Features({column: store.annotation_feature})
+    arrow_type = features.arrow_schema.field(column).type
     values = [stored.get(int(i)) for i in table.column(POOL_INDEX).to_pylist()]
-    return table.append_column(pa.field(column, arrow_type), pa.array(values, arrow_type))
+    # Files the store refers to (masks) travel as bytes; the feature is recorded, so that `datasets` reads an image.
+    part = embed_table_storage(pa.table({column: pa.array(values, arrow_type)}, schema=features.arrow_schema))
+    metadata = {**(table.schema.metadata or {}), **features.arrow_schema.metadata}
+    return table.append_column(part.schema.field(column), part.column(column)).replace_schema_metadata(
+        metadata
+    )
 
 
 def rebuild_subset_pool(metadata: dict, verify: bool = True) -> datasets.Dataset:
@@ -408,8 +421,12 @@ def _pool_from_source(dataset: datasets.Dataset, metadata: dict, verify: bool) -
 def _with_labels(rows: datasets.Dataset, selection: dict, metadata: dict) -> datasets.Dataset:
     """`rows` with the run's labels in the label column where the source has none (annotated pools)."""
     recorded = selection.get(SELECTION_LABEL)
-    if recorded is None or all(label is None for label in recorded):
-        return rows
+    if (
+        metadata["source"].get("annotation_column")
+        or recorded is None
+        or all(label is None for label in recorded)
+    ):
+        return rows  # no class ids: a task whose people's annotations are their own column (boxes, masks)
     column = metadata["source"].get("label_column") or "label"
     names = metadata.get("class_names")
     if column not in rows.column_names:

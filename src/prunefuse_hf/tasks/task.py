@@ -75,17 +75,19 @@ class Task:
         label_store (`Callable`, *optional*):
             `label_store(run_dir, class_names)`: the store of the annotations people gave in a run with
             `annotation: human` (its `labels` are `{pool_index: annotation}`, `labeled_indices` their pool indices,
-            `annotations(indices)` their values, `annotation_feature` their `datasets` feature).
+            `annotations(indices)` their values, `annotation_feature` their `datasets` feature, `prepare_options` the
+            `prepare` options that read them as stored); see [`AnnotationStore`].
             `None`: the task has no human-annotation path (image classification's is the shared `LabelStore`).
         ingest_labels (`Callable`, *optional*):
             `ingest_labels(run_dir, source, **options) -> AddResult`: brings annotators' answers for the open query
             into that store (what `prunefuse-hf label`, `label-studio pull` and `add_labels` call).
         write_query (`Callable`, *optional*):
             `write_query(directory, dataset, indices, *, image_column, class_names, round, predictions,
-            model_version, scores, **run_options)`: writes a round's query batch for annotators.
+            model_version, scores, <annotation_option>)`: writes a round's query batch for annotators.
         query_predictions (`Callable`, *optional*):
-            `query_predictions(model, image_processor, images, *, threshold, num_channels) -> list`: the trained
-            surrogate's guess per queried image, carried by the query as pre-annotations.
+            `query_predictions(model, image_processor, images, *, num_channels, **options) -> list`: the trained
+            surrogate's guess per queried image, carried by the query as pre-annotations (`threshold`, the run's score
+            threshold, where the task's `score_options` have one).
         load_split (`Callable`, *optional*):
             `load_split(data_args, config, split) -> datasets.Dataset`: one split of a recipe's `dataset_name` (a saved
             dataset, a Hub dataset, or the task's image folder layout), as `prunefuse-hf run` reads it, unchecked (the

@@ -63,10 +63,11 @@ def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) ->
 
     Returns:
         `dict`: `format_version`; `task` (its `pipeline()` name); `source` (`dataset_name`, `config_name`, `split`,
-        `revision` (the recipe's `dataset_revision`), `image_column`, `label_column`, `annotation_column` (the
-        column of the boxes people drew in an object-detection run with `annotation: human`, else `None`); `dataset_name` is `None` for a run started
-        from Python); `pool` (`num_examples`, `fingerprint`, `max_pool_size`, `seed`); `class_names`; `run` (the
-        selection settings).
+        `revision` (the recipe's `dataset_revision`), `image_column`, `label_column`, `objects_column`, `bbox_format`
+        and `annotations_file` (how the task's loader reads the source; see [`rebuild_subset_pool`]),
+        `annotation_column` (the column of the boxes people drew in an object-detection run with `annotation: human`,
+        else `None`); `dataset_name` is `None` for a run started from Python); `pool` (`num_examples`,
+        `fingerprint`, `max_pool_size`, `seed`); `class_names`; `run` (the selection settings).
 
     Raises:
         `FileNotFoundError`: `progress` is not given and the run has no `state.json`.
@@ -92,6 +93,9 @@ def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) ->
             "revision": data["dataset_revision"] if data else None,
             "image_column": settings.get("image_column") or "image",
             "label_column": settings.get("label_column") or "label",
+            "objects_column": settings.get("objects_column"),
+            "bbox_format": settings.get("bbox_format"),
+            "annotations_file": data["annotations_file"] if data else None,
             "annotation_column": _people_annotations(progress)[1],
         },
         "pool": {
@@ -143,8 +147,10 @@ def save_subset(
             the run to add `source_index` (and the examples). Skipped with a warning when that fails.
         include_examples (`bool`, *optional*, defaults to `False`): Also write the selected images and labels
             (`examples/`, config `examples`). Needs the pool. Each image carries its label as the run trained on
-            it: the pool's own, else the one people gave (a class id in the label column; for object detection the
-            boxes in the run's `labeled_objects.parquet`, in the objects column, as `{"bbox", "category"}`).
+            it: the pool's own (the boxes or the mask of a simulated detection or segmentation run), else the one
+            people gave (a class id in the label column; for object detection the boxes in the run's
+            `labeled_objects.parquet`, in the objects column, as `{"bbox", "category"}`, in place of any the pool
+            holds). The pool of a detection or segmentation run is rebuilt by its task's loader.
         endpoint (`str`, *optional*): Hub address of the card's links; defaults to
             `huggingface_hub.constants.ENDPOINT`.
 
@@ -236,8 +242,8 @@ def load_subset(
         `pool_index` and `round` columns added. The label column (the run's `label_column`) holds each example's
         label: the source's, or, where the source has none (a pool labeled by annotators), the one the run
         recorded, as a `ClassLabel` with the run's class names. For an object-detection run whose boxes people
-        drew, a source without an objects column gets the stored boxes (`{"bbox": COCO pixels, "category": class
-        ids}`, `None` for a skipped image) in the run's objects column.
+        drew, the run's objects column holds the stored boxes (`{"bbox": COCO pixels, "category": class ids}`,
+        `None` for a skipped image), in place of any the source holds: the run trained on them.
 
     Raises:
         `SubsetMismatchError`: the source is not the one the subset was selected from.
@@ -319,6 +325,11 @@ def rebuild_subset_pool(metadata: dict, verify: bool = True) -> datasets.Dataset
     """
     Load the recorded source at its recorded revision and redo the run's pool draw.
 
+    The source is read as the run read it: an image-classification pool with
+    [`~prunefuse_hf.data.load_image_dataset`], an object-detection or semantic-segmentation pool with its task's
+    loader (`Task.load_pool_split`: a saved or Hub dataset, a COCO folder, a mask folder, or the task's built-in
+    synthetic pool, redrawn with the run's seed).
+
     Args:
         metadata (`dict`): A subset's record (see [`subset_metadata`]).
         verify (`bool`, *optional*, defaults to `True`): Also check the pool's fingerprint.
@@ -341,15 +352,18 @@ def rebuild_subset_pool(metadata: dict, verify: bool = True) -> datasets.Dataset
     ```
     """
     source = metadata["source"]
-    # Loaded as the run loaded its pool (no label check: a pool labeled by annotators has no label column).
-    dataset = load_image_dataset(
-        source["dataset_name"],
-        source.get("split") or "train",
-        image_column=source.get("image_column") or "image",
-        label_column=None,
-        config_name=source.get("config_name"),
-        revision=source.get("revision"),
-    )
+    if (metadata.get("task") or "image-classification") != "image-classification":
+        dataset = _task_pool_split(metadata)
+    else:
+        # Loaded as the run loaded its pool (no label check: a pool labeled by annotators has no label column).
+        dataset = load_image_dataset(
+            source["dataset_name"],
+            source.get("split") or "train",
+            image_column=source.get("image_column") or "image",
+            label_column=None,
+            config_name=source.get("config_name"),
+            revision=source.get("revision"),
+        )
     return _pool_from_source(dataset, metadata, verify=verify)
 
 
@@ -396,6 +410,33 @@ def _read_metadata(folder: Path) -> dict:
     return metadata
 
 
+def _task_pool_split(metadata: dict) -> datasets.Dataset:
+    """The pool split of a detection or segmentation run, read by its task's loader with the recorded settings."""
+    # Imported only here: a classification subset is pushed and loaded without torch.
+    from types import SimpleNamespace
+
+    from ..arguments import DataArguments
+    from ..tasks import get_task
+    from ..trainer.run_state import ADDED_SETTINGS
+
+    task = get_task(metadata["task"])
+    source, pool = metadata["source"], metadata["pool"]
+    data_args = DataArguments(dataset_name=source["dataset_name"], annotations_file=source.get("annotations_file"),
+                              dataset_config_name=source.get("config_name"), dataset_revision=source.get("revision"),
+                              train_split=source.get("split") or "train", max_pool_size=pool.get("max_pool_size"))  # fmt: skip
+    # The run's settings that `load_split` reads, by field name (a subset written before they were recorded has the
+    # defaults the run had then).
+    settings = SimpleNamespace(
+        seed=pool["seed"],
+        image_column=source.get("image_column") or "image",
+        label_column=source.get("label_column") or "label",
+        objects_column=source.get("objects_column") or ADDED_SETTINGS["objects_column"],
+        bbox_format=source.get("bbox_format") or ADDED_SETTINGS["bbox_format"],
+        class_names=metadata.get("class_names"),
+    )
+    return task.load_pool_split(data_args, settings)
+
+
 def _pool_from_source(dataset: datasets.Dataset, metadata: dict, verify: bool) -> datasets.Dataset:
     pool_info = metadata["pool"]
     size = pool_info.get("max_pool_size")
@@ -431,12 +472,16 @@ def _with_labels(rows: datasets.Dataset, selection: dict, metadata: dict) -> dat
 
 
 def _with_annotations(rows: datasets.Dataset, table: pa.Table, metadata: dict) -> datasets.Dataset:
-    """`rows` with the annotations people gave (the selection's annotation column) where the source has none."""
+    """`rows` with the annotations people gave (the selection's annotation column), which the run trained on: they
+    replace the source's own (a pool whose boxes the run did not read, e.g. the built-in synthetic pool)."""
     column = metadata["source"].get("annotation_column")
-    if not column or column not in table.column_names or column in rows.column_names:
-        return rows  # classification, a simulated run, or a source that holds its own boxes
+    if not column or column not in table.column_names:
+        return rows  # classification, or a simulated run
     feature = datasets.Features.from_arrow_schema(table.select([column]).schema)[column]
-    return rows.add_column(column, table.column(column).to_pylist(), feature=feature)
+    order = rows.column_names if column in rows.column_names else [*rows.column_names, column]
+    if column in rows.column_names:
+        rows = rows.remove_columns(column)
+    return rows.add_column(column, table.column(column).to_pylist(), feature=feature).select_columns(order)
 
 
 def _people_annotations(progress: dict) -> tuple:

@@ -144,6 +144,33 @@ class Task:
         object.__setattr__(self, "training_arguments", MappingProxyType(dict(self.training_arguments)))
         object.__setattr__(self, "feature_config", MappingProxyType(dict(self.feature_config)))
 
+    def load_pool_split(self, data_args, config):
+        """
+        The split a run started from a recipe selects from, before its `max_pool_size` draw, as `prunefuse-hf run`
+        reads it and as a subset rebuilds it: the task's built-in synthetic pool when `dataset_name` names it
+        (`max_pool_size` images, default `SYNTHETIC_POOL_SIZE`, from Fashion-MNIST's train items, seeded with
+        `config.seed`; the draw then keeps it whole), else `load_split(data_args, config, data_args.train_split)`.
+
+        Args:
+            data_args (`DataArguments`): The recipe's data fields (`dataset_name`, `train_split`, `max_pool_size`,
+                `annotations_file`, `dataset_revision`).
+            config: The run's settings, read by field name (`seed`, the columns and layout `load_split` reads).
+
+        Returns:
+            `datasets.Dataset`: the split, unchecked (the trainer checks it with the run's class names).
+
+        Raises:
+            `ValueError`: the task has no loader of recipe datasets.
+        """
+        from ..constants import SYNTHETIC_POOL_SIZE
+
+        if self.synthetic_name and data_args.dataset_name == self.synthetic_name:
+            size = data_args.max_pool_size or SYNTHETIC_POOL_SIZE
+            return self.synthetic_pool(size, split="train", seed=config.seed)
+        if self.load_split is None:
+            raise ValueError(f"The {self.name} task reads no recipe dataset (it has no load_split).")
+        return self.load_split(data_args, config, data_args.train_split)
+
     def model_class(self):
         """The transformers Auto class of the task's models (e.g. `transformers.AutoModelForObjectDetection`)."""
         import transformers

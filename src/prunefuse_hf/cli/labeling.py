@@ -80,6 +80,19 @@ def _task_ingest(run_dir):
     return get_task(task).ingest_labels
 
 
+def _task_answers(run_dir):
+    """How the run's task compares its stored answers with Label Studio's (`None`: class labels, without the training
+    stack; boxes: the detection task's `stored_answers`)."""
+    from ..annotation.queries import read_run_state
+
+    task = read_run_state(run_dir).get("task") or TASK_NAMES[0]
+    if task == TASK_NAMES[0]:
+        return None
+    from ..tasks import get_task
+
+    return get_task(task).stored_answers
+
+
 def _ingest(args, source, ingest_labels) -> None:
     from ..annotation.queries import open_query, read_run_state
     from ..utils.run_directory import RunDirectory
@@ -200,6 +213,6 @@ def _label_studio_pull(args) -> None:
     from ..annotation.label_studio_api import pull_export
 
     ingest_labels = _task_ingest(args.run_dir)
-    path = pull_export(args.run_dir, url=args.url, report=print)
+    path = pull_export(args.run_dir, url=args.url, report=print, answers=_task_answers(args.run_dir))
     print(f"export saved to {path}")
     _ingest(args, path, ingest_labels)

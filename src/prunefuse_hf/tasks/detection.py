@@ -25,7 +25,7 @@ from .detection_data import (
 )
 from .detection_loading import load_detection_dataset
 from .detection_metrics import COCO_STAT_NAMES, detection_compute_metrics
-from .detection_store import DetectionLabelStore, ingest_detection_labels
+from .detection_store import DETECTION_ANSWERS, DetectionLabelStore, ingest_detection_labels
 from .detection_synthetic import synthetic_detection_pool
 from .task import Task
 
@@ -327,6 +327,7 @@ DETECTION = Task(
     score_options=detection_score_options,
     class_counts=detection_class_counts,
     label_store=DetectionLabelStore,
+    stored_answers=DETECTION_ANSWERS,
     ingest_labels=ingest_detection_labels,
     write_query=write_detection_query,
     query_predictions=detection_predictions,

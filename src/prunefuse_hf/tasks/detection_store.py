@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers.utils import logging
 
+from ..annotation.edits import StoredAnswers
 from ..annotation.identity import check_label_identity
 from ..annotation.labels import LabelError, check_class_names, check_round, preview_values
 from ..annotation.queries import open_query, query_directory, read_run_state
@@ -26,6 +27,7 @@ from ..annotation.store import AddResult, record_answered
 from ..constants import LABELED_OBJECTS_NAME, POOL_INDEX
 from ..utils.io import atomic_write
 from .detection_data import BBOX_KEY, CATEGORY_KEY, OBJECTS_COLUMN
+from .detection_exports import annotation_objects, describe_objects, same_objects
 from .detection_labels import DetectionLabels, read_detection_labels
 
 logger = logging.get_logger(__name__)
@@ -304,3 +306,15 @@ def ingest_detection_labels(run_dir: str | os.PathLike, source, *, allow_partial
     record_answered(run_dir, round_, skipped=skipped, missing=result.missing if allow_partial else None,
                     source=labels.source, requery_skipped=requery_skipped)  # fmt: skip
     return result
+
+
+# How the boxes stored from Label Studio compare with its project's annotations: `label-studio pull` and the loop
+# report an image whose boxes were edited, deleted or answered anew after they were pulled (see `label_edits`).
+DETECTION_ANSWERS = StoredAnswers(
+    file_name=LABELED_OBJECTS_NAME,
+    stored=lambda row, class_names: _normalized(row[OBJECTS_COLUMN]),
+    answer=annotation_objects,
+    same=same_objects,
+    describe=describe_objects,
+    retrain="start a new run and label its queries with the corrected boxes (seed_labels is refused for detection)",
+)

@@ -77,6 +77,10 @@ class Task:
             `annotation: human` (its `labels` are `{pool_index: annotation}`, `labeled_indices` their pool indices,
             `annotations(indices)` their values, `annotation_feature` their `datasets` feature).
             `None`: the task has no human-annotation path (image classification's is the shared `LabelStore`).
+        stored_answers ([`~prunefuse_hf.annotation.edits.StoredAnswers`], *optional*):
+            How the annotations its `label_store` keeps compare with a Label Studio project's, so that `label-studio
+            pull` and the loop report answers edited after they were pulled. `None`: class labels' (image
+            classification's).
         ingest_labels (`Callable`, *optional*):
             `ingest_labels(run_dir, source, **options) -> AddResult`: brings annotators' answers for the open query
             into that store (what `prunefuse-hf label`, `label-studio pull` and `add_labels` call).
@@ -133,6 +137,7 @@ class Task:
     class_counts: Callable | None = None
     feature_config: Mapping[str, object] = field(default_factory=dict)
     label_store: Callable | None = None
+    stored_answers: object | None = None
     ingest_labels: Callable | None = None
     write_query: Callable | None = None
     query_predictions: Callable | None = None

@@ -16,7 +16,8 @@ from prunefuse_hf import load_subset
 from prunefuse_hf.arguments import DataArguments
 from prunefuse_hf.data.loading import load_image_dataset, load_run_datasets, subsample
 from prunefuse_hf.data.pool import DataPool
-from prunefuse_hf.hub.subset import SubsetMismatchError, save_subset, subset_metadata
+from prunefuse_hf.hub.subset import save_subset, subset_metadata
+from prunefuse_hf.hub.subset_source import SubsetMismatchError
 from prunefuse_hf.tasks import (
     coco_json_from_dataset,
     get_task,

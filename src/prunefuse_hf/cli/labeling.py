@@ -80,6 +80,21 @@ def _task_ingest(run_dir):
     return get_task(task).ingest_labels
 
 
+def _run_task(run_dir):
+    """The run's task when it is not image classification (`None`: classification, without the training stack, or
+    no run, which the backend names)."""
+    from ..utils.run_directory import RunDirectory
+
+    run = RunDirectory(run_dir)
+    state = run.read_state() if run.state_path.is_file() else {}
+    task = state.get("task") or (state.get("settings") or {}).get("task") or TASK_NAMES[0]
+    if task == TASK_NAMES[0]:
+        return None
+    from ..tasks import get_task
+
+    return get_task(task)
+
+
 def _task_answers(run_dir):
     """How the run's task compares its stored answers with Label Studio's (`None`: class labels, without the training
     stack; boxes: the detection task's `stored_answers`)."""
@@ -159,7 +174,11 @@ def add_label_studio_parser(subparsers) -> None:
         help="Serve the run's latest trained surrogate as a Label Studio ML backend (Settings -> Model -> Connect "
         "model): pre-annotations for any task of the project, tasks imported by hand included.",
     )
-    backend.add_argument("run_dir", help="The run directory (annotation: human, image classification).")
+    backend.add_argument(
+        "run_dir",
+        help="The run directory (annotation: human): image classification (Choices), object detection "
+        "(RectangleLabels boxes) or semantic segmentation (BrushLabels masks).",
+    )
     backend.add_argument("--port", type=int, required=True, help="The port the backend listens on.")
     backend.add_argument(
         "--host",
@@ -204,8 +223,8 @@ def _label_studio_push(args) -> None:
 def _label_studio_backend(args) -> None:
     from ..annotation.backend import serve_label_studio_backend
 
-    serve_label_studio_backend(args.run_dir, host=args.host, port=args.port, url=args.url,
-                               document_root=args.document_root, wake_url=args.wake_url,
+    serve_label_studio_backend(args.run_dir, host=args.host, port=args.port, task=_run_task(args.run_dir),
+                               url=args.url, document_root=args.document_root, wake_url=args.wake_url,
                                report=lambda message: print(message, flush=True))  # fmt: skip
 
 

@@ -38,19 +38,20 @@ from ..constants import (
     SUBSET_EXAMPLES_DIR,
     SUBSET_METADATA_NAME,
 )
-from ..data.loading import load_image_dataset, subsample
 from ..utils.io import redact_secrets
 from ..utils.run_directory import RunDirectory
 from .card_facts import collect_subset_card_facts
 from .cards import render_dataset_card
+from .subset_source import (
+    check_pool,
+    describe_source,
+    pool_from_source,
+    rebuild_subset_pool,
+)
 
 logger = logging.get_logger(__name__)
 
 SUBSET_FORMAT_VERSION = 2
-
-
-class SubsetMismatchError(ValueError):
-    """The dataset given to rebuild a subset is not the one the subset was selected from."""
 
 
 def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) -> dict:
@@ -182,7 +183,7 @@ def save_subset(
                 raise
             logger.warning(
                 "Could not rebuild the pool from %s (%s); saving the indices only.",
-                _describe(metadata),
+                describe_source(metadata),
                 error,
             )
     elif pool is not None:
@@ -273,7 +274,7 @@ def load_subset(
             metadata = {**metadata, "source": {**recorded, "dataset_name": os.fspath(source)}}
         pool = rebuild_subset_pool(metadata, verify=verify)
     else:
-        pool = _pool_from_source(source, metadata, verify=verify)
+        pool = pool_from_source(source, metadata, verify=verify)
     subset = pool.select(selection[POOL_INDEX])
     subset = subset.add_column(POOL_INDEX, selection[POOL_INDEX]).add_column("round", selection["round"])
     return _with_annotations(_with_labels(subset, selection, metadata), table, metadata)
@@ -321,84 +322,6 @@ def with_people_annotations(table: pa.Table, run_dir: str | os.PathLike, progres
     return table.append_column(pa.field(column, arrow_type), pa.array(values, arrow_type))
 
 
-def rebuild_subset_pool(metadata: dict, verify: bool = True) -> datasets.Dataset:
-    """
-    Load the recorded source at its recorded revision and redo the run's pool draw.
-
-    The source is read as the run read it: an image-classification pool with
-    [`~prunefuse_hf.data.load_image_dataset`], an object-detection or semantic-segmentation pool with its task's
-    loader (`Task.load_pool_split`: a saved or Hub dataset, a COCO folder, a mask folder, or the task's built-in
-    synthetic pool, redrawn with the run's seed).
-
-    Args:
-        metadata (`dict`): A subset's record (see [`subset_metadata`]).
-        verify (`bool`, *optional*, defaults to `True`): Also check the pool's fingerprint.
-
-    Returns:
-        `datasets.Dataset`: the pool the run selected from.
-
-    Raises:
-        `SubsetMismatchError`: the rebuilt pool differs from the recorded one.
-        `FileNotFoundError`: the source cannot be found (a local folder that is not here, an unreachable Hub).
-
-    Example:
-
-    ```python
-    >>> import json
-    >>> from pathlib import Path
-    >>> metadata = json.loads(Path("subset/prunefuse_subset.json").read_text())
-    >>> len(rebuild_subset_pool(metadata)) == metadata["pool"]["num_examples"]
-    True
-    ```
-    """
-    source = metadata["source"]
-    if (metadata.get("task") or "image-classification") != "image-classification":
-        dataset = _task_pool_split(metadata)
-    else:
-        # Loaded as the run loaded its pool (no label check: a pool labeled by annotators has no label column).
-        dataset = load_image_dataset(
-            source["dataset_name"],
-            source.get("split") or "train",
-            image_column=source.get("image_column") or "image",
-            label_column=None,
-            config_name=source.get("config_name"),
-            revision=source.get("revision"),
-        )
-    return _pool_from_source(dataset, metadata, verify=verify)
-
-
-def check_pool(pool: datasets.Dataset, metadata: dict, verify: bool = True) -> None:
-    """
-    Check that `pool` is the pool a subset was selected from.
-
-    Args:
-        pool (`datasets.Dataset`): The candidate pool.
-        metadata (`dict`): The subset's record (see [`subset_metadata`]).
-        verify (`bool`, *optional*, defaults to `True`): Also compare the fingerprint (the size always is).
-
-    Raises:
-        `SubsetMismatchError`: the size or the fingerprint differs (the message says how to fix it).
-
-    Example:
-
-    ```python
-    >>> check_pool(pool, subset_metadata("runs/fashion-mnist-resnet/prunefuse"))  # silent when it matches
-    ```
-    """
-    expected = metadata["pool"]
-    if len(pool) != expected["num_examples"]:
-        raise SubsetMismatchError(
-            f"The dataset has {len(pool)} rows but the subset was selected from a pool of {expected['num_examples']} "
-            f"({_describe(metadata)}). Pass the same dataset, split and revision."
-        )
-    if verify and pool._fingerprint != expected["fingerprint"]:
-        raise SubsetMismatchError(
-            f"The dataset's fingerprint {pool._fingerprint!r} differs from the pool the subset was selected from "
-            f"({expected['fingerprint']!r}, {_describe(metadata)}): it holds other data or was transformed. Pass the "
-            "same dataset, split and revision, or `verify=False` if you know the rows are the same."
-        )
-
-
 # ----- helpers -----
 
 
@@ -408,42 +331,6 @@ def _read_metadata(folder: Path) -> dict:
     metadata["source"] = metadata.get("source") or {"dataset_name": None}
     metadata.setdefault("class_names", None)
     return metadata
-
-
-def _task_pool_split(metadata: dict) -> datasets.Dataset:
-    """The pool split of a detection or segmentation run, read by its task's loader with the recorded settings."""
-    # Imported only here: a classification subset is pushed and loaded without torch.
-    from types import SimpleNamespace
-
-    from ..arguments import DataArguments
-    from ..tasks import get_task
-    from ..trainer.run_state import ADDED_SETTINGS
-
-    task = get_task(metadata["task"])
-    source, pool = metadata["source"], metadata["pool"]
-    data_args = DataArguments(dataset_name=source["dataset_name"], annotations_file=source.get("annotations_file"),
-                              dataset_config_name=source.get("config_name"), dataset_revision=source.get("revision"),
-                              train_split=source.get("split") or "train", max_pool_size=pool.get("max_pool_size"))  # fmt: skip
-    # The run's settings that `load_split` reads, by field name (a subset written before they were recorded has the
-    # defaults the run had then).
-    settings = SimpleNamespace(
-        seed=pool["seed"],
-        image_column=source.get("image_column") or "image",
-        label_column=source.get("label_column") or "label",
-        objects_column=source.get("objects_column") or ADDED_SETTINGS["objects_column"],
-        bbox_format=source.get("bbox_format") or ADDED_SETTINGS["bbox_format"],
-        class_names=metadata.get("class_names"),
-    )
-    return task.load_pool_split(data_args, settings)
-
-
-def _pool_from_source(dataset: datasets.Dataset, metadata: dict, verify: bool) -> datasets.Dataset:
-    pool_info = metadata["pool"]
-    size = pool_info.get("max_pool_size")
-    if size and len(dataset) > size and len(dataset) != pool_info["num_examples"]:
-        dataset = subsample(dataset, size, pool_info["seed"])
-    check_pool(dataset, metadata, verify=verify)
-    return dataset
 
 
 def _with_labels(rows: datasets.Dataset, selection: dict, metadata: dict) -> datasets.Dataset:
@@ -496,20 +383,6 @@ def _people_annotations(progress: dict) -> tuple:
     if task.label_store is None:
         return None, None
     return task, progress["settings"].get(task.annotation_option) or task.columns[-1]
-
-
-def _describe(metadata: dict) -> str:
-    source = metadata.get("source") or {}
-    if not source.get("dataset_name"):
-        return "source not recorded"
-    parts = [source["dataset_name"], f"split {source.get('split')}"]
-    if source.get("config_name"):
-        parts.append(f"config {source['config_name']}")
-    if source.get("revision"):
-        parts.append(f"revision {source['revision']}")
-    if metadata["pool"].get("max_pool_size"):
-        parts.append(f"max_pool_size {metadata['pool']['max_pool_size']}, seed {metadata['pool']['seed']}")
-    return ", ".join(parts)
 
 
 def _subset_folder(repo_id_or_path, revision=None, token=None) -> Path:

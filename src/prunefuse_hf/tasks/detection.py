@@ -13,7 +13,11 @@ import torch
 from ..constants import DETECTION_AGGREGATIONS as AGGREGATIONS
 from ..constants import SYNTHETIC_DETECTION
 from ..selection.strategies import UncertaintyStrategy, get_strategy
-from .detection_annotation import detection_predictions, write_detection_query
+from .detection_annotation import (
+    detection_label_studio_predictions,
+    detection_predictions,
+    write_detection_query,
+)
 from .detection_data import (
     BBOX_KEY,
     CATEGORY_KEY,
@@ -331,6 +335,7 @@ DETECTION = Task(
     ingest_labels=ingest_detection_labels,
     write_query=write_detection_query,
     query_predictions=detection_predictions,
+    label_studio_predictions=detection_label_studio_predictions,
     load_split=load_detection_split,
     synthetic_name=SYNTHETIC_DETECTION,
     synthetic_pool=synthetic_detection_pool,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..constants import SEGMENTATION_AGGREGATIONS as PIXEL_AGGREGATIONS
 from ..constants import SYNTHETIC_SEGMENTATION
 from ..selection.strategies import UncertaintyStrategy, get_strategy
+from .segmentation_annotation import segmentation_label_studio_predictions
 from .segmentation_data import MASK_COLUMN, segmentation_class_names, validate_segmentation_dataset
 from .segmentation_loading import load_segmentation_dataset
 from .segmentation_masks import IGNORE_INDEX, open_mask, reduce_mask_labels
@@ -342,6 +343,7 @@ SEGMENTATION = Task(
     score_options=segmentation_score_options,
     class_counts=segmentation_class_counts,
     feature_config={"output_hidden_states": True},
+    label_studio_predictions=segmentation_label_studio_predictions,
     load_split=load_segmentation_split,
     synthetic_name=SYNTHETIC_SEGMENTATION,
     synthetic_pool=synthetic_segmentation_pool,

@@ -90,6 +90,11 @@ class Task:
         query_predictions (`Callable`, *optional*):
             `query_predictions(model, image_processor, images, *, threshold, num_channels) -> list`: the trained
             surrogate's guess per queried image, carried by the query as pre-annotations.
+        label_studio_predictions (`Callable`, *optional*):
+            `label_studio_predictions(model, image_processor, images, *, class_names, model_version, num_channels,
+            settings) -> list[dict]`: the trained surrogate's Label Studio prediction of each image (`result` in the
+            task's `label_studio_tag`), what the ML backend (`prunefuse-hf label-studio backend`) answers. `None`:
+            image classification's `Choices` (the backend's own), or no backend for the task.
         load_split (`Callable`, *optional*):
             `load_split(data_args, config, split) -> datasets.Dataset`: one split of a recipe's `dataset_name` (a saved
             dataset, a Hub dataset, or the task's image folder layout), as `prunefuse-hf run` reads it, unchecked (the
@@ -141,6 +146,7 @@ class Task:
     ingest_labels: Callable | None = None
     write_query: Callable | None = None
     query_predictions: Callable | None = None
+    label_studio_predictions: Callable | None = None
     load_split: Callable | None = None
     synthetic_name: str = ""
     synthetic_pool: Callable | None = None

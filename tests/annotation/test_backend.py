@@ -245,7 +245,7 @@ def test_label_studio_gets_the_detection_surrogates_boxes_for_a_task_imported_by
     from conftest import tiny_detr
     from detection_human_run import filled_coco, human_config, human_pools
     from prunefuse_hf import PruneFuseTrainer
-    from prunefuse_hf.cli.labeling import _run_task
+    from prunefuse_hf.cli.labeling import run_task
 
     server = label_studio
     pool, _, names, truth = human_pools()
@@ -257,7 +257,9 @@ def test_label_studio_gets_the_detection_surrogates_boxes_for_a_task_imported_by
     trainer.train(resume_from_checkpoint=True)
     assert open_query(run_dir)[0] == 2
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
-    backend = LabelStudioBackend(run_dir, task=_run_task(run_dir))
+    # The run's task, as `label-studio backend` and `pull` read it (pull compares its stored boxes with the project's).
+    assert run_task(run_dir) is get_task("object-detection") and run_task(run_dir).stored_answers is not None
+    backend = LabelStudioBackend(run_dir, task=run_task(run_dir))
     port = _free_port()
     http = backend.serve("127.0.0.1", port)
     url = f"http://127.0.0.1:{port}"

@@ -80,9 +80,19 @@ def _task_ingest(run_dir):
     return get_task(task).ingest_labels
 
 
-def _run_task(run_dir):
-    """The run's task when it is not image classification (`None`: classification, without the training stack, or
-    no run, which the backend names)."""
+def run_task(run_dir):
+    """
+    The task of the run in `run_dir` when it is not image classification, else `None` (classification is served
+    without importing the tasks and the training stack; so is a directory that holds no run, which the command then
+    names).
+
+    Example:
+
+    ```python
+    >>> run_task("runs/boxes").name, run_task("runs/my-pool")
+    ('object-detection', None)
+    ```
+    """
     from ..utils.run_directory import RunDirectory
 
     run = RunDirectory(run_dir)
@@ -93,19 +103,6 @@ def _run_task(run_dir):
     from ..tasks import get_task
 
     return get_task(task)
-
-
-def _task_answers(run_dir):
-    """How the run's task compares its stored answers with Label Studio's (`None`: class labels, without the training
-    stack; boxes: the detection task's `stored_answers`)."""
-    from ..annotation.queries import read_run_state
-
-    task = read_run_state(run_dir).get("task") or TASK_NAMES[0]
-    if task == TASK_NAMES[0]:
-        return None
-    from ..tasks import get_task
-
-    return get_task(task).stored_answers
 
 
 def _ingest(args, source, ingest_labels) -> None:
@@ -223,7 +220,7 @@ def _label_studio_push(args) -> None:
 def _label_studio_backend(args) -> None:
     from ..annotation.backend import serve_label_studio_backend
 
-    serve_label_studio_backend(args.run_dir, host=args.host, port=args.port, task=_run_task(args.run_dir),
+    serve_label_studio_backend(args.run_dir, host=args.host, port=args.port, task=run_task(args.run_dir),
                                url=args.url, document_root=args.document_root, wake_url=args.wake_url,
                                report=lambda message: print(message, flush=True))  # fmt: skip
 
@@ -232,6 +229,8 @@ def _label_studio_pull(args) -> None:
     from ..annotation.label_studio_api import pull_export
 
     ingest_labels = _task_ingest(args.run_dir)
-    path = pull_export(args.run_dir, url=args.url, report=print, answers=_task_answers(args.run_dir))
+    # How the task compares its stored answers with the project's (boxes: the detection task's; None: class labels).
+    answers = getattr(run_task(args.run_dir), "stored_answers", None)
+    path = pull_export(args.run_dir, url=args.url, report=print, answers=answers)
     print(f"export saved to {path}")
     _ingest(args, path, ingest_labels)

@@ -4,8 +4,11 @@ pool is the one the subset was selected from."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import datasets
 
+from ..arguments import DataArguments
 from ..data.loading import load_image_dataset, subsample
 
 
@@ -94,25 +97,21 @@ def check_pool(pool: datasets.Dataset, metadata: dict, verify: bool = True) -> N
 def _task_pool_split(metadata: dict) -> datasets.Dataset:
     """The pool split of a detection or segmentation run, read by its task's loader with the recorded settings."""
     # Imported only here: a classification subset is pushed and loaded without torch.
-    from types import SimpleNamespace
-
-    from ..arguments import DataArguments
     from ..tasks import get_task
-    from ..trainer.run_state import ADDED_SETTINGS
 
     task = get_task(metadata["task"])
     source, pool = metadata["source"], metadata["pool"]
     data_args = DataArguments(dataset_name=source["dataset_name"], annotations_file=source.get("annotations_file"),
                               dataset_config_name=source.get("config_name"), dataset_revision=source.get("revision"),
                               train_split=source.get("split") or "train", max_pool_size=pool.get("max_pool_size"))  # fmt: skip
-    # The run's settings that `load_split` reads, by field name (a subset written before they were recorded has the
-    # defaults the run had then).
+    # The run's settings that `load_split` reads, by field name (a subset written before they were recorded: the
+    # PruneFuseConfig defaults, which its run had).
     settings = SimpleNamespace(
         seed=pool["seed"],
         image_column=source.get("image_column") or "image",
         label_column=source.get("label_column") or "label",
-        objects_column=source.get("objects_column") or ADDED_SETTINGS["objects_column"],
-        bbox_format=source.get("bbox_format") or ADDED_SETTINGS["bbox_format"],
+        objects_column=source.get("objects_column") or "objects",
+        bbox_format=source.get("bbox_format") or "coco",
         class_names=metadata.get("class_names"),
     )
     return task.load_pool_split(data_args, settings)

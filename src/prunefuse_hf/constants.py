@@ -175,6 +175,9 @@ FASHION_MNIST = "fashion_mnist"
 SYNTHETIC_DETECTION = "synthetic_detection"
 # The built-in semantic-segmentation pool: the same items with per-pixel masks (`tasks.synthetic_segmentation_pool`).
 SYNTHETIC_SEGMENTATION = "synthetic_segmentation"
+# Images of a recipe's built-in synthetic pool and evaluation set when `max_pool_size` / `max_eval_samples` are unset.
+SYNTHETIC_POOL_SIZE = 1000
+SYNTHETIC_EVAL_SIZE = 200
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_APT_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"

@@ -364,6 +364,8 @@ def test_the_loop_runs_a_detection_run_whose_conflicting_boxes_wait_then_resolve
     from conftest import tiny_detr
     from detection_human_run import human_config, human_pools, same_boxes, stored_objects
     from prunefuse_hf import PruneFuseTrainer
+    from prunefuse_hf.tasks import detection_prediction
+    from prunefuse_hf.tasks.detection_exports import describe_objects
 
     server = label_studio
     pool, _, names, truth = human_pools()
@@ -409,7 +411,20 @@ def test_the_loop_runs_a_detection_run_whose_conflicting_boxes_wait_then_resolve
     )
 
     def second(team):
-        for task in team.round_tasks(2, 6):
+        round_2 = team.round_tasks(2, 6)
+        # Round 1 was pulled and trained on: an annotator now moves a box of one of its images in Label Studio.
+        edited = next(t for t in team.round_tasks(1, 8) if t["data"]["pool_index"] != found["disputed"])
+        index = edited["data"]["pool_index"]
+        (annotation,) = server.session.get(f"{server.url}/api/tasks/{edited['id']}/annotations").json()
+        x, y, w, h = truth[index]["bbox"][0]
+        moved = {"bbox": [[x + 1.0 if x + w < 48 else x - 1.0, y, w, h], *truth[index]["bbox"][1:]],
+                 "category": truth[index]["category"]}  # fmt: skip
+        result = detection_prediction({"boxes": moved["bbox"], "labels": moved["category"]}, names, (48, 48))
+        server.session.patch(
+            f"{server.url}/api/annotations/{annotation['id']}", json={"result": result["result"]}
+        ).raise_for_status()
+        found.update(edited=edited, edited_annotation=annotation["id"], edited_to=moved)
+        for task in round_2:
             _draw(server, task["id"], team.user(0), truth[task["data"]["pool_index"]], names)
 
     run = trainer(annotation_resolve="latest")
@@ -420,6 +435,19 @@ def test_the_loop_runs_a_detection_run_whose_conflicting_boxes_wait_then_resolve
     finally:
         team.check()
     assert run.done and (run_dir / "fused" / "config.json").is_file()
+    # The moved box is reported once, as classification's edited labels are; the stored boxes stay.
+    edits = [m for m in team.messages if "changed in Label Studio after they were pulled" in m]
+    assert len(edits) == 1, team.messages
+    edited, described = found["edited"], describe_objects(found["edited_to"], names)
+    assert (
+        f"task {edited['id']} (pool_index {edited['data']['pool_index']}, round 1): stored "
+        f"{describe_objects(truth[edited['data']['pool_index']], names)} by ann1@example.com" in edits[0]
+    ), edits[0]
+    assert (
+        f"since then edited to {described} by " in edits[0]
+        and f"(annotation {found['edited_annotation']}" in edits[0]
+    )
+    assert "label its queries with the corrected boxes" in edits[0]
     assert "round 1: 8 labels added, 0 skipped; resuming the run" in team.messages
     assert "round 2: 6 labels added, 0 skipped; resuming the run" in team.messages
     stored = stored_objects(run_dir)

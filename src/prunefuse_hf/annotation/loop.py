@@ -215,7 +215,9 @@ def _label_round(trainer, round_: int, retry: _Retry, say, *, url, token, docume
         if progress.complete:
             export = retry(
                 "pulling the export",
-                lambda: pull_export(run_dir, url=client.url, token=token, report=say_once),
+                lambda: pull_export(
+                    run_dir, url=client.url, token=token, report=say_once, answers=trainer.task.stored_answers
+                ),
             )
             try:
                 result = trainer.add_labels(export, resolve=policy, requery_skipped=requery_skipped)

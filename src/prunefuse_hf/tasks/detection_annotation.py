@@ -272,3 +272,40 @@ def detection_predictions(model, image_processor, images: list, *, threshold: fl
     finally:
         model.train(training)
     return found
+
+
+def detection_label_studio_predictions(model, image_processor, images: list, *, class_names: list[str],
+                                       model_version: str, num_channels: int = 3, settings: dict | None = None,
+                                       batch_size: int = 8) -> list[dict]:  # fmt: skip
+    """
+    A detector's boxes on `images` as Label Studio predictions: what the ML backend answers (`/predict`), the same
+    pre-annotations the query's tasks carry ([`detection_predictions`], then [`detection_prediction`]).
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): The trained surrogate (`AutoModelForObjectDetection`).
+        image_processor ([`~transformers.BaseImageProcessor`]): Its processor.
+        images (`list[PIL.Image.Image]`): The tasks' images, upright.
+        class_names (`list[str]`): The run's class names.
+        model_version (`str`): Names the model (`<run>-surrogate-round<k>`).
+        num_channels (`int`, defaults to 3): The model's input channels.
+        settings (`dict`, *optional*): The run's settings: boxes scoring below its `detection_score_threshold`
+            (default 0.5) are dropped, as the query drops them.
+        batch_size (`int`, defaults to 8): Images per forward pass.
+
+    Returns:
+        `list[dict]`: per image, `{"model_version", "score" (mean box score), "result": [rectanglelabels results in
+        percent of the image, each with its `score`]}`.
+
+    Example:
+
+    ```python
+    >>> detection_label_studio_predictions(surrogate, processor, [image], class_names=["cat", "dog"],
+    ...                                    model_version="run-surrogate-round1")[0]["result"][0]["type"]
+    'rectanglelabels'
+    ```
+    """
+    threshold = (settings or {}).get("detection_score_threshold")
+    found = detection_predictions(model, image_processor, images, threshold=0.5 if threshold is None else threshold,
+                                  batch_size=batch_size, num_channels=num_channels)  # fmt: skip
+    return [detection_prediction(prediction, class_names, image.size, model_version=model_version,
+                                 where=f"image {k}") for k, (prediction, image) in enumerate(zip(found, images))]  # fmt: skip

@@ -15,12 +15,20 @@ import os
 
 import pyarrow as pa
 
+from ..annotation.edits import StoredAnswers
 from ..annotation.labels import LabelError
 from ..annotation.store import AddResult
 from ..constants import LABELED_OBJECTS_NAME
 from .annotation_store import AnnotationStore, ingest_task_labels
 from .detection_data import BBOX_KEY, CATEGORY_KEY, OBJECTS_COLUMN
+from .detection_exports import annotation_objects, describe_objects, same_objects
 from .detection_labels import DetectionLabels, read_detection_labels
+
+
+def stored_objects(objects: dict) -> dict:
+    """Boxes as the store keeps them: `{"bbox": [[x, y, w, h] floats, COCO pixels], "category": [int ids]}`."""
+    return {BBOX_KEY: [[float(v) for v in box] for box in objects[BBOX_KEY]],
+            CATEGORY_KEY: [int(c) for c in objects[CATEGORY_KEY]]}  # fmt: skip
 
 
 class DetectionLabelStore(AnnotationStore):
@@ -73,8 +81,7 @@ class DetectionLabelStore(AnnotationStore):
         return labels.objects
 
     def to_stored(self, pool_index: int, objects: dict) -> dict:
-        return {BBOX_KEY: [[float(v) for v in box] for box in objects[BBOX_KEY]],
-                CATEGORY_KEY: [int(c) for c in objects[CATEGORY_KEY]]}  # fmt: skip
+        return stored_objects(objects)
 
     def check(self, pool_index: int, objects: dict, source: str) -> None:
         bad = [c for c in objects[CATEGORY_KEY] if not 0 <= int(c) < len(self.class_names)]
@@ -131,3 +138,15 @@ def ingest_detection_labels(run_dir: str | os.PathLike, source, *, allow_partial
                               allow_partial=allow_partial, overwrite=overwrite, resolve=resolve,
                               requery_skipped=requery_skipped, pool=pool, image_column=image_column,
                               label_column=label_column, index_column=index_column)  # fmt: skip
+
+
+# How the boxes stored from Label Studio compare with its project's annotations: `label-studio pull` and the loop
+# report an image whose boxes were edited, deleted or answered anew after they were pulled (see `label_edits`).
+DETECTION_ANSWERS = StoredAnswers(
+    file_name=LABELED_OBJECTS_NAME,
+    stored=lambda row, class_names: stored_objects(row[OBJECTS_COLUMN]),
+    answer=annotation_objects,
+    same=same_objects,
+    describe=describe_objects,
+    retrain="start a new run and label its queries with the corrected boxes (seed_labels is refused for detection)",
+)

@@ -16,7 +16,11 @@ import torch.nn.functional as F
 from ..constants import SEGMENTATION_AGGREGATIONS as PIXEL_AGGREGATIONS
 from ..constants import SYNTHETIC_SEGMENTATION
 from ..selection.strategies import UncertaintyStrategy, get_strategy
-from .segmentation_annotation import segmentation_predictions, write_segmentation_query
+from .segmentation_annotation import (
+    segmentation_label_studio_predictions,
+    segmentation_predictions,
+    write_segmentation_query,
+)
 from .segmentation_data import MASK_COLUMN, segmentation_class_names, validate_segmentation_dataset
 from .segmentation_loading import load_segmentation_dataset
 from .segmentation_masks import IGNORE_INDEX, open_mask, reduce_mask_labels
@@ -348,6 +352,7 @@ SEGMENTATION = Task(
     ingest_labels=ingest_segmentation_labels,
     write_query=write_segmentation_query,
     query_predictions=segmentation_predictions,
+    label_studio_predictions=segmentation_label_studio_predictions,
     load_split=load_segmentation_split,
     synthetic_name=SYNTHETIC_SEGMENTATION,
     synthetic_pool=synthetic_segmentation_pool,

@@ -233,3 +233,39 @@ def segmentation_predictions(model, image_processor, images: list, *, batch_size
     finally:
         model.train(training)
     return found
+
+
+def segmentation_label_studio_predictions(model, image_processor, images: list, *, class_names: list[str],
+                                          model_version: str, num_channels: int = 3, settings: dict | None = None,
+                                          batch_size: int = 8) -> list[dict]:  # fmt: skip
+    """
+    A segmenter's masks on `images` as Label Studio brush predictions: what the ML backend answers (`/predict`), one
+    RLE brush result per class an image's mask holds ([`segmentation_predictions`], then
+    [`segmentation_prediction`], as the query's pre-annotations).
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): The trained surrogate (`AutoModelForSemanticSegmentation`).
+        image_processor ([`~transformers.BaseImageProcessor`]): Its processor.
+        images (`list[PIL.Image.Image]`): The tasks' images, upright.
+        class_names (`list[str]`): The run's class names (the mask's ids index them).
+        model_version (`str`): Names the model (`<run>-surrogate-round<k>`).
+        num_channels (`int`, defaults to 3): The model's input channels.
+        settings (`dict`, *optional*): The run's settings (not read: every class the mask holds is painted).
+        batch_size (`int`, defaults to 8): Images per forward pass.
+
+    Returns:
+        `list[dict]`: per image, `{"model_version", "result": [brushlabels results with `value.rle`]}`.
+
+    Example:
+
+    ```python
+    >>> segmentation_label_studio_predictions(surrogate, processor, [image], class_names=["road", "car"],
+    ...                                       model_version="run-surrogate-round1")[0]["result"][0]["type"]
+    'brushlabels'
+    ```
+    """
+    masks = segmentation_predictions(
+        model, image_processor, images, batch_size=batch_size, num_channels=num_channels
+    )
+    return [segmentation_prediction(mask, class_names, model_version=model_version, where=f"image {k}")
+            for k, mask in enumerate(masks)]  # fmt: skip

@@ -199,6 +199,147 @@ def test_the_input_projection_reads_the_channels_the_backbone_kept(model_type):
     assert kept_mask(plan, shortcut).sum() == 16
 
 
+def test_deformable_detr_input_projections_read_the_channels_the_backbone_kept():
+    _, _, plan = pruned_detector("deformable_detr", 0.5)
+    kept = plan.kept_indices
+    stage_output = [
+        kept[f"model.backbone.model.encoder.stages.{stage}.layers.0.layer.2.normalization.weight"][0]
+        for stage in (0, 1)
+    ]
+    assert kept["model.input_proj.0.0.weight"][1] == stage_output[0]
+    assert kept["model.input_proj.1.0.weight"][1] == stage_output[1]
+    # The extra level is a strided convolution on the last map.
+    assert kept["model.input_proj.2.0.weight"][1] == stage_output[1]
+
+
+def test_deformable_detr_query_embedding_keeps_the_residual_positions_in_its_position_and_target_halves():
+    dense, surrogate, plan = pruned_detector("deformable_detr", 0.5)
+    residual = plan.kept_indices["model.level_embed"][1]
+    assert len(residual) == surrogate.config.d_model == 64
+    assert plan.kept_indices["model.query_position_embeddings.weight"] == {
+        1: residual + [dense.config.d_model + i for i in residual]
+    }
+    assert (
+        plan.kept_indices["model.input_proj.0.1.weight"][0] == residual
+    )  # the GroupNorm after each projection
+
+
+@pytest.mark.parametrize("model_type", ["deformable_detr", "rt_detr", "rt_detr_v2"])
+def test_deformable_attention_narrows_its_values_per_head_and_keeps_every_sampling_point(model_type):
+    dense, surrogate, plan = pruned_detector(model_type, 0.5)
+    attentions = [
+        name
+        for name, m in dense.named_modules()
+        if type(m).__name__.endswith("MultiscaleDeformableAttention")
+    ]
+    assert attentions
+    for name in attentions:
+        module = dense.get_submodule(name)
+        kept = plan.kept_indices[f"{name}.value_proj.weight"][0]
+        head_dim = dense.config.d_model // module.n_heads
+        per_head = [[i % head_dim for i in kept if i // head_dim == head] for head in range(module.n_heads)]
+        assert all(positions == per_head[0] for positions in per_head) and len(per_head[0]) == head_dim // 2
+        assert plan.kept_indices[f"{name}.output_proj.weight"][1] == kept
+        # Offsets and weights per head, level and point: their outputs keep the dense size.
+        for projection in ("sampling_offsets", "attention_weights"):
+            assert list(plan.kept_indices[f"{name}.{projection}.weight"]) == [1]
+            assert f"{name}.{projection}.bias" not in plan.kept_indices
+            assert (
+                surrogate.get_submodule(f"{name}.{projection}").out_features
+                == getattr(module, projection).out_features
+            )
+
+
+def test_deformable_detr_with_box_refinement_prunes_reloads_and_fuses_back(tmp_path):
+    dense = detection_model("deformable_detr", with_box_refine=True)
+    surrogate, plan = prune_model(dense, 0.5)
+    assert surrogate.config.with_box_refine and surrogate.config.d_model == 64
+    save_surrogate(surrogate, plan, tmp_path)
+    pixel_values, _ = detection_batch(dense)
+    for actual, wanted in zip(
+        outputs(AutoModelForObjectDetection.from_pretrained(tmp_path), pixel_values),
+        outputs(surrogate, pixel_values),
+    ):
+        assert torch.equal(actual, wanted)
+    assert_states_equal(fuse_into_dense(dense, surrogate, plan).state_dict(), dense.state_dict())
+
+
+@pytest.mark.parametrize("model_type", ["rt_detr", "rt_detr_v2"])
+def test_rt_detr_channel_lists_follow_the_backbone_and_the_encoder_and_the_query_settings_stay(model_type):
+    dense, surrogate, plan = pruned_detector(model_type, 0.5)
+    config, dense_config = surrogate.config, dense.config
+    assert config.backbone_config.embedding_size == 8 and config.backbone_config.hidden_sizes == [8, 16, 24]
+    assert config.encoder_in_channels == [8, 16, 24] == surrogate.model.backbone.intermediate_channel_sizes
+    assert (config.encoder_hidden_dim, config.encoder_ffn_dim, config.d_model, config.decoder_ffn_dim) == (
+        16,
+        32,
+        16,
+        24,
+    )
+    assert config.decoder_in_channels == [16, 16, 16]
+    for field in ("num_queries", "num_denoising", "label_noise_ratio", "box_noise_scale", "num_feature_levels",
+                  "decoder_n_points", "learn_initial_query", "encoder_attention_heads", "decoder_attention_heads"):  # fmt: skip
+        assert getattr(config, field) == getattr(dense_config, field), field
+    kept = plan.kept_indices
+    # The AIFI layer's residual is the projected last map's channels.
+    assert (
+        kept["model.encoder.aifi.0.layers.0.final_layer_norm.weight"][0]
+        == kept["model.encoder_input_proj.2.1.weight"][0]
+    )
+    # Each decoder input projection reads the channels its encoder output kept (the CSP block's output sum).
+    for level, block in enumerate(["fpn_blocks.1", "pan_blocks.0", "pan_blocks.1"]):
+        encoder_output = kept[f"model.encoder.{block}.conv2.norm.weight"][0]
+        assert len(encoder_output) == 16
+        assert kept[f"model.decoder_input_proj.{level}.0.weight"][1] == encoder_output
+
+
+def _meta_detector(model_type, **config):
+    from prunefuse_hf.pruning.families import DETECTION_ADAPTERS
+
+    with torch.device("meta"):
+        return getattr(transformers, DETECTION_ADAPTERS[model_type].model_class)(
+            detection_config(model_type, **config)
+        )
+
+
+@pytest.mark.parametrize(
+    ("model_type", "config", "message"),
+    [
+        (
+            "deformable_detr",
+            dict(two_stage=True, with_box_refine=True),
+            "two_stage: true builds .*use two_stage: false, or pruning_ratio: 0",
+        ),
+        ("deformable_detr", dict(d_model=32), r"DeformableDetr family: d_model 32 .*no multiple of 32"),
+        (
+            "rt_detr",
+            dict(encoder_in_channels=[16, 32, 64]),
+            r"encoder_in_channels \[16, 32, 64\] are not the backbone.*pruning_ratio: 0",
+        ),
+        (
+            "rt_detr_v2",
+            dict(decoder_in_channels=[32, 32, 24]),
+            r"decoder_in_channels \[32, 32, 24\] are not the enc.*pruning_ratio: 0",
+        ),
+        (
+            "rt_detr",
+            dict(num_feature_levels=5),
+            "num_feature_levels 5 adds more than one level.*pruning_ratio: 0",
+        ),
+        (
+            "rt_detr",
+            dict(backbone_config=dict(model_type="resnet", out_features=["stage2", "stage3", "stage4"])),
+            "only its transformers ResNet backbone.*pruning_ratio: 0",
+        ),
+    ],
+)
+def test_detector_configs_the_narrowing_rule_cannot_write_are_refused_naming_the_field(
+    model_type, config, message
+):
+    with pytest.raises(ValueError, match=rf"pruning_ratio=0.5 cannot be expressed .*{message}"):
+        prune_model(_meta_detector(model_type, **config), 0.5)
+
+
 # A transformers ResNet backbone with every stage as a feature map, at the default sizes.
 _RESNET = dict(use_timm_backbone=False, use_pretrained_backbone=False, backbone=None, backbone_config=dict(
     model_type="resnet", out_features=["stage1", "stage2", "stage3", "stage4"]))  # fmt: skip

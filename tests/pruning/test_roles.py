@@ -374,7 +374,7 @@ def _meta_model(class_name, **config):
 @pytest.mark.parametrize(
     ("class_name", "config", "reason"),
     [
-        ("DFineForObjectDetection", {}, "fine-grained distribution head"),
+        ("DFineForObjectDetection", {}, "splits that memory into heads without a value projection"),
         (
             "TableTransformerForObjectDetection",
             _RESNET,

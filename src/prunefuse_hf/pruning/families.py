@@ -377,10 +377,13 @@ REFUSED_FAMILIES: dict[str, str] = {
     ),
     "focalnet": "Torch-Pruning 1.6 never finishes building its pruning groups (focal modulation)",
     "cvt": "Torch-Pruning 1.6 cannot infer the channels of its convolutional projections (IndexError in shape inference)",
-    # Object detectors without an adapter yet.
+    # D-FINE: what its config would have to keep consistent that neither the traced part nor a role couples.
     "d_fine": (
-        "its hybrid encoder's channel lists must stay consistent with the backbone's, and its fine-grained "
-        "distribution head has no narrowing rule yet"
+        "its decoder reads the hybrid encoder's output maps as its memory (the decoder input projections are "
+        "identities when d_model equals the encoder's width, as in the released checkpoints) and its deformable "
+        "attention splits that memory into heads without a value projection, so the encoder's output maps (independent "
+        "channel groups) and the decoder's residual would have to keep the same per-head positions, which no rule "
+        "couples; its HGNetV2 backbone's channel lists have no narrowing rule either"
     ),
 }
 

@@ -93,6 +93,13 @@ def front_consumers(model: nn.Module, front: list[nn.Module], example_inputs: di
     produced: list[torch.Tensor] = []
     consumers: list[nn.Module] = []
     inside = {m for module in front for m in module.modules()}
+    # Only the front modules' own outputs are kept (a list of modules runs as its members), not every inner layer's
+    # activations, which at a real image size would take gigabytes.
+    producers = [
+        child
+        for module in front
+        for child in (module.children() if isinstance(module, (nn.ModuleList, nn.ModuleDict)) else [module])
+    ]
 
     def keep_outputs(module, args, output):
         produced.extend(_tensors(output))
@@ -102,7 +109,7 @@ def front_consumers(model: nn.Module, front: list[nn.Module], example_inputs: di
             if any(args[0] is tensor for tensor in produced):
                 consumers.append(module)
 
-    handles = [m.register_forward_hook(keep_outputs) for m in inside]
+    handles = [m.register_forward_hook(keep_outputs) for m in producers]
     handles += [
         m.register_forward_pre_hook(find_reader)
         for m in model.modules()

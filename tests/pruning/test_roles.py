@@ -293,6 +293,25 @@ def test_rt_detr_channel_lists_follow_the_backbone_and_the_encoder_and_the_query
         assert kept[f"model.decoder_input_proj.{level}.0.weight"][1] == encoder_output
 
 
+def test_rt_detr_on_a_bottleneck_backbone_with_an_extra_level_and_narrow_csp_blocks_prunes_and_fuses_back():
+    backbone = dict(model_type="rt_detr_resnet", embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1] * 4,
+                    layer_type="bottleneck", out_indices=[2, 3, 4])  # fmt: skip
+    dense = detection_model("rt_detr", backbone_config=backbone, encoder_in_channels=[32, 48, 64], num_feature_levels=4,
+                            hidden_expansion=0.5)  # fmt: skip
+    surrogate, plan = prune_model(dense, 0.5)
+    assert surrogate.config.encoder_in_channels == [16, 24, 32]
+    assert surrogate.model.encoder.fpn_blocks[0].conv1.conv.out_channels == 8  # int(16 x 0.5)
+    # The extra level is a strided convolution on the encoder's last map.
+    kept = plan.kept_indices
+    assert (
+        kept["model.decoder_input_proj.3.0.weight"][1]
+        == kept["model.encoder.pan_blocks.1.conv3.norm.weight"][0]
+    )
+    assert_states_equal(fuse_into_dense(dense, surrogate, plan).state_dict(), dense.state_dict())
+    pixel_values, _ = detection_batch(dense)
+    assert outputs(surrogate, pixel_values)[1].shape == (2, 10, 4)
+
+
 def _meta_detector(model_type, **config):
     from prunefuse_hf.pruning.families import DETECTION_ADAPTERS
 

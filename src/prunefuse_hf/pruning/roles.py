@@ -317,9 +317,8 @@ def kept_indices_by_roles(
     kept = {name: dict(dims) for name, dims in planned.items()}
     for group in width_groups(model, narrowed).values():
         indices = kept_by_magnitude(group, dense_state, target_shapes)
-        width = dense_state[group.members[0][0]].shape[group.members[0][1]] // group.copies.get(
-            group.members[0], 1
-        )
+        (first, first_dim), *_ = group.members
+        width = dense_state[first].shape[first_dim] // group.copies.get((first, first_dim), 1)
         for member in group.members:
             name, dim = member
             kept.setdefault(name, {})[dim] = group.member_indices(member, indices, width)

@@ -413,6 +413,39 @@ _TINY_DETR = dict(
     num_queries=10,
     dropout=0.0,
 )
+# Deformable DETR: two backbone maps and one extra level; d_model a multiple of its input projections' 32 norm groups
+# at every tested ratio.
+_TINY_DEFORMABLE_DETR = dict(
+    _TINY_DETR,
+    backbone_config=dict(_TINY_RESNET_BACKBONE, out_features=["stage1", "stage2"]),
+    d_model=128,
+    num_feature_levels=3,
+    encoder_n_points=2,
+    decoder_n_points=2,
+)
+# RT-DETR: three backbone maps into the hybrid encoder, its decoder on three levels.
+_TINY_RT_DETR = dict(
+    backbone_config=dict(
+        model_type="rt_detr_resnet",
+        embedding_size=16,
+        hidden_sizes=[16, 32, 48],
+        depths=[1, 1, 1],
+        layer_type="basic",
+        out_indices=[1, 2, 3],
+    ),
+    encoder_in_channels=[16, 32, 48],
+    encoder_hidden_dim=32,
+    encoder_ffn_dim=64,
+    encoder_attention_heads=2,
+    d_model=32,
+    decoder_in_channels=[32, 32, 32],
+    decoder_ffn_dim=48,
+    decoder_attention_heads=4,
+    decoder_layers=2,
+    decoder_n_points=2,
+    num_queries=10,
+    num_denoising=4,
+)
 DETECTION_TINY_CONFIGS = {
     "detr": _TINY_DETR,
     "conditional_detr": _TINY_DETR,
@@ -420,6 +453,9 @@ DETECTION_TINY_CONFIGS = {
         image_size=[DETECTION_IMAGE_SIZE, DETECTION_IMAGE_SIZE], patch_size=8, hidden_size=32, num_hidden_layers=2,
         num_attention_heads=4, intermediate_size=64, num_detection_tokens=5, use_mid_position_embeddings=True,
     ),
+    "deformable_detr": _TINY_DEFORMABLE_DETR,
+    "rt_detr": _TINY_RT_DETR,
+    "rt_detr_v2": _TINY_RT_DETR,
 }  # fmt: skip
 
 

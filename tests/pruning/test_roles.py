@@ -33,7 +33,16 @@ from prunefuse_hf.pruning.support import check_supported_model, refused_model_cl
 # |surrogate params / dense params - (1 - p)^2| bounds. What does not narrow or narrows linearly pushes the ratio up:
 # the backbone stem on 3 input channels, norms and biases; for YOLOS the position tables (tokens x width) and the
 # patch embedding's 3 x 8 x 8 inputs, a large share of a tiny ViT.
-PARAM_RATIO_TOLERANCE = {"detr": 0.04, "conditional_detr": 0.04, "yolos": 0.1}
+PARAM_RATIO_TOLERANCE = {
+    "detr": 0.04,
+    "conditional_detr": 0.04,
+    "yolos": 0.1,
+    "deformable_detr": 0.03,
+    "rt_detr": 0.03,
+    "rt_detr_v2": 0.03,
+}
+# The class and box heads training must change, by family.
+HEAD_NAMES = {"class": ("class_labels_classifier", "class_embed"), "box": ("bbox_predictor", "bbox_embed")}
 
 families = pytest.mark.parametrize("model_type", DETECTION_FAMILIES)
 ratios = pytest.mark.parametrize("ratio", RATIOS)
@@ -84,7 +93,9 @@ def test_surrogate_is_the_same_class_narrowed_and_keeps_queries_classes_and_boxe
         )
         assert config.d_model == dense_config.d_model * (1 - ratio)
         assert config.encoder_ffn_dim < dense_config.encoder_ffn_dim
-        assert config.backbone_config.hidden_sizes == [int(w * (1 - ratio)) for w in [16, 32]]
+        assert config.backbone_config.hidden_sizes == [
+            int(w * (1 - ratio)) for w in dense_config.backbone_config.hidden_sizes
+        ]
     pixel_values, _ = detection_batch(dense)
     (dense_logits, dense_boxes), (logits, boxes) = (
         outputs(dense, pixel_values),
@@ -130,8 +141,8 @@ def test_trained_surrogate_fuses_exactly_at_the_kept_indices_through_a_saved_pla
     before = {name: t.clone() for name, t in surrogate.state_dict().items()}
     train_steps(surrogate)
     changed = [name for name, t in surrogate.state_dict().items() if not torch.equal(t, before[name])]
-    assert any("class_labels_classifier" in name for name in changed)
-    assert any("bbox_predictor" in name for name in changed)
+    assert any(head in name for name in changed for head in HEAD_NAMES["class"])
+    assert any(head in name for name in changed for head in HEAD_NAMES["box"])
     save_surrogate(surrogate, plan, tmp_path)
     trained = load_surrogate(tmp_path)
     fused = fuse_into_dense(dense, trained, PruningPlan.from_pretrained(tmp_path))
@@ -188,6 +199,166 @@ def test_the_input_projection_reads_the_channels_the_backbone_kept(model_type):
     assert kept_mask(plan, shortcut).sum() == 16
 
 
+def test_deformable_detr_input_projections_read_the_channels_the_backbone_kept():
+    _, _, plan = pruned_detector("deformable_detr", 0.5)
+    kept = plan.kept_indices
+    stage_output = [
+        kept[f"model.backbone.model.encoder.stages.{stage}.layers.0.layer.2.normalization.weight"][0]
+        for stage in (0, 1)
+    ]
+    assert kept["model.input_proj.0.0.weight"][1] == stage_output[0]
+    assert kept["model.input_proj.1.0.weight"][1] == stage_output[1]
+    # The extra level is a strided convolution on the last map.
+    assert kept["model.input_proj.2.0.weight"][1] == stage_output[1]
+
+
+def test_deformable_detr_query_embedding_keeps_the_residual_positions_in_its_position_and_target_halves():
+    dense, surrogate, plan = pruned_detector("deformable_detr", 0.5)
+    residual = plan.kept_indices["model.level_embed"][1]
+    assert len(residual) == surrogate.config.d_model == 64
+    assert plan.kept_indices["model.query_position_embeddings.weight"] == {
+        1: residual + [dense.config.d_model + i for i in residual]
+    }
+    assert (
+        plan.kept_indices["model.input_proj.0.1.weight"][0] == residual
+    )  # the GroupNorm after each projection
+
+
+@pytest.mark.parametrize("model_type", ["deformable_detr", "rt_detr", "rt_detr_v2"])
+def test_deformable_attention_narrows_its_values_per_head_and_keeps_every_sampling_point(model_type):
+    dense, surrogate, plan = pruned_detector(model_type, 0.5)
+    attentions = [
+        name
+        for name, m in dense.named_modules()
+        if type(m).__name__.endswith("MultiscaleDeformableAttention")
+    ]
+    assert attentions
+    for name in attentions:
+        module = dense.get_submodule(name)
+        kept = plan.kept_indices[f"{name}.value_proj.weight"][0]
+        head_dim = dense.config.d_model // module.n_heads
+        per_head = [[i % head_dim for i in kept if i // head_dim == head] for head in range(module.n_heads)]
+        assert all(positions == per_head[0] for positions in per_head) and len(per_head[0]) == head_dim // 2
+        assert plan.kept_indices[f"{name}.output_proj.weight"][1] == kept
+        # Offsets and weights per head, level and point: their outputs keep the dense size.
+        for projection in ("sampling_offsets", "attention_weights"):
+            assert list(plan.kept_indices[f"{name}.{projection}.weight"]) == [1]
+            assert f"{name}.{projection}.bias" not in plan.kept_indices
+            assert (
+                surrogate.get_submodule(f"{name}.{projection}").out_features
+                == getattr(module, projection).out_features
+            )
+
+
+def test_deformable_detr_with_box_refinement_prunes_reloads_and_fuses_back(tmp_path):
+    dense = detection_model("deformable_detr", with_box_refine=True)
+    surrogate, plan = prune_model(dense, 0.5)
+    assert surrogate.config.with_box_refine and surrogate.config.d_model == 64
+    save_surrogate(surrogate, plan, tmp_path)
+    pixel_values, _ = detection_batch(dense)
+    for actual, wanted in zip(
+        outputs(AutoModelForObjectDetection.from_pretrained(tmp_path), pixel_values),
+        outputs(surrogate, pixel_values),
+    ):
+        assert torch.equal(actual, wanted)
+    assert_states_equal(fuse_into_dense(dense, surrogate, plan).state_dict(), dense.state_dict())
+
+
+@pytest.mark.parametrize("model_type", ["rt_detr", "rt_detr_v2"])
+def test_rt_detr_channel_lists_follow_the_backbone_and_the_encoder_and_the_query_settings_stay(model_type):
+    dense, surrogate, plan = pruned_detector(model_type, 0.5)
+    config, dense_config = surrogate.config, dense.config
+    assert config.backbone_config.embedding_size == 8 and config.backbone_config.hidden_sizes == [8, 16, 24]
+    assert config.encoder_in_channels == [8, 16, 24] == surrogate.model.backbone.intermediate_channel_sizes
+    assert (config.encoder_hidden_dim, config.encoder_ffn_dim, config.d_model, config.decoder_ffn_dim) == (
+        16,
+        32,
+        16,
+        24,
+    )
+    assert config.decoder_in_channels == [16, 16, 16]
+    for field in ("num_queries", "num_denoising", "label_noise_ratio", "box_noise_scale", "num_feature_levels",
+                  "decoder_n_points", "learn_initial_query", "encoder_attention_heads", "decoder_attention_heads"):  # fmt: skip
+        assert getattr(config, field) == getattr(dense_config, field), field
+    kept = plan.kept_indices
+    # The AIFI layer's residual is the projected last map's channels.
+    assert (
+        kept["model.encoder.aifi.0.layers.0.final_layer_norm.weight"][0]
+        == kept["model.encoder_input_proj.2.1.weight"][0]
+    )
+    # Each decoder input projection reads the channels its encoder output kept (the CSP block's output sum).
+    for level, block in enumerate(["fpn_blocks.1", "pan_blocks.0", "pan_blocks.1"]):
+        encoder_output = kept[f"model.encoder.{block}.conv2.norm.weight"][0]
+        assert len(encoder_output) == 16
+        assert kept[f"model.decoder_input_proj.{level}.0.weight"][1] == encoder_output
+
+
+def test_rt_detr_on_a_bottleneck_backbone_with_an_extra_level_and_narrow_csp_blocks_prunes_and_fuses_back():
+    backbone = dict(model_type="rt_detr_resnet", embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1] * 4,
+                    layer_type="bottleneck", out_indices=[2, 3, 4])  # fmt: skip
+    dense = detection_model("rt_detr", backbone_config=backbone, encoder_in_channels=[32, 48, 64], num_feature_levels=4,
+                            hidden_expansion=0.5)  # fmt: skip
+    surrogate, plan = prune_model(dense, 0.5)
+    assert surrogate.config.encoder_in_channels == [16, 24, 32]
+    assert surrogate.model.encoder.fpn_blocks[0].conv1.conv.out_channels == 8  # int(16 x 0.5)
+    # The extra level is a strided convolution on the encoder's last map.
+    kept = plan.kept_indices
+    assert (
+        kept["model.decoder_input_proj.3.0.weight"][1]
+        == kept["model.encoder.pan_blocks.1.conv3.norm.weight"][0]
+    )
+    assert_states_equal(fuse_into_dense(dense, surrogate, plan).state_dict(), dense.state_dict())
+    pixel_values, _ = detection_batch(dense)
+    assert outputs(surrogate, pixel_values)[1].shape == (2, 10, 4)
+
+
+def _meta_detector(model_type, **config):
+    from prunefuse_hf.pruning.families import DETECTION_ADAPTERS
+
+    with torch.device("meta"):
+        return getattr(transformers, DETECTION_ADAPTERS[model_type].model_class)(
+            detection_config(model_type, **config)
+        )
+
+
+@pytest.mark.parametrize(
+    ("model_type", "config", "message"),
+    [
+        (
+            "deformable_detr",
+            dict(two_stage=True, with_box_refine=True),
+            "two_stage: true builds .*use two_stage: false, or pruning_ratio: 0",
+        ),
+        ("deformable_detr", dict(d_model=32), r"DeformableDetr family: d_model 32 .*no multiple of 32"),
+        (
+            "rt_detr",
+            dict(encoder_in_channels=[16, 32, 64]),
+            r"encoder_in_channels \[16, 32, 64\] are not the backbone.*pruning_ratio: 0",
+        ),
+        (
+            "rt_detr_v2",
+            dict(decoder_in_channels=[32, 32, 24]),
+            r"decoder_in_channels \[32, 32, 24\] are not the enc.*pruning_ratio: 0",
+        ),
+        (
+            "rt_detr",
+            dict(num_feature_levels=5),
+            "num_feature_levels 5 adds more than one level.*pruning_ratio: 0",
+        ),
+        (
+            "rt_detr",
+            dict(backbone_config=dict(model_type="resnet", out_features=["stage2", "stage3", "stage4"])),
+            "only its transformers ResNet backbone.*pruning_ratio: 0",
+        ),
+    ],
+)
+def test_detector_configs_the_narrowing_rule_cannot_write_are_refused_naming_the_field(
+    model_type, config, message
+):
+    with pytest.raises(ValueError, match=rf"pruning_ratio=0.5 cannot be expressed .*{message}"):
+        prune_model(_meta_detector(model_type, **config), 0.5)
+
+
 # A transformers ResNet backbone with every stage as a feature map, at the default sizes.
 _RESNET = dict(use_timm_backbone=False, use_pretrained_backbone=False, backbone=None, backbone_config=dict(
     model_type="resnet", out_features=["stage1", "stage2", "stage3", "stage4"]))  # fmt: skip
@@ -222,10 +393,7 @@ def _meta_model(class_name, **config):
 @pytest.mark.parametrize(
     ("class_name", "config", "reason"),
     [
-        ("DeformableDetrForObjectDetection", _RESNET, "multi-scale deformable attention"),
-        ("RTDetrForObjectDetection", {}, "hybrid encoder's channel lists"),
-        ("RTDetrV2ForObjectDetection", {}, "hybrid encoder's channel lists"),
-        ("DFineForObjectDetection", {}, "fine-grained distribution head"),
+        ("DFineForObjectDetection", {}, "splits that memory into heads without a value projection"),
         (
             "TableTransformerForObjectDetection",
             _RESNET,
@@ -267,5 +435,5 @@ def test_support_table_lists_the_detectors():
             f"| {adapter.name} | `{adapter.model_type}` | `{adapter.model_class}` | narrowed config |"
             in table
         )
-    for name in ("DetrForSegmentation", "DetrModel", "YolosModel", "DeformableDetrForObjectDetection"):
+    for name in ("DetrForSegmentation", "DetrModel", "YolosModel", "DFineForObjectDetection"):
         assert f"`{name}`" in table

@@ -1,6 +1,7 @@
 """The inputs models are traced with (`pruning/tracing.py`): both pruning paths and the cost counts agree on them."""
 
 import torch
+import transformers
 
 from conftest import DETECTION_IMAGE_SIZE, IMAGE_SIZE, dense_model, detection_model
 from prunefuse_hf.constants import PIXEL_VALUES
@@ -26,6 +27,15 @@ def test_the_trace_size_is_the_configs_image_size_else_the_default():
     assert trace_image_size(resnet, 48) == (48, 48)
     yolos = detection_model("yolos")  # a [height, width] list
     assert model_image_size(yolos) == (DETECTION_IMAGE_SIZE, DETECTION_IMAGE_SIZE)
+
+
+def test_rt_detr_is_traced_at_a_size_with_at_least_one_encoder_position_per_query():
+    tiny = detection_model("rt_detr")  # 10 queries: the default size has 8 x 8 + 4 x 4 + 2 x 2 = 84 positions
+    assert trace_image_size(tiny) == (DEFAULT_TRACE_IMAGE_SIZE, DEFAULT_TRACE_IMAGE_SIZE)
+    with torch.device("meta"):
+        default = transformers.RTDetrForObjectDetection(transformers.RTDetrConfig())  # 300 queries
+    # 16 x 16 + 8 x 8 + 4 x 4 = 336 positions at 128; 189 at 96.
+    assert trace_image_size(default) == (128, 128)
 
 
 def test_both_paths_trace_the_same_image_shape():

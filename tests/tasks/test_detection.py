@@ -6,10 +6,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import DetrImageProcessorPil
+from transformers import DetrImageProcessorPil, RTDetrForObjectDetection, RTDetrImageProcessorPil
 from transformers.trainer_utils import EvalPrediction
 
-from conftest import detection_items, tiny_detr
+from conftest import detection_config, detection_items, tiny_detr
 from prunefuse_hf.tasks import (
     DETECTION,
     coco_json_from_dataset,
@@ -253,6 +253,35 @@ def test_prepare_and_collate_train_a_real_detr():
     loss.backward()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_the_rt_detr_processor_prepares_boxes_its_loss_trains_on_and_its_sigmoid_logits_score():
+    dataset = detection_dataset(
+        [([[1, 2, 10, 8]], [0]), ([[0, 0, 40, 30], [5, 5, 2, 2]], [2, 1])], sizes=[(40, 30)] * 2
+    )
+    prepared = dataset.with_transform(
+        prepare_detection(RTDetrImageProcessorPil(size={"height": 32, "width": 32}))
+    )
+    batch = collate_detection([prepared[i] for i in range(2)])
+    assert tuple(batch["pixel_values"].shape) == (2, 3, 32, 32)
+    assert [label["class_labels"].tolist() for label in batch["labels"]] == [[0], [2, 1]]
+    np.testing.assert_allclose(batch["labels"][1]["boxes"][0].numpy(), [0.5, 0.5, 1.0, 1.0], atol=1e-6)
+    torch.manual_seed(0)
+    model = RTDetrForObjectDetection(detection_config("rt_detr"))
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model(**batch).loss  # varifocal, L1 and GIoU losses with denoising queries
+    assert torch.isfinite(loss)
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    model.eval()
+    with torch.no_grad():
+        outputs = model(pixel_values=batch["pixel_values"])
+    # One sigmoid logit per class (no no-object class).
+    assert outputs.logits.shape == (2, model.config.num_queries, model.config.num_labels)
+    scores = DETECTION.image_scores(outputs, "least_confidence", num_labels=model.config.num_labels)
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    assert DETECTION.pooled_features(outputs).shape == (2, model.config.d_model)
 
 
 def test_prepare_clips_and_converts_box_formats():

@@ -12,10 +12,11 @@ import torch
 import yaml
 from transformers import TrainerCallback, pipeline
 
-from conftest import detection_items, tiny_detr
+from conftest import detection_config, detection_items, detection_model, tiny_detr
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
-from prunefuse_hf.pruning import load_surrogate
+from prunefuse_hf.pruning import PruningPlan, load_surrogate
 from prunefuse_hf.tasks import DETECTION, detection_image_scores, synthetic_detection_pool
+from prunefuse_hf.trainer.annotated_run import task_image_processor
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,36 @@ def test_detection_run_selects_by_detection_scores_fuses_and_gives_a_pipeline_re
     with contextlib.chdir(tmp_path), contextlib.redirect_stdout(output):
         exec(code.replace("threshold=0.5", "threshold=0.0").replace("path/to/fused", str(run / "fused")), {})
     assert output.getvalue().split()[0] in {"0", "1", "2"}
+
+
+@pytest.mark.slow  # about 30 s on 2 cores
+def test_an_rt_detr_run_prunes_trains_its_surrogate_with_its_own_loss_and_selects(tmp_path, pools):
+    pool, test = pools
+    dense = detection_model("rt_detr")
+    trainer = PruneFuseTrainer(dense, args=config(tmp_path, initial_labeled_size=8), train_dataset=pool,
+                               eval_dataset=test, callbacks=[StopAfterSelection()])  # fmt: skip
+    assert type(trainer.processing_class).__name__ == "RTDetrImageProcessorPil"
+    trainer.train()
+    run = tmp_path / "run"
+    state = json.loads((run / "state.json").read_text())
+    assert state["completed"][-1] == "select:1"
+    first, query = state["queries"]["1"]["pool_indices"], state["queries"]["2"]["pool_indices"]
+    assert len(query) == 8 and not set(query) & set(first)
+    surrogate = load_surrogate(run / "surrogate")
+    assert type(surrogate).__name__ == "RTDetrForObjectDetection" and surrogate.config.d_model == 16
+    # Trained on the labeled images: the surrogate left the dense initial weights at its kept indices.
+    plan = PruningPlan.from_pretrained(run / "surrogate")
+    dense_init = DETECTION.model_class().from_pretrained(run / "dense_init").state_dict()
+    trained = surrogate.state_dict()
+    assert any(not torch.equal(dense_init[name][plan.index(name)], trained[name]) for name in trained)
+
+
+def test_rt_detr_v2_built_from_a_config_gets_the_rt_detr_image_processor():
+    processor = task_image_processor(detection_config("rt_detr_v2"), 48, None)
+    assert type(processor).__name__ == "RTDetrImageProcessorPil" and processor.size == {
+        "height": 48,
+        "width": 48,
+    }
 
 
 @pytest.mark.parametrize(

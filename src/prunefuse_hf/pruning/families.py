@@ -24,9 +24,11 @@ from torch import nn
 from .narrowing import (
     narrow_by_multiplier,
     narrow_convnext_config,
+    narrow_deformable_detr_config,
     narrow_detr_config,
     narrow_regnet_config,
     narrow_resnet_config,
+    narrow_rt_detr_config,
     narrow_segformer_config,
     narrow_swin_config,
     narrow_upernet_config,
@@ -59,6 +61,9 @@ class FamilyAdapter:
             module is absent or `None` (UperNet without its auxiliary head) is skipped.
         backbone_type: For a model built on a `backbone_config` (UperNet), the backbone's `model_type` this
             adapter prunes; `None` for a model without a separate backbone.
+        traced_modules: For `coupling="roles"`, dotted paths of the modules Torch-Pruning traces with the
+            convolutional backbone (RT-DETR's hybrid encoder and its input projections): their widths are coupled by
+            the model's convolutions, concatenations and sums, not by role.
     """
 
     model_type: str
@@ -73,6 +78,7 @@ class FamilyAdapter:
     keeps: str = "the head count; the classifier's outputs"
     output_layers: tuple[str, ...] = ("classifier",)
     backbone_type: str | None = None
+    traced_modules: tuple[str, ...] = ()
 
     def ignored_layers(self, model: nn.Module) -> list[nn.Module]:
         """Modules whose output widths must not change: the layers whose outputs are the classes."""
@@ -203,6 +209,39 @@ DETECTION_ADAPTERS: dict[str, FamilyAdapter] = {
             coupling="roles",
             keeps="the head count, `num_detection_tokens`, the class head's outputs (classes + no-object), the box "
             "head's 4",
+        ),
+        FamilyAdapter(
+            "deformable_detr",
+            "Deformable DETR",
+            "DeformableDetrForObjectDetection",
+            "ResNet backbone widths, `d_model` (per-level input projections, value and output projections of the "
+            "deformable attention), encoder/decoder FFN widths, head dimension (head count kept); one stage, with or "
+            "without box refinement",
+            narrow_deformable_detr_config,
+            task="object-detection",
+            coupling="roles",
+            keeps="the head counts, levels and sampling points (the sampling offsets' and attention weights' outputs), "
+            "`num_queries`, the class head's outputs, the box head's 4 and the 2 reference-point outputs",
+        ),
+        *(
+            FamilyAdapter(
+                model_type,
+                name,
+                model_class,
+                "ResNet backbone widths, the hybrid encoder (`encoder_in_channels` follow the backbone, "
+                "`encoder_hidden_dim`, CSP/RepVGG blocks, AIFI FFN width and head dimension), `decoder_in_channels`, "
+                "`d_model`, decoder FFN width, head dimension (head counts kept)",
+                narrow_rt_detr_config,
+                task="object-detection",
+                coupling="roles",
+                keeps="the head counts, levels and sampling points, `num_queries`, the denoising settings, the class "
+                "heads' outputs, the box heads' 4",
+                traced_modules=("model.encoder_input_proj", "model.encoder"),
+            )
+            for model_type, name, model_class in [
+                ("rt_detr", "RT-DETR", "RTDetrForObjectDetection"),
+                ("rt_detr_v2", "RT-DETR v2", "RTDetrV2ForObjectDetection"),
+            ]
         ),
     ]
 }
@@ -338,22 +377,13 @@ REFUSED_FAMILIES: dict[str, str] = {
     ),
     "focalnet": "Torch-Pruning 1.6 never finishes building its pruning groups (focal modulation)",
     "cvt": "Torch-Pruning 1.6 cannot infer the channels of its convolutional projections (IndexError in shape inference)",
-    # Object detectors without an adapter yet.
-    "deformable_detr": (
-        "its multi-scale deformable attention (sampling offsets and attention weights per head, level and point) and "
-        "per-level input projections have no narrowing rule yet"
-    ),
-    "rt_detr": (
-        "its hybrid encoder's channel lists must stay consistent with the backbone's, which no narrowing rule "
-        "writes yet"
-    ),
-    "rt_detr_v2": (
-        "its hybrid encoder's channel lists must stay consistent with the backbone's, which no narrowing rule "
-        "writes yet"
-    ),
+    # D-FINE: what its config would have to keep consistent that neither the traced part nor a role couples.
     "d_fine": (
-        "its hybrid encoder's channel lists must stay consistent with the backbone's, and its fine-grained "
-        "distribution head has no narrowing rule yet"
+        "its decoder reads the hybrid encoder's output maps as its memory (the decoder input projections are "
+        "identities when d_model equals the encoder's width, as in the released checkpoints) and its deformable "
+        "attention splits that memory into heads without a value projection, so the encoder's output maps (independent "
+        "channel groups) and the decoder's residual would have to keep the same per-head positions, which no rule "
+        "couples; its HGNetV2 backbone's channel lists have no narrowing rule either"
     ),
 }
 

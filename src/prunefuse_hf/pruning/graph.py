@@ -100,6 +100,22 @@ def head_projections(model: nn.Module) -> dict[nn.Linear, int]:
     return heads
 
 
+def head_dim_projections(model: nn.Module) -> dict[nn.Linear, int]:
+    """`{q/k/v projection: head count}` of the attention modules that store only their head dimension (RT-DETR's
+    self-attention: `head_dim`, no head count), the head count being the projection's width over it."""
+    heads = {}
+    for module in model.modules():
+        head_dim = next(
+            (getattr(module, a) for a in HEAD_DIM_ATTRS if isinstance(getattr(module, a, None), int)), None
+        )
+        if not head_dim or any(isinstance(getattr(module, a, None), int) for a in HEAD_COUNT_ATTRS):
+            continue
+        for name, child in module.named_children():
+            if name in QKV_NAMES and isinstance(child, nn.Linear) and child.out_features % head_dim == 0:
+                heads[child] = child.out_features // head_dim
+    return heads
+
+
 def uncalled_embeddings(model: nn.Module, example_inputs: dict) -> set[nn.Module]:
     """`nn.Embedding`s whose forward never runs: their table is read as `.weight` (SigLIP 2 interpolates its
     position table), so Torch-Pruning must see the weight as an unwrapped parameter."""

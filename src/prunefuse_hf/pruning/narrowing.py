@@ -124,30 +124,138 @@ def narrow_regnet_config(dense_config, ratio):
     return config
 
 
-def narrow_detr_config(dense_config, ratio):
-    """DETR and Conditional DETR on a transformers ResNet backbone: the backbone widths, `d_model` and the FFN widths;
-    the head counts are kept."""
-    family = type(dense_config).__name__.removesuffix("Config")
+def _refuse_unless(condition: bool, family: str, ratio: float, why: str) -> None:
+    """Raise the `ValueError` of a config whose widths its family's narrowed config cannot express."""
+    if not condition:
+        raise ValueError(f"pruning_ratio={ratio} cannot be expressed for this {family} config: {why}")
+
+
+def _narrow_resnet_detector(dense_config, ratio, family: str, extra_multiple: int = 1):
+    """What DETR-style detectors on a transformers ResNet share: the backbone, `d_model` (head counts kept, even for
+    the sine position embedding, a multiple of `extra_multiple`) and the FFN widths."""
     backbone = getattr(dense_config, "backbone_config", None)
-    if getattr(dense_config, "use_timm_backbone", False) or getattr(backbone, "model_type", None) != "resnet":
-        raise ValueError(
-            f"pruning_ratio={ratio} cannot be expressed for this {family} config: only the transformers ResNet "
-            "backbone (`use_timm_backbone: false`, `backbone_config` a ResNetConfig) narrows with the model; use such "
-            "a config, or pruning_ratio: 0."
-        )
-    if getattr(dense_config, "position_embedding_type", "sine") != "sine":
-        raise ValueError(
-            f"pruning_ratio={ratio} cannot be expressed for this {family} config: position_embedding_type "
-            f"{dense_config.position_embedding_type!r} has its own tables of d_model / 2; use 'sine', or "
-            "pruning_ratio: 0."
-        )
+    _refuse_unless(
+        not getattr(dense_config, "use_timm_backbone", False)
+        and getattr(backbone, "model_type", None) == "resnet",
+        family,
+        ratio,
+        "only the transformers ResNet backbone (`use_timm_backbone: false`, `backbone_config` a ResNetConfig) narrows "
+        "with the model; use such a config, or pruning_ratio: 0.",
+    )
+    _refuse_unless(
+        getattr(dense_config, "position_embedding_type", "sine") == "sine",
+        family,
+        ratio,
+        f"position_embedding_type {getattr(dense_config, 'position_embedding_type', None)!r} has its own tables of "
+        "d_model / 2; use 'sine', or pruning_ratio: 0.",
+    )
     config = copy.deepcopy(dense_config)
     config.backbone_config = narrow_resnet_config(backbone, ratio)
     # Both attention stacks keep their head counts and narrow every head alike; the sine position embedding
     # splits d_model into two halves, so it stays even.
-    multiple = math.lcm(dense_config.encoder_attention_heads, dense_config.decoder_attention_heads, 2)
+    multiple = math.lcm(
+        dense_config.encoder_attention_heads, dense_config.decoder_attention_heads, 2, extra_multiple
+    )
     config.d_model = scaled_width(dense_config.d_model, ratio, family, "d_model", multiple)
     config.encoder_ffn_dim = scaled_width(dense_config.encoder_ffn_dim, ratio, family, "encoder_ffn_dim")
+    config.decoder_ffn_dim = scaled_width(dense_config.decoder_ffn_dim, ratio, family, "decoder_ffn_dim")
+    return config
+
+
+def narrow_detr_config(dense_config, ratio):
+    """DETR and Conditional DETR on a transformers ResNet backbone: the backbone widths, `d_model` and the FFN widths;
+    the head counts are kept."""
+    return _narrow_resnet_detector(dense_config, ratio, type(dense_config).__name__.removesuffix("Config"))
+
+
+# Deformable DETR normalizes every input projection with `nn.GroupNorm(32, d_model)`.
+DEFORMABLE_DETR_NORM_GROUPS = 32
+
+
+def narrow_deformable_detr_config(dense_config, ratio):
+    """Deformable DETR (one stage, with or without box refinement) on a transformers ResNet backbone: the backbone
+    widths, `d_model` (the per-level input projections' outputs, the value and output projections of the deformable
+    attention, the head dimension) and the FFN widths; the head counts, levels, sampling points and queries are
+    kept."""
+    family = "DeformableDetr"
+    _refuse_unless(
+        not dense_config.two_stage,
+        family,
+        ratio,
+        "two_stage: true builds its proposals' position embeddings (`pos_trans`, 2 x d_model) from the sine of "
+        "d_model / 2 frequencies, which no narrowing rule writes; use two_stage: false, or pruning_ratio: 0.",
+    )
+    # The input projections' GroupNorm keeps its 32 groups, so d_model stays a multiple of 32.
+    return _narrow_resnet_detector(dense_config, ratio, family, DEFORMABLE_DETR_NORM_GROUPS)
+
+
+def _backbone_channels(backbone) -> list[int]:
+    """The channels of the feature maps an RT-DETR ResNet backbone returns (stem, then stages), by `out_indices`."""
+    return [([backbone.embedding_size, *backbone.hidden_sizes])[i] for i in backbone.out_indices]
+
+
+def narrow_rt_detr_config(dense_config, ratio):
+    """RT-DETR (v1 and v2) on its transformers ResNet backbone: the backbone widths, the hybrid encoder (its input
+    channels follow the backbone, `encoder_hidden_dim` with the CSP and RepVGG blocks, the AIFI layer's FFN and head
+    dimension), the decoder (`decoder_in_channels` follow the encoder, `d_model`, FFN width, head dimension); the
+    head counts, levels, sampling points, queries and denoising settings are kept."""
+    family = type(dense_config).__name__.removesuffix("Config")
+    backbone = dense_config.backbone_config
+    _refuse_unless(
+        getattr(backbone, "model_type", None) == "rt_detr_resnet",
+        family,
+        ratio,
+        "only its transformers ResNet backbone (`backbone_config` an RTDetrResNetConfig) narrows with the model; "
+        "use such a config, or pruning_ratio: 0.",
+    )
+    _refuse_unless(
+        list(dense_config.encoder_in_channels) == _backbone_channels(backbone),
+        family,
+        ratio,
+        f"encoder_in_channels {list(dense_config.encoder_in_channels)} are not the backbone's output channels "
+        f"{_backbone_channels(backbone)}; make them equal, or use pruning_ratio: 0.",
+    )
+    _refuse_unless(
+        list(dense_config.decoder_in_channels)
+        == [dense_config.encoder_hidden_dim] * len(dense_config.decoder_in_channels),
+        family,
+        ratio,
+        f"decoder_in_channels {list(dense_config.decoder_in_channels)} are not the encoder's output channels "
+        f"(encoder_hidden_dim {dense_config.encoder_hidden_dim}); make them equal, or use pruning_ratio: 0.",
+    )
+    # The extra levels past the first read the previous extra level's d_model channels but are fed the encoder's
+    # last map (transformers' RT-DETR), which only works while encoder_hidden_dim equals d_model.
+    _refuse_unless(
+        dense_config.num_feature_levels <= len(dense_config.decoder_in_channels) + 1,
+        family,
+        ratio,
+        f"num_feature_levels {dense_config.num_feature_levels} adds more than one level to the "
+        f"{len(dense_config.decoder_in_channels)} encoder maps; use at most one extra level, or pruning_ratio: 0.",
+    )
+    config = copy.deepcopy(dense_config)
+    narrowed_backbone = copy.deepcopy(backbone)
+    # The stem's first two convolutions are embedding_size / 2 wide.
+    narrowed_backbone.embedding_size = scaled_width(
+        backbone.embedding_size, ratio, family, "embedding_size", 2
+    )
+    narrowed_backbone.hidden_sizes = [
+        scaled_width(w, ratio, family, "hidden size") for w in backbone.hidden_sizes
+    ]
+    config.backbone_config = narrowed_backbone
+    config.encoder_in_channels = _backbone_channels(narrowed_backbone)
+    # The AIFI layer keeps its head count; its 2D sine-cosine position embedding splits the width into 4 quarters.
+    config.encoder_hidden_dim = scaled_width(
+        dense_config.encoder_hidden_dim,
+        ratio,
+        family,
+        "encoder_hidden_dim",
+        math.lcm(dense_config.encoder_attention_heads, 4),
+    )
+    config.encoder_ffn_dim = scaled_width(dense_config.encoder_ffn_dim, ratio, family, "encoder_ffn_dim")
+    config.decoder_in_channels = [config.encoder_hidden_dim] * len(dense_config.decoder_in_channels)
+    config.d_model = scaled_width(
+        dense_config.d_model, ratio, family, "d_model", dense_config.decoder_attention_heads
+    )
     config.decoder_ffn_dim = scaled_width(dense_config.decoder_ffn_dim, ratio, family, "decoder_ffn_dim")
     return config
 

@@ -24,7 +24,7 @@ from ..utils.checks import validate_pruning_ratio
 from .families import ADAPTERS, GeneralFamily, segmentation_family
 from .plan import PruningPlan, config_hash
 from .replay import kept_indices_by_replay, prune_general
-from .roles import backbone_modules, feature_map_consumers, kept_indices_by_roles, unfreeze_batch_norms
+from .roles import backbone_modules, front_consumers, kept_indices_by_roles, unfreeze_batch_norms
 from .support import check_supported_model
 from .tracing import example_inputs_for, trace_inputs
 from .widths import (
@@ -108,7 +108,14 @@ def prune_model(
     target_widths = narrowed_widths(model, surrogate_config, pruning_ratio, adapter)
     if adapter.coupling == "roles":
         surrogate, plan = _prune_by_roles(
-            model, surrogate_config, target_widths, pruning_ratio, importance, name_or_path, example_inputs
+            model,
+            adapter,
+            surrogate_config,
+            target_widths,
+            pruning_ratio,
+            importance,
+            name_or_path,
+            example_inputs,
         )
         _log_pruned(model, surrogate, pruning_ratio, "")
         return surrogate, plan
@@ -153,28 +160,47 @@ def _log_pruned(model, surrogate, pruning_ratio, how: str) -> None:
     )
 
 
-class _BackboneWithConsumers(nn.Module):
-    """What Torch-Pruning traces of a detector: its backbone and the layers reading its feature maps."""
+class _FrontDone(Exception):
+    """Raised by a hook once every consumer of the traced front has run: the rest of the forward is not traced."""
 
-    def __init__(self, backbone: nn.Module, consumers: list[tuple[int, nn.Module]]):
+
+class _FrontWithConsumers(nn.Module):
+    """What Torch-Pruning traces of a detector: the model's own forward from the pixels up to the layers reading the
+    front's outputs (the backbone, and what the family traces with it), whose outputs it returns."""
+
+    def __init__(self, model: nn.Module, consumers: list[nn.Module]):
         super().__init__()
-        self.backbone = backbone
-        self.levels = [level for level, _ in consumers]
-        self.consumers = nn.ModuleList(module for _, module in consumers)
+        self.model = model
+        self.consumers = consumers
 
     def forward(self, pixel_values):
-        feature_maps = self.backbone(pixel_values).feature_maps
-        return [consumer(feature_maps[level]) for level, consumer in zip(self.levels, self.consumers)]
+        outputs = {}
+
+        def keep(module, args, output):
+            outputs[module] = output
+            if len(outputs) == len(self.consumers):
+                raise _FrontDone
+
+        handles = [consumer.register_forward_hook(keep) for consumer in self.consumers]
+        try:
+            self.model(pixel_values=pixel_values)
+        except _FrontDone:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [outputs[consumer] for consumer in self.consumers]
 
 
 def _prune_by_roles(
-    model, surrogate_config, target_widths, pruning_ratio, importance, name_or_path, example_inputs
+    model, adapter, surrogate_config, target_widths, pruning_ratio, importance, name_or_path, example_inputs
 ):
     """Plan a family whose coupled groups are found by role (`pruning/roles.py`), then build its surrogate.
 
-    The convolutional backbone and the inputs of the layers reading its feature maps are pruned by Torch-Pruning
-    on a working copy, only to record their kept indices; the transformer's widths are grouped by role. The
-    surrogate is the narrowed config's model holding the dense weights at the kept indices.
+    The convolutional backbone, the modules the family traces with it (`FamilyAdapter.traced_modules`) and the inputs
+    of the layers reading their outputs are pruned by Torch-Pruning on a working copy, only to record their kept
+    indices; the transformer's widths are grouped by role. The surrogate is the narrowed config's model holding the
+    dense weights at the kept indices.
     """
     dense_state = model.state_dict()
     target_shapes, _ = config_shapes(type(model), surrogate_config)
@@ -183,31 +209,35 @@ def _prune_by_roles(
     # leave it out.
     working.requires_grad_(True)
     example_inputs = example_inputs_for(working, example_inputs)
-    planned = {}
-    for backbone_name, backbone in backbone_modules(working):
-        consumers = feature_map_consumers(working, backbone, example_inputs)
-        unfreeze_batch_norms(backbone)
-        recorder = PrunedIndexRecorder(working)
-        prune_to_widths(
-            _BackboneWithConsumers(backbone, consumers),
-            recorder,
-            target_widths,
-            {PIXEL_VALUES: example_inputs[PIXEL_VALUES]},
-            output_transform=None,
-            ignored_layers=[consumer for _, consumer in consumers],
-        )
-        # The backbone's tensors narrow as the config builds them; a consumer's weight here only on its input side
-        # (its output width is the transformer's, grouped by role).
-        shapes = {name: target_shapes[name] for name in dense_state if name.startswith(f"{backbone_name}.")}
-        for _, consumer in consumers:
-            name = f"{recorder.names[consumer]}.weight"
-            shapes[name] = (dense_state[name].shape[0], *target_shapes[name][1:])
-        planned.update(
-            recorder.kept_indices(
-                {name: dense_state[name] for name in shapes},
-                {name: torch.empty(shape, device="meta") for name, shape in shapes.items()},
-            )
-        )
+    modules = dict(working.named_modules())
+    front = [*backbone_modules(working), *((path, modules[path]) for path in adapter.traced_modules)]
+    consumers = front_consumers(working, [module for _, module in front], example_inputs)
+    for _, module in front:
+        unfreeze_batch_norms(module)
+    recorder = PrunedIndexRecorder(working)
+    prune_to_widths(
+        _FrontWithConsumers(working, consumers),
+        recorder,
+        target_widths,
+        {PIXEL_VALUES: example_inputs[PIXEL_VALUES]},
+        output_transform=None,
+        ignored_layers=consumers,
+        checked_modules=[m for _, module in front for m in module.modules()],
+    )
+    # The front's tensors narrow as the config builds them; a consumer's weight here only on its input side (its
+    # output width is the transformer's, grouped by role).
+    shapes = {
+        name: target_shapes[name]
+        for name in dense_state
+        if any(name.startswith(f"{prefix}.") for prefix, _ in front)
+    }
+    for consumer in consumers:
+        name = f"{recorder.names[consumer]}.weight"
+        shapes[name] = (dense_state[name].shape[0], *target_shapes[name][1:])
+    planned = recorder.kept_indices(
+        {name: dense_state[name] for name in shapes},
+        {name: torch.empty(shape, device="meta") for name, shape in shapes.items()},
+    )
     kept_indices = kept_indices_by_roles(model, target_shapes, planned)
     surrogate = type(model)(surrogate_config).to(device=next(model.parameters()).device)
     plan = _make_plan(model, surrogate, kept_indices, pruning_ratio, importance, name_or_path)

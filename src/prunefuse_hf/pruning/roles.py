@@ -5,15 +5,20 @@ rebuilt from the config rather than carried by a tensor (the sine position embed
 narrowed config says which dimension of which tensor gets narrower (its shape against the dense one), and the
 roles below say which of those dimensions share kept indices:
 
-- the convolutional backbone (a transformers `*Backbone`) and the inputs of the layers that read its feature maps
-  are traced by Torch-Pruning as for image classifiers (`widths.py`, run by `prune.py`): those dimensions arrive
-  here already planned;
+- the convolutional backbone (a transformers `*Backbone`), the modules a family names as traced with it (RT-DETR's
+  hybrid encoder) and the inputs of the layers that read their outputs are traced by Torch-Pruning as for image
+  classifiers (`widths.py`, run by `prune.py`): those dimensions arrive here already planned;
 - in every attention module (found by attribute: an integer `head_dim` / `attention_head_size` and linear
   children), the outputs of its projections and the input of its output projection are one group, split into heads:
   every head keeps the same positions, so the head count stays;
-- in every MLP (`fc1`/`fc2`, or `intermediate.dense`/`output.dense`), the inner width is one group;
+- in every multi-scale deformable attention (Deformable DETR, RT-DETR: an integer `n_heads`, `value_proj` and
+  `output_proj`), the value projection's outputs and the output projection's inputs are one group split into heads;
+  the sampling offsets and attention weights (per head, level and point) keep their outputs;
+- in every MLP (`fc1`/`fc2`, `intermediate.dense`/`output.dense`, or a prediction head's `layers`), each inner width
+  is one group;
 - every other narrowed dimension has the residual width (`d_model`, `hidden_size`) and belongs to one residual
-  group (embeddings, tokens, norms, the prediction heads' hidden layers).
+  group (embeddings, tokens, norms, input projections); a tensor of `CONCATENATED_RESIDUALS` holds several residual
+  widths side by side, each keeping the residual's positions (Deformable DETR's query embedding: position, target).
 
 Within a group an entry's importance is the sum of the squared weights the group couples at that entry (the group
 L2 magnitude that `GroupMagnitudeImportance(p=2)` ranks by); the least important entries go.
@@ -31,6 +36,9 @@ from .widths import is_conv_or_linear
 
 OUTPUT_PROJECTION_NAMES = ("o_proj", "out_proj")
 RESIDUAL = "residual"
+# Tensors (by name suffix) whose dimension holds whole residual widths side by side: Deformable DETR splits its
+# query embedding (num_queries, 2 x d_model) into the query position and the target.
+CONCATENATED_RESIDUALS = ("query_position_embeddings.weight",)
 
 
 @dataclass
@@ -40,10 +48,17 @@ class WidthGroup:
     Args:
         members: `(tensor name, dim)` pairs.
         heads: The number of heads the width splits into (1 outside attention).
+        copies: Members whose dimension holds several group widths side by side (`CONCATENATED_RESIDUALS`), with
+            how many.
     """
 
     members: list[tuple[str, int]] = field(default_factory=list)
     heads: int = 1
+    copies: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def member_indices(self, member: tuple[str, int], kept: list[int], width: int) -> list[int]:
+        """A member's kept indices: `kept`, once per residual width the member holds side by side."""
+        return [copy * width + i for copy in range(self.copies.get(member, 1)) for i in kept]
 
 
 def backbone_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -60,25 +75,41 @@ def backbone_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def feature_map_consumers(
-    model: nn.Module, backbone: nn.Module, example_inputs: dict
-) -> list[tuple[int, nn.Module]]:
-    """`(feature map level, layer)` for every convolution or linear layer outside `backbone` whose input is one of the
-    backbone's feature maps (DETR's `input_projection`), found by running the forward once."""
-    maps: list[torch.Tensor] = []
-    consumers: list[tuple[int, nn.Module]] = []
-    inside = set(backbone.modules())
+def _tensors(value) -> list[torch.Tensor]:
+    """The tensors in a module's output (a tensor, a tuple or list of them, a `ModelOutput`)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    return []
 
-    def keep_maps(module, args, output):
-        maps.extend(output.feature_maps)
+
+def front_consumers(model: nn.Module, front: list[nn.Module], example_inputs: dict) -> list[nn.Module]:
+    """Every convolution or linear layer outside the `front` modules (the backbone and what a family traces with it)
+    whose input is an output of a module inside them (DETR's `input_projection`, RT-DETR's `decoder_input_proj`
+    convolutions), in the order the forward runs them, found by running the forward once."""
+    produced: list[torch.Tensor] = []
+    consumers: list[nn.Module] = []
+    inside = {m for module in front for m in module.modules()}
+    # Only the front modules' own outputs are kept (a list of modules runs as its members), not every inner layer's
+    # activations, which at a real image size would take gigabytes.
+    producers = [
+        child
+        for module in front
+        for child in (module.children() if isinstance(module, (nn.ModuleList, nn.ModuleDict)) else [module])
+    ]
+
+    def keep_outputs(module, args, output):
+        produced.extend(_tensors(output))
 
     def find_reader(module, args):
-        if args and isinstance(args[0], torch.Tensor):
-            level = next((i for i, feature_map in enumerate(maps) if args[0] is feature_map), None)
-            if level is not None:
-                consumers.append((level, module))
+        if args and isinstance(args[0], torch.Tensor) and module not in consumers:
+            if any(args[0] is tensor for tensor in produced):
+                consumers.append(module)
 
-    handles = [backbone.register_forward_hook(keep_maps)]
+    handles = [m.register_forward_hook(keep_outputs) for m in producers]
     handles += [
         m.register_forward_pre_hook(find_reader)
         for m in model.modules()
@@ -147,6 +178,21 @@ def _attention_roles(model: nn.Module) -> dict[tuple[str, int], tuple[str, int]]
     return roles
 
 
+def _deformable_attention_roles(model: nn.Module) -> dict[tuple[str, int], tuple[str, int]]:
+    """`{(tensor, dim): (group key, heads)}` for the value width of every multi-scale deformable attention."""
+    roles = {}
+    for name, module in model.named_modules():
+        heads = getattr(module, "n_heads", None)
+        value, output = getattr(module, "value_proj", None), getattr(module, "output_proj", None)
+        if not (isinstance(heads, int) and isinstance(value, nn.Linear) and isinstance(output, nn.Linear)):
+            continue
+        key = f"deformable_attention:{name}"
+        roles[(f"{name}.value_proj.weight", 0)] = (key, heads)
+        roles[(f"{name}.value_proj.bias", 0)] = (key, heads)
+        roles[(f"{name}.output_proj.weight", 1)] = (key, heads)
+    return roles
+
+
 def _mlp_roles(model: nn.Module) -> dict[tuple[str, int], tuple[str, int]]:
     """`{(tensor, dim): (group key, 1)}` for the inner width of every transformer MLP."""
     modules = dict(model.named_modules())
@@ -167,6 +213,18 @@ def _mlp_roles(model: nn.Module) -> dict[tuple[str, int], tuple[str, int]]:
         roles[(f"{first}.weight", 0)] = (key, 1)
         roles[(f"{first}.bias", 0)] = (key, 1)
         roles[(f"{second}.weight", 1)] = (key, 1)
+    # Prediction heads (DETR's box head, RT-DETR's query position head): a `layers` list of linear layers, each
+    # hidden width its own group.
+    for name, module in modules.items():
+        layers = getattr(module, "layers", None)
+        if not isinstance(layers, nn.ModuleList) or not all(isinstance(layer, nn.Linear) for layer in layers):
+            continue
+        for i in range(len(layers) - 1):
+            first, second = f"{name}.layers.{i}", f"{name}.layers.{i + 1}"
+            key = f"mlp:{first}"
+            roles[(f"{first}.weight", 0)] = (key, 1)
+            roles[(f"{first}.bias", 0)] = (key, 1)
+            roles[(f"{second}.weight", 1)] = (key, 1)
     return roles
 
 
@@ -176,37 +234,55 @@ def width_groups(model: nn.Module, narrowed: list[tuple[str, int]]) -> dict[str,
     Raises:
         `RuntimeError`: a narrowed dimension that has no role and not the residual width (naming it).
     """
-    roles = {**_mlp_roles(model), **_attention_roles(model)}
+    roles = {**_mlp_roles(model), **_attention_roles(model), **_deformable_attention_roles(model)}
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     residual_width = getattr(model.config, "d_model", None) or getattr(model.config, "hidden_size", None)
     groups: dict[str, WidthGroup] = {}
     for name, dim in narrowed:
         key, heads = roles.get((name, dim), (RESIDUAL, 1))
-        if key == RESIDUAL and shapes[name][dim] != residual_width:
+        copies = 1
+        if (
+            key == RESIDUAL
+            and name.endswith(CONCATENATED_RESIDUALS)
+            and shapes[name][dim] % residual_width == 0
+        ):
+            copies = shapes[name][dim] // residual_width
+        if key == RESIDUAL and shapes[name][dim] != copies * residual_width:
             raise RuntimeError(
                 f"'{name}' (dim {dim}, width {shapes[name][dim]}) narrows but is neither an attention or MLP inner "
                 f"width nor the residual width {residual_width}; this architecture needs a rule in "
                 "prunefuse_hf/pruning/roles.py, please report it."
             )
-        groups.setdefault(key, WidthGroup(heads=heads)).members.append((name, dim))
+        group = groups.setdefault(key, WidthGroup(heads=heads))
+        group.members.append((name, dim))
+        if copies > 1:
+            group.copies[(name, dim)] = copies
     return groups
 
 
 def kept_by_magnitude(group: WidthGroup, dense_state: dict, target_shapes: dict) -> list[int]:
     """The entries a group keeps: within each head, the positions with the largest group L2 magnitude summed over
-    the heads (every head keeps the same positions), as many as the narrowed config builds."""
+    the heads (every head keeps the same positions), as many as the narrowed config builds. A member holding several
+    group widths side by side adds each copy's magnitude to the same entries."""
     name, dim = group.members[0]
-    size, target = dense_state[name].shape[dim], target_shapes[name][dim]
+    copies = group.copies.get((name, dim), 1)
+    size, target = dense_state[name].shape[dim] // copies, target_shapes[name][dim] // copies
     for other, other_dim in group.members:
-        if (dense_state[other].shape[other_dim], target_shapes[other][other_dim]) != (size, target):
+        other_copies = group.copies.get((other, other_dim), 1)
+        sizes = (
+            dense_state[other].shape[other_dim] // other_copies,
+            target_shapes[other][other_dim] // other_copies,
+        )
+        if sizes != (size, target):
             raise RuntimeError(
                 f"'{other}' (dim {other_dim}) narrows {dense_state[other].shape[other_dim]} -> "
                 f"{target_shapes[other][other_dim]}, its group '{name}' {size} -> {target}; please report it."
             )
     scores = torch.zeros(size, dtype=torch.float64)
     for member, member_dim in group.members:
-        tensor = dense_state[member].detach().to("cpu", torch.float64)
-        scores += tensor.movedim(member_dim, 0).reshape(size, -1).square().sum(1)
+        tensor = dense_state[member].detach().to("cpu", torch.float64).movedim(member_dim, 0)
+        member_copies = group.copies.get((member, member_dim), 1)
+        scores += tensor.reshape(member_copies, size, -1).square().sum((0, 2))
     heads = group.heads
     if size % heads or target % heads:
         raise RuntimeError(
@@ -241,6 +317,9 @@ def kept_indices_by_roles(
     kept = {name: dict(dims) for name, dims in planned.items()}
     for group in width_groups(model, narrowed).values():
         indices = kept_by_magnitude(group, dense_state, target_shapes)
-        for name, dim in group.members:
-            kept.setdefault(name, {})[dim] = indices
+        (first, first_dim), *_ = group.members
+        width = dense_state[first].shape[first_dim] // group.copies.get((first, first_dim), 1)
+        for member in group.members:
+            name, dim = member
+            kept.setdefault(name, {})[dim] = group.member_indices(member, indices, width)
     return kept

@@ -36,11 +36,25 @@ def model_image_size(model: nn.Module) -> int | tuple[int, int] | None:
     return tuple(size) if isinstance(size, (list, tuple)) else size
 
 
+def _default_trace_size(model: nn.Module) -> int:
+    """`DEFAULT_TRACE_IMAGE_SIZE`, or for a detector that keeps its `num_queries` best encoder positions (RT-DETR: one
+    per position of its `feat_strides` maps) the smallest multiple of its largest stride, from that size up, with as
+    many positions: a smaller image has fewer positions than queries and its forward fails."""
+    strides, queries = getattr(model.config, "feat_strides", None), getattr(model.config, "num_queries", None)
+    size = DEFAULT_TRACE_IMAGE_SIZE
+    if not strides or not isinstance(queries, int):
+        return size
+    size += -size % max(strides)
+    while sum((size // stride) ** 2 for stride in strides) < queries:
+        size += max(strides)
+    return size
+
+
 def trace_image_size(model: nn.Module, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
     """`(height, width)` a model is traced at: `image_size` when given, else the size it is built for
-    (`model_image_size`), else `DEFAULT_TRACE_IMAGE_SIZE`."""
+    (`model_image_size`), else `DEFAULT_TRACE_IMAGE_SIZE` (for RT-DETR large enough for its queries)."""
     if image_size is None:
-        image_size = model_image_size(model) or DEFAULT_TRACE_IMAGE_SIZE
+        image_size = model_image_size(model) or _default_trace_size(model)
     if isinstance(image_size, (list, tuple)):
         height, width = image_size
         return height, width

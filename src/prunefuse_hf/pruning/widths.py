@@ -19,7 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .graph import WRAPPED_MODULES, head_projections, unmap_channels_last_slices
+from .graph import WRAPPED_MODULES, head_dim_projections, head_projections, unmap_channels_last_slices
 
 
 def is_conv_or_linear(module: nn.Module) -> bool:
@@ -99,6 +99,7 @@ def prune_to_widths(
     output_transform=None,
     ignored_parameters=(),
     channels_last=False,
+    checked_modules=None,
 ) -> None:
     """Prune every coupled channel group of `working` to the width the narrowed config builds.
 
@@ -107,7 +108,8 @@ def prune_to_widths(
     the same positions in every head, and grouped convolutions in every group, ranked by the importance
     summed over the heads or groups (Torch-Pruning's own rule for head dimensions). The outputs of
     `ignored_layers` keep their width (their inputs follow the groups that feed them); layers are named as
-    the `recorder` names them, so `working` may be a part of the model the names refer to.
+    the `recorder` names them, so `working` may be a part of the model the names refer to. Every layer of
+    `checked_modules` (by default all of `working`'s) must then have its narrowed width.
     """
     ignored_params = [
         p for name, p in working.named_parameters() if name.endswith(ignored_parameters or ("\0",))
@@ -131,7 +133,7 @@ def prune_to_widths(
     if channels_last:
         unmap_channels_last_slices(graph, channels_last=True)
     ignored_layers = [m for layer in ignored_layers for m in layer.modules()]
-    heads = head_projections(working)
+    heads = {**head_dim_projections(working), **head_projections(working)}
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     names = recorder.names
     for group in graph.get_all_groups(
@@ -164,7 +166,7 @@ def prune_to_widths(
         group = graph.get_pruning_group(root, group[0].dep.handler, indices)
         recorder.record(group, graph)
         group.prune()
-    for module in working.modules():
+    for module in working.modules() if checked_modules is None else checked_modules:
         name = names.get(module)
         if name in target_widths and module not in ignored_layers:
             width = output_width(module)

@@ -282,17 +282,23 @@ def build_task_model(model, task, class_names: list[str]) -> PreTrainedModel:
     return dense
 
 
+# Model types transformers maps to no image processor whose checkpoints ship another type's (RT-DETR v2's
+# `preprocessor_config.json` names `RTDetrImageProcessor`).
+PROCESSOR_MODEL_TYPES = {"rt_detr_v2": "rt_detr"}
+
+
 def task_image_processor(config, image_size: int | None, image) -> transformers.BaseImageProcessor:
     """
     The image processor of a model built from a config (no checkpoint brought one): the model type's processor
-    (its PIL implementation) resizing to `image_size` × `image_size`, else to the first image's size.
+    (its PIL implementation; RT-DETR v2 uses RT-DETR's) resizing to `image_size` × `image_size`, else to the first
+    image's size.
 
     Raises:
         `ValueError`: transformers has no image processor for the model type (pass `processing_class`).
     """
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
-    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(config.model_type)
+    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(PROCESSOR_MODEL_TYPES.get(config.model_type, config.model_type))
     if isinstance(names, dict):
         name = names.get("pil") or next(iter(names.values()), None)
     else:

@@ -5,7 +5,8 @@ pretrained model offers: a linear head on its frozen pooled features, as in line
 The features are L2-normalized (pooled features of different images differ mostly in scale, which a linear head on
 few labels would overfit to); the head is fitted full-batch by L-BFGS from zeros, so it is deterministic and takes
 well under a second for thousands of labels. Its probabilities on the unlabeled pool feed every probability strategy,
-and its normalized features the feature strategies (`kcenter_greedy`, `badge` on the head's gradient embeddings).
+and its normalized features the feature strategies (`kcenter_greedy`, `badge` on the head's gradient embeddings);
+its predictions with dropout on its input features feed `dropquery`.
 """
 
 from __future__ import annotations

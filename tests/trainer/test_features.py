@@ -192,7 +192,7 @@ def test_refreshed_proxy_recomputes_the_features_with_the_fine_tuned_dense_model
         8, pool_indices=unlabeled, probs=probe.probs(after[unlabeled])
     )
     assert selected(trainer)[3] == sorted(expected.indices.tolist())
-    # The refresh is one dense pass over the pool; with it, the dense training it needed is selection cost.
+    # The refresh is one dense pass over the pool; it and the dense training it read are selection cost.
     macs = metrics["costs"]["dense"]["macs"]
     assert refresh["examples"] == len(pool) and refresh["flops"] == pytest.approx(2 * macs * len(pool))
     assert rounds[2]["dense"]["purpose"] == "selection"

@@ -190,8 +190,8 @@ class PruneFuseConfig(TrainingArguments):
             set, so that the proxy follows the model the labels train (ASVP, Wen et al., "Feature Alignment:
             Rethinking Efficient Active Learning via Proxy in the Context of Pre-trained Models", TMLR 2024, with a
             fixed schedule instead of their indicator). Each refresh is one dense forward pass over the pool, booked
-            as selection, and needs the dense model trained at that round: when `eval_dense_every_round` does not
-            train it anyway, that training is booked as selection too. `0` never refreshes. Defaults to the method's
+            as selection, and needs the dense model trained at that round, whose training is booked as selection too
+            (as dense AL's selector trainings are). `0` never refreshes. Defaults to the method's
             value (`1` for `feature_proxy_refreshed`, else `0`).
 
         > Parameters that control surrogate training

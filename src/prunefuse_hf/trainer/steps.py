@@ -174,8 +174,9 @@ def train_dense(trainer, round_: int) -> dict:
     if "curve" in record and start_accuracy is not None and not started_evaluated:
         record["curve"].insert(0, {"step": 0, metric: start_accuracy})
     if args.refreshes_proxy(round_):
-        # Trained for the refresh alone, the dense model is part of the selection's cost.
-        record["purpose"] = "final_training" if args.eval_dense_every_round else "selection"
+        # The refresh needs this training: it is selection cost, as dense AL's selector trainings are (even when
+        # `eval_dense_every_round` would have trained it for the accuracy curve anyway).
+        record["purpose"] = "selection"
         _round(trainer, round_)["proxy_refresh"] = refresh_probe_features(trainer, model)
     _round(trainer, round_)["dense"] = record
     if final:

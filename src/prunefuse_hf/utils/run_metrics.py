@@ -14,8 +14,8 @@ def build_metrics(progress: dict) -> dict:
 
     Costs are booked by what they are for: `selection` (surrogate trainings that fed a selection, every scoring
     pass, and the set-up before round 1 that only serves selection: pool features, a cold-start query, the
-    surrogate's label-free distillation, recorded as round 1's `setup`; the feature proxy's refreshes, and a dense
-    training that only fed one), `fusion_teacher` (surrogate trainings that only fed fusion or distillation) and
+    surrogate's label-free distillation, recorded as round 1's `setup`; the feature proxy's refreshes and the dense
+    trainings they read), `fusion_teacher` (surrogate trainings that only fed fusion or distillation) and
     `final_training` (every other training of the dense or fused model, re-synchronizations included). `dense_flops`
     is what dense-selector active learning would have spent on the same selection work.
     """

@@ -128,10 +128,12 @@ def test_strategies_come_from_the_registry():
         "kcenter_greedy",
         "badge",
         "cluster_margin",
+        "dropquery",
         "bald",
     ):
         assert name in STRATEGIES
-        assert make_config(strategy=name).strategy == name
+        method = "feature_proxy" if name == "dropquery" else "prunefuse"  # dropquery needs the linear probe
+        assert make_config(method=method, strategy=name).strategy == name
     help_text = {f.name: f.metadata["help"] for f in __import__("dataclasses").fields(PruneFuseConfig)}[
         "strategy"
     ]

@@ -217,10 +217,11 @@ def test_dropquery_selects_from_dropout_passes_of_the_probe(tmp_path, pool):
     labeled = _labeled_before(trainer, 1)
     unlabeled = np.setdiff1d(np.arange(len(pool)), labeled)
     probe = train_linear_probe(features[labeled], trainer.pool.labels[labeled], NUM_CLASSES)
-    expected = DropQueryStrategy().select(
-        8, pool_indices=unlabeled, probs=probe.probs(features[unlabeled]), features=normalize_features(
-            features[unlabeled]), mc_probs=probe.dropout_probs(features[unlabeled], 3, 0.75, seed=args.selection_seed + 1),
-        seed=args.selection_seed + 1)  # fmt: skip
+    seed = args.selection_seed + 1
+    expected = DropQueryStrategy().select(8, pool_indices=unlabeled, probs=probe.probs(features[unlabeled]),
+                                          features=normalize_features(features[unlabeled]),
+                                          mc_probs=probe.dropout_probs(features[unlabeled], 3, 0.75, seed=seed),
+                                          seed=seed)  # fmt: skip
     assert selected(trainer)[2] == sorted(expected.indices.tolist())
     # The head applied once clean and three times with dropout, plus its fit.
     fit = rounds[1]["selection"]["flops"] - 4 * probe.flops(len(unlabeled))

@@ -71,9 +71,11 @@ def gather_candidate_features(features, pool_indices, candidate_indices, group: 
     return np.stack([by_index[int(index)] for index in candidate_indices])
 
 
-def kmeans_clusters(features: np.ndarray, n: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's k-means of `features` into `n` clusters (`MiniBatchKMeans` above 50 clusters, 3 starts,
-    seeded with `seed`; `None` means 0).
+def kmeans_clusters(
+    features: np.ndarray, n: int, seed: int | None, n_init: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's k-means of `features` into `n` clusters (`MiniBatchKMeans` above 50 clusters, the best of
+    `n_init` k-means++ starts, seeded with `seed`; `None` means 0).
 
     Returns:
         `tuple[np.ndarray, np.ndarray]`: each row's cluster id, and its distance to that cluster's centroid. With
@@ -83,7 +85,7 @@ def kmeans_clusters(features: np.ndarray, n: int, seed: int | None) -> tuple[np.
     from sklearn.exceptions import ConvergenceWarning
 
     kmeans_class = MiniBatchKMeans if n > _MINIBATCH_ABOVE else KMeans
-    kmeans = kmeans_class(n_clusters=n, random_state=0 if seed is None else seed, n_init=3)
+    kmeans = kmeans_class(n_clusters=n, random_state=0 if seed is None else seed, n_init=n_init)
     with warnings.catch_warnings():  # fewer distinct points than clusters: the callers fill the rest
         warnings.simplefilter("ignore", ConvergenceWarning)
         assignment = kmeans.fit_predict(features)

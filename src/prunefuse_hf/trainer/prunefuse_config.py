@@ -78,13 +78,13 @@ class PruneFuseConfig(TrainingArguments):
 
         method (`str`, *optional*, defaults to `"prunefuse"`):
             The method the run performs; each name sets `pruning_ratio`, `strategy`, `fusion`, `distill_alpha`,
-            `selector`, `surrogate_distill_epochs` and `proxy_refresh_every` (see `prunefuse_hf.constants.METHODS`): `"prunefuse"` (p = 0.5,
-            least confidence, fusion, KD α = 0.5), `"prunefuse_distilled"` (the same, with the surrogate first
-            distilled from the dense model on the unlabeled pool), `"svp"` (the surrogate selects, a fresh dense
-            model trains), `"feature_proxy"` (a linear head on the dense model's frozen features selects, the dense
-            model trains), `"feature_proxy_refreshed"` (the same, with the features computed again every round by the
-            dense model fine-tuned on the labeled set so far), `"dense_al"` (the dense model selects for itself,
-            p = 0), `"random"` (random selection).
+            `selector`, `surrogate_distill_epochs` and `proxy_refresh_every` (see `prunefuse_hf.constants.METHODS`):
+            `"prunefuse"` (p = 0.5, least confidence, fusion, KD α = 0.5), `"prunefuse_distilled"` (the same, with the
+            surrogate first distilled from the dense model on the unlabeled pool), `"svp"` (the surrogate selects, a
+            fresh dense model trains), `"feature_proxy"` (a linear head on the dense model's frozen features selects,
+            the dense model trains), `"feature_proxy_refreshed"` (the same, with the features computed again every
+            round by the dense model fine-tuned on the labeled set so far), `"dense_al"` (the dense model selects for
+            itself, p = 0), `"random"` (random selection).
             Those fields given explicitly win, and the run records them as overrides of the method.
 
         > Parameters that control the data
@@ -802,9 +802,9 @@ class PruneFuseConfig(TrainingArguments):
         if self.proxy_refresh_every > 0:
             if self.selector != "linear_probe" or self.pruning_ratio != 0:
                 raise ValueError(
-                    f"proxy_refresh_every={self.proxy_refresh_every} refreshes the linear probe's dense-model features, "
-                    f"but selector='{self.selector}' and pruning_ratio={self.pruning_ratio}; set selector='linear_probe' "
-                    "and pruning_ratio=0 (method 'feature_proxy'), or proxy_refresh_every=0."
+                    f"proxy_refresh_every={self.proxy_refresh_every} refreshes the linear probe's dense-model "
+                    f"features, but selector='{self.selector}' and pruning_ratio={self.pruning_ratio}; set "
+                    "selector='linear_probe' and pruning_ratio=0 (method 'feature_proxy'), or proxy_refresh_every=0."
                 )
             if not STRATEGIES[self.strategy].needs:
                 raise ValueError(

@@ -63,6 +63,7 @@ METHOD_FIELDS = (
     "selector",
     "surrogate_distill_epochs",
     "initial_strategy",
+    "proxy_refresh_every",
 )
 METHODS = {
     "random": {"method": "random"},
@@ -78,6 +79,9 @@ METHODS = {
     "feature_proxy": {"method": "feature_proxy"},
     "feature_proxy_typiclust": {"method": "feature_proxy", "initial_strategy": "typiclust"},
     "feature_proxy_margin": {"method": "feature_proxy"},  # run with strategy margin
+    # The probe's features recomputed by the fine-tuned dense model every round (ASVP), run with margin.
+    "feature_proxy_refreshed_margin": {"method": "feature_proxy_refreshed"},
+    "feature_proxy_dropquery": {"method": "feature_proxy"},  # run with strategy dropquery
 }
 LABELS = {
     "random": "random",
@@ -92,6 +96,8 @@ LABELS = {
     "feature_proxy": "feature proxy (linear probe)",
     "feature_proxy_typiclust": "feature proxy, TypiClust first query",
     "feature_proxy_margin": "feature proxy, margin",
+    "feature_proxy_refreshed_margin": "feature proxy refreshed every round, margin",
+    "feature_proxy_dropquery": "feature proxy, DropQuery",
 }
 # In the fine-tuning scenario the "fresh" dense model is the pretrained checkpoint with a new head.
 FINETUNE_LABELS = {
@@ -107,6 +113,9 @@ FINETUNE_LABELS = {
     "feature_proxy": "feature proxy: linear probe on frozen pretrained features, fine-tuned",
     "feature_proxy_typiclust": "feature proxy + TypiClust first query, fine-tuned",
     "feature_proxy_margin": "feature proxy with margin instead of least confidence, fine-tuned",
+    "feature_proxy_refreshed_margin": "feature proxy with margin, features refreshed by the fine-tuned model each "
+    "round, fine-tuned",
+    "feature_proxy_dropquery": "feature proxy with DropQuery (dropout disagreement, k-means), fine-tuned",
 }
 # (method, strategy) of the fine-tuning scenarios; random selection has no strategy.
 FINETUNE_METHODS = [
@@ -115,6 +124,8 @@ FINETUNE_METHODS = [
     ("feature_proxy", "least_confidence"), ("feature_proxy_typiclust", "least_confidence"),
     # The variant the linear probe's own learning curves pointed to (margin beat least confidence there).
     ("feature_proxy_margin", "margin"),
+    # Issue 33: the proxy aligned with the fine-tuned model (ASVP), and DropQuery's uncertainty + diversity.
+    ("feature_proxy_refreshed_margin", "margin"), ("feature_proxy_dropquery", "dropquery"),
 ]  # fmt: skip
 # The targets of the fine-tuning scenarios: the recommended method within 0.3 points of dense AL (or better)
 # at every budget for at most 0.3x its selection time; a cold start beating the random draw by 1 point at the first
@@ -204,6 +215,9 @@ def parse_args(argv=None):
         "--output", type=Path, default=None, help="Results folder (default benchmarks/results)."
     )
     parser.add_argument("--runs_dir", type=Path, default=None, help="Run directories (resumed when present).")
+    parser.add_argument("--methods", nargs="+", default=None, choices=[m for m, _ in FINETUNE_METHODS],
+                        help="Fine-tuning scenarios: run only these methods (default: every one). Results already in "
+                             "the scenario's JSON for the same protocol are kept and reused.")  # fmt: skip
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = [0] if args.quick else [0, 1, 2]
@@ -736,28 +750,88 @@ def finetune_recipe(args, recipe: dict, scenario: str = "finetune") -> dict:
 
 
 def finetune_scenario(args, scenario: str = "finetune") -> dict:
+    """Every (method, seed) of a fine-tuning scenario. Each result is written into `--output`/`<scenario>.json` as it
+    lands, and a result already there for the same protocol and pretrained checkpoint is reused: an interrupted
+    benchmark continues, also in another session that has the committed JSON but not the run directories."""
     recipe = finetune_recipe(args, base_recipe(args), scenario)
     runs_dir = args.runs_dir / scenario
     started = time.perf_counter()
-    summaries = {}
+    pretraining = json.loads((Path(recipe["model_name_or_path"]) / "pretraining.json").read_text())
+    path = args.output / f"{scenario}.json"
+    summaries = landed_results(path, recipe, pretraining)
+    chosen = [(m, s) for m, s in FINETUNE_METHODS if args.methods is None or m in args.methods]
     for seed in args.seeds:
-        for method, strategy in FINETUNE_METHODS:
+        for method, strategy in chosen:
+            if seed in summaries.get(method, {}):
+                continue
             metrics, directory = run_one(
                 args, recipe, method, strategy, seed, runs_dir=runs_dir, curves=False
             )
-            summary = run_summary(metrics)
-            fused = metrics["config"]["fusion"]
-            summary["accuracy_after_fusion"] = {
-                str(r["dense"]["labeled"]): r["dense"].get("accuracy_at_start")
-                for r in metrics["rounds"] if fused and r.get("dense") and r["dense"].get("accuracy_at_start") is not None
-            }  # fmt: skip
-            summary["run_wall_seconds"] = run_wall_seconds(directory)
-            setup = (metrics["rounds"][0].get("setup") or {}).get("parts", {})
-            summary["setup_seconds"] = {name: part["seconds"] for name, part in setup.items()}
-            if "distillation" in setup:
-                summary["distilled_feature_mse"] = [setup["distillation"]["mse_before"],
-                                                    setup["distillation"]["mse_after"]]  # fmt: skip
-            summaries.setdefault(method, {})[seed] = summary
+            summaries.setdefault(method, {})[seed] = finetune_summary(metrics, directory)
+            report = finetune_report(args, scenario, recipe, pretraining, summaries, started)
+            args.output.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=1) + "\n")
+    return finetune_report(args, scenario, recipe, pretraining, summaries, started)
+
+
+def finetune_summary(metrics: dict, directory: Path) -> dict:
+    """One fine-tuning run's numbers: `run_summary`'s, the accuracy right after fusion, wall time and set-up parts."""
+    summary = run_summary(metrics)
+    fused = metrics["config"]["fusion"]
+    summary["accuracy_after_fusion"] = {
+        str(r["dense"]["labeled"]): r["dense"].get("accuracy_at_start")
+        for r in metrics["rounds"] if fused and r.get("dense") and r["dense"].get("accuracy_at_start") is not None
+    }  # fmt: skip
+    summary["run_wall_seconds"] = run_wall_seconds(directory)
+    setup = (metrics["rounds"][0].get("setup") or {}).get("parts", {})
+    summary["setup_seconds"] = {name: part["seconds"] for name, part in setup.items()}
+    if "distillation" in setup:
+        summary["distilled_feature_mse"] = [setup["distillation"]["mse_before"],
+                                            setup["distillation"]["mse_after"]]  # fmt: skip
+    return summary
+
+
+# Protocol entries that name this machine's folders, not the experiment: a later session has its own.
+_LOCAL_PATHS = ("model_name_or_path", "dataset_name")
+
+
+def _comparable(protocol: dict) -> dict:
+    return {
+        k: v
+        for k, v in json.loads(json.dumps(protocol)).items()
+        if k not in _LOCAL_PATHS and k != "output_dir"
+    }
+
+
+def landed_results(path: Path, recipe: dict, pretraining: dict) -> dict:
+    """Per method, per seed: the summaries already in a scenario's JSON, when it was written under the same protocol
+    (folders aside) from the same pretrained checkpoint (its pretraining record); else none."""
+    if not path.is_file():
+        return {}
+    report = json.loads(path.read_text())
+    if (
+        _comparable(report.get("protocol", {})) != _comparable(recipe)
+        or report.get("pretraining") != pretraining
+    ):
+        print(
+            f"== {path.name}: other protocol or pretrained checkpoint, its results are not reused", flush=True
+        )
+        return {}
+    landed = {method: {int(seed): s for seed, s in entry["per_seed"].items()}
+              for method, entry in report["methods"].items() if method in dict(FINETUNE_METHODS)}  # fmt: skip
+    print(
+        f"== {path.name}: reusing {sum(map(len, landed.values()))} finished (method, seed) results",
+        flush=True,
+    )
+    return landed
+
+
+def finetune_report(
+    args, scenario: str, recipe: dict, pretraining: dict, summaries: dict, started: float
+) -> dict:
+    """The scenario's report from the summaries so far (methods in the script's order, seeds ascending)."""
+    order = [m for m, _ in FINETUNE_METHODS if m in summaries]
+    summaries = {m: dict(sorted(summaries[m].items())) for m in order}
     methods = {}
     for method, by_seed in summaries.items():
         budgets = sorted({int(b) for s in by_seed.values() for b in s["accuracy"]})
@@ -771,9 +845,9 @@ def finetune_scenario(args, scenario: str = "finetune") -> dict:
             "per_seed": by_seed,
         }  # fmt: skip
     ratios = finetune_ratios(summaries)
-    pretraining = json.loads((Path(recipe["model_name_or_path"]) / "pretraining.json").read_text())
+    seeds = sorted({seed for by_seed in summaries.values() for seed in by_seed})
     report = {"scenario": scenario, "title": FINETUNE_SCENARIOS[scenario]["title"], "pretraining": pretraining,
-              "methods": methods, "ratios": ratios, "seeds": args.seeds,
+              "methods": methods, "ratios": ratios, "seeds": seeds,
               "command": "python benchmarks/active_learning.py " + " ".join(args.argv),
               "protocol": {k: recipe[k] for k in sorted(recipe) if k != "output_dir"},
               "machine": machine_info(args.device), "invocation_seconds": time.perf_counter() - started,

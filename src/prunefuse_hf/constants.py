@@ -121,6 +121,8 @@ FUSION_INITS = ("dense_init", "fresh")
 DEFAULT_DISTILL_ALPHA = 0.5
 DEFAULT_DISTILL_TEMPERATURE = 4.0
 DEFAULT_NUM_ROUNDS = 4
+# MC-dropout passes per example of `bald` (DropQuery's default is its own, `selection.dropquery.DROPQUERY_PASSES`).
+DEFAULT_MC_SAMPLES = 10
 ANNOTATIONS = ("simulated", "human")
 # The tasks a run performs (`pipeline()` task names; `prunefuse_hf.tasks.TASKS` describes each).
 TASK_NAMES = ("image-classification", "object-detection", "image-segmentation")
@@ -141,16 +143,18 @@ INITIAL_STRATEGIES = ("random", "typiclust")
 # Label-free distillation of the dense model into the surrogate before round 1 (epochs over the pool).
 DEFAULT_SURROGATE_DISTILL_EPOCHS = 1.0
 # What each named method sets; fields given explicitly win over these (and are recorded as overrides).
-_TRAINED = {"selector": "trained", "surrogate_distill_epochs": 0.0}
+_TRAINED = {"selector": "trained", "surrogate_distill_epochs": 0.0, "proxy_refresh_every": 0}
+_PROBE = {"pruning_ratio": 0.0, "strategy": "least_confidence", "fusion": False, "distill_alpha": 0.0,
+          "selector": "linear_probe", "surrogate_distill_epochs": 0.0}  # fmt: skip
 METHODS = {
     "prunefuse": {"pruning_ratio": 0.5, "strategy": "least_confidence", "fusion": True,
                   "distill_alpha": DEFAULT_DISTILL_ALPHA, **_TRAINED},
     "prunefuse_distilled": {"pruning_ratio": 0.5, "strategy": "least_confidence", "fusion": True,
                             "distill_alpha": DEFAULT_DISTILL_ALPHA, "selector": "trained",
-                            "surrogate_distill_epochs": DEFAULT_SURROGATE_DISTILL_EPOCHS},
+                            "surrogate_distill_epochs": DEFAULT_SURROGATE_DISTILL_EPOCHS, "proxy_refresh_every": 0},
     "svp": {"pruning_ratio": 0.5, "strategy": "least_confidence", "fusion": False, "distill_alpha": 0.0, **_TRAINED},
-    "feature_proxy": {"pruning_ratio": 0.0, "strategy": "least_confidence", "fusion": False, "distill_alpha": 0.0,
-                      "selector": "linear_probe", "surrogate_distill_epochs": 0.0},
+    "feature_proxy": {**_PROBE, "proxy_refresh_every": 0},
+    "feature_proxy_refreshed": {**_PROBE, "proxy_refresh_every": 1},
     "dense_al": {"pruning_ratio": 0.0, "strategy": "least_confidence", "fusion": False, "distill_alpha": 0.0,
                  **_TRAINED},
     "random": {"pruning_ratio": 0.0, "strategy": "random", "fusion": False, "distill_alpha": 0.0, **_TRAINED},
@@ -162,6 +166,8 @@ METHOD_DESCRIPTIONS = {
     "svp": "the pruned surrogate selects, a fresh dense model trains on the selection (selection via proxy)",
     "feature_proxy": "a linear head on the dense model's frozen pooled features (computed once) selects each round; "
     "the dense model trains on the selection (selection via proxy with a linear probe)",
+    "feature_proxy_refreshed": "as feature_proxy, but from round 2 on the pooled features are computed again each "
+    "round by the dense model fine-tuned on the labeled set so far (aligned selection via proxy)",
     "dense_al": "the dense model selects for itself (classic active learning) and is retrained from scratch",
     "random": "a seeded random draw, no model-based selection, the dense model trains on it",
 }

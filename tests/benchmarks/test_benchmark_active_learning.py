@@ -1,6 +1,7 @@
 """The active-learning benchmark's `--quick` mode, run as a user runs it, so the script cannot rot."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ FINETUNE_METHODS = [
     ("random", "random"), ("random_typiclust", "random"), ("dense_al", "least_confidence"),
     ("svp", "least_confidence"), ("prunefuse_kd", "least_confidence"), ("prunefuse_distilled", "least_confidence"),
     ("feature_proxy", "least_confidence"), ("feature_proxy_typiclust", "least_confidence"),
-    ("feature_proxy_margin", "margin"),
+    ("feature_proxy_margin", "margin"), ("feature_proxy_refreshed_margin", "margin"),
+    ("feature_proxy_dropquery", "dropquery"),
 ]  # fmt: skip
 
 
@@ -60,7 +62,8 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
     finetune = json.loads((output / "finetune.json").read_text())
     assert set(finetune["methods"]) == {"random", "random_typiclust", "dense_al", "svp", "prunefuse_kd",
                                         "prunefuse_distilled", "feature_proxy", "feature_proxy_typiclust",
-                                        "feature_proxy_margin"}  # fmt: skip
+                                        "feature_proxy_margin", "feature_proxy_refreshed_margin",
+                                        "feature_proxy_dropquery"}  # fmt: skip
     claims = {
         "random": {"method": "random", "strategy": "random", "fusion": False, "initial_strategy": "random"},
         "random_typiclust": {"method": "random", "strategy": "random", "initial_strategy": "typiclust"},
@@ -74,6 +77,9 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
         "feature_proxy_typiclust": {"method": "feature_proxy", "selector": "linear_probe",
                                     "initial_strategy": "typiclust"},
         "feature_proxy_margin": {"method": "feature_proxy", "selector": "linear_probe", "strategy": "margin"},
+        "feature_proxy_refreshed_margin": {"method": "feature_proxy_refreshed", "selector": "linear_probe",
+                                           "strategy": "margin", "proxy_refresh_every": 1},
+        "feature_proxy_dropquery": {"method": "feature_proxy", "strategy": "dropquery", "proxy_refresh_every": 0},
     }  # fmt: skip
     for method, claim in claims.items():
         strategy = dict(FINETUNE_METHODS)[method]
@@ -105,5 +111,33 @@ def test_quick_vit_scenario_pretrains_a_vit_and_runs_every_fine_tuning_method(tm
     report = json.loads((output / "finetune_vit.json").read_text())
     assert report["pretraining"]["model_type"] == "vit"
     assert json.loads((runs / "pretrained_vit" / "config.json").read_text())["model_type"] == "vit"
-    assert len(report["methods"]) == 9 and all(m["accuracy"] for m in report["methods"].values())
+    assert len(report["methods"]) == len(FINETUNE_METHODS) and all(
+        m["accuracy"] for m in report["methods"].values()
+    )
     assert (output / "finetune_vit_accuracy.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_finished_results_land_in_the_json_and_a_later_invocation_continues_from_it(tmp_path):
+    output, runs = tmp_path / "results", tmp_path / "runs"
+    command = [sys.executable, str(SCRIPT), "--quick", "--scenario", "finetune", "--output", str(output),
+               "--runs_dir", str(runs), "--methods", "random"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    first = json.loads((output / "finetune.json").read_text())
+    assert list(first["methods"]) == ["random"] and first["seeds"] == [0]
+    # Another session: the committed JSON, not the run directories (the pretrained checkpoint is the same).
+    shutil.rmtree(runs / "finetune")
+    command[-1:] = ["random", "feature_proxy_dropquery"]
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "reusing 1 finished (method, seed) results" in result.stdout
+    assert not (runs / "finetune" / "random-random-seed0").exists()  # not run again
+    second = json.loads((output / "finetune.json").read_text())
+    assert list(second["methods"]) == ["random", "feature_proxy_dropquery"]
+    assert second["methods"]["random"]["per_seed"] == first["methods"]["random"]["per_seed"]
+    # Another protocol is not mixed in.
+    protocol = {**second["protocol"], "num_train_epochs": 7}
+    (output / "finetune.json").write_text(json.dumps({**second, "protocol": protocol}))
+    command[-2:] = ["random"]
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "other protocol or pretrained checkpoint, its results are not reused" in result.stdout
+    assert (runs / "finetune" / "random-random-seed0" / "metrics.json").is_file()

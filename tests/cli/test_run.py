@@ -39,6 +39,23 @@ def test_recipe_values_are_parsed_and_flags_override_them(recipe):
     assert effective["learning_rate"] == 0.01 and effective["pruning_ratio"] == 0.5
 
 
+def test_recipe_and_flags_pick_the_refreshed_proxy_and_dropquery(recipe, capsys):
+    recipe.write_text(
+        RECIPE.replace("pruning_ratio: 0.5", "method: feature_proxy_refreshed\nproxy_refresh_every: 2")
+    )
+    _, _, config, _, _ = parse_run_arguments(["--config", str(recipe), "--strategy", "dropquery",
+                                              "--dropquery_dropout", "0.5"])  # fmt: skip
+    assert (config.method, config.selector, config.proxy_refresh_every) == (
+        "feature_proxy_refreshed",
+        "linear_probe",
+        2,
+    )
+    assert (config.strategy, config.dropquery_dropout, config.mc_samples) == ("dropquery", 0.5, 3)
+    assert config.method_overrides == {"strategy": "dropquery", "proxy_refresh_every": 2}
+    assert main(["run", "--config", str(recipe), "--method", "dense_al", "--strategy", "dropquery"]) == 2
+    assert "strategy 'dropquery' drops out the input features of the linear probe" in capsys.readouterr().err
+
+
 def test_unknown_recipe_key_is_named(recipe, capsys):
     recipe.write_text(RECIPE + "pruning_ration: 0.3\n")
     assert main(["run", "--config", str(recipe)]) == 2

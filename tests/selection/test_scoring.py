@@ -48,8 +48,11 @@ def _score_and_select(directory, gather=True):
         strategy = get_strategy(name)
         if name == "bald" or not (gather or strategy.shardable):
             continue  # bald needs dropout, which this ResNet has none of
+        probs = scores.probs[candidates]
+        # dropquery's "dropout passes": a function of each row alone, so shards see what one process sees.
+        mc_probs = torch.stack([probs, probs.roll(1, dims=1), probs.flip(1)], dim=1)
         result["selections"][name] = strategy.select(
-            25, pool_indices=scores.pool_indices[candidates], probs=scores.probs[candidates],
+            25, pool_indices=scores.pool_indices[candidates], probs=probs, mc_probs=mc_probs,
             features=scores.features[candidates], labeled_features=labeled.features, seed=0,
             accelerator=None if gather else accelerator,
         ).indices.tolist()  # fmt: skip

@@ -154,3 +154,75 @@ def test_distillation_refuses_features_it_cannot_pair(tmp_path, pool):
     plan.kept_indices["classifier.1.weight"][1] = [0, 1, 2]
     with pytest.raises(ValueError, match=r"pooled features have 16 values but the dense model's .* 3"):
         distill_surrogate(trainer, surrogate, plan, np.zeros((len(pool), 32), np.float32), 0.1)
+
+
+def _labeled_before(trainer, round_: int) -> np.ndarray:
+    table = pq.read_table(trainer.run_dir.selection_path).to_pydict()
+    return np.array(
+        sorted(i for i, r in zip(table["pool_index"], table["round"]) if r <= round_), dtype=np.int64
+    )
+
+
+def test_refreshed_proxy_recomputes_the_features_with_the_fine_tuned_dense_model(tmp_path, pool):
+    from prunefuse_hf.selection.proxy import train_linear_probe
+    from prunefuse_hf.selection.strategies import get_strategy
+
+    args = make_config(
+        tmp_path, method="feature_proxy_refreshed", query_size=8, num_rounds=2, num_train_epochs=1
+    )
+    trainer = PruneFuseTrainer(dense_config(), args=args, train_dataset=pool)
+    trainer.train()
+    completed = trainer.progress["completed"]
+    # Round 1 selects on the pretrained features; round 2 first trains the dense model, then refreshes them.
+    assert "train_dense:1" not in completed and completed.index("train_dense:2") < completed.index("select:2")
+    metrics = trainer.metrics
+    rounds = {r["round"]: r for r in metrics["rounds"]}
+    setup_file = next(p["file"] for p in rounds[1]["setup"]["parts"].values() if "file" in p)
+    refresh = rounds[2]["proxy_refresh"]
+    assert "proxy_refresh" not in rounds[1] and "proxy_refresh" not in rounds[3]
+    assert refresh["file"] != setup_file and trainer.progress["probe_features"] == refresh["file"]
+    before = np.load(tmp_path / POOL_FEATURES_DIR / setup_file)
+    after = np.load(tmp_path / POOL_FEATURES_DIR / refresh["file"])
+    assert after.shape == before.shape and not np.allclose(after, before)
+    # Round 2's query is the linear probe's on the refreshed features, exactly.
+    labeled = _labeled_before(trainer, 2)
+    probe = train_linear_probe(after[labeled], trainer.pool.labels[labeled], NUM_CLASSES)
+    unlabeled = np.setdiff1d(np.arange(len(pool)), labeled)
+    expected = get_strategy("least_confidence").select(
+        8, pool_indices=unlabeled, probs=probe.probs(after[unlabeled])
+    )
+    assert selected(trainer)[3] == sorted(expected.indices.tolist())
+    # The refresh is one dense pass over the pool; it and the dense training it read are selection cost.
+    macs = metrics["costs"]["dense"]["macs"]
+    assert refresh["examples"] == len(pool) and refresh["flops"] == pytest.approx(2 * macs * len(pool))
+    assert rounds[2]["dense"]["purpose"] == "selection"
+    booked = rounds[1]["setup"]["flops"] + refresh["flops"] + rounds[2]["dense"]["flops"]
+    booked += sum(r["selection"]["flops"] for r in rounds.values() if "selection" in r)
+    assert metrics["selection"]["flops"] == pytest.approx(booked)
+    assert metrics["final_training"]["flops"] == pytest.approx(rounds[3]["dense"]["flops"])
+
+
+def test_dropquery_selects_from_dropout_passes_of_the_probe(tmp_path, pool):
+    from prunefuse_hf.selection.dropquery import DropQueryStrategy
+    from prunefuse_hf.selection.proxy import normalize_features, train_linear_probe
+
+    args = make_config(
+        tmp_path, method="feature_proxy", strategy="dropquery", query_size=8, num_rounds=1, num_train_epochs=1
+    )
+    trainer = PruneFuseTrainer(dense_config(), args=args, train_dataset=pool)
+    trainer.train()
+    rounds = {r["round"]: r for r in trainer.metrics["rounds"]}
+    assert rounds[1]["selection"]["strategy"] == "dropquery" and args.mc_samples == 3
+    features = np.load(tmp_path / POOL_FEATURES_DIR / trainer.progress["probe_features"])
+    labeled = _labeled_before(trainer, 1)
+    unlabeled = np.setdiff1d(np.arange(len(pool)), labeled)
+    probe = train_linear_probe(features[labeled], trainer.pool.labels[labeled], NUM_CLASSES)
+    seed = args.selection_seed + 1
+    expected = DropQueryStrategy().select(8, pool_indices=unlabeled, probs=probe.probs(features[unlabeled]),
+                                          features=normalize_features(features[unlabeled]),
+                                          mc_probs=probe.dropout_probs(features[unlabeled], 3, 0.75, seed=seed),
+                                          seed=seed)  # fmt: skip
+    assert selected(trainer)[2] == sorted(expected.indices.tolist())
+    # The head applied once clean and three times with dropout, plus its fit.
+    fit = rounds[1]["selection"]["flops"] - 4 * probe.flops(len(unlabeled))
+    assert fit == pytest.approx(3 * probe.flops(len(labeled)) * probe.iterations)

@@ -128,10 +128,12 @@ def test_strategies_come_from_the_registry():
         "kcenter_greedy",
         "badge",
         "cluster_margin",
+        "dropquery",
         "bald",
     ):
         assert name in STRATEGIES
-        assert make_config(strategy=name).strategy == name
+        method = "feature_proxy" if name == "dropquery" else "prunefuse"  # dropquery needs the linear probe
+        assert make_config(method=method, strategy=name).strategy == name
     help_text = {f.name: f.metadata["help"] for f in __import__("dataclasses").fields(PruneFuseConfig)}[
         "strategy"
     ]
@@ -379,3 +381,54 @@ def test_the_pretrained_model_methods_and_the_cold_start():
     help_text = {f.name: f.metadata["help"] for f in __import__("dataclasses").fields(PruneFuseConfig)}
     assert "'feature_proxy': a linear head" in help_text["method"]
     assert "'random', 'typiclust'" in help_text["initial_strategy"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"method": "feature_proxy", "proxy_refresh_every": -1}, "proxy_refresh_every must be an integer >= 0, got -1."),
+        ({"method": "feature_proxy", "proxy_refresh_every": 1.5},
+         "proxy_refresh_every must be an integer >= 0, got 1.5."),
+        ({"method": "dense_al", "proxy_refresh_every": 2},
+         "proxy_refresh_every=2 refreshes the linear probe's dense-model features, but selector='trained' and "
+         "pruning_ratio=0.0; set selector='linear_probe' and pruning_ratio=0 (method 'feature_proxy'), or "
+         "proxy_refresh_every=0."),
+        ({"method": "feature_proxy_refreshed", "pruning_ratio": 0.5},
+         "proxy_refresh_every=1 refreshes the linear probe's dense-model features, but selector='linear_probe' and "
+         "pruning_ratio=0.5; set selector='linear_probe' and pruning_ratio=0 (method 'feature_proxy'), or "
+         "proxy_refresh_every=0."),
+        ({"method": "feature_proxy_refreshed", "strategy": "random"},
+         "proxy_refresh_every=1 refreshes features that strategy 'random' never reads; choose a model-based strategy "
+         "or proxy_refresh_every=0."),
+        ({"method": "dense_al", "strategy": "dropquery"},
+         "strategy 'dropquery' drops out the input features of the linear probe, but selector='trained'; set "
+         "selector='linear_probe' (method 'feature_proxy' or 'feature_proxy_refreshed')."),
+        ({"method": "feature_proxy", "strategy": "dropquery", "dropquery_dropout": 1.0},
+         "dropquery_dropout must be a number in (0, 1), got 1.0."),
+        ({"method": "feature_proxy", "strategy": "dropquery", "dropquery_dropout": 0},
+         "dropquery_dropout must be a number in (0, 1), got 0."),
+    ],
+)  # fmt: skip
+def test_refresh_and_dropquery_settings_are_refused_naming_field_value_and_fix(overrides, message):
+    with pytest.raises(ValueError) as error:
+        make_config(**overrides)
+    assert str(error.value) == message
+
+
+def test_refresh_rounds_and_dropquery_defaults():
+    refreshed = make_config(method="feature_proxy_refreshed", query_size=[10] * 5)
+    assert (refreshed.selector, refreshed.pruning_ratio, refreshed.proxy_refresh_every) == (
+        "linear_probe",
+        0.0,
+        1,
+    )
+    assert [r for r in range(1, 7) if refreshed.refreshes_proxy(r)] == [2, 3, 4, 5]
+    every_two = make_config(method="feature_proxy", proxy_refresh_every=2, query_size=[10] * 5)
+    assert [r for r in range(1, 7) if every_two.refreshes_proxy(r)] == [3, 5]
+    assert every_two.method_overrides == {"proxy_refresh_every": 2}
+    assert not any(make_config(method="feature_proxy").refreshes_proxy(r) for r in range(1, 7))
+    # DropQuery's passes default to the paper's 3 (bald keeps 10); an explicit value wins.
+    dropquery = make_config(method="feature_proxy", strategy="dropquery")
+    assert (dropquery.mc_samples, dropquery.dropquery_dropout) == (3, 0.75)
+    assert make_config(method="feature_proxy", strategy="dropquery", mc_samples=5).mc_samples == 5
+    assert make_config(method="dense_al", strategy="bald").mc_samples == 10

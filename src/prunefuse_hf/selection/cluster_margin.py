@@ -25,12 +25,72 @@ from .strategies import (
     top_n_by_score,
 )
 
-__all__ = ["CLUSTER_MARGIN_CANDIDATES", "ClusterMarginStrategy"]
+__all__ = [
+    "CLUSTER_MARGIN_CANDIDATES",
+    "ClusterMarginStrategy",
+    "check_features",
+    "gather_candidate_features",
+    "kmeans_clusters",
+]
 
 # Candidates per pick (Citovsky et al. draw from 10x the batch in their ImageNet-scale runs).
 CLUSTER_MARGIN_CANDIDATES = 10
 # Above this many clusters, mini-batch k-means (as TypiClust does).
 _MINIBATCH_ABOVE = 50
+
+
+def check_features(features, num_candidates: int) -> np.ndarray:
+    """`features` as a float32 `(num_candidates, dim)` array; a `ValueError` naming the shapes otherwise."""
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().numpy()
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or len(features) != num_candidates:
+        raise ValueError(
+            f"features must have shape (num_candidates, dim) with {num_candidates} rows (pool_indices), got "
+            f"{features.shape}."
+        )
+    return features
+
+
+def gather_candidate_features(features, pool_indices, candidate_indices, group: ShardGroup) -> np.ndarray:
+    """The feature rows of `candidate_indices` (global pool indices), in that order, on every process.
+
+    Args:
+        features (`np.ndarray` of shape `(len(pool_indices), dim)`): This process's candidates' features.
+        pool_indices (`np.ndarray`): This process's candidates (its shard, or the whole pool).
+        candidate_indices (`np.ndarray`): The chosen candidates over every process, each held by one of them.
+        group ([`ShardGroup`]): The processes; only the chosen candidates' rows travel between them.
+
+    Returns:
+        `np.ndarray` of shape `(len(candidate_indices), dim)`.
+    """
+    held = np.flatnonzero(np.isin(pool_indices, candidate_indices))
+    indices = group.gather_rows(torch.from_numpy(np.ascontiguousarray(pool_indices[held]))).numpy()
+    rows = group.gather_rows(group.with_common_row_shape(torch.from_numpy(features[held]))).numpy()
+    by_index = dict(zip(indices.tolist(), rows))
+    return np.stack([by_index[int(index)] for index in candidate_indices])
+
+
+def kmeans_clusters(
+    features: np.ndarray, n: int, seed: int | None, n_init: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's k-means of `features` into `n` clusters (`MiniBatchKMeans` above 50 clusters, the best of
+    `n_init` k-means++ starts, seeded with `seed`; `None` means 0).
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: each row's cluster id, and its distance to that cluster's centroid. With
+        fewer distinct rows than `n`, fewer than `n` clusters are non-empty.
+    """
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    kmeans_class = MiniBatchKMeans if n > _MINIBATCH_ABOVE else KMeans
+    kmeans = kmeans_class(n_clusters=n, random_state=0 if seed is None else seed, n_init=n_init)
+    with warnings.catch_warnings():  # fewer distinct points than clusters: the callers fill the rest
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        assignment = kmeans.fit_predict(features)
+    distances = kmeans.transform(features)[np.arange(len(features)), assignment]
+    return assignment, distances
 
 
 @register_strategy
@@ -76,35 +136,16 @@ class ClusterMarginStrategy(SelectionStrategy):
     def _select(
         self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
     ) -> Selection:
-        from sklearn.cluster import KMeans, MiniBatchKMeans
-        from sklearn.exceptions import ConvergenceWarning
-
         group = group or ShardGroup()
         margins = MarginStrategy().compute_scores(check_probs(probs, len(pool_indices), self.name))
-        if isinstance(features, torch.Tensor):
-            features = features.detach().cpu().numpy()
-        features = np.asarray(features, dtype=np.float32)
-        if features.ndim != 2 or len(features) != len(pool_indices):
-            raise ValueError(
-                f"features must have shape (num_candidates, dim) with {len(pool_indices)} rows (pool_indices), got "
-                f"{features.shape}."
-            )
+        features = check_features(features, len(pool_indices))
         # The smallest margins over every process's shard, most uncertain first (ties: the smaller pool index).
         total = int(group.sum(torch.tensor([len(pool_indices)])))
         candidates = top_n_by_score(margins, pool_indices, min(total, self.candidate_factor * n), group)
-        # Only the candidates' features travel: each process sends the rows it holds, in pool-index order.
-        held = np.flatnonzero(np.isin(pool_indices, candidates.indices))
-        indices = group.gather_rows(torch.from_numpy(np.ascontiguousarray(pool_indices[held]))).numpy()
-        rows = group.gather_rows(group.with_common_row_shape(torch.from_numpy(features[held]))).numpy()
-        by_index = dict(zip(indices.tolist(), rows))
-        candidate_features = np.stack([by_index[int(index)] for index in candidates.indices])
+        candidate_features = gather_candidate_features(features, pool_indices, candidates.indices, group)
         picked = np.arange(len(candidates.indices))
         if len(picked) > n:
-            kmeans_class = MiniBatchKMeans if n > _MINIBATCH_ABOVE else KMeans
-            kmeans = kmeans_class(n_clusters=n, random_state=0 if seed is None else seed, n_init=3)
-            with warnings.catch_warnings():  # fewer distinct points than clusters: handled below
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                assignment = kmeans.fit_predict(candidate_features)
+            assignment, _ = kmeans_clusters(candidate_features, n, seed)
             # The candidates are in uncertainty order: each cluster's first member is its most uncertain.
             _, first = np.unique(assignment, return_index=True)
             chosen = np.zeros(len(picked), dtype=bool)

@@ -5,7 +5,8 @@ pretrained model offers: a linear head on its frozen pooled features, as in line
 The features are L2-normalized (pooled features of different images differ mostly in scale, which a linear head on
 few labels would overfit to); the head is fitted full-batch by L-BFGS from zeros, so it is deterministic and takes
 well under a second for thousands of labels. Its probabilities on the unlabeled pool feed every probability strategy,
-and its normalized features the feature strategies (`kcenter_greedy`, `badge` on the head's gradient embeddings).
+and its normalized features the feature strategies (`kcenter_greedy`, `badge` on the head's gradient embeddings);
+its predictions with dropout on its input features feed `dropquery`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,36 @@ class LinearProbe:
         """Class probabilities `(n, num_classes)` of raw (unnormalized) `features` `(n, dim)`."""
         with torch.no_grad():
             return torch.softmax(normalize_features(features) @ self.weight.T + self.bias, dim=1)
+
+    def dropout_probs(self, features, num_passes: int, dropout: float, seed: int = 0) -> torch.Tensor:
+        """Class probabilities `(n, num_passes, num_classes)` with dropout on the head's input: each pass zeroes
+        every normalized feature value with probability `dropout` and scales the rest by `1 / (1 − dropout)`, as
+        `torch.nn.Dropout` does in training (DropQuery's passes, Gupte et al., TMLR 2024).
+
+        Args:
+            features (`np.ndarray` or `torch.Tensor` of shape `(n, dim)`): Raw (unnormalized) features.
+            num_passes (`int`): Dropout passes per example.
+            dropout (`float`): Probability of zeroing a feature value, in `[0, 1)`.
+            seed (`int`, *optional*, defaults to 0): Seed of the dropout masks (same seed, same masks).
+
+        Returns:
+            `torch.Tensor` of shape `(n, num_passes, num_classes)`.
+
+        Raises:
+            `ValueError`: `num_passes` below 1 or `dropout` outside `[0, 1)`.
+        """
+        if int(num_passes) != num_passes or num_passes < 1:
+            raise ValueError(f"num_passes must be an integer >= 1, got {num_passes!r}.")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        x = normalize_features(features)
+        generator = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            passes = []
+            for _ in range(int(num_passes)):
+                keep = torch.rand(x.shape, generator=generator) >= dropout
+                passes.append(torch.softmax((x * keep / (1 - dropout)) @ self.weight.T + self.bias, dim=1))
+        return torch.stack(passes, dim=1)
 
     def flops(self, num_examples: int) -> float:
         """Multiply-adds ×2 of applying the head to `num_examples` examples."""

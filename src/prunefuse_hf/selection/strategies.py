@@ -18,6 +18,7 @@ Every strategy follows one contract, so that a score-direction bug cannot hide i
 | `kcenter_greedy` | features | distance to the nearest labeled or already selected point, at the time of the pick |
 | `badge` | probs, features | k-means++ seeding on last-layer gradient embeddings; score = pick order |
 | `cluster_margin` | probs, features | margin's score; one pick per k-means cluster of the 10·n smallest-margin candidates |
+| `dropquery` | probs, mc_probs, features | dropout passes that flip the prediction (+ margin / 2); one pick per k-means cluster of the uncertain, nearest its centroid |
 | `bald` | mc_probs | mutual information H(E[p]) − E[H(p)] over MC-dropout passes |
 
 Strategies are looked up by name with [`get_strategy`]; later modules add their own with the

@@ -88,6 +88,19 @@ def pool_features(trainer, model, role: str) -> tuple[np.ndarray, dict]:
     return features, {**record, "file": path.name, "reused": False}
 
 
+def refresh_probe_features(trainer, model) -> dict:
+    """The linear probe's features computed again by the dense `model` just fine-tuned (`proxy_refresh_every`): one
+    dense pass over the pool, kept in `RUN/pool_features/` and read by the next selections.
+
+    Returns:
+        `dict`: the pass's cost record (`seconds`, `flops`, `dense_flops`, `examples`, `file`), booked as selection.
+    """
+    _, record = pool_features(trainer, model, "dense")
+    trainer.progress["probe_features"] = record["file"]
+    logger.info(f"Feature proxy refreshed by the fine-tuned dense model: {record['file']}.")
+    return {key: record[key] for key in ("seconds", "flops", "dense_flops", "examples", "file")}
+
+
 def classifier_input_indices(surrogate, plan) -> np.ndarray | None:
     """The dense feature indices the surrogate's pooled features correspond to (the kept input channels of its
     classifier in the pruning plan), or `None` when the classifier's input was not pruned."""

@@ -14,6 +14,7 @@ from ..constants import (
     ANNOTATIONS,
     BBOX_FORMATS,
     DEFAULT_DISTILL_TEMPERATURE,
+    DEFAULT_MC_SAMPLES,
     DEFAULT_NUM_ROUNDS,
     DETECTION_AGGREGATIONS,
     FUSION_INITS,
@@ -29,6 +30,7 @@ from ..constants import (
     SURROGATE_INITS,
     TASK_NAMES,
 )
+from ..selection.dropquery import DROPQUERY_DROPOUT, DROPQUERY_PASSES
 from ..selection.strategies import STRATEGIES
 from ..utils.checks import (
     check_boolean,
@@ -76,11 +78,13 @@ class PruneFuseConfig(TrainingArguments):
 
         method (`str`, *optional*, defaults to `"prunefuse"`):
             The method the run performs; each name sets `pruning_ratio`, `strategy`, `fusion`, `distill_alpha`,
-            `selector` and `surrogate_distill_epochs` (see `prunefuse_hf.constants.METHODS`): `"prunefuse"` (p = 0.5,
-            least confidence, fusion, KD α = 0.5), `"prunefuse_distilled"` (the same, with the surrogate first
-            distilled from the dense model on the unlabeled pool), `"svp"` (the surrogate selects, a fresh dense
-            model trains), `"feature_proxy"` (a linear head on the dense model's frozen features selects, the dense
-            model trains), `"dense_al"` (the dense model selects for itself, p = 0), `"random"` (random selection).
+            `selector`, `surrogate_distill_epochs` and `proxy_refresh_every` (see `prunefuse_hf.constants.METHODS`):
+            `"prunefuse"` (p = 0.5, least confidence, fusion, KD α = 0.5), `"prunefuse_distilled"` (the same, with the
+            surrogate first distilled from the dense model on the unlabeled pool), `"svp"` (the surrogate selects, a
+            fresh dense model trains), `"feature_proxy"` (a linear head on the dense model's frozen features selects,
+            the dense model trains), `"feature_proxy_refreshed"` (the same, with the features computed again every
+            round by the dense model fine-tuned on the labeled set so far), `"dense_al"` (the dense model selects for
+            itself, p = 0), `"random"` (random selection).
             Those fields given explicitly win, and the run records them as overrides of the method.
 
         > Parameters that control the data
@@ -165,8 +169,12 @@ class PruneFuseConfig(TrainingArguments):
             class distribution) become the image's score: `"mean"`, `"max"` or `"class_weighted"` (the mean over the
             classes predicted in the image of their pixels' mean, so that a small region counts as much as a large
             one). Pixels are scored at the logits' resolution.
-        mc_samples (`int`, *optional*, defaults to `10`):
-            Stochastic forward passes per example for MC-dropout strategies (`bald`).
+        mc_samples (`int`, *optional*):
+            Stochastic forward passes per example for the dropout strategies: MC dropout for `bald` (default 10), the
+            linear probe's passes with dropout on its input features for `dropquery` (default 3, as Gupte et al.).
+        dropquery_dropout (`float`, *optional*, defaults to `0.75`):
+            `dropquery`: the probability of zeroing each input feature of the linear probe in its dropout passes, in
+            `(0, 1)` (0.75 is Gupte et al.'s).
         selection_seed (`int` or `None`, *optional*, defaults to `None`):
             Seed of the initial random draw and of the random parts of selection. `None` uses `seed`.
         selector (`str`, *optional*):
@@ -175,7 +183,16 @@ class PruneFuseConfig(TrainingArguments):
             round on the surrogate's frozen pooled features, computed once for the whole pool at its initialization
             and kept in `RUN/pool_features/`; with a pretrained model and `pruning_ratio=0`, its pretrained features).
             Defaults to the method's value. `"linear_probe"` works with every strategy but `bald` (a linear head has
-            no dropout).
+            no dropout); `dropquery` works with `"linear_probe"` only (its dropout is on the probe's input features).
+        proxy_refresh_every (`int`, *optional*):
+            With `selector="linear_probe"` and `pruning_ratio=0`: every `k` rounds from round 2 on (rounds 1 + k,
+            1 + 2k, ...) the probe's features are computed again by the dense model fine-tuned on that round's labeled
+            set, so that the proxy follows the model the labels train (ASVP, Wen et al., "Feature Alignment:
+            Rethinking Efficient Active Learning via Proxy in the Context of Pre-trained Models", TMLR 2024, with a
+            fixed schedule instead of their indicator). Each refresh is one dense forward pass over the pool, booked
+            as selection, and needs the dense model trained at that round, whose training is booked as selection too
+            (as dense AL's selector trainings are). `0` never refreshes. Defaults to the method's
+            value (`1` for `feature_proxy_refreshed`, else `0`).
 
         > Parameters that control surrogate training
 
@@ -479,9 +496,19 @@ class PruneFuseConfig(TrainingArguments):
         default=256,
         metadata={"help": "Batch size per device when the surrogate scores the unlabeled pool."},
     )
-    mc_samples: int = field(
-        default=10,
-        metadata={"help": "Stochastic forward passes per example for MC-dropout strategies (bald)."},
+    mc_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stochastic forward passes per example for the dropout strategies: MC dropout for bald (default "
+            f"{DEFAULT_MC_SAMPLES}), dropout on the linear probe's input for dropquery (default {DROPQUERY_PASSES})."
+        },
+    )
+    dropquery_dropout: float = field(
+        default=DROPQUERY_DROPOUT,
+        metadata={
+            "help": "dropquery: probability of zeroing each input feature of the linear probe in its dropout passes, "
+            "in (0, 1)."
+        },
     )
     detection_aggregation: str = field(
         default="max",
@@ -520,6 +547,14 @@ class PruneFuseConfig(TrainingArguments):
         metadata={
             "help": f"What scores the pool each round: {_names(SELECTORS)} (the surrogate trained on the labeled set, "
             "or a linear head trained on its frozen pooled features, computed once). Defaults to the method's value."
+        },
+    )
+    proxy_refresh_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "With selector linear_probe and pruning_ratio 0: recompute the probe's features with the dense "
+            "model fine-tuned at rounds 1 + k, 1 + 2k, ... (one dense pass over the pool each, booked as selection; "
+            "ASVP, Wen et al., TMLR 2024). 0 never refreshes. Defaults to the method's value."
         },
     )
 
@@ -743,7 +778,12 @@ class PruneFuseConfig(TrainingArguments):
         )
         self.query_size, self.num_rounds = _resolve_rounds(self.query_size, self.num_rounds)
         self.scoring_batch_size = check_integer("scoring_batch_size", self.scoring_batch_size, minimum=1)
+        if self.mc_samples is None:
+            self.mc_samples = DROPQUERY_PASSES if self.strategy == "dropquery" else DEFAULT_MC_SAMPLES
         self.mc_samples = check_integer("mc_samples", self.mc_samples, minimum=1)
+        self.dropquery_dropout = check_number(
+            "dropquery_dropout", self.dropquery_dropout, lambda v: 0 < v < 1, "a number in (0, 1)"
+        )
         if self.selection_seed is not None:
             self.selection_seed = check_integer("selection_seed", self.selection_seed, minimum=0)
         check_choice("initial_strategy", self.initial_strategy, INITIAL_STRATEGIES)
@@ -753,6 +793,24 @@ class PruneFuseConfig(TrainingArguments):
                 "strategy 'bald' needs MC-dropout passes of a trained model, but selector='linear_probe' scores with "
                 "a linear head (no dropout); choose another strategy or selector='trained'."
             )
+        if self.strategy == "dropquery" and self.selector != "linear_probe":
+            raise ValueError(
+                f"strategy 'dropquery' drops out the input features of the linear probe, but selector="
+                f"'{self.selector}'; set selector='linear_probe' (method 'feature_proxy' or 'feature_proxy_refreshed')."
+            )
+        self.proxy_refresh_every = check_integer("proxy_refresh_every", self.proxy_refresh_every, minimum=0)
+        if self.proxy_refresh_every > 0:
+            if self.selector != "linear_probe" or self.pruning_ratio != 0:
+                raise ValueError(
+                    f"proxy_refresh_every={self.proxy_refresh_every} refreshes the linear probe's dense-model "
+                    f"features, but selector='{self.selector}' and pruning_ratio={self.pruning_ratio}; set "
+                    "selector='linear_probe' and pruning_ratio=0 (method 'feature_proxy'), or proxy_refresh_every=0."
+                )
+            if not STRATEGIES[self.strategy].needs:
+                raise ValueError(
+                    f"proxy_refresh_every={self.proxy_refresh_every} refreshes features that strategy "
+                    f"'{self.strategy}' never reads; choose a model-based strategy or proxy_refresh_every=0."
+                )
         self.surrogate_distill_epochs = check_number(
             "surrogate_distill_epochs",
             self.surrogate_distill_epochs,
@@ -818,6 +876,12 @@ class PruneFuseConfig(TrainingArguments):
         self.distill_temperature = check_number(
             "distill_temperature", self.distill_temperature, lambda v: v > 0, "a number > 0"
         )
+
+    def refreshes_proxy(self, round_: int) -> bool:
+        """Whether the linear probe's features are computed again, by the dense model trained at `round_`, before
+        that round's selection (`proxy_refresh_every`: rounds 1 + k, 1 + 2k, ... up to the last selecting round)."""
+        k = self.proxy_refresh_every
+        return k > 0 and 1 < round_ <= self.num_rounds and (round_ - 1) % k == 0
 
     @property
     def needs_teacher(self) -> bool:

@@ -221,7 +221,8 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         dense = build_dense_model(model, self.class_names, args.label_column)
         check_supported_model(dense, pruning_ratio=args.pruning_ratio)
         check_model_settings(dense, args)
-        if "mc_probs" in self.strategy.needs:
+        if "mc_probs" in self.strategy.needs and args.selector == "trained":
+            # (The linear probe makes its own dropout passes, on its input features: dropquery.)
             active_dropout_layers(dense)  # raises, naming the model, when there is none
         if (
             "features" in self.strategy.needs
@@ -411,7 +412,8 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         for r in range(1, last + 1):
             selecting = r < last
             syncing = selecting and args.sync_every > 0 and r % args.sync_every == 0
-            training_dense = r == last or args.eval_dense_every_round
+            # A refresh of the feature proxy reads the dense model trained on this round's labeled set.
+            training_dense = r == last or args.eval_dense_every_round or args.refreshes_proxy(r)
             # Everything trained in round r sees the labeled set of round r, so selection comes last.
             surrogate_selects = selecting and self.strategy.needs and args.selector == "trained"
             if surrogate_selects or syncing or (training_dense and args.needs_teacher):

@@ -13,10 +13,12 @@ from ..utils.run_metrics import budget_accuracies, build_metrics
 
 def _selector_training(record: dict) -> dict:
     """What the round spent to prepare its selection besides scoring: its surrogate training when it fed the
-    selection (not when it only fed fusion) plus round 1's set-up (pool features, cold start, distillation)."""
+    selection (not when it only fed fusion), round 1's set-up (pool features, cold start, distillation), the feature
+    proxy's refresh and a dense training that only fed it."""
     surrogate = record.get("surrogate") or {}
     parts = [surrogate] if surrogate.get("purpose", "selection") == "selection" else []
-    parts += [record["setup"]] if record.get("setup") else []
+    parts += [record[key] for key in ("setup", "proxy_refresh") if record.get(key)]
+    parts += [record["dense"]] if (record.get("dense") or {}).get("purpose") == "selection" else []
     return {key: sum(part.get(key, 0) for part in parts) for key in ("flops", "dense_flops")} if parts else {}
 
 

@@ -35,14 +35,15 @@ RESULT_FIELDS = (
     "max_grad_norm", "surrogate_num_train_epochs", "surrogate_learning_rate",
     "surrogate_per_device_train_batch_size", "bf16", "fp16", "eval_strategy", "eval_steps", "sync_batchnorm",
     "task", "objects_column", "bbox_format", "detection_aggregation", "detection_score_threshold",
-    "reduce_labels", "segmentation_aggregation",
+    "reduce_labels", "segmentation_aggregation", "proxy_refresh_every", "dropquery_dropout",
 )  # fmt: skip
 
 
 # Settings added after runs of state version 3 were written: such a run ran with these values, so it resumes.
 ADDED_SETTINGS = {"initial_strategy": "random", "selector": "trained", "surrogate_distill_epochs": 0.0,
                   "task": None, "objects_column": "objects", "bbox_format": "coco", "detection_aggregation": "max",
-                  "detection_score_threshold": 0.5, "reduce_labels": False, "segmentation_aggregation": "mean"}  # fmt: skip
+                  "detection_score_threshold": 0.5, "reduce_labels": False, "segmentation_aggregation": "mean",
+                  "proxy_refresh_every": 0, "dropquery_dropout": 0.75}  # fmt: skip
 
 
 def result_settings(args, processor, input_shape: tuple, pool_size: int, eval_dataset) -> dict:

@@ -40,7 +40,7 @@ from ..pruning.replay import load_surrogate, save_surrogate
 from ..selection.proxy import normalize_features, train_linear_probe
 from ..selection.typiclust import typiclust_select
 from .batchnorm import synced_batchnorm
-from .features import distill_surrogate, load_pool_features, pool_features, score_rows
+from .features import distill_surrogate, load_pool_features, pool_features, refresh_probe_features, score_rows
 from .report import write_report
 from .run_logging import ForwardLogs, without_callbacks
 from .training_settings import user_callbacks
@@ -173,6 +173,11 @@ def train_dense(trainer, round_: int) -> dict:
     started_evaluated = any(point["step"] == 0 for point in record.get("curve", []))  # eval_on_start
     if "curve" in record and start_accuracy is not None and not started_evaluated:
         record["curve"].insert(0, {"step": 0, metric: start_accuracy})
+    if args.refreshes_proxy(round_):
+        # The refresh needs this training: it is selection cost, as dense AL's selector trainings are (even when
+        # `eval_dense_every_round` would have trained it for the accuracy curve anyway).
+        record["purpose"] = "selection"
+        _round(trainer, round_)["proxy_refresh"] = refresh_probe_features(trainer, model)
     _round(trainer, round_)["dense"] = record
     if final:
         trainer.progress["final"] = {**record, "labeled": trainer.pool.num_labeled}
@@ -227,11 +232,19 @@ def select(trainer, round_: int) -> dict:
             outputs["probs"] = probe.probs(features[candidates])
         if "features" in trainer.strategy.needs:
             outputs["features"] = normalize_features(features[candidates])
+        if "mc_probs" in trainer.strategy.needs:  # dropquery: dropout on the probe's input features
+            outputs["mc_probs"] = probe.dropout_probs(
+                features[candidates],
+                args.mc_samples,
+                args.dropquery_dropout,
+                seed=args.selection_seed + round_,
+            )
         if trainer.strategy.uses_labeled_features:
             outputs["labeled_features"] = normalize_features(features[labeled])
         # The head's fit (each L-BFGS evaluation is a forward and a backward pass over the labeled features) and
         # its application to the candidates; dense AL would have run the dense model over the candidates.
-        flops = probe.flops(len(candidates)) + 3 * probe.flops(len(labeled)) * probe.iterations
+        passes = 1 + (args.mc_samples if "mc_probs" in trainer.strategy.needs else 0)
+        flops = passes * probe.flops(len(candidates)) + 3 * probe.flops(len(labeled)) * probe.iterations
         dense_flops = FORWARD_FLOPS_PER_MAC * costs["dense"]["macs"] * len(candidates)
     elif trainer.strategy.needs:
         model = _trained_surrogate(trainer, round_)

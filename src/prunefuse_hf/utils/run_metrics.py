@@ -14,8 +14,9 @@ def build_metrics(progress: dict) -> dict:
 
     Costs are booked by what they are for: `selection` (surrogate trainings that fed a selection, every scoring
     pass, and the set-up before round 1 that only serves selection: pool features, a cold-start query, the
-    surrogate's label-free distillation, recorded as round 1's `setup`), `fusion_teacher` (surrogate trainings that only fed fusion or distillation) and
-    `final_training` (every training of the dense or fused model, re-synchronizations included). `dense_flops`
+    surrogate's label-free distillation, recorded as round 1's `setup`; the feature proxy's refreshes and the dense
+    trainings they read), `fusion_teacher` (surrogate trainings that only fed fusion or distillation) and
+    `final_training` (every other training of the dense or fused model, re-synchronizations included). `dense_flops`
     is what dense-selector active learning would have spent on the same selection work.
     """
     rounds = [progress["rounds"][key] for key in sorted(progress["rounds"], key=int)]
@@ -32,12 +33,19 @@ def build_metrics(progress: dict) -> dict:
             ledger[purpose]["flops"] += surrogate["flops"]
             if purpose == "selection":
                 dense_flops += surrogate["dense_flops"]
-        for part in (record.get("setup"), record.get("selection")):
+        dense = record.get("dense") or {}
+        refresh_training = dense if dense.get("purpose") == "selection" else None
+        for part in (
+            record.get("setup"),
+            record.get("selection"),
+            record.get("proxy_refresh"),
+            refresh_training,
+        ):
             if part:
                 ledger["selection"]["seconds"] += part["seconds"]
                 ledger["selection"]["flops"] += part["flops"]
                 dense_flops += part["dense_flops"]
-        for part in (record.get("dense"), record.get("sync")):
+        for part in (dense if refresh_training is None else None, record.get("sync")):
             if part:
                 ledger["final_training"]["seconds"] += part["seconds"]
                 ledger["final_training"]["flops"] += part["flops"]

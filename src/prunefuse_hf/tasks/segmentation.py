@@ -351,6 +351,7 @@ SEGMENTATION = Task(
     label_store=SegmentationLabelStore,
     stored_answers=SEGMENTATION_ANSWERS,
     ingest_labels=ingest_segmentation_labels,
+    labels_metavar="FILE_OR_FOLDER",
     write_query=write_segmentation_query,
     query_predictions=segmentation_predictions,
     label_studio_predictions=segmentation_label_studio_predictions,

@@ -350,3 +350,69 @@ def test_pull_reports_boxes_edited_after_the_pull_of_a_detection_run(
     ), out
     assert "label its queries with the corrected boxes" in out and "6 labels added" in out
     assert stored_objects(run_dir)[index] == before  # the stored boxes stay
+
+
+def test_pull_reports_masks_edited_after_the_pull_of_a_segmentation_run(
+    label_studio, tmp_path, monkeypatch, capsys
+):
+    """`label-studio pull` of a human semantic-segmentation run: round 1's masks are painted in the project (brush
+    strokes) and pulled, then an annotator repaints a stroke of round 1 in Label Studio and saves another image's
+    strokes unchanged; the next pull names the repainted image only, with the stored mask and the new one (classes
+    and pixel counts), and keeps the stored mask."""
+    from prunefuse_hf import PruneFuseTrainer
+    from prunefuse_hf.cli.main import main
+    from prunefuse_hf.tasks import segmentation_prediction
+    from prunefuse_hf.tasks.segmentation_store import MaskAnswer, describe_mask
+    from segmentation_human_run import QUERY, human_config, human_pools, stored_masks, tiny_segformer
+
+    server = label_studio
+    pool, _, names, truth = human_pools()
+    trainer = PruneFuseTrainer(tiny_segformer(len(names)), args=human_config(tmp_path, names, use_cpu=True),
+                               train_dataset=pool)  # fmt: skip
+    trainer.train()
+    run_dir = trainer.run_dir.path
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    user = server.user(TEAM[0])
+
+    def paint(task, mask):
+        result = segmentation_prediction(mask, names)["result"]
+        answer = server.session.post(f"{server.url}/api/tasks/{task}/annotations",
+                                     json={"completed_by": user, "result": result, "lead_time": 1.0})  # fmt: skip
+        answer.raise_for_status()
+        return answer.json()["id"]
+
+    assert main(["label-studio", "push", str(run_dir), "--url", server.url]) == 0
+    project = json.loads((run_dir / "label_studio.json").read_text())["project"]
+    tasks = server.round_tasks(project, 1)
+    ids = {task["data"]["pool_index"]: paint(task["id"], truth[task["data"]["pool_index"]]) for task in tasks}
+    assert main(["label-studio", "pull", str(run_dir), "--url", server.url]) == 0
+    assert "labels of earlier rounds were changed" not in capsys.readouterr().out
+    trainer.train(resume_from_checkpoint=True)
+    assert main(["label-studio", "push", str(run_dir), "--url", server.url]) == 0
+    for task in server.round_tasks(project, 2):
+        paint(task["id"], truth[task["data"]["pool_index"]])
+    # Round 1 was pulled and trained on: its first image's top-left pixel is repainted with another class.
+    index = tasks[0]["data"]["pool_index"]
+    repainted = truth[index].copy()
+    repainted[0, 0] = (int(repainted[0, 0]) + 1) % len(names)
+    result = segmentation_prediction(repainted, names)["result"]
+    server.session.patch(
+        f"{server.url}/api/annotations/{ids[index]}", json={"result": result}
+    ).raise_for_status()
+    # Another image's strokes saved again as they were (Label Studio dates the answer anew): the same mask, no edit.
+    same = tasks[1]["data"]["pool_index"]
+    again = {"result": segmentation_prediction(truth[same], names)["result"]}
+    server.session.patch(f"{server.url}/api/annotations/{ids[same]}", json=again).raise_for_status()
+    before = stored_masks(run_dir)[index]
+
+    assert main(["label-studio", "pull", str(run_dir), "--url", server.url]) == 0
+    out = capsys.readouterr().out
+    assert "1 labels of earlier rounds were changed in Label Studio after they were pulled:" in out, out
+    assert (
+        f"task {tasks[0]['id']} (pool_index {index}, round 1): stored {describe_mask(MaskAnswer('', before), names)} "
+        f"by {TEAM[0]} (annotation {ids[index]}); since then edited to "
+        f"{describe_mask(MaskAnswer('', repainted), names)} by " in out
+    ), out
+    assert "label its queries with the corrected masks" in out and f"{QUERY} labels added" in out
+    assert np.array_equal(stored_masks(run_dir)[index], before)  # the stored mask stays
+    assert np.array_equal(before, truth[index])

@@ -521,6 +521,10 @@ def test_the_loop_runs_a_segmentation_run_whose_conflicting_masks_wait_until_fix
     assert f"(pool_index {found['disputed']}): " in conflict and "by ann2@example.com" in conflict
     assert f"round 1: {INITIAL} labels added, 0 skipped; resuming the run" in team.messages
     assert f"round 2: {QUERY} labels added, 0 skipped; resuming the run" in team.messages
+    # Round 2's pulls compare round 1's stored masks with the project's (segmentation's stored_answers): unchanged.
+    assert not any("changed in Label Studio after they were pulled" in m for m in team.messages), (
+        team.messages
+    )
     stored = stored_masks(run_dir)
     assert len(stored) == INITIAL + QUERY and all(np.array_equal(stored[i], truth[i]) for i in stored)
     assert run.metrics["final"]["labeled"] == INITIAL + QUERY

@@ -52,6 +52,9 @@ def test_label_a_folder_then_label_studio_and_resume_through_the_cli(
     files = "dataset/, masks/ (mask templates to paint), labels.csv, label_studio_tasks.json"
     assert f"label the 4 images in {query} ({files}), then:" in captured.out
     assert f"images to label for round 1: {query} ({files})" in captured.err
+    # The hints name what `label --labels` takes for masks: a painted folder or an export file.
+    assert f"prunefuse-hf label {run} --labels FILE_OR_FOLDER && " in captured.out
+    assert f"`prunefuse-hf label {run} --labels FILE_OR_FOLDER`" in captured.err
     given = _painted(query, tmp_path / "painted")
     # A mask holding a value that is no class id is refused, named, and nothing is stored.
     bad = tmp_path / "bad"

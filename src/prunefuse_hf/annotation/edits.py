@@ -3,7 +3,8 @@
 
 A task says how its stored answers and Label Studio's annotations compare with a [`StoredAnswers`] (its
 `stored_answers`): the store file, how to read an answer from a stored row and from an annotation, when two answers
-are the same, and how to name one in a message. [`CLASS_ANSWERS`] is image classification's.
+are the same, and how to name one in a message. [`CLASS_ANSWERS`] is image classification's; object detection's
+boxes and semantic segmentation's masks have their own (`DETECTION_ANSWERS`, `SEGMENTATION_ANSWERS` in `tasks/`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class StoredAnswers:
     Args:
         file_name (`str`): The store under the run directory (a parquet file with one row per labeled pool index and
             the columns `pool_index`, `round`, `labeled_at`, `annotator`, `annotation_id`).
-        stored (`Callable[[dict, list[str]], object]`): `stored(row, class_names)`: the answer of a stored row.
+        stored (`Callable[[dict, list[str], Path], object]`): `stored(row, class_names, run_dir)`: the answer of a
+            stored row (the run directory holds what a row names, e.g. a mask file).
         answer (`Callable[[dict, list[str]], object]`): `answer(annotation, class_names)`: the answer of a Label
             Studio annotation, or `None` when it holds none that can be read (a skip, another kind of result).
         same (`Callable[[object, object], bool]`): Whether two answers are the same label.
@@ -54,7 +56,9 @@ class StoredAnswers:
 
 CLASS_ANSWERS = StoredAnswers(
     file_name=LABELS_NAME,
-    stored=lambda row, names: names[row["label"]] if 0 <= row["label"] < len(names) else row["label"],
+    stored=lambda row, names, run_dir: (
+        names[row["label"]] if 0 <= row["label"] < len(names) else row["label"]
+    ),
     answer=lambda annotation, names: annotation_class(annotation),
     same=lambda a, b: str(a).casefold() == str(b).casefold(),
     describe=lambda answer, names: repr(answer),
@@ -84,7 +88,8 @@ def label_edits(
         exported (`list[dict]`): The project's JSON export (every task, with `completed_by` as user objects or ids).
         users (`dict[int, str]`, *optional*): `{user id: e-mail}`, to name who edited an answer.
         answers ([`StoredAnswers`], *optional*): How the run's task stores answers (object detection's boxes:
-            `get_task("object-detection").stored_answers`); default: class labels ([`CLASS_ANSWERS`]).
+            `get_task("object-detection").stored_answers`, semantic segmentation's masks); default: class labels
+            ([`CLASS_ANSWERS`]).
 
     Returns:
         `list[str]`: one line per changed label (empty when nothing changed).
@@ -117,16 +122,14 @@ def label_edits(
         if row["round"] not in pulled:
             pulled[row["round"]] = _pulled_answers(run_dir, row["round"])
         as_pulled = (pulled[row["round"]] or {}).get(row[POOL_INDEX])
-        stored = answers.stored(row, class_names)
+        stored = answers.stored(row, class_names, Path(run_dir))
         stored_at = _moment(row["labeled_at"])
         annotations = {a.get("id"): a for a in task.get("annotations") or []}
         changes = []
         if row["annotation_id"] not in annotations:
             changes.append(f"annotation {row['annotation_id']} was deleted")
         for annotation in annotations.values():
-            answer = answers.answer(annotation, class_names)
-            if answer is None or answers.same(answer, stored):
-                continue
+            # Whether the answer is new or edited first: reading it (a mask's strokes) costs more.
             if as_pulled is not None:
                 if as_pulled.get(annotation.get("id"), _NOT_PULLED) == annotation.get("updated_at"):
                     continue  # this answer was in the pulled export as it is now
@@ -134,6 +137,9 @@ def label_edits(
                 when = _moment(annotation.get("updated_at") or annotation.get("created_at"))
                 if not when or not stored_at or when < stored_at + timedelta(seconds=1):
                     continue
+            answer = answers.answer(annotation, class_names)
+            if answer is None or answers.same(answer, stored):
+                continue
             who = annotation.get("updated_by") or annotation.get("completed_by")
             who = who.get("email") if isinstance(who, dict) else users.get(who, who)
             verb = "edited to" if annotation.get("id") == row["annotation_id"] else "answered"

@@ -207,7 +207,10 @@ def print_result(trainer: PruneFuseTrainer, config: PruneFuseConfig) -> dict:
             count = len(trainer.progress["queries"][str(round_)]["pool_indices"])
             directory = query_directory(trainer.run_dir.path, round_)
             print(f"label the {count:,} images in {directory} ({query_contents(directory)}), then:")
-            print(f"prunefuse-hf label {trainer.run_dir.path} --labels FILE && {trainer.resume_command}")
+            print(
+                f"prunefuse-hf label {trainer.run_dir.path} --labels {trainer.task.labels_metavar} && "
+                f"{trainer.resume_command}"
+            )
             return metrics
         if not trainer.done:
             print(

@@ -144,7 +144,7 @@ def ingest_detection_labels(run_dir: str | os.PathLike, source, *, allow_partial
 # report an image whose boxes were edited, deleted or answered anew after they were pulled (see `label_edits`).
 DETECTION_ANSWERS = StoredAnswers(
     file_name=LABELED_OBJECTS_NAME,
-    stored=lambda row, class_names: stored_objects(row[OBJECTS_COLUMN]),
+    stored=lambda row, class_names, run_dir: stored_objects(row[OBJECTS_COLUMN]),
     answer=annotation_objects,
     same=same_objects,
     describe=describe_objects,

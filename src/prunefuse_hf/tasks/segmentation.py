@@ -25,7 +25,7 @@ from .segmentation_data import MASK_COLUMN, segmentation_class_names, validate_s
 from .segmentation_loading import load_segmentation_dataset
 from .segmentation_masks import IGNORE_INDEX, open_mask, reduce_mask_labels
 from .segmentation_metrics import segmentation_compute_metrics
-from .segmentation_store import SegmentationLabelStore, ingest_segmentation_labels
+from .segmentation_store import SEGMENTATION_ANSWERS, SegmentationLabelStore, ingest_segmentation_labels
 from .segmentation_synthetic import synthetic_segmentation_pool
 from .task import Task
 
@@ -349,7 +349,9 @@ SEGMENTATION = Task(
     class_counts=segmentation_class_counts,
     feature_config={"output_hidden_states": True},
     label_store=SegmentationLabelStore,
+    stored_answers=SEGMENTATION_ANSWERS,
     ingest_labels=ingest_segmentation_labels,
+    labels_metavar="FILE_OR_FOLDER",
     write_query=write_segmentation_query,
     query_predictions=segmentation_predictions,
     label_studio_predictions=segmentation_label_studio_predictions,

@@ -236,7 +236,7 @@ def _answers_from_label_studio(tasks: list[dict], name: str, lookup: ClassLookup
                 image.cancelled += 1
                 continue
             where = f"{name}, {place} ({POOL_INDEX} {index}), annotation {annotation.get('id')}"
-            mask = _paint(annotation.get("result") or [], size_of(index), lookup, fill, where)
+            mask = paint_answer(annotation.get("result") or [], size_of(index), lookup, fill, where)
             image.answers.append(_MaskAnswer(mask, annotator_name(annotation.get("completed_by")), annotation.get("id"),
                                              truthy(annotation.get("ground_truth")),
                                              str(annotation.get("updated_at") or annotation.get("created_at") or ""),
@@ -246,8 +246,36 @@ def _answers_from_label_studio(tasks: list[dict], name: str, lookup: ClassLookup
     return found
 
 
-def _paint(results: list, known, lookup: ClassLookup, fill: int, where: str) -> np.ndarray:
-    """One answer's mask: its regions painted in order over `fill` (see the module docstring)."""
+def paint_answer(results: list, known, lookup: ClassLookup, fill: int, where: str) -> np.ndarray:
+    """
+    One Label Studio answer's mask: its regions painted in order over `fill` (see the module docstring), as
+    [`read_segmentation_labels`] reads it.
+
+    Args:
+        results (`list[dict]`): The annotation's `result`.
+        known (`tuple[int, int]`, *optional*): The image's `(width, height)`; `None`: the regions' own
+            `original_width` / `original_height` (an answer without regions then has no size).
+        lookup (`ClassLookup`): The run's class names, to read a region's class.
+        fill (`int`): The id of unpainted pixels (255, not labeled, or the query's `background`).
+        where (`str`): Names the answer in errors.
+
+    Returns:
+        `np.ndarray` of shape `(height, width)`, uint8: the class ids.
+
+    Raises:
+        LabelError: a result that is not a brush or a polygon, a region without one class, an unknown class, a
+            rotated image, a damaged RLE, a polygon of fewer than 3 points, a region drawn on an image of another
+            size than `known`, or no regions and no `known` size.
+
+    Example:
+
+    ```python
+    >>> polygon = {"type": "polygonlabels", "original_width": 4, "original_height": 2,
+    ...            "value": {"points": [[0, 0], [50, 0], [50, 100], [0, 100]], "polygonlabels": ["car"]}}
+    >>> paint_answer([polygon], None, ClassLookup(["road", "car"]), 255, "annotation 3").tolist()
+    [[1, 1, 1, 255], [1, 1, 1, 255]]
+    ```
+    """
     regions: dict[str, list] = {}
     for k, result in enumerate(results):
         kind = result.get("type")

@@ -7,7 +7,8 @@ the time, and who answered. The mask files are written first, then the index ato
 row is in the index, and a replaced mask (only on request) is a new file, so a stop at any moment leaves the run's
 masks whole. [`ingest_segmentation_labels`] reads annotators' masks ([`read_segmentation_labels`]), checks each
 against the image the query showed and stores them; the run trains on them. The rules are [`AnnotationStore`]'s,
-shared with detection's boxes.
+shared with detection's boxes. [`SEGMENTATION_ANSWERS`] compares the stored masks with a Label Studio project's
+annotations, so that masks edited there after they were pulled are reported.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +24,40 @@ import PIL.Image
 import pyarrow as pa
 from transformers.utils import logging
 
-from ..annotation.labels import LabelError
+from ..annotation.edits import StoredAnswers
+from ..annotation.labels import ClassLookup, LabelError, truthy
 from ..annotation.store import AddResult
 from ..constants import LABELED_MASKS_DIR, LABELED_MASKS_NAME
 from ..utils.io import atomic_write, fsync_directory
 from .annotation_store import AnnotationStore, ingest_task_labels
-from .segmentation_labels import SegmentationLabels, read_segmentation_labels
-from .segmentation_masks import IGNORE_INDEX
+from .segmentation_brush import BRUSH_TYPES, POLYGON_TYPES
+from .segmentation_labels import SegmentationLabels, paint_answer, read_segmentation_labels
+from .segmentation_masks import IGNORE_INDEX, open_mask
 
 logger = logging.get_logger(__name__)
 
 MASK_FILE = "mask_file"
+
+
+def mask_digest(mask) -> str:
+    """
+    The digest of a mask's pixels that names its file in the store (`<pool_index>-<digest>.png`): 12 hex digits of
+    BLAKE2b over its shape and its uint8 class ids.
+
+    Example:
+
+    ```python
+    >>> mask_digest(np.zeros((2, 3), dtype=np.uint8)) == mask_digest(np.zeros((2, 3), dtype=np.uint8))
+    True
+    >>> mask_digest(np.zeros((2, 3), dtype=np.uint8)) == mask_digest(np.zeros((3, 2), dtype=np.uint8))
+    False
+    ```
+    """
+    mask = np.asarray(mask)
+    digest = hashlib.blake2b(digest_size=6)
+    digest.update(repr(mask.shape).encode())
+    digest.update(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
 
 
 class SegmentationLabelStore(AnnotationStore):
@@ -92,11 +117,7 @@ class SegmentationLabelStore(AnnotationStore):
         return labels.masks
 
     def to_stored(self, pool_index: int, mask) -> str:
-        mask = np.asarray(mask)
-        digest = hashlib.blake2b(digest_size=6)
-        digest.update(repr(mask.shape).encode())
-        digest.update(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
-        return f"{LABELED_MASKS_DIR}/{pool_index}-{digest.hexdigest()}.png"
+        return f"{LABELED_MASKS_DIR}/{pool_index}-{mask_digest(mask)}.png"
 
     def check(self, pool_index: int, mask, source: str) -> None:
         mask = np.asarray(mask)
@@ -177,3 +198,106 @@ def ingest_segmentation_labels(run_dir: str | os.PathLike, source, *, allow_part
                               what="masks", allow_partial=allow_partial, overwrite=overwrite, resolve=resolve,
                               requery_skipped=requery_skipped, pool=pool, image_column=image_column,
                               label_column=label_column, index_column=index_column)  # fmt: skip
+
+
+@dataclass
+class MaskAnswer:
+    """
+    A mask as [`SEGMENTATION_ANSWERS`] compares and names it: the digest of its pixels ([`mask_digest`], what names a
+    stored mask's file) and the pixels, read from `path` only when a message describes it.
+
+    Args:
+        digest (`str`, *optional*): The digest; `None` for an answer without regions, whose size is not known (all
+            its pixels are unlabeled).
+        pixels (`np.ndarray`, *optional*): The class ids, `(height, width)` uint8.
+        path (`Path`, *optional*): Where the pixels are (a stored mask file), when `pixels` is not given.
+    """
+
+    digest: str | None
+    pixels: np.ndarray | None = None
+    path: Path | None = None
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """The class ids (read from `path` the first time), or `None` for an answer without regions."""
+        if self.pixels is None and self.path is not None:
+            self.pixels = open_mask(self.path)
+        return self.pixels
+
+
+def stored_mask(row: dict, class_names: list[str], run_dir: Path) -> MaskAnswer:
+    """A stored row's mask: the digest its `mask_file` is named after (`labeled_masks/<pool_index>-<digest>.png`)."""
+    name = row[MASK_FILE]
+    return MaskAnswer(Path(name).stem.split("-", 1)[-1], path=Path(run_dir) / name)
+
+
+def annotation_mask(annotation: dict, class_names: list[str]) -> MaskAnswer | None:
+    """
+    The mask one Label Studio annotation gives, as a run would store it: its brush strokes and polygons painted with
+    [`paint_answer`] over 255 (not labeled), the rule [`read_segmentation_labels`] applies for a run, so an annotation
+    stored unchanged has the digest of its stored file. `None` for a skip or an annotation that cannot be read as a
+    mask of the run's classes.
+
+    Example:
+
+    ```python
+    >>> polygon = {"type": "polygonlabels", "original_width": 4, "original_height": 2,
+    ...            "value": {"points": [[0, 0], [50, 0], [50, 100], [0, 100]], "polygonlabels": ["car"]}}
+    >>> describe_mask(annotation_mask({"id": 3, "result": [polygon]}, ["road", "car"]), ["road", "car"])
+    'a 4x2 mask [car 6 px, unlabeled 2 px]'
+    ```
+    """
+    if truthy(annotation.get("was_cancelled")) or truthy(annotation.get("skipped")):
+        return None
+    results = annotation.get("result") or []
+    if not any(isinstance(r, dict) and r.get("type") in (*BRUSH_TYPES, *POLYGON_TYPES) for r in results):
+        return MaskAnswer(None)  # nothing painted
+    try:
+        mask = paint_answer(
+            results, None, ClassLookup(class_names), IGNORE_INDEX, f"annotation {annotation.get('id')}"
+        )
+    except LabelError:
+        return None
+    return MaskAnswer(mask_digest(mask), pixels=mask)
+
+
+def same_mask(a: MaskAnswer, b: MaskAnswer) -> bool:
+    """Whether two masks hold the same class id at every pixel (an answer without regions: every pixel unlabeled)."""
+    if a.digest is not None and b.digest is not None:
+        return a.digest == b.digest
+    painted = [m.mask for m in (a, b) if m.digest is not None]
+    return all((mask == IGNORE_INDEX).all() for mask in painted)
+
+
+def describe_mask(answer: MaskAnswer, class_names: list[str] | None = None) -> str:
+    """A mask as a message names it: its size and the pixels of each class, `a 32x32 mask [road 700 px, car 300 px,
+    unlabeled 24 px]`; `no mask (nothing painted)` for an answer without regions."""
+    mask = answer.mask
+    if mask is None:
+        return "no mask (nothing painted)"
+    ids, counts = np.unique(mask, return_counts=True)
+    shown = []
+    for k, count in zip(ids.tolist(), counts.tolist()):
+        name = (
+            "unlabeled"
+            if k == IGNORE_INDEX
+            else class_names[k]
+            if class_names and k < len(class_names)
+            else k
+        )
+        shown.append(f"{name} {count} px")
+    return f"a {mask.shape[1]}x{mask.shape[0]} mask [{', '.join(shown)}]"
+
+
+# How the masks stored from Label Studio compare with its project's annotations: `label-studio pull` and the loop
+# report an image whose mask was repainted, relabeled, deleted or answered anew after it was pulled (see
+# `label_edits`).
+SEGMENTATION_ANSWERS = StoredAnswers(
+    file_name=LABELED_MASKS_NAME,
+    stored=stored_mask,
+    answer=annotation_mask,
+    same=same_mask,
+    describe=describe_mask,
+    retrain="start a new run and label its queries with the corrected masks (seed_labels is refused for "
+    "segmentation)",
+)

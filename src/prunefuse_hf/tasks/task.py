@@ -85,6 +85,9 @@ class Task:
         ingest_labels (`Callable`, *optional*):
             `ingest_labels(run_dir, source, **options) -> AddResult`: brings annotators' answers for the open query
             into that store (what `prunefuse-hf label`, `label-studio pull` and `add_labels` call).
+        labels_metavar (`str`, defaults to `"FILE"`):
+            What the printed hints call the value of `prunefuse-hf label RUN --labels ...` (segmentation's masks come
+            as a folder too: `FILE_OR_FOLDER`).
         write_query (`Callable`, *optional*):
             `write_query(directory, dataset, indices, *, image_column, class_names, round, predictions,
             model_version, scores, <annotation_option>)`: writes a round's query batch for annotators.
@@ -146,6 +149,7 @@ class Task:
     label_store: Callable | None = None
     stored_answers: object | None = None
     ingest_labels: Callable | None = None
+    labels_metavar: str = "FILE"
     write_query: Callable | None = None
     query_predictions: Callable | None = None
     label_studio_predictions: Callable | None = None

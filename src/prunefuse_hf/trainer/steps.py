@@ -377,7 +377,7 @@ def _write_query(trainer, round_: int, indices: np.ndarray, query: dict) -> None
     trainer.accelerator.wait_for_everyone()
     logger.info(
         f"{len(indices):,} images to label for round {round_}: {directory} ({query_contents(directory)}). Bring the "
-        f"labels with `prunefuse-hf label {trainer.run_dir.path} --labels FILE` (or, with a Label Studio server, "
+        f"labels with `prunefuse-hf label {trainer.run_dir.path} --labels {trainer.task.labels_metavar}` (or, with a Label Studio server, "
         f"`prunefuse-hf label-studio push {trainer.run_dir.path}`, then `... pull`), then resume: {trainer.resume_command or 'trainer.train(resume_from_checkpoint=True)'}"
     )
 

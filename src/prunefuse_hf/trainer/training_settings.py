@@ -1,10 +1,11 @@
 """Where each `TrainingArguments` field of a PruneFuse run applies, and the settings and callbacks refused before any
 work.
 
-A run trains many models with inner Trainers (`steps._train`): the surrogate every round, and the final model (the
-fused model, or a fresh dense one). Their arguments are copies of the run's config (`surrogate_training_args`,
-`dense_training_args`), so a stock `TrainingArguments` field reaches them as a stock Trainer user expects, or is
-refused here by name, with the fix, before the pool is decoded and before the run directory is created.
+A run trains many models with inner Trainers (`step_models.train_model`): the surrogate every round, and the final
+model (the fused model, or a fresh dense one). Their arguments are copies of the run's config
+(`surrogate_training_args`, `dense_training_args`), so a stock `TrainingArguments` field reaches them as a stock
+Trainer user expects, or is refused here by name, with the fix, before the pool is decoded and before the run
+directory is created.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from .segmentation_loading import load_segmentation_dataset
 from .segmentation_masks import IGNORE_INDEX, open_mask, reduce_mask_labels
 from .segmentation_metrics import segmentation_compute_metrics
 from .segmentation_synthetic import synthetic_segmentation_pool
-from .task import Task
+from .task import CardText, Task
 
 
 def prepare_segmentation(
@@ -318,6 +318,15 @@ def load_segmentation_split(data_args, config, split: str):
                                      validate=False)  # fmt: skip
 
 
+def _card_quickstart(source: str, *, num_channels: int, labels: list[str]) -> str:
+    return (
+        "from transformers import pipeline\n\n"
+        f'segmenter = pipeline("image-segmentation", model="{source}")\n'
+        'for region in segmenter("image.png"):\n'
+        '    print(region["label"], region["mask"].size)  # one PIL mask per class found in the image'
+    )
+
+
 SEGMENTATION = Task(
     name="image-segmentation",
     auto_model_class="AutoModelForSemanticSegmentation",
@@ -334,6 +343,15 @@ SEGMENTATION = Task(
     annotation_formats=("mask_folder", "label_studio_brush_labels"),
     label_studio_tag="BrushLabels",
     card_metric="mean_iou",
+    card=CardText(
+        model_kind="semantic segmentation model",
+        variable="segmenter",
+        metric_name="mean IoU",
+        metric_phrase="a mean IoU",
+        loss="the model's own loss",
+        distills=False,
+        quickstart=_card_quickstart,
+    ),
     # The transform reads the `image` and mask columns, which are no arguments of the model's forward (the guide
     # sets the same).
     training_arguments={"remove_unused_columns": False},

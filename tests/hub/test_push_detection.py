@@ -61,7 +61,7 @@ def test_a_detection_run_pushed_to_the_hub_comes_back_whole(hub, tmp_path):
     surrogate_card = hub.files(SURROGATE)["README.md"].decode()
     assert "surrogate = AutoModelForObjectDetection.from_pretrained(folder)" in surrogate_card
     assert f'pipeline("object-detection", model="{SURROGATE}")' in surrogate_card
-    subset_card = hub.files(SUBSET)["README.md"].decode()
+    subset_card = hub.files(SUBSET, "dataset")["README.md"].decode()
     assert yaml.safe_load(subset_card.split("---\n")[1])["task_categories"] == ["object-detection"]
 
     # The subset: the selected pool rows, in the order they were labeled, through the Hub.

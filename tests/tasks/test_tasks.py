@@ -119,7 +119,7 @@ def test_every_task_says_what_its_cards_call_its_models(name):
     card = task.card
     snippet = card.quickstart("me/model", num_channels=3, labels=["cat", "dog"])
     assert f'{card.variable} = pipeline("{task.name}", model="me/model")' in snippet
-    assert card.distills is (task is CLASSIFICATION)
+    assert task.distills is (task is CLASSIFICATION)
     assert card.loss == ("plain cross-entropy" if task is CLASSIFICATION else "the model's own loss")
     assert card.metric_phrase.endswith(card.metric_name) or card.metric_name == "mAP"
 

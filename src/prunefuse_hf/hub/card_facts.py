@@ -105,9 +105,9 @@ def collect_model_card_facts(
         example_label=labels[0] if labels else None,
         summary=card_text.summary(config, card_text.count(pool_size)),
         method=method,
-        method_description=card_text.method_description(METHOD_DESCRIPTIONS.get(method), card.distills),
+        method_description=card_text.method_description(METHOD_DESCRIPTIONS.get(method), task.distills),
         method_overrides=card_text.overrides(
-            card_text.user_overrides(metrics["method_overrides"], card.distills)
+            card_text.user_overrides(metrics["method_overrides"], task.distills)
         ),
         base_model=base_model,
         base_model_url=f"{endpoint}/{base_model}" if base_model else None,

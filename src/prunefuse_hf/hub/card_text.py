@@ -159,7 +159,7 @@ def summary(config: dict, pool_size: str | None) -> str:
 
 
 def method_description(description: str | None, distills: bool) -> str | None:
-    """A method's description for a run whose models may distill from the surrogate or not (`CardText.distills`):
+    """A method's description for a run whose models may distill from the surrogate or not (`Task.distills`):
     detectors and segmenters train with their own loss, never with distillation from the surrogate."""
     if description is None or distills:
         return description

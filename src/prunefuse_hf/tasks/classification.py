@@ -82,7 +82,7 @@ CLASSIFICATION = Task(
         metric_name="accuracy",
         metric_phrase="an accuracy",
         loss="plain cross-entropy",
-        distills=True,
         quickstart=_card_quickstart,
     ),
+    distills=True,
 )

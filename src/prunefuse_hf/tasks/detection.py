@@ -337,7 +337,6 @@ DETECTION = Task(
         metric_name="mAP",
         metric_phrase="a COCO mAP (IoU 0.50:0.95)",
         loss="the model's own loss",
-        distills=False,
         quickstart=_card_quickstart,
     ),
     training_arguments={"remove_unused_columns": False, "eval_do_concat_batches": False},

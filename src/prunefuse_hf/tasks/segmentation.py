@@ -349,7 +349,6 @@ SEGMENTATION = Task(
         metric_name="mean IoU",
         metric_phrase="a mean IoU",
         loss="the model's own loss",
-        distills=False,
         quickstart=_card_quickstart,
     ),
     # The transform reads the `image` and mask columns, which are no arguments of the model's forward (the guide

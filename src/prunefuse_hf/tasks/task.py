@@ -25,9 +25,6 @@ class CardText:
         metric_phrase (`str`): The headline metric in a sentence, "It reaches {metric_phrase} of 0.91"
             (`an accuracy`, `a COCO mAP (IoU 0.50:0.95)`).
         loss (`str`): The final training's loss without distillation (`plain cross-entropy`).
-        distills (`bool`): Whether the final training may distill from the surrogate (`distill_alpha`). Models that
-            train with their own loss only (detectors, segmenters) have the method's description say so, and the
-            `distill_alpha: 0` their runs set is not listed among the user's settings.
         quickstart (`Callable`): `quickstart(source, *, num_channels, labels) -> str`: Python code that runs the
             model saved at `source` (a Hub id or a folder) on `image.png`; `labels` are its class names.
 
@@ -36,8 +33,8 @@ class CardText:
     ```python
     >>> from prunefuse_hf.tasks import get_task
     >>> card = get_task("object-detection").card
-    >>> card.model_kind, card.metric_name, card.distills
-    ('object detector', 'mAP', False)
+    >>> card.model_kind, card.metric_name, card.loss
+    ('object detector', 'mAP', "the model's own loss")
     >>> print(card.quickstart("me/detector", num_channels=3, labels=[]).splitlines()[2])
     detector = pipeline("object-detection", model="me/detector")
     ```
@@ -48,7 +45,6 @@ class CardText:
     metric_name: str
     metric_phrase: str
     loss: str
-    distills: bool
     quickstart: Callable
 
 
@@ -97,6 +93,10 @@ class Task:
             The metric the model card reports per labeling budget.
         card ([`CardText`], *optional*):
             What the model cards say of the task's models (their name, metric, loss and quickstart snippet).
+        distills (`bool`, *optional*, defaults to `False`):
+            Whether the final model may distill from the surrogate (`distill_alpha`) and smooth its labels
+            (`label_smoothing_factor`): a classifier's cross-entropy. `False`: the models train with their own loss
+            (detectors, segmenters); their runs set `distill_alpha: 0`, and the cards say "trains with its own loss".
         training_arguments (`Mapping[str, object]`):
             `TrainingArguments` values the task needs (e.g. `remove_unused_columns=False` for detection labels).
         annotation_option (`str`):
@@ -169,6 +169,7 @@ class Task:
     label_studio_tag: str = ""
     card_metric: str = ""
     card: CardText | None = None
+    distills: bool = False
     training_arguments: Mapping[str, object] = field(default_factory=dict)
     annotation_option: str = ""
     run_options: Callable | None = None

@@ -139,8 +139,8 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         if isinstance(model, (str, os.PathLike)):
             check_hub_model("model", model)  # a Hub id the Hub cannot serve: refused now, not after retries
         task = annotated_task(model, args)
-        check_training_settings(args, (task or CLASSIFICATION).metric_names, task_name=(task or CLASSIFICATION).name,
-                                callbacks=callbacks, has_eval_set=eval_dataset is not None)  # fmt: skip
+        check_training_settings(args, task or CLASSIFICATION, callbacks=callbacks,
+                                has_eval_set=eval_dataset is not None)  # fmt: skip
         if task is None:
             init_classification_run(self, model, args, train_dataset, eval_dataset, processing_class, callbacks,
                                     compute_metrics, recipe=recipe, resume_command=resume_command)  # fmt: skip

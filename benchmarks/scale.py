@@ -51,7 +51,8 @@ from transformers import TrainerCallback
 from prunefuse_hf.constants import PIXEL_CACHE_DIR_ENV
 from prunefuse_hf.data.pool import DataPool
 from prunefuse_hf.selection import get_strategy
-from prunefuse_hf.trainer.run_state import relative_image_paths
+from prunefuse_hf.trainer import run_plan
+from prunefuse_hf.trainer.run_state import relative_image_paths, save_run_state
 from prunefuse_hf.utils.io import json_default
 from prunefuse_hf.utils.run_directory import RunDirectory
 
@@ -258,16 +259,15 @@ def measure_resume(n: int) -> dict:
 
         saves = []
         first = PruneFuseTrainer(model, args=config(), train_dataset=pool, callbacks=[_StepClock()])
-        save_state, first_pool = first._save_state, first.pool
 
-        def timed_save():
+        def timed_save(trainer):
             started = time.perf_counter()
-            save_state()
-            saves.append((time.perf_counter() - started, first_pool.num_labeled))
+            save_run_state(trainer)
+            saves.append((time.perf_counter() - started, trainer.pool.num_labeled))
 
-        first._save_state = timed_save
         started = time.perf_counter()
-        first.train()  # init, train_surrogate:1, select:1
+        with mock.patch.object(run_plan, "save_run_state", timed_save):
+            first.train()  # init, train_surrogate:1, select:1
         first_run = time.perf_counter() - started
         assert first.progress["completed"][-1] == "select:1", first.progress["completed"]
         state_bytes = sum(f.stat().st_size for f in Path(f"{tmp}/run").glob("*") if f.is_file())

@@ -40,6 +40,8 @@ SELF_CONTAINED_EXAMPLES = [
     "prunefuse_hf.annotation.oracle.oracle_labels",
     "prunefuse_hf.data.validation.check_batchnorm_batch_sizes",
     "prunefuse_hf.data.validation.check_labeling_budget",
+    "prunefuse_hf.data.images.path_of",
+    "prunefuse_hf.tasks.task.CardText",
 ]
 
 

@@ -414,6 +414,22 @@ def test_lazily_opened_pil_image_names_its_file(tmp_path):
             open_image(image)
 
 
+def test_path_of_names_the_file_of_every_value_form(tmp_path):
+    from pathlib import Path
+
+    from prunefuse_hf.data.images import path_of
+
+    png = tmp_path / "cat.png"
+    PIL.Image.new("L", (2, 2)).save(png)
+    with PIL.Image.open(png) as opened:
+        assert path_of(opened) == str(png)
+    assert path_of({"path": Path("cats/1.png"), "bytes": None}) == "cats/1.png"
+    assert path_of(Path("cats/1.png")) == "cats/1.png" and path_of("cats/1.png") == "cats/1.png"
+    for no_file in ({"path": None, "bytes": b"..."}, {"path": "", "bytes": None}, PIL.Image.new("L", (2, 2)),
+                    np.zeros((2, 2), np.uint8), None):  # fmt: skip
+        assert path_of(no_file) is None
+
+
 def test_truncated_bytes_name_the_pool_index(tmp_path):
     path = truncated_png(tmp_path)
     with pytest.raises(ImageDecodeError, match=r"^Cannot decode image at pool index 3 \(.*truncated"):

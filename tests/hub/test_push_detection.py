@@ -62,7 +62,11 @@ def test_a_detection_run_pushed_to_the_hub_comes_back_whole(hub, tmp_path):
     card = hub.files(MODEL)["README.md"].decode()
     assert yaml.safe_load(card.split("---\n")[1])["pipeline_tag"] == "object-detection"
     assert f'pipeline("object-detection", model="{MODEL}")' in card
-    assert "object-detection" in hub.files(SURROGATE)["README.md"].decode()
+    surrogate_card = hub.files(SURROGATE)["README.md"].decode()
+    assert "surrogate = AutoModelForObjectDetection.from_pretrained(folder)" in surrogate_card
+    assert f'pipeline("object-detection", model="{SURROGATE}")' in surrogate_card
+    subset_card = hub.files(SUBSET, "dataset")["README.md"].decode()
+    assert yaml.safe_load(subset_card.split("---\n")[1])["task_categories"] == ["object-detection"]
 
     # The subset: the selected pool rows, in the order they were labeled, through the Hub.
     selection = pq.read_table(run_dir / "selection.parquet").to_pydict()

@@ -112,6 +112,28 @@ def test_classification_points_at_the_existing_functions():
     assert DETECTION.card_metric == "map"
 
 
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_says_what_its_cards_call_its_models(name):
+    # The card code reads this and never the task's name: a new task writes its card text in its own module.
+    task = get_task(name)
+    card = task.card
+    snippet = card.quickstart("me/model", num_channels=3, labels=["cat", "dog"])
+    assert f'{card.variable} = pipeline("{task.name}", model="me/model")' in snippet
+    assert task.distills is (task is CLASSIFICATION)
+    assert card.loss == ("plain cross-entropy" if task is CLASSIFICATION else "the model's own loss")
+    assert card.metric_phrase.endswith(card.metric_name) or card.metric_name == "mAP"
+
+
+def test_a_one_channel_classifier_card_loads_the_model_without_pipeline():
+    # pipeline() feeds RGB, which a one-channel model cannot take: the snippet converts to gray itself.
+    snippet = CLASSIFICATION.card.quickstart("me/gray", num_channels=1, labels=["cat"])
+    assert "pipeline" not in snippet.split("#")[0] and 'Image.open("image.png").convert("L")' in snippet
+    assert 'AutoModelForImageClassification.from_pretrained("me/gray")' in snippet
+    assert snippet.endswith(
+        'print(model.config.id2label[logits.argmax(-1).item()])  # a class name, e.g. "cat"'
+    )
+
+
 @pytest.mark.parametrize("measure", ["least_confidence", "entropy", "margin"])
 def test_classification_scores_are_the_strategies_scores(measure):
     logits = torch.randn(6, 4)

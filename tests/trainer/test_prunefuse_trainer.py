@@ -728,9 +728,9 @@ def test_a_damaged_image_found_mid_run_can_be_repaired_and_the_run_resumes(tmp_p
 )
 def test_decoded_batches_get_dataloader_workers_unless_set(tmp_path, pool, monkeypatch, cache, gets_workers):
     from prunefuse_hf.data.pixel_cache_build import usable_cores
-    from prunefuse_hf.trainer import prunefuse_trainer
+    from prunefuse_hf.trainer import classification_run
 
-    monkeypatch.setattr(prunefuse_trainer, "WORKERS_MIN_IMAGES", 50)
+    monkeypatch.setattr(classification_run, "WORKERS_MIN_IMAGES", 50)
     monkeypatch.setenv("PRUNEFUSE_PIXEL_CACHE", str(tmp_path / "cache"))
     trainer = PruneFuseTrainer(dense_config(), args=make_config(tmp_path / "run", validate_images=False, **cache),
                                train_dataset=pool)  # fmt: skip

@@ -325,7 +325,7 @@ def test_a_metadata_csv_of_class_names_is_used_with_class_names_in_their_order(t
                                train_dataset=loaded, eval_dataset=loaded)  # fmt: skip
     assert trainer.class_names == order and trainer.model.config.id2label == dict(enumerate(order))
     expected = [order.index(p.split("/")[-2]) for p in _paths(loaded)]
-    assert trainer._pool_labels.tolist() == expected
+    assert trainer.pool_labels.tolist() == expected
     assert trainer.predict(loaded).label_ids.tolist() == expected
     # Without class_names: the sorted names.
     trainer = PruneFuseTrainer(tiny_resnet_config(), args=make_config(tmp_path / "b"), train_dataset=loaded)

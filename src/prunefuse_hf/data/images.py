@@ -105,7 +105,7 @@ def open_image(value, *, pool_index: int | None = None) -> PIL.Image.Image:
             f"open_image expects a datasets Image value ({{'path': ..., 'bytes': ...}}), a path, bytes, a PIL image "
             f"or a numpy array, not {type(value).__name__}."
         )
-    path = _path_of(value)
+    path = path_of(value)
     # PIL plugins raise many kinds of exceptions on corrupt data (OSError, SyntaxError, struct.error,
     # IndexError, zlib.error, ...): everything raised while decoding one image is reported as that image's error.
     try:
@@ -219,7 +219,7 @@ def image_identities(
         rows = rows.cast_column(column, datasets.Image(decode=False))
     digests, paths = [], []
     for index, value in zip(indices, rows[column]):
-        paths.append(_path_of(value))
+        paths.append(path_of(value))
         try:
             digests.append(pixel_digest(open_image(value, pool_index=index)))
         except ImageDecodeError:
@@ -235,16 +235,30 @@ def pixel_digest(image: PIL.Image.Image) -> str:
     return digest.hexdigest()
 
 
-def _path_of(value) -> str | None:
-    """The file a value comes from, known before anything is read, to name it in errors."""
+def path_of(value) -> str | None:
+    """
+    The file an image (or mask) value comes from, known before anything is read: to name it in errors and to find
+    files beside it.
+
+    Args:
+        value: A dataset cell: a `{"path", "bytes"}` dict, a path, a PIL image, or an array.
+
+    Returns:
+        `str` or `None`: the dict's path, the path itself, or the PIL image's file name; `None` when it has none.
+
+    Example:
+
+    ```python
+    >>> path_of({"path": "cats/1.png", "bytes": None}), path_of([[0, 255]])
+    ('cats/1.png', None)
+    ```
+    """
     if isinstance(value, dict):
         path = value.get("path")
         return os.fspath(path) if path else None
     if isinstance(value, (str, os.PathLike)):
         return os.fspath(value)
-    if isinstance(value, PIL.Image.Image):
-        return getattr(value, "filename", None) or None
-    return None
+    return getattr(value, "filename", None) or None
 
 
 def _decode(value) -> PIL.Image.Image:

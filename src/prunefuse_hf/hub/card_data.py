@@ -159,6 +159,9 @@ class SurrogateCardFacts:
         subset_repo_id, subset_repo_url (`str`, *optional*): The selected subset's repo and address.
         pruning_path (`str`, *optional*): `"replay"` when the surrogate takes the general path (its config is the
             dense one; `prunefuse_hf.load_surrogate` rebuilds it), otherwise a narrowed-config checkpoint.
+        task (`str`): The model's `pipeline()` task.
+        auto_class (`str`): The transformers Auto class its snippet loads it with.
+        model_variable (`str`): The name its snippet gives the pipeline (the task's `CardText.variable`).
         citation (`str`): BibTeX of the paper.
     """
 
@@ -177,6 +180,8 @@ class SurrogateCardFacts:
     subset_repo_url: str | None
     pruning_path: str | None = None
     task: str = "image-classification"
+    auto_class: str = "AutoModelForImageClassification"
+    model_variable: str = "classifier"
     citation: str = CITATION
 
 

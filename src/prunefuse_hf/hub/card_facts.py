@@ -92,13 +92,13 @@ def collect_model_card_facts(
     source = model_repo_id or f"path/to/{checkpoint_dir.name}"
     num_channels = int(model_config.get("num_channels") or 3)
     shareable_recipe, shortened = card_text.shareable(recipe) if recipe else (None, False)
-    task, metric = metrics["task"], metrics["metric"]
-    kind, auto_class, _ = card_text.model_kind(task)
+    task, metric = _run_task(metrics["task"]), metrics["metric"]
+    card = task.card
     return ModelCardFacts(
         title=title,
         model_repo_id=model_repo_id,
         model_source=source,
-        architecture=(model_config.get("architectures") or [auto_class])[0],
+        architecture=(model_config.get("architectures") or [task.auto_model_class])[0],
         model_type=model_config.get("model_type"),
         num_channels=num_channels,
         num_labels=len(model_config.get("id2label") or {}) or None,
@@ -106,8 +106,10 @@ def collect_model_card_facts(
         example_label=labels[0] if labels else None,
         summary=card_text.summary(config, card_text.count(pool_size)),
         method=method,
-        method_description=card_text.method_description(METHOD_DESCRIPTIONS.get(method), task),
-        method_overrides=card_text.overrides(card_text.user_overrides(metrics["method_overrides"], task)),
+        method_description=card_text.method_description(METHOD_DESCRIPTIONS.get(method), task.distills),
+        method_overrides=card_text.overrides(
+            card_text.user_overrides(metrics["method_overrides"], task.distills)
+        ),
         base_model=base_model,
         base_model_url=f"{endpoint}/{base_model}" if base_model else None,
         base_model_folder=base_model_folder,
@@ -118,11 +120,11 @@ def collect_model_card_facts(
         dataset=dataset,
         dataset_details=dataset_details,
         eval_description=card_text.evaluation(data, config),
-        task=task,
-        model_kind=kind,
+        task=task.name,
+        model_kind=card.model_kind,
         metric=metric,
-        metric_name=card_text.metric_name(metric)[0],
-        metric_phrase=card_text.metric_name(metric)[1],
+        metric_name=card.metric_name,
+        metric_phrase=card.metric_phrase,
         subset_repo_id=subset_repo_id,
         subset_repo_url=f"{endpoint}/datasets/{subset_repo_id}" if subset_repo_id else None,
         surrogate_repo_id=surrogate_repo_id,
@@ -145,7 +147,7 @@ def collect_model_card_facts(
         surrogate_init=config.get("surrogate_init"),
         sync_every=config.get("sync_every") or None,
         fusion=card_text.fusion(config),
-        distillation=card_text.distillation(config, task),
+        distillation=card_text.distillation(config, card.loss),
         rounds=card_text.rounds(metrics["rounds"], metric),
         final_metric=card_text.accuracy(final.get(metric)),
         final_metric_at_start=card_text.accuracy(final.get(f"{metric}_at_start")),
@@ -154,7 +156,7 @@ def collect_model_card_facts(
         selection_flops_ratio=card_text.ratio(
             metrics["selection"]["flops"], metrics["selection"]["dense_flops"]
         ),
-        quickstart=card_text.quickstart(source, num_channels, labels, task),
+        quickstart=card.quickstart(source, num_channels=num_channels, labels=labels),
         recipe=card_text.yaml(shareable_recipe) if shareable_recipe else None,
         recipe_paths_shortened=shortened,
         versions=framework_versions(),
@@ -202,6 +204,7 @@ def collect_surrogate_card_facts(
     config, costs = metrics["config"], metrics["costs"]
     dense, surrogate = costs.get("dense", {}), costs.get("surrogate", {})
     model_type = json.loads((run_dir / FUSED_DIR / "config.json").read_text()).get("model_type")
+    task = _run_task(metrics["task"])
     return SurrogateCardFacts(
         title=f"{repo_id.split('/')[-1]} (PruneFuse surrogate)",
         repo_id=repo_id,
@@ -217,7 +220,9 @@ def collect_surrogate_card_facts(
         subset_repo_id=subset_repo_id,
         subset_repo_url=f"{endpoint}/datasets/{subset_repo_id}" if subset_repo_id else None,
         pruning_path=_pruning_path(run_dir / SURROGATE_DIR / PRUNING_PLAN_NAME),
-        task=metrics["task"],
+        task=task.name,
+        auto_class=task.auto_model_class,
+        model_variable=task.card.variable,
     )
 
 
@@ -315,6 +320,14 @@ def collect_subset_card_facts(
         if source.get("annotation_column") in selection.column_names
         else None,
     )
+
+
+def _run_task(name: str):
+    """The run's [`Task`] (its card text), imported on first use: the tasks import torch, which a card needs for
+    the versions it lists anyway, but which loading this module (and pushing a subset) does not."""
+    from ..tasks import get_task
+
+    return get_task(name)
 
 
 def _endpoint(endpoint: str | None) -> str:

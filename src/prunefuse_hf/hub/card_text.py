@@ -1,5 +1,6 @@
-"""How each fact of a card is written as card text: numbers, YAML values, links, the summary, rounds, costs,
-class counts and the quickstart. `card_facts` calls these while it collects a run's facts."""
+"""How each fact of a card is written as card text: numbers, YAML values, links, the summary, rounds, costs and
+class counts. `card_facts` calls these while it collects a run's facts; what a task's models are called, their
+metric, loss and quickstart snippet come from the task's `CardText` (`prunefuse_hf.tasks`)."""
 
 from __future__ import annotations
 
@@ -57,30 +58,6 @@ def yaml(value) -> str:
     RecipeDumper.add_representer(list, RecipeDumper.represent_list)
     return yaml.dump(value, Dumper=RecipeDumper, sort_keys=False, allow_unicode=True, default_flow_style=False,
                      width=100).strip()  # fmt: skip
-
-
-# What the cards call each `pipeline()` task's models, their Auto class and the variable their snippets use.
-MODEL_KINDS = {
-    "image-classification": ("image classifier", "AutoModelForImageClassification", "classifier"),
-    "object-detection": ("object detector", "AutoModelForObjectDetection", "detector"),
-    "image-segmentation": ("semantic segmentation model", "AutoModelForSemanticSegmentation", "segmenter"),
-}
-# Each evaluation metric's name in a table header, and in a sentence ("It reaches an accuracy of ...").
-METRIC_NAMES = {
-    "accuracy": ("accuracy", "an accuracy"),
-    "map": ("mAP", "a COCO mAP (IoU 0.50:0.95)"),
-    "mean_iou": ("mean IoU", "a mean IoU"),
-}
-
-
-def model_kind(task: str) -> tuple[str, str, str]:
-    """`(what the model is, its Auto class, the snippets' variable)` for a `pipeline()` task name."""
-    return MODEL_KINDS.get(task, MODEL_KINDS["image-classification"])
-
-
-def metric_name(metric: str) -> tuple[str, str]:
-    """`(header name, name in a sentence)` of an evaluation metric key (`accuracy`, `map`, `mean_iou`)."""
-    return METRIC_NAMES.get(metric, (metric, f"a {metric}"))
 
 
 def count(value) -> str | None:
@@ -181,18 +158,18 @@ def summary(config: dict, pool_size: str | None) -> str:
     return f"{selection}; {training}"
 
 
-def method_description(description: str | None, task: str) -> str | None:
-    """A method's description for a run of `task`: detectors and segmenters train with their own loss, never with
-    distillation from the surrogate."""
-    if description is None or task == "image-classification":
+def method_description(description: str | None, distills: bool) -> str | None:
+    """A method's description for a run whose models may distill from the surrogate or not (`Task.distills`):
+    detectors and segmenters train with their own loss, never with distillation from the surrogate."""
+    if description is None or distills:
         return description
     return description.replace("trains with distillation", "trains with its own loss")
 
 
-def user_overrides(overrides: dict | None, task: str) -> dict | None:
-    """The method's settings the user changed: without `distill_alpha: 0`, which every detection and segmentation
-    run sets itself (see `trainer.annotated_run`)."""
-    if not overrides or task == "image-classification":
+def user_overrides(overrides: dict | None, distills: bool) -> dict | None:
+    """The method's settings the user changed: without `distill_alpha: 0`, which every run of a task that does not
+    distill sets itself (see `trainer.annotated_run`)."""
+    if not overrides or distills:
         return overrides
     return {name: value for name, value in overrides.items() if not (name == "distill_alpha" and not value)}
 
@@ -233,12 +210,11 @@ def fusion(config: dict) -> str:
     return f"trained surrogate written into {start} at its kept indices; normalization statistics {norm}"
 
 
-def distillation(config: dict, task: str = "image-classification") -> str:
+def distillation(config: dict, loss: str = "plain cross-entropy") -> str:
+    """The final training's distillation, or `none ({loss})` (the task's `CardText.loss`)."""
     alpha = config.get("distill_alpha") or 0
     if not alpha:
-        return (
-            "none (plain cross-entropy)" if task == "image-classification" else "none (the model's own loss)"
-        )
+        return f"none ({loss})"
     return f"from the trained surrogate, α = {alpha}, τ = {config.get('distill_temperature')}"
 
 
@@ -304,39 +280,3 @@ def class_counts(rows: dict, class_names: list[str] | None) -> list[dict[str, st
         {"name": shown[y], "count": count(counts[y]), "share": f"{counts[y] / total:.1%}"}
         for y in sorted(counts)
     ]
-
-
-def quickstart(source: str, num_channels: int, labels: list[str], task: str = "image-classification") -> str:
-    example = f'  # a class name, e.g. "{labels[0]}"' if labels else ""
-    if task == "object-detection":
-        return (
-            "from transformers import pipeline\n\n"
-            f'detector = pipeline("object-detection", model="{source}")\n'
-            'for found in detector("image.png", threshold=0.5):\n'
-            '    print(found["label"], round(found["score"], 3), found["box"])' + example
-        )
-    if task == "image-segmentation":
-        return (
-            "from transformers import pipeline\n\n"
-            f'segmenter = pipeline("image-segmentation", model="{source}")\n'
-            'for region in segmenter("image.png"):\n'
-            '    print(region["label"], region["mask"].size)  # one PIL mask per class found in the image'
-        )
-    if num_channels != 1:
-        return (
-            "from transformers import pipeline\n\n"
-            f'classifier = pipeline("image-classification", model="{source}")\n'
-            f'print(classifier("image.png")[0]["label"]){example}'
-        )
-    # `pipeline()` converts every image to RGB, which a one-channel model cannot take.
-    return (
-        "import torch\nfrom PIL import Image\n"
-        "from transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
-        f'processor = AutoImageProcessor.from_pretrained("{source}")\n'
-        f'model = AutoModelForImageClassification.from_pretrained("{source}").eval()\n'
-        "# The model reads one-channel images: convert to grayscale first (pipeline() would feed RGB).\n"
-        'image = Image.open("image.png").convert("L")\n'
-        "with torch.no_grad():\n"
-        '    logits = model(**processor(images=image, return_tensors="pt")).logits\n'
-        f"print(model.config.id2label[logits.argmax(-1).item()]){example}"
-    )

@@ -26,7 +26,6 @@ from ..constants import (
     SUBSET_METADATA_NAME,
 )
 from ..utils.run_directory import RunDirectory
-from . import card_text
 from .card_data import (
     ModelCardFacts,
     SubsetCardFacts,
@@ -217,8 +216,7 @@ def _render(template_name: str, card_data, facts) -> str:
     values = {f.name: getattr(facts, f.name) for f in fields(facts)}
     text = template_environment().get_template(template_name).render(
         card_data=card_data.to_yaml(), paper_url=PAPER_URL, metadata_name=SUBSET_METADATA_NAME,
-        selection_name=SELECTION_NAME, examples_dir=SUBSET_EXAMPLES_DIR, plan_name=PRUNING_PLAN_NAME,
-        task_names=card_text.model_kind(values.get("task", "image-classification")), **values,
+        selection_name=SELECTION_NAME, examples_dir=SUBSET_EXAMPLES_DIR, plan_name=PRUNING_PLAN_NAME, **values,
     )  # fmt: skip
     # Sections that vanished leave runs of blank lines behind.
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"

@@ -67,7 +67,7 @@ from .segmentation_masks import open_mask, reduce_mask_labels
 from .segmentation_metrics import mean_iou, segmentation_compute_metrics, segmentation_preprocess_logits
 from .segmentation_store import SegmentationLabelStore, ingest_segmentation_labels
 from .segmentation_synthetic import synthetic_segmentation_pool
-from .task import Task
+from .task import CardText, Task
 
 TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, DETECTION, SEGMENTATION)}
 
@@ -157,6 +157,7 @@ __all__ = [
     "AnnotationStore",
     "BBOX_FORMATS",
     "CLASSIFICATION",
+    "CardText",
     "DETECTION",
     "DetectionLabelStore",
     "DetectionLabels",

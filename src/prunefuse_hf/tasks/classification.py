@@ -11,7 +11,7 @@ from ..data.labels import resolve_class_names
 from ..data.loading import validate_image_dataset
 from ..data.preprocessing import ImagePreprocessor
 from ..selection.strategies import UncertaintyStrategy, get_strategy
-from .task import Task
+from .task import CardText, Task
 
 
 def classification_image_scores(outputs, measure: str = "least_confidence", **_) -> torch.Tensor:
@@ -36,6 +36,28 @@ def classification_image_scores(outputs, measure: str = "least_confidence", **_)
     return torch.from_numpy(np.asarray(strategy.compute_scores(probs), dtype=np.float32))
 
 
+def _card_quickstart(source: str, *, num_channels: int, labels: list[str]) -> str:
+    example = f'  # a class name, e.g. "{labels[0]}"' if labels else ""
+    if num_channels != 1:
+        return (
+            "from transformers import pipeline\n\n"
+            f'classifier = pipeline("image-classification", model="{source}")\n'
+            f'print(classifier("image.png")[0]["label"]){example}'
+        )
+    # `pipeline()` converts every image to RGB, which a one-channel model cannot take.
+    return (
+        "import torch\nfrom PIL import Image\n"
+        "from transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
+        f'processor = AutoImageProcessor.from_pretrained("{source}")\n'
+        f'model = AutoModelForImageClassification.from_pretrained("{source}").eval()\n'
+        "# The model reads one-channel images: convert to grayscale first (pipeline() would feed RGB).\n"
+        'image = Image.open("image.png").convert("L")\n'
+        "with torch.no_grad():\n"
+        '    logits = model(**processor(images=image, return_tensors="pt")).logits\n'
+        f"print(model.config.id2label[logits.argmax(-1).item()]){example}"
+    )
+
+
 CLASSIFICATION = Task(
     name="image-classification",
     auto_model_class="AutoModelForImageClassification",
@@ -54,4 +76,13 @@ CLASSIFICATION = Task(
     annotation_formats=("csv", "jsonl", "parquet", "label_studio_choices"),
     label_studio_tag="Choices",
     card_metric="accuracy",
+    card=CardText(
+        model_kind="image classifier",
+        variable="classifier",
+        metric_name="accuracy",
+        metric_phrase="an accuracy",
+        loss="plain cross-entropy",
+        quickstart=_card_quickstart,
+    ),
+    distills=True,
 )

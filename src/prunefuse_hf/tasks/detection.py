@@ -31,7 +31,7 @@ from .detection_loading import load_detection_dataset
 from .detection_metrics import COCO_STAT_NAMES, detection_compute_metrics
 from .detection_store import DETECTION_ANSWERS, DetectionLabelStore, ingest_detection_labels
 from .detection_synthetic import synthetic_detection_pool
-from .task import Task
+from .task import CardText, Task
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 DEFAULT_FALLBACK_TOP_K = 1
@@ -309,6 +309,16 @@ def load_detection_split(data_args, config, split: str):
                                   revision=data_args.dataset_revision)  # fmt: skip
 
 
+def _card_quickstart(source: str, *, num_channels: int, labels: list[str]) -> str:
+    example = f'  # a class name, e.g. "{labels[0]}"' if labels else ""
+    return (
+        "from transformers import pipeline\n\n"
+        f'detector = pipeline("object-detection", model="{source}")\n'
+        'for found in detector("image.png", threshold=0.5):\n'
+        '    print(found["label"], round(found["score"], 3), found["box"])' + example
+    )
+
+
 DETECTION = Task(
     name="object-detection",
     auto_model_class="AutoModelForObjectDetection",
@@ -325,6 +335,14 @@ DETECTION = Task(
     annotation_formats=("coco_json", "label_studio_rectangle_labels"),
     label_studio_tag="RectangleLabels",
     card_metric="map",
+    card=CardText(
+        model_kind="object detector",
+        variable="detector",
+        metric_name="mAP",
+        metric_phrase="a COCO mAP (IoU 0.50:0.95)",
+        loss="the model's own loss",
+        quickstart=_card_quickstart,
+    ),
     training_arguments={"remove_unused_columns": False, "eval_do_concat_batches": False},
     annotation_option="objects_column",
     run_options=detection_run_options,

@@ -27,7 +27,7 @@ from .segmentation_masks import IGNORE_INDEX, open_mask, reduce_mask_labels
 from .segmentation_metrics import segmentation_compute_metrics
 from .segmentation_store import SEGMENTATION_ANSWERS, SegmentationLabelStore, ingest_segmentation_labels
 from .segmentation_synthetic import synthetic_segmentation_pool
-from .task import Task
+from .task import CardText, Task
 
 
 def prepare_segmentation(
@@ -324,6 +324,15 @@ def load_segmentation_split(data_args, config, split: str):
                                      validate=False)  # fmt: skip
 
 
+def _card_quickstart(source: str, *, num_channels: int, labels: list[str]) -> str:
+    return (
+        "from transformers import pipeline\n\n"
+        f'segmenter = pipeline("image-segmentation", model="{source}")\n'
+        'for region in segmenter("image.png"):\n'
+        '    print(region["label"], region["mask"].size)  # one PIL mask per class found in the image'
+    )
+
+
 SEGMENTATION = Task(
     name="image-segmentation",
     auto_model_class="AutoModelForSemanticSegmentation",
@@ -340,6 +349,14 @@ SEGMENTATION = Task(
     annotation_formats=("mask_folder", "label_studio_brush_labels"),
     label_studio_tag="BrushLabels",
     card_metric="mean_iou",
+    card=CardText(
+        model_kind="semantic segmentation model",
+        variable="segmenter",
+        metric_name="mean IoU",
+        metric_phrase="a mean IoU",
+        loss="the model's own loss",
+        quickstart=_card_quickstart,
+    ),
     # The transform reads the `image` and mask columns, which are no arguments of the model's forward (the guide
     # sets the same).
     training_arguments={"remove_unused_columns": False},

@@ -13,6 +13,42 @@ from types import MappingProxyType
 
 
 @dataclass(frozen=True)
+class CardText:
+    """
+    What the model cards say of a task's models: a new task writes its card text here, and the card code never asks
+    which task it renders.
+
+    Args:
+        model_kind (`str`): What a model of the task is, in a sentence (`image classifier`, `object detector`).
+        variable (`str`): The name the cards' snippets give the model's pipeline (`classifier`, `detector`).
+        metric_name (`str`): The headline metric (the task's `card_metric`) in a table header (`accuracy`, `mAP`).
+        metric_phrase (`str`): The headline metric in a sentence, "It reaches {metric_phrase} of 0.91"
+            (`an accuracy`, `a COCO mAP (IoU 0.50:0.95)`).
+        loss (`str`): The final training's loss without distillation (`plain cross-entropy`).
+        quickstart (`Callable`): `quickstart(source, *, num_channels, labels) -> str`: Python code that runs the
+            model saved at `source` (a Hub id or a folder) on `image.png`; `labels` are its class names.
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf.tasks import get_task
+    >>> card = get_task("object-detection").card
+    >>> card.model_kind, card.metric_name, card.loss
+    ('object detector', 'mAP', "the model's own loss")
+    >>> print(card.quickstart("me/detector", num_channels=3, labels=[]).splitlines()[2])
+    detector = pipeline("object-detection", model="me/detector")
+    ```
+    """
+
+    model_kind: str
+    variable: str
+    metric_name: str
+    metric_phrase: str
+    loss: str
+    quickstart: Callable
+
+
+@dataclass(frozen=True)
 class Task:
     """
     One task of the package, described by its functions.
@@ -55,6 +91,12 @@ class Task:
             The Label Studio control tag of its labeling config (`Choices`, `RectangleLabels`, `BrushLabels`).
         card_metric (`str`):
             The metric the model card reports per labeling budget.
+        card ([`CardText`], *optional*):
+            What the model cards say of the task's models (their name, metric, loss and quickstart snippet).
+        distills (`bool`, *optional*, defaults to `False`):
+            Whether the final model may distill from the surrogate (`distill_alpha`) and smooth its labels
+            (`label_smoothing_factor`): a classifier's cross-entropy. `False`: the models train with their own loss
+            (detectors, segmenters); their runs set `distill_alpha: 0`, and the cards say "trains with its own loss".
         training_arguments (`Mapping[str, object]`):
             `TrainingArguments` values the task needs (e.g. `remove_unused_columns=False` for detection labels).
         annotation_option (`str`):
@@ -140,6 +182,8 @@ class Task:
     annotation_formats: tuple[str, ...] = ()
     label_studio_tag: str = ""
     card_metric: str = ""
+    card: CardText | None = None
+    distills: bool = False
     training_arguments: Mapping[str, object] = field(default_factory=dict)
     annotation_option: str = ""
     run_options: Callable | None = None

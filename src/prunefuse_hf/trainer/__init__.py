@@ -10,8 +10,9 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "batchnorm": ["GlobalBatchNorm", "synced_batchnorm"],
         "distillation_trainer": ["DistillationTrainer", "compute_accuracy"],
         "prunefuse_config": ["PruneFuseConfig"],
-        "prunefuse_trainer": ["PruneFuseTrainer", "Step"],
+        "prunefuse_trainer": ["PruneFuseTrainer"],
         "report": ["class_balance", "comparison_table", "render_report", "write_report"],
+        "run_plan": ["Step"],
         "run_progress": ["RunProgress", "RunProgressCallback", "RunTracker"],
     },
 )

@@ -5,7 +5,7 @@
     trainer.save_model(dir)  # pipeline-ready fused checkpoint: weights, config with class names, processor, card
     trainer.push_to_hub()    # fused model, selected subset (and surrogate) with their cards
 
-A run is a list of resumable steps, read top to bottom in `_plan_steps` and `_run_step`: `init` (prune θ0 into
+A run is a list of resumable steps, read top to bottom in `run_plan` (`plan_steps`, `run_step`): `init` (prune θ0 into
 the surrogate, draw the initial labeled set); per round r, `train_surrogate:r`, `train_dense:r` (the fused or
 fresh dense model, at the last round and with `eval_dense_every_round`), `sync:r`, `select:r` (score the
 unlabeled pool, write the query) and `label:r` (labels of the query come in: from the pool's label column in
@@ -15,101 +15,43 @@ simulation, from annotators otherwise); then `report`. Every step ends by writin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 from transformers import (
     AutoConfig,
     PreTrainedModel,
     Trainer,
     TrainerCallback,
-    set_seed,
 )
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import TrainOutput
 from transformers.utils import logging
 
-from ..annotation.identity import check_query_rows, unlabeled_queries
 from ..annotation.store import ingest_labels
-from ..constants import (
-    DENSE_INIT_DIR,
-    IMAGE_PATH,
-    PIXEL_VALUES,
-    ROW_DIGESTS,
-    STATE_NAME,
-)
-from ..data.image_processor import build_image_processor, model_num_channels, pretrained_image_processor
-from ..data.images import first_image
-from ..data.pixel_cache_build import usable_cores
-from ..data.pixel_dataset import PixelDataset
+from ..constants import DENSE_INIT_DIR, PIXEL_VALUES, STATE_NAME
 from ..data.pool import DataPool
-from ..data.preprocessing import ImagePreprocessor
-from ..data.validation import check_batchnorm_batch_sizes, check_input_size, check_labeling_budget
 from ..hub.cards import write_model_card
 from ..hub.push import push_run
-from ..pruning.modeling import build_dense_model
-from ..pruning.prune import prune_model
-from ..pruning.support import check_supported_model
-from ..selection.scoring import active_dropout_layers, classifier_module
-from ..selection.strategies import get_strategy
 from ..tasks.classification import CLASSIFICATION
 from ..utils.hub_ids import check_hub_model
-from ..utils.io import redact_secrets
-from ..utils.run_directory import RunDirectory, step_name
+from ..utils.run_directory import RunDirectory
 from ..utils.run_metrics import build_metrics
-from . import steps
 from .annotated_run import annotated_task, init_annotated_run, validated_annotations
-from .distillation_trainer import compute_accuracy
-from .inputs import labeled_rows, pixel_cache_options, prepare_eval_dataset, prepare_pool, seed_labels
+from .classification_run import init_classification_run
+from .inputs import prepare_eval_dataset
 from .prunefuse_config import PruneFuseConfig
-from .run_logging import (
-    STEP_RECORD,
-    configure_package_logging,
-    describe_fact,
-    quiet_progress_bars,
-    without_callbacks,
-)
+from .run_logging import configure_package_logging, quiet_progress_bars, without_callbacks
+from .run_plan import Step, plan_steps, run_step
 from .run_progress import RunProgress, RunProgressCallback, RunTracker
-from .run_state import (
-    STATE_VERSION,
-    check_resumable,
-    check_same_pool,
-    initialized_run,
-    relative_image_paths,
-    result_settings,
-)
-from .task_examples import PixelExamples
-from .training_settings import (
-    check_early_stopping,
-    check_model_settings,
-    check_training_settings,
-    user_callbacks,
-)
+from .run_state import open_run
+from .step_models import save_checkpoint
+from .training_settings import check_early_stopping, check_training_settings, user_callbacks
 from .whole_set_evaluation import WholeSetEvaluation
 
 logger = logging.get_logger(__name__)
-
-# Below this pool size, starting DataLoader workers (about a second per loader) costs more than they save.
-WORKERS_MIN_IMAGES = 4096
-
-
-@dataclass(frozen=True)
-class Step:
-    """One resumable unit of a run: `kind` is init, train_surrogate, train_dense, sync, select, label or report."""
-
-    kind: str
-    round: int = 0
-
-    @property
-    def name(self) -> str:
-        return step_name(self.kind, self.round)
 
 
 class PruneFuseTrainer(WholeSetEvaluation, Trainer):
@@ -197,105 +139,18 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         if isinstance(model, (str, os.PathLike)):
             check_hub_model("model", model)  # a Hub id the Hub cannot serve: refused now, not after retries
         task = annotated_task(model, args)
-        check_training_settings(args, (task or CLASSIFICATION).metric_names, task_name=(task or CLASSIFICATION).name,
-                                callbacks=callbacks, has_eval_set=eval_dataset is not None)  # fmt: skip
-        if (
-            task is not None
-        ):  # detection, segmentation: images are prepared with their boxes or masks (`annotated_run`)
+        check_training_settings(args, task or CLASSIFICATION, callbacks=callbacks,
+                                has_eval_set=eval_dataset is not None)  # fmt: skip
+        if task is None:
+            init_classification_run(self, model, args, train_dataset, eval_dataset, processing_class, callbacks,
+                                    compute_metrics, recipe=recipe, resume_command=resume_command)  # fmt: skip
+        else:  # detection, segmentation: images are prepared with their boxes or masks (`annotated_run`)
             init_annotated_run(self, task, model, args, train_dataset, eval_dataset, processing_class, callbacks,
                                compute_metrics, recipe=recipe, resume_command=resume_command)  # fmt: skip
-            return
-        self.task = CLASSIFICATION
-        pool, self.class_names, self._pool_labels = prepare_pool(train_dataset, args)
-        self.initial_labels = seed_labels(args, pool, self._pool_labels, self.class_names)
-        if eval_dataset is not None and not isinstance(eval_dataset, PixelDataset):
-            # Checked before anything is decoded; decoded below with the run's processor.
-            eval_dataset, _ = labeled_rows(eval_dataset, args, self.class_names, what="the evaluation set")
-        check_labeling_budget(args, len(pool) - len(self.initial_labels))
-        self.strategy = get_strategy(args.strategy)
-
-        set_seed(args.seed)
-        if isinstance(model, PreTrainedModel):
-            # Before its label count is compared: a ViTModel or a backbone is refused by its class, not its labels.
-            check_supported_model(model, pruning_ratio=args.pruning_ratio)
-        dense = build_dense_model(model, self.class_names, args.label_column)
-        check_supported_model(dense, pruning_ratio=args.pruning_ratio)
-        check_model_settings(dense, args)
-        if "mc_probs" in self.strategy.needs and args.selector == "trained":
-            # (The linear probe makes its own dropout passes, on its input features: dropquery.)
-            active_dropout_layers(dense)  # raises, naming the model, when there is none
-        if (
-            "features" in self.strategy.needs
-            or args.initial_strategy == "typiclust"
-            or (args.selector == "linear_probe" or args.surrogate_distill_epochs > 0)
-        ):
-            classifier_module(
-                dense
-            )  # raises, naming the model and what runs without features, when it has no head
-        # Pruning θ0 is a new run's first step; a model that cannot be pruned at this ratio (the general path fails
-        # on some architectures) is refused here, before the pool is decoded and the run directory is created. The
-        # `init` step uses this surrogate. A run whose `init` is done (a resume) pruned this model already.
-        self.pruned_at_init = None
-        if args.pruning_ratio > 0 and not initialized_run(args):
-            with torch.random.fork_rng():
-                self.pruned_at_init = prune_model(dense, args.pruning_ratio, importance=args.importance)
-        processor = processing_class if processing_class is not None else pretrained_image_processor(model)
-        channels = model_num_channels(dense.config)
-        if channels == 1:
-            logger.warning(
-                "The model reads one channel (num_channels: 1). Its checkpoints load with AutoImageProcessor and "
-                "AutoModelForImageClassification (the card shows how); pipeline('image-classification') converts "
-                "images to RGB and cannot feed it. For a pipeline-ready copy of the finished model run "
-                "`prunefuse_hf.export_rgb_checkpoint(RUN/fused, OUT)` (the input convolution reads RGB through the "
-                "gray conversion: same predictions on gray images), or train with num_channels: 3 (gray images are "
-                "repeated)."
-            )
-        image = first_image(pool.dataset, args.image_column)
-        sized_by_first_image = (
-            processor is None and args.image_size is None and not getattr(dense.config, "image_size", None)
-        )
-        processor = build_image_processor(dense.config, processor, image_size=args.image_size, image=image)
-        # Without any size given, the first image's size is the run's: a pool of mixed sizes is refused, not
-        # silently resized (the evaluation set and predict() inputs are resized, as pipeline() does).
-        self.preprocessor = ImagePreprocessor(processor, channels, args.image_column, augment=args.augment)
-        pool_preprocessor = dataclasses.replace(
-            self.preprocessor, uniform_size=image.size if sized_by_first_image else None
-        )
-        # Decoding every image once is also the check that every image decodes (the error names the file).
-        with _main_process_first(args), quiet_progress_bars(show_inner=not args.disable_tqdm):
-            self.pool_pixels = pool_preprocessor.pixel_dataset(pool.dataset, **pixel_cache_options(args),
-                                                               desc="Decoding the pool")  # fmt: skip
-            prepared_eval = None
-            if eval_dataset is not None:
-                prepared_eval, eval_dataset = prepare_eval_dataset(eval_dataset, self.preprocessor, args,
-                                                                   self.class_names)  # fmt: skip
-        input_shape = tuple(self.pool_pixels[0][PIXEL_VALUES].shape)
-        decodes = PixelDataset(self.pool_pixels, [0]).decodes_per_batch
-        if args.dataloader_num_workers == 0 and decodes and len(pool) >= WORKERS_MIN_IMAGES:
-            # Batches are decoded (no cache, or a JPEG/PNG one): workers keep decoding off the forward pass's core.
-            args.dataloader_num_workers = usable_cores()
-            logger.info(
-                f"Decoding batches in {args.dataloader_num_workers} DataLoader workers (dataloader_num_workers)"
-            )
-        _check_trainable(dense, input_shape, args)
-
-        super().__init__(
-            model=dense,
-            args=args,
-            eval_dataset=prepared_eval,
-            processing_class=processor,
-            callbacks=callbacks,
-            compute_metrics=compute_metrics if compute_metrics is not None else compute_accuracy,
-        )
-        # Per-step facts are logged in one line each; the inner trainers show their own progress bars.
-        self.remove_callback(PrinterCallback)
-        self.remove_callback(ProgressCallback)
-        self.examples = PixelExamples(
-            self.pool_pixels, self.preprocessor, pool, args.label_column, self.class_names
-        )
-        self.init_run_fields(pool, eval_dataset, input_shape, recipe, resume_command)
 
     def init_run_fields(self, pool, raw_eval_dataset, input_shape, recipe, resume_command) -> None:
+        """The run state both set-ups (`classification_run`, `annotated_run`) end with, once the `Trainer` is built:
+        what the steps read and write besides what the set-up gave (see `run_plan`)."""
         self.pool = pool
         self.raw_eval_dataset = raw_eval_dataset
         self.input_shape = input_shape
@@ -306,8 +161,8 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         self.steps: list[Step] = []
         self.trained_surrogate: tuple[int, PreTrainedModel] | None = None
         self._awaiting_labels: int | None = None
-        self._row_digests: np.ndarray | None = None  # digest of each labeled row (0: not labeled)
-        self._image_paths: list | None = None  # of the pool's images, relative to their common folder
+        self.labeled_row_digests: np.ndarray | None = None  # digest of each labeled row (0: not labeled)
+        self.pool_image_paths: list | None = None  # of the pool's images, relative to their common folder
         self.run_tracker = RunTracker(self)
 
     # ----- the run -----------------------------------------------------------------------------
@@ -351,21 +206,24 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         # Callbacks added after construction are checked too, before the run directory is touched.
         users = user_callbacks(self.callback_handler.callbacks, self.args.report_to)
         check_early_stopping(self.args, users, has_eval_set=self.eval_dataset is not None)
-        self._open_run(resume)
-        self.steps = self._plan_steps()
+        open_run(self, resume)
+        self.steps = plan_steps(self.args, self.strategy)
         self._awaiting_labels = None
         self.run_tracker.begin_run()
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, RunProgressCallback):
                 callback.trainer = self
-        # The user's callbacks get on_train_begin / on_train_end from the final model's training (`steps._train`).
+        # The user's callbacks get on_train_begin / on_train_end from the final model's training
+        # (`step_models.train_model`).
         with without_callbacks(self.callback_handler, users):
             self.control = self.callback_handler.on_train_begin(self.args, self.state, self.control)
         step = None
         try:
             for step in [s for s in self.steps if s.name not in self.progress["completed"]]:
-                self._run_step(step)
-                if self._awaiting_labels is not None or self.control.should_training_stop:
+                if not run_step(self, step):  # human annotation: the query is out, the labels are not in yet
+                    self._awaiting_labels = step.round
+                    break
+                if self.control.should_training_stop:
                     break
         except KeyboardInterrupt:
             self._report_interruption(step)
@@ -403,67 +261,7 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         """The run's metrics (per round records, selection cost, final model), as written to `metrics.json`."""
         return build_metrics(self.progress)
 
-    def _plan_steps(self) -> list[Step]:
-        args = self.args
-        last = args.num_rounds + 1
-        planned = [Step("init")]
-        if args.initial_labeled_size:
-            planned.append(Step("label", 1))
-        for r in range(1, last + 1):
-            selecting = r < last
-            syncing = selecting and args.sync_every > 0 and r % args.sync_every == 0
-            # A refresh of the feature proxy reads the dense model trained on this round's labeled set.
-            training_dense = r == last or args.eval_dense_every_round or args.refreshes_proxy(r)
-            # Everything trained in round r sees the labeled set of round r, so selection comes last.
-            surrogate_selects = selecting and self.strategy.needs and args.selector == "trained"
-            if surrogate_selects or syncing or (training_dense and args.needs_teacher):
-                planned.append(Step("train_surrogate", r))
-            if training_dense:
-                planned.append(Step("train_dense", r))
-            if syncing:
-                planned.append(Step("sync", r))
-            if selecting:
-                planned.append(Step("select", r))
-                planned.append(Step("label", r + 1))
-        planned.append(Step("report"))
-        return planned
-
-    def _run_step(self, step: Step) -> None:
-        started = time.perf_counter()
-        self.run_tracker.begin_step(step)
-        if step.kind == "init":
-            facts = steps.init_run(self)
-        elif step.kind == "train_surrogate":
-            facts = steps.train_surrogate(self, step.round)
-        elif step.kind == "train_dense":
-            facts = steps.train_dense(self, step.round)
-        elif step.kind == "sync":
-            facts = steps.sync(self, step.round)
-        elif step.kind == "select":
-            facts = steps.select(self, step.round)
-        elif step.kind == "label":
-            facts = steps.label(self, step.round)
-            if facts is None:  # human annotation: the query is out, the labels are not in yet
-                self._awaiting_labels = step.round
-                return
-        elif step.kind == "report":
-            facts = steps.report(self)
-        else:
-            raise AssertionError(step.kind)
-        self.progress["completed"].append(step.name)
-        self.progress["pool"] = self.pool.state_dict(as_arrays=True)
-        self._save_state()
-        seconds = time.perf_counter() - started
-        facts = {"step": step.name, **facts, "seconds": round(seconds, 3)}
-        self.run_tracker.finish_step(step, seconds, facts)
-        logger.info(
-            " | ".join(describe_fact(key, value) for key, value in facts.items() if value is not None),
-            extra={STEP_RECORD: step.name},
-        )
-        numeric = {k: v for k, v in facts.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.log(numeric)
-
-    # ----- steps -------------------------------------------------------------------------------
+    # ----- annotators' labels ------------------------------------------------------------------
 
     def add_labels(self, source, *, allow_partial: bool = False, overwrite: bool = False, **columns):
         """
@@ -556,62 +354,6 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
 
     # ----- the run directory -------------------------------------------------------------------
 
-    def _open_run(self, resume: bool) -> None:
-        if self.is_world_process_zero():
-            self.run_dir.prepare(resume=resume, overwrite=self.args.overwrite_output_dir)
-        self.accelerator.wait_for_everyone()
-        current = result_settings(self.args, self.processing_class, self.input_shape, len(self.pool),
-                                  self.raw_eval_dataset)  # fmt: skip
-        if not resume:
-            self.progress = {"version": STATE_VERSION, "completed": [], "settings": current,
-                             "resume_command": self.resume_command,
-                             "method_overrides": self.args.method_overrides, "recipe": redact_secrets(self.recipe),
-                             "class_names": self.class_names, "task": self.task.name, "metric": self.examples.metric,
-                             "annotation_resolve": self.args.annotation_resolve, "rounds": {},
-                             "final": {}}  # fmt: skip
-            return
-        progress = self.run_dir.read_state()
-        # Labels waiting to be used go on the images annotators were shown (named when the pool changed).
-        for record in unlabeled_queries(progress):
-            check_query_rows(record, self.pool.dataset, self.args.image_column,
-                             pool_size=progress["pool"]["num_examples"], what=f"Cannot resume {self.run_dir.path}")  # fmt: skip
-        check_resumable(progress, current, self.run_dir)
-        self._row_digests = check_same_pool(progress, self.examples.row_digests, self.run_dir)
-        self.pool.load_state_dict(progress["pool"], check_fingerprint=False)
-        # An older readable state is saved as this one; the policy for answers that disagree is the resume's.
-        self.progress = {
-            **progress,
-            "version": STATE_VERSION,
-            "annotation_resolve": self.args.annotation_resolve,
-        }
-        dense_init = self.task.model_class().from_pretrained(self.run_dir / DENSE_INIT_DIR)
-        self.model = self.model_wrapped = dense_init.to(self.args.device)
-
-    def _save_state(self) -> None:
-        # Only the rows labeled since the last save are read: a save costs O(changes), whatever the pool's size.
-        if self._row_digests is None:
-            self._row_digests = np.zeros(len(self.pool), dtype=np.uint64)
-        labeled = self.pool.labeled_indices
-        new = labeled[self._row_digests[labeled] == 0]
-        self._row_digests[new] = self.examples.row_digests(new)
-        self.progress["pool"][ROW_DIGESTS] = self._row_digests
-        if self.is_world_process_zero():
-            # The selection file and the pool arrays change only when examples are labeled: a step that labels
-            # nothing writes only the small state.json, whatever the pool's size.
-            if self.run_dir.pool_arrays_changed(self.progress) or not self.run_dir.selection_path.is_file():
-                self.pool.save_selection(self.run_dir.selection_path, class_names=self.class_names,
-                                         references=self._example_references())  # fmt: skip
-            self.run_dir.write_state(self.progress)
-        self.accelerator.wait_for_everyone()
-
-    def _example_references(self) -> dict | None:
-        if self._image_paths is None:
-            self._image_paths = relative_image_paths(self.pool.dataset, self.args.image_column)
-        if not any(self._image_paths):
-            return None
-        labeled = self.pool.labeled_indices.tolist()
-        return {IMAGE_PATH: {i: self._image_paths[i] for i in labeled}}
-
     def _report_interruption(self, step: Step | None) -> None:
         done = len(self.progress.get("completed", []))
         command = self.resume_command or "trainer.train(resume_from_checkpoint=True)"
@@ -643,7 +385,7 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
         """
         output_dir = output_dir or str(self.run_dir.fused_dir)
         if self.is_world_process_zero():
-            steps.save_checkpoint(self, self.model, output_dir)
+            save_checkpoint(self, self.model, output_dir)
             self.save_model_card(Path(output_dir))
 
     def save_model_card(self, directory: Path) -> None:
@@ -694,17 +436,3 @@ def _as_config(args) -> PruneFuseConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
     values.pop("accelerator_config", None)
     return PruneFuseConfig(**values)
-
-
-def _main_process_first(args):
-    from accelerate import PartialState
-
-    state = PartialState(cpu=args.use_cpu)
-    return state.main_process_first() if state.num_processes > 1 else contextlib.nullcontext()
-
-
-def _check_trainable(dense: PreTrainedModel, input_shape: tuple, args: PruneFuseConfig) -> None:
-    """Refuse settings the model cannot train with, before any training: inputs too small for the model, and
-    batches of one example where BatchNorm sees a single value per channel."""
-    smallest = check_input_size(dense, input_shape, image_size_field="image_size")
-    check_batchnorm_batch_sizes(args, smallest)

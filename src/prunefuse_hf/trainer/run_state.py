@@ -1,5 +1,6 @@
 """What `state.json` records of a run, and the checks that a run may resume: the settings that change results,
-the state version, and the pool (the rows already trained on hold the same pixels)."""
+the state version, and the pool (the rows already trained on hold the same pixels); a run's state opened
+([`open_run`]) and written after each step ([`save_run_state`])."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from ..constants import ROW_DIGESTS, STATE_NAME
+from ..annotation.identity import check_query_rows, unlabeled_queries
+from ..constants import DENSE_INIT_DIR, IMAGE_PATH, ROW_DIGESTS, STATE_NAME
 from ..data.pixel_dataset import PixelDataset
-from ..utils.io import json_default
+from ..utils.io import json_default, redact_secrets
 from ..utils.run_directory import RunDirectory
 
 STATE_VERSION = 4
@@ -182,3 +184,83 @@ def initialized_run(args) -> bool:
         return "init" in json.loads(state.read_text(encoding="utf-8")).get("completed", [])
     except (OSError, ValueError):
         return False
+
+
+def open_run(trainer, resume: bool) -> None:
+    """
+    Open `trainer`'s run directory: a new run's empty state, or a resumed run's state read back and checked (the
+    settings that change results, the pool's rows, the images of queries waiting for labels), its pool restored and
+    its dense initialization θ0 loaded as the trainer's model.
+
+    Args:
+        trainer ([`PruneFuseTrainer`]): The trainer whose `run_dir` is opened; sets its `progress`.
+        resume (`bool`): Continue the run in `run_dir` instead of starting one.
+
+    Raises:
+        `RunDirectoryError`: `run_dir` holds files and neither resuming nor overwriting, or nothing to resume.
+        `ValueError`: resuming with settings or a pool that differ from the run's (named in the message).
+    """
+    args, run_dir = trainer.args, trainer.run_dir
+    if trainer.is_world_process_zero():
+        run_dir.prepare(resume=resume, overwrite=args.overwrite_output_dir)
+    trainer.accelerator.wait_for_everyone()
+    current = result_settings(args, trainer.processing_class, trainer.input_shape, len(trainer.pool),
+                              trainer.raw_eval_dataset)  # fmt: skip
+    if not resume:
+        trainer.progress = {"version": STATE_VERSION, "completed": [], "settings": current,
+                            "resume_command": trainer.resume_command,
+                            "method_overrides": args.method_overrides, "recipe": redact_secrets(trainer.recipe),
+                            "class_names": trainer.class_names, "task": trainer.task.name,
+                            "metric": trainer.examples.metric, "annotation_resolve": args.annotation_resolve,
+                            "rounds": {}, "final": {}}  # fmt: skip
+        return
+    progress = run_dir.read_state()
+    # Labels waiting to be used go on the images annotators were shown (named when the pool changed).
+    for record in unlabeled_queries(progress):
+        check_query_rows(record, trainer.pool.dataset, args.image_column,
+                         pool_size=progress["pool"]["num_examples"], what=f"Cannot resume {run_dir.path}")  # fmt: skip
+    check_resumable(progress, current, run_dir)
+    trainer.labeled_row_digests = check_same_pool(progress, trainer.examples.row_digests, run_dir)
+    trainer.pool.load_state_dict(progress["pool"], check_fingerprint=False)
+    # An older readable state is saved as this one; the policy for answers that disagree is the resume's.
+    trainer.progress = {**progress, "version": STATE_VERSION, "annotation_resolve": args.annotation_resolve}
+    dense_init = trainer.task.model_class().from_pretrained(run_dir / DENSE_INIT_DIR)
+    trainer.model = trainer.model_wrapped = dense_init.to(args.device)
+
+
+def save_run_state(trainer) -> None:
+    """
+    Write `trainer`'s run state: `state.json` (atomically) and, when examples were labeled since the last save, the
+    selection file and the pool's arrays. Only the rows labeled since the last save are read (their digests): a save
+    costs O(changes), whatever the pool's size.
+
+    Args:
+        trainer ([`PruneFuseTrainer`]): The trainer whose `progress` and `pool` are written.
+    """
+    if trainer.labeled_row_digests is None:
+        trainer.labeled_row_digests = np.zeros(len(trainer.pool), dtype=np.uint64)
+    digests, labeled = trainer.labeled_row_digests, trainer.pool.labeled_indices
+    new = labeled[digests[labeled] == 0]
+    digests[new] = trainer.examples.row_digests(new)
+    trainer.progress["pool"][ROW_DIGESTS] = digests
+    if trainer.is_world_process_zero():
+        # The selection file and the pool arrays change only when examples are labeled: a step that labels
+        # nothing writes only the small state.json, whatever the pool's size.
+        if (
+            trainer.run_dir.pool_arrays_changed(trainer.progress)
+            or not trainer.run_dir.selection_path.is_file()
+        ):
+            trainer.pool.save_selection(trainer.run_dir.selection_path, class_names=trainer.class_names,
+                                        references=_example_references(trainer))  # fmt: skip
+        trainer.run_dir.write_state(trainer.progress)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _example_references(trainer) -> dict | None:
+    # The labeled images' files, relative to the pool's common folder (read once per run).
+    if trainer.pool_image_paths is None:
+        trainer.pool_image_paths = relative_image_paths(trainer.pool.dataset, trainer.args.image_column)
+    if not any(trainer.pool_image_paths):
+        return None
+    labeled = trainer.pool.labeled_indices.tolist()
+    return {IMAGE_PATH: {i: trainer.pool_image_paths[i] for i in labeled}}

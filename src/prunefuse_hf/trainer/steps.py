@@ -2,8 +2,9 @@
 arXiv:2603.26138): `init_run` prunes θ0 into the surrogate and draws the first query; per round, `train_surrogate`,
 `train_dense` (the fused model, or a fresh dense one), `sync` (fuse, train, prune again), `select` (score the
 unlabeled pool and write the next query) and `label` (the query's labels come in: from the oracle in simulation,
-from annotators otherwise); then `report`. Each takes the `PruneFuseTrainer` whose run it advances and returns the
-facts the trainer logs; the trainer writes `state.json` after each one.
+from annotators otherwise); then `report`. Each takes the `PruneFuseTrainer` whose run it advances, reads and writes
+its public run state (the step contract, in `run_plan`) and returns the facts the run logs; `run_plan.run_step`
+writes `state.json` after each one. The models they train, evaluate, load and save: `step_models`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ import copy
 import time
 
 import numpy as np
-from transformers import set_seed
-from transformers.trainer_callback import PrinterCallback
-from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
 from ..annotation.identity import query_images
@@ -32,18 +30,23 @@ from ..constants import (
     TRAINER_DIR,
 )
 from ..hub.push import push_query_batch
-from ..pruning.cost import FORWARD_FLOPS_PER_MAC, TRAIN_FLOPS_PER_MAC, model_cost
-from ..pruning.fusion import fuse_into_dense
+from ..pruning.cost import FORWARD_FLOPS_PER_MAC, model_cost
 from ..pruning.plan import PruningPlan, config_hash
 from ..pruning.prune import prune_model
-from ..pruning.replay import load_surrogate, save_surrogate
+from ..pruning.replay import load_surrogate
 from ..selection.proxy import normalize_features, train_linear_probe
 from ..selection.typiclust import typiclust_select
-from .batchnorm import synced_batchnorm
 from .features import distill_surrogate, load_pool_features, pool_features, refresh_probe_features, score_rows
 from .report import write_report
-from .run_logging import ForwardLogs, without_callbacks
-from .training_settings import user_callbacks
+from .step_models import (
+    evaluate_model,
+    evaluates_during_training,
+    fresh_dense_model,
+    fused_model,
+    round_surrogate,
+    save_checkpoint,
+    train_model,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -141,7 +144,7 @@ def train_surrogate(trainer, round_: int) -> dict:
     plan = PruningPlan.from_pretrained(trainer.run_dir / SURROGATE_INIT_DIR)
     surrogate = load_surrogate(start_dir, plan)
     training_args = args.surrogate_training_args(str(trainer.run_dir / TRAINER_DIR))
-    record = _train(trainer, surrogate, training_args, round_, role="surrogate", seed_offset=1)
+    record = train_model(trainer, surrogate, training_args, round_, role="surrogate", seed_offset=1)
     metric = trainer.examples.metric
     # What the training is for decides where the cost ledger books it.
     selects = round_ <= args.num_rounds and bool(trainer.strategy.needs) and args.selector == "trained"
@@ -155,17 +158,17 @@ def train_surrogate(trainer, round_: int) -> dict:
 
 def train_dense(trainer, round_: int) -> dict:
     args = trainer.args
-    teacher = _trained_surrogate(trainer, round_) if args.distill_alpha > 0 else None
-    model = _fused_start(trainer, round_) if args.fusion else _fresh_dense(trainer, round_)
+    teacher = round_surrogate(trainer, round_) if args.distill_alpha > 0 else None
+    model = fused_model(trainer, round_) if args.fusion else fresh_dense_model(trainer, round_)
     training_args = args.dense_training_args(str(trainer.run_dir / TRAINER_DIR))
     # The fresh model's start accuracy is only worth an evaluation when it opens an accuracy curve.
     start_accuracy = None
-    if args.fusion or _evaluates_during_training(training_args):
+    if args.fusion or evaluates_during_training(training_args):
         # On a copy: evaluating marks a model as prepared, and Accelerate would then not wrap it in DDP for its
         # training (the processes' gradients would never be averaged).
-        start_accuracy = _evaluate(trainer, copy.deepcopy(model))
+        start_accuracy = evaluate_model(trainer, copy.deepcopy(model))
     final = round_ == args.num_rounds + 1
-    record = _train(
+    record = train_model(
         trainer, model, training_args, round_, role="dense", seed_offset=2, teacher=teacher, final=final
     )
     metric = trainer.examples.metric
@@ -197,9 +200,9 @@ def sync(trainer, round_: int) -> dict:
     # Fuse, train the fused model, and prune it again: the next surrogate starts from what the dense model
     # learned, and the next fusion writes into this trained dense model.
     args = trainer.args
-    fused = _fused_start(trainer, round_)
+    fused = fused_model(trainer, round_)
     training_args = args.dense_training_args(str(trainer.run_dir / TRAINER_DIR))
-    record = _train(trainer, fused, training_args, round_, role="dense", seed_offset=3)
+    record = train_model(trainer, fused, training_args, round_, role="dense", seed_offset=3)
     surrogate, plan = prune_model(fused, args.pruning_ratio, importance=args.importance)
     if trainer.is_world_process_zero():
         trainer.run_dir.save_dir(DENSE_BASE_DIR, fused.save_pretrained)
@@ -247,7 +250,7 @@ def select(trainer, round_: int) -> dict:
         flops = passes * probe.flops(len(candidates)) + 3 * probe.flops(len(labeled)) * probe.iterations
         dense_flops = FORWARD_FLOPS_PER_MAC * costs["dense"]["macs"] * len(candidates)
     elif trainer.strategy.needs:
-        model = _trained_surrogate(trainer, round_)
+        model = round_surrogate(trainer, round_)
         wanted = trainer.examples.outputs(trainer.strategy.needs)
         # Shardable strategies select from each process's own shard: no process holds the whole pool's
         # scores or features. The labeled set's features (kcenter_greedy) are gathered everywhere.
@@ -394,123 +397,5 @@ def report(trainer) -> dict:
     return {"labeled": trainer.pool.num_labeled, metric: trainer.progress.get("final", {}).get(metric)}
 
 
-def _train(
-    trainer, model, args, round_: int, *, role: str, seed_offset: int, teacher=None, final: bool = False
-) -> dict:
-    offset = 1000 * round_ + seed_offset
-    args.seed = trainer.args.seed + offset
-    args.data_seed = (
-        trainer.args.seed if trainer.args.data_seed is None else trainer.args.data_seed
-    ) + offset
-    set_seed(args.seed)
-    train_dataset = trainer.examples.train_dataset(trainer.pool.labeled_indices)
-    # `eval_strategy` steps/epoch evaluates the dense model while it trains: its accuracy curve.
-    curve = (_evaluates_during_training(args) or args.eval_on_start) and trainer.eval_dataset is not None
-    # The user's callbacks see the final model's training as a stock Trainer's callbacks would (its own args, state
-    # and control: EarlyStoppingCallback stops it); of the other trainings, the forwarded logs.
-    users = user_callbacks(trainer.callback_handler.callbacks, trainer.args.report_to) if final else []
-    forwarder = ForwardLogs(
-        trainer, "fused" if role == "dense" and trainer.args.fusion else role, excluded=users
-    )
-    inner = trainer.examples.inner_trainer(model, args, train_dataset=train_dataset,
-                                           eval_dataset=trainer.eval_dataset if curve else None, teacher=teacher,
-                                           callbacks=[forwarder, *users])  # fmt: skip
-    _quiet(inner)
-    started = time.perf_counter()
-    with synced_batchnorm(model, enabled=trainer.args.sync_batchnorm):
-        result = inner.train()
-    trainer.state.global_step += inner.state.global_step
-    metric = trainer.examples.metric
-    evaluations = [entry for entry in inner.state.log_history if f"eval_{metric}" in entry]
-    eval_seconds = sum(entry.get("eval_runtime", 0.0) for entry in evaluations)
-    seconds = time.perf_counter() - started - eval_seconds  # training only, like an untracked run
-    steps = inner.state.global_step
-    # An evaluation the Trainer already ran on the final weights is the model's accuracy.
-    evaluated_at_end = evaluations and evaluations[-1]["step"] == steps and not args.load_best_model_at_end
-    if evaluated_at_end:
-        accuracy = evaluations[-1][f"eval_{metric}"]
-    else:  # the run's measurement, after the training the user's callbacks saw
-        with without_callbacks(inner.callback_handler, users):
-            accuracy = _evaluate(trainer, model, inner)
-    costs = trainer.progress["costs"]
-    # The epochs actually trained (`max_steps` may end training before `num_train_epochs`).
-    epochs = inner.state.epoch or 0.0
-    examples = int(round(len(train_dataset) * epochs))
-    record = {
-        "labeled": len(train_dataset),
-        "epochs": epochs,
-        "steps": steps,
-        "train_loss": result.training_loss,
-        "seconds": seconds,
-        "flops": TRAIN_FLOPS_PER_MAC * costs[role]["macs"] * examples,
-        "dense_flops": TRAIN_FLOPS_PER_MAC * costs["dense"]["macs"] * examples,
-        metric: accuracy,
-    }
-    if curve:
-        record["eval_seconds"] = eval_seconds
-        record["curve"] = [{"step": e["step"], metric: e[f"eval_{metric}"]} for e in evaluations]
-        if not evaluated_at_end:
-            record["curve"].append({"step": steps, metric: accuracy})
-    return record
-
-
-def _evaluate(trainer, model, inner=None) -> float | None:
-    if trainer.eval_dataset is None:
-        return None
-    if inner is None:
-        args = trainer.args.dense_training_args(str(trainer.run_dir / TRAINER_DIR))
-        inner = trainer.examples.inner_trainer(model, args, eval_dataset=trainer.eval_dataset)
-        _quiet(inner)
-    return inner.evaluate(trainer.eval_dataset)[f"eval_{trainer.examples.metric}"]
-
-
-def _quiet(inner) -> None:
-    # Without bars (disable_tqdm) the stock Trainer prints every log dict on stdout: the run's logs go to the
-    # PruneFuse trainer instead (ForwardLogs), and its callbacks show them. With bars, the stock ProgressCallback
-    # shows them at every `logging_steps`.
-    if inner.args.disable_tqdm:
-        inner.remove_callback(PrinterCallback)
-
-
-def _trained_surrogate(trainer, round_: int):
-    if trainer.trained_surrogate and trainer.trained_surrogate[0] == round_:
-        return trainer.trained_surrogate[1]
-    # Resumed after this round's training: the saved surrogate is that training's result.
-    return load_surrogate(trainer.run_dir.surrogate_dir)
-
-
-def _fused_start(trainer, round_: int):
-    base = _fresh_dense(trainer, round_) if trainer.args.fusion_init == "fresh" else None
-    if base is None:
-        base = trainer.task.model_class().from_pretrained(trainer.run_dir / DENSE_BASE_DIR)
-    plan = PruningPlan.from_pretrained(trainer.run_dir / SURROGATE_INIT_DIR)
-    return fuse_into_dense(
-        base, _trained_surrogate(trainer, round_), plan, copy_norm_stats=trainer.args.copy_norm_stats
-    )
-
-
-def _fresh_dense(trainer, round_: int):
-    if trainer.args.fusion_init == "fresh" and trainer.args.fusion:
-        set_seed(trainer.args.seed + 7919 * round_)
-        return trainer.task.model_class().from_config(trainer.dense_init_config)
-    return trainer.task.model_class().from_pretrained(trainer.run_dir / DENSE_INIT_DIR)
-
-
 def _round(trainer, round_: int) -> dict:
     return trainer.progress["rounds"].setdefault(str(round_), {"round": round_})
-
-
-def save_checkpoint(trainer, model, directory, plan: PruningPlan | None = None) -> None:
-    """Save `model` pipeline-ready: the run's class names as `id2label`, its image processor and, for a
-    surrogate, the pruning plan (a general-path surrogate as weights + dense config + plan, see `save_surrogate`)."""
-    model.config.id2label = dict(enumerate(trainer.class_names))
-    model.config.label2id = {name: i for i, name in enumerate(trainer.class_names)}
-    if plan is None:
-        model.save_pretrained(directory)
-    else:
-        save_surrogate(model, plan, directory)
-    trainer.processing_class.save_pretrained(directory)
-
-
-def _evaluates_during_training(args) -> bool:
-    return args.eval_strategy != IntervalStrategy.NO

@@ -1,10 +1,11 @@
 """Where each `TrainingArguments` field of a PruneFuse run applies, and the settings and callbacks refused before any
 work.
 
-A run trains many models with inner Trainers (`steps._train`): the surrogate every round, and the final model (the
-fused model, or a fresh dense one). Their arguments are copies of the run's config (`surrogate_training_args`,
-`dense_training_args`), so a stock `TrainingArguments` field reaches them as a stock Trainer user expects, or is
-refused here by name, with the fix, before the pool is decoded and before the run directory is created.
+A run trains many models with inner Trainers (`step_models.train_model`): the surrogate every round, and the final
+model (the fused model, or a fresh dense one). Their arguments are copies of the run's config
+(`surrogate_training_args`, `dense_training_args`), so a stock `TrainingArguments` field reaches them as a stock
+Trainer user expects, or is refused here by name, with the fix, before the pool is decoded and before the run
+directory is created.
 """
 
 from __future__ import annotations
@@ -154,23 +155,22 @@ def user_callbacks(callbacks, report_to) -> list:
     ]
 
 
-def check_training_settings(
-    args, metric_names, *, task_name: str, callbacks=None, has_eval_set: bool
-) -> None:
+def check_training_settings(args, task, *, callbacks=None, has_eval_set: bool) -> None:
     """
     Refuse, before any work, a `TrainingArguments` setting or a callback that would be ignored or stop the run half-way
     (see `TRAINING_ARGUMENT_SCOPES`).
 
     Args:
         args ([`PruneFuseConfig`]): The run's settings.
-        metric_names (`tuple[str, ...]`): What the task's evaluation reports (`accuracy`; `map`, ...).
-        task_name (`str`): The run's task (`image-classification`, `object-detection`).
+        task ([`Task`]): The run's task: what its evaluation reports (`metric_names`), whether its models train with
+            a classifier's cross-entropy (`distills`).
         callbacks (`list`, *optional*): The callbacks given to the trainer.
         has_eval_set (`bool`): Whether the run has an evaluation set.
 
     Raises:
         `ValueError`: naming the field, its value and the fix.
     """
+    metric_names = task.metric_names  # the first is the metric the run records for every model
     _refuse(args.train_sampling_strategy == "group_by_length", "train_sampling_strategy: group_by_length groups "
             "examples by their length in tokens; images have none. Use 'random' (the default) or 'sequential'.")  # fmt: skip
     _refuse(args.neftune_noise_alpha is not None, f"neftune_noise_alpha: {args.neftune_noise_alpha} adds noise to a "
@@ -188,7 +188,7 @@ def check_training_settings(
     _refuse(args.label_names not in (None, ["labels"]), f"label_names: {args.label_names} names inputs the run's "
             "examples do not have: they carry their labels as `labels` (the label_column is read into it). "
             "Remove label_names.")  # fmt: skip
-    _refuse(task_name == "image-classification" and not args.eval_do_concat_batches, "eval_do_concat_batches: false "
+    _refuse(task.name == "image-classification" and not args.eval_do_concat_batches, "eval_do_concat_batches: false "
             "hands the metric a list of batches; classification's accuracy reads one array. Set "
             "eval_do_concat_batches: true.")  # fmt: skip
     _refuse(args.dataloader_persistent_workers and args.dataloader_num_workers == 0, "dataloader_persistent_workers: "
@@ -205,9 +205,9 @@ def check_training_settings(
             "several GPUs; this run has "
             f"{'no GPU' if args.use_cpu else 'one process'}. Remove fsdp (several processes train with DDP: accelerate "
             "launch --multi_gpu).")  # fmt: skip
-    _refuse(task_name != "image-classification" and args.label_smoothing_factor,
+    _refuse(not task.distills and args.label_smoothing_factor,
             f"label_smoothing_factor: {args.label_smoothing_factor} smooths class labels of a classification loss; a "
-            f"{task_name} model trains with its own loss, which the Trainer cannot smooth. Set "
+            f"{task.name} model trains with its own loss, which the Trainer cannot smooth. Set "
             "label_smoothing_factor: 0.")  # fmt: skip
     _check_evaluation(args, metric_names, has_eval_set)
     check_early_stopping(args, callbacks, has_eval_set)

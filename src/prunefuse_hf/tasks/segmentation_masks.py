@@ -12,6 +12,8 @@ from collections.abc import Mapping
 import numpy as np
 import PIL.Image
 
+from ..data.images import path_of
+
 IGNORE_INDEX = 255
 _INTEGER_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
@@ -157,13 +159,3 @@ def reduce_mask_labels(mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np
     reduced = mask - 1
     reduced[(mask == 0) | (mask == ignore_index)] = ignore_index
     return reduced
-
-
-def path_of(value) -> str | None:
-    """The file a mask or image value comes from (a `{"path", "bytes"}` dict's path, a path, a PIL image's file name),
-    to name it in errors and to find files beside it; `None` when it has none."""
-    if isinstance(value, dict):
-        return value.get("path") or None
-    if isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
-    return getattr(value, "filename", None) or None

@@ -12,6 +12,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "cluster_margin": ["CLUSTER_MARGIN_CANDIDATES", "ClusterMarginStrategy"],
         "diversity": ["BadgeStrategy", "KCenterGreedyStrategy"],
+        "gradient_embedding": ["HeadCalls", "last_layer_gradients"],
         "proxy": ["LinearProbe", "normalize_features", "train_linear_probe"],
         "scoring": ["PoolScores", "active_dropout_layers", "score_pool"],
         "shards": ["ShardGroup", "gather_variable_rows"],

@@ -21,6 +21,7 @@ from .strategies import (
     Selection,
     SelectionStrategy,
     check_probs,
+    check_scores,
     register_strategy,
     top_n_by_score,
 )
@@ -39,7 +40,9 @@ class ClusterMarginStrategy(SelectionStrategy):
     candidates, one per cluster, its smallest-margin member.
 
     A pick's score is its margin score (`−(p_top1 − p_top2)`, as `margin` gives), picks ordered most uncertain
-    first, so scores are non-increasing. Clusters that coincide (duplicate features) may leave fewer distinct
+    first, so scores are non-increasing. Object detection and semantic segmentation give per-image margin scores
+    instead (`scores`: the task's aggregate of its detections' or pixels' `1 − (p_top1 − p_top2)`) with their pooled
+    features; the rest is the same. Clusters that coincide (duplicate features) may leave fewer distinct
     members than `n`; the rest are the next smallest-margin candidates. Ties break by the smaller pool index.
     k-means is scikit-learn's (`KMeans`, or `MiniBatchKMeans` above 50 clusters), seeded with `seed`. With several
     processes (`accelerator=`), each holds its shard: the smallest margins are reduced across processes and only the
@@ -66,6 +69,8 @@ class ClusterMarginStrategy(SelectionStrategy):
 
     name = "cluster_margin"
     needs = frozenset({"probs", "features"})
+    per_image_outputs = frozenset({"scores", "features"})
+    measure = "margin"
     shardable = True
 
     def __init__(self, candidate_factor: int = CLUSTER_MARGIN_CANDIDATES):
@@ -74,13 +79,28 @@ class ClusterMarginStrategy(SelectionStrategy):
         self.candidate_factor = int(candidate_factor)
 
     def _select(
-        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
+        self,
+        n,
+        *,
+        pool_indices,
+        probs,
+        features,
+        labeled_features,
+        seed,
+        mc_probs=None,
+        group=None,
+        scores=None,
     ) -> Selection:
         from sklearn.cluster import KMeans, MiniBatchKMeans
         from sklearn.exceptions import ConvergenceWarning
 
         group = group or ShardGroup()
-        margins = MarginStrategy().compute_scores(check_probs(probs, len(pool_indices), self.name))
+        if (
+            scores is not None
+        ):  # a task's per-image margin scores (e.g. aggregated over an image's detections)
+            margins = check_scores(scores, len(pool_indices))
+        else:
+            margins = MarginStrategy().compute_scores(check_probs(probs, len(pool_indices), self.name))
         if isinstance(features, torch.Tensor):
             features = features.detach().cpu().numpy()
         features = np.asarray(features, dtype=np.float32)

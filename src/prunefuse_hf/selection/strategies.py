@@ -47,6 +47,7 @@ __all__ = [
     "check_budget",
     "check_pool_indices",
     "check_probs",
+    "check_scores",
     "get_strategy",
     "register_strategy",
     "top_n_by_score",
@@ -194,6 +195,11 @@ class SelectionStrategy:
 
     name: str = ""
     needs: frozenset[str] = frozenset()
+    # What the strategy ranks when an example holds many predictions (an image's detections or pixels): the task
+    # reduces them per image while the pool is scored, into `scores` (with `measure`, the per-prediction uncertainty),
+    # `mc_scores` (the same over MC-dropout passes), pooled `features`, or BADGE's gradient `embeddings`.
+    per_image_outputs: frozenset[str] = frozenset()
+    measure: str | None = None
     # Whether `select` uses the features of the already-labeled examples (scoring them costs a pass).
     uses_labeled_features: bool = False
     # Whether `select` accepts this process's shard of the candidates (with `accelerator=`) and reduces
@@ -212,6 +218,7 @@ class SelectionStrategy:
         mc_probs: np.ndarray | torch.Tensor | None = None,
         accelerator=None,
         scores: np.ndarray | torch.Tensor | None = None,
+        embeddings: np.ndarray | torch.Tensor | None = None,
     ) -> Selection:
         """Pick the `n` most informative candidates.
 
@@ -239,7 +246,12 @@ class SelectionStrategy:
             scores (`np.ndarray` or `torch.Tensor` of shape `(num_candidates,)`, *optional*):
                 The uncertainty strategies' per-candidate scores, already computed (higher = pick first): a task
                 whose examples are not one class distribution each (object detection) computes them itself with
-                the strategy's measure (e.g. `tasks.detection_image_scores`); they replace `probs`.
+                the strategy's measure (e.g. `tasks.detection_image_scores`); they replace `probs` (`mc_probs` for
+                `bald`: then they are the per-image mutual information). Strategies with `scores` or `mc_scores` in
+                their `per_image_outputs` take them.
+            embeddings (`np.ndarray` or `torch.Tensor` of shape `(num_candidates, embedding_dim)`, *optional*):
+                `badge`'s gradient embeddings, already computed (e.g. `tasks.segmentation_gradient_embeddings`,
+                summed over an image's pixels); they replace `probs` and `features`.
 
         Returns:
             [`Selection`]: `n` unique pool indices, most informative first, with their scores.
@@ -260,12 +272,16 @@ class SelectionStrategy:
                 "process (score_pool(..., gather=True)) and call select without accelerator."
             )
         check_budget(n, int(group.sum(torch.tensor([len(pool_indices)]))))
-        if scores is not None and not isinstance(self, UncertaintyStrategy):
-            raise ValueError(
-                f"Strategy '{self.name}' does not rank precomputed scores; only the uncertainty strategies "
-                f"({', '.join(sorted(n for n, c in STRATEGIES.items() if issubclass(c, UncertaintyStrategy)))}) do."
-            )
-        given = {"probs": probs if scores is None else scores, "features": features, "mc_probs": mc_probs}
+        for value, kinds, what in ((scores, {"scores", "mc_scores"}, "precomputed scores"),
+                                   (embeddings, {"embeddings"}, "precomputed gradient embeddings")):  # fmt: skip
+            if value is not None and not kinds & self.per_image_outputs:
+                takers = sorted(n for n, c in STRATEGIES.items() if kinds & c.per_image_outputs)
+                raise ValueError(f"Strategy '{self.name}' does not rank {what}; only {', '.join(takers)} do.")
+        given = {"probs": probs, "features": features, "mc_probs": mc_probs}
+        if scores is not None:  # per-image scores stand for what they were computed from
+            given.update({need: scores for need in self.needs - {"features"}})
+        if embeddings is not None:
+            given.update({need: embeddings for need in self.needs})
         missing = sorted(need for need in self.needs if given.get(need) is None)
         if missing:
             raise ValueError(
@@ -282,6 +298,7 @@ class SelectionStrategy:
             mc_probs=mc_probs,
             **({"group": group} if self.shardable else {}),
             **({"scores": scores} if scores is not None else {}),
+            **({"embeddings": embeddings} if embeddings is not None else {}),
         )
 
     def _select(
@@ -301,7 +318,13 @@ class UncertaintyStrategy(SelectionStrategy):
     """
 
     needs = frozenset({"probs"})
+    per_image_outputs = frozenset({"scores"})
     shardable = True
+
+    @property
+    def measure(self) -> str:
+        """An image's score aggregates this strategy's own per-prediction score."""
+        return self.name
 
     def compute_scores(self, probs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -320,12 +343,7 @@ class UncertaintyStrategy(SelectionStrategy):
         scores=None,
     ) -> Selection:
         if scores is not None:
-            scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-            if len(scores) != len(pool_indices):
-                raise ValueError(
-                    f"scores has {len(scores)} entries but there are {len(pool_indices)} candidates (pool_indices)."
-                )
-            return top_n_by_score(scores, pool_indices, n, group)
+            return _rank_scores(scores, pool_indices, n, group)
         probs = check_probs(probs, len(pool_indices), self.name)
         return top_n_by_score(self.compute_scores(probs), pool_indices, n, group)
 
@@ -395,11 +413,25 @@ class BaldStrategy(SelectionStrategy):
 
     name = "bald"
     needs = frozenset({"mc_probs"})
+    per_image_outputs = frozenset({"mc_scores"})
+    measure = "bald"
     shardable = True
 
     def _select(
-        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
+        self,
+        n,
+        *,
+        pool_indices,
+        probs,
+        features,
+        labeled_features,
+        seed,
+        mc_probs=None,
+        group=None,
+        scores=None,
     ) -> Selection:
+        if scores is not None:  # a task's per-image mutual information (e.g. aggregated over pixels)
+            return _rank_scores(scores, pool_indices, n, group)
         if isinstance(mc_probs, torch.Tensor):
             mc_probs = mc_probs.detach().cpu().double().numpy()
         mc_probs = np.asarray(mc_probs, dtype=np.float64)
@@ -414,6 +446,23 @@ class BaldStrategy(SelectionStrategy):
         mc_probs = flat.reshape(mc_probs.shape)
         scores = _entropy(mc_probs.mean(axis=1)) - _entropy(mc_probs).mean(axis=1)
         return top_n_by_score(scores, pool_indices, n, group)
+
+
+def _rank_scores(scores, pool_indices: np.ndarray, n: int, group) -> Selection:
+    scores = check_scores(scores, len(pool_indices))
+    return top_n_by_score(scores, pool_indices, n, group)
+
+
+def check_scores(scores, num_candidates: int) -> np.ndarray:
+    """Precomputed per-candidate `scores` as a float64 vector aligned with the candidates; a `ValueError` otherwise."""
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().cpu().double().numpy()
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores) != num_candidates:
+        raise ValueError(
+            f"scores has {len(scores)} entries but there are {num_candidates} candidates (pool_indices)."
+        )
+    return scores
 
 
 def _entropy(probs: np.ndarray) -> np.ndarray:

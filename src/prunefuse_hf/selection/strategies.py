@@ -276,7 +276,9 @@ class SelectionStrategy:
                                    (embeddings, {"embeddings"}, "precomputed gradient embeddings")):  # fmt: skip
             if value is not None and not kinds & self.per_image_outputs:
                 takers = sorted(n for n, c in STRATEGIES.items() if kinds & c.per_image_outputs)
-                raise ValueError(f"Strategy '{self.name}' does not rank {what}; only {', '.join(takers)} do.")
+                raise ValueError(
+                    f"Strategy '{self.name}' does not rank {what}; the strategies that do: {', '.join(takers)}."
+                )
         given = {"probs": probs, "features": features, "mc_probs": mc_probs}
         if scores is not None:  # per-image scores stand for what they were computed from
             given.update({need: scores for need in self.needs - {"features"}})

@@ -161,7 +161,7 @@ def annotated_outputs(task, strategy) -> tuple[str, ...]:
         )
         missing = sorted(outputs - task.per_image_outputs) if outputs else sorted(strategy.needs)
         raise ValueError(
-            f"Strategy '{strategy.name}' needs {missing} per image, which a {task.name} run does not compute; a "
+            f"Strategy '{strategy.name}' needs {missing} per image, which an {task.name} run does not compute; an "
             f"{task.name} run selects with {', '.join(runs)}."
         )
     return tuple(sorted(outputs))

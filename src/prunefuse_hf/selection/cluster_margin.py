@@ -15,13 +15,12 @@ import warnings
 import numpy as np
 import torch
 
+from .checks import check_probs, check_scores
 from .shards import ShardGroup
 from .strategies import (
     MarginStrategy,
     Selection,
     SelectionStrategy,
-    check_probs,
-    check_scores,
     register_strategy,
     top_n_by_score,
 )

@@ -9,8 +9,9 @@ import math
 import numpy as np
 import torch
 
+from .checks import check_probs
 from .shards import ShardGroup
-from .strategies import Selection, SelectionStrategy, check_probs, register_strategy
+from .strategies import Selection, SelectionStrategy, register_strategy
 
 # k-center's run ahead looks at this many of the farthest candidates per distance column it may compute.
 CANDIDATES_PER_COLUMN = 4

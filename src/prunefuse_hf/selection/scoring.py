@@ -95,7 +95,9 @@ def score_pool(
             Examples per forward pass on each process.
         outputs (`tuple[str, ...]`, *optional*, defaults to `("probs",)`):
             Any of `"probs"`, `"features"` and `"mc_probs"` (MC dropout: the model's dropout layers are active for
-            `mc_samples` extra passes, everything else stays in eval mode).
+            `mc_samples` extra passes, everything else stays in eval mode), and for a task whose example holds many
+            predictions `"scores"` (`image_scores`), `"mc_scores"` (`image_scores` over MC-dropout passes) and
+            `"embeddings"` (`gradient_embeddings`).
         accelerator (`accelerate.Accelerator`, *optional*):
             With several processes, each scores its shard; its device and mixed precision are used.
         num_workers (`int`, *optional*, defaults to 0):
@@ -116,12 +118,12 @@ def score_pool(
             model's inputs from a batch of rows (e.g. `tasks.collate_detection`: `pixel_values`, `pixel_mask`).
         image_scores (`Callable[[ModelOutput], torch.Tensor]`, *optional*):
             Per-example acquisition scores `[B]` of a batch's model output, for `"scores"` (a task's
-            `image_scores` with its measure bound, e.g. a detector's aggregated per-detection uncertainty).
+            `image_scores` with its measure bound, e.g. a detector's aggregated per-detection uncertainty). For
+            `"mc_scores"` it is called once per batch with an iterator over the model outputs of `mc_samples`
+            MC-dropout passes, which it reduces pass by pass (a segmenter's BALD over pixels).
         pooled_features (`Callable[[ModelOutput], torch.Tensor]`, *optional*):
             The features `[B, D]` of a batch's model output, for `"features"`, instead of the classifier's input
             (a task's `pooled_features`, e.g. a detector's decoder queries).
-            For `"mc_scores"`, `image_scores` is called once per batch with an iterator over the `mc_samples`
-            model outputs of MC-dropout passes (it reduces them pass by pass: a task's BALD over pixels).
         gradient_embeddings (`Callable[[torch.Tensor, torch.Tensor], torch.Tensor]`, *optional*):
             For `"embeddings"`: BADGE's per-example gradient embedding `[B, E]` from the input and output of the
             last-layer call that gave the logits ([`HeadCalls`]; a task's `gradient_embeddings`). Only `[B, E]` is
@@ -133,7 +135,8 @@ def score_pool(
 
     Raises:
         `ValueError`: an unknown output, `pool_indices` of another length than the dataset, a model without a
-            linear layer that gives its logits (features) or without active dropout (`mc_probs`).
+            linear layer that gives its logits (features, embeddings) or without active dropout (`mc_probs`,
+            `mc_scores`).
 
     Example:
 

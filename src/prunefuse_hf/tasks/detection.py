@@ -227,6 +227,9 @@ def detection_image_scores(
             "scores use least_confidence, entropy or margin."
         )
     logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
+    logits = (
+        logits.detach().cpu()
+    )  # the per-detection scores go through numpy (a CUDA tensor has no `.numpy()`)
     probs, detection_scores = detection_probs(logits, num_labels)
     batch, queries, classes = probs.shape
     flat = probs.reshape(-1, classes).double().numpy()

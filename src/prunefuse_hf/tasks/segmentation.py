@@ -259,7 +259,8 @@ def _logits_map(outputs, target_size=None) -> torch.Tensor:
         raise ValueError(
             f"Segmentation logits must be [batch, classes, height, width], got shape {tuple(logits.shape)}."
         )
-    logits = logits.detach().float()
+    # On the CPU: the per-pixel scores go through numpy (a CUDA tensor has no `.numpy()`).
+    logits = logits.detach().float().cpu()
     if target_size is not None and tuple(logits.shape[-2:]) != tuple(target_size):
         logits = F.interpolate(logits, size=tuple(target_size), mode="bilinear", align_corners=False)
     return logits

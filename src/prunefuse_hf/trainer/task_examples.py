@@ -21,6 +21,7 @@ from collections import Counter
 
 import numpy as np
 from transformers import Trainer
+from transformers.utils import logging
 
 from ..annotation.labels import LabelBatch
 from ..annotation.oracle import oracle_labels
@@ -31,6 +32,8 @@ from ..selection.scoring import score_pool
 from .distillation_trainer import DistillationTrainer
 from .run_state import row_digests
 from .whole_set_evaluation import WholeSetEvaluation
+
+logger = logging.get_logger(__name__)
 
 
 class PixelExamples:
@@ -317,12 +320,18 @@ class AnnotatedExamples:
         dataset = self.prepared(self.pool.select(np.asarray(indices)), with_annotations=False)
         settings = self.task.feature_config if "features" in outputs else {}
         with _config_values(model, settings):
-            return score_pool(model, dataset, indices, batch_size=args.scoring_batch_size, outputs=outputs,
-                              accelerator=accelerator, gather=gather, num_workers=args.dataloader_num_workers,
-                              show_progress=not args.disable_tqdm, collate=self.task.collate,
-                              mc_samples=args.mc_samples, image_scores=image_scores,
-                              pooled_features=self.task.pooled_features,
-                              gradient_embeddings=gradient_embeddings)  # fmt: skip
+            scored = score_pool(model, dataset, indices, batch_size=args.scoring_batch_size, outputs=outputs,
+                                accelerator=accelerator, gather=gather, num_workers=args.dataloader_num_workers,
+                                show_progress=not args.disable_tqdm, collate=self.task.collate,
+                                mc_samples=args.mc_samples, image_scores=image_scores,
+                                pooled_features=self.task.pooled_features,
+                                gradient_embeddings=gradient_embeddings)  # fmt: skip
+        if scored.embeddings is not None:
+            # BADGE holds them whole (C·D numbers per image): say what they cost, as the pool grows.
+            rows, width = scored.embeddings.shape
+            logger.info(f"BADGE gradient embeddings: {rows} images × {width} numbers, "
+                        f"{scored.embeddings.element_size() * rows * width / 2**20:.1f} MiB on this process.")  # fmt: skip
+        return scored
 
     def row_digests(self, rows: np.ndarray) -> np.ndarray:
         """A digest of each row's stored image bytes and annotations (masks: their stored bytes; `uint64`, never

@@ -137,7 +137,7 @@ def _score_task_and_select(directory, task_name):
     (directory / f"result-{rank}.json").write_text(json.dumps(result))
 
 
-# Slow (3 launched interpreters: 91 s on 2 cores shared with other jobs; `make test-slow`).
+# Slow (3 launched interpreters, both tasks: about 20 s on 2 cores; `make test-slow`).
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_one_and_two_processes_select_the_same_images_from_their_shards(saved_pools_and_models):

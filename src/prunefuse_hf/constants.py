@@ -18,6 +18,10 @@ SELECTION_NAME = "selection.parquet"
 LABELS_NAME = "labels.parquet"
 # The boxes people drew for an object-detection run (cppe-5 `objects` column), beside the class-id store.
 LABELED_OBJECTS_NAME = "labeled_objects.parquet"
+# The masks people painted for a semantic-segmentation run: one PNG of class ids per labeled image in the folder, and
+# the parquet index of them (pool index, file, round, source, who answered).
+LABELED_MASKS_NAME = "labeled_masks.parquet"
+LABELED_MASKS_DIR = "labeled_masks"
 METRICS_NAME = "metrics.json"
 REPORT_NAME = "report.md"
 ACCURACY_PLOT = "accuracy.png"
@@ -39,8 +43,12 @@ LABEL_STUDIO_CONFIG = "label_studio_config.xml"
 # Object detection: the COCO JSON template of a query batch, and the annotation file of Label Studio's COCO export.
 COCO_TEMPLATE = "annotations.json"
 # The files of a query batch that annotators use, in the order the "images to label" line names them (those present).
+# Semantic segmentation: the queried images and their empty masks (255: not labeled yet), named alike, to paint.
+QUERY_IMAGES_DIR = "images"
+QUERY_MASKS_DIR = "masks"
 QUERY_FILES = {QUERY_DATASET_DIR: f"{QUERY_DATASET_DIR}/", COCO_TEMPLATE: f"{COCO_TEMPLATE} (COCO template to fill in)",
-               QUERY_CSV: QUERY_CSV, LABEL_STUDIO_TASKS: LABEL_STUDIO_TASKS}  # fmt: skip
+               QUERY_MASKS_DIR: f"{QUERY_MASKS_DIR}/ (mask templates to paint)", QUERY_CSV: QUERY_CSV,
+               LABEL_STUDIO_TASKS: LABEL_STUDIO_TASKS}  # fmt: skip
 LABEL_STUDIO_COCO = "result.json"
 # Columns of a query batch beside the pool index, and the marker of a round continued with part of its labels.
 QUERY_FILE_NAME = "file_name"
@@ -167,6 +175,9 @@ FASHION_MNIST = "fashion_mnist"
 SYNTHETIC_DETECTION = "synthetic_detection"
 # The built-in semantic-segmentation pool: the same items with per-pixel masks (`tasks.synthetic_segmentation_pool`).
 SYNTHETIC_SEGMENTATION = "synthetic_segmentation"
+# Images of a recipe's built-in synthetic pool and evaluation set when `max_pool_size` / `max_eval_samples` are unset.
+SYNTHETIC_POOL_SIZE = 1000
+SYNTHETIC_EVAL_SIZE = 200
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_APT_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"

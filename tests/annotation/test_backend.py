@@ -18,6 +18,7 @@ from prunefuse_hf.annotation.label_studio_api import pull_export, push_query
 from prunefuse_hf.annotation.labels import LabelError
 from prunefuse_hf.annotation.queries import open_query
 from prunefuse_hf.cli.main import main
+from prunefuse_hf.tasks import get_task
 
 CLASSES = ["circle", "cross", "square", "triangle"]
 
@@ -152,8 +153,12 @@ def test_the_backend_refuses_a_run_of_another_task_and_wakes_the_loop_on_a_webho
     (run_dir / "state.json").write_text(
         json.dumps({"settings": {"task": "object-detection"}, "metric": "map"})
     )
-    with pytest.raises(LabelError, match="object-detection run: the ML backend serves image-classification"):
+    with pytest.raises(LabelError, match=r"is a object-detection run and no task was given: pass the run's task "
+                       r"\(LabelStudioBackend\(run_dir, task=prunefuse_hf.tasks.get_task\('object-detection'\)\)"):  # fmt: skip
         LabelStudioBackend(run_dir)
+    with pytest.raises(LabelError, match="is a object-detection run and task 'image-segmentation' was given"):
+        LabelStudioBackend(run_dir, task=get_task("image-segmentation"))
+    assert LabelStudioBackend(run_dir, task=get_task("object-detection")).task is get_task("object-detection")
     (run_dir / "state.json").write_text(
         json.dumps({"settings": {"method": "dense_al", "pruning_ratio": 0.0}})
     )
@@ -229,3 +234,122 @@ def test_the_backend_command_passes_label_studios_webhooks_on_to_the_loop(tmp_pa
         backend.wait(30)
         loop.shutdown()
         loop.server_close()
+
+
+def test_label_studio_gets_the_detection_surrogates_boxes_for_a_task_imported_by_hand(
+    label_studio, tmp_path, monkeypatch
+):
+    """A human object-detection run waiting for round 2's boxes: the backend (started by the CLI's rule, the run's
+    task) answers Label Studio's `/predict` with the surrogate's boxes as RectangleLabels, the very predictions the
+    round's pushed tasks carry for the same image."""
+    from conftest import tiny_detr
+    from detection_human_run import filled_coco, human_config, human_pools
+    from prunefuse_hf import PruneFuseTrainer
+    from prunefuse_hf.cli.labeling import run_task
+
+    server = label_studio
+    pool, _, names, truth = human_pools()
+    trainer = PruneFuseTrainer(tiny_detr(), args=human_config(tmp_path, names, disable_tqdm=True, use_cpu=True),
+                               train_dataset=pool)  # fmt: skip
+    trainer.train()
+    run_dir = trainer.run_dir.path
+    trainer.add_labels(filled_coco(run_dir / "queries" / "round_1", truth))
+    trainer.train(resume_from_checkpoint=True)
+    assert open_query(run_dir)[0] == 2
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    # The run's task, as `label-studio backend` and `pull` read it (pull compares its stored boxes with the project's).
+    assert run_task(run_dir) is get_task("object-detection") and run_task(run_dir).stored_answers is not None
+    backend = LabelStudioBackend(run_dir, task=run_task(run_dir))
+    port = _free_port()
+    http = backend.serve("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        version = f"{run_dir.name}-surrogate-round1"
+        project = push_query(run_dir, url=server.url)["project"]  # round 2's tasks, with the run's own boxes
+        pushed = {t["data"]["pool_index"]: t for t in server.round_tasks(project, 2)}
+        index = sorted(pushed)[0]
+        image = "data:image/png;base64," + base64.b64encode(_png(pool[index]["image"])).decode()
+        server.session.post(
+            f"{server.url}/api/projects/{project}/import", json=[{"image": image}]
+        ).raise_for_status()
+        (task,) = [t for t in server.tasks(project) if "round" not in t["data"]]
+        answer = server.session.post(
+            f"{server.url}/api/ml", json={"project": project, "url": url, "title": "PruneFuse surrogate"}
+        )
+        assert answer.status_code == 201 and answer.json()["model_version"] == version, answer.text
+        server.session.post(
+            f"{server.url}/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": project},
+            json={"selectedItems": {"all": False, "included": [task["id"]]}},
+        ).raise_for_status()
+        (prediction,) = server.session.get(
+            f"{server.url}/api/predictions", params={"task": task["id"]}
+        ).json()
+        (query_prediction,) = server.session.get(
+            f"{server.url}/api/predictions", params={"task": pushed[index]["id"]}
+        ).json()
+    finally:
+        http.shutdown()
+        http.server_close()
+    assert prediction["model_version"] == version and prediction["result"]
+    assert {r["type"] for r in prediction["result"]} == {"rectanglelabels"}
+    assert all(r["from_name"] == "label" and r["to_name"] == "image" for r in prediction["result"])
+    assert all(r["value"]["rectanglelabels"][0] in names for r in prediction["result"])
+
+    # The same boxes, classes and scores as the query's pre-annotations of that image (percent of the image).
+    def shown(result):
+        boxes = [[round(r["value"][k], 3) for k in ("x", "y", "width", "height")] for r in result]
+        return [(r["value"]["rectanglelabels"], box, r["score"]) for r, box in zip(result, boxes)]
+
+    assert shown(prediction["result"]) == shown(query_prediction["result"])
+    assert prediction["score"] == pytest.approx(query_prediction["score"], abs=1e-4)
+
+
+def test_the_backend_answers_a_segmentation_run_with_brush_masks(tmp_path):
+    """A semantic-segmentation run's surrogate answers `/predict` with one RLE brush stroke per class of its mask,
+    which decodes to the surrogate's own mask of the image."""
+    from transformers import SegformerConfig
+
+    from conftest import detection_items
+    from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+    from prunefuse_hf.data.image_processor import pretrained_image_processor
+    from prunefuse_hf.pruning import load_surrogate
+    from prunefuse_hf.tasks import decode_brush_rle, segmentation_predictions, synthetic_segmentation_pool
+
+    pool = synthetic_segmentation_pool(16, items=detection_items(), image_size=32, scales=(12, 16), seed=0)
+    names = pool.features["classes"].feature.names
+    model = SegformerConfig(hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 1, 1, 2], depths=[1, 1, 1, 1],
+                            decoder_hidden_size=16, num_labels=len(names),
+                            architectures=["SegformerForSemanticSegmentation"])  # fmt: skip
+    args = PruneFuseConfig(output_dir=str(tmp_path / "run"), initial_labeled_size=6, query_size=4, num_rounds=1,
+                           num_train_epochs=1, per_device_train_batch_size=8, image_size=32, strategy="entropy",
+                           disable_tqdm=True, use_cpu=True)  # fmt: skip
+    trainer = PruneFuseTrainer(model, args=args, train_dataset=pool)
+    trainer.train()
+    run_dir = trainer.run_dir.path
+    backend = LabelStudioBackend(run_dir, task=get_task("image-segmentation"))
+    port = _free_port()
+    http = backend.serve("127.0.0.1", port)
+    image = "data:image/png;base64," + base64.b64encode(_png(pool[3]["image"])).decode()
+    config = ('<View><Image name="photo" value="$img"/><BrushLabels name="paint" toName="photo">'
+              + "".join(f'<Label value="{name}"/>' for name in names) + "</BrushLabels></View>")  # fmt: skip
+    try:
+        answer = requests.post(f"http://127.0.0.1:{port}/predict", timeout=60,
+                               json={"tasks": [{"id": 1, "data": {"img": image}}], "label_config": config})  # fmt: skip
+    finally:
+        http.shutdown()
+        http.server_close()
+    (prediction,) = answer.json()["results"]
+    surrogate = load_surrogate(run_dir / "surrogate")
+    (mask,) = segmentation_predictions(surrogate, pretrained_image_processor(run_dir / "surrogate"),
+                                       [pool[3]["image"]])  # fmt: skip
+    assert prediction["model_version"] == backend.model_version() == f"{run_dir.name}-surrogate-round2"
+    painted = {}
+    for result in prediction["result"]:
+        assert (result["type"], result["from_name"], result["to_name"]) == ("brushlabels", "paint", "photo")
+        assert (result["original_width"], result["original_height"]) == (32, 32)
+        (name,) = result["value"]["brushlabels"]
+        painted[names.index(name)] = decode_brush_rle(result["value"]["rle"], 32, 32) > 0
+    assert sorted(painted) == sorted(set(mask.ravel().tolist()))  # one stroke per class the mask holds
+    for class_id, stroke in painted.items():
+        assert (stroke == (mask == class_id)).all()

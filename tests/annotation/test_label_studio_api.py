@@ -286,3 +286,67 @@ def test_edits_are_judged_against_the_pulled_export_not_the_clocks(tmp_path):
         _task(31, [(10, "circle", "2026-12-05T12:00:00.300Z"), (11, "cross", "2026-12-05T12:00:00.700Z")])
     ]
     assert label_edits(run_dir, same_second) == []
+
+
+def test_pull_reports_boxes_edited_after_the_pull_of_a_detection_run(
+    label_studio, tmp_path, monkeypatch, capsys
+):
+    """`label-studio pull` of a human object-detection run: round 1's boxes come from the project, then an annotator
+    moves a box of round 1 in Label Studio; the next pull names that image, the stored boxes and the new ones, and
+    keeps the stored boxes."""
+    from conftest import tiny_detr
+    from detection_human_run import human_config, human_pools, stored_objects
+    from prunefuse_hf import PruneFuseTrainer
+    from prunefuse_hf.cli.main import main
+    from prunefuse_hf.tasks import detection_prediction
+    from prunefuse_hf.tasks.detection_exports import describe_objects
+
+    server = label_studio
+    pool, _, names, truth = human_pools()
+    trainer = PruneFuseTrainer(tiny_detr(), args=human_config(tmp_path, names, disable_tqdm=True, use_cpu=True),
+                               train_dataset=pool)  # fmt: skip
+    trainer.train()
+    run_dir = trainer.run_dir.path
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    user = server.user(TEAM[0])
+
+    def draw(task, objects):
+        result = detection_prediction(
+            {"boxes": objects["bbox"], "labels": objects["category"]}, names, (48, 48)
+        )
+        answer = server.session.post(f"{server.url}/api/tasks/{task}/annotations",
+                                     json={"completed_by": user, "result": result["result"], "lead_time": 1.0})  # fmt: skip
+        answer.raise_for_status()
+        return answer.json()["id"]
+
+    assert main(["label-studio", "push", str(run_dir), "--url", server.url]) == 0
+    project = json.loads((run_dir / "label_studio.json").read_text())["project"]
+    tasks = server.round_tasks(project, 1)
+    ids = {task["data"]["pool_index"]: draw(task["id"], truth[task["data"]["pool_index"]]) for task in tasks}
+    assert main(["label-studio", "pull", str(run_dir), "--url", server.url]) == 0
+    assert "labels of earlier rounds were changed" not in capsys.readouterr().out
+    trainer.train(resume_from_checkpoint=True)
+    assert main(["label-studio", "push", str(run_dir), "--url", server.url]) == 0
+    for task in server.round_tasks(project, 2):
+        draw(task["id"], truth[task["data"]["pool_index"]])
+    # Round 1 was pulled and trained on: its first image's first box is moved by a pixel.
+    index = tasks[0]["data"]["pool_index"]
+    x, y, w, h = truth[index]["bbox"][0]
+    moved = {"bbox": [[x + 1.0 if x + w < 48 else x - 1.0, y, w, h], *truth[index]["bbox"][1:]],
+             "category": truth[index]["category"]}  # fmt: skip
+    result = detection_prediction({"boxes": moved["bbox"], "labels": moved["category"]}, names, (48, 48))
+    server.session.patch(
+        f"{server.url}/api/annotations/{ids[index]}", json={"result": result["result"]}
+    ).raise_for_status()
+    before = stored_objects(run_dir)[index]
+
+    assert main(["label-studio", "pull", str(run_dir), "--url", server.url]) == 0
+    out = capsys.readouterr().out
+    assert "1 labels of earlier rounds were changed in Label Studio after they were pulled:" in out, out
+    assert (
+        f"task {tasks[0]['id']} (pool_index {index}, round 1): stored {describe_objects(truth[index], names)} by "
+        f"{TEAM[0]} (annotation {ids[index]}); since then edited to {describe_objects(moved, names)} by "
+        in out
+    ), out
+    assert "label its queries with the corrected boxes" in out and "6 labels added" in out
+    assert stored_objects(run_dir)[index] == before  # the stored boxes stay

@@ -364,6 +364,8 @@ def test_the_loop_runs_a_detection_run_whose_conflicting_boxes_wait_then_resolve
     from conftest import tiny_detr
     from detection_human_run import human_config, human_pools, same_boxes, stored_objects
     from prunefuse_hf import PruneFuseTrainer
+    from prunefuse_hf.tasks import detection_prediction
+    from prunefuse_hf.tasks.detection_exports import describe_objects
 
     server = label_studio
     pool, _, names, truth = human_pools()
@@ -409,7 +411,20 @@ def test_the_loop_runs_a_detection_run_whose_conflicting_boxes_wait_then_resolve
     )
 
     def second(team):
-        for task in team.round_tasks(2, 6):
+        round_2 = team.round_tasks(2, 6)
+        # Round 1 was pulled and trained on: an annotator now moves a box of one of its images in Label Studio.
+        edited = next(t for t in team.round_tasks(1, 8) if t["data"]["pool_index"] != found["disputed"])
+        index = edited["data"]["pool_index"]
+        (annotation,) = server.session.get(f"{server.url}/api/tasks/{edited['id']}/annotations").json()
+        x, y, w, h = truth[index]["bbox"][0]
+        moved = {"bbox": [[x + 1.0 if x + w < 48 else x - 1.0, y, w, h], *truth[index]["bbox"][1:]],
+                 "category": truth[index]["category"]}  # fmt: skip
+        result = detection_prediction({"boxes": moved["bbox"], "labels": moved["category"]}, names, (48, 48))
+        server.session.patch(
+            f"{server.url}/api/annotations/{annotation['id']}", json={"result": result["result"]}
+        ).raise_for_status()
+        found.update(edited=edited, edited_annotation=annotation["id"], edited_to=moved)
+        for task in round_2:
             _draw(server, task["id"], team.user(0), truth[task["data"]["pool_index"]], names)
 
     run = trainer(annotation_resolve="latest")
@@ -420,6 +435,19 @@ def test_the_loop_runs_a_detection_run_whose_conflicting_boxes_wait_then_resolve
     finally:
         team.check()
     assert run.done and (run_dir / "fused" / "config.json").is_file()
+    # The moved box is reported once, as classification's edited labels are; the stored boxes stay.
+    edits = [m for m in team.messages if "changed in Label Studio after they were pulled" in m]
+    assert len(edits) == 1, team.messages
+    edited, described = found["edited"], describe_objects(found["edited_to"], names)
+    assert (
+        f"task {edited['id']} (pool_index {edited['data']['pool_index']}, round 1): stored "
+        f"{describe_objects(truth[edited['data']['pool_index']], names)} by ann1@example.com" in edits[0]
+    ), edits[0]
+    assert (
+        f"since then edited to {described} by " in edits[0]
+        and f"(annotation {found['edited_annotation']}" in edits[0]
+    )
+    assert "label its queries with the corrected boxes" in edits[0]
     assert "round 1: 8 labels added, 0 skipped; resuming the run" in team.messages
     assert "round 2: 6 labels added, 0 skipped; resuming the run" in team.messages
     stored = stored_objects(run_dir)
@@ -432,3 +460,67 @@ def test_the_loop_runs_a_detection_run_whose_conflicting_boxes_wait_then_resolve
         rows[found["disputed"]]["resolution"] == "latest" and rows[found["disputed"]]["annotator"] == TEAM[1]
     )
     assert run.metrics["final"]["labeled"] == 14
+
+
+def _paint(server, task: int, user: int, mask, class_names: list[str]) -> int:
+    """An annotator paints `mask` (class ids, one brush region per class) on a task's image."""
+    from prunefuse_hf.tasks import segmentation_prediction
+
+    result = segmentation_prediction(mask, class_names)["result"]
+    answer = server.session.post(f"{server.url}/api/tasks/{task}/annotations",
+                                 json={"completed_by": user, "result": result, "lead_time": 1.0})  # fmt: skip
+    answer.raise_for_status()
+    return answer.json()["id"]
+
+
+@pytest.mark.slow  # about 40 s: two rounds and the final training beside a Label Studio server
+def test_the_loop_runs_a_segmentation_run_whose_conflicting_masks_wait_until_fixed_in_label_studio(
+    label_studio, tmp_path, monkeypatch
+):
+    import numpy as np
+
+    from prunefuse_hf import PruneFuseTrainer
+    from segmentation_human_run import INITIAL, QUERY, human_config, human_pools, stored_masks, tiny_segformer
+
+    server = label_studio
+    pool, _, names, truth = human_pools()
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    found = {}
+
+    def script(team):
+        tasks = team.round_tasks(1, INITIAL)
+        disputed = tasks[0]["data"]["pool_index"]
+        other = truth[disputed].copy()
+        other[:8] = 0  # a second annotator calls the top rows background
+        _paint(server, tasks[0]["id"], team.user(0), truth[disputed], names)
+        wrong = _paint(server, tasks[0]["id"], team.user(1), other, names)
+        for task in tasks[1:]:
+            _paint(server, task["id"], team.user(0), truth[task["data"]["pool_index"]], names)
+        team.wait_for(lambda: team.said("have answers that disagree"), "the conflict")
+        time.sleep(3 * POLL)  # the loop keeps waiting meanwhile, storing nothing
+        assert not (run_dir / "labeled_masks.parquet").exists()
+        server.session.delete(
+            f"{server.url}/api/annotations/{wrong}"
+        ).raise_for_status()  # fixed in Label Studio
+        found["disputed"] = disputed
+        for task in team.round_tasks(2, QUERY):
+            _paint(server, task["id"], team.user(0), truth[task["data"]["pool_index"]], names)
+
+    args = human_config(tmp_path, names, use_cpu=True)
+    run = PruneFuseTrainer(tiny_segformer(len(names)), args=args, train_dataset=pool)
+    team = Team(server, run_dir, script)
+    team.thread.start()
+    try:
+        label_studio_loop(run, url=server.url, poll_interval=POLL, report=team.report)
+    finally:
+        team.check()
+    assert run.done and (run_dir / "fused" / "config.json").is_file()
+    conflict = team.said("have answers that disagree")
+    assert sum("have answers that disagree" in m for m in team.messages) == 1  # said once, not at every poll
+    assert f"(pool_index {found['disputed']}): " in conflict and "by ann2@example.com" in conflict
+    assert f"round 1: {INITIAL} labels added, 0 skipped; resuming the run" in team.messages
+    assert f"round 2: {QUERY} labels added, 0 skipped; resuming the run" in team.messages
+    stored = stored_masks(run_dir)
+    assert len(stored) == INITIAL + QUERY and all(np.array_equal(stored[i], truth[i]) for i in stored)
+    assert run.metrics["final"]["labeled"] == INITIAL + QUERY

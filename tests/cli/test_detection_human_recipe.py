@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import datasets
-import pytest
 
 from prunefuse_hf.cli.main import main
 
@@ -63,17 +62,3 @@ def test_label_and_resume_through_the_cli(tmp_path, capsys):
     assert dict(zip(rows["pool_index"], rows["objects"])) == given
     assert sorted(set(rows["round"])) == [1, 2]
     assert (run / "fused" / "config.json").is_file()
-
-
-@pytest.mark.parametrize("action", ["label", "pull"])
-def test_a_segmentation_run_is_not_labeled_by_people(tmp_path, action, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "state.json").write_text(
-        json.dumps({"task": "image-segmentation", "completed": [], "queries": {}})
-    )
-    argv = (
-        ["label", str(run), "--labels", "x.json"] if action == "label" else ["label-studio", "pull", str(run)]
-    )
-    assert main(argv) == 2
-    assert "image-segmentation run: its labels cannot be brought by people yet" in capsys.readouterr().err

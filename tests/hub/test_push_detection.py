@@ -2,6 +2,8 @@
 the fused detector, its surrogate and the selected subset come back from the Hub and work. The subset of a run whose
 boxes people drew carries those boxes, in the folder `save_subset` writes and through the Hub."""
 
+from pathlib import Path
+
 import datasets
 import pyarrow.parquet as pq
 import pytest
@@ -13,11 +15,13 @@ from conftest import detection_items, tiny_detr
 from detection_human_run import filled_coco, human_config, human_pools, stored_objects
 from hub_server import serve_local_hub
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer, load_subset
+from prunefuse_hf.cli.main import main
 from prunefuse_hf.hub import save_subset
 from prunefuse_hf.pruning import load_surrogate
 from prunefuse_hf.tasks import synthetic_detection_pool
 
 MODEL, SUBSET, SURROGATE = "org/detector", "org/boxes-subset", "org/detector-surrogate"
+RECIPE = Path(__file__).parents[2] / "recipes" / "synthetic-detection-detr" / "prunefuse.yaml"
 
 
 @pytest.fixture
@@ -93,9 +97,40 @@ def test_the_subset_of_a_human_detection_run_carries_the_boxes_people_drew(hub, 
     assert examples["image_id"] == selection  # the rows are the selected images, in selection order
     rebuilt = load_subset(folder, pool)
     assert rebuilt["pool_index"] == selection and rebuilt["objects"] == examples["objects"]
+    # A source that holds boxes of its own (the pool with its hidden ones): the subset gives the people's, which the
+    # run trained on, in their place.
+    hidden = synthetic_detection_pool(
+        len(pool), items=detection_items(), image_size=48, scales=(16, 24), seed=0
+    )
+    assert load_subset(folder, hidden, verify=False)["objects"] == [stored[i] for i in selection]
 
     trainer.push_to_hub()
     assert AutoModelForObjectDetection.from_pretrained(MODEL).config.num_labels == len(names)
     from_hub = load_subset(SUBSET, pool)
     assert from_hub["pool_index"] == selection and from_hub["objects"] == [stored[i] for i in selection]
     assert datasets.load_dataset(SUBSET, split="train")["objects"] == [stored[i] for i in selection]
+
+
+@pytest.mark.slow  # a whole recipe run and a push: about 20 s of CPU (50 s on a busy 2-core machine)
+def test_push_include_examples_rebuilds_the_pool_of_a_detection_recipe(hub, tmp_path):
+    # The recipe's built-in synthetic pool: `push --include_examples` draws it again, as the run did, with the
+    # detection loader (the classification loader took synthetic_detection for a Hub id).
+    run = tmp_path / "run"
+    argv = ["run", "--config", str(RECIPE), "--output_dir", str(run), "--max_pool_size", "16", "--max_eval_samples",
+            "4", "--image_size", "48", "--initial_labeled_size", "6", "--query_size", "4", "--num_rounds", "1",
+            "--num_train_epochs", "1", "--disable_tqdm", "true"]  # fmt: skip
+    assert main(argv) == 0
+    assert (
+        main(["push", str(run), "--model_repo_id", MODEL, "--subset_repo_id", SUBSET, "--include_examples"])
+        == 0
+    )
+
+    selection = pq.read_table(run / "selection.parquet").to_pydict()["pool_index"]
+    pool = synthetic_detection_pool(16, split="train", seed=42)  # the recipe's seed
+    examples = datasets.load_dataset(SUBSET, "examples", split="train")
+    assert examples.num_rows == 10 and examples["image_id"] == pool.select(selection)["image_id"]
+    assert examples["objects"] == pool.select(selection)["objects"]
+    assert examples.features["objects"] == pool.features["objects"]
+    assert [image.size for image in examples["image"]] == [(96, 96)] * 10
+    rebuilt = load_subset(SUBSET)  # from the recorded source, without a pool given
+    assert rebuilt["pool_index"] == selection and rebuilt["objects"] == examples["objects"]

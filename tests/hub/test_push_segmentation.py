@@ -3,6 +3,8 @@ libraries: the fused segmenter with its card (mean IoU), its surrogate and the s
 back from the Hub and work, and
 the subset's examples keep their masks."""
 
+from pathlib import Path
+
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,12 +15,14 @@ from transformers import AutoModelForSemanticSegmentation, SegformerConfig, pipe
 
 from conftest import detection_items
 from hub_server import serve_local_hub
-from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
+from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer, load_subset
+from prunefuse_hf.cli.main import main
 from prunefuse_hf.hub import save_subset
 from prunefuse_hf.tasks import synthetic_segmentation_pool
 
 MODEL, SUBSET, SURROGATE = "org/segmenter", "org/masks-subset", "org/segmenter-surrogate"
 CLASSES = ["background", "0", "1", "2"]
+RECIPE = Path(__file__).parents[2] / "recipes" / "synthetic-segmentation-segformer" / "prunefuse.yaml"
 
 
 @pytest.fixture
@@ -76,3 +80,57 @@ def test_a_segmentation_run_pushed_to_the_hub_comes_back_whole(hub, tmp_path):
     for row, index in zip(examples, selection["pool_index"]):  # the examples follow the selection's order
         assert np.array_equal(np.asarray(row["label"]), np.asarray(pool[index]["label"]))
         assert np.array_equal(np.asarray(row["image"]), np.asarray(pool[index]["image"]))
+
+
+@pytest.mark.slow  # about 25 s: a two-round human run and its push
+def test_the_subset_of_a_human_segmentation_run_carries_the_masks_people_painted(hub, tmp_path):
+    from prunefuse_hf import load_subset
+    from segmentation_human_run import filled_masks, human_config, human_pools, stored_masks, tiny_segformer
+
+    pool, _, names, truth = human_pools()
+    # People paint other masks than the pool's hidden ones (the top rows left unlabeled): the subset must hold theirs.
+    painted = [np.where(np.arange(32)[:, None] < 3, 255, mask).astype(np.uint8) for mask in truth]
+    args = human_config(tmp_path, names, use_cpu=True, hub_model_id=MODEL, hub_subset_id=SUBSET)
+    trainer = PruneFuseTrainer(tiny_segformer(len(names)), args=args, train_dataset=pool)
+    trainer.train()
+    run = trainer.run_dir.path
+    for round_ in (1, 2):
+        trainer.add_labels(
+            filled_masks(run / "queries" / f"round_{round_}", painted, tmp_path / f"painted_{round_}")
+        )
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.done
+    stored = stored_masks(run)
+    selection = pq.read_table(run / "selection.parquet").to_pydict()["pool_index"]
+    assert sorted(selection) == sorted(stored) and all(np.array_equal(stored[i], painted[i]) for i in stored)
+
+    trainer.push_to_hub()
+    from_hub = load_subset(SUBSET, pool)
+    assert from_hub["pool_index"] == selection
+    assert all(np.array_equal(np.asarray(row["label"]), painted[i]) for row, i in zip(from_hub, selection))
+    pushed = datasets.load_dataset(SUBSET, split="train")
+    assert isinstance(pushed.features["label"], datasets.Image)
+    assert all(np.array_equal(np.asarray(mask), painted[i]) for mask, i in zip(pushed["label"], selection))
+
+
+@pytest.mark.slow  # a whole recipe run and a push: about 20 s of CPU (50 s on a busy 2-core machine)
+def test_push_include_examples_rebuilds_the_pool_of_a_segmentation_recipe(hub, tmp_path):
+    # The recipe's built-in synthetic pool, drawn again at push time by the segmentation loader.
+    run = tmp_path / "run"
+    argv = ["run", "--config", str(RECIPE), "--output_dir", str(run), "--max_pool_size", "16", "--max_eval_samples",
+            "4", "--image_size", "32", "--initial_labeled_size", "6", "--query_size", "4", "--num_rounds", "1",
+            "--num_train_epochs", "1", "--disable_tqdm", "true"]  # fmt: skip
+    assert main(argv) == 0
+    assert (
+        main(["push", str(run), "--model_repo_id", MODEL, "--subset_repo_id", SUBSET, "--include_examples"])
+        == 0
+    )
+
+    selection = pq.read_table(run / "selection.parquet").to_pydict()["pool_index"]
+    expected = synthetic_segmentation_pool(16, split="train", seed=42).select(selection)  # the recipe's seed
+    examples = datasets.load_dataset(SUBSET, "examples", split="train")
+    assert examples.num_rows == 10 and examples.column_names == expected.column_names
+    for got, want in zip(examples, expected):  # image and mask of each selected row, in selection order
+        assert np.array_equal(np.asarray(got["label"]), np.asarray(want["label"]))
+        assert np.array_equal(np.asarray(got["image"]), np.asarray(want["image"]))
+    assert load_subset(SUBSET)["pool_index"] == selection  # from the recorded source, without a pool given

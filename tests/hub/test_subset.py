@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -9,13 +10,20 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import HfApi
 
-from conftest import make_image_dataset
+from conftest import detection_items, make_image_dataset
 from hub_server import serve_local_hub
 from prunefuse_hf import load_subset
 from prunefuse_hf.arguments import DataArguments
-from prunefuse_hf.data.loading import load_image_dataset, load_run_datasets
+from prunefuse_hf.data.loading import load_image_dataset, load_run_datasets, subsample
 from prunefuse_hf.data.pool import DataPool
-from prunefuse_hf.hub.subset import SubsetMismatchError, save_subset, subset_metadata
+from prunefuse_hf.hub.subset import save_subset, subset_metadata
+from prunefuse_hf.hub.subset_source import SubsetMismatchError
+from prunefuse_hf.tasks import (
+    coco_json_from_dataset,
+    get_task,
+    synthetic_detection_pool,
+    synthetic_segmentation_pool,
+)
 
 CLASSES = ["circle", "cross", "square", "triangle"]
 
@@ -214,4 +222,93 @@ def test_subset_loads_its_source_at_the_pinned_revision(hub, tmp_path):
     assert after["label"][:] == before["label"][:] == pool_dataset.select(after["pool_index"][:])["label"][:]
     assert [np.asarray(i).tolist() for i in after["image"][:]] == [
         np.asarray(i).tolist() for i in before["image"][:]
+    ]
+
+
+def _detection_sources(root):
+    """Detection pools as a recipe names them: a COCO folder (images and one COCO JSON file), a saved dataset."""
+    boxes = synthetic_detection_pool(20, items=detection_items(), image_size=32, scales=(12,), seed=5)
+    coco = root / "coco"
+    coco.mkdir()
+    for k, image in enumerate(boxes["image"]):
+        image.save(coco / f"{k:02d}.png")
+    names = [f"{k:02d}.png" for k in range(len(boxes))]
+    (coco / "boxes.json").write_text(json.dumps(coco_json_from_dataset(boxes, file_names=names)))
+    boxes.save_to_disk(root / "saved_boxes")
+    return {"coco_folder": coco, "saved_boxes": root / "saved_boxes", "synthetic": "synthetic_detection"}
+
+
+def _segmentation_sources(root):
+    """Segmentation pools as a recipe names them: an image folder with a masks folder, a saved dataset."""
+    masks = synthetic_segmentation_pool(20, items=detection_items(), image_size=32, scales=(12,), seed=6)
+    folder = root / "mask_folder"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for k, row in enumerate(masks):
+        row["image"].save(folder / "images" / f"{k:02d}.png")
+        row["label"].save(folder / "masks" / f"{k:02d}.png")
+    names = masks.features["classes"].feature.names
+    (folder / "id2label.json").write_text(json.dumps(dict(enumerate(names))))
+    masks.save_to_disk(root / "saved_masks")
+    return {"mask_folder": folder, "saved_masks": root / "saved_masks", "synthetic": "synthetic_segmentation"}
+
+
+@pytest.mark.parametrize(
+    "task_name, kind",
+    [("object-detection", "coco_folder"), ("object-detection", "saved_boxes"), ("object-detection", "synthetic"),
+     ("image-segmentation", "mask_folder"), ("image-segmentation", "saved_masks"),
+     ("image-segmentation", "synthetic")],
+)  # fmt: skip
+def test_a_detection_or_segmentation_pool_is_rebuilt_by_its_task_loader(tmp_path, task_name, kind):
+    task = get_task(task_name)
+    sources = (_detection_sources if task_name == "object-detection" else _segmentation_sources)(tmp_path)
+    recipe = {"dataset_name": str(sources[kind]), "max_pool_size": 12, "eval_split": None}
+    settings = {"method": "prunefuse", "seed": 3, "strategy": "entropy", "annotation": "simulated",
+                "image_column": "image", "label_column": "label", "objects_column": "objects", "bbox_format": "coco",
+                "reduce_labels": False, "class_names": None}  # fmt: skip
+    # The pool `prunefuse-hf run` selects from: the task's split, the `max_pool_size` draw, the task's check.
+    config = SimpleNamespace(**settings)
+    pool_dataset = subsample(task.load_pool_split(DataArguments(**recipe), config), 12, seed=3)
+    column = task.run_options(config)[task.annotation_option]
+    class_names = task.class_names(pool_dataset, column)
+    pool_dataset = task.validate(pool_dataset, class_names=class_names, **task.run_options(config))
+    pool = DataPool(pool_dataset)
+    pool.label_randomly(4, seed=3, round=1)
+    pool.label(pool.unlabeled_indices[:3], round=2, scores=np.ones(3), strategy="entropy")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    pool.save_selection(run_dir / "selection.parquet", class_names=class_names)
+    state = {"version": 4, "settings": settings, "pool": pool.state_dict(), "recipe": recipe, "task": task_name,
+             "class_names": class_names}  # fmt: skip
+    (run_dir / "state.json").write_text(json.dumps(state))
+
+    # A folder name of its own: `datasets` caches a local folder's builder by its name and file times.
+    folder = save_subset(run_dir, tmp_path / f"subset-{task_name}-{kind}", include_examples=True)
+
+    selection = pq.read_table(folder / "selection.parquet").to_pydict()
+    examples = datasets.load_dataset(str(folder), "examples", split="train")
+    assert examples.num_rows == 7 and sorted(selection["pool_index"]) == pool.labeled_indices.tolist()
+    expected = pool_dataset.select(selection["pool_index"])
+    assert [np.asarray(i).tolist() for i in examples["image"]] == [
+        np.asarray(i).tolist() for i in expected["image"]
+    ]
+    if task_name == "object-detection":
+        assert [o["bbox"] for o in examples["objects"]] == [o["bbox"] for o in expected["objects"]]
+        assert [o["category"] for o in examples["objects"]] == [o["category"] for o in expected["objects"]]
+    else:
+        assert [np.asarray(m).tolist() for m in examples["label"]] == [
+            np.asarray(m).tolist() for m in expected["label"]
+        ]
+    assert "label" not in selection or all(label is None for label in selection["label"])
+    rebuilt = load_subset(folder)  # from the recorded source, by the task's loader, fingerprint checked
+    assert rebuilt["pool_index"] == selection["pool_index"]
+    if (
+        kind == "synthetic"
+    ):  # the built-in pool is drawn at `max_pool_size` images: no draw from a larger split
+        assert selection["source_index"] == selection["pool_index"]
+        return
+    # source_index: rows of the whole source split, as the task's loader reads it.
+    whole = task.load_split(DataArguments(**recipe), config, "train")
+    assert [np.asarray(i).tolist() for i in whole.select(selection["source_index"])["image"]] == [
+        np.asarray(i).tolist() for i in expected["image"]
     ]

@@ -19,6 +19,7 @@ import torch
 
 from conftest import snapshot
 from label_studio_server import label_studio_venv
+from prunefuse_hf.annotation.label_studio import AnswersDisagree
 from prunefuse_hf.annotation.labels import LabelError
 from prunefuse_hf.annotation.queries import read_query_indices
 from prunefuse_hf.tasks import (
@@ -321,6 +322,8 @@ def test_several_answers_are_refused_or_resolved(tmp_path):
     assert ("1 images have several answers with different masks: Label Studio task 1 (item 0) (pool_index 3): "
             "annotation 100 by 1, annotation 101 by 2." in str(refused.value))  # fmt: skip
     assert "resolve=ground_truth|latest" in str(refused.value)
+    # What `label-studio loop` says once and waits on, one line per image, as for class labels and boxes.
+    assert isinstance(refused.value, AnswersDisagree) and len(refused.value.conflicts) == 1
     latest = read_segmentation_labels(export, class_names=CLASSES, resolve="latest")
     assert (masks_of(latest)[3] == 2).all() and latest.details["resolution"][0] == "latest"
     with pytest.raises(LabelError, match="No annotation .* is marked ground truth there"):

@@ -1,4 +1,6 @@
-"""A Label Studio ML backend that serves a run's latest trained surrogate as `Choices` pre-annotations.
+"""A Label Studio ML backend that serves a run's latest trained surrogate as pre-annotations: `Choices` for image
+classification, the task's own for another task (object detection's `RectangleLabels` boxes, semantic segmentation's
+`BrushLabels` masks, from the task's `label_studio_predictions`).
 
 It speaks the protocol of label-studio-ml-backend, as Label Studio 1.23 calls it (`label_studio/ml/api_connector.py`):
 `GET /health` (`{"status": "UP", "model_class": ...}`), `POST /setup` (answers the `model_version`: Label Studio
@@ -51,7 +53,10 @@ class LabelStudioBackend:
     connects to as an ML backend (Settings → Model → Connect model).
 
     Args:
-        run_dir (`str` or `os.PathLike`): A run with `annotation: human` (image classification).
+        run_dir (`str` or `os.PathLike`): A run whose method trains a surrogate (usually one with `annotation: human`).
+        task ([`~prunefuse_hf.tasks.Task`], *optional*): The run's task when it is not image classification
+            (`prunefuse_hf.tasks.get_task("object-detection")`; the CLI passes it): its `label_studio_predictions`
+            make the predictions.
         url (`str`, *optional*): The Label Studio server, to fetch images it serves (`/data/upload/...`); default:
             the run's project address (`label_studio.json`), else `$LABEL_STUDIO_URL`.
         token (`str`, *optional*): Its API token (default `$LABEL_STUDIO_API_KEY`).
@@ -62,7 +67,8 @@ class LabelStudioBackend:
             `/webhook` (e.g. a running loop's wake-up).
 
     Raises:
-        LabelError: `run_dir` holds no PruneFuse run, or a run of another task than image classification.
+        LabelError: `run_dir` holds no PruneFuse run, a run of another task than `task` (or than image classification
+            without it), or a run of a task without Label Studio predictions.
 
     Example:
 
@@ -74,8 +80,8 @@ class LabelStudioBackend:
     ```
     """
 
-    def __init__(self, run_dir, *, url=None, token=None, document_root=None, batch_size: int = _BATCH_SIZE,
-                 on_webhook: Callable[[dict], None] | None = None):  # fmt: skip
+    def __init__(self, run_dir, *, task=None, url=None, token=None, document_root=None,
+                 batch_size: int = _BATCH_SIZE, on_webhook: Callable[[dict], None] | None = None):  # fmt: skip
         self.run_dir = Path(run_dir)
         state_path = self.run_dir / STATE_NAME
         if not state_path.is_file():
@@ -85,13 +91,24 @@ class LabelStudioBackend:
                 "`prunefuse-hf run`)."
             )
         state = json.loads(state_path.read_text(encoding="utf-8"))
-        task = (state.get("settings") or {}).get("task")
-        if task not in _CLASSIFICATION or state.get("metric", "accuracy") != "accuracy":
-            raise LabelError(
-                f"{self.run_dir} is a {task or state.get('metric')} run: the ML backend serves image-classification "
-                "surrogates (Choices). Use the pre-annotations `label-studio push` sends with each query instead."
-            )
         settings = state.get("settings") or {}
+        name = state.get("task") or settings.get("task")
+        if name in _CLASSIFICATION and state.get("metric", "accuracy") != "accuracy":
+            name = state.get("metric")  # a run written before the state named its task
+        if name not in _CLASSIFICATION and (task is None or task.name != name):
+            given = f"task {task.name!r} was given" if task is not None else "no task was given"
+            raise LabelError(
+                f"{self.run_dir} is a {name} run and {given}: pass the run's task "
+                f"(LabelStudioBackend(run_dir, task=prunefuse_hf.tasks.get_task({name!r})); `prunefuse-hf "
+                "label-studio backend` does)."
+            )
+        if name not in _CLASSIFICATION and task.label_studio_predictions is None:
+            raise LabelError(
+                f"{self.run_dir} is a {name} run: the ML backend has no {task.label_studio_tag or name} predictions "
+                "for it. Use the pre-annotations `label-studio push` sends with each query instead."
+            )
+        self.task = None if name in _CLASSIFICATION else task
+        self.settings = settings
         if settings.get("pruning_ratio") == 0:
             raise LabelError(
                 f"{self.run_dir} selects without a surrogate (method {settings.get('method')!r}, pruning_ratio 0), "
@@ -147,17 +164,20 @@ class LabelStudioBackend:
 
     def predict(self, tasks: list[dict], label_config: str | None = None) -> list[dict]:
         """
-        The surrogate's class and probability for each task, as Label Studio predictions.
+        The surrogate's guess for each task, as Label Studio predictions: its class and probability (image
+        classification), or the task's (object detection: its boxes in percent of the image, with their classes and
+        scores; semantic segmentation: its mask as RLE brush strokes, one per class).
 
         Args:
             tasks (`list[dict]`): Label Studio tasks (their `data` holds the image).
-            label_config (`str`, *optional*): The project's labeling config: the `Choices` and `Image` tags it
-                names are used (default: PruneFuse's, `label` on `image`).
+            label_config (`str`, *optional*): The project's labeling config: the control tag of the task
+                (`Choices`, `RectangleLabels`, `BrushLabels`) and the `Image` tag it names are used (default:
+                PruneFuse's, `label` on `image`).
 
         Returns:
-            `list[dict]`: one per task, in order: `{"result": [a choices result], "score", "model_version"}`; a task
-            whose image cannot be read gets an empty `result` (the reason is logged). Empty before the run has a
-            trained surrogate.
+            `list[dict]`: one per task, in order: `{"result": [...], "score", "model_version"}`; a task whose image
+            cannot be read gets an empty `result` (the reason is logged). Empty before the run has a trained
+            surrogate.
         """
         import torch
 
@@ -168,11 +188,23 @@ class LabelStudioBackend:
             )
             return []
         version, model, processor, channels = loaded
-        from_name, to_name, key = _tags(label_config)
+        from_name, to_name, key = _tags(label_config, self.task.label_studio_tag if self.task else "Choices")
         images = [self._image(task, key, channels) for task in tasks]
         results = [{"result": [], "score": 0.0, "model_version": version} for _ in tasks]
         readable = [k for k, image in enumerate(images) if image is not None]
         names = self.class_names or [model.config.id2label[k] for k in range(model.config.num_labels)]
+        if self.task is not None:
+            found = self.task.label_studio_predictions(model, processor, [images[k] for k in readable],
+                                                       class_names=names, model_version=version,
+                                                       num_channels=channels, settings=self.settings,
+                                                       batch_size=self.batch_size)  # fmt: skip
+            for k, prediction in zip(readable, found):
+                # The project's own tag names: a labeling config other than PruneFuse's still shows the guess.
+                for result in prediction["result"]:
+                    result["from_name"] = from_name or result["from_name"]
+                    result["to_name"] = to_name or result["to_name"]
+                results[k] = {"score": 0.0, **prediction, "model_version": version}
+            return results
         for start in range(0, len(readable), self.batch_size):
             batch = readable[start : start + self.batch_size]
             inputs = processor(images=[images[k] for k in batch], return_tensors="pt")
@@ -291,8 +323,9 @@ class LabelStudioBackend:
         return server
 
 
-def _tags(label_config: str | None) -> tuple[str, str, str]:
-    """(Choices name, Image name, the task data key of the image) of a labeling config; PruneFuse's by default."""
+def _tags(label_config: str | None, control: str = "Choices") -> tuple[str, str, str]:
+    """(name of the `control` tag, Image name, the task data key of the image) of a labeling config; PruneFuse's by
+    default (`label` on `image`)."""
     found = ("label", "image", "image")
     if not label_config:
         return found
@@ -301,14 +334,14 @@ def _tags(label_config: str | None) -> tuple[str, str, str]:
     except ET.ParseError:
         return found
     images = {tag.get("name"): (tag.get("value") or "").lstrip("$") for tag in root.iter("Image")}
-    for choices in root.iter("Choices"):
-        if choices.get("toName") in images:
-            return choices.get("name"), choices.get("toName"), images[choices.get("toName")] or "image"
+    for tag in root.iter(control):
+        if tag.get("toName") in images:
+            return tag.get("name"), tag.get("toName"), images[tag.get("toName")] or "image"
     return found
 
 
-def serve_label_studio_backend(run_dir, *, host: str = "127.0.0.1", port: int = 9090, url=None, token=None,
-                               document_root=None, wake_url: str | None = None,
+def serve_label_studio_backend(run_dir, *, host: str = "127.0.0.1", port: int = 9090, task=None, url=None,
+                               token=None, document_root=None, wake_url: str | None = None,
                                report: Callable[[str], None] | None = None) -> None:  # fmt: skip
     """
     Serve a run's surrogate as a Label Studio ML backend until interrupted (Ctrl-C).
@@ -316,7 +349,7 @@ def serve_label_studio_backend(run_dir, *, host: str = "127.0.0.1", port: int = 
     Args:
         run_dir (`str` or `os.PathLike`): The run (see [`LabelStudioBackend`]).
         host, port: Where the backend listens; Label Studio connects to `http://<host>:<port>`.
-        url, token, document_root: See [`LabelStudioBackend`].
+        task, url, token, document_root: See [`LabelStudioBackend`].
         wake_url (`str`, *optional*): Every webhook Label Studio sends to `/webhook` is passed on (a POST) to this
             address: a running loop's webhook receiver (`label-studio loop --webhook_port P` listens on
             `http://127.0.0.1:P/`), which wakes at once instead of at its next poll.
@@ -346,7 +379,9 @@ def serve_label_studio_backend(run_dir, *, host: str = "127.0.0.1", port: int = 
         except requests.RequestException as error:
             logger.warning(f"The loop at {wake_url} did not take the webhook ({error}); it will poll.")
 
-    backend = LabelStudioBackend(run_dir, url=url, token=token, document_root=document_root, on_webhook=wake)
+    backend = LabelStudioBackend(
+        run_dir, task=task, url=url, token=token, document_root=document_root, on_webhook=wake
+    )
     version = backend.model_version()
     if version is not None:
         backend.load()  # before Label Studio's first call: its /setup and /health time out after seconds

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,11 +32,10 @@ from ..constants import (
     LABEL_STUDIO_TASKS,
     LABEL_STUDIO_TOKEN_ENV,
     LABEL_STUDIO_URL_ENV,
-    LABELS_NAME,
     POOL_INDEX,
 )
 from ..utils.io import atomic_write
-from .label_studio import annotation_class
+from .edits import StoredAnswers, describe_edits, label_edits
 from .labels import LabelError
 from .queries import open_query, query_directory, read_run_state
 
@@ -224,14 +222,14 @@ def push_query(
 
 
 def pull_export(run_dir: str | os.PathLike, *, url: str | None = None, token: str | None = None,
-                report: Callable[[str], None] | None = None) -> Path:  # fmt: skip
+                report: Callable[[str], None] | None = None, answers: StoredAnswers | None = None) -> Path:  # fmt: skip
     """
     Download the run's Label Studio project as a JSON export, keep the tasks of the open round, name each
     annotation's annotator by e-mail, and write it to `RUN/queries/round_K/label_studio_export.json`.
 
     Labels of earlier rounds that were changed in Label Studio after they were pulled (an answer edited, deleted,
-    or a new answer that differs from the stored label) are reported (see [`label_edits`]): the stored labels
-    stay, and the message says so and what to do.
+    or a new answer that differs from the stored label: a class, or an image's boxes) are reported (see
+    [`label_edits`]): the stored labels stay, and the message says so and what to do.
 
     Args:
         run_dir (`str` or `os.PathLike`): A run whose query was sent with [`push_query`].
@@ -239,6 +237,8 @@ def pull_export(run_dir: str | os.PathLike, *, url: str | None = None, token: st
             `$LABEL_STUDIO_API_KEY`).
         report (`Callable[[str], None]`, *optional*): Receives the message about edited labels, if any (default:
             this module's logger, as a warning).
+        answers ([`StoredAnswers`], *optional*): How the run's task stores and compares answers (its
+            `stored_answers`, e.g. object detection's boxes); default: image classification's class labels.
 
     Returns:
         `Path`: the export file, ready for [`ingest_labels`].
@@ -267,9 +267,9 @@ def pull_export(run_dir: str | os.PathLike, *, url: str | None = None, token: st
             who = annotation.get("completed_by")
             if isinstance(who, int):
                 annotation["completed_by"] = {"id": who, "email": users.get(who, str(who))}
-    edits = label_edits(run_dir, exported, users)
+    edits = label_edits(run_dir, exported, users, answers=answers)
     if edits:
-        (report or logger.warning)(_describe_edits(run_dir, edits))
+        (report or logger.warning)(describe_edits(run_dir, edits, answers))
     # The round's own tasks: those imported by hand (for the ML backend's guesses) carry no pool index.
     tasks = [
         task
@@ -281,119 +281,6 @@ def pull_export(run_dir: str | os.PathLike, *, url: str | None = None, token: st
     answered = sum(bool(task.get("annotations")) for task in tasks)
     logger.info(f"Pulled {answered} answered tasks of round {round_} from Label Studio into {path}.")
     return path
-
-
-def label_edits(
-    run_dir: str | os.PathLike, exported: list[dict], users: dict[int, str] | None = None
-) -> list[str]:
-    """
-    The labels stored from Label Studio that its project no longer agrees with: for each, one line naming the task,
-    the pool index and round, the stored answer and who gave it, and what changed since it was stored (its
-    annotation edited or deleted, or another answer given since, that differs).
-
-    "Since" is judged against the export the run pulled for that round (`queries/round_K/label_studio_export.json`):
-    an answer is new or edited when its annotation id is not in that export or its `updated_at` differs from the
-    one pulled, so the server's and this machine's clocks never need to agree. For labels ingested from an export
-    file downloaded by hand (no pulled export for the round), an answer counts as later when Label Studio dated it
-    at least a second after the label was stored (`labeled_at` has whole seconds).
-
-    Args:
-        run_dir (`str` or `os.PathLike`): The run.
-        exported (`list[dict]`): The project's JSON export (every task, with `completed_by` as user objects or ids).
-        users (`dict[int, str]`, *optional*): `{user id: e-mail}`, to name who edited an answer.
-
-    Returns:
-        `list[str]`: one line per changed label (empty when nothing changed).
-    """
-    import pyarrow.parquet as pq
-
-    path = Path(run_dir) / LABELS_NAME
-    if not path.is_file():
-        return []
-    users = users or {}
-    class_names = read_run_state(run_dir).get("class_names") or []
-    tasks = {}
-    for task in exported:
-        data = task.get("data") or {}
-        if "round" in data and POOL_INDEX in data:
-            tasks[(data["round"], data[POOL_INDEX])] = task
-    edits, pulled = [], {}
-    for row in pq.read_table(path).to_pylist():
-        task = tasks.get((row["round"], row[POOL_INDEX]))
-        if row.get("annotation_id") is None or task is None:
-            continue  # not from this Label Studio project
-        if row["round"] not in pulled:
-            pulled[row["round"]] = _pulled_answers(run_dir, row["round"])
-        as_pulled = (pulled[row["round"]] or {}).get(row[POOL_INDEX])
-        stored = class_names[row["label"]] if 0 <= row["label"] < len(class_names) else row["label"]
-        stored_at = _moment(row["labeled_at"])
-        annotations = {a.get("id"): a for a in task.get("annotations") or []}
-        changes = []
-        if row["annotation_id"] not in annotations:
-            changes.append(f"annotation {row['annotation_id']} was deleted")
-        for annotation in annotations.values():
-            answer = annotation_class(annotation)
-            if answer is None or str(answer).casefold() == str(stored).casefold():
-                continue
-            if as_pulled is not None:
-                if as_pulled.get(annotation.get("id"), _NOT_PULLED) == annotation.get("updated_at"):
-                    continue  # this answer was in the pulled export as it is now
-            else:
-                when = _moment(annotation.get("updated_at") or annotation.get("created_at"))
-                if not when or not stored_at or when < stored_at + timedelta(seconds=1):
-                    continue
-            who = annotation.get("updated_by") or annotation.get("completed_by")
-            who = who.get("email") if isinstance(who, dict) else users.get(who, who)
-            verb = "edited to" if annotation.get("id") == row["annotation_id"] else "answered"
-            changes.append(
-                f"{verb} {answer!r} by {who} (annotation {annotation.get('id')}, {annotation.get('updated_at')})"
-            )
-        if changes:
-            edits.append(
-                f"task {task.get('id')} (pool_index {row[POOL_INDEX]}, round {row['round']}): stored {stored!r} by "
-                f"{row.get('annotator')} (annotation {row['annotation_id']}); since then "
-                + "; ".join(changes)
-            )
-    return edits
-
-
-_NOT_PULLED = object()
-
-
-def _pulled_answers(run_dir: Path, round_: int) -> dict[int, dict] | None:
-    """`{pool index: {annotation id: updated_at}}` of the export pulled for `round_`, or `None` when that round's
-    labels did not come through `pull_export` here."""
-    path = query_directory(run_dir, round_) / LABEL_STUDIO_EXPORT
-    try:
-        tasks = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    answers = {}
-    for task in tasks if isinstance(tasks, list) else []:
-        index = (task.get("data") or {}).get(POOL_INDEX)
-        if index is not None:
-            answers[index] = {a.get("id"): a.get("updated_at") for a in task.get("annotations") or []}
-    return answers
-
-
-def _moment(text):
-    from datetime import datetime, timezone
-
-    try:
-        moment = datetime.fromisoformat(str(text))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _describe_edits(run_dir: Path, edits: list[str]) -> str:
-    lines = "\n".join(f"  {line}" for line in edits)
-    return (
-        f"{len(edits)} labels of earlier rounds were changed in Label Studio after they were pulled:\n{lines}\n"
-        f"The stored labels stay: the rounds trained so far used them, and the run in {run_dir} keeps them (a label "
-        "it used is never replaced behind its back). To train on the new answers, start a new run with the corrected "
-        "labels as its seed_labels; to silence this message, restore the answers in Label Studio."
-    )
 
 
 def _open_round(run_dir: Path) -> tuple[int, Path, list[dict]]:

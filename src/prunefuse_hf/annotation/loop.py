@@ -102,7 +102,8 @@ def label_studio_loop(
 
     Args:
         trainer ([`PruneFuseTrainer`]): The run (`args.annotation="human"`): image classification (`Choices`
-            tasks) or object detection (`RectangleLabels` tasks; the boxes go to `RUN/labeled_objects.parquet`). Its `output_dir` may be empty (the run
+            tasks), object detection (`RectangleLabels` tasks; the boxes go to `RUN/labeled_objects.parquet`)
+            or semantic segmentation (`BrushLabels` tasks; the masks go to `RUN/labeled_masks/`). Its `output_dir` may be empty (the run
             starts), hold a run waiting for labels, or a run stopped anywhere (it continues).
         url, token (`str`, *optional*): The server and API token (default: `$LABEL_STUDIO_URL`,
             `$LABEL_STUDIO_API_KEY`; later rounds default to the project's recorded address).
@@ -111,7 +112,7 @@ def label_studio_loop(
         title (`str`, *optional*): The project title (default: `PruneFuse <run folder name>`).
         poll_interval (`float`, *optional*, defaults to 30): Seconds between two looks at the project.
         resolve (`str` or `None`, *optional*): How answers that disagree become one label (`"ground_truth"`,
-            `"majority"`, `"latest"`; an object-detection run's boxes: `"ground_truth"`, `"latest"`), or `None` to
+            `"majority"`, `"latest"`; boxes and masks: `"ground_truth"`, `"latest"`), or `None` to
             wait until they are fixed in Label Studio. Defaults to the run's `annotation_resolve`.
         requery_skipped (`bool`, *optional*, defaults to `False`): Let later rounds query skipped images again.
         retry_for (`float`, *optional*, defaults to 1800): Seconds the server may stay unreachable (tried again
@@ -214,7 +215,9 @@ def _label_round(trainer, round_: int, retry: _Retry, say, *, url, token, docume
         if progress.complete:
             export = retry(
                 "pulling the export",
-                lambda: pull_export(run_dir, url=client.url, token=token, report=say_once),
+                lambda: pull_export(
+                    run_dir, url=client.url, token=token, report=say_once, answers=trainer.task.stored_answers
+                ),
             )
             try:
                 result = trainer.add_labels(export, resolve=policy, requery_skipped=requery_skipped)

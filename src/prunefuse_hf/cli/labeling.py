@@ -24,8 +24,10 @@ def add_label_parser(subparsers) -> None:
     parser.add_argument(
         "--labels",
         required=True,
-        help="CSV/TSV, JSON/JSONL, parquet, a Label Studio export (JSON, JSON_MIN, CSV), a dataset folder or a Hub "
-        "dataset id, with pool_index and label (class name or id) columns.",
+        help="Classification: CSV/TSV, JSON/JSONL, parquet, a Label Studio export (JSON, JSON_MIN, CSV), a dataset "
+        "folder or a Hub dataset id, with pool_index and label (class name or id) columns. Object detection: the "
+        "query's annotations.json filled in, or a Label Studio JSON, JSON_MIN or COCO export. Semantic segmentation: "
+        "the query's masks/ folder painted with class ids, or a Label Studio JSON export.",
     )
     parser.add_argument(
         "--allow_partial", action="store_true", help="Continue with the labeled part of the query."
@@ -62,7 +64,7 @@ def _label(args) -> None:
 
 def _task_ingest(run_dir):
     """The ingest of the run's task: image classification's (`ingest_labels`, without the training stack), or the
-    task's own (boxes: `ingest_detection_labels`)."""
+    task's own (boxes: `ingest_detection_labels`, masks: `ingest_segmentation_labels`)."""
     from ..annotation.labels import LabelError
     from ..annotation.queries import read_run_state
 
@@ -78,6 +80,31 @@ def _task_ingest(run_dir):
             f"{run_dir} is a {task} run: its labels cannot be brought by people yet (annotation: human)."
         )
     return get_task(task).ingest_labels
+
+
+def run_task(run_dir):
+    """
+    The task of the run in `run_dir` when it is not image classification, else `None` (classification is served
+    without importing the tasks and the training stack; so is a directory that holds no run, which the command then
+    names).
+
+    Example:
+
+    ```python
+    >>> run_task("runs/boxes").name, run_task("runs/my-pool")
+    ('object-detection', None)
+    ```
+    """
+    from ..utils.run_directory import RunDirectory
+
+    run = RunDirectory(run_dir)
+    state = run.read_state() if run.state_path.is_file() else {}
+    task = state.get("task") or (state.get("settings") or {}).get("task") or TASK_NAMES[0]
+    if task == TASK_NAMES[0]:
+        return None
+    from ..tasks import get_task
+
+    return get_task(task)
 
 
 def _ingest(args, source, ingest_labels) -> None:
@@ -146,7 +173,11 @@ def add_label_studio_parser(subparsers) -> None:
         help="Serve the run's latest trained surrogate as a Label Studio ML backend (Settings -> Model -> Connect "
         "model): pre-annotations for any task of the project, tasks imported by hand included.",
     )
-    backend.add_argument("run_dir", help="The run directory (annotation: human, image classification).")
+    backend.add_argument(
+        "run_dir",
+        help="The run directory (annotation: human): image classification (Choices), object detection "
+        "(RectangleLabels boxes) or semantic segmentation (BrushLabels masks).",
+    )
     backend.add_argument("--port", type=int, required=True, help="The port the backend listens on.")
     backend.add_argument(
         "--host",
@@ -191,8 +222,8 @@ def _label_studio_push(args) -> None:
 def _label_studio_backend(args) -> None:
     from ..annotation.backend import serve_label_studio_backend
 
-    serve_label_studio_backend(args.run_dir, host=args.host, port=args.port, url=args.url,
-                               document_root=args.document_root, wake_url=args.wake_url,
+    serve_label_studio_backend(args.run_dir, host=args.host, port=args.port, task=run_task(args.run_dir),
+                               url=args.url, document_root=args.document_root, wake_url=args.wake_url,
                                report=lambda message: print(message, flush=True))  # fmt: skip
 
 
@@ -200,6 +231,8 @@ def _label_studio_pull(args) -> None:
     from ..annotation.label_studio_api import pull_export
 
     ingest_labels = _task_ingest(args.run_dir)
-    path = pull_export(args.run_dir, url=args.url, report=print)
+    # How the task compares its stored answers with the project's (boxes: the detection task's; None: class labels).
+    answers = getattr(run_task(args.run_dir), "stored_answers", None)
+    path = pull_export(args.run_dir, url=args.url, report=print, answers=answers)
     print(f"export saved to {path}")
     _ingest(args, path, ingest_labels)

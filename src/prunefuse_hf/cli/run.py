@@ -178,21 +178,21 @@ def build_trainer(
 def _annotated_datasets(data_args, config, task):
     """The pool and evaluation set of an object-detection or semantic-segmentation run: the task's built-in synthetic
     pool (`max_pool_size` images of Fashion-MNIST's train items, default 1,000; `max_eval_samples` of its test items,
-    default 200), or the splits the task loads (`Task.load_split`), subsampled like classification's."""
+    default 200), or the splits the task loads (`Task.load_split`), subsampled like classification's. The pool is read
+    by `Task.load_pool_split`, as a subset of the run rebuilds it."""
+    from ..constants import SYNTHETIC_EVAL_SIZE
     from ..data.loading import check_distinct_splits, subsample
 
-    if data_args.dataset_name == task.synthetic_name:
-        pool = task.synthetic_pool(data_args.max_pool_size or 1000, split="train", seed=config.seed)
-        if not data_args.eval_split:
-            return pool, None
-        return pool, task.synthetic_pool(
-            data_args.max_eval_samples or 200, split="test", seed=config.seed + 1
-        )
-    pool = task.load_split(data_args, config, data_args.train_split)
+    pool = task.load_pool_split(data_args, config)
     if not data_args.eval_split:
         return subsample(pool, data_args.max_pool_size, config.seed), None
-    eval_dataset = task.load_split(data_args, config, data_args.eval_split)
-    check_distinct_splits(pool, eval_dataset, data_args)
+    if data_args.dataset_name == task.synthetic_name:
+        eval_dataset = task.synthetic_pool(
+            data_args.max_eval_samples or SYNTHETIC_EVAL_SIZE, split="test", seed=config.seed + 1
+        )
+    else:
+        eval_dataset = task.load_split(data_args, config, data_args.eval_split)
+        check_distinct_splits(pool, eval_dataset, data_args)
     return (
         subsample(pool, data_args.max_pool_size, config.seed),
         subsample(eval_dataset, data_args.max_eval_samples, config.seed + 1),

@@ -24,14 +24,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         "pipeline_ready": ["export_rgb_checkpoint"],
         "push": ["PushError", "PushResult", "push_query_batch", "push_run"],
-        "subset": [
-            "SubsetMismatchError",
-            "check_pool",
-            "load_subset",
-            "rebuild_subset_pool",
-            "save_subset",
-            "subset_metadata",
-            "with_people_annotations",
-        ],
+        "subset": ["load_subset", "save_subset", "subset_metadata", "with_people_annotations"],
+        "subset_source": ["SubsetMismatchError", "check_pool", "rebuild_subset_pool"],
     },
 )

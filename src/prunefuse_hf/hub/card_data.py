@@ -204,6 +204,8 @@ class SubsetCardFacts:
             the subset has.
         rounds (`list[dict[str, str]]`): Per round: `round`, `count`, `strategy`.
         class_counts (`list[dict[str, str]]`, *optional*): Per class of the selection: `name`, `count`, `share`.
+        task (`str`): The run's `pipeline()` task (the card's `task_categories`).
+        annotation_column (`str`, *optional*): The selection's column of the annotations people gave (boxes, masks).
         citation (`str`): BibTeX of the paper.
     """
 
@@ -229,4 +231,6 @@ class SubsetCardFacts:
     has_examples: bool
     rounds: list[dict[str, str]]
     class_counts: list[dict[str, str]] | None
+    task: str = "image-classification"
+    annotation_column: str | None = None
     citation: str = CITATION

@@ -17,6 +17,7 @@ from ..constants import (
     POOL_INDEX,
     PRUNING_PATH_CONFIG,
     PRUNING_PLAN_NAME,
+    SELECTION_LABEL,
     SOURCE_INDEX,
     SURROGATE_DIR,
     SURROGATE_INIT_DIR,
@@ -274,6 +275,8 @@ def collect_subset_card_facts(
         if source.get("revision"):
             details.append(f"revision `{source['revision']}`")
     rows = selection.to_pydict()
+    if source.get("annotation_column") == SELECTION_LABEL:
+        rows.pop(SELECTION_LABEL)  # people's masks, not class ids
     counts: dict[int, int] = {}
     strategies: dict[int, str | None] = {}
     for round_, strategy in zip(rows["round"], rows["strategy"]):
@@ -299,7 +302,7 @@ def collect_subset_card_facts(
         num_rounds=run.get("num_rounds"),
         label_column=label_column,
         has_source_index=SOURCE_INDEX in rows,
-        has_labels="label" in rows and any(y is not None for y in rows["label"]),
+        has_labels=SELECTION_LABEL in rows and any(y is not None for y in rows[SELECTION_LABEL]),
         has_image_path=IMAGE_PATH in rows,
         has_examples=has_examples,
         rounds=[
@@ -307,6 +310,10 @@ def collect_subset_card_facts(
             for r in sorted(counts)
         ],
         class_counts=card_text.class_counts(rows, metadata.get("class_names")),
+        task=metadata.get("task") or "image-classification",
+        annotation_column=source.get("annotation_column")
+        if source.get("annotation_column") in selection.column_names
+        else None,
     )
 
 

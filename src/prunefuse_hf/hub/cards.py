@@ -168,7 +168,7 @@ def render_dataset_card(facts: SubsetCardFacts) -> str:
                         "data_files": [{"split": "train", "path": f"{SUBSET_EXAMPLES_DIR}/*.parquet"}]})  # fmt: skip
     card_data = DatasetCardData(
         pretty_name=facts.title,
-        task_categories=["image-classification"],
+        task_categories=[facts.task],
         tags=list(TAGS),
         source_datasets=[facts.source_hub_id] if facts.source_hub_id else None,
         configs=configs,

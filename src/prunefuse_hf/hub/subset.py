@@ -26,6 +26,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datasets.table import embed_table_storage
 from transformers.utils import logging
 
 from ..arguments import run_data_arguments
@@ -33,24 +34,26 @@ from ..constants import (
     MODEL_CARD_NAME,
     POOL_INDEX,
     SELECTION_LABEL,
+    SELECTION_LABEL_NAME,
     SELECTION_NAME,
     SOURCE_INDEX,
     SUBSET_EXAMPLES_DIR,
     SUBSET_METADATA_NAME,
 )
-from ..data.loading import load_image_dataset, subsample
 from ..utils.io import redact_secrets
 from ..utils.run_directory import RunDirectory
 from .card_facts import collect_subset_card_facts
 from .cards import render_dataset_card
+from .subset_source import (
+    check_pool,
+    describe_source,
+    pool_from_source,
+    rebuild_subset_pool,
+)
 
 logger = logging.get_logger(__name__)
 
 SUBSET_FORMAT_VERSION = 2
-
-
-class SubsetMismatchError(ValueError):
-    """The dataset given to rebuild a subset is not the one the subset was selected from."""
 
 
 def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) -> dict:
@@ -63,10 +66,11 @@ def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) ->
 
     Returns:
         `dict`: `format_version`; `task` (its `pipeline()` name); `source` (`dataset_name`, `config_name`, `split`,
-        `revision` (the recipe's `dataset_revision`), `image_column`, `label_column`, `annotation_column` (the
-        column of the boxes people drew in an object-detection run with `annotation: human`, else `None`); `dataset_name` is `None` for a run started
-        from Python); `pool` (`num_examples`, `fingerprint`, `max_pool_size`, `seed`); `class_names`; `run` (the
-        selection settings).
+        `revision` (the recipe's `dataset_revision`), `image_column`, `label_column`, `objects_column`, `bbox_format`
+        and `annotations_file` (how the task's loader reads the source; see [`rebuild_subset_pool`]),
+        `annotation_column` (the column of the boxes people drew in an object-detection run with `annotation: human`,
+        else `None`); `dataset_name` is `None` for a run started from Python); `pool` (`num_examples`,
+        `fingerprint`, `max_pool_size`, `seed`); `class_names`; `run` (the selection settings).
 
     Raises:
         `FileNotFoundError`: `progress` is not given and the run has no `state.json`.
@@ -92,6 +96,9 @@ def subset_metadata(run_dir: str | os.PathLike, progress: dict | None = None) ->
             "revision": data["dataset_revision"] if data else None,
             "image_column": settings.get("image_column") or "image",
             "label_column": settings.get("label_column") or "label",
+            "objects_column": settings.get("objects_column"),
+            "bbox_format": settings.get("bbox_format"),
+            "annotations_file": data["annotations_file"] if data else None,
             "annotation_column": _people_annotations(progress)[1],
         },
         "pool": {
@@ -143,8 +150,10 @@ def save_subset(
             the run to add `source_index` (and the examples). Skipped with a warning when that fails.
         include_examples (`bool`, *optional*, defaults to `False`): Also write the selected images and labels
             (`examples/`, config `examples`). Needs the pool. Each image carries its label as the run trained on
-            it: the pool's own, else the one people gave (a class id in the label column; for object detection the
-            boxes in the run's `labeled_objects.parquet`, in the objects column, as `{"bbox", "category"}`).
+            it: the pool's own (the boxes or the mask of a simulated detection or segmentation run), else the one
+            people gave (a class id in the label column; for object detection the boxes in the run's
+            `labeled_objects.parquet`, in the objects column, as `{"bbox", "category"}`, in place of any the pool
+            holds). The pool of a detection or segmentation run is rebuilt by its task's loader.
         endpoint (`str`, *optional*): Hub address of the card's links; defaults to
             `huggingface_hub.constants.ENDPOINT`.
 
@@ -176,7 +185,7 @@ def save_subset(
                 raise
             logger.warning(
                 "Could not rebuild the pool from %s (%s); saving the indices only.",
-                _describe(metadata),
+                describe_source(metadata),
                 error,
             )
     elif pool is not None:
@@ -236,8 +245,8 @@ def load_subset(
         `pool_index` and `round` columns added. The label column (the run's `label_column`) holds each example's
         label: the source's, or, where the source has none (a pool labeled by annotators), the one the run
         recorded, as a `ClassLabel` with the run's class names. For an object-detection run whose boxes people
-        drew, a source without an objects column gets the stored boxes (`{"bbox": COCO pixels, "category": class
-        ids}`, `None` for a skipped image) in the run's objects column.
+        drew, the run's objects column holds the stored boxes (`{"bbox": COCO pixels, "category": class ids}`,
+        `None` for a skipped image), in place of any the source holds: the run trained on them.
 
     Raises:
         `SubsetMismatchError`: the source is not the one the subset was selected from.
@@ -267,7 +276,7 @@ def load_subset(
             metadata = {**metadata, "source": {**recorded, "dataset_name": os.fspath(source)}}
         pool = rebuild_subset_pool(metadata, verify=verify)
     else:
-        pool = _pool_from_source(source, metadata, verify=verify)
+        pool = pool_from_source(source, metadata, verify=verify)
     subset = pool.select(selection[POOL_INDEX])
     subset = subset.add_column(POOL_INDEX, selection[POOL_INDEX]).add_column("round", selection["round"])
     return _with_annotations(_with_labels(subset, selection, metadata), table, metadata)
@@ -304,85 +313,26 @@ def with_people_annotations(table: pa.Table, run_dir: str | os.PathLike, progres
     task, column = _people_annotations(progress)
     if column is None:
         return table
+    # The class-id columns are classification's: empty for a task that stores its annotations itself (and a mask
+    # column is named `label`, as in the transformers segmentation guide).
+    for name in (SELECTION_LABEL, SELECTION_LABEL_NAME):
+        if name in table.column_names and table.column(name).null_count == table.num_rows:
+            table = table.drop_columns([name])
     if column in table.column_names:
         raise ValueError(f"The run's annotation column {task.annotation_option}: {column!r} has the name of a "
                          f"column of {SELECTION_NAME} ({table.column_names}); the subset cannot hold both. Name it "
                          "differently in the recipe (e.g. objects).")  # fmt: skip
     store = task.label_store(run_dir, progress["class_names"])
     stored = store.labels
-    arrow_type = datasets.Features({column: store.annotation_feature}).arrow_schema.field(column).type
+    features = datasets.Features({column: store.annotation_feature})
+    arrow_type = features.arrow_schema.field(column).type
     values = [stored.get(int(i)) for i in table.column(POOL_INDEX).to_pylist()]
-    return table.append_column(pa.field(column, arrow_type), pa.array(values, arrow_type))
-
-
-def rebuild_subset_pool(metadata: dict, verify: bool = True) -> datasets.Dataset:
-    """
-    Load the recorded source at its recorded revision and redo the run's pool draw.
-
-    Args:
-        metadata (`dict`): A subset's record (see [`subset_metadata`]).
-        verify (`bool`, *optional*, defaults to `True`): Also check the pool's fingerprint.
-
-    Returns:
-        `datasets.Dataset`: the pool the run selected from.
-
-    Raises:
-        `SubsetMismatchError`: the rebuilt pool differs from the recorded one.
-        `FileNotFoundError`: the source cannot be found (a local folder that is not here, an unreachable Hub).
-
-    Example:
-
-    ```python
-    >>> import json
-    >>> from pathlib import Path
-    >>> metadata = json.loads(Path("subset/prunefuse_subset.json").read_text())
-    >>> len(rebuild_subset_pool(metadata)) == metadata["pool"]["num_examples"]
-    True
-    ```
-    """
-    source = metadata["source"]
-    # Loaded as the run loaded its pool (no label check: a pool labeled by annotators has no label column).
-    dataset = load_image_dataset(
-        source["dataset_name"],
-        source.get("split") or "train",
-        image_column=source.get("image_column") or "image",
-        label_column=None,
-        config_name=source.get("config_name"),
-        revision=source.get("revision"),
+    # Files the store refers to (masks) travel as bytes; the feature is recorded, so that `datasets` reads an image.
+    part = embed_table_storage(pa.table({column: pa.array(values, arrow_type)}, schema=features.arrow_schema))
+    metadata = {**(table.schema.metadata or {}), **features.arrow_schema.metadata}
+    return table.append_column(part.schema.field(column), part.column(column)).replace_schema_metadata(
+        metadata
     )
-    return _pool_from_source(dataset, metadata, verify=verify)
-
-
-def check_pool(pool: datasets.Dataset, metadata: dict, verify: bool = True) -> None:
-    """
-    Check that `pool` is the pool a subset was selected from.
-
-    Args:
-        pool (`datasets.Dataset`): The candidate pool.
-        metadata (`dict`): The subset's record (see [`subset_metadata`]).
-        verify (`bool`, *optional*, defaults to `True`): Also compare the fingerprint (the size always is).
-
-    Raises:
-        `SubsetMismatchError`: the size or the fingerprint differs (the message says how to fix it).
-
-    Example:
-
-    ```python
-    >>> check_pool(pool, subset_metadata("runs/fashion-mnist-resnet/prunefuse"))  # silent when it matches
-    ```
-    """
-    expected = metadata["pool"]
-    if len(pool) != expected["num_examples"]:
-        raise SubsetMismatchError(
-            f"The dataset has {len(pool)} rows but the subset was selected from a pool of {expected['num_examples']} "
-            f"({_describe(metadata)}). Pass the same dataset, split and revision."
-        )
-    if verify and pool._fingerprint != expected["fingerprint"]:
-        raise SubsetMismatchError(
-            f"The dataset's fingerprint {pool._fingerprint!r} differs from the pool the subset was selected from "
-            f"({expected['fingerprint']!r}, {_describe(metadata)}): it holds other data or was transformed. Pass the "
-            "same dataset, split and revision, or `verify=False` if you know the rows are the same."
-        )
 
 
 # ----- helpers -----
@@ -396,20 +346,15 @@ def _read_metadata(folder: Path) -> dict:
     return metadata
 
 
-def _pool_from_source(dataset: datasets.Dataset, metadata: dict, verify: bool) -> datasets.Dataset:
-    pool_info = metadata["pool"]
-    size = pool_info.get("max_pool_size")
-    if size and len(dataset) > size and len(dataset) != pool_info["num_examples"]:
-        dataset = subsample(dataset, size, pool_info["seed"])
-    check_pool(dataset, metadata, verify=verify)
-    return dataset
-
-
 def _with_labels(rows: datasets.Dataset, selection: dict, metadata: dict) -> datasets.Dataset:
     """`rows` with the run's labels in the label column where the source has none (annotated pools)."""
     recorded = selection.get(SELECTION_LABEL)
-    if recorded is None or all(label is None for label in recorded):
-        return rows
+    if (
+        metadata["source"].get("annotation_column")
+        or recorded is None
+        or all(label is None for label in recorded)
+    ):
+        return rows  # no class ids: a task whose people's annotations are their own column (boxes, masks)
     column = metadata["source"].get("label_column") or "label"
     names = metadata.get("class_names")
     if column not in rows.column_names:
@@ -431,12 +376,16 @@ def _with_labels(rows: datasets.Dataset, selection: dict, metadata: dict) -> dat
 
 
 def _with_annotations(rows: datasets.Dataset, table: pa.Table, metadata: dict) -> datasets.Dataset:
-    """`rows` with the annotations people gave (the selection's annotation column) where the source has none."""
+    """`rows` with the annotations people gave (the selection's annotation column), which the run trained on: they
+    replace the source's own (a pool whose boxes the run did not read, e.g. the built-in synthetic pool)."""
     column = metadata["source"].get("annotation_column")
-    if not column or column not in table.column_names or column in rows.column_names:
-        return rows  # classification, a simulated run, or a source that holds its own boxes
+    if not column or column not in table.column_names:
+        return rows  # classification, or a simulated run
     feature = datasets.Features.from_arrow_schema(table.select([column]).schema)[column]
-    return rows.add_column(column, table.column(column).to_pylist(), feature=feature)
+    order = rows.column_names if column in rows.column_names else [*rows.column_names, column]
+    if column in rows.column_names:
+        rows = rows.remove_columns(column)
+    return rows.add_column(column, table.column(column).to_pylist(), feature=feature).select_columns(order)
 
 
 def _people_annotations(progress: dict) -> tuple:
@@ -451,20 +400,6 @@ def _people_annotations(progress: dict) -> tuple:
     if task.label_store is None:
         return None, None
     return task, progress["settings"].get(task.annotation_option) or task.columns[-1]
-
-
-def _describe(metadata: dict) -> str:
-    source = metadata.get("source") or {}
-    if not source.get("dataset_name"):
-        return "source not recorded"
-    parts = [source["dataset_name"], f"split {source.get('split')}"]
-    if source.get("config_name"):
-        parts.append(f"config {source['config_name']}")
-    if source.get("revision"):
-        parts.append(f"revision {source['revision']}")
-    if metadata["pool"].get("max_pool_size"):
-        parts.append(f"max_pool_size {metadata['pool']['max_pool_size']}, seed {metadata['pool']['seed']}")
-    return ", ".join(parts)
 
 
 def _subset_folder(repo_id_or_path, revision=None, token=None) -> Path:

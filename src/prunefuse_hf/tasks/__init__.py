@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from .annotation_store import AnnotationStore, ingest_task_labels
 from .classification import CLASSIFICATION, classification_image_scores
 from .detection import (
     AGGREGATIONS,
@@ -66,6 +67,7 @@ from .segmentation_labels import SegmentationLabels, read_segmentation_labels
 from .segmentation_loading import load_segmentation_dataset
 from .segmentation_masks import open_mask, reduce_mask_labels
 from .segmentation_metrics import mean_iou, segmentation_compute_metrics, segmentation_preprocess_logits
+from .segmentation_store import SegmentationLabelStore, ingest_segmentation_labels
 from .segmentation_synthetic import synthetic_segmentation_pool
 from .task import Task
 
@@ -154,6 +156,7 @@ def task_for_model(model_or_config) -> Task:
 
 __all__ = [
     "AGGREGATIONS",
+    "AnnotationStore",
     "BBOX_FORMATS",
     "CLASSIFICATION",
     "DETECTION",
@@ -161,6 +164,7 @@ __all__ = [
     "DetectionLabels",
     "PIXEL_AGGREGATIONS",
     "SEGMENTATION",
+    "SegmentationLabelStore",
     "SegmentationLabels",
     "TASKS",
     "Task",
@@ -185,6 +189,8 @@ __all__ = [
     "encode_brush_rle",
     "get_task",
     "ingest_detection_labels",
+    "ingest_segmentation_labels",
+    "ingest_task_labels",
     "load_detection_dataset",
     "load_segmentation_dataset",
     "mean_average_precision",

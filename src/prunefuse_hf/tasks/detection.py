@@ -14,7 +14,11 @@ from ..constants import DETECTION_AGGREGATIONS as AGGREGATIONS
 from ..constants import SYNTHETIC_DETECTION
 from ..selection.gradient_embedding import last_layer_gradients
 from ..selection.strategies import UncertaintyStrategy, get_strategy
-from .detection_annotation import detection_predictions, write_detection_query
+from .detection_annotation import (
+    detection_label_studio_predictions,
+    detection_predictions,
+    write_detection_query,
+)
 from .detection_data import (
     BBOX_KEY,
     CATEGORY_KEY,
@@ -26,7 +30,7 @@ from .detection_data import (
 )
 from .detection_loading import load_detection_dataset
 from .detection_metrics import COCO_STAT_NAMES, detection_compute_metrics
-from .detection_store import DetectionLabelStore, ingest_detection_labels
+from .detection_store import DETECTION_ANSWERS, DetectionLabelStore, ingest_detection_labels
 from .detection_synthetic import synthetic_detection_pool
 from .task import Task
 
@@ -372,9 +376,11 @@ DETECTION = Task(
     score_options=detection_score_options,
     class_counts=detection_class_counts,
     label_store=DetectionLabelStore,
+    stored_answers=DETECTION_ANSWERS,
     ingest_labels=ingest_detection_labels,
     write_query=write_detection_query,
     query_predictions=detection_predictions,
+    label_studio_predictions=detection_label_studio_predictions,
     load_split=load_detection_split,
     synthetic_name=SYNTHETIC_DETECTION,
     synthetic_pool=synthetic_detection_pool,

@@ -8,8 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -18,16 +16,14 @@ import numpy as np
 from transformers.utils import logging
 
 from ..annotation.labels import LabelError, check_class_names
-from ..annotation.queries import read_query_indices, write_query_batch
 from ..constants import (
     COCO_TEMPLATE,
     LABEL_STUDIO_CONFIG,
-    LABEL_STUDIO_TASKS,
     POOL_INDEX,
     QUERY_CSV,
     QUERY_FILE_NAME,
 )
-from ..utils.io import fsync_directory
+from .annotation_query import write_synced, write_task_query
 from .detection_data import OBJECTS_COLUMN
 
 logger = logging.get_logger(__name__)
@@ -180,32 +176,12 @@ def write_detection_query(
     31
     ```
     """
-    directory = Path(directory)
     class_names = check_class_names(class_names)
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if predictions is not None and len(predictions) != len(indices):
-        raise LabelError(f"query of round {round} ({directory}): {len(predictions)} predictions for {len(indices)} "
-                         "queried pool indices; give one (possibly empty) prediction per image.")  # fmt: skip
-    if directory.exists():
-        if (directory / COCO_TEMPLATE).is_file() and np.array_equal(read_query_indices(directory), indices):
-            logger.info(f"{directory} already holds the query of round {round}; keeping it as it is.")
-            return directory
-        raise LabelError(f"{directory} already holds a different query. It may hold annotators' work: move it away "
-                         "(or ingest its labels first), then write the query again.")  # fmt: skip
-    pool = dataset.remove_columns(objects_column) if objects_column in dataset.column_names else dataset
-    staging = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:8]}.staging"
-    try:
-        query = write_query_batch(staging / directory.name, pool, indices, image_column=image_column, round=round,
-                                  scores=scores)  # fmt: skip
+
+    def fill(query: Path, indices: np.ndarray, values: list, tasks: list) -> None:
         from ..data.images import open_image
 
-        values = list(
-            pool.select(indices.tolist()).cast_column(image_column, datasets.Image(decode=False))[
-                image_column
-            ]
-        )
         sizes = [open_image(value, pool_index=int(i)).size for i, value in zip(indices.tolist(), values)]
-        tasks = json.loads((query / LABEL_STUDIO_TASKS).read_text(encoding="utf-8"))
         names = [task["data"][QUERY_FILE_NAME] for task in tasks]
         if predictions is not None:
             for task, prediction, size in zip(tasks, predictions, sizes):
@@ -227,25 +203,23 @@ def write_detection_query(
             ],
         }
         rows = [[i, name, w, h] for i, name, (w, h) in zip(indices.tolist(), names, sizes)]
-        _write(query / LABEL_STUDIO_TASKS, lambda f: json.dump(tasks, f, indent=1))
-        _write(query / COCO_TEMPLATE, lambda f: json.dump(coco, f, indent=1))
-        _write(query / LABEL_STUDIO_CONFIG, lambda f: f.write(detection_label_studio_config(class_names)))
-        _write(query / QUERY_CSV, lambda f: csv.writer(f).writerows([[POOL_INDEX, QUERY_FILE_NAME, "width", "height"],
-                                                                     *rows]))  # fmt: skip
-        fsync_directory(query)
-        os.replace(query, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    fsync_directory(directory.parent)
-    logger.info(f"Wrote the detection query of round {round} ({len(indices)} images) to {directory}.")
-    return directory
+        write_synced(query / COCO_TEMPLATE, lambda f: json.dump(coco, f, indent=1))
+        write_synced(
+            query / LABEL_STUDIO_CONFIG, lambda f: f.write(detection_label_studio_config(class_names))
+        )
+        write_synced(query / QUERY_CSV, lambda f: csv.writer(f).writerows([[POOL_INDEX, QUERY_FILE_NAME, "width",
+                                                                            "height"], *rows]))  # fmt: skip
 
-
-def _write(path: Path, write) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    written = write_task_query(directory, dataset, indices, image_column=image_column, round=round, scores=scores,
+                               annotation_column=objects_column, predictions=predictions, marker=COCO_TEMPLATE,
+                               what="(possibly empty) prediction", fill=fill)  # fmt: skip
+    if written is None:
+        logger.info(f"{directory} already holds the query of round {round}; keeping it as it is.")
+        return Path(directory)
+    logger.info(
+        f"Wrote the detection query of round {round} ({len(np.ravel(indices))} images) to {directory}."
+    )
+    return written
 
 
 def detection_predictions(model, image_processor, images: list, *, threshold: float = 0.5, batch_size: int = 8,
@@ -298,3 +272,40 @@ def detection_predictions(model, image_processor, images: list, *, threshold: fl
     finally:
         model.train(training)
     return found
+
+
+def detection_label_studio_predictions(model, image_processor, images: list, *, class_names: list[str],
+                                       model_version: str, num_channels: int = 3, settings: dict | None = None,
+                                       batch_size: int = 8) -> list[dict]:  # fmt: skip
+    """
+    A detector's boxes on `images` as Label Studio predictions: what the ML backend answers (`/predict`), the same
+    pre-annotations the query's tasks carry ([`detection_predictions`], then [`detection_prediction`]).
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): The trained surrogate (`AutoModelForObjectDetection`).
+        image_processor ([`~transformers.BaseImageProcessor`]): Its processor.
+        images (`list[PIL.Image.Image]`): The tasks' images, upright.
+        class_names (`list[str]`): The run's class names.
+        model_version (`str`): Names the model (`<run>-surrogate-round<k>`).
+        num_channels (`int`, defaults to 3): The model's input channels.
+        settings (`dict`, *optional*): The run's settings: boxes scoring below its `detection_score_threshold`
+            (default 0.5) are dropped, as the query drops them.
+        batch_size (`int`, defaults to 8): Images per forward pass.
+
+    Returns:
+        `list[dict]`: per image, `{"model_version", "score" (mean box score), "result": [rectanglelabels results in
+        percent of the image, each with its `score`]}`.
+
+    Example:
+
+    ```python
+    >>> detection_label_studio_predictions(surrogate, processor, [image], class_names=["cat", "dog"],
+    ...                                    model_version="run-surrogate-round1")[0]["result"][0]["type"]
+    'rectanglelabels'
+    ```
+    """
+    threshold = (settings or {}).get("detection_score_threshold")
+    found = detection_predictions(model, image_processor, images, threshold=0.5 if threshold is None else threshold,
+                                  batch_size=batch_size, num_channels=num_channels)  # fmt: skip
+    return [detection_prediction(prediction, class_names, image.size, model_version=model_version,
+                                 where=f"image {k}") for k, (prediction, image) in enumerate(zip(found, images))]  # fmt: skip

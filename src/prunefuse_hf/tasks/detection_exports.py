@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..annotation.labels import LabelError, image_references, parse_pool_index
+from ..annotation.labels import ClassLookup, LabelError, image_references, parse_pool_index
 from ..constants import COCO_TEMPLATE, LABEL_STUDIO_COCO, LABEL_STUDIO_TASKS, POOL_INDEX
 from .detection_loading import is_coco_file
 
@@ -402,3 +402,50 @@ def same_boxes(a: BoxAnswer, b: BoxAnswer) -> bool:
         for c, box in zip(answer.categories, answer.boxes)
     )
     return key(a) == key(b)
+
+
+def annotation_objects(annotation: dict, class_names: list[str]) -> dict | None:
+    """
+    The boxes of one Label Studio annotation as the run stores them (`{"bbox": COCO pixels, "category": class ids}`;
+    no boxes is an answer too), or `None` for a skip or an annotation that cannot be read as boxes of the run's
+    classes.
+
+    Example:
+
+    ```python
+    >>> result = {"type": "rectanglelabels", "original_width": 40, "original_height": 20,
+    ...           "value": {"x": 25, "y": 25, "width": 50, "height": 50, "rectanglelabels": ["dog"]}}
+    >>> annotation_objects({"id": 3, "result": [result]}, ["cat", "dog"])
+    {'bbox': [[10.0, 5.0, 20.0, 10.0]], 'category': [1]}
+    ```
+    """
+    if _flag(annotation.get("was_cancelled")) or _flag(annotation.get("skipped")):
+        return None
+    try:
+        boxes, names, _ = _boxes_of(annotation.get("result"), f"annotation {annotation.get('id')}")
+        lookup = ClassLookup(class_names)
+        categories = [lookup.parse(name, f"annotation {annotation.get('id')}") for name in names]
+    except LabelError:
+        return None
+    if any(category is None for category in categories):
+        return None
+    return {"bbox": [[float(v) for v in box] for box in boxes], "category": categories}
+
+
+def same_objects(a: dict, b: dict) -> bool:
+    """Whether two box sets (`{"bbox", "category"}`) hold the same boxes and classes, in any order, to 1e-3 px."""
+    key = lambda objects: sorted(  # noqa: E731
+        (int(c), *np.round(np.asarray(box, dtype=np.float64), 3).tolist())
+        for c, box in zip(objects["category"], objects["bbox"])
+    )
+    return key(a) == key(b)
+
+
+def describe_objects(objects: dict, class_names: list[str] | None = None) -> str:
+    """A box set as a message names it: `2 boxes [dog (10, 5, 20, 10), cat (1, 2, 5, 5)]` (COCO pixels)."""
+    shown = []
+    for category, box in zip(objects["category"], objects["bbox"]):
+        name = class_names[category] if class_names and 0 <= category < len(class_names) else category
+        shown.append(f"{name} ({', '.join(f'{v:g}' for v in np.round(np.asarray(box, dtype=float), 1))})")
+    count = len(shown)
+    return f"{count} box{'es' if count != 1 else ''} [{', '.join(shown)}]"

@@ -22,6 +22,7 @@ from transformers.utils import logging
 from ..annotation.label_studio import AnswersDisagree
 from ..annotation.labels import ClassLookup, LabelError, check_class_names
 from ..constants import POOL_INDEX
+from .annotation_answers import ANSWER_RESOLUTIONS, answer_details, answers_disagree, kept_answers
 from .detection_data import BBOX_KEY, CATEGORY_KEY, object_problems
 from .detection_exports import (
     ImageAnswers,
@@ -36,7 +37,7 @@ from .detection_loading import is_coco
 
 logger = logging.get_logger(__name__)
 
-BOX_RESOLUTIONS = ("ground_truth", "latest")
+BOX_RESOLUTIONS = ANSWER_RESOLUTIONS
 
 
 @dataclass
@@ -135,37 +136,21 @@ def read_detection_labels(source, *, class_names: list[str], query=None, dataset
     else:
         images = answers_from_coco(content, name, index)
     lookup = ClassLookup(class_names)
-    kept, conflicts, skipped = [], [], []
     for image in images:
         for answer in image.answers:
             answer.categories = [lookup.parse(label, f"{name}, {image.place} ({POOL_INDEX} {image.pool_index}), box "
                                               f"{k}") for k, label in enumerate(answer.names)]  # fmt: skip
-        if not image.answers:
-            skipped.append(image.pool_index)
-            continue
-        resolved = _resolve(image, resolve)
-        if resolved is None:
-            conflicts.append(image)
-        else:
-            kept.append((image, *resolved))
-    if conflicts:
-        raise _disagreement_error(name, conflicts, resolve)
-    first: dict[int, str] = {}
+    kept, skipped = kept_answers(images, name, resolve, same=same_boxes, pool_size=index.pool_size,
+                                 disagree=lambda conflicts: _disagreement_error(name, conflicts, resolve))  # fmt: skip
     for image, answer, _ in kept:
-        if image.pool_index in first:
-            raise LabelError(f"{name}: pool index {image.pool_index} is labeled twice ({first[image.pool_index]} and "
-                             f"{image.place}). Keep one task per image and export again.")  # fmt: skip
-        first[image.pool_index] = image.place
         _check_boxes(image, answer, index, class_names, name)
-    skipped = sorted(set(skipped) - set(first))  # a skip beside another task's answer: labeled
     labels = DetectionLabels(
         [image.pool_index for image, _, _ in kept],
         [{BBOX_KEY: [list(map(float, box)) for box in answer.boxes], CATEGORY_KEY: list(answer.categories)}
          for _, answer, _ in kept],
         name,
         skipped,
-        {"annotator": [a.annotator for _, a, _ in kept], "annotation_id": [a.annotation_id for _, a, _ in kept],
-         "num_answers": [len(image.answers) for image, _, _ in kept], "resolution": [how for _, _, how in kept]},
+        answer_details(kept),
         [image.references for image, _, _ in kept],
         [image.place for image, _, _ in kept],
     )  # fmt: skip
@@ -212,22 +197,6 @@ def _load(source) -> tuple[str, object, str]:
     )
 
 
-def _resolve(image: ImageAnswers, policy: str | None):
-    """(answer kept, how) for one image, or None when its answers differ and `policy` does not decide."""
-    answers = image.answers
-    latest = max(answers, key=lambda a: (a.stamp, a.order))
-    if len(answers) == 1:
-        return latest, "single"
-    truths = [a for a in answers if a.ground_truth]
-    if all(same_boxes(a, answers[0]) for a in answers[1:]):
-        return (max(truths, key=lambda a: (a.stamp, a.order)) if truths else latest), "agreed"
-    if policy == "latest":
-        return latest, "latest"
-    if policy == "ground_truth" and truths and all(same_boxes(a, truths[0]) for a in truths[1:]):
-        return max(truths, key=lambda a: (a.stamp, a.order)), "ground_truth"
-    return None
-
-
 def _disagreement_error(name: str, conflicts: list[ImageAnswers], policy: str | None) -> AnswersDisagree:
     def answer(a) -> str:
         who = (
@@ -237,29 +206,15 @@ def _disagreement_error(name: str, conflicts: list[ImageAnswers], policy: str | 
         )
         return f"{who} ({len(a.boxes)} boxes{', ground truth' if a.ground_truth else ''})"
 
-    # One line per image, as classification's AnswersDisagree: the live loop says them and waits for a fix.
-    described = [f"{image.place} ({POOL_INDEX} {image.pool_index}): " + ", ".join(map(answer, image.answers))
-                 for image in conflicts]  # fmt: skip
-    shown = "; ".join(described[:5]) + (f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
     coco = any(image.coco for image in conflicts)
-    why = (" A COCO export holds no ground-truth marks (Label Studio lists one image entry per annotation, newest "
-           "first): use resolve='latest', or export JSON." if coco and policy == "ground_truth" else
-           " No annotation (or more than one that differ) is marked ground truth there." if policy else "")  # fmt: skip
-    return AnswersDisagree(
-        f"{name}: {len(conflicts)} images have several answers with different boxes: {shown}.{why} Resolve them in "
-        "Label Studio (mark one annotation as ground truth, or delete the others) and export again, or choose a "
-        f"policy: resolve={'|'.join(BOX_RESOLUTIONS)} (CLI: --resolve).",
-        described,
-    )
+    note = (" A COCO export holds no ground-truth marks (Label Studio lists one image entry per annotation, newest "
+            "first): use resolve='latest', or export JSON." if coco and policy == "ground_truth" else None)  # fmt: skip
+    return answers_disagree(name, conflicts, policy, what="boxes", describe=answer, note=note)
 
 
 def _check_boxes(image: ImageAnswers, answer, index: ImageIndex, class_names: list[str], name: str) -> None:
     """The kept boxes lie inside the image, have an area, and were drawn on an image of the pool image's size."""
     where = f"{name}, {image.place}"
-    pool_size = index.pool_size
-    if pool_size is not None and not 0 <= image.pool_index < pool_size:
-        raise LabelError(f"{where}: pool index {image.pool_index} is out of range; the pool has {pool_size} images. "
-                         "Are these the labels of another pool?")  # fmt: skip
     known = index.size(image.pool_index) if (answer.boxes or answer.size) else None
     if known is not None and answer.size is not None and np.abs(np.subtract(known, answer.size)).max() > 0.5:
         raise LabelError(

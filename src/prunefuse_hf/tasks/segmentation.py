@@ -17,10 +17,16 @@ from ..constants import SEGMENTATION_AGGREGATIONS as PIXEL_AGGREGATIONS
 from ..constants import SYNTHETIC_SEGMENTATION
 from ..selection.gradient_embedding import last_layer_gradients
 from ..selection.strategies import BaldStrategy, UncertaintyStrategy, get_strategy
+from .segmentation_annotation import (
+    segmentation_label_studio_predictions,
+    segmentation_predictions,
+    write_segmentation_query,
+)
 from .segmentation_data import MASK_COLUMN, segmentation_class_names, validate_segmentation_dataset
 from .segmentation_loading import load_segmentation_dataset
 from .segmentation_masks import IGNORE_INDEX, open_mask, reduce_mask_labels
 from .segmentation_metrics import segmentation_compute_metrics
+from .segmentation_store import SegmentationLabelStore, ingest_segmentation_labels
 from .segmentation_synthetic import synthetic_segmentation_pool
 from .task import Task
 
@@ -451,6 +457,11 @@ SEGMENTATION = Task(
     score_options=segmentation_score_options,
     class_counts=segmentation_class_counts,
     feature_config={"output_hidden_states": True},
+    label_store=SegmentationLabelStore,
+    ingest_labels=ingest_segmentation_labels,
+    write_query=write_segmentation_query,
+    query_predictions=segmentation_predictions,
+    label_studio_predictions=segmentation_label_studio_predictions,
     load_split=load_segmentation_split,
     synthetic_name=SYNTHETIC_SEGMENTATION,
     synthetic_pool=synthetic_segmentation_pool,

@@ -7,10 +7,8 @@ config, and the surrogate's masks as brush predictions that annotators correct).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import datasets
@@ -19,17 +17,21 @@ import PIL.Image
 from transformers.utils import logging
 
 from ..annotation.labels import LabelError, check_class_names
-from ..annotation.queries import read_query_indices, write_query_batch
-from ..constants import LABEL_STUDIO_CONFIG, LABEL_STUDIO_TASKS, POOL_INDEX, QUERY_CSV, QUERY_FILE_NAME
-from ..utils.io import fsync_directory
+from ..constants import (
+    LABEL_STUDIO_CONFIG,
+    POOL_INDEX,
+    QUERY_CSV,
+    QUERY_FILE_NAME,
+    QUERY_IMAGES_DIR,
+    QUERY_MASKS_DIR,
+)
+from .annotation_query import write_synced, write_task_query
 from .segmentation_brush import check_background, segmentation_label_studio_config, segmentation_prediction
 from .segmentation_data import MASK_COLUMN
 from .segmentation_masks import IGNORE_INDEX
 
 logger = logging.get_logger(__name__)
 
-QUERY_IMAGES_DIR = "images"
-QUERY_MASKS_DIR = "masks"
 QUERY_MASK_FILE_NAME = "mask_file_name"
 
 
@@ -95,32 +97,12 @@ def write_segmentation_query(
     ['31.png', '4.png']
     ```
     """
-    directory = Path(directory)
     class_names = check_class_names(class_names)
     background = check_background(background, class_names)
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if predictions is not None and len(predictions) != len(indices):
-        raise LabelError(f"query of round {round} ({directory}): {len(predictions)} predictions for {len(indices)} "
-                         "queried pool indices; give one predicted mask per image.")  # fmt: skip
-    if directory.exists():
-        if (directory / QUERY_MASKS_DIR).is_dir() and np.array_equal(read_query_indices(directory), indices):
-            logger.info(f"{directory} already holds the query of round {round}; keeping it as it is.")
-            return directory
-        raise LabelError(f"{directory} already holds a different query. It may hold annotators' work: move it away "
-                         "(or ingest its labels first), then write the query again.")  # fmt: skip
-    pool = dataset.remove_columns(mask_column) if mask_column in dataset.column_names else dataset
-    staging = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:8]}.staging"
-    try:
-        query = write_query_batch(staging / directory.name, pool, indices, image_column=image_column, round=round,
-                                  scores=scores)  # fmt: skip
+
+    def fill(query: Path, indices: np.ndarray, values: list, tasks: list) -> None:
         from ..data.images import open_image
 
-        values = list(
-            pool.select(indices.tolist()).cast_column(image_column, datasets.Image(decode=False))[
-                image_column
-            ]
-        )
-        tasks = json.loads((query / LABEL_STUDIO_TASKS).read_text(encoding="utf-8"))
         names = [task["data"][QUERY_FILE_NAME] for task in tasks]
         stems = [Path(name).stem for name in names]
         image_files = [
@@ -155,21 +137,24 @@ def write_segmentation_query(
                                      "post_process_semantic_segmentation with target_sizes).")  # fmt: skip
                 task["predictions"] = [segmentation_prediction(mask, class_names, background=background,
                                                                model_version=model_version, where=where)]  # fmt: skip
-        # No indent: a brush prediction's RLE is a list of thousands of bytes.
-        _write(query / LABEL_STUDIO_TASKS, lambda f: json.dump(tasks, f))
-        _write(
+        write_synced(
             query / LABEL_STUDIO_CONFIG,
             lambda f: f.write(segmentation_label_studio_config(class_names, background=background)),
         )
-        _write(query / QUERY_CSV, lambda f: csv.writer(f).writerows([[POOL_INDEX, QUERY_FILE_NAME, QUERY_MASK_FILE_NAME,
-                                                                      "width", "height"], *rows]))  # fmt: skip
-        fsync_directory(query)
-        os.replace(query, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    fsync_directory(directory.parent)
-    logger.info(f"Wrote the segmentation query of round {round} ({len(indices)} images) to {directory}.")
-    return directory
+        write_synced(query / QUERY_CSV, lambda f: csv.writer(f).writerows([[POOL_INDEX, QUERY_FILE_NAME,
+                                                                            QUERY_MASK_FILE_NAME, "width", "height"],
+                                                                           *rows]))  # fmt: skip
+
+    written = write_task_query(directory, dataset, indices, image_column=image_column, round=round, scores=scores,
+                               annotation_column=mask_column, predictions=predictions, marker=QUERY_MASKS_DIR,
+                               what="predicted mask", fill=fill)  # fmt: skip
+    if written is None:
+        logger.info(f"{directory} already holds the query of round {round}; keeping it as it is.")
+        return Path(directory)
+    logger.info(
+        f"Wrote the segmentation query of round {round} ({len(np.ravel(indices))} images) to {directory}."
+    )
+    return written
 
 
 def read_query_masks(directory: str | os.PathLike) -> list[dict]:
@@ -202,13 +187,6 @@ def read_query_masks(directory: str | os.PathLike) -> list[dict]:
         return [{POOL_INDEX: int(row[POOL_INDEX]), QUERY_FILE_NAME: row[QUERY_FILE_NAME],
                  QUERY_MASK_FILE_NAME: row[QUERY_MASK_FILE_NAME], "width": int(row["width"]),
                  "height": int(row["height"])} for row in reader]  # fmt: skip
-
-
-def _write(path: Path, write) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def segmentation_predictions(model, image_processor, images: list, *, batch_size: int = 8,
@@ -255,3 +233,39 @@ def segmentation_predictions(model, image_processor, images: list, *, batch_size
     finally:
         model.train(training)
     return found
+
+
+def segmentation_label_studio_predictions(model, image_processor, images: list, *, class_names: list[str],
+                                          model_version: str, num_channels: int = 3, settings: dict | None = None,
+                                          batch_size: int = 8) -> list[dict]:  # fmt: skip
+    """
+    A segmenter's masks on `images` as Label Studio brush predictions: what the ML backend answers (`/predict`), one
+    RLE brush result per class an image's mask holds ([`segmentation_predictions`], then
+    [`segmentation_prediction`], as the query's pre-annotations).
+
+    Args:
+        model ([`~transformers.PreTrainedModel`]): The trained surrogate (`AutoModelForSemanticSegmentation`).
+        image_processor ([`~transformers.BaseImageProcessor`]): Its processor.
+        images (`list[PIL.Image.Image]`): The tasks' images, upright.
+        class_names (`list[str]`): The run's class names (the mask's ids index them).
+        model_version (`str`): Names the model (`<run>-surrogate-round<k>`).
+        num_channels (`int`, defaults to 3): The model's input channels.
+        settings (`dict`, *optional*): The run's settings (not read: every class the mask holds is painted).
+        batch_size (`int`, defaults to 8): Images per forward pass.
+
+    Returns:
+        `list[dict]`: per image, `{"model_version", "result": [brushlabels results with `value.rle`]}`.
+
+    Example:
+
+    ```python
+    >>> segmentation_label_studio_predictions(surrogate, processor, [image], class_names=["road", "car"],
+    ...                                       model_version="run-surrogate-round1")[0]["result"][0]["type"]
+    'brushlabels'
+    ```
+    """
+    masks = segmentation_predictions(
+        model, image_processor, images, batch_size=batch_size, num_channels=num_channels
+    )
+    return [segmentation_prediction(mask, class_names, model_version=model_version, where=f"image {k}")
+            for k, mask in enumerate(masks)]  # fmt: skip

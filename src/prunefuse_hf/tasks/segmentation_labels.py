@@ -33,16 +33,17 @@ from ..annotation.labels import (
     parse_pool_index,
     truthy,
 )
-from ..constants import LABEL_STUDIO_TASKS, POOL_INDEX, QUERY_CSV, QUERY_FILE_NAME
+from ..constants import LABEL_STUDIO_TASKS, POOL_INDEX, QUERY_CSV, QUERY_FILE_NAME, QUERY_MASKS_DIR
+from .annotation_answers import ANSWER_RESOLUTIONS, answer_details, answers_disagree, kept_answers
 from .detection_exports import ImageAnswers, ImageIndex, annotator_name
-from .segmentation_annotation import QUERY_MASK_FILE_NAME, QUERY_MASKS_DIR, read_query_masks
+from .segmentation_annotation import QUERY_MASK_FILE_NAME, read_query_masks
 from .segmentation_brush import BRUSH_TYPES, POLYGON_TYPES, check_background, decode_brush_rle
 from .segmentation_loading import IMAGE_SUFFIXES
 from .segmentation_masks import IGNORE_INDEX, MaskDecodeError, open_mask
 
 logger = logging.get_logger(__name__)
 
-MASK_RESOLUTIONS = ("ground_truth", "latest")
+MASK_RESOLUTIONS = ANSWER_RESOLUTIONS
 
 
 @dataclass
@@ -170,30 +171,12 @@ def read_segmentation_labels(source, *, class_names: list[str], query=None, data
         lookup = ClassLookup(class_names)
         fill = IGNORE_INDEX if background is None else background
         images = _answers_from_label_studio(content, name, lookup, fill, size_of)
-    kept, conflicts, skipped = [], [], []
-    for image in images:
-        if not image.answers:
-            skipped.append(image.pool_index)
-            continue
-        resolved = _resolve(image.answers, resolve)
-        (conflicts if resolved is None else kept).append((image, *(resolved or (None, None))))
-    if conflicts:
-        raise _disagreement_error(name, [image for image, _, _ in conflicts], resolve)
-    first: dict[int, str] = {}
-    pool_size = index.pool_size
-    for image, _, _ in kept:
-        if image.pool_index in first:
-            raise LabelError(f"{name}: pool index {image.pool_index} is labeled twice ({first[image.pool_index]} and "
-                             f"{image.place}). Keep one task per image and export again.")  # fmt: skip
-        if pool_size is not None and not 0 <= image.pool_index < pool_size:
-            raise LabelError(f"{name}, {image.place}: pool index {image.pool_index} is out of range; the pool has "
-                             f"{pool_size} images. Are these the labels of another pool?")  # fmt: skip
-        first[image.pool_index] = image.place
-    skipped = sorted(set(skipped) - set(first))
+    kept, skipped = kept_answers(images, name, resolve, same=_same_mask, pool_size=index.pool_size,
+                                 disagree=lambda conflicts: answers_disagree(name, conflicts, resolve, what="masks",
+                                                                             describe=_described))  # fmt: skip
     labels = SegmentationLabels(
         [image.pool_index for image, _, _ in kept], [answer.mask for _, answer, _ in kept], name, skipped,
-        {"annotator": [a.annotator for _, a, _ in kept], "annotation_id": [a.annotation_id for _, a, _ in kept],
-         "num_answers": [len(image.answers) for image, _, _ in kept], "resolution": [how for _, _, how in kept]},
+        answer_details(kept),
         [image.references for image, _, _ in kept], [image.place for image, _, _ in kept],
     )  # fmt: skip
     logger.info(f"Read masks for {len(labels)} images from {name}"
@@ -371,36 +354,11 @@ def _answers_from_folder(folder: Path, rows: list[dict], name: str, num_classes:
     return found
 
 
-def _resolve(answers: list, policy: str | None):
-    """(answer kept, how), or None when the answers differ and `policy` does not decide."""
-    newest = lambda group: max(group, key=lambda a: (a.stamp, a.order))  # noqa: E731
-    if len(answers) == 1:
-        return answers[0], "single"
-    truths = [a for a in answers if a.ground_truth]
-    if all(np.array_equal(a.mask, answers[0].mask) for a in answers[1:]):
-        return newest(truths or answers), "agreed"
-    if policy == "latest":
-        return newest(answers), "latest"
-    if (
-        policy == "ground_truth"
-        and truths
-        and all(np.array_equal(a.mask, truths[0].mask) for a in truths[1:])
-    ):
-        return newest(truths), "ground_truth"
-    return None
+def _same_mask(a: _MaskAnswer, b: _MaskAnswer) -> bool:
+    return np.array_equal(a.mask, b.mask)
 
 
-def _disagreement_error(name: str, conflicts: list, policy: str | None) -> LabelError:
-    def answer(a) -> str:
-        return f"annotation {a.annotation_id} by {a.annotator or 'unknown'}" + (
-            ", ground truth" if a.ground_truth else ""
-        )
-
-    shown = "; ".join(f"{image.place} ({POOL_INDEX} {image.pool_index}): " + ", ".join(map(answer, image.answers))
-                      for image in conflicts[:5]) + (f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")  # fmt: skip
-    why = " No annotation (or more than one that differ) is marked ground truth there." if policy else ""
-    return LabelError(
-        f"{name}: {len(conflicts)} images have several answers with different masks: {shown}.{why} Resolve them in "
-        "Label Studio (mark one annotation as ground truth, or delete the others) and export again, or choose a "
-        f"policy: resolve={'|'.join(MASK_RESOLUTIONS)}."
+def _described(a: _MaskAnswer) -> str:
+    return f"annotation {a.annotation_id} by {a.annotator or 'unknown'}" + (
+        ", ground truth" if a.ground_truth else ""
     )

@@ -84,17 +84,28 @@ class Task:
         label_store (`Callable`, *optional*):
             `label_store(run_dir, class_names)`: the store of the annotations people gave in a run with
             `annotation: human` (its `labels` are `{pool_index: annotation}`, `labeled_indices` their pool indices,
-            `annotations(indices)` their values, `annotation_feature` their `datasets` feature).
+            `annotations(indices)` their values, `annotation_feature` their `datasets` feature, `prepare_options` the
+            `prepare` options that read them as stored); see [`AnnotationStore`].
             `None`: the task has no human-annotation path (image classification's is the shared `LabelStore`).
+        stored_answers ([`~prunefuse_hf.annotation.edits.StoredAnswers`], *optional*):
+            How the annotations its `label_store` keeps compare with a Label Studio project's, so that `label-studio
+            pull` and the loop report answers edited after they were pulled. `None`: class labels' (image
+            classification's).
         ingest_labels (`Callable`, *optional*):
             `ingest_labels(run_dir, source, **options) -> AddResult`: brings annotators' answers for the open query
             into that store (what `prunefuse-hf label`, `label-studio pull` and `add_labels` call).
         write_query (`Callable`, *optional*):
             `write_query(directory, dataset, indices, *, image_column, class_names, round, predictions,
-            model_version, scores, **run_options)`: writes a round's query batch for annotators.
+            model_version, scores, <annotation_option>)`: writes a round's query batch for annotators.
         query_predictions (`Callable`, *optional*):
-            `query_predictions(model, image_processor, images, *, threshold, num_channels) -> list`: the trained
-            surrogate's guess per queried image, carried by the query as pre-annotations.
+            `query_predictions(model, image_processor, images, *, num_channels, **options) -> list`: the trained
+            surrogate's guess per queried image, carried by the query as pre-annotations (`threshold`, the run's score
+            threshold, where the task's `score_options` have one).
+        label_studio_predictions (`Callable`, *optional*):
+            `label_studio_predictions(model, image_processor, images, *, class_names, model_version, num_channels,
+            settings) -> list[dict]`: the trained surrogate's Label Studio prediction of each image (`result` in the
+            task's `label_studio_tag`), what the ML backend (`prunefuse-hf label-studio backend`) answers. `None`:
+            image classification's `Choices` (the backend's own), or no backend for the task.
         load_split (`Callable`, *optional*):
             `load_split(data_args, config, split) -> datasets.Dataset`: one split of a recipe's `dataset_name` (a saved
             dataset, a Hub dataset, or the task's image folder layout), as `prunefuse-hf run` reads it, unchecked (the
@@ -144,9 +155,11 @@ class Task:
     class_counts: Callable | None = None
     feature_config: Mapping[str, object] = field(default_factory=dict)
     label_store: Callable | None = None
+    stored_answers: object | None = None
     ingest_labels: Callable | None = None
     write_query: Callable | None = None
     query_predictions: Callable | None = None
+    label_studio_predictions: Callable | None = None
     load_split: Callable | None = None
     synthetic_name: str = ""
     synthetic_pool: Callable | None = None
@@ -154,6 +167,33 @@ class Task:
     def __post_init__(self):
         object.__setattr__(self, "training_arguments", MappingProxyType(dict(self.training_arguments)))
         object.__setattr__(self, "feature_config", MappingProxyType(dict(self.feature_config)))
+
+    def load_pool_split(self, data_args, config):
+        """
+        The split a run started from a recipe selects from, before its `max_pool_size` draw, as `prunefuse-hf run`
+        reads it and as a subset rebuilds it: the task's built-in synthetic pool when `dataset_name` names it
+        (`max_pool_size` images, default `SYNTHETIC_POOL_SIZE`, from Fashion-MNIST's train items, seeded with
+        `config.seed`; the draw then keeps it whole), else `load_split(data_args, config, data_args.train_split)`.
+
+        Args:
+            data_args (`DataArguments`): The recipe's data fields (`dataset_name`, `train_split`, `max_pool_size`,
+                `annotations_file`, `dataset_revision`).
+            config: The run's settings, read by field name (`seed`, the columns and layout `load_split` reads).
+
+        Returns:
+            `datasets.Dataset`: the split, unchecked (the trainer checks it with the run's class names).
+
+        Raises:
+            `ValueError`: the task has no loader of recipe datasets.
+        """
+        from ..constants import SYNTHETIC_POOL_SIZE
+
+        if self.synthetic_name and data_args.dataset_name == self.synthetic_name:
+            size = data_args.max_pool_size or SYNTHETIC_POOL_SIZE
+            return self.synthetic_pool(size, split="train", seed=config.seed)
+        if self.load_split is None:
+            raise ValueError(f"The {self.name} task reads no recipe dataset (it has no load_split).")
+        return self.load_split(data_args, config, data_args.train_split)
 
     def model_class(self):
         """The transformers Auto class of the task's models (e.g. `transformers.AutoModelForObjectDetection`)."""

@@ -66,6 +66,26 @@ def annotated_task(model, args):
     return None if task is CLASSIFICATION else task
 
 
+def model_class_names(model) -> list[str] | None:
+    """
+    The class names a model's config gives (`id2label`, in id order), or `None` when it gives none of its own
+    (transformers' defaults `LABEL_0`, `LABEL_1`, ...).
+
+    Example:
+
+    ```python
+    >>> model_class_names(SegformerConfig(id2label={0: "road", 1: "car"}))
+    ['road', 'car']
+    ```
+    """
+    config = _model_config(model)
+    id2label = getattr(config, "id2label", None) or {}
+    names = [id2label.get(i) for i in range(len(id2label))]
+    if not names or any(not name or name == f"LABEL_{i}" for i, name in enumerate(names)):
+        return None
+    return [str(name) for name in names]
+
+
 def _model_config(model):
     if isinstance(model, PreTrainedModel):
         return model.config
@@ -107,14 +127,17 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
         )
     if annotated:
         trainer.class_names = task.class_names(pool.dataset, column, args.class_names)
-    elif args.class_names is None:
+    elif args.class_names is not None:
+        trainer.class_names = list(args.class_names)
+    elif model_class_names(model) is not None:  # a checkpoint that names its classes (config.id2label)
+        trainer.class_names = model_class_names(model)
+        logger.info(f"class_names: the model's id2label, {trainer.class_names[:10]}.")
+    else:
         raise ValueError(
             f"class_names: None, and the pool has no {column!r} column to read the classes from: a {task.name} run "
             "with annotation: human needs the class names annotators choose from. Set class_names: [name, ...] (CLI: "
-            "--class_names), in class-id order."
+            "--class_names), in class-id order, or start from a model whose config names its classes (id2label)."
         )
-    else:
-        trainer.class_names = list(args.class_names)
     # What can be refused without reading every image and its annotations, first.
     check_labeling_budget(args, len(pool))
     trainer.strategy = get_strategy(args.strategy)
@@ -200,7 +223,7 @@ def _check_settings(task, args) -> None:
         "annotation_resolve": (
             args.annotation_resolve == "majority",
             "majority",
-            "ground_truth, latest or none (a majority of box sets is not defined)",
+            "ground_truth, latest or none (a majority of box sets or masks is not defined)",
         ),
         "selector": (args.selector == "linear_probe", "linear_probe", "trained"),
         "surrogate_distill_epochs": (args.surrogate_distill_epochs > 0, args.surrogate_distill_epochs, "0"),

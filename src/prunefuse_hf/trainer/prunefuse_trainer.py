@@ -472,7 +472,9 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
             source: Labels in any form `prunefuse_hf.annotation.read_labels` reads (CSV, JSON/JSONL, parquet, a
                 Label Studio export, a dataset or a Hub dataset id), with pool indices and class names or ids; for
                 an object-detection run, boxes as `read_detection_labels` reads them (the query's COCO template
-                filled in, a Label Studio JSON / JSON_MIN / COCO export), stored in `RUN/labeled_objects.parquet`.
+                filled in, a Label Studio JSON / JSON_MIN / COCO export), stored in `RUN/labeled_objects.parquet`;
+                for a semantic-segmentation run, masks as `read_segmentation_labels` reads them (the query's
+                `masks/` painted with class ids, a Label Studio JSON export), stored in `RUN/labeled_masks/`.
             allow_partial (`bool`, *optional*): Continue with the labeled part of the query.
             overwrite (`bool`, *optional*): Replace stored labels the file contradicts.
             columns: `label_column` / `index_column` when they are not the usual names, `resolve` (how answers
@@ -487,7 +489,7 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
                 directory is then unchanged.
         """
         columns.setdefault("resolve", self.args.annotation_resolve)
-        ingest = self.task.ingest_labels or ingest_labels  # boxes: the task's own ingest
+        ingest = self.task.ingest_labels or ingest_labels  # boxes, masks: the task's own ingest
         return ingest(self.run_dir.path, source, allow_partial=allow_partial, overwrite=overwrite,
                              pool=self.pool.dataset, image_column=self.args.image_column, **columns)  # fmt: skip
 

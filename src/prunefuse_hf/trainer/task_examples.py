@@ -243,23 +243,25 @@ class AnnotatedExamples:
             column, datasets.Image(decode=False)
         )
         images = [open_image(value, pool_index=int(i)) for i, value in zip(indices.tolist(), rows[column])]
+        # Boxes are kept above the run's score threshold; a mask has none (every pixel gets its argmax).
+        options = {"threshold": self.score_options["threshold"]} if "threshold" in self.score_options else {}
         predictions = self.task.query_predictions(model, self.image_processor, images,
-                                                  threshold=self.score_options.get("threshold", 0.5),
-                                                  num_channels=self.prepare_options["num_channels"])  # fmt: skip
+                                                  num_channels=self.prepare_options["num_channels"], **options)  # fmt: skip
         return {"predictions": predictions}
 
     def write_query(self, directory, indices: np.ndarray, query: dict, *, image_column: str, round: int,
                     model_version: str):  # fmt: skip
         """Write the query batch of `round` for annotators (the task's `write_query`: for boxes a COCO template and a
-        Label Studio `RectangleLabels` import, the surrogate's boxes as pre-annotations)."""
+        Label Studio `RectangleLabels` import, for masks empty mask templates and a `BrushLabels` import, the
+        surrogate's guesses as pre-annotations)."""
         return self.task.write_query(directory, self.pool, indices, image_column=image_column,
                                      class_names=self.class_names, round=round, scores=query["scores"],
                                      predictions=query.get("predictions"), model_version=model_version,
-                                     objects_column=self.annotation_column)  # fmt: skip
+                                     **{self.task.annotation_option: self.annotation_column})  # fmt: skip
 
     def labeled_rows(self, indices: np.ndarray):
         """The pool rows `indices` with the annotations the run trains on: people's (`people_labels`, in the
-        annotation column, COCO boxes) with human annotation, else the pool's own."""
+        annotation column: COCO boxes, masks of class ids) with human annotation, else the pool's own."""
         rows = self.pool.select(np.asarray(indices).tolist())
         if self.people_labels is None:
             return rows
@@ -271,7 +273,16 @@ class AnnotatedExamples:
 
     def class_counts(self, indices: np.ndarray, labels=None) -> Counter:
         """Per class name, what the annotations of the rows `indices` hold of it (the task's `class_counts`)."""
-        return self.task.class_counts(self.labeled_rows(indices), self.class_names, **self.data_options)
+        return self.task.class_counts(
+            self.labeled_rows(indices), self.class_names, **self.annotation_options()
+        )
+
+    def annotation_options(self) -> dict:
+        """The task's options for the annotations trained on: the run's, with human annotation those that read
+        people's as the store keeps them (boxes as COCO pixels, masks as class ids)."""
+        if self.people_labels is None:
+            return dict(self.data_options)
+        return {**self.data_options, **getattr(self.task.label_store, "prepare_options", {})}
 
     def prepared(self, dataset, *, with_annotations: bool = True):
         """`dataset` as the model reads it (the task's `prepare` as a transform); without its annotations when
@@ -285,8 +296,7 @@ class AnnotatedExamples:
         rows = self.labeled_rows(indices)
         if self.people_labels is None:
             return self.prepared(rows)
-        # People's boxes are stored as COCO pixels, whatever the pool's bbox_format.
-        options = {**self.prepare_options, "bbox_format": "coco"}
+        options = {**self.prepare_options, **self.annotation_options()}
         return rows.with_transform(self.task.prepare(self.image_processor, **options))
 
     def inner_trainer(

@@ -225,7 +225,6 @@ def test_random_selection_and_a_second_round(tmp_path, pools):
             {"strategy": "bald"},
             "SegformerForSemanticSegmentation has no active dropout.*classifier_dropout_prob",
         ),
-        ({"annotation": "human"}, "annotation: 'human' is for image classification runs"),
         ({"distill_alpha": 0.3}, "distill_alpha: 0.3 is for image classification runs"),
         ({"augment": True}, "augment: True is for image classification runs"),
         ({"label_column": "mask"}, "The pool has no column 'mask' .* Set label_column"),

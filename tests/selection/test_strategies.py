@@ -499,13 +499,17 @@ def test_register_strategy_refuses_a_clashing_or_missing_name(monkeypatch):
 # -- badge and bald -----------------------------------------------------------------------------
 
 
-def _badge_reference(n, pool_indices, probs, features, seed):
+def _badge_reference(n, pool_indices, probs, features, seed, embeddings=None):
     """BADGE with explicit gradient embeddings and distance matrix (small data only)."""
     order = np.argsort(pool_indices, kind="stable")
-    pool_indices, probs, features = pool_indices[order], probs[order], features[order]
-    residual = probs.copy()
-    residual[np.arange(len(probs)), probs.argmax(1)] -= 1
-    embeddings = (residual[:, :, None] * features[:, None, :]).reshape(len(probs), -1)
+    pool_indices = pool_indices[order]
+    if embeddings is None:
+        probs, features = probs[order], features[order]
+        residual = probs.copy()
+        residual[np.arange(len(probs)), probs.argmax(1)] -= 1
+        embeddings = (residual[:, :, None] * features[:, None, :]).reshape(len(probs), -1)
+    else:
+        embeddings = embeddings[order]
     picked = [int(np.argmax((embeddings**2).sum(1)))]
     while len(picked) < n:
         nearest = ((embeddings[:, None, :] - embeddings[None, picked, :]) ** 2).sum(-1).min(1)
@@ -548,6 +552,55 @@ def test_badge_matches_explicit_gradient_embeddings(seed):
     np.testing.assert_array_equal(selection.indices, expected)
     assert len(set(selection.indices.tolist())) == 12
     np.testing.assert_array_equal(selection.scores, np.arange(12, 0, -1))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_badge_on_given_embeddings_matches_the_explicit_reference(seed):
+    # A detector's or segmenter's embedding sums many outer products, so it does not factor: BADGE takes it whole.
+    rng = np.random.default_rng(seed + 20)
+    embeddings = rng.normal(size=(40, 5, 6)).reshape(40, 30).astype(np.float32)
+    pool_indices = rng.permutation(1000)[:40]
+    selection = get_strategy("badge").select(12, pool_indices=pool_indices, embeddings=embeddings, seed=seed)
+    expected = _badge_reference(12, pool_indices, None, None, seed, embeddings=embeddings.astype(np.float64))
+    np.testing.assert_array_equal(selection.indices, expected)
+    # Embeddings of rank one give the selection of their two factors.
+    logits = rng.normal(size=(40, 5))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    features = rng.normal(size=(40, 6))
+    residual = probs.copy()
+    residual[np.arange(40), probs.argmax(1)] -= 1
+    outer = (residual[:, :, None] * features[:, None, :]).reshape(40, -1)
+    given = get_strategy("badge").select(12, pool_indices=pool_indices, embeddings=outer, seed=seed)
+    factored = get_strategy("badge").select(
+        12, pool_indices=pool_indices, probs=probs, features=features, seed=seed
+    )
+    np.testing.assert_array_equal(given.indices, factored.indices)
+
+
+def test_precomputed_per_image_outputs_go_only_to_the_strategies_that_rank_them():
+    pool = np.array([4, 5, 6])
+    # BALD and cluster_margin rank a task's per-image scores (mutual information, margin) as given.
+    assert get_strategy("bald").select(
+        2, pool_indices=pool, scores=np.array([0.1, 0.7, 0.3])
+    ).indices.tolist() == [
+        5,
+        6,
+    ]
+    features = np.array([[0.0], [0.1], [5.0]])
+    picked = get_strategy("cluster_margin").select(
+        2, pool_indices=pool, scores=np.array([0.9, 0.8, 0.1]), features=features, seed=0
+    )
+    assert picked.indices.tolist() == [4, 6]  # 5 shares 4's cluster; 6 is the other cluster's most uncertain
+    with pytest.raises(ValueError, match="'kcenter_greedy' does not rank precomputed gradient embeddings; the strategies "
+                                         "that do: badge"):  # fmt: skip
+        get_strategy("kcenter_greedy").select(1, pool_indices=pool, embeddings=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="'badge' does not rank precomputed scores; the strategies that do: bald, "
+                                         "cluster_margin, entropy"):  # fmt: skip
+        get_strategy("badge").select(1, pool_indices=pool, scores=np.ones(3), features=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="'cluster_margin' needs features"):
+        get_strategy("cluster_margin").select(1, pool_indices=pool, scores=np.ones(3))
+    with pytest.raises(ValueError, match="scores has 2 entries but there are 3 candidates"):
+        get_strategy("bald").select(1, pool_indices=pool, scores=np.ones(2))
 
 
 def test_badge_first_pick_is_the_largest_embedding_and_needs_probs_and_features():

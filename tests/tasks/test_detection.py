@@ -9,7 +9,15 @@ import torch
 from transformers import DetrImageProcessorPil, RTDetrForObjectDetection, RTDetrImageProcessorPil
 from transformers.trainer_utils import EvalPrediction
 
-from conftest import detection_config, detection_items, tiny_detr
+from conftest import (
+    DETECTION_IMAGE_SIZE,
+    DETECTION_TINY_CONFIGS,
+    detection_config,
+    detection_items,
+    detection_model,
+    tiny_detr,
+)
+from prunefuse_hf.selection import HeadCalls
 from prunefuse_hf.tasks import (
     DETECTION,
     coco_json_from_dataset,
@@ -18,6 +26,7 @@ from prunefuse_hf.tasks import (
     detection_class_names,
     detection_compute_metrics,
     detection_features,
+    detection_gradient_embeddings,
     detection_image_scores,
     detection_pooled_features,
     detection_probs,
@@ -385,6 +394,41 @@ def test_scores_and_features_from_a_real_detr():
     assert features.shape == (3, model.config.d_model)
     with pytest.raises(ValueError, match="no `last_hidden_state`"):
         detection_pooled_features({"logits": outputs.logits})
+
+
+@pytest.mark.parametrize("model_type", list(DETECTION_TINY_CONFIGS))
+def test_badge_embedding_is_autograds_class_head_gradient_of_the_argmax_query_loss(model_type):
+    # DETR and YOLOS: softmax over the classes and "no object" (cross-entropy); Conditional DETR: one sigmoid per
+    # class (binary cross-entropy). Every query counts, with its argmax ("no object" included) as its label.
+    model = detection_model(model_type)
+    pixels = torch.randn(
+        2, 3, DETECTION_IMAGE_SIZE, DETECTION_IMAGE_SIZE, generator=torch.Generator().manual_seed(0)
+    )
+    options = {
+        "num_labels": model.config.num_labels,
+        "aggregation": "max",
+        "threshold": 0.5,
+    }  # a run's options
+    with torch.no_grad(), HeadCalls(model) as calls:
+        head_input, head_output = calls.producing(model(pixel_values=pixels).logits)
+        embeddings = detection_gradient_embeddings(head_input, head_output, **options)
+    expected = []
+    for row in range(2):
+        with HeadCalls(model) as calls:
+            layer, _, logits = calls.producing_call(model(pixel_values=pixels[row : row + 1]).logits)
+            labels = logits.argmax(-1)
+            if logits.shape[-1] == model.config.num_labels:  # sigmoid head
+                targets = torch.nn.functional.one_hot(labels, logits.shape[-1]).float()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+                loss = loss / logits.shape[1]
+            else:
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+            (gradient,) = torch.autograd.grad(loss, layer.weight)
+        expected.append(gradient.reshape(-1))
+    assert embeddings.shape == (2, layer.weight.numel())
+    torch.testing.assert_close(embeddings, torch.stack(expected), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match=r"class head's input \[B, Q, D\]"):
+        detection_gradient_embeddings(torch.zeros(2, 4), torch.zeros(2, 3))
 
 
 # ----- metric -----

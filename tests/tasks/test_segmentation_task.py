@@ -3,6 +3,7 @@ synthetic pool, and a stock `transformers.Trainer` step through the task on tiny
 
 import io
 import json
+import math
 
 import datasets
 import numpy as np
@@ -22,7 +23,8 @@ from transformers import (
 )
 from transformers.trainer_utils import EvalPrediction
 
-from conftest import SEGMENTATION_TINY_CONFIGS, segmentation_model
+from conftest import SEGMENTATION_NUM_LABELS, SEGMENTATION_TINY_CONFIGS, segmentation_model
+from prunefuse_hf.selection import HeadCalls
 from prunefuse_hf.tasks import (
     CLASSIFICATION,
     SEGMENTATION,
@@ -36,6 +38,7 @@ from prunefuse_hf.tasks import (
     reduce_mask_labels,
     segmentation_class_names,
     segmentation_compute_metrics,
+    segmentation_gradient_embeddings,
     segmentation_image_scores,
     segmentation_pooled_features,
     segmentation_preprocess_logits,
@@ -382,7 +385,7 @@ def test_scores_at_the_target_size_and_refusals():
     assert native.shape == upsampled.shape == (2,) and not torch.equal(native, upsampled)
     with pytest.raises(ValueError, match="aggregation must be one of"):
         segmentation_image_scores(logits, aggregation="sum")
-    with pytest.raises(ValueError, match="least_confidence, entropy or margin"):
+    with pytest.raises(ValueError, match="least_confidence, entropy, margin or bald"):
         segmentation_image_scores(logits, "kcenter_greedy")
     with pytest.raises(ValueError, match=r"must be \[batch, classes, height, width\]"):
         segmentation_image_scores(torch.randn(2, 3))
@@ -575,3 +578,72 @@ def test_segmentation_examples_run(qualified_name):
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     runner.run(test)
     assert runner.failures == 0, qualified_name
+
+
+# ----- BADGE's gradient embedding and BALD per pixel -----
+
+
+def _autograd_last_layer_gradient(model, pixels, ignore=None):
+    """Per image, autograd's gradient of the mean per-pixel cross-entropy with argmax labels with respect to the
+    weight of the layer that gave the logits (at that layer's own resolution)."""
+    gradients = []
+    for row in range(len(pixels)):
+        with HeadCalls(model) as calls:
+            logits = model(pixel_values=pixels[row : row + 1]).logits
+            layer, _, output = calls.producing_call(logits)
+            labels = output.argmax(1)
+            if ignore is not None:
+                labels[
+                    torch.nn.functional.interpolate(ignore[row : row + 1, None].float(), output.shape[-2:])[
+                        :, 0
+                    ]
+                    > 0
+                ] = 255
+            loss = torch.nn.functional.cross_entropy(output, labels, ignore_index=255)
+            (gradient,) = torch.autograd.grad(loss, layer.weight)
+        gradients.append(gradient.reshape(-1))
+    return torch.stack(gradients)
+
+
+@pytest.mark.parametrize("key", list(SEGMENTATION_TINY_CONFIGS))
+def test_badge_embedding_is_autograds_last_layer_gradient_of_the_argmax_pixel_loss(key):
+    model = segmentation_model(key)
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), HeadCalls(model) as calls:
+        head_input, head_output = calls.producing(model(pixel_values=pixels).logits)
+        embeddings = segmentation_gradient_embeddings(head_input, head_output)
+    assert embeddings.shape == (2, SEGMENTATION_NUM_LABELS * head_input.shape[1])
+    torch.testing.assert_close(embeddings, _autograd_last_layer_gradient(model, pixels), rtol=1e-4, atol=1e-7)
+
+
+def test_badge_embedding_leaves_ignored_pixels_out_of_the_sum_and_the_count():
+    model = segmentation_model("SegformerForSemanticSegmentation")
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ignore = torch.zeros(2, 32, 32, dtype=torch.bool)
+    ignore[0, :, 16:] = True  # the right half of the first image (padding, or the ignore index)
+    ignore[1] = True  # every pixel of the second
+    with torch.no_grad(), HeadCalls(model) as calls:
+        head = calls.producing(model(pixel_values=pixels).logits)
+        embeddings = segmentation_gradient_embeddings(*head, ignore_mask=ignore)
+    expected = _autograd_last_layer_gradient(model, pixels[:1], ignore[:1])
+    torch.testing.assert_close(embeddings[:1], expected, rtol=1e-4, atol=1e-7)
+    assert torch.equal(embeddings[1], torch.zeros_like(embeddings[1]))  # nothing counted: no gradient
+    with pytest.raises(ValueError, match=r"per-pixel classifier's input \[B, D, h, w\]"):
+        segmentation_gradient_embeddings(torch.zeros(2, 4), torch.zeros(2, 3))
+
+
+def test_bald_per_pixel_is_the_mutual_information_of_the_passes_aggregated():
+    # Two passes over 2 pixels of 2 classes: pixel 0 agrees (p = (0.5, 0.5) both times), pixel 1 flips between
+    # (0.9, 0.1) and (0.1, 0.9): its mutual information is H(0.5, 0.5) - H(0.9, 0.1) = log 2 - 0.3251.
+    first = torch.log(torch.tensor([[[[0.5, 0.9]], [[0.5, 0.1]]]]))  # [B=1, C=2, h=1, w=2]
+    second = torch.log(torch.tensor([[[[0.5, 0.1]], [[0.5, 0.9]]]]))
+    entropy = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+    information = math.log(2) - entropy
+    assert segmentation_image_scores(iter([first, second]), "bald").item() == pytest.approx(information / 2)
+    assert segmentation_image_scores(
+        iter([first, second]), "bald", aggregation="max"
+    ).item() == pytest.approx(information)
+    ignore = torch.tensor([[[False, True]]])
+    assert segmentation_image_scores([first, second], "bald", ignore_mask=ignore).item() == 0.0
+    with pytest.raises(ValueError, match="measure 'bald' scores the outputs of several MC-dropout passes"):
+        segmentation_image_scores(first, "bald")

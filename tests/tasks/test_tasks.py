@@ -163,6 +163,10 @@ SELF_CONTAINED_EXAMPLES = [
     "prunefuse_hf.tasks.detection_data.convert_bbox",
     "prunefuse_hf.tasks.detection_data.validate_detection_dataset",
     "prunefuse_hf.tasks.detection_metrics.mean_average_precision",
+    "prunefuse_hf.tasks.segmentation.segmentation_image_scores",
+    "prunefuse_hf.selection.gradient_embedding.last_layer_gradients",
+    "prunefuse_hf.selection.gradient_embedding.HeadCalls",
+    "prunefuse_hf.trainer.task_examples.annotated_outputs",
 ]
 
 

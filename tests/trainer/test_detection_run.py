@@ -5,6 +5,7 @@ are refused before any work."""
 import contextlib
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +16,13 @@ from transformers import TrainerCallback, pipeline
 from conftest import detection_config, detection_items, detection_model, tiny_detr
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
 from prunefuse_hf.pruning import PruningPlan, load_surrogate
-from prunefuse_hf.tasks import DETECTION, detection_image_scores, synthetic_detection_pool
+from prunefuse_hf.selection import HeadCalls, get_strategy, typiclust_select
+from prunefuse_hf.tasks import (
+    DETECTION,
+    detection_gradient_embeddings,
+    detection_image_scores,
+    synthetic_detection_pool,
+)
 from prunefuse_hf.trainer.annotated_run import task_image_processor
 
 
@@ -123,18 +130,82 @@ def test_rt_detr_v2_built_from_a_config_gets_the_rt_detr_image_processor():
     }
 
 
+def _unlabeled_batch(trainer, pool, state):
+    unlabeled = np.setdiff1d(np.arange(len(pool)), state["queries"]["1"]["pool_indices"])
+    prepared = trainer.examples.prepared(pool.select(unlabeled), with_annotations=False)
+    return unlabeled, DETECTION.collate([prepared[i] for i in range(len(prepared))])
+
+
+def test_badge_and_cluster_margin_select_on_the_class_heads_gradients_and_the_decoder_queries(
+    tmp_path, pools
+):
+    pool, _ = pools
+    # The run's BADGE query, then cluster_margin on the run's scoring of the same surrogate (margin per image,
+    # pooled decoder queries), each against the strategy on outputs computed here.
+    trainer = PruneFuseTrainer(tiny_detr(), args=config(tmp_path, strategy="badge", selection_seed=5),
+                               train_dataset=pool, callbacks=[StopAfterSelection()])  # fmt: skip
+    trainer.train()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    surrogate = load_surrogate(tmp_path / "run" / "surrogate").eval()
+    unlabeled, batch = _unlabeled_batch(trainer, pool, state)
+    with torch.no_grad(), HeadCalls(surrogate) as calls:
+        outputs = surrogate(**batch)
+        layer, head_input, head_output = calls.producing_call(outputs.logits)
+    assert layer is surrogate.class_labels_classifier and head_output.shape[-1] == 3 + 1  # "no object" too
+    embeddings = detection_gradient_embeddings(head_input, head_output, num_labels=3)
+    expected = get_strategy("badge").select(8, pool_indices=unlabeled, embeddings=embeddings, seed=5 + 1)
+    assert state["queries"]["2"]["pool_indices"] == expected.indices.tolist()
+
+    margins = detection_image_scores(outputs, "margin", num_labels=3, threshold=0.0)
+    expected = get_strategy("cluster_margin").select(
+        8, pool_indices=unlabeled, scores=margins, features=DETECTION.pooled_features(outputs), seed=5 + 1
+    )
+    chosen = get_strategy("cluster_margin").select(
+        8, seed=5 + 1, **{name: getattr(trainer.examples.score(surrogate, unlabeled, ("features", "scores"),
+                                                               args=trainer.args, accelerator=trainer.accelerator,
+                                                               measure="margin"), name)
+                          for name in ("pool_indices", "scores", "features")},
+    )  # fmt: skip
+    assert chosen.indices.tolist() == expected.indices.tolist()
+
+
+class StopAfterFirstStep(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        control.should_training_stop = True
+
+
+def test_typiclust_draws_the_first_query_from_the_detectors_pooled_queries(tmp_path, pools):
+    pool, _ = pools
+    args = config(tmp_path, initial_strategy="typiclust", selection_seed=0)
+    trainer = PruneFuseTrainer(tiny_detr(), args=args, train_dataset=pool, callbacks=[StopAfterFirstStep()])
+    trainer.train()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    dense = DETECTION.model_class().from_pretrained(tmp_path / "run" / "dense_init").eval()
+    prepared = trainer.examples.prepared(pool, with_annotations=False)
+    with torch.no_grad():
+        features = DETECTION.pooled_features(
+            dense(**DETECTION.collate([prepared[i] for i in range(len(pool))]))
+        )
+    expected = typiclust_select(12, pool_indices=np.arange(len(pool)), features=features.numpy(), seed=0)
+    assert state["queries"]["1"]["strategy"] == "typiclust"
+    assert state["queries"]["1"]["pool_indices"] == expected.indices.tolist()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"strategy": "bald"}, "strategies that need ['mc_probs'] are for image classification"),
-        ({"strategy": "badge"}, "are for image classification"),
+        (
+            {"strategy": "bald"},
+            "Strategy 'bald' needs ['mc_scores'] per image, which an object-detection run does not compute; an "
+            "object-detection run selects with badge, cluster_margin, entropy, kcenter_greedy, least_confidence, "
+            "margin, random.",
+        ),
         ({"distill_alpha": 0.3}, "distill_alpha: 0.3 is for image classification runs"),
         ({"selector": "linear_probe", "method": "feature_proxy", "pruning_ratio": 0.0}, "selector"),
-        ({"task": "object-detection", "initial_strategy": "typiclust"}, "initial_strategy"),
     ],
 )
 def test_classification_only_settings_are_refused_before_any_work(tmp_path, pools, overrides, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ValueError, match=re.escape(message) if message.endswith(".") else message):
         PruneFuseTrainer(tiny_detr(), args=config(tmp_path, **overrides), train_dataset=pools[0])
     assert not (tmp_path / "run").exists()
 
@@ -163,11 +234,6 @@ def test_task_must_match_the_model(tmp_path, pools):
         PruneFuseTrainer(
             ResNetConfig(), args=config(tmp_path, task="object-detection"), train_dataset=pools[0]
         )
-
-
-class StopAfterFirstStep(TrainerCallback):
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        control.should_training_stop = True
 
 
 def test_resuming_with_another_detection_setting_is_refused_by_name(tmp_path, pools):

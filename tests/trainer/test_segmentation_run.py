@@ -12,7 +12,13 @@ from transformers import SegformerConfig, TrainerCallback, pipeline
 from conftest import detection_items
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
 from prunefuse_hf.pruning import load_surrogate
-from prunefuse_hf.tasks import SEGMENTATION, segmentation_image_scores, synthetic_segmentation_pool
+from prunefuse_hf.selection import HeadCalls, get_strategy, typiclust_select
+from prunefuse_hf.tasks import (
+    SEGMENTATION,
+    segmentation_gradient_embeddings,
+    segmentation_image_scores,
+    synthetic_segmentation_pool,
+)
 
 CLASSES = ["background", "0", "1", "2"]
 
@@ -108,6 +114,99 @@ def test_kcenter_greedy_selects_on_pooled_encoder_features(tmp_path, pools):
     assert trainer.trained_surrogate[1].config.output_hidden_states is False
 
 
+def _unlabeled_batch(trainer, pool, state):
+    unlabeled = np.setdiff1d(np.arange(len(pool)), state["queries"]["1"]["pool_indices"])
+    prepared = trainer.examples.prepared(pool.select(unlabeled), with_annotations=False)
+    return unlabeled, SEGMENTATION.collate([prepared[i] for i in range(len(prepared))])
+
+
+def test_badge_selects_on_the_pixel_classifiers_gradient_embeddings(tmp_path, pools):
+    pool, _ = pools
+    args = config(tmp_path, strategy="badge", selection_seed=3)
+    trainer = PruneFuseTrainer(
+        tiny_segformer(), args=args, train_dataset=pool, callbacks=[StopAfterSelection()]
+    )
+    trainer.train()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    # The expected query: BADGE on each unlabeled image's gradient of its argmax pixel loss with respect to the
+    # surrogate's decode_head.classifier weights, from one forward pass of the saved surrogate.
+    surrogate = load_surrogate(tmp_path / "run" / "surrogate").eval()
+    unlabeled, batch = _unlabeled_batch(trainer, pool, state)
+    with torch.no_grad(), HeadCalls(surrogate) as calls:
+        head = calls.producing(surrogate(**batch).logits)
+    assert head[0].shape[1] == surrogate.decode_head.classifier.in_channels
+    embeddings = segmentation_gradient_embeddings(*head)
+    expected = get_strategy("badge").select(6, pool_indices=unlabeled, embeddings=embeddings, seed=3 + 1)
+    assert state["queries"]["2"]["pool_indices"] == expected.indices.tolist()
+    assert trainer.progress["rounds"]["1"]["selection"]["scored_examples"] == 16
+
+
+def test_bald_selects_on_the_mutual_information_of_mc_dropout_pixels(tmp_path, pools):
+    pool, _ = pools
+    args = config(tmp_path, strategy="bald", mc_samples=3)
+    model = tiny_segformer()
+    model.classifier_dropout_prob = 0.5  # SegFormer's decode head then has a dropout layer MC dropout samples
+    trainer = PruneFuseTrainer(model, args=args, train_dataset=pool, callbacks=[StopAfterSelection()])
+    trainer.train()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    surrogate = load_surrogate(tmp_path / "run" / "surrogate").eval()
+    unlabeled, batch = _unlabeled_batch(trainer, pool, state)
+    # The 3 passes of the one scoring batch, seeded by its first row (0), dropout on and everything else in eval.
+    dropout = [m for m in surrogate.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    assert dropout
+    torch.manual_seed(0)
+    for layer in dropout:
+        layer.train()
+    with torch.no_grad():
+        passes = [surrogate(**batch) for _ in range(3)]
+    scores = segmentation_image_scores(passes, "bald").double().numpy()
+    expected = unlabeled[np.lexsort((unlabeled, -scores))[:6]]
+    assert state["queries"]["2"]["pool_indices"] == expected.tolist()
+    np.testing.assert_allclose(state["queries"]["2"]["scores"], np.sort(scores)[::-1][:6], rtol=1e-5)
+    assert trainer.progress["rounds"]["1"]["selection"]["scored_examples"] == 16 * 3
+
+
+def test_cluster_margin_takes_the_most_uncertain_image_of_each_cluster(tmp_path, pools):
+    pool, _ = pools
+    args = config(tmp_path, strategy="cluster_margin", selection_seed=0)
+    trainer = PruneFuseTrainer(
+        tiny_segformer(), args=args, train_dataset=pool, callbacks=[StopAfterSelection()]
+    )
+    trainer.train()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    surrogate = load_surrogate(tmp_path / "run" / "surrogate").eval()
+    unlabeled, batch = _unlabeled_batch(trainer, pool, state)
+    with torch.no_grad():
+        outputs = surrogate(**batch, output_hidden_states=True)
+    margins = segmentation_image_scores(outputs, "margin")
+    expected = get_strategy("cluster_margin").select(
+        6, pool_indices=unlabeled, scores=margins, features=SEGMENTATION.pooled_features(outputs), seed=1
+    )
+    assert state["queries"]["2"]["pool_indices"] == expected.indices.tolist()
+    np.testing.assert_allclose(state["queries"]["2"]["scores"], expected.scores, rtol=1e-5)
+
+
+def test_typiclust_draws_the_first_query_from_the_dense_models_pooled_features(tmp_path, pools):
+    pool, _ = pools
+    args = config(tmp_path, initial_strategy="typiclust", selection_seed=0)
+    trainer = PruneFuseTrainer(
+        tiny_segformer(), args=args, train_dataset=pool, callbacks=[StopAfterFirstStep()]
+    )
+    trainer.train()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    dense = SEGMENTATION.model_class().from_pretrained(tmp_path / "run" / "dense_init").eval()
+    prepared = trainer.examples.prepared(pool, with_annotations=False)
+    batch = SEGMENTATION.collate([prepared[i] for i in range(len(prepared))])
+    with torch.no_grad():
+        features = SEGMENTATION.pooled_features(dense(**batch, output_hidden_states=True))
+    expected = typiclust_select(8, pool_indices=np.arange(len(pool)), features=features.numpy(), seed=0)
+    first = state["queries"]["1"]
+    assert first["strategy"] == "typiclust" and first["pool_indices"] == expected.indices.tolist()
+    assert state["rounds"]["1"]["setup"]["parts"]["features_dense"]["examples"] == len(pool)
+    # The features are kept in the run directory, keyed by the pool and the weights.
+    assert len(list((tmp_path / "run" / "pool_features").glob("dense-*.npy"))) == 1
+
+
 def test_random_selection_and_a_second_round(tmp_path, pools):
     pool, test = pools
     args = config(tmp_path, method="random", num_rounds=2, query_size=4)
@@ -122,11 +221,11 @@ def test_random_selection_and_a_second_round(tmp_path, pools):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"strategy": "bald"}, "strategies that need ['mc_probs'] are for image classification"),
-        ({"strategy": "badge"}, "are for image classification"),
-        ({"annotation": "human"}, "annotation: 'human' is for image classification runs"),
+        (
+            {"strategy": "bald"},
+            "SegformerForSemanticSegmentation has no active dropout.*classifier_dropout_prob",
+        ),
         ({"distill_alpha": 0.3}, "distill_alpha: 0.3 is for image classification runs"),
-        ({"task": "image-segmentation", "initial_strategy": "typiclust"}, "initial_strategy"),
         ({"augment": True}, "augment: True is for image classification runs"),
         ({"label_column": "mask"}, "The pool has no column 'mask' .* Set label_column"),
         ({"segmentation_aggregation": "sum"}, "segmentation_aggregation"),
@@ -195,11 +294,7 @@ def test_reduce_labels_makes_the_background_the_ignore_index(tmp_path, pools):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"strategy": "bald"}, "strategies that need ['mc_probs'] are for image classification"),
-        (
-            {"strategy": "cluster_margin"},
-            "strategies that need ['features', 'probs'] are for image classification",
-        ),
+        ({"strategy": "bald"}, "SegformerForSemanticSegmentation has no active dropout"),
         ({"initial_labeled_size": 20, "query_size": 6}, "initial_labeled_size"),
         ({"optim": "adamw_bnb_8bit"}, "optim: adamw_bnb_8bit .* cannot be built"),
     ],

@@ -13,6 +13,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "cluster_margin": ["CLUSTER_MARGIN_CANDIDATES", "ClusterMarginStrategy"],
         "dropquery": ["DROPQUERY_DROPOUT", "DROPQUERY_PASSES", "DropQueryStrategy", "dropout_disagreement"],
         "diversity": ["BadgeStrategy", "KCenterGreedyStrategy"],
+        "gradient_embedding": ["HeadCalls", "last_layer_gradients"],
         "proxy": ["LinearProbe", "normalize_features", "train_linear_probe"],
         "scoring": ["PoolScores", "active_dropout_layers", "score_pool"],
         "shards": ["ShardGroup", "gather_variable_rows"],

@@ -15,12 +15,12 @@ import warnings
 import numpy as np
 import torch
 
+from .checks import check_features, check_probs, check_scores
 from .shards import ShardGroup
 from .strategies import (
     MarginStrategy,
     Selection,
     SelectionStrategy,
-    check_probs,
     register_strategy,
     top_n_by_score,
 )
@@ -28,7 +28,6 @@ from .strategies import (
 __all__ = [
     "CLUSTER_MARGIN_CANDIDATES",
     "ClusterMarginStrategy",
-    "check_features",
     "gather_candidate_features",
     "kmeans_clusters",
 ]
@@ -37,19 +36,6 @@ __all__ = [
 CLUSTER_MARGIN_CANDIDATES = 10
 # Above this many clusters, mini-batch k-means (as TypiClust does).
 _MINIBATCH_ABOVE = 50
-
-
-def check_features(features, num_candidates: int) -> np.ndarray:
-    """`features` as a float32 `(num_candidates, dim)` array; a `ValueError` naming the shapes otherwise."""
-    if isinstance(features, torch.Tensor):
-        features = features.detach().cpu().numpy()
-    features = np.asarray(features, dtype=np.float32)
-    if features.ndim != 2 or len(features) != num_candidates:
-        raise ValueError(
-            f"features must have shape (num_candidates, dim) with {num_candidates} rows (pool_indices), got "
-            f"{features.shape}."
-        )
-    return features
 
 
 def gather_candidate_features(features, pool_indices, candidate_indices, group: ShardGroup) -> np.ndarray:
@@ -99,7 +85,9 @@ class ClusterMarginStrategy(SelectionStrategy):
     candidates, one per cluster, its smallest-margin member.
 
     A pick's score is its margin score (`−(p_top1 − p_top2)`, as `margin` gives), picks ordered most uncertain
-    first, so scores are non-increasing. Clusters that coincide (duplicate features) may leave fewer distinct
+    first, so scores are non-increasing. Object detection and semantic segmentation give per-image margin scores
+    instead (`scores`: the task's aggregate of its detections' or pixels' `1 − (p_top1 − p_top2)`) with their pooled
+    features; the rest is the same. Clusters that coincide (duplicate features) may leave fewer distinct
     members than `n`; the rest are the next smallest-margin candidates. Ties break by the smaller pool index.
     k-means is scikit-learn's (`KMeans`, or `MiniBatchKMeans` above 50 clusters), seeded with `seed`. With several
     processes (`accelerator=`), each holds its shard: the smallest margins are reduced across processes and only the
@@ -126,6 +114,8 @@ class ClusterMarginStrategy(SelectionStrategy):
 
     name = "cluster_margin"
     needs = frozenset({"probs", "features"})
+    per_image_outputs = frozenset({"scores", "features"})
+    measure = "margin"
     shardable = True
 
     def __init__(self, candidate_factor: int = CLUSTER_MARGIN_CANDIDATES):
@@ -134,10 +124,25 @@ class ClusterMarginStrategy(SelectionStrategy):
         self.candidate_factor = int(candidate_factor)
 
     def _select(
-        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
+        self,
+        n,
+        *,
+        pool_indices,
+        probs,
+        features,
+        labeled_features,
+        seed,
+        mc_probs=None,
+        group=None,
+        scores=None,
     ) -> Selection:
         group = group or ShardGroup()
-        margins = MarginStrategy().compute_scores(check_probs(probs, len(pool_indices), self.name))
+        if (
+            scores is not None
+        ):  # a task's per-image margin scores (e.g. aggregated over an image's detections)
+            margins = check_scores(scores, len(pool_indices))
+        else:
+            margins = MarginStrategy().compute_scores(check_probs(probs, len(pool_indices), self.name))
         features = check_features(features, len(pool_indices))
         # The smallest margins over every process's shard, most uncertain first (ties: the smaller pool index).
         total = int(group.sum(torch.tensor([len(pool_indices)])))

@@ -9,8 +9,9 @@ import math
 import numpy as np
 import torch
 
+from .checks import check_probs
 from .shards import ShardGroup
-from .strategies import Selection, SelectionStrategy, check_probs, register_strategy
+from .strategies import Selection, SelectionStrategy, register_strategy
 
 # k-center's run ahead looks at this many of the farthest candidates per distance column it may compute.
 CANDIDATES_PER_COLUMN = 4
@@ -58,6 +59,7 @@ class KCenterGreedyStrategy(SelectionStrategy):
 
     name = "kcenter_greedy"
     needs = frozenset({"features"})
+    per_image_outputs = frozenset({"features"})
     uses_labeled_features = True
     shardable = True
 
@@ -246,32 +248,54 @@ class BadgeStrategy(SelectionStrategy):
     pick, by an exponential race on uniform numbers hashed from `(seed, step, pool index)`: the draw is
     the same however the pool is sharded across processes. Since picks are drawn, not ranked, a pick's
     score is its order (`n` for the first, `1` for the last).
+
+    Object detection and semantic segmentation pass the embeddings themselves (`embeddings`, one row per image: the
+    last layer's gradient summed over the image's queries or pixels, see
+    `prunefuse_hf.selection.gradient_embedding`), which no longer factor into two vectors: squared distances are
+    `|g_i|² + |g_c|² − 2 g_i·g_c`, one matrix-vector product per pick over the embeddings, in their precision.
+    Memory is then the embeddings, `N × C·D` floats over all processes (each holds its shard), plus `O(N)`.
     """
 
     name = "badge"
     needs = frozenset({"probs", "features"})
+    per_image_outputs = frozenset({"embeddings"})
     shardable = True
 
     @torch.no_grad()
     def _select(
-        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
+        self,
+        n,
+        *,
+        pool_indices,
+        probs,
+        features,
+        labeled_features,
+        seed,
+        mc_probs=None,
+        group=None,
+        embeddings=None,
     ) -> Selection:
         group = group or ShardGroup()
-        probs = torch.from_numpy(check_probs(probs, len(pool_indices), self.name))
+        given = features if embeddings is None else embeddings
         # float32 features stay float32 (a float64 copy would double their memory); float64 stay exact.
-        features = torch.as_tensor(features).detach().cpu()
+        given = torch.as_tensor(given).detach().cpu()
+        name = "features" if embeddings is None else "embeddings"
         features = group.with_common_row_shape(
-            features if features.dtype == torch.float64 else _as_float32_matrix(features, "features")
+            given if given.dtype == torch.float64 else _as_float32_matrix(given, name)
         )
         if features.shape[0] != len(pool_indices):
             raise ValueError(
-                f"features has {features.shape[0]} rows but there are {len(pool_indices)} candidates."
+                f"{name} has {features.shape[0]} rows but there are {len(pool_indices)} candidates."
             )
         indices = torch.as_tensor(np.asarray(pool_indices), dtype=torch.int64)
         in_order = bool((indices[1:] > indices[:-1]).all())
 
-        residual = probs.clone()
-        residual[torch.arange(len(residual)), probs.argmax(dim=1)] -= 1.0
+        if embeddings is None:
+            probs = torch.from_numpy(check_probs(probs, len(pool_indices), self.name))
+            residual = probs.clone()
+            residual[torch.arange(len(residual)), probs.argmax(dim=1)] -= 1.0
+        else:  # the embedding is given whole: a residual of one 1 per row leaves it as it is
+            residual = torch.ones(len(features), 1, dtype=torch.float64)
         feature_sq_norms = torch.cat(
             [_sq_norms(features[start : start + 4096]).double() for start in range(0, len(features), 4096)]
             or [residual.new_zeros(0)]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .cluster_margin import check_features, gather_candidate_features, kmeans_clusters
+from .checks import check_features
+from .cluster_margin import gather_candidate_features, kmeans_clusters
 from .shards import ShardGroup
 from .strategies import (
     MarginStrategy,

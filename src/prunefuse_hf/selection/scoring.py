@@ -18,11 +18,12 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..constants import PIXEL_VALUES
+from .gradient_embedding import HeadCalls
 from .shards import gather_variable_rows
 
 logger = logging.get_logger(__name__)
 
-OUTPUTS = ("probs", "features", "mc_probs", "scores")
+OUTPUTS = ("probs", "features", "mc_probs", "scores", "mc_scores", "embeddings")
 
 
 @dataclass
@@ -35,6 +36,10 @@ class PoolScores:
         features: Penultimate features (the classifier's input, flattened) `[N, D]`, when asked for.
         mc_probs: Probabilities of `mc_samples` MC-dropout passes `[N, mc_samples, num_labels]`, when asked for.
         scores: Per-example acquisition scores `[N]` of `image_scores` (float32), when asked for.
+        mc_scores: Per-example scores `[N]` of `image_scores` over `mc_samples` MC-dropout passes (float32), when
+            asked for.
+        embeddings: Per-example BADGE gradient embeddings `[N, C·D]` of `gradient_embeddings` (float32), when asked
+            for.
     """
 
     pool_indices: np.ndarray
@@ -42,6 +47,8 @@ class PoolScores:
     features: torch.Tensor | None = None
     mc_probs: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    mc_scores: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.pool_indices)
@@ -63,6 +70,7 @@ def score_pool(
     collate=None,
     image_scores=None,
     pooled_features=None,
+    gradient_embeddings=None,
 ) -> PoolScores:
     """
     Run `model` over (part of) the pool in eval mode and collect per-example outputs, batch by batch, with every
@@ -87,7 +95,9 @@ def score_pool(
             Examples per forward pass on each process.
         outputs (`tuple[str, ...]`, *optional*, defaults to `("probs",)`):
             Any of `"probs"`, `"features"` and `"mc_probs"` (MC dropout: the model's dropout layers are active for
-            `mc_samples` extra passes, everything else stays in eval mode).
+            `mc_samples` extra passes, everything else stays in eval mode), and for a task whose example holds many
+            predictions `"scores"` (`image_scores`), `"mc_scores"` (`image_scores` over MC-dropout passes) and
+            `"embeddings"` (`gradient_embeddings`).
         accelerator (`accelerate.Accelerator`, *optional*):
             With several processes, each scores its shard; its device and mixed precision are used.
         num_workers (`int`, *optional*, defaults to 0):
@@ -108,10 +118,16 @@ def score_pool(
             model's inputs from a batch of rows (e.g. `tasks.collate_detection`: `pixel_values`, `pixel_mask`).
         image_scores (`Callable[[ModelOutput], torch.Tensor]`, *optional*):
             Per-example acquisition scores `[B]` of a batch's model output, for `"scores"` (a task's
-            `image_scores` with its measure bound, e.g. a detector's aggregated per-detection uncertainty).
+            `image_scores` with its measure bound, e.g. a detector's aggregated per-detection uncertainty). For
+            `"mc_scores"` it is called once per batch with an iterator over the model outputs of `mc_samples`
+            MC-dropout passes, which it reduces pass by pass (a segmenter's BALD over pixels).
         pooled_features (`Callable[[ModelOutput], torch.Tensor]`, *optional*):
             The features `[B, D]` of a batch's model output, for `"features"`, instead of the classifier's input
             (a task's `pooled_features`, e.g. a detector's decoder queries).
+        gradient_embeddings (`Callable[[torch.Tensor, torch.Tensor], torch.Tensor]`, *optional*):
+            For `"embeddings"`: BADGE's per-example gradient embedding `[B, E]` from the input and output of the
+            last-layer call that gave the logits ([`HeadCalls`]; a task's `gradient_embeddings`). Only `[B, E]` is
+            kept per batch.
 
     Returns:
         [`PoolScores`]: on the CPU, ordered by pool index: `pool_indices` `(N,)` int64, `probs` `(N, num_labels)`
@@ -119,7 +135,8 @@ def score_pool(
 
     Raises:
         `ValueError`: an unknown output, `pool_indices` of another length than the dataset, a model without a
-            linear layer that gives its logits (features) or without active dropout (`mc_probs`).
+            linear layer that gives its logits (features, embeddings) or without active dropout (`mc_probs`,
+            `mc_scores`).
 
     Example:
 
@@ -143,11 +160,13 @@ def score_pool(
     unknown = set(outputs) - set(OUTPUTS)
     if unknown:
         raise ValueError(f"outputs may contain {list(OUTPUTS)}, got {sorted(unknown)}.")
-    if "scores" in outputs and image_scores is None:
-        raise ValueError(
-            "outputs 'scores' needs `image_scores`, the function that scores a batch's model output."
-        )
-    dropout_layers = active_dropout_layers(model) if "mc_probs" in outputs else []
+    for name, function, what in (("scores", image_scores, "image_scores"), ("mc_scores", image_scores, "image_scores"),
+                                 ("embeddings", gradient_embeddings, "gradient_embeddings")):  # fmt: skip
+        if name in outputs and function is None:
+            raise ValueError(
+                f"outputs {name!r} needs `{what}`, the function that computes it from a batch's outputs."
+            )
+    dropout_layers = active_dropout_layers(model) if {"mc_probs", "mc_scores"} & set(outputs) else []
     if pool_indices is None:
         pool_indices = np.arange(len(dataset))
     pool_indices = np.asarray(pool_indices, dtype=np.int64)
@@ -180,6 +199,7 @@ def score_pool(
         collate,
         image_scores,
         pooled_features,
+        gradient_embeddings,
     )
     if world_size > 1 and gather:
         collected = {key: gather_variable_rows(accelerator, value) for key, value in collected.items()}
@@ -190,6 +210,8 @@ def score_pool(
         features=collected["features"][order] if "features" in outputs else None,
         mc_probs=collected["mc_probs"][order] if "mc_probs" in outputs else None,
         scores=collected["scores"][order] if "scores" in outputs else None,
+        mc_scores=collected["mc_scores"][order] if "mc_scores" in outputs else None,
+        embeddings=collected["embeddings"][order] if "embeddings" in outputs else None,
     )
 
 
@@ -209,6 +231,7 @@ def _forward_shard(
     collate=None,
     image_scores=None,
     pooled_features=None,
+    gradient_embeddings=None,
 ):
     on_gpu = torch.device(device).type == "cuda"
     # Each item is a whole batch of rows read at once (one Arrow read or one batched transform). Loader workers
@@ -225,11 +248,12 @@ def _forward_shard(
             lambda module, args: head_input.append(args[0])
         )
     autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
+    head_calls = HeadCalls(model) if "embeddings" in outputs else contextlib.nullcontext()
     was_training = model.training
     model.eval()
-    probs, mc_probs, scores = [], [], []
+    probs, mc_probs, scores, mc_scores, embeddings = [], [], [], [], []
     try:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, head_calls:
             progress = tqdm(loader, desc="Scoring pool", disable=not show_progress, unit="batch")
             for inputs in progress:
                 if isinstance(inputs, torch.Tensor):
@@ -239,6 +263,8 @@ def _forward_shard(
                     inputs[PIXEL_VALUES] = preprocess(inputs[PIXEL_VALUES])
                 pixel_values = inputs[PIXEL_VALUES]
                 head_input.clear()
+                if "embeddings" in outputs:
+                    head_calls.clear()
                 model_output = model(**inputs)
                 logits = model_output.logits
                 if hook is not None:
@@ -247,8 +273,17 @@ def _forward_shard(
                     scores.append(image_scores(model_output).float().cpu())
                 if "features" in outputs and pooled_features is not None:
                     features_seen.append(pooled_features(model_output).detach().float().cpu())
+                if "embeddings" in outputs:
+                    head = head_calls.producing(logits)
+                    embeddings.append(gradient_embeddings(*head).float().cpu())
+                    head_calls.clear()
                 if "probs" in outputs:
                     probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+                if "mc_scores" in outputs:
+                    passes = _mc_dropout_passes(
+                        model, inputs, dropout_layers, mc_samples, batches[len(mc_scores)][0]
+                    )
+                    mc_scores.append(image_scores(passes).float().cpu())
                 if "mc_probs" in outputs:
                     first_row = batches[len(mc_probs)][0]
                     mc_probs.append(
@@ -271,6 +306,10 @@ def _forward_shard(
         collected["mc_probs"] = torch.cat(mc_probs) if mc_probs else torch.empty(0, mc_samples, num_labels)
     if "scores" in outputs:
         collected["scores"] = torch.cat(scores) if scores else torch.empty(0)
+    if "mc_scores" in outputs:
+        collected["mc_scores"] = torch.cat(mc_scores) if mc_scores else torch.empty(0)
+    if "embeddings" in outputs:
+        collected["embeddings"] = torch.cat(embeddings) if embeddings else torch.empty(0, 0)
     return collected
 
 
@@ -408,6 +447,22 @@ def _sample_with_dropout(model, pixel_values, dropout_layers, mc_samples) -> tor
         for layer in dropout_layers:
             layer.eval()
     return torch.stack(samples, dim=1)
+
+
+def _mc_dropout_passes(model, inputs, dropout_layers, mc_samples, batch_start: int):
+    """The model outputs of `mc_samples` passes with the dropout layers active, one at a time (a generator: the
+    caller reduces each pass before the next runs), seeded by the batch's first row as `_mc_dropout_probs` is."""
+    devices = [inputs[PIXEL_VALUES].device] if inputs[PIXEL_VALUES].device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(batch_start)
+        for layer in dropout_layers:
+            layer.train()
+        try:
+            for _ in range(mc_samples):
+                yield model(**inputs)
+        finally:
+            for layer in dropout_layers:
+                layer.eval()
 
 
 def _single_threaded_worker(_worker_id: int) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .checks import check_budget, check_pool_indices, check_probs, check_scores
 from .shards import ShardGroup
 
 __all__ = [
@@ -48,13 +49,11 @@ __all__ = [
     "check_budget",
     "check_pool_indices",
     "check_probs",
+    "check_scores",
     "get_strategy",
     "register_strategy",
     "top_n_by_score",
 ]
-
-# Probabilities produced under bf16/fp16 autocast can be off by a few 1e-3 after the softmax.
-_PROBS_ATOL = 1e-2
 
 
 @dataclass
@@ -195,6 +194,11 @@ class SelectionStrategy:
 
     name: str = ""
     needs: frozenset[str] = frozenset()
+    # What the strategy ranks when an example holds many predictions (an image's detections or pixels): the task
+    # reduces them per image while the pool is scored, into `scores` (with `measure`, the per-prediction uncertainty),
+    # `mc_scores` (the same over MC-dropout passes), pooled `features`, or BADGE's gradient `embeddings`.
+    per_image_outputs: frozenset[str] = frozenset()
+    measure: str | None = None
     # Whether `select` uses the features of the already-labeled examples (scoring them costs a pass).
     uses_labeled_features: bool = False
     # Whether `select` accepts this process's shard of the candidates (with `accelerator=`) and reduces
@@ -213,6 +217,7 @@ class SelectionStrategy:
         mc_probs: np.ndarray | torch.Tensor | None = None,
         accelerator=None,
         scores: np.ndarray | torch.Tensor | None = None,
+        embeddings: np.ndarray | torch.Tensor | None = None,
     ) -> Selection:
         """Pick the `n` most informative candidates.
 
@@ -240,7 +245,12 @@ class SelectionStrategy:
             scores (`np.ndarray` or `torch.Tensor` of shape `(num_candidates,)`, *optional*):
                 The uncertainty strategies' per-candidate scores, already computed (higher = pick first): a task
                 whose examples are not one class distribution each (object detection) computes them itself with
-                the strategy's measure (e.g. `tasks.detection_image_scores`); they replace `probs`.
+                the strategy's measure (e.g. `tasks.detection_image_scores`); they replace `probs` (`mc_probs` for
+                `bald`: then they are the per-image mutual information). Strategies with `scores` or `mc_scores` in
+                their `per_image_outputs` take them.
+            embeddings (`np.ndarray` or `torch.Tensor` of shape `(num_candidates, embedding_dim)`, *optional*):
+                `badge`'s gradient embeddings, already computed (e.g. `tasks.segmentation_gradient_embeddings`,
+                summed over an image's pixels); they replace `probs` and `features`.
 
         Returns:
             [`Selection`]: `n` unique pool indices, most informative first, with their scores.
@@ -261,12 +271,18 @@ class SelectionStrategy:
                 "process (score_pool(..., gather=True)) and call select without accelerator."
             )
         check_budget(n, int(group.sum(torch.tensor([len(pool_indices)]))))
-        if scores is not None and not isinstance(self, UncertaintyStrategy):
-            raise ValueError(
-                f"Strategy '{self.name}' does not rank precomputed scores; only the uncertainty strategies "
-                f"({', '.join(sorted(n for n, c in STRATEGIES.items() if issubclass(c, UncertaintyStrategy)))}) do."
-            )
-        given = {"probs": probs if scores is None else scores, "features": features, "mc_probs": mc_probs}
+        for value, kinds, what in ((scores, {"scores", "mc_scores"}, "precomputed scores"),
+                                   (embeddings, {"embeddings"}, "precomputed gradient embeddings")):  # fmt: skip
+            if value is not None and not kinds & self.per_image_outputs:
+                takers = sorted(n for n, c in STRATEGIES.items() if kinds & c.per_image_outputs)
+                raise ValueError(
+                    f"Strategy '{self.name}' does not rank {what}; the strategies that do: {', '.join(takers)}."
+                )
+        given = {"probs": probs, "features": features, "mc_probs": mc_probs}
+        if scores is not None:  # per-image scores stand for what they were computed from
+            given.update({need: scores for need in self.needs - {"features"}})
+        if embeddings is not None:
+            given.update({need: embeddings for need in self.needs})
         missing = sorted(need for need in self.needs if given.get(need) is None)
         if missing:
             raise ValueError(
@@ -283,6 +299,7 @@ class SelectionStrategy:
             mc_probs=mc_probs,
             **({"group": group} if self.shardable else {}),
             **({"scores": scores} if scores is not None else {}),
+            **({"embeddings": embeddings} if embeddings is not None else {}),
         )
 
     def _select(
@@ -302,7 +319,13 @@ class UncertaintyStrategy(SelectionStrategy):
     """
 
     needs = frozenset({"probs"})
+    per_image_outputs = frozenset({"scores"})
     shardable = True
+
+    @property
+    def measure(self) -> str:
+        """An image's score aggregates this strategy's own per-prediction score."""
+        return self.name
 
     def compute_scores(self, probs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -321,12 +344,7 @@ class UncertaintyStrategy(SelectionStrategy):
         scores=None,
     ) -> Selection:
         if scores is not None:
-            scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-            if len(scores) != len(pool_indices):
-                raise ValueError(
-                    f"scores has {len(scores)} entries but there are {len(pool_indices)} candidates (pool_indices)."
-                )
-            return top_n_by_score(scores, pool_indices, n, group)
+            return _rank_scores(scores, pool_indices, n, group)
         probs = check_probs(probs, len(pool_indices), self.name)
         return top_n_by_score(self.compute_scores(probs), pool_indices, n, group)
 
@@ -396,11 +414,25 @@ class BaldStrategy(SelectionStrategy):
 
     name = "bald"
     needs = frozenset({"mc_probs"})
+    per_image_outputs = frozenset({"mc_scores"})
+    measure = "bald"
     shardable = True
 
     def _select(
-        self, n, *, pool_indices, probs, features, labeled_features, seed, mc_probs=None, group=None
+        self,
+        n,
+        *,
+        pool_indices,
+        probs,
+        features,
+        labeled_features,
+        seed,
+        mc_probs=None,
+        group=None,
+        scores=None,
     ) -> Selection:
+        if scores is not None:  # a task's per-image mutual information (e.g. aggregated over pixels)
+            return _rank_scores(scores, pool_indices, n, group)
         if isinstance(mc_probs, torch.Tensor):
             mc_probs = mc_probs.detach().cpu().double().numpy()
         mc_probs = np.asarray(mc_probs, dtype=np.float64)
@@ -417,66 +449,13 @@ class BaldStrategy(SelectionStrategy):
         return top_n_by_score(scores, pool_indices, n, group)
 
 
+def _rank_scores(scores, pool_indices: np.ndarray, n: int, group) -> Selection:
+    scores = check_scores(scores, len(pool_indices))
+    return top_n_by_score(scores, pool_indices, n, group)
+
+
 def _entropy(probs: np.ndarray) -> np.ndarray:
     # Summing in sorted order makes rows that are permutations of each other score bit-identically, so
     # their tie breaks by pool index rather than by rounding noise.
     terms = np.where(probs > 0, -probs * np.log(np.where(probs > 0, probs, 1.0)), 0.0)
     return np.sort(terms, axis=-1).sum(axis=-1)
-
-
-def check_budget(n: int, num_candidates: int) -> None:
-    """Refuse a budget `n` that is not an integer in `[0, num_candidates]` (`TypeError` / `ValueError`)."""
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"n must be an integer, got {n!r}.") from None
-    if n < 1:
-        raise ValueError(f"n must be >= 1 (the number of examples to select), got n={n}.")
-    if n > num_candidates:
-        raise ValueError(
-            f"Cannot select n={n}: budget larger than the unlabeled pool ({num_candidates} candidates)."
-        )
-
-
-def check_pool_indices(pool_indices) -> np.ndarray:
-    """`pool_indices` as a 1-D int64 array of distinct non-negative indices; anything else is a `ValueError`."""
-    if isinstance(pool_indices, torch.Tensor):
-        pool_indices = pool_indices.detach().cpu().numpy()
-    pool_indices = np.asarray(pool_indices)
-    if pool_indices.ndim != 1 or not (
-        pool_indices.size == 0 or np.issubdtype(pool_indices.dtype, np.integer)
-    ):
-        raise ValueError(
-            f"pool_indices must be a 1-D array of integers, got shape {pool_indices.shape} and dtype "
-            f"{pool_indices.dtype}."
-        )
-    pool_indices = pool_indices.astype(np.int64)
-    if len(np.unique(pool_indices)) != len(pool_indices):
-        raise ValueError("pool_indices contains duplicates; each candidate must appear once.")
-    return pool_indices
-
-
-def check_probs(probs, num_candidates: int, strategy: str) -> np.ndarray:
-    """`probs` as a float64 `[num_candidates, num_labels]` array of probabilities; a `ValueError` naming `strategy`
-    otherwise."""
-    if isinstance(probs, torch.Tensor):
-        probs = probs.detach().cpu().double().numpy()
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2:
-        raise ValueError(f"probs must have shape (num_candidates, num_classes), got {probs.shape}.")
-    if probs.shape[0] != num_candidates:
-        raise ValueError(
-            f"probs has {probs.shape[0]} rows but there are {num_candidates} candidates (pool_indices); "
-            "they must be aligned."
-        )
-    # Logits passed by mistake would silently reverse or scramble the ranking, so refuse them.
-    if (
-        not np.isfinite(probs).all()
-        or (probs < -_PROBS_ATOL).any()
-        or not np.allclose(probs.sum(axis=1), 1.0, atol=_PROBS_ATOL)
-    ):
-        raise ValueError(
-            f"Strategy '{strategy}' expects probabilities (rows in [0, 1] summing to 1); got values that are "
-            "not. Apply a softmax to the logits first."
-        )
-    return probs.clip(0.0, 1.0)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .strategies import Selection, check_budget, check_pool_indices
+from .checks import check_budget, check_pool_indices
+from .strategies import Selection
 
 __all__ = ["TYPICLUST_NEIGHBORS", "typicality", "typiclust_select"]
 

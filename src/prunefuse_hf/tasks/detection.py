@@ -12,6 +12,7 @@ import torch
 
 from ..constants import DETECTION_AGGREGATIONS as AGGREGATIONS
 from ..constants import SYNTHETIC_DETECTION
+from ..selection.gradient_embedding import last_layer_gradients
 from ..selection.strategies import UncertaintyStrategy, get_strategy
 from .detection_annotation import (
     detection_label_studio_predictions,
@@ -230,6 +231,9 @@ def detection_image_scores(
             "scores use least_confidence, entropy or margin."
         )
     logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
+    logits = (
+        logits.detach().cpu()
+    )  # the per-detection scores go through numpy (a CUDA tensor has no `.numpy()`)
     probs, detection_scores = detection_probs(logits, num_labels)
     batch, queries, classes = probs.shape
     flat = probs.reshape(-1, classes).double().numpy()
@@ -273,6 +277,45 @@ def detection_pooled_features(outputs) -> torch.Tensor:
         f"{type(outputs).__name__} has no `last_hidden_state` or `encoder_last_hidden_state` to pool; pooled "
         "features of a detector come from these output fields."
     )
+
+
+def detection_gradient_embeddings(
+    head_input: torch.Tensor, head_output: torch.Tensor, *, num_labels: int | None = None, **score_options
+) -> torch.Tensor:
+    """
+    BADGE's gradient embedding of each image (Ash et al., "Deep Batch Active Learning by Diverse, Uncertain Gradient
+    Lower Bounds", ICLR 2020), for a DETR-style detector: the gradient, with respect to the weights `W` (`K × D`) of
+    the class head (the linear layer that gives the logits: DETR's and Conditional DETR's `class_labels_classifier`,
+    the last layer of YOLOS's), of the classification loss of the image's decoder queries with hallucinated labels
+    (each query's argmax, "no object" included), averaged over the `Q` queries:
+
+        g = (1/Q) Σ_q (p_q − onehot(argmax_q)) ⊗ h_q
+
+    with `h_q` the head's input for query `q` (the decoder's output). Softmax heads (`K = C + 1` logits, DETR,
+    YOLOS): `p_q` is the softmax and `g` is exactly `∂/∂W` of the mean cross-entropy over the queries (DETR's loss
+    weights "no object" by `eos_coefficient`; the embedding does not, every query counts once). Sigmoid heads
+    (`K = C`, Conditional / Deformable DETR, RT-DETR): `p_q` is the per-class sigmoid and `g` the gradient of the
+    per-class binary cross-entropy. Queries are not matched to objects (there are no labels); every query counts.
+    A `K × D` matrix per image, flattened (`K·D`: DETR on 91 COCO classes, `D = 256`, gives 23,552, 92 KiB per image
+    in float32); no per-query map of the pool is kept.
+
+    Args:
+        head_input (`torch.Tensor` of shape `(B, Q, D)`): The class head's input.
+        head_output (`torch.Tensor` of shape `(B, Q, K)`): Its output (the logits).
+        num_labels (`int`, *optional*): The model's classes: `K == num_labels` means sigmoid outputs (default:
+            softmax).
+        **score_options: The run's other [`detection_image_scores`] options, which the embedding does not read.
+
+    Returns:
+        `torch.Tensor` of shape `(B, K·D)`, float32.
+    """
+    if head_input.ndim != 3 or head_output.ndim != 3:
+        raise ValueError(
+            "A detector's gradient embedding reads the class head's input [B, Q, D] and output [B, Q, K]; got "
+            f"{tuple(head_input.shape)} and {tuple(head_output.shape)}."
+        )
+    activation = "sigmoid" if head_output.shape[-1] == num_labels else "softmax"
+    return last_layer_gradients(head_input, head_output, activation=activation)
 
 
 def detection_run_options(args) -> dict:
@@ -330,6 +373,8 @@ DETECTION = Task(
     collate=collate_detection,
     image_scores=detection_image_scores,
     pooled_features=detection_pooled_features,
+    gradient_embeddings=detection_gradient_embeddings,
+    per_image_outputs=frozenset({"scores", "features", "embeddings"}),
     compute_metrics=detection_compute_metrics,
     metric_names=COCO_STAT_NAMES,
     annotation_formats=("coco_json", "label_studio_rectangle_labels"),

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ..constants import SEGMENTATION_AGGREGATIONS as PIXEL_AGGREGATIONS
 from ..constants import SYNTHETIC_SEGMENTATION
-from ..selection.strategies import UncertaintyStrategy, get_strategy
+from ..selection.gradient_embedding import last_layer_gradients
+from ..selection.strategies import BaldStrategy, UncertaintyStrategy, get_strategy
 from .segmentation_annotation import (
     segmentation_label_studio_predictions,
     segmentation_predictions,
@@ -28,6 +29,8 @@ from .segmentation_metrics import segmentation_compute_metrics
 from .segmentation_store import SEGMENTATION_ANSWERS, SegmentationLabelStore, ingest_segmentation_labels
 from .segmentation_synthetic import synthetic_segmentation_pool
 from .task import CardText, Task
+
+BALD = BaldStrategy.measure
 
 
 def prepare_segmentation(
@@ -161,7 +164,10 @@ def segmentation_image_scores(
     1. Each pixel's softmax over the classes is scored with the classification strategy `measure`
        (`least_confidence`, `entropy` or `margin`: the same `compute_scores` as for classification), shifted so that a
        certain pixel (one-hot) scores 0: least confidence `1 - p1` (uniform: `1 - 1/C`), entropy (uniform: `log C`),
-       margin `1 - (p1 - p2)` (uniform: 1).
+       margin `1 - (p1 - p2)` (uniform: 1). With `measure="bald"`, `outputs` are the outputs of MC-dropout passes
+       (an iterable, reduced one pass at a time) and a pixel's uncertainty is BALD's mutual information (Houlsby et
+       al., 2011; per pixel as in Gal, Islam and Ghahramani, "Deep Bayesian Active Learning with Image Data", ICML
+       2017): `H(mean_t p_t) - mean_t H(p_t)`, its predicted class the argmax of `mean_t p_t`.
     2. Pixels in `ignore_mask` are left out (padding, or the ignore index of known labels).
     3. The image's score is the `mean` over its pixels, the `max`, or `class_weighted`: the mean over the classes the
        model predicts in the image of their pixels' mean uncertainty, weighted by `class_weights[c]` (equal weights
@@ -173,8 +179,10 @@ def segmentation_image_scores(
     `post_process_semantic_segmentation` does. Higher always means "pick first".
 
     Args:
-        outputs: The segmenter's output (`logits` `[B, C, h, w]`), or the logits tensor itself.
-        measure (`str`, *optional*, defaults to `"least_confidence"`): A per-example uncertainty strategy name.
+        outputs: The segmenter's output (`logits` `[B, C, h, w]`), or the logits tensor itself; for `bald`, an
+            iterable of them (one per MC-dropout pass).
+        measure (`str`, *optional*, defaults to `"least_confidence"`): A per-example uncertainty strategy name, or
+            `"bald"`.
         aggregation (`str`, *optional*, defaults to `"mean"`): `mean`, `max` or `class_weighted`.
         target_size (`tuple[int, int]`, *optional*): `(height, width)` to upsample the logits to first.
         ignore_mask (`torch.Tensor` `[B, H, W]` bool, *optional*): Pixels to leave out (True); resized with
@@ -191,31 +199,35 @@ def segmentation_image_scores(
     >>> logits = torch.zeros(1, 4, 2, 2)  # uniform over 4 classes everywhere
     >>> segmentation_image_scores(logits, "least_confidence").tolist()
     [0.75]
+    >>> segmentation_image_scores([logits, logits], "bald").tolist()  # passes that agree: no mutual information
+    [0.0]
     ```
     """
     if aggregation not in PIXEL_AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {list(PIXEL_AGGREGATIONS)}, got {aggregation!r}.")
-    strategy = get_strategy(measure)
-    if not isinstance(strategy, UncertaintyStrategy):
-        raise ValueError(
-            f"Strategy {measure!r} does not score single examples from their class probabilities; per-pixel scores "
-            "use least_confidence, entropy or margin."
-        )
-    logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
-    if logits.ndim != 4:
-        raise ValueError(
-            f"Segmentation logits must be [batch, classes, height, width], got shape {tuple(logits.shape)}."
-        )
-    logits = logits.detach().float()
-    if target_size is not None and tuple(logits.shape[-2:]) != tuple(target_size):
-        logits = F.interpolate(logits, size=tuple(target_size), mode="bilinear", align_corners=False)
-    batch, classes, height, width = logits.shape
-    counted = torch.ones(batch, height, width, dtype=torch.bool)
-    if ignore_mask is not None:
-        ignore = torch.as_tensor(ignore_mask, dtype=torch.bool)
-        if ignore.shape[-2:] != (height, width):
-            ignore = F.interpolate(ignore[:, None].float(), size=(height, width), mode="nearest")[:, 0].bool()
-        counted &= ~ignore
+    if measure == BALD:
+        mean_probs, uncertainty = _pixel_mutual_information(outputs, target_size)
+        predicted = mean_probs.argmax(1)
+    else:
+        strategy = get_strategy(measure)
+        if not isinstance(strategy, UncertaintyStrategy):
+            raise ValueError(
+                f"Strategy {measure!r} does not score single examples from their class probabilities; per-pixel "
+                "scores use least_confidence, entropy, margin or bald."
+            )
+        logits = _logits_map(outputs, target_size)
+        batch, classes = logits.shape[:2]
+        certain = float(strategy.compute_scores(np.eye(1, classes))[0])
+        uncertainty = torch.zeros(batch, *logits.shape[2:], dtype=torch.float64)
+        # One image at a time: the per-pixel probabilities of a whole batch at full resolution can be large.
+        for row in range(batch):
+            probs = logits[row].reshape(classes, -1).T.softmax(-1).double().numpy()
+            values = np.asarray(strategy.compute_scores(probs), dtype=np.float64) - certain
+            uncertainty[row] = torch.from_numpy(values).reshape(logits.shape[2:])
+        predicted = logits.argmax(1)
+        mean_probs = logits
+    batch, classes, height, width = mean_probs.shape
+    counted = ~_ignored_pixels(ignore_mask, batch, (height, width))
     weights = None
     if aggregation == "class_weighted":
         weights = torch.ones(classes, dtype=torch.float64)
@@ -226,28 +238,123 @@ def segmentation_image_scores(
                     f"class_weights must be {classes} non-negative numbers (one per class), got shape "
                     f"{tuple(weights.shape)}."
                 )
-    certain = float(strategy.compute_scores(np.eye(1, classes))[0])
     scores = torch.zeros(batch, dtype=torch.float64)
-    # One image at a time: the per-pixel probabilities of a whole batch at full resolution can be large.
     for row in range(batch):
         keep = counted[row].reshape(-1)
         if not keep.any():
             continue
-        probs = logits[row].reshape(classes, -1).T[keep].softmax(-1).double().numpy()
-        uncertainty = torch.from_numpy(np.asarray(strategy.compute_scores(probs), dtype=np.float64) - certain)
+        values = uncertainty[row].reshape(-1)[keep]
         if aggregation == "mean":
-            scores[row] = uncertainty.mean()
+            scores[row] = values.mean()
         elif aggregation == "max":
-            scores[row] = uncertainty.max()
+            scores[row] = values.max()
         else:
-            predicted = torch.from_numpy(probs.argmax(-1))
-            totals = torch.zeros(classes, dtype=torch.float64).index_add_(0, predicted, uncertainty)
-            counts = torch.bincount(predicted, minlength=classes).double()
+            classes_of = predicted[row].reshape(-1)[keep]
+            totals = torch.zeros(classes, dtype=torch.float64).index_add_(0, classes_of, values)
+            counts = torch.bincount(classes_of, minlength=classes).double()
             present = (counts > 0) & (weights > 0)
             if present.any():
                 means = totals[present] / counts[present]
                 scores[row] = (weights[present] * means).sum() / weights[present].sum()
     return scores.float()
+
+
+def _logits_map(outputs, target_size=None) -> torch.Tensor:
+    logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
+    if logits.ndim != 4:
+        raise ValueError(
+            f"Segmentation logits must be [batch, classes, height, width], got shape {tuple(logits.shape)}."
+        )
+    # On the CPU: the per-pixel scores go through numpy (a CUDA tensor has no `.numpy()`).
+    logits = logits.detach().float().cpu()
+    if target_size is not None and tuple(logits.shape[-2:]) != tuple(target_size):
+        logits = F.interpolate(logits, size=tuple(target_size), mode="bilinear", align_corners=False)
+    return logits
+
+
+def _ignored_pixels(ignore_mask, batch: int, size: tuple[int, int]) -> torch.Tensor:
+    """`[B, h, w]` bool: the pixels of `ignore_mask` at the scoring resolution (nearest-neighbor), none without it."""
+    if ignore_mask is None:
+        return torch.zeros(batch, *size, dtype=torch.bool)
+    ignore = torch.as_tensor(ignore_mask, dtype=torch.bool).cpu()
+    if tuple(ignore.shape[-2:]) != tuple(size):
+        ignore = F.interpolate(ignore[:, None].float(), size=size, mode="nearest")[:, 0].bool()
+    return ignore
+
+
+def _pixel_mutual_information(passes, target_size=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(mean_t p_t [B, C, h, w], H(mean_t p_t) - mean_t H(p_t) [B, h, w])` in float64, reducing the passes one at a
+    time (memory: two maps of the batch, whatever the number of passes)."""
+    if isinstance(passes, torch.Tensor) or hasattr(passes, "logits"):
+        raise ValueError(
+            "measure 'bald' scores the outputs of several MC-dropout passes: pass an iterable of outputs (score_pool's "
+            "'mc_scores' does)."
+        )
+    total_probs, total_entropy, count = None, None, 0
+    for output in passes:
+        probs = _logits_map(output, target_size).double().softmax(1)
+        entropy = _pixel_entropy(probs)
+        total_probs = probs if total_probs is None else total_probs.add_(probs)
+        total_entropy = entropy if total_entropy is None else total_entropy.add_(entropy)
+        count += 1
+    if not count:
+        raise ValueError("measure 'bald' needs at least one MC-dropout pass, got none.")
+    mean_probs = total_probs / count
+    return mean_probs, (_pixel_entropy(mean_probs) - total_entropy / count).clamp_min(0.0)
+
+
+def _pixel_entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -torch.where(
+        probs > 0, probs * probs.clamp_min(1e-300).log(), torch.zeros((), dtype=probs.dtype)
+    ).sum(1)
+
+
+def segmentation_gradient_embeddings(
+    head_input: torch.Tensor,
+    head_output: torch.Tensor,
+    *,
+    ignore_mask: torch.Tensor | None = None,
+    **score_options,
+) -> torch.Tensor:
+    """
+    BADGE's gradient embedding of each image (Ash et al., "Deep Batch Active Learning by Diverse, Uncertain Gradient
+    Lower Bounds", ICLR 2020), for a segmenter: the gradient, with respect to the weights `W` (`C × D`) of the
+    per-pixel classifier (the 1×1 convolution that gives the logits: SegFormer's and UperNet's
+    `decode_head.classifier`, DeepLabV3's `segmentation_head.classifier`), of the image's per-pixel cross-entropy
+    with hallucinated labels (each pixel's argmax), averaged over its counted pixels:
+
+        g = (1/P) Σ_p (softmax(l_p) − onehot(argmax l_p)) ⊗ h_p
+
+    with `h_p` the classifier's input at pixel `p` and `l_p = W h_p + b` its output, at the classifier's own
+    resolution (the logits' resolution before any upsampling, as the per-pixel scores are). This is exactly
+    `∂/∂W` of `CrossEntropyLoss(reduction="mean")` over those pixels with the argmax as labels (the tests compare it
+    with autograd). Pixels in `ignore_mask` (padding, the ignore index 255 of known labels) are left out of the sum
+    and of `P`; the scoring pass reads no labels and the image processors resize every image to one size, so in a
+    run every pixel counts. A `C × D` matrix per image, flattened (`C·D` numbers: SegFormer-B0 on ADE20k's 150
+    classes, `D = 256`, gives 38,400, 150 KiB per image in float32); no per-pixel map of the pool is kept.
+
+    Args:
+        head_input (`torch.Tensor` of shape `(B, D, h, w)`): The classifier's input.
+        head_output (`torch.Tensor` of shape `(B, C, h, w)`): Its output (the logits at its resolution).
+        ignore_mask (`torch.Tensor` `[B, H, W]` bool, *optional*): Pixels to leave out (True), resized with
+            nearest-neighbor to `h × w`.
+        **score_options: The run's other [`segmentation_image_scores`] options, which the embedding does not read.
+
+    Returns:
+        `torch.Tensor` of shape `(B, C·D)`, float32.
+
+    Raises:
+        `ValueError`: maps that are not `[B, ·, h, w]` of the same size.
+    """
+    if head_input.ndim != 4 or head_output.ndim != 4 or head_input.shape[-2:] != head_output.shape[-2:]:
+        raise ValueError(
+            "A segmenter's gradient embedding reads the per-pixel classifier's input [B, D, h, w] and output "
+            f"[B, C, h, w]; got {tuple(head_input.shape)} and {tuple(head_output.shape)}."
+        )
+    batch = head_output.shape[0]
+    keep = ~_ignored_pixels(ignore_mask, batch, tuple(head_output.shape[-2:])).reshape(batch, -1)
+    return last_layer_gradients(head_input.flatten(2).transpose(1, 2), head_output.flatten(2).transpose(1, 2),
+                                keep=keep.to(head_output.device))  # fmt: skip
 
 
 def segmentation_pooled_features(outputs) -> torch.Tensor:
@@ -344,6 +451,8 @@ SEGMENTATION = Task(
     collate=collate_segmentation,
     image_scores=segmentation_image_scores,
     pooled_features=segmentation_pooled_features,
+    gradient_embeddings=segmentation_gradient_embeddings,
+    per_image_outputs=frozenset({"scores", "mc_scores", "features", "embeddings"}),
     compute_metrics=segmentation_compute_metrics,
     metric_names=("mean_iou", "mean_accuracy", "overall_accuracy"),
     annotation_formats=("mask_folder", "label_studio_brush_labels"),

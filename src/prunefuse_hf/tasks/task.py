@@ -80,6 +80,15 @@ class Task:
         pooled_features (`Callable`, *optional*):
             `pooled_features(outputs) -> Tensor[B, D]`: the features of the diversity strategies. `None`: read inside
             the model by `selection.score_pool` (the classifier's input).
+        gradient_embeddings (`Callable`, *optional*):
+            `gradient_embeddings(head_input, head_output, **score_options) -> Tensor[B, E]`: BADGE's per-image
+            last-layer gradient embedding from the input and output of the layer that gave the logits (found by
+            `selection.HeadCalls`), for `badge`. `None`: the task has none.
+        per_image_outputs (`frozenset[str]`):
+            What the task computes per image while the pool is scored, for the strategies whose
+            `per_image_outputs` it covers: `scores` (`image_scores` with a measure), `mc_scores` (`image_scores`
+            with `measure="bald"` over MC-dropout passes), `features` (`pooled_features`), `embeddings`
+            (`gradient_embeddings`). Empty for image classification, whose strategies read class probabilities.
         compute_metrics (`Callable`, *optional*):
             A factory: `compute_metrics(image_processor=..., class_names=...) -> Callable[[EvalPrediction], dict]`
             for the `Trainer`. `None`: the trainer's default (classification accuracy).
@@ -177,6 +186,8 @@ class Task:
     collate: Callable
     image_scores: Callable
     pooled_features: Callable | None = None
+    gradient_embeddings: Callable | None = None
+    per_image_outputs: frozenset[str] = frozenset()
     compute_metrics: Callable | None = None
     metric_names: tuple[str, ...] = ()
     annotation_formats: tuple[str, ...] = ()

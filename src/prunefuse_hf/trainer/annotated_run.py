@@ -25,6 +25,8 @@ from ..data.validation import check_labeling_budget
 from ..pruning.modeling import has_weights
 from ..pruning.prune import prune_model
 from ..pruning.support import check_supported_model
+from ..selection.gradient_embedding import HeadCalls
+from ..selection.scoring import active_dropout_layers
 from ..selection.strategies import get_strategy
 from ..tasks import get_task, task_for_model
 from ..tasks.classification import CLASSIFICATION
@@ -139,11 +141,15 @@ def init_annotated_run(trainer, task, model, args, train_dataset, eval_dataset, 
     # What can be refused without reading every image and its annotations, first.
     check_labeling_budget(args, len(pool))
     trainer.strategy = get_strategy(args.strategy)
-    annotated_outputs(task, trainer.strategy.needs)  # a strategy the task cannot rank
+    outputs = annotated_outputs(task, trainer.strategy)  # a strategy the task cannot rank
     set_seed(args.seed)
     dense = build_task_model(model, task, trainer.class_names)
     check_supported_model(dense, pruning_ratio=args.pruning_ratio)
     check_model_settings(dense, args)
+    if "mc_scores" in outputs:
+        active_dropout_layers(dense)  # raises, naming the model and the config fields that add dropout
+    if "embeddings" in outputs:
+        HeadCalls(dense)  # raises, naming the model, when no layer can give its logits
     trainer.pruned_at_init = None
     if args.pruning_ratio > 0 and not initialized_run(args):
         with torch.random.fork_rng():
@@ -221,7 +227,6 @@ def _check_settings(task, args) -> None:
         ),
         "selector": (args.selector == "linear_probe", "linear_probe", "trained"),
         "surrogate_distill_epochs": (args.surrogate_distill_epochs > 0, args.surrogate_distill_epochs, "0"),
-        "initial_strategy": (args.initial_strategy != "random", args.initial_strategy, "random"),
         "augment": (args.augment, True, "false (augmentations that move annotations are not applied)"),
     }
     if "distill_alpha" in args.method_overrides and args.distill_alpha > 0:

@@ -51,7 +51,8 @@ def pool_features(trainer, model, role: str) -> tuple[np.ndarray, dict]:
 
     Args:
         trainer ([`PruneFuseTrainer`]): The run (its pool pixels, preprocessing, accelerator and run directory).
-        model (`torch.nn.Module`): An HF image classifier; the input of the layer that gives its logits is the feature.
+        model (`torch.nn.Module`): An HF image classifier (the input of the layer that gives its logits is the
+            feature), or a detector or segmenter (its task's pooled features).
         role (`str`): `"dense"` or `"surrogate"`: which cost of `trainer.progress["costs"]` the pass is booked at.
 
     Returns:
@@ -59,8 +60,10 @@ def pool_features(trainer, model, role: str) -> tuple[np.ndarray, dict]:
         (`seconds`, `flops`, `dense_flops`, `examples`, the `file` name in `RUN/pool_features/`, `reused`); a reused
         file's cost is its original pass's, with `reused=True` (callers book it once).
     """
+    # The pool's key: its pixel cache's (classification), else its dataset's fingerprint (detection, segmentation).
+    source = trainer.pool_pixels if trainer.pool_pixels is not None else trainer.pool.dataset
     key = hashlib.sha256(
-        f"{getattr(trainer.pool_pixels, '_fingerprint', None)}|{weights_digest(model)}|{FEATURES_VERSION}".encode()
+        f"{getattr(source, '_fingerprint', None)}|{weights_digest(model)}|{FEATURES_VERSION}".encode()
     ).hexdigest()[:16]
     directory = trainer.run_dir / POOL_FEATURES_DIR
     path, record_path = directory / f"{role}-{key}.npy", directory / f"{role}-{key}.json"
@@ -196,7 +199,7 @@ def score_rows(trainer, model, pool_indices: np.ndarray, outputs: tuple[str, ...
     """`score_pool` of `model` on the run's pool rows `pool_indices`, with the run's examples, batch size, processes,
     workers, MC samples and the strategy's measure."""
     return trainer.examples.score(model, pool_indices, outputs, args=trainer.args, accelerator=trainer.accelerator,
-                                  gather=gather, measure=trainer.strategy.name)  # fmt: skip
+                                  gather=gather, measure=trainer.strategy.measure)  # fmt: skip
 
 
 def _feature_error(trainer, surrogate, rows: np.ndarray, targets: torch.Tensor) -> float:

@@ -251,15 +251,16 @@ def select(trainer, round_: int) -> dict:
         dense_flops = FORWARD_FLOPS_PER_MAC * costs["dense"]["macs"] * len(candidates)
     elif trainer.strategy.needs:
         model = round_surrogate(trainer, round_)
-        wanted = trainer.examples.outputs(trainer.strategy.needs)
+        wanted = trainer.examples.outputs(trainer.strategy)
         # Shardable strategies select from each process's own shard: no process holds the whole pool's
         # scores or features. The labeled set's features (kcenter_greedy) are gathered everywhere.
         sharded = trainer.strategy.shardable
         unlabeled = score_rows(trainer, model, unlabeled_indices, wanted, gather=not sharded)
-        outputs = {name: getattr(unlabeled, name) for name in wanted}
+        # A task's per-image MC-dropout scores are the scores BALD ranks.
+        outputs = {("scores" if name == "mc_scores" else name): getattr(unlabeled, name) for name in wanted}
         if sharded:
             outputs["accelerator"] = trainer.accelerator
-        scored = len(unlabeled_indices) * (args.mc_samples if "mc_probs" in wanted else 1)
+        scored = len(unlabeled_indices) * (args.mc_samples if {"mc_probs", "mc_scores"} & set(wanted) else 1)
         if trainer.strategy.uses_labeled_features:
             labeled = score_rows(trainer, model, trainer.pool.labeled_indices, ("features",))
             outputs["labeled_features"] = labeled.features

@@ -21,6 +21,7 @@ from collections import Counter
 
 import numpy as np
 from transformers import Trainer
+from transformers.utils import logging
 
 from ..annotation.labels import LabelBatch
 from ..annotation.oracle import oracle_labels
@@ -31,6 +32,8 @@ from ..selection.scoring import score_pool
 from .distillation_trainer import DistillationTrainer
 from .run_state import row_digests
 from .whole_set_evaluation import WholeSetEvaluation
+
+logger = logging.get_logger(__name__)
 
 
 class PixelExamples:
@@ -51,9 +54,9 @@ class PixelExamples:
         self.pool_pixels, self.preprocessor, self.pool = pool_pixels, preprocessor, pool
         self.label_column, self.class_names = label_column, class_names
 
-    def outputs(self, needs) -> tuple[str, ...]:
-        """What `score` computes for a strategy that needs `needs` (the model outputs it ranks)."""
-        return tuple(sorted(needs))
+    def outputs(self, strategy) -> tuple[str, ...]:
+        """What `score` computes for `strategy` (the model outputs it `needs`)."""
+        return tuple(sorted(strategy.needs))
 
     def oracle_labels(self, indices: np.ndarray) -> LabelBatch:
         """The simulated annotator: the pool's label column at `indices`."""
@@ -121,38 +124,50 @@ class PixelExamples:
         return PixelDataset(self.pool_pixels, np.arange(len(self.pool_pixels)))
 
 
-def annotated_outputs(task, needs) -> tuple[str, ...]:
+def annotated_outputs(task, strategy) -> tuple[str, ...]:
     """
-    What a detection or segmentation run scores for a strategy that needs `needs`: the task's per-image `scores` in
-    place of class probabilities (an image holds many detections or pixels), its pooled `features`.
+    What a detection or segmentation run scores for `strategy`: its `per_image_outputs` (an image holds many
+    detections or pixels, so the task reduces them per image while the pool is scored: `scores` with the strategy's
+    `measure`, `mc_scores` over MC-dropout passes, pooled `features`, BADGE's gradient `embeddings`).
 
     Args:
         task ([`~prunefuse_hf.tasks.Task`]): The run's task.
-        needs (`frozenset[str]`): The strategy's `needs` (`probs`, `features`, `mc_probs`).
+        strategy ([`~prunefuse_hf.selection.SelectionStrategy`]): The run's strategy.
 
     Returns:
-        `tuple[str, ...]`: the `score_pool` outputs, e.g. `("scores",)` for `least_confidence`.
+        `tuple[str, ...]`: the `score_pool` outputs, e.g. `("scores",)` for `least_confidence`, `("embeddings",)`
+        for `badge`.
 
     Raises:
-        `ValueError`: a strategy the task cannot rank (BALD's MC samples, BADGE's or cluster_margin's class
-            probabilities with features), naming the strategies that run.
+        `ValueError`: a strategy the task cannot rank (one that needs outputs the task does not compute per image:
+            BALD's MC-dropout scores for object detection), naming the strategies that run.
 
     Example:
 
     ```python
+    >>> from prunefuse_hf.selection import get_strategy
     >>> from prunefuse_hf.tasks import get_task
-    >>> annotated_outputs(get_task("object-detection"), frozenset({"features"}))
-    ('features',)
+    >>> annotated_outputs(get_task("object-detection"), get_strategy("badge"))
+    ('embeddings',)
     ```
     """
-    unsupported = set(needs) - {"probs", "features"}
-    if unsupported or set(needs) == {"probs", "features"}:
-        raise ValueError(
-            f"A {task.name} run selects with random, the uncertainty strategies (least_confidence, entropy, "
-            "margin: per-image scores of the model's outputs) or kcenter_greedy (pooled features); strategies "
-            f"that need {sorted(needs)} are for image classification."
+    from ..selection.strategies import STRATEGIES
+
+    if not strategy.needs:
+        return ()
+    outputs = strategy.per_image_outputs
+    if not outputs or not outputs <= task.per_image_outputs:
+        runs = sorted(
+            name
+            for name, cls in STRATEGIES.items()
+            if not cls.needs or (cls.per_image_outputs and cls.per_image_outputs <= task.per_image_outputs)
         )
-    return tuple(sorted("scores" if need == "probs" else need for need in needs))
+        missing = sorted(outputs - task.per_image_outputs) if outputs else sorted(strategy.needs)
+        raise ValueError(
+            f"Strategy '{strategy.name}' needs {missing} per image, which an {task.name} run does not compute; an "
+            f"{task.name} run selects with {', '.join(runs)}."
+        )
+    return tuple(sorted(outputs))
 
 
 class AnnotatedExamples:
@@ -193,9 +208,9 @@ class AnnotatedExamples:
         self.annotation_column = self.data_options[task.annotation_option]
         self.metric = task.metric_names[0]
 
-    def outputs(self, needs) -> tuple[str, ...]:
-        """What `score` computes for a strategy that needs `needs` (see [`annotated_outputs`])."""
-        return annotated_outputs(self.task, needs)
+    def outputs(self, strategy) -> tuple[str, ...]:
+        """What `score` computes for `strategy` (see [`annotated_outputs`])."""
+        return annotated_outputs(self.task, strategy)
 
     def oracle_labels(self, indices: np.ndarray) -> None:
         """`None`: the simulated annotator reveals the pool's own annotations (the rows are trained on as stored)."""
@@ -305,17 +320,28 @@ class AnnotatedExamples:
     def score(self, model, indices: np.ndarray, outputs: tuple[str, ...], *, args, accelerator, gather: bool = True,
               measure: str | None = None):  # fmt: skip
         """`score_pool` of `model` on the pool rows `indices`: `"scores"` are the task's per-image scores with the
-        strategy's `measure`, `"features"` its pooled features."""
-        image_scores = None
-        if "scores" in outputs:
+        strategy's `measure` (`"mc_scores"`: over MC-dropout passes), `"features"` its pooled features,
+        `"embeddings"` its BADGE gradient embeddings."""
+        image_scores = gradient_embeddings = None
+        if {"scores", "mc_scores"} & set(outputs):
             image_scores = functools.partial(self.task.image_scores, measure=measure, **self.score_options)
+        if "embeddings" in outputs:
+            gradient_embeddings = functools.partial(self.task.gradient_embeddings, **self.score_options)
         dataset = self.prepared(self.pool.select(np.asarray(indices)), with_annotations=False)
         settings = self.task.feature_config if "features" in outputs else {}
         with _config_values(model, settings):
-            return score_pool(model, dataset, indices, batch_size=args.scoring_batch_size, outputs=outputs,
-                              accelerator=accelerator, gather=gather, num_workers=args.dataloader_num_workers,
-                              show_progress=not args.disable_tqdm, collate=self.task.collate,
-                              image_scores=image_scores, pooled_features=self.task.pooled_features)  # fmt: skip
+            scored = score_pool(model, dataset, indices, batch_size=args.scoring_batch_size, outputs=outputs,
+                                accelerator=accelerator, gather=gather, num_workers=args.dataloader_num_workers,
+                                show_progress=not args.disable_tqdm, collate=self.task.collate,
+                                mc_samples=args.mc_samples, image_scores=image_scores,
+                                pooled_features=self.task.pooled_features,
+                                gradient_embeddings=gradient_embeddings)  # fmt: skip
+        if scored.embeddings is not None:
+            # BADGE holds them whole (C·D numbers per image): say what they cost, as the pool grows.
+            rows, width = scored.embeddings.shape
+            logger.info(f"BADGE gradient embeddings: {rows} images × {width} numbers, "
+                        f"{scored.embeddings.element_size() * rows * width / 2**20:.1f} MiB on this process.")  # fmt: skip
+        return scored
 
     def row_digests(self, rows: np.ndarray) -> np.ndarray:
         """A digest of each row's stored image bytes and annotations (masks: their stored bytes; `uint64`, never

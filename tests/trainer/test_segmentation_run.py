@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import SegformerConfig, TrainerCallback, pipeline
 
-from conftest import detection_items
+from conftest import detection_items, segmentation_model
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
 from prunefuse_hf.pruning import load_surrogate
 from prunefuse_hf.selection import HeadCalls, get_strategy, typiclust_select
@@ -311,3 +311,38 @@ def test_settings_are_refused_before_any_mask_is_decoded(tmp_path, pools, overri
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         PruneFuseTrainer(tiny_segformer(), args=config(tmp_path, **overrides), train_dataset=broken)
     assert not (tmp_path / "run").exists()
+
+
+# 17 s (UperNet) to 57 s (DeepLabV3: the general pruning path) each on a busy 2-core machine: behind the slow marker.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "key",
+    [
+        "UperNetForSemanticSegmentation/convnext",
+        "UperNetForSemanticSegmentation/swin",
+        "MobileNetV2ForSemanticSegmentation",
+    ],
+)
+def test_upernet_and_deeplabv3_runs_prune_select_fuse_and_give_a_pipeline_ready_segmenter(
+    tmp_path, pools, key
+):
+    pool, test = pools
+    dense = segmentation_model(key, num_labels=len(CLASSES), id2label=dict(enumerate(CLASSES)))
+    trainer = PruneFuseTrainer(
+        dense, args=config(tmp_path, strategy="margin"), train_dataset=pool, eval_dataset=test
+    )
+    result = trainer.train()
+    run = tmp_path / "run"
+    assert trainer.done and result.metrics["labeled"] == 14 and 0.0 <= result.metrics["mean_iou"] <= 1.0
+    state = json.loads((run / "state.json").read_text())
+    assert len(state["queries"]["2"]["pool_indices"]) == 6 and state["queries"]["2"]["strategy"] == "margin"
+    # The surrogate is the same class, narrower; the fused model is the dense class with the surrogate's training in it.
+    surrogate = load_surrogate(run / "surrogate")
+    assert type(surrogate) is type(dense)
+    assert sum(p.numel() for p in surrogate.parameters()) < 0.6 * sum(p.numel() for p in dense.parameters())
+    dense_init = SEGMENTATION.model_class().from_pretrained(run / "dense_init")
+    fused = SEGMENTATION.model_class().from_pretrained(run / "fused")
+    assert type(fused) is type(dense) and fused.config.id2label == dict(enumerate(CLASSES))
+    assert any(not torch.equal(a, b) for a, b in zip(dense_init.parameters(), fused.parameters()))
+    found = pipeline("image-segmentation", model=str(run / "fused"))(test[0]["image"])
+    assert found and {segment["label"] for segment in found} <= set(CLASSES)

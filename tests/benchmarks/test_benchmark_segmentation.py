@@ -43,6 +43,10 @@ def test_quick_segmentation_benchmark_runs_every_method_and_resumes(tmp_path):
         "full_pool_mean_iou",
     }
     assert "| PruneFuse p=0.5 |" in (output / "segmentation.md").read_text()
+    assert (
+        0 < report["comparisons"]["prunefuse"]["selection_flops_ratio"]["mean"] < 1
+    )  # the surrogate is cheaper
+    assert (output / report["plots"][0]).stat().st_size > 0
 
     # A second invocation reuses the finished run directories instead of training again.
     subprocess.run(command, check=True, capture_output=True, text=True)

@@ -5,6 +5,7 @@ import csv
 import functools
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,13 @@ for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_
               "HF_ASSETS_CACHE", "TRANSFORMERS_CACHE", "HF_EVALUATE_CACHE", "HF_METRICS_CACHE", "HF_TOKEN_PATH",
               "PRUNEFUSE_PIXEL_CACHE_MAX_SIZE"):  # fmt: skip
     os.environ.pop(_name, None)  # each derives from HF_HOME; the pixel cache's cap is the default one
+
+# A suite started in the background by a non-interactive shell (`cmd &`, as many CI runners do) inherits SIGINT
+# ignored, and then Python has no KeyboardInterrupt for it: the Label Studio loop tests press Ctrl-C in the process
+# (`_thread.interrupt_main`, a no-op on an ignored signal) and send SIGINT to child processes (which inherit an ignored
+# signal across exec). Give the suite Python's own handler, as in a terminal; children then start with the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import numpy as np
 import pytest

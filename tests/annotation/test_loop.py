@@ -56,17 +56,6 @@ class Team:
             self.error = error
             _thread.interrupt_main()
 
-    def press_ctrl_c(self):
-        """Ctrl-C, pressed again each second until the loop says it stopped. A simulated interrupt is delivered
-        wherever the main thread runs next, a finalizer (`__del__`) included, where CPython prints it and drops it; a
-        person whose first Ctrl-C went unseen presses again, and so does this team (one lost press made a loop test
-        wait forever)."""
-        while not self.said("Stopped."):
-            _thread.interrupt_main()
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline and not self.said("Stopped."):
-                time.sleep(0.02)
-
     def check(self):
         self.thread.join(30)
         if self.error is not None:
@@ -187,7 +176,7 @@ def test_a_loop_stopped_mid_round_picks_up_where_it_was(label_studio, tmp_path, 
         for task in team.round_tasks(1, 8)[:3]:
             server.annotate(task["id"], team.user(0), truth[task["data"]["pool_index"]])
         team.wait_for(lambda: team.said("round 1: 3 annotated"), "the loop to see 3 answers")
-        team.press_ctrl_c()
+        _thread.interrupt_main()  # Ctrl-C
 
     team = Team(server, run_dir, first_half)
     team.thread.start()
@@ -399,7 +388,7 @@ def test_the_loop_runs_a_detection_run_whose_conflicting_boxes_wait_then_resolve
         team.wait_for(lambda: team.said("have answers that disagree"), "the conflict")
         time.sleep(3 * POLL)  # the loop keeps waiting meanwhile, storing nothing
         assert open_query(run_dir)[0] == 1 and not (run_dir / "labeled_objects.parquet").exists()
-        team.press_ctrl_c()  # the team lead sets annotation_resolve: latest and starts it again
+        _thread.interrupt_main()  # Ctrl-C: the team lead sets annotation_resolve: latest and starts it again
 
     def trainer(**overrides):
         args = human_config(tmp_path, names, disable_tqdm=True, use_cpu=True, **overrides)

@@ -19,6 +19,9 @@ FINETUNE_METHODS = [
 ]  # fmt: skip
 
 
+# 52 s on 2 cores (every method of both scenarios, the fine-tuning ones with DropQuery and the refreshed proxy): behind
+# the slow marker to keep the default suite under 10 minutes.
+@pytest.mark.slow
 def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
     output, runs = tmp_path / "results", tmp_path / "runs"
     command = [sys.executable, str(SCRIPT), "--quick", "--output", str(output), "--runs_dir", str(runs)]

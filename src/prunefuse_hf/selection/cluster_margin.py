@@ -137,9 +137,8 @@ class ClusterMarginStrategy(SelectionStrategy):
         scores=None,
     ) -> Selection:
         group = group or ShardGroup()
-        if (
-            scores is not None
-        ):  # a task's per-image margin scores (e.g. aggregated over an image's detections)
+        # A task's per-image margin scores (e.g. aggregated over an image's detections), else the class margins.
+        if scores is not None:
             margins = check_scores(scores, len(pool_indices))
         else:
             margins = MarginStrategy().compute_scores(check_probs(probs, len(pool_indices), self.name))

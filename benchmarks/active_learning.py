@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +46,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import yaml
+from common import machine_info, mean_std
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "fashion-mnist-resnet" / "prunefuse.yaml"
@@ -377,15 +376,6 @@ def same_selection(dir_a: Path, dir_b: Path) -> bool:
 # ----- aggregation over seeds -----
 
 
-def mean_std(values: list[float]) -> dict:
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"mean": None, "std": None, "n": 0}
-    # Sample standard deviation over seeds (0 for a single seed).
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return {"mean": float(np.mean(values)), "std": std, "n": len(values)}
-
-
 def aggregate(summaries: dict, comparisons: dict) -> dict:
     results = {}
     for (method, strategy), by_seed in summaries.items():
@@ -631,16 +621,6 @@ def _save(figure, path: Path) -> str:
 
     plt.close(figure)
     return path.name
-
-
-def machine_info(device: str) -> dict:
-    name = (
-        torch.cuda.get_device_name()
-        if device == "cuda" and torch.cuda.is_available()
-        else platform.processor() or "CPU"
-    )
-    return {"device": name, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": sys.version.split()[0]}  # fmt: skip
 
 
 # ----- the fine-tuning scenario -----

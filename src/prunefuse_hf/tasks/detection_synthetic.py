@@ -4,6 +4,7 @@ textured canvases, in the cppe-5 layout (tight COCO boxes, `ClassLabel` categori
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import datasets
 import numpy as np
@@ -23,6 +24,7 @@ def synthetic_detection_pool(
     *,
     items: datasets.Dataset | None = None,
     split: str = "train",
+    item_classes: Sequence[int] | None = None,
     image_size: int = 96,
     min_objects: int = 1,
     max_objects: int = 4,
@@ -40,12 +42,16 @@ def synthetic_detection_pool(
     about 26/30/29/15 % of the images hold 1/2/3/4 items).
 
     Boxes are the tight COCO `[x, y, width, height]` boxes of the items' visible pixels; categories are the items'
-    classes (the `items` label `ClassLabel` names). The same arguments always give the same dataset.
+    classes (the `items` label `ClassLabel` names; with `item_classes`, the names of those item classes only, in that
+    order). The same arguments always give the same dataset.
 
     Args:
         num_images (`int`): Images to build.
         items (`datasets.Dataset`, *optional*): Grayscale items with `image` and a `label` `ClassLabel`.
         split (`str`, *optional*, defaults to `"train"`): Fashion-MNIST split, when `items` is not given.
+        item_classes (`Sequence[int]`, *optional*): Draw only items of these classes (e.g. `[1, 5, 7, 8, 9]`:
+            Fashion-MNIST's easily told apart trouser, sandal, sneaker, bag and ankle boot); category `k` is
+            `item_classes[k]`. Default: every class.
         image_size (`int`, *optional*, defaults to 96): Side of the square canvases.
         min_objects (`int`, *optional*, defaults to 1): Fewest items per image (0 allows background images).
         max_objects (`int`, *optional*, defaults to 4): Most items per image.
@@ -58,6 +64,10 @@ def synthetic_detection_pool(
     Returns:
         `datasets.Dataset` with `image`, `image_id`, `width`, `height` and `objects` (`id`, `area`, `bbox`,
         `category` `ClassLabel`).
+
+    Raises:
+        `ValueError`: `min_objects` above `max_objects`, a scale larger than the canvas, an unknown `image_format`, or
+            `item_classes` that are not distinct class ids of the items.
 
     Example:
 
@@ -77,15 +87,18 @@ def synthetic_detection_pool(
         from ..data.loading import load_image_dataset
 
         items = load_image_dataset("fashion_mnist", split=split)
-    names = list(items.features["label"].names)
+    item_classes, candidates = drawn_items(items, item_classes)
+    category = np.full(len(items.features["label"].names), -1, dtype=np.int64)
+    category[item_classes] = np.arange(len(item_classes))
+    names = [items.features["label"].names[c] for c in item_classes]
     rng = np.random.default_rng(seed)
     counts = rng.integers(min_objects, max_objects + 1, size=num_images)
-    picks = rng.integers(0, len(items), size=int(counts.sum()))
+    picks = candidates[rng.integers(0, len(candidates), size=int(counts.sum()))]
     # Only the items used are decoded.
     unique, inverse = np.unique(picks, return_inverse=True)
     chosen = items.select(unique.tolist())
     item_pixels = [np.asarray(open_image(v).convert("L"), dtype=np.uint8) for v in chosen["image"]]
-    item_labels = np.asarray(chosen["label"], dtype=np.int64)
+    item_labels = category[np.asarray(chosen["label"], dtype=np.int64)]
 
     images, objects = [], []
     position = 0
@@ -135,6 +148,25 @@ def synthetic_detection_pool(
         },
         features=features,
     )
+
+
+def drawn_items(items: datasets.Dataset, item_classes: Sequence[int] | None) -> tuple[list[int], np.ndarray]:
+    """The item classes a synthetic pool draws from (every class when `item_classes` is `None`) and the positions in
+    `items` of the items of those classes; raises `ValueError` unless `item_classes` are distinct class ids."""
+    num_classes = len(items.features["label"].names)
+    if item_classes is None:
+        return list(range(num_classes)), np.arange(len(items))
+    item_classes = [int(c) for c in item_classes]
+    if (
+        not item_classes
+        or len(set(item_classes)) != len(item_classes)
+        or not all(0 <= c < num_classes for c in item_classes)
+    ):
+        raise ValueError(
+            f"item_classes must be distinct class ids of the items (0..{num_classes - 1}), got {item_classes}."
+        )
+    labels = np.asarray(items.with_format("numpy")["label"])
+    return item_classes, np.flatnonzero(np.isin(labels, item_classes))
 
 
 def textured_canvas(rng: np.random.Generator, grid: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 import PIL.Image
 
 from ..data.images import open_image
-from .detection_synthetic import IMAGE_ENCODERS, encode_pixels, place_square, textured_canvas
+from .detection_synthetic import IMAGE_ENCODERS, drawn_items, encode_pixels, place_square, textured_canvas
 from .segmentation_data import CLASSES_COLUMN, MASK_COLUMN
 
 BACKGROUND = "background"
@@ -82,19 +82,7 @@ def synthetic_segmentation_pool(
 
         items = load_image_dataset("fashion_mnist", split=split)
     item_names = list(items.features["label"].names)
-    if item_classes is None:
-        item_classes = range(len(item_names))
-        candidates = np.arange(len(items))
-    else:
-        unknown = [c for c in item_classes if not 0 <= int(c) < len(item_names)]
-        if unknown or len(set(item_classes)) != len(item_classes) or not item_classes:
-            raise ValueError(
-                f"item_classes must be distinct class ids of the items (0..{len(item_names) - 1}), got "
-                f"{list(item_classes)}."
-            )
-        candidates = np.flatnonzero(
-            np.isin(np.asarray(items.with_format("numpy")["label"]), list(item_classes))
-        )
+    item_classes, candidates = drawn_items(items, item_classes)
     mask_id = np.zeros(len(item_names), dtype=np.uint8)
     mask_id[list(item_classes)] = np.arange(1, len(item_classes) + 1)
     names = [BACKGROUND, *(item_names[c] for c in item_classes)]

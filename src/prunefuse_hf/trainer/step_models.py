@@ -40,7 +40,8 @@ def train_model(
 
     Returns:
         `dict`: the training's record in `state.json`: `labeled`, `epochs`, `steps`, `train_loss`, `seconds`, `flops`,
-        `dense_flops`, the metric and, when it was evaluated while training, `eval_seconds` and `curve`.
+        `dense_flops`, the metric, `evaluation` (every metric of the task's evaluation, `None` without an
+        evaluation set) and, when it was evaluated while training, `eval_seconds` and `curve`.
     """
     offset = 1000 * round_ + seed_offset
     args.seed = trainer.args.seed + offset
@@ -73,10 +74,10 @@ def train_model(
     # An evaluation the Trainer already ran on the final weights is the model's accuracy.
     evaluated_at_end = evaluations and evaluations[-1]["step"] == steps and not args.load_best_model_at_end
     if evaluated_at_end:
-        accuracy = evaluations[-1][f"eval_{metric}"]
+        evaluation = task_metrics(trainer, evaluations[-1])
     else:  # the run's measurement, after the training the user's callbacks saw
         with without_callbacks(inner.callback_handler, users):
-            accuracy = evaluate_model(trainer, model, inner)
+            evaluation = evaluate_model(trainer, model, inner)
     costs = trainer.progress["costs"]
     # The epochs actually trained (`max_steps` may end training before `num_train_epochs`).
     epochs = inner.state.epoch or 0.0
@@ -89,26 +90,32 @@ def train_model(
         "seconds": seconds,
         "flops": TRAIN_FLOPS_PER_MAC * costs[role]["macs"] * examples,
         "dense_flops": TRAIN_FLOPS_PER_MAC * costs["dense"]["macs"] * examples,
-        metric: accuracy,
+        metric: None if evaluation is None else evaluation.get(metric),
+        "evaluation": evaluation,
     }
     if curve:
         record["eval_seconds"] = eval_seconds
         record["curve"] = [{"step": e["step"], metric: e[f"eval_{metric}"]} for e in evaluations]
         if not evaluated_at_end:
-            record["curve"].append({"step": steps, metric: accuracy})
+            record["curve"].append({"step": steps, metric: record[metric]})
     return record
 
 
-def evaluate_model(trainer, model, inner=None) -> float | None:
-    """The run's metric of `model` on its evaluation set (with `inner`, the trainer that trained it, else a new
-    one), or `None` without an evaluation set."""
+def evaluate_model(trainer, model, inner=None) -> dict[str, float] | None:
+    """The task's metrics (`Task.metric_names`, the run's metric first) of `model` on the run's evaluation set (with
+    `inner`, the trainer that trained it, else a new one), or `None` without an evaluation set."""
     if trainer.eval_dataset is None:
         return None
     if inner is None:
         args = trainer.args.dense_training_args(str(trainer.run_dir / TRAINER_DIR))
         inner = trainer.examples.inner_trainer(model, args, eval_dataset=trainer.eval_dataset)
         _quiet(inner)
-    return inner.evaluate(trainer.eval_dataset)[f"eval_{trainer.examples.metric}"]
+    return task_metrics(trainer, inner.evaluate(trainer.eval_dataset))
+
+
+def task_metrics(trainer, logs: dict) -> dict[str, float]:
+    """The task's metrics in an evaluation's logs (`eval_map` -> `map`), in `Task.metric_names` order."""
+    return {name: logs[f"eval_{name}"] for name in trainer.examples.task.metric_names if f"eval_{name}" in logs}
 
 
 def _quiet(inner) -> None:

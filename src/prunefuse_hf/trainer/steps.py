@@ -166,7 +166,7 @@ def train_dense(trainer, round_: int) -> dict:
     if args.fusion or evaluates_during_training(training_args):
         # On a copy: evaluating marks a model as prepared, and Accelerate would then not wrap it in DDP for its
         # training (the processes' gradients would never be averaged).
-        start_accuracy = evaluate_model(trainer, copy.deepcopy(model))
+        start_accuracy = (evaluate_model(trainer, copy.deepcopy(model)) or {}).get(trainer.examples.metric)
     final = round_ == args.num_rounds + 1
     record = train_model(
         trainer, model, training_args, round_, role="dense", seed_offset=2, teacher=teacher, final=final

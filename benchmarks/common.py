@@ -1,0 +1,32 @@
+"""What the benchmark scripts share: the mean and sample standard deviation over seeds, and the machine's facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import numpy as np
+import torch
+
+
+def mean_std(values) -> dict:
+    """`{"mean", "std", "n"}` of the values that are not `None`: the sample standard deviation over seeds (0 for one
+    value), `None` for both when none is left."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(np.mean(values)), "std": std, "n": len(values)}
+
+
+def machine_info(device: str) -> dict:
+    """The device a benchmark ran on (the GPU's name with `device="cuda"`, else the CPU's), its cores, torch's
+    threads and versions."""
+    name = (
+        torch.cuda.get_device_name()
+        if device == "cuda" and torch.cuda.is_available()
+        else platform.processor() or "CPU"
+    )
+    return {"device": name, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": sys.version.split()[0]}  # fmt: skip

@@ -541,6 +541,20 @@ def test_synthetic_pool_is_seeded():
         synthetic_detection_pool(1, items=items, image_size=16, scales=(32,))
 
 
+def test_synthetic_pool_with_some_item_classes():
+    items = detection_items()  # item i has class i % 3
+    pool = synthetic_detection_pool(20, items=items, item_classes=[2, 0], image_size=48, scales=(16,))
+    assert detection_class_names(pool) == ["2", "0"]
+    assert validate_detection_dataset(pool) is pool
+    assert {c for objects in pool["objects"] for c in objects["category"]} == {0, 1}
+    only = synthetic_detection_pool(10, items=items, item_classes=[1], image_size=48, scales=(16,))
+    assert detection_class_names(only) == ["1"] and {c for o in only["objects"] for c in o["category"]} == {0}
+    with pytest.raises(
+        ValueError, match=r"item_classes must be distinct class ids of the items \(0..2\), got \[0, 0\]"
+    ):
+        synthetic_detection_pool(1, items=items, item_classes=[0, 0])
+
+
 def test_the_stock_trainer_trains_and_evaluates_a_detector_through_the_task(tmp_path):
     from transformers import Trainer, TrainingArguments
 

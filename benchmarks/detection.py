@@ -8,7 +8,7 @@ code path on the same seeded data, with the same seeds and training settings.
 The start: DETR-style detectors converge slowly from random weights (the recipe's RT-DETR trained from scratch on the
 whole pool for 15 epochs reached 0.24 COCO mAP on ten classes), so, as users start from an ImageNet backbone, every
 method starts from the recipe's detector whose ResNet backbone was first trained to classify Fashion-MNIST's 60,000
-training items (the built-in classification data; 2 epochs at 48 px, about 80 s on 2 cores, written once to
+training items (the built-in classification data; 2 epochs at 48 px, about 2 minutes on 2 cores, written once to
 `RUNS_DIR/start`). The pruned surrogate starts from the same weights at its kept indices.
 
 The data: the built-in synthetic detection pool (Fashion-MNIST items pasted at several scales on textured 96-px

@@ -79,7 +79,9 @@ def test_detection_run_selects_by_detection_scores_fuses_and_gives_a_pipeline_re
     # Each model's record keeps every COCO number of its evaluation, the run's metric first.
     final = json.loads((run / "metrics.json").read_text())["final"]
     assert list(final["evaluation"])[:2] == ["map", "map_50"] and final["evaluation"]["map"] == final["map"]
-    assert json.loads((run / "state.json").read_text())["rounds"]["1"]["surrogate"]["evaluation"]["map_75"] >= -1
+    assert (
+        json.loads((run / "state.json").read_text())["rounds"]["1"]["surrogate"]["evaluation"]["map_75"] >= -1
+    )
     # The stock Trainer's methods on the datasets a detection user has.
     assert "eval_map_50" in resumed.evaluate(pool.select(range(8)))
     unlabeled_images = test.remove_columns("objects")

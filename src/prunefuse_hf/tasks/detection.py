@@ -388,6 +388,7 @@ DETECTION = Task(
         loss="the model's own loss",
         quickstart=_card_quickstart,
     ),
+    ragged_labels=True,
     training_arguments={"remove_unused_columns": False, "eval_do_concat_batches": False},
     annotation_option="objects_column",
     run_options=detection_run_options,

@@ -466,6 +466,7 @@ SEGMENTATION = Task(
         loss="the model's own loss",
         quickstart=_card_quickstart,
     ),
+    ragged_labels=True,
     # The transform reads the `image` and mask columns, which are no arguments of the model's forward (the guide
     # sets the same).
     training_arguments={"remove_unused_columns": False},

@@ -106,6 +106,12 @@ class Task:
             Whether the final model may distill from the surrogate (`distill_alpha`) and smooth its labels
             (`label_smoothing_factor`): a classifier's cross-entropy. `False`: the models train with their own loss
             (detectors, segmenters); their runs set `distill_alpha: 0`, and the cards say "trains with its own loss".
+        ragged_labels (`bool`, *optional*, defaults to `False`):
+            Whether its labels differ in size from image to image (box lists; masks at each image's own size): its
+            evaluation keeps them as per-image lists, which `accelerate` cannot gather, so under several processes
+            each one evaluates the whole set (see `WholeSetEvaluation`). `False`: one array (class ids), which the
+            stock evaluation shards, gathers and concatenates, and which the metric reads whole (so
+            `eval_do_concat_batches: false` is refused).
         training_arguments (`Mapping[str, object]`):
             `TrainingArguments` values the task needs (e.g. `remove_unused_columns=False` for detection labels).
         annotation_option (`str`):
@@ -195,6 +201,7 @@ class Task:
     card_metric: str = ""
     card: CardText | None = None
     distills: bool = False
+    ragged_labels: bool = False
     training_arguments: Mapping[str, object] = field(default_factory=dict)
     annotation_option: str = ""
     run_options: Callable | None = None

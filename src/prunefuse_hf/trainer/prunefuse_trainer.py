@@ -304,9 +304,10 @@ class PruneFuseTrainer(WholeSetEvaluation, Trainer):
 
     @property
     def evaluates_whole_set(self) -> bool:
-        """Whether each process evaluates the whole set (tasks whose labels differ in size per image, see
-        [`WholeSetEvaluation`]); image classification's evaluation is sharded and gathered as the stock one."""
-        return self.task is not CLASSIFICATION
+        """Whether each process evaluates the whole set (tasks whose labels differ in size per image,
+        `Task.ragged_labels`, see [`WholeSetEvaluation`]); image classification's evaluation is sharded and gathered
+        as the stock one."""
+        return self.task.ragged_labels
 
     def get_eval_dataloader(self, eval_dataset=None):
         """

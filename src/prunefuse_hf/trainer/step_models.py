@@ -115,7 +115,9 @@ def evaluate_model(trainer, model, inner=None) -> dict[str, float] | None:
 
 def task_metrics(trainer, logs: dict) -> dict[str, float]:
     """The task's metrics in an evaluation's logs (`eval_map` -> `map`), in `Task.metric_names` order."""
-    return {name: logs[f"eval_{name}"] for name in trainer.examples.task.metric_names if f"eval_{name}" in logs}
+    return {
+        name: logs[f"eval_{name}"] for name in trainer.examples.task.metric_names if f"eval_{name}" in logs
+    }
 
 
 def _quiet(inner) -> None:

@@ -188,9 +188,8 @@ def check_training_settings(args, task, *, callbacks=None, has_eval_set: bool) -
     _refuse(args.label_names not in (None, ["labels"]), f"label_names: {args.label_names} names inputs the run's "
             "examples do not have: they carry their labels as `labels` (the label_column is read into it). "
             "Remove label_names.")  # fmt: skip
-    _refuse(task.name == "image-classification" and not args.eval_do_concat_batches, "eval_do_concat_batches: false "
-            "hands the metric a list of batches; classification's accuracy reads one array. Set "
-            "eval_do_concat_batches: true.")  # fmt: skip
+    _refuse(not task.ragged_labels and not args.eval_do_concat_batches, "eval_do_concat_batches: false hands the "
+            f"metric a list of batches; {metric_names[0]} reads one array. Set eval_do_concat_batches: true.")  # fmt: skip
     _refuse(args.dataloader_persistent_workers and args.dataloader_num_workers == 0, "dataloader_persistent_workers: "
             "true needs worker processes, but dataloader_num_workers is 0. Set dataloader_num_workers (e.g. 2) or "
             "dataloader_persistent_workers: false.")  # fmt: skip

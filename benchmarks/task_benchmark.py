@@ -64,6 +64,8 @@ class Scenario:
         prepare (`Callable`, *optional*): `prepare(args, data_dir) -> dict`: recipe fields every run gets (such as
             a pretrained starting checkpoint it writes once under `args.runs_dir`).
         facts (`dict`): Protocol facts the JSON records (such as the item classes).
+        measure (`Callable`, *optional*): `measure(args, data_dir) -> dict`: measurements made after the runs, by
+            name; each is a target (`measured`, `target`, `met`, and any detail) added to the targets table.
     """
 
     name: str
@@ -77,6 +79,7 @@ class Scenario:
     build_splits: Callable
     prepare: Callable | None = None
     facts: dict = field(default_factory=dict)
+    measure: Callable | None = None
 
     @property
     def metric(self) -> str:
@@ -335,7 +338,8 @@ def main(scenario: Scenario, argv=None, description: str | None = None) -> dict:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     started = time.perf_counter()
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    recipe = base_recipe(scenario, args, build_data(scenario, args))
+    data = build_data(scenario, args)
+    recipe = base_recipe(scenario, args, data)
     args.output.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, dict[int, dict]] = {}
     result = {}
@@ -347,6 +351,8 @@ def main(scenario: Scenario, argv=None, description: str | None = None) -> dict:
         result = report(scenario, args, summaries, started)
         json_path.write_text(json.dumps(result, indent=1) + "\n")
         markdown_path.write_text(markdown(scenario, result))
+    if scenario.measure is not None:
+        result["targets"].update(scenario.measure(args, data))
     result["plots"] = [plot(scenario, result, args.output)]
     json_path.write_text(json.dumps(result, indent=1) + "\n")
     print(markdown(scenario, result))

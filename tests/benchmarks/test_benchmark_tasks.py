@@ -50,12 +50,16 @@ def test_quick_task_benchmark_runs_every_method_and_resumes(tmp_path, scenario, 
             assert state["recipe"]["model_name_or_path"] == str(runs / "start")
     ratio = report["comparisons"]["prunefuse"]["selection_time_ratio"]["mean"]
     assert ratio > 0
+    measured_after = {"detection": {"scoring_vs_bare_forward"}, "segmentation": set()}[scenario]
     assert set(report["targets"]) == {
         "above_random",
         "within_dense_al",
         "selection_time_ratio",
         f"full_pool_{metrics[0]}",
+        *measured_after,
     }
+    for name in measured_after:
+        assert report["targets"][name]["measured"] > 0
     assert "| PruneFuse p=0.5 |" in (output / f"{scenario}.md").read_text()
     assert (
         0 < report["comparisons"]["prunefuse"]["selection_flops_ratio"]["mean"] < 1

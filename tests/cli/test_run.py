@@ -136,3 +136,16 @@ def test_every_shipped_recipe_parses_and_its_method_sets_its_fields(path):
 def test_a_missing_or_mistyped_recipe_is_named_before_anything_else(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--eval_split", "null", "--max_eval_samples", "None"],
+                                   ["--eval_split=None", "--max_eval_samples=null"]])  # fmt: skip
+def test_null_on_the_command_line_is_none_as_in_a_recipe(flags):
+    recipe = str(Path(__file__).parents[2] / "recipes" / "synthetic-detection-detr" / "prunefuse.yaml")
+    _, data_args, config, _, effective = parse_run_arguments(["--config", recipe, *flags, "--seed", "3"])
+    # Not a split named "null", nor an int refused by argparse.
+    assert data_args.eval_split is None and data_args.max_eval_samples is None and config.seed == 3
+    assert effective["eval_split"] is None and effective["max_eval_samples"] is None
+    # A field that does not allow None keeps the string, for its own check to refuse.
+    _, data_args, *_ = parse_run_arguments(["--config", recipe, "--dataset_name", "null"])
+    assert data_args.dataset_name == "null"

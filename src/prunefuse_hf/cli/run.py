@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shlex
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_type_hints
+from typing import get_args, get_type_hints
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
@@ -65,6 +66,7 @@ def parse_run_arguments(
         The four argument dataclasses and the effective recipe (recipe values with overrides applied).
     """
     parser = RunArgumentParser()
+    argv, nulls = _null_flags(argv)
     recipe_path = _recipe_path(argv)
     recipe = {}
     if recipe_path is not None:
@@ -87,6 +89,7 @@ def parse_run_arguments(
                 "`prunefuse-hf run --help` (model, data, PruneFuseConfig and TrainingArguments fields)."
             )
         parser.set_defaults(**recipe)
+    parser.set_defaults(**nulls)
     # Unknown flags (a typo such as --confg) and a missing recipe are named before any field is checked.
     namespace, remaining = parser.parse_known_args(args=argv)
     if remaining:
@@ -96,8 +99,42 @@ def parse_run_arguments(
             f"No recipe: {RUN_USAGE} (or give --model_name_or_path / --model_config and the fields)."
         )
     run_args, model_args, data_args, config = parser.parse_args_into_dataclasses(args=argv)
-    effective = {**recipe, **_overridden_fields(namespace, argv)}
+    effective = {**recipe, **_overridden_fields(namespace, argv), **nulls}
     return model_args, data_args, config, run_args, effective
+
+
+# What a recipe's YAML `null` is on the command line.
+NULL_VALUES = ("null", "None")
+
+
+def _null_flags(argv: list[str]) -> tuple[list[str], dict]:
+    """`argv` without its `--field null` / `--field=None` pairs for fields that allow `None`, and those fields set
+    to `None`: argparse would hand the field the string (`--eval_split null` reads a split named "null") or refuse it
+    (`--max_eval_samples None` is no int)."""
+    nullable = _nullable_fields()
+    kept, nulls, i = [], {}, 0
+    while i < len(argv):
+        name, equals, value = argv[i][2:].partition("=") if argv[i].startswith("--") else ("", "", "")
+        if not equals and i + 1 < len(argv):
+            value = argv[i + 1]
+        if name.replace("-", "_") in nullable and value in NULL_VALUES:
+            nulls[name.replace("-", "_")] = None
+            i += 1 if equals else 2
+            continue
+        kept.append(argv[i])
+        i += 1
+    return kept, nulls
+
+
+@functools.cache
+def _nullable_fields() -> frozenset[str]:
+    names = set()
+    for cls in ARGUMENT_CLASSES:
+        hints = get_type_hints(cls)
+        names.update(
+            entry.name for entry in dataclasses.fields(cls) if type(None) in get_args(hints.get(entry.name))
+        )
+    return frozenset(names)
 
 
 def _recipe_path(argv: list[str]) -> str | None:

@@ -24,18 +24,7 @@ from __future__ import annotations
 
 from task_benchmark import ROOT, Scenario, main
 
-# Fashion-MNIST classes that are easy to tell apart by shape: trouser, sandal, sneaker, bag, ankle boot.
-ITEM_CLASSES = [1, 5, 7, 8, 9]
-
-
-def build_splits(protocol: dict) -> dict:
-    from prunefuse_hf.tasks.segmentation_synthetic import synthetic_segmentation_pool
-
-    return {
-        split: synthetic_segmentation_pool(size, split=split, item_classes=ITEM_CLASSES, seed=seed)
-        for split, size, seed in (("train", protocol["pool_size"], 0), ("test", protocol["test_size"], 1))
-    }
-
+from prunefuse_hf.tasks.segmentation_synthetic import synthetic_segmentation_pool
 
 SEGMENTATION = Scenario(
     name="segmentation",
@@ -50,8 +39,7 @@ SEGMENTATION = Scenario(
     # The targets: above random at every budget, within 1 mIoU point of dense AL at <= 0.4x its selection
     # time; the whole-pool model at mIoU >= 0.6.
     targets={"points_vs_dense_al": 1.0, "selection_time_ratio": 0.4, "full_pool": 0.6},
-    build_splits=build_splits,
-    facts={"item_classes": ITEM_CLASSES},
+    synthetic_pool=synthetic_segmentation_pool,
 )  # fmt: skip
 
 if __name__ == "__main__":

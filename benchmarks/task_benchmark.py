@@ -36,6 +36,8 @@ METHODS = {
     "dense_al": {"method": "dense_al", "eval_dense_every_round": False},
     "prunefuse": {"method": "prunefuse"},
 }
+# Fashion-MNIST classes that are easy to tell apart by shape: trouser, sandal, sneaker, bag, ankle boot.
+ITEM_CLASSES = [1, 5, 7, 8, 9]
 LABELS = {
     "random": "random",
     "dense_al": "dense-selector AL (p=0)",
@@ -60,10 +62,12 @@ class Scenario:
             `num_rounds`, `num_train_epochs`.
         targets (`dict`): `points_vs_dense_al` (the largest loss to dense AL, in points), `selection_time_ratio`
             (the most of dense AL's selection time) and `full_pool` (the whole-pool model's least metric).
-        build_splits (`Callable`): `build_splits(protocol) -> {"train": Dataset, "test": Dataset}`, seeded.
+        synthetic_pool (`Callable`): The built-in pool builder (`synthetic_detection_pool`, ...): the pool is its
+            `train` draw of `pool_size` images (seed 0), the test split its `test` draw of `test_size` (seed 1), both of
+            `ITEM_CLASSES`.
         prepare (`Callable`, *optional*): `prepare(args, data_dir) -> dict`: recipe fields every run gets (such as
             a pretrained starting checkpoint it writes once under `args.runs_dir`).
-        facts (`dict`): Protocol facts the JSON records (such as the item classes).
+        facts (`dict`): Protocol facts the JSON records (such as the pretraining settings).
         measure (`Callable`, *optional*): `measure(args, data_dir) -> dict`: measurements made after the runs, by
             name; each is a target (`measured`, `target`, `met`, and any detail) added to the targets table.
     """
@@ -76,7 +80,7 @@ class Scenario:
     full: dict
     quick: dict
     targets: dict
-    build_splits: Callable
+    synthetic_pool: Callable
     prepare: Callable | None = None
     facts: dict = field(default_factory=dict)
     measure: Callable | None = None
@@ -87,6 +91,7 @@ class Scenario:
 
 
 def parse_args(scenario: Scenario, argv=None, description: str | None = None):
+    """The command line of a scenario's script: `--quick`, `--seeds`, `--device`, `--output`, `--runs_dir`."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -115,11 +120,18 @@ def build_data(scenario: Scenario, args) -> Path:
 
     directory = args.runs_dir / "data"
     if not (directory / "dataset_dict.json").is_file():
-        datasets.DatasetDict(scenario.build_splits(args.protocol)).save_to_disk(str(directory))
+        protocol = args.protocol
+        splits = {
+            split: scenario.synthetic_pool(size, split=split, item_classes=ITEM_CLASSES, seed=seed)
+            for split, size, seed in (("train", protocol["pool_size"], 0), ("test", protocol["test_size"], 1))
+        }
+        datasets.DatasetDict(splits).save_to_disk(str(directory))
     return directory
 
 
 def base_recipe(scenario: Scenario, args, data: Path) -> dict:
+    """The scenario's recipe without its method fields, on the saved data, with the protocol's budgets and epochs
+    (and what `scenario.prepare` adds)."""
     recipe = yaml.safe_load(scenario.recipe.read_text())
     for name in ("method", "pruning_ratio", "strategy", "fusion", "distill_alpha"):
         recipe.pop(name, None)
@@ -168,20 +180,20 @@ def run_one(args, recipe: dict, method: str, seed: int) -> dict:
 
 def per_budget(metrics: dict, metric: str) -> dict[str, float]:
     """Labeled count -> `metric` of the method's model at that budget (dense AL: its selector is that model)."""
-    records = []
-    if metrics["config"]["pruning_ratio"] == 0:
-        records += [r["surrogate"] for r in metrics["rounds"] if r.get("surrogate")]
-    records += [r["dense"] for r in metrics["rounds"] if r.get("dense")]
-    records.append(metrics["final"])
+    from prunefuse_hf.utils.run_metrics import budget_accuracies, record_metric
+
     budgets = {}
-    for record in records:
-        value = (record.get("evaluation") or {}).get(metric)
-        if record.get("labeled") is not None and value is not None:
-            budgets[record["labeled"]] = value
-    return {str(k): float(v) for k, v in sorted(budgets.items())}
+    if metrics["config"]["pruning_ratio"] == 0:
+        for record in (r["surrogate"] for r in metrics["rounds"] if r.get("surrogate")):
+            budgets[record["labeled"]] = record_metric(metrics, record, metric)
+    budgets.update(budget_accuracies(metrics, metric))
+    final = metrics["final"]
+    budgets[final.get("labeled")] = record_metric(metrics, final, metric)
+    return {str(k): float(v) for k, v in sorted(budgets.items()) if k is not None and v is not None}
 
 
 def summary(scenario: Scenario, metrics: dict) -> dict:
+    """One run's numbers: each metric per budget, selection seconds and FLOPs, final training seconds."""
     return {
         **{metric: per_budget(metrics, metric) for metric in scenario.metrics},
         "selection_seconds": metrics["selection"]["seconds"],
@@ -191,6 +203,8 @@ def summary(scenario: Scenario, metrics: dict) -> dict:
 
 
 def report(scenario: Scenario, args, summaries: dict, started: float) -> dict:
+    """The JSON result: per method and budget the mean ± std over seeds, the comparisons with dense AL (per seed,
+    then over seeds), the protocol, the machine and the targets."""
     metric = scenario.metric
     methods = {}
     for method, by_seed in summaries.items():
@@ -230,7 +244,12 @@ def report(scenario: Scenario, args, summaries: dict, started: float) -> dict:
         "scenario": scenario.name,
         "metric": metric,
         "metrics": list(scenario.metrics),
-        "protocol": {**args.protocol, **scenario.facts, "recipe": str(scenario.recipe.relative_to(ROOT))},
+        "protocol": {
+            **args.protocol,
+            "item_classes": ITEM_CLASSES,
+            **scenario.facts,
+            "recipe": str(scenario.recipe.relative_to(ROOT)),
+        },
         "seeds": args.seeds,
         "methods": methods,
         "comparisons": comparisons,
@@ -270,6 +289,7 @@ def targets(scenario: Scenario, result: dict) -> dict:
 
 
 def markdown(scenario: Scenario, result: dict) -> str:
+    """The result as Markdown: a table per metric, the FLOPs ratio and the targets, met or missed."""
     methods = result["methods"]
     lines = []
     for metric in scenario.metrics:
@@ -334,6 +354,8 @@ def plot(scenario: Scenario, result: dict, output: Path) -> str:
 
 
 def main(scenario: Scenario, argv=None, description: str | None = None) -> dict:
+    """Run (or resume) every method and seed, then the whole-pool reference and `scenario.measure`; write the JSON,
+    the Markdown and the plot into `--output` and return the result."""
     args = parse_args(scenario, argv, description)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     started = time.perf_counter()
@@ -355,5 +377,6 @@ def main(scenario: Scenario, argv=None, description: str | None = None) -> dict:
         result["targets"].update(scenario.measure(args, data))
     result["plots"] = [plot(scenario, result, args.output)]
     json_path.write_text(json.dumps(result, indent=1) + "\n")
+    markdown_path.write_text(markdown(scenario, result))
     print(markdown(scenario, result))
     return result

@@ -60,6 +60,7 @@ def test_quick_task_benchmark_runs_every_method_and_resumes(tmp_path, scenario, 
     }
     for name in measured_after:
         assert report["targets"][name]["measured"] > 0
+        assert f"| {name} (" in (output / f"{scenario}.md").read_text()
     assert "| PruneFuse p=0.5 |" in (output / f"{scenario}.md").read_text()
     assert (
         0 < report["comparisons"]["prunefuse"]["selection_flops_ratio"]["mean"] < 1

@@ -19,10 +19,12 @@ from prunefuse_hf.pruning import PruningPlan, load_surrogate
 from prunefuse_hf.selection import HeadCalls, get_strategy, typiclust_select
 from prunefuse_hf.tasks import (
     DETECTION,
+    detection_class_names,
     detection_gradient_embeddings,
     detection_image_scores,
     synthetic_detection_pool,
 )
+from prunefuse_hf.tasks.detection_metrics import COCO_STAT_NAMES
 from prunefuse_hf.trainer.annotated_run import task_image_processor
 
 
@@ -76,12 +78,13 @@ def test_detection_run_selects_by_detection_scores_fuses_and_gives_a_pipeline_re
     fused = DETECTION.model_class().from_pretrained(run / "fused")
     assert any(not torch.equal(a, b) for a, b in zip(dense_init.parameters(), fused.parameters()))
     assert "surrogate mAP" in (run / "report.md").read_text()
-    # Each model's record keeps every COCO number of its evaluation, the run's metric first.
+    # Each model's record keeps every number of its evaluation, the COCO stats first, then the per-class AP.
     final = json.loads((run / "metrics.json").read_text())["final"]
-    assert list(final["evaluation"])[:2] == ["map", "map_50"] and final["evaluation"]["map"] == final["map"]
-    assert (
-        json.loads((run / "state.json").read_text())["rounds"]["1"]["surrogate"]["evaluation"]["map_75"] >= -1
-    )
+    assert list(final["evaluation"])[: len(COCO_STAT_NAMES)] == list(COCO_STAT_NAMES)
+    assert final["evaluation"]["map"] == final["map"] and "loss" not in final["evaluation"]
+    assert {f"map_{name}" for name in detection_class_names(pool)} & set(final["evaluation"])
+    surrogate = json.loads((run / "state.json").read_text())["rounds"]["1"]["surrogate"]
+    assert surrogate["evaluation"]["map"] == surrogate["map"]
     # The stock Trainer's methods on the datasets a detection user has.
     assert "eval_map_50" in resumed.evaluate(pool.select(range(8)))
     unlabeled_images = test.remove_columns("objects")

@@ -252,9 +252,13 @@ def test_detection_metrics_are_accepted_for_the_best_model(tmp_path):
                        eval_strategy="epoch", optim="adamw_torch", optim_args=None)  # fmt: skip
     trainer = PruneFuseTrainer(tiny_detr(), args=args, train_dataset=pool, eval_dataset=pool.select(range(4)))
     assert trainer.task.name == "object-detection" and trainer.evaluates_whole_set  # box lists: not gathered
-    # A detector's evaluation reads per-image box lists batch by batch: unconcatenated batches are fine.
+    # A detector's evaluation reads per-image box lists batch by batch: unconcatenated batches are fine, where
+    # classification's accuracy reads one array.
     PruneFuseTrainer(tiny_detr(), args=dataclasses.replace(args, eval_do_concat_batches=False), train_dataset=pool,
                      eval_dataset=pool.select(range(4)))  # fmt: skip
+    with pytest.raises(ValueError, match=r"eval_do_concat_batches: false .*; accuracy reads one array"):
+        PruneFuseTrainer(tiny_resnet_config(), args=make_config(tmp_path, eval_do_concat_batches=False),
+                         train_dataset=make_image_dataset(16))  # fmt: skip
     with pytest.raises(ValueError, match=r"metric_for_best_model: 'accuracy'.*'map', 'map_50'"):
         PruneFuseTrainer(tiny_detr(), args=dataclasses.replace(args, metric_for_best_model="accuracy"),
                          train_dataset=pool, eval_dataset=pool.select(range(4)))  # fmt: skip

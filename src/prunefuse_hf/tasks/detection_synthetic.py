@@ -151,8 +151,29 @@ def synthetic_detection_pool(
 
 
 def drawn_items(items: datasets.Dataset, item_classes: Sequence[int] | None) -> tuple[list[int], np.ndarray]:
-    """The item classes a synthetic pool draws from (every class when `item_classes` is `None`) and the positions in
-    `items` of the items of those classes; raises `ValueError` unless `item_classes` are distinct class ids."""
+    """
+    The item classes a synthetic pool draws from and where their items are.
+
+    Args:
+        items (`datasets.Dataset`): Items with a `label` `ClassLabel`.
+        item_classes (`Sequence[int]`, *optional*): Class ids to draw from; `None`: every class.
+
+    Returns:
+        `tuple[list[int], np.ndarray]`: the class ids, and the positions in `items` of the items of those classes.
+
+    Raises:
+        `ValueError`: `item_classes` empty, repeated, or not class ids of `items`.
+
+    Example:
+
+    ```python
+    >>> import datasets
+    >>> items = datasets.Dataset.from_dict({"label": [0, 1, 2, 1]},
+    ...                                    features=datasets.Features({"label": datasets.ClassLabel(num_classes=3)}))
+    >>> drawn_items(items, [1])
+    ([1], array([1, 3]))
+    ```
+    """
     num_classes = len(items.features["label"].names)
     if item_classes is None:
         return list(range(num_classes)), np.arange(len(items))

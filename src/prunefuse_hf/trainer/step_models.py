@@ -102,8 +102,18 @@ def train_model(
 
 
 def evaluate_model(trainer, model, inner=None) -> dict[str, float] | None:
-    """The task's metrics (`Task.metric_names`, the run's metric first) of `model` on the run's evaluation set (with
-    `inner`, the trainer that trained it, else a new one), or `None` without an evaluation set."""
+    """
+    Evaluate `model` on the run's evaluation set with `inner` (the trainer that trained it) or a new inner trainer.
+
+    Args:
+        trainer ([`PruneFuseTrainer`]): The run's trainer.
+        model ([`~transformers.PreTrainedModel`]): The model to evaluate.
+        inner ([`~transformers.Trainer`], *optional*): The inner trainer that trained it.
+
+    Returns:
+        `dict[str, float] | None`: every number of the evaluation (see [`task_metrics`]), the run's metric first;
+        `None` without an evaluation set.
+    """
     if trainer.eval_dataset is None:
         return None
     if inner is None:
@@ -113,11 +123,32 @@ def evaluate_model(trainer, model, inner=None) -> dict[str, float] | None:
     return task_metrics(trainer, inner.evaluate(trainer.eval_dataset))
 
 
+# What an evaluation logs besides its metrics.
+NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
+
+
 def task_metrics(trainer, logs: dict) -> dict[str, float]:
-    """The task's metrics in an evaluation's logs (`eval_map` -> `map`), in `Task.metric_names` order."""
-    return {
-        name: logs[f"eval_{name}"] for name in trainer.examples.task.metric_names if f"eval_{name}" in logs
+    """
+    Every number of an evaluation's logs without its `eval_` prefix (`eval_map_50` -> `map_50`, the per-class
+    `map_<class>`), the task's metrics (`Task.metric_names`) first; the loss and the speed figures left out.
+
+    Example:
+
+    ```python
+    >>> from types import SimpleNamespace
+    >>> from prunefuse_hf.tasks import get_task
+    >>> run = SimpleNamespace(examples=SimpleNamespace(task=get_task("image-classification")))
+    >>> task_metrics(run, {"eval_loss": 0.3, "eval_accuracy": 0.9, "eval_runtime": 1.2, "epoch": 2.0})
+    {'accuracy': 0.9}
+    ```
+    """
+    numbers = {
+        key[5:]: value
+        for key, value in logs.items()
+        if key.startswith("eval_") and key[5:] not in NOT_METRICS
     }
+    first = [name for name in trainer.examples.task.metric_names if name in numbers]
+    return {**{name: numbers[name] for name in first}, **numbers}
 
 
 def _quiet(inner) -> None:

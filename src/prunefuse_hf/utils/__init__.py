@@ -10,6 +10,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "io": ["atomic_write", "fsync_directory", "json_default", "redact_secrets"],
         "memory": ["keep_freed_memory"],
         "run_directory": ["RunDirectory", "RunDirectoryError", "step_name"],
-        "run_metrics": ["budget_accuracies", "build_metrics", "load_metrics"],
+        "run_metrics": ["budget_accuracies", "build_metrics", "load_metrics", "record_metric"],
     },
 )

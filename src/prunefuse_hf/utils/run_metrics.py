@@ -72,15 +72,41 @@ def build_metrics(progress: dict) -> dict:
     }
 
 
-def budget_accuracies(metrics: dict) -> dict[int, float]:
-    """The evaluation metric (accuracy; mAP for object detection) of the trained dense/fused model at each
-    labeled-set size the run evaluated it on."""
-    metric = metrics.get("metric", "accuracy")
+def budget_accuracies(metrics: dict, metric: str | None = None) -> dict[int, float]:
+    """
+    A metric of the trained dense/fused model at each labeled-set size the run evaluated it on.
+
+    Args:
+        metrics (`dict`): A run's `metrics.json` (see [`build_metrics`]).
+        metric (`str`, *optional*): Any number of the task's evaluation, read from each record's `evaluation`
+            (`map_50`, `mean_accuracy`); default: the run's metric (accuracy; mAP for detection, mean IoU for
+            segmentation), which every record holds.
+
+    Returns:
+        `dict[int, float]`: labeled count -> value, for the records that hold it.
+
+    Example:
+
+    ```python
+    >>> budget_accuracies({"metric": "map", "rounds": [{"dense": {"labeled": 100, "map": 0.2,
+    ...                    "evaluation": {"map": 0.2, "map_50": 0.4}}}]}, "map_50")
+    {100: 0.4}
+    ```
+    """
     return {
-        record["dense"]["labeled"]: record["dense"][metric]
+        record["dense"]["labeled"]: value
         for record in metrics["rounds"]
-        if record.get("dense") and record["dense"].get(metric) is not None
+        if record.get("dense") and (value := record_metric(metrics, record["dense"], metric)) is not None
     }
+
+
+def record_metric(metrics: dict, record: dict, metric: str | None = None):
+    """`metric` of one model record of a run (its `evaluation`), the run's metric by default; `None` where the record
+    does not hold it (no evaluation set, or a run written before records kept their evaluation)."""
+    run_metric = metrics.get("metric", "accuracy")
+    metric = metric or run_metric
+    value = (record.get("evaluation") or {}).get(metric)
+    return record.get(metric) if value is None and metric == run_metric else value
 
 
 def load_metrics(run_dir) -> dict:

@@ -42,6 +42,9 @@ SELF_CONTAINED_EXAMPLES = [
     "prunefuse_hf.data.validation.check_labeling_budget",
     "prunefuse_hf.data.images.path_of",
     "prunefuse_hf.tasks.task.CardText",
+    "prunefuse_hf.tasks.detection_synthetic.drawn_items",
+    "prunefuse_hf.utils.run_metrics.budget_accuracies",
+    "prunefuse_hf.trainer.step_models.task_metrics",
 ]
 
 

@@ -130,14 +130,14 @@ NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "mod
 def task_metrics(trainer, logs: dict) -> dict[str, float]:
     """
     Every number of an evaluation's logs without its `eval_` prefix (`eval_map_50` -> `map_50`, the per-class
-    `map_<class>`), the task's metrics (`Task.metric_names`) first; the loss and the speed figures left out.
+    `map_<class>`), the run's metrics (its examples' `metric_names`, the task's) first; the loss and the speed figures
+    left out.
 
     Example:
 
     ```python
     >>> from types import SimpleNamespace
-    >>> from prunefuse_hf.tasks import get_task
-    >>> run = SimpleNamespace(examples=SimpleNamespace(task=get_task("image-classification")))
+    >>> run = SimpleNamespace(examples=SimpleNamespace(metric_names=("accuracy",)))
     >>> task_metrics(run, {"eval_loss": 0.3, "eval_accuracy": 0.9, "eval_runtime": 1.2, "epoch": 2.0})
     {'accuracy': 0.9}
     ```
@@ -147,7 +147,7 @@ def task_metrics(trainer, logs: dict) -> dict[str, float]:
         for key, value in logs.items()
         if key.startswith("eval_") and key[5:] not in NOT_METRICS
     }
-    first = [name for name in trainer.examples.task.metric_names if name in numbers]
+    first = [name for name in trainer.examples.metric_names if name in numbers]
     return {**{name: numbers[name] for name in first}, **numbers}
 
 

@@ -49,6 +49,7 @@ class PixelExamples:
     """
 
     metric = "accuracy"
+    metric_names = ("accuracy",)
 
     def __init__(self, pool_pixels, preprocessor, pool, label_column: str, class_names: list[str]):
         self.pool_pixels, self.preprocessor, self.pool = pool_pixels, preprocessor, pool
@@ -206,6 +207,7 @@ class AnnotatedExamples:
         self.data_options, self.score_options = dict(data_options), score_options
         self.prepare_options = {**self.data_options, "num_channels": num_channels}
         self.annotation_column = self.data_options[task.annotation_option]
+        self.metric_names = task.metric_names
         self.metric = task.metric_names[0]
 
     def outputs(self, strategy) -> tuple[str, ...]:

@@ -81,6 +81,8 @@ METHODS = {
     # The probe's features recomputed by the fine-tuned dense model every round (ASVP), run with margin.
     "feature_proxy_refreshed_margin": {"method": "feature_proxy_refreshed"},
     "feature_proxy_dropquery": {"method": "feature_proxy"},  # run with strategy dropquery
+    # prunefuse_distilled made cheaper: distilled on a random quarter of the pool (the dense pass covers it only).
+    "prunefuse_distilled_quarter": {"method": "prunefuse_distilled", "surrogate_distill_epochs": 0.25},
 }
 LABELS = {
     "random": "random",
@@ -97,6 +99,7 @@ LABELS = {
     "feature_proxy_margin": "feature proxy, margin",
     "feature_proxy_refreshed_margin": "feature proxy refreshed every round, margin",
     "feature_proxy_dropquery": "feature proxy, DropQuery",
+    "prunefuse_distilled_quarter": "PruneFuse p=0.5, surrogate distilled on a quarter of the pool",
 }
 # In the fine-tuning scenario the "fresh" dense model is the pretrained checkpoint with a new head.
 FINETUNE_LABELS = {
@@ -115,6 +118,8 @@ FINETUNE_LABELS = {
     "feature_proxy_refreshed_margin": "feature proxy with margin, features refreshed by the fine-tuned model each "
     "round, fine-tuned",
     "feature_proxy_dropquery": "feature proxy with DropQuery (dropout disagreement, k-means), fine-tuned",
+    "prunefuse_distilled_quarter": "PruneFuse p=0.5 (fusion) + KD, surrogate distilled on a quarter of the pool "
+    "first",
 }
 # (method, strategy) of the fine-tuning scenarios; random selection has no strategy.
 FINETUNE_METHODS = [
@@ -125,6 +130,8 @@ FINETUNE_METHODS = [
     ("feature_proxy_margin", "margin"),
     # Issue 33: the proxy aligned with the fine-tuned model (ASVP), and DropQuery's uncertainty + diversity.
     ("feature_proxy_refreshed_margin", "margin"), ("feature_proxy_dropquery", "dropquery"),
+    # prunefuse_distilled at about a quarter of its distillation's cost.
+    ("prunefuse_distilled_quarter", "least_confidence"),
 ]  # fmt: skip
 # The targets of the fine-tuning scenarios: the recommended method within 0.3 points of dense AL (or better)
 # at every budget for at most 0.3x its selection time; a cold start beating the random draw by 1 point at the first

@@ -45,6 +45,7 @@ SELF_CONTAINED_EXAMPLES = [
     "prunefuse_hf.tasks.detection_synthetic.drawn_items",
     "prunefuse_hf.utils.run_metrics.budget_accuracies",
     "prunefuse_hf.trainer.step_models.task_metrics",
+    "prunefuse_hf.trainer.features.distillation_rows",
 ]
 
 

@@ -13,6 +13,7 @@ from conftest import make_image_dataset, tiny_resnet_config
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer
 from prunefuse_hf.constants import POOL_FEATURES_DIR
 from prunefuse_hf.pruning import load_surrogate
+from prunefuse_hf.pruning.cost import FORWARD_FLOPS_PER_MAC
 from prunefuse_hf.pruning.prune import prune_model
 from prunefuse_hf.trainer.features import distill_surrogate, pool_features
 
@@ -144,6 +145,22 @@ def test_label_free_distillation_brings_the_surrogates_features_closer_to_the_de
     # The distilled surrogate is what the rounds start from: round 1's surrogate was trained from it.
     assert trainer.progress["rounds"]["1"]["surrogate"]["purpose"] == "selection"
     assert json.loads((tmp_path / "state.json").read_text())["settings"]["surrogate_distill_epochs"] == 1.0
+
+
+def test_a_fraction_of_an_epoch_distils_on_that_share_and_runs_the_dense_model_on_it_only(tmp_path, pool):
+    args = make_config(tmp_path, method="prunefuse_distilled", surrogate_distill_epochs=0.25)
+    trainer = PruneFuseTrainer(dense_config(), args=args, train_dataset=pool,
+                               callbacks=[StopAfterFirstSelection()])  # fmt: skip
+    trainer.train()
+    parts = trainer.metrics["rounds"][0]["setup"]["parts"]
+    assert parts["features_dense_sample"]["examples"] == 24  # a quarter of the 96 pool examples
+    assert parts["distillation"]["examples"] == 24  # 3 steps of 8
+    assert parts["distillation"]["mse_after"] < parts["distillation"]["mse_before"]
+    # No whole-pool dense pass: the only dense features are the sample's, not kept in the run directory.
+    assert not list((tmp_path / POOL_FEATURES_DIR).glob("dense-*"))
+    assert parts["features_dense_sample"]["flops"] * 4 == pytest.approx(
+        FORWARD_FLOPS_PER_MAC * trainer.progress["costs"]["dense"]["macs"] * len(pool)
+    )
 
 
 def test_distillation_refuses_features_it_cannot_pair(tmp_path, pool):

@@ -113,9 +113,47 @@ def classifier_input_indices(surrogate, plan) -> np.ndarray | None:
     return np.asarray(kept[1], dtype=np.int64) if 1 in kept else None
 
 
-def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epochs: float) -> dict:
+def distillation_rows(num_examples: int, epochs: float, seed: int) -> np.ndarray | None:
+    """The pool rows a distillation of `epochs` epochs sees: `None` (the whole pool) from one epoch on, else a sorted
+    random sample of `ceil(epochs * num_examples)` rows, so that a fraction of an epoch also needs the dense model's
+    features of that share only.
+
+    Example:
+
+    ```python
+    >>> from prunefuse_hf.trainer.features import distillation_rows
+    >>> distillation_rows(1000, 1.0, seed=0) is None, len(distillation_rows(1000, 0.25, seed=0))
+    (True, 250)
+    ```
+    """
+    if epochs >= 1:
+        return None
+    count = max(1, math.ceil(epochs * num_examples))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_examples, generator=generator)[:count].sort().values.numpy()
+
+
+def sample_features(trainer, model, rows: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Pooled features of the pool `rows` under `model` (not kept: a sample is drawn for one use), and the pass's
+    cost record (`seconds`, `flops`, `dense_flops`, `examples`) booked at the dense model."""
+    started = time.perf_counter()
+    features = score_rows(trainer, model, rows, ("features",)).features.numpy().astype(np.float32, copy=False)
+    macs = trainer.progress["costs"]["dense"]["macs"]
+    flops = FORWARD_FLOPS_PER_MAC * macs * len(rows)
+    record = {
+        "seconds": time.perf_counter() - started,
+        "flops": flops,
+        "dense_flops": flops,
+        "examples": len(rows),
+    }
+    return features, record
+
+
+def distill_surrogate(
+    trainer, surrogate, plan, dense_features: np.ndarray, epochs: float, rows: np.ndarray | None = None
+) -> dict:
     """Train the surrogate's body so its pooled features match the dense model's at the kept channel indices
-    (mean squared error), on the whole pool without labels, for `epochs` epochs (Adam, learning rate 1e-3, the run's
+    (mean squared error), on the pool without labels, for `epochs` epochs (Adam, learning rate 1e-3, the run's
     training batch size and seed). The classifier is left as it is, and so are the normalization layers' statistics:
     the surrogate runs in eval mode, normalizing as the dense model does (a short pass would otherwise leave the
     running statistics half-updated, and the features it is scored with would be worse than before).
@@ -124,12 +162,14 @@ def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epoc
         trainer ([`PruneFuseTrainer`]): The run (pool pixels, preprocessing, seed, batch size, costs).
         surrogate (`torch.nn.Module`): The pruned surrogate, trained in place.
         plan ([`PruningPlan`]): Its pruning plan (which dense features its pooled features are).
-        dense_features (`np.ndarray` of shape `(len(pool), dense_dim)`): The dense model's pooled features.
-        epochs (`float`): Passes over the pool (a fraction trains on that share of one shuffled pass).
+        dense_features (`np.ndarray` of shape `(len(rows), dense_dim)`): The dense model's pooled features of `rows`
+            (of the whole pool when `rows` is `None`).
+        epochs (`float`): Passes over the pool (a fraction trains on one pass over `rows`, that share of the pool).
+        rows (`np.ndarray` or `None`, *optional*): The pool rows distilled on (`distillation_rows`); `None`: all.
 
     Returns:
         `dict`: the cost record (`seconds`, `flops`, `dense_flops`, `examples`) and the feature error before and
-        after (`mse_before`, `mse_after`, on the same fixed 1,024 pool examples).
+        after (`mse_before`, `mse_after`, on the same fixed 1,024 of the rows).
 
     Raises:
         `ValueError`: the surrogate's feature width matches neither the kept indices nor the dense width.
@@ -142,14 +182,15 @@ def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epoc
             f"The surrogate's pooled features have {width} values but the dense model's (at the kept indices) "
             f"{targets.shape[1]}; label-free distillation cannot pair them (set surrogate_distill_epochs: 0)."
         )
+    rows = np.arange(len(targets)) if rows is None else np.asarray(rows, dtype=np.int64)
     generator = torch.Generator().manual_seed(trainer.args.seed)
-    num_examples = len(targets)
-    steps_total = max(1, math.ceil(epochs * num_examples / trainer.args.per_device_train_batch_size))
+    num_examples = len(rows)  # positions into `rows` and `targets`
     batch_size = trainer.args.per_device_train_batch_size
+    steps_total = max(1, math.ceil(max(epochs, 1.0) * num_examples / batch_size))
     device = trainer.accelerator.device
     surrogate.to(device)
     probe = torch.randperm(num_examples, generator=generator)[:1024].sort().values.numpy()
-    mse_before = _feature_error(trainer, surrogate, probe, targets)
+    mse_before = _feature_error(trainer, surrogate, rows[probe], targets[probe])
     head = {id(p) for p in classifier_module(surrogate).parameters()}
     body = [p for p in surrogate.parameters() if id(p) not in head]
     optimizer = torch.optim.Adam(body, lr=1e-3)
@@ -157,7 +198,7 @@ def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epoc
     hook = classifier_module(surrogate).register_forward_pre_hook(
         lambda m, args: seen.append(args[0].flatten(1))
     )
-    pixels = PixelDataset(trainer.pool_pixels, np.arange(num_examples))
+    pixels = PixelDataset(trainer.pool_pixels, np.arange(len(trainer.pool)))
     started = time.perf_counter()
     surrogate.eval()
     step, order = 0, torch.randperm(num_examples, generator=generator)
@@ -166,11 +207,11 @@ def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epoc
             position = (step * batch_size) % num_examples
             if position + batch_size > num_examples:
                 order = torch.randperm(num_examples, generator=generator)
-            rows = order[position : position + batch_size].sort().values.numpy()
-            batch = trainer.preprocessor.normalize(pixels.batch(rows).to(device))
+            positions = order[position : position + batch_size].sort().values
+            batch = trainer.preprocessor.normalize(pixels.batch(rows[positions.numpy()]).to(device))
             seen.clear()
             surrogate(pixel_values=batch)
-            loss = torch.nn.functional.mse_loss(seen[-1], targets[torch.from_numpy(rows)].to(device))
+            loss = torch.nn.functional.mse_loss(seen[-1], targets[positions].to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -180,10 +221,10 @@ def distill_surrogate(trainer, surrogate, plan, dense_features: np.ndarray, epoc
     seconds = time.perf_counter() - started
     examples = steps_total * batch_size
     costs = trainer.progress["costs"]
-    mse_after = _feature_error(trainer, surrogate, probe, targets)
+    mse_after = _feature_error(trainer, surrogate, rows[probe], targets[probe])
     logger.info(
-        f"Surrogate distilled from the dense model's features on the pool: {epochs:g} epochs, {steps_total} steps, "
-        f"{seconds:.1f} s; feature MSE {mse_before:.4f} -> {mse_after:.4f}."
+        f"Surrogate distilled from the dense model's features on {num_examples} pool examples: {epochs:g} epochs, "
+        f"{steps_total} steps, {seconds:.1f} s; feature MSE {mse_before:.4f} -> {mse_after:.4f}."
     )
     return {
         "seconds": seconds,
@@ -203,6 +244,7 @@ def score_rows(trainer, model, pool_indices: np.ndarray, outputs: tuple[str, ...
 
 
 def _feature_error(trainer, surrogate, rows: np.ndarray, targets: torch.Tensor) -> float:
+    """Mean squared error between the surrogate's pooled features of the pool `rows` and `targets` (one per row)."""
     scores = score_pool(
         surrogate,
         PixelDataset(trainer.pool_pixels, rows),
@@ -212,4 +254,4 @@ def _feature_error(trainer, surrogate, rows: np.ndarray, targets: torch.Tensor) 
         preprocess=trainer.preprocessor.normalize,
         show_progress=False,
     )
-    return float(torch.nn.functional.mse_loss(scores.features, targets[torch.from_numpy(rows)]))
+    return float(torch.nn.functional.mse_loss(scores.features, targets))

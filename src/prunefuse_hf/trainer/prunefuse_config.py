@@ -208,8 +208,10 @@ class PruneFuseConfig(TrainingArguments):
         surrogate_distill_epochs (`float`, *optional*):
             Before round 1, epochs of label-free distillation of the dense model into the pruned surrogate on the
             whole pool: the surrogate's pooled features learn the dense model's at the kept channel indices (MSE), so
-            it keeps more of a pretrained model's function. `0` skips it. Its cost is booked as selection. Defaults
-            to the method's value (`1` for `prunefuse_distilled`, else `0`).
+            it keeps more of a pretrained model's function. `0` skips it. A fraction distils on that share of the
+            pool, a random sample, and the dense model's forward pass covers that share only (`0.25` costs about a
+            quarter). Its cost is booked as selection. Defaults to the method's value (`1` for
+            `prunefuse_distilled`, else `0`).
 
         > Parameters that control fusion
 

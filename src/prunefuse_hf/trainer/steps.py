@@ -36,7 +36,15 @@ from ..pruning.prune import prune_model
 from ..pruning.replay import load_surrogate
 from ..selection.proxy import normalize_features, train_linear_probe
 from ..selection.typiclust import typiclust_select
-from .features import distill_surrogate, load_pool_features, pool_features, refresh_probe_features, score_rows
+from .features import (
+    distill_surrogate,
+    distillation_rows,
+    load_pool_features,
+    pool_features,
+    refresh_probe_features,
+    sample_features,
+    score_rows,
+)
 from .report import write_report
 from .step_models import (
     evaluate_model,
@@ -120,8 +128,13 @@ def _setup_selection(trainer, dense, surrogate, plan) -> dict | None:
         parts["typiclust"] = {"seconds": time.perf_counter() - started, "flops": 0.0, "dense_flops": 0.0}
         _set_query(trainer, 1, selection.indices, scores=selection.scores, strategy="typiclust")
     if args.surrogate_distill_epochs > 0:
+        rows = distillation_rows(len(trainer.pool), args.surrogate_distill_epochs, args.seed)
+        if rows is None:
+            dense_features = features_of(dense, "dense")[0]
+        else:  # a share of one epoch needs the dense model's features of that share only
+            dense_features, parts["features_dense_sample"] = sample_features(trainer, dense, rows)
         parts["distillation"] = distill_surrogate(
-            trainer, surrogate, plan, features_of(dense, "dense")[0], args.surrogate_distill_epochs
+            trainer, surrogate, plan, dense_features, args.surrogate_distill_epochs, rows=rows
         )
     if args.selector == "linear_probe" and trainer.strategy.needs:
         on_dense = args.pruning_ratio == 0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "active_learning.py"
 # (method, strategy) of the fine-tuning scenarios, as the script lists them.
 FINETUNE_METHODS = [
@@ -15,7 +17,7 @@ FINETUNE_METHODS = [
     ("svp", "least_confidence"), ("prunefuse_kd", "least_confidence"), ("prunefuse_distilled", "least_confidence"),
     ("feature_proxy", "least_confidence"), ("feature_proxy_typiclust", "least_confidence"),
     ("feature_proxy_margin", "margin"), ("feature_proxy_refreshed_margin", "margin"),
-    ("feature_proxy_dropquery", "dropquery"),
+    ("feature_proxy_dropquery", "dropquery"), ("prunefuse_distilled_quarter", "least_confidence"),
 ]  # fmt: skip
 
 
@@ -66,7 +68,7 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
     assert set(finetune["methods"]) == {"random", "random_typiclust", "dense_al", "svp", "prunefuse_kd",
                                         "prunefuse_distilled", "feature_proxy", "feature_proxy_typiclust",
                                         "feature_proxy_margin", "feature_proxy_refreshed_margin",
-                                        "feature_proxy_dropquery"}  # fmt: skip
+                                        "feature_proxy_dropquery", "prunefuse_distilled_quarter"}  # fmt: skip
     claims = {
         "random": {"method": "random", "strategy": "random", "fusion": False, "initial_strategy": "random"},
         "random_typiclust": {"method": "random", "strategy": "random", "initial_strategy": "typiclust"},
@@ -83,6 +85,7 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
         "feature_proxy_refreshed_margin": {"method": "feature_proxy_refreshed", "selector": "linear_probe",
                                            "strategy": "margin", "proxy_refresh_every": 1},
         "feature_proxy_dropquery": {"method": "feature_proxy", "strategy": "dropquery", "proxy_refresh_every": 0},
+        "prunefuse_distilled_quarter": {"method": "prunefuse_distilled", "surrogate_distill_epochs": 0.25},
     }  # fmt: skip
     for method, claim in claims.items():
         strategy = dict(FINETUNE_METHODS)[method]
@@ -144,3 +147,38 @@ def test_finished_results_land_in_the_json_and_a_later_invocation_continues_from
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     assert "other protocol or pretrained checkpoint, its results are not reused" in result.stdout
     assert (runs / "finetune" / "random-random-seed0" / "metrics.json").is_file()
+
+
+def _summary(accuracy: dict, seconds: float) -> dict:
+    return {"accuracy": accuracy, "selection_seconds": seconds, "end_to_end_seconds": seconds + 10.0,
+            "selection_flops": seconds}  # fmt: skip
+
+
+def test_fine_tuning_targets_use_same_seed_differences_and_rule_out_methods_below_random():
+    from active_learning import finetune_ratios, finetune_targets, paired, ruled_out
+
+    budgets = ("300", "600")
+    # Per seed: random, dense AL, a method close to dense AL at 0.2x its time, and one below random at both budgets.
+    random = {s: _summary(dict(zip(budgets, (0.80 + s / 100, 0.85 + s / 100))), 0.0) for s in range(3)}
+    dense = {s: _summary(dict(zip(budgets, (0.82 + s / 100, 0.88 + s / 100))), 100.0) for s in range(3)}
+    close = {s: _summary(dict(zip(budgets, (0.818 + s / 100, 0.875 + s / 100 + (s - 1) / 1000))), 20.0)
+             for s in range(3)}  # fmt: skip
+    below = {s: _summary(dict(zip(budgets, (0.79 + s / 100, 0.84 + s / 100))), 10.0) for s in range(3)}
+    summaries = {"random": random, "dense_al": dense, "close": close, "below": below}
+
+    difference = paired(close, dense, "600")  # -0.6, -0.5, -0.4 points
+    assert difference["mean"] == pytest.approx(-0.5) and difference["n"] == 3
+    assert difference["se"] == pytest.approx(0.1 / 3**0.5)
+    assert ruled_out(summaries, "below") and not ruled_out(summaries, "close")
+    assert not ruled_out({**summaries, "below": {0: below[0], 1: below[1]}}, "below")  # three seeds needed
+
+    targets = finetune_targets({"ratios": finetune_ratios(summaries), "methods": {}})
+    assert targets["recommended"] == "close" and targets["recommended_passes"]
+    close_check, below_check = targets["methods"]["close"], targets["methods"]["below"]
+    assert close_check["mean_gap_points"] == pytest.approx(-0.35) and close_check["met"]
+    assert close_check["selection_time_ratio"] == pytest.approx(0.2)
+    assert not below_check["random_met"] and below_check["worst_vs_random_points"] == pytest.approx(-1.0)
+    # Nothing passes: the smallest worst-case loss to random is recommended.
+    slow = {s: {**r, "selection_seconds": 50.0} for s, r in close.items()}
+    targets = finetune_targets({"ratios": finetune_ratios({**summaries, "close": slow}), "methods": {}})
+    assert targets["recommended"] == "close" and not targets["recommended_passes"]

@@ -18,6 +18,7 @@ FINETUNE_METHODS = [
     ("feature_proxy", "least_confidence"), ("feature_proxy_typiclust", "least_confidence"),
     ("feature_proxy_margin", "margin"), ("feature_proxy_refreshed_margin", "margin"),
     ("feature_proxy_dropquery", "dropquery"), ("prunefuse_distilled_quarter", "least_confidence"),
+    ("prunefuse_distilled_fast", "least_confidence"),
 ]  # fmt: skip
 
 
@@ -68,7 +69,8 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
     assert set(finetune["methods"]) == {"random", "random_typiclust", "dense_al", "svp", "prunefuse_kd",
                                         "prunefuse_distilled", "feature_proxy", "feature_proxy_typiclust",
                                         "feature_proxy_margin", "feature_proxy_refreshed_margin",
-                                        "feature_proxy_dropquery", "prunefuse_distilled_quarter"}  # fmt: skip
+                                        "feature_proxy_dropquery", "prunefuse_distilled_quarter",
+                                        "prunefuse_distilled_fast"}  # fmt: skip
     claims = {
         "random": {"method": "random", "strategy": "random", "fusion": False, "initial_strategy": "random"},
         "random_typiclust": {"method": "random", "strategy": "random", "initial_strategy": "typiclust"},
@@ -86,6 +88,8 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
                                            "strategy": "margin", "proxy_refresh_every": 1},
         "feature_proxy_dropquery": {"method": "feature_proxy", "strategy": "dropquery", "proxy_refresh_every": 0},
         "prunefuse_distilled_quarter": {"method": "prunefuse_distilled", "surrogate_distill_epochs": 0.25},
+        "prunefuse_distilled_fast": {"method": "prunefuse_distilled", "surrogate_distill_epochs": 0.25,
+                                     "surrogate_num_train_epochs": 0.5},  # half the quick protocol's 1 epoch
     }  # fmt: skip
     for method, claim in claims.items():
         strategy = dict(FINETUNE_METHODS)[method]

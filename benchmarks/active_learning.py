@@ -36,6 +36,7 @@ Writes `active_learning.json` / `.md` (scratch), `finetune.json` / `.md` and the
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -82,6 +83,7 @@ METHODS = {
     # The probe's features recomputed by the fine-tuned dense model every round (ASVP), run with margin.
     "feature_proxy_refreshed_margin": {"method": "feature_proxy_refreshed"},
     "feature_proxy_dropquery": {"method": "feature_proxy"},  # run with strategy dropquery
+    "feature_proxy_cluster_margin": {"method": "feature_proxy"},  # run with strategy cluster_margin
     # prunefuse_distilled made cheaper: distilled on a random quarter of the pool (the dense pass covers it only).
     "prunefuse_distilled_quarter": {"method": "prunefuse_distilled", "surrogate_distill_epochs": 0.25},
     # ... and its surrogate trained for half the scenario's surrogate epochs each round.
@@ -106,6 +108,7 @@ LABELS = {
     "feature_proxy_margin": "feature proxy, margin",
     "feature_proxy_refreshed_margin": "feature proxy refreshed every round, margin",
     "feature_proxy_dropquery": "feature proxy, DropQuery",
+    "feature_proxy_cluster_margin": "feature proxy, cluster-margin",
     "prunefuse_distilled_quarter": "PruneFuse p=0.5, surrogate distilled on a quarter of the pool",
     "prunefuse_distilled_fast": "PruneFuse p=0.5, distilled on a quarter, surrogate at half the epochs",
 }
@@ -126,6 +129,8 @@ FINETUNE_LABELS = {
     "feature_proxy_refreshed_margin": "feature proxy with margin, features refreshed by the fine-tuned model each "
     "round, fine-tuned",
     "feature_proxy_dropquery": "feature proxy with DropQuery (dropout disagreement, k-means), fine-tuned",
+    "feature_proxy_cluster_margin": "feature proxy with cluster-margin (k-means over the smallest margins), "
+    "fine-tuned",
     "prunefuse_distilled_quarter": "PruneFuse p=0.5 (fusion) + KD, surrogate distilled on a quarter of the pool "
     "first",
     "prunefuse_distilled_fast": "PruneFuse p=0.5 (fusion) + KD, surrogate distilled on a quarter of the pool first "
@@ -138,8 +143,9 @@ FINETUNE_METHODS = [
     ("feature_proxy", "least_confidence"), ("feature_proxy_typiclust", "least_confidence"),
     # The variant the linear probe's own learning curves pointed to (margin beat least confidence there).
     ("feature_proxy_margin", "margin"),
-    # Issue 33: the proxy aligned with the fine-tuned model (ASVP), and DropQuery's uncertainty + diversity.
+    # The proxy aligned with the fine-tuned model (ASVP); uncertainty + diversity: DropQuery, cluster-margin.
     ("feature_proxy_refreshed_margin", "margin"), ("feature_proxy_dropquery", "dropquery"),
+    ("feature_proxy_cluster_margin", "cluster_margin"),
     # prunefuse_distilled at about a quarter of its distillation's cost.
     ("prunefuse_distilled_quarter", "least_confidence"), ("prunefuse_distilled_fast", "least_confidence"),
 ]  # fmt: skip
@@ -762,7 +768,7 @@ def finetune_scenario(args, scenario: str = "finetune") -> dict:
     recipe = finetune_recipe(args, base_recipe(args), scenario)
     runs_dir = args.runs_dir / scenario
     started = time.perf_counter()
-    pretraining = json.loads((Path(recipe["model_name_or_path"]) / "pretraining.json").read_text())
+    pretraining = pretraining_record(Path(recipe["model_name_or_path"]))
     path = args.output / f"{scenario}.json"
     summaries = landed_results(path, recipe, pretraining)
     chosen = [(m, s) for m, s in FINETUNE_METHODS if args.methods is None or m in args.methods]
@@ -778,6 +784,14 @@ def finetune_scenario(args, scenario: str = "finetune") -> dict:
             args.output.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report, indent=1) + "\n")
     return finetune_report(args, scenario, recipe, pretraining, summaries, started)
+
+
+def pretraining_record(checkpoint: Path) -> dict:
+    """The pretrained checkpoint's record (classes, accuracy, epochs) with the SHA-256 of its weights file: results
+    are reused only from the same weights, which the same code and torch version reproduce bit for bit."""
+    record = json.loads((checkpoint / "pretraining.json").read_text())
+    digest = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    return {**record, "weights_sha256": digest}
 
 
 def finetune_summary(metrics: dict, directory: Path) -> dict:
@@ -815,13 +829,13 @@ def landed_results(path: Path, recipe: dict, pretraining: dict) -> dict:
     if not path.is_file():
         return {}
     report = json.loads(path.read_text())
-    if (
-        _comparable(report.get("protocol", {})) != _comparable(recipe)
-        or report.get("pretraining") != pretraining
-    ):
-        print(
-            f"== {path.name}: other protocol or pretrained checkpoint, its results are not reused", flush=True
-        )
+    landed, now = _comparable(report.get("protocol", {})), _comparable(recipe)
+    differ = sorted(k for k in landed.keys() | now.keys() if landed.get(k) != now.get(k))
+    if report.get("pretraining") != pretraining:
+        differ.append(f"pretrained checkpoint ({report.get('pretraining')} there, {pretraining} here)")
+    if differ:
+        print(f"== {path.name}: measured under another protocol, its results are not reused: {', '.join(differ)}",
+              flush=True)  # fmt: skip
         return {}
     landed = {method: {int(seed): s for seed, s in entry["per_seed"].items()}
               for method, entry in report["methods"].items() if method in dict(FINETUNE_METHODS)}  # fmt: skip

@@ -17,8 +17,8 @@ FINETUNE_METHODS = [
     ("svp", "least_confidence"), ("prunefuse_kd", "least_confidence"), ("prunefuse_distilled", "least_confidence"),
     ("feature_proxy", "least_confidence"), ("feature_proxy_typiclust", "least_confidence"),
     ("feature_proxy_margin", "margin"), ("feature_proxy_refreshed_margin", "margin"),
-    ("feature_proxy_dropquery", "dropquery"), ("prunefuse_distilled_quarter", "least_confidence"),
-    ("prunefuse_distilled_fast", "least_confidence"),
+    ("feature_proxy_dropquery", "dropquery"), ("feature_proxy_cluster_margin", "cluster_margin"),
+    ("prunefuse_distilled_quarter", "least_confidence"), ("prunefuse_distilled_fast", "least_confidence"),
 ]  # fmt: skip
 
 
@@ -69,8 +69,8 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
     assert set(finetune["methods"]) == {"random", "random_typiclust", "dense_al", "svp", "prunefuse_kd",
                                         "prunefuse_distilled", "feature_proxy", "feature_proxy_typiclust",
                                         "feature_proxy_margin", "feature_proxy_refreshed_margin",
-                                        "feature_proxy_dropquery", "prunefuse_distilled_quarter",
-                                        "prunefuse_distilled_fast"}  # fmt: skip
+                                        "feature_proxy_dropquery", "feature_proxy_cluster_margin",
+                                        "prunefuse_distilled_quarter", "prunefuse_distilled_fast"}  # fmt: skip
     claims = {
         "random": {"method": "random", "strategy": "random", "fusion": False, "initial_strategy": "random"},
         "random_typiclust": {"method": "random", "strategy": "random", "initial_strategy": "typiclust"},
@@ -87,6 +87,8 @@ def test_quick_benchmark_runs_every_method_and_writes_results(tmp_path):
         "feature_proxy_refreshed_margin": {"method": "feature_proxy_refreshed", "selector": "linear_probe",
                                            "strategy": "margin", "proxy_refresh_every": 1},
         "feature_proxy_dropquery": {"method": "feature_proxy", "strategy": "dropquery", "proxy_refresh_every": 0},
+        "feature_proxy_cluster_margin": {"method": "feature_proxy", "strategy": "cluster_margin",
+                                         "proxy_refresh_every": 0},
         "prunefuse_distilled_quarter": {"method": "prunefuse_distilled", "surrogate_distill_epochs": 0.25},
         "prunefuse_distilled_fast": {"method": "prunefuse_distilled", "surrogate_distill_epochs": 0.25,
                                      "surrogate_num_train_epochs": 0.5},  # half the quick protocol's 1 epoch
@@ -149,7 +151,16 @@ def test_finished_results_land_in_the_json_and_a_later_invocation_continues_from
     (output / "finetune.json").write_text(json.dumps({**second, "protocol": protocol}))
     command[-2:] = ["random"]
     result = subprocess.run(command, check=True, capture_output=True, text=True)
-    assert "other protocol or pretrained checkpoint, its results are not reused" in result.stdout
+    assert "another protocol, its results are not reused: num_train_epochs" in result.stdout
+    assert (runs / "finetune" / "random-random-seed0" / "metrics.json").is_file()
+    # Nor from other pretrained weights with the same record (classes, accuracy, epochs).
+    third = json.loads((output / "finetune.json").read_text())
+    assert len(third["pretraining"]["weights_sha256"]) == 64
+    pretraining = {**third["pretraining"], "weights_sha256": "0" * 64}
+    (output / "finetune.json").write_text(json.dumps({**third, "pretraining": pretraining}))
+    shutil.rmtree(runs / "finetune")
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "not reused: pretrained checkpoint" in result.stdout
     assert (runs / "finetune" / "random-random-seed0" / "metrics.json").is_file()
 
 

@@ -975,6 +975,81 @@ def finetune_targets(report: dict) -> dict:
             "cold_start": cold, "thresholds": targets}  # fmt: skip
 
 
+def joint_targets(reports: dict) -> dict:
+    """The recommendation over fine-tuning scenarios (name -> report with its `finetune_targets`), for the methods
+    measured in every one: a method passes when it passes in each scenario; the recommended one is the passing method
+    closest to dense AL on average over the scenarios, else the one with the smallest worst-case loss to random over
+    all of them. Returns the recommendation, whether it passes and each method's per-scenario checks."""
+    checks = {name: report["targets"]["methods"] for name, report in reports.items()}
+    shared = [m for m in next(iter(checks.values())) if all(m in c for c in checks.values())]
+    fields = (
+        "met",
+        "mean_gap_points",
+        "worst_gap_points",
+        "worst_vs_random_points",
+        "selection_time_ratio",
+        "seeds",
+    )
+    methods = {}
+    for method in shared:
+        per = {name: {k: c[method][k] for k in fields} for name, c in checks.items()}
+        worst = [c["worst_vs_random_points"] for c in per.values()]
+        methods[method] = {
+            "met": all(c["met"] for c in per.values()),
+            "mean_gap_points": float(np.mean([c["mean_gap_points"] for c in per.values()])),
+            "worst_vs_random_points": None if None in worst else min(worst),
+            "scenarios": per,
+        }
+    passing = [m for m, c in methods.items() if c["met"]]
+    if passing:
+        recommended = max(passing, key=lambda m: methods[m]["mean_gap_points"])
+    else:
+        scored = [m for m, c in methods.items() if c["worst_vs_random_points"] is not None]
+        recommended = max(scored, key=lambda m: methods[m]["worst_vs_random_points"], default=None)
+    return {"scenarios": list(reports), "recommended": recommended, "recommended_passes": bool(passing),
+            "methods": methods}  # fmt: skip
+
+
+def joint_markdown(joint: dict) -> str:
+    """`joint_targets` as a markdown table: per method, PASS/MISS in each scenario and over all."""
+    names = joint["scenarios"]
+    lines = [
+        f"Fine-tuning targets over {', '.join(names)} (means over seeds of same-seed differences).",
+        "",
+        "| method | " + " | ".join(names) + " | mean gap to dense AL | worst vs random | all |",
+        "|---" * (len(names) + 4) + "|",
+    ]
+    for method, check in joint["methods"].items():
+        cells = []
+        for name in names:
+            c = check["scenarios"][name]
+            cells.append(f"{'PASS' if c['met'] else 'MISS'} ({c['mean_gap_points']:+.2f} / {c['worst_gap_points']:+.2f}"
+                         f" / {c['selection_time_ratio']:.2f}x, {c['seeds']} seeds)")  # fmt: skip
+        worst = check["worst_vs_random_points"]
+        label = FINETUNE_LABELS.get(method, method)
+        if method == joint["recommended"]:
+            label = f"**recommended** {label}"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {check['mean_gap_points']:+.2f} | "
+                     f"{'–' if worst is None else f'{worst:+.2f}'} | {'PASS' if check['met'] else 'MISS'} |")  # fmt: skip
+    lines += ["", "Per scenario: mean / worst gap to dense AL (points), selection time / dense AL's."]
+    if not joint["recommended_passes"]:
+        lines.append("No method passes in every scenario: the recommended one has the smallest worst-case loss to "
+                     "random over them.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_joint_targets(output: Path) -> dict | None:
+    """When `output` holds the JSON of every fine-tuning scenario, write `finetune_targets.json` and `.md` (the
+    recommendation over all of them) and return it; else `None`."""
+    paths = [output / f"{scenario}.json" for scenario in FINETUNE_SCENARIOS]
+    if not all(p.is_file() for p in paths):
+        return None
+    joint = joint_targets({p.stem: json.loads(p.read_text()) for p in paths})
+    (output / "finetune_targets.json").write_text(json.dumps(joint, indent=1) + "\n")
+    (output / "finetune_targets.md").write_text(joint_markdown(joint))
+    return joint
+
+
 def _paired_cells(differences: dict) -> str:
     """Same-seed differences per budget as `+a ± se / ...` (points ± standard error)."""
     return " / ".join(
@@ -1126,6 +1201,8 @@ def main(argv=None) -> dict:
         (args.output / f"{scenario}.md").write_text(table)
         print(table)
         reports[scenario] = report
+    if any(s in FINETUNE_SCENARIOS for s in scenarios) and (joint := write_joint_targets(args.output)):
+        print(joint_markdown(joint))
     return reports
 
 

@@ -197,3 +197,31 @@ def test_fine_tuning_targets_use_same_seed_differences_and_rule_out_methods_belo
     slow = {s: {**r, "selection_seconds": 50.0} for s, r in close.items()}
     targets = finetune_targets({"ratios": finetune_ratios({**summaries, "close": slow}), "methods": {}})
     assert targets["recommended"] == "close" and not targets["recommended_passes"]
+
+
+def test_the_recommendation_over_scenarios_passes_only_what_passes_in_each():
+    from active_learning import finetune_ratios, finetune_targets, joint_markdown, joint_targets
+
+    budgets = ("300", "600")
+
+    def scenario(offset: float, close_seconds: float) -> dict:
+        """random, dense AL (100 s), `close` (0.3-0.5 points below dense AL) and `cheap` (below random at 600)."""
+        make = {"random": (0.80, 0.85, 0.0), "dense_al": (0.82, 0.88, 100.0), "close": (0.818, 0.876, close_seconds),
+                "cheap": (0.80, 0.846, 10.0)}  # fmt: skip
+        summaries = {m: {s: _summary({budgets[0]: a + offset + s / 100, budgets[1]: b + offset + s / 100}, t)
+                         for s in range(3)} for m, (a, b, t) in make.items()}  # fmt: skip
+        report = {"ratios": finetune_ratios(summaries), "methods": {}}
+        report["targets"] = finetune_targets(report)
+        return report
+
+    joint = joint_targets({"resnet": scenario(0.0, 20.0), "vit": scenario(0.05, 20.0)})
+    assert joint["recommended"] == "close" and joint["recommended_passes"]
+    assert joint["methods"]["close"]["scenarios"]["vit"]["met"]
+    assert joint["methods"]["cheap"]["worst_vs_random_points"] == pytest.approx(-0.4)
+    # `close` too slow in one scenario: nothing passes both, and the smallest worst-case loss to random wins.
+    joint = joint_targets({"resnet": scenario(0.0, 20.0), "vit": scenario(0.05, 50.0)})
+    assert not joint["methods"]["close"]["met"] and joint["methods"]["close"]["scenarios"]["resnet"]["met"]
+    assert joint["recommended"] == "close" and not joint["recommended_passes"]
+    table = joint_markdown(joint)
+    assert "| **recommended** close | PASS (" in table and "| MISS |" in table
+    assert "No method passes in every scenario" in table

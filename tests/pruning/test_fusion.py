@@ -61,9 +61,10 @@ def test_a_trained_surrogate_lands_exactly_at_its_kept_indices_and_every_other_e
     # Neither input was modified by fusing.
     assert_states_equal(dense.state_dict(), dense_before)
     assert_states_equal(surrogate.state_dict(), surrogate_state)
-    # A small step: the tiny 17-block MobileNetV2 on one batch of 8 is noisy at larger ones.
-    losses = train_steps(fused, steps=5, lr=0.01)
-    assert losses[-1] < losses[0]
+    # The fused model trains: a small step lowers its loss (the tiny 17-block MobileNetV2 on one batch of 8 is noisy
+    # at larger ones).
+    losses = train_steps(fused, steps=2, lr=0.01)
+    assert losses[1] < losses[0]
 
 
 @families

@@ -176,6 +176,9 @@ PRETRAIN_CLASSES = [0, 1, 2, 3, 4, 8]
 FINETUNE_CLASSES = [5, 6, 7, 9]
 FINETUNE_PROTOCOL = {"initial_labeled_size": 300, "query_size": 300, "num_rounds": 3}
 PRETRAIN_EPOCHS = 2
+# Pretrained checkpoints kept in the repository (the ViT's, 1.2 MB): float kernels differ between kinds of CPU, so
+# the same pretraining on another machine gives other weights, and results measured from these could not be continued.
+CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"
 # The pretrained scenarios: the ResNet-18-sized model of the default recipe, and a small ViT (another model family:
 # attention, LayerNorm, a CLS-token head; trained with AdamW as ViTs are) on a 8,000-image pool so that every method
 # and seed runs in minutes on 2 CPU cores. `pretrained` is the checkpoint's folder under --runs_dir.
@@ -682,7 +685,8 @@ def finetune_data(args) -> Path:
 
 
 def pretrained_checkpoint(args, recipe: dict, scenario: str = "finetune") -> Path:
-    """The dense model trained on the pretraining classes (once; reused by every run and seed), with its processor.
+    """The dense model trained on the pretraining classes (once; reused by every run and seed), with its processor:
+    the one committed under `benchmarks/checkpoints/` when there is one, else trained into `--runs_dir`.
 
     Returns the checkpoint directory, which fine-tuning runs name as `model_name_or_path`.
     """
@@ -696,6 +700,9 @@ def pretrained_checkpoint(args, recipe: dict, scenario: str = "finetune") -> Pat
     from prunefuse_hf.pruning.modeling import load_image_classifier
 
     settings = FINETUNE_SCENARIOS[scenario]
+    committed = CHECKPOINTS / settings["pretrained"]
+    if not args.quick and (committed / "model.safetensors").is_file():
+        return committed
     directory = args.runs_dir / settings["pretrained"]
     if (directory / "model.safetensors").is_file():
         return directory
@@ -788,7 +795,8 @@ def finetune_scenario(args, scenario: str = "finetune") -> dict:
 
 def pretraining_record(checkpoint: Path) -> dict:
     """The pretrained checkpoint's record (classes, accuracy, epochs) with the SHA-256 of its weights file: results
-    are reused only from the same weights, which the same code and torch version reproduce bit for bit."""
+    are reused only from the same weights, which the same code and torch version reproduce bit for bit on the same
+    kind of CPU."""
     record = json.loads((checkpoint / "pretraining.json").read_text())
     digest = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
     return {**record, "weights_sha256": digest}

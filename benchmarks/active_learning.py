@@ -964,12 +964,7 @@ def finetune_targets(report: dict) -> dict:
         check["time_met"] = check["selection_time_ratio"] <= targets["selection_time_ratio"]
         check["met"] = check["random_met"] and check["accuracy_met"] and check["time_met"]
         candidates[method] = check
-    passing = [m for m, c in candidates.items() if c["met"]]
-    if passing:
-        recommended = max(passing, key=lambda m: candidates[m]["mean_gap_points"])
-    else:
-        scored = [m for m, c in candidates.items() if c["worst_vs_random_points"] is not None]
-        recommended = max(scored, key=lambda m: candidates[m]["worst_vs_random_points"], default=None)
+    recommended, passes = recommend(candidates)
     cold = {}
     for method, baseline in COLD_STARTS.items():
         mine, theirs = report["methods"].get(method), report["methods"].get(baseline)
@@ -979,8 +974,19 @@ def finetune_targets(report: dict) -> dict:
         gain = 100 * (mine["accuracy"][first]["mean"] - theirs["accuracy"][first]["mean"])
         cold[method] = {"baseline": baseline, "budget": int(first), "gain_points": gain,
                         "met": gain >= targets["cold_start_points"]}  # fmt: skip
-    return {"recommended": recommended, "recommended_passes": bool(passing), "methods": candidates,
+    return {"recommended": recommended, "recommended_passes": passes, "methods": candidates,
             "cold_start": cold, "thresholds": targets}  # fmt: skip
+
+
+def recommend(checks: dict) -> tuple[str | None, bool]:
+    """The recommended method of `checks` (method -> `met`, `mean_gap_points`, `worst_vs_random_points`) and whether
+    it passes: the passing method closest to dense AL on average; when none passes, the one with the smallest
+    worst-case loss to random (`None` when no method has one)."""
+    passing = [m for m, c in checks.items() if c["met"]]
+    if passing:
+        return max(passing, key=lambda m: checks[m]["mean_gap_points"]), True
+    scored = [m for m, c in checks.items() if c["worst_vs_random_points"] is not None]
+    return max(scored, key=lambda m: checks[m]["worst_vs_random_points"], default=None), False
 
 
 def joint_targets(reports: dict) -> dict:
@@ -1008,13 +1014,8 @@ def joint_targets(reports: dict) -> dict:
             "worst_vs_random_points": None if None in worst else min(worst),
             "scenarios": per,
         }
-    passing = [m for m, c in methods.items() if c["met"]]
-    if passing:
-        recommended = max(passing, key=lambda m: methods[m]["mean_gap_points"])
-    else:
-        scored = [m for m, c in methods.items() if c["worst_vs_random_points"] is not None]
-        recommended = max(scored, key=lambda m: methods[m]["worst_vs_random_points"], default=None)
-    return {"scenarios": list(reports), "recommended": recommended, "recommended_passes": bool(passing),
+    recommended, passes = recommend(methods)
+    return {"scenarios": list(reports), "recommended": recommended, "recommended_passes": passes,
             "methods": methods}  # fmt: skip
 
 

@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import yaml
-from common import machine_info, mean_std
+from common import cpu_name, machine_info, mean_std
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "fashion-mnist-resnet" / "prunefuse.yaml"
@@ -771,7 +771,10 @@ def finetune_recipe(args, recipe: dict, scenario: str = "finetune") -> dict:
 def finetune_scenario(args, scenario: str = "finetune") -> dict:
     """Every (method, seed) of a fine-tuning scenario. Each result is written into `--output`/`<scenario>.json` as it
     lands, and a result already there for the same protocol and pretrained checkpoint is reused: an interrupted
-    benchmark continues, also in another session that has the committed JSON but not the run directories."""
+    benchmark continues, also in another session that has the committed JSON but not the run directories.
+
+    A seed is finished on the kind of CPU that started it: one with runs to do whose finished runs came from another
+    CPU is rerun here in full (see `seeds_from_other_cpus`)."""
     recipe = finetune_recipe(args, base_recipe(args), scenario)
     runs_dir = args.runs_dir / scenario
     started = time.perf_counter()
@@ -779,10 +782,19 @@ def finetune_scenario(args, scenario: str = "finetune") -> dict:
     path = args.output / f"{scenario}.json"
     summaries = landed_results(path, recipe, pretraining)
     chosen = [(m, s) for m, s in FINETUNE_METHODS if args.methods is None or m in args.methods]
+
+    def to_run(seed):
+        return [(method, strategy) for method, strategy in chosen if seed not in summaries.get(method, {})
+                and not (seed > 2 and ruled_out(summaries, method))]  # fmt: skip
+
+    cpu = cpu_name()
     for seed in args.seeds:
-        for method, strategy in chosen:
-            if seed in summaries.get(method, {}) or (seed > 2 and ruled_out(summaries, method)):
-                continue
+        if to_run(seed) and seed in seeds_from_other_cpus(summaries, cpu):
+            print(f"== seed {seed}: its finished runs came from another CPU than this one ({cpu}); it is rerun here "
+                  "in full, so that its same-seed differences compare runs of one machine", flush=True)  # fmt: skip
+            for by_seed in summaries.values():
+                by_seed.pop(seed, None)
+        for method, strategy in to_run(seed):
             metrics, directory = run_one(
                 args, recipe, method, strategy, seed, runs_dir=runs_dir, curves=False
             )
@@ -791,6 +803,13 @@ def finetune_scenario(args, scenario: str = "finetune") -> dict:
             args.output.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report, indent=1) + "\n")
     return finetune_report(args, scenario, recipe, pretraining, summaries, started)
+
+
+def seeds_from_other_cpus(summaries: dict, cpu: str) -> set[int]:
+    """The seeds with a finished run from another CPU than `cpu` (or from an unrecorded one): float kernels differ
+    between kinds of CPU, by up to 1.5 points of accuracy after the same training, which would add to a same-seed
+    difference between two methods run on different machines."""
+    return {seed for by_seed in summaries.values() for seed, s in by_seed.items() if s.get("cpu") != cpu}
 
 
 def pretraining_record(checkpoint: Path) -> dict:
@@ -811,6 +830,7 @@ def finetune_summary(metrics: dict, directory: Path) -> dict:
         for r in metrics["rounds"] if fused and r.get("dense") and r["dense"].get("accuracy_at_start") is not None
     }  # fmt: skip
     summary["run_wall_seconds"] = run_wall_seconds(directory)
+    summary["cpu"] = cpu_name()
     setup = (metrics["rounds"][0].get("setup") or {}).get("parts", {})
     summary["setup_seconds"] = {name: part["seconds"] for name, part in setup.items()}
     if "distillation" in setup:
@@ -858,7 +878,7 @@ def finetune_report(
     args, scenario: str, recipe: dict, pretraining: dict, summaries: dict, started: float
 ) -> dict:
     """The scenario's report from the summaries so far (methods in the script's order, seeds ascending)."""
-    order = [m for m, _ in FINETUNE_METHODS if m in summaries]
+    order = [m for m, _ in FINETUNE_METHODS if summaries.get(m)]
     summaries = {m: dict(sorted(summaries[m].items())) for m in order}
     methods = {}
     for method, by_seed in summaries.items():
@@ -880,6 +900,11 @@ def finetune_report(
               "protocol": {k: recipe[k] for k in sorted(recipe) if k != "output_dir"},
               "machine": machine_info(args.device), "invocation_seconds": time.perf_counter() - started,
               "wall_seconds": sum(s["run_wall_seconds"] or 0 for m in summaries.values() for s in m.values())}  # fmt: skip
+    cpus = {}
+    for by_seed in summaries.values():
+        for seed, summary in by_seed.items():
+            cpus.setdefault(summary.get("cpu") or "unrecorded", set()).add(seed)
+    report["seeds_per_cpu"] = {cpu: sorted(seeds) for cpu, seeds in sorted(cpus.items())}
     report["ruled_out"] = [m for m in order if ruled_out(summaries, m)]
     report["targets"] = finetune_targets(report)
     return report
@@ -1072,7 +1097,11 @@ def finetune_markdown(report: dict) -> str:
     budgets = sorted({int(b) for m in methods.values() for b in m["accuracy"]})
     lines = [
         f"{report['title'][0].upper()}{report['title'][1:]}. Machine: {machine['device']}, {machine['cpu_count']} CPU "
-        f"cores, torch {machine['torch']}; seeds {report['seeds']}; {report['wall_seconds'] / 60:.0f} min in all. "
+        f"cores, torch {machine['torch']}; seeds {report['seeds']} ("
+        + "; ".join(
+            f"{', '.join(map(str, seeds))} on {cpu}" for cpu, seeds in report.get("seeds_per_cpu", {}).items()
+        )
+        + f"); {report['wall_seconds'] / 60:.0f} min in all. "
         f"Accuracy: mean ± std over seeds. Differences: same-seed (same first query) differences in points, mean ± "
         f"standard error. Pretrained on {', '.join(pre['classes'])} ("
         + (f"{pre['examples']:,} training images, " if "examples" in pre else "")

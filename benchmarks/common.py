@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,13 +21,20 @@ def mean_std(values) -> dict:
     return {"mean": float(np.mean(values)), "std": std, "n": len(values)}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (`model name` in Linux's /proc/cpuinfo, e.g. "AMD EPYC"), else `platform.processor()`,
+    else "CPU". Float kernels, and so trained weights and accuracies, differ between kinds of CPU."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "CPU"
+
+
 def machine_info(device: str) -> dict:
     """The device a benchmark ran on (the GPU's name with `device="cuda"`, else the CPU's), its cores, torch's
     threads and versions."""
-    name = (
-        torch.cuda.get_device_name()
-        if device == "cuda" and torch.cuda.is_available()
-        else platform.processor() or "CPU"
-    )
+    name = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else cpu_name()
     return {"device": name, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": sys.version.split()[0]}  # fmt: skip

@@ -162,11 +162,36 @@ def test_finished_results_land_in_the_json_and_a_later_invocation_continues_from
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     assert "not reused: pretrained checkpoint" in result.stdout
     assert (runs / "finetune" / "random-random-seed0" / "metrics.json").is_file()
+    # A seed with runs to do whose finished runs came from another kind of CPU is rerun here in full.
+    fourth = json.loads((output / "finetune.json").read_text())
+    assert fourth["seeds_per_cpu"] == {fourth["machine"]["device"]: [0]}
+    fourth["methods"]["random"]["per_seed"]["0"]["cpu"] = "Another CPU"
+    (output / "finetune.json").write_text(json.dumps(fourth))
+    shutil.rmtree(runs / "finetune")
+    command[-1:] = ["random", "feature_proxy"]
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    assert "seed 0: its finished runs came from another CPU" in result.stdout
+    assert (runs / "finetune" / "random-random-seed0" / "metrics.json").is_file()
+    fifth = json.loads((output / "finetune.json").read_text())
+    assert fifth["seeds_per_cpu"] == {fifth["machine"]["device"]: [0]} and list(fifth["methods"]) == [
+        "random",
+        "feature_proxy",
+    ]
 
 
 def _summary(accuracy: dict, seconds: float) -> dict:
     return {"accuracy": accuracy, "selection_seconds": seconds, "end_to_end_seconds": seconds + 10.0,
             "selection_flops": seconds}  # fmt: skip
+
+
+def test_seeds_with_a_run_from_another_cpu_are_found_unrecorded_ones_included():
+    from active_learning import seeds_from_other_cpus
+
+    here = {"accuracy": {}, "cpu": "AMD EPYC"}
+    summaries = {"random": {0: here, 1: here, 2: {**here, "cpu": "Intel Xeon Processor"}},
+                 "dense_al": {0: here, 1: {"accuracy": {}}}}  # fmt: skip
+    assert seeds_from_other_cpus(summaries, "AMD EPYC") == {1, 2}
+    assert seeds_from_other_cpus(summaries, "Intel Xeon Processor") == {0, 1}
 
 
 def test_fine_tuning_targets_use_same_seed_differences_and_rule_out_methods_below_random():

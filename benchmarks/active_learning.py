@@ -154,6 +154,11 @@ FINETUNE_METHODS = [
 # 0.3x dense AL's selection time. A cold start beats the random draw by 1 point at the first budget.
 FINETUNE_TARGETS = {"mean_gap_points": 0.5, "worst_gap_points": 1.0, "selection_time_ratio": 0.3,
                     "cold_start_points": 1.0}  # fmt: skip
+# In the fine-tuning scenarios each method's accuracy at each budget is the same dense fine-tuning of its labeled set
+# (`train_dense`, one seed), dense AL's included: its selector, the dense model trained with the surrogate's seed,
+# only selects. Otherwise two trainings of the same labels differ by their seed alone: at the first budget, the same
+# random draw for every method, the ViT's dense AL and random were 14.6 points apart in one seed (82.6 vs 68.0 %).
+FINETUNE_OVERRIDES = {"dense_al": {"eval_dense_every_round": True}}
 # Seeds 4 and 5 (3 and 4) skip a method that the first three seeds put below random at this many budgets or more.
 RULED_OUT_BUDGETS = 2
 COLD_STARTS = {"random_typiclust": "random", "feature_proxy_typiclust": "feature_proxy"}
@@ -282,16 +287,24 @@ def plan_runs(args) -> list[tuple[str, str, int]]:
 
 
 def run_one(
-    args, recipe: dict, method: str, strategy: str, seed: int, runs_dir: Path | None = None, curves=True
+    args,
+    recipe: dict,
+    method: str,
+    strategy: str,
+    seed: int,
+    runs_dir: Path | None = None,
+    curves=True,
+    overrides: dict | None = None,
 ):
-    """Run (or resume, or reuse) one run directory and return its metrics."""
+    """Run (or resume, or reuse) one run directory and return its metrics: `recipe` with the method's settings
+    (`overrides`, default `METHODS[method]`), `strategy` and `seed`."""
     from prunefuse_hf.cli.run import run_from_command_line
 
     output_dir = (runs_dir or args.runs_dir) / f"{method}-{strategy}-seed{seed}"
     metrics_path = output_dir / "metrics.json"
     if metrics_path.is_file():
         return json.loads(metrics_path.read_text()), output_dir
-    overrides = dict(METHODS[method])
+    overrides = dict(METHODS[method] if overrides is None else overrides)
     # A surrogate trained for a share of the scenario's surrogate epochs (which default to the dense model's).
     scale = overrides.pop("surrogate_epochs_scale", None)
     recipe = {**recipe, **overrides, "seed": seed, "output_dir": str(output_dir)}
@@ -328,8 +341,8 @@ def run_wall_seconds(output_dir: Path) -> float | None:
 def accuracy_per_budget(metrics: dict) -> dict[int, float]:
     """Labeled count -> accuracy of the method's model at that budget.
 
-    dense_al trains no separate dense model before the last round: its selector *is* the dense model
-    trained on that budget, so the selector's accuracy is the method's accuracy there.
+    Without `eval_dense_every_round` dense_al trains no separate dense model before the last round: its selector
+    *is* the dense model trained on that budget, so the selector's accuracy is the method's accuracy there.
     """
     from prunefuse_hf.utils.run_metrics import budget_accuracies
 
@@ -795,14 +808,26 @@ def finetune_scenario(args, scenario: str = "finetune") -> dict:
             for by_seed in summaries.values():
                 by_seed.pop(seed, None)
         for method, strategy in to_run(seed):
+            settings = finetune_settings(method, strategy)
+            overrides = {k: v for k, v in settings.items() if k != "strategy"}
             metrics, directory = run_one(
-                args, recipe, method, strategy, seed, runs_dir=runs_dir, curves=False
+                args, recipe, method, strategy, seed, runs_dir=runs_dir, curves=False, overrides=overrides
             )
-            summaries.setdefault(method, {})[seed] = finetune_summary(metrics, directory)
+            summaries.setdefault(method, {})[seed] = {
+                **finetune_summary(metrics, directory),
+                "settings": settings,
+            }
             report = finetune_report(args, scenario, recipe, pretraining, summaries, started)
             args.output.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report, indent=1) + "\n")
     return finetune_report(args, scenario, recipe, pretraining, summaries, started)
+
+
+def finetune_settings(method: str, strategy: str) -> dict:
+    """A fine-tuning method's settings on top of the scenario's protocol: `METHODS[method]`, the fine-tuning
+    scenarios' `FINETUNE_OVERRIDES` and the strategy. Each result records them, and one measured with other settings
+    is not reused."""
+    return {**METHODS[method], **FINETUNE_OVERRIDES.get(method, {}), "strategy": strategy}
 
 
 def seeds_from_other_cpus(summaries: dict, cpu: str) -> set[int]:
@@ -865,8 +890,18 @@ def landed_results(path: Path, recipe: dict, pretraining: dict) -> dict:
         print(f"== {path.name}: measured under another protocol, its results are not reused: {', '.join(differ)}",
               flush=True)  # fmt: skip
         return {}
-    landed = {method: {int(seed): s for seed, s in entry["per_seed"].items()}
-              for method, entry in report["methods"].items() if method in dict(FINETUNE_METHODS)}  # fmt: skip
+    strategies = dict(FINETUNE_METHODS)
+    landed, other = {}, []
+    for method, entry in report["methods"].items():
+        for seed, summary in entry["per_seed"].items() if method in strategies else ():
+            if summary.get("settings") == finetune_settings(method, strategies[method]):
+                landed.setdefault(method, {})[int(seed)] = summary
+            else:
+                other.append(f"{method} seed {seed}")
+    if other:
+        print(
+            f"== {path.name}: measured with other method settings, not reused: {', '.join(other)}", flush=True
+        )
     print(
         f"== {path.name}: reusing {sum(map(len, landed.values()))} finished (method, seed) results",
         flush=True,

@@ -127,6 +127,13 @@ def test_quick_vit_scenario_pretrains_a_vit_and_runs_every_fine_tuning_method(tm
         m["accuracy"] for m in report["methods"].values()
     )
     assert (output / "finetune_vit_accuracy.png").stat().st_size > 0
+    # Every method's accuracy is the same fine-tuning of its labeled set: at the first budget (one random draw for
+    # all but the TypiClust cold starts) dense AL, SVP and the probes equal random, and their differences are 0.
+    first = {m: e["per_seed"]["0"]["accuracy"] for m, e in report["methods"].items()}
+    budget = min(first["random"], key=int)
+    for method in ("dense_al", "svp", "feature_proxy", "feature_proxy_cluster_margin"):
+        assert first[method][budget] == first["random"][budget], method
+    assert report["methods"]["dense_al"]["per_seed"]["0"]["settings"]["eval_dense_every_round"] is True
 
 
 @pytest.mark.slow
@@ -182,6 +189,27 @@ def test_finished_results_land_in_the_json_and_a_later_invocation_continues_from
 def _summary(accuracy: dict, seconds: float) -> dict:
     return {"accuracy": accuracy, "selection_seconds": seconds, "end_to_end_seconds": seconds + 10.0,
             "selection_flops": seconds}  # fmt: skip
+
+
+def test_results_measured_with_other_method_settings_are_not_reused(tmp_path, capsys):
+    from active_learning import finetune_settings, landed_results
+
+    recipe, pretraining = {"num_train_epochs": 5, "model_name_or_path": "/here"}, {"weights_sha256": "0" * 64}
+    earlier = {"method": "dense_al", "eval_dense_every_round": False, "strategy": "least_confidence"}
+    random = {"accuracy": {"300": 0.9}, "settings": finetune_settings("random", "random")}
+    dense = {"accuracy": {"300": 0.91}, "settings": finetune_settings("dense_al", "least_confidence")}
+    report = {"protocol": {**recipe, "model_name_or_path": "/elsewhere"}, "pretraining": pretraining,
+              "methods": {"random": {"per_seed": {"0": random}},
+                          "dense_al": {"per_seed": {"0": {**dense, "settings": earlier}, "1": dense}}}}  # fmt: skip
+    path = tmp_path / "finetune.json"
+    path.write_text(json.dumps(report))
+    assert landed_results(path, recipe, pretraining) == {"random": {0: random}, "dense_al": {1: dense}}
+    assert "other method settings, not reused: dense_al seed 0" in capsys.readouterr().out
+    assert dense["settings"] == {
+        "method": "dense_al",
+        "eval_dense_every_round": True,
+        "strategy": "least_confidence",
+    }
 
 
 def test_seeds_with_a_run_from_another_cpu_are_found_unrecorded_ones_included():

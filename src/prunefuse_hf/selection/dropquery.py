@@ -67,8 +67,8 @@ class DropQueryStrategy(SelectionStrategy):
     score, highest first, so scores are non-increasing; ties break by the smaller pool index. With at most `n`
     uncertain candidates the selection is the `n` highest scores (every uncertain candidate, then the next most
     disagreeing). Clusters that coincide (duplicate features) may leave fewer than `n` distinct picks: the rest are the
-    next highest-scoring uncertain candidates. k-means is scikit-learn's (`KMeans`, `MiniBatchKMeans` above 50
-    clusters), one k-means++ start seeded with `seed`. With several processes (`accelerator=`), each holds its shard:
+    next highest-scoring uncertain candidates. k-means is scikit-learn's (`kmeans_clusters`: k-means++ seeding,
+    Lloyd's iterations), seeded with `seed`. With several processes (`accelerator=`), each holds its shard:
     the uncertain candidates are counted and ranked across processes and only their features are gathered, so every
     process makes the single-process selection.
 
@@ -121,7 +121,7 @@ class DropQueryStrategy(SelectionStrategy):
         candidates = top_n_by_score(scores, pool_indices, num_uncertain, group)
         candidate_features = gather_candidate_features(features, pool_indices, candidates.indices, group)
         # One k-means++ start, as the reference code's: the uncertain can be most of a large pool.
-        assignment, distances = kmeans_clusters(candidate_features, n, seed, n_init=1)
+        assignment, distances = kmeans_clusters(candidate_features, n, seed)
         # Per cluster, the member nearest its centroid (ties: the higher score, then the smaller pool index, which is
         # the candidates' order).
         order = np.lexsort((np.arange(len(assignment)), distances, assignment))

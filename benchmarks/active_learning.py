@@ -815,6 +815,7 @@ def finetune_scenario(args, scenario: str = "finetune") -> dict:
             )
             summaries.setdefault(method, {})[seed] = {
                 **finetune_summary(metrics, directory),
+                "cpu": cpu,
                 "settings": settings,
             }
             report = finetune_report(args, scenario, recipe, pretraining, summaries, started)
@@ -855,7 +856,6 @@ def finetune_summary(metrics: dict, directory: Path) -> dict:
         for r in metrics["rounds"] if fused and r.get("dense") and r["dense"].get("accuracy_at_start") is not None
     }  # fmt: skip
     summary["run_wall_seconds"] = run_wall_seconds(directory)
-    summary["cpu"] = cpu_name()
     setup = (metrics["rounds"][0].get("setup") or {}).get("parts", {})
     summary["setup_seconds"] = {name: part["seconds"] for name, part in setup.items()}
     if "distillation" in setup:

@@ -23,13 +23,13 @@ def mean_std(values) -> dict:
 
 def cpu_name() -> str:
     """The CPU's model name (`model name` in Linux's /proc/cpuinfo, e.g. "AMD EPYC"), else `platform.processor()`,
-    else "CPU". Float kernels, and so trained weights and accuracies, differ between kinds of CPU."""
+    else `platform.machine()`, else "CPU". Float kernels, and so trained weights and accuracies, differ between kinds of CPU."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         lines = []
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or "CPU"
+    return names[0] if names else platform.processor() or platform.machine() or "CPU"
 
 
 def machine_info(device: str) -> dict:

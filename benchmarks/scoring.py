@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from common import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "fashion-mnist-resnet" / "prunefuse.yaml"
@@ -475,10 +476,7 @@ def machine_info(device: str) -> dict:
     import datasets
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "datasets": datasets.__version__,
             "python": platform.python_version()}  # fmt: skip
     if device == "cuda":

@@ -22,14 +22,26 @@ def mean_std(values) -> dict:
 
 
 def cpu_name() -> str:
-    """The CPU's model name (`model name` in Linux's /proc/cpuinfo, e.g. "AMD EPYC"), else `platform.processor()`,
-    else `platform.machine()`, else "CPU". Float kernels, and so trained weights and accuracies, differ between kinds of CPU."""
+    """The kind of CPU, as precisely as float kernels need: the model name (`model name` in Linux's /proc/cpuinfo, else
+    `platform.processor()`, else `platform.machine()`), with its family and model numbers where /proc/cpuinfo has them
+    and the vector instructions torch dispatches to (`torch.backends.cpu.get_cpu_capability()`), e.g.
+    "AMD EPYC (family 25, model 1, AVX2)". A virtual machine's model name alone can be one string for several
+    generations ("AMD EPYC"), whose float kernels, and so trained weights and accuracies, differ."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine() or "CPU"
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine() or "CPU"
+    parts = [
+        f"{label} {fields[key]}"
+        for key, label in (("cpu family", "family"), ("model", "model"))
+        if fields.get(key)
+    ]
+    return f"{name} ({', '.join([*parts, torch.backends.cpu.get_cpu_capability()])})"
 
 
 def machine_info(device: str) -> dict:

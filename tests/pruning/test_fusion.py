@@ -37,6 +37,11 @@ families = pytest.mark.parametrize("model_type", SUPPORTED_FAMILIES)
 NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
+def lowers_the_loss(model, lr):
+    losses = train_steps(model, steps=2, lr=lr)
+    return losses[1] < losses[0]
+
+
 @cases
 @pytest.mark.parametrize("ratio", [0.0, *RATIOS])
 def test_fusing_the_untrained_surrogate_gives_back_the_dense_weights_bit_for_bit(model_type, config, ratio):
@@ -61,10 +66,10 @@ def test_a_trained_surrogate_lands_exactly_at_its_kept_indices_and_every_other_e
     # Neither input was modified by fusing.
     assert_states_equal(dense.state_dict(), dense_before)
     assert_states_equal(surrogate.state_dict(), surrogate_state)
-    # The fused model trains: a small step lowers its loss (the tiny 17-block MobileNetV2 on one batch of 8 is noisy
-    # at larger ones).
-    losses = train_steps(fused, steps=2, lr=0.01)
-    assert losses[1] < losses[0]
+    # The fused model trains: a step along its gradient lowers its loss. The largest step that does depends on the
+    # family's curvature and on the CPU's float kernels (the tiny 17-block MobileNetV2 at p = 0.75 overshoots at 0.01
+    # on some CPUs), so the step backtracks from 0.01 as a line search would (Armijo).
+    assert any(lowers_the_loss(copy.deepcopy(fused), lr) for lr in (0.01, 0.003, 0.001))
 
 
 @families

@@ -21,18 +21,30 @@ def mean_std(values) -> dict:
     return {"mean": float(np.mean(values)), "std": std, "n": len(values)}
 
 
-def cpu_name() -> str:
+def cpu_name(cpuinfo: str | None = None) -> str:
     """The kind of CPU, as precisely as float kernels need: the model name (`model name` in Linux's /proc/cpuinfo, else
     `platform.processor()`, else `platform.machine()`), with its family and model numbers where /proc/cpuinfo has them
     and the vector instructions torch dispatches to (`torch.backends.cpu.get_cpu_capability()`), e.g.
     "AMD EPYC (family 25, model 1, AVX2)". A virtual machine's model name alone can be one string for several
-    generations ("AMD EPYC"), whose float kernels, and so trained weights and accuracies, differ."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
+    generations ("AMD EPYC"), whose float kernels, and so trained weights and accuracies, differ.
+
+    Args:
+        cpuinfo (`str`, *optional*): the text of /proc/cpuinfo, read when `None` ("" where there is none).
+
+    Returns:
+        `str`: the model name, then the family and model numbers and torch's CPU capability in parentheses.
+
+    Example:
+        >>> cpu_name("model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n")  # doctest: +SKIP
+        'AMD EPYC (family 25, model 1, AVX2)'
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
     fields = {}
-    for line in lines:
+    for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
     name = fields.get("model name") or platform.processor() or platform.machine() or "CPU"

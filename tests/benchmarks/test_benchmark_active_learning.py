@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -220,6 +221,16 @@ def test_seeds_with_a_run_from_another_cpu_are_found_unrecorded_ones_included():
                  "dense_al": {0: here, 1: {"accuracy": {}}}}  # fmt: skip
     assert seeds_from_other_cpus(summaries, "AMD EPYC") == {1, 2}
     assert seeds_from_other_cpus(summaries, "Intel Xeon Processor") == {0, 1}
+
+
+def test_the_cpu_kind_tells_apart_generations_that_share_a_model_name():
+    from common import cpu_name
+
+    first = "processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n"
+    later = first.replace("model\t\t: 1", "model\t\t: 17")
+    assert cpu_name(first).startswith("AMD EPYC (family 25, model 1, ")
+    assert cpu_name(later).startswith("AMD EPYC (family 25, model 17, ")
+    assert cpu_name("").endswith(f"({torch.backends.cpu.get_cpu_capability()})")  # no /proc/cpuinfo
 
 
 def test_fine_tuning_targets_use_same_seed_differences_and_rule_out_methods_below_random():

@@ -68,7 +68,7 @@ def test_a_trained_surrogate_lands_exactly_at_its_kept_indices_and_every_other_e
     assert_states_equal(surrogate.state_dict(), surrogate_state)
     # The fused model trains: a step along its gradient lowers its loss. The largest step that does depends on the
     # family's curvature and on the CPU's float kernels (the tiny 17-block MobileNetV2 at p = 0.75 overshoots at 0.01
-    # on some CPUs), so the step backtracks from 0.01 as a line search would (Armijo).
+    # on some CPUs), so the step backtracks from 0.01 as a backtracking line search does.
     assert any(lowers_the_loss(copy.deepcopy(fused), lr) for lr in (0.01, 0.003, 0.001))
 
 

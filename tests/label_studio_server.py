@@ -31,12 +31,18 @@ def label_studio_venv() -> Path:
 def label_studio_binary() -> tuple[Path | None, str]:
     """The `label-studio` executable, or None and the reason it is not there."""
     binary = label_studio_venv() / "bin" / "label-studio"
-    if binary.is_file():
-        return binary, ""
-    return None, (
-        f"Label Studio is not installed ({binary} is missing): `make setup` (scripts/setup.sh) installs it into its "
-        "own virtualenv, unless PRUNEFUSE_SKIP_LABEL_STUDIO=1 or the install failed (see its output)."
-    )
+    if not binary.is_file():
+        return None, (
+            f"Label Studio is not installed ({binary} is missing): `make setup` (scripts/setup.sh) installs it into "
+            "its own virtualenv, unless PRUNEFUSE_SKIP_LABEL_STUDIO=1 or the install failed (see its output)."
+        )
+    if not (label_studio_venv() / ".prunefuse-setup").is_file():
+        # setup.sh writes its stamp only after `label-studio init` succeeded: without it the server cannot start.
+        return None, (
+            f"Label Studio's set-up did not finish in {label_studio_venv()} (`label-studio init` failed: see "
+            f"{label_studio_venv() / 'init.log'}); rerun `make setup`."
+        )
+    return binary, ""
 
 
 def _free_port() -> int:

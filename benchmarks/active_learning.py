@@ -1218,7 +1218,9 @@ def finetune_plot(report: dict, output: Path) -> str:
         budgets = sorted(int(b) for b in entry["accuracy"])
         means = [100 * entry["accuracy"][str(b)]["mean"] for b in budgets]
         stds = [100 * entry["accuracy"][str(b)]["std"] for b in budgets]
-        ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, color=colors[method], label=LABELS[method])
+        ax.errorbar(
+            budgets, means, yerr=stds, marker="o", capsize=3, color=colors[method], label=LABELS[method]
+        )
     ax.set(title=report["title"], xlabel="labeled examples", ylabel="test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

@@ -186,7 +186,9 @@ def test_finished_results_land_in_the_json_and_a_later_invocation_continues_from
         "feature_proxy",
     ]
     # An invocation with nothing left to run only re-renders: the machine stays the one that measured the results.
-    (output / "finetune.json").write_text(json.dumps({**fifth, "machine": {**fifth["machine"], "device": "Measurer"}}))
+    (output / "finetune.json").write_text(
+        json.dumps({**fifth, "machine": {**fifth["machine"], "device": "Measurer"}})
+    )
     subprocess.run(command, check=True, capture_output=True, text=True)
     assert json.loads((output / "finetune.json").read_text())["machine"]["device"] == "Measurer"
     assert "Machine: Measurer," in (output / "finetune.md").read_text()

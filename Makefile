@@ -19,8 +19,11 @@ bench: setup
 bench-quick: setup
 	$(PY) benchmarks/active_learning.py --quick
 
+# Two pytest-xdist workers: on 2 CPU cores the suite waits on process start-ups and single-threaded Python much of the
+# time (`make test TEST_WORKERS=0` runs it in one process).
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 test-slow: setup
 	$(PY) -m pytest -m slow

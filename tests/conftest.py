@@ -3,6 +3,7 @@ import atexit
 import copy
 import csv
 import functools
+import json
 import os
 import shutil
 import signal
@@ -21,8 +22,11 @@ TEST_CACHE_ROOT = Path(
 )
 if _OWNS_CACHE_ROOT:  # at exit, however the session ends (a collection-only run starts no fixture)
     atexit.register(shutil.rmtree, TEST_CACHE_ROOT, ignore_errors=True)
-# The environment as the user set it (their caches, which the suite must leave as they were).
-USER_ENV = dict(os.environ)
+# The environment as the user set it (their caches, which the suite must leave as they were). pytest-xdist's workers
+# (`make test` starts 2) inherit the suite's environment from the first process: it hands them the user's, as JSON.
+USER_ENV_ENV = "PRUNEFUSE_TEST_USER_ENV"
+USER_ENV = json.loads(os.environ[USER_ENV_ENV]) if USER_ENV_ENV in os.environ else dict(os.environ)
+os.environ[USER_ENV_ENV] = json.dumps(USER_ENV)
 os.environ.update({TEST_CACHE_ROOT_ENV: str(TEST_CACHE_ROOT), "HF_HOME": str(TEST_CACHE_ROOT / "hf_home"),
                    "PRUNEFUSE_PIXEL_CACHE": str(TEST_CACHE_ROOT / "pixels"),
                    "XDG_CACHE_HOME": str(TEST_CACHE_ROOT / "cache"), "XDG_CONFIG_HOME": str(TEST_CACHE_ROOT / "config"),
@@ -42,6 +46,13 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 import numpy as np
 import pytest
 import torch
+
+# Under pytest-xdist each worker takes its share of the cores for torch's intra-op threads (2 workers on 2 cores: one
+# each), instead of every worker starting one thread per core and the workers preempting each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    )
 import transformers
 from datasets import ClassLabel, Dataset, Features, Image
 from transformers import AutoConfig, DetrConfig, DetrForObjectDetection, ResNetConfig
@@ -383,6 +394,17 @@ def assert_states_equal(actual, expected):
     assert set(actual) == set(expected)
     for name, tensor in actual.items():
         assert torch.equal(tensor, expected[name]), name
+
+
+def assert_same_outputs(actual, expected):
+    """
+    Outputs of two copies of the same weights (a model and its reload, a local and a downloaded checkpoint): equal up
+    to float rounding, relative to the largest output. The weights themselves are compared bitwise
+    (`assert_states_equal`); their outputs are not bitwise promised by torch's CPU kernels, which pick their code
+    path by thread count and memory alignment: with one thread, a 1x1 convolution gave outputs 1 ulp apart for
+    bitwise-equal inputs and weights, one copy 64-byte aligned, the other at offset 24 in a safetensors buffer.
+    """
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
 
 
 # ----- labels of a small pool, read from files and stored (test_label_files, test_annotation) -----

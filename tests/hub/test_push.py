@@ -15,7 +15,7 @@ import yaml
 from huggingface_hub import HfApi
 from transformers import AutoConfig, AutoModelForImageClassification, ViTImageProcessorPil, pipeline
 
-from conftest import make_image_dataset, tiny_resnet_config
+from conftest import assert_same_outputs, assert_states_equal, make_image_dataset, tiny_resnet_config
 from hub_server import HubServer, serve_local_hub
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer, PruningPlan, load_subset
 from prunefuse_hf.arguments import DataArguments
@@ -97,7 +97,8 @@ def test_push_then_reload_model_surrogate_and_subset(hub, finished):
     for name, repo in (("fused", MODEL), ("surrogate", SURROGATE)):
         local = AutoModelForImageClassification.from_pretrained(run_dir / name)
         remote = AutoModelForImageClassification.from_pretrained(repo)
-        assert torch.equal(logits(local), logits(remote)), name
+        assert_states_equal(remote.state_dict(), local.state_dict())
+        assert_same_outputs(logits(remote), logits(local))
         assert "preprocessor_config.json" in hub.files(repo) and remote.config.id2label == dict(
             enumerate(CLASSES)
         )

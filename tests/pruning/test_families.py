@@ -29,6 +29,8 @@ from conftest import (
     RATIOS,
     REFUSED_CLASSES,
     TINY_CONFIGS,
+    assert_same_outputs,
+    assert_states_equal,
     batch,
     dense_model,
     pruned,
@@ -189,7 +191,8 @@ def test_surrogate_reloads_with_identical_logits_and_runs_in_a_pipeline(tmp_path
     surrogate.eval()
     pixel_values, _ = batch(dense, size=2)
     with torch.no_grad():
-        assert torch.equal(surrogate(pixel_values).logits, reloaded(pixel_values).logits)
+        assert_same_outputs(reloaded(pixel_values).logits, surrogate(pixel_values).logits)
+    assert_states_equal(reloaded.state_dict(), surrogate.state_dict())
 
     processor = ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     classify = pipeline("image-classification", model=str(tmp_path), image_processor=processor, device="cpu")

@@ -15,7 +15,7 @@ from transformers import (
     ResNetForImageClassification,
 )
 
-from conftest import tiny_resnet_config
+from conftest import assert_same_outputs, assert_states_equal, tiny_resnet_config
 from prunefuse_hf import prune_model
 from prunefuse_hf.pruning.cost import model_cost
 
@@ -44,7 +44,8 @@ def test_surrogate_is_a_narrowed_checkpoint_that_reloads_with_identical_logits(t
     pixel_values = torch.randn(3, 3, 32, 32)
     surrogate.eval(), reloaded.eval()
     with torch.no_grad():
-        assert torch.equal(surrogate(pixel_values).logits, reloaded(pixel_values).logits)
+        assert_same_outputs(reloaded(pixel_values).logits, surrogate(pixel_values).logits)
+    assert_states_equal(reloaded.state_dict(), surrogate.state_dict())
 
 
 @pytest.mark.parametrize("layer_type", LAYER_TYPES)

@@ -46,13 +46,6 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 import numpy as np
 import pytest
 import torch
-
-# Under pytest-xdist each worker takes its share of the cores for torch's intra-op threads (2 workers on 2 cores: one
-# each), instead of every worker starting one thread per core and the workers preempting each other.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(
-        max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    )
 import transformers
 from datasets import ClassLabel, Dataset, Features, Image
 from transformers import AutoConfig, DetrConfig, DetrForObjectDetection, ResNetConfig
@@ -60,6 +53,13 @@ from transformers import AutoConfig, DetrConfig, DetrForObjectDetection, ResNetC
 from prunefuse_hf import prune_model
 from prunefuse_hf.pruning.families import FAMILY_ADAPTERS
 from prunefuse_hf.pruning.support import refused_model_classes
+
+# Under pytest-xdist each worker takes its share of the cores for torch's intra-op threads (2 workers on 2 cores: one
+# each), instead of every worker starting one thread per core and the workers preempting each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    )
 
 
 def make_image_dataset(num_examples=64, num_classes=4, size=16, mode="L", seed=0):
@@ -401,8 +401,9 @@ def assert_same_outputs(actual, expected):
     Outputs of two copies of the same weights (a model and its reload, a local and a downloaded checkpoint): equal up
     to float rounding, relative to the largest output. The weights themselves are compared bitwise
     (`assert_states_equal`); their outputs are not bitwise promised by torch's CPU kernels, which pick their code
-    path by thread count and memory alignment: with one thread, a 1x1 convolution gave outputs 1 ulp apart for
-    bitwise-equal inputs and weights, one copy 64-byte aligned, the other at offset 24 in a safetensors buffer.
+    path by thread count and memory alignment: with one thread, a 1x1 convolution gave outputs that differ in their
+    last bits for bitwise-equal inputs and weights, one copy 64-byte aligned, the other at offset 24 in a safetensors
+    buffer.
     """
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
 

@@ -8,7 +8,7 @@ CHECK_DIRS := src tests benchmarks scripts
 setup:
 	bash scripts/setup.sh
 
-# The main job: default recipe + random baseline + comparison (about 4 minutes on 2 CPU cores).
+# The main job: default recipe + random baseline + comparison (4 to 15 minutes on 2 CPU cores, by CPU).
 run: setup
 	bash scripts/run_default.sh
 

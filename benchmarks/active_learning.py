@@ -823,9 +823,10 @@ def finetune_scenario(args, scenario: str = "finetune") -> dict:
             path.write_text(json.dumps(report, indent=1) + "\n")
     report = finetune_report(args, scenario, recipe, pretraining, summaries, started)
     if not ran and path.is_file():
-        # Only re-rendered here: the machine and time stay those of the invocation that measured the last result.
+        # Only re-rendered here: the command, machine and time stay those of the invocation that measured the last
+        # result.
         previous = json.loads(path.read_text())
-        report.update({k: previous[k] for k in ("machine", "invocation_seconds") if k in previous})
+        report.update({k: previous[k] for k in ("command", "machine", "invocation_seconds") if k in previous})
     return report
 
 
@@ -1202,8 +1203,9 @@ def finetune_plot(report: dict, output: Path) -> str:
     """
     Accuracy per budget (mean ± std over seeds) and each method's selection time as a same-seed ratio to dense
     AL's: seeds may come from different kinds of CPU, whose absolute seconds differ, while a ratio compares two runs
-    on one machine. One colour per method from a 20-colour map (the default cycle repeats after 10), shared by both
-    panels; the dashed line is the 0.3x target.
+    on one machine (random, which selects in no time, and dense AL, the baseline, have no bar). One colour per
+    method from a 20-colour map (the default cycle repeats after 10), shared by both panels; the dashed line is the
+    0.3x target.
     """
     import matplotlib
 
@@ -1211,7 +1213,8 @@ def finetune_plot(report: dict, output: Path) -> str:
     import matplotlib.pyplot as plt
 
     names = list(report["methods"])
-    colors = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(names)}
+    # tab20 pairs a dark and a light shade of each hue: the 10 dark ones first, so that neighbours differ in hue.
+    colors = {m: plt.get_cmap("tab20")((2 * i) % 20 + (i // 10) % 2) for i, m in enumerate(names)}
     figure, axes = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 2]})
     ax = axes[0]
     for method, entry in report["methods"].items():
@@ -1225,7 +1228,11 @@ def finetune_plot(report: dict, output: Path) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     ax = axes[1]
-    shown = [m for m in names if m != "dense_al" and report["ratios"].get(m, {}).get("selection_ratio")]
+    shown = [
+        m
+        for m in names
+        if m not in ("random", "dense_al") and report["ratios"].get(m, {}).get("selection_ratio")
+    ]
     ratios = [report["ratios"][m]["selection_ratio"] for m in shown]
     ax.barh(range(len(shown)), [r["mean"] for r in ratios], xerr=[r["std"] for r in ratios],
             color=[colors[m] for m in shown])  # fmt: skip

@@ -48,6 +48,7 @@ if [ "${PRUNEFUSE_SKIP_LABEL_STUDIO:-0}" != 1 ]; then
     ls_wanted="$LS_SPEC $(sha256sum "$LS_CONSTRAINTS" | cut -d' ' -f1)"
     if [ ! -f "$ls_stamp" ] || [ "$(cat "$ls_stamp")" != "$ls_wanted" ]; then
         echo "[setup] installing $LS_SPEC into $LS_VENV (about 2 minutes and 1 GB, once)"
+        rm -f "$ls_stamp"  # written again only once the install and `label-studio init` succeed
         if { [ -x "$LS_VENV/bin/python" ] || "$PYTHON" -m venv "$LS_VENV"; } \
             && "$LS_VENV/bin/pip" install -q "$LS_SPEC" -c "$LS_CONSTRAINTS" 2> >(grep -v "is ignored: it is neither" >&2) \
             && rm -rf "$LS_VENV/data-template" \

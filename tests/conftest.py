@@ -51,15 +51,14 @@ from datasets import ClassLabel, Dataset, Features, Image
 from transformers import AutoConfig, DetrConfig, DetrForObjectDetection, ResNetConfig
 
 from prunefuse_hf import prune_model
+from prunefuse_hf.data.pixel_cache_build import usable_cores
 from prunefuse_hf.pruning.families import FAMILY_ADAPTERS
 from prunefuse_hf.pruning.support import refused_model_classes
 
 # Under pytest-xdist each worker takes its share of the cores for torch's intra-op threads (2 workers on 2 cores: one
 # each), instead of every worker starting one thread per core and the workers preempting each other.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(
-        max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    )
+    torch.set_num_threads(max(1, usable_cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 def make_image_dataset(num_examples=64, num_classes=4, size=16, mode="L", seed=0):

@@ -37,10 +37,10 @@ def label_studio_binary() -> tuple[Path | None, str]:
             "its own virtualenv, unless PRUNEFUSE_SKIP_LABEL_STUDIO=1 or the install failed (see its output)."
         )
     if not (label_studio_venv() / ".prunefuse-setup").is_file():
-        # setup.sh writes its stamp only after `label-studio init` succeeded: without it the server cannot start.
+        # setup.sh writes its stamp only after the install and `label-studio init` succeeded.
         return None, (
-            f"Label Studio's set-up did not finish in {label_studio_venv()} (`label-studio init` failed: see "
-            f"{label_studio_venv() / 'init.log'}); rerun `make setup`."
+            f"Label Studio's set-up did not finish in {label_studio_venv()} (its pip install or `label-studio init` "
+            f"failed: see the set-up's output and {label_studio_venv() / 'init.log'}); rerun `make setup`."
         )
     return binary, ""
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 from transformers import AutoModelForObjectDetection, pipeline
 
-from conftest import assert_same_outputs, detection_items, tiny_detr
+from conftest import assert_same_outputs, assert_states_equal, detection_items, tiny_detr
 from detection_human_run import filled_coco, human_config, human_pools, stored_objects
 from hub_server import serve_local_hub
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer, load_subset
@@ -51,6 +51,7 @@ def test_a_detection_run_pushed_to_the_hub_comes_back_whole(hub, tmp_path):
         expected, got = local(pixel_values=pixels), remote(pixel_values=pixels)
     assert_same_outputs(got.logits, expected.logits)
     assert_same_outputs(got.pred_boxes, expected.pred_boxes)
+    assert_states_equal(remote.state_dict(), local.state_dict())
     found = pipeline("object-detection", model=MODEL)(pool[0]["image"], threshold=0.0)
     assert found and set(found[0]["box"]) == {"xmin", "ymin", "xmax", "ymax"}
     # A config-narrowed surrogate is an ordinary checkpoint of the detector's class.

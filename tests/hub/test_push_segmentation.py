@@ -13,7 +13,7 @@ import torch
 import yaml
 from transformers import AutoModelForSemanticSegmentation, SegformerConfig, pipeline
 
-from conftest import assert_same_outputs, detection_items
+from conftest import assert_same_outputs, assert_states_equal, detection_items
 from hub_server import serve_local_hub
 from prunefuse_hf import PruneFuseConfig, PruneFuseTrainer, load_subset
 from prunefuse_hf.cli.main import main
@@ -54,6 +54,7 @@ def test_a_segmentation_run_pushed_to_the_hub_comes_back_whole(hub, tmp_path):
     )
     with torch.no_grad():
         assert_same_outputs(remote(pixel_values=pixels).logits, local(pixel_values=pixels).logits)
+    assert_states_equal(remote.state_dict(), local.state_dict())
     masks = pipeline("image-segmentation", model=MODEL)(pool[0]["image"])
     assert masks and {mask["label"] for mask in masks} <= set(CLASSES)
     surrogate = AutoModelForSemanticSegmentation.from_pretrained(SURROGATE)

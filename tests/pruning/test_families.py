@@ -1,7 +1,7 @@
 """Every supported family and every model class transformers offers for it, on tiny configs built locally.
 
-The supported class of each family prunes into a surrogate of the same class that reloads with identical logits
-and is scored for probabilities and features; every other class of the family is refused by name. Exact fusion
+The supported class of each family prunes into a surrogate of the same class that reloads with identical weights
+(and logits to float rounding) and is scored for probabilities and features; every other class of the family is refused by name. Exact fusion
 for every family is in `test_fusion.py`; the tiny configs are in `conftest.py`. The parametrization comes from `SUPPORTED_FAMILIES` and
 `family_model_classes`, which also render the README support table, so the table lists exactly the classes
 tested here.
@@ -180,7 +180,7 @@ def test_other_families_run_as_image_classifiers_and_prune_through_the_general_p
 
 @families
 @ratios
-def test_surrogate_reloads_with_identical_logits_and_runs_in_a_pipeline(tmp_path, model_type, ratio):
+def test_surrogate_reloads_with_identical_weights_and_runs_in_a_pipeline(tmp_path, model_type, ratio):
     dense, surrogate, plan = pruned(model_type, ratio)
     assert type(surrogate) is type(dense)
     assert surrogate.config.num_labels == dense.config.num_labels

@@ -98,7 +98,7 @@ def test_without_norm_stats_only_running_statistics_keep_the_dense_values(model_
 
 
 @families
-def test_the_fused_model_saves_and_reloads_with_identical_logits(tmp_path, model_type):
+def test_the_fused_model_saves_and_reloads_with_identical_weights(tmp_path, model_type):
     dense, surrogate, plan = pruned(model_type, 0.5)
     train_steps(surrogate, steps=1)
     fused = fuse_into_dense(dense, surrogate, plan).eval()
@@ -108,6 +108,7 @@ def test_the_fused_model_saves_and_reloads_with_identical_logits(tmp_path, model
     pixel_values, _ = batch(dense, size=2)
     with torch.no_grad():
         assert_same_outputs(reloaded(pixel_values).logits, fused(pixel_values).logits)
+    assert_states_equal(reloaded.state_dict(), fused.state_dict())
 
 
 @families

@@ -29,7 +29,7 @@ def dense_resnet(layer_type="basic", **kwargs):
 
 @pytest.mark.parametrize("layer_type", LAYER_TYPES)
 @pytest.mark.parametrize("ratio", RATIOS)
-def test_surrogate_is_a_narrowed_checkpoint_that_reloads_with_identical_logits(tmp_path, layer_type, ratio):
+def test_surrogate_is_a_narrowed_checkpoint_that_reloads_with_identical_weights(tmp_path, layer_type, ratio):
     dense = dense_resnet(layer_type)
     surrogate, plan = prune_model(dense, ratio)
 

@@ -1,8 +1,8 @@
 """The general pruning path: families without a narrowed config, pruned by Torch-Pruning and rebuilt from the plan.
 
-For each family: prune, save as safetensors + dense config + plan, reload with identical logits, fuse back exactly
+For each family: prune, save as safetensors + dense config + plan, reload with identical weights (and logits to float rounding), fuse back exactly
 (an untrained surrogate gives θ0 bit for bit; a trained one sits at the kept indices and re-selecting the fused
-model gives the trained surrogate's logits), and classify raw PIL images with `pipeline()`. The default run keeps
+model gives the trained surrogate's weights), and classify raw PIL images with `pipeline()`. The default run keeps
 two fast classes (DINOv2 with registers: tokens, layer scale, heads; PoolFormer: convolutions and layer scales);
 the whole matrix, timm included, runs under `-m slow`.
 """
@@ -20,6 +20,8 @@ from conftest import (
     GENERAL_TINY_CONFIGS,
     TIMM_TINY_MODEL_ARGS,
     assert_fused_at_kept_indices,
+    assert_same_outputs,
+    assert_states_equal,
     general_dense_model,
 )
 from prunefuse_hf import fuse_into_dense, prune_model
@@ -74,23 +76,24 @@ def check_general_path(dense, tmp_path, expect_fallback=False):
     for name, outputs in classifier_outputs.items():
         assert plan.surrogate_shape(name)[0] == outputs, name
 
-    # Saved as safetensors + dense config + plan; rebuilt by replaying the history with identical logits.
+    # Saved as safetensors + dense config + plan; rebuilt by replaying the history with identical weights.
     save_surrogate(surrogate, plan, tmp_path / "surrogate")
     assert json.loads((tmp_path / "surrogate" / PRUNING_PLAN_NAME).read_text())["pruning_path"] == "replay"
     reloaded = load_surrogate(tmp_path / "surrogate")
     pixel_values = example_pixel_values(dense, batch_size=2)
     surrogate.eval()
     with torch.no_grad():
-        assert torch.equal(
+        assert_same_outputs(
             reloaded(pixel_values=pixel_values).logits, surrogate(pixel_values=pixel_values).logits
         )
+    assert_states_equal(reloaded.state_dict(), surrogate.state_dict())
 
     # An untrained surrogate fuses back to θ0 bit for bit.
     fused = fuse_into_dense(dense, reloaded, PruningPlan.from_pretrained(tmp_path / "surrogate"))
     for name, tensor in fused.state_dict().items():
         assert torch.equal(tensor, dense_state[name]), name
 
-    # A trained one sits at the kept indices; selecting them again from the fused model gives its logits.
+    # A trained one sits at the kept indices; selecting them again from the fused model gives its weights and logits.
     sgd_steps(surrogate, pixel_values)
     trained = {name: t.clone() for name, t in surrogate.state_dict().items()}
     fused = fuse_into_dense(dense, surrogate, plan)
@@ -98,9 +101,10 @@ def check_general_path(dense, tmp_path, expect_fallback=False):
     reselected = rebuild_surrogate(plan)
     reselected.load_state_dict({n: t[plan.index(n)] for n, t in fused.state_dict().items()}, strict=True)
     with torch.no_grad():
-        assert torch.equal(
+        assert_same_outputs(
             reselected(pixel_values=pixel_values).logits, surrogate(pixel_values=pixel_values).logits
         )
+    assert_states_equal(reselected.state_dict(), trained)
     return surrogate, reloaded, fused
 
 

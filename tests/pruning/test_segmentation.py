@@ -3,7 +3,7 @@
 One parametrization over every entry of `SEGMENTATION_ADAPTERS` (narrowed config: SegFormer, UperNet with ConvNeXt
 and Swin backbones) and `GENERAL_SEGMENTATION_FAMILIES` (general path: MobileNetV2 + DeepLabV3). For each: the
 surrogate keeps the class and `num_labels`, reloads with `AutoModelForSemanticSegmentation` (or `load_surrogate`) with
-identical logits, an untrained one fuses back to θ0 bit for bit, a trained one lands exactly at its kept indices
+identical weights (and logits to float rounding), an untrained one fuses back to θ0 bit for bit, a trained one lands exactly at its kept indices
 with every other entry at θ0, and its parameters are about (1 − p)² of the dense model's. Classes no rule covers are
 refused by name before work, and run with `pruning_ratio=0`.
 """
@@ -82,7 +82,7 @@ def test_the_segmentation_class_passes_the_check_and_finds_its_registry_entry(ke
 
 
 @cases
-def test_surrogate_keeps_class_and_classes_and_reloads_with_identical_logits(tmp_path, key, ratio):
+def test_surrogate_keeps_class_and_classes_and_reloads_with_identical_weights(tmp_path, key, ratio):
     dense, surrogate, plan = pruned_segmentation(key, ratio)
     assert type(surrogate) is type(dense)
     assert plan.model_class == type(dense).__name__
@@ -98,11 +98,13 @@ def test_surrogate_keeps_class_and_classes_and_reloads_with_identical_logits(tmp
     reloaded = load_surrogate(tmp_path)
     assert type(reloaded) is type(dense)
     assert_same_outputs(logits(reloaded, pixel_values), surrogate_logits)
+    assert_states_equal(reloaded.state_dict(), surrogate.state_dict())
     if key in CONFIG_PATH:
         # A plain checkpoint with a narrowed config: transformers' own auto class reloads it.
         auto = AutoModelForSemanticSegmentation.from_pretrained(tmp_path)
         assert type(auto) is type(dense)
         assert_same_outputs(logits(auto, pixel_values), surrogate_logits)
+        assert_states_equal(auto.state_dict(), surrogate.state_dict())
 
 
 @cases
@@ -126,12 +128,13 @@ def test_a_trained_segmentation_surrogate_lands_at_its_kept_indices_and_the_rest
 
     assert_fused_at_kept_indices(fused, trained, dense_before, plan)
     assert_states_equal(dense.state_dict(), dense_before)
-    # The fused model is a plain checkpoint of the dense class that reloads with identical logits.
+    # The fused model is a plain checkpoint of the dense class that reloads with identical weights.
     fused.save_pretrained(tmp_path)
     reloaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path)
     assert type(reloaded) is type(dense)
     pixel_values, _ = segmentation_batch(dense, size=2)
     assert_same_outputs(logits(reloaded, pixel_values), logits(fused, pixel_values))
+    assert_states_equal(reloaded.state_dict(), fused.state_dict())
 
 
 @cases

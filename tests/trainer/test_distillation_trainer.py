@@ -14,7 +14,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from conftest import assert_same_outputs, run_in_processes, tiny_resnet_config
+from conftest import assert_same_outputs, assert_states_equal, run_in_processes, tiny_resnet_config
 from prunefuse_hf.trainer.distillation_trainer import DistillationTrainer, compute_accuracy
 from prunefuse_hf.trainer.prunefuse_config import PruneFuseConfig
 
@@ -263,7 +263,7 @@ def test_gradient_accumulation_averages_micro_batches(tmp_path):
     assert trainer.state.log_history[0]["loss"] == pytest.approx(((micro[0] + micro[1]) / 2).item(), abs=1e-4)
 
 
-def test_checkpoint_reloads_with_identical_logits(tmp_path):
+def test_checkpoint_reloads_with_identical_weights(tmp_path):
     args = make_args(tmp_path, max_steps=3, save_strategy="steps", save_steps=3)
     trainer = DistillationTrainer(
         tiny_model(), args, train_dataset=toy_dataset(), teacher_model=tiny_model(seed=1)
@@ -276,6 +276,7 @@ def test_checkpoint_reloads_with_identical_logits(tmp_path):
     pixels = toy_dataset(num_examples=8, seed=5)["pixel_values"][:]
     with torch.no_grad():
         assert_same_outputs(reloaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+    assert_states_equal(reloaded.state_dict(), model.state_dict())
 
 
 def _train_two_processes(output_dir):

@@ -12,7 +12,8 @@ setup:
 run: setup
 	bash scripts/run_default.sh
 
-# The side-by-side benchmark of DESIGN §8, scratch and ResNet fine-tuning (about 3 hours on 2 CPU cores; resumes when interrupted).
+# The side-by-side benchmark of DESIGN §8, scratch and ResNet fine-tuning (about 3 hours on 2 CPU cores; resumes when
+# interrupted).
 bench: setup
 	$(PY) benchmarks/active_learning.py
 

@@ -1,10 +1,10 @@
 """Every supported family and every model class transformers offers for it, on tiny configs built locally.
 
 The supported class of each family prunes into a surrogate of the same class that reloads with identical weights
-(and logits to float rounding) and is scored for probabilities and features; every other class of the family is refused by name. Exact fusion
-for every family is in `test_fusion.py`; the tiny configs are in `conftest.py`. The parametrization comes from `SUPPORTED_FAMILIES` and
-`family_model_classes`, which also render the README support table, so the table lists exactly the classes
-tested here.
+(and logits to float rounding) and is scored for probabilities and features; every other class of the family is
+refused by name. Exact fusion for every family is in `test_fusion.py`; the tiny configs are in `conftest.py`. The
+parametrization comes from `SUPPORTED_FAMILIES` and `family_model_classes`, which also render the README support
+table, so the table lists exactly the classes tested here.
 """
 
 import numpy as np

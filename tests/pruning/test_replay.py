@@ -1,10 +1,10 @@
 """The general pruning path: families without a narrowed config, pruned by Torch-Pruning and rebuilt from the plan.
 
-For each family: prune, save as safetensors + dense config + plan, reload with identical weights (and logits to float rounding), fuse back exactly
-(an untrained surrogate gives θ0 bit for bit; a trained one sits at the kept indices and re-selecting the fused
-model gives the trained surrogate's weights), and classify raw PIL images with `pipeline()`. The default run keeps
-two fast classes (DINOv2 with registers: tokens, layer scale, heads; PoolFormer: convolutions and layer scales);
-the whole matrix, timm included, runs under `-m slow`.
+For each family: prune, save as safetensors + dense config + plan, reload with identical weights (and logits to float
+rounding), fuse back exactly (an untrained surrogate gives θ0 bit for bit; a trained one sits at the kept indices and
+re-selecting the fused model gives the trained surrogate's weights), and classify raw PIL images with `pipeline()`.
+The default run keeps two fast classes (DINOv2 with registers: tokens, layer scale, heads; PoolFormer: convolutions
+and layer scales); the whole matrix, timm included, runs under `-m slow`.
 """
 
 import json

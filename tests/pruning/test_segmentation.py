@@ -3,9 +3,9 @@
 One parametrization over every entry of `SEGMENTATION_ADAPTERS` (narrowed config: SegFormer, UperNet with ConvNeXt
 and Swin backbones) and `GENERAL_SEGMENTATION_FAMILIES` (general path: MobileNetV2 + DeepLabV3). For each: the
 surrogate keeps the class and `num_labels`, reloads with `AutoModelForSemanticSegmentation` (or `load_surrogate`) with
-identical weights (and logits to float rounding), an untrained one fuses back to θ0 bit for bit, a trained one lands exactly at its kept indices
-with every other entry at θ0, and its parameters are about (1 − p)² of the dense model's. Classes no rule covers are
-refused by name before work, and run with `pruning_ratio=0`.
+identical weights (and logits to float rounding), an untrained one fuses back to θ0 bit for bit, a trained one lands
+exactly at its kept indices with every other entry at θ0, and its parameters are about (1 − p)² of the dense model's.
+Classes no rule covers are refused by name before work, and run with `pruning_ratio=0`.
 """
 
 import copy
